@@ -1,0 +1,69 @@
+"""Turning a command-line input (file or stdin) into a Program: detect its kind, then read it.
+
+Kinds: ``asm`` (text in either dialect), ``bin`` (raw little-endian bytecode), ``data``
+(a bpf_conformance/uBPF ``.data`` file: its raw section, else its asm section) and ``elf``
+(a clang-built object). Detection looks at content, not names: ELF magic, a NUL byte (bytecode
+always has some; text never does), a line starting with ``--`` (a .data section), else text.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import BPFError
+from .program import Program
+
+KINDS = ("asm", "bin", "data", "elf")
+
+
+class InputError(BPFError):
+    """An input that cannot be read at all (missing file, undecodable text, empty)."""
+
+
+def read_input(path: str) -> tuple[bytes, str]:
+    """Bytes of ``path`` (``-`` = stdin) and the name to show in messages."""
+    if path == "-":
+        return sys.stdin.buffer.read(), "<stdin>"
+    try:
+        return Path(path).read_bytes(), path
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+
+
+def detect_kind(data: bytes) -> str:
+    if data[:4] == b"\x7fELF":
+        return "elf"
+    if b"\x00" in data:
+        return "bin"
+    text = data.decode("utf-8", errors="replace")
+    if any(line.startswith("--") for line in text.splitlines()):
+        return "data"
+    return "asm"
+
+
+def load_program(path: str, fmt: str | None = None, syntax: str = "auto",
+                 section: str | None = None) -> Program:
+    """Read ``path`` and build a Program, raising a BPFError subclass on bad input."""
+    data, name = read_input(path)
+    kind = fmt or detect_kind(data)
+    if kind == "bin":
+        return Program.from_bytes(data, name=Path(name).stem or "prog")
+    if kind == "elf":
+        from .elf import load_elf_program  # ELF loading arrives with the ELF/BTF loader
+        return load_elf_program(data, name, section)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name}: not UTF-8 text at byte {e.start} (use --format bin for bytecode)") from None
+    if kind == "data":
+        from .datafile import parse_data_text
+        df = parse_data_text(text, name, Path(name).parent if name != "<stdin>" else None)
+        if df.raw is not None:
+            return Program.from_bytes(df.raw, name=Path(name).stem)
+        if df.asm is None:
+            raise InputError(f"{name}: .data file has neither an asm nor a raw section")
+        text = df.asm
+    from .asm import assemble
+    return assemble(text, syntax=syntax, filename=name)

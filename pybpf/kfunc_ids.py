@@ -1,0 +1,13 @@
+"""Ids pybpf gives the kfuncs it implements (there is no vmlinux BTF to take them from).
+
+Data only. The assembler resolves ``call bpf_arena_alloc_pages`` by name through this table, the
+disassembler prints names from it, and the ELF loader resolves ``.ksyms`` externs by name.
+"""
+
+KFUNC_IDS: dict[str, int] = {
+    "bpf_arena_alloc_pages": 1001,
+    "bpf_arena_free_pages": 1002,
+    "bpf_arena_reserve_pages": 1003,
+}
+
+KFUNC_NAMES: dict[int, str] = {v: k for k, v in KFUNC_IDS.items()}

@@ -1,0 +1,1 @@
+"""Map types, one module each, in the kernel map-ops style (imported as pybpf.runtime.maps)."""

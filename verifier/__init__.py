@@ -1,0 +1,1 @@
+"""The verifier: kernel-style abstract interpretation of BPF programs (imported as pybpf.verifier)."""
