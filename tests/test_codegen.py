@@ -188,6 +188,16 @@ def test_dump_switches_print_to_stderr(monkeypatch, capsys):
 
 # -- worker life and death ------------------------------------------------------------------
 
+def test_llvm_fatal_error_is_jiterror_and_next_compile_works():
+    # Passes the verifier, then LLVM's instruction selection calls report_fatal_error().
+    ir = ("declare i64 @llvm.read_register.i64(metadata)\n"
+          "define i64 @f() {\n  %r = call i64 @llvm.read_register.i64(metadata !0)\n"
+          "  ret i64 %r\n}\n!0 = !{!\"nosuchreg\"}\n")
+    with pytest.raises(JITError, match=r"(?s)compile worker \d+ died.*invalid register"):
+        codegen.compile_ir(ir)
+    assert codegen.compile_ir(ADD_IR).symbols == {"add": 0}
+
+
 def test_killed_worker_is_replaced_and_crash_is_jiterror():
     out = _child("""
         codegen.compile_ir(ADD_IR)
@@ -252,6 +262,21 @@ BRIDGE_CHILD = """
                                 holds_gil=True)
     print("five", bridge(1, 2, 3, 4, 5), calls)
 
+    # All ones is a value, not an error; a result that is no int is a TypeError.
+    text, keep_ones = native.make_python_bridge_ir(lambda *a: -1, name="ones")
+    r = codegen.compile_ir(text)
+    ones = native.make_caller(native.place(r.text, "ones").address + r.symbols["ones"],
+                              argtypes=(ctypes.c_uint64,) * 5, holds_gil=True)
+    print("ones", ones(0, 0, 0, 0, 0) == 2**64 - 1)
+    text, keep_str = native.make_python_bridge_ir(lambda *a: "nope", name="text")
+    r = codegen.compile_ir(text)
+    bad = native.make_caller(native.place(r.text, "text").address + r.symbols["text"],
+                             argtypes=(ctypes.c_uint64,) * 5, holds_gil=True)
+    try:
+        bad(0, 0, 0, 0, 0)
+    except TypeError as e:
+        print("typeerror")
+
     # A "program" calling a helper twice; the first call raises, so the second must not run.
     seen = []
 
@@ -287,9 +312,10 @@ BRIDGE_CHILD = """
 def test_python_bridge_calls_helper_and_propagates_exception():
     out = _child(BRIDGE_CHILD).splitlines()
     assert out[0] == "five 12345 [(1, 2, 3, 4, 5)]"
-    assert out[1] == "none 5 [1, 100]"
-    assert out[2] == "raised KeyError('helper failed') [7]"
-    assert out[3] == "wx []"
+    assert out[1:3] == ["ones True", "typeerror"]
+    assert out[3] == "none 5 [1, 100]"
+    assert out[4] == "raised KeyError('helper failed') [7]"
+    assert out[5] == "wx []"
 
 
 def test_test_run_driver():
