@@ -1,4 +1,4 @@
-"""Kernel helper names by id (enum bpf_func_id, read from include/uapi/linux/bpf.h).
+"""Kernel helper names by id (enum bpf_func_id, from include/uapi/linux/bpf.h up to v6.18).
 
 Data only: the disassembler prints ``call bpf_<name>#<id>`` from it, and the runtime looks up
 helper ids by name. Index = helper id; id 0 is ``unspec``.
@@ -57,7 +57,7 @@ HELPER_NAMES: tuple[str, ...] = (
     "skc_to_mptcp_sock", "dynptr_from_mem", "ringbuf_reserve_dynptr", "ringbuf_submit_dynptr",
     "ringbuf_discard_dynptr", "dynptr_read", "dynptr_write", "dynptr_data",
     "tcp_raw_gen_syncookie_ipv4", "tcp_raw_gen_syncookie_ipv6", "tcp_raw_check_syncookie_ipv4", "tcp_raw_check_syncookie_ipv6",
-    "ktime_get_tai_ns", "user_ringbuf_drain",
+    "ktime_get_tai_ns", "user_ringbuf_drain", "cgrp_storage_get", "cgrp_storage_delete",
 )
 
 HELPER_IDS: dict[str, int] = {name: i for i, name in enumerate(HELPER_NAMES)}

@@ -84,6 +84,10 @@ def form_of(insns, pc: int) -> isa.Form:
         nxt = insns[pc + 1]
         if nxt.opcode or nxt.dst or nxt.src or nxt.off:
             raise DecodeError("invalid second slot of ld_imm64 (only imm may be set)", pc + 1)
+        if not isa.field_ok(form.imm2, nxt.imm):
+            # the kernel: "unrecognized bpf_ld_imm64 insn" for map fd/idx, func and btf_id forms
+            raise DecodeError(f"{form.name} uses reserved field imm of its second slot "
+                              f"(value {nxt.imm:#x} must be 0)", pc + 1)
     return form
 
 

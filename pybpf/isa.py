@@ -60,6 +60,7 @@ class Form:
     signed: bool = False  # sdiv/smod/sign-extending load
     slots: int = 1       # 2 for ld_imm64
     group: str = ""      # RFC 9669 conformance group
+    imm2: object = 0     # ld_imm64 only: what the second slot's imm may hold ("any" or 0)
     aliases: tuple = ()  # extra mnemonic-dialect spellings accepted by the assembler
 
     @property
@@ -207,13 +208,13 @@ for _size in (4, 8):
 
 # 64-bit immediate loads (two slots); src selects the meaning.
 _LDDW = CLS_LD | MODE_IMM | SIZE_CODE[8]
-_add(name="lddw", opcode=_LDDW, kind="lddw", op="imm64", slots=2, group="base64",
+_add(name="lddw", opcode=_LDDW, kind="lddw", op="imm64", slots=2, group="base64", imm2="any",
      fields=_fields(imm="any"), ubpf="lddw {rd}, {imm64}", llvm="{rd} = {imm64} ll",
      kernel="{rd} = {imm64}")
 _add(name="lddw_map_fd", opcode=_LDDW, kind="lddw", op="map_fd", slots=2,
      fields=_fields(src=PSEUDO_MAP_FD, imm="any"), ubpf="lddw {rd}, map_fd({imm})",
      llvm="{rd} = map_fd({imm}) ll", kernel="{rd} = map[id:{imm}]")
-_add(name="lddw_map_value", opcode=_LDDW, kind="lddw", op="map_value", slots=2,
+_add(name="lddw_map_value", opcode=_LDDW, kind="lddw", op="map_value", slots=2, imm2="any",
      fields=_fields(src=PSEUDO_MAP_VALUE, imm="any"),
      ubpf="lddw {rd}, map_value_fd({imm}, {imm2})", llvm="{rd} = map_value_fd({imm}) + {imm2} ll",
      kernel="{rd} = map[id:{imm}][0]+{imm2}")
@@ -226,7 +227,7 @@ _add(name="lddw_func", opcode=_LDDW, kind="lddw", op="func", slots=2,
 _add(name="lddw_map_idx", opcode=_LDDW, kind="lddw", op="map_idx", slots=2,
      fields=_fields(src=PSEUDO_MAP_IDX, imm="any"), ubpf="lddw {rd}, map[{map}]",
      llvm="{rd} = map[{map}] ll", kernel="{rd} = map[idx:{imm}]")
-_add(name="lddw_map_idx_value", opcode=_LDDW, kind="lddw", op="map_idx_value", slots=2,
+_add(name="lddw_map_idx_value", opcode=_LDDW, kind="lddw", op="map_idx_value", slots=2, imm2="any",
      fields=_fields(src=PSEUDO_MAP_IDX_VALUE, imm="any"),
      ubpf="lddw {rd}, map_value[{map}]+{imm2}", llvm="{rd} = map_value[{map}] + {imm2} ll",
      kernel="{rd} = map[idx:{imm}][0]+{imm2}")

@@ -58,7 +58,8 @@ def _example(form):
     vals = {}
     for name, c in form.fields.items():
         vals[name] = {"reg": 3, "any": -5 if name in ("off", "imm") else 0}.get(c, c) if not isinstance(c, int) else c
-    return make(form, vals["dst"], vals["src"], vals["off"], vals["imm"], imm2=7)
+    return make(form, vals["dst"], vals["src"], vals["off"], vals["imm"],
+                imm2=7 if form.imm2 == "any" else 0)
 
 
 @pytest.mark.parametrize("form", isa.FORMS, ids=lambda f: f.name)
@@ -83,7 +84,8 @@ def test_random_valid_fields_round_trip(form, data):
             vals[name] = data.draw(st.integers(lo, hi))
         else:
             vals[name] = c
-    slots = make(form, **vals, imm2=data.draw(st.integers(-(1 << 31), (1 << 31) - 1)))
+    imm2 = data.draw(st.integers(-(1 << 31), (1 << 31) - 1)) if form.imm2 == "any" else 0
+    slots = make(form, **vals, imm2=imm2)
     back = split_slots(encode(slots))
     assert back == slots and form_of(back, 0) is form
 
@@ -107,6 +109,7 @@ def test_unused_count():
     ([Insn(0xB7, dst=11)], "invalid register r11"),
     ([Insn(0x18, imm=1)], "missing its second slot"),
     ([Insn(0x18), Insn(0x18)], "invalid second slot"),
+    ([Insn(0x18, src=5), Insn(0, imm=3)], "reserved field imm of its second slot"),
     ([Insn(0xDB, imm=0x42)], "reserved field imm"),
 ])
 def test_decode_errors_name_the_problem(slots, msg):
