@@ -10,6 +10,7 @@ and subprogram boundaries from here.
 from __future__ import annotations
 
 import errno
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from pybpf.errors import VerifierError
@@ -38,10 +39,10 @@ class CFG:
     form_at: dict                              # slot -> (form, insn) for instruction starts
 
     def subprog_of(self, slot: int) -> Subprog:
-        for sp in self.subprogs:
-            if sp.start <= slot < sp.end:
-                return sp
-        raise KeyError(slot)
+        i = bisect_right([s.start for s in self.subprogs], slot) - 1
+        if i < 0 or slot >= self.subprogs[i].end:
+            raise KeyError(slot)
+        return self.subprogs[i]
 
 
 def jump_target(form, insn, pc: int) -> int | None:
@@ -89,40 +90,53 @@ def build_cfg(prog: Program, check: bool = True) -> CFG:
         name = prog.functions.get(s) or prog.labels.get(s) or (prog.name if s == 0 else f"sub_{s}")
         subprogs.append(Subprog(s, end, name))
 
+    sp_starts = [sp.start for sp in subprogs]
+
+    def subprog_at(slot: int) -> Subprog:
+        return subprogs[bisect_right(sp_starts, slot) - 1]
+
     leaders = set(starts)
     for pc, form, insn in decoded:
         tgt = jump_target(form, insn, pc) if form.kind in ("jcond", "ja", "may_goto") else None
         if tgt is not None:
-            sp = next(s for s in subprogs if s.start <= pc < s.end)
-            if check and not (sp.start <= tgt < sp.end):
+            sp = subprog_at(pc)
+            inside = sp.start <= tgt < sp.end
+            if check and not inside:
                 fail(f"jump out of range from insn {pc} to {tgt}", pc)
             if check and tgt not in form_at:
                 fail(f"jump into the middle of ldimm64 insn {tgt - 1}", pc)
-            leaders.add(tgt)
+            if inside and tgt in form_at:
+                leaders.add(tgt)
         if _ends_block(form) and pc + form.slots < nslots:
             leaders.add(pc + form.slots)
 
+    # index of each instruction start, so "the last instruction before slot N" is O(1)
+    order = [pc for pc, _, _ in decoded]
+    index_of = {pc: i for i, pc in enumerate(order)}
+
+    def last_before(end: int) -> int:
+        return order[(index_of[end] if end < nslots else len(order)) - 1]
+
     if check:
         for sp in subprogs:
-            last = max(p for p in form_at if sp.start <= p < sp.end)
-            lform = form_at[last][0]
-            if lform.kind not in ("exit", "ja"):
+            last = last_before(sp.end)
+            if form_at[last][0].kind not in ("exit", "ja"):
                 fail("last insn is not an exit or jmp", last)
 
     ordered = sorted(leaders)
     blocks: dict[int, Block] = {}
     for i, start in enumerate(ordered):
-        sp_end = next(s.end for s in subprogs if s.start <= start < s.end)
-        end = min(ordered[i + 1] if i + 1 < len(ordered) else nslots, sp_end)
+        end = min(ordered[i + 1] if i + 1 < len(ordered) else nslots, subprog_at(start).end)
         blocks[start] = Block(start, end)
     for b in blocks.values():
-        last = max(p for p in form_at if b.start <= p < b.end)
+        last = last_before(b.end)
         form, insn = form_at[last]
         if form.kind in ("jcond", "ja", "may_goto"):
-            b.succs.append(jump_target(form, insn, last))
-        if _falls_through(form) and b.end in blocks and last + form.slots == b.end:
-            if not any(s.start == b.end for s in subprogs):
-                b.succs.append(b.end)
+            tgt = jump_target(form, insn, last)
+            if tgt in blocks:
+                b.succs.append(tgt)
+        if _falls_through(form) and b.end in blocks and b.end not in starts:
+            b.succs.append(b.end)
 
     cfg = CFG(subprogs, ordered, blocks, form_at)
     if check:

@@ -1,0 +1,277 @@
+"""BPF helper functions: the registry (id -> name, Python function, prototype) and the built-in sets.
+
+One :class:`HelperRegistry` serves the interpreter and the JIT. A helper's ``fn`` takes exactly
+as many integer arguments as its prototype lists (r1, r2, ... as unsigned 64-bit values) and
+returns an int (r0, masked to 64 bits by the caller). Pointer arguments are real process
+addresses. The prototype uses the kernel's argument-type names (``ARG_PTR_TO_MEM`` followed by
+``ARG_CONST_SIZE``, ``ARG_ANYTHING``, ...): the interpreter checks every pointer argument against
+the run's memory regions *before* calling ``fn`` (as the kernel verifier does statically), so a
+helper may touch the memory its prototype announced without checking it again. A helper with
+``unwind=True`` stops the program with r0 = 0 when it returns 0 (uBPF's unwind convention).
+An exception raised by ``fn`` aborts the run and reaches the caller unchanged.
+
+Two sets are built in: :func:`kernel_helpers` (kernel ids from ``enum bpf_func_id`` that need no
+maps) and :func:`ubpf_test_helpers` (the bpf_conformance/uBPF test plugin's ids 0-5, only for
+``.data`` files; they clash with kernel ids, so they are a separate set).
+"""
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import errno
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from pybpf.helper_names import HELPER_NAMES
+
+from .memory import PROC
+
+M64 = (1 << 64) - 1
+
+ANY = "ARG_ANYTHING"
+PTR_MEM = "ARG_PTR_TO_MEM"                      # the helper may write [ptr, ptr + size)
+PTR_MEM_RO = "ARG_PTR_TO_MEM|MEM_RDONLY"        # the helper only reads it
+SIZE = "ARG_CONST_SIZE"
+SIZE_OR_ZERO = "ARG_CONST_SIZE_OR_ZERO"
+PTR_STR = "ARG_PTR_TO_CONST_STR"                # a NUL-terminated string the helper reads
+
+# The active run's RegionTable, for helpers that follow pointers their prototype cannot describe
+# (trace_printk's %s). None outside a run or in code that does not set it.
+ACTIVE_REGIONS: contextvars.ContextVar = contextvars.ContextVar("pybpf_active_regions",
+                                                                 default=None)
+
+
+@dataclass(frozen=True)
+class Prototype:
+    """Return and argument types, kernel ``bpf_func_proto`` style."""
+
+    ret: str = "RET_INTEGER"
+    args: tuple[str, ...] = ()
+
+    @property
+    def nargs(self) -> int:
+        return len(self.args)
+
+    def memory_args(self) -> list[tuple[int, int | None, str]]:
+        """(pointer arg index, size arg index or None, access kind) for each pointer argument.
+
+        ``kind`` is "write" (``ARG_PTR_TO_MEM``), "read" (``MEM_RDONLY``) or "str".
+        """
+        out = []
+        for i, a in enumerate(self.args):
+            if a == PTR_STR:
+                out.append((i, None, "str"))
+            elif a.startswith(PTR_MEM):
+                sized = i + 1 < len(self.args) and self.args[i + 1] in (SIZE, SIZE_OR_ZERO)
+                size = i + 1 if sized else None
+                out.append((i, size, "read" if "MEM_RDONLY" in a else "write"))
+        return out
+
+
+@dataclass(frozen=True)
+class Helper:
+    """One helper. ``mem_args`` (optional) describes pointer arguments the prototype cannot size
+    by itself (a map key or value: the size comes from the map): called with the argument values,
+    it returns ``(address, size, kind)`` triples, kind "read" or "write", that the interpreter
+    checks before calling ``fn``."""
+
+    id: int
+    name: str
+    fn: Callable[..., int]
+    prototype: Prototype = Prototype(args=(ANY,) * 5)
+    unwind: bool = False
+    mem_args: Callable[[tuple], list] | None = None
+
+    @property
+    def checks_memory(self) -> bool:
+        return bool(self.prototype.memory_args()) or self.mem_args is not None
+
+
+class HelperRegistry:
+    """Helpers (or kfuncs) by id. ``kind`` only names them in error messages."""
+
+    def __init__(self, helpers=(), kind: str = "helper") -> None:
+        self.kind = kind
+        self._by_id: dict[int, Helper] = {}
+        for h in helpers:
+            self.add(h)
+
+    def add(self, helper: Helper) -> Helper:
+        self._by_id[int(helper.id)] = helper
+        return helper
+
+    def register(self, id: int, fn: Callable[..., int], name: str | None = None,
+                 prototype: Prototype | None = None, unwind: bool = False,
+                 mem_args: Callable[[tuple], list] | None = None) -> Helper:
+        """Add (or replace) helper ``id``; the prototype defaults to five ``ARG_ANYTHING``."""
+        if not callable(fn):
+            raise TypeError(f"helper {id}: {fn!r} is not callable")
+        name = name or getattr(fn, "__name__", f"helper{id}")
+        return self.add(Helper(int(id), name, fn, prototype or Prototype(args=(ANY,) * 5), unwind,
+                               mem_args))
+
+    def get(self, id: int) -> Helper | None:
+        return self._by_id.get(id)
+
+    def __getitem__(self, id: int) -> Helper:
+        return self._by_id[id]
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._by_id
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._by_id))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def items(self):
+        return sorted(self._by_id.items())
+
+    def copy(self) -> "HelperRegistry":
+        return HelperRegistry(self._by_id.values(), self.kind)
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{i}:{h.name}" for i, h in self.items())
+        return f"<HelperRegistry {self.kind} {{{names}}}>"
+
+
+# --- kernel helpers ---------------------------------------------------------------------------
+_PRINTK_SPEC = re.compile(r"%([-+ 0#]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|z)?([diuxXcspo%])")
+
+
+def format_printk(fmt: bytes, args: tuple[int, ...], regions=None) -> str:
+    """Format ``fmt`` the way ``bpf_trace_printk`` does (at most three arguments).
+
+    Raises ValueError for what the kernel refuses with -EINVAL (too many or unknown specifiers).
+    ``%s`` follows its pointer through ``regions`` (the run's RegionTable); without one, or for a
+    bad pointer, it prints ``(efault)`` as the kernel prints a failed read.
+    """
+    text = fmt.decode("latin-1")
+    out, pos, argi = [], 0, 0
+    for m in _PRINTK_SPEC.finditer(text):
+        out.append(text[pos:m.start()])
+        pos = m.end()
+        flags, width, prec, length, conv = m.groups()
+        if conv == "%":
+            out.append("%")
+            continue
+        if argi >= len(args):
+            raise ValueError("too many format specifiers")
+        v = args[argi] & M64
+        argi += 1
+        bits = 64 if length in ("l", "ll", "z") else 32
+        spec = "%" + flags + width + (f".{prec}" if prec else "")
+        if conv in "di":
+            v &= (1 << bits) - 1
+            v = v - (1 << bits) if v >> (bits - 1) else v
+            out.append((spec + "d") % v)
+        elif conv in "uxXo":
+            out.append((spec + conv.replace("u", "d")) % (v & ((1 << bits) - 1)))
+        elif conv == "c":
+            out.append((spec + "c") % chr(v & 0xFF))
+        elif conv == "p":
+            out.append((spec + "s") % f"0x{v:x}")
+        else:  # %s
+            try:
+                s = regions.read_cstr(v).decode("latin-1") if regions is not None else None
+            except Exception:  # any bad pointer prints like the kernel's failed probe read
+                s = None
+            out.append((spec + "s") % ("(efault)" if s is None else s))
+    if "%" in text[pos:]:
+        raise ValueError("unknown format specifier")
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def kernel_helpers(output: list | None = None, rng: random.Random | None = None) -> HelperRegistry:
+    """The kernel helpers that need no maps, under their kernel ids.
+
+    ``output`` collects ``bpf_trace_printk`` lines (the VM's trace pipe); ``rng`` feeds
+    ``bpf_get_prandom_u32`` (seed it for reproducible runs).
+    """
+    out = output if output is not None else []
+    rand = rng or random.Random()
+    reg = HelperRegistry(kind="helper")
+
+    def ktime_get_ns() -> int:
+        return time.monotonic_ns()
+
+    def ktime_get_boot_ns() -> int:
+        return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def get_prandom_u32() -> int:
+        return rand.getrandbits(32)
+
+    def get_smp_processor_id() -> int:
+        return 0  # the interpreter runs on one virtual CPU
+
+    def trace_printk(fmt: int, size: int, a1: int, a2: int, a3: int) -> int:
+        # The kernel requires the format to be NUL-terminated within ``size`` bytes.
+        raw = ctypes.string_at(fmt, size) if size else b""
+        if not raw or raw[-1] != 0:
+            return -errno.EINVAL & M64
+        try:
+            line = format_printk(raw[:raw.index(b"\0")], (a1, a2, a3), ACTIVE_REGIONS.get())
+        except ValueError:
+            return -errno.EINVAL & M64
+        out.append(line.rstrip("\n"))
+        return len(line.encode("latin-1"))
+
+    noargs = Prototype()
+    for hid, fn, proto in (
+            (5, ktime_get_ns, noargs),
+            (6, trace_printk, Prototype(args=(PTR_MEM_RO, SIZE, ANY, ANY, ANY))),
+            (7, get_prandom_u32, noargs),
+            (8, get_smp_processor_id, noargs),
+            (125, ktime_get_boot_ns, noargs)):
+        assert HELPER_NAMES[hid] == fn.__name__, (hid, fn.__name__)
+        reg.add(Helper(hid, fn.__name__, fn, proto))
+    return reg
+
+
+# --- bpf_conformance / uBPF test helpers -------------------------------------------------------
+def ubpf_test_helpers() -> HelperRegistry:
+    """The helpers of the bpf_conformance uBPF plugin (ASM.md section 1): ids 0-5.
+
+    0 gather_bytes(a..e) = a<<32|b<<24|c<<16|d<<8|e (low byte of each), 1 memfrob(ptr, len)
+    xors each byte with 42, 2 no-op, 3 sqrti(x) = (u64)sqrt(x), 4 strcmp(p1, p2), 5 unwind(x)
+    returns x and stops the program with r0 = 0 when x is 0.
+    """
+    def gather_bytes(a: int, b: int, c: int, d: int, e: int) -> int:
+        return ((a & 0xFF) << 32) | ((b & 0xFF) << 24) | ((c & 0xFF) << 16) | ((d & 0xFF) << 8) \
+            | (e & 0xFF)
+
+    def memfrob(ptr: int, size: int) -> int:
+        if size:
+            PROC[ptr:ptr + size] = bytes(x ^ 42 for x in PROC[ptr:ptr + size])
+        return 0
+
+    def no_op() -> int:
+        return 0
+
+    def sqrti(x: int) -> int:
+        return int(math.sqrt(x))  # C: (uint64_t)sqrt((double)x), truncating
+
+    def strcmp(p1: int, p2: int) -> int:
+        s1, s2 = ctypes.string_at(p1), ctypes.string_at(p2)
+        for c1, c2 in zip(s1 + b"\0", s2 + b"\0"):
+            if c1 != c2:
+                return (c1 - c2) & M64
+        return 0
+
+    def unwind(x: int) -> int:
+        return x
+
+    reg = HelperRegistry(kind="helper")
+    reg.add(Helper(0, "gather_bytes", gather_bytes, Prototype(args=(ANY,) * 5)))
+    reg.add(Helper(1, "memfrob", memfrob, Prototype(args=(PTR_MEM, SIZE_OR_ZERO))))
+    reg.add(Helper(2, "no_op", no_op, Prototype()))
+    reg.add(Helper(3, "sqrti", sqrti, Prototype(args=(ANY,))))
+    reg.add(Helper(4, "strcmp", strcmp, Prototype(args=(PTR_STR, PTR_STR))))
+    reg.add(Helper(5, "unwind", unwind, Prototype(args=(ANY,)), unwind=True))
+    return reg

@@ -1,0 +1,281 @@
+"""The reference interpreter: compiles a Program to Python once, then runs it against checked memory.
+
+:class:`Interpreter` takes a decoded :class:`~pybpf.program.Program`, generates Python source for
+it (:mod:`pybpf.runtime.interp_codegen`, semantics from :mod:`pybpf.runtime.interp_snippets`),
+``compile()``\\ s it once, and runs it. :class:`Run` is the per-run state the generated code
+calls into on its slow paths: memory accesses that miss the inline stack/fast-region checks go
+through the run's :class:`~pybpf.runtime.memory.RegionTable` (MemoryAccessError before anything
+is touched), atomics, legacy packet loads, ``callx``, helper argument checks and tracing.
+
+Each run gets a fresh stack of ``MAX_CALL_FRAMES`` x 512 bytes: the main frame at the top, each
+BPF-to-BPF call one 512-byte frame lower, r10 pointing one past the top of the current frame. A
+frame may access its own and its callers' frames (pointers passed down), never deeper ones.
+r6-r9 are the caller's locals in the generated code, so they survive calls as the kernel's
+calling convention promises; a callee starts with r0 and r6-r9 zero.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from pybpf import isa
+from pybpf.errors import MemoryAccessError, VMError
+from pybpf.verifier.cfg import build_cfg
+
+from .helpers import ACTIVE_REGIONS, HelperRegistry
+from .interp_codegen import Generator
+from .memory import PACK, PROC, UNPACK, UNPACK_SIGNED, Buffer, Region, RegionTable
+from .trace import Tracer
+
+M64 = (1 << 64) - 1
+STACK_SIZE = isa.MAX_CALL_FRAMES * isa.MAX_BPF_STACK
+_ATOMIC_LOCK = threading.Lock()   # atomics are atomic with respect to other Python threads
+
+
+class _Stop(Exception):
+    """The program ends now with r0 = 0 (unwind helper returned 0, ld_abs out of bounds)."""
+
+
+def _sdiv(a: int, b: int) -> int:
+    if not b:
+        return 0
+    q = abs(a) // abs(b)
+    return -q if (a < 0) != (b < 0) else q
+
+
+def _smod(a: int, b: int) -> int:
+    if not b:
+        return a
+    r = abs(a) % abs(b)
+    return -r if a < 0 else r
+
+
+def _bswap64(v: int) -> int:
+    return int.from_bytes(v.to_bytes(8, "little"), "big")
+
+
+# Globals of the generated module: the process view, accessors and the pure helpers above.
+_NAMESPACE = {
+    "P": PROC, "VMError": VMError, "_Stop": _Stop, "_sdiv": _sdiv, "_smod": _smod,
+    "_bswap64": _bswap64,
+    **{f"_U{n}": UNPACK[n] for n in (2, 4, 8)},
+    **{f"_I{n}": UNPACK_SIGNED[n] for n in (1, 2, 4, 8)},
+    **{f"_W{n}": PACK[n] for n in (2, 4, 8)},
+}
+
+
+class Run:
+    """State of one run, bound into the generated code by ``_build(R)``.
+
+    The slow paths get the current frame's lower bound (``lo``): the stack region in the table
+    is narrowed to the active frames ``[lo, top)`` before each lookup, so a frame never reaches
+    a deeper (dead) frame's memory.
+    """
+
+    def __init__(self, interp: "Interpreter", regions: RegionTable, fast: Region | None,
+                 insn_limit: int, packet: bytes | None, tracer: Tracer | None) -> None:
+        self.interp, self.regions, self.insn_limit = interp, regions, insn_limit
+        self.stack = Buffer(STACK_SIZE, align=64)
+        self.stop = self.stack.address + STACK_SIZE
+        self.stack_region = regions.add(Region(self.stop - isa.MAX_BPF_STACK, isa.MAX_BPF_STACK,
+                                               "stack", True, self.stack))
+        # The fast region is checked inline; only a writable one may be (stores use the test too).
+        if fast is not None and fast.size and fast.writable:
+            self.mlo, self.mhi = fast.start, fast.end
+        else:
+            self.mlo, self.mhi = 1, 0
+        self.packet = packet
+        self.tracer = tracer
+        if tracer is not None:
+            self.trace_insn, self.trace_sync = tracer.insn, tracer.sync
+            self.trace_enter = tracer.enter
+
+    def _find(self, lo: int, a: int, n: int) -> Region | None:
+        if self.stack_region.start != lo:
+            self.regions.move(self.stack_region, lo, self.stop - lo)
+        return self.regions.find(a, n)
+
+    # -- slow paths ----------------------------------------------------------------------------
+    def limit_error(self, pc: int) -> VMError:
+        return VMError(f"instruction limit of {self.insn_limit} exceeded (the program did not "
+                       f"finish; raise insn_limit if it is meant to run longer)", pc)
+
+    def ld(self, pc: int, lo: int, a: int, n: int, signed: bool) -> int:
+        if self._find(lo, a, n) is None:
+            raise MemoryAccessError(pc, a & M64, n, "read", self.regions.describe())
+        if signed:
+            return UNPACK_SIGNED[n](PROC, a)[0] & M64
+        return UNPACK[n](PROC, a)[0]
+
+    def st(self, pc: int, lo: int, a: int, n: int, v: int) -> None:
+        r = self._find(lo, a, n)
+        if r is None or not r.writable:
+            raise MemoryAccessError(pc, a & M64, n, "write", self.regions.describe())
+        PACK[n](PROC, a, v)
+
+    def atomic(self, pc: int, lo: int, a: int, n: int, op: str, v: int, r0: int) -> int:
+        r = self._find(lo, a, n)
+        if r is None or not r.writable:
+            raise MemoryAccessError(pc, a & M64, n, "atomic access", self.regions.describe())
+        mask = (1 << (8 * n)) - 1
+        v &= mask
+        with _ATOMIC_LOCK:
+            old = UNPACK[n](PROC, a)[0]
+            if op == "add":
+                PACK[n](PROC, a, (old + v) & mask)
+            elif op == "or":
+                PACK[n](PROC, a, old | v)
+            elif op == "and":
+                PACK[n](PROC, a, old & v)
+            elif op == "xor":
+                PACK[n](PROC, a, old ^ v)
+            elif op == "xchg":
+                PACK[n](PROC, a, v)
+            elif op == "cmpxchg":
+                if old == r0 & mask:
+                    PACK[n](PROC, a, v)
+            else:  # pragma: no cover - the snippet table only emits the ops above
+                raise VMError(f"unknown atomic operation {op}", pc)
+        return old
+
+    def ldabs(self, pc: int, off: int, n: int) -> int:
+        # Legacy packet load: big-endian read at a 32-bit offset into the packet; out of bounds
+        # ends the program with r0 = 0, as in the kernel.
+        if self.packet is None:
+            raise VMError("ld_abs/ld_ind needs a socket-filter context: run with data=<packet>", pc)
+        off &= 0xFFFFFFFF
+        off = off - (1 << 32) if off >> 31 else off
+        if off < 0 or off + n > len(self.packet):
+            raise _Stop()
+        return int.from_bytes(self.packet[off:off + n], "big")
+
+    def callx(self, pc: int, lo: int, hid: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
+        h = self.interp.helpers.get(hid) if self.interp.helpers is not None else None
+        if h is None:
+            raise VMError(f"callx to unknown helper id {hid}", pc)
+        args = (r1, r2, r3, r4, r5)
+        if h.checks_memory:
+            self._check_args(pc, lo, h, args)
+        r0 = h.fn(*args[:h.prototype.nargs]) & M64
+        if h.unwind and not r0:
+            raise _Stop()
+        return r0
+
+    # -- helpers -------------------------------------------------------------------------------
+    def helper_fn(self, hid: int):
+        return self.interp.helpers[hid].fn
+
+    def kfunc_fn(self, kid: int):
+        return self.interp.kfuncs[kid].fn
+
+    def helper_check(self, hid: int):
+        h = self.interp.helpers[hid]
+        return lambda pc, lo, *args: self._check_args(pc, lo, h, args)
+
+    def kfunc_check(self, kid: int):
+        h = self.interp.kfuncs[kid]
+        return lambda pc, lo, *args: self._check_args(pc, lo, h, args)
+
+    def _check_args(self, pc: int, lo: int, h, args) -> None:
+        """Refuse a call whose pointer arguments are not inside the run's regions.
+
+        Leaves the stack region set to the caller's active frames, so a helper reading the
+        table (trace_printk's %s) sees the same memory the program may use.
+        """
+        if self.stack_region.start != lo:
+            self.regions.move(self.stack_region, lo, self.stop - lo)
+        for pi, si, kind in h.prototype.memory_args():
+            ptr = args[pi] if pi < len(args) else 0
+            if kind == "str":
+                self.regions.read_cstr(ptr, pc=pc)
+                continue
+            size = args[si] if si is not None and si < len(args) else 1
+            if size == 0 and si is not None and h.prototype.args[si].endswith("OR_ZERO"):
+                continue
+            self.regions.check(ptr, size, kind, pc)
+        if h.mem_args is not None:
+            for ptr, size, kind in h.mem_args(tuple(args[:h.prototype.nargs])):
+                self.regions.check(ptr, size, kind, pc)
+
+
+def _cfg(prog):
+    try:
+        return build_cfg(prog, check=False)
+    except StopIteration:
+        # build_cfg(check=False) cannot place a jump target outside every subprogram.
+        raise VMError("jump out of range (load with verify=True for the exact message)") from None
+
+
+class Interpreter:
+    """A program compiled to Python for the reference interpreter.
+
+    ``helpers``/``kfuncs`` are HelperRegistry objects; ``values64`` gives the resolved constant
+    of every ld_imm64 pseudo form and cast_user instruction (slot -> value); the loader computes
+    them. Loading fails (VMError) for calls to helpers or kfuncs the registries lack.
+    """
+
+    def __init__(self, prog, helpers: HelperRegistry | None = None,
+                 kfuncs: HelperRegistry | None = None, values64: dict[int, int] | None = None,
+                 cfg=None) -> None:
+        self.prog = prog
+        self.helpers, self.kfuncs = helpers, kfuncs
+        self.values64 = dict(values64 or {})
+        self.cfg = cfg if cfg is not None else _cfg(prog)
+        self.source = Generator(prog, self.cfg, helpers, kfuncs, self.values64).source()
+        self._build = self._compile(self.source, "fast")
+        self._trace_build = None
+
+    def _compile(self, source: str, variant: str):
+        ns = dict(_NAMESPACE)
+        code = compile(source, f"<bpf {self.prog.name} {variant}>", "exec")
+        exec(code, ns)
+        return ns["_build"]
+
+    def trace_source(self) -> str:
+        return Generator(self.prog, self.cfg, self.helpers, self.kfuncs, self.values64,
+                         trace=True).source()
+
+    def start(self, regions: RegionTable, fast: Region | None, insn_limit: int,
+              packet: bytes | None = None, trace=None) -> "Session":
+        """Bind a run (stack, regions, budget, optional trace callback) ready to be called."""
+        tracer = None
+        build = self._build
+        if trace is not None:
+            if self._trace_build is None:
+                self._trace_build = self._compile(self.trace_source(), "trace")
+            build = self._trace_build
+            tracer = Tracer(self.prog, trace, regions)
+        run = Run(self, regions, fast, insn_limit, packet, tracer)
+        return Session(run, build(run))
+
+
+class Session:
+    """One bound run of an Interpreter; ``call`` may be repeated (test_run)."""
+
+    def __init__(self, run: Run, entry) -> None:
+        self.run, self.entry = run, entry
+        self.executed: int | None = None
+
+    def call(self, r1: int = 0, r2: int = 0) -> int:
+        run = self.run
+        self.executed = None   # stays None when the run stops early (error, unwind)
+        token = ACTIVE_REGIONS.set(run.regions)
+        try:
+            r0, left = self.entry(r1 & M64, r2 & M64, 0, 0, 0, run.stop, 0, run.insn_limit)
+            self.executed = run.insn_limit - left
+        except _Stop:
+            r0 = 0
+        finally:
+            ACTIVE_REGIONS.reset(token)
+        return r0
+
+    def repeat(self, r1: int, r2: int, count: int) -> tuple[int, float]:
+        """Run ``count`` times; returns (last r0, mean ns per run)."""
+        r0 = 0
+        t0 = time.perf_counter_ns()
+        for _ in range(count):
+            r0 = self.call(r1, r2)
+        return r0, (time.perf_counter_ns() - t0) / max(count, 1)
+
+
+__all__ = ["Interpreter", "Session", "Run", "STACK_SIZE"]

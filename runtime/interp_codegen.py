@@ -1,0 +1,221 @@
+"""Translate a Program into Python source once at load, so the interpreter's hot loop never decodes.
+
+Each BPF subprogram becomes one Python function ``F<slot>(r1..r5, fp, depth, left)`` returning
+``(r0, left)``. Registers are its locals; ``fp`` is the frame pointer the interpreter gave it (r10
+starts equal to it, but a store to r10 cannot move the frame); ``left`` is the instruction budget,
+threaded through calls. Inside a function, code is laid out as *runs*: straight-line code from
+each jump target (an *entry*) to the next unconditional transfer, so fall-through needs no
+dispatch. Jumps set ``pc`` and go back to a binary ``if pc < N`` tree over the entries; a run that
+jumps back to its own entry becomes a local ``while True`` loop and needs no dispatch at all.
+
+The instruction budget is charged at the start of every basic block (leaders from
+:func:`pybpf.verifier.cfg.build_cfg`), before the block runs: a run that executes at most
+``insn_limit`` instructions always completes; one that would execute more stops before the block
+that crosses the limit, so it never executes more than the limit.
+
+Everything an instruction does comes from :mod:`pybpf.runtime.interp_snippets`; the ``trace``
+variant adds a hook after each instruction and is otherwise the same code.
+"""
+from __future__ import annotations
+
+import bisect
+
+from pybpf import isa
+from pybpf.errors import VMError
+from pybpf.verifier.cfg import CFG, jump_target
+
+from .interp_snippets import make_ops, snippet
+
+REGS = "(r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10)"
+_CONTROL = ("jcond", "ja", "may_goto", "exit")
+
+
+def written_regs(form: isa.Form, insn) -> tuple[int, ...]:
+    """Registers an instruction writes (from the form's kind/op)."""
+    k, op = form.kind, form.op
+    if k in ("alu", "neg", "movsx", "end", "cast", "ldx", "lddw") or op == "load_acq":
+        return (insn.dst,)
+    if k == "atomic" and (op.startswith("fetch_") or op == "xchg"):
+        return (insn.src,)
+    if k in ("call", "callx", "ldabs") or (k, op) == ("atomic", "cmpxchg"):
+        return (0,)
+    return ()
+
+
+class _Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, text: str, depth: int) -> None:
+        pad = "    " * depth
+        self.lines.extend(pad + line for line in text.split("\n"))
+
+
+class Generator:
+    """Python source for one program. ``values64`` maps ld_imm64/cast slots to resolved constants."""
+
+    def __init__(self, prog, cfg: CFG, helpers, kfuncs, values64: dict[int, int],
+                 trace: bool = False) -> None:
+        self.prog, self.cfg, self.trace = prog, cfg, trace
+        self.helpers, self.kfuncs, self.values64 = helpers, kfuncs, values64
+        self.form_at = cfg.form_at
+        self.slots = sorted(self.form_at)           # instruction starts (ld_imm64 once)
+        self.r10_fixed = not any(10 in written_regs(f, i) for f, i in self.form_at.values())
+        self.block_len = {b.start: self._count(b.start, b.end) for b in cfg.blocks.values()}
+        self.used_helpers: set[int] = set()
+        self.checked_helpers: set[int] = set()
+        self.used_kfuncs: set[int] = set()
+        self.checked_kfuncs: set[int] = set()
+
+    def _count(self, start: int, end: int) -> int:
+        """Instructions in slots [start, end)."""
+        return bisect.bisect_left(self.slots, end) - bisect.bisect_left(self.slots, start)
+
+    # -- whole program -----------------------------------------------------------------------
+    def source(self) -> str:
+        funcs = _Lines()
+        for sp in self.cfg.subprogs:
+            self._function(funcs, sp)
+        out = _Lines()
+        out.add("def _build(R):", 0)
+        out.add("STOP = R.stop\nMLO = R.mlo\nMHI = R.mhi", 1)
+        for n in (1, 2, 4, 8):
+            out.add(f"SH{n} = STOP - {n}\nMH{n} = MHI - {n}", 1)
+        out.add("_ld = R.ld\n_st = R.st\n_atomic = R.atomic\n_ldabs = R.ldabs\n_callx = R.callx\n"
+                "_limit = R.limit_error", 1)
+        for h in sorted(self.used_helpers):
+            out.add(f"_h{h} = R.helper_fn({h})", 1)
+        for h in sorted(self.checked_helpers):
+            out.add(f"_hc{h} = R.helper_check({h})", 1)
+        for k in sorted(self.used_kfuncs):
+            out.add(f"_k{k} = R.kfunc_fn({k})", 1)
+        for k in sorted(self.checked_kfuncs):
+            out.add(f"_kc{k} = R.kfunc_check({k})", 1)
+        if self.trace:
+            out.add("_T = R.trace_insn\n_TS = R.trace_sync\n_TE = R.trace_enter", 1)
+        out.lines.extend("    " + line for line in funcs.lines)
+        out.add(f"return F{self.cfg.subprogs[0].start}", 1)
+        return "\n".join(out.lines) + "\n"
+
+    # -- one subprogram ----------------------------------------------------------------------
+    def _function(self, out: _Lines, sp) -> None:
+        pcs = self.slots[bisect.bisect_left(self.slots, sp.start):
+                         bisect.bisect_left(self.slots, sp.end)]
+        entries = {sp.start}
+        for p in pcs:
+            form, insn = self.form_at[p]
+            if form.kind in ("jcond", "ja", "may_goto"):
+                t = jump_target(form, insn, p)
+                if sp.start <= t < sp.end and t in self.form_at:
+                    entries.add(t)
+        entries = sorted(entries)
+        uses_mg = any(self.form_at[p][0].kind == "may_goto" for p in pcs)
+        out.add(f"def F{sp.start}(r1, r2, r3, r4, r5, fp, depth, left):", 0)
+        out.add("r0 = r6 = r7 = r8 = r9 = 0\nr10 = fp\nSLO = fp - 512", 1)
+        if uses_mg:
+            out.add(f"mg = {isa.BPF_MAX_LOOPS}", 1)
+        if self.trace:
+            out.add(f"_TE(depth, {REGS})", 1)
+        if len(entries) == 1:
+            self._run(out, sp, entries[0], set(entries), 1, dispatch=False)
+            return
+        out.add(f"pc = {sp.start}\nwhile True:", 1)
+        self._tree(out, sp, entries, set(entries), 0, len(entries), 2)
+
+    def _tree(self, out: _Lines, sp, entries: list[int], entry_set: set[int], lo: int, hi: int,
+              depth: int) -> None:
+        if hi - lo == 1:
+            self._run(out, sp, entries[lo], entry_set, depth, dispatch=True)
+            return
+        mid = (lo + hi) // 2
+        out.add(f"if pc < {entries[mid]}:", depth)
+        self._tree(out, sp, entries, entry_set, lo, mid, depth + 1)
+        out.add("else:", depth)
+        self._tree(out, sp, entries, entry_set, mid, hi, depth + 1)
+
+    def _run(self, out: _Lines, sp, entry: int, entries: set[int], depth: int,
+             dispatch: bool) -> None:
+        seq, end, pc = [], None, entry
+        while True:
+            seq.append(pc)
+            form, _ = self.form_at[pc]
+            if form.kind in ("ja", "exit"):
+                break
+            nxt = pc + form.slots
+            if nxt >= sp.end:
+                end = "falloff"
+                break
+            if nxt in entries:
+                end = nxt
+                break
+            pc = nxt
+        selfloop = any(self.form_at[p][0].kind in ("jcond", "ja", "may_goto")
+                       and jump_target(*self.form_at[p], p) == entry for p in seq)
+
+        def goto(target: int, src: int) -> str:
+            if target not in entries:
+                return f"raise VMError('jump out of range from insn {src} to {target}', {src})"
+            if selfloop and target == entry:
+                return "continue"
+            if selfloop:
+                return f"pc = {target}; break"
+            assert dispatch, "a single-entry function only jumps to its own entry"
+            return f"pc = {target}; continue"
+
+        if selfloop:
+            out.add("while True:", depth)
+            depth += 1
+        for p in seq:
+            if p in self.block_len:
+                out.add(f"left -= {self.block_len[p]}\nif left < 0: raise _limit({p})", depth)
+            out.add(self._insn(p, goto), depth)
+        if end == "falloff":
+            msg = f"fell off the end of subprogram {sp.name} at insn {seq[-1]}"
+            out.add(f"raise VMError({msg!r}, {seq[-1]})", depth)
+        elif end is not None:
+            out.add(goto(end, seq[-1]), depth)
+
+    # -- one instruction ---------------------------------------------------------------------
+    def _insn(self, pc: int, goto) -> str:
+        form, insn = self.form_at[pc]
+        o = make_ops(pc, form, insn, self.values64.get(pc, 0), self.r10_fixed)
+        code = snippet(o)
+        if form.kind in ("jcond", "ja", "may_goto"):
+            code = code.replace("{GOTO}", goto(jump_target(form, insn, pc), pc))
+        if form.kind == "call":
+            code = self._call(pc, form, insn)
+        if not self.trace:
+            return code
+        hook = f"_T({pc}, depth, {REGS})"
+        if form.kind in _CONTROL:
+            return hook + "\n" + code
+        if (form.kind, form.op) == ("call", "local"):
+            return hook + "\n" + code + f"\n_TS(depth, {REGS})"
+        return code + "\n" + hook
+
+    def _call(self, pc: int, form: isa.Form, insn) -> str:
+        if form.op == "local":
+            t = jump_target(form, insn, pc)
+            return (f"if depth >= {isa.MAX_CALL_FRAMES - 1}: raise VMError("
+                    f"'the call stack of {{}} frames is too deep'.format(depth + 2), {pc})\n"
+                    f"r0, left = F{t}(r1, r2, r3, r4, r5, fp - {isa.MAX_BPF_STACK}, depth + 1, "
+                    f"left)")
+        if form.op == "helper":
+            reg, used, checked, pre = self.helpers, self.used_helpers, self.checked_helpers, "h"
+            missing = f"invalid func unknown#{insn.imm}"
+        else:
+            reg, used, checked, pre = self.kfuncs, self.used_kfuncs, self.checked_kfuncs, "k"
+            missing = f"unknown kernel function id {insn.imm}"
+        h = reg.get(insn.imm) if reg is not None else None
+        if h is None:
+            raise VMError(missing, pc)
+        used.add(h.id)
+        args = ", ".join(f"r{i}" for i in range(1, h.prototype.nargs + 1))
+        lines = []
+        if h.checks_memory:
+            checked.add(h.id)
+            lines.append(f"_{pre}c{h.id}({pc}, SLO, r1, r2, r3, r4, r5)")
+        lines.append(f"r0 = _{pre}{h.id}({args}) & 0xffffffffffffffff")
+        if h.unwind:
+            lines.append("if not r0: raise _Stop()")
+        return "\n".join(lines)

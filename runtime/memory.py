@@ -1,0 +1,193 @@
+"""Memory the runtime hands to BPF programs: real process buffers and the region table that guards them.
+
+A BPF pointer is a real address in this process (as in the JIT, and as Python sees it through
+ctypes or numpy), so one byte view of the whole user address space, :data:`PROC`, reads and
+writes every buffer. Nothing may touch :data:`PROC` at an address that was not first checked
+against a :class:`RegionTable`: the table lists what one run may access (its stack frames, the
+``mem`` or context buffer, packet data, later map values and the arena band) and
+:meth:`RegionTable.check` raises :class:`~pybpf.errors.MemoryAccessError` *before* anything is read
+or written. :class:`Buffer` allocates zeroed memory at a stable address, optionally between two
+guard zones filled with a canary pattern so tests can prove that a refused access left the
+neighbouring memory alone.
+
+>>> buf = Buffer(8, init=b"\\x01\\x02")
+>>> table = RegionTable([Region(buf.address, 8, "mem")])
+>>> table.read(buf.address, 2)
+b'\\x01\\x02'
+>>> table.find(buf.address + 7, 2) is None      # read() would raise MemoryAccessError
+True
+"""
+from __future__ import annotations
+
+import bisect
+import ctypes
+import struct
+from dataclasses import dataclass, field
+
+from pybpf.errors import MemoryAccessError
+
+# x86-64 user space ends below 2**47 (4-level paging); the view covers all of it. Creating it
+# maps nothing: a memoryview over a ctypes array only records the base and the length.
+USER_SPACE = 1 << 47
+PROC = memoryview((ctypes.c_char * USER_SPACE).from_address(0)).cast("B")
+
+# Unsigned and signed little-endian accessors by size; each takes (view, address).
+_U, _S = dict(zip((1, 2, 4, 8), "BHIQ")), dict(zip((1, 2, 4, 8), "bhiq"))
+UNPACK = {n: struct.Struct("<" + c).unpack_from for n, c in _U.items()}
+UNPACK_SIGNED = {n: struct.Struct("<" + c).unpack_from for n, c in _S.items()}
+PACK = {n: struct.Struct("<" + c).pack_into for n, c in _U.items()}
+
+GUARD_FILL = 0xA5  # canary byte of the guard zones around a Buffer
+
+
+class Buffer:
+    """``size`` zeroed bytes at a stable address, kept alive as long as this object.
+
+    With ``guard`` > 0 the buffer sits between two ``guard``-byte zones filled with
+    :data:`GUARD_FILL`; :meth:`guards_intact` tells whether anything wrote there.
+    """
+
+    def __init__(self, size: int, init: bytes | bytearray | memoryview | None = None,
+                 guard: int = 0, align: int = 16) -> None:
+        if size < 0:
+            raise ValueError("buffer size must be >= 0")
+        self.size, self.guard = size, guard
+        # Over-allocate so the usable part can be aligned to ``align`` (ctypes guarantees 16).
+        raw = ctypes.create_string_buffer(size + 2 * guard + align)
+        base = ctypes.addressof(raw)
+        start = -(-(base + guard) // align) * align
+        self._raw = raw
+        self.address = start
+        if guard:
+            ctypes.memset(start - guard, GUARD_FILL, guard)
+            ctypes.memset(start + size, GUARD_FILL, guard)
+        if init is not None:
+            data = bytes(init)[:size]
+            ctypes.memmove(start, data, len(data))
+
+    def bytes(self) -> bytes:
+        """A copy of the contents."""
+        return ctypes.string_at(self.address, self.size)
+
+    def view(self) -> memoryview:
+        """A writable view of the contents (valid while this Buffer lives)."""
+        return PROC[self.address:self.address + self.size]
+
+    def guards_intact(self) -> bool:
+        if not self.guard:
+            return True
+        want = bytes([GUARD_FILL]) * self.guard
+        return (ctypes.string_at(self.address - self.guard, self.guard) == want
+                and ctypes.string_at(self.address + self.size, self.guard) == want)
+
+
+@dataclass
+class Region:
+    """``size`` bytes at ``start`` that a run may access; ``owner`` keeps the memory alive."""
+
+    start: int
+    size: int
+    name: str
+    writable: bool = True
+    owner: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    def contains(self, address: int, size: int) -> bool:
+        return self.start <= address and address + size <= self.start + self.size
+
+    def describe(self) -> str:
+        ro = "" if self.writable else " read-only"
+        return f"{self.name} [0x{self.start:x}, 0x{self.end:x}){ro}"
+
+
+class RegionTable:
+    """The regions one run may touch, sorted by address; the slow path of every access check.
+
+    Regions never overlap. Map values and the arena band are added as regions when they exist.
+    """
+
+    def __init__(self, regions=()) -> None:
+        self._starts: list[int] = []
+        self._regions: list[Region] = []
+        for r in regions:
+            self.add(r)
+
+    def __iter__(self):
+        return iter(self._regions)
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def add(self, region: Region) -> Region:
+        if region.size <= 0:
+            return region  # nothing to access (a run without mem)
+        i = bisect.bisect_right(self._starts, region.start)
+        if (i > 0 and self._regions[i - 1].end > region.start) or \
+                (i < len(self._regions) and region.end > self._regions[i].start):
+            raise ValueError(f"region {region.describe()} overlaps another region")
+        self._starts.insert(i, region.start)
+        self._regions.insert(i, region)
+        return region
+
+    def move(self, region: Region, start: int, size: int) -> None:
+        """Change a region's bounds in place; the caller keeps it inside its own memory (the
+        interpreter narrows the stack region to the active frames this way)."""
+        i = self._regions.index(region)
+        region.start, region.size = start, size
+        self._starts[i] = start
+
+    def remove(self, region: Region) -> None:
+        i = self._regions.index(region)
+        del self._starts[i], self._regions[i]
+
+    def find(self, address: int, size: int) -> Region | None:
+        """The region holding all of ``[address, address + size)``, or None."""
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0:
+            r = self._regions[i]
+            if address + size <= r.start + r.size:
+                return r
+        return None
+
+    def describe(self) -> str:
+        return ", ".join(r.describe() for r in self._regions) or "nothing"
+
+    def check(self, address: int, size: int, kind: str = "read", pc: int | None = None) -> Region:
+        """The region for an access, or MemoryAccessError (``kind`` is "read" or "write")."""
+        r = self.find(address, size)
+        if r is None or (kind != "read" and not r.writable):
+            raise MemoryAccessError(pc, address, size, kind, self.describe())
+        return r
+
+    # -- checked accessors (helpers and slow paths use these) ---------------------------------
+    def read(self, address: int, size: int, pc: int | None = None) -> bytes:
+        self.check(address, size, "read", pc)
+        return bytes(PROC[address:address + size])
+
+    def write(self, address: int, data: bytes, pc: int | None = None) -> None:
+        self.check(address, len(data), "write", pc)
+        PROC[address:address + len(data)] = data
+
+    def load(self, address: int, size: int, signed: bool = False, pc: int | None = None) -> int:
+        """A little-endian integer of ``size`` bytes (sign-extended to Python int if ``signed``)."""
+        self.check(address, size, "read", pc)
+        return (UNPACK_SIGNED if signed else UNPACK)[size](PROC, address)[0]
+
+    def store(self, address: int, size: int, value: int, pc: int | None = None) -> None:
+        self.check(address, size, "write", pc)
+        PACK[size](PROC, address, value & ((1 << (8 * size)) - 1))
+
+    def read_cstr(self, address: int, limit: int = 1 << 20, pc: int | None = None) -> bytes:
+        """A NUL-terminated string (without the NUL); it must end inside one region."""
+        r = self.find(address, 1)
+        if r is None:
+            raise MemoryAccessError(pc, address, 1, "read", self.describe())
+        end = min(r.end, address + limit)
+        data = bytes(PROC[address:end])
+        nul = data.find(b"\0")
+        if nul < 0:
+            raise MemoryAccessError(pc, address, end - address + 1, "read", self.describe())
+        return data[:nul]
