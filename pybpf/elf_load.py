@@ -1,0 +1,107 @@
+"""Phase 2 of ELF loading: an object's maps created in a VM, the way libbpf prepares a load.
+
+``bind(obj, vm)`` creates every map of ``obj.map_defs`` with ``vm.create_map``, writes the
+initial values (global data at key 0 of its array map; ``__arena`` globals into the arena at
+``obj.arena_data_off``), binds ``obj.variables`` to that storage, and rewrites each program's
+map references from indexes (ld_imm64 src 5/6, as phase 1 leaves them) to the VM maps' fds
+(src 1/2), as libbpf hands the kernel fds. ``obj.maps[name]`` then are the VM's map objects.
+
+The map objects are used through the runtime's map faces: ``.fd``; the syscall face
+``sys_lookup(key: bytes) -> bytes`` / ``sys_update(key: bytes, value: bytes)`` for global data
+(``map_lookup_elem(key)`` gives a value's address); the arena's ``user_vm_start`` and its Python
+face ``read(addr, size)`` / ``write(addr, data)``, which fault pages in the way user-space
+touches of a real arena do.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from . import isa
+from .elf_model import BpfObject, ElfMap, ElfProgram, _MapTable
+from .errors import BPFError, ELFError
+
+_KEY0 = bytes(4)
+
+
+class ArrayValue:
+    """The single value of a global-data array map."""
+
+    def __init__(self, lmap, decl: ElfMap):
+        self.map, self.decl = lmap, decl
+
+    def read(self, off: int, size: int) -> bytes:
+        return bytes(self.map.sys_lookup(_KEY0))[off:off + size]
+
+    def write(self, off: int, data: bytes) -> None:
+        value = bytearray(self.map.sys_lookup(_KEY0))
+        value[off:off + len(data)] = data
+        self.map.sys_update(_KEY0, bytes(value))
+
+    def address(self, off: int) -> int:
+        return self.map.map_lookup_elem(_KEY0) + off
+
+
+class ArenaGlobals:
+    """The ``__arena`` globals: arena memory from ``user_vm_start + arena_data_off``."""
+
+    def __init__(self, lmap, decl: ElfMap, data_off: int):
+        self.map, self.decl = lmap, decl
+        start = getattr(lmap, "user_vm_start", None)
+        if not isinstance(start, int) or not start:
+            raise ELFError(f"arena map '{decl.name}' has no user_vm_start; cannot place its globals")
+        self.base = start + data_off
+
+    def address(self, off: int) -> int:
+        return self.base + off
+
+    def read(self, off: int, size: int) -> bytes:
+        return bytes(self.map.read(self.base + off, size))
+
+    def write(self, off: int, data: bytes) -> None:
+        self.map.write(self.base + off, bytes(data))
+
+
+def bind(obj: BpfObject, vm=None) -> BpfObject:
+    """Create ``obj``'s maps in ``vm`` (a new pybpf.VM when None) and bind everything to them."""
+    if obj.vm is not None:
+        raise ELFError(f"{obj.filename}: the object is already loaded into a VM")
+    if vm is None:
+        from .runtime.vm import VM
+        vm = VM()
+    if not callable(getattr(vm, "create_map", None)):
+        raise ELFError(f"{obj.filename}: {type(vm).__name__} cannot create maps (no create_map)")
+    created, storage = {}, {}
+    for m in obj.map_defs.values():
+        try:
+            lm = vm.create_map(m.type, key_size=m.key_size, value_size=m.value_size,
+                               max_entries=m.max_entries, flags=m.flags, map_extra=m.map_extra,
+                               name=m.name)
+            created[m.name] = lm
+            if m.type == "arena":
+                storage[m.name] = ArenaGlobals(lm, m, obj.arena_data_off)
+                if m.initial:
+                    storage[m.name].write(0, m.initial)
+            elif m.origin == "data":
+                storage[m.name] = ArrayValue(lm, m)
+                storage[m.name].write(0, m.initial or bytes(m.value_size))
+        except ELFError:
+            raise
+        except BPFError as e:
+            raise ELFError(f"{obj.filename}: map '{m.name}' ({m.type}): {e}") from None
+    for v in obj.variables.values():
+        v._backing = storage.get(v.map_name)
+    fds = {name: lm.fd for name, lm in created.items()}
+    obj.programs = {n: with_map_fds(p, fds) for n, p in obj.programs.items()}
+    obj.maps = _MapTable(created, aliases=obj.maps.aliases)
+    obj.vm = vm
+    return obj
+
+
+def with_map_fds(prog: ElfProgram, fds: dict[str, int]) -> ElfProgram:
+    """A copy of ``prog`` whose map references are fds (src 1/2) instead of indexes (src 5/6)."""
+    insns = list(prog.insns)
+    to_fd = {isa.PSEUDO_MAP_IDX: isa.PSEUDO_MAP_FD, isa.PSEUDO_MAP_IDX_VALUE: isa.PSEUDO_MAP_VALUE}
+    for pc, form, insn in prog.instructions():
+        if form.kind == "lddw" and insn.src in to_fd:
+            insns[pc] = insn._replace(src=to_fd[insn.src], imm=fds[prog.maps[insn.imm].name])
+    return dataclasses.replace(prog, insns=insns, maps=[])

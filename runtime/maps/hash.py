@@ -1,0 +1,215 @@
+"""BPF_MAP_TYPE_HASH and LRU_HASH, the base of the percpu hashes too (kernel/bpf/hashtab.c).
+
+Storage is preallocated like the kernel's default (prealloc) hash: ``max_entries`` elements in one
+mapping, a free list, and chains hanging off ``n_buckets`` (``max_entries`` rounded up to a power
+of two) u32 bucket heads, so native code can look keys up without calling back into Python:
+
+* bucket ``b`` (``index + 4*b``) holds ``slot + 1`` of the first element of its chain, 0 if empty;
+  ``b = fnv1a32(key) & index_mask``, FNV-1a 32-bit over the ``key_size`` key bytes;
+* element ``slot`` at ``data + slot * elem_size``: u32 next (slot + 1, 0 ends the chain), u32
+  hash, u8 in_use, u8 ref (LRU reference bit), 10 bytes padding, the key padded to 8 bytes, then
+  the value (``n_cpus`` values of ``round_up(value_size, 8)`` for percpu maps).
+
+Python keeps a dict ``key -> slot`` beside it for speed; every change writes the element before
+linking it, so a concurrent native reader never sees a half-built one.
+
+Kernel rules: update flags BPF_ANY / BPF_NOEXIST (-EEXIST if present) / BPF_EXIST (-ENOENT if
+absent), anything else -EINVAL; a new key when all ``max_entries`` are used gives -E2BIG;
+delete of a missing key -ENOENT and deletion frees the slot. Updating an existing key rewrites
+its value in place (the kernel swaps in a spare element instead; a BPF program holding the old
+pointer then still sees the old value, here it sees the new one).
+
+LRU: instead of failing with -E2BIG an insert into a full map evicts. As in the kernel, recency is
+a reference bit set by lookups from BPF programs (native code sets the ``ref`` byte too), so the
+order is approximate: elements sit in a list, oldest first; new and updated elements go to the
+end with the bit clear; eviction takes the oldest element whose bit is clear, giving referenced
+ones a second chance (clear the bit, move to the end). Lookups from user space do not count as
+use (the kernel's ``lookup_elem_sys_only``).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import struct
+
+from .base import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_LOCK, BPF_F_NO_COMMON_LRU,
+                   BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_ZERO_SEED,
+                   BPF_NOEXIST, ENOTSUPP, HEADER_SIZE, KMALLOC_MAX_SIZE, PCPU_MIN_UNIT_SIZE, Map,
+                   Memory, check, round_up)
+
+HTAB_CREATE_FLAG_MASK = (BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_NUMA_NODE |
+                         BPF_F_ACCESS_MASK | BPF_F_ZERO_SEED)
+HTAB_ELEM_SIZE = 48        # sizeof(struct htab_elem), part of the kernel's E2BIG bound
+ELEM_HDR = 16              # next, hash, in_use, ref, padding
+OFF_NEXT, OFF_HASH, OFF_IN_USE, OFF_REF = 0, 4, 8, 9
+_U32 = struct.Struct("<I")
+_ELEM = struct.Struct("<IIBB")
+
+
+def fnv1a32(data: bytes) -> int:
+    """The bucket hash (FNV-1a, 32-bit): simple enough for the JIT to inline."""
+    h = 0x811C9DC5
+    for b in data:
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+class HashMap(Map):
+    """BPF_MAP_TYPE_HASH: key bytes -> value slot; keys and values decode as bytes by default."""
+
+    type = "hash"
+    lru = False
+
+    def _check_attrs(self) -> None:
+        # htab_map_alloc_check, in the kernel's order.
+        flags, ks, vs = self.flags, self.key_size, self.value_size
+        check(not flags & ~HTAB_CREATE_FLAG_MASK, errno.EINVAL, f"unknown flags 0x{flags:x}")
+        check(self.lru or not flags & BPF_F_NO_COMMON_LRU, errno.EINVAL,
+              "BPF_F_NO_COMMON_LRU is for LRU maps")
+        check(not (self.lru and flags & BPF_F_NO_PREALLOC), ENOTSUPP,
+              "LRU maps are always preallocated")
+        check(not (flags & BPF_F_NUMA_NODE and (self.percpu or flags & BPF_F_NO_COMMON_LRU)),
+              errno.EINVAL, "percpu maps take no NUMA node")
+        check(self.max_entries and ks and vs, errno.EINVAL,
+              f"{self.type} needs key_size, value_size and max_entries > 0")
+        check(ks + vs < KMALLOC_MAX_SIZE - HTAB_ELEM_SIZE, errno.E2BIG,
+              "key_size + value_size too large")
+        check(not self.percpu or round_up(vs, 8) <= PCPU_MIN_UNIT_SIZE, errno.E2BIG,
+              f"percpu values are limited to {PCPU_MIN_UNIT_SIZE} bytes")
+
+    def _setup(self) -> None:
+        self._check_attrs()
+        n = self.max_entries
+        self.n_buckets = 1 << (n - 1).bit_length()
+        self.value_off = ELEM_HDR + round_up(self.key_size, 8)
+        self.stride = round_up(self.value_size, 8)
+        self.elem_size = self.value_off + self.stride * self.n_cpus
+        buckets_off = HEADER_SIZE
+        elems_off = buckets_off + round_up(4 * self.n_buckets, 8)
+        self._mem = Memory(elems_off + n * self.elem_size)
+        self._view = self._mem.view
+        self._place_header(self._mem)
+        self._buckets = self._mem.address + buckets_off
+        self._bucket_off = buckets_off
+        self.elems_address = self._mem.address + elems_off
+        self._elems_off = elems_off
+        h = self.header
+        h.data, h.index, h.index_mask = self.elems_address, self._buckets, self.n_buckets - 1
+        h.elem_size = self.elem_size
+        self._slots: dict[bytes, int] = {}           # key -> slot, in LRU order (oldest first)
+        self._free = list(range(n - 1, -1, -1))       # pop() hands out slot 0 first
+
+    # -- element memory ---------------------------------------------------------------------
+    def _elem_off(self, slot: int) -> int:
+        return self._elems_off + slot * self.elem_size
+
+    def _value_base(self, key: bytes) -> int:
+        slot = self._slots.get(key)
+        return 0 if slot is None else self.elems_address + slot * self.elem_size + self.value_off
+
+    def _write_value(self, slot: int, value: bytes, onallcpus: bool, new: bool) -> None:
+        base = self.elems_address + slot * self.elem_size + self.value_off
+        if onallcpus:
+            ctypes.memmove(base, value, self.stride * self.n_cpus)
+        elif self.percpu:
+            if new:   # the other CPUs of a new element start at zero (pcpu_init_value)
+                ctypes.memset(base, 0, self.stride * self.n_cpus)
+            ctypes.memmove(base + self.cpu * self.stride, value, self.value_size)
+        else:
+            ctypes.memmove(base, value, self.value_size)
+            if new and self.stride > self.value_size:
+                ctypes.memset(base + self.value_size, 0, self.stride - self.value_size)
+
+    def _link(self, slot: int, key: bytes) -> None:
+        h = fnv1a32(key)
+        off, view = self._elem_off(slot), self._view
+        bucket = self._bucket_off + 4 * (h & (self.n_buckets - 1))
+        padded = round_up(self.key_size, 8)
+        view[off + ELEM_HDR:off + ELEM_HDR + padded] = key.ljust(padded, b"\0")
+        _ELEM.pack_into(view, off, _U32.unpack_from(view, bucket)[0], h, 1, 0)
+        _U32.pack_into(view, bucket, slot + 1)        # publish last
+        self._slots[key] = slot
+
+    def _unlink(self, key: bytes) -> None:
+        slot = self._slots.pop(key)
+        off, view = self._elem_off(slot), self._view
+        nxt, h, _, _ = _ELEM.unpack_from(view, off)
+        link = self._bucket_off + 4 * (h & (self.n_buckets - 1))
+        while (cur := _U32.unpack_from(view, link)[0]) != slot + 1:
+            check(cur, errno.EFAULT, "hash chain corrupted (element headers were overwritten)")
+            link = self._elem_off(cur - 1) + OFF_NEXT
+        _U32.pack_into(view, link, nxt)
+        view[off + OFF_IN_USE] = 0
+        self._free.append(slot)
+
+    # -- the BPF face ---------------------------------------------------------------------------
+    def map_lookup_elem(self, key: bytes) -> int:
+        addr = Map.map_lookup_elem(self, key)
+        if addr and self.lru:
+            self._view[self._elem_off(self._slots[key]) + OFF_REF] = 1
+        return addr
+
+    def _update(self, key: bytes, value: bytes, flags: int, onallcpus: bool) -> int:
+        if flags & ~BPF_F_LOCK > BPF_EXIST or flags & BPF_F_LOCK:
+            return -errno.EINVAL          # unknown flags; BPF_F_LOCK needs a bpf_spin_lock (BTF)
+        slot = self._slots.get(key)
+        if slot is not None and flags == BPF_NOEXIST:
+            return -errno.EEXIST
+        if slot is None and flags == BPF_EXIST:
+            return -errno.ENOENT
+        if slot is not None:
+            self._write_value(slot, value, onallcpus, new=False)
+            if self.lru:                    # an update makes the element the most recent
+                self._slots[key] = self._slots.pop(key)
+                self._view[self._elem_off(slot) + OFF_REF] = 0
+            return 0
+        if not self._free:
+            if not self.lru:
+                return -errno.E2BIG
+            self._evict()
+        slot = self._free.pop()
+        self._write_value(slot, value, onallcpus, new=True)
+        self._link(slot, key)
+        return 0
+
+    def map_delete_elem(self, key: bytes) -> int:
+        if key not in self._slots:
+            return -errno.ENOENT
+        self._unlink(key)
+        return 0
+
+    def _evict(self) -> None:
+        view = self._view
+        while True:                         # second chance: at most len + 1 rounds
+            key = next(iter(self._slots))
+            ref = self._elem_off(self._slots[key]) + OFF_REF
+            if not view[ref]:
+                self._unlink(key)
+                return
+            view[ref] = 0
+            self._slots[key] = self._slots.pop(key)
+
+    def regions(self) -> list[tuple[int, int, bool]]:
+        return [(self.elems_address, self.max_entries * self.elem_size,
+                 not self.flags & BPF_F_RDONLY_PROG)]
+
+    # -- syscall / Python faces -----------------------------------------------------------------
+    def _raw_keys(self) -> list[bytes]:
+        return list(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def sys_get_next_key(self, key: bytes | None) -> bytes:
+        self._sys_check(False)
+        keys = list(self._slots)
+        i = keys.index(key) + 1 if key is not None and key in self._slots else 0
+        check(i < len(keys), errno.ENOENT, "no next key")
+        return keys[i]
+
+
+class LruHashMap(HashMap):
+    """BPF_MAP_TYPE_LRU_HASH: a hash map that evicts instead of refusing inserts when full."""
+
+    type = "lru_hash"
+    lru = True

@@ -1,0 +1,138 @@
+"""BPF_MAP_TYPE_PROG_ARRAY: the jump table of bpf_tail_call (kernel/bpf/arraymap.c, fd_array ops).
+
+Values are loaded programs. User space stores them by index (``pa[i] = loaded_program``, or an
+int fd that ``resolve_prog`` turns into one; the VM sets that hook); BPF programs cannot read or
+write the map, they only ``bpf_tail_call(ctx, &map, index)`` through it.
+
+Tail-call support data: :meth:`get_prog` is the interpreter's lookup (None for an index past the
+end or an empty slot: the call falls through); ``table_address`` (also ``MapHeader.data``) is a
+u64 per index holding the program's ``native_entry`` attribute (its JIT'd entry point) or 0, for
+JIT'd tail calls; :meth:`refresh_native` rewrites it after programs are (re)compiled.
+``MAX_TAIL_CALL_CNT`` bounds the chain length (33, as in the kernel).
+
+Kernel rules: key_size and value_size must be 4; update flags other than BPF_ANY give -EINVAL;
+indexes past the end give -E2BIG (update and delete); deleting an empty slot gives -ENOENT.
+"""
+from __future__ import annotations
+
+import errno
+import struct
+
+from .array import ArrayMap
+from .base import (BPF_ANY, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG, HEADER_SIZE, Memory, check,
+                   fail)
+
+MAX_TAIL_CALL_CNT = 33
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class ProgArrayMap(ArrayMap):
+    """Index -> loaded program. ``m[i]`` returns the program object itself."""
+
+    type = "prog_array"
+
+    def _check_attrs(self) -> None:
+        # fd_array_map_alloc_check, then the array checks.
+        check(self.value_size == 4, errno.EINVAL, "prog_array values are 4-byte fds")
+        check(not self.flags & (BPF_F_RDONLY_PROG | BPF_F_WRONLY_PROG), errno.EINVAL,
+              "prog_array takes no BPF_F_RDONLY_PROG/BPF_F_WRONLY_PROG")
+        super()._check_attrs()
+
+    def _setup(self) -> None:
+        self._check_attrs()
+        self.stride = self.elem_size = 8
+        self._mem = Memory(HEADER_SIZE + 8 * self.max_entries)
+        self._place_header(self._mem)
+        self.table_address = self.data_address = self._mem.address + HEADER_SIZE
+        self.header.data, self.header.elem_size = self.table_address, 8
+        self._progs: list = [None] * self.max_entries
+        self.resolve_prog = None      # fd -> loaded program, installed by the VM
+
+    # -- BPF face: programs can only tail-call through the map -------------------------------
+    def _value_base(self, key: bytes) -> int:
+        return 0
+
+    def _update(self, key: bytes, value: bytes, flags: int, onallcpus: bool) -> int:
+        return -errno.EINVAL
+
+    def map_delete_elem(self, key: bytes) -> int:
+        return -errno.EINVAL
+
+    def regions(self) -> list[tuple[int, int, bool]]:
+        return []
+
+    def get_prog(self, index: int):
+        """The program bpf_tail_call jumps to for ``index`` (a u32), or None to fall through."""
+        index &= 0xFFFFFFFF
+        return self._progs[index] if index < self.max_entries else None
+
+    def refresh_native(self) -> None:
+        """Rewrite the native table from each program's ``native_entry`` (0 when absent)."""
+        view = self._mem.view
+        for i, prog in enumerate(self._progs):
+            _U64.pack_into(view, HEADER_SIZE + 8 * i,
+                           (getattr(prog, "native_entry", 0) or 0) if prog is not None else 0)
+
+    # -- syscall / Python faces ------------------------------------------------------------------
+    def _set(self, index: int, prog) -> None:
+        self._progs[index] = prog
+        _U64.pack_into(self._mem.view, HEADER_SIZE + 8 * index,
+                       (getattr(prog, "native_entry", 0) or 0) if prog is not None else 0)
+
+    def update(self, key, prog, flags: int = BPF_ANY) -> None:
+        """Store ``prog`` (a loaded program, or an int fd for ``resolve_prog``) at ``key``."""
+        self._sys_check(True)
+        index = self._index(self.key_codec.encode(key))
+        check(flags == BPF_ANY, errno.EINVAL, "prog_array updates take BPF_ANY only")
+        check(index < self.max_entries, errno.E2BIG, f"index {index} out of range")
+        if isinstance(prog, int):
+            fd = prog
+            prog = self.resolve_prog(fd) if self.resolve_prog is not None else None
+            check(prog is not None, errno.EINVAL, f"fd {fd} is not a loaded program")
+        check(prog is not None, errno.EINVAL, "no program given")
+        self._set(index, prog)
+
+    __setitem__ = update
+
+    def sys_update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        self.update(self._index(self._key(key)), _U32.unpack(value)[0], flags)
+
+    def lookup(self, key):
+        self._sys_check(False)
+        index = self._index(self.key_codec.encode(key))
+        prog = self.get_prog(index)
+        if prog is None:
+            raise fail(f"no program at index {index}", errno.ENOENT)
+        return prog
+
+    __getitem__ = lookup
+
+    def sys_lookup(self, key: bytes) -> bytes:
+        """The kernel returns the program's id; here its ``id`` (or ``fd``) attribute, or 0."""
+        prog = self.lookup(self._index(self._key(key)))
+        return _U32.pack((getattr(prog, "id", None) or getattr(prog, "fd", None) or 0)
+                         & 0xFFFFFFFF)
+
+    def sys_delete(self, key: bytes) -> None:
+        self._sys_check(True)
+        index = self._index(self._key(key))
+        check(index < self.max_entries, errno.E2BIG, f"index {index} out of range")
+        check(self._progs[index] is not None, errno.ENOENT, f"no program at index {index}")
+        self._set(index, None)
+
+    def _raw_keys(self) -> list[bytes]:
+        return [_U32.pack(i) for i, p in enumerate(self._progs) if p is not None]
+
+    def __len__(self) -> int:
+        return sum(p is not None for p in self._progs)
+
+    def __contains__(self, key) -> bool:
+        return self.get_prog(self._index(self.key_codec.encode(key))) is not None
+
+    def items(self) -> list:
+        return [(i, p) for i, p in enumerate(self._progs) if p is not None]
+
+    def clear(self) -> None:
+        for i in range(self.max_entries):
+            self._set(i, None)

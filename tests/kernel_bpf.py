@@ -1,0 +1,282 @@
+"""A tiny bpf(2) client for cross-checking pybpf's ELF linker against the running kernel.
+
+Test support only (pybpf never needs a kernel): it creates the maps an object declares, loads a
+program exactly as ``pybpf.elf.parse_object`` linked it (map references by index through
+``fd_array``; pybpf kfunc ids swapped for the kernel's BTF ids) and runs it with
+BPF_PROG_TEST_RUN. If the kernel verifier accepts the linked program and it computes the right
+answers, the linking (subprogram order, call offsets, map and global relocations, arena offsets)
+is right. Needs root (CAP_BPF); ``available()`` says whether this process may use bpf().
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+import os
+import struct
+
+from pybpf.elf_reader import ElfReader
+from pybpf.elf_sections import MAP_TYPE_IDS
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_BPF = 321  # x86-64
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD = 0, 1, 2, 5
+BPF_PROG_TEST_RUN, BPF_BTF_LOAD = 10, 18
+BPF_F_SLEEPABLE = 1 << 4
+PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4,
+                 "tracepoint": 5, "xdp": 6, "syscall": 31}
+
+
+class KernelError(OSError):
+    def __init__(self, what: str, err: int, log: str = ""):
+        super().__init__(err, f"{what}: {os.strerror(err)}" + (f"\n{log}" if log else ""))
+        self.log = log
+
+
+def _bpf(cmd: int, attr: bytearray, what: str) -> int:
+    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
+    r = _libc.syscall(_SYS_BPF, cmd, buf, len(attr))
+    if r < 0:
+        raise KernelError(what, ctypes.get_errno())
+    return r
+
+
+def available() -> bool:
+    """True when bpf() works here (root, not blocked by seccomp)."""
+    try:
+        fd = create_map("array", 4, 4, 1, name="probe")
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _addr(buf) -> int:
+    return ctypes.addressof(buf) if buf is not None else 0
+
+
+def create_map(mtype: str, key: int, value: int, entries: int, flags: int = 0,
+               map_extra: int = 0, name: str = "") -> int:
+    attr = bytearray(80)
+    struct.pack_into("<IIIII", attr, 0, MAP_TYPE_IDS[mtype], key, value, entries, flags)
+    attr[28:28 + 15] = name.encode()[:15].ljust(15, b"\0")
+    struct.pack_into("<Q", attr, 64, map_extra)
+    return _bpf(BPF_MAP_CREATE, attr, f"map_create {name} ({mtype})")
+
+
+def _elem(cmd: int, fd: int, key: bytes, value, flags: int = 0) -> None:
+    k = ctypes.create_string_buffer(bytes(key), len(key))
+    attr = bytearray(32)
+    struct.pack_into("<IIQQQ", attr, 0, fd, 0, _addr(k), _addr(value), flags)
+    _bpf(cmd, attr, "map elem op")
+
+
+def update(fd: int, key: bytes, value: bytes) -> None:
+    _elem(BPF_MAP_UPDATE_ELEM, fd, key, ctypes.create_string_buffer(bytes(value), len(value)))
+
+
+def lookup(fd: int, key: bytes, size: int) -> bytes:
+    out = ctypes.create_string_buffer(size)
+    _elem(BPF_MAP_LOOKUP_ELEM, fd, key, out)
+    return out.raw
+
+
+# bytes that follow the 12-byte common header of each BTF kind, by kind number and vlen
+_EXTRA = {1: lambda v: 4, 3: lambda v: 12, 4: lambda v: 12 * v, 5: lambda v: 12 * v,
+          6: lambda v: 8 * v, 13: lambda v: 8 * v, 14: lambda v: 4, 15: lambda v: 12 * v,
+          17: lambda v: 4, 19: lambda v: 12 * v}
+
+
+def _records(raw):
+    """(type id, byte position, kind number, vlen, name offset, info) of each BTF type record."""
+    _m, _v, _f, hdr, toff, tlen, _soff, _slen = struct.unpack_from("<HBBIIIII", raw)
+    pos, tid = hdr + toff, 1
+    while pos < hdr + toff + tlen:
+        name_off, info, _ = struct.unpack_from("<III", raw, pos)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        yield tid, pos, kind, vlen, name_off, info
+        pos += 12 + _EXTRA.get(kind, lambda v: 0)(vlen)
+        tid += 1
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_btf_id(name: str, path: str = "/sys/kernel/btf/vmlinux") -> int:
+    """BTF id of FUNC ``name`` in the kernel's BTF (a quick scan, not a full parse)."""
+    data = open(path, "rb").read()
+    _m, _v, _f, hdr, _toff, _tlen, soff, slen = struct.unpack_from("<HBBIIIII", data)
+    want = data[hdr + soff:hdr + soff + slen].find(b"\0" + name.encode() + b"\0") + 1
+    for tid, _pos, kind, _vlen, name_off, _info in _records(data):
+        if kind == 12 and name_off == want:
+            return tid
+    raise LookupError(f"no FUNC {name} in {path}")
+
+
+def sanitized_btf(obj) -> bytes:
+    """The object's .BTF fixed up the way libbpf does before BPF_BTF_LOAD: DATASEC sizes and
+    variable offsets from the ELF, extern FUNCs made global, .ksyms entries pointed at a dummy
+    int VAR (the kernel takes only VARs in a DATASEC)."""
+    rd = ElfReader(open(obj.filename, "rb").read(), obj.filename)
+    raw = bytearray(rd.section_data(rd.section(".BTF")))
+    _m, _v, _f, hdr, toff, tlen, soff, slen = struct.unpack_from("<HBBIIIII", raw)
+    btf = obj.btf
+    int_id = next(t.id for t in btf.types if t.kind == "int" and t.size == 4)
+    dummy = len(btf.types)                      # the VAR appended below
+    # the dummy VAR (and nameless extern params) need an identifier for a name: any VAR's will do
+    some_var = next(t.name for t in btf.types if t.kind == "var").encode()
+    name_off = raw[hdr + soff:].find(b"\0" + some_var + b"\0") + 1
+    where, externs = {}, []
+    for tid, pos, kind, vlen, _name, info in _records(bytes(raw)):
+        t = btf[tid]
+        where[tid] = pos
+        if kind == 12 and t.linkage == 2:       # extern FUNC -> global, its params get names
+            struct.pack_into("<I", raw, pos + 4, (info & ~0xFFFF) | 1)
+            externs.append(t.type)
+        if kind == 15:
+            sec = rd.section(t.name)
+            syms = {sy.name: sy.value for sy in rd.symbols_in(sec)} if sec else {}
+            for i, vi in enumerate(t.secinfo):
+                at = pos + 12 + 12 * i
+                if t.name == ".ksyms":
+                    struct.pack_into("<III", raw, at, dummy, 4 * i, 4)
+                else:
+                    struct.pack_into("<I", raw, at + 4, syms.get(btf[vi.type].name, vi.offset))
+            size = 4 * vlen if t.name == ".ksyms" else (sec.size if sec else 0)
+            struct.pack_into("<I", raw, pos + 8, size)
+    for proto in externs:
+        for i, prm in enumerate(btf[proto].members):
+            if prm.type and not prm.name:
+                struct.pack_into("<I", raw, where[proto] + 12 + 8 * i, name_off)
+    var = struct.pack("<IIII", name_off, 14 << 24, int_id, 1)
+    types_end = hdr + toff + tlen
+    out = raw[:types_end] + var + raw[types_end:]
+    struct.pack_into("<IIII", out, 8, toff, tlen + len(var), soff + len(var), slen)
+    return bytes(out)
+
+
+def load_btf(obj) -> int:
+    data = ctypes.create_string_buffer(sanitized_btf(obj))
+    log = ctypes.create_string_buffer(1 << 16)
+    attr = bytearray(40)
+    struct.pack_into("<QQIII", attr, 0, _addr(data), _addr(log), len(data) - 1, len(log), 1)
+    try:
+        return _bpf(BPF_BTF_LOAD, attr, "btf_load")
+    except KernelError as e:
+        raise KernelError("btf_load", e.errno, log.value.decode()) from None
+
+
+class KernelObject:
+    """The maps of a parsed BpfObject, created in the kernel, plus the arena's user mapping."""
+
+    def __init__(self, obj):
+        self.obj, self.fds, self.arena, self.prog_fds = obj, {}, None, []
+        self.arena_base = 0
+        self.btf_fd = load_btf(obj) if obj.btf is not None else None
+        for m in obj.map_defs.values():
+            fd = create_map(m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.map_extra,
+                            m.name)
+            self.fds[m.name] = fd
+            if m.type == "arena":
+                self.arena = mmap.mmap(fd, m.max_entries * mmap.PAGESIZE, mmap.MAP_SHARED,
+                                       mmap.PROT_READ | mmap.PROT_WRITE)
+                self.arena_base = ctypes.addressof(ctypes.c_char.from_buffer(self.arena))
+                if m.initial:
+                    self.arena[m.initial_offset:m.initial_offset + len(m.initial)] = m.initial
+            elif m.initial is not None:
+                update(fd, b"\0\0\0\0", m.initial)
+
+    def close(self) -> None:
+        for fd in [*self.prog_fds, *self.fds.values()]:
+            os.close(fd)
+        self.fds.clear()
+        self.prog_fds.clear()
+        if self.btf_fd is not None:
+            os.close(self.btf_fd)
+            self.btf_fd = None
+        # the arena mapping stays until garbage collection: ctypes views of it may be alive
+
+    def global_bytes(self, var) -> bytes:
+        m = self.obj.map_defs[var.map_name]
+        if m.type == "arena":
+            start = m.initial_offset + var.offset
+            return bytes(self.arena[start:start + var.size])
+        return lookup(self.fds[m.name], b"\0\0\0\0", m.value_size)[var.offset:var.offset + var.size]
+
+    def set_global(self, var, data: bytes) -> None:
+        m = self.obj.map_defs[var.map_name]
+        value = bytearray(lookup(self.fds[m.name], b"\0\0\0\0", m.value_size))
+        value[var.offset:var.offset + var.size] = data
+        update(self.fds[m.name], b"\0\0\0\0", bytes(value))
+
+    def arena_read(self, addr: int, size: int) -> bytes:
+        off = addr - self.arena_base
+        return bytes(self.arena[off:off + size])
+
+    def arena_write(self, addr: int, data: bytes) -> None:
+        off = addr - self.arena_base
+        self.arena[off:off + len(data)] = data
+
+    def load(self, prog) -> int:
+        """Load a linked ElfProgram; returns its fd (KernelError carries the verifier log)."""
+        insns = list(prog.insns)
+        for pc, form, insn in prog.instructions():
+            if form.kind == "call" and form.op == "kfunc":
+                insns[pc] = insn._replace(imm=kernel_btf_id(prog.kfuncs[insn.imm]))
+        code = ctypes.create_string_buffer(b"".join(i.encode() for i in insns))
+        fds = (ctypes.c_int * max(len(prog.maps), 1))(*[self.fds[m.name] for m in prog.maps])
+        lic = ctypes.create_string_buffer((prog.license or "GPL").encode())
+        log = ctypes.create_string_buffer(1 << 22)
+        attr = bytearray(152)
+        struct.pack_into("<IIQQIIQ", attr, 0, PROG_TYPE_IDS[prog.prog_type], len(insns),
+                         _addr(code), _addr(lic), 0, 0, 0)
+        struct.pack_into("<I", attr, 44, BPF_F_SLEEPABLE if prog.sleepable else 0)
+        attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
+        struct.pack_into("<Q", attr, 120, _addr(fds))
+        keep = self._btf_info(prog, attr)   # noqa: F841  (buffers the kernel reads)
+        try:
+            fd = _bpf(BPF_PROG_LOAD, attr, f"prog_load {prog.name}")
+        except KernelError:
+            # again with a log for the message (a log that overflows fails even a good load)
+            struct.pack_into("<IIQ", attr, 24, 1, len(log), _addr(log))
+            try:
+                fd = _bpf(BPF_PROG_LOAD, attr, f"prog_load {prog.name}")
+            except KernelError as e:
+                raise KernelError(f"prog_load {prog.name}", e.errno, log.value.decode()) from None
+        self.prog_fds.append(fd)
+        return fd
+
+    def _btf_info(self, prog, attr: bytearray):
+        """Point PROG_LOAD at the object's BTF, func_info and line_info (buffers to keep alive)."""
+        if self.btf_fd is None or not prog.func_info:
+            return None
+        fi = b"".join(struct.pack("<II", slot, info.btf_id) for slot, info in sorted(prog.func_info.items()))
+        li, last = [], -1
+        for slot, rec in prog.line_info:
+            if slot > last:
+                li.append(struct.pack("<IIII", slot, self._str_off(rec.file), self._str_off(rec.text),
+                                      rec.line << 10 | rec.col))
+                last = slot
+        fbuf = ctypes.create_string_buffer(fi, len(fi))
+        lbuf = ctypes.create_string_buffer(b"".join(li), max(16 * len(li), 1))
+        struct.pack_into("<IIQI", attr, 72, self.btf_fd, 8, _addr(fbuf), len(prog.func_info))
+        struct.pack_into("<IQI", attr, 92, 16, _addr(lbuf) if li else 0, len(li))
+        return fbuf, lbuf
+
+    def _str_off(self, text: str) -> int:
+        # any offset of an equal string will do: the kernel only reads the text
+        s = self.obj.btf.strings
+        return s.find(b"\0" + text.encode() + b"\0") + 1 if text else 0
+
+    @staticmethod
+    def run(prog_fd: int, ctx: bytes | None = None, data: bytes | None = None) -> tuple[int, bytes]:
+        """(retval, ctx after the run)."""
+        c = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
+        d = ctypes.create_string_buffer(data, len(data)) if data else None
+        attr = bytearray(80)
+        struct.pack_into("<IIII", attr, 0, prog_fd, 0, len(data or b""), 0)
+        struct.pack_into("<QQI", attr, 16, _addr(d), 0, 0)   # repeat 0: once (syscall needs 0)
+        struct.pack_into("<IIQ", attr, 40, len(ctx or b""), 0, _addr(c))
+        _bpf(BPF_PROG_TEST_RUN, attr, "prog_test_run")
+        return struct.unpack_from("<I", attr, 4)[0], (c.raw if c is not None else b"")
+
+
+
