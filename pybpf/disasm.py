@@ -294,13 +294,16 @@ def format_insn(prog_or_insns, slot: int, style: str = "kernel", *, symbols: boo
 
 
 def disassemble(prog_or_bytes, syntax: str = "llvm", *, symbols: bool = True,
-                filename: str | None = None) -> str:
+                filename: str | None = None, source: bool | None = None) -> str:
     """A listing of a whole program (a :class:`Program`, or raw bytes decoded strictly).
 
     ``symbols=False`` ignores the program's function and label names and synthesizes none:
     jumps and calls print as offsets (in llvm style calls then print as objdump does, ``call 0x6``,
     which does not re-assemble as a local call). ``filename`` adds llvm-objdump's preamble
     (``<file>:\\tfile format elf64-bpf`` and ``Disassembly of section .text:``) in llvm style.
+    ``source`` interleaves the source lines a clang object's ``.BTF.ext`` records (``; text`` as
+    ``llvm-objdump -S``, ``; text @ file:line`` as ``bpftool ... linum``, ``# text`` in ubpf style);
+    the default shows them whenever the program carries line info.
     """
     _check_style(syntax)
     prog = prog_or_bytes if isinstance(prog_or_bytes, Program) else Program.from_bytes(prog_or_bytes)
@@ -308,38 +311,65 @@ def disassemble(prog_or_bytes, syntax: str = "llvm", *, symbols: bool = True,
     names = None if syntax == "kernel" else _Names(prog.insns, decoded, prog, syntax, symbols)
     sites = ((slot, form, _Site(prog.insns, slot, prog, syntax, symbols, names, decoded))
              for slot, form, _ in decoded)
-    return _LISTERS[syntax](prog, sites, names, filename)
+    lister = _LISTERS[syntax](prog, sites, names, filename)
+    if source is None:
+        source = bool(getattr(prog, "line_info", None))
+    if not source or not prog.lines:
+        return "".join(chunk for _, chunk in lister)
+    return "".join(_with_source(prog, lister, syntax))
 
 
-def _list_llvm(prog: Program, sites, names: _Names, filename: str | None) -> str:
-    out = []
+_COMMENT = {"llvm": "; {text}", "kernel": "; {text}{where}", "ubpf": "# {text}"}
+
+
+def _with_source(prog: Program, lister, syntax: str):
+    """Insert a comment line with the source text before each instruction where it changes."""
+    where = {slot: f" @ {li.file.rsplit('/', 1)[-1]}:{li.line}"
+             for slot, li in (getattr(prog, "line_info", None) or ())}
+    last = None
+    for slot, chunk in lister:
+        text = prog.lines.get(slot) if slot is not None else None
+        if text is not None and text.strip() and text != last:
+            last = text
+            comment = _COMMENT[syntax].format(text=text.strip(), where=where.get(slot, "")) + "\n"
+            # symbol headers and labels stay above the comment, the instruction below it
+            lines = chunk.splitlines(keepends=True)
+            chunk = "".join(lines[:-1]) + comment + lines[-1]
+        yield chunk
+
+
+def _list_llvm(prog: Program, sites, names: _Names, filename: str | None):
     if filename is not None:
-        out.append(f"\n{filename}:\tfile format elf64-bpf\n\nDisassembly of section .text:\n\n")
+        yield None, f"\n{filename}:\tfile format elf64-bpf\n\nDisassembly of section .text:\n\n"
+    yield from _map_directives(prog)  # not objdump's, but needed to read map[NAME] back
     for slot, form, site in sites:
+        head = ""
         if names.at.get(slot):
             sep = "\n" if slot else ""  # objdump separates symbol blocks with a blank line
-            out.append(f"{sep}{slot * 8:016x} <{names.at[slot][0]}>:\n")
+            head = f"{sep}{slot * 8:016x} <{names.at[slot][0]}>:\n"
         raw = b"".join(i.encode() for i in prog.insns[slot:slot + form.slots])
-        out.append(f"{slot:8d}:\t{' '.join(f'{b:02x}' for b in raw)}\t{_render(form, site)}\n")
-    return "".join(out)
+        yield slot, f"{head}{slot:8d}:\t{' '.join(f'{b:02x}' for b in raw)}\t{_render(form, site)}\n"
 
 
-def _list_ubpf(prog: Program, sites, names: _Names, filename: str | None) -> str:
-    out = []
+def _map_directives(prog: Program):
+    """``.map`` lines for the maps the program refers to by index, so listings re-assemble."""
     for m in prog.maps:
         extra = "".join(f" {k}={getattr(m, k)}" for k in ("flags", "map_extra") if getattr(m, k))
-        out.append(f".map {m.name} type={m.type} key={m.key_size} value={m.value_size} "
-                   f"max_entries={m.max_entries}{extra}\n")
+        yield None, (f".map {m.name} type={m.type} key={m.key_size} value={m.value_size} "
+                     f"max_entries={m.max_entries}{extra}\n")
+
+
+def _list_ubpf(prog: Program, sites, names: _Names, filename: str | None):
+    yield from _map_directives(prog)
     for slot, form, site in sites:
-        out.extend(f"{name}:\n" for name in names.at.get(slot, ()))
-        out.append(_render(form, site) + "\n")
-    out.extend(f"{name}:\n" for name in names.at.get(len(prog.insns), ()))
-    return "".join(out)
+        labels = "".join(f"{name}:\n" for name in names.at.get(slot, ()))
+        yield slot, labels + _render(form, site) + "\n"
+    yield None, "".join(f"{name}:\n" for name in names.at.get(len(prog.insns), ()))
 
 
-def _list_kernel(prog: Program, sites, names, filename: str | None) -> str:
-    return "".join(f"{slot:4d}: ({form.opcode:02x}) {_render(form, site)}\n"
-                   for slot, form, site in sites)
+def _list_kernel(prog: Program, sites, names, filename: str | None):
+    for slot, form, site in sites:
+        yield slot, f"{slot:4d}: ({form.opcode:02x}) {_render(form, site)}\n"
 
 
 _LISTERS = {"llvm": _list_llvm, "ubpf": _list_ubpf, "kernel": _list_kernel}
