@@ -2,17 +2,13 @@
 and the execmem pack allocator.
 
 ``compile_program(prog, helpers)`` returns a callable :class:`JitProgram`; ``placement()`` shows
-where the process's programs landed in the pack allocator.
+where the process's programs landed in the pack allocator (see :mod:`pybpf.jit.placement` for
+the text table, the SVG picture and the x86-64 listing).
+
+Note: the name ``pybpf.jit.placement`` is the function; reach the module's other functions with
+``from pybpf.jit.placement import placement_svg`` (a ``from`` import finds the module).
 """
 from pybpf.jit.program import JitProgram, compile_program, compile_programs
-
-try:
-    from pybpf.jit.execmem import placement
-except ImportError:  # execmem offers the allocator method only
-    def placement() -> dict:
-        """Packs, their programs and utilisation for the process's pack allocator."""
-        from pybpf.jit.execmem import default_allocator
-
-        return default_allocator().placement()
+from pybpf.jit.placement import placement  # noqa: E402  (binds the function over the module)
 
 __all__ = ["JitProgram", "compile_program", "compile_programs", "placement"]

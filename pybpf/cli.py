@@ -66,7 +66,7 @@ def cmd_disasm(args) -> int:
 def cmd_verify(args) -> int:
     from .inputs import load_program
     from .runtime.vm import VM
-    prog = load_program(args.input, args.format)
+    prog = load_program(args.input, args.format, "auto", args.section)
     vm = VM()
     try:
         log = vm.verify(prog, prog_type=args.prog_type)
@@ -81,22 +81,48 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
+def _hex_or_file(args, name: str) -> bytes | None:
+    """``--NAME HEX`` or ``--NAME-file F`` (at most one of them)."""
+    from .inputs import InputError, read_input
+    text, path = getattr(args, name), getattr(args, name + "_file")
+    if text is not None and path is not None:
+        raise InputError(f"--{name} and --{name}-file exclude each other")
+    if text is not None:
+        try:
+            return bytes.fromhex("".join(text.split()))
+        except ValueError:
+            raise InputError(f"--{name}: not hex bytes: {text!r}") from None
+    return read_input(path)[0] if path is not None else None
+
+
 def cmd_run(args) -> int:
     from .inputs import load_program
     from .runtime.vm import VM
-    prog = load_program(args.input, args.format)
+    prog = load_program(args.input, args.format, "auto", args.section)
     mem = _mem_arg(args)
+    ctx, data = _hex_or_file(args, "ctx"), _hex_or_file(args, "data")
     vm = VM()
     kwargs = {}
     if args.insn_limit is not None:
         kwargs["insn_limit"] = args.insn_limit
-    lp = vm.load(prog, prog_type="mem", engine=args.engine, verify=not args.no_verify, **kwargs)
+    # the program type: --prog-type, else the ELF section's, else mem
+    lp = vm.load(prog, prog_type=args.prog_type, engine=args.engine, verify=not args.no_verify,
+                 **kwargs)
+    run_kw = {"mem": mem} if lp.prog_type == "mem" else {"ctx": ctx}
+    if data is not None:
+        run_kw["data"] = data
+    if lp.prog_type == "mem" and ctx is not None:
+        from .inputs import InputError
+        raise InputError("--ctx is for context program types; prog_type mem takes --mem")
+    if lp.prog_type != "mem" and mem is not None:
+        from .inputs import InputError
+        raise InputError(f"--mem is for prog_type mem; {lp.prog_type} takes --ctx/--data")
     trace = None
     if args.trace:
         def trace(line):
             print(line, file=sys.stderr)
     try:
-        r0 = lp.run(mem=mem, trace=trace) if trace else lp.run(mem=mem)
+        r0 = lp.run(trace=trace, **run_kw) if trace else lp.run(**run_kw)
     finally:
         for line in vm.trace_output() if hasattr(vm, "trace_output") else ():
             print(line, file=sys.stderr)
@@ -126,6 +152,106 @@ def cmd_test(args) -> int:
     return EXIT_FAIL if any(o.status == FAIL for o in outcomes) else EXIT_OK
 
 
+def cmd_jit(args) -> int:
+    import importlib.util
+
+    from .inputs import load_program
+    from .jit import compile_program
+    from .jit.placement import (format_placement, format_program_placement, native_listing,
+                                placement, program_placement)
+    from .runtime.vm import VM
+    prog = load_program(args.input, args.format)
+    vm = VM()
+    if not args.no_verify:
+        vm.verify(prog)
+    show = args.show or ["placement"]
+    capstone = args.disassembler == "capstone" or (
+        args.disassembler == "auto" and importlib.util.find_spec("capstone") is not None)
+    name = prog.name
+    if name == "prog" and args.input != "-":     # assembly has no name of its own: the file's
+        name = os.path.splitext(os.path.basename(args.input))[0] or name
+    jp = compile_program(prog, vm.helpers, opt_level=args.opt_level, name=name,
+                         want_ir="ir" in show, want_asm="asm" in show and not capstone,
+                         values64=vm.values64(prog))
+    try:
+        parts = []
+        for what in show:
+            if what == "ir":
+                parts.append(f"; ---- LLVM IR of {jp.name!r} before optimisation ----\n"
+                             f"{jp.ir_before.rstrip()}\n\n"
+                             f"; ---- LLVM IR after -O{jp.opt_level} ----\n"
+                             f"{jp.ir_after.rstrip()}\n")
+            elif what == "asm":
+                parts.append(native_listing(jp, args.asm_syntax,
+                                            "capstone" if capstone else "llvm"))
+            else:
+                rep = placement()
+                where = program_placement(jp, rep)
+                parts.append(format_program_placement(where) + "\n" + format_placement(
+                    rep, highlight=[where["address"]], limit=args.limit))
+        sys.stdout.write("\n".join(parts))
+    finally:
+        jp.close()
+    return EXIT_OK
+
+
+def cmd_packs(args) -> int:
+    from .inputs import InputError
+    if args.programs < 0 or args.unload_every < 0:
+        raise InputError("--programs and --unload-every take a count >= 0")
+    if args.backend:
+        os.environ["PYBPF_EXECMEM_BACKEND"] = args.backend   # read when the allocator is made
+    from .jit.placement import format_placement, placement, placement_svg, sample_programs
+    from .runtime.vm import VM
+    vm = VM()
+    loaded = []
+    try:
+        for prog in sample_programs(args.programs, seed=args.seed):
+            loaded.append(vm.load(prog, engine="jit"))
+        if args.unload_every:
+            for lp in loaded[::args.unload_every]:
+                lp.close()
+        rep = placement()
+        if args.json:
+            import json
+            sys.stdout.write(json.dumps(rep, indent=1) + "\n")
+        else:
+            sys.stdout.write(format_placement(rep, limit=args.limit))
+        if args.svg:
+            try:
+                with open(args.svg, "w") as f:
+                    f.write(placement_svg(rep, title=f"pybpf packs: {args.programs} sample "
+                                                     f"programs loaded"))
+            except OSError as e:
+                raise InputError(f"{args.svg}: {e.strerror}") from None
+            print(f"wrote {args.svg}: {len(rep['packs'])} pack(s), {rep['programs']} "
+                  "allocation(s)", file=sys.stderr)
+    finally:
+        for lp in loaded:
+            lp.close()
+    return EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from .benchmarks.run import format_report, goals_met, run_suite, to_json
+    from .inputs import InputError
+    try:
+        results = run_suite(quick=args.quick, sections=args.only,
+                            report=lambda line: print(f"bench: {line}", file=sys.stderr))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    sys.stdout.write(format_report(results))
+    if args.json:
+        import json
+        try:
+            with open(args.json, "w") as f:
+                json.dump(to_json(results), f, indent=1, default=str)
+        except OSError as e:
+            raise InputError(f"{args.json}: {e.strerror}") from None
+    failed = any(s.status == "failed" for s in results["sections"])
+    return EXIT_FAIL if failed or (args.strict and not goals_met(results)) else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pybpf", description="BPF toolchain and virtual machine in Python")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -148,10 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="run the verifier")
     s.add_argument("input")
-    s.add_argument("--prog-type", default="mem")
+    s.add_argument("--prog-type", default=None,
+                   help="program type (default: from the ELF section, else mem)")
     s.add_argument("--mem-size", type=_int, default=None)
     s.add_argument("-v", "--verbose", action="store_true", help="print the full log")
     s.add_argument("--format", **fmt)
+    s.add_argument("--section", help="ELF: the program (function or section) to verify")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("run", help="run a program once and print r0")
@@ -163,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--insn-limit", type=_int, default=None)
     s.add_argument("--trace", action="store_true", help="print each executed instruction")
     s.add_argument("--format", **fmt)
+    s.add_argument("--section", help="ELF: the program (function or section) to run")
+    s.add_argument("--prog-type", default=None,
+                   help="program type (default: from the ELF section, else mem)")
+    s.add_argument("--ctx", help="context as hex bytes (syscall, skb, xdp, tracepoint types)")
+    s.add_argument("--ctx-file", help="context from a file")
+    s.add_argument("--data", help="packet as hex bytes (skb and xdp types)")
+    s.add_argument("--data-file", help="packet from a file")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("test", help="run .data test files")
@@ -173,6 +308,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--insn-limit", type=_int, default=None)
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_test)
+
+    s = sub.add_parser("jit", help="JIT-compile a program and show its IR, x86-64 code or place")
+    s.add_argument("input")
+    s.add_argument("--show", action="append", choices=("ir", "asm", "placement"),
+                   help="what to print (repeatable; default: placement)")
+    s.add_argument("-O", "--opt-level", type=int, choices=(0, 1, 2, 3), default=2)
+    s.add_argument("--asm-syntax", choices=("att", "intel"), default="att",
+                   help="x86-64 syntax of --show asm (Intel needs capstone)")
+    s.add_argument("--disassembler", choices=("auto", "capstone", "llvm"), default="auto",
+                   help="capstone on the placed bytes (auto: when installed) or LLVM's output")
+    s.add_argument("--limit", type=_int, default=40, help="program rows per pack (placement)")
+    s.add_argument("--no-verify", action="store_true")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(func=cmd_jit)
+
+    s = sub.add_parser("packs", help="load sample programs and show the pack allocator")
+    s.add_argument("--programs", type=_int, default=20, help="sample programs to load")
+    s.add_argument("--unload-every", type=_int, default=0, metavar="K",
+                   help="then unload every K-th one (to show free holes)")
+    s.add_argument("--seed", type=_int, default=1)
+    s.add_argument("--backend", choices=("procmem", "memfd", "mprotect"),
+                   help="force the execmem write path")
+    s.add_argument("--svg", metavar="FILE", help="also draw the packs as an SVG picture")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("--limit", type=_int, default=40, help="program rows per pack in the table")
+    s.set_defaults(func=cmd_packs)
+
+    s = sub.add_parser("bench", help="run the benchmark suite and print figures, goals, ratios")
+    s.add_argument("--quick", action="store_true", help="a short run (fewer samples)")
+    s.add_argument("--only", action="append", metavar="SECTION",
+                   help="compile, execmem, jit or interp (repeatable)")
+    s.add_argument("--json", metavar="FILE", help="also write every figure and raw result")
+    s.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    s.set_defaults(func=cmd_bench)
     return p
 
 

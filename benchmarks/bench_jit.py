@@ -1,0 +1,123 @@
+"""Benchmark of running JIT'd code: test_run's per-run overhead and the JIT against the interpreter.
+
+Through the public API (``VM().load(prog, engine="jit")``, ``lp.test_run``):
+
+* ``test_run``: ns per run of ``test_run(repeat=N)`` for a trivial program (``r0 = 1; exit``,
+  i.e. ``mov eax, 1; ret``): the native driver's loop, an indirect call and the return. The
+  baseline is the same code called from a Python loop through a ctypes function pointer
+  (``native.make_caller``), the cheapest way to call it from Python one run at a time; and, for
+  reference, one ``lp.run()`` (the VM's per-run path). Each figure is the median of several
+  trials.
+* ``alu``: the interpreter benchmark's ALU loop (bench_interp.ALU_LOOP) on both engines: ns per
+  run of ``test_run`` and executed BPF instructions per second (the interpreter counts them), and
+  the ratio. Both engines must return the same r0, or the run fails.
+
+``run()`` returns the figures as a dict; ``python -m pybpf.benchmarks.bench_jit [--quick]``
+prints a table.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import time
+
+import pybpf
+from pybpf.errors import BPFError
+from pybpf.jit import compile_program, native
+from pybpf.runtime.vm import VM
+
+from pybpf.benchmarks.bench_interp import ALU_LOOP
+
+TRIVIAL = "r0 = 1\nexit"
+
+
+def _median_ns(trial, trials: int) -> float:
+    return statistics.median(trial() for _ in range(trials))
+
+
+def _test_run_overhead(vm: VM, quick: bool) -> dict:
+    repeat, trials = (1_000_000, 5) if quick else (10_000_000, 7)
+    calls = 50_000 if quick else 300_000
+    prog = pybpf.assemble(TRIVIAL)
+    # The baseline calls the same machine code: a JitProgram of its own gives its address.
+    with vm.load(prog, engine="jit", name="trivial") as lp, \
+            compile_program(prog, vm.helpers, name="trivial-ctypes") as jp:
+        lp.test_run(repeat=1000)                        # places the driver, warms caches
+        test_run_ns = _median_ns(lambda: lp.test_run(repeat=repeat)[1], trials)
+        call = native.make_caller(jp.address)
+
+        def ctypes_loop() -> float:
+            t0 = time.perf_counter_ns()
+            for _ in range(calls):
+                call(0, 0)
+            return (time.perf_counter_ns() - t0) / calls
+
+        def lp_run_loop() -> float:
+            n = calls // 5
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                lp.run()
+            return (time.perf_counter_ns() - t0) / n
+
+        ctypes_ns = _median_ns(ctypes_loop, 3)
+        lp_run_ns = _median_ns(lp_run_loop, 3)
+        r0 = call(0, 0)
+    if r0 != 1:
+        raise BPFError(f"bench_jit: the trivial program returned {r0}, not 1")
+    return {"repeat": repeat, "test_run_ns": test_run_ns, "ctypes_call_ns": ctypes_ns,
+            "lp_run_ns": lp_run_ns, "ratio": ctypes_ns / test_run_ns}
+
+
+def _alu(vm: VM, quick: bool) -> dict:
+    n = 1000 if quick else 5000
+    prog = pybpf.assemble(ALU_LOOP.format(n=n))
+    with vm.load(prog, engine="interp", name="alu") as li:
+        r0_interp, _ = li.test_run(repeat=1)            # counts the executed instructions
+        insns = li.last_insn_count
+        runs = 2 if quick else 5
+        interp_ns = _median_ns(lambda: li.test_run(repeat=runs)[1], 3)
+    with vm.load(prog, engine="jit", name="alu") as lj:
+        r0_jit, _ = lj.test_run(repeat=10)
+        repeat = 2000 if quick else 20_000
+        jit_ns = _median_ns(lambda: lj.test_run(repeat=repeat)[1], 5)
+    if r0_jit != r0_interp:
+        raise BPFError(f"bench_jit: ALU loop r0 differs: JIT 0x{r0_jit:x}, "
+                       f"interpreter 0x{r0_interp:x}")
+    return {"iterations": n, "insns_per_run": insns, "jit_ns": jit_ns, "interp_ns": interp_ns,
+            "jit_insns_per_s": insns / jit_ns * 1e9, "interp_insns_per_s": insns / interp_ns * 1e9,
+            "speedup": interp_ns / jit_ns}
+
+
+def run(report=None, quick: bool = False) -> dict:
+    """Measure; ``report(line)`` is called with progress lines."""
+    say = report or (lambda line: None)
+    vm = VM()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        out = {"test_run": _test_run_overhead(vm, quick)}
+        say(f"test_run: {out['test_run']['test_run_ns']:.2f} ns per run")
+        out["alu"] = _alu(vm, quick)
+        say(f"ALU loop: JIT {out['alu']['speedup']:.0f}x the interpreter")
+    finally:
+        if gc_was:
+            gc.enable()
+    return out
+
+
+def format_table(results: dict) -> str:
+    t, a = results["test_run"], results["alu"]
+    return "\n".join([
+        f"test_run of a trivial program: {t['test_run_ns']:.2f} ns per run "
+        f"(repeat={t['repeat']}); a ctypes call from a Python loop: {t['ctypes_call_ns']:.0f} ns "
+        f"({t['ratio']:.0f}x); lp.run(): {t['lp_run_ns']:.0f} ns",
+        f"ALU loop ({a['iterations']} iterations, {a['insns_per_run']} insns per run): "
+        f"JIT {a['jit_ns'] / 1e3:.1f} us per run ({a['jit_insns_per_s'] / 1e9:.2f} G insns/s), "
+        f"interpreter {a['interp_ns'] / 1e6:.2f} ms per run "
+        f"({a['interp_insns_per_s'] / 1e6:.1f} M insns/s): {a['speedup']:.0f}x"])
+
+
+if __name__ == "__main__":
+    print(format_table(run(report=lambda line: print(line, file=sys.stderr),
+                           quick="--quick" in sys.argv[1:])))
