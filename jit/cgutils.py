@@ -1,10 +1,17 @@
-"""Small builder-first helpers for the BPF lowering (numba's cgutils habit).
+"""Small builder-first helpers for the BPF lowering (numba's cgutils habit), and the text builder.
 
 Each function takes an ``llvmlite.ir.IRBuilder`` first and emits a few instructions with BPF's
 semantics made explicit where LLVM leaves them undefined: shift counts are masked, division and
 modulo never divide by a possibly-zero value (a select makes the divisor safe, another select
 picks BPF's answer), 32-bit results are zero-extended, memory is reached through absolute
 addresses (``inttoptr``). No helper emits ``nsw``/``nuw`` flags or floating point.
+
+:class:`TextBuilder` is an ``IRBuilder`` whose hot integer instructions (arithmetic, casts,
+compares, selects, plain loads and stores, branches) are written straight as IR text lines into
+llvmlite's blocks: building and printing llvmlite instruction objects cost about 10 us each,
+most of the lowering's time. Everything else (calls, atomics, phis, intrinsics) is llvmlite's
+own code, which takes the text values as operands. :func:`const` returns shared, pre-rendered
+integer constants, and casts of constants are folded here rather than by LLVM.
 """
 from __future__ import annotations
 
@@ -44,13 +51,178 @@ def bpf_function(module: ir.Module, fnty: ir.FunctionType, name: str,
     return fn
 
 
-def const(ty: ir.IntType, value: int) -> ir.Constant:
+# -- values written as text ------------------------------------------------------------------
+
+def _ty(t: ir.Type) -> str:
+    return f"i{t.width}" if isinstance(t, ir.IntType) else str(t)
+
+
+class Const(ir.Value):
+    """An integer constant, rendered once (llvmlite instructions accept it as an operand)."""
+
+    __slots__ = ("type", "value", "_ref")
+
+    def __init__(self, ty: ir.IntType, value: int) -> None:
+        self.type, self.value, self._ref = ty, value, str(value)
+
+    def get_reference(self) -> str:
+        return self._ref
+
+    def __str__(self) -> str:
+        return f"{_ty(self.type)} {self._ref}"
+
+
+class Tmp(ir.Value):
+    """One instruction written as text, and the SSA value it defines (if any)."""
+
+    __slots__ = ("type", "ref", "text", "parent")
+
+    def __init__(self, ty: ir.Type, ref: str | None, text: str, parent: ir.Block) -> None:
+        self.type, self.ref, self.text, self.parent = ty, ref, text, parent
+
+    def get_reference(self) -> str:
+        return self.ref
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def function_type(self) -> ir.FunctionType:  # lets llvmlite call through a text pointer
+        ty = self.type.pointee if isinstance(self.type, ir.PointerType) else self.type
+        if not isinstance(ty, ir.FunctionType):
+            raise TypeError(f"not a function: {self.type}")
+        return ty
+
+
+_CONSTS: dict[tuple[int, int], Const] = {}
+_CONST_LIMIT = 1 << 14   # programs bake in addresses: do not let the table grow forever
+
+
+def const(ty: ir.IntType, value: int) -> Const:
     """An integer constant, wrapped into the type's range and printed signed."""
     bits = ty.width
     value &= (1 << bits) - 1
     if value >> (bits - 1):
         value -= 1 << bits
-    return ir.Constant(ty, value)
+    key = (bits, value)
+    c = _CONSTS.get(key)
+    if c is None:
+        if len(_CONSTS) >= _CONST_LIMIT:
+            _CONSTS.clear()
+        c = _CONSTS[key] = Const(INT.get(bits) or ty, value)
+    return c
+
+
+_ICMP = {"==": "eq", "!=": "ne", ">": "gt", ">=": "ge", "<": "lt", "<=": "le"}
+_ICMP_U = {k: (v if k in ("==", "!=") else "u" + v) for k, v in _ICMP.items()}
+_ICMP_S = {k: (v if k in ("==", "!=") else "s" + v) for k, v in _ICMP.items()}
+
+
+def _binop_text(op: str):
+    def method(self, lhs, rhs, name="", flags=()):
+        return self._emit(lhs.type, f"{op} {_ty(lhs.type)} {lhs.get_reference()}, "
+                                    f"{rhs.get_reference()}")
+    method.__name__ = op
+    return method
+
+
+def _cast_text(op: str, fold):
+    def method(self, val, typ, name=""):
+        if val.type == typ:
+            return val
+        if fold is not None and isinstance(val, Const):
+            return const(typ, fold(val.value, val.type.width))
+        return self._emit(typ, f"{op} {_ty(val.type)} {val.get_reference()} to {_ty(typ)}")
+    method.__name__ = op
+    return method
+
+
+class TextBuilder(ir.IRBuilder):
+    """An ``IRBuilder`` that writes the hot instructions as text (module docstring).
+
+    Values are named ``%t<n>``, numbered per builder; use one builder per function. Methods
+    not overridden here are llvmlite's and mix freely with these.
+    """
+
+    def __init__(self, block: ir.Block | None = None) -> None:
+        super().__init__(block)
+        self._count = 0
+
+    def _emit(self, ty: ir.Type, text: str) -> Tmp:
+        self._count += 1
+        ref = f"%t{self._count}"
+        line = Tmp(ty, ref, f"{ref} = {text}", self._block)
+        self._block.instructions.insert(self._anchor, line)
+        self._anchor += 1
+        return line
+
+    def _emit_void(self, text: str) -> Tmp:
+        line = Tmp(ir.VoidType(), None, text, self._block)
+        self._block.instructions.insert(self._anchor, line)
+        self._anchor += 1
+        return line
+
+    add, sub, mul = _binop_text("add"), _binop_text("sub"), _binop_text("mul")
+    and_, or_, xor = _binop_text("and"), _binop_text("or"), _binop_text("xor")
+    shl, lshr, ashr = _binop_text("shl"), _binop_text("lshr"), _binop_text("ashr")
+    udiv, sdiv = _binop_text("udiv"), _binop_text("sdiv")
+    urem, srem = _binop_text("urem"), _binop_text("srem")
+    trunc = _cast_text("trunc", lambda v, w: v)          # const() wraps to the new width
+    zext = _cast_text("zext", lambda v, w: v & ((1 << w) - 1))
+    sext = _cast_text("sext", lambda v, w: v)            # Const values are stored signed
+    inttoptr = _cast_text("inttoptr", None)
+    ptrtoint = _cast_text("ptrtoint", None)
+
+    def icmp_unsigned(self, cmpop, lhs, rhs, name=""):
+        return self._emit(I1, f"icmp {_ICMP_U[cmpop]} {_ty(lhs.type)} {lhs.get_reference()}, "
+                              f"{rhs.get_reference()}")
+
+    def icmp_signed(self, cmpop, lhs, rhs, name=""):
+        return self._emit(I1, f"icmp {_ICMP_S[cmpop]} {_ty(lhs.type)} {lhs.get_reference()}, "
+                              f"{rhs.get_reference()}")
+
+    def select(self, cond, lhs, rhs, name="", flags=()):
+        t = _ty(lhs.type)
+        return self._emit(lhs.type, f"select i1 {cond.get_reference()}, {t} "
+                                    f"{lhs.get_reference()}, {t} {rhs.get_reference()}")
+
+    def load(self, ptr, name="", align=None, typ=None):
+        if typ is None:  # llvmlite works the type out from the pointer
+            return super().load(ptr, name, align)
+        tail = f", align {align}" if align else ""
+        return self._emit(typ, f"load {_ty(typ)}, ptr {ptr.get_reference()}{tail}")
+
+    def store(self, value, ptr, align=None):
+        tail = f", align {align}" if align else ""
+        return self._emit_void(f"store {_ty(value.type)} {value.get_reference()}, "
+                               f"ptr {ptr.get_reference()}{tail}")
+
+    def alloca_text(self, name: str, allocated: str, align: int | None = None) -> Tmp:
+        """``%<name> = alloca <allocated>`` (a pointer named by the caller; keep such names
+        apart from llvmlite's, which are ``.<n>`` or given explicitly)."""
+        tail = f", align {align}" if align else ""
+        line = Tmp(PTR, f"%{name}", f"%{name} = alloca {allocated}{tail}", self._block)
+        self._block.instructions.insert(self._anchor, line)
+        self._anchor += 1
+        return line
+
+    def gep_i8(self, base: ir.Value, offset: int) -> Tmp:
+        """``base + offset`` bytes, as a pointer derived from ``base`` (not an integer)."""
+        return self._emit(PTR, f"getelementptr i8, ptr {base.get_reference()}, i64 {offset}")
+
+    def branch(self, target):
+        assert not self._block.is_terminated
+        line = self._emit_void(f"br label {target.get_reference()}")
+        self._block.terminator = line
+        return line
+
+    def branch_if(self, cond, truebr, falsebr):
+        """``cbranch`` without branch weights (llvmlite's ``cbranch`` stays for ``if_then``)."""
+        assert not self._block.is_terminated
+        line = self._emit_void(f"br i1 {cond.get_reference()}, label {truebr.get_reference()}, "
+                               f"label {falsebr.get_reference()}")
+        self._block.terminator = line
+        return line
 
 
 def alloca_once(builder: ir.IRBuilder, ty: ir.Type, name: str = "", align: int | None = None):
@@ -68,7 +240,7 @@ def alloca_once(builder: ir.IRBuilder, ty: ir.Type, name: str = "", align: int |
 # -- integer widths --------------------------------------------------------------------------
 
 def low32(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    return builder.trunc(v, I32) if v.type.width > 32 else v
+    return narrow(builder, v, 32)
 
 
 def zext64(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
@@ -80,8 +252,12 @@ def sext64(builder: ir.IRBuilder, v: ir.Value) -> ir.Value:
 
 
 def narrow(builder: ir.IRBuilder, v: ir.Value, width: int) -> ir.Value:
-    """The low ``width`` bits of a 64-bit value."""
-    return builder.trunc(v, INT[width]) if width < v.type.width else v
+    """The low ``width`` bits of a 64-bit value (a constant stays a constant)."""
+    if width >= v.type.width:
+        return v
+    if isinstance(v, Const):
+        return const(INT[width], v.value)
+    return builder.trunc(v, INT[width])
 
 
 # -- arithmetic with BPF's definitions -------------------------------------------------------
@@ -89,7 +265,10 @@ def narrow(builder: ir.IRBuilder, v: ir.Value, width: int) -> ir.Value:
 def shift(builder: ir.IRBuilder, op: str, value: ir.Value, count: ir.Value) -> ir.Value:
     """``lsh``/``rsh``/``arsh`` with the count masked to the width (LLVM: poison otherwise)."""
     width = value.type.width
-    count = builder.and_(count, const(value.type, width - 1))
+    if isinstance(count, Const):  # an immediate count: mask it here, not in LLVM
+        count = const(value.type, count.value & (width - 1))
+    else:
+        count = builder.and_(count, const(value.type, width - 1))
     if op == "lsh":
         return builder.shl(value, count)
     if op == "rsh":

@@ -1,7 +1,15 @@
 """How lowered code calls BPF helpers: one table per module, one call path per helper.
 
-Today every helper is a Python callable reached through the IR bridge of
-:mod:`pybpf.jit.native` (the helper's address is a constant, so the object has no relocations).
+Today every helper is a Python callable. Lowered code reaches it through a *shared bridge*: a
+few native functions ``{i64, i1} pybpf_pycall<n>(i64 callable, i64 r1..r5)`` (one per argument
+count ``n``), built from LLVM IR once per process and placed like a program. A call site passes
+the callable's address as a constant and calls the bridge by absolute address, so the object has
+no relocations and, unlike a per-module bridge (:class:`pybpf.jit.native.PythonHelper`), the
+bridge's ~40 instructions are not optimised and compiled again with every program (that cost
+about 5 ms per program). The bridge converts ``n`` arguments to Python ints, calls by
+vectorcall, converts the result with ``PyLong_AsUnsignedLongLongMask`` (``None`` counts as 0)
+and returns ``{value, failed}``; a failure leaves the exception set for ctypes to raise.
+
 Native helper implementations plug in at :meth:`HelperTable.emit_call`; the lowering only sees
 ``(r0 value, abort flag or None)``. ``unwind``-style helpers (the program stops with r0 = 0 when
 they return 0) set the same abort flag that a raising Python helper sets.
@@ -12,14 +20,20 @@ that knows the registry's shape.
 """
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from llvmlite import ir
 
-from pybpf.errors import VMError
-from pybpf.jit.cgutils import I1, I64
-from pybpf.jit.native import PythonHelper
+from pybpf.errors import JITError, VMError
+from pybpf.jit import native
+from pybpf.jit.cgutils import I1, I32, I64, PTR, const
+
+_BRIDGE_TY = native.BRIDGE_RESULT
+_BRIDGE_TEXT = str(_BRIDGE_TY)
+_NULL = ir.Constant(PTR, None)
 
 
 @dataclass(frozen=True)
@@ -69,11 +83,11 @@ def _bad_callx(pc: int) -> Callable:
 
 
 class HelperTable:
-    """Helper bindings for one LLVM module; bridges are defined once per module and kept alive."""
+    """Helper bindings for one LLVM module; the callables it baked in are kept alive."""
 
     def __init__(self, registry=None) -> None:
         self._helpers = _entries(registry)
-        self._bridges: dict[object, PythonHelper] = {}
+        self._called: dict[object, Callable] = {}  # key -> callable whose address is in the IR
 
     def get(self, hid: int) -> BoundHelper | None:
         return self._helpers.get(hid)
@@ -84,31 +98,141 @@ class HelperTable:
     @property
     def needs_gil(self) -> bool:
         """Some code in the module calls Python, so it must run with the GIL held."""
-        return bool(self._bridges)
+        return bool(self._called)
 
     def keepalive(self) -> list:
-        return list(self._bridges.values())
+        return list(self._called.values())
 
-    def _bridge(self, key, fn: Callable, name: str, nargs: int) -> PythonHelper:
-        bridge = self._bridges.get(key)
-        if bridge is None:
-            bridge = PythonHelper(fn, name=name, nargs=nargs)
-            self._bridges[key] = bridge
-        return bridge
+    def _call_python(self, builder: ir.IRBuilder, key, fn: Callable, nargs: int,
+                     args: list[ir.Value]) -> tuple[ir.Value, ir.Value]:
+        if not callable(fn):
+            raise JITError(f"Python helper {key!r} is not callable")
+        if not 0 <= nargs <= 5:
+            raise JITError(f"a BPF helper takes 0..5 arguments, not {nargs}")
+        fn = self._called.setdefault(key, fn)
+        address = bridge_addresses()[nargs]
+        args = (list(args) + [const(I64, 0)] * 5)[:5]
+        text = ", ".join(f"i64 {a.get_reference()}" for a in args)
+        # One text call through a constant address: no callee object, no relocation.
+        res = builder._emit(_BRIDGE_TY, f"call {_BRIDGE_TEXT} inttoptr (i64 {address} to ptr)"
+                                        f"(i64 {id(fn)}, {text}) nounwind")
+        return builder.extract_value(res, 0), builder.extract_value(res, 1)
 
     def emit_call(self, builder: ir.IRBuilder, helper: BoundHelper,
                   args: list[ir.Value]) -> tuple[ir.Value, ir.Value | None]:
-        """Call ``helper`` with r1..r5; returns (r0, abort flag i1 or None)."""
-        bridge = self._bridge(helper.id, helper.fn, f"{helper.name}.{helper.id}", helper.nargs)
-        value, failed = bridge.call(builder, args)
+        """Call ``helper`` with r1..r5; returns (r0, abort flag i1 or None).
+
+        ``builder`` is a :class:`pybpf.jit.cgutils.TextBuilder`."""
+        value, failed = self._call_python(builder, helper.id, helper.fn, helper.nargs, args)
         if helper.unwind:
-            failed = builder.or_(failed, builder.icmp_unsigned("==", value, I64(0)))
+            failed = builder.or_(failed, builder.icmp_unsigned("==", value, const(I64, 0)))
         return value, failed
 
     def emit_bad_callx(self, builder: ir.IRBuilder, hid: ir.Value,
                        pc: int) -> tuple[ir.Value, ir.Value]:
         """The default arm of a callx dispatch: raise VMError in Python, then abort."""
-        bridge = self._bridge(("callx", pc), _bad_callx(pc), f"callx_unknown.{pc}", 1)
-        value, _failed = bridge.call(builder, [hid])
+        value, _failed = self._call_python(builder, ("callx", pc), _bad_callx(pc), 1, [hid])
         return value, I1(1)
 
+
+# -- the shared bridge ---------------------------------------------------------------------
+
+_VECTORCALL_ARGUMENTS_OFFSET = 1 << 63
+
+
+def _define_bridge(module: ir.Module, nargs: int) -> None:
+    """``{i64, i1} pybpf_pycall<nargs>(i64 callable, i64 a1..a5)``: the body of
+    :meth:`pybpf.jit.native.PythonHelper.define` with the callable as an argument."""
+    fn = ir.Function(module, ir.FunctionType(_BRIDGE_TY, [I64] * 6), name=f"pybpf_pycall{nargs}")
+    fn.attributes.add("nounwind")
+    capi = native._capi
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fail = fn.append_basic_block("fail")
+    # argv[0] is scratch that vectorcall may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
+    argv = b.alloca(ir.ArrayType(PTR, 6), name="argv")
+    objs = []
+    for i in range(nargs):
+        obj = b.call(capi(b, "PyLong_FromUnsignedLongLong"), [fn.args[i + 1]], name=f"o{i + 1}")
+        b.store(obj, b.gep(argv, [I32(0), I32(i + 1)], inbounds=True))
+        objs.append(obj)
+    any_null = I1(0)  # a NULL argument is a MemoryError already set: do not call with it
+    for obj in objs:
+        any_null = b.or_(any_null, b.icmp_unsigned("==", obj, _NULL))
+    call_bb, after_bb = fn.append_basic_block("call"), fn.append_basic_block("after")
+    entry_bb = b.block
+    b.cbranch(any_null, after_bb, call_bb)
+
+    b.position_at_end(call_bb)
+    callable_ = b.inttoptr(fn.args[0], PTR)
+    res = b.call(capi(b, "PyObject_Vectorcall"),
+                 [callable_, b.gep(argv, [I32(0), I32(1)], inbounds=True),
+                  I64(nargs | _VECTORCALL_ARGUMENTS_OFFSET), _NULL], name="res")
+    b.branch(after_bb)
+
+    b.position_at_end(after_bb)
+    result = b.phi(PTR, name="result")
+    result.add_incoming(_NULL, entry_bb)
+    result.add_incoming(res, call_bb)
+    for obj in objs:
+        b.call(capi(b, "Py_DecRef"), [obj])
+    ok_bb, none_bb, int_bb = (fn.append_basic_block(n) for n in ("ok", "none", "int"))
+    b.cbranch(b.icmp_unsigned("==", result, _NULL), fail, ok_bb)
+
+    b.position_at_end(ok_bb)
+    none = ir.Constant(I64, id(None)).inttoptr(PTR)
+    b.cbranch(b.icmp_unsigned("==", result, none), none_bb, int_bb)
+
+    b.position_at_end(none_bb)
+    b.call(capi(b, "Py_DecRef"), [result])
+    b.ret(ir.Constant(_BRIDGE_TY, [I64(0), I1(0)]))
+
+    b.position_at_end(int_bb)
+    value = b.call(capi(b, "PyLong_AsUnsignedLongLongMask"), [result], name="value")
+    b.call(capi(b, "Py_DecRef"), [result])
+    # All ones is also the error return; only then ask whether an exception is set.
+    with b.if_then(b.icmp_unsigned("==", value, I64(-1)), likely=False):
+        raised = b.icmp_unsigned("!=", b.call(capi(b, "PyErr_Occurred"), []), _NULL)
+        with b.if_then(raised, likely=False):
+            b.ret(ir.Constant(_BRIDGE_TY, [I64(0), I1(1)]))
+    out = b.insert_value(ir.Constant(_BRIDGE_TY, ir.Undefined), value, 0)
+    b.ret(b.insert_value(out, I1(0), 1))
+
+    b.position_at_end(fail)
+    b.ret(ir.Constant(_BRIDGE_TY, [I64(0), I1(1)]))
+
+
+def build_bridge_ir() -> str:
+    """IR of the shared bridge module: ``pybpf_pycall0`` .. ``pybpf_pycall5``."""
+    module = ir.Module(name="pybpf.pycall")
+    for nargs in range(6):
+        _define_bridge(module, nargs)
+    return str(module)
+
+
+_bridge: list[int] | None = None
+_bridge_lock = threading.Lock()
+
+
+def bridge_addresses() -> list[int]:
+    """Entry addresses of ``pybpf_pycall0..5``, compiled and placed on first use (never freed,
+    like the test_run driver: one per process)."""
+    global _bridge
+    if _bridge is None:
+        with _bridge_lock:
+            if _bridge is None:
+                from pybpf.jit.codegen import compile_ir
+
+                result = compile_ir(build_bridge_ir(), opt_level=2)
+                allocation = native.place(result.text, "pybpf_pycall")
+                _bridge = [allocation.address + result.symbols[f"pybpf_pycall{n}"]
+                           for n in range(6)]
+    return _bridge
+
+
+def _forget_bridge_in_child() -> None:
+    # As for the test_run driver: the child places its own copy with its own allocator.
+    global _bridge, _bridge_lock
+    _bridge, _bridge_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_bridge_in_child)

@@ -3,16 +3,21 @@
 One LLVM function per subprogram (boundaries and block leaders come from
 :func:`pybpf.verifier.cfg.build_cfg`): every basic block is created up front, the eleven BPF
 registers are entry-block allocas that mem2reg/SROA promote, and each frame has its own 512-byte
-stack alloca with r10 pointing one past its top. Instructions are dispatched on the ISA table's
-``kind`` (``_lower_<kind>``) and then its ``op``/``width``/``size``/``source`` fields; nothing
-here lists opcodes.
+stack alloca with r10 pointing one past its top; when the program never writes r10 (the
+verifier's rule), r10-relative accesses address the alloca directly, so that SROA can turn
+stack slots into registers (a fifth less LLVM time). Within a BPF block a register lives as an
+SSA value: it is loaded from its alloca on first use and written back once, before the block's
+terminator, if the block changed it (less IR to build, print, parse and clean up). Instructions
+are dispatched on the ISA table's ``kind`` (``_lower_<kind>``) and then its
+``op``/``width``/``size``/``source`` fields; nothing here lists opcodes. The hot instructions
+are written as text by :class:`~pybpf.jit.cgutils.TextBuilder` into llvmlite's blocks.
 
 Calling convention: a program's entry is ``i64 @<entry>(i64 r1, i64 r2)``; a subprogram is
 ``i64 @<entry>.<name>(i64 r1..r5)``, or ``{i64, i1}`` when the program can *abort*. A program
-aborts when a Python helper raised (the bridge in :mod:`pybpf.jit.native` reports it and leaves
-the exception set) or when the ``unwind`` helper returned 0; the flag travels back up the frames
-in the second return value (the run-state word, kept in a register: no shared memory, so
-threads cannot disturb each other) and the entry returns 0.
+aborts when a Python helper raised (the shared bridge of :mod:`pybpf.jit.helper_calls` reports
+it and leaves the exception set) or when the ``unwind`` helper returned 0; the flag travels back
+up the frames in the second return value (the run-state word, kept in a register: no shared
+memory, so threads cannot disturb each other) and the entry returns 0.
 
 Helpers and everything else the code reaches are absolute constants in the IR, so the object
 has no relocations. Values only the loader knows come in ``values64`` (slot -> constant), the
@@ -23,8 +28,11 @@ like kfunc calls, ``ld_imm64`` function references and legacy packet loads, rais
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 
 from llvmlite import ir
@@ -36,6 +44,7 @@ from pybpf.jit import cgutils as cg
 from pybpf.jit.cgutils import I1, I32, I64
 from pybpf.jit.helper_calls import HelperTable
 from pybpf.program import Program
+from pybpf.runtime.interp_codegen import written_regs
 
 if sys.byteorder != "little":  # le/be lowering below assumes a little-endian host
     raise ImportError("the pybpf JIT needs a little-endian host")
@@ -78,6 +87,7 @@ class ModuleLowerer:
         self.helpers = HelperTable(helpers)
         self.comments = comments
         self.entries: list[str] = []
+        self._finished: LoweredModule | None = None
 
     def add_program(self, prog: Program, entry: str = "bpf_main",
                     values64: dict[int, int] | None = None) -> str:
@@ -86,6 +96,8 @@ class ModuleLowerer:
         ``values64`` maps slots to the loader's resolved constants (module docstring)."""
         from pybpf.verifier.cfg import build_cfg
 
+        if self._finished is not None:
+            raise JITError("this module is finished; lower further programs into a new one")
         entry = _symbol(entry)
         if entry in self.module.globals:
             raise JITError(f"entry symbol {entry!r} is already defined in this module")
@@ -97,6 +109,8 @@ class ModuleLowerer:
             raise JITError(f"cannot lower {prog.name}: {exc}") from exc
         decoded = prog.instructions()
         may_abort = any(f.kind in ("call", "callx") and f.op != "local" for _, f, _ in decoded)
+        # r10 is read-only for the verifier; the interpreter makes the same check.
+        fp_fixed = not any(10 in written_regs(f, i) for _, f, i in decoded)
         functions: dict[int, ir.Function] = {}
         for sp in cfg.subprogs:
             if sp.start == 0:
@@ -114,21 +128,64 @@ class ModuleLowerer:
             body = [(pc, f, i) for pc, f, i in decoded if sp.start <= pc < sp.end]
             leaders = [pc for pc in cfg.leaders if sp.start <= pc < sp.end]
             FunctionLowerer(self, prog, functions, sp, body, leaders, may_abort,
-                            values64 or {}).lower()
+                            values64 or {}, fp_fixed).lower()
         self.entries.append(entry)
         return entry
 
     def finish(self) -> LoweredModule:
-        return LoweredModule(str(self.module), list(self.entries), self.helpers.keepalive(),
-                             self.helpers.needs_gil)
+        """The module's IR text and what running it needs. The ``ir.Module`` is then taken
+        apart (``module`` becomes None): its blocks and instructions refer to each other, so
+        left whole it would be cyclic garbage for the collector, whose full passes over such
+        graphs cost tens of milliseconds in the compile latency's tail."""
+        if self._finished is None:
+            text = str(self.module)
+            for fn in self.module.functions:
+                for blk in fn.blocks:
+                    blk.instructions = []
+                    blk.terminator = None
+                fn.blocks = []
+            self.module = None
+            self._finished = LoweredModule(text, list(self.entries), self.helpers.keepalive(),
+                                           self.helpers.needs_gil)
+        return self._finished
 
 
 def lower_program(prog: Program, helpers=None, entry: str = "bpf_main",
                   values64: dict[int, int] | None = None, comments: bool = True) -> LoweredModule:
     """IR for one program (see :class:`ModuleLowerer` to put several in one module)."""
-    lowerer = ModuleLowerer(helpers, comments, name=prog.name)
-    lowerer.add_program(prog, entry, values64)
-    return lowerer.finish()
+    with gc_paused():
+        lowerer = ModuleLowerer(helpers, comments, name=prog.name)
+        lowerer.add_program(prog, entry, values64)
+        return lowerer.finish()
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic garbage collection while this runs (nestable, across threads).
+
+    Lowering allocates tens of thousands of objects that all stay alive until
+    :meth:`ModuleLowerer.finish`, so the collector would run many times and find nothing
+    (a full pass over a large heap costs tens of milliseconds). What lowering leaves behind is
+    freed by reference counting, so nothing is owed to the collector afterwards.
+    """
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def lowering_kinds() -> set[str]:
@@ -140,30 +197,33 @@ class FunctionLowerer:
     """Lowers one subprogram into its LLVM function; lives for that one job."""
 
     def __init__(self, mod: ModuleLowerer, prog: Program, functions: dict, sp, body, leaders,
-                 may_abort: bool, values64: dict[int, int]) -> None:
+                 may_abort: bool, values64: dict[int, int], fp_fixed: bool = False) -> None:
         self.mod, self.prog, self.functions, self.sp = mod, prog, functions, sp
         self.body, self.may_abort, self.values64 = body, may_abort, values64
+        self.fp_fixed = fp_fixed  # r10 is never written: frame slots are addressed by GEP
         self.fn = functions[sp.start]
         self.is_main = sp.start == 0
         self.entry_bb = self.fn.append_basic_block("entry")
         self.blocks = {pc: self.fn.append_basic_block(f"L{pc}") for pc in leaders}
-        self.b = ir.IRBuilder(self.entry_bb)
+        self.b = cg.TextBuilder(self.entry_bb)
         self.pc = sp.start
         self._counter = None  # may_goto budget, made on first use
         self.cache: dict[int, ir.Value] = {}  # register -> its value in the current block
+        self.dirty: set[int] = set()  # registers the current block changed (to write back)
 
     # -- frame -----------------------------------------------------------------------------
 
     def _prologue(self) -> None:
         b = self.b
-        self.regs = [b.alloca(I64, name=f"r{i}") for i in range(isa.NREGS)]
-        stack = b.alloca(ir.ArrayType(cg.I8, isa.MAX_BPF_STACK), name="stack")
-        stack.align = 16
+        # The frame's allocas, written as text too: %r0..%r10 and %stack.
+        self.regs = [b.alloca_text(f"r{i}", "i64") for i in range(isa.NREGS)]
+        self.reg_refs = [reg.ref for reg in self.regs]
+        self.stack = b.alloca_text("stack", f"[{isa.MAX_BPF_STACK} x i8]", align=16)
         nargs = _MAIN_ARGS if self.is_main else _SUB_ARGS
         for i in range(isa.NREGS - 1):
             # Arguments arrive in r1..; the other registers start at 0 like the interpreter's.
-            b.store(self.fn.args[i - 1] if 1 <= i <= nargs else I64(0), self.regs[i])
-        top = b.add(b.ptrtoint(stack, I64), I64(isa.MAX_BPF_STACK), name="fp")
+            b.store(self.fn.args[i - 1] if 1 <= i <= nargs else cg.const(I64, 0), self.regs[i])
+        top = b.add(b.ptrtoint(self.stack, I64), cg.const(I64, isa.MAX_BPF_STACK))
         b.store(top, self.regs[10])
 
     def get(self, r: int) -> ir.Value:
@@ -171,13 +231,20 @@ class FunctionLowerer:
         # build, print and parse (mem2reg would get the same result).
         value = self.cache.get(r)
         if value is None:
-            value = self.cache[r] = self.b.load(self.regs[r], typ=I64)
+            value = self.cache[r] = self.b._emit(I64, f"load i64, ptr {self.reg_refs[r]}")
         return value
 
     def set(self, r: int, value: ir.Value) -> None:
-        value = cg.zext64(self.b, value)
-        self.b.store(value, self.regs[r])
-        self.cache[r] = value
+        self.cache[r] = value if value.type is I64 else cg.zext64(self.b, value)
+        self.dirty.add(r)
+
+    def spill(self) -> None:
+        """Write the registers this block changed back to their allocas (before a terminator).
+        Every cached value dominates the block's end, so the stores are valid there."""
+        emit, cache, refs = self.b._emit_void, self.cache, self.reg_refs
+        for r in sorted(self.dirty):
+            emit(f"store i64 {cache[r].get_reference()}, ptr {refs[r]}")
+        self.dirty.clear()
 
     def operand(self, form, insn, width: int = 64) -> ir.Value:
         """The source operand of an ALU/JMP form at ``width`` bits (imm sign-extended)."""
@@ -198,6 +265,7 @@ class FunctionLowerer:
     # -- returns and aborts ------------------------------------------------------------------
 
     def ret(self, value: ir.Value) -> None:
+        self.spill()  # dead stores (mem2reg drops them) that keep final values visible in the IR
         if self.is_main or not self.may_abort:
             self.b.ret(value)
         else:
@@ -218,22 +286,25 @@ class FunctionLowerer:
         self._prologue()
         b = self.b
         b.branch(self.block_at(self.sp.start))
+        blocks, comments = self.blocks, self.mod.comments
+        handlers = _handlers()
         for pc, form, insn in self.body:
             self.pc = pc
-            if pc in self.blocks:
+            if pc in blocks:
                 if not b.block.is_terminated:
-                    b.branch(self.blocks[pc])
-                b.position_at_end(self.blocks[pc])
+                    self.spill()
+                    b.branch(blocks[pc])
+                b.position_at_end(blocks[pc])
                 self.cache = {}  # values of other blocks need not dominate this one
             elif b.block.is_terminated:  # cannot happen with cfg leaders; guard anyway
                 raise self.error("instruction follows a terminator but starts no block")
-            if self.mod.comments:
+            if comments:
                 b.comment(f"{pc}: {form.name} dst={insn.dst} src={insn.src} off={insn.off} "
                           f"imm={insn.imm}")
-            handler = getattr(self, f"_lower_{form.kind}", None)
+            handler = handlers.get(form.kind)
             if handler is None:
                 raise self.error(f"no lowering for {form.name} (kind {form.kind!r})")
-            handler(form, insn)
+            handler(self, form, insn)
         if not b.block.is_terminated:
             raise self.error(f"subprogram {self.sp.name} falls off its end")
 
@@ -241,6 +312,9 @@ class FunctionLowerer:
 
     def _lower_alu(self, form, insn) -> None:
         w = form.width
+        if form.op == "mov":  # the old value of dst is not read
+            self.set(insn.dst, self.operand(form, insn, w))
+            return
         a = cg.narrow(self.b, self.get(insn.dst), w)
         self.set(insn.dst, cg.binop(self.b, form.op, a, self.operand(form, insn, w)))
 
@@ -283,16 +357,26 @@ class FunctionLowerer:
 
     # -- memory ----------------------------------------------------------------------------
 
+    def address(self, r: int, off: int, size: int) -> ir.Value:
+        """``ptr`` for ``r + off``. A frame slot reached through r10 is addressed from the frame's
+        alloca when r10 never changes (as the verifier requires), so that SROA can promote it
+        and alias analysis sees it. Code that also uses the frame pointer as a value turns it
+        into an integer (``ptrtoint``), which marks the alloca as escaped: integer-addressed
+        accesses (helpers, callees, copies of r10) then may alias these ones, as they must."""
+        if r == 10 and self.fp_fixed and -isa.MAX_BPF_STACK <= off and off + size <= 0:
+            return self.b.gep_i8(self.stack, isa.MAX_BPF_STACK + off)
+        return cg.address(self.b, self.get(r), off)
+
     def _lower_ldx(self, form, insn) -> None:
-        ptr = cg.address(self.b, self.get(insn.src), insn.off)
+        ptr = self.address(insn.src, insn.off, form.size)
         self.set(insn.dst, cg.load(self.b, ptr, form.size, form.signed))
 
     def _lower_st(self, form, insn) -> None:
-        ptr = cg.address(self.b, self.get(insn.dst), insn.off)
+        ptr = self.address(insn.dst, insn.off, form.size)
         cg.store(self.b, ptr, cg.const(I64, insn.imm), form.size)
 
     def _lower_stx(self, form, insn) -> None:
-        ptr = cg.address(self.b, self.get(insn.dst), insn.off)
+        ptr = self.address(insn.dst, insn.off, form.size)
         cg.store(self.b, ptr, self.get(insn.src), form.size)
 
     def _lower_atomic(self, form, insn) -> None:
@@ -327,11 +411,14 @@ class FunctionLowerer:
             signed, pred = _CMP[form.op]
             cond = (b.icmp_signed if signed else b.icmp_unsigned)(pred, a, c)
         taken = self.block_at(self.pc + 1 + insn.off)
-        b.cbranch(cond, taken, self.block_at(self.pc + 1))
+        self.spill()
+        b.branch_if(cond, taken, self.block_at(self.pc + 1))
 
     def _lower_ja(self, form, insn) -> None:
         delta = insn.imm if form.op == "gotol" else insn.off
-        self.b.branch(self.block_at(self.pc + 1 + delta))
+        target = self.block_at(self.pc + 1 + delta)
+        self.spill()
+        self.b.branch(target)
 
     def _lower_may_goto(self, form, insn) -> None:
         # The kernel's hidden per-frame counter (SEMANTICS.md 2.3 item 12): jump once the
@@ -342,9 +429,11 @@ class FunctionLowerer:
             with b.goto_block(self.entry_bb):  # before the entry's branch
                 b.store(I64(isa.BPF_MAX_LOOPS), self._counter)
         left = b.load(self._counter, typ=I64, name="budget")
-        spent = b.icmp_unsigned("==", left, I64(0))
-        b.store(b.select(spent, I64(0), b.sub(left, I64(1))), self._counter)
-        b.cbranch(spent, self.block_at(self.pc + 1 + insn.off), self.block_at(self.pc + 1))
+        spent = b.icmp_unsigned("==", left, cg.const(I64, 0))
+        b.store(b.select(spent, cg.const(I64, 0), b.sub(left, cg.const(I64, 1))), self._counter)
+        taken, fallthrough = self.block_at(self.pc + 1 + insn.off), self.block_at(self.pc + 1)
+        self.spill()
+        b.branch_if(spent, taken, fallthrough)
 
     def _lower_exit(self, form, insn) -> None:
         self.ret(self.get(0))
@@ -402,3 +491,13 @@ class FunctionLowerer:
             stop.add_incoming(abort, blk)
         self.set(0, r0)
         self.abort_if(stop)
+
+
+_HANDLERS: dict = {}
+
+
+def _handlers() -> dict:
+    """``kind`` -> ``FunctionLowerer._lower_<kind>``, looked up once instead of per instruction."""
+    if not _HANDLERS:
+        _HANDLERS.update({k: getattr(FunctionLowerer, f"_lower_{k}") for k in lowering_kinds()})
+    return _HANDLERS

@@ -19,10 +19,15 @@ it:
 Sections that are not allocated (``.comment``, ``.note.GNU-stack``, ``.llvm_addrsig``, the symbol
 and string tables) are ignored, and so is ``.eh_frame``: pybpf never registers unwind tables,
 and Python exceptions do not unwind through native frames.
+
+Every compile goes through here, so the common case is a direct ``struct`` read of the section
+headers and the symbol table (about 30 us, against 1 ms for pyelftools). Only an object that
+looks wrong in any way is parsed again with pyelftools, which writes the detailed refusal.
 """
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 from elftools.elf.constants import SH_FLAGS
@@ -77,12 +82,97 @@ def _reloc_summary(elf: ELFFile, sec: RelocationSection, limit: int = 3) -> str:
     return ", ".join(parts)
 
 
+# ELF64 little-endian layouts (System V gABI).
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+_EM_X86_64, _ELFCLASS64, _ELFDATA2LSB = 62, 2, 1
+_SHT_SYMTAB, _SHT_RELA, _SHT_REL = 2, 4, 9
+_SHF_ALLOC = 0x2
+_SHN_LORESERVE = 0xFF00
+_STT_FUNC = 2
+
+
+def _cstr(table: bytes, offset: int) -> str:
+    end = table.find(b"\0", offset)
+    return table[offset:end if end >= 0 else len(table)].decode("utf-8", "replace")
+
+
+def _fast_extract(obj: bytes) -> TextImage | None:
+    """The text image of a well-formed, acceptable object; ``None`` for anything else (the
+    caller then parses again with pyelftools to say exactly what is wrong)."""
+    if len(obj) < _EHDR.size or obj[:4] != b"\x7fELF" or obj[4] != _ELFCLASS64 \
+            or obj[5] != _ELFDATA2LSB:
+        return None
+    (_, _, machine, _, _, _, shoff, _, _, _, _, shentsize, shnum,
+     shstrndx) = _EHDR.unpack_from(obj)
+    if machine != _EM_X86_64 or shentsize != _SHDR.size or not shnum or shstrndx >= shnum \
+            or shoff + shnum * shentsize > len(obj):
+        return None
+    headers = [_SHDR.unpack_from(obj, shoff + i * shentsize) for i in range(shnum)]
+    strtab = headers[shstrndx]
+    names_blob = obj[strtab[4]:strtab[4] + strtab[5]]
+    names = [_cstr(names_blob, h[0]) for h in headers]
+    base_of: dict[int, int] = {}
+    chunks: list[bytes] = []
+    size = 0
+    symtab = None
+    for index, (h, name) in enumerate(zip(headers, names)):
+        sh_type, flags, offset, sh_size, info, align = h[1], h[2], h[4], h[5], h[7], h[8]
+        if sh_type in (_SHT_RELA, _SHT_REL):
+            if sh_size and info and headers[info][2] & _SHF_ALLOC \
+                    and names[info] not in _IGNORED_ALLOC:
+                return None
+            continue
+        if sh_type == _SHT_SYMTAB and name == ".symtab":
+            symtab = h
+        if not flags & _SHF_ALLOC or name in _IGNORED_ALLOC:
+            continue
+        if not _is_text(name):
+            if sh_size:
+                return None
+            continue
+        pad = (-size) % max(align, 1)
+        if pad:
+            chunks.append(b"\xcc" * pad)  # int3, like jit_fill_hole()
+            size += pad
+        base_of[index] = size
+        chunks.append(obj[offset:offset + sh_size])
+        size += sh_size
+    if not base_of or symtab is None:
+        return None
+    sym_off, sym_size, link, entsize = symtab[4], symtab[5], symtab[6], symtab[9]
+    if entsize != _SYM.size or link >= shnum:
+        return None
+    str_h = headers[link]
+    sym_names = obj[str_h[4]:str_h[4] + str_h[5]]
+    symbols: dict[str, int] = {}
+    for k in range(sym_size // entsize):
+        st_name, st_info, _, shndx, value, st_size = _SYM.unpack_from(obj, sym_off + k * entsize)
+        if shndx == 0:
+            if st_name:  # a named undefined symbol
+                return None
+            continue
+        if st_info & 0xF != _STT_FUNC or shndx >= _SHN_LORESERVE:
+            continue
+        if shndx not in base_of or st_size == 0:
+            return None
+        symbols[_cstr(sym_names, st_name)] = base_of[shndx] + value
+    return TextImage(b"".join(chunks), symbols)
+
+
 def extract_text(obj: bytes) -> TextImage:
     """Return the ``.text`` bytes of ``obj`` and the offsets of the functions defined in it.
 
     Raises :class:`JITError` listing every problem found (not only the first), so that one
     failed compile says everything that is wrong with the object.
     """
+    image = _fast_extract(obj)
+    return image if image is not None else _checked_extract(obj)
+
+
+def _checked_extract(obj: bytes) -> TextImage:
+    """:func:`extract_text` with pyelftools: every check, every problem described."""
     try:
         elf = ELFFile(io.BytesIO(obj))
     except Exception as exc:  # pyelftools raises several unrelated types on garbage

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from pybpf.errors import JITError
 from pybpf.jit import native
 from pybpf.jit.codegen import compile_ir
-from pybpf.jit.lower import ModuleLowerer
+from pybpf.jit.lower import ModuleLowerer, gc_paused
 from pybpf.program import Program
 
 _U64 = (1 << 64) - 1
@@ -50,7 +51,11 @@ class JitProgram:
     Attributes: ``name``, ``address`` (entry point), ``allocation`` (the pack allocator's
     record), ``symbol`` (entry function name), ``needs_gil`` (the code may call Python helpers,
     so it is entered with the GIL held and a helper's exception propagates), ``opt_level``,
-    ``ir_before`` (the lowered IR), ``ir_after`` / ``asm`` (when requested), ``text_size``.
+    ``ir_before`` (the lowered IR), ``ir_after`` / ``asm`` (when requested), ``text_size``,
+    ``timings`` (seconds spent on its compile: ``lower``, ``worker`` (round trip), ``llvm``
+    (the worker's own time) and its steps ``parse``/``verify``/``opt``/``emit``/``extract``,
+    ``cpu`` (the worker's CPU time), ``place``; shared by the programs of one
+    :func:`compile_programs` batch).
     """
 
     def __init__(self, code: _PlacedCode, symbol: str, offset: int, name: str, needs_gil: bool,
@@ -64,6 +69,7 @@ class JitProgram:
         self.text_size = text_size
         self._call = native.make_caller(self.address, holds_gil=needs_gil)
         self.closed = False
+        self.timings: dict[str, float] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"0x{self.address:x}"
@@ -124,10 +130,13 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
     # Per-instruction comments make the IR readable but cost time to build, print and parse,
     # so they are only there when someone will read the IR.
     comments = want_ir or os.environ.get("PYBPF_DUMP_IR", "") not in ("", "0")
-    lowerer = ModuleLowerer(helpers, comments, name=names[0] if len(progs) == 1 else "batch")
-    symbols = [lowerer.add_program(p, "bpf_main" if len(progs) == 1 else f"bpf_main.{i}", v)
-               for i, (p, v) in enumerate(zip(progs, values64))]
-    lowered = lowerer.finish()
+    t0 = time.perf_counter()
+    with gc_paused():
+        lowerer = ModuleLowerer(helpers, comments, name=names[0] if len(progs) == 1 else "batch")
+        symbols = [lowerer.add_program(p, "bpf_main" if len(progs) == 1 else f"bpf_main.{i}", v)
+                   for i, (p, v) in enumerate(zip(progs, values64))]
+        lowered = lowerer.finish()
+    t1 = time.perf_counter()
     result = compile_ir(lowered.ir, opt_level=opt_level, want_ir=want_ir, want_asm=want_asm)
     missing = [s for s in symbols if s not in result.symbols]
     if missing:
@@ -137,11 +146,19 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
 
         allocator = default_allocator()
     label = names[0] if len(progs) == 1 else f"{names[0]}+{len(progs) - 1}"
+    t2 = time.perf_counter()
     allocation = native.place(result.text, label, allocator)
     code = _PlacedCode(allocation, allocator, lowered.keepalive, len(progs))
-    return [JitProgram(code, sym, result.symbols[sym], name, lowered.needs_gil, opt_level,
+    jits = [JitProgram(code, sym, result.symbols[sym], name, lowered.needs_gil, opt_level,
                        lowered.ir, result.ir_after, result.asm, len(result.text))
             for sym, name in zip(symbols, names)]
+    timings = dict(result.times, lower=t1 - t0, place=time.perf_counter() - t2)
+    steps = ("parse", "verify", "opt", "emit", "extract")
+    if all(k in timings for k in steps):
+        timings["llvm"] = sum(timings[k] for k in steps)
+    for jp in jits:
+        jp.timings = timings
+    return jits
 
 
 def compile_program(prog: Program, helpers=None, opt_level: int = 2, name: str | None = None,

@@ -48,6 +48,9 @@ def load_program(path: str, fmt: str | None = None, syntax: str = "auto",
     """Read ``path`` and build a Program, raising a BPFError subclass on bad input."""
     data, name = read_input(path)
     kind = fmt or detect_kind(data)
+    if section is not None and kind != "elf":
+        raise InputError(f"{name}: --section selects a program of an ELF object; this input "
+                         f"is {kind}")
     if kind == "bin":
         return Program.from_bytes(data, name=Path(name).stem or "prog")
     if kind == "elf":

@@ -77,7 +77,9 @@ class Helper:
     """One helper. ``mem_args`` (optional) describes pointer arguments the prototype cannot size
     by itself (a map key or value: the size comes from the map): called with the argument values,
     it returns ``(address, size, kind)`` triples, kind "read" or "write", that the interpreter
-    checks before calling ``fn``."""
+    checks before calling ``fn``. ``special`` names helpers the engines implement themselves
+    because they transfer control ("tail_call", "loop": bpf_loop's callback); their ``fn`` is
+    only a stand-in."""
 
     id: int
     name: str
@@ -85,6 +87,7 @@ class Helper:
     prototype: Prototype = Prototype(args=(ANY,) * 5)
     unwind: bool = False
     mem_args: Callable[[tuple], list] | None = None
+    special: str = ""
 
     @property
     def checks_memory(self) -> bool:
@@ -141,40 +144,46 @@ class HelperRegistry:
 
 
 # --- kernel helpers ---------------------------------------------------------------------------
-_PRINTK_SPEC = re.compile(r"%([-+ 0#]*)(\d*)(?:\.(\d+))?(hh|h|ll|l|z)?([diuxXcspo%])")
+# bpf_bprintf_prepare's grammar: flags [0 +-], a width, length l or ll, then d i u x X c s p
+# (p with an optional x or K) or %%. Anything else is -EINVAL, as in the kernel.
+_PRINTK_SPEC = re.compile(r"%(?:%|([-+ 0]*)([1-9][0-9]*)?(ll|l)?([diuxXcs]|p[xK]?))")
 
 
 def format_printk(fmt: bytes, args: tuple[int, ...], regions=None) -> str:
     """Format ``fmt`` the way ``bpf_trace_printk`` does (at most three arguments).
 
-    Raises ValueError for what the kernel refuses with -EINVAL (too many or unknown specifiers).
-    ``%s`` follows its pointer through ``regions`` (the run's RegionTable); without one, or for a
-    bad pointer, it prints ``(efault)`` as the kernel prints a failed read.
+    Conversions: ``%d %i %u %x %X`` (32-bit; ``l``/``ll`` for 64-bit), ``%c``, ``%s``, ``%p``
+    (``%px``, ``%pK``: the pointer in hex), ``%%``, with flags ``0 + - space`` and a width.
+    Raises ValueError for what the kernel refuses with -EINVAL (more than three arguments,
+    unknown specifiers). ``%s`` follows its pointer through ``regions`` (the run's RegionTable);
+    without one, or for a bad pointer, it prints ``(efault)`` as the kernel prints a failed read.
     """
     text = fmt.decode("latin-1")
     out, pos, argi = [], 0, 0
     for m in _PRINTK_SPEC.finditer(text):
+        if "%" in text[pos:m.start()]:
+            raise ValueError("unknown format specifier")
         out.append(text[pos:m.start()])
         pos = m.end()
-        flags, width, prec, length, conv = m.groups()
-        if conv == "%":
+        flags, width, length, conv = m.groups()
+        if conv is None:
             out.append("%")
             continue
-        if argi >= len(args):
+        if argi >= 3 or argi >= len(args):
             raise ValueError("too many format specifiers")
         v = args[argi] & M64
         argi += 1
-        bits = 64 if length in ("l", "ll", "z") else 32
-        spec = "%" + flags + width + (f".{prec}" if prec else "")
+        bits = 64 if length else 32
+        spec = "%" + (flags or "") + (width or "")
         if conv in "di":
             v &= (1 << bits) - 1
             v = v - (1 << bits) if v >> (bits - 1) else v
             out.append((spec + "d") % v)
-        elif conv in "uxXo":
+        elif conv in "uxX":
             out.append((spec + conv.replace("u", "d")) % (v & ((1 << bits) - 1)))
         elif conv == "c":
             out.append((spec + "c") % chr(v & 0xFF))
-        elif conv == "p":
+        elif conv.startswith("p"):
             out.append((spec + "s") % f"0x{v:x}")
         else:  # %s
             try:

@@ -12,9 +12,24 @@ BPF-to-BPF call one 512-byte frame lower, r10 pointing one past the top of the c
 frame may access its own and its callers' frames (pointers passed down), never deeper ones.
 r6-r9 are the caller's locals in the generated code, so they survive calls as the kernel's
 calling convention promises; a callee starts with r0 and r6-r9 zero.
+
+Arena accesses (the kernel's PROBE_MEM32) take the slow path: an address inside an arena's band
+(a full user pointer), or, in a program with an arena, any access that misses every region and
+whose base register holds a 32-bit value, lands at ``kern_vm_start + zext32(reg) + off`` and goes
+through the arena's BPF-access API (``load``/``store``/``atomic``): unallocated pages read 0,
+stores and atomics there are dropped, and no address can fault. (The verifier would know the
+register's type; the interpreter relies on arena offsets and real buffers not overlapping: run
+memory below 4 GiB, the packet contexts, lies in the low 2 GiB, default arenas' offsets near 4 GiB.)
+
+Control transfers the engine implements itself: ``bpf_tail_call`` (the target program's entry
+replaces the current frame with r1 = ctx, the stack frame and budget carry on, at most
+``MAX_TAIL_CALL_CNT`` = 33 per run; a failed call falls through with r0 unchanged, as the
+kernel's interpreter and x86 JIT leave it) and ``bpf_loop`` (the callback subprogram, found from
+the ld_imm64 func value, runs one frame deeper per iteration).
 """
 from __future__ import annotations
 
+import errno
 import threading
 import time
 
@@ -24,6 +39,10 @@ from pybpf.verifier.cfg import build_cfg
 
 from .helpers import ACTIVE_REGIONS, HelperRegistry
 from .interp_codegen import Generator
+from .loader import func_slot
+from .map_helpers import MAX_TAIL_CALL_CNT, tail_call_target
+from .maps.arena import Arena
+from .maps.prog_array import ProgArrayMap
 from .memory import PACK, PROC, UNPACK, UNPACK_SIGNED, Buffer, Region, RegionTable
 from .trace import Tracer
 
@@ -34,6 +53,17 @@ _ATOMIC_LOCK = threading.Lock()   # atomics are atomic with respect to other Pyt
 
 class _Stop(Exception):
     """The program ends now with r0 = 0 (unwind helper returned 0, ld_abs out of bounds)."""
+
+
+# Arena atomics: op -> (src value, r0) -> (old -> new value, None for no write).
+_ARENA_ATOMIC = {
+    "add": lambda v, r0: lambda old: old + v,
+    "or": lambda v, r0: lambda old: old | v,
+    "and": lambda v, r0: lambda old: old & v,
+    "xor": lambda v, r0: lambda old: old ^ v,
+    "xchg": lambda v, r0: lambda old: v,
+    "cmpxchg": lambda v, r0: lambda old: v if old == r0 else None,
+}
 
 
 def _sdiv(a: int, b: int) -> int:
@@ -85,10 +115,29 @@ class Run:
         else:
             self.mlo, self.mhi = 1, 0
         self.packet = packet
+        self.tail_count = [0]       # tail calls taken so far, shared along the chain
+        self._tail_entries: dict[int, object] = {}
+        self.funcs: dict[int, object] = {}
+        self._bind(interp, tracer)
+
+    def _bind(self, interp: "Interpreter", tracer: Tracer | None) -> None:
+        self.interp, self.arena, self.offs = interp, interp.arena, interp.offs
         self.tracer = tracer
         if tracer is not None:
             self.trace_insn, self.trace_sync = tracer.insn, tracer.sync
             self.trace_enter = tracer.enter
+
+    def sibling(self, interp: "Interpreter") -> "Run":
+        """A Run of another program sharing this run's stack, regions, packet and tail-call
+        count (what a tail call enters)."""
+        other = object.__new__(Run)
+        other.__dict__.update(self.__dict__)
+        other.funcs, other._tail_entries = {}, {}
+        tracer = None
+        if self.tracer is not None:
+            tracer = Tracer(interp.prog, self.tracer.callback, self.regions, interp.arena)
+        other._bind(interp, tracer)
+        return other
 
     def _find(self, lo: int, a: int, n: int) -> Region | None:
         if self.stack_region.start != lo:
@@ -100,9 +149,28 @@ class Run:
         return VMError(f"instruction limit of {self.insn_limit} exceeded (the program did not "
                        f"finish; raise insn_limit if it is meant to run longer)", pc)
 
+    def _arena_target(self, pc: int, a: int, r: Region | None) -> int | None:
+        """The band address of an arena access, or None when ``a`` is not one.
+
+        An address in the arena's band is one (a full user pointer); so is any access missing
+        every region whose base register holds a 32-bit value, in a program with an arena: the
+        kernel's PROBE_MEM32 access ``kern_vm_start + zext32(reg) + off``.
+        """
+        if r is not None:
+            return a if isinstance(r.owner, Arena) else None
+        if self.arena is None:
+            return None
+        off = self.offs.get(pc, 0)
+        reg = a - off
+        return self.arena.bpf_address(reg, off) if 0 <= reg <= 0xFFFFFFFF else None
+
     def ld(self, pc: int, lo: int, a: int, n: int, signed: bool) -> int:
-        if self._find(lo, a, n) is None:
-            raise MemoryAccessError(pc, a & M64, n, "read", self.regions.describe())
+        r = self._find(lo, a, n)
+        if r is None or isinstance(r.owner, Arena):
+            addr = self._arena_target(pc, a, r)
+            if addr is None:
+                raise MemoryAccessError(pc, a & M64, n, "read", self.regions.describe())
+            return (r.owner if r is not None else self.arena).load(addr, n, signed) & M64
         if signed:
             return UNPACK_SIGNED[n](PROC, a)[0] & M64
         return UNPACK[n](PROC, a)[0]
@@ -110,14 +178,25 @@ class Run:
     def st(self, pc: int, lo: int, a: int, n: int, v: int) -> None:
         r = self._find(lo, a, n)
         if r is None or not r.writable:
-            raise MemoryAccessError(pc, a & M64, n, "write", self.regions.describe())
+            addr = self._arena_target(pc, a, r)
+            if addr is None:
+                raise MemoryAccessError(pc, a & M64, n, "write", self.regions.describe())
+            (r.owner if r is not None else self.arena).store(addr, n, v)   # dropped if unbacked
+            return
         PACK[n](PROC, a, v)
 
     def atomic(self, pc: int, lo: int, a: int, n: int, op: str, v: int, r0: int) -> int:
         r = self._find(lo, a, n)
-        if r is None or not r.writable:
-            raise MemoryAccessError(pc, a & M64, n, "atomic access", self.regions.describe())
         mask = (1 << (8 * n)) - 1
+        if r is None or not r.writable:
+            addr = self._arena_target(pc, a, r)
+            if addr is None:
+                raise MemoryAccessError(pc, a & M64, n, "atomic access", self.regions.describe())
+            arena = r.owner if r is not None else self.arena
+            old = arena.atomic(addr, n, _ARENA_ATOMIC[op](v & mask, r0 & mask))
+            if old is None:     # dropped: the register that would get the old value keeps its own
+                return r0 if op == "cmpxchg" else v
+            return old
         v &= mask
         with _ATOMIC_LOCK:
             old = UNPACK[n](PROC, a)[0]
@@ -148,6 +227,50 @@ class Run:
         if off < 0 or off + n > len(self.packet):
             raise _Stop()
         return int.from_bytes(self.packet[off:off + n], "big")
+
+    def tail_call(self, pc: int, map_value: int, index: int):
+        """The entry bpf_tail_call jumps to (called with r1 ctx), or None to fall through."""
+        resolve = self.interp.resolve_map
+        m = resolve(map_value) if resolve is not None else None
+        if not isinstance(m, ProgArrayMap):
+            raise VMError(f"bpf_tail_call: 0x{map_value:x} is not a prog_array map", pc)
+        target = tail_call_target(m, index)
+        if target is None or self.tail_count[0] >= MAX_TAIL_CALL_CNT:
+            return None
+        interp = getattr(target, "_interp", None)
+        if interp is None:
+            why = "is closed" if getattr(target, "closed", False) else \
+                "is not loaded on the interpreter"
+            raise VMError(f"bpf_tail_call: program {getattr(target, 'name', target)!r} at "
+                          f"index {index & 0xFFFFFFFF} {why}", pc)
+        self.tail_count[0] += 1
+        entry = self._tail_entries.get(id(interp))
+        if entry is None:
+            sub = self.sibling(interp)
+            build = interp.build_for(self.tracer is not None)
+            entry = self._tail_entries[id(interp)] = build(sub)
+        return entry
+
+    def loop(self, pc: int, fp: int, depth: int, left: int, nr: int, fn: int, ctx: int,
+             flags: int) -> tuple[int, int]:
+        """bpf_loop: call the callback subprogram (i, ctx) up to ``nr`` times; stops after a
+        non-zero return. Returns (iterations done or -errno, budget left)."""
+        if flags:
+            return -errno.EINVAL & M64, left
+        nr &= 0xFFFFFFFF
+        if nr > isa.BPF_MAX_LOOPS:
+            return -errno.E2BIG & M64, left
+        slot = func_slot(fn)
+        callback = self.funcs.get(slot) if slot is not None else None
+        if callback is None:
+            raise VMError(f"bpf_loop: 0x{fn:x} is not a function of this program", pc)
+        if depth >= isa.MAX_CALL_FRAMES - 1:
+            raise VMError(f"the call stack of {depth + 2} frames is too deep", pc)
+        for i in range(nr):
+            r, left = callback(i, ctx, 0, 0, 0, fp - isa.MAX_BPF_STACK, depth + 1, left)
+            if r:
+                return i + 1, left
+        return nr, left
 
     def callx(self, pc: int, lo: int, hid: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
         h = self.interp.helpers.get(hid) if self.interp.helpers is not None else None
@@ -211,14 +334,19 @@ class Interpreter:
 
     ``helpers``/``kfuncs`` are HelperRegistry objects; ``values64`` gives the resolved constant
     of every ld_imm64 pseudo form and cast_user instruction (slot -> value); the loader computes
-    them. Loading fails (VMError) for calls to helpers or kfuncs the registries lack.
+    them. ``arena`` is the program's arena map (its PROBE_MEM32 accesses, see
+    :meth:`Run._arena_target`); ``resolve_map`` turns a map pointer value back into the map
+    (tail calls). Loading fails (VMError) for calls to helpers or kfuncs the registries lack.
     """
 
     def __init__(self, prog, helpers: HelperRegistry | None = None,
                  kfuncs: HelperRegistry | None = None, values64: dict[int, int] | None = None,
-                 cfg=None) -> None:
+                 cfg=None, arena=None, resolve_map=None) -> None:
         self.prog = prog
         self.helpers, self.kfuncs = helpers, kfuncs
+        self.arena, self.resolve_map = arena, resolve_map
+        # memory displacements by slot: the slow path recovers an access's base register
+        self.offs = {pc: insn.off for pc, form, insn in prog.instructions() if form.size}
         self.values64 = dict(values64 or {})
         self.cfg = cfg if cfg is not None else _cfg(prog)
         self.source = Generator(prog, self.cfg, helpers, kfuncs, self.values64).source()
@@ -231,6 +359,14 @@ class Interpreter:
         exec(code, ns)
         return ns["_build"]
 
+    def build_for(self, trace: bool):
+        """The ``_build(R)`` of the fast or the tracing variant."""
+        if not trace:
+            return self._build
+        if self._trace_build is None:
+            self._trace_build = self._compile(self.trace_source(), "trace")
+        return self._trace_build
+
     def trace_source(self) -> str:
         return Generator(self.prog, self.cfg, self.helpers, self.kfuncs, self.values64,
                          trace=True).source()
@@ -238,13 +374,8 @@ class Interpreter:
     def start(self, regions: RegionTable, fast: Region | None, insn_limit: int,
               packet: bytes | None = None, trace=None) -> "Session":
         """Bind a run (stack, regions, budget, optional trace callback) ready to be called."""
-        tracer = None
-        build = self._build
-        if trace is not None:
-            if self._trace_build is None:
-                self._trace_build = self._compile(self.trace_source(), "trace")
-            build = self._trace_build
-            tracer = Tracer(self.prog, trace, regions)
+        tracer = Tracer(self.prog, trace, regions, self.arena) if trace is not None else None
+        build = self.build_for(trace is not None)
         run = Run(self, regions, fast, insn_limit, packet, tracer)
         return Session(run, build(run))
 
@@ -259,6 +390,7 @@ class Session:
     def call(self, r1: int = 0, r2: int = 0) -> int:
         run = self.run
         self.executed = None   # stays None when the run stops early (error, unwind)
+        run.tail_count[0] = 0  # the tail-call budget is per run (test_run repeats)
         token = ACTIVE_REGIONS.set(run.regions)
         try:
             r0, left = self.entry(r1 & M64, r2 & M64, 0, 0, 0, run.stop, 0, run.insn_limit)

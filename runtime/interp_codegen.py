@@ -82,7 +82,7 @@ class Generator:
         for n in (1, 2, 4, 8):
             out.add(f"SH{n} = STOP - {n}\nMH{n} = MHI - {n}", 1)
         out.add("_ld = R.ld\n_st = R.st\n_atomic = R.atomic\n_ldabs = R.ldabs\n_callx = R.callx\n"
-                "_limit = R.limit_error", 1)
+                "_limit = R.limit_error\n_tail = R.tail_call\n_loop = R.loop", 1)
         for h in sorted(self.used_helpers):
             out.add(f"_h{h} = R.helper_fn({h})", 1)
         for h in sorted(self.checked_helpers):
@@ -94,6 +94,9 @@ class Generator:
         if self.trace:
             out.add("_T = R.trace_insn\n_TS = R.trace_sync\n_TE = R.trace_enter", 1)
         out.lines.extend("    " + line for line in funcs.lines)
+        # every subprogram by its first slot, for callbacks (bpf_loop) and tail calls
+        table = ", ".join(f"{sp.start}: F{sp.start}" for sp in self.cfg.subprogs)
+        out.add(f"R.funcs = {{{table}}}", 1)
         out.add(f"return F{self.cfg.subprogs[0].start}", 1)
         return "\n".join(out.lines) + "\n"
 
@@ -209,6 +212,14 @@ class Generator:
         h = reg.get(insn.imm) if reg is not None else None
         if h is None:
             raise VMError(missing, pc)
+        if h.special == "tail_call":
+            # On success the target replaces this frame (r1 = ctx, same stack frame, the
+            # budget goes on); on failure execution falls through with r0 unchanged.
+            return (f"t = _tail({pc}, r2, r3)\n"
+                    f"if t is not None:\n"
+                    f"    return t(r1, 0, 0, 0, 0, fp, depth, left)")
+        if h.special == "loop":
+            return f"r0, left = _loop({pc}, fp, depth, left, r1, r2, r3, r4)"
         used.add(h.id)
         args = ", ".join(f"r{i}" for i in range(1, h.prototype.nargs + 1))
         lines = []

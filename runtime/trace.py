@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pybpf.disasm import format_insn
 
+from .maps.arena import Arena
 from .memory import PROC, UNPACK
 
 _STORE_KINDS = ("st", "stx")
@@ -44,8 +45,8 @@ class TraceEvent:
 class Tracer:
     """Turns the generated code's hook calls into TraceEvents for ``callback``."""
 
-    def __init__(self, prog, callback, regions) -> None:
-        self.prog, self.callback, self.regions = prog, callback, regions
+    def __init__(self, prog, callback, regions, arena=None) -> None:
+        self.prog, self.callback, self.regions, self.arena = prog, callback, regions, arena
         self.forms = {pc: (form, insn) for pc, form, insn in prog.instructions()}
         self.texts: dict[int, str] = {}
         self.prev: dict[int, tuple] = {}
@@ -65,8 +66,17 @@ class Tracer:
         changed = {i: v for i, (a, v) in enumerate(zip(before, regs)) if a != v}
         store = None
         if form.kind in _STORE_KINDS or (form.kind == "atomic" and form.op != "load_acq"):
-            # The access already succeeded (it was checked), so reading it back is safe.
-            addr = (before[insn.dst] + insn.off) & ((1 << 64) - 1)
-            store = (addr, form.size, UNPACK[form.size](PROC, addr)[0])
+            store = self._stored(before[insn.dst], insn.off, form.size)
         note = f"return 0x{regs[0]:x}" if form.kind == "exit" else ""
         self.callback(TraceEvent(pc, depth, insn.opcode, text, changed, regs, store, note))
+
+    def _stored(self, base: int, off: int, size: int) -> tuple:
+        """(address, size, value now there) of a store that was checked before it ran."""
+        addr = (base + off) & ((1 << 64) - 1)
+        r = self.regions.find(addr, size)
+        arena = r.owner if r is not None and isinstance(r.owner, Arena) else None
+        if r is None and self.arena is not None and base <= 0xFFFFFFFF:
+            arena, addr = self.arena, self.arena.bpf_address(base, off)   # PROBE_MEM32
+        if arena is not None:       # read through the arena: it never faults
+            return (addr, size, arena.load(addr, size))
+        return (addr, size, UNPACK[size](PROC, addr)[0])

@@ -1,4 +1,4 @@
-"""The VM API: ``pybpf.VM`` owns helpers (later maps); ``vm.load`` gives a runnable LoadedProgram.
+"""The VM API: ``pybpf.VM`` owns maps, helpers and kfuncs; ``vm.load`` gives a runnable program.
 
     >>> import pybpf
     >>> from pybpf.insn import make
@@ -7,63 +7,149 @@
     >>> lp.run()
     42
 
-``lp.run(mem=b"...")`` gives the program a private copy of ``mem`` (r1 = its address, r2 = its
-length; r1 = r2 = 0 without mem) and returns r0 as an unsigned 64-bit int; the copy's final
-contents are ``lp.last_mem``. The interpreter checks every memory access against the run's
-regions (stack frames, the mem copy, packet data, VM-wide regions such as map values) and raises
-MemoryAccessError before touching anything else. ``insn_limit`` (default 100 million executed
-instructions; ``VM(insn_limit=)``, ``vm.load(insn_limit=)`` or ``lp.run(insn_limit=)``) stops
-programs that would run longer with a VMError naming the limit.
+Maps. ``vm.create_map("hash", key_size=4, value_size=8, max_entries=64)`` is BPF_MAP_CREATE
+(kernel type names and rules, :mod:`pybpf.runtime.maps`); the map gets an ``fd``, unique in the
+process, that raw bytecode uses the kernel way (ld_imm64 src 1 / 2, ``imm`` = fd). Programs that
+name maps by index (src 5 / 6: ``.map`` directives, unbound ELF objects) get them created at load
+from their ``Program.maps`` declarations, once per declaration per VM, or bound to existing maps
+with ``vm.load(prog, maps={"name": m})``. ``vm.maps`` holds the VM's maps by name (the latest
+of a name wins; every map stays reachable by ``vm.map_by_fd``); ``lp.maps`` those a program uses.
+
+Helpers: the kernel ones (:func:`pybpf.runtime.helpers.kernel_helpers` plus
+:mod:`pybpf.runtime.vm_helpers`: maps, ring buffers, probe reads, tail calls, bpf_loop) and the
+arena kfuncs; ``vm.register_helper(id, fn, name, prototype)`` adds a Python one.
+``bpf_trace_printk`` output is kept for ``vm.trace_output()``.
+
+Running: ``lp.run(mem=...)`` for ``prog_type="mem"``, ``lp.run(ctx=..., data=packet)`` for the
+kernel-style contexts (:mod:`pybpf.runtime.contexts`); see :class:`LoadedProgram`.
+``insn_limit`` (default 100 million executed instructions; ``VM(insn_limit=)``,
+``vm.load(insn_limit=)`` or ``lp.run(insn_limit=)``) stops programs that would run longer.
 """
 from __future__ import annotations
 
+import errno
+import itertools
 import random
+import threading
+import weakref
 
 from pybpf import isa
-from pybpf.errors import VerifierError, VMError
-from pybpf.insn import imm64
+from pybpf.errors import MapError, VerifierError, VMError
 from pybpf.program import Program
 from pybpf.verifier.cfg import check_structure, jump_target
 
+from . import vm_helpers
+from .contexts import canonical_type
 from .helpers import HelperRegistry, Prototype, kernel_helpers
-from .interp import Interpreter
-from .memory import Buffer, Region, RegionTable
+from .loaded import DEFAULT_INSN_LIMIT, ENGINES, LoadedProgram, check_limit
+from .loader import bind_declarations, program_arena, referenced_maps, resolve_values64
+from .maps import create_map
+from .maps.prog_array import ProgArrayMap
+from .memory import Region
 
-DEFAULT_INSN_LIMIT = 100_000_000
-ENGINES = ("interp", "jit")
-PROG_TYPES = ("mem",)
-MEM_GUARD = 64  # canary bytes on each side of a run's private copy of mem
+__all__ = ["VM", "LoadedProgram", "DEFAULT_INSN_LIMIT", "ENGINES"]
+
+# Map and program fds come from one process-wide counter (the kernel's fds share a table too),
+# so an fd from another VM never names a map of this one.
+_FDS = itertools.count(1)
+_FD_LOCK = threading.Lock()
+_MISSING = object()
+
+
+def _next_fd() -> int:
+    with _FD_LOCK:
+        return next(_FDS)
 
 
 class VM:
-    """Helper and kfunc registries, trace output, and (later) maps shared by loaded programs.
+    """Maps, helper and kfunc registries, and trace output shared by the programs it loads.
 
-    ``helpers`` replaces the default kernel set (``runtime.helpers.kernel_helpers``), e.g. with
-    ``ubpf_test_helpers()`` for bpf_conformance files. ``seed`` makes bpf_get_prandom_u32
-    reproducible. ``regions`` lists memory every run of every program may access (map values,
-    the arena band) in addition to its own stack and mem.
+    ``helpers`` replaces the default kernel set (e.g. ``ubpf_test_helpers()`` for
+    bpf_conformance files; map helpers are then not added, their ids would clash). ``seed``
+    makes bpf_get_prandom_u32 reproducible. ``regions`` lists extra memory every run may access.
     """
 
     def __init__(self, helpers: HelperRegistry | None = None, *,
                  insn_limit: int = DEFAULT_INSN_LIMIT, seed: int | None = None) -> None:
         self._trace_lines: list[str] = []
         self.random = random.Random(seed)
-        self.helpers = helpers if helpers is not None else kernel_helpers(self._trace_lines,
-                                                                            self.random)
         self.kfuncs = HelperRegistry(kind="kfunc")
-        self.insn_limit = _check_limit(insn_limit)
+        vm_helpers.install_kfuncs(self.kfuncs, self.resolve_map)    # kfunc ids never clash
+        if helpers is None:
+            helpers = kernel_helpers(self._trace_lines, self.random)
+            vm_helpers.install(helpers, self.resolve_map)
+        self.helpers = helpers
+        self.insn_limit = check_limit(insn_limit)
         self.regions: list[Region] = []
+        self.maps: dict[str, object] = {}
+        self._by_fd: dict[int, object] = {}
+        self._by_value: dict[int, object] = {}
+        self._map_regions: list[Region] = []
+        self._decls: dict[int, tuple] = {}          # id(MapDecl) -> (decl, map)
+        self._programs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
-    def register_helper(self, id: int, fn, name: str | None = None,
-                        prototype: Prototype | None = None, unwind: bool = False,
-                        mem_args=None):
-        """Add or replace helper ``id`` (``fn`` takes one int per prototype argument)."""
-        return self.helpers.register(id, fn, name, prototype, unwind, mem_args)
+    # -- maps ----------------------------------------------------------------------------------
+    def create_map(self, map_type, key_size: int = 0, value_size: int = 0, max_entries: int = 0,
+                   flags: int = 0, map_extra: int = 0, name: str | None = None, **kwargs):
+        """BPF_MAP_CREATE: a new map of ``map_type`` ("hash", "array", "ringbuf", "arena", ...)
+        with an ``fd`` in this VM. ``kwargs`` go to the map class (``key_type=``,
+        ``value_type=``, ``n_cpus=``...). MapError with the kernel's errno for bad attributes."""
+        m = create_map(map_type, key_size=key_size, value_size=value_size,
+                       max_entries=max_entries, flags=flags, map_extra=map_extra, name=name,
+                       fd=_next_fd(), **kwargs)
+        self._by_fd[m.fd] = m
+        self._by_value[m.address] = m
+        if m.name:
+            self.maps[m.name] = m
+        if isinstance(m, ProgArrayMap):
+            m.resolve_prog = self.program_by_fd
+        for start, size, writable in m.regions():
+            self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m))
+        return m
+
+    def map_by_fd(self, fd: int, default=_MISSING):
+        """The map with this fd (MapError EBADF, or ``default`` when given)."""
+        m = self._by_fd.get(fd)
+        if m is None:
+            if default is not _MISSING:
+                return default
+            raise MapError(f"fd {fd} is not a map of this VM", errno.EBADF)
+        return m
+
+    def resolve_map(self, value: int):
+        """The map a helper's map argument names: ``map.address`` (ld_imm64) or an fd."""
+        return self._by_value.get(value) or self._by_fd.get(value)
+
+    def _decl_map(self, decl):
+        entry = self._decls.get(id(decl))
+        return entry[1] if entry is not None else None
+
+    def _bind_decl(self, decl, m) -> None:
+        self._decls[id(decl)] = (decl, m)     # the decl is kept, so its id stays unique
 
     def run_regions(self) -> list[Region]:
-        """Memory every run may access besides its own stack and mem (map values, the arena
-        band...): ``self.regions`` today; the map layer extends this."""
-        return list(self.regions)
+        """Memory every run may access besides its own stack and context: map values, ring
+        buffers, arena bands (read-only: arena stores go through the arena), ``self.regions``."""
+        return self._map_regions + self.regions
+
+    # -- programs ------------------------------------------------------------------------------
+    def program_by_fd(self, fd: int):
+        """A loaded program by its fd (None if unknown or gone): prog_array values."""
+        return self._programs.get(fd)
+
+    def register_helper(self, id: int, fn, name: str | None = None, prototype=None,
+                        unwind: bool = False, mem_args=None):
+        """Add or replace helper ``id``; ``fn`` takes one int per prototype argument.
+
+        ``prototype`` is a :class:`~pybpf.runtime.helpers.Prototype` or a sequence of kernel
+        argument-type names (``("ARG_PTR_TO_MEM", "ARG_CONST_SIZE")``; default five
+        ``ARG_ANYTHING``); pointer arguments it describes are checked before each call.
+        """
+        if prototype is not None and not isinstance(prototype, Prototype):
+            prototype = Prototype(args=tuple(prototype))
+        if prototype is not None and prototype.nargs > 5:
+            raise VMError(f"helper {id}: at most 5 arguments, prototype has {prototype.nargs}")
+        return self.helpers.register(id, fn, name, prototype, unwind, mem_args)
 
     def trace_output(self, clear: bool = True) -> list[str]:
         """Lines written by bpf_trace_printk since the last call (the VM's trace pipe)."""
@@ -72,139 +158,57 @@ class VM:
             self._trace_lines.clear()
         return lines
 
-    def verify(self, prog, prog_type: str = "mem") -> str:
+    def verify(self, prog, prog_type: str | None = None) -> str:
         """Structural checks (decoding, jump targets, reachability, exit, call depth and stack).
 
         Until the abstract-interpretation verifier lands this is all ``verify=True`` checks;
         it raises VerifierError with the kernel's message or returns a short log.
         """
         prog = _as_program(prog)
-        _check_prog_type(prog_type)
+        _prog_type(prog, prog_type)
         cfg = check_structure(prog)
         _check_stack_depth(prog, cfg)
         return f"structural checks passed: {len(prog.instructions())} insns\n"
 
-    def load(self, prog, prog_type: str = "mem", engine: str = "interp", verify: bool = True,
-             insn_limit: int | None = None, name: str | None = None) -> "LoadedProgram":
-        """Decode, check and prepare ``prog`` (a Program or raw bytecode) for ``engine``.
+    def load(self, prog, prog_type: str | None = None, engine: str = "interp",
+             verify: bool = True, insn_limit: int | None = None, name: str | None = None,
+             maps: dict | None = None) -> LoadedProgram:
+        """Decode, check and prepare ``prog`` (a Program, an ELF object's program or raw
+        bytecode) for ``engine``. ``prog_type`` defaults to the ELF program's (from its
+        section), else "mem". ``maps`` binds declared maps (by name) to existing ones.
 
         ``verify=True`` runs :meth:`verify` (today: the structural checks). The interpreter
         checks memory at run time either way; the JIT does not, so unverified JIT code is
         trusted input.
         """
         prog = _as_program(prog, name)
-        _check_prog_type(prog_type)
+        ptype = _prog_type(prog, prog_type)
         if engine not in ENGINES:
             raise VMError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
         if verify:
-            self.verify(prog, prog_type)
-        limit = _check_limit(insn_limit if insn_limit is not None else self.insn_limit)
-        return LoadedProgram(self, prog, prog_type, engine, limit, name or prog.name)
+            self.verify(prog, ptype)
+        limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
+        used, arena, values = self._resolve(prog, maps)
+        lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
+                           values, fd=_next_fd())
+        self._programs[lp.fd] = lp
+        return lp
 
-    # -- load-time resolution (maps and the arena extend these) -------------------------------
-    def values64(self, prog: Program) -> dict[int, int]:
-        """The constant each ld_imm64 and addr_space_cast of ``prog`` stands for, by slot."""
-        out = {}
-        for pc, form, insn in prog.instructions():
-            if form.kind == "lddw":
-                if form.op != "imm64":
-                    raise VMError(f"ld_imm64 {form.op} needs maps, which this VM does not "
-                                  f"provide yet", pc)
-                out[pc] = imm64(prog.insns, pc)
-            elif form.kind == "cast":
-                raise VMError("addr_space_cast insn can only be used in a program that has an "
-                              "associated arena", pc)
-        return out
+    # -- load-time resolution ------------------------------------------------------------------
+    def _resolve(self, prog: Program, maps: dict | None = None):
+        """(maps the program uses, its arena, values64)."""
+        decl_maps = bind_declarations(self, prog, maps)
+        refs = referenced_maps(self, prog, decl_maps)
+        arena = program_arena(prog, refs)
+        # by declaration name (a declared map may be bound to a differently named one)
+        used = [(d.name, m) for d, m in zip(prog.maps, decl_maps)]
+        used += [(m.name or f"map{m.fd}", m) for _, m in sorted(refs.items())]
+        return used, arena, resolve_values64(prog, refs, arena)
 
-
-class LoadedProgram:
-    """A program ready to run on one engine; ``close()`` (or ``with``) releases it."""
-
-    def __init__(self, vm: VM, prog: Program, prog_type: str, engine: str, insn_limit: int,
-                 name: str) -> None:
-        self.vm, self.program, self.prog_type, self.engine = vm, prog, prog_type, engine
-        self.insn_limit, self.name = insn_limit, name
-        self.last_mem: bytes | None = None      # the private mem copy after the last run
-        self.last_buffer: Buffer | None = None  # that copy itself (guard zones included)
-        self.last_insn_count: int | None = None  # instructions executed (interpreter)
-        self.closed = False
-        self._interp = self._jit = None
-        values = vm.values64(prog)
-        if engine == "interp":
-            self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values)
-        else:
-            from pybpf.jit import compile_program   # imported on demand: pulls in llvmlite.ir
-            self._jit = compile_program(prog, vm.helpers, name=name)
-
-    def __repr__(self) -> str:
-        return f"<LoadedProgram {self.name!r} {self.engine}{' closed' if self.closed else ''}>"
-
-    @property
-    def python_source(self) -> str | None:
-        """The generated Python the interpreter runs (for the curious and for debugging)."""
-        return self._interp.source if self._interp is not None else None
-
-    def _prepare(self, mem, data, trace, insn_limit):
-        if self.closed:
-            raise VMError(f"program {self.name!r} is closed")
-        buf = Buffer(len(mem), init=mem, guard=MEM_GUARD) if mem is not None and len(mem) else None
-        region = Region(buf.address, buf.size, "mem", True, buf) if buf is not None else None
-        r1, r2 = (buf.address, buf.size) if buf is not None else (0, 0)
-        if self._jit is not None:
-            if trace is not None:
-                raise VMError("tracing needs engine='interp'")
-            return buf, r1, r2, None
-        regions = RegionTable(self.vm.run_regions())
-        if region is not None:
-            regions.add(region)
-        packet = bytes(data) if data is not None else None
-        limit = _check_limit(insn_limit if insn_limit is not None else self.insn_limit)
-        return buf, r1, r2, self._interp.start(regions, region, limit, packet, trace)
-
-    def _finish(self, buf, session) -> None:
-        self.last_buffer = buf
-        self.last_mem = buf.bytes() if buf is not None else None
-        self.last_insn_count = session.executed if session is not None else None
-
-    def run(self, mem=None, *, data=None, trace=None, insn_limit: int | None = None) -> int:
-        """Run once; returns r0 (u64). ``trace`` is called with a TraceEvent per instruction.
-
-        ``data`` is packet data for the legacy ld_abs/ld_ind instructions.
-        """
-        buf, r1, r2, session = self._prepare(mem, data, trace, insn_limit)
-        try:
-            if session is None:
-                return self._jit.run(r1, r2)
-            return session.call(r1, r2)
-        finally:
-            self._finish(buf, session)
-
-    def test_run(self, mem=None, repeat: int = 1, *, data=None,
-                 insn_limit: int | None = None) -> tuple[int, float]:
-        """Run ``repeat`` times on one private copy of mem (as the kernel's BPF_PROG_TEST_RUN
-        does: changes persist between repetitions); returns (r0 of the last run, ns per run)."""
-        repeat = max(int(repeat), 1)
-        buf, r1, r2, session = self._prepare(mem, data, None, insn_limit)
-        try:
-            if session is None:
-                return self._jit.test_run(r1, r2, repeat)
-            return session.repeat(r1, r2, repeat)
-        finally:
-            self._finish(buf, session)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._jit is not None:
-            self._jit.close()
-        self._interp = self._jit = None
-
-    def __enter__(self) -> "LoadedProgram":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def values64(self, prog, maps: dict | None = None) -> dict[int, int]:
+        """The constant each ld_imm64 and addr_space_cast of ``prog`` stands for, by slot
+        (:mod:`pybpf.runtime.loader`); binds the program's declared maps first."""
+        return self._resolve(_as_program(prog), maps)[2]
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -219,16 +223,10 @@ def _as_program(prog, name: str | None = None) -> Program:
     raise TypeError(f"cannot load {type(prog).__name__}: expected a Program or raw bytecode")
 
 
-def _check_prog_type(prog_type: str) -> None:
-    if prog_type not in PROG_TYPES:
-        raise VMError(f"program type {prog_type!r} is not supported yet "
-                      f"(supported: {', '.join(PROG_TYPES)})")
-
-
-def _check_limit(limit) -> int:
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        raise VMError(f"insn_limit must be a positive integer, not {limit!r}")
-    return limit
+def _prog_type(prog: Program, prog_type: str | None) -> str:
+    if prog_type is None:
+        prog_type = getattr(prog, "prog_type", None) or "mem"
+    return canonical_type(prog_type)
 
 
 def _stack_use(prog: Program, sp) -> int:
@@ -268,3 +266,4 @@ def _check_stack_depth(prog: Program, cfg) -> None:
     total, frames = deepest(cfg.subprogs[0].start, 1)
     if total > isa.MAX_BPF_STACK:
         raise VerifierError(f"combined stack size of {frames} calls is {total}. Too large", 0)
+

@@ -1,0 +1,374 @@
+"""Program types and the kernel-style contexts a run gets (shared by the interpreter and the JIT).
+
+``build_context(prog_type, mem=, ctx=, data=)`` prepares one run: the memory it may touch
+(:class:`~pybpf.runtime.memory.Region` objects), r1/r2, the packet that ld_abs/ld_ind read, and
+:meth:`RunContext.finish`, which collects what the run left behind (``last_data``,
+``last_ctx``) and copies the context back into a mutable ``ctx`` argument.
+
+=============== ==================================================================================
+type            context
+=============== ==================================================================================
+mem             r1 = a private copy of ``mem`` (between canary guards), r2 = its length
+syscall         r1 = a private copy of ``ctx`` (bytes, bytearray or a ctypes object; None -> r1 0),
+                writable; it is copied back after the run (BPF_PROG_TEST_RUN's ctx_out)
+socket_filter,  r1 = ``struct __sk_buff`` (:class:`SkBuff`); ``data`` is the packet from
+sched_cls,      ``skb->data``: a whole frame for socket_filter and sched_cls (L2, as a packet
+cgroup_skb,     socket or tc sees it), from the network header for cgroup_skb and lwt_in (L3).
+lwt_in          len, data, data_end, data_meta are the real values; protocol comes from the
+                Ethernet header (L2) or the IP version (L3), in network byte order as the kernel
+                stores it; ``ctx=`` (a dict of field names, or a SkBuff or its bytes, whose zero
+                fields keep the defaults) sets mark, priority, cb[], ifindex (default 1, the
+                loopback device as BPF_PROG_TEST_RUN uses), vlan_*, hash, tc_index, ... The
+                packet is writable for sched_cls, read-only for the others. (The kernel's
+                BPF_PROG_TEST_RUN strips the Ethernet header before a socket filter runs; here
+                the filter sees what a packet socket sees.)
+xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, data_meta pointing at
+                the packet, which is writable, behind XDP_PACKET_HEADROOM bytes of headroom;
+                ``ctx=`` (dict or XdpMd) sets ingress_ifindex (default 1), rx_queue_index,
+                egress_ifindex; the program returns an XDP_* action
+tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
+kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header)
+=============== ==================================================================================
+
+Pointers in 32-bit context fields. ``__sk_buff.data``/``data_end``/``data_meta`` and
+``xdp_md.data``/``data_end``/``data_meta`` are ``__u32`` in the UAPI, yet programs load them with
+32-bit loads and use the result as a pointer; the kernel rewrites those loads into loads of the
+real 64-bit pointers (``convert_ctx_access``), which needs the verifier's register types. pybpf
+instead places the context struct and the packet in one mapping below 4 GiB (``MAP_32BIT``; the
+address is checked, and a VMError says so if the kernel could not oblige), so the u32 fields
+hold the real pointers and a zero-extending 32-bit load yields the real address: exactly what
+programs see in the kernel, with no instruction rewriting, for both engines.
+
+After a run: ``last_data`` is the packet as the program left it (``data`` to ``data_end``; for a
+socket filter the part it keeps: ``min(r0, len)`` bytes, the filter's return being the number of
+bytes to keep); ``last_ctx`` is the context after the run (a SkBuff / XdpMd copy, else bytes).
+"""
+from __future__ import annotations
+
+import ctypes
+import weakref
+
+from pybpf.errors import BPFError, VMError
+
+from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE,
+                        round_up, sys_mmap, sys_munmap)
+from .memory import PROC, Buffer, Region
+
+MAP_32BIT = 0x40
+MEM_GUARD = 64                 # canary bytes on each side of a private copy of mem/ctx
+XDP_PACKET_HEADROOM = 256      # include/linux/bpf.h (XDP_PACKET_HEADROOM)
+SKB_HEADROOM = 64              # NET_SKB_PAD-like headroom in front of skb->data
+TAILROOM = 64
+ETH_HLEN = 14
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
+
+SKB_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in")
+L2_TYPES = ("socket_filter", "sched_cls")              # skb->data is the Ethernet header
+PROG_TYPES = ("mem", "syscall", *SKB_TYPES, "xdp", "tracepoint", "kprobe")
+ALIASES = {"socket": "socket_filter", "tc": "sched_cls", "classifier": "sched_cls",
+           "cgroup/skb": "cgroup_skb", "tp": "tracepoint"}
+TRACE_CTX_SIZE = {"kprobe": 168, "tracepoint": 8}       # sizeof(struct pt_regs); common header
+
+
+class SkBuff(ctypes.Structure):
+    """``struct __sk_buff`` (include/uapi/linux/bpf.h), 192 bytes."""
+
+    _fields_ = [("len", ctypes.c_uint32), ("pkt_type", ctypes.c_uint32),
+                ("mark", ctypes.c_uint32), ("queue_mapping", ctypes.c_uint32),
+                ("protocol", ctypes.c_uint32), ("vlan_present", ctypes.c_uint32),
+                ("vlan_tci", ctypes.c_uint32), ("vlan_proto", ctypes.c_uint32),
+                ("priority", ctypes.c_uint32), ("ingress_ifindex", ctypes.c_uint32),
+                ("ifindex", ctypes.c_uint32), ("tc_index", ctypes.c_uint32),
+                ("cb", ctypes.c_uint32 * 5), ("hash", ctypes.c_uint32),
+                ("tc_classid", ctypes.c_uint32), ("data", ctypes.c_uint32),
+                ("data_end", ctypes.c_uint32), ("napi_id", ctypes.c_uint32),
+                ("family", ctypes.c_uint32), ("remote_ip4", ctypes.c_uint32),
+                ("local_ip4", ctypes.c_uint32), ("remote_ip6", ctypes.c_uint32 * 4),
+                ("local_ip6", ctypes.c_uint32 * 4), ("remote_port", ctypes.c_uint32),
+                ("local_port", ctypes.c_uint32), ("data_meta", ctypes.c_uint32),
+                ("flow_keys", ctypes.c_uint64), ("tstamp", ctypes.c_uint64),
+                ("wire_len", ctypes.c_uint32), ("gso_segs", ctypes.c_uint32),
+                ("sk", ctypes.c_uint64), ("gso_size", ctypes.c_uint32),
+                ("tstamp_type", ctypes.c_uint8), ("_pad", ctypes.c_uint8 * 3),
+                ("hwtstamp", ctypes.c_uint64)]
+
+
+class XdpMd(ctypes.Structure):
+    """``struct xdp_md``, 24 bytes."""
+
+    _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32),
+                ("data_meta", ctypes.c_uint32), ("ingress_ifindex", ctypes.c_uint32),
+                ("rx_queue_index", ctypes.c_uint32), ("egress_ifindex", ctypes.c_uint32)]
+
+
+assert ctypes.sizeof(SkBuff) == 192 and SkBuff.data.offset == 76 and SkBuff.hwtstamp.offset == 184
+assert ctypes.sizeof(XdpMd) == 24
+
+# Fields the run fills in itself; ``ctx=`` may not set them.
+_SKB_DERIVED = ("len", "data", "data_end", "data_meta")
+_XDP_DERIVED = ("data", "data_end", "data_meta")
+
+
+def canonical_type(prog_type: str) -> str:
+    """The program type for a name or libbpf-style alias; VMError for unsupported ones."""
+    t = ALIASES.get(prog_type, prog_type)
+    if t not in PROG_TYPES:
+        raise VMError(f"program type {prog_type!r} is not supported (supported: "
+                      f"{', '.join(PROG_TYPES)})")
+    return t
+
+
+class LowMemory:
+    """Zeroed, page-rounded memory mapped below 4 GiB, so its addresses fit a ``__u32``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = round_up(max(size, 1), PAGE_SIZE)
+        try:
+            addr = sys_mmap(None, self.size, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT)
+        except BPFError as e:
+            raise VMError(f"cannot map {self.size} bytes below 4 GiB for a packet context "
+                          f"(MAP_32BIT): {e}") from None
+        if addr + self.size > 1 << 32:
+            sys_munmap(addr, self.size)
+            raise VMError(f"the kernel placed a MAP_32BIT mapping at 0x{addr:x}, above 4 GiB: "
+                          f"32-bit context pointers (data/data_end) cannot hold it")
+        self.address = addr
+        weakref.finalize(self, sys_munmap, addr, self.size)
+
+    def read(self, address: int, size: int) -> bytes:
+        return bytes(PROC[address:address + size])
+
+
+class RunContext:
+    """One run's context: r1/r2, regions, ld_abs packet; ``finish(r0)`` collects the results."""
+
+    def __init__(self, prog_type: str) -> None:
+        self.prog_type = prog_type
+        self.r1 = self.r2 = 0
+        self.regions: list[Region] = []
+        self.fast: Region | None = None     # the region the interpreter checks inline
+        self.packet = None                  # what ld_abs/ld_ind read (bytes or a live view)
+        self.buffer = None                  # the mem copy (Buffer) for prog_type mem
+        self.last_mem: bytes | None = None
+        self.last_data: bytes | None = None
+        self.last_ctx = None
+        self._finish = None
+
+    def finish(self, r0: int | None) -> None:
+        """Collect ``last_mem``/``last_data``/``last_ctx`` (r0 is None when the run failed)."""
+        if self._finish is not None:
+            self._finish(r0)
+
+
+def build_context(prog_type: str, mem=None, ctx=None, data=None) -> RunContext:
+    """The context of one run of a ``prog_type`` program (see the module docstring)."""
+    rc = RunContext(prog_type)
+    if prog_type == "mem":
+        if ctx is not None:
+            raise VMError("prog_type 'mem' takes mem=, not ctx= (use a context program type)")
+        _mem_context(rc, mem, data)
+        return rc
+    if mem is not None:
+        raise VMError(f"prog_type {prog_type!r} takes ctx= (and data= for packets), not mem=")
+    if prog_type == "syscall":
+        if data is not None:
+            raise VMError("prog_type 'syscall' has no packet: pass its context as ctx=")
+        _syscall_context(rc, ctx)
+    elif prog_type in SKB_TYPES:
+        _skb_context(rc, ctx, data)
+    elif prog_type == "xdp":
+        _xdp_context(rc, ctx, data)
+    else:
+        if data is not None:
+            raise VMError(f"prog_type {prog_type!r} has no packet: pass its context as ctx=")
+        _trace_context(rc, ctx)
+    return rc
+
+
+# --- the types --------------------------------------------------------------------------------
+def _mem_context(rc: RunContext, mem, data) -> None:
+    if mem is not None and len(mem):
+        buf = Buffer(len(mem), init=mem, guard=MEM_GUARD)
+        region = Region(buf.address, buf.size, "mem", True, buf)
+        rc.regions.append(region)
+        rc.fast, rc.buffer = region, buf
+        rc.r1, rc.r2 = buf.address, buf.size
+    # legacy packet access in .data-style tests: ld_abs reads data= without any skb
+    rc.packet = bytes(data) if data is not None else None
+
+    def finish(r0):
+        rc.last_mem = rc.buffer.bytes() if rc.buffer is not None else None
+    rc._finish = finish
+
+
+def _ctx_bytes(ctx, what: str) -> bytes:
+    if isinstance(ctx, (bytes, bytearray, memoryview)):
+        return bytes(ctx)
+    if isinstance(ctx, (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData)):
+        return bytes(ctx)
+    if hasattr(ctx, "tobytes"):
+        return ctx.tobytes()
+    raise VMError(f"{what}: expected bytes, a bytearray or a ctypes object as ctx, "
+                  f"not {type(ctx).__name__}")
+
+
+def _write_back(ctx, data: bytes) -> None:
+    """Copy the context after the run into a mutable ``ctx`` argument."""
+    if isinstance(ctx, bytearray):
+        ctx[:len(data)] = data[:len(ctx)]
+    elif isinstance(ctx, (ctypes.Structure, ctypes.Union, ctypes.Array)):
+        ctypes.memmove(ctypes.addressof(ctx), data, min(len(data), ctypes.sizeof(ctx)))
+    elif hasattr(ctx, "tobytes") and getattr(ctx, "flags", None) is not None \
+            and ctx.flags.writeable:
+        import numpy as np
+        ctx.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)[:ctx.nbytes]
+
+
+def _syscall_context(rc: RunContext, ctx) -> None:
+    if ctx is None:         # BPF_PROG_TEST_RUN without ctx_in: r1 = NULL
+        rc._finish = None
+        return
+    raw = _ctx_bytes(ctx, "syscall")
+    if len(raw) > 0xFFFF:
+        raise VMError(f"syscall ctx of {len(raw)} bytes is larger than U16_MAX")
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    if raw:
+        region = Region(buf.address, buf.size, "ctx", True, buf)
+        rc.regions.append(region)
+        rc.fast = region
+    rc.r1, rc.buffer = buf.address, buf
+
+    def finish(r0):
+        rc.last_ctx = buf.bytes()
+        if r0 is not None:
+            _write_back(ctx, rc.last_ctx)
+    rc._finish = finish
+
+
+def _fill(struct, ctx, derived: tuple[str, ...], what: str) -> None:
+    """Set ``struct``'s fields from ``ctx``: a dict of field names, or the struct (a ctypes
+    object or its bytes) whose non-zero fields count, so that zeros keep the run's defaults."""
+    if ctx is None:
+        return
+    if not isinstance(ctx, dict):
+        raw = _ctx_bytes(ctx, what)
+        size = ctypes.sizeof(struct)
+        if len(raw) > size:
+            raise VMError(f"{what} ctx is {len(raw)} bytes, larger than the {size}-byte struct")
+        given = type(struct).from_buffer_copy(raw.ljust(size, b"\0"))
+        ctx = {}
+        for name, *_ in type(struct)._fields_:
+            value = getattr(given, name)
+            if isinstance(value, ctypes.Array):
+                value = list(value)
+            nonzero = any(value) if isinstance(value, list) else bool(value)
+            if nonzero and not name.startswith("_") and name not in derived:
+                ctx[name] = value
+    names = {f[0] for f in type(struct)._fields_}
+    for key, value in ctx.items():
+        if key not in names or key.startswith("_"):
+            raise VMError(f"{what} has no field {key!r}")
+        if key in derived:
+            raise VMError(f"{what}.{key} is set by the run itself (from the packet)")
+        try:
+            if isinstance(getattr(struct, key), ctypes.Array):
+                arr = getattr(struct, key)
+                if len(value) > len(arr):
+                    raise VMError(f"{what}.{key} holds {len(arr)} values, got {len(value)}")
+                for i, v in enumerate(value):
+                    arr[i] = v
+            else:
+                setattr(struct, key, value)
+        except TypeError as e:
+            raise VMError(f"{what}.{key}: {e}") from None
+
+
+def _protocol(prog_type: str, packet: bytes) -> int:
+    """skb->protocol as the u32 context field holds it: the __be16 value, zero-extended."""
+    if prog_type in L2_TYPES:
+        if len(packet) < ETH_HLEN:
+            return 0
+        proto = packet[12:14]
+    else:
+        version = packet[0] >> 4 if packet else 0
+        proto = {4: ETH_P_IP, 6: ETH_P_IPV6}.get(version, 0).to_bytes(2, "big")
+    return int.from_bytes(proto, "little")
+
+
+def _packet_layout(ctx_size: int, headroom: int, n: int) -> tuple[LowMemory, int, int]:
+    """(low mapping, ctx address, packet address) for a context struct and ``n`` packet bytes."""
+    ctx_room = round_up(ctx_size, 64)
+    low = LowMemory(ctx_room + headroom + n + TAILROOM)
+    return low, low.address, low.address + ctx_room + headroom
+
+
+def _skb_context(rc: RunContext, ctx, data) -> None:
+    packet = bytes(data) if data is not None else b""
+    low, caddr, paddr = _packet_layout(ctypes.sizeof(SkBuff), SKB_HEADROOM, len(packet))
+    PROC[paddr:paddr + len(packet)] = packet
+    skb = SkBuff.from_address(caddr)
+    skb.ifindex, skb.wire_len = 1, len(packet)      # the loopback device, as test_run uses
+    skb.protocol = _protocol(rc.prog_type, packet)
+    _fill(skb, ctx, _SKB_DERIVED, "__sk_buff")
+    skb.len = len(packet)
+    skb.data = skb.data_meta = paddr
+    skb.data_end = paddr + len(packet)
+    writable = rc.prog_type == "sched_cls"
+    pkt_region = Region(paddr, len(packet), "packet", writable, low)
+    rc.regions += [Region(caddr, ctypes.sizeof(SkBuff), "ctx", True, low), pkt_region]
+    rc.fast = pkt_region if writable and packet else None
+    rc.packet = PROC[paddr:paddr + len(packet)]
+    rc.r1 = caddr
+
+    def finish(r0):
+        after = SkBuff.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(SkBuff)])
+        rc.last_ctx = after
+        end = paddr + len(packet)
+        if rc.prog_type == "socket_filter" and r0 is not None:
+            end = paddr + min(r0 & 0xFFFFFFFF, len(packet))
+        rc.last_data = low.read(paddr, end - paddr)
+        if r0 is not None and not isinstance(ctx, dict) and ctx is not None:
+            _write_back(ctx, bytes(after))
+    rc._finish = finish
+
+
+def _xdp_context(rc: RunContext, ctx, data) -> None:
+    packet = bytes(data) if data is not None else b""
+    low, caddr, paddr = _packet_layout(ctypes.sizeof(XdpMd), XDP_PACKET_HEADROOM, len(packet))
+    PROC[paddr:paddr + len(packet)] = packet
+    md = XdpMd.from_address(caddr)
+    md.ingress_ifindex = 1
+    _fill(md, ctx, _XDP_DERIVED, "xdp_md")
+    md.data = md.data_meta = paddr
+    md.data_end = paddr + len(packet)
+    pkt_region = Region(paddr, len(packet), "packet", True, low)
+    rc.regions += [Region(caddr, ctypes.sizeof(XdpMd), "ctx", False, low), pkt_region]
+    rc.fast = pkt_region if packet else None
+    rc.packet = PROC[paddr:paddr + len(packet)]
+    rc.r1 = caddr
+
+    def finish(r0):
+        after = XdpMd.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(XdpMd)])
+        rc.last_ctx = after
+        rc.last_data = low.read(paddr, len(packet))    # xdp_md is read-only: data stays put
+        if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
+            _write_back(ctx, bytes(after))
+    rc._finish = finish
+
+
+def _trace_context(rc: RunContext, ctx) -> None:
+    raw = _ctx_bytes(ctx, rc.prog_type) if ctx is not None else bytes(
+        TRACE_CTX_SIZE[rc.prog_type])
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    if raw:
+        rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
+    rc.r1, rc.buffer = buf.address, buf
+
+    def finish(r0):
+        rc.last_ctx = buf.bytes()
+    rc._finish = finish

@@ -1,0 +1,164 @@
+"""The helpers and kfuncs a VM adds to the map-free kernel set: map helpers, ring buffers, arena
+kfuncs, probe reads, task identity, and the control-transfer helpers tail_call and bpf_loop.
+
+:func:`install` registers the helpers under their kernel ids (``enum bpf_func_id``) and
+:func:`install_kfuncs` the kfuncs under ``pybpf.kfunc_ids``, bound to the VM's map resolver
+(the map argument a program passes is ``map.address`` from ld_imm64, or an fd). Pointer
+arguments are checked by the interpreter before each call: from the prototype (``ARG_PTR_TO_MEM``
+with its size) and, for map keys and values whose size comes from the map, through
+``Helper.mem_args``.
+
+``bpf_probe_read_kernel`` (and ``probe_read``, ``probe_read_user``, the ``_str`` variants) read
+only memory the running program may read (its regions; arena pages only where allocated):
+anything else gives -EFAULT and a zeroed destination, as a faulting read does in the kernel.
+
+``bpf_tail_call`` and ``bpf_loop`` carry ``special`` markers: the interpreter's code generator
+emits their control transfer itself (see :mod:`pybpf.runtime.interp`).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+
+from pybpf.errors import VMError
+from pybpf.helper_names import HELPER_IDS
+
+from .helpers import ACTIVE_REGIONS, ANY, PTR_MEM, SIZE, SIZE_OR_ZERO, Helper, Prototype
+from .map_helpers import make_helpers, make_kfuncs
+from .maps.arena import Arena
+from .maps.base import PAGE_SHIFT
+from .memory import PROC
+
+M64 = (1 << 64) - 1
+PTR_UNINIT = PTR_MEM + "|MEM_UNINIT|MEM_WRITE"      # ARG_PTR_TO_UNINIT_MEM
+EFAULT = -errno.EFAULT & M64
+
+# helper name -> which map-sized pointer arguments it has: (arg index, "key"/"value", kind)
+_MAP_ARGS = {
+    "map_lookup_elem": ((1, "key", "read"),),
+    "map_update_elem": ((1, "key", "read"), (2, "value", "read")),
+    "map_delete_elem": ((1, "key", "read"),),
+    "map_push_elem": ((1, "value", "read"),),
+    "map_pop_elem": ((1, "value", "write"),),
+    "map_peek_elem": ((1, "value", "write"),),
+    "map_lookup_percpu_elem": ((1, "key", "read"),),
+}
+
+
+def _map_mem_args(resolve_map, spec):
+    def mem_args(args: tuple) -> list:
+        m = resolve_map(args[0])
+        if m is None:
+            return []       # the helper itself refuses an unknown map (MapError EBADF)
+        out = []
+        for i, what, kind in spec:
+            size = m.key_size if what == "key" else m.value_size
+            if size:
+                out.append((args[i], size, kind))
+        return out
+    return mem_args
+
+
+def _readable(address: int, size: int) -> bool:
+    """Whether the running program may read [address, address + size) (arena: allocated)."""
+    regions = ACTIVE_REGIONS.get()
+    if regions is None or size <= 0:
+        return size == 0
+    r = regions.find(address, size)
+    if r is None:
+        return False
+    if isinstance(r.owner, Arena):
+        first, last = address >> PAGE_SHIFT, (address + size - 1) >> PAGE_SHIFT
+        return all(r.owner.is_allocated(p << PAGE_SHIFT) for p in range(first, last + 1))
+    return True
+
+
+def probe_read(dst: int, size: int, src: int) -> int:
+    size &= 0xFFFFFFFF
+    if not _readable(src, size):
+        ctypes.memset(dst, 0, size)
+        return EFAULT
+    ctypes.memmove(dst, src, size)
+    return 0
+
+
+def probe_read_str(dst: int, size: int, src: int) -> int:
+    """Copy a NUL-terminated string of at most size - 1 bytes; returns its length + 1."""
+    size &= 0xFFFFFFFF
+    if not size:
+        return 0
+    regions = ACTIVE_REGIONS.get()
+    r = regions.find(src, 1) if regions is not None else None
+    if r is None or not _readable(src, 1):
+        ctypes.memset(dst, 0, size)
+        return EFAULT
+    avail = min(size - 1, r.end - src)
+    chunk = bytes(PROC[src:src + avail])
+    nul = chunk.find(b"\0")
+    if nul < 0 and avail < size - 1:       # the string runs past readable memory
+        ctypes.memset(dst, 0, size)
+        return EFAULT
+    text = chunk if nul < 0 else chunk[:nul]
+    ctypes.memmove(dst, text + b"\0", len(text) + 1)
+    return len(text) + 1
+
+
+def get_current_pid_tgid() -> int:
+    return (os.getpid() << 32) | (threading.get_native_id() & 0xFFFFFFFF)
+
+
+def get_current_uid_gid() -> int:
+    return (os.getgid() << 32) | os.getuid()
+
+
+def get_current_comm(buf: int, size: int) -> int:
+    try:
+        with open("/proc/self/comm", "rb") as f:
+            comm = f.read().strip()[:15]
+    except OSError:
+        comm = b"python"
+    if not size:
+        return -errno.EINVAL & M64
+    data = comm[:size - 1] + b"\0"
+    ctypes.memset(buf, 0, size)
+    ctypes.memmove(buf, data, len(data))
+    return 0
+
+
+def _special(name: str):
+    def stand_in(*args) -> int:
+        raise VMError(f"bpf_{name} transfers control: the engine implements it at its call "
+                      f"sites (the interpreter does; it cannot be reached through callx)")
+    stand_in.__name__ = name
+    return stand_in
+
+
+def install_kfuncs(kfuncs, resolve_map) -> None:
+    """Add the arena kfuncs to ``kfuncs`` (a HelperRegistry) under pybpf.kfunc_ids."""
+    for kid, mk in make_kfuncs(resolve_map).items():
+        kfuncs.add(Helper(kid, mk.name, mk.fn, Prototype(mk.ret, mk.args)))
+
+
+def install(helpers, resolve_map) -> None:
+    """Add the VM helpers to ``helpers`` (a HelperRegistry) under their kernel ids."""
+    for hid, mh in make_helpers(resolve_map).items():
+        spec = _MAP_ARGS.get(mh.name)
+        helpers.add(Helper(hid, mh.name, mh.fn, Prototype(mh.ret, mh.args),
+                           mem_args=_map_mem_args(resolve_map, spec) if spec else None))
+    reads = Prototype(args=(PTR_UNINIT, SIZE_OR_ZERO, ANY))
+    for name in ("probe_read", "probe_read_kernel", "probe_read_user"):
+        helpers.add(Helper(HELPER_IDS[name], name, probe_read, reads))
+    for name in ("probe_read_str", "probe_read_kernel_str", "probe_read_user_str"):
+        helpers.add(Helper(HELPER_IDS[name], name, probe_read_str, reads))
+    for fn, proto in ((get_current_pid_tgid, Prototype()), (get_current_uid_gid, Prototype()),
+                      (get_current_comm, Prototype(args=(PTR_UNINIT, SIZE)))):
+        helpers.add(Helper(HELPER_IDS[fn.__name__], fn.__name__, fn, proto))
+    helpers.add(Helper(HELPER_IDS["tail_call"], "tail_call", _special("tail_call"),
+                       Prototype("RET_VOID", (ANY, "ARG_CONST_MAP_PTR", ANY)),
+                       special="tail_call"))
+    helpers.add(Helper(HELPER_IDS["loop"], "loop", _special("loop"),
+                       Prototype("RET_INTEGER", (ANY, "ARG_PTR_TO_FUNC",
+                                                 "ARG_PTR_TO_STACK_OR_NULL", ANY)),
+                       special="loop"))

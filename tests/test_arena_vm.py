@@ -1,0 +1,423 @@
+"""bpf_arena from BPF on the interpreter: the kfuncs, addr_space_cast, loads and stores through
+arena pointers (unallocated pages read 0, stores there are dropped, nothing can crash), Python
+sharing pointers with BPF, and the arena_htab and arena_list samples.
+
+Run as a script (``python tests/test_arena_vm.py fuzz N``) it is the subprocess behind
+``test_arbitrary_32_bit_addresses_never_crash``."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib.util
+import os
+import re
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pybpf
+from pybpf.errors import VMError
+from pybpf.helper_names import HELPER_IDS
+from pybpf.runtime.maps.arena import LO32
+from pybpf.runtime.maps.base import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
+from pybpf.runtime.vm import VM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGE = 4096
+M64 = (1 << 64) - 1
+ARENA = f".map arena type=arena max_entries=16 flags={BPF_F_MMAPABLE:#x}\n"
+
+
+def asm(text: str):
+    """Assemble; helper calls may be written by name (kfunc names stay names)."""
+    return pybpf.assemble(re.sub(r"call bpf_(\w+)",
+                                 lambda m: f"call {HELPER_IDS.get(m[1], m[0][5:])}", text))
+
+
+def kfunc_prog(name: str, nargs: int):
+    """r0 = kfunc(&arena, args from mem as u64 at 0, 8, ...)."""
+    loads = "\n".join(f"r{2 + i} = *(u64 *)(r6 + {8 * i})" for i in range(nargs))
+    return asm(ARENA + f"r6 = r1\n{loads}\nr1 = map[arena] ll\ncall {name}\nexit")
+
+
+def args(*values: int) -> bytes:
+    return struct.pack(f"<{len(values)}Q", *(v & M64 for v in values))
+
+
+class Arena:
+    """One VM, one arena declared in assembly, and programs over it."""
+
+    def __init__(self) -> None:
+        self.vm = VM()
+        self.alloc = self.vm.load(kfunc_prog("bpf_arena_alloc_pages", 4))
+        self.arena = self.alloc.maps["arena"]      # created at load from the .map declaration
+        self.free = self.load(kfunc_prog("bpf_arena_free_pages", 2))
+        self.reserve = self.load(kfunc_prog("bpf_arena_reserve_pages", 2))
+        # *(u64 *)(arena ptr + 0): load (mem[8] == 0) or store mem[16] (mem[8] == 1), after a cast
+        self.access = self.load(asm(ARENA + """
+            r9 = map[arena] ll
+            r6 = r1
+            r2 = *(u64 *)(r6 + 0)
+            r2 = addr_space_cast(r2, 0x0, 0x1)
+            r3 = *(u64 *)(r6 + 8)
+            if r3 != 0 goto +2
+            r0 = *(u64 *)(r2 + 0)
+            exit
+            r4 = *(u64 *)(r6 + 16)
+            *(u64 *)(r2 + 0) = r4
+            r0 = 0
+            exit"""))
+
+    def load(self, prog):
+        """Load another program declaring ``arena``, bound to this arena (not a new one)."""
+        if isinstance(prog, str):
+            prog = asm(ARENA + prog)
+        return self.vm.load(prog, maps={"arena": self.arena})
+
+    def page(self, i: int) -> int:
+        return self.arena.user_vm_start + i * PAGE
+
+    def read(self, ptr: int) -> int:
+        """A BPF load of the u64 at arena pointer ``ptr``."""
+        return self.access.run(mem=args(ptr, 0, 0))
+
+    def store(self, ptr: int, value: int) -> None:
+        """A BPF store of the u64 ``value`` at arena pointer ``ptr``."""
+        self.access.run(mem=args(ptr, 1, value))
+
+
+# --- kfuncs ----------------------------------------------------------------------------------
+def test_kfuncs_allocate_free_and_reserve_with_kernel_semantics():
+    t = Arena()
+    a = t.arena
+    alloc = lambda addr, n, flags=0: t.alloc.run(mem=args(addr, n, -1, flags))   # noqa: E731
+    assert alloc(0, 1) == t.page(0) and a.pages_allocated == 1      # best fit starts at page 0
+    assert alloc(t.page(5), 2) == t.page(5)                         # exactly where asked
+    assert a.is_allocated(t.page(6)) and not a.is_allocated(t.page(7))
+    assert alloc(t.page(6), 1) == 0                                 # taken: NULL, no moving
+    assert alloc(t.page(8) + 8, 1) == 0                             # not page aligned
+    assert alloc(0, 1, flags=1) == 0 and alloc(0, 0) == 0 and alloc(0, 17) == 0
+    assert alloc(t.page(15), 2) == 0                                # would leave the arena
+    assert t.reserve.run(mem=args(t.page(9), 1)) == 0
+    assert alloc(t.page(9), 1) == 0                                 # reserved: not allocatable
+    assert t.reserve.run(mem=args(t.page(9), 1)) == -errno.EBUSY & M64
+    assert t.reserve.run(mem=args(t.page(10), 7)) == -errno.EINVAL & M64
+    assert alloc(0, 1) == t.page(7)      # best fit: the smallest free run is pages 7-8
+    assert a.pages_allocated == 4
+    t.store(t.page(5) + 8, 0x1234)
+    assert t.read(t.page(5) + 8) == 0x1234 and a.read(t.page(5) + 8, 8) == struct.pack("<Q", 0x1234)
+    assert t.free.run(mem=args(t.page(5), 2)) == 0
+    assert a.pages_allocated == 2 and not a.is_allocated(t.page(5))     # pages 0 and 7
+    assert t.read(t.page(5) + 8) == 0                               # freed: BPF reads 0
+    assert a.read(t.page(5) + 8, 8) == bytes(8)                     # Python too (faults it in)
+    assert alloc(t.page(5), 1) == 0                                 # Python's touch allocated it
+    assert alloc(t.page(6), 1) == t.page(6)                         # its neighbour is free
+    assert alloc(0, 100) == 0 and alloc(t.page(3), 1) == t.page(3)
+
+
+def test_kfunc_map_argument_must_be_an_arena():
+    vm = VM()
+    arr = vm.create_map("array", key_size=4, value_size=8, max_entries=1)
+    p = asm(f"r1 = map_fd({arr.fd}) ll\nr2 = 0\nr3 = 1\nr4 = -1\nr5 = 0\n"
+            f"call bpf_arena_alloc_pages\nexit")
+    assert vm.load(p).run() == 0                                    # NULL, as the kernel
+
+
+def test_stores_to_unallocated_pages_are_dropped_and_memory_stays_bounded():
+    t = Arena()
+    a = t.arena
+    a.alloc_pages(t.page(2), 1)
+    n = 60000       # distinct pages across the whole 4 GiB band, 40 KiB apart
+    lp = t.load(f"""
+        r9 = map[arena] ll
+        r6 = 0
+        r8 = 0x5a5a5a5a5a5a5a5a ll
+    loop:
+        r7 = r6
+        r7 *= 0xa000
+        w7 = w7
+        *(u64 *)(r7 + 0) = r8
+        r1 = *(u64 *)(r7 + 8)
+        r0 |= r1
+        r6 += 1
+        if r6 < {n} goto loop
+        exit""")
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read())[1]) * 1024
+    before = rss()
+    assert lp.run() == 0                         # every load of an unallocated page gave 0
+    grew = rss() - before
+    assert grew < 8 << 20, f"RSS grew by {grew} bytes after {n} dropped stores"
+    assert a.pages_allocated == 1 and a.read(t.page(2), PAGE) == bytes(PAGE)
+    # a store that reaches an allocated page lands; one that straddles into a hole does not
+    assert t.read(t.page(2) + PAGE - 4) == 0
+    t.store(t.page(2) + PAGE - 4, M64)
+    t.store(t.page(2) + 8, 7)
+    assert a.read(t.page(2), PAGE) == bytes(8) + struct.pack("<Q", 7) + bytes(PAGE - 16)
+
+
+def test_atomics_on_arena_memory_and_dropped_atomics_keep_registers():
+    t = Arena()
+    a = t.arena
+    page = a.alloc_pages(0, 1)
+    lp = t.load("""
+        r9 = map[arena] ll
+        r6 = r1
+        r7 = *(u64 *)(r6 + 0)
+        r7 = addr_space_cast(r7, 0x0, 0x1)
+        r2 = 5
+        lock *(u64 *)(r7 + 0) += r2
+        r2 = 3
+        r2 = atomic_fetch_add((u64 *)(r7 + 0), r2)
+        *(u64 *)(r6 + 8) = r2
+        r3 = 0x70
+        lock *(u32 *)(r7 + 8) |= w3
+        r3 = 0xff
+        r3 = xchg_64(r7 + 16, r3)
+        *(u64 *)(r6 + 16) = r3
+        r0 = 0xff
+        r4 = 0x99
+        r0 = cmpxchg_64(r7 + 16, r0, r4)
+        *(u64 *)(r6 + 24) = r0
+        r0 = 0
+        exit""")
+    assert lp.run(mem=args(page, 0, 0, 0)) == 0
+    assert struct.unpack("<4Q", lp.last_mem)[1:] == (5, 0, 0xFF)
+    assert struct.unpack("<QIIQ", a.read(page, 24)) == (8, 0x70, 0, 0x99)
+    hole = t.page(12)                 # unallocated: no memory effect, registers unchanged
+    assert lp.run(mem=args(hole, 0, 0, 0)) == 0
+    assert struct.unpack("<4Q", lp.last_mem)[1:] == (3, 0xFF, 0xFF)
+    assert not a.is_allocated(hole) and a.pages_allocated == 1
+
+
+# --- addr_space_cast and globals ---------------------------------------------------------------
+CASTS = ARENA + """
+    r9 = map[arena] ll
+    r6 = r1
+    r2 = *(u64 *)(r6 + 0)
+    r3 = addr_space_cast(r2, 0x1, 0x0)
+    *(u64 *)(r6 + 8) = r3
+    r4 = addr_space_cast(r2, 0x0, 0x1)
+    *(u64 *)(r6 + 16) = r4
+    r0 = 0
+    exit"""
+
+
+@pytest.mark.parametrize("flags", [BPF_F_MMAPABLE, BPF_F_MMAPABLE | BPF_F_NO_USER_CONV])
+def test_addr_space_cast_rules(flags):
+    vm = VM()
+    arena = vm.create_map("arena", max_entries=16, flags=flags, name="arena")
+    lp = vm.load(asm(CASTS), maps={"arena": arena})
+    upper = arena.user_vm_start & ~LO32
+
+    def cast(value):
+        lp.run(mem=args(value, 0, 0))
+        return struct.unpack("<3Q", lp.last_mem)[1:]
+    conv = not flags & BPF_F_NO_USER_CONV
+    for value in (arena.user_vm_start + 24, 0x1234, 0xFFFF_FFFF, 0xABCD_0000_0000_1000):
+        low = value & LO32
+        assert cast(value) == ((upper | low) if conv else low, low)
+    assert cast(0) == (0, 0)                               # NULL stays NULL
+    assert cast(0x7_0000_0000) == (0, 0)                   # low 32 bits zero: NULL too
+    assert cast(upper) == (0, 0)
+
+
+def test_cast_needs_an_arena_and_a_program_has_at_most_one():
+    vm = VM()
+    with pytest.raises(VMError, match="associated arena"):
+        vm.load(asm("r1 = addr_space_cast(r1, 0x0, 0x1)\nr0 = 0\nexit"))
+    two = asm(ARENA + ".map other type=arena max_entries=4 flags=0x400\n"
+              "r1 = map[arena] ll\nr2 = map[other] ll\nr0 = 0\nexit")
+    with pytest.raises(VMError, match="Only one arena per program"):
+        vm.load(two)
+
+
+def test_map_value_of_an_arena_is_a_user_address():
+    t = Arena()
+    lp = t.load("r1 = map_value[arena] + 16 ll\nr2 = 77\n*(u64 *)(r1 + 0) = r2\nr0 = r1\nexit")
+    assert lp.run() == t.page(0) + 16
+    assert t.arena.pages_allocated == 0                   # page 0 unallocated: dropped
+    t.arena.alloc_pages(t.page(0), 1)
+    lp.run()
+    assert t.arena.read(t.page(0) + 16, 8) == struct.pack("<Q", 77)
+
+
+# --- Python and BPF share pointers -------------------------------------------------------------
+class Node(ctypes.Structure):
+    _fields_ = [("next", ctypes.c_uint64), ("value", ctypes.c_uint64)]
+
+
+def test_bpf_builds_a_list_python_follows_it_and_the_other_way_round():
+    t = Arena()
+    a = t.arena
+    build = t.load("""
+        r6 = r1
+        r1 = map[arena] ll
+        r2 = 0
+        r3 = 1
+        r4 = -1
+        r5 = 0
+        call bpf_arena_alloc_pages
+        if r0 == 0 goto out
+        r7 = addr_space_cast(r0, 0x0, 0x1)
+        r8 = 0
+        r1 = 1
+    next:
+        r2 = r1
+        r2 <<= 4
+        r2 += r7
+        *(u64 *)(r2 + 8) = r1
+        *(u64 *)(r2 + 0) = r8
+        r8 = addr_space_cast(r2, 0x1, 0x0)
+        r1 += 1
+        if r1 < 6 goto next
+        *(u64 *)(r6 + 0) = r8
+    out:
+        r0 = 0
+        exit""")
+    assert build.run(mem=bytes(8)) == 0
+    head = struct.unpack("<Q", build.last_mem)[0]
+    assert head >> 32 == a.user_vm_start >> 32             # a full user pointer
+    values, p = [], head
+    while p:                                               # typed views over the same bytes
+        node = a.deref(p, Node)
+        values.append(node.value)
+        p = node.next
+    assert values == [5, 4, 3, 2, 1]
+    assert a.follow(head, 0, 0) == head - 32               # pointer following: next->next
+    # Python writes through a typed view; BPF reads the write
+    a.deref(head, Node).value = 500
+    view = a.view(head - 16, np.uint64, 2)                 # numpy view of the 4th node
+    view[1] = 400
+    walk = t.load("""
+        r9 = map[arena] ll
+        r2 = *(u64 *)(r1 + 0)
+        r0 = 0
+    loop:
+        if r2 == 0 goto done
+        r2 = addr_space_cast(r2, 0x0, 0x1)
+        r3 = *(u64 *)(r2 + 8)
+        r0 += r3
+        r2 = *(u64 *)(r2 + 0)
+        goto loop
+    done:
+        exit""")
+    assert walk.run(mem=struct.pack("<Q", head)) == 500 + 400 + 3 + 2 + 1
+
+
+# --- never crash -------------------------------------------------------------------------------
+def test_arbitrary_32_bit_addresses_never_crash():
+    """Hypothesis drives loads, stores and atomics at arbitrary 32-bit addresses and offsets
+    in a subprocess (a crash would kill it) and checks each against a model of the page map."""
+    proc = subprocess.run([sys.executable, __file__, "fuzz", "400"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "400 examples ok" in proc.stdout
+
+
+OFFS = (-32768, -4097, -8, -1, 0, 1, 4092, 32767)
+
+
+def _fuzz(examples: int) -> None:
+    from hypothesis import given, settings, strategies as st
+
+    t = Arena()
+    a = t.arena
+    for i in (0, 1, 7, 15):
+        a.alloc_pages(t.page(i), 1)
+    base32 = a.user_vm_start & LO32
+    progs = {}
+    for off in OFFS:
+        o = f"+ {off}" if off >= 0 else f"- {-off}"
+        for size in (1, 2, 4, 8):
+            ty = f"u{8 * size}"
+            atomic = ("r2 = r8\nlock *(u64 *)(r7 {0}) += r2\nr2 = r8\n"
+                      "r2 = atomic_fetch_add((u64 *)(r7 {0}), r2)\n*(u64 *)(r6 + 32) = r2"
+                      if size == 8 else "").format(o)
+            progs[off, size] = t.load(f"""
+                r9 = map[arena] ll
+                r6 = r1
+                r7 = *(u32 *)(r6 + 0)
+                r8 = *(u64 *)(r6 + 8)
+                r0 = *({ty} *)(r7 {o})
+                *(u64 *)(r6 + 16) = r0
+                *({ty} *)(r7 {o}) = r8
+                r0 = *({ty} *)(r7 {o})
+                *(u64 *)(r6 + 24) = r0
+                {atomic}
+                r0 = 0
+                exit""")
+    near = st.sampled_from([0, base32, base32 + PAGE, base32 + 7 * PAGE, base32 + 16 * PAGE,
+                            0xFFFF_F000, 0x8000_0000])
+    addr32 = st.one_of(st.integers(0, LO32),
+                       st.builds(lambda b, d: (b + d) & LO32, near, st.integers(-70000, 70000)))
+
+    def backed(k: int, size: int) -> bool:
+        return 0 <= k and k + size <= 1 << 32 and a.is_allocated(k) and a.is_allocated(k + size - 1)
+
+    count = [0]
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True)
+    @given(addr32, st.sampled_from(OFFS), st.sampled_from((1, 2, 4, 8)), st.integers(0, M64))
+    def check(addr, off, size, value):
+        k = addr + off
+        mask = (1 << (8 * size)) - 1
+        ok = backed(k, size)
+        where = a.kern_vm_start + k
+        before = int.from_bytes(ctypes.string_at(where, size), "little") if ok else 0
+        pages = a.pages_allocated
+        lp = progs[off, size]
+        assert lp.run(mem=struct.pack("<IIQQQQ", addr, 0, value, 0, 0, 0)) == 0
+        got_before, got_after, fetched = struct.unpack_from("<QQQ", lp.last_mem, 16)
+        assert got_before == before, (hex(addr), off, size)
+        assert got_after == (value & mask if ok else 0), (hex(addr), off, size)
+        if size == 8:
+            assert fetched == ((2 * value) & M64 if ok else value), (hex(addr), off)
+        assert a.pages_allocated == pages
+        count[0] += 1
+
+    check()
+    assert a.pages_allocated == 4 and a.allocated_runs() == [(t.page(0), 2), (t.page(7), 1),
+                                                              (t.page(15), 1)]
+    print(f"{count[0]} examples ok")
+
+
+# --- the samples -------------------------------------------------------------------------------
+def _driver(name: str):
+    spec = importlib.util.spec_from_file_location(
+        f"sample_{name}", os.path.join(ROOT, "samples", name, "run.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_arena_htab_sample_ten_thousand_keys():
+    lines = []
+    out = _driver("arena_htab").run_sample("interp", keys=10000, buckets=256, say=lines.append)
+    assert out["ok"], "\n".join(lines)
+    assert out["Python finds all 10000 keys with their values"]
+    assert out["Python sees exactly the even keys"]
+    assert out["bpf_pages"] == 62 and out["pages"] == 63 and out["pages_after_free"] == 62
+
+
+def test_arena_list_sample():
+    out = _driver("arena_list").run_sample("interp", count=50, say=lambda s: None)
+    assert out["ok"] and out["pages"] >= 2
+
+
+def test_sample_drivers_are_one_line_commands():
+    for name, extra in (("arena_list", []), ("arena_htab", ["--keys", "300"])):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "samples", name, "run.py"),
+                               "--engine", "interp", *extra], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and "all checks passed" in proc.stdout, proc.stderr
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["fuzz"]:
+        _fuzz(int(sys.argv[2]))

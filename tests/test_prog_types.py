@@ -1,0 +1,251 @@
+"""Program types and their kernel-style contexts (interpreter): syscall, the __sk_buff types, xdp,
+tracepoint/kprobe; ld_abs/ld_ind; and the xdp_filter, ringbuf and socket_count samples."""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import re
+import struct
+
+import pytest
+
+import pybpf
+from pybpf.errors import MemoryAccessError, VMError
+from pybpf.helper_names import HELPER_IDS
+from pybpf.runtime.contexts import SkBuff, XdpMd, XDP_DROP, XDP_PASS, XDP_TX
+from pybpf.runtime.vm import VM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = os.path.join(ROOT, "samples")
+
+
+def asm(text: str):
+    return pybpf.assemble(re.sub(r"call bpf_(\w+)", lambda m: f"call {HELPER_IDS[m[1]]}", text))
+
+
+def frame(ethertype: int = 0x0800, proto: int = 17, payload: bytes = bytes(8)) -> bytes:
+    eth = bytes.fromhex("0a0b0c0d0e0f" "010203040506") + struct.pack(">H", ethertype)
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
+                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    return eth + ip + payload
+
+
+def sample_driver(name: str):
+    spec = importlib.util.spec_from_file_location(f"sample_{name}",
+                                                  os.path.join(SAMPLES, name, "run.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --- types -------------------------------------------------------------------------------------
+def test_prog_type_comes_from_the_elf_section_and_aliases_are_known():
+    obj = pybpf.load_elf(os.path.join(SAMPLES, "c", "ringbuf.o"))
+    assert obj.vm.load(obj.programs["produce"]).prog_type == "syscall"
+    assert obj.vm.load(obj.programs["on_write"]).prog_type == "tracepoint"
+    vm, p = VM(), asm("r0 = 0\nexit")
+    assert vm.load(p).prog_type == "mem"
+    assert [vm.load(p, prog_type=t).prog_type for t in ("socket", "tc", "tp")] == \
+        ["socket_filter", "sched_cls", "tracepoint"]
+    with pytest.raises(VMError, match="not supported"):
+        vm.load(p, prog_type="lsm")
+    with pytest.raises(VMError, match="takes ctx="):
+        vm.load(p, prog_type="xdp").run(mem=b"x")
+    with pytest.raises(VMError, match="takes mem="):
+        vm.load(p).run(ctx=b"x")
+
+
+def test_syscall_context_is_written_back():
+    lp = VM().load(asm("r2 = *(u64 *)(r1 + 0)\nr2 *= 3\n*(u64 *)(r1 + 8) = r2\nr0 = 7\nexit"),
+                   prog_type="syscall")
+    ctx = bytearray(struct.pack("<QQ", 5, 0))
+    assert lp.run(ctx=ctx) == 7 and struct.unpack("<QQ", ctx) == (5, 15)
+    assert lp.last_ctx == bytes(ctx)
+
+    class Args(ctypes.Structure):
+        _fields_ = [("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+    args = Args(11, 0)
+    lp.run(ctx=args)
+    assert args.b == 33
+    lp.run(ctx=bytes(struct.pack("<QQ", 2, 0)))          # immutable: only last_ctx changes
+    assert lp.last_ctx == struct.pack("<QQ", 2, 6)
+    null = VM().load(asm("r0 = r1\nexit"), prog_type="syscall")
+    assert null.run() == 0                                # no ctx: r1 = NULL, as test_run
+
+
+XDP_SWAP = """
+    r2 = *(u32 *)(r1 + 0)
+    r3 = *(u32 *)(r1 + 4)
+    r4 = *(u32 *)(r1 + 8)
+    if r4 != r2 goto aborted
+    r4 = r2
+    r4 += 14
+    if r4 > r3 goto aborted
+    r5 = *(u16 *)(r2 + 12)
+    if r5 != 0x8 goto pass
+    r5 = *(u32 *)(r2 + 0)
+    r6 = *(u16 *)(r2 + 4)
+    r7 = *(u32 *)(r2 + 6)
+    r8 = *(u16 *)(r2 + 10)
+    *(u32 *)(r2 + 0) = r7
+    *(u16 *)(r2 + 4) = r8
+    *(u32 *)(r2 + 6) = r5
+    *(u16 *)(r2 + 10) = r6
+    r0 = 3
+    exit
+pass:
+    r0 = 2
+    exit
+aborted:
+    r0 = 0
+    exit
+"""
+
+
+def test_xdp_is_one_call_against_a_packet_and_may_rewrite_it():
+    lp = VM().load(asm(XDP_SWAP), prog_type="xdp")
+    pkt = frame()
+    assert lp.run(data=pkt) == XDP_TX
+    assert lp.last_data == pkt[6:12] + pkt[0:6] + pkt[12:]          # MACs swapped in place
+    md = lp.last_ctx
+    assert isinstance(md, XdpMd) and md.data_end - md.data == len(pkt)
+    assert md.data_meta == md.data and 0 < md.data < 1 << 32 and md.ingress_ifindex == 1
+    assert lp.run(data=frame(0x86DD)) == XDP_PASS and lp.last_data == frame(0x86DD)
+    assert lp.run(data=pkt[:10]) == 0                                 # too short
+    with pytest.raises(MemoryAccessError, match="read-only"):         # xdp_md is read-only
+        VM().load(asm("*(u32 *)(r1 + 12) = 1\nr0 = 2\nexit"), prog_type="xdp").run(data=pkt)
+    with pytest.raises(MemoryAccessError):                            # past data_end
+        VM().load(asm("r2 = *(u32 *)(r1 + 4)\nr0 = *(u8 *)(r2 + 0)\nexit"),
+                  prog_type="xdp").run(data=pkt)
+    q = VM().load(asm("r0 = *(u32 *)(r1 + 16)\nexit"), prog_type="xdp")
+    assert q.run(data=pkt, ctx={"rx_queue_index": 3}) == 3
+    with pytest.raises(VMError, match="set by the run"):
+        q.run(data=pkt, ctx={"data": 0})
+
+
+SKB_FIELDS = ["len", "pkt_type", "mark", "queue_mapping", "protocol", "vlan_present",
+              "vlan_tci", "vlan_proto", "priority", "ingress_ifindex", "ifindex", "tc_index",
+              "hash", "tc_classid", "napi_id", "wire_len"]
+
+
+def _dump_skb() -> str:
+    """A program returning a checksum of the __sk_buff fields (each times its offset + 1, cb[i]
+    times 1000 + i), plus (data_end - data) << 40 and the packet's first byte << 56 read through
+    ``data`` (r0 = 0 first if data_meta != data)."""
+    lines = ["r6 = r1", "r7 = *(u32 *)(r6 + 76)", "r8 = *(u32 *)(r6 + 80)",
+             "r9 = *(u32 *)(r6 + 140)", "r0 = 0"]
+    for name in SKB_FIELDS:                               # a checksum of field * weight
+        off = getattr(SkBuff, name).offset
+        lines += [f"r1 = *(u32 *)(r6 + {off})", f"r1 *= {off + 1}", "r0 += r1"]
+    for i in range(5):
+        lines += [f"r1 = *(u32 *)(r6 + {48 + 4 * i})", f"r1 *= {1000 + i}", "r0 += r1"]
+    lines += ["r1 = r8", "r1 -= r7", "r1 <<= 40", "r0 += r1",          # data_end - data
+              "if r9 == r7 goto +1", "r0 = 0", "r1 = *(u8 *)(r7 + 0)", "r1 <<= 56", "r0 += r1",
+              "exit"]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("prog_type", ["socket_filter", "sched_cls", "cgroup_skb", "lwt_in"])
+def test_sk_buff_fields_are_real_values_visible_to_the_program(prog_type):
+    lp = VM().load(asm(_dump_skb()), prog_type=prog_type)
+    l2 = prog_type in ("socket_filter", "sched_cls")
+    pkt = frame() if l2 else frame()[14:]                       # L3 types see the IP header
+    ctx = {"mark": 7, "priority": 3, "cb": [1, 2, 3, 4, 5], "vlan_present": 1, "vlan_tci": 42,
+           "hash": 99, "tc_index": 2, "ifindex": 5, "ingress_ifindex": 4, "queue_mapping": 1}
+    r0 = lp.run(data=pkt, ctx=ctx)
+    skb = lp.last_ctx
+    want = {"len": len(pkt), "protocol": 0x0008, "pkt_type": 0, "vlan_proto": 0,
+            "tc_classid": 0, "napi_id": 0, "wire_len": len(pkt)}
+    want.update({k: v for k, v in ctx.items() if k != "cb"})
+    assert {n: getattr(skb, n) for n in SKB_FIELDS} == want
+    assert list(skb.cb) == [1, 2, 3, 4, 5] and skb.data_end - skb.data == len(pkt)
+    assert 0 < skb.data < 1 << 32 and skb.data_meta == skb.data
+    checksum = sum(want[n] * (getattr(SkBuff, n).offset + 1) for n in SKB_FIELDS)
+    checksum += sum((i + 1) * (1000 + i) for i in range(5))
+    assert r0 == checksum + (len(pkt) << 40) + (pkt[0] << 56)   # data points at the packet
+    lp.run(data=(frame(0x86DD) if l2 else bytes([0x60]) + bytes(39)))
+    assert lp.last_ctx.protocol == 0xDD86                       # __be16 ETH_P_IPV6
+
+
+def test_sk_buff_ctx_errors_and_ctypes_input():
+    lp = VM().load(asm("r0 = *(u32 *)(r1 + 8)\n*(u32 *)(r1 + 8) = 9\nexit"), prog_type="tc")
+    with pytest.raises(VMError, match="has no field 'marks'"):
+        lp.run(data=frame(), ctx={"marks": 1})
+    with pytest.raises(VMError, match="set by the run"):
+        lp.run(data=frame(), ctx={"len": 1})
+    skb = SkBuff(mark=5)
+    assert lp.run(data=frame(), ctx=skb) == 5 and skb.mark == 9       # written back
+    assert skb.len == len(frame()) and skb.data != 0
+    assert skb.protocol == 0x0008 and skb.ifindex == 1     # zero fields keep the defaults
+    assert lp.run(data=frame(), ctx=skb) == 9              # the written-back struct is reusable
+    assert lp.run(data=frame(), ctx=bytes(SkBuff(mark=3))[:12]) == 3     # or its first bytes
+
+
+def test_packet_writability_follows_the_program_type():
+    store = asm("r2 = *(u32 *)(r1 + 76)\nr3 = 0xee\n*(u8 *)(r2 + 0) = r3\nr0 = 0\nexit")
+    tc = VM().load(store, prog_type="sched_cls")
+    assert tc.run(data=frame()) == 0 and tc.last_data[0] == 0xEE
+    for t in ("socket_filter", "cgroup_skb", "lwt_in"):
+        with pytest.raises(MemoryAccessError, match="read-only"):
+            VM().load(store, prog_type=t).run(data=frame())
+
+
+LDABS = """
+    r6 = r1
+    r0 = *(u16 *)skb[12]
+    if r0 != 0x800 goto +5
+    r7 = 23
+    r0 = *(u8 *)skb[r7 + 0]
+    r8 = r0
+    r0 = *(u32 *)skb[26]
+    r0 += r8
+    exit
+"""
+
+
+@pytest.mark.parametrize("prog_type", ["socket_filter", "sched_cls"])
+def test_ld_abs_and_ld_ind_read_the_packet_in_network_order(prog_type):
+    lp = VM().load(asm(LDABS), prog_type=prog_type)
+    pkt = frame(proto=6)
+    assert lp.run(data=pkt) == 0x0A000001 + 6                  # saddr 10.0.0.1 + protocol
+    assert lp.run(data=frame(0x0806)) == 0x0806
+    assert lp.run(data=pkt[:20]) == 0              # out of bounds: the program ends with 0
+
+
+def test_socket_filter_return_is_the_number_of_bytes_kept():
+    lp = VM().load(asm("r0 = *(u32 *)(r1 + 0)\nr0 >>= 1\nexit"), prog_type="socket")
+    pkt = frame()
+    assert lp.run(data=pkt) == len(pkt) // 2 and lp.last_data == pkt[:len(pkt) // 2]
+    lp = VM().load(asm("r0 = -1\nexit"), prog_type="socket")
+    assert lp.run(data=pkt) == (1 << 64) - 1 and lp.last_data == pkt
+
+
+@pytest.mark.parametrize("prog_type,size", [("tracepoint", 8), ("kprobe", 168)])
+def test_trace_contexts_are_read_only_buffers(prog_type, size):
+    reader = VM().load(asm("r0 = *(u64 *)(r1 + 0)\nexit"), prog_type=prog_type)
+    assert reader.run() == 0 and reader.last_ctx == bytes(size)
+    assert reader.run(ctx=struct.pack("<Q", 0xABCD)) == 0xABCD
+    with pytest.raises(MemoryAccessError, match="read-only"):
+        VM().load(asm("*(u64 *)(r1 + 0) = 1\nexit"), prog_type=prog_type).run()
+    with pytest.raises(VMError, match="no packet"):
+        reader.run(data=b"x")
+
+
+# --- the samples ------------------------------------------------------------------------------
+def test_xdp_filter_sample():
+    out = sample_driver("xdp_filter").run_sample("interp", 53, say=lambda s: None)
+    assert out["ok"] and out["verdicts"] == [XDP_DROP, XDP_PASS, XDP_DROP, XDP_PASS, XDP_PASS,
+                                             0, XDP_DROP]
+    assert out["counts"] == [1, 3, 3] and out["stats"][0] == 7
+
+
+def test_ringbuf_sample():
+    out = sample_driver("ringbuf").run_sample("interp", 6, 1, say=lambda s: None)
+    assert out["ok"] and out["produced"] == out["consumed"] == 102 and out["dropped"] == 898
+
+
+def test_socket_count_sample():
+    lines = []
+    out = sample_driver("socket_count").run_sample("interp", True, say=lines.append)
+    assert out["ok"] and any("trace_printk: proto 2 len 42" in line for line in lines)
