@@ -14,12 +14,14 @@ sample, e.g. ``--engine jit`` before the JIT supports arena kfuncs).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import struct
 import sys
 
 import pybpf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _driver  # noqa: E402  (samples/_driver.py: the shared command line)
 
 OBJ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "c", "arena_htab.o")
 PAGE = 4096
@@ -126,20 +128,14 @@ def run_sample(engine: str = "interp", keys: int = 10000, buckets: int = 256, sa
     return out
 
 
+OPTIONS = (
+    ("--keys", dict(type=int, default=10000, help="keys BPF inserts (<= 10000)")),
+    ("--buckets", dict(type=int, default=256, help="a power of two below 512")),
+)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--engine", choices=("interp", "jit"), default="interp")
-    p.add_argument("--keys", type=int, default=10000, help="keys BPF inserts (<= 10000)")
-    p.add_argument("--buckets", type=int, default=256, help="a power of two below 512")
-    args = p.parse_args(argv)
-    try:
-        out = run_sample(args.engine, args.keys, args.buckets)
-    except pybpf.BPFError as e:
-        print(f"the {args.engine} engine cannot run this sample: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        return 1
-    print("all checks passed" if out["ok"] else "SOME CHECKS FAILED")
-    return 0 if out["ok"] else 1
+    return _driver.main(__doc__, run_sample, OPTIONS, argv)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ Exit status 0 when every check holds, 1 otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import struct
 import sys
 
 import pybpf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _driver  # noqa: E402  (samples/_driver.py: the shared command line)
 
 OBJ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "c", "ringbuf.o")
 EVENT = struct.Struct("<IIQ16s")      # struct event {u32 seq; u32 kind; u64 value; char tag[16];}
@@ -60,20 +62,14 @@ def run_sample(engine: str = "interp", count: int = 6, seed: int = 1, say=print)
     return out
 
 
+OPTIONS = (
+    ("--count", dict(type=int, default=6)),
+    ("--seed", dict(type=int, default=1)),
+)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--engine", choices=("interp", "jit"), default="interp")
-    p.add_argument("--count", type=int, default=6)
-    p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args(argv)
-    try:
-        out = run_sample(args.engine, args.count, args.seed)
-    except pybpf.BPFError as e:
-        print(f"the {args.engine} engine cannot run this sample: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        return 1
-    print("all checks passed" if out["ok"] else "SOME CHECKS FAILED")
-    return 0 if out["ok"] else 1
+    return _driver.main(__doc__, run_sample, OPTIONS, argv)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ counted. Then checks ``proto_count`` (array), ``proto_bytes`` (hash) and, with `
 """
 from __future__ import annotations
 
-import argparse
 import os
 import struct
 import sys
 
 import pybpf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _driver  # noqa: E402  (samples/_driver.py: the shared command line)
 
 OBJ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "c", "socket_count.o")
 
@@ -62,19 +64,11 @@ def run_sample(engine: str = "interp", verbose: bool = True, say=print) -> dict:
     return out
 
 
+OPTIONS = (("--quiet", dict(action="store_true", help="leave the verbose global at 0")),)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--engine", choices=("interp", "jit"), default="interp")
-    p.add_argument("--quiet", action="store_true", help="leave the verbose global at 0")
-    args = p.parse_args(argv)
-    try:
-        out = run_sample(args.engine, not args.quiet)
-    except pybpf.BPFError as e:
-        print(f"the {args.engine} engine cannot run this sample: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        return 1
-    print("all checks passed" if out["ok"] else "SOME CHECKS FAILED")
-    return 0 if out["ok"] else 1
+    return _driver.main(__doc__, lambda engine, quiet: run_sample(engine, not quiet), OPTIONS, argv)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ Exit status 0 when every check holds, 1 otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import struct
 import sys
 
 import pybpf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _driver  # noqa: E402  (samples/_driver.py: the shared command line)
 from pybpf.runtime.contexts import XDP_ACTIONS
 
 OBJ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "c", "xdp_filter.o")
@@ -68,19 +70,13 @@ def run_sample(engine: str = "interp", blocked: int = 53, say=print) -> dict:
     return out
 
 
+OPTIONS = (
+    ("--block", dict(type=int, default=53, help="destination port to drop")),
+)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--engine", choices=("interp", "jit"), default="interp")
-    p.add_argument("--block", type=int, default=53, help="destination port to drop")
-    args = p.parse_args(argv)
-    try:
-        out = run_sample(args.engine, args.block)
-    except pybpf.BPFError as e:
-        print(f"the {args.engine} engine cannot run this sample: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        return 1
-    print("all checks passed" if out["ok"] else "SOME CHECKS FAILED")
-    return 0 if out["ok"] else 1
+    return _driver.main(__doc__, run_sample, OPTIONS, argv)
 
 
 if __name__ == "__main__":
