@@ -68,19 +68,22 @@ def map_push_elem(m: Map, value: int, flags: int) -> int:
     return _r0(m.map_push_elem(ctypes.string_at(value, m.value_size), flags))
 
 
-def _pop_like(result: bytes | int, value: int) -> int:
+def _pop_like(m: Map, result: bytes | int, value: int) -> int:
     if isinstance(result, int):
+        if result == -errno.ENOENT:
+            # the kernel's __queue_map_get/__stack_map_get zero the buffer on an empty map
+            ctypes.memset(value, 0, m.value_size)
         return _r0(result)
     ctypes.memmove(value, result, len(result))
     return 0
 
 
 def map_pop_elem(m: Map, value: int) -> int:
-    return _pop_like(m.map_pop_elem(), value)
+    return _pop_like(m, m.map_pop_elem(), value)
 
 
 def map_peek_elem(m: Map, value: int) -> int:
-    return _pop_like(m.map_peek_elem(), value)
+    return _pop_like(m, m.map_peek_elem(), value)
 
 
 def map_lookup_percpu_elem(m: Map, key: int, cpu: int) -> int:

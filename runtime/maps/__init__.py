@@ -24,15 +24,16 @@ from .base import MAP_TYPE_IDS, Map, MapKeyError
 from .hash import HashMap, LruHashMap
 from .percpu import LruPercpuHashMap, PercpuArrayMap, PercpuHashMap
 from .prog_array import ProgArrayMap
+from .queue import QueueMap, StackMap
 from .ringbuf import RingBuf
 
 MAP_TYPES: dict[str, type[Map]] = {cls.type: cls for cls in (
     HashMap, ArrayMap, ProgArrayMap, PercpuHashMap, PercpuArrayMap, LruHashMap,
-    LruPercpuHashMap, RingBuf, Arena)}
+    LruPercpuHashMap, RingBuf, Arena, QueueMap, StackMap)}
 
 __all__ = ["create_map", "MAP_TYPES", "Map", "MapKeyError", "Arena", "ArrayMap", "HashMap",
            "LruHashMap", "PercpuArrayMap", "PercpuHashMap", "LruPercpuHashMap", "ProgArrayMap",
-           "RingBuf"]
+           "RingBuf", "QueueMap", "StackMap"]
 
 
 def create_map(map_type: str | int, key_size: int = 0, value_size: int = 0,

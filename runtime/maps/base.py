@@ -36,7 +36,8 @@ ENOTSUPP = 524          # kernel-internal errno (not in errno.h) some map ops re
 
 # enum bpf_map_type (include/uapi/linux/bpf.h), for the types pybpf implements.
 MAP_TYPE_IDS = {"hash": 1, "array": 2, "prog_array": 3, "percpu_hash": 5, "percpu_array": 6,
-                "lru_hash": 9, "lru_percpu_hash": 10, "ringbuf": 27, "arena": 33}
+                "lru_hash": 9, "lru_percpu_hash": 10, "queue": 22, "stack": 23, "ringbuf": 27,
+                "arena": 33}
 
 # Map creation flags (map_flags).
 BPF_F_NO_PREALLOC = 1 << 0
