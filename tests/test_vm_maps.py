@@ -216,8 +216,8 @@ def test_update_flags_and_errnos_reach_the_program():
 
 
 def test_push_pop_peek_reach_the_map_ops():
-    """No pybpf map type implements queue/stack ops yet: the helpers return what the map
-    does (-EOPNOTSUPP) instead of crashing."""
+    """Maps without queue/stack ops (here an array) make the helpers return what the map does,
+    -EOPNOTSUPP, instead of crashing; queue and stack maps are tested in test_queue_maps.py."""
     vm = VM()
     m = vm.create_map("array", key_size=4, value_size=8, max_entries=1)
     for hid, extra in ((87, "r3 = 0"), (88, ""), (89, "")):
