@@ -123,11 +123,18 @@ def cmd_run(args) -> int:
             print(line, file=sys.stderr)
     try:
         r0 = lp.run(trace=trace, **run_kw) if trace else lp.run(**run_kw)
+        print(f"0x{r0:x}")
+        if args.dump_maps:
+            for name, m in lp.maps.items():
+                if m.type == "arena":  # no keys to walk, as bpftool says: show its pages instead
+                    print(f"map {name} (arena): {m.pages_allocated} pages allocated")
+                    continue
+                print(f"map {name} ({m.type}):")
+                print(m.dump().rstrip("\n"))
     finally:
-        for line in vm.trace_output() if hasattr(vm, "trace_output") else ():
+        for line in vm.trace_output():
             print(line, file=sys.stderr)
         lp.close()
-    print(f"0x{r0:x}")
     return EXIT_OK
 
 
@@ -290,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-verify", action="store_true")
     s.add_argument("--insn-limit", type=_int, default=None)
     s.add_argument("--trace", action="store_true", help="print each executed instruction")
+    s.add_argument("--dump-maps", action="store_true",
+                   help="after the run, print the program's maps in bpftool's dump format")
     s.add_argument("--format", **fmt)
     s.add_argument("--section", help="ELF: the program (function or section) to run")
     s.add_argument("--prog-type", default=None,
