@@ -17,6 +17,12 @@ execmem        alloc+fill+free per program for each write       the mprotect wri
 jit            test_run ns per run, trivial program             a ctypes call per run from a
                (goal < 5 ns); the ALU loop per run              Python loop; the interpreter
 interp         interpreter instructions per second              (none)
+arena          arena hash table (samples/arena_htab): inserts   the interpreter; a Python dict
+               (one run per key), selftest ops (one run),       doing the same work
+               lookups per second, from JIT'd BPF
+maps           hash/array map_lookup_elem per second from       the interpreter; the same JIT
+               JIT'd code (native lookups)                      code through the Python bridge;
+                                                                a Python dict
 =============  ===============================================  ==============================
 
 A missing module (``bench_compile`` is optional) skips its section; a section that raises is
@@ -33,11 +39,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-SECTIONS = ("compile", "execmem", "jit", "interp")
+SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps")
 _MODULES = {"compile": "bench_compile", "execmem": "bench_execmem", "jit": "bench_jit",
-            "interp": "bench_interp"}
+            "interp": "bench_interp", "arena": "bench_arena", "maps": "bench_maps"}
 _TITLES = {"compile": "JIT compile-and-place latency", "execmem": "execmem write paths",
-           "jit": "running JIT code", "interp": "reference interpreter"}
+           "jit": "running JIT code", "interp": "reference interpreter",
+           "arena": "arena hash table (samples/arena_htab)", "maps": "map lookups from JIT code"}
 
 
 @dataclass
@@ -151,7 +158,36 @@ def _interp(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
     return raw, figs
 
 
-_ADAPTERS = {"compile": _compile, "execmem": _execmem, "jit": _jit, "interp": _interp}
+def _arena(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
+    raw = mod.run(report=say, quick=quick)
+    j, i, d = raw["jit"], raw["interp"], raw["dict"]
+    figs = []
+    for key, what, unit, scale in (
+            ("inserts_per_s", "inserts, one lp.run per key", "k/s", 1e3),
+            ("selftest_ops_per_s", "ins+find+del ops in one BPF run", "M/s", 1e6),
+            ("lookups_per_s", "lookups (htab_query, test_run)", "M/s", 1e6)):
+        for base_name, base in (("interpreter", i), ("Python dict, same work", d)):
+            figs.append(Figure(f"arena htab {what}, JIT", j[key] / scale, unit,
+                               baseline_name=base_name, baseline=base[key] / scale,
+                               higher_is_better=True))
+    return raw, figs
+
+
+def _maps(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
+    raw = mod.run(report=say, quick=quick)
+    figs = []
+    for mtype, r in raw.items():
+        for base_name, key in (("interpreter", "interp_per_s"),
+                               ("JIT through the Python bridge", "jit_bridge_per_s"),
+                               ("Python dict", "dict_per_s")):
+            figs.append(Figure(f"{mtype} map_lookup_elem from JIT code (native)",
+                               r["jit_native_per_s"] / 1e6, "M/s", baseline_name=base_name,
+                               baseline=r[key] / 1e6, higher_is_better=True))
+    return raw, figs
+
+
+_ADAPTERS = {"compile": _compile, "execmem": _execmem, "jit": _jit, "interp": _interp,
+             "arena": _arena, "maps": _maps}
 
 
 # -- the suite ---------------------------------------------------------------------------------

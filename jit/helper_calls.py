@@ -45,6 +45,7 @@ class BoundHelper:
     fn: Callable
     nargs: int = 5
     unwind: bool = False   # returning 0 stops the program with r0 = 0
+    special: str = ""      # "tail_call", "loop": the engine implements the control transfer
 
 
 def _nargs(helper) -> int:
@@ -72,7 +73,8 @@ def _entries(registry) -> dict[int, BoundHelper]:
             continue
         name = getattr(helper, "name", f"helper{hid}")
         out[int(hid)] = BoundHelper(int(hid), name, helper.fn, _nargs(helper),
-                                    bool(getattr(helper, "unwind", False)))
+                                    bool(getattr(helper, "unwind", False)),
+                                    str(getattr(helper, "special", "") or ""))
     return out
 
 
@@ -85,12 +87,17 @@ def _bad_callx(pc: int) -> Callable:
 class HelperTable:
     """Helper bindings for one LLVM module; the callables it baked in are kept alive."""
 
-    def __init__(self, registry=None) -> None:
+    def __init__(self, registry=None, kfuncs=None) -> None:
         self._helpers = _entries(registry)
+        self._kfuncs = _entries(kfuncs)
         self._called: dict[object, Callable] = {}  # key -> callable whose address is in the IR
+        self.force_gil = False     # set when code may enter other programs (tail calls)
 
     def get(self, hid: int) -> BoundHelper | None:
         return self._helpers.get(hid)
+
+    def kfunc(self, kid: int) -> BoundHelper | None:
+        return self._kfuncs.get(kid)
 
     def all(self) -> list[BoundHelper]:
         return [self._helpers[k] for k in sorted(self._helpers)]
@@ -98,7 +105,12 @@ class HelperTable:
     @property
     def needs_gil(self) -> bool:
         """Some code in the module calls Python, so it must run with the GIL held."""
-        return bool(self._called)
+        return bool(self._called) or self.force_gil
+
+    def call_python(self, builder: ir.IRBuilder, key, fn: Callable, nargs: int,
+                    args: list[ir.Value]) -> tuple[ir.Value, ir.Value]:
+        """Call any Python callable ``fn(*args[:nargs])`` through the bridge: (r0, failed)."""
+        return self._call_python(builder, key, fn, nargs, args)
 
     def keepalive(self) -> list:
         return list(self._called.values())
@@ -123,7 +135,8 @@ class HelperTable:
         """Call ``helper`` with r1..r5; returns (r0, abort flag i1 or None).
 
         ``builder`` is a :class:`pybpf.jit.cgutils.TextBuilder`."""
-        value, failed = self._call_python(builder, helper.id, helper.fn, helper.nargs, args)
+        key = helper.id if self._helpers.get(helper.id) is helper else ("kfunc", helper.id)
+        value, failed = self._call_python(builder, key, helper.fn, helper.nargs, args)
         if helper.unwind:
             failed = builder.or_(failed, builder.icmp_unsigned("==", value, const(I64, 0)))
         return value, failed
@@ -145,7 +158,7 @@ def _define_bridge(module: ir.Module, nargs: int) -> None:
     :meth:`pybpf.jit.native.PythonHelper.define` with the callable as an argument."""
     fn = ir.Function(module, ir.FunctionType(_BRIDGE_TY, [I64] * 6), name=f"pybpf_pycall{nargs}")
     fn.attributes.add("nounwind")
-    capi = native._capi
+    capi = native.capi
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     fail = fn.append_basic_block("fail")
     # argv[0] is scratch that vectorcall may use (PY_VECTORCALL_ARGUMENTS_OFFSET).

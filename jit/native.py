@@ -79,8 +79,12 @@ def absolute_function(builder: ir.IRBuilder, fnty: ir.FunctionType, address: int
     return builder.inttoptr(ir.Constant(I64, address), ir.PointerType(fnty))
 
 
-def _capi(builder: ir.IRBuilder, name: str) -> ir.Value:
+def capi(builder: ir.IRBuilder, name: str) -> ir.Value:
+    """A callee for ``builder.call``: the CPython C API function ``name`` (one of ``_CAPI``)."""
     return absolute_function(builder, _CAPI[name], c_api_address(name))
+
+
+_capi = capi   # the old private name (kept for callers outside jit/)
 
 
 def make_caller(address: int, restype=ctypes.c_uint64,
@@ -153,7 +157,7 @@ class PythonHelper:
         argv = b.alloca(ir.ArrayType(PTR, 6), name="argv")
         objs = []
         for i in range(self.nargs):
-            obj = b.call(_capi(b, "PyLong_FromUnsignedLongLong"), [fn.args[i]],
+            obj = b.call(capi(b, "PyLong_FromUnsignedLongLong"), [fn.args[i]],
                          name=f"o{i + 1}")
             b.store(obj, b.gep(argv, [I32(0), I32(i + 1)], inbounds=True))
             objs.append(obj)
@@ -168,7 +172,7 @@ class PythonHelper:
         b.position_at_end(call_bb)
         callable_ = ir.Constant(I64, id(self.func)).inttoptr(PTR)
         args = b.gep(argv, [I32(0), I32(1)], inbounds=True)
-        res = b.call(_capi(b, "PyObject_Vectorcall"),
+        res = b.call(capi(b, "PyObject_Vectorcall"),
                      [callable_, args, I64(self.nargs | _PY_VECTORCALL_ARGUMENTS_OFFSET),
                       NULL], name="res")
         b.branch(after_bb)
@@ -178,7 +182,7 @@ class PythonHelper:
         result.add_incoming(NULL, entry_bb)
         result.add_incoming(res, call_bb)
         for obj in objs:
-            b.call(_capi(b, "Py_DecRef"), [obj])
+            b.call(capi(b, "Py_DecRef"), [obj])
         ok_bb, none_bb, int_bb = (fn.append_basic_block(n) for n in ("ok", "none", "int"))
         b.cbranch(b.icmp_unsigned("==", result, NULL), fail, ok_bb)
 
@@ -187,16 +191,16 @@ class PythonHelper:
         b.cbranch(b.icmp_unsigned("==", result, none), none_bb, int_bb)
 
         b.position_at_end(none_bb)
-        b.call(_capi(b, "Py_DecRef"), [result])
+        b.call(capi(b, "Py_DecRef"), [result])
         b.ret(ir.Constant(BRIDGE_RESULT, [I64(0), I1(0)]))
 
         b.position_at_end(int_bb)
-        value = b.call(_capi(b, "PyLong_AsUnsignedLongLongMask"), [result], name="value")
-        b.call(_capi(b, "Py_DecRef"), [result])
+        value = b.call(capi(b, "PyLong_AsUnsignedLongLongMask"), [result], name="value")
+        b.call(capi(b, "Py_DecRef"), [result])
         # All ones is also the error return; only then ask whether an exception is set.
         maybe_err = b.icmp_unsigned("==", value, I64(-1))
         with b.if_then(maybe_err, likely=False):
-            raised = b.icmp_unsigned("!=", b.call(_capi(b, "PyErr_Occurred"), []), NULL)
+            raised = b.icmp_unsigned("!=", b.call(capi(b, "PyErr_Occurred"), []), NULL)
             with b.if_then(raised, likely=False):
                 b.ret(ir.Constant(BRIDGE_RESULT, [I64(0), I1(1)]))
         out = b.insert_value(ir.Constant(BRIDGE_RESULT, ir.Undefined), value, 0)
@@ -222,7 +226,7 @@ def emit_error_pending(builder: ir.IRBuilder) -> ir.Value:
     """Emit ``PyErr_Occurred() != NULL`` (an i1): after a BPF-to-BPF call returns, this tells a
     program that uses Python helpers whether a helper deeper down failed, so that it returns
     too. It is thread-correct (the exception lives in the thread state) and costs a few ns."""
-    return builder.icmp_unsigned("!=", builder.call(_capi(builder, "PyErr_Occurred"), []), NULL)
+    return builder.icmp_unsigned("!=", builder.call(capi(builder, "PyErr_Occurred"), []), NULL)
 
 
 def make_python_bridge_ir(func: Callable, name: str = "bridge",

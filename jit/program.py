@@ -52,6 +52,7 @@ class JitProgram:
     record), ``symbol`` (entry function name), ``needs_gil`` (the code may call Python helpers,
     so it is entered with the GIL held and a helper's exception propagates), ``opt_level``,
     ``ir_before`` (the lowered IR), ``ir_after`` / ``asm`` (when requested), ``text_size``,
+    ``tail_entry`` (the address tail calls enter, a prog_array's ``native_entry``),
     ``timings`` (seconds spent on its compile: ``lower``, ``worker`` (round trip), ``llvm``
     (the worker's own time) and its steps ``parse``/``verify``/``opt``/``emit``/``extract``,
     ``cpu`` (the worker's CPU time), ``place``; shared by the programs of one
@@ -60,11 +61,14 @@ class JitProgram:
 
     def __init__(self, code: _PlacedCode, symbol: str, offset: int, name: str, needs_gil: bool,
                  opt_level: int, ir_before: str, ir_after: str | None, asm: str | None,
-                 text_size: int) -> None:
+                 text_size: int, tail_offset: int | None = None) -> None:
         self._code = code
         self.allocation = code.allocation
         self.symbol, self.name, self.needs_gil, self.opt_level = symbol, name, needs_gil, opt_level
         self.address = code.allocation.address + offset
+        # What bpf_tail_call enters: (ctx, r2, tail-call count pointer); see jit/calls.py.
+        self.tail_entry = code.allocation.address + (offset if tail_offset is None
+                                                     else tail_offset)
         self.ir_before, self.ir_after, self.asm = ir_before, ir_after, asm
         self.text_size = text_size
         self._call = native.make_caller(self.address, holds_gil=needs_gil)
@@ -119,22 +123,25 @@ class JitProgram:
 def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
                      names: list[str] | None = None, want_ir: bool = False,
                      want_asm: bool = False, values64: list[dict] | None = None,
-                     allocator=None) -> list[JitProgram]:
+                     allocator=None, envs: list | None = None) -> list[JitProgram]:
     """Compile several programs in one module, one worker round trip and one allocation.
 
-    ``values64`` is one slot -> constant table per program (see :func:`compile_program`)."""
+    ``values64`` is one slot -> constant table per program and ``envs`` one
+    :class:`~pybpf.jit.env.JitEnv` per program (see :func:`compile_program`)."""
     if not progs:
         return []
     names = list(names) if names is not None else [p.name for p in progs]
     values64 = list(values64) if values64 is not None else [None] * len(progs)
+    envs = list(envs) if envs is not None else [None] * len(progs)
     # Per-instruction comments make the IR readable but cost time to build, print and parse,
     # so they are only there when someone will read the IR.
     comments = want_ir or os.environ.get("PYBPF_DUMP_IR", "") not in ("", "0")
     t0 = time.perf_counter()
     with gc_paused():
         lowerer = ModuleLowerer(helpers, comments, name=names[0] if len(progs) == 1 else "batch")
-        symbols = [lowerer.add_program(p, "bpf_main" if len(progs) == 1 else f"bpf_main.{i}", v)
-                   for i, (p, v) in enumerate(zip(progs, values64))]
+        symbols = [lowerer.add_program(p, "bpf_main" if len(progs) == 1 else f"bpf_main.{i}", v,
+                                       e)
+                   for i, (p, v, e) in enumerate(zip(progs, values64, envs))]
         lowered = lowerer.finish()
     t1 = time.perf_counter()
     result = compile_ir(lowered.ir, opt_level=opt_level, want_ir=want_ir, want_asm=want_asm)
@@ -150,7 +157,8 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
     allocation = native.place(result.text, label, allocator)
     code = _PlacedCode(allocation, allocator, lowered.keepalive, len(progs))
     jits = [JitProgram(code, sym, result.symbols[sym], name, lowered.needs_gil, opt_level,
-                       lowered.ir, result.ir_after, result.asm, len(result.text))
+                       lowered.ir, result.ir_after, result.asm, len(result.text),
+                       result.symbols.get(lowered.tail_entries.get(sym, sym)))
             for sym, name in zip(symbols, names)]
     timings = dict(result.times, lower=t1 - t0, place=time.perf_counter() - t2)
     steps = ("parse", "verify", "opt", "emit", "extract")
@@ -163,14 +171,16 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
 
 def compile_program(prog: Program, helpers=None, opt_level: int = 2, name: str | None = None,
                     want_ir: bool = False, want_asm: bool = False,
-                    values64: dict[int, int] | None = None, allocator=None) -> JitProgram:
+                    values64: dict[int, int] | None = None, allocator=None,
+                    env=None) -> JitProgram:
     """Lower, compile (``opt_level`` 0..3, -O2 by default), place and wrap one program.
 
     ``helpers`` is the runtime's helper registry (id -> Helper) or ``{id: callable}``.
     ``values64`` holds what the loader resolved (the interpreter's table): slot -> constant of
-    each ld_imm64 pseudo form, and the arena's upper half for each cast_user.
+    each ld_imm64 pseudo form, and the arena's upper half for each cast_user; ``env`` (a
+    :class:`~pybpf.jit.env.JitEnv`) the rest the loader knows: arena, kfuncs, maps, packet.
     Raises :class:`JITError` for forms the JIT cannot lower yet, LLVM failures and placement
     failures.
     """
     return compile_programs([prog], helpers, opt_level, [name or prog.name], want_ir, want_asm,
-                            [values64], allocator)[0]
+                            [values64], allocator, [env])[0]

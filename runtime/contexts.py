@@ -55,6 +55,10 @@ from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_W
 from .memory import PROC, Buffer, Region
 
 MAP_32BIT = 0x40
+# Where MAP_32BIT mappings land on x86-64 (the kernel searches [1 GiB, 2 GiB)): the only run
+# memory below 4 GiB. The JIT bakes these bounds in to tell a 32-bit arena offset from a
+# context or packet pointer, as the interpreter does with its region table.
+LOW_POOL_START, LOW_POOL_END = 1 << 30, 1 << 31
 MEM_GUARD = 64                 # canary bytes on each side of a private copy of mem/ctx
 XDP_PACKET_HEADROOM = 256      # include/linux/bpf.h (XDP_PACKET_HEADROOM)
 SKB_HEADROOM = 64              # NET_SKB_PAD-like headroom in front of skb->data
@@ -133,10 +137,11 @@ class LowMemory:
         except BPFError as e:
             raise VMError(f"cannot map {self.size} bytes below 4 GiB for a packet context "
                           f"(MAP_32BIT): {e}") from None
-        if addr + self.size > 1 << 32:
+        if not LOW_POOL_START <= addr <= LOW_POOL_END - self.size:
             sys_munmap(addr, self.size)
-            raise VMError(f"the kernel placed a MAP_32BIT mapping at 0x{addr:x}, above 4 GiB: "
-                          f"32-bit context pointers (data/data_end) cannot hold it")
+            raise VMError(f"the kernel placed a MAP_32BIT mapping at 0x{addr:x}, outside "
+                          f"[0x{LOW_POOL_START:x}, 0x{LOW_POOL_END:x}): 32-bit context "
+                          f"pointers (data/data_end) need it there")
         self.address = addr
         weakref.finalize(self, sys_munmap, addr, self.size)
 

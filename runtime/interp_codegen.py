@@ -23,23 +23,12 @@ import bisect
 from pybpf import isa
 from pybpf.errors import VMError
 from pybpf.verifier.cfg import CFG, jump_target
+from pybpf.verifier.regs import written_regs
 
 from .interp_snippets import make_ops, snippet
 
 REGS = "(r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10)"
 _CONTROL = ("jcond", "ja", "may_goto", "exit")
-
-
-def written_regs(form: isa.Form, insn) -> tuple[int, ...]:
-    """Registers an instruction writes (from the form's kind/op)."""
-    k, op = form.kind, form.op
-    if k in ("alu", "neg", "movsx", "end", "cast", "ldx", "lddw") or op == "load_acq":
-        return (insn.dst,)
-    if k == "atomic" and (op.startswith("fetch_") or op == "xchg"):
-        return (insn.src,)
-    if k in ("call", "callx", "ldabs") or (k, op) == ("atomic", "cmpxchg"):
-        return (0,)
-    return ()
 
 
 class _Lines:

@@ -10,11 +10,34 @@ arena bands) and raises MemoryAccessError before touching anything else.
 """
 from __future__ import annotations
 
+import ctypes
+
 from pybpf.errors import VMError
 
 from .contexts import build_context
+from .helpers import ACTIVE_REGIONS
 from .interp import Interpreter
-from .memory import Buffer, RegionTable
+from .maps.prog_array import ProgArrayMap
+from .memory import Buffer, Region, RegionTable
+
+# Helpers that follow pointers through the run's regions (ACTIVE_REGIONS); a JIT run that may
+# call one gets a region table with its context, the VM's maps and the thread's stack, where
+# the JIT'd frames live.
+_REGION_HELPERS = ("trace_printk", "probe_read", "probe_read_kernel", "probe_read_user",
+                   "probe_read_str", "probe_read_kernel_str", "probe_read_user_str")
+_libc = ctypes.CDLL(None)
+_libc.pthread_self.restype = ctypes.c_ulong
+
+
+def thread_stack() -> tuple[int, int]:
+    """(lowest address, size) of the calling thread's stack (pthread_getattr_np)."""
+    attr = ctypes.create_string_buffer(128)     # pthread_attr_t: 56 bytes on x86-64
+    if _libc.pthread_getattr_np(ctypes.c_ulong(_libc.pthread_self()), attr):
+        raise VMError("cannot find the thread's stack (pthread_getattr_np failed)")
+    addr, size = ctypes.c_void_p(), ctypes.c_size_t()
+    _libc.pthread_attr_getstack(attr, ctypes.byref(addr), ctypes.byref(size))
+    _libc.pthread_attr_destroy(attr)
+    return addr.value or 0, size.value
 
 DEFAULT_INSN_LIMIT = 100_000_000
 ENGINES = ("interp", "jit")
@@ -54,8 +77,38 @@ class LoadedProgram:
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
                                        resolve_map=vm.resolve_map)
         else:
-            from pybpf.jit import compile_program   # imported on demand: pulls in llvmlite.ir
-            self._jit = compile_program(prog, vm.helpers, name=name, values64=values64)
+            self._jit = self._compile(vm, prog, prog_type, name, arena, values64)
+
+    def _compile(self, vm, prog, prog_type, name, arena, values64):
+        from pybpf.jit import compile_program   # imported on demand: pulls in llvmlite.ir
+        from pybpf.jit.env import JitEnv
+
+        # ld_abs/ld_ind read the run's packet through two u64 words: address, length.
+        self._packet_desc = (ctypes.c_uint64 * 2)()
+        self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
+        self._regions = any(f.kind == "call" and f.op == "helper" and
+                            getattr(vm.helpers.get(i.imm), "name", "") in _REGION_HELPERS
+                            for _, f, i in prog.instructions())
+        env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc))
+        return compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
+
+    @property
+    def native_entry(self) -> int:
+        """Where a JIT'd bpf_tail_call enters this program (0: not JIT'd, or closed)."""
+        jit = self._jit
+        return jit.tail_entry if jit is not None and not self.closed else 0
+
+    def _set_packet(self, rc) -> None:
+        """Point the JIT's ld_abs descriptor at this run's packet (the interpreter's)."""
+        packet = rc.packet
+        if packet is None:
+            raise VMError("ld_abs/ld_ind needs a socket-filter context: run with data=<packet>")
+        if isinstance(packet, memoryview) and not packet.readonly:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(packet)) if len(packet) else 0
+        else:
+            rc.jit_packet = Buffer(len(packet), init=bytes(packet))
+            address = rc.jit_packet.address
+        self._packet_desc[0], self._packet_desc[1] = address, len(packet)
 
     def __repr__(self) -> str:
         return (f"<LoadedProgram {self.name!r} {self.prog_type} {self.engine}"
@@ -73,6 +126,14 @@ class LoadedProgram:
         if self._jit is not None:
             if trace is not None:
                 raise VMError("tracing needs engine='interp'")
+            if self._ldabs:
+                self._set_packet(rc)
+            if self._regions:
+                rc.jit_regions = RegionTable(self.vm.run_regions())
+                for region in rc.regions:
+                    rc.jit_regions.add(region)
+                lo, size = thread_stack()
+                rc.jit_regions.add(Region(lo, size, "thread stack (JIT frames)", True))
             return rc, None
         regions = RegionTable(self.vm.run_regions())
         for region in rc.regions:
@@ -96,13 +157,18 @@ class LoadedProgram:
         """
         rc, session = self._prepare(mem, ctx, data, trace, insn_limit)
         r0 = None
+        token = None
         try:
             if session is None:
+                if getattr(rc, "jit_regions", None) is not None:
+                    token = ACTIVE_REGIONS.set(rc.jit_regions)
                 r0 = self._jit.run(rc.r1, rc.r2)
             else:
                 r0 = session.call(rc.r1, rc.r2)
             return r0
         finally:
+            if token is not None:
+                ACTIVE_REGIONS.reset(token)
             self._finish(rc, session, r0)
 
     def test_run(self, mem=None, repeat: int = 1, *, ctx=None, data=None,
@@ -112,22 +178,32 @@ class LoadedProgram:
         repeat = max(int(repeat), 1)
         rc, session = self._prepare(mem, ctx, data, None, insn_limit)
         r0 = None
+        token = None
         try:
             if session is None:
+                if getattr(rc, "jit_regions", None) is not None:
+                    token = ACTIVE_REGIONS.set(rc.jit_regions)
                 r0, ns = self._jit.test_run(rc.r1, rc.r2, repeat)
             else:
                 r0, ns = session.repeat(rc.r1, rc.r2, repeat)
             return r0, ns
         finally:
+            if token is not None:
+                ACTIVE_REGIONS.reset(token)
             self._finish(rc, session, r0)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._jit is not None:
-            self._jit.close()
+        jit = self._jit
         self._interp = self._jit = None
+        if jit is not None:
+            # prog_arrays holding this program must not keep its code address
+            for m in list(getattr(self.vm, "_by_fd", {}).values()):
+                if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs):
+                    m.refresh_native()
+            jit.close()
 
     def __enter__(self) -> "LoadedProgram":
         return self

@@ -1,0 +1,258 @@
+"""Calls the JIT implements itself: tail calls, bpf_loop, kfuncs, native map lookups, ld_abs.
+
+* ``bpf_tail_call(ctx, prog_array, index)``: a program that makes tail calls takes a third
+  argument, a pointer to the chain's count, in its ``<entry>.tail`` function (the
+  prog_array's ``native_entry``); ``<entry>`` is a wrapper that starts the count at 0. A call
+  site reads the prog_array's native table (``MapHeader.data``, one code address per index, 0
+  when empty or not JIT'd), and when ``index < max_entries``, the entry is non-zero and fewer
+  than ``MAX_TAIL_CALL_CNT`` (33) tail calls were taken, counts one and calls the target with
+  (ctx, 0, count); its r0 is this frame's return value (the target replaces the frame, as
+  in the kernel, where a tail call from a subprogram returns to that subprogram's caller).
+  Otherwise execution falls through with r0 unchanged, as the interpreter does. A program
+  without tail calls can be entered with three arguments too: it ignores the third. Code that
+  tail-calls is always entered with the GIL held, since its targets may call Python.
+* ``bpf_loop(nr, callback, ctx, flags)``: a native loop calling the callback subprogram, found
+  from its ``ld_imm64 src 4`` token (:func:`func_value`, the interpreter's value) when known
+  at compile time, else by comparing the token with each referenced subprogram's.
+* kfuncs (``call`` src 2): the VM's kfunc registry through the shared Python bridge
+  (:mod:`pybpf.jit.helper_calls`); bpf_arena_alloc_pages and friends cost far more than the
+  bridge (an mprotect per allocation).
+* ``map_lookup_elem`` on an array or hash map whose pointer is a known constant:
+  :mod:`pybpf.jit.maps` (no Python on that path); other map helpers use the bridge.
+* ld_abs/ld_ind: a big-endian load from the run's packet, whose address and length are the two
+  u64 words at ``JitEnv.packet_desc`` (filled by the runner before each run, so the same
+  packet the interpreter reads); out of bounds stops the program with r0 = 0.
+"""
+from __future__ import annotations
+
+import errno
+
+from llvmlite import ir
+
+from pybpf import isa
+from pybpf.errors import VMError
+from pybpf.jit import cgutils as cg
+from pybpf.jit import maps as native_maps
+from pybpf.jit.cgutils import I1, I32, I64, PTR
+from pybpf.jit.helper_calls import BoundHelper, _entries
+from pybpf.jit.native import emit_error_pending
+
+MAX_TAIL_CALL_CNT = 33
+FUNC_BASE = 0xDEAD_0000_0000_0000   # pybpf.runtime.loader.FUNC_BASE: the same tokens
+_HDR_MAX_ENTRIES, _HDR_DATA = 12, 32   # MapHeader field offsets
+_M64 = (1 << 64) - 1
+
+
+def func_value(slot: int) -> int:
+    """The value of ``ld_imm64 src 4`` pointing at ``slot`` (the interpreter's token)."""
+    return FUNC_BASE + 8 * slot
+
+
+def has_tail_calls(mod, decoded) -> bool:
+    for _, form, insn in decoded:
+        if form.kind == "call" and form.op == "helper":
+            h = mod.helpers.get(insn.imm)
+            if h is not None and h.special == "tail_call":
+                return True
+    return False
+
+
+def define_tail_wrapper(mod, body: ir.Function, entry: str) -> None:
+    """``i64 @<entry>(r1, r2)``: a fresh tail-call count, then the program's body."""
+    fn = cg.bpf_function(mod.module, ir.FunctionType(I64, [I64, I64]), entry)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    count = b.alloca(I32, name="tail_count")
+    b.store(I32(0), count)
+    b.ret(b.call(body, [fn.args[0], fn.args[1], count]))
+
+
+# -- helpers and kfuncs ------------------------------------------------------------------------
+
+def lower_helper(fl, helper: BoundHelper) -> None:
+    if helper.special == "tail_call":
+        _tail_call(fl)
+        return
+    if helper.special == "loop":
+        _bpf_loop(fl)
+        return
+    if helper.name == "map_lookup_elem" and fl.env.resolve_map is not None:
+        value = fl.known(1)
+        m = fl.env.resolve_map(value) if value is not None else None
+        if m is not None and native_maps.supported(m):
+            fl.set(0, native_maps.lookup(fl, m, fl.get(2)))
+            return
+    value, abort = fl.mod.helpers.emit_call(fl.b, helper, fl._args())
+    fl.set(0, value)
+    if abort is not None:
+        fl.abort_if(abort)
+
+
+def lower_kfunc(fl, insn) -> None:
+    registry = fl.env.kfuncs
+    if registry is None:
+        raise fl.error("call_kfunc: kfunc calls are not supported yet without the VM's kfunc "
+                       "registry (JitEnv.kfuncs)")
+    kf = _entries(registry).get(insn.imm)
+    if kf is None:
+        raise fl.error(f"unknown kernel function id {insn.imm}")
+    value, abort = fl.mod.helpers.emit_call(fl.b, kf, fl._args())
+    fl.set(0, value)
+    if abort is not None:
+        fl.abort_if(abort)
+
+
+# -- tail calls --------------------------------------------------------------------------------
+
+def _tail_call(fl) -> None:
+    b = fl.b
+    if fl.tcc is None:  # cannot happen: has_tail_calls saw this call
+        raise fl.error("tail call in a program lowered without a tail-call count")
+    known = fl.known(2)
+    m = fl.env.resolve_map(known) if known is not None and fl.env.resolve_map else None
+    if m is not None and getattr(m, "table_address", None) is not None:
+        table, limit = cg.const(I64, m.table_address), cg.const(I32, m.max_entries)
+    else:   # read the prog_array's MapHeader
+        hdr = fl.get(2)
+        limit = b.load(b.inttoptr(b.add(hdr, cg.const(I64, _HDR_MAX_ENTRIES)), PTR), typ=I32)
+        table = b.load(b.inttoptr(b.add(hdr, cg.const(I64, _HDR_DATA)), PTR), typ=I64)
+    index = cg.low32(b, fl.get(3))
+    ctx = fl.get(1)
+    count = b.load(fl.tcc, typ=I32)
+    in_range = b.icmp_unsigned("<", index, limit)
+    budget = b.icmp_unsigned("<", count, cg.const(I32, MAX_TAIL_CALL_CNT))
+    go = fl.fn.append_basic_block(f"tail{fl.pc}.lookup")
+    enter = fl.fn.append_basic_block(f"tail{fl.pc}.enter")
+    fall = fl.fn.append_basic_block(f"tail{fl.pc}.fall")
+    b.cbranch(b.and_(in_range, budget), go, fall)
+    b.position_at_end(go)
+    slot = b.add(table, b.mul(b.zext(index, I64), cg.const(I64, 8)))
+    target = b.load(b.inttoptr(slot, PTR), typ=I64)
+    b.cbranch(b.icmp_unsigned("!=", target, cg.const(I64, 0)), enter, fall)
+    b.position_at_end(enter)
+    b.store(b.add(count, cg.const(I32, 1)), fl.tcc)
+    fnty = ir.FunctionType(I64, [I64, I64, PTR])
+    r0 = b.call(b.inttoptr(target, ir.PointerType(fnty)), [ctx, cg.const(I64, 0), fl.tcc])
+    if fl.is_main or not fl.may_abort:
+        b.ret(r0)
+    else:
+        # A Python helper of the target may have raised: this frame's caller must stop too.
+        pair = b.insert_value(ir.Constant(fl.fn.function_type.return_type, ir.Undefined), r0, 0)
+        b.ret(b.insert_value(pair, emit_error_pending(b), 1))
+    b.position_at_end(fall)
+
+
+# -- bpf_loop ----------------------------------------------------------------------------------
+
+def _callbacks(fl) -> dict[int, ir.Function]:
+    """Subprograms referenced by ld_imm64 src 4, by token value."""
+    out = {}
+    for pc, form, insn in fl.prog.instructions():
+        if form.kind == "lddw" and form.op == "func":
+            target = pc + 1 + insn.imm
+            fn = fl.functions.get(target)
+            if fn is not None:
+                out[func_value(target)] = fn
+    return out
+
+
+def _bad_callback(pc: int):
+    def raise_unknown(value, *_):
+        raise VMError(f"bpf_loop: 0x{value:x} is not a function of this program", pc)
+    return raise_unknown
+
+
+def _bpf_loop(fl) -> None:
+    """r0 = bpf_loop(r1 nr, r2 callback, r3 ctx, r4 flags) as the interpreter's Run.loop."""
+    b, fn, pc = fl.b, fl.fn, fl.pc
+    nr = cg.low32(b, fl.get(1))
+    cb_value, ctx, flags = fl.get(2), fl.get(3), fl.get(4)
+    callbacks = _callbacks(fl)
+    known = fl.known(2)
+    if known is not None and known in callbacks:
+        candidates = {known: callbacks[known]}
+    else:
+        candidates = callbacks
+    done = fn.append_basic_block(f"loop{pc}.done")
+    results = []        # (r0 value, block)
+    # flags != 0 -> -EINVAL; nr > BPF_MAX_LOOPS -> -E2BIG
+    bad_flags = b.icmp_unsigned("!=", flags, cg.const(I64, 0))
+    too_many = b.icmp_unsigned(">", nr, cg.const(I32, isa.BPF_MAX_LOOPS))
+    err = b.select(bad_flags, cg.const(I64, -errno.EINVAL & _M64),
+                   cg.const(I64, -errno.E2BIG & _M64))
+    run = fn.append_basic_block(f"loop{pc}.run")
+    results.append((err, b.block))
+    b.cbranch(b.or_(bad_flags, too_many), done, run)
+    b.position_at_end(run)
+    for value, callee in candidates.items():
+        if len(candidates) > 1 or known is None:
+            hit = fn.append_basic_block(f"loop{pc}.cb{value - FUNC_BASE >> 3}")
+            miss = fn.append_basic_block(f"loop{pc}.not{value - FUNC_BASE >> 3}")
+            b.cbranch(b.icmp_unsigned("==", cb_value, cg.const(I64, value)), hit, miss)
+            b.position_at_end(hit)
+            results.append((_loop_body(fl, callee, nr, ctx), b.block))
+            b.branch(done)
+            b.position_at_end(miss)
+        else:
+            results.append((_loop_body(fl, callee, nr, ctx), b.block))
+            b.branch(done)
+            break
+    else:   # no callback matched: the interpreter's VMError
+        value, _failed = fl.mod.helpers.call_python(b, ("loop", pc), _bad_callback(pc), 1,
+                                                    [cb_value])
+        fl.abort_if(I1(1))
+        results.append((value, b.block))   # not reached: keeps the IR well formed
+        b.branch(done)
+    b.position_at_end(done)
+    phi = b.phi(I64, name="loop.r0")
+    for value, blk in results:
+        phi.add_incoming(value, blk)
+    fl.set(0, phi)
+
+
+def _loop_body(fl, callee: ir.Function, nr, ctx) -> ir.Value:
+    """for i in range(nr): if callee(i, ctx): return i + 1; return nr."""
+    b, fn = fl.b, fl.fn
+    head_bb = b.block
+    loop = fn.append_basic_block("loop.iter")
+    stop = fn.append_basic_block("loop.stop")
+    b.cbranch(b.icmp_unsigned("==", nr, cg.const(I32, 0)), stop, loop)
+    b.position_at_end(loop)
+    i = b.phi(I32, name="loop.i")
+    i.add_incoming(cg.const(I32, 0), head_bb)
+    zero = cg.const(I64, 0)
+    r = fl.call_local(callee, [b.zext(i, I64), ctx, zero, zero, zero])
+    nxt = b.add(i, cg.const(I32, 1))
+    i.add_incoming(nxt, b.block)
+    more = b.and_(b.icmp_unsigned("==", r, zero), b.icmp_unsigned("<", nxt, nr))
+    body_end = b.block
+    b.cbranch(more, loop, stop)
+    b.position_at_end(stop)
+    out = b.phi(I32, name="loop.n")
+    out.add_incoming(cg.const(I32, 0), head_bb)
+    out.add_incoming(nxt, body_end)
+    return b.zext(out, I64)
+
+
+# -- ld_abs / ld_ind ---------------------------------------------------------------------------
+
+def lower_ldabs(fl, form, insn) -> None:
+    """r0 = big-endian ``size`` bytes at packet offset imm (+ src for ld_ind); out of bounds
+    stops the program with r0 = 0 (the interpreter's Run.ldabs)."""
+    b, size = fl.b, form.size
+    desc = fl.env.packet_desc
+    if not desc:
+        raise fl.error(f"{form.name}: legacy packet access (ld_abs/ld_ind) is not supported yet "
+                       "without the run's packet (JitEnv.packet_desc, from the loader)")
+    off = cg.const(I32, insn.imm)
+    if form.op == "ind":
+        off = b.add(cg.low32(b, fl.get(insn.src)), off)
+    off64 = b.sext(off, I64)                   # a negative offset is out of bounds
+    data = b.load(b.inttoptr(cg.const(I64, desc), PTR), typ=I64)
+    length = b.load(b.inttoptr(cg.const(I64, desc + 8), PTR), typ=I64)
+    bad = b.or_(b.icmp_signed("<", off64, cg.const(I64, 0)),
+                b.icmp_signed(">", b.add(off64, cg.const(I64, size)), length))
+    fl.abort_if(bad)
+    value = b.load(b.inttoptr(b.add(data, off64), PTR), typ=cg.BYTES[size], align=1)
+    if size > 1:
+        value = b.bswap(value)
+    fl.set(0, cg.zext64(b, value))
