@@ -167,7 +167,7 @@ def cmd_jit(args) -> int:
     from .jit.placement import (format_placement, format_program_placement, native_listing,
                                 placement, program_placement)
     from .runtime.vm import VM
-    prog = load_program(args.input, args.format)
+    prog = load_program(args.input, args.format, "auto", args.section)
     vm = VM()
     if not args.no_verify:
         vm.verify(prog)
@@ -177,9 +177,13 @@ def cmd_jit(args) -> int:
     name = prog.name
     if name == "prog" and args.input != "-":     # assembly has no name of its own: the file's
         name = os.path.splitext(os.path.basename(args.input))[0] or name
+    from .jit.env import JitEnv
+    from .runtime.contexts import canonical_type
+    _, arena, values64 = vm.resolve(prog)   # maps, arena and ld_imm64 values, as a load does
+    ptype = canonical_type(args.prog_type or getattr(prog, "prog_type", None) or "mem")
     jp = compile_program(prog, vm.helpers, opt_level=args.opt_level, name=name,
                          want_ir="ir" in show, want_asm="asm" in show and not capstone,
-                         values64=vm.values64(prog))
+                         values64=values64, env=JitEnv.from_vm(vm, arena, ptype))
     try:
         parts = []
         for what in show:
@@ -329,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capstone on the placed bytes (auto: when installed) or LLVM's output")
     s.add_argument("--limit", type=_int, default=40, help="program rows per pack (placement)")
     s.add_argument("--no-verify", action="store_true")
+    s.add_argument("--section", help="ELF: the program (function or section) to compile")
+    s.add_argument("--prog-type", default=None, help="default: the ELF section's, else mem")
     s.add_argument("--format", **fmt)
     s.set_defaults(func=cmd_jit)
 
@@ -347,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="run the benchmark suite and print figures, goals, ratios")
     s.add_argument("--quick", action="store_true", help="a short run (fewer samples)")
     s.add_argument("--only", action="append", metavar="SECTION",
-                   help="compile, execmem, jit or interp (repeatable)")
+                   help="compile, execmem, jit, interp, arena or maps (repeatable)")
     s.add_argument("--json", metavar="FILE", help="also write every figure and raw result")
     s.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     s.set_defaults(func=cmd_bench)

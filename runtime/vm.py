@@ -188,14 +188,14 @@ class VM:
         if verify:
             self.verify(prog, ptype)
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
-        used, arena, values = self._resolve(prog, maps)
+        used, arena, values = self.resolve(prog, maps)
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
                            values, fd=_next_fd())
         self._programs[lp.fd] = lp
         return lp
 
     # -- load-time resolution ------------------------------------------------------------------
-    def _resolve(self, prog: Program, maps: dict | None = None):
+    def resolve(self, prog: Program, maps: dict | None = None):
         """(maps the program uses, its arena, values64)."""
         decl_maps = bind_declarations(self, prog, maps)
         refs = referenced_maps(self, prog, decl_maps)
@@ -208,7 +208,7 @@ class VM:
     def values64(self, prog, maps: dict | None = None) -> dict[int, int]:
         """The constant each ld_imm64 and addr_space_cast of ``prog`` stands for, by slot
         (:mod:`pybpf.runtime.loader`); binds the program's declared maps first."""
-        return self._resolve(_as_program(prog), maps)[2]
+        return self.resolve(_as_program(prog), maps)[2]
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -176,3 +176,13 @@ def test_bench_runner_as_module():
     assert re.search(r"^[01] of 1 goals met$", p.stdout, re.M)
     rc, _, err = pybpf("bench", "--only", "nonsense")
     assert rc == 2 and "unknown benchmark section" in err
+
+
+def test_jit_show_on_an_arena_object_section():
+    """pybpf jit resolves maps, the arena and kfuncs as a load does (arena_htab uses all three)."""
+    obj = os.path.join(ROOT, "samples", "c", "arena_htab.o")
+    p = subprocess.run([sys.executable, "-m", "pybpf", "jit", obj, "--section", "htab_query",
+                        "--show", "ir", "--show", "placement"], capture_output=True, text=True,
+                       timeout=180, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "define" in p.stdout and "htab_query" in p.stdout
