@@ -17,23 +17,17 @@ find all 16 keys), or the run fails. ``run()`` returns a dict;
 """
 from __future__ import annotations
 
-import gc
 import os
-import statistics
 import struct
-import sys
 import time
 
 import pybpf
+from pybpf.benchmarks.common import gc_paused, main, median_of
 from pybpf.errors import BPFError
 
 OBJ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples", "c",
                    "arena_htab.o")
 BUCKETS = 256
-
-
-def _median(trial, trials: int) -> float:
-    return statistics.median(trial() for _ in range(trials))
 
 
 def _object(n: int):
@@ -81,7 +75,7 @@ def _lookups(engine: str, obj, n: int, repeat: int) -> float:
     if found != 16 or list(struct.unpack("<16Q", v["query_values"].raw)) != \
             [3 * k + 1 for k in keys]:
         raise BPFError(f"bench_arena: htab_query found {found} of 16 keys on the {engine}")
-    return _median(lambda: lp.test_run(ctx=bytes(8), repeat=repeat)[1], 3)
+    return median_of(lambda: lp.test_run(ctx=bytes(8), repeat=repeat)[1], 3)
 
 
 def _dict_figures(n: int, repeat: int) -> dict:
@@ -118,16 +112,14 @@ def _dict_figures(n: int, repeat: int) -> dict:
             for k in keys:
                 get(k)
         return (time.perf_counter_ns() - t0) / repeat
-    return {"insert_s": _median(insert_calls, 3), "selftest_s": _median(selftest, 3),
-            "query_ns": _median(lookups, 3)}
+    return {"insert_s": median_of(insert_calls, 3), "selftest_s": median_of(selftest, 3),
+            "query_ns": median_of(lookups, 3)}
 
 
 def run(report=None, quick: bool = False) -> dict:
     say = report or (lambda line: None)
     n = 2000 if quick else 10000
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         out = {"keys": n, "buckets": BUCKETS}
         for engine in ("jit", "interp"):
             seconds, obj = _insert_calls(engine, n)
@@ -142,9 +134,6 @@ def run(report=None, quick: bool = False) -> dict:
         out["dict"] = {"inserts_per_s": n / d["insert_s"],
                        "selftest_ops_per_s": 2.5 * n / d["selftest_s"],
                        "lookups_per_s": 16 / d["query_ns"] * 1e9}
-    finally:
-        if gc_was:
-            gc.enable()
     return out
 
 
@@ -163,5 +152,4 @@ def format_table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(format_table(run(report=lambda line: print(line, file=sys.stderr),
-                           quick="--quick" in sys.argv[1:])))
+    main(run, format_table)

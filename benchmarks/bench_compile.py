@@ -28,16 +28,14 @@ from __future__ import annotations
 import cProfile
 import gc
 import io
-import os
-import platform
 import pstats
-import random
 import statistics
 import sys
 import time
 
+from pybpf.benchmarks.common import machine, percentile
 from pybpf import isa
-from pybpf.insn import make
+from pybpf.benchmarks.proggen import ItemGenerator, items_to_program, slots_of
 from pybpf.program import Program
 
 SIZES = (20, 200, 2000)
@@ -58,110 +56,76 @@ def _helpers() -> dict:
     return {1: lambda a=0, b=0, c=0, d=0, e=0: (a ^ b) + c}
 
 
-class _Gen:
+class _Gen(ItemGenerator):
     """Seeded program generator: a list of ("insn", form, ops) / ("jump", ...) / ("label", name)
-    items that :meth:`assemble` resolves into slots."""
+    items that :func:`pybpf.benchmarks.proggen.items_to_program` resolves into slots."""
 
     def __init__(self, seed: int, small: bool = False, helpers: bool = True) -> None:
-        self.rnd = random.Random(seed)
-        self.helpers = helpers
         # A tiny program has room for a few registers and stack slots only.
-        self.scalars = _SCALARS[:4] if small else _SCALARS
-        self.stack_use = 16 if small else _STACK_USE
+        super().__init__(seed, _SCALARS[:4] if small else _SCALARS, _IMMS,
+                         16 if small else _STACK_USE, _CTX_SIZE)
+        self.helpers = helpers
         forms = isa.FORMS
         self.alu = [f for f in forms if f.kind in ("alu", "neg", "movsx", "end")]
         self.jcond = [f for f in forms if f.kind == "jcond"]
         self.ldx = [f for f in forms if f.kind == "ldx" and not f.signed]
-        self.store = [f for f in forms if f.kind in ("st", "stx")]
+        self.stores = [f for f in forms if f.kind in ("st", "stx")]
         self.f = isa.FORMS_BY_NAME
-        self.nlabels = 0
-
-    def _imm(self) -> int:
-        r = self.rnd.random()
-        if r < 0.5:
-            return self.rnd.choice(_IMMS)
-        return self.rnd.randint(-64, 64) if r < 0.8 else self.rnd.randint(-(1 << 31), (1 << 31) - 1)
-
-    def _label(self) -> str:
-        self.nlabels += 1
-        return f"L{self.nlabels}"
-
-    def _reg(self, avoid=()) -> int:
-        return self.rnd.choice([r for r in self.scalars if r not in avoid])
-
-    def _ins(self, form, **ops) -> tuple:
-        return ("insn", self.f[form] if isinstance(form, str) else form, ops)
 
     def _alu(self, avoid) -> list:
         form = self.rnd.choice(self.alu)
-        ops = {"dst": self._reg(avoid)}
+        ops = {"dst": self.reg(avoid)}
         if form.source == "X" or form.kind == "movsx":
-            ops["src"] = self._reg()
+            ops["src"] = self.reg()
         if form.fields["imm"] == "any":
             shift = form.op in ("lsh", "rsh", "arsh")
-            ops["imm"] = self.rnd.randrange(form.width) if shift else self._imm()
-        return [self._ins(form, **ops)]
-
-    def _mem(self, avoid) -> list:
-        on_stack = self.rnd.random() < 0.5
-        if self.rnd.random() < 0.5:
-            form = self.rnd.choice(self.ldx)
-            base, off = self._slot(form.size, on_stack)
-            return [self._ins(form, dst=self._reg(avoid), src=base, off=off)]
-        form = self.rnd.choice(self.store)
-        base, off = self._slot(form.size, on_stack)
-        if form.kind == "st":
-            return [self._ins(form, dst=base, off=off, imm=self._imm())]
-        return [self._ins(form, dst=base, src=self._reg(), off=off)]
-
-    def _slot(self, size: int, on_stack: bool) -> tuple[int, int]:
-        k = self.rnd.randrange((self.stack_use if on_stack else _CTX_SIZE) // size)
-        return (10, -self.stack_use + k * size) if on_stack else (6, k * size)
+            ops["imm"] = self.rnd.randrange(form.width) if shift else self.imm()
+        return [self.insn(form, **ops)]
 
     def _helper_call(self, avoid) -> list:
         if 0 in avoid:
             return self._alu(avoid)
-        out = [self._ins("mov64_reg", dst=r, src=self._reg((1, 2, 3, 4, 5))) for r in (1, 2, 3)]
-        out.append(self._ins("call_helper", imm=1))
-        return out + [self._ins("mov64_imm", dst=r, imm=self._imm()) for r in (1, 2, 3, 4, 5)]
+        out = [self.insn("mov64_reg", dst=r, src=self.reg((1, 2, 3, 4, 5))) for r in (1, 2, 3)]
+        out.append(self.insn("call_helper", imm=1))
+        return out + [self.insn("mov64_imm", dst=r, imm=self.imm()) for r in (1, 2, 3, 4, 5)]
 
     def _local_call(self, avoid, callees) -> list:
         if not callees or 0 in avoid:
             return self._alu(avoid)
-        out = [self._ins("mov64_reg", dst=1, src=6), self._ins("mov64_reg", dst=2, src=self._reg())]
+        out = [self.insn("mov64_reg", dst=1, src=6), self.insn("mov64_reg", dst=2, src=self.reg())]
         out.append(("call", self.f["call_local"], {"label": self.rnd.choice(callees)}))
-        return out + [self._ins("mov64_imm", dst=r, imm=self._imm()) for r in (1, 2, 3, 4, 5)]
+        return out + [self.insn("mov64_imm", dst=r, imm=self.imm()) for r in (1, 2, 3, 4, 5)]
 
     def body(self, budget: int, avoid, depth: int, callees) -> list:
         """Units until about ``budget`` slots are used."""
         out: list = []
-        while _slots(out) < budget:
+        while slots_of(out) < budget:
             r = self.rnd.random()
             if r < 0.48:
                 out += self._alu(avoid)
             elif r < 0.51:
                 value = self.rnd.getrandbits(64)
-                out.append(self._ins("lddw", dst=self._reg(avoid), imm=value & 0xFFFFFFFF,
+                out.append(self.insn("lddw", dst=self.reg(avoid), imm=value & 0xFFFFFFFF,
                                      imm2=value >> 32))
             elif r < 0.76:
-                out += self._mem(avoid)
+                out += self.mem_unit(avoid)
             elif r < 0.90 and depth < 3:
-                form, target = self.rnd.choice(self.jcond), self._label()
-                ops = {"dst": self._reg(), "label": target}
+                form, target = self.rnd.choice(self.jcond), self.label()
+                ops = {"dst": self.reg(), "label": target}
                 if form.source == "X":
-                    ops["src"] = self._reg()
+                    ops["src"] = self.reg()
                 else:
-                    ops["imm"] = self._imm()
+                    ops["imm"] = self.imm()
                 skipped = self.body(self.rnd.randint(1, 6), avoid, depth + 1, callees)
                 out += [("jump", form, ops)] + skipped + [("label", target)]
-            elif r < 0.94 and depth == 0 and budget - _slots(out) > 8 and 8 in self.scalars:
+            elif r < 0.94 and depth == 0 and budget - slots_of(out) > 8 and 8 in self.scalars:
                 counter = self.rnd.choice([c for c in (8, 9) if c not in avoid])
-                top = self._label()
+                top = self.label()
                 inner = self.body(self.rnd.randint(2, 8), set(avoid) | {counter}, depth + 1,
                                   callees)
-                out += ([self._ins("mov64_imm", dst=counter, imm=self.rnd.randint(1, 4)),
+                out += ([self.insn("mov64_imm", dst=counter, imm=self.rnd.randint(1, 4)),
                          ("label", top)] + inner
-                        + [self._ins("sub64_imm", dst=counter, imm=1),
+                        + [self.insn("sub64_imm", dst=counter, imm=1),
                            ("jump", self.f["jne64_imm"], {"dst": counter, "imm": 0,
                                                           "label": top})])
             elif r < 0.97 and self.helpers:
@@ -172,23 +136,19 @@ class _Gen:
 
     def function(self, budget: int, callees, label: str | None) -> list:
         out = [("label", label)] if label else []
-        out.append(self._ins("mov64_reg", dst=6, src=1))
-        out += [self._ins("stdw", dst=10, off=-8 * (k + 1), imm=0)
+        out.append(self.insn("mov64_reg", dst=6, src=1))
+        out += [self.insn("stdw", dst=10, off=-8 * (k + 1), imm=0)
                 for k in range(self.stack_use // 8)]
         # Registers start from the input (most of them) or constants, as in real programs;
         # all-constant registers would let LLVM fold much of the program away.
-        out += [self._ins("ldxdw", dst=r, src=6, off=8 * k) if k % 4 else
-                self._ins("mov64_imm", dst=r, imm=self._imm())
+        out += [self.insn("ldxdw", dst=r, src=6, off=8 * k) if k % 4 else
+                self.insn("mov64_imm", dst=r, imm=self.imm())
                 for k, r in enumerate(self.scalars)]
-        fixed = _slots(out) + len(self.scalars) + 1
+        fixed = slots_of(out) + len(self.scalars) + 1
         out += self.body(max(budget - fixed, 1), (), 0, callees)
-        out += [self._ins("add64_reg" if r % 2 else "xor64_reg", dst=0, src=r)
+        out += [self.insn("add64_reg" if r % 2 else "xor64_reg", dst=0, src=r)
                 for r in self.scalars if r]
-        return out + [self._ins("exit")]
-
-
-def _slots(items: list) -> int:
-    return sum(it[1].slots for it in items if it[0] != "label")
+        return out + [self.insn("exit")]
 
 
 def bench_program(slots: int, seed: int, helpers: bool = True) -> Program:
@@ -201,27 +161,7 @@ def bench_program(slots: int, seed: int, helpers: bool = True) -> Program:
     items = gen.function(slots - nsub * sub_budget, names, None)
     for i, name in enumerate(names):   # fn_i calls only fn_j, j > i: no recursion
         items += gen.function(sub_budget, names[i + 1:], name)
-    where, slot = {}, 0
-    for it in items:
-        if it[0] == "label":
-            where[it[1]] = slot
-        else:
-            slot += it[1].slots
-    insns, functions, slot = [], {}, 0
-    for it in items:
-        if it[0] == "label":
-            if it[1].startswith("fn"):
-                functions[slot] = it[1]
-            continue
-        form, ops = it[1], dict(it[2])
-        label = ops.pop("label", None)
-        if it[0] == "jump":
-            ops["off"] = where[label] - slot - 1
-        elif it[0] == "call":
-            ops["imm"] = where[label] - slot - 1
-        insns += make(form, **ops)
-        slot += form.slots
-    return Program(insns, functions=functions, name=f"bench{slots}_{seed}")
+    return items_to_program(items, f"bench{slots}_{seed}")
 
 
 def programs(slots: int, count: int, seed: int = 1, helpers: bool = True) -> list[Program]:
@@ -239,11 +179,6 @@ def programs(slots: int, count: int, seed: int = 1, helpers: bool = True) -> lis
             continue
         out.append(prog)
     return out
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _workers_cpu_s() -> float | None:
@@ -284,10 +219,10 @@ def _series(slots: int, opt: int, count: int, helpers) -> dict:
             stages.setdefault(name, []).append(value * 1e3)
     out = {"slots": statistics.mean(len(p.insns) for p in progs[WARMUP:]),
            "samples": len(totals), "median_ms": statistics.median(totals),
-           "p95_ms": _pct(totals, 0.95), "min_ms": min(totals),
+           "p95_ms": percentile(totals, 0.95), "min_ms": min(totals),
            "stages_ms": {k: statistics.median(v) for k, v in stages.items()}}
     if cpus:
-        out["cpu_median_ms"], out["cpu_p95_ms"] = statistics.median(cpus), _pct(cpus, 0.95)
+        out["cpu_median_ms"], out["cpu_p95_ms"] = statistics.median(cpus), percentile(cpus, 0.95)
     return out
 
 
@@ -298,8 +233,7 @@ def run(report=None, quick: bool = False, sizes=SIZES, opt_levels=OPT_LEVELS) ->
     say = report or (lambda line: None)
     samples = QUICK_SAMPLES if quick else SAMPLES
     startup = start_workers(wait=True)
-    results = {"machine": {"kernel": platform.release(), "python": platform.python_version(),
-                           "cpus": os.cpu_count()},
+    results = {"machine": machine(),
                "worker_startup_s": startup, "workers": len(worker_info()), "series": []}
     helpers = _helpers()
     for slots in sizes:

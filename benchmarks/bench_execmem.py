@@ -14,19 +14,13 @@ the pack alive (the steady state of a process that has programs loaded):
 """
 from __future__ import annotations
 
-import gc
-import os
-import platform
 import random
 import statistics
 import sys
 import time
 
+from pybpf.benchmarks.common import gc_paused, machine, percentile
 from pybpf.jit.execmem import BACKENDS, PackAllocator, probe_backends
-
-
-def _pct(values: list[int], q: float) -> float:
-    return sorted(values)[min(len(values) - 1, int(q * len(values)))] / 1000
 
 
 def _cycle(pa: PackAllocator, size: int, iterations: int) -> dict:
@@ -52,7 +46,8 @@ def _cycle(pa: PackAllocator, size: int, iterations: int) -> dict:
         total.append(t3 - t0)
     perm = pa.counters()["permission_changes"] - perm0
     return {"size": size, "iterations": iterations,
-            "median_us": statistics.median(total) / 1000, "p90_us": _pct(total, 0.9),
+            "median_us": statistics.median(total) / 1000,
+            "p90_us": percentile(total, 0.9) / 1000,
             "alloc_us": statistics.median(t_alloc) / 1000,
             "fill_us": statistics.median(t_fill) / 1000,
             "free_us": statistics.median(t_free) / 1000,
@@ -94,12 +89,8 @@ def _resident(backend: str, count: int = 1000) -> dict:
 def run(report=None, iterations: int = 3000, sizes=(200, 2000), backends=None) -> dict:
     """Measure every (or the given) backend; ``report(line)`` is called with progress lines."""
     say = report or (lambda line: None)
-    results = {"machine": {"kernel": platform.release(), "python": platform.python_version(),
-                           "cpus": os.cpu_count()},
-               "probe": probe_backends(all_=True), "backends": {}}
-    gc_was = gc.isenabled()
-    gc.disable()                                        # collector pauses are not the allocator's
-    try:
+    results = {"machine": machine(), "probe": probe_backends(all_=True), "backends": {}}
+    with gc_paused():                                   # collector pauses are not the allocator's
         for b in backends or BACKENDS:
             if results["probe"].get(b) != "ok":
                 say(f"{b}: unavailable ({results['probe'].get(b)})")
@@ -114,9 +105,6 @@ def run(report=None, iterations: int = 3000, sizes=(200, 2000), backends=None) -
             r["resident"] = _resident(b)
             results["backends"][b] = r
             say(f"{b}: done")
-    finally:
-        if gc_was:
-            gc.enable()
     return results
 
 

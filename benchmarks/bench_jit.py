@@ -17,12 +17,10 @@ prints a table.
 """
 from __future__ import annotations
 
-import gc
-import statistics
-import sys
 import time
 
 import pybpf
+from pybpf.benchmarks.common import gc_paused, main, median_of
 from pybpf.errors import BPFError
 from pybpf.jit import compile_program, native
 from pybpf.runtime.vm import VM
@@ -30,10 +28,6 @@ from pybpf.runtime.vm import VM
 from pybpf.benchmarks.bench_interp import ALU_LOOP
 
 TRIVIAL = "r0 = 1\nexit"
-
-
-def _median_ns(trial, trials: int) -> float:
-    return statistics.median(trial() for _ in range(trials))
 
 
 def _test_run_overhead(vm: VM, quick: bool) -> dict:
@@ -44,7 +38,7 @@ def _test_run_overhead(vm: VM, quick: bool) -> dict:
     with vm.load(prog, engine="jit", name="trivial") as lp, \
             compile_program(prog, vm.helpers, name="trivial-ctypes") as jp:
         lp.test_run(repeat=1000)                        # places the driver, warms caches
-        test_run_ns = _median_ns(lambda: lp.test_run(repeat=repeat)[1], trials)
+        test_run_ns = median_of(lambda: lp.test_run(repeat=repeat)[1], trials)
         call = native.make_caller(jp.address)
 
         def ctypes_loop() -> float:
@@ -60,8 +54,8 @@ def _test_run_overhead(vm: VM, quick: bool) -> dict:
                 lp.run()
             return (time.perf_counter_ns() - t0) / n
 
-        ctypes_ns = _median_ns(ctypes_loop, 3)
-        lp_run_ns = _median_ns(lp_run_loop, 3)
+        ctypes_ns = median_of(ctypes_loop, 3)
+        lp_run_ns = median_of(lp_run_loop, 3)
         r0 = call(0, 0)
     if r0 != 1:
         raise BPFError(f"bench_jit: the trivial program returned {r0}, not 1")
@@ -76,11 +70,11 @@ def _alu(vm: VM, quick: bool) -> dict:
         r0_interp, _ = li.test_run(repeat=1)            # counts the executed instructions
         insns = li.last_insn_count
         runs = 2 if quick else 5
-        interp_ns = _median_ns(lambda: li.test_run(repeat=runs)[1], 3)
+        interp_ns = median_of(lambda: li.test_run(repeat=runs)[1], 3)
     with vm.load(prog, engine="jit", name="alu") as lj:
         r0_jit, _ = lj.test_run(repeat=10)
         repeat = 2000 if quick else 20_000
-        jit_ns = _median_ns(lambda: lj.test_run(repeat=repeat)[1], 5)
+        jit_ns = median_of(lambda: lj.test_run(repeat=repeat)[1], 5)
     if r0_jit != r0_interp:
         raise BPFError(f"bench_jit: ALU loop r0 differs: JIT 0x{r0_jit:x}, "
                        f"interpreter 0x{r0_interp:x}")
@@ -93,16 +87,11 @@ def run(report=None, quick: bool = False) -> dict:
     """Measure; ``report(line)`` is called with progress lines."""
     say = report or (lambda line: None)
     vm = VM()
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         out = {"test_run": _test_run_overhead(vm, quick)}
         say(f"test_run: {out['test_run']['test_run_ns']:.2f} ns per run")
         out["alu"] = _alu(vm, quick)
         say(f"ALU loop: JIT {out['alu']['speedup']:.0f}x the interpreter")
-    finally:
-        if gc_was:
-            gc.enable()
     return out
 
 
@@ -119,5 +108,4 @@ def format_table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(format_table(run(report=lambda line: print(line, file=sys.stderr),
-                           quick="--quick" in sys.argv[1:])))
+    main(run, format_table)

@@ -17,13 +17,11 @@ All four must give the same sum, or the run fails. ``run()`` returns a dict;
 """
 from __future__ import annotations
 
-import gc
-import statistics
 import struct
-import sys
 import time
 
 import pybpf
+from pybpf.benchmarks.common import gc_paused, main, median_of
 from pybpf.errors import BPFError
 from pybpf.helper_names import HELPER_IDS
 from pybpf.jit import compile_program
@@ -51,10 +49,6 @@ loop:
     exit"""
 
 
-def _median(trial, trials: int) -> float:
-    return statistics.median(trial() for _ in range(trials))
-
-
 def _one(vm: VM, mtype: str, keys: int, n: int, quick: bool) -> dict:
     m = vm.create_map(mtype, key_size=4, value_size=8, max_entries=keys)
     for k in range(keys):
@@ -66,7 +60,7 @@ def _one(vm: VM, mtype: str, keys: int, n: int, quick: bool) -> dict:
     with vm.load(prog, engine="jit", name=f"lookup-{mtype}") as lj:
         repeat = 200 if quick else 2000
         r0, _ = lj.test_run(repeat=10)
-        ns = _median(lambda: lj.test_run(repeat=repeat)[1], 5)
+        ns = median_of(lambda: lj.test_run(repeat=repeat)[1], 5)
         out["jit_native_per_s"], out["gil"] = n / ns * 1e9, lj._jit.needs_gil
     if r0 != want:
         raise BPFError(f"bench_maps: native {mtype} lookups counted {r0}, not {want}")
@@ -75,13 +69,13 @@ def _one(vm: VM, mtype: str, keys: int, n: int, quick: bool) -> dict:
     with compile_program(prog, vm.helpers, values64=vm.values64(prog), env=env,
                          name=f"lookup-{mtype}-bridge") as jb:
         r0, _ = jb.test_run(repeat=2)
-        ns = _median(lambda: jb.test_run(repeat=2 if quick else 10)[1], 3)
+        ns = median_of(lambda: jb.test_run(repeat=2 if quick else 10)[1], 3)
         out["jit_bridge_per_s"] = n / ns * 1e9
     if r0 != want:
         raise BPFError(f"bench_maps: bridged {mtype} lookups counted {r0}, not {want}")
     with vm.load(prog, engine="interp", name=f"lookup-{mtype}") as li:
         r0, ns = li.test_run(repeat=1)
-        ns = _median(lambda: li.test_run(repeat=1)[1], 3)
+        ns = median_of(lambda: li.test_run(repeat=1)[1], 3)
         out["interp_per_s"] = n / ns * 1e9
     if r0 != want:
         raise BPFError(f"bench_maps: interpreted {mtype} lookups counted {r0}, not {want}")
@@ -99,16 +93,14 @@ def _one(vm: VM, mtype: str, keys: int, n: int, quick: bool) -> dict:
         if hits != want:
             raise BPFError(f"bench_maps: the dict counted {hits}, not {want}")
         return time.perf_counter_ns() - t0
-    out["dict_per_s"] = n / _median(dict_loop, 5) * 1e9
+    out["dict_per_s"] = n / median_of(dict_loop, 5) * 1e9
     return out
 
 
 def run(report=None, quick: bool = False) -> dict:
     say = report or (lambda line: None)
     vm = VM()
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         n = 2000 if quick else 10000
         out = {}
         for mtype in ("hash", "array"):
@@ -116,9 +108,6 @@ def run(report=None, quick: bool = False) -> dict:
             say(f"{mtype} lookups: JIT native {r['jit_native_per_s'] / 1e6:.1f} M/s, bridge "
                 f"{r['jit_bridge_per_s'] / 1e6:.2f} M/s, interpreter "
                 f"{r['interp_per_s'] / 1e6:.2f} M/s, dict {r['dict_per_s'] / 1e6:.1f} M/s")
-    finally:
-        if gc_was:
-            gc.enable()
     return out
 
 
@@ -137,5 +126,4 @@ def format_table(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(format_table(run(report=lambda line: print(line, file=sys.stderr),
-                           quick="--quick" in sys.argv[1:])))
+    main(run, format_table)

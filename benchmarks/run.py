@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
+
+from pybpf.benchmarks import common
 
 SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps")
 _MODULES = {"compile": "bench_compile", "execmem": "bench_execmem", "jit": "bench_jit",
@@ -200,8 +200,7 @@ def machine() -> dict:
                           if line.startswith("model name")), "")
     except OSError:
         pass
-    return {"kernel": platform.release(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "cpu": model}
+    return {**common.machine(), "cpu": model}
 
 
 def run_suite(quick: bool = False, sections=None, report=None) -> dict:

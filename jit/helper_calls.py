@@ -29,11 +29,10 @@ from llvmlite import ir
 
 from pybpf.errors import JITError, VMError
 from pybpf.jit import native
-from pybpf.jit.cgutils import I1, I32, I64, PTR, const
+from pybpf.jit.cgutils import I1, I64, PTR, const
 
 _BRIDGE_TY = native.BRIDGE_RESULT
 _BRIDGE_TEXT = str(_BRIDGE_TY)
-_NULL = ir.Constant(PTR, None)
 
 
 @dataclass(frozen=True)
@@ -150,68 +149,13 @@ class HelperTable:
 
 # -- the shared bridge ---------------------------------------------------------------------
 
-_VECTORCALL_ARGUMENTS_OFFSET = 1 << 63
-
 
 def _define_bridge(module: ir.Module, nargs: int) -> None:
     """``{i64, i1} pybpf_pycall<nargs>(i64 callable, i64 a1..a5)``: the body of
-    :meth:`pybpf.jit.native.PythonHelper.define` with the callable as an argument."""
+    :func:`pybpf.jit.native.emit_bridge_body` with the callable as an argument."""
     fn = ir.Function(module, ir.FunctionType(_BRIDGE_TY, [I64] * 6), name=f"pybpf_pycall{nargs}")
     fn.attributes.add("nounwind")
-    capi = native.capi
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    fail = fn.append_basic_block("fail")
-    # argv[0] is scratch that vectorcall may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
-    argv = b.alloca(ir.ArrayType(PTR, 6), name="argv")
-    objs = []
-    for i in range(nargs):
-        obj = b.call(capi(b, "PyLong_FromUnsignedLongLong"), [fn.args[i + 1]], name=f"o{i + 1}")
-        b.store(obj, b.gep(argv, [I32(0), I32(i + 1)], inbounds=True))
-        objs.append(obj)
-    any_null = I1(0)  # a NULL argument is a MemoryError already set: do not call with it
-    for obj in objs:
-        any_null = b.or_(any_null, b.icmp_unsigned("==", obj, _NULL))
-    call_bb, after_bb = fn.append_basic_block("call"), fn.append_basic_block("after")
-    entry_bb = b.block
-    b.cbranch(any_null, after_bb, call_bb)
-
-    b.position_at_end(call_bb)
-    callable_ = b.inttoptr(fn.args[0], PTR)
-    res = b.call(capi(b, "PyObject_Vectorcall"),
-                 [callable_, b.gep(argv, [I32(0), I32(1)], inbounds=True),
-                  I64(nargs | _VECTORCALL_ARGUMENTS_OFFSET), _NULL], name="res")
-    b.branch(after_bb)
-
-    b.position_at_end(after_bb)
-    result = b.phi(PTR, name="result")
-    result.add_incoming(_NULL, entry_bb)
-    result.add_incoming(res, call_bb)
-    for obj in objs:
-        b.call(capi(b, "Py_DecRef"), [obj])
-    ok_bb, none_bb, int_bb = (fn.append_basic_block(n) for n in ("ok", "none", "int"))
-    b.cbranch(b.icmp_unsigned("==", result, _NULL), fail, ok_bb)
-
-    b.position_at_end(ok_bb)
-    none = ir.Constant(I64, id(None)).inttoptr(PTR)
-    b.cbranch(b.icmp_unsigned("==", result, none), none_bb, int_bb)
-
-    b.position_at_end(none_bb)
-    b.call(capi(b, "Py_DecRef"), [result])
-    b.ret(ir.Constant(_BRIDGE_TY, [I64(0), I1(0)]))
-
-    b.position_at_end(int_bb)
-    value = b.call(capi(b, "PyLong_AsUnsignedLongLongMask"), [result], name="value")
-    b.call(capi(b, "Py_DecRef"), [result])
-    # All ones is also the error return; only then ask whether an exception is set.
-    with b.if_then(b.icmp_unsigned("==", value, I64(-1)), likely=False):
-        raised = b.icmp_unsigned("!=", b.call(capi(b, "PyErr_Occurred"), []), _NULL)
-        with b.if_then(raised, likely=False):
-            b.ret(ir.Constant(_BRIDGE_TY, [I64(0), I1(1)]))
-    out = b.insert_value(ir.Constant(_BRIDGE_TY, ir.Undefined), value, 0)
-    b.ret(b.insert_value(out, I1(0), 1))
-
-    b.position_at_end(fail)
-    b.ret(ir.Constant(_BRIDGE_TY, [I64(0), I1(1)]))
+    native.emit_bridge_body(fn, fn.args[1:nargs + 1], lambda b: b.inttoptr(fn.args[0], PTR))
 
 
 def build_bridge_ir() -> str:

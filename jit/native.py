@@ -150,64 +150,8 @@ class PythonHelper:
         fn.linkage = "internal"  # a direct call in the same .text: no relocation
         fn.attributes.add("nounwind")
         fn.attributes.add("noinline")  # one copy, however many call sites
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        fail = fn.append_basic_block("fail")
-
-        # argv[0] is scratch that vectorcall may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
-        argv = b.alloca(ir.ArrayType(PTR, 6), name="argv")
-        objs = []
-        for i in range(self.nargs):
-            obj = b.call(capi(b, "PyLong_FromUnsignedLongLong"), [fn.args[i]],
-                         name=f"o{i + 1}")
-            b.store(obj, b.gep(argv, [I32(0), I32(i + 1)], inbounds=True))
-            objs.append(obj)
-        # A NULL argument is a MemoryError already set: do not call with it.
-        any_null = I1(0)
-        for obj in objs:
-            any_null = b.or_(any_null, b.icmp_unsigned("==", obj, NULL))
-        call_bb, after_bb = fn.append_basic_block("call"), fn.append_basic_block("after")
-        entry_bb = b.block
-        b.cbranch(any_null, after_bb, call_bb)
-
-        b.position_at_end(call_bb)
-        callable_ = ir.Constant(I64, id(self.func)).inttoptr(PTR)
-        args = b.gep(argv, [I32(0), I32(1)], inbounds=True)
-        res = b.call(capi(b, "PyObject_Vectorcall"),
-                     [callable_, args, I64(self.nargs | _PY_VECTORCALL_ARGUMENTS_OFFSET),
-                      NULL], name="res")
-        b.branch(after_bb)
-
-        b.position_at_end(after_bb)
-        result = b.phi(PTR, name="result")
-        result.add_incoming(NULL, entry_bb)
-        result.add_incoming(res, call_bb)
-        for obj in objs:
-            b.call(capi(b, "Py_DecRef"), [obj])
-        ok_bb, none_bb, int_bb = (fn.append_basic_block(n) for n in ("ok", "none", "int"))
-        b.cbranch(b.icmp_unsigned("==", result, NULL), fail, ok_bb)
-
-        b.position_at_end(ok_bb)
-        none = ir.Constant(I64, id(None)).inttoptr(PTR)
-        b.cbranch(b.icmp_unsigned("==", result, none), none_bb, int_bb)
-
-        b.position_at_end(none_bb)
-        b.call(capi(b, "Py_DecRef"), [result])
-        b.ret(ir.Constant(BRIDGE_RESULT, [I64(0), I1(0)]))
-
-        b.position_at_end(int_bb)
-        value = b.call(capi(b, "PyLong_AsUnsignedLongLongMask"), [result], name="value")
-        b.call(capi(b, "Py_DecRef"), [result])
-        # All ones is also the error return; only then ask whether an exception is set.
-        maybe_err = b.icmp_unsigned("==", value, I64(-1))
-        with b.if_then(maybe_err, likely=False):
-            raised = b.icmp_unsigned("!=", b.call(capi(b, "PyErr_Occurred"), []), NULL)
-            with b.if_then(raised, likely=False):
-                b.ret(ir.Constant(BRIDGE_RESULT, [I64(0), I1(1)]))
-        out = b.insert_value(ir.Constant(BRIDGE_RESULT, ir.Undefined), value, 0)
-        b.ret(b.insert_value(out, I1(0), 1))
-
-        b.position_at_end(fail)
-        b.ret(ir.Constant(BRIDGE_RESULT, [I64(0), I1(1)]))
+        emit_bridge_body(fn, fn.args[:self.nargs],
+                         lambda b: ir.Constant(I64, id(self.func)).inttoptr(PTR))
         return fn
 
     def call(self, builder: ir.IRBuilder, args) -> tuple[ir.Value, ir.Value]:
@@ -220,6 +164,73 @@ class PythonHelper:
         res = builder.call(fn, args[:5], name=f"{self.name}.res")
         return (builder.extract_value(res, 0, name=f"{self.name}.r0"),
                 builder.extract_value(res, 1, name=f"{self.name}.failed"))
+
+
+def emit_bridge_body(fn: ir.Function, args, callable_of: Callable) -> None:
+    """Fill ``fn`` (returning ``BRIDGE_RESULT``) with a Python call: ``args`` (i64 values of
+    ``fn``) become Python ints, ``callable_of(builder)`` (emitted where the call is made) is
+    called by vectorcall and its result converted with ``PyLong_AsUnsignedLongLongMask``
+    (``None`` counts as 0). The i1 is true when the call or the conversion raised.
+
+    The one body of both bridges: :class:`PythonHelper` (callable baked in) and the shared
+    ``pybpf_pycall<n>`` of :mod:`pybpf.jit.helper_calls` (callable as an argument)."""
+    nargs = len(args)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fail = fn.append_basic_block("fail")
+
+    # argv[0] is scratch that vectorcall may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
+    argv = b.alloca(ir.ArrayType(PTR, 6), name="argv")
+    objs = []
+    for i, arg in enumerate(args):
+        obj = b.call(capi(b, "PyLong_FromUnsignedLongLong"), [arg], name=f"o{i + 1}")
+        b.store(obj, b.gep(argv, [I32(0), I32(i + 1)], inbounds=True))
+        objs.append(obj)
+    # A NULL argument is a MemoryError already set: do not call with it.
+    any_null = I1(0)
+    for obj in objs:
+        any_null = b.or_(any_null, b.icmp_unsigned("==", obj, NULL))
+    call_bb, after_bb = fn.append_basic_block("call"), fn.append_basic_block("after")
+    entry_bb = b.block
+    b.cbranch(any_null, after_bb, call_bb)
+
+    b.position_at_end(call_bb)
+    callable_ = callable_of(b)
+    argp = b.gep(argv, [I32(0), I32(1)], inbounds=True)
+    res = b.call(capi(b, "PyObject_Vectorcall"),
+                 [callable_, argp, I64(nargs | _PY_VECTORCALL_ARGUMENTS_OFFSET), NULL],
+                 name="res")
+    b.branch(after_bb)
+
+    b.position_at_end(after_bb)
+    result = b.phi(PTR, name="result")
+    result.add_incoming(NULL, entry_bb)
+    result.add_incoming(res, call_bb)
+    for obj in objs:
+        b.call(capi(b, "Py_DecRef"), [obj])
+    ok_bb, none_bb, int_bb = (fn.append_basic_block(n) for n in ("ok", "none", "int"))
+    b.cbranch(b.icmp_unsigned("==", result, NULL), fail, ok_bb)
+
+    b.position_at_end(ok_bb)
+    none = ir.Constant(I64, id(None)).inttoptr(PTR)
+    b.cbranch(b.icmp_unsigned("==", result, none), none_bb, int_bb)
+
+    b.position_at_end(none_bb)
+    b.call(capi(b, "Py_DecRef"), [result])
+    b.ret(ir.Constant(BRIDGE_RESULT, [I64(0), I1(0)]))
+
+    b.position_at_end(int_bb)
+    value = b.call(capi(b, "PyLong_AsUnsignedLongLongMask"), [result], name="value")
+    b.call(capi(b, "Py_DecRef"), [result])
+    # All ones is also the error return; only then ask whether an exception is set.
+    with b.if_then(b.icmp_unsigned("==", value, I64(-1)), likely=False):
+        raised = b.icmp_unsigned("!=", b.call(capi(b, "PyErr_Occurred"), []), NULL)
+        with b.if_then(raised, likely=False):
+            b.ret(ir.Constant(BRIDGE_RESULT, [I64(0), I1(1)]))
+    out = b.insert_value(ir.Constant(BRIDGE_RESULT, ir.Undefined), value, 0)
+    b.ret(b.insert_value(out, I1(0), 1))
+
+    b.position_at_end(fail)
+    b.ret(ir.Constant(BRIDGE_RESULT, [I64(0), I1(1)]))
 
 
 def emit_error_pending(builder: ir.IRBuilder) -> ir.Value:

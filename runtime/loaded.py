@@ -129,17 +129,19 @@ class LoadedProgram:
             if self._ldabs:
                 self._set_packet(rc)
             if self._regions:
-                rc.jit_regions = RegionTable(self.vm.run_regions())
-                for region in rc.regions:
-                    rc.jit_regions.add(region)
+                rc.jit_regions = self._run_regions(rc)
                 lo, size = thread_stack()
                 rc.jit_regions.add(Region(lo, size, "thread stack (JIT frames)", True))
             return rc, None
+        limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
+        return rc, self._interp.start(self._run_regions(rc), rc.fast, limit, rc.packet, trace)
+
+    def _run_regions(self, rc) -> RegionTable:
+        """The VM's map and arena regions plus this run's context regions."""
         regions = RegionTable(self.vm.run_regions())
         for region in rc.regions:
             regions.add(region)
-        limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
-        return rc, self._interp.start(regions, rc.fast, limit, rc.packet, trace)
+        return regions
 
     def _finish(self, rc, session, r0) -> None:
         rc.finish(r0)
@@ -155,6 +157,22 @@ class LoadedProgram:
         ``mem`` is for prog_type "mem"; ``ctx``/``data`` build the other types' contexts
         (for "mem", ``data`` is the packet the legacy ld_abs/ld_ind instructions read).
         """
+        return self._execute(mem, ctx, data, trace, insn_limit,
+                             lambda rc: self._jit.run(rc.r1, rc.r2),
+                             lambda session, rc: session.call(rc.r1, rc.r2))
+
+    def test_run(self, mem=None, repeat: int = 1, *, ctx=None, data=None,
+                 insn_limit: int | None = None) -> tuple[int, float]:
+        """Run ``repeat`` times on one private context (as the kernel's BPF_PROG_TEST_RUN
+        does: changes persist between repetitions); returns (r0 of the last run, ns per run)."""
+        repeat = max(int(repeat), 1)
+        return self._execute(mem, ctx, data, None, insn_limit,
+                             lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
+                             lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))
+
+    def _execute(self, mem, ctx, data, trace, insn_limit, on_jit, on_interp):
+        """Prepare a run, call ``on_jit(rc)`` or ``on_interp(session, rc)`` (whose result is
+        r0 or ``(r0, ...)``) and record the run's outputs whatever happens."""
         rc, session = self._prepare(mem, ctx, data, trace, insn_limit)
         r0 = None
         token = None
@@ -162,31 +180,11 @@ class LoadedProgram:
             if session is None:
                 if getattr(rc, "jit_regions", None) is not None:
                     token = ACTIVE_REGIONS.set(rc.jit_regions)
-                r0 = self._jit.run(rc.r1, rc.r2)
+                out = on_jit(rc)
             else:
-                r0 = session.call(rc.r1, rc.r2)
-            return r0
-        finally:
-            if token is not None:
-                ACTIVE_REGIONS.reset(token)
-            self._finish(rc, session, r0)
-
-    def test_run(self, mem=None, repeat: int = 1, *, ctx=None, data=None,
-                 insn_limit: int | None = None) -> tuple[int, float]:
-        """Run ``repeat`` times on one private context (as the kernel's BPF_PROG_TEST_RUN
-        does: changes persist between repetitions); returns (r0 of the last run, ns per run)."""
-        repeat = max(int(repeat), 1)
-        rc, session = self._prepare(mem, ctx, data, None, insn_limit)
-        r0 = None
-        token = None
-        try:
-            if session is None:
-                if getattr(rc, "jit_regions", None) is not None:
-                    token = ACTIVE_REGIONS.set(rc.jit_regions)
-                r0, ns = self._jit.test_run(rc.r1, rc.r2, repeat)
-            else:
-                r0, ns = session.repeat(rc.r1, rc.r2, repeat)
-            return r0, ns
+                out = on_interp(session, rc)
+            r0 = out[0] if isinstance(out, tuple) else out
+            return out
         finally:
             if token is not None:
                 ACTIVE_REGIONS.reset(token)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import importlib.util
 import os
-import re
 import struct
 import subprocess
 import sys
@@ -18,75 +16,19 @@ import sys
 import numpy as np
 import pytest
 
-import pybpf
+import programs_arena
+from programs_arena import (ARENA, ATOMICS_BODY, BUILD_LIST, CASTS, OFFS, PAGE, WALK_LIST,
+                            access_progs, addr32_strategy, args, backed)
 from pybpf.errors import VMError
-from pybpf.helper_names import HELPER_IDS
 from pybpf.runtime.maps.arena import LO32
 from pybpf.runtime.maps.base import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
 from pybpf.runtime.vm import VM
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGE = 4096
-M64 = (1 << 64) - 1
-ARENA = f".map arena type=arena max_entries=16 flags={BPF_F_MMAPABLE:#x}\n"
+from support import M64, ROOT, asm, rss, sample_driver
 
 
-def asm(text: str):
-    """Assemble; helper calls may be written by name (kfunc names stay names)."""
-    return pybpf.assemble(re.sub(r"call bpf_(\w+)",
-                                 lambda m: f"call {HELPER_IDS.get(m[1], m[0][5:])}", text))
-
-
-def kfunc_prog(name: str, nargs: int):
-    """r0 = kfunc(&arena, args from mem as u64 at 0, 8, ...)."""
-    loads = "\n".join(f"r{2 + i} = *(u64 *)(r6 + {8 * i})" for i in range(nargs))
-    return asm(ARENA + f"r6 = r1\n{loads}\nr1 = map[arena] ll\ncall {name}\nexit")
-
-
-def args(*values: int) -> bytes:
-    return struct.pack(f"<{len(values)}Q", *(v & M64 for v in values))
-
-
-class Arena:
-    """One VM, one arena declared in assembly, and programs over it."""
-
-    def __init__(self) -> None:
-        self.vm = VM()
-        self.alloc = self.vm.load(kfunc_prog("bpf_arena_alloc_pages", 4))
-        self.arena = self.alloc.maps["arena"]      # created at load from the .map declaration
-        self.free = self.load(kfunc_prog("bpf_arena_free_pages", 2))
-        self.reserve = self.load(kfunc_prog("bpf_arena_reserve_pages", 2))
-        # *(u64 *)(arena ptr + 0): load (mem[8] == 0) or store mem[16] (mem[8] == 1), after a cast
-        self.access = self.load(asm(ARENA + """
-            r9 = map[arena] ll
-            r6 = r1
-            r2 = *(u64 *)(r6 + 0)
-            r2 = addr_space_cast(r2, 0x0, 0x1)
-            r3 = *(u64 *)(r6 + 8)
-            if r3 != 0 goto +2
-            r0 = *(u64 *)(r2 + 0)
-            exit
-            r4 = *(u64 *)(r6 + 16)
-            *(u64 *)(r2 + 0) = r4
-            r0 = 0
-            exit"""))
-
-    def load(self, prog):
-        """Load another program declaring ``arena``, bound to this arena (not a new one)."""
-        if isinstance(prog, str):
-            prog = asm(ARENA + prog)
-        return self.vm.load(prog, maps={"arena": self.arena})
-
-    def page(self, i: int) -> int:
-        return self.arena.user_vm_start + i * PAGE
-
-    def read(self, ptr: int) -> int:
-        """A BPF load of the u64 at arena pointer ``ptr``."""
-        return self.access.run(mem=args(ptr, 0, 0))
-
-    def store(self, ptr: int, value: int) -> None:
-        """A BPF store of the u64 ``value`` at arena pointer ``ptr``."""
-        self.access.run(mem=args(ptr, 1, value))
+def Arena():
+    """One VM, one arena declared in assembly (created at load), and programs over it."""
+    return programs_arena.Arena(declared=True)
 
 
 # --- kfuncs ----------------------------------------------------------------------------------
@@ -145,10 +87,6 @@ def test_stores_to_unallocated_pages_are_dropped_and_memory_stays_bounded():
         r6 += 1
         if r6 < {n} goto loop
         exit""")
-
-    def rss() -> int:
-        with open("/proc/self/status") as f:
-            return int(re.search(r"VmRSS:\s+(\d+)", f.read())[1]) * 1024
     before = rss()
     assert lp.run() == 0                         # every load of an unallocated page gave 0
     grew = rss() - before
@@ -165,27 +103,7 @@ def test_atomics_on_arena_memory_and_dropped_atomics_keep_registers():
     t = Arena()
     a = t.arena
     page = a.alloc_pages(0, 1)
-    lp = t.load("""
-        r9 = map[arena] ll
-        r6 = r1
-        r7 = *(u64 *)(r6 + 0)
-        r7 = addr_space_cast(r7, 0x0, 0x1)
-        r2 = 5
-        lock *(u64 *)(r7 + 0) += r2
-        r2 = 3
-        r2 = atomic_fetch_add((u64 *)(r7 + 0), r2)
-        *(u64 *)(r6 + 8) = r2
-        r3 = 0x70
-        lock *(u32 *)(r7 + 8) |= w3
-        r3 = 0xff
-        r3 = xchg_64(r7 + 16, r3)
-        *(u64 *)(r6 + 16) = r3
-        r0 = 0xff
-        r4 = 0x99
-        r0 = cmpxchg_64(r7 + 16, r0, r4)
-        *(u64 *)(r6 + 24) = r0
-        r0 = 0
-        exit""")
+    lp = t.load(ATOMICS_BODY + "\nr0 = 0\nexit")
     assert lp.run(mem=args(page, 0, 0, 0)) == 0
     assert struct.unpack("<4Q", lp.last_mem)[1:] == (5, 0, 0xFF)
     assert struct.unpack("<QIIQ", a.read(page, 24)) == (8, 0x70, 0, 0x99)
@@ -196,23 +114,11 @@ def test_atomics_on_arena_memory_and_dropped_atomics_keep_registers():
 
 
 # --- addr_space_cast and globals ---------------------------------------------------------------
-CASTS = ARENA + """
-    r9 = map[arena] ll
-    r6 = r1
-    r2 = *(u64 *)(r6 + 0)
-    r3 = addr_space_cast(r2, 0x1, 0x0)
-    *(u64 *)(r6 + 8) = r3
-    r4 = addr_space_cast(r2, 0x0, 0x1)
-    *(u64 *)(r6 + 16) = r4
-    r0 = 0
-    exit"""
-
-
 @pytest.mark.parametrize("flags", [BPF_F_MMAPABLE, BPF_F_MMAPABLE | BPF_F_NO_USER_CONV])
 def test_addr_space_cast_rules(flags):
     vm = VM()
     arena = vm.create_map("arena", max_entries=16, flags=flags, name="arena")
-    lp = vm.load(asm(CASTS), maps={"arena": arena})
+    lp = vm.load(asm(ARENA + CASTS), maps={"arena": arena})
     upper = arena.user_vm_start & ~LO32
 
     def cast(value):
@@ -255,31 +161,7 @@ class Node(ctypes.Structure):
 def test_bpf_builds_a_list_python_follows_it_and_the_other_way_round():
     t = Arena()
     a = t.arena
-    build = t.load("""
-        r6 = r1
-        r1 = map[arena] ll
-        r2 = 0
-        r3 = 1
-        r4 = -1
-        r5 = 0
-        call bpf_arena_alloc_pages
-        if r0 == 0 goto out
-        r7 = addr_space_cast(r0, 0x0, 0x1)
-        r8 = 0
-        r1 = 1
-    next:
-        r2 = r1
-        r2 <<= 4
-        r2 += r7
-        *(u64 *)(r2 + 8) = r1
-        *(u64 *)(r2 + 0) = r8
-        r8 = addr_space_cast(r2, 0x1, 0x0)
-        r1 += 1
-        if r1 < 6 goto next
-        *(u64 *)(r6 + 0) = r8
-    out:
-        r0 = 0
-        exit""")
+    build = t.load(BUILD_LIST)
     assert build.run(mem=bytes(8)) == 0
     head = struct.unpack("<Q", build.last_mem)[0]
     assert head >> 32 == a.user_vm_start >> 32             # a full user pointer
@@ -294,19 +176,7 @@ def test_bpf_builds_a_list_python_follows_it_and_the_other_way_round():
     a.deref(head, Node).value = 500
     view = a.view(head - 16, np.uint64, 2)                 # numpy view of the 4th node
     view[1] = 400
-    walk = t.load("""
-        r9 = map[arena] ll
-        r2 = *(u64 *)(r1 + 0)
-        r0 = 0
-    loop:
-        if r2 == 0 goto done
-        r2 = addr_space_cast(r2, 0x0, 0x1)
-        r3 = *(u64 *)(r2 + 8)
-        r0 += r3
-        r2 = *(u64 *)(r2 + 0)
-        goto loop
-    done:
-        exit""")
+    walk = t.load(WALK_LIST)
     assert walk.run(mem=struct.pack("<Q", head)) == 500 + 400 + 3 + 2 + 1
 
 
@@ -320,9 +190,6 @@ def test_arbitrary_32_bit_addresses_never_crash():
     assert "400 examples ok" in proc.stdout
 
 
-OFFS = (-32768, -4097, -8, -1, 0, 1, 4092, 32767)
-
-
 def _fuzz(examples: int) -> None:
     from hypothesis import given, settings, strategies as st
 
@@ -330,35 +197,8 @@ def _fuzz(examples: int) -> None:
     a = t.arena
     for i in (0, 1, 7, 15):
         a.alloc_pages(t.page(i), 1)
-    base32 = a.user_vm_start & LO32
-    progs = {}
-    for off in OFFS:
-        o = f"+ {off}" if off >= 0 else f"- {-off}"
-        for size in (1, 2, 4, 8):
-            ty = f"u{8 * size}"
-            atomic = ("r2 = r8\nlock *(u64 *)(r7 {0}) += r2\nr2 = r8\n"
-                      "r2 = atomic_fetch_add((u64 *)(r7 {0}), r2)\n*(u64 *)(r6 + 32) = r2"
-                      if size == 8 else "").format(o)
-            progs[off, size] = t.load(f"""
-                r9 = map[arena] ll
-                r6 = r1
-                r7 = *(u32 *)(r6 + 0)
-                r8 = *(u64 *)(r6 + 8)
-                r0 = *({ty} *)(r7 {o})
-                *(u64 *)(r6 + 16) = r0
-                *({ty} *)(r7 {o}) = r8
-                r0 = *({ty} *)(r7 {o})
-                *(u64 *)(r6 + 24) = r0
-                {atomic}
-                r0 = 0
-                exit""")
-    near = st.sampled_from([0, base32, base32 + PAGE, base32 + 7 * PAGE, base32 + 16 * PAGE,
-                            0xFFFF_F000, 0x8000_0000])
-    addr32 = st.one_of(st.integers(0, LO32),
-                       st.builds(lambda b, d: (b + d) & LO32, near, st.integers(-70000, 70000)))
-
-    def backed(k: int, size: int) -> bool:
-        return 0 <= k and k + size <= 1 << 32 and a.is_allocated(k) and a.is_allocated(k + size - 1)
+    progs = access_progs(t, "loaded")
+    addr32 = addr32_strategy(a.user_vm_start & LO32)
 
     count = [0]
 
@@ -367,7 +207,7 @@ def _fuzz(examples: int) -> None:
     def check(addr, off, size, value):
         k = addr + off
         mask = (1 << (8 * size)) - 1
-        ok = backed(k, size)
+        ok = backed(a, k, size)
         where = a.kern_vm_start + k
         before = int.from_bytes(ctypes.string_at(where, size), "little") if ok else 0
         pages = a.pages_allocated
@@ -388,17 +228,10 @@ def _fuzz(examples: int) -> None:
 
 
 # --- the samples -------------------------------------------------------------------------------
-def _driver(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"sample_{name}", os.path.join(ROOT, "samples", name, "run.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_arena_htab_sample_ten_thousand_keys():
     lines = []
-    out = _driver("arena_htab").run_sample("interp", keys=10000, buckets=256, say=lines.append)
+    out = sample_driver("arena_htab").run_sample("interp", keys=10000, buckets=256,
+                                                 say=lines.append)
     assert out["ok"], "\n".join(lines)
     assert out["Python finds all 10000 keys with their values"]
     assert out["Python sees exactly the even keys"]
@@ -406,7 +239,7 @@ def test_arena_htab_sample_ten_thousand_keys():
 
 
 def test_arena_list_sample():
-    out = _driver("arena_list").run_sample("interp", count=50, say=lambda s: None)
+    out = sample_driver("arena_list").run_sample("interp", count=50, say=lambda s: None)
     assert out["ok"] and out["pages"] >= 2
 
 

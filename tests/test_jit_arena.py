@@ -15,93 +15,17 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import json
-import os
 import re
 import struct
-import subprocess
 import sys
-import traceback
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGE = 4096
-M64 = (1 << 64) - 1
-LO32 = 0xFFFFFFFF
-BPF_F_MMAPABLE, BPF_F_NO_USER_CONV = 1 << 10, 1 << 18
-ARENA = f".map arena type=arena max_entries=16 flags={BPF_F_MMAPABLE:#x}\n"
-ENGINES = ("interp", "jit")
-
-
-# -- the child's harness ----------------------------------------------------------------------
-
-def asm(text: str):
-    import pybpf
-    from pybpf.helper_names import HELPER_IDS
-
-    return pybpf.assemble(re.sub(r"call bpf_(\w+)",
-                                 lambda m: f"call {HELPER_IDS.get(m[1], m[0][5:])}", text))
-
-
-def args(*values: int) -> bytes:
-    return struct.pack(f"<{len(values)}Q", *(v & M64 for v in values))
-
-
-def kfunc_prog(name: str, nargs: int):
-    loads = "\n".join(f"r{2 + i} = *(u64 *)(r6 + {8 * i})" for i in range(nargs))
-    return asm(ARENA + f"r6 = r1\n{loads}\nr1 = map[arena] ll\ncall {name}\nexit")
-
-
-ACCESS = """
-    r9 = map[arena] ll
-    r6 = r1
-    r2 = *(u64 *)(r6 + 0)
-    r2 = addr_space_cast(r2, 0x0, 0x1)
-    r3 = *(u64 *)(r6 + 8)
-    if r3 != 0 goto +2
-    r0 = *(u64 *)(r2 + 0)
-    exit
-    r4 = *(u64 *)(r6 + 16)
-    *(u64 *)(r2 + 0) = r4
-    r0 = 0
-    exit"""
-
-
-class Arena:
-    """One VM with one arena and programs over it, all on ``engine``."""
-
-    def __init__(self, engine: str, flags: int = BPF_F_MMAPABLE) -> None:
-        from pybpf.runtime.vm import VM
-
-        self.engine = engine
-        self.vm = VM()
-        self.arena = self.vm.create_map("arena", max_entries=16, flags=flags, name="arena")
-        self.alloc = self.load(kfunc_prog("bpf_arena_alloc_pages", 4))
-        self.free = self.load(kfunc_prog("bpf_arena_free_pages", 2))
-        self.reserve = self.load(kfunc_prog("bpf_arena_reserve_pages", 2))
-        self.access = self.load(ACCESS)
-
-    def load(self, prog):
-        if isinstance(prog, str):
-            prog = asm(ARENA + prog)
-        return self.vm.load(prog, maps={"arena": self.arena}, engine=self.engine)
-
-    def page(self, i: int) -> int:
-        return self.arena.user_vm_start + i * PAGE
-
-    def read(self, ptr: int) -> int:
-        return self.access.run(mem=args(ptr, 0, 0))
-
-    def store(self, ptr: int, value: int) -> None:
-        self.access.run(mem=args(ptr, 1, value))
-
-
-def both(fn):
-    """Run ``fn(engine)`` on each engine; the results must be equal (returns the JIT's)."""
-    results = {engine: fn(engine) for engine in ENGINES}
-    assert results["interp"] == results["jit"], results
-    return results["jit"]
+from programs_arena import (ATOMICS_BODY, BUILD_LIST, CASTS, OFFS, PAGE, WALK_LIST, Arena,
+                            access_progs, addr32_strategy, args, backed)
+from pybpf.runtime.maps.arena import LO32
+from pybpf.runtime.maps.base import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
+from support import ENGINES, M64, asm, both, cases_of, child, rss, run_child
 
 
 # -- the cases (each runs in the child) -------------------------------------------------------
@@ -147,11 +71,6 @@ def case_free_then_read_gives_zero_from_bpf_and_python():
     assert both(run) == (1, 0)
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read())[1]) * 1024
-
-
 def case_stores_to_unallocated_pages_are_dropped_and_rss_stays():
     t = Arena("jit")
     a = t.arena
@@ -173,9 +92,9 @@ def case_stores_to_unallocated_pages_are_dropped_and_rss_stays():
         r6 += 1
         if r6 < {n} goto loop
         exit""")
-    before = _rss()
+    before = rss()
     assert lp.run() == 0
-    grew = _rss() - before
+    grew = rss() - before
     assert grew < 4 << 20, f"RSS grew by {grew} bytes after {n} dropped stores"
     assert a.pages_allocated == 1 and a.read(t.page(2), PAGE) == bytes(PAGE)
     assert a.allocated_runs() == [(t.page(2), 1)]
@@ -200,25 +119,7 @@ def case_straddling_loads_and_stores():
     assert out[:3] == [0x1122334455667788, 0, 0] and out[3] == 0x11223344, out
 
 
-ATOMICS = """
-    r9 = map[arena] ll
-    r6 = r1
-    r7 = *(u64 *)(r6 + 0)
-    r7 = addr_space_cast(r7, 0x0, 0x1)
-    r2 = 5
-    lock *(u64 *)(r7 + 0) += r2
-    r2 = 3
-    r2 = atomic_fetch_add((u64 *)(r7 + 0), r2)
-    *(u64 *)(r6 + 8) = r2
-    r3 = 0x70
-    lock *(u32 *)(r7 + 8) |= w3
-    r3 = 0xff
-    r3 = xchg_64(r7 + 16, r3)
-    *(u64 *)(r6 + 16) = r3
-    r0 = 0xff
-    r4 = 0x99
-    r0 = cmpxchg_64(r7 + 16, r0, r4)
-    *(u64 *)(r6 + 24) = r0
+ATOMICS = ATOMICS_BODY + """
     w5 = 7
     w5 = atomic_fetch_add((u32 *)(r7 + 4092), w5)
     *(u64 *)(r6 + 32) = r5
@@ -242,18 +143,6 @@ def case_dropped_atomics_keep_registers():
     done, memory, dropped, hole_allocated, pages = both(run)
     assert done == (5, 0, 0xFF, 0) and memory == (8, 0x70, 0, 0x99)
     assert dropped == (3, 0xFF, 0xFF, 7) and not hole_allocated and pages == 1
-
-
-CASTS = """
-    r9 = map[arena] ll
-    r6 = r1
-    r2 = *(u64 *)(r6 + 0)
-    r3 = addr_space_cast(r2, 0x1, 0x0)
-    *(u64 *)(r6 + 8) = r3
-    r4 = addr_space_cast(r2, 0x0, 0x1)
-    *(u64 *)(r6 + 16) = r4
-    r0 = 0
-    exit"""
 
 
 def case_cast_rules_null_and_no_user_conv():
@@ -306,31 +195,7 @@ def case_bpf_builds_a_list_python_follows():
     def run(engine):
         t = Arena(engine)
         a = t.arena
-        build = t.load("""
-            r6 = r1
-            r1 = map[arena] ll
-            r2 = 0
-            r3 = 1
-            r4 = -1
-            r5 = 0
-            call bpf_arena_alloc_pages
-            if r0 == 0 goto out
-            r7 = addr_space_cast(r0, 0x0, 0x1)
-            r8 = 0
-            r1 = 1
-        next:
-            r2 = r1
-            r2 <<= 4
-            r2 += r7
-            *(u64 *)(r2 + 8) = r1
-            *(u64 *)(r2 + 0) = r8
-            r8 = addr_space_cast(r2, 0x1, 0x0)
-            r1 += 1
-            if r1 < 6 goto next
-            *(u64 *)(r6 + 0) = r8
-        out:
-            r0 = 0
-            exit""")
+        build = t.load(BUILD_LIST)
         assert build.run(mem=bytes(8)) == 0
         head = struct.unpack("<Q", build.last_mem)[0]
         values, p = [], head
@@ -339,55 +204,10 @@ def case_bpf_builds_a_list_python_follows():
             values.append(value)
             p = nxt
         a.write(head + 8, struct.pack("<Q", 500))       # Python writes, BPF reads
-        walk = t.load("""
-            r9 = map[arena] ll
-            r2 = *(u64 *)(r1 + 0)
-            r0 = 0
-        loop:
-            if r2 == 0 goto done
-            r2 = addr_space_cast(r2, 0x0, 0x1)
-            r3 = *(u64 *)(r2 + 8)
-            r0 += r3
-            r2 = *(u64 *)(r2 + 0)
-            goto loop
-        done:
-            exit""")
+        walk = t.load(WALK_LIST)
         return values, walk.run(mem=struct.pack("<Q", head)), head - a.user_vm_start
     values, total, _ = both(run)
     assert values == [5, 4, 3, 2, 1] and total == 500 + 4 + 3 + 2 + 1
-
-
-OFFS = (-32768, -4097, -8, -1, 0, 1, 4092, 32767)
-
-
-def _access_progs(t, how: str) -> dict:
-    """Per (off, size): load, store, load again, and for u64 an add and a fetch_add, through a
-    32-bit base that is a cast_kern result ("cast": known statically) or a plain u32 loaded
-    from memory ("loaded": classified at run time)."""
-    progs = {}
-    get = ("r7 = *(u64 *)(r6 + 0)\nr7 = addr_space_cast(r7, 0x0, 0x1)" if how == "cast"
-           else "r7 = *(u32 *)(r6 + 0)")
-    for off in OFFS:
-        o = f"+ {off}" if off >= 0 else f"- {-off}"
-        for size in (1, 2, 4, 8):
-            ty = f"u{8 * size}"
-            atomic = ("r2 = r8\nlock *(u64 *)(r7 {0}) += r2\nr2 = r8\n"
-                      "r2 = atomic_fetch_add((u64 *)(r7 {0}), r2)\n*(u64 *)(r6 + 32) = r2"
-                      if size == 8 else "").format(o)
-            progs[off, size] = t.load(f"""
-                r9 = map[arena] ll
-                r6 = r1
-                {get}
-                r8 = *(u64 *)(r6 + 8)
-                r0 = *({ty} *)(r7 {o})
-                *(u64 *)(r6 + 16) = r0
-                *({ty} *)(r7 {o}) = r8
-                r0 = *({ty} *)(r7 {o})
-                *(u64 *)(r6 + 24) = r0
-                {atomic}
-                r0 = 0
-                exit""")
-    return progs
 
 
 def case_arbitrary_32_bit_addresses_never_crash(examples: int = 300):
@@ -397,18 +217,10 @@ def case_arbitrary_32_bit_addresses_never_crash(examples: int = 300):
     for t in ts.values():
         for i in (0, 1, 7, 15):
             t.arena.alloc_pages(t.page(i), 1)
-    progs = {(e, how): _access_progs(t, how) for e, t in ts.items() for how in ("cast", "loaded")}
+    progs = {(e, how): access_progs(t, how) for e, t in ts.items() for how in ("cast", "loaded")}
     a = ts["jit"].arena
-    base32 = a.user_vm_start & LO32
-    near = st.sampled_from([0, base32, base32 + PAGE, base32 + 7 * PAGE, base32 + 16 * PAGE,
-                            0xFFFF_F000, 0x8000_0000, 0x4000_0000])
-    addr32 = st.one_of(st.integers(0, LO32),
-                       st.builds(lambda b, d: (b + d) & LO32, near, st.integers(-70000, 70000)))
+    addr32 = addr32_strategy(a.user_vm_start & LO32, 0x4000_0000)
     count = [0]
-
-    def backed(arena, k: int, size: int) -> bool:
-        return 0 <= k and k + size <= 1 << 32 and arena.is_allocated(k) and \
-            arena.is_allocated(k + size - 1)
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True)
     @given(addr32, st.sampled_from(OFFS), st.sampled_from((1, 2, 4, 8)), st.integers(0, M64),
@@ -443,33 +255,14 @@ def case_arbitrary_32_bit_addresses_never_crash(examples: int = 300):
     return count[0]
 
 
-CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
-
-
-def child(names: list[str]) -> int:
-    for name in names:
-        try:
-            detail = CASES[name]()
-            print(json.dumps({"case": name, "ok": True, "detail": detail}), flush=True)
-        except Exception:
-            print(json.dumps({"case": name, "ok": False, "error": traceback.format_exc()}),
-                  flush=True)
-    return 0
+CASES = cases_of(globals())
 
 
 # -- pytest side ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def child_results():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, __file__, "child", *CASES], capture_output=True,
-                          text=True, timeout=900, env=env)
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            results[rec["case"]] = rec
-    return results, proc
+    return run_child(__file__, CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -534,5 +327,5 @@ def test_cast_kern_accesses_are_translated_without_a_test():
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(sys.argv[2:] or list(CASES)))
+        sys.exit(child(CASES, sys.argv[2:] or list(CASES)))
     print(__doc__)

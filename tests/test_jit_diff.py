@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from pybpf.benchmarks.proggen import ItemGenerator, items_to_program
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = Path(os.environ.get("PYBPF_CONFORMANCE", ROOT.parent / "shared" / "conformance"))
 DIFF_PROGRAMS = int(os.environ.get("PYBPF_DIFF_PROGRAMS", "10000"))
@@ -32,7 +34,7 @@ STACK_USE = 32
 
 # -- random program generator -------------------------------------------------------------------
 
-class ProgramGenerator:
+class ProgramGenerator(ItemGenerator):
     """Seeded random BPF programs that the verifier would accept and that halt.
 
     Register roles: r6 holds the ``mem`` pointer and r10 the frame pointer (both only ever used as
@@ -52,7 +54,7 @@ class ProgramGenerator:
                  helpers: bool = True) -> None:
         from pybpf import isa
 
-        self.rnd = random.Random(seed)
+        super().__init__(seed, self.SCALARS, self.IMMS, STACK_USE, MEM_SIZE)
         self.helpers = helpers
         self.max_units, self.max_subprogs = max_units, max_subprogs
         by = lambda pred: [f for f in isa.FORMS if pred(f)]  # noqa: E731
@@ -60,29 +62,9 @@ class ProgramGenerator:
                       or (f.kind == "cast" and f.op == "kern"))
         self.jcond = by(lambda f: f.kind == "jcond")
         self.ldx = by(lambda f: f.kind == "ldx")
-        self.st = by(lambda f: f.kind in ("st", "stx"))
+        self.stores = by(lambda f: f.kind in ("st", "stx"))
         self.atomic = by(lambda f: f.kind == "atomic")
         self.isa = isa
-        self.labels = 0
-
-    # helpers
-    def imm(self) -> int:
-        r = self.rnd.random()
-        if r < 0.5:
-            return self.rnd.choice(self.IMMS)
-        if r < 0.8:
-            return self.rnd.randint(-64, 64)
-        return self.rnd.randint(-(1 << 31), (1 << 31) - 1)
-
-    def label(self) -> str:
-        self.labels += 1
-        return f"L{self.labels}"
-
-    def reg(self, forbidden=()) -> int:
-        return self.rnd.choice([r for r in self.SCALARS if r not in forbidden])
-
-    def insn(self, form, **ops) -> tuple:
-        return ("insn", form, ops)
 
     # units
     def alu_unit(self, forbidden) -> list:
@@ -102,26 +84,9 @@ class ProgramGenerator:
         return [self.insn(self.isa.FORMS_BY_NAME["lddw"], dst=self.reg(forbidden),
                           imm=value & 0xFFFFFFFF, imm2=value >> 32)]
 
-    def _slot(self, size: int, stack: bool) -> tuple[int, int]:
-        """(base register, offset) of an aligned ``size``-byte slot in the stack or in mem."""
-        k = self.rnd.randrange((STACK_USE if stack else MEM_SIZE) // size)
-        return (10, -STACK_USE + k * size) if stack else (6, k * size)
-
-    def mem_unit(self, forbidden) -> list:
-        stack = self.rnd.random() < 0.5
-        if self.rnd.random() < 0.45:
-            form = self.rnd.choice(self.ldx)
-            base, off = self._slot(form.size, stack)
-            return [self.insn(form, dst=self.reg(forbidden), src=base, off=off)]
-        form = self.rnd.choice(self.st)
-        base, off = self._slot(form.size, stack)
-        if form.kind == "st":
-            return [self.insn(form, dst=base, off=off, imm=self.imm())]
-        return [self.insn(form, dst=base, src=self.reg(), off=off)]
-
     def atomic_unit(self, forbidden) -> list:
         form = self.rnd.choice(self.atomic)
-        base, off = self._slot(form.size, self.rnd.random() < 0.5)
+        base, off = self.slot(form.size, self.rnd.random() < 0.5)
         if form.op == "load_acq":
             return [self.insn(form, dst=self.reg(forbidden), src=base, off=off)]
         writes_src = form.op.startswith("fetch_") or form.op == "xchg"
@@ -203,7 +168,7 @@ class ProgramGenerator:
             elif r < 0.44:
                 out += self.lddw_unit(forbidden)
             elif r < 0.64:
-                out += self.mem_unit(forbidden)
+                out += self.mem_unit(forbidden, load_share=0.45)
             elif r < 0.74:
                 out += self.atomic_unit(forbidden)
             elif r < 0.86 and depth < 3:
@@ -233,9 +198,6 @@ class ProgramGenerator:
         return out
 
     def program(self, name: str = "rand"):
-        from pybpf.insn import make
-        from pybpf.program import Program
-
         nsub = self.rnd.randint(0, self.max_subprogs)
         names = [f"fn{i}" for i in range(nsub)]
         parts = [("main", self.function(names, True))]
@@ -246,29 +208,7 @@ class ProgramGenerator:
             if fname in called:
                 keep.append(part)
                 called |= {it[2]["label"] for it in part if it[0] == "call"}
-        items = [it for part in keep for it in part]
-        where, slot = {}, 0
-        for it in items:
-            if it[0] == "label":
-                where[it[1]] = slot
-            else:
-                slot += it[1].slots
-        insns, slot, functions = [], 0, {}
-        for it in items:
-            kind = it[0]
-            if kind == "label":
-                if it[1].startswith("fn"):
-                    functions[slot] = it[1]
-                continue
-            form, ops = it[1], dict(it[2])
-            label = ops.pop("label", None)
-            if kind == "jump":
-                ops["off"] = where[label] - slot - 1
-            elif kind == "call":
-                ops["imm"] = where[label] - slot - 1
-            insns += make(form, **ops)
-            slot += form.slots
-        return Program(insns, functions=functions, name=name)
+        return items_to_program([it for part in keep for it in part], name)
 
 
 # -- child side -----------------------------------------------------------------------------------

@@ -15,34 +15,14 @@ memory, and a helper's exception reaching the caller.
 from __future__ import annotations
 
 import errno
-import json
-import os
 import random
-import re
 import struct
-import subprocess
 import sys
-import traceback
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-M64 = (1 << 64) - 1
-ENGINES = ("interp", "jit")
-
-
-def asm(text: str):
-    import pybpf
-    from pybpf.helper_names import HELPER_IDS
-
-    return pybpf.assemble(re.sub(r"call bpf_(\w+)", lambda m: f"call {HELPER_IDS[m[1]]}", text))
-
-
-def both(fn):
-    """``fn(engine)`` on each engine; the results must be equal (returns them)."""
-    results = {engine: fn(engine) for engine in ENGINES}
-    assert results["interp"] == results["jit"], results
-    return results["jit"]
+from programs_maps import bpf_loop_prog, ringbuf_prog, tail_caller, tail_chain
+from support import M64, asm, both, cases_of, child, frame, run_child
 
 
 def VM():
@@ -195,33 +175,7 @@ def case_ringbuf():
     def run(engine):
         vm = VM()
         rb = vm.create_map("ringbuf", max_entries=4096, name="rb")
-        lp = vm.load(asm(f"""
-            r6 = r1
-            r1 = map_fd({rb.fd}) ll
-            r2 = 16
-            r3 = 0
-            call bpf_ringbuf_reserve
-            if r0 == 0 goto +9
-            r1 = *(u64 *)(r6 + 0)
-            *(u64 *)(r0 + 0) = r1
-            *(u64 *)(r0 + 8) = r1
-            r7 = r0
-            r1 = r7
-            r2 = 0
-            r3 = *(u64 *)(r6 + 8)
-            if r3 != 0 goto +2
-            call bpf_ringbuf_submit
-            goto +1
-            call bpf_ringbuf_discard
-            r1 = map_fd({rb.fd}) ll
-            r2 = r6
-            r3 = 8
-            r4 = 0
-            call bpf_ringbuf_output
-            r1 = map_fd({rb.fd}) ll
-            r2 = 0
-            call bpf_ringbuf_query
-            exit"""), engine=engine)
+        lp = vm.load(asm(ringbuf_prog(rb.fd)), engine=engine)
         r = [lp.run(mem=struct.pack("<QQ", 5, 0)), lp.run(mem=struct.pack("<QQ", 6, 1))]
         return r, [x.hex() for x in rb]
     r, records = both(run)
@@ -235,13 +189,7 @@ def case_tail_calls_keep_ctx_and_fall_through():
         vm = VM()
         jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=4)
         target = vm.load(asm("r0 = *(u64 *)(r1 + 0)\nr0 += 1\nexit"), engine=engine)
-        lp = vm.load(asm(f"""
-            r6 = 1000
-            r2 = map_fd({jt.fd}) ll
-            r3 = *(u32 *)(r1 + 8)
-            call bpf_tail_call
-            r0 = r6
-            exit"""), engine=engine)
+        lp = vm.load(asm(tail_caller(jt.fd)), engine=engine)
         jt[1] = target
         jt[2] = target.fd
         out = [lp.run(mem=struct.pack("<QI", 41, 1)), lp.run(mem=struct.pack("<QI", 9, 2)),
@@ -257,17 +205,7 @@ def case_tail_call_chain_stops_after_33():
         vm = VM()
         jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=1)
         runs = vm.create_map("array", key_size=4, value_size=8, max_entries=1)
-        lp = vm.load(asm(f"""
-            r6 = r1
-            r2 = map_value_fd({runs.fd}) + 0 ll
-            r3 = 1
-            lock *(u64 *)(r2 + 0) += r3
-            r1 = r6
-            r2 = map_fd({jt.fd}) ll
-            r3 = 0
-            call bpf_tail_call
-            r0 = 7
-            exit"""), engine=engine)
+        lp = vm.load(asm(tail_chain(jt.fd, runs.fd)), engine=engine)
         jt[0] = lp
         count = lambda: int.from_bytes(runs[0], "little")  # noqa: E731
         out = [lp.run(), count(), lp.run(), count(), lp.test_run(repeat=3)[0], count()]
@@ -317,26 +255,7 @@ def case_tail_call_to_a_closed_program_falls_through_in_the_jit():
 
 # -- bpf_loop, contexts, ld_abs, helpers that read memory ---------------------------------------
 
-LOOP = """
-    r6 = r1
-    *(u64 *)(r10 - 8) = 0
-    r1 = *(u32 *)(r6 + 0)
-    r2 = func(cb) ll
-    r3 = r10
-    r3 += -8
-    r4 = *(u64 *)(r6 + 16)
-    call bpf_loop
-    r1 = *(u64 *)(r10 - 8)
-    *(u64 *)(r6 + 8) = r1
-    exit
-cb:
-    r3 = *(u64 *)(r2 + 0)
-    r3 += r1
-    *(u64 *)(r2 + 0) = r3
-    r0 = 0
-    if r1 != 6 goto +1
-    r0 = 1
-    exit"""
+LOOP = bpf_loop_prog(flags="*(u64 *)(r6 + 16)")
 
 
 def case_bpf_loop():
@@ -349,13 +268,6 @@ def case_bpf_loop():
         return out
     assert both(run) == [(5, 10), (7, 21), (0, 0), (-errno.EINVAL & M64, 0),
                          (-errno.E2BIG & M64, 0)]
-
-
-def _frame(ethertype: int = 0x0800, proto: int = 17, payload: bytes = bytes(8)) -> bytes:
-    eth = bytes.fromhex("0a0b0c0d0e0f" "010203040506") + struct.pack(">H", ethertype)
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
-                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
-    return eth + ip + payload
 
 
 SKB = """
@@ -397,7 +309,7 @@ def case_every_program_types_context():
         for ptype in ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in"):
             write = "r1 = 0xee\n*(u8 *)(r7 + 0) = r1" if ptype == "sched_cls" else ""
             lp = vm.load(asm(SKB.format(write=write)), prog_type=ptype, engine=engine)
-            pkt = _frame() if ptype in ("socket_filter", "sched_cls") else _frame()[14:]
+            pkt = frame() if ptype in ("socket_filter", "sched_cls") else frame()[14:]
             r0 = lp.run(data=pkt, ctx=dict(ctx))
             skb = lp.last_ctx
             out[ptype] = (r0, lp.last_data.hex(), skb.mark, list(skb.cb), skb.len)
@@ -416,7 +328,7 @@ def case_every_program_types_context():
             exit
             r0 = 1
             exit"""), prog_type="xdp", engine=engine)
-        out["xdp"] = (xdp.run(data=_frame()), xdp.last_data.hex(), xdp.last_ctx.ingress_ifindex)
+        out["xdp"] = (xdp.run(data=frame()), xdp.last_data.hex(), xdp.last_ctx.ingress_ifindex)
         out["xdp/short"] = (xdp.run(data=b"abc"), xdp.last_data.hex())
         sysc = vm.load(asm("r2 = *(u64 *)(r1 + 0)\nr2 *= 3\n*(u64 *)(r1 + 8) = r2\n"
                            "r0 = r2\nexit"), prog_type="syscall", engine=engine)
@@ -458,8 +370,8 @@ def case_ld_abs_and_ld_ind():
         out = []
         for ptype in ("socket_filter", "sched_cls", "mem"):
             lp = VM().load(asm(LDABS), prog_type=ptype, engine=engine)
-            for pkt in (_frame(proto=6), _frame(0x0806), _frame(proto=6)[:20],
-                        _frame(proto=6)[:30], _frame(proto=6)[:31]):
+            for pkt in (frame(proto=6), frame(0x0806), frame(proto=6)[:20],
+                        frame(proto=6)[:30], frame(proto=6)[:31]):
                 out.append(lp.run(data=pkt))
         return out
     out = both(run)
@@ -523,32 +435,12 @@ def case_helper_exceptions_reach_the_caller():
     assert both(run) == ("MapError", errno.EBADF)
 
 
-CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}
-
-
-def child(names: list[str]) -> int:
-    for name in names:
-        try:
-            detail = CASES[name]()
-            print(json.dumps({"case": name, "ok": True, "detail": repr(detail)[:200]}),
-                  flush=True)
-        except Exception:
-            print(json.dumps({"case": name, "ok": False, "error": traceback.format_exc()}),
-                  flush=True)
-    return 0
+CASES = cases_of(globals())
 
 
 @pytest.fixture(scope="module")
 def child_results():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, __file__, "child", *CASES], capture_output=True,
-                          text=True, timeout=900, env=env)
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            results[rec["case"]] = rec
-    return results, proc
+    return run_child(__file__, CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -562,5 +454,5 @@ def test_case_in_both_engines(child_results, name):
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(sys.argv[2:] or list(CASES)))
+        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: repr(d)[:200]))
     print(__doc__)

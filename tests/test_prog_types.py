@@ -3,40 +3,16 @@ tracepoint/kprobe; ld_abs/ld_ind; and the xdp_filter, ringbuf and socket_count s
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
-import re
 import struct
 
 import pytest
 
 import pybpf
 from pybpf.errors import MemoryAccessError, VMError
-from pybpf.helper_names import HELPER_IDS
 from pybpf.runtime.contexts import SkBuff, XdpMd, XDP_DROP, XDP_PASS, XDP_TX
 from pybpf.runtime.vm import VM
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLES = os.path.join(ROOT, "samples")
-
-
-def asm(text: str):
-    return pybpf.assemble(re.sub(r"call bpf_(\w+)", lambda m: f"call {HELPER_IDS[m[1]]}", text))
-
-
-def frame(ethertype: int = 0x0800, proto: int = 17, payload: bytes = bytes(8)) -> bytes:
-    eth = bytes.fromhex("0a0b0c0d0e0f" "010203040506") + struct.pack(">H", ethertype)
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0,
-                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
-    return eth + ip + payload
-
-
-def sample_driver(name: str):
-    spec = importlib.util.spec_from_file_location(f"sample_{name}",
-                                                  os.path.join(SAMPLES, name, "run.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from support import SAMPLES, asm, frame, sample_driver
 
 
 # --- types -------------------------------------------------------------------------------------

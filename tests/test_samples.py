@@ -15,7 +15,6 @@ JSON line per sample.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,20 +23,12 @@ import traceback
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLES = os.path.join(ROOT, "samples")
+from support import ROOT, SAMPLES, sample_driver
+
 OBJECTS = sorted(glob.glob(os.path.join(SAMPLES, "c", "*.o")))
 # sample -> run_sample keyword arguments (the sizes)
 DRIVERS = {"arena_htab": dict(keys=10000, buckets=256), "arena_list": dict(count=50),
            "ringbuf": {}, "socket_count": {}, "xdp_filter": {}}
-
-
-def _driver(name: str):
-    spec = importlib.util.spec_from_file_location(f"sample_{name}",
-                                                  os.path.join(SAMPLES, name, "run.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _jsonable(out: dict) -> dict:
@@ -64,7 +55,7 @@ def run_all(engine: str) -> None:
     for name, kwargs in DRIVERS.items():
         lines: list[str] = []
         try:
-            out = _driver(name).run_sample(engine, **kwargs, say=lines.append)
+            out = sample_driver(name).run_sample(engine, **kwargs, say=lines.append)
             rec = {"sample": name, "ok": bool(out["ok"]), "out": _jsonable(out), "lines": lines}
         except Exception:
             rec = {"sample": name, "ok": False, "error": traceback.format_exc(), "lines": lines}

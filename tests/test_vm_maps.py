@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
 import struct
 import subprocess
 import sys
@@ -14,24 +13,16 @@ import time
 
 import pytest
 
-import pybpf
+from programs_maps import bpf_loop_prog, ringbuf_prog, tail_caller, tail_chain
 from pybpf.elf import parse_object
 from pybpf.errors import MapError, MemoryAccessError, VMError
-from pybpf.helper_names import HELPER_IDS
 from pybpf.insn import make
 from pybpf.program import Program
 from pybpf.runtime.helpers import Prototype
 from pybpf.runtime.vm import VM
+from support import M64, ROOT, asm
 
-M64 = (1 << 64) - 1
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "samples", "c")
-
-
-def asm(text: str) -> Program:
-    """Assemble, writing helper calls by name (``call bpf_map_lookup_elem`` -> ``call 1``)."""
-    return pybpf.assemble(re.sub(r"call bpf_(\w+)",
-                                 lambda m: f"call {HELPER_IDS.get(m[1], m[0][5:])}", text))
 
 
 def neg(e: int) -> int:
@@ -358,13 +349,7 @@ def test_tail_call_replaces_the_program_and_keeps_ctx():
     vm = VM()
     jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=4)
     target = vm.load(asm("r0 = *(u64 *)(r1 + 0)\nr0 += 1\nexit"))     # reads the ctx
-    caller = asm(f"""
-        r6 = 1000
-        r2 = map_fd({jt.fd}) ll
-        r3 = *(u32 *)(r1 + 8)
-        call bpf_tail_call
-        r0 = r6
-        exit""")
+    caller = asm(tail_caller(jt.fd))
     lp = vm.load(caller)
     jt[1] = target                       # a loaded program, or its fd
     assert lp.run(mem=struct.pack("<QI", 41, 1)) == 42
@@ -387,17 +372,7 @@ def test_tail_call_chain_stops_after_33():
     vm = VM()
     jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=1)
     runs = vm.create_map("array", key_size=4, value_size=8, max_entries=1)
-    lp = vm.load(asm(f"""
-        r6 = r1
-        r2 = map_value_fd({runs.fd}) + 0 ll
-        r3 = 1
-        lock *(u64 *)(r2 + 0) += r3
-        r1 = r6
-        r2 = map_fd({jt.fd}) ll
-        r3 = 0
-        call bpf_tail_call
-        r0 = 7
-        exit"""))
+    lp = vm.load(asm(tail_chain(jt.fd, runs.fd)))
     jt[0] = lp
     assert lp.run() == 7
     assert int.from_bytes(runs[0], "little") == 34
@@ -409,33 +384,7 @@ def test_tail_call_chain_stops_after_33():
 def test_ringbuf_from_bpf_consumed_in_python():
     vm = VM()
     rb = vm.create_map("ringbuf", max_entries=4096, name="rb")
-    lp = vm.load(asm(f"""
-        r6 = r1
-        r1 = map_fd({rb.fd}) ll
-        r2 = 16
-        r3 = 0
-        call bpf_ringbuf_reserve
-        if r0 == 0 goto +9
-        r1 = *(u64 *)(r6 + 0)
-        *(u64 *)(r0 + 0) = r1
-        *(u64 *)(r0 + 8) = r1
-        r7 = r0
-        r1 = r7
-        r2 = 0
-        r3 = *(u64 *)(r6 + 8)
-        if r3 != 0 goto +2
-        call bpf_ringbuf_submit
-        goto +1
-        call bpf_ringbuf_discard
-        r1 = map_fd({rb.fd}) ll
-        r2 = r6
-        r3 = 8
-        r4 = 0
-        call bpf_ringbuf_output
-        r1 = map_fd({rb.fd}) ll
-        r2 = 0
-        call bpf_ringbuf_query
-        exit"""))
+    lp = vm.load(asm(ringbuf_prog(rb.fd)))
     assert lp.run(mem=struct.pack("<QQ", 5, 0)) == 24 + 16       # two records, 8-byte headers
     assert lp.run(mem=struct.pack("<QQ", 6, 1)) == 24 + 16 + 24 + 16
     assert list(rb) == [struct.pack("<QQ", 5, 5), struct.pack("<Q", 5), struct.pack("<Q", 6)]
@@ -444,26 +393,7 @@ def test_ringbuf_from_bpf_consumed_in_python():
 
 def test_bpf_loop_calls_its_callback():
     vm = VM()
-    p = asm("""
-        r6 = r1
-        *(u64 *)(r10 - 8) = 0
-        r1 = *(u32 *)(r6 + 0)
-        r2 = func(cb) ll
-        r3 = r10
-        r3 += -8
-        r4 = 0
-        call bpf_loop
-        r1 = *(u64 *)(r10 - 8)
-        *(u64 *)(r6 + 8) = r1
-        exit
-    cb:
-        r3 = *(u64 *)(r2 + 0)
-        r3 += r1
-        *(u64 *)(r2 + 0) = r3
-        r0 = 0
-        if r1 != 6 goto +1
-        r0 = 1
-        exit""")
+    p = asm(bpf_loop_prog())
     lp = vm.load(p)
     assert lp.run(mem=struct.pack("<QQ", 5, 0)) == 5
     assert struct.unpack("<QQ", lp.last_mem)[1] == 0 + 1 + 2 + 3 + 4
