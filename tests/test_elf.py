@@ -566,8 +566,6 @@ def test_bind_with_the_runtime_maps():
 
 
 def test_load_elf_with_the_real_vm():
-    if not hasattr(pybpf.VM, "create_map"):
-        pytest.skip("pybpf.VM has no create_map yet (runtime maps are another component)")
     obj = pybpf.load_elf(sample("xdp_filter"))
     assert obj.variables["mode"].value == 1
     assert set(obj.maps) >= {"blocked_ports", "action_count"}
