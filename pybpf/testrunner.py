@@ -114,6 +114,8 @@ def run_file(path, engine: str = "interp", any_error: bool = False,
     except BPFError as e:
         return refused("load", e)
     engines = ["interp", "jit"] if engine == "both" else [engine]
+    if df.has("no jit") and "jit" in engines and len(engines) > 1:
+        engines.remove("jit")  # the file asks not to be JIT-compiled; 'both' checks the interpreter
     results = {}
     for eng in engines:
         try:
