@@ -149,6 +149,30 @@ class LowMemory:
         return bytes(PROC[address:address + size])
 
 
+# Finished runs hand their low mappings back here (a few per size) so the next run of a packet
+# program skips the mmap/munmap pair, the bulk of its context setup; a reused one is zeroed.
+_LOW_POOL: dict[int, list[LowMemory]] = {}
+_LOW_POOL_KEEP = 4
+
+
+def _acquire_low(size: int) -> LowMemory:
+    free = _LOW_POOL.get(round_up(max(size, 1), PAGE_SIZE))
+    if free:
+        try:
+            low = free.pop()
+        except IndexError:      # another thread took the last one
+            return LowMemory(size)
+        ctypes.memset(low.address, 0, low.size)
+        return low
+    return LowMemory(size)
+
+
+def _release_low(low: LowMemory) -> None:
+    free = _LOW_POOL.setdefault(low.size, [])
+    if len(free) < _LOW_POOL_KEEP:
+        free.append(low)
+
+
 class RunContext:
     """One run's context: r1/r2, regions, ld_abs packet; ``finish(r0)`` collects the results."""
 
@@ -163,11 +187,19 @@ class RunContext:
         self.last_data: bytes | None = None
         self.last_ctx = None
         self._finish = None
+        self._low: LowMemory | None = None   # the packet mapping, pooled again by release()
 
     def finish(self, r0: int | None) -> None:
         """Collect ``last_mem``/``last_data``/``last_ctx`` (r0 is None when the run failed)."""
         if self._finish is not None:
             self._finish(r0)
+
+    def release(self) -> None:
+        """After ``finish``: the run's memory may serve another run (nothing reads it now)."""
+        low, self._low = self._low, None
+        if low is not None:
+            self.regions, self.fast, self.packet = [], None, None
+            _release_low(low)
 
 
 def build_context(prog_type: str, mem=None, ctx=None, data=None) -> RunContext:
@@ -308,7 +340,7 @@ def _protocol(prog_type: str, packet: bytes) -> int:
 def _packet_layout(ctx_size: int, headroom: int, n: int) -> tuple[LowMemory, int, int]:
     """(low mapping, ctx address, packet address) for a context struct and ``n`` packet bytes."""
     ctx_room = round_up(ctx_size, 64)
-    low = LowMemory(ctx_room + headroom + n + TAILROOM)
+    low = _acquire_low(ctx_room + headroom + n + TAILROOM)
     return low, low.address, low.address + ctx_room + headroom
 
 
@@ -319,6 +351,7 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
     skb = SkBuff.from_address(caddr)
     skb.ifindex, skb.wire_len = 1, len(packet)      # the loopback device, as test_run uses
     skb.protocol = _protocol(rc.prog_type, packet)
+    rc._low = low
     _fill(skb, ctx, _SKB_DERIVED, "__sk_buff")
     skb.len = len(packet)
     skb.data = skb.data_meta = paddr
@@ -348,6 +381,7 @@ def _xdp_context(rc: RunContext, ctx, data) -> None:
     PROC[paddr:paddr + len(packet)] = packet
     md = XdpMd.from_address(caddr)
     md.ingress_ifindex = 1
+    rc._low = low
     _fill(md, ctx, _XDP_DERIVED, "xdp_md")
     md.data = md.data_meta = paddr
     md.data_end = paddr + len(packet)

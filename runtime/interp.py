@@ -48,6 +48,8 @@ from .trace import Tracer
 
 M64 = (1 << 64) - 1
 STACK_SIZE = isa.MAX_CALL_FRAMES * isa.MAX_BPF_STACK
+_ZERO_STACK = bytes(STACK_SIZE)
+_STACKS_KEPT = 4                  # finished runs' stacks an Interpreter keeps for the next runs
 _ATOMIC_LOCK = threading.Lock()   # atomics are atomic with respect to other Python threads
 
 
@@ -105,7 +107,7 @@ class Run:
     def __init__(self, interp: "Interpreter", regions: RegionTable, fast: Region | None,
                  insn_limit: int, packet: bytes | None, tracer: Tracer | None) -> None:
         self.interp, self.regions, self.insn_limit = interp, regions, insn_limit
-        self.stack = Buffer(STACK_SIZE, align=64)
+        self.stack = interp.take_stack()
         self.stop = self.stack.address + STACK_SIZE
         self.stack_region = regions.add(Region(self.stop - isa.MAX_BPF_STACK, isa.MAX_BPF_STACK,
                                                "stack", True, self.stack))
@@ -352,6 +354,16 @@ class Interpreter:
         self.source = Generator(prog, self.cfg, helpers, kfuncs, self.values64).source()
         self._build = self._compile(self.source, "fast")
         self._trace_build = None
+        self._stacks: list[Buffer] = []
+
+    def take_stack(self) -> Buffer:
+        """A zeroed stack for a run: a finished run's (see :meth:`Session.close`) or a new one."""
+        try:
+            stack = self._stacks.pop()
+        except IndexError:
+            return Buffer(STACK_SIZE, align=64)
+        PROC[stack.address:stack.address + STACK_SIZE] = _ZERO_STACK
+        return stack
 
     def _compile(self, source: str, variant: str):
         ns = dict(_NAMESPACE)
@@ -400,6 +412,14 @@ class Session:
         finally:
             ACTIVE_REGIONS.reset(token)
         return r0
+
+    def close(self) -> None:
+        """The run is over: its stack may serve the Interpreter's next run."""
+        run, self.run = self.run, None
+        if run is not None:
+            stacks = run.interp._stacks
+            if len(stacks) < _STACKS_KEPT:
+                stacks.append(run.stack)
 
     def repeat(self, r1: int, r2: int, count: int) -> tuple[int, float]:
         """Run ``count`` times; returns (last r0, mean ns per run)."""

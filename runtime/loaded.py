@@ -73,6 +73,9 @@ class LoadedProgram:
         self.last_insn_count: int | None = None  # instructions executed (interpreter)
         self.closed = False
         self._interp = self._jit = None
+        self._base_key: list | None = None      # vm.run_regions() when _base_table was built
+        self._base_table: RegionTable | None = None
+        self._plain_jit = False                 # JIT run needing no packet or region setup
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
                                        resolve_map=vm.resolve_map)
@@ -89,6 +92,7 @@ class LoadedProgram:
         self._regions = any(f.kind == "call" and f.op == "helper" and
                             getattr(vm.helpers.get(i.imm), "name", "") in _REGION_HELPERS
                             for _, f, i in prog.instructions())
+        self._plain_jit = not (self._ldabs or self._regions)
         env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc))
         return compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
 
@@ -138,7 +142,12 @@ class LoadedProgram:
 
     def _run_regions(self, rc) -> RegionTable:
         """The VM's map and arena regions plus this run's context regions."""
-        regions = RegionTable(self.vm.run_regions())
+        base = self.vm.run_regions()
+        # The VM's regions rarely change between runs: sort them once, copy the table per run.
+        # (List equality compares the Region objects by identity first, so this is cheap.)
+        if base != self._base_key:
+            self._base_table, self._base_key = RegionTable(base), base
+        regions = self._base_table.copy()
         for region in rc.regions:
             regions.add(region)
         return regions
@@ -157,6 +166,16 @@ class LoadedProgram:
         ``mem`` is for prog_type "mem"; ``ctx``/``data`` build the other types' contexts
         (for "mem", ``data`` is the packet the legacy ld_abs/ld_ind instructions read).
         """
+        if self._plain_jit and trace is None and not self.closed:
+            # The common JIT run, inlined: context, one native call, results.
+            rc = build_context(self.prog_type, mem, ctx, data)
+            r0 = None
+            try:
+                r0 = self._jit._call(rc.r1, rc.r2)
+                return r0
+            finally:
+                self._finish(rc, None, r0)
+                rc.release()
         return self._execute(mem, ctx, data, trace, insn_limit,
                              lambda rc: self._jit.run(rc.r1, rc.r2),
                              lambda session, rc: session.call(rc.r1, rc.r2))
@@ -189,6 +208,9 @@ class LoadedProgram:
             if token is not None:
                 ACTIVE_REGIONS.reset(token)
             self._finish(rc, session, r0)
+            if session is not None:
+                session.close()
+            rc.release()
 
     def close(self) -> None:
         if self.closed:

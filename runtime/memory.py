@@ -38,6 +38,14 @@ UNPACK_SIGNED = {n: struct.Struct("<" + c).unpack_from for n, c in _S.items()}
 PACK = {n: struct.Struct("<" + c).pack_into for n, c in _U.items()}
 
 GUARD_FILL = 0xA5  # canary byte of the guard zones around a Buffer
+_GUARD_FILLS: dict[int, bytes] = {}
+
+
+def _guard_fill(n: int) -> bytes:
+    fill = _GUARD_FILLS.get(n)
+    if fill is None:
+        fill = _GUARD_FILLS[n] = bytes([GUARD_FILL]) * n
+    return fill
 
 
 class Buffer:
@@ -53,17 +61,22 @@ class Buffer:
             raise ValueError("buffer size must be >= 0")
         self.size, self.guard = size, guard
         # Over-allocate so the usable part can be aligned to ``align`` (ctypes guarantees 16).
-        raw = ctypes.create_string_buffer(size + 2 * guard + align)
+        # The ctypes array starts zeroed; guards and init go in through PROC slice stores,
+        # which cost far less than ctypes.memset/memmove foreign calls (this runs per run).
+        raw = (ctypes.c_char * (size + 2 * guard + align))()
         base = ctypes.addressof(raw)
         start = -(-(base + guard) // align) * align
         self._raw = raw
         self.address = start
         if guard:
-            ctypes.memset(start - guard, GUARD_FILL, guard)
-            ctypes.memset(start + size, GUARD_FILL, guard)
+            fill = _guard_fill(guard)
+            PROC[start - guard:start] = fill
+            PROC[start + size:start + size + guard] = fill
         if init is not None:
-            data = bytes(init)[:size]
-            ctypes.memmove(start, data, len(data))
+            data = init if type(init) is bytes else bytes(init)
+            if len(data) > size:
+                data = data[:size]
+            PROC[start:start + len(data)] = data
 
     def bytes(self) -> bytes:
         """A copy of the contents."""
@@ -117,6 +130,12 @@ class RegionTable:
 
     def __iter__(self):
         return iter(self._regions)
+
+    def copy(self) -> "RegionTable":
+        """A table of the same regions that can be changed without touching this one."""
+        table = RegionTable.__new__(RegionTable)
+        table._starts, table._regions = self._starts[:], self._regions[:]
+        return table
 
     def __len__(self) -> int:
         return len(self._regions)
