@@ -20,7 +20,7 @@ from pybpf.errors import MapError
 
 from .arena import Arena
 from .array import ArrayMap
-from .base import MAP_TYPE_IDS, Map, MapKeyError
+from .base import MAP_TYPE_IDS, MAP_TYPE_NAMES, Map, MapKeyError
 from .hash import HashMap, LruHashMap
 from .percpu import LruPercpuHashMap, PercpuArrayMap, PercpuHashMap
 from .prog_array import ProgArrayMap
@@ -45,10 +45,9 @@ def create_map(map_type: str | int, key_size: int = 0, value_size: int = 0,
     ``n_cpus=`` (percpu types), ``max_runs=`` (arena).
     """
     if isinstance(map_type, int):
-        names = {v: k for k, v in MAP_TYPE_IDS.items()}
-        if map_type not in names:
+        if not 0 <= map_type < len(MAP_TYPE_NAMES):
             raise MapError(f"unsupported map type {map_type}", errno.EINVAL)
-        map_type = names[map_type]
+        map_type = MAP_TYPE_NAMES[map_type]
     cls = MAP_TYPES.get(str(map_type).lower().removeprefix("bpf_map_type_"))
     if cls is None:
         raise MapError(f"unsupported map type {map_type!r} (supported: "

@@ -28,16 +28,18 @@ import errno
 import mmap
 import weakref
 
+from pybpf.elf_sections import MAP_TYPE_IDS as KERNEL_MAP_TYPE_IDS, MAP_TYPE_NAMES
 from pybpf.errors import MapError
 
 PAGE_SIZE = mmap.PAGESIZE
 PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
 ENOTSUPP = 524          # kernel-internal errno (not in errno.h) some map ops return
 
-# enum bpf_map_type (include/uapi/linux/bpf.h), for the types pybpf implements.
-MAP_TYPE_IDS = {"hash": 1, "array": 2, "prog_array": 3, "percpu_hash": 5, "percpu_array": 6,
-                "lru_hash": 9, "lru_percpu_hash": 10, "queue": 22, "stack": 23, "ringbuf": 27,
-                "arena": 33}
+# The types pybpf implements (runtime/maps/__init__.py registers a class for each), with their
+# values from the one enum bpf_map_type table the ELF loader also uses.
+MAP_TYPE_IDS = {name: KERNEL_MAP_TYPE_IDS[name] for name in (
+    "hash", "array", "prog_array", "percpu_hash", "percpu_array", "lru_hash", "lru_percpu_hash",
+    "queue", "stack", "ringbuf", "arena")}
 
 # Map creation flags (map_flags).
 BPF_F_NO_PREALLOC = 1 << 0
