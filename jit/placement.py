@@ -383,20 +383,12 @@ def placement_svg(report: dict, title: str = "pybpf pack placement") -> str:
 
 # -- the machine code --------------------------------------------------------------------------
 
-def _function_offsets(jp, code: bytes) -> tuple[dict[int, str], str]:
-    """Offset -> function name in the placed ``.text``. The compile result's symbol table is not
-    kept, so the lowered IR is compiled again (same IR and options give the same bytes) and used
-    only if its code is byte-identical to what was placed."""
-    from pybpf.jit.codegen import compile_ir
-
-    entry = {jp.address - jp.allocation.address: jp.symbol}
-    try:
-        again = compile_ir(jp.ir_before, opt_level=jp.opt_level)
-    except JITError as e:
-        return entry, f"function labels beyond the entry unavailable ({e})"
-    if again.text != code:
-        return entry, "function labels beyond the entry unavailable (recompiled code differs)"
-    return {off: name for name, off in again.symbols.items()}, ""
+def _function_offsets(jp) -> tuple[dict[int, str], str]:
+    """Offset -> function name in the placed ``.text``, from the compile's symbol table."""
+    if not jp.symbols:
+        return ({jp.address - jp.allocation.address: jp.symbol},
+                "function labels beyond the entry unavailable")
+    return {off: name for name, off in jp.symbols.items()}, ""
 
 
 def _name_of(op_str: str, labels: dict[int, str], placed: list) -> str | None:
@@ -447,7 +439,7 @@ def native_listing(jp, syntax: str = "att", disassembler: str = "auto") -> str:
         return (f"# x86-64 assembly of {jp.name!r} from LLVM (AT&T syntax); placed at "
                 f"0x{base:x}, entry {jp.symbol} at 0x{jp.address:x}\n{jp.asm.rstrip()}\n")
     code = ctypes.string_at(base, jp.text_size)
-    names, note = _function_offsets(jp, code)
+    names, note = _function_offsets(jp)
     md = cs.Cs(cs.CS_ARCH_X86, cs.CS_MODE_64)
     md.syntax = cs.CS_OPT_SYNTAX_ATT if syntax == "att" else cs.CS_OPT_SYNTAX_INTEL
     md.skipdata = True                     # int3 padding and anything odd still gets a line

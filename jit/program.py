@@ -71,6 +71,7 @@ class JitProgram:
                                                      else tail_offset)
         self.ir_before, self.ir_after, self.asm = ir_before, ir_after, asm
         self.text_size = text_size
+        self.symbols: dict[str, int] = {}   # every function of the placed .text -> its offset
         self._call = native.make_caller(self.address, holds_gil=needs_gil)
         self.closed = False
         self.timings: dict[str, float] = {}
@@ -166,6 +167,7 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         timings["llvm"] = sum(timings[k] for k in steps)
     for jp in jits:
         jp.timings = timings
+        jp.symbols = dict(result.symbols)
     return jits
 
 
