@@ -337,6 +337,13 @@ class TestRunDriver:
         return r0, ns.value
 
 
+# Allocation names of the native code pybpf itself keeps placed for the life of the process
+# (the test_run driver, the Python-helper bridge); placement reports mark them as runtime.
+DRIVER_ALLOCATION = "pybpf_test_run"
+BRIDGE_ALLOCATION = "pybpf_pycall"
+RUNTIME_ALLOCATIONS = frozenset({DRIVER_ALLOCATION, BRIDGE_ALLOCATION})
+
+
 def place(text: bytes, name: str, allocator=None):
     """Copy ``text`` into executable memory from ``allocator`` (the process's pack allocator by
     default) and return the allocation; the caller frees it."""
@@ -365,7 +372,7 @@ def get_driver(allocator=None) -> TestRunDriver:
             from pybpf.jit.codegen import compile_ir
 
             result = compile_ir(build_driver_ir(), opt_level=2)
-            _driver = TestRunDriver(place(result.text, "pybpf_test_run", allocator),
+            _driver = TestRunDriver(place(result.text, DRIVER_ALLOCATION, allocator),
                                     result.symbols)
         return _driver
 

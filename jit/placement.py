@@ -26,11 +26,12 @@ import re
 from xml.sax.saxutils import escape, quoteattr
 
 from pybpf.errors import JITError
+from pybpf.jit import native
 
 HUGE = 2 << 20
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 # Allocations pybpf makes for itself (the test_run driver lives as long as the process).
-RUNTIME_NAMES = frozenset({"pybpf_test_run", "pybpf_pycall"})
+RUNTIME_NAMES = native.RUNTIME_ALLOCATIONS
 
 __all__ = ["placement", "program_placement", "format_placement", "format_program_placement",
            "placement_svg",
