@@ -11,6 +11,11 @@ Through the public API (``VM().load(prog, engine="jit")``, ``lp.test_run``):
 * ``alu``: the interpreter benchmark's ALU loop (bench_interp.ALU_LOOP) on both engines: ns per
   run of ``test_run`` and executed BPF instructions per second (the interpreter counts them), and
   the ratio. Both engines must return the same r0, or the run fails.
+* ``helpers``: ns per call of ``bpf_get_prandom_u32`` and of ``bpf_ktime_get_ns`` from JIT code,
+  in a loop of calls: computed inline (the helpers' native implementations,
+  ``jit/native_helpers.py``) against the same Python functions registered as plain helpers,
+  which JIT code reaches through the Python bridge. The prandom loops of both must return the
+  same r0 (the same seeded sequence), or the run fails.
 
 ``run()`` returns the figures as a dict; ``python -m pybpf.benchmarks.bench_jit [--quick]``
 prints a table.
@@ -83,6 +88,41 @@ def _alu(vm: VM, quick: bool) -> dict:
             "speedup": interp_ns / jit_ns}
 
 
+HELPER_LOOP = """
+    r6 = {n}
+    r7 = 0
+loop:
+    call {hid}
+    r7 += r0
+    r6 -= 1
+    if r6 != 0 goto loop
+    r0 = r7
+    exit
+"""
+
+
+def _helper_calls(quick: bool) -> dict:
+    n = 2000 if quick else 20_000
+    out = {}
+    for name, hid in (("prandom_u32", 7), ("ktime_get_ns", 5)):
+        prog = pybpf.assemble(HELPER_LOOP.format(n=n, hid=hid))
+        native_vm, bridge_vm = VM(seed=3), VM(seed=3)
+        # The same Python function as a plain helper: no native description, so the bridge.
+        bridge_vm.register_helper(hid, bridge_vm.helpers[hid].fn, name, prototype=())
+        per_call, r0 = {}, {}
+        for label, vm in (("native", native_vm), ("bridge", bridge_vm)):
+            with vm.load(prog, engine="jit", name=name) as lp:
+                r0[label] = lp.test_run(repeat=1)[0]
+                per_call[label] = median_of(lambda: lp.test_run(repeat=3)[1], 5) / n
+        if name == "prandom_u32" and r0["native"] != r0["bridge"]:
+            raise BPFError(f"bench_jit: native prandom gave 0x{r0['native']:x}, the Python "
+                           f"helper 0x{r0['bridge']:x}")
+        out[name] = {"calls": n, "native_ns": per_call["native"],
+                     "bridge_ns": per_call["bridge"],
+                     "speedup": per_call["bridge"] / per_call["native"]}
+    return out
+
+
 def run(report=None, quick: bool = False) -> dict:
     """Measure; ``report(line)`` is called with progress lines."""
     say = report or (lambda line: None)
@@ -92,6 +132,9 @@ def run(report=None, quick: bool = False) -> dict:
         say(f"test_run: {out['test_run']['test_run_ns']:.2f} ns per run")
         out["alu"] = _alu(vm, quick)
         say(f"ALU loop: JIT {out['alu']['speedup']:.0f}x the interpreter")
+        out["helpers"] = _helper_calls(quick)
+        say("helper calls: native " + ", ".join(
+            f"{k} {v['speedup']:.0f}x the bridge" for k, v in out["helpers"].items()))
     return out
 
 
@@ -104,7 +147,10 @@ def format_table(results: dict) -> str:
         f"ALU loop ({a['iterations']} iterations, {a['insns_per_run']} insns per run): "
         f"JIT {a['jit_ns'] / 1e3:.1f} us per run ({a['jit_insns_per_s'] / 1e9:.2f} G insns/s), "
         f"interpreter {a['interp_ns'] / 1e6:.2f} ms per run "
-        f"({a['interp_insns_per_s'] / 1e6:.1f} M insns/s): {a['speedup']:.0f}x"])
+        f"({a['interp_insns_per_s'] / 1e6:.1f} M insns/s): {a['speedup']:.0f}x"]
+        + [f"bpf_{k} from JIT code: {v['native_ns']:.1f} ns per call inline, "
+           f"{v['bridge_ns']:.0f} ns through the Python bridge ({v['speedup']:.0f}x)"
+           for k, v in results["helpers"].items()])
 
 
 if __name__ == "__main__":

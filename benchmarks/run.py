@@ -145,6 +145,10 @@ def _jit(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
             Figure("ALU loop, JIT instructions per second", a["jit_insns_per_s"] / 1e6,
                    "M/s", baseline_name="interpreter", baseline=a["interp_insns_per_s"] / 1e6,
                    higher_is_better=True)]
+    for name, h in raw["helpers"].items():
+        figs.append(Figure(f"bpf_{name} from JIT code, per call (inline)", h["native_ns"], "ns",
+                           baseline_name="the same helper through the Python bridge",
+                           baseline=h["bridge_ns"]))
     return raw, figs
 
 

@@ -10,7 +10,8 @@ about 5 ms per program). The bridge converts ``n`` arguments to Python ints, cal
 vectorcall, converts the result with ``PyLong_AsUnsignedLongLongMask`` (``None`` counts as 0)
 and returns ``{value, failed}``; a failure leaves the exception set for ctypes to raise.
 
-Native helper implementations plug in at :meth:`HelperTable.emit_call`; the lowering only sees
+Helpers with a ``native`` description are computed inline instead (:mod:`pybpf.jit.native_helpers`).
+Native implementations plug in at :meth:`HelperTable.emit_call`; the lowering only sees
 ``(r0 value, abort flag or None)``. ``unwind``-style helpers (the program stops with r0 = 0 when
 they return 0) set the same abort flag that a raising Python helper sets.
 
@@ -28,7 +29,7 @@ from typing import Callable
 from llvmlite import ir
 
 from pybpf.errors import JITError, VMError
-from pybpf.jit import native
+from pybpf.jit import native, native_helpers
 from pybpf.jit.cgutils import I1, I64, PTR, const
 
 _BRIDGE_TY = native.BRIDGE_RESULT
@@ -45,6 +46,7 @@ class BoundHelper:
     nargs: int = 5
     unwind: bool = False   # returning 0 stops the program with r0 = 0
     special: str = ""      # "tail_call", "loop": the engine implements the control transfer
+    native: tuple = ()     # an inline implementation (jit/native_helpers.py) instead of fn
 
 
 def _nargs(helper) -> int:
@@ -73,7 +75,8 @@ def _entries(registry) -> dict[int, BoundHelper]:
         name = getattr(helper, "name", f"helper{hid}")
         out[int(hid)] = BoundHelper(int(hid), name, helper.fn, _nargs(helper),
                                     bool(getattr(helper, "unwind", False)),
-                                    str(getattr(helper, "special", "") or ""))
+                                    str(getattr(helper, "special", "") or ""),
+                                    tuple(getattr(helper, "native", ()) or ()))
     return out
 
 
@@ -90,6 +93,7 @@ class HelperTable:
         self._helpers = _entries(registry)
         self._kfuncs = _entries(kfuncs)
         self._called: dict[object, Callable] = {}  # key -> callable whose address is in the IR
+        self._native_keep: list = []   # memory that inline helpers use (prandom state)
         self.force_gil = False     # set when code may enter other programs (tail calls)
 
     def get(self, hid: int) -> BoundHelper | None:
@@ -112,7 +116,7 @@ class HelperTable:
         return self._call_python(builder, key, fn, nargs, args)
 
     def keepalive(self) -> list:
-        return list(self._called.values())
+        return list(self._called.values()) + self._native_keep
 
     def _call_python(self, builder: ir.IRBuilder, key, fn: Callable, nargs: int,
                      args: list[ir.Value]) -> tuple[ir.Value, ir.Value]:
@@ -134,6 +138,11 @@ class HelperTable:
         """Call ``helper`` with r1..r5; returns (r0, abort flag i1 or None).
 
         ``builder`` is a :class:`pybpf.jit.cgutils.TextBuilder`."""
+        if helper.native:
+            self._native_keep.extend(native_helpers.keepalive(helper.native))
+            value = native_helpers.emit(builder, helper.native)
+            return value, (builder.icmp_unsigned("==", value, const(I64, 0))
+                           if helper.unwind else None)
         key = helper.id if self._helpers.get(helper.id) is helper else ("kfunc", helper.id)
         value, failed = self._call_python(builder, key, helper.fn, helper.nargs, args)
         if helper.unwind:

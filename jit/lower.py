@@ -71,6 +71,7 @@ from pybpf.jit.env import JitEnv
 from pybpf.jit.helper_calls import HelperTable
 from pybpf.jit.kinds import ProgramInfo
 from pybpf.program import Program
+from pybpf.verifier.liveness import liveness
 from pybpf.verifier.regs import written_regs
 
 if sys.byteorder != "little":  # le/be lowering below assumes a little-endian host
@@ -169,6 +170,7 @@ class ModuleLowerer:
         program = ProgramInfo(prog, functions, may_abort, values64, fp_fixed, env, cfg, tail,
                               calls.func_value)
         program.loaded = loaded
+        program.live = liveness(cfg, decoded)
         for sp in cfg.subprogs:
             body = [(pc, f, i) for pc, f, i in decoded if sp.start <= pc < sp.end]
             leaders = [pc for pc in cfg.leaders if sp.start <= pc < sp.end]
@@ -256,6 +258,8 @@ class FunctionLowerer:
         self.blocks = {pc: self.fn.append_basic_block(f"L{pc}") for pc in leaders}
         self.b = cg.TextBuilder(self.entry_bb)
         self.pc = sp.start
+        self.live = program.live
+        self.block_start = sp.start   # the BPF block being lowered (for its live-out set)
         self._counter = None  # may_goto budget, made on first use
         self.cache: dict[int, ir.Value] = {}  # register -> its value in the current block
         self.dirty: set[int] = set()  # registers the current block changed (to write back)
@@ -280,11 +284,16 @@ class FunctionLowerer:
         self.reg_refs = [reg.ref for reg in self.regs]
         self.stack = b.alloca_text("stack", f"[{isa.MAX_BPF_STACK} x i8]", align=16)
         nargs = _MAIN_ARGS if self.is_main else _SUB_ARGS
+        live = self.live.live_in.get(self.sp.start, (1 << isa.NREGS) - 1)
         for i in range(isa.NREGS - 1):
             # Arguments arrive in r1..; the other registers start at 0 like the interpreter's.
-            b.store(self.fn.args[i - 1] if 1 <= i <= nargs else cg.const(I64, 0), self.regs[i])
-        top = b.add(b.ptrtoint(self.stack, I64), cg.const(I64, isa.MAX_BPF_STACK))
-        b.store(top, self.regs[10])
+            # A register the code never reads before writing it needs no first value.
+            if live >> i & 1:
+                b.store(self.fn.args[i - 1] if 1 <= i <= nargs else cg.const(I64, 0),
+                        self.regs[i])
+        if live >> 10 & 1:
+            top = b.add(b.ptrtoint(self.stack, I64), cg.const(I64, isa.MAX_BPF_STACK))
+            b.store(top, self.regs[10])
 
     def get(self, r: int) -> ir.Value:
         # Within one BPF block a register's value is reused instead of reloaded: less IR to
@@ -299,11 +308,14 @@ class FunctionLowerer:
         self.dirty.add(r)
 
     def spill(self) -> None:
-        """Write the registers this block changed back to their allocas (before a terminator).
-        Every cached value dominates the block's end, so the stores are valid there."""
+        """Write the registers this block changed, and some later block reads, back to their
+        allocas (before the block's terminator). Every cached value dominates the block's end,
+        so the stores are valid there."""
         emit, cache, refs = self.b._emit_void, self.cache, self.reg_refs
+        live = self.live.live_out.get(self.block_start, (1 << isa.NREGS) - 1)
         for r in sorted(self.dirty):
-            emit(f"store i64 {cache[r].get_reference()}, ptr {refs[r]}")
+            if live >> r & 1:
+                emit(f"store i64 {cache[r].get_reference()}, ptr {refs[r]}")
         self.dirty.clear()
 
     def operand(self, form, insn, width: int = 64) -> ir.Value:
@@ -325,7 +337,7 @@ class FunctionLowerer:
     # -- returns and aborts ------------------------------------------------------------------
 
     def ret(self, value: ir.Value) -> None:
-        self.spill()  # dead stores (mem2reg drops them) that keep final values visible in the IR
+        self.dirty.clear()   # nothing of this frame is read after it returns
         if self.is_main or not self.may_abort:
             self.b.ret(value)
         else:
@@ -348,6 +360,7 @@ class FunctionLowerer:
         b.branch(self.block_at(self.sp.start))
         blocks, comments = self.blocks, self.mod.comments
         handlers = _handlers()
+        dead = self.live.dead
         for pc, form, insn in self.body:
             self.pc = pc
             if pc in blocks:
@@ -355,9 +368,16 @@ class FunctionLowerer:
                     self.spill()
                     b.branch(blocks[pc])
                 b.position_at_end(blocks[pc])
+                self.block_start = pc
                 self.cache = {}  # values of other blocks need not dominate this one
             elif b.block.is_terminated:  # cannot happen with cfg leaders; guard anyway
                 raise self.error("instruction follows a terminator but starts no block")
+            if dead(pc):
+                # A pure instruction whose result nothing reads (verifier/liveness.py): LLVM
+                # would delete it; not writing it saves building, parsing and cleaning it up.
+                if comments:
+                    b.comment(f"{pc}: {form.name} dst={insn.dst}: result never read, skipped")
+                continue
             if comments:
                 b.comment(f"{pc}: {form.name} dst={insn.dst} src={insn.src} off={insn.off} "
                           f"imm={insn.imm}")

@@ -29,8 +29,10 @@ from typing import Callable, Iterator
 from pybpf.helper_names import HELPER_NAMES
 
 from .memory import PROC
+from .prandom import PrandomState
 
 M64 = (1 << 64) - 1
+CLOCK_MONOTONIC_COARSE = 6     # Linux's clock id; the time module has no name for it
 
 ANY = "ARG_ANYTHING"
 PTR_MEM = "ARG_PTR_TO_MEM"                      # the helper may write [ptr, ptr + size)
@@ -79,7 +81,10 @@ class Helper:
     it returns ``(address, size, kind)`` triples, kind "read" or "write", that the interpreter
     checks before calling ``fn``. ``special`` names helpers the engines implement themselves
     because they transfer control ("tail_call", "loop": bpf_loop's callback); their ``fn`` is
-    only a stand-in."""
+    only a stand-in. ``native`` describes a native implementation the JIT emits inline instead
+    of calling ``fn`` through Python, with the same result: ``("const", value)``,
+    ``("clock_gettime", clock_id)`` or ``("prandom_u32", PrandomState)``
+    (``jit/native_helpers.py``)."""
 
     id: int
     name: str
@@ -88,6 +93,7 @@ class Helper:
     unwind: bool = False
     mem_args: Callable[[tuple], list] | None = None
     special: str = ""
+    native: tuple = ()
 
     @property
     def checks_memory(self) -> bool:
@@ -200,21 +206,29 @@ def format_printk(fmt: bytes, args: tuple[int, ...], regions=None) -> str:
 def kernel_helpers(output: list | None = None, rng: random.Random | None = None) -> HelperRegistry:
     """The kernel helpers that need no maps, under their kernel ids.
 
-    ``output`` collects ``bpf_trace_printk`` lines (the VM's trace pipe); ``rng`` feeds
-    ``bpf_get_prandom_u32`` (seed it for reproducible runs).
+    ``output`` collects ``bpf_trace_printk`` lines (the VM's trace pipe); ``rng`` seeds
+    ``bpf_get_prandom_u32``'s generator (the kernel's taus113, :mod:`.prandom`; seed it for
+    reproducible runs). The clocks, the processor id and the generator carry a ``native``
+    description, so JIT code computes them without calling Python.
     """
     out = output if output is not None else []
-    rand = rng or random.Random()
+    rand_state = PrandomState.seeded(rng)
     reg = HelperRegistry(kind="helper")
 
     def ktime_get_ns() -> int:
-        return time.monotonic_ns()
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
     def ktime_get_boot_ns() -> int:
         return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
+    def ktime_get_coarse_ns() -> int:
+        return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+    def ktime_get_tai_ns() -> int:
+        return time.clock_gettime_ns(time.CLOCK_TAI)
+
     def get_prandom_u32() -> int:
-        return rand.getrandbits(32)
+        return rand_state.next()
 
     def get_smp_processor_id() -> int:
         return 0  # the interpreter runs on one virtual CPU
@@ -232,14 +246,16 @@ def kernel_helpers(output: list | None = None, rng: random.Random | None = None)
         return len(line.encode("latin-1"))
 
     noargs = Prototype()
-    for hid, fn, proto in (
-            (5, ktime_get_ns, noargs),
-            (6, trace_printk, Prototype(args=(PTR_MEM_RO, SIZE, ANY, ANY, ANY))),
-            (7, get_prandom_u32, noargs),
-            (8, get_smp_processor_id, noargs),
-            (125, ktime_get_boot_ns, noargs)):
+    for hid, fn, proto, native in (
+            (5, ktime_get_ns, noargs, ("clock_gettime", time.CLOCK_MONOTONIC)),
+            (6, trace_printk, Prototype(args=(PTR_MEM_RO, SIZE, ANY, ANY, ANY)), ()),
+            (7, get_prandom_u32, noargs, ("prandom_u32", rand_state)),
+            (8, get_smp_processor_id, noargs, ("const", 0)),
+            (125, ktime_get_boot_ns, noargs, ("clock_gettime", time.CLOCK_BOOTTIME)),
+            (160, ktime_get_coarse_ns, noargs, ("clock_gettime", CLOCK_MONOTONIC_COARSE)),
+            (208, ktime_get_tai_ns, noargs, ("clock_gettime", time.CLOCK_TAI))):
         assert HELPER_NAMES[hid] == fn.__name__, (hid, fn.__name__)
-        reg.add(Helper(hid, fn.__name__, fn, proto))
+        reg.add(Helper(hid, fn.__name__, fn, proto, native=native))
     return reg
 
 

@@ -59,8 +59,10 @@ def test_show_ir_has_both_stages(src):
     assert "before optimisation" in before and after
     assert "define i64 @\"bpf_main\"" in before or "define i64 @bpf_main" in before
     assert "define" in after
-    # the lowered IR carries a comment per BPF instruction; optimisation promoted the registers
-    assert "; 0: mov64_reg dst=6 src=2" in before
+    # the lowered IR carries a comment per BPF instruction (r6 is never read: its copy is
+    # skipped, and says so); optimisation promoted the registers
+    assert "; 0: mov64_reg dst=6: result never read, skipped" in before
+    assert "; 1: mov64_imm dst=0 src=0 off=0 imm=0" in before
     assert 'alloca i64' in before and 'alloca i64' not in after
 
 

@@ -18,6 +18,7 @@ import errno
 import random
 import struct
 import sys
+import time
 
 import pytest
 
@@ -123,6 +124,43 @@ def case_lookups_are_native():
         assert lp.run(mem=bytes(8) + key) == want
         assert lp.run(mem=bytes(8) + bytes(len(key) - 1) + b"\x09") == M64
     return True
+
+
+_CLOCKS = {5: time.CLOCK_MONOTONIC, 125: time.CLOCK_BOOTTIME, 160: 6,   # MONOTONIC_COARSE
+           208: time.CLOCK_TAI}
+
+
+def case_time_random_and_cpu_helpers_are_native():
+    """ktime_get_ns/boot_ns/coarse_ns/tai_ns, get_prandom_u32 and get_smp_processor_id are
+    computed inline (no GIL needed); the seeded generator gives the same sequence in both
+    engines and keeps going across runs; each clock reads between two Python readings."""
+    lines = []
+    for hid in _CLOCKS:
+        lines += [f"call {hid}", f"*(u64 *)(r6 + {len(lines) // 2 * 8}) = r0"]
+    prog = asm("r6 = r1\n" + "\n".join(lines) + "\ncall bpf_get_smp_processor_id\n"
+               "*(u64 *)(r6 + 32) = r0\ncall bpf_get_prandom_u32\nr7 = r0\n"
+               "call bpf_get_prandom_u32\nr0 <<= 32\nr0 |= r7\nexit")
+
+    def run(engine):
+        vm = VM()
+        lp = vm.load(prog, engine=engine)
+        if engine == "jit":
+            assert not lp._jit.needs_gil
+        randoms = []
+        for _ in range(3):
+            before = {h: time.clock_gettime_ns(c) for h, c in _CLOCKS.items()}
+            randoms.append(lp.run(mem=bytes(40)))
+            after = {h: time.clock_gettime_ns(c) for h, c in _CLOCKS.items()}
+            got = dict(zip(_CLOCKS, struct.unpack("<4Q", lp.last_mem[:32])))
+            for h in (5, 125, 208):
+                assert before[h] <= got[h] <= after[h], (engine, h, before[h], got[h])
+            # the coarse clock lags by up to a tick (4 ms at HZ=250)
+            assert before[160] - 10_000_000 <= got[160] <= after[160], (engine, got[160])
+            assert lp.last_mem[32:40] == bytes(8)
+        return randoms
+    randoms = both(run)
+    assert len(set(randoms)) == 3
+    return randoms
 
 
 def case_hash_keys_of_every_size():
