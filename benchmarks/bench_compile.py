@@ -19,6 +19,11 @@ Python helper) and, from 200 slots on, BPF-to-BPF calls. Each program passes the
 structural CFG checks. The first samples are warm-up (the process's first helper call also
 builds the shared helper bridge once).
 
+The *LLVM floor* (200 slots, -O2) shows how much of the latency is LLVM's own cost: the
+worker's time for the lowered IR of each program, and for that program's -O2 output compiled
+again at -O2, which leaves the optimiser nothing to remove (so the time the pipeline and code
+generation take even for IR that is already optimal).
+
 ``run()`` returns the figures as a dict; ``python benchmarks/bench_compile.py`` (or
 ``python -m pybpf.benchmarks.bench_compile``) prints a table. ``--quick`` takes fewer samples,
 ``--profile`` adds a cProfile of the lowering of a 200-slot program.
@@ -226,6 +231,32 @@ def _series(slots: int, opt: int, count: int, helpers) -> dict:
     return out
 
 
+def llvm_floor(slots: int = 200, opt: int = 2, count: int = 20) -> dict:
+    """Medians (ms) of the worker's LLVM time for lowered IR and for its own -O<opt> output."""
+    from pybpf.jit.codegen import compile_ir
+    from pybpf.jit.lower import lower_program
+
+    helpers = _helpers()
+    raw, again, steps = [], [], {}
+    for k, prog in enumerate(programs(slots, count + 2, seed=11)):
+        first = compile_ir(lower_program(prog, helpers, comments=False).ir, opt, want_ir=True)
+        second = compile_ir(first.ir_after, opt)
+        if k < 2:    # warm-up
+            continue
+        raw.append(sum(first.times[s] for s in _LLVM_STEPS) * 1e3)
+        again.append(sum(second.times[s] for s in _LLVM_STEPS) * 1e3)
+        for name in ("opt", "emit"):
+            steps.setdefault(f"raw_{name}", []).append(first.times[name] * 1e3)
+            steps.setdefault(f"again_{name}", []).append(second.times[name] * 1e3)
+    out = {"slots": slots, "opt": opt, "samples": len(raw),
+           "llvm_ms": statistics.median(raw), "llvm_optimised_ms": statistics.median(again)}
+    out.update({f"{k}_ms": statistics.median(v) for k, v in steps.items()})
+    return out
+
+
+_LLVM_STEPS = ("parse", "verify", "opt", "emit", "extract")
+
+
 def run(report=None, quick: bool = False, sizes=SIZES, opt_levels=OPT_LEVELS) -> dict:
     """Measure every (size, opt level); ``report(line)`` gets progress lines."""
     from pybpf.jit.codegen import start_workers, worker_info
@@ -242,6 +273,10 @@ def run(report=None, quick: bool = False, sizes=SIZES, opt_levels=OPT_LEVELS) ->
             r["opt"] = opt
             results["series"].append(r)
             say(f"{slots} slots -O{opt}: median {r['median_ms']:.2f} ms")
+    if 200 in sizes and 2 in opt_levels:
+        results["llvm_floor"] = floor = llvm_floor(200, 2, 10 if quick else 30)
+        say(f"LLVM floor: {floor['llvm_ms']:.2f} ms for lowered IR, "
+            f"{floor['llvm_optimised_ms']:.2f} ms for its -O2 output")
     return results
 
 
@@ -269,6 +304,14 @@ def format_table(results: dict) -> str:
     if cpu:
         lines.append("cpu = CPU time of this thread plus the worker's for the compile (wall "
                      "time without waiting for a CPU)")
+    floor = results.get("llvm_floor")
+    if floor:
+        lines.append(
+            f"LLVM floor, {floor['slots']} slots -O{floor['opt']} ({floor['samples']} programs): "
+            f"the worker takes {floor['llvm_ms']:.2f} ms for the lowered IR (opt "
+            f"{floor['raw_opt_ms']:.2f}, emit {floor['raw_emit_ms']:.2f}) and "
+            f"{floor['llvm_optimised_ms']:.2f} ms for that IR's own -O{floor['opt']} output (opt "
+            f"{floor['again_opt_ms']:.2f}, emit {floor['again_emit_ms']:.2f})")
     if stage_names:
         lines.append("stages are medians of wall time: lower = IR built in this process; "
                      "worker = round trip; llvm = the worker's own time (parse, verify, opt, "

@@ -105,6 +105,12 @@ def _compile(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
         figs.append(Figure(f"{label}, p95", r["p95_ms"], "ms",
                            baseline_name="-O1" if base else None,
                            baseline=base["p95_ms"] if base else None))
+    floor = raw.get("llvm_floor")
+    if floor:
+        figs.append(Figure("LLVM alone, ~200 insns -O2, on its own -O2 output",
+                           floor["llvm_optimised_ms"], "ms",
+                           baseline_name="LLVM alone on the lowered IR",
+                           baseline=floor["llvm_ms"]))
     return raw, figs
 
 
