@@ -16,8 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVG = "{http://www.w3.org/2000/svg}"
 HAVE_CAPSTONE = importlib.util.find_spec("capstone") is not None
 
-# A loop whose trip count comes from the input (so LLVM keeps code), and a helper call (to a
-# Python helper, through pybpf's native bridge).
+# A loop whose trip count comes from the input (so LLVM keeps code), and a helper call (14,
+# get_current_pid_tgid: a Python helper, reached through pybpf's native bridge).
 PROG = """\
     r6 = r2
     r0 = 0
@@ -28,7 +28,7 @@ loop:
     r1 += -1
     if r1 > 0 goto loop
     r7 = r0
-    call 7
+    call 14
     r0 = r7
     exit
 """
