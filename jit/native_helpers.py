@@ -34,10 +34,6 @@ def clock_gettime_address() -> int:
     return _clock_gettime
 
 
-def kinds() -> set[str]:
-    return {"const", "clock_gettime", "prandom_u32"}
-
-
 def keepalive(spec: tuple) -> list:
     """Objects whose memory the emitted code uses (they must outlive it)."""
     return [spec[1]] if spec[0] == "prandom_u32" else []
