@@ -7,7 +7,9 @@ stack alloca with r10 pointing one past its top; when the program never writes r
 verifier's rule), r10-relative accesses address the alloca directly, so that SROA can turn
 stack slots into registers (a fifth less LLVM time). Within a BPF block a register lives as an
 SSA value: it is loaded from its alloca on first use and written back once, before the block's
-terminator, if the block changed it (less IR to build, print, parse and clean up). Instructions
+terminator, if the block changed it and a later block may read it; a pure instruction whose
+result nothing reads is not lowered at all (register liveness, :mod:`pybpf.verifier.liveness`).
+All of this is less IR to build, print, parse and clean up. Instructions
 are dispatched on the ISA table's ``kind`` (``_lower_<kind>``) and then its
 ``op``/``width``/``size``/``source`` fields; nothing here lists opcodes. The hot instructions
 are written as text by :class:`~pybpf.jit.cgutils.TextBuilder` into llvmlite's blocks.
