@@ -93,3 +93,12 @@ def run_child(path: str, cases: dict) -> tuple[dict, subprocess.CompletedProcess
             rec = json.loads(line)
             results[rec["case"]] = rec
     return results, proc
+
+
+def assert_case_passed(child_results: tuple, name: str) -> None:
+    """Fail unless the child of :func:`run_child` reported case ``name`` as passed."""
+    results, proc = child_results
+    rec = results.get(name)
+    assert rec is not None, (f"the child died before reporting {name} (exit {proc.returncode})"
+                             f"\n{proc.stderr[-3000:]}")
+    assert rec["ok"], rec["error"]

@@ -25,7 +25,8 @@ from programs_arena import (ATOMICS_BODY, BUILD_LIST, CASTS, OFFS, PAGE, WALK_LI
                             access_progs, addr32_strategy, args, backed)
 from pybpf.runtime.maps.arena import LO32
 from pybpf.runtime.maps.base import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
-from support import ENGINES, M64, asm, both, cases_of, child, rss, run_child
+from support import (ENGINES, M64, asm, assert_case_passed, both, cases_of, child, rss,
+                     run_child)
 
 
 # -- the cases (each runs in the child) -------------------------------------------------------
@@ -267,11 +268,7 @@ def child_results():
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_case_in_jit(child_results, name):
-    results, proc = child_results
-    rec = results.get(name)
-    assert rec is not None, (f"the child died before reporting {name} (exit {proc.returncode})"
-                             f"\n{proc.stderr[-3000:]}")
-    assert rec["ok"], rec["error"]
+    assert_case_passed(child_results, name)
 
 
 def test_arbitrary_addresses_ran_every_example(child_results):

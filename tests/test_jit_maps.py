@@ -23,7 +23,7 @@ import time
 import pytest
 
 from programs_maps import bpf_loop_prog, ringbuf_prog, tail_caller, tail_chain
-from support import M64, asm, both, cases_of, child, frame, run_child
+from support import M64, asm, assert_case_passed, both, cases_of, child, frame, run_child
 
 
 def VM():
@@ -483,11 +483,7 @@ def child_results():
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_case_in_both_engines(child_results, name):
-    results, proc = child_results
-    rec = results.get(name)
-    assert rec is not None, (f"the child died before reporting {name} (exit {proc.returncode})"
-                             f"\n{proc.stderr[-3000:]}")
-    assert rec["ok"], rec["error"]
+    assert_case_passed(child_results, name)
 
 
 if __name__ == "__main__":
