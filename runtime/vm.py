@@ -194,6 +194,9 @@ class VM:
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
                            values, fd=_next_fd(), verified=verify)
         self._programs[lp.fd] = lp
+        for m, index in getattr(prog, "prog_array_slots", ()):    # __array(values, ...)
+            if m.fd in self._by_fd:
+                m.update(index, lp)
         return lp
 
     # -- load-time resolution ------------------------------------------------------------------
@@ -216,6 +219,9 @@ class VM:
 # --- helpers ----------------------------------------------------------------------------------
 def _as_program(prog, name: str | None = None) -> Program:
     if isinstance(prog, Program):
+        err = getattr(prog, "load_error", None)    # an ELF program libbpf could not load
+        if err is not None:
+            raise type(err)(str(err))
         return prog
     if isinstance(prog, (bytes, bytearray, memoryview)):
         return Program.from_bytes(bytes(prog), name=name or "prog")
