@@ -73,7 +73,7 @@ def access(fl, r: int, off: int, size: int) -> Access:
     if how == "plain":
         return Access(fl.address(r, off, size))
     b, lay = fl.b, fl.arena
-    kvs = cg.const(I64, lay.kern_vm_start)
+    kvs = b.ext(lay.kern_vm_start)
     base = fl.get(r)
     if how == "arena":
         k = b.add(b.zext(cg.low32(b, base), I64), cg.const(I64, off)) if off else \
@@ -82,10 +82,10 @@ def access(fl, r: int, off: int, size: int) -> Access:
     a = b.add(base, cg.const(I64, off)) if off else base
     if how == "band":
         return Access(b.inttoptr(a, PTR), True, b.sub(a, kvs))
-    in_band = b.icmp_unsigned("<=", b.sub(a, cg.const(I64, lay.band_lo)),
+    in_band = b.icmp_unsigned("<=", b.sub(a, b.ext(lay.band_lo)),
                               cg.const(I64, lay.band_size - size))
     lo, hi = fl.env.low_pool
-    in_pool = b.icmp_unsigned("<", b.sub(a, cg.const(I64, lo)), cg.const(I64, hi - lo))
+    in_pool = b.icmp_unsigned("<", b.sub(a, b.ext(lo)), cg.const(I64, hi - lo))
     narrow = b.icmp_unsigned("<=", base, cg.const(I64, 0xFFFFFFFF))
     trans = b.and_(narrow, b.xor(b.or_(in_pool, in_band), I1(1)))
     addr = b.select(trans, b.add(a, kvs), a)
@@ -95,7 +95,7 @@ def access(fl, r: int, off: int, size: int) -> Access:
 def _page_ok(fl, acc: Access, size: int):
     """i1: both pages of the access are allocated (always true for a non-arena access)."""
     b = fl.b
-    pm = cg.const(I64, fl.arena.page_map)
+    pm = b.ext(fl.arena.page_map)
     first = b.ashr(acc.k, cg.const(I64, PAGE_SHIFT))
     pages = [first]
     if size > 1:
@@ -104,7 +104,7 @@ def _page_ok(fl, acc: Access, size: int):
     for page in pages:
         p = b.inttoptr(b.add(pm, page), PTR)
         if acc.arena is not True:
-            p = b.select(acc.arena, p, b.inttoptr(cg.const(I64, ONE_ADDRESS), PTR))
+            p = b.select(acc.arena, p, b.inttoptr(b.ext(ONE_ADDRESS), PTR))
         byte = b.load(p, typ=I8)
         ok = byte if ok is None else b.and_(ok, byte)
     return b.icmp_unsigned("!=", ok, cg.const(I8, 0))

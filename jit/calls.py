@@ -110,7 +110,7 @@ def _tail_call(fl) -> None:
     known = fl.known(2)
     m = fl.env.resolve_map(known) if known is not None and fl.env.resolve_map else None
     if m is not None and getattr(m, "table_address", None) is not None:
-        table, limit = cg.const(I64, m.table_address), cg.const(I32, m.max_entries)
+        table, limit = b.ext(m.table_address), cg.const(I32, m.max_entries)
     else:   # read the prog_array's MapHeader
         hdr = fl.get(2)
         limit = b.load(b.inttoptr(b.add(hdr, cg.const(I64, _HDR_MAX_ENTRIES)), PTR), typ=I32)
@@ -247,8 +247,8 @@ def lower_ldabs(fl, form, insn) -> None:
     if form.op == "ind":
         off = b.add(cg.low32(b, fl.get(insn.src)), off)
     off64 = b.sext(off, I64)                   # a negative offset is out of bounds
-    data = b.load(b.inttoptr(cg.const(I64, desc), PTR), typ=I64)
-    length = b.load(b.inttoptr(cg.const(I64, desc + 8), PTR), typ=I64)
+    data = b.load(b.inttoptr(b.ext(desc), PTR), typ=I64)
+    length = b.load(b.inttoptr(b.ext(desc + 8), PTR), typ=I64)
     bad = b.or_(b.icmp_signed("<", off64, cg.const(I64, 0)),
                 b.icmp_signed(">", b.add(off64, cg.const(I64, size)), length))
     fl.abort_if(bad)

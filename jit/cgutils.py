@@ -93,6 +93,51 @@ class Tmp(ir.Value):
         return ty
 
 
+class Extern(ir.Value):
+    """A value that differs between processes (an address): ``ptrtoint`` of an external symbol
+    that placement resolves (:mod:`pybpf.jit.link`), so the compiled bytes do not depend on it."""
+
+    __slots__ = ("type", "name", "value", "_ref")
+
+    def __init__(self, name: str, value: int) -> None:
+        self.type, self.name, self.value = I64, name, value
+        self._ref = f'ptrtoint (ptr @"{name}" to i64)'
+
+    def get_reference(self) -> str:
+        return self._ref
+
+    def __str__(self) -> str:
+        return f"i64 {self._ref}"
+
+
+EXTERN_PREFIX = "pybpf.x"   # pybpf.jit.link resolves undefined symbols named pybpf.*
+
+
+class Externs:
+    """The external symbols of one module, one per distinct value, named in order of first use
+    (``pybpf.x0``, ``pybpf.x1``, ...): the IR then depends on which values are equal, never on
+    the values, and ``values`` (name -> value) is what placement resolves them with.
+
+    The symbols are ``extern_weak`` declarations of an ``i8``: LLVM may assume neither that
+    they are non-null nor any alignment, so no address is folded into a wrong constant."""
+
+    def __init__(self, module: ir.Module) -> None:
+        self.module = module
+        self._by_value: dict[int, Extern] = {}
+        self.values: dict[str, int] = {}
+
+    def __call__(self, value: int) -> Extern:
+        value &= (1 << 64) - 1
+        ext = self._by_value.get(value)
+        if ext is None:
+            name = f"{EXTERN_PREFIX}{len(self._by_value)}"
+            gv = ir.GlobalVariable(self.module, I8, name)
+            gv.linkage = "extern_weak"
+            ext = self._by_value[value] = Extern(name, value)
+            self.values[name] = value
+        return ext
+
+
 _CONSTS: dict[tuple[int, int], Const] = {}
 _CONST_LIMIT = 1 << 14   # programs bake in addresses: do not let the table grow forever
 
@@ -143,9 +188,16 @@ class TextBuilder(ir.IRBuilder):
     not overridden here are llvmlite's and mix freely with these.
     """
 
-    def __init__(self, block: ir.Block | None = None) -> None:
+    def __init__(self, block: ir.Block | None = None, ext=None) -> None:
         super().__init__(block)
         self._count = 0
+        if ext is not None:
+            self.ext = ext
+
+    def ext(self, value: int) -> ir.Value:
+        """``value``, an address that differs between processes: an :class:`Extern` of the
+        module when the builder has its :class:`Externs`, else a plain constant."""
+        return const(I64, value)
 
     def _emit(self, ty: ir.Type, text: str) -> Tmp:
         self._count += 1

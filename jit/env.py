@@ -1,7 +1,8 @@
-"""What the loader knows about a program that its JIT code bakes in as constants (``JitEnv``).
+"""What the loader knows about a program that its JIT code depends on (``JitEnv``).
 
 The kernel JITs after maps exist, so map addresses, the arena's ``kern_vm_start`` (its r12) and
-helper addresses are immediates in the code. pybpf's loader (:mod:`pybpf.runtime.loader`) passes
+helper addresses are immediates in the code; pybpf's code reaches them through external symbols
+that placement resolves (``cgutils.Externs``), so the same bytes serve every process. pybpf's loader (:mod:`pybpf.runtime.loader`) passes
 the same facts: ``values64`` (the constant of every ld_imm64 and cast_user, by slot) and this
 record. Every field is optional; without it the forms that need it raise :class:`JITError`.
 """

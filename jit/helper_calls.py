@@ -3,8 +3,8 @@
 Today every helper is a Python callable. Lowered code reaches it through a *shared bridge*: a
 few native functions ``{i64, i1} pybpf_pycall<n>(i64 callable, i64 r1..r5)`` (one per argument
 count ``n``), built from LLVM IR once per process and placed like a program. A call site passes
-the callable's address as a constant and calls the bridge by absolute address, so the object has
-no relocations and, unlike a per-module bridge (:class:`pybpf.jit.native.PythonHelper`), the
+the callable's address and calls the bridge, both as external symbols (``pybpf.x<n>``, resolved at
+placement: the code itself is the same in every process), and, unlike a per-module bridge (:class:`pybpf.jit.native.PythonHelper`), the
 bridge's ~40 instructions are not optimised and compiled again with every program (that cost
 about 5 ms per program). The bridge converts ``n`` arguments to Python ints, calls by
 vectorcall, converts the result with ``PyLong_AsUnsignedLongLongMask`` (``None`` counts as 0)
@@ -131,8 +131,10 @@ class HelperTable:
         args = (list(args) + [const(I64, 0)] * 5)[:5]
         text = ", ".join(f"i64 {a.get_reference()}" for a in args)
         # One text call through a constant address: no callee object, no relocation.
-        res = builder._emit(_BRIDGE_TY, f"call {_BRIDGE_TEXT} inttoptr (i64 {address} to ptr)"
-                                        f"(i64 {id(fn)}, {text}) nounwind")
+        callee, obj = builder.ext(address), builder.ext(id(fn))
+        res = builder._emit(_BRIDGE_TY, f"call {_BRIDGE_TEXT} inttoptr (i64 "
+                                        f"{callee.get_reference()} to ptr)"
+                                        f"(i64 {obj.get_reference()}, {text}) nounwind")
         return builder.extract_value(res, 0), builder.extract_value(res, 1)
 
     def emit_call(self, builder: ir.IRBuilder, helper: BoundHelper,

@@ -23,8 +23,10 @@ run-state word, kept in a register: no shared memory, so threads cannot disturb 
 the entry returns 0. Programs that make tail calls add a tail-call count pointer to every
 function and have an ``<entry>.tail`` body (:mod:`pybpf.jit.calls`).
 
-Helpers and everything else the code reaches are absolute constants in the IR, so the object
-has no relocations. Values only the loader knows come in ``values64`` (slot -> constant), the
+Addresses that differ between processes (helpers and the Python bridge, maps, the arena, the
+packet descriptor) are external symbols (``cgutils.Externs``: ``pybpf.x<n>``, one per distinct
+value in order of first use) that :mod:`pybpf.jit.link` resolves at placement, so the IR and the
+code depend only on the program and the facts below. Values only the loader knows come in ``values64`` (slot -> constant), the
 same table the interpreter takes: the resolved constant of an ``ld_imm64`` pseudo form (a map
 address, ...) and, for ``cast_user``, the arena's upper 32 bits; and in a
 :class:`~pybpf.jit.env.JitEnv`: the arena, the kfunc registry, the map resolver (native map
@@ -105,6 +107,7 @@ class LoweredModule:
     keepalive: list = field(default_factory=list)
     needs_gil: bool = False
     tail_entries: dict = field(default_factory=dict)   # entry -> symbol tail calls enter
+    externs: dict = field(default_factory=dict)   # external symbol -> its value (placement)
 
 
 def _symbol(text: str) -> str:
@@ -116,6 +119,7 @@ class ModuleLowerer:
 
     def __init__(self, helpers=None, comments: bool = True, name: str = "pybpf") -> None:
         self.module = ir.Module(name=name)
+        self.externs = cg.Externs(self.module)   # process-specific values, resolved at placement
         self.helpers = HelperTable(helpers)
         self.comments = comments
         self.entries: list[str] = []
@@ -197,7 +201,8 @@ class ModuleLowerer:
             self.module = None
             self._finished = LoweredModule(text, list(self.entries),
                                            self.helpers.keepalive() + self.keepalive,
-                                           self.helpers.needs_gil, dict(self.tail_entries))
+                                           self.helpers.needs_gil, dict(self.tail_entries),
+                                           dict(self.externs.values))
         return self._finished
 
 
@@ -260,7 +265,7 @@ class FunctionLowerer:
         self.entry_bb = self.fn.append_basic_block("entry")
         self.blocks = {pc: self.fn.append_basic_block(f"L{pc}") for pc in leaders}
         self.trees = switches.find_trees(body, leaders)   # compare trees -> LLVM switches
-        self.b = cg.TextBuilder(self.entry_bb)
+        self.b = cg.TextBuilder(self.entry_bb, mod.externs)
         self.pc = sp.start
         self.live = program.live
         self.block_start = sp.start   # the BPF block being lowered (for its live-out set)
@@ -425,7 +430,7 @@ class FunctionLowerer:
             raise self.error("cast_user needs the program's arena (values64), which the JIT "
                              "does not support yet")
         # rX = (u32)rY ? upper32(user_vm_start) | (u32)rY : 0  (SEMANTICS.md 2.2)
-        hi = cg.const(I64, upper & ~0xFFFFFFFF)
+        hi = self.b.ext(upper & ~0xFFFFFFFF)
         full = self.b.or_(cg.zext64(self.b, lo), hi)
         self.set(insn.dst, self.b.select(self.b.icmp_unsigned("==", lo, I32(0)), I64(0), full))
 
@@ -435,7 +440,9 @@ class FunctionLowerer:
         elif form.op == "func" and self.program.loaded:
             value = calls.func_value(self.pc + 1 + insn.imm)   # an opaque token (bpf_loop)
         elif form.op != "func" and self.pc in self.values64:
-            value = self.values64[self.pc]  # a map's address, resolved by the loader
+            # a map's address, resolved by the loader: an external symbol of the code
+            self.set(insn.dst, self.b.ext(self.values64[self.pc]))
+            return
         else:
             raise self.error(f"{form.name} (ld_imm64 src={insn.src}) is not supported yet by "
                              "the JIT without the loader's values (values64, JitEnv)")

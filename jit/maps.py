@@ -41,7 +41,7 @@ def _ptr(b, addr):
 def _cpu_offset(b, m) -> ir.Value:
     if not m.percpu:
         return cg.const(I64, 0)
-    cpu = b.load(_ptr(b, cg.const(I64, m.address + _HDR_CPU)), typ=I32)
+    cpu = b.load(_ptr(b, b.ext(m.address + _HDR_CPU)), typ=I32)
     return b.mul(b.zext(cpu, I64), cg.const(I64, m.stride))
 
 
@@ -55,7 +55,7 @@ def lookup(fl, m, key: ir.Value) -> ir.Value:
 def _array_lookup(b, m, key) -> ir.Value:
     index = b.load(_ptr(b, key), typ=I32, align=1)
     found = b.icmp_unsigned("<", index, cg.const(I32, m.max_entries))
-    addr = b.add(cg.const(I64, m.header.data),
+    addr = b.add(b.ext(m.header.data),
                  b.mul(b.zext(index, I64), cg.const(I64, m.header.elem_size)))
     addr = b.add(addr, _cpu_offset(b, m)) if m.percpu else addr
     return b.select(found, addr, cg.const(I64, 0))
@@ -110,7 +110,7 @@ def _hash_lookup(fl, m, key) -> ir.Value:
     b, fn = fl.b, fl.fn
     hdr = m.header
     h = _fnv1a(fl, key, m.key_size)
-    bucket = b.add(cg.const(I64, hdr.index),
+    bucket = b.add(b.ext(hdr.index),
                    b.mul(b.zext(b.and_(h, cg.const(I32, hdr.index_mask)), I64), cg.const(I64, 4)))
     first = b.load(_ptr(b, bucket), typ=I32)
     entry = b.block
@@ -126,7 +126,7 @@ def _hash_lookup(fl, m, key) -> ir.Value:
     b.cbranch(b.icmp_unsigned("==", slot, cg.const(I32, 0)), done, check)
 
     b.position_at_end(check)
-    elem = b.add(cg.const(I64, hdr.data),
+    elem = b.add(b.ext(hdr.data),
                  b.mul(b.zext(b.sub(slot, cg.const(I32, 1)), I64), cg.const(I64, hdr.elem_size)))
     ehash = b.load(_ptr(b, b.add(elem, cg.const(I64, _OFF_HASH))), typ=I32)
     nxt = b.load(_ptr(b, elem), typ=I32)

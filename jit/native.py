@@ -76,7 +76,9 @@ def absolute_function(builder: ir.IRBuilder, fnty: ir.FunctionType, address: int
     reg`` with no relocation. (``ir.Constant.inttoptr`` would not do: llvmlite cannot call a
     constant expression, it needs a value that knows its function type.)
     """
-    return builder.inttoptr(ir.Constant(I64, address), ir.PointerType(fnty))
+    ext = getattr(builder, "ext", None)   # a program's builder: an external symbol
+    return builder.inttoptr(ext(address) if ext is not None else ir.Constant(I64, address),
+                            ir.PointerType(fnty))
 
 
 def capi(builder: ir.IRBuilder, name: str) -> ir.Value:

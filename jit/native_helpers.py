@@ -54,7 +54,7 @@ def emit(b, spec: tuple) -> ir.Value:
 def _clock(b, clock_id: int) -> ir.Value:
     ts = cg.alloca_once(b, _TIMESPEC, name="timespec", align=8)
     fnty = ir.FunctionType(I32, [I32, PTR])
-    fn = b.inttoptr(cg.const(I64, clock_gettime_address()), ir.PointerType(fnty))
+    fn = b.inttoptr(b.ext(clock_gettime_address()), ir.PointerType(fnty))
     # The clock ids pybpf uses always exist on Linux, so the result is not checked (the
     # kernel's helpers cannot fail either).
     b.call(fn, [cg.const(I32, clock_id), ts])
@@ -66,7 +66,7 @@ def _clock(b, clock_id: int) -> ir.Value:
 def _prandom(b, address: int) -> ir.Value:
     out = None
     for i, (a, sh, mask, d) in enumerate(TAUS_STEPS):
-        ptr = b.inttoptr(cg.const(I64, address + 4 * i), PTR)
+        ptr = b.inttoptr(b.ext(address + 4 * i), PTR)
         s = b.load(ptr, typ=I32)
         # s = ((s & mask) << d) ^ (((s << a) ^ s) >> sh), all in u32
         left = b.shl(b.and_(s, cg.const(I32, mask)), cg.const(I32, d))
