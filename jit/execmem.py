@@ -255,10 +255,11 @@ class Allocation:
     """A program's place: ``address`` (int), requested ``size``, ``name``, its ``pack`` (None for
     a dedicated mapping), ``offset`` in the pack and ``nchunks`` chunks."""
 
-    __slots__ = ("address", "size", "name", "pack", "offset", "nchunks", "_mem")
+    __slots__ = ("address", "size", "name", "pack", "offset", "nchunks", "_mem", "info")
 
     def __init__(self, address, size, name, pack, offset, nchunks, mem):
         self.address, self.size, self.name, self.pack = address, size, name, pack
+        self.info: dict | None = None   # what placement() adds (the JIT's tier, cache state)
         self.offset, self.nchunks, self._mem = offset, nchunks, mem
 
     def __repr__(self) -> str:
@@ -480,12 +481,13 @@ class PackAllocator:
                       + [(a.address, a.address + a._mem.size) for a in dedicated])
         out = [{"address": p.address, "size": p.size,
                 "programs": [{"name": a.name, "address": a.address, "offset": off,
-                              "size": a.size, "chunks": a.nchunks} for off, a in progs],
+                              "size": a.size, "chunks": a.nchunks, **(a.info or {})}
+                             for off, a in progs],
                 "free_bytes": (self._nchunks - used) << self._shift, "used_chunks": used,
                 "utilisation": used / self._nchunks, "huge_pages_kb": kb}
                for (p, progs, used), kb in zip(packs, hp)]
         ded = [{"name": a.name, "address": a.address, "size": a.size,
-                "mapping_size": a._mem.size, "huge_pages_kb": kb}
+                "mapping_size": a._mem.size, "huge_pages_kb": kb, **(a.info or {})}
                for a, kb in zip(dedicated, hp[len(packs):])]
         return {"backend": self.backend, "pack_size": self.pack_size, "chunk": self.chunk,
                 "packs": out, "dedicated": ded, "counters": self.counters()}

@@ -343,7 +343,8 @@ class TestRunDriver:
 # (the test_run driver, the Python-helper bridge); placement reports mark them as runtime.
 DRIVER_ALLOCATION = "pybpf_test_run"
 BRIDGE_ALLOCATION = "pybpf_pycall"
-RUNTIME_ALLOCATIONS = frozenset({DRIVER_ALLOCATION, BRIDGE_ALLOCATION})
+XCHG_ALLOCATION = "pybpf_atomic_xchg"   # jit/tiers.py: the entry slots' exchange
+RUNTIME_ALLOCATIONS = frozenset({DRIVER_ALLOCATION, BRIDGE_ALLOCATION, XCHG_ALLOCATION})
 
 
 def place(text: bytes, name: str, allocator=None):

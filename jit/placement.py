@@ -129,6 +129,7 @@ def program_placement(jp, report: dict | None = None) -> dict:
     where = {"name": jp.name, "entry": jp.address, "symbol": jp.symbol,
              "text_size": jp.text_size, "allocation": a.name, "address": a.address,
              "size": a.size, "chunks": a.nchunks, "opt_level": jp.opt_level,
+             "tier": getattr(jp, "tier", "O2"), "cache": getattr(jp, "cache", "off"),
              "backend": rep["backend"], "write_path": rep["write_path"]}
     for p in rep["packs"]:
         if p["address"] <= a.address < p["address"] + p["size"]:
@@ -158,7 +159,8 @@ def format_program_placement(where: dict) -> str:
     at = (f"pack 0x{where['pack']:x} + 0x{where['offset']:x}" if where["pack"] is not None
           else "a dedicated mapping")
     return (f"{where['name']}: entry {where['symbol']} at 0x{where['entry']:x}; "
-            f"{where['text_size']} bytes of code (-O{where['opt_level']}) in {where['chunks']} "
+            f"{where['text_size']} bytes of code (-O{where['opt_level']}, tier "
+            f"{where['tier']}, cache {where['cache']}) in {where['chunks']} "
             f"chunk(s) at 0x{where['address']:x} = {at}, backed by "
             f"{_huge_text(where['huge_page'])}; written by {where['backend']}\n")
 
@@ -187,6 +189,8 @@ def format_placement(report: dict, highlight=(), limit: int | None = None) -> st
         for prog in progs:
             star = "*" if prog["address"] in mark else " "
             note = "  (pybpf runtime)" if prog["runtime"] else ""
+            if prog.get("tier"):
+                note += f"  [tier {prog['tier']}, cache {prog.get('cache', '-')}]"
             out.append(f"  {star} 0x{prog['offset']:08x} {prog['size']:7} {prog['chunks']:6}  "
                        f"0x{prog['address']:<16x} {prog['name']}{note}")
         if len(progs) < len(p["programs"]):

@@ -13,12 +13,13 @@ been verified may crash the process (tests run such code in subprocesses).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
 
 from pybpf.errors import JITError
-from pybpf.jit import native
+from pybpf.jit import cache, native, tiers
 from pybpf.jit.codegen import compile_ir
 from pybpf.jit.lower import ModuleLowerer, gc_paused
 from pybpf.program import Program
@@ -56,8 +57,13 @@ class JitProgram:
     ``timings`` (seconds spent on its compile: ``lower``, ``worker`` (round trip), ``llvm``
     (the worker's own time) and its steps ``parse``/``verify``/``opt``/``emit``/``extract``,
     ``cpu`` (the worker's CPU time), ``place``; shared by the programs of one
-    :func:`compile_programs` batch).
+    :func:`compile_programs` batch); ``tier`` ("quick" or "O2": the code running now) and
+    ``cache`` ("hit": taken from the code cache, "miss": compiled and stored, "off").
     """
+
+    tier = "O2"
+    cache = "off"
+    _entry = _tail = None    # tiered: the patchable entry points (jit/tiers.py)
 
     def __init__(self, code: _PlacedCode, symbol: str, offset: int, name: str, needs_gil: bool,
                  opt_level: int, ir_before: str, ir_after: str | None, asm: str | None,
@@ -106,7 +112,44 @@ class JitProgram:
             return
         self.closed = True
         self._call = None
-        self._code.release()
+        with _swap_lock:
+            codes = [self._code] + getattr(self, "_retired", [])
+            self._retired = []
+        for code in codes:
+            code.release()
+
+    def _install(self, code: "_PlacedCode", offset: int, tail_offset: int | None,
+                 opt_level: int, image, cache_state: str) -> None:
+        """Tier up: point the entries at ``code`` (placed -O2 code) and free the quick code
+        once no run can be inside it (jit/tiers.py)."""
+        base = code.allocation.address
+        address = base + offset
+        tail = base + (offset if tail_offset is None else tail_offset)
+        with _swap_lock:
+            if self.closed:
+                code.release()
+                return
+            old_code = self._code
+            records = [self._entry.swap(address)]
+            if self._tail is not None:
+                records.append(self._tail.swap(tail))
+            # Python's own entries go straight to the new code from now on.
+            self._code, self.allocation = code, code.allocation
+            self.address, self.tail_entry = address, tail
+            self._call = native.make_caller(address, holds_gil=self.needs_gil)
+            self.opt_level, self.tier, self.image, self.cache = opt_level, "O2", image, \
+                cache_state
+            self._retired = getattr(self, "_retired", []) + [old_code]
+        _label(code.allocation, "O2", cache_state)
+        tiers.wait_quiescent(records)
+        with _swap_lock:
+            retired = getattr(self, "_retired", [])
+            if old_code in retired:
+                retired.remove(old_code)
+            else:
+                return      # closed meanwhile: close() released it
+        old_code.release()
+        self.installed_at = time.perf_counter()
 
     def __enter__(self) -> "JitProgram":
         return self
@@ -121,14 +164,50 @@ class JitProgram:
             pass
 
 
+_swap_lock = threading.Lock()
+TIERS = ("auto", "quick", "O2")
+QUICK_OPT = 0    # the quick tier: no passes, -O0 code generation (bench_tiers measures it)
+
+
+def _label(allocation, tier: str, cache_state: str) -> None:
+    """What placement() reports for this allocation's code."""
+    allocation.info = {"tier": tier, "cache": cache_state}
+
+
+def _dumping() -> bool:
+    return any(os.environ.get(k, "") not in ("", "0")
+               for k in ("PYBPF_DUMP_IR", "PYBPF_DUMP_OPT", "PYBPF_DUMP_ASM"))
+
+
+def _image(ir_text: str, opt_level: int, want_ir: bool, want_asm: bool):
+    """(linked image, CompileResult or None, cache state) for ``ir_text`` at ``opt_level``:
+    from the code cache when it has the entry, else from the compile worker (then stored)."""
+    root = cache.directory()
+    k = cache.key(ir_text, opt_level) if root is not None else None
+    if k is not None and not (want_ir or want_asm or _dumping()):
+        image = cache.get(k)
+        if image is not None:
+            return image, None, "hit"
+    result = compile_ir(ir_text, opt_level=opt_level, want_ir=want_ir, want_asm=want_asm)
+    if k is not None:
+        cache.put(k, result.image)
+    return result.image, result, "miss" if k is not None else "off"
+
+
 def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
                      names: list[str] | None = None, want_ir: bool = False,
                      want_asm: bool = False, values64: list[dict] | None = None,
-                     allocator=None, envs: list | None = None) -> list[JitProgram]:
+                     allocator=None, envs: list | None = None,
+                     tier: str | None = None) -> list[JitProgram]:
     """Compile several programs in one module, one worker round trip and one allocation.
 
     ``values64`` is one slot -> constant table per program and ``envs`` one
-    :class:`~pybpf.jit.env.JitEnv` per program (see :func:`compile_program`)."""
+    :class:`~pybpf.jit.env.JitEnv` per program (see :func:`compile_program`). ``tier``: None or
+    "O2" compile at ``opt_level`` and return; "quick" compiles the quick tier only; "auto"
+    (one program only) returns quick-tier code at once unless the -O2 code is in the code
+    cache, and installs -O2 code compiled in the background when it is ready."""
+    if tier is not None and tier not in TIERS:
+        raise JITError(f"unknown JIT tier {tier!r} (expected one of {', '.join(TIERS)})")
     if not progs:
         return []
     names = list(names) if names is not None else [p.name for p in progs]
@@ -145,7 +224,24 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
                    for i, (p, v, e) in enumerate(zip(progs, values64, envs))]
         lowered = lowerer.finish()
     t1 = time.perf_counter()
-    result = compile_ir(lowered.ir, opt_level=opt_level, want_ir=want_ir, want_asm=want_asm)
+    tiered = tier == "auto" and len(progs) == 1 and not want_ir and not want_asm
+    image = result = None
+    if tiered:
+        # -O2 code already in the cache: no quick tier needed
+        o2 = cache.get(cache.key(lowered.ir, 2)) if cache.directory() is not None else None
+        if o2 is not None:
+            tiered, opt_level, image, cache_state = False, 2, o2, "hit"
+        else:
+            opt_level = QUICK_OPT
+    elif tier == "quick":
+        opt_level = QUICK_OPT
+    if image is None:
+        image, result, cache_state = _image(lowered.ir, opt_level, want_ir, want_asm)
+    if result is None:   # from the cache: what a compile result would have said
+        from pybpf.jit.codegen import CompileResult
+
+        result = CompileResult(image.data, image.symbols, image,
+                               times={"cache_load": time.perf_counter() - t1})
     missing = [s for s in symbols if s not in result.symbols]
     if missing:
         raise JITError(f"compiled object lacks entry functions {missing}")
@@ -157,10 +253,15 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
     t2 = time.perf_counter()
     allocation = native.place_image(result.image, label, allocator, lowered.externs)
     code = _PlacedCode(allocation, allocator, lowered.keepalive, len(progs))
+    tier_name = "quick" if opt_level == QUICK_OPT and tier in ("quick", "auto") \
+        else f"O{opt_level}"
+    _label(allocation, tier_name, cache_state)
     jits = [JitProgram(code, sym, result.symbols[sym], name, lowered.needs_gil, opt_level,
                        lowered.ir, result.ir_after, result.asm, len(result.text),
                        result.symbols.get(lowered.tail_entries.get(sym, sym)))
             for sym, name in zip(symbols, names)]
+    if tiered:
+        _make_tiered(jits[0], allocator, lowered, symbols[0], label)
     timings = dict(result.times, lower=t1 - t0, place=time.perf_counter() - t2)
     steps = ("parse", "verify", "opt", "emit", "extract")
     if all(k in timings for k in steps):
@@ -169,21 +270,65 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         jp.timings = timings
         jp.symbols = dict(result.symbols)
         jp.image, jp.externs = result.image, dict(lowered.externs)
+        jp.cache, jp.tier = cache_state, tier_name
+    if tiered:
+        _start_tier_up(jits[0], allocator, lowered, symbols[0], label)
     return jits
+
+
+def _make_tiered(jp: JitProgram, allocator, lowered, symbol: str, label: str) -> None:
+    """Give ``jp`` patchable entry points (stubs) in front of its quick code."""
+    jp._entry = tiers.Entry(jp.address)
+    has_tail = jp.tail_entry != jp.address
+    jp._tail = tiers.Entry(jp.tail_entry) if has_tail else None
+    stubs = [jp._entry] + ([jp._tail] if has_tail else [])
+    code = b"".join(tiers.stub_code(ctypes.addressof(e.slot)) for e in stubs)
+    stub_alloc = native.place(code, f"{label}:entry", allocator)
+    _label(stub_alloc, "entry", "-")
+    jp._stub = _PlacedCode(stub_alloc, allocator, [], 1)
+    jp._retired = [jp._stub]       # freed with the program (close)
+    for i, e in enumerate(stubs):
+        e.address = stub_alloc.address + i * tiers.STUB_SIZE
+    jp.address = jp._entry.address
+    jp.tail_entry = jp._tail.address if has_tail else jp.address
+    jp._call = native.make_caller(jp.address, holds_gil=jp.needs_gil)
+
+
+def _start_tier_up(jp: JitProgram, allocator, lowered, symbol: str, label: str) -> None:
+    started = time.perf_counter()
+    tail_symbol = lowered.tail_entries.get(symbol, symbol)
+
+    def job() -> None:
+        if jp.closed:
+            return
+        try:
+            image, _, state = _image(lowered.ir, 2, False, False)
+            if jp.closed:
+                return
+            allocation = native.place_image(image, label, allocator, lowered.externs)
+        except Exception as exc:   # the quick code keeps running; say why it stayed
+            jp.tier_error = f"{type(exc).__name__}: {exc}"
+            return
+        code = _PlacedCode(allocation, allocator, lowered.keepalive, 1)
+        jp._install(code, image.symbols[symbol], image.symbols.get(tail_symbol), 2, image,
+                    state)
+        jp.timings["tier_up"] = time.perf_counter() - started
+
+    tiers.submit(job)
 
 
 def compile_program(prog: Program, helpers=None, opt_level: int = 2, name: str | None = None,
                     want_ir: bool = False, want_asm: bool = False,
                     values64: dict[int, int] | None = None, allocator=None,
-                    env=None) -> JitProgram:
+                    env=None, tier: str | None = None) -> JitProgram:
     """Lower, compile (``opt_level`` 0..3, -O2 by default), place and wrap one program.
 
     ``helpers`` is the runtime's helper registry (id -> Helper) or ``{id: callable}``.
     ``values64`` holds what the loader resolved (the interpreter's table): slot -> constant of
     each ld_imm64 pseudo form, and the arena's upper half for each cast_user; ``env`` (a
     :class:`~pybpf.jit.env.JitEnv`) the rest the loader knows: arena, kfuncs, maps, packet.
-    Raises :class:`JITError` for forms the JIT cannot lower yet, LLVM failures and placement
-    failures.
+    ``tier`` (see :func:`compile_programs`): None compiles at ``opt_level``. Raises
+    :class:`JITError` for forms the JIT cannot lower yet, LLVM failures and placement failures.
     """
     return compile_programs([prog], helpers, opt_level, [name or prog.name], want_ir, want_asm,
-                            [values64], allocator, [env])[0]
+                            [values64], allocator, [env], tier)[0]

@@ -159,8 +159,36 @@ def cmd_test(args) -> int:
     return EXIT_FAIL if any(o.status == FAIL for o in outcomes) else EXIT_OK
 
 
+def _jit_cache(what: str) -> int:
+    from .inputs import InputError
+    from .jit import cache
+    if what == "clear":
+        n = cache.clear()
+        sys.stdout.write(f"removed {n} entr{'y' if n == 1 else 'ies'} from "
+                         f"{cache.directory() or '(cache off)'}\n")
+        return EXIT_OK
+    if what != "stats":
+        raise InputError(f"--cache takes stats or clear, not {what!r}")
+    s = cache.stats()
+    if not s["enabled"]:
+        sys.stdout.write("JIT code cache: off (PYBPF_JIT_CACHE=off)\n")
+        return EXIT_OK
+    sys.stdout.write(f"JIT code cache: {s['directory']}\n"
+                     f"entries: {s['entries']}, {s['bytes']} B of {s['limit']} B bound\n")
+    return EXIT_OK
+
+
 def cmd_jit(args) -> int:
     import importlib.util
+
+    if args.cache:
+        if args.input is not None:
+            from .inputs import InputError
+            raise InputError("--cache takes no input file")
+        return _jit_cache(args.cache)
+    if args.input is None:
+        from .inputs import InputError
+        raise InputError("pybpf jit needs an input file (or --cache stats|clear)")
 
     from .inputs import load_program
     from .jit import compile_program
@@ -323,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_test)
 
     s = sub.add_parser("jit", help="JIT-compile a program and show its IR, x86-64 code or place")
-    s.add_argument("input")
+    s.add_argument("input", nargs="?")
+    s.add_argument("--cache", metavar="stats|clear",
+                   help="the persistent code cache: show its size or empty it (no input)")
     s.add_argument("--show", action="append", choices=("ir", "asm", "placement"),
                    help="what to print (repeatable; default: placement)")
     s.add_argument("-O", "--opt-level", type=int, choices=(0, 1, 2, 3), default=2)

@@ -66,12 +66,12 @@ class LoadedProgram:
 
     def __init__(self, vm, prog, prog_type: str, engine: str, insn_limit: int, name: str,
                  maps: list, arena, values64: dict[int, int], fd: int | None = None,
-                 verified: bool = True) -> None:
+                 verified: bool = True, tier: str = "auto") -> None:
         """``maps``: (name, map) pairs of the maps the program uses; ``verified``: the load
         ran the verifier (JIT code for an unverified load calls the checked helpers)."""
         self.vm, self.program, self.prog_type, self.engine = vm, prog, prog_type, engine
         self.insn_limit, self.name, self.fd = insn_limit, name, fd
-        self.verified = verified
+        self.verified, self.tier = verified, tier
         self.arena, self.values64 = arena, values64
         self.maps: dict[str, object] = {}
         for key, m in maps:
@@ -102,7 +102,8 @@ class LoadedProgram:
         self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
         env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
                              verified=self.verified)
-        jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
+        jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env,
+                              tier=self.tier)
         # Code that calls Python may reach a helper that follows or checks pointers: its runs
         # get the run's region table (ACTIVE_REGIONS); purely native code needs none.
         self._regions = jit.needs_gil

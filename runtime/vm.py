@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import random
 import threading
 import weakref
@@ -233,7 +234,7 @@ class VM:
 
     def load(self, prog, prog_type: str | None = None, engine: str = "interp",
              verify: bool = True, insn_limit: int | None = None, name: str | None = None,
-             maps: dict | None = None) -> LoadedProgram:
+             maps: dict | None = None, tier: str | None = None) -> LoadedProgram:
         """Decode, check and prepare ``prog`` (a Program, an ELF object's program or raw
         bytecode) for ``engine``. ``prog_type`` defaults to the ELF program's (from its
         section), else "mem". ``maps`` binds declared maps (by name) to existing ones.
@@ -241,6 +242,10 @@ class VM:
         ``verify=True`` runs :meth:`verify` (today: the structural checks). The interpreter
         checks memory at run time either way; the JIT does not, so unverified JIT code is
         trusted input.
+
+        ``tier`` (JIT): "auto" returns once quick-tier code is placed (or -O2 code from the code
+        cache) and installs -O2 code compiled in the background; "quick" keeps the quick tier;
+        "O2" waits for -O2 code. None: ``$PYBPF_JIT_TIER``, else "auto".
         """
         self._check_open()
         prog = _as_program(prog, name)
@@ -251,8 +256,12 @@ class VM:
             self.verify(prog, ptype)
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
         used, arena, values = self.resolve(prog, maps)
+        if tier is None:
+            tier = os.environ.get("PYBPF_JIT_TIER") or "auto"
+        if tier not in ("auto", "quick", "O2"):
+            raise VMError(f"unknown JIT tier {tier!r} (expected auto, quick or O2)")
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
-                           values, fd=_next_fd(), verified=verify)
+                           values, fd=_next_fd(), verified=verify, tier=tier)
         self._programs[lp.fd] = lp
         for m, index in getattr(prog, "prog_array_slots", ()):    # __array(values, ...)
             if m.fd in self._by_fd:

@@ -25,15 +25,33 @@ not part of this project): ``--conformance-dir DIR``, else ``PYBPF_CONFORMANCE``
 it skip with one reason when it is absent: ``support.require_conformance()`` /
 ``support.conformance_params()`` / the ``conformance_dir`` fixture.
 
+The JIT's code cache lives in a temporary directory of the session (``PYBPF_JIT_CACHE``), so
+tests never write to the user's cache directory.
+
 Crash-prone tests (JIT code, arena faults, fuzzers) run in child processes through the one
 harness in tests/support.py (``run_code``, ``run_script``, ``in_child``, ``run_child``).
 """
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 
 import kernel_probe
 import support
+
+# The JIT's code cache (jit/cache.py) goes to a directory of this session, never the user's
+# cache; child processes inherit it. A test that needs its own sets PYBPF_JIT_CACHE itself.
+if "PYBPF_JIT_CACHE" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="pybpf-test-jit-cache-")
+    os.environ["PYBPF_JIT_CACHE"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, True)
+# JIT loads wait for -O2 code unless a test asks for a tier (tests of placement count one
+# allocation per program); PYBPF_JIT_TIER=auto (or quick) runs the whole suite tiered.
+os.environ.setdefault("PYBPF_JIT_TIER", "O2")
 
 
 def pytest_addoption(parser):

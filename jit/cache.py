@@ -1,0 +1,285 @@
+"""The persistent JIT code cache: linked images on disk, content-addressed, shared by processes.
+
+The compiled bytes depend only on the IR (addresses are external symbols resolved at placement,
+:mod:`pybpf.jit.link`), and the IR is everything the lowering read: the program, its type, map
+kinds, sizes and flags, helper and kfunc ids, the verifier's facts, the loader's values up to
+which of them are equal. So the key is a SHA-256 over the IR text, the optimisation level, the
+code generator's settings (target CPU and its features as this process sees them, FastISel),
+the llvmlite version (which pins its LLVM) and pybpf's version and cache format. A hit skips
+the compile worker entirely; lowering still runs (it is what makes the key).
+
+Where: ``$PYBPF_JIT_CACHE`` if it names a directory, nothing at all if it is ``off``, else
+``$XDG_CACHE_HOME/pybpf/jit`` (``~/.cache/pybpf/jit``). One file per entry,
+``<key[:2]>/<key>.jit``: a magic, the SHA-256 of key and payload, the payload's length, then
+the payload (a JSON header: sizes, symbols, fixups, externals, sections; then the image's
+bytes). Nothing in an entry is executable Python (no pickle): a damaged, truncated or foreign
+entry (one whose checksum, length, key or structure does not match) is counted, deleted and
+compiled again, never placed. Writers write a temporary file in the same directory and rename
+it over the entry, so several processes can fill one cache at once and a reader sees a whole
+entry or none. The cache is bounded (``PYBPF_JIT_CACHE_SIZE`` bytes, default 64 MiB): after a
+store pushes it over, the least recently used entries (file modification time, refreshed on
+every hit) are removed down to 90% of the bound.
+
+``stats()`` and ``clear()`` back ``pybpf jit --cache stats|clear``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import threading
+
+from pybpf.jit.link import Fixup, LinkImage
+
+FORMAT = 1
+_MAGIC = b"PYBPFJIT"
+_HEAD = struct.Struct("<8s32sQ")          # magic, sha256(key + payload), payload length
+_SUFFIX = ".jit"
+DEFAULT_LIMIT = 64 << 20
+
+_lock = threading.Lock()
+_counters = {"hits": 0, "misses": 0, "stores": 0, "corrupt": 0, "evicted": 0, "errors": 0}
+_salt: bytes | None = None
+
+
+def directory() -> str | None:
+    """The cache directory, or None when the cache is off."""
+    env = os.environ.get("PYBPF_JIT_CACHE", "")
+    if env.lower() in ("off", "0", "no", "false"):
+        return None
+    if env:
+        return os.path.abspath(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pybpf", "jit")
+
+
+def limit() -> int:
+    try:
+        return max(0, int(os.environ["PYBPF_JIT_CACHE_SIZE"]))
+    except (KeyError, ValueError):
+        return DEFAULT_LIMIT
+
+
+def _cpu() -> str:
+    """The CPU as LLVM's host detection would see it: model and feature flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().split("\n\n")[0].splitlines()
+    except OSError:
+        return "unknown"
+    keep = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags")
+    return "\n".join(line for line in lines if line.split(":")[0].strip() in keep)
+
+
+def _codegen_salt() -> bytes:
+    """Everything besides the IR that decides the bytes: versions and code generator settings."""
+    global _salt
+    if _salt is None:
+        import llvmlite
+
+        try:
+            from importlib.metadata import version
+            pybpf_version = version("pybpf")
+        except Exception:  # running from a checkout without metadata
+            pybpf_version = "unknown"
+        parts = [f"format={FORMAT}", f"pybpf={pybpf_version}",
+                 f"llvmlite={llvmlite.__version__}", _cpu()]
+        _salt = "\n".join(parts).encode()
+    cpu = os.environ.get("PYBPF_JIT_CPU", "host")
+    fast = os.environ.get("PYBPF_JIT_FAST_ISEL", "") not in ("", "0")
+    return _salt + f"\ncpu={cpu}\nfast_isel={fast}".encode()
+
+
+def key(ir_text: str, opt_level: int, pipeline: str = "") -> str:
+    """The entry key of ``ir_text`` compiled at ``opt_level`` (``pipeline`` names a variant)."""
+    h = hashlib.sha256(_codegen_salt())
+    h.update(f"\nopt={opt_level}\npipeline={pipeline}\n".encode())
+    h.update(ir_text.encode())
+    return h.hexdigest()
+
+
+def _path(root: str, k: str) -> str:
+    return os.path.join(root, k[:2], k + _SUFFIX)
+
+
+def _count(name: str, n: int = 1) -> None:
+    with _lock:
+        _counters[name] += n
+
+
+def _encode(image: LinkImage) -> bytes:
+    meta = {"code_size": image.code_size, "symbols": image.symbols,
+            "fixups": [[f.offset, f.kind, f.target, f.addend, f.stub] for f in image.fixups],
+            "externals": list(image.externals),
+            "sections": [list(s) for s in image.sections], "size": len(image.data)}
+    head = json.dumps(meta, separators=(",", ":")).encode()
+    return struct.pack("<I", len(head)) + head + image.data
+
+
+_KINDS = ("abs64", "abs32", "abs32s", "call32")
+
+
+def _decode(payload: bytes) -> LinkImage:
+    """The image in ``payload``; ValueError (or KeyError/TypeError) for anything malformed."""
+    (n,) = struct.unpack_from("<I", payload)
+    meta = json.loads(payload[4:4 + n])
+    data = payload[4 + n:]
+    size = len(data)
+    if meta["size"] != size or not 0 < meta["code_size"] <= size:
+        raise ValueError("sizes do not match")
+    symbols = {str(k): int(v) for k, v in meta["symbols"].items()}
+    fixups = []
+    for off, kind, target, addend, stub in meta["fixups"]:
+        width = 8 if kind == "abs64" else 4
+        if kind not in _KINDS or not 0 <= off <= size - width \
+                or not isinstance(target, (int, str)) or not isinstance(addend, int) \
+                or isinstance(target, int) and not 0 <= target <= size \
+                or not -1 <= stub <= size - 8:
+            raise ValueError("bad fixup")
+        fixups.append(Fixup(off, kind, target, addend, stub))
+    if any(not 0 <= v < meta["code_size"] for v in symbols.values()):
+        raise ValueError("symbol outside the code")
+    return LinkImage(data, meta["code_size"], symbols, tuple(fixups),
+                     tuple(str(e) for e in meta["externals"]),
+                     tuple((str(a), int(b), int(c)) for a, b, c in meta["sections"]))
+
+
+def get(k: str) -> LinkImage | None:
+    """The cached image of key ``k``, or None (a miss; a bad entry is counted and removed)."""
+    root = directory()
+    if root is None:
+        return None
+    path = _path(root, k)
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except FileNotFoundError:
+        _count("misses")
+        return None
+    except OSError:
+        _count("errors")
+        return None
+    try:
+        magic, digest, length = _HEAD.unpack_from(blob)
+        payload = blob[_HEAD.size:]
+        if magic != _MAGIC or length != len(payload) \
+                or hashlib.sha256(k.encode() + payload).digest() != digest:
+            raise ValueError("checksum")
+        image = _decode(payload)
+    except Exception:  # damaged, truncated or foreign: never placed, compiled again
+        _count("corrupt")
+        _count("misses")
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return None
+    try:
+        os.utime(path)   # least recently used = oldest modification time
+    except OSError:
+        pass
+    _count("hits")
+    return image
+
+
+def put(k: str, image: LinkImage) -> None:
+    """Store ``image`` under ``k`` (atomically: temporary file, then rename); never raises."""
+    root = directory()
+    if root is None:
+        return
+    payload = _encode(image)
+    blob = _HEAD.pack(_MAGIC, hashlib.sha256(k.encode() + payload).digest(), len(payload)) \
+        + payload
+    path = _path(root, k)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError:
+        _count("errors")
+        return
+    _count("stores")
+    _evict(root)
+
+
+def _entries(root: str) -> list[tuple[float, int, str]]:
+    out = []
+    try:
+        subdirs = os.listdir(root)
+    except OSError:
+        return out
+    for sub in subdirs:
+        d = os.path.join(root, sub)
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(_SUFFIX):
+                continue
+            p = os.path.join(d, name)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            out.append((st.st_mtime, st.st_size, p))
+    return out
+
+
+def _evict(root: str) -> None:
+    bound = limit()
+    entries = _entries(root)
+    total = sum(size for _, size, _ in entries)
+    if total <= bound:
+        return
+    removed = 0
+    for _, size, p in sorted(entries):
+        if total <= bound * 0.9:
+            break
+        try:
+            os.unlink(p)
+        except OSError:
+            continue
+        total -= size
+        removed += 1
+    _count("evicted", removed)
+
+
+def counters() -> dict:
+    """This process's counters: hits, misses, stores, corrupt, evicted, errors."""
+    with _lock:
+        return dict(_counters)
+
+
+def stats() -> dict:
+    """The cache's directory, entries, bytes and bound, and this process's counters."""
+    root = directory()
+    entries = _entries(root) if root else []
+    return {"directory": root, "enabled": root is not None, "entries": len(entries),
+            "bytes": sum(size for _, size, _ in entries), "limit": limit(), **counters()}
+
+
+def clear() -> int:
+    """Remove every entry; returns how many."""
+    root = directory()
+    if root is None:
+        return 0
+    n = 0
+    for _, _, p in _entries(root):
+        try:
+            os.unlink(p)
+            n += 1
+        except OSError:
+            pass
+    return n

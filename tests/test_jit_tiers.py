@@ -1,0 +1,362 @@
+"""Tiered compilation (jit/tiers.py, jit/program.py) and the persistent code cache (jit/cache.py).
+
+JIT'd code runs unchecked, so the cases run in a child Python (``python tests/test_jit_tiers.py
+child``), one JSON line per case; each case uses a code cache directory of its own.
+
+Cases: quick tier, then -O2 swapped in while 8 threads run the program (every result checked,
+the quick code freed afterwards); tier="O2" and tier="quick"; the conformance suite on the quick
+tier, on -O2 and on -O2 code taken from the cache (``PYBPF_JIT_FULL=1``: every file, else a
+sample); cache entries damaged, truncated, replaced by another entry or by a well-formed entry
+with bad contents are each detected, counted and compiled again; the size bound evicts the
+least recently used entries; several processes filling one cache at once;
+``pybpf jit --cache stats|clear``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from support import ROOT, assert_case_passed, cases_of, child, run_child
+
+LOOP = """
+    r6 = *(u64 *)(r1 + 0)
+    r0 = 0
+    r7 = 200
+loop:
+    r8 = r6
+    r8 *= 0x9E3779B1
+    r8 ^= r0
+    r0 += r8
+    r0 <<= 1
+    r6 += 3
+    r7 -= 1
+    if r7 != 0 goto loop
+    exit
+"""
+
+
+def _fresh_cache() -> str:
+    d = tempfile.mkdtemp(prefix="pybpf-tier-test-")
+    os.environ["PYBPF_JIT_CACHE"] = d
+    return d
+
+
+def _expected(prog, inputs):
+    import pybpf
+
+    vm = pybpf.VM()
+    with vm.load(prog, engine="interp") as li:
+        return [li.run(mem=m) for m in inputs]
+
+
+def case_tier_swap_while_eight_threads_run():
+    import struct
+
+    import pybpf
+    from pybpf.jit import placement, tiers
+
+    _fresh_cache()
+    prog = pybpf.assemble(LOOP)
+    inputs = [struct.pack("<Q", x * 0x1234567 + 1) for x in range(16)]
+    want = _expected(prog, inputs)
+    vm = pybpf.VM()
+    lp = vm.load(prog, engine="jit", tier="auto")
+    assert lp._jit.tier == "quick" and lp._jit.cache == "miss"
+    quick_address = lp._jit.image and lp._jit.allocation.address
+    stop = threading.Event()
+    errors, counts = [], [0] * 8
+    seen = [set() for _ in range(8)]
+
+    def worker(k: int) -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                j = (i + k) % len(inputs)
+                tier = lp._jit.tier
+                if i % 7 == 0:
+                    r0 = lp.test_run(mem=inputs[j], repeat=20)[0]
+                else:
+                    r0 = lp.run(mem=inputs[j])
+                if r0 != want[j]:
+                    errors.append((k, j, r0, want[j]))
+                    return
+                seen[k].add(tier)
+                counts[k] += 1
+                i += 1
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    tiers.drain()                       # the background -O2 compile and the swap
+    time.sleep(0.3)                     # keep running on -O2 code for a while
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+    assert lp._jit.tier == "O2" and lp._jit.opt_level == 2
+    assert any("quick" in s for s in seen) and all("O2" in s for s in seen), seen
+    # the quick code is gone (int3-filled and given back) once no run was inside it
+    progs = [p for pk in placement()["packs"] for p in pk["programs"]]
+    assert not any(p.get("tier") == "quick" for p in progs), progs
+    tiers_of = {p["address"]: p.get("tier") for p in progs}
+    assert tiers_of.get(lp._jit.allocation.address) == "O2"
+    assert tiers_of.get(quick_address) in (None, "O2")   # freed, maybe reused since
+    # prog_array slots keep the stub: it still works and enters -O2 code
+    assert lp._jit._entry is not None and lp._jit._entry.address != lp._jit.address
+    from pybpf.jit import native
+
+    via_stub = native.make_caller(lp._jit._entry.address)
+    import ctypes
+
+    buf = ctypes.create_string_buffer(inputs[3], len(inputs[3]))
+    assert via_stub(ctypes.addressof(buf), len(inputs[3])) == want[3]
+    tier_up = lp._jit.timings.get("tier_up")
+    lp.close()
+    return {"runs": sum(counts), "tier_up_s": tier_up}
+
+
+def case_tier_o2_waits_and_quick_stays():
+    import struct
+
+    import pybpf
+    from pybpf.jit import tiers
+
+    _fresh_cache()
+    prog = pybpf.assemble(LOOP)
+    inputs = [struct.pack("<Q", x) for x in range(5)]
+    want = _expected(prog, inputs)
+    vm = pybpf.VM()
+    with vm.load(prog, engine="jit", tier="O2") as o2, \
+            vm.load(prog, engine="jit", tier="quick") as quick:
+        assert o2._jit.tier == "O2" and o2._jit.opt_level == 2
+        assert quick._jit.tier == "quick" and quick._jit.opt_level == 0
+        tiers.drain()
+        assert quick._jit.tier == "quick"          # nothing swaps a quick-only program
+        assert [o2.run(mem=m) for m in inputs] == want
+        assert [quick.run(mem=m) for m in inputs] == want
+    # -O2 is now in the cache: an "auto" load takes it and skips the quick tier
+    with vm.load(prog, engine="jit", tier="auto") as auto:
+        assert auto._jit.tier == "O2" and auto._jit.cache == "hit"
+        assert [auto.run(mem=m) for m in inputs] == want
+    return "ok"
+
+
+def _conformance_files() -> list[str]:
+    import support
+
+    root = support.conformance_dir() if hasattr(support, "conformance_dir") else None
+    root = root or os.environ.get("PYBPF_CONFORMANCE") or os.path.join(
+        os.path.dirname(ROOT), "shared", "conformance")
+    files = sorted(glob.glob(os.path.join(str(root), "tests", "*.data")))
+    if not files:
+        return []
+    if os.environ.get("PYBPF_JIT_FULL") != "1":
+        files = files[::6]      # a sample in CI; PYBPF_JIT_FULL=1 runs every file
+    return files
+
+
+def case_conformance_on_quick_o2_and_cached_code():
+    from pybpf.jit import cache
+    from pybpf.testrunner import run_file
+
+    files = _conformance_files()
+    if not files:
+        return "no conformance suite"
+    _fresh_cache()
+    report = {}
+    for label, tier in (("quick", "quick"), ("O2", "O2"), ("O2 from cache", "O2")):
+        os.environ["PYBPF_JIT_TIER"] = tier
+        before = cache.counters()
+        outcomes = [run_file(f, engine="jit") for f in files]
+        after = cache.counters()
+        bad = [(o.path if hasattr(o, "path") else f, o.status, getattr(o, "message", ""))
+               for f, o in zip(files, outcomes) if o.status not in ("pass", "skip")]
+        assert not bad, (label, bad[:5])
+        report[label] = {"files": len(files), "hits": after["hits"] - before["hits"],
+                         "stores": after["stores"] - before["stores"]}
+    assert report["O2 from cache"]["stores"] == 0 and report["O2 from cache"]["hits"] > 0
+    assert report["O2"]["hits"] == 0
+    return report
+
+
+def _entry_files(d: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(d, "*", "*.jit")))
+
+
+def case_damaged_truncated_and_foreign_entries_are_recompiled():
+    import struct
+
+    import pybpf
+    from pybpf.jit import cache
+
+    d = _fresh_cache()
+    progs = [pybpf.assemble(LOOP), pybpf.assemble("r0 = *(u64 *)(r1 + 0)\nr0 *= 3\nexit")]
+    inputs = [struct.pack("<Q", 7)]
+    want = [_expected(p, inputs)[0] for p in progs]
+    vm = pybpf.VM()
+
+    def load(i: int):
+        lp = vm.load(progs[i], engine="jit", tier="O2")
+        r0 = lp.run(mem=inputs[0])
+        state = lp._jit.cache
+        lp.close()
+        assert r0 == want[i], (i, r0, want[i])
+        return state
+
+    assert [load(0), load(1)] == ["miss", "miss"]
+    assert [load(0), load(1)] == ["hit", "hit"]
+    entries = _entry_files(d)
+    assert len(entries) == 2
+    path0 = [p for p in entries if os.path.getsize(p) == max(map(os.path.getsize, entries))][0]
+    path1 = [p for p in entries if p != path0][0]
+    original = open(path0, "rb").read()
+
+    def corrupt(how: str) -> None:
+        data = bytearray(original)
+        if how == "damaged":
+            data[len(data) // 2] ^= 0x40
+        elif how == "truncated":
+            data = data[:len(data) - 9]
+        elif how == "foreign":          # a valid entry, but for another key
+            data = bytearray(open(path1, "rb").read())
+        elif how == "bad contents":     # checksum right, contents wrong (symbol past the code)
+            from pybpf.jit.link import LinkImage
+
+            image = cache._decode(bytes(data[cache._HEAD.size:]))
+            bad = LinkImage(image.data, image.code_size, {"bpf_main": len(image.data) + 64},
+                            image.fixups, image.externals, image.sections)
+            key = os.path.basename(path0)[:-4]
+            payload = cache._encode(bad)
+            import hashlib
+
+            data = bytearray(cache._HEAD.pack(cache._MAGIC, hashlib.sha256(
+                key.encode() + payload).digest(), len(payload)) + payload)
+        with open(path0, "wb") as f:
+            f.write(data)
+
+    results = {}
+    for how in ("damaged", "truncated", "foreign", "bad contents"):
+        corrupt(how)
+        before = cache.counters()["corrupt"]
+        state = load(0)                  # detected, recompiled, stored again
+        results[how] = (state, cache.counters()["corrupt"] - before)
+        assert results[how] == ("miss", 1), (how, results[how])
+        assert open(path0, "rb").read() == original   # the recompiled entry, same bytes
+        assert load(0) == "hit"
+    return results
+
+
+def case_size_bound_evicts_least_recently_used():
+    import pybpf
+    from pybpf.jit import cache
+
+    d = _fresh_cache()
+    vm = pybpf.VM()
+    progs = [pybpf.assemble(f"r0 = {k}\nr0 += r2\nexit") for k in range(12)]
+    for p in progs[:4]:
+        vm.load(p, engine="jit", tier="O2").close()
+    size = max(os.path.getsize(p) for p in _entry_files(d))
+    os.environ["PYBPF_JIT_CACHE_SIZE"] = str(size * 6)
+    try:
+        time.sleep(0.05)
+        lp = vm.load(progs[0], engine="jit", tier="O2")     # a hit makes entry 0 recent
+        assert lp._jit.cache == "hit"
+        lp.close()
+        for p in progs[4:7]:    # 7 entries for a bound of 6: the 2 oldest (1 and 2) go
+            time.sleep(0.01)
+            vm.load(p, engine="jit", tier="O2").close()
+        total = sum(os.path.getsize(p) for p in _entry_files(d))
+        assert total <= size * 6 and cache.counters()["evicted"] > 0
+        states = []
+        for p in (progs[0], progs[1], progs[6]):
+            lp = vm.load(p, engine="jit", tier="O2")
+            states.append(lp._jit.cache)
+            lp.close()
+    finally:
+        del os.environ["PYBPF_JIT_CACHE_SIZE"]
+    assert states == ["hit", "miss", "hit"], states     # 1 was oldest; 0 was used; 6 is new
+    return states
+
+
+_WRITER = """
+import sys, pybpf
+from pybpf.jit import cache
+vm = pybpf.VM()
+out = []
+for k in range(12):
+    prog = pybpf.assemble(f"r0 = {k}\\nr0 *= r2\\nr0 += 5\\nexit")
+    with vm.load(prog, engine="jit", tier="O2") as lp:
+        out.append(lp.run(mem=bytes(k + 1)))
+assert out == [k * (k + 1) + 5 for k in range(12)], out
+print(cache.counters()["corrupt"])
+"""
+
+
+def case_processes_fill_one_cache_at_once():
+    d = _fresh_cache()
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    assert all(o[0].strip() == "0" for o in outs), outs
+    assert len(_entry_files(d)) == 12
+    assert not glob.glob(os.path.join(d, "*", ".tmp-*"))     # no temporary file left
+    return len(_entry_files(d))
+
+
+def case_cli_cache_stats_and_clear():
+    d = _fresh_cache()
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    src = os.path.join(tempfile.mkdtemp(), "p.s")
+    with open(src, "w") as f:
+        f.write("r0 = 42\nexit\n")
+
+    def cli(*args):
+        p = subprocess.run([sys.executable, "-m", "pybpf", *args], env=env, text=True,
+                           capture_output=True, timeout=120)
+        return p.returncode, p.stdout, p.stderr
+
+    rc, out, err = cli("jit", src, "--show", "placement")
+    assert rc == 0, err
+    assert "tier O2" in out and "cache miss" in out, out
+    rc, out, err = cli("jit", "--cache", "stats")
+    assert rc == 0 and d in out and "entries: 1" in out, (out, err)
+    rc, out, err = cli("jit", src, "--show", "placement")
+    assert "cache hit" in out, out
+    rc, out, err = cli("jit", "--cache", "clear")
+    assert rc == 0 and "removed 1" in out, (out, err)
+    assert _entry_files(d) == []
+    rc, out, err = cli("jit", "--cache", "bogus")
+    assert rc == 2 and "Traceback" not in err, err
+    return "ok"
+
+
+CASES = cases_of(globals())
+
+
+@pytest.fixture(scope="module")
+def child_results():
+    return run_child(__file__, CASES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_case(child_results, name):
+    assert_case_passed(child_results, name)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "child":
+        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: json.loads(
+            json.dumps(d, default=str))))
+    print(__doc__)
