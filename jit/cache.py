@@ -210,7 +210,7 @@ def put(k: str, image: LinkImage) -> None:
         _count("errors")
         return
     _count("stores")
-    _evict(root)
+    _maybe_evict(root, len(blob))
 
 
 def _entries(root: str) -> list[tuple[float, int, str]]:
@@ -237,12 +237,35 @@ def _entries(root: str) -> list[tuple[float, int, str]]:
     return out
 
 
-def _evict(root: str) -> None:
+# Bytes this process believes the directory holds: one scan, then its own stores added; a
+# scan again when that passes the bound or every _RESCAN stores (other processes write too).
+_estimate: dict[str, int] = {}
+_since_scan: dict[str, int] = {}
+_RESCAN = 256
+
+
+def _maybe_evict(root: str, added: int) -> None:
+    with _lock:
+        known = root in _estimate
+        _estimate[root] = _estimate.get(root, 0) + added
+        _since_scan[root] = _since_scan.get(root, 0) + 1
+        due = not known or _estimate[root] > limit() or _since_scan[root] >= _RESCAN
+        if due:
+            _since_scan[root] = 0
+    if due:
+        total = _evict(root)
+        with _lock:
+            _estimate[root] = total
+
+
+def _evict(root: str) -> int:
+    """Remove the least recently used entries down to 90% of the bound when over it; returns
+    the bytes left."""
     bound = limit()
     entries = _entries(root)
     total = sum(size for _, size, _ in entries)
     if total <= bound:
-        return
+        return total
     removed = 0
     for _, size, p in sorted(entries):
         if total <= bound * 0.9:
@@ -254,6 +277,7 @@ def _evict(root: str) -> None:
         total -= size
         removed += 1
     _count("evicted", removed)
+    return total
 
 
 def counters() -> dict:
@@ -276,6 +300,8 @@ def clear() -> int:
     if root is None:
         return 0
     n = 0
+    with _lock:
+        _estimate.pop(root, None)
     for _, _, p in _entries(root):
         try:
             os.unlink(p)

@@ -140,6 +140,7 @@ class JitProgram:
             self.opt_level, self.tier, self.image, self.cache = opt_level, "O2", image, \
                 cache_state
             self._retired = getattr(self, "_retired", []) + [old_code]
+            self.installed_at = time.perf_counter()
         _label(code.allocation, "O2", cache_state)
         tiers.wait_quiescent(records)
         with _swap_lock:
@@ -149,7 +150,6 @@ class JitProgram:
             else:
                 return      # closed meanwhile: close() released it
         old_code.release()
-        self.installed_at = time.perf_counter()
 
     def __enter__(self) -> "JitProgram":
         return self
