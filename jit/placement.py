@@ -189,10 +189,10 @@ def format_placement(report: dict, highlight=(), limit: int | None = None) -> st
         for prog in progs:
             star = "*" if prog["address"] in mark else " "
             note = "  (pybpf runtime)" if prog["runtime"] else ""
-            if prog.get("tier"):
-                note += f"  [tier {prog['tier']}, cache {prog.get('cache', '-')}]"
+            tier = f"[{prog['tier']}, cache {prog.get('cache', '-')}] " if prog.get("tier") \
+                else ""
             out.append(f"  {star} 0x{prog['offset']:08x} {prog['size']:7} {prog['chunks']:6}  "
-                       f"0x{prog['address']:<16x} {prog['name']}{note}")
+                       f"0x{prog['address']:<16x} {tier}{prog['name']}{note}")
         if len(progs) < len(p["programs"]):
             out.append(f"    ... {len(p['programs']) - len(progs)} more")
     for d in report["dedicated"]:
