@@ -11,17 +11,19 @@ type            context
 mem             r1 = a private copy of ``mem`` (between canary guards), r2 = its length
 syscall         r1 = a private copy of ``ctx`` (bytes, bytearray or a ctypes object; None -> r1 0),
                 writable; it is copied back after the run (BPF_PROG_TEST_RUN's ctx_out)
-socket_filter,  r1 = ``struct __sk_buff`` (:class:`SkBuff`); ``data`` is the packet from
-sched_cls,      ``skb->data``: a whole frame for socket_filter and sched_cls (L2, as a packet
-cgroup_skb,     socket or tc sees it), from the network header for cgroup_skb and lwt_in (L3).
-lwt_in          len, data, data_end, data_meta are the real values; protocol comes from the
-                Ethernet header (L2) or the IP version (L3), in network byte order as the kernel
-                stores it; ``ctx=`` (a dict of field names, or a SkBuff or its bytes, whose zero
-                fields keep the defaults) sets mark, priority, cb[], ifindex (default 1, the
-                loopback device as BPF_PROG_TEST_RUN uses), vlan_*, hash, tc_index, ... The
-                packet is writable for sched_cls, read-only for the others. (The kernel's
-                BPF_PROG_TEST_RUN strips the Ethernet header before a socket filter runs; here
-                the filter sees what a packet socket sees.)
+socket_filter,  r1 = ``struct __sk_buff`` (:class:`SkBuff`); ``data`` is an Ethernet frame,
+sched_cls,      as BPF_PROG_TEST_RUN takes it (>= 14 bytes; an IPv4/IPv6 frame must hold its
+cgroup_skb,     IP header, else VMError as the kernel's EINVAL). As there, eth_type_trans sets
+lwt_in          protocol (network byte order, as the kernel stores it) and pkt_type (against the
+                loopback's all-zero address), and the Ethernet header is pulled: sched_cls
+                sees the whole frame, the others the packet from the network header
+                (``skb->data``, ``len``, ld_abs offsets start there); ``last_data`` is the
+                frame after the run with a pulled header zeroed, the kernel's data_out.
+                len, data, data_end, data_meta are the real values; ``ctx=`` (a dict of field
+                names, or a SkBuff or its bytes, whose zero fields keep the defaults) sets
+                mark, priority, cb[], ifindex (default 1, the loopback device as
+                BPF_PROG_TEST_RUN uses), vlan_*, hash, tc_index, ... The packet is writable
+                for sched_cls, read-only for the others.
 xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, data_meta pointing at
                 the packet, which is writable, behind XDP_PACKET_HEADROOM bytes of headroom;
                 ``ctx=`` (dict or XdpMd) sets ingress_ifindex (default 1), rx_queue_index,
@@ -39,9 +41,9 @@ address is checked, and a VMError says so if the kernel could not oblige), so th
 hold the real pointers and a zero-extending 32-bit load yields the real address: exactly what
 programs see in the kernel, with no instruction rewriting, for both engines.
 
-After a run: ``last_data`` is the packet as the program left it (``data`` to ``data_end``; for a
-socket filter the part it keeps: ``min(r0, len)`` bytes, the filter's return being the number of
-bytes to keep); ``last_ctx`` is the context after the run (a SkBuff / XdpMd copy, else bytes).
+After a run: ``last_data`` is the packet as the program left it (for the __sk_buff types the
+whole frame, as BPF_PROG_TEST_RUN's data_out: a socket filter's return, the number of bytes to
+keep, does not cut it); ``last_ctx`` is the context after the run (a SkBuff / XdpMd copy, else bytes).
 """
 from __future__ import annotations
 
@@ -65,13 +67,15 @@ SKB_HEADROOM = 64              # NET_SKB_PAD-like headroom in front of skb->data
 TAILROOM = 64
 ETH_HLEN = 14
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+ETH_P_802_3, ETH_P_802_2, ETH_P_802_3_MIN = 0x0001, 0x0004, 0x0600
+PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST = 0, 2, 3
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 
 SKB_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in")
-L2_TYPES = ("socket_filter", "sched_cls")              # skb->data is the Ethernet header
+L2_TYPES = ("sched_cls",)     # BPF_PROG_TEST_RUN pushes the Ethernet header back for tc only
 PROG_TYPES = ("mem", "syscall", *SKB_TYPES, "xdp", "tracepoint", "kprobe")
 ALIASES = {"socket": "socket_filter", "tc": "sched_cls", "classifier": "sched_cls",
            "cgroup/skb": "cgroup_skb", "tp": "tracepoint"}
@@ -325,16 +329,31 @@ def _fill(struct, ctx, derived: tuple[str, ...], what: str) -> None:
             raise VMError(f"{what}.{key}: {e}") from None
 
 
-def _protocol(prog_type: str, packet: bytes) -> int:
-    """skb->protocol as the u32 context field holds it: the __be16 value, zero-extended."""
-    if prog_type in L2_TYPES:
-        if len(packet) < ETH_HLEN:
-            return 0
-        proto = packet[12:14]
+def _eth_type_trans(frame: bytes) -> tuple[int, int]:
+    """(skb->protocol as the u32 field holds the __be16, skb->pkt_type) as eth_type_trans sets
+    them on BPF_PROG_TEST_RUN's device, the loopback: its address and its broadcast address are
+    all zeros, so even ff:ff:ff:ff:ff:ff is PACKET_MULTICAST there (checked in the kernel)."""
+    dst, proto = frame[:6], int.from_bytes(frame[12:14], "big")
+    if dst[0] & 1:
+        pkt_type = PACKET_MULTICAST
     else:
-        version = packet[0] >> 4 if packet else 0
-        proto = {4: ETH_P_IP, 6: ETH_P_IPV6}.get(version, 0).to_bytes(2, "big")
-    return int.from_bytes(proto, "little")
+        pkt_type = PACKET_HOST if dst == bytes(6) else PACKET_OTHERHOST
+    if proto < ETH_P_802_3_MIN:        # an 802.3 length: raw IPX (0xFFFF) or 802.2 LLC
+        proto = ETH_P_802_3 if frame[14:16] == b"\xff\xff" else ETH_P_802_2
+    return int.from_bytes(proto.to_bytes(2, "big"), "little"), pkt_type
+
+
+def _check_frame(prog_type: str, packet: bytes) -> None:
+    """BPF_PROG_TEST_RUN's -EINVAL cases for an skb run's data_in."""
+    if len(packet) < ETH_HLEN:
+        raise VMError(f"{prog_type}: data of {len(packet)} bytes is shorter than the Ethernet "
+                      f"header (BPF_PROG_TEST_RUN needs >= {ETH_HLEN}: EINVAL)")
+    proto, l3 = int.from_bytes(packet[12:14], "big"), len(packet) - ETH_HLEN
+    need = {ETH_P_IP: 20, ETH_P_IPV6: 40}.get(proto, 0)
+    if l3 < need:
+        raise VMError(f"{prog_type}: an {'IPv4' if proto == ETH_P_IP else 'IPv6'} frame with "
+                      f"{l3} bytes after the Ethernet header, less than its header's {need} "
+                      f"(BPF_PROG_TEST_RUN: EINVAL)")
 
 
 def _packet_layout(ctx_size: int, headroom: int, n: int) -> tuple[LowMemory, int, int]:
@@ -345,12 +364,20 @@ def _packet_layout(ctx_size: int, headroom: int, n: int) -> tuple[LowMemory, int
 
 
 def _skb_context(rc: RunContext, ctx, data) -> None:
-    packet = bytes(data) if data is not None else b""
-    low, caddr, paddr = _packet_layout(ctypes.sizeof(SkBuff), SKB_HEADROOM, len(packet))
-    PROC[paddr:paddr + len(packet)] = packet
+    frame = bytes(data) if data is not None else b""
+    if frame:
+        _check_frame(rc.prog_type, frame)
+    # BPF_PROG_TEST_RUN pulls the Ethernet header (eth_type_trans) and pushes it back only for
+    # tc: the others see the packet from the network header
+    pull = ETH_HLEN if frame and rc.prog_type not in L2_TYPES else 0
+    packet = frame[pull:]
+    low, caddr, fstart = _packet_layout(ctypes.sizeof(SkBuff), SKB_HEADROOM, len(frame))
+    PROC[fstart:fstart + len(frame)] = frame
+    paddr = fstart + pull
     skb = SkBuff.from_address(caddr)
     skb.ifindex, skb.wire_len = 1, len(packet)      # the loopback device, as test_run uses
-    skb.protocol = _protocol(rc.prog_type, packet)
+    if frame:
+        skb.protocol, skb.pkt_type = _eth_type_trans(frame)
     rc._low = low
     _fill(skb, ctx, _SKB_DERIVED, "__sk_buff")
     skb.len = len(packet)
@@ -366,10 +393,8 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
     def finish(r0):
         after = SkBuff.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(SkBuff)])
         rc.last_ctx = after
-        end = paddr + len(packet)
-        if rc.prog_type == "socket_filter" and r0 is not None:
-            end = paddr + min(r0 & 0xFFFFFFFF, len(packet))
-        rc.last_data = low.read(paddr, end - paddr)
+        # data_out as BPF_PROG_TEST_RUN gives it: a pulled Ethernet header comes back zeroed
+        rc.last_data = bytes(pull) + low.read(paddr, len(packet))
         if r0 is not None and not isinstance(ctx, dict) and ctx is not None:
             _write_back(ctx, bytes(after))
     rc._finish = finish

@@ -23,8 +23,10 @@ _SYS_BPF = 321  # x86-64
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD = 0, 1, 2, 5
 BPF_PROG_TEST_RUN, BPF_BTF_LOAD = 10, 18
 BPF_F_SLEEPABLE = 1 << 4
+BPF_MAP_GET_NEXT_KEY = 4
 PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4,
-                 "tracepoint": 5, "xdp": 6, "syscall": 31}
+                 "tracepoint": 5, "xdp": 6, "cgroup_skb": 8, "lwt_in": 10, "lwt_out": 11,
+                 "lwt_xmit": 12, "flow_dissector": 22, "syscall": 31}
 
 
 class KernelError(OSError):
@@ -79,6 +81,46 @@ def lookup(fd: int, key: bytes, size: int) -> bytes:
     out = ctypes.create_string_buffer(size)
     _elem(BPF_MAP_LOOKUP_ELEM, fd, key, out)
     return out.raw
+
+
+def dump(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
+    """Every (key, value) of a map, walked with BPF_MAP_GET_NEXT_KEY."""
+    out, key = {}, None
+    while True:
+        k = ctypes.create_string_buffer(bytes(key), key_size) if key is not None else None
+        nxt = ctypes.create_string_buffer(key_size)
+        attr = bytearray(32)
+        struct.pack_into("<IIQQ", attr, 0, fd, 0, _addr(k), _addr(nxt))
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, attr, "map get_next_key")
+        except KernelError as e:
+            if e.errno == 2:        # ENOENT: the last key
+                return out
+            raise
+        key = nxt.raw
+        try:
+            out[key] = lookup(fd, key, value_size)
+        except KernelError as e:
+            if e.errno != 2:
+                raise
+
+
+def test_run(prog_fd: int, ctx: bytes | None = None, data: bytes | None = None,
+             data_out_size: int = 0, ctx_out_size: int = 0) -> tuple[int, bytes, bytes]:
+    """BPF_PROG_TEST_RUN once: (retval, data_out, ctx_out)."""
+    c = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
+    d = ctypes.create_string_buffer(data, len(data)) if data else None
+    dout = ctypes.create_string_buffer(data_out_size) if data_out_size else None
+    cout = ctypes.create_string_buffer(ctx_out_size) if ctx_out_size else None
+    attr = bytearray(80)
+    struct.pack_into("<IIII", attr, 0, prog_fd, 0, len(data or b""), data_out_size)
+    struct.pack_into("<QQI", attr, 16, _addr(d), _addr(dout), 0)
+    struct.pack_into("<IIQQ", attr, 40, len(ctx or b""), ctx_out_size, _addr(c), _addr(cout))
+    _bpf(BPF_PROG_TEST_RUN, attr, "prog_test_run")
+    retval, size_out = struct.unpack_from("<II", attr, 4)
+    csize = struct.unpack_from("<I", attr, 44)[0]
+    return (retval, dout.raw[:size_out] if dout is not None else b"",
+            cout.raw[:csize] if cout is not None else b"")
 
 
 # bytes that follow the 12-byte common header of each BTF kind, by kind number and vlen
@@ -172,7 +214,8 @@ class KernelObject:
         self.arena_base = 0
         self.btf_fd = load_btf(obj) if obj.btf is not None else None
         for m in obj.map_defs.values():
-            fd = create_map(m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.map_extra,
+            value_size = 4 if m.type == "prog_array" else m.value_size
+            fd = create_map(m.type, m.key_size, value_size, m.max_entries, m.flags, m.map_extra,
                             m.name)
             self.fds[m.name] = fd
             if m.type == "arena":
