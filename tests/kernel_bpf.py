@@ -107,7 +107,7 @@ def dump(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
 
 def test_run(prog_fd: int, ctx: bytes | None = None, data: bytes | None = None,
              data_out_size: int = 0, ctx_out_size: int = 0) -> tuple[int, bytes, bytes]:
-    """BPF_PROG_TEST_RUN once: (retval, data_out, ctx_out)."""
+    """BPF_PROG_TEST_RUN once: (retval, data_out, ctx after the run)."""
     c = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
     d = ctypes.create_string_buffer(data, len(data)) if data else None
     dout = ctypes.create_string_buffer(data_out_size) if data_out_size else None
@@ -119,8 +119,9 @@ def test_run(prog_fd: int, ctx: bytes | None = None, data: bytes | None = None,
     _bpf(BPF_PROG_TEST_RUN, attr, "prog_test_run")
     retval, size_out = struct.unpack_from("<II", attr, 4)
     csize = struct.unpack_from("<I", attr, 44)[0]
-    return (retval, dout.raw[:size_out] if dout is not None else b"",
-            cout.raw[:csize] if cout is not None else b"")
+    # without ctx_out (syscall programs take none) the kernel writes ctx back into ctx_in
+    ctx_after = cout.raw[:csize] if cout is not None else (c.raw if c is not None else b"")
+    return retval, dout.raw[:size_out] if dout is not None else b"", ctx_after
 
 
 # bytes that follow the 12-byte common header of each BTF kind, by kind number and vlen
