@@ -73,7 +73,9 @@ def _entries(registry) -> dict[int, BoundHelper]:
                                         helper)
             continue
         name = getattr(helper, "name", f"helper{hid}")
-        out[int(hid)] = BoundHelper(int(hid), name, helper.fn, _nargs(helper),
+        # checked_fn: the helper's pointer arguments checked against the run's regions
+        fn = getattr(helper, "checked_fn", helper.fn)
+        out[int(hid)] = BoundHelper(int(hid), name, fn, _nargs(helper),
                                     bool(getattr(helper, "unwind", False)),
                                     str(getattr(helper, "special", "") or ""),
                                     tuple(getattr(helper, "native", ()) or ()))

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import corpus_run
+from kernel_probe import require_kernel
 from support import assert_case_passed, child, run_child
 
 PROGRAMS = corpus_run.programs()
@@ -44,21 +45,18 @@ def child_results():
     return run_child(__file__, CASES)
 
 
+@pytest.mark.jit
 @pytest.mark.parametrize("name", NAMES)
 def test_both_engines_agree_on_every_run(child_results, name):
     assert_case_passed(child_results, name)
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    import kernel_bpf
-    if not kernel_bpf.available():
-        pytest.skip("bpf() is not available (needs root)")
-    return kernel_bpf
-
-
+@pytest.mark.kernel
 @pytest.mark.parametrize("path,name", PROGRAMS, ids=NAMES)
-def test_interpreter_matches_the_kernel_on_every_run(kernel, path, name):
+def test_interpreter_matches_the_kernel_on_every_run(path, name):
+    from pybpf.elf import parse_object
+    prog_type = parse_object(path).programs[name].prog_type
+    require_kernel(f"prog:{prog_type}", f"test_run:{prog_type}")
     mine = corpus_run.pybpf_records(path, name, "interp")
     theirs = corpus_run.kernel_records(path, name)
     diffs = corpus_run.compare(mine, theirs, "pybpf", "kernel")
