@@ -77,9 +77,10 @@ def _addr(buf) -> int:
 
 
 def create_map(mtype: str, key: int, value: int, entries: int, flags: int = 0,
-               map_extra: int = 0, name: str = "") -> int:
+               map_extra: int = 0, name: str = "", inner_fd: int = 0) -> int:
     attr = bytearray(80)
-    struct.pack_into("<IIIII", attr, 0, MAP_TYPE_IDS[mtype], key, value, entries, flags)
+    struct.pack_into("<IIIIII", attr, 0, MAP_TYPE_IDS[mtype], key, value, entries, flags,
+                     inner_fd)
     attr[28:28 + 15] = name.encode()[:15].ljust(15, b"\0")
     struct.pack_into("<Q", attr, 64, map_extra)
     return _bpf(BPF_MAP_CREATE, attr, f"map_create {name} ({mtype})")
@@ -288,8 +289,17 @@ class KernelObject:
         self.btf_fd = load_btf(obj) if obj.btf is not None else None
         for m in obj.map_defs.values():
             value_size = 4 if m.type == "prog_array" else m.value_size
-            fd = create_map(m.type, m.key_size, value_size, m.max_entries, m.flags, m.map_extra,
-                            m.name)
+            inner_fd = 0
+            if m.inner is not None:      # map-in-map: a template map for inner_map_fd
+                i = m.inner
+                inner_fd = create_map(i.type, i.key_size, i.value_size, i.max_entries, i.flags,
+                                      i.map_extra, "inner")
+            try:
+                fd = create_map(m.type, m.key_size, value_size, m.max_entries, m.flags,
+                                m.map_extra, m.name, inner_fd)
+            finally:
+                if inner_fd:
+                    os.close(inner_fd)
             self.fds[m.name] = fd
             if m.type == "arena":
                 self.arena = mmap.mmap(fd, m.max_entries * mmap.PAGESIZE, mmap.MAP_SHARED,
