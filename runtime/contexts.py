@@ -30,6 +30,10 @@ xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, dat
                 egress_ifindex; the program returns an XDP_* action
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
 kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header)
+raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
+flow_dissector  r1 = ``struct __sk_buff`` with data/data_end over the frame (``data``, from its
+                Ethernet header) and flow_keys pointing at a :class:`BpfFlowKeys` the program
+                fills; ``last_ctx`` is the keys, ``last_data`` BPF_PROG_TEST_RUN's data_out
 =============== ==================================================================================
 
 Pointers in 32-bit context fields. ``__sk_buff.data``/``data_end``/``data_meta`` and
@@ -76,9 +80,11 @@ TC_ACT_OK, TC_ACT_SHOT = 0, 2
 
 SKB_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in")
 L2_TYPES = ("sched_cls",)     # BPF_PROG_TEST_RUN pushes the Ethernet header back for tc only
-PROG_TYPES = ("mem", "syscall", *SKB_TYPES, "xdp", "tracepoint", "kprobe")
+PROG_TYPES = ("mem", "syscall", *SKB_TYPES, "xdp", "tracepoint", "kprobe", "flow_dissector",
+              "raw_tracepoint")
 ALIASES = {"socket": "socket_filter", "tc": "sched_cls", "classifier": "sched_cls",
-           "cgroup/skb": "cgroup_skb", "tp": "tracepoint"}
+           "cgroup/skb": "cgroup_skb", "tp": "tracepoint", "raw_tp": "raw_tracepoint"}
+MAX_BPF_FUNC_ARGS = 12
 TRACE_CTX_SIZE = {"kprobe": 168, "tracepoint": 8}       # sizeof(struct pt_regs); common header
 
 
@@ -113,8 +119,28 @@ class XdpMd(ctypes.Structure):
                 ("rx_queue_index", ctypes.c_uint32), ("egress_ifindex", ctypes.c_uint32)]
 
 
+class BpfFlowKeys(ctypes.Structure):
+    """``struct bpf_flow_keys`` (uapi), 56 bytes: what a flow_dissector program fills in."""
+
+    _fields_ = [("nhoff", ctypes.c_uint16), ("thoff", ctypes.c_uint16),
+                ("addr_proto", ctypes.c_uint16), ("is_frag", ctypes.c_uint8),
+                ("is_first_frag", ctypes.c_uint8), ("is_encap", ctypes.c_uint8),
+                ("ip_proto", ctypes.c_uint8), ("n_proto", ctypes.c_uint16),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("addrs", ctypes.c_uint32 * 8), ("flags", ctypes.c_uint32),
+                ("flow_label", ctypes.c_uint32)]
+
+    @property
+    def ipv4_src(self) -> int:
+        return self.addrs[0]
+
+    @property
+    def ipv4_dst(self) -> int:
+        return self.addrs[1]
+
+
 assert ctypes.sizeof(SkBuff) == 192 and SkBuff.data.offset == 76 and SkBuff.hwtstamp.offset == 184
-assert ctypes.sizeof(XdpMd) == 24
+assert ctypes.sizeof(XdpMd) == 24 and ctypes.sizeof(BpfFlowKeys) == 56
 
 # Fields the run fills in itself; ``ctx=`` may not set them.
 _SKB_DERIVED = ("len", "data", "data_end", "data_meta")
@@ -224,6 +250,12 @@ def build_context(prog_type: str, mem=None, ctx=None, data=None) -> RunContext:
         _skb_context(rc, ctx, data)
     elif prog_type == "xdp":
         _xdp_context(rc, ctx, data)
+    elif prog_type == "flow_dissector":
+        _flow_dissector_context(rc, ctx, data)
+    elif prog_type == "raw_tracepoint":
+        if data is not None:
+            raise VMError("prog_type 'raw_tracepoint' has no packet: pass its arguments as ctx=")
+        _raw_tp_context(rc, ctx)
     else:
         if data is not None:
             raise VMError(f"prog_type {prog_type!r} has no packet: pass its context as ctx=")
@@ -428,6 +460,75 @@ def _xdp_context(rc: RunContext, ctx, data) -> None:
 def _trace_context(rc: RunContext, ctx) -> None:
     raw = _ctx_bytes(ctx, rc.prog_type) if ctx is not None else bytes(
         TRACE_CTX_SIZE[rc.prog_type])
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    if raw:
+        rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
+    rc.r1, rc.buffer = buf.address, buf
+
+    def finish(r0):
+        rc.last_ctx = buf.bytes()
+    rc._finish = finish
+
+
+def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
+    """BPF_PROG_TEST_RUN of a flow dissector (bpf_prog_test_run_flow_dissector): the program
+    gets a ``__sk_buff`` of which only data, data_end and flow_keys mean anything; data is the
+    frame from its Ethernet header; the keys start zeroed with n_proto (the frame's ethertype),
+    nhoff = thoff = 14 and ``flags`` from ``ctx`` (a BpfFlowKeys or dict with only flags set;
+    anything else is the kernel's EINVAL). After the run nhoff and thoff are clamped to the
+    frame as the kernel clamps them; ``last_ctx`` is the keys and ``last_data`` the kernel's
+    data_out: the keys' bytes cut or zero-padded to the frame's length (what Linux 6.18
+    returns; checked in tests/test_corpus.py)."""
+    frame = bytes(data) if data is not None else b""
+    if len(frame) < ETH_HLEN:
+        raise VMError(f"flow_dissector: data of {len(frame)} bytes is shorter than the Ethernet "
+                      f"header (BPF_PROG_TEST_RUN needs >= {ETH_HLEN}: EINVAL)")
+    flags = 0
+    if ctx is not None:
+        given = BpfFlowKeys()
+        _fill(given, ctx, (), "bpf_flow_keys")
+        flags = given.flags
+        given.flags = 0
+        if any(bytes(given)):
+            raise VMError("flow_dissector: ctx (struct bpf_flow_keys) may set only flags "
+                          "(BPF_PROG_TEST_RUN: EINVAL)")
+    keys_room = round_up(ctypes.sizeof(BpfFlowKeys), 64)
+    low, caddr, paddr = _packet_layout(ctypes.sizeof(SkBuff) + 64 + keys_room, 0, len(frame))
+    kaddr = caddr + round_up(ctypes.sizeof(SkBuff), 64)
+    PROC[paddr:paddr + len(frame)] = frame
+    keys = BpfFlowKeys.from_address(kaddr)
+    keys.n_proto = int.from_bytes(frame[12:14], "little")      # __be16 as stored
+    keys.nhoff = keys.thoff = ETH_HLEN
+    keys.flags = flags
+    skb = SkBuff.from_address(caddr)
+    skb.data, skb.data_end, skb.flow_keys = paddr, paddr + len(frame), kaddr
+    rc._low = low
+    pkt_region = Region(paddr, len(frame), "packet", False, low)
+    rc.regions += [Region(caddr, ctypes.sizeof(SkBuff), "ctx", False, low),
+                   Region(kaddr, ctypes.sizeof(BpfFlowKeys), "flow_keys", True, low), pkt_region]
+    rc.packet = PROC[paddr:paddr + len(frame)]
+    rc.r1 = caddr
+
+    def finish(r0):
+        k = BpfFlowKeys.from_address(kaddr)
+        k.nhoff = min(max(k.nhoff, ETH_HLEN), len(frame))
+        k.thoff = min(max(k.thoff, k.nhoff), len(frame))
+        rc.last_ctx = BpfFlowKeys.from_buffer_copy(bytes(k))
+        # Linux 6.18's data_out has the frame's length: the keys, cut or zero-padded to it
+        rc.last_data = bytes(k)[:len(frame)].ljust(len(frame), b"\0")
+    rc._finish = finish
+
+
+def _raw_tp_context(rc: RunContext, ctx) -> None:
+    """BPF_PROG_TEST_RUN of a raw tracepoint: r1 = the u64 arguments (``ctx``, at most 12 of
+    them, read-only), or NULL without ctx."""
+    if ctx is None:
+        rc._finish = None
+        return
+    raw = _ctx_bytes(ctx, "raw_tracepoint")
+    if len(raw) > 8 * MAX_BPF_FUNC_ARGS:
+        raise VMError(f"raw_tracepoint ctx of {len(raw)} bytes is more than "
+                      f"{MAX_BPF_FUNC_ARGS} u64 arguments (BPF_PROG_TEST_RUN: EINVAL)")
     buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
     if raw:
         rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))

@@ -19,7 +19,9 @@ from pybpf.elf import parse_object
 from pybpf.runtime.contexts import SkBuff
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
-NOT_DUMPED = ("prog_array", "queue", "stack", "ringbuf")
+# maps that have no keys to walk, or whose values are fds (their inner maps are dumped)
+NOT_DUMPED = ("prog_array", "queue", "stack", "ringbuf", "bloom_filter", "array_of_maps",
+              "hash_of_maps")
 # __sk_buff fields BPF_PROG_TEST_RUN copies back to ctx_out (convert_skb_to___skb)
 SKB_OUT = ("mark", "priority", "cb")
 
@@ -105,9 +107,20 @@ SYSCALL_CTXS: list[tuple[str, bytes]] = [
 ]
 
 
+# u64 arguments of the raw tracepoint programs (tests/corpus/trace_corpus.c): 4 of them
+RAW_TP_ARGS: list[tuple[str, bytes]] = [
+    ("zeros", bytes(32)),
+    ("write", struct.pack("<4Q", 0xFFFF888000001000, 1, 0, 7)),
+    ("write again", struct.pack("<4Q", 0xFFFF888000002000, 1, 3, 2)),
+    ("openat", struct.pack("<4Q", 1, 257, 0xFFFF888000003000, 1 << 40)),
+]
+
+
 def inputs_for(prog_type: str) -> list[tuple[str, dict]]:
     if prog_type == "syscall":
         return [(n, {"ctx": c}) for n, c in SYSCALL_CTXS]
+    if prog_type == "raw_tracepoint":
+        return [(n, {"ctx": c}) for n, c in RAW_TP_ARGS]
     return [(n, {"data": p}) for n, p in PACKETS]
 
 
@@ -139,6 +152,8 @@ def _companions(obj, name: str) -> list[str]:
 def _ctx_record(prog_type: str, ctx) -> dict | bytes | None:
     if prog_type == "syscall":
         return bytes(ctx) if ctx is not None else None
+    if prog_type == "raw_tracepoint":
+        return None         # read-only; BPF_PROG_TEST_RUN has no ctx_out for it
     if prog_type in ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in"):
         skb = ctx if isinstance(ctx, SkBuff) else SkBuff.from_buffer_copy(
             bytes(ctx).ljust(ctypes.sizeof(SkBuff), b"\0"))
@@ -186,11 +201,12 @@ def kernel_records(path: str, name: str) -> list[dict]:
     ko = kernel_bpf.KernelObject(obj)
     try:
         fds = {n: ko.load(obj.programs[n]) for n in [name] + _companions(obj, name)}
-        for m in obj.map_defs.values():
-            if m.type == "prog_array":
-                for index, target in m.init_slots.items():
-                    kernel_bpf.update(ko.fds[m.name], struct.pack("<I", index),
-                                      struct.pack("<I", fds[target]))
+        for m in obj.map_defs.values():       # __array(values, ...), as libbpf fills them
+            for index, target in m.init_slots.items():
+                value = fds[target] if m.type == "prog_array" else ko.fds[target]
+                key = index.to_bytes(4, "little")[:m.key_size].ljust(m.key_size, b"\0")
+                kernel_bpf.update(ko.fds[m.name], key,
+                                  struct.pack("<I", value))
         out = []
         for what, kw in inputs_for(prog.prog_type):
             data, ctx = kw.get("data"), kw.get("ctx")

@@ -30,14 +30,15 @@ def _case(path: str, name: str):
 CASES = {name: _case(path, name) for path, name in PROGRAMS}
 
 
-def test_the_corpus_is_at_least_40_programs_of_five_types():
+def test_the_corpus_is_at_least_40_programs_of_seven_types():
     from pybpf.elf import parse_object
     types = {}
     for path, name in PROGRAMS:
         t = parse_object(path).programs[name].prog_type
         types[t] = types.get(t, 0) + 1
     assert len(PROGRAMS) >= 40 and len(set(NAMES)) == len(NAMES)
-    assert set(types) == {"xdp", "sched_cls", "socket_filter", "cgroup_skb", "syscall"}, types
+    assert set(types) == {"xdp", "sched_cls", "socket_filter", "cgroup_skb", "syscall",
+                          "flow_dissector", "raw_tracepoint"}, types
 
 
 @pytest.fixture(scope="module")

@@ -248,3 +248,33 @@ def test_socket_count_sample():
     lines = []
     out = sample_driver("socket_count").run_sample("interp", True, say=lines.append)
     assert out["ok"] and any("trace_printk: proto 2 len 28" in line for line in lines)
+
+
+def test_flow_dissector_context_keys_and_clamping():
+    # r2 = skb->flow_keys; keys->nhoff = 0xfff0 (clamped to the frame), thoff = 3 (to nhoff)
+    lp = VM().load(asm("r2 = *(u64 *)(r1 + 144)\nr3 = 0xfff0\n*(u16 *)(r2 + 0) = r3\n"
+                       "r3 = 3\n*(u16 *)(r2 + 2) = r3\nr0 = *(u16 *)(r2 + 10)\nexit"),
+                   prog_type="flow_dissector")
+    pkt = frame()
+    assert lp.run(data=pkt) == 0x0008                     # n_proto as stored (__be16)
+    keys = lp.last_ctx
+    assert (keys.nhoff, keys.thoff) == (len(pkt), len(pkt))
+    assert lp.last_data == bytes(keys)[:len(pkt)].ljust(len(pkt), b"\0")
+    lp.run(data=pkt, ctx={"flags": 1})
+    assert lp.last_ctx.flags == 1
+    with pytest.raises(VMError, match="only flags"):
+        lp.run(data=pkt, ctx={"nhoff": 3})
+    with pytest.raises(VMError, match="shorter than the Ethernet header"):
+        lp.run(data=pkt[:10])
+
+
+def test_raw_tracepoint_context_is_the_u64_arguments():
+    lp = VM().load(asm("r0 = *(u64 *)(r1 + 8)\nexit"), prog_type="raw_tp")
+    assert lp.prog_type == "raw_tracepoint"
+    assert lp.run(ctx=struct.pack("<2Q", 1, 99)) == 99
+    assert VM().load(asm("r0 = r1\nexit"), prog_type="raw_tracepoint").run() == 0   # NULL
+    with pytest.raises(VMError, match="12 u64 arguments"):
+        lp.run(ctx=bytes(8 * 13))
+    with pytest.raises(MemoryAccessError):
+        VM().load(asm("r2 = 1\n*(u64 *)(r1 + 0) = r2\nr0 = 0\nexit"),
+                  prog_type="raw_tracepoint").run(ctx=bytes(8))
