@@ -191,7 +191,7 @@ def bridge_addresses() -> list[int]:
                 from pybpf.jit.codegen import compile_ir
 
                 result = compile_ir(build_bridge_ir(), opt_level=2)
-                allocation = native.place(result.text, native.BRIDGE_ALLOCATION)
+                allocation = native.place_image(result.image, native.BRIDGE_ALLOCATION)
                 _bridge = [allocation.address + result.symbols[f"pybpf_pycall{n}"]
                            for n in range(6)]
     return _bridge
