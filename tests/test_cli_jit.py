@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+pytestmark = pytest.mark.jit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVG = "{http://www.w3.org/2000/svg}"
 HAVE_CAPSTONE = importlib.util.find_spec("capstone") is not None

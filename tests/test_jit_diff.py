@@ -26,6 +26,8 @@ from pybpf.benchmarks.proggen import ItemGenerator, items_to_program
 
 from support import conformance_files, run_script
 
+pytestmark = pytest.mark.jit
+
 ROOT = Path(__file__).resolve().parent.parent
 DIFF_PROGRAMS = int(os.environ.get("PYBPF_DIFF_PROGRAMS", "10000"))
 MEM_SIZE = 64
