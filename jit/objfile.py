@@ -2,7 +2,7 @@
 
 pybpf copies the code into the pack allocator verbatim and never links it, so the object must
 be self-contained: every helper, map and arena address is an absolute constant in the
-instructions (DESIGN.md, "The JIT"). This module checks that promise and refuses, with a
+instructions (docs/architecture.md, "The JIT"). This module checks that promise and refuses, with a
 :class:`~pybpf.errors.JITError` naming the section, relocation or symbol, any object that breaks
 it:
 
