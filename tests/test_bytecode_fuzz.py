@@ -3,6 +3,8 @@ decodes and passes the structural checks runs in the interpreter to a result or 
 (memory is checked, the budget stops loops). Runs in a subprocess, as fuzzing should."""
 import textwrap
 
+import pytest
+
 from support import run_code
 
 CHILD = textwrap.dedent("""
@@ -58,6 +60,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_random_bytecode_never_crashes():
     p = run_code(CHILD, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

@@ -156,6 +156,7 @@ def test_dump_switches_work_through_run(tmp_path):
     assert rc == 0 and "LLVM IR" not in err and "x86-64" not in err
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_goals():
     rc, out, err = pybpf("bench", "--quick", timeout=300)
     assert rc == 0, out + err

@@ -480,6 +480,7 @@ def test_conformance_suite_through_the_jit(conformance_dir):
     assert out["passed"] == len(files)
 
 
+@pytest.mark.slow
 def test_random_programs_agree_with_the_interpreter():
     """The issue's acceptance: >= 10,000 random valid programs (PYBPF_DIFF_PROGRAMS to change),
     same r0 and same memory on both engines, at -O1 and -O2."""

@@ -238,6 +238,7 @@ THOUSAND = """
 """
 
 
+@pytest.mark.slow
 def test_thousand_programs_one_huge_pack_wx_and_release():
     out = run_child(THOUSAND, timeout=180)
     full, end, first = out["full"], out["end"], out["after_first"]
