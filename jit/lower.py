@@ -68,6 +68,7 @@ from pybpf.insn import imm64
 from pybpf.jit import arena as arena_mem
 from pybpf.jit import calls
 from pybpf.jit import cgutils as cg
+from pybpf.jit import switches
 from pybpf.jit.cgutils import I1, I32, I64, PTR
 from pybpf.jit.env import JitEnv
 from pybpf.jit.helper_calls import HelperTable
@@ -258,6 +259,7 @@ class FunctionLowerer:
         self.is_main = sp.start == 0
         self.entry_bb = self.fn.append_basic_block("entry")
         self.blocks = {pc: self.fn.append_basic_block(f"L{pc}") for pc in leaders}
+        self.trees = switches.find_trees(body, leaders)   # compare trees -> LLVM switches
         self.b = cg.TextBuilder(self.entry_bb)
         self.pc = sp.start
         self.live = program.live
@@ -522,6 +524,10 @@ class FunctionLowerer:
             cond = (b.icmp_signed if signed else b.icmp_unsigned)(pred, a, c)
         taken = self.block_at(self.pc + 1 + insn.off)
         self.spill()
+        tree = self.trees.get(self.pc)
+        if tree is not None:
+            switches.emit(self, tree, a, cond, taken, self.block_at(self.pc + 1))
+            return
         b.branch_if(cond, taken, self.block_at(self.pc + 1))
 
     def _lower_ja(self, form, insn) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import ctypes
 import errno
+import functools
 import math
 import random
 import re
@@ -28,7 +29,7 @@ from typing import Callable, Iterator
 
 from pybpf.helper_names import HELPER_NAMES
 
-from .memory import PROC
+from .memory import PROC, RegionTable
 from .prandom import PrandomState
 
 M64 = (1 << 64) - 1
@@ -45,6 +46,7 @@ PTR_STR = "ARG_PTR_TO_CONST_STR"                # a NUL-terminated string the he
 # (trace_printk's %s). None outside a run or in code that does not set it.
 ACTIVE_REGIONS: contextvars.ContextVar = contextvars.ContextVar("pybpf_active_regions",
                                                                  default=None)
+_NO_REGIONS = RegionTable()
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class Prototype:
         for i, a in enumerate(self.args):
             if a == PTR_STR:
                 out.append((i, None, "str"))
+            elif "MEM_RINGBUF" in a:
+                # a ring buffer sample: its size is in the ring's books, which the helper
+                # itself checks (the pointer must be an outstanding reservation)
+                out.append((i, None, "ringbuf"))
             elif a.startswith(PTR_MEM):
                 sized = i + 1 < len(self.args) and self.args[i + 1] in (SIZE, SIZE_OR_ZERO)
                 size = i + 1 if sized else None
@@ -98,6 +104,47 @@ class Helper:
     @property
     def checks_memory(self) -> bool:
         return bool(self.prototype.memory_args()) or self.mem_args is not None
+
+    @functools.cached_property
+    def checked_fn(self) -> Callable[..., int]:
+        """``fn`` behind the argument checks of :func:`check_args` against the active run's
+        regions (:data:`ACTIVE_REGIONS`): what native code calls, so a helper never touches
+        memory the run may not access, whatever the verifier said (a VM's JIT runs always set
+        the table; bare ``JitProgram`` runs outside a VM set none and are trusted, as their
+        memory accesses are). ``fn`` itself when the helper has no pointer arguments."""
+        if not self.checks_memory or self.special:
+            return self.fn
+        fn, helper = self.fn, self
+
+        def checked(*args: int) -> int:
+            regions = ACTIVE_REGIONS.get()
+            if regions is not None:
+                check_args(regions, helper, args)
+            return fn(*args)
+        checked.__name__ = self.name
+        return checked
+
+
+def check_args(regions, h: Helper, args: tuple, pc: int | None = None) -> None:
+    """Raise MemoryAccessError unless every pointer argument of ``h`` (by its prototype and
+    ``mem_args``) lies in ``regions`` (a RegionTable; None: outside a run, nothing is
+    accessible) with the access its prototype announces."""
+    if regions is None:
+        regions = _NO_REGIONS
+    for pi, si, kind in h.prototype.memory_args():
+        ptr = args[pi] if pi < len(args) else 0
+        if kind == "str":
+            regions.read_cstr(ptr, pc=pc)
+            continue
+        if kind == "ringbuf":
+            continue
+        size = args[si] if si is not None and si < len(args) else 1
+        if size == 0 and si is not None and h.prototype.args[si].endswith("OR_ZERO"):
+            continue
+        regions.check(ptr, size, kind, pc)
+    if h.mem_args is not None:
+        for ptr, size, kind in h.mem_args(tuple(args[:h.prototype.nargs])):
+            regions.check(ptr, size, kind, pc)
 
 
 class HelperRegistry:

@@ -37,7 +37,7 @@ from pybpf import isa
 from pybpf.errors import MemoryAccessError, VMError
 from pybpf.verifier.cfg import build_cfg
 
-from .helpers import ACTIVE_REGIONS, HelperRegistry
+from .helpers import ACTIVE_REGIONS, HelperRegistry, check_args
 from .interp_codegen import Generator
 from .loader import func_slot
 from .map_helpers import MAX_TAIL_CALL_CNT, tail_call_target
@@ -141,10 +141,17 @@ class Run:
         other._bind(interp, tracer)
         return other
 
-    def _find(self, lo: int, a: int, n: int) -> Region | None:
+    def _find(self, lo: int, a: int, n: int, pc: int = -1) -> Region | None:
         if self.stack_region.start != lo:
             self.regions.move(self.stack_region, lo, self.stop - lo)
-        return self.regions.find(a, n)
+        r = self.regions.find(a, n)
+        if r is not None and r.stride and pc >= 0:
+            # One map value, not its neighbour: the base register (a - off) must point into
+            # the element the access lands in, as the verifier bounds off by value_size.
+            base = a - self.offs.get(pc, 0) - r.start
+            if base < 0 or base // r.stride != (a - r.start) // r.stride:
+                return None
+        return r
 
     # -- slow paths ----------------------------------------------------------------------------
     def limit_error(self, pc: int) -> VMError:
@@ -167,7 +174,7 @@ class Run:
         return self.arena.bpf_address(reg, off) if 0 <= reg <= 0xFFFFFFFF else None
 
     def ld(self, pc: int, lo: int, a: int, n: int, signed: bool) -> int:
-        r = self._find(lo, a, n)
+        r = self._find(lo, a, n, pc)
         if r is None or isinstance(r.owner, Arena):
             addr = self._arena_target(pc, a, r)
             if addr is None:
@@ -178,7 +185,7 @@ class Run:
         return UNPACK[n](PROC, a)[0]
 
     def st(self, pc: int, lo: int, a: int, n: int, v: int) -> None:
-        r = self._find(lo, a, n)
+        r = self._find(lo, a, n, pc)
         if r is None or not r.writable:
             addr = self._arena_target(pc, a, r)
             if addr is None:
@@ -188,7 +195,7 @@ class Run:
         PACK[n](PROC, a, v)
 
     def atomic(self, pc: int, lo: int, a: int, n: int, op: str, v: int, r0: int) -> int:
-        r = self._find(lo, a, n)
+        r = self._find(lo, a, n, pc)
         mask = (1 << (8 * n)) - 1
         if r is None or not r.writable:
             addr = self._arena_target(pc, a, r)
@@ -309,18 +316,7 @@ class Run:
         """
         if self.stack_region.start != lo:
             self.regions.move(self.stack_region, lo, self.stop - lo)
-        for pi, si, kind in h.prototype.memory_args():
-            ptr = args[pi] if pi < len(args) else 0
-            if kind == "str":
-                self.regions.read_cstr(ptr, pc=pc)
-                continue
-            size = args[si] if si is not None and si < len(args) else 1
-            if size == 0 and si is not None and h.prototype.args[si].endswith("OR_ZERO"):
-                continue
-            self.regions.check(ptr, size, kind, pc)
-        if h.mem_args is not None:
-            for ptr, size, kind in h.mem_args(tuple(args[:h.prototype.nargs])):
-                self.regions.check(ptr, size, kind, pc)
+        check_args(self.regions, h, args, pc)
 
 
 def _cfg(prog):

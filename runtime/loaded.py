@@ -11,6 +11,7 @@ arena bands) and raises MemoryAccessError before touching anything else.
 from __future__ import annotations
 
 import ctypes
+import threading
 
 from pybpf.errors import VMError
 
@@ -20,11 +21,6 @@ from .interp import Interpreter
 from .maps.prog_array import ProgArrayMap
 from .memory import Buffer, Region, RegionTable
 
-# Helpers that follow pointers through the run's regions (ACTIVE_REGIONS); a JIT run that may
-# call one gets a region table with its context, the VM's maps and the thread's stack, where
-# the JIT'd frames live.
-_REGION_HELPERS = ("trace_printk", "probe_read", "probe_read_kernel", "probe_read_user",
-                   "probe_read_str", "probe_read_kernel_str", "probe_read_user_str")
 _libc = ctypes.CDLL(None)
 _libc.pthread_self.restype = ctypes.c_ulong
 
@@ -38,6 +34,18 @@ def thread_stack() -> tuple[int, int]:
     _libc.pthread_attr_getstack(attr, ctypes.byref(addr), ctypes.byref(size))
     _libc.pthread_attr_destroy(attr)
     return addr.value or 0, size.value
+
+_STACKS = threading.local()
+
+
+def _thread_stack() -> tuple[int, int]:
+    """:func:`thread_stack`, once per thread (pthread_getattr_np reads /proc/self/maps for
+    the main thread)."""
+    stack = getattr(_STACKS, "stack", None)
+    if stack is None:
+        stack = _STACKS.stack = thread_stack()
+    return stack
+
 
 DEFAULT_INSN_LIMIT = 100_000_000
 ENGINES = ("interp", "jit")
@@ -57,10 +65,13 @@ class LoadedProgram:
     """
 
     def __init__(self, vm, prog, prog_type: str, engine: str, insn_limit: int, name: str,
-                 maps: list, arena, values64: dict[int, int], fd: int | None = None) -> None:
-        """``maps``: (name, map) pairs of the maps the program uses."""
+                 maps: list, arena, values64: dict[int, int], fd: int | None = None,
+                 verified: bool = True) -> None:
+        """``maps``: (name, map) pairs of the maps the program uses; ``verified``: the load
+        ran the verifier (JIT code for an unverified load calls the checked helpers)."""
         self.vm, self.program, self.prog_type, self.engine = vm, prog, prog_type, engine
         self.insn_limit, self.name, self.fd = insn_limit, name, fd
+        self.verified = verified
         self.arena, self.values64 = arena, values64
         self.maps: dict[str, object] = {}
         for key, m in maps:
@@ -89,12 +100,14 @@ class LoadedProgram:
         # ld_abs/ld_ind read the run's packet through two u64 words: address, length.
         self._packet_desc = (ctypes.c_uint64 * 2)()
         self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
-        self._regions = any(f.kind == "call" and f.op == "helper" and
-                            getattr(vm.helpers.get(i.imm), "name", "") in _REGION_HELPERS
-                            for _, f, i in prog.instructions())
+        env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
+                             verified=self.verified)
+        jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
+        # Code that calls Python may reach a helper that follows or checks pointers: its runs
+        # get the run's region table (ACTIVE_REGIONS); purely native code needs none.
+        self._regions = jit.needs_gil
         self._plain_jit = not (self._ldabs or self._regions)
-        env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc))
-        return compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
+        return jit
 
     @property
     def native_entry(self) -> int:
@@ -134,7 +147,7 @@ class LoadedProgram:
                 self._set_packet(rc)
             if self._regions:
                 rc.jit_regions = self._run_regions(rc)
-                lo, size = thread_stack()
+                lo, size = _thread_stack()
                 rc.jit_regions.add(Region(lo, size, "thread stack (JIT frames)", True))
             return rc, None
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)

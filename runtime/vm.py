@@ -103,8 +103,10 @@ class VM:
             self.maps[m.name] = m
         if isinstance(m, ProgArrayMap):
             m.resolve_prog = self.program_by_fd
+        rule = m.region_rule()
         for start, size, writable in m.regions():
-            self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m))
+            self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m,
+                                            **rule))
         return m
 
     def map_by_fd(self, fd: int, default=_MISSING):
@@ -190,7 +192,7 @@ class VM:
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
         used, arena, values = self.resolve(prog, maps)
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
-                           values, fd=_next_fd())
+                           values, fd=_next_fd(), verified=verify)
         self._programs[lp.fd] = lp
         for m, index in getattr(prog, "prog_array_slots", ()):    # __array(values, ...)
             if m.fd in self._by_fd:

@@ -342,6 +342,12 @@ class Map:
         """(address, size, writable) of memory BPF programs may access through this map."""
         return []
 
+    def region_rule(self) -> dict:
+        """Extra :class:`~pybpf.runtime.memory.Region` fields for :meth:`regions`: which parts
+        of the memory a program may touch (``stride``/``lo``/``hi``: one value per element,
+        ``allow``: a callback); {} when all of it."""
+        return {}
+
     def map_mem_usage(self) -> int:
         return sum(size for _, size, _ in self.regions())
 

@@ -193,6 +193,11 @@ class HashMap(Map):
         return [(self.elems_address, self.max_entries * self.elem_size,
                  not self.flags & BPF_F_RDONLY_PROG)]
 
+    def region_rule(self) -> dict:
+        # a value, never the element header (chain link, hash) or key around it
+        span = self.stride * (self.n_cpus - 1) + self.value_size
+        return {"stride": self.elem_size, "lo": self.value_off, "hi": self.value_off + span}
+
     # -- syscall / Python faces -----------------------------------------------------------------
     def _raw_keys(self) -> list[bytes]:
         return list(self._slots)
