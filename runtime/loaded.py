@@ -231,12 +231,19 @@ class LoadedProgram:
         self.closed = True
         jit = self._jit
         self._interp = self._jit = None
+        # let go of the maps (a closed map goes with its last program) and the run's memory
+        self.maps, self.arena, self.values64 = {}, None, {}
+        self._base_key = self._base_table = None
+        self.last_buffer = self.last_ctx = None
         if jit is not None:
             # prog_arrays holding this program must not keep its code address
             for m in list(getattr(self.vm, "_by_fd", {}).values()):
                 if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs):
                     m.refresh_native()
             jit.close()
+        release = getattr(self.vm, "release_closed", None)
+        if release is not None:
+            release()       # the closed maps only this program held can go now
 
     def __enter__(self) -> "LoadedProgram":
         return self

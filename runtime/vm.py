@@ -85,6 +85,8 @@ class VM:
         self._by_fd: dict[int, object] = {}
         self._by_value: dict[int, object] = {}
         self._map_regions: list[Region] = []
+        self._closing: list = []                    # closed maps that programs still hold
+        self.closed = False
         self._decls: dict[int, tuple] = {}          # id(MapDecl) -> (decl, map)
         self._programs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -94,6 +96,7 @@ class VM:
         """BPF_MAP_CREATE: a new map of ``map_type`` ("hash", "array", "ringbuf", "arena", ...)
         with an ``fd`` in this VM. ``kwargs`` go to the map class (``key_type=``,
         ``value_type=``, ``n_cpus=``...). MapError with the kernel's errno for bad attributes."""
+        self._check_open()
         m = create_map(map_type, key_size=key_size, value_size=value_size,
                        max_entries=max_entries, flags=flags, map_extra=map_extra, name=name,
                        fd=_next_fd(), **kwargs)
@@ -107,10 +110,65 @@ class VM:
         for start, size, writable in m.regions():
             self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m,
                                             **rule))
+        m._close_hook = weakref.WeakMethod(self._map_closed)
         return m
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise VMError("the VM is closed")
+
+    def close(self) -> None:
+        """Close every program and map of this VM; any later use of the VM raises VMError."""
+        if self.closed:
+            return
+        for lp in list(self._programs.values()):
+            lp.close()
+        for m in list(self._by_fd.values()):
+            m.close()
+        self.closed = True
+        self._programs.clear()
+        self._by_fd.clear()
+        self._by_value.clear()
+        self.maps.clear()
+        self._map_regions, self._decls, self._closing = [], {}, []
+
+    def __enter__(self) -> "VM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _map_closed(self, m) -> None:
+        self._closing.append(m)
+        self.release_closed()
+
+    def release_closed(self) -> int:
+        """Drop the closed maps no live program uses from this VM's tables (their memory goes
+        with the last reference); returns how many are still held by programs."""
+        if not self._closing:
+            return 0
+        held = set()
+        for lp in list(self._programs.values()):
+            if not lp.closed:
+                held.update(id(m) for m in lp.maps.values())
+                if lp.arena is not None:
+                    held.add(id(lp.arena))
+        keep, gone = [], []
+        for m in self._closing:
+            (keep if id(m) in held else gone).append(m)
+        self._closing = keep
+        if gone:
+            ids = {id(m) for m in gone}
+            for table in (self._by_fd, self._by_value, self.maps):
+                for k in [k for k, v in table.items() if id(v) in ids]:
+                    del table[k]
+            self._map_regions = [r for r in self._map_regions if id(r.owner) not in ids]
+            self._decls = {k: v for k, v in self._decls.items() if id(v[1]) not in ids}
+        return len(keep)
 
     def map_by_fd(self, fd: int, default=_MISSING):
         """The map with this fd (MapError EBADF, or ``default`` when given)."""
+        self._check_open()
         m = self._by_fd.get(fd)
         if m is None:
             if default is not _MISSING:
@@ -147,6 +205,7 @@ class VM:
         argument-type names (``("ARG_PTR_TO_MEM", "ARG_CONST_SIZE")``; default five
         ``ARG_ANYTHING``); pointer arguments it describes are checked before each call.
         """
+        self._check_open()
         if prototype is not None and not isinstance(prototype, Prototype):
             prototype = Prototype(args=tuple(prototype))
         if prototype is not None and prototype.nargs > 5:
@@ -183,6 +242,7 @@ class VM:
         checks memory at run time either way; the JIT does not, so unverified JIT code is
         trusted input.
         """
+        self._check_open()
         prog = _as_program(prog, name)
         ptype = _prog_type(prog, prog_type)
         if engine not in ENGINES:
@@ -202,6 +262,7 @@ class VM:
     # -- load-time resolution ------------------------------------------------------------------
     def resolve(self, prog: Program, maps: dict | None = None):
         """(maps the program uses, its arena, values64)."""
+        self._check_open()
         decl_maps = bind_declarations(self, prog, maps)
         refs = referenced_maps(self, prog, decl_maps)
         arena = program_arena(prog, refs)

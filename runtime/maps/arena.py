@@ -558,7 +558,8 @@ class Arena(Map):
         return self.pages_allocated * PAGE_SIZE
 
     def close(self) -> None:
-        """Release the band (once no typed view holds it) and the bookkeeping."""
-        self.closed = True
-        self._band = self._window = None
+        """Close the arena for user space (MapError EBADF from then on); the band stays
+        mapped while anything holds the arena (a program's JIT code addresses it directly)
+        and is unmapped when the arena is collected."""
+        Map.close(self)
 
