@@ -14,7 +14,7 @@ syscall         r1 = a private copy of ``ctx`` (bytes, bytearray or a ctypes obj
 socket_filter,  r1 = ``struct __sk_buff`` (:class:`SkBuff`); ``data`` is an Ethernet frame,
 sched_cls,      as BPF_PROG_TEST_RUN takes it (>= 14 bytes; an IPv4/IPv6 frame must hold its
 cgroup_skb,     IP header, else VMError as the kernel's EINVAL). As there, eth_type_trans sets
-lwt_in          protocol (network byte order, as the kernel stores it) and pkt_type (against the
+lwt_in/out/xmit protocol (network byte order, as the kernel stores it) and pkt_type (against the
                 loopback's all-zero address), and the Ethernet header is pulled: sched_cls
                 sees the whole frame, the others the packet from the network header
                 (``skb->data``, ``len``, ld_abs offsets start there); ``last_data`` is the
@@ -23,7 +23,7 @@ lwt_in          protocol (network byte order, as the kernel stores it) and pkt_t
                 names, or a SkBuff or its bytes, whose zero fields keep the defaults) sets
                 mark, priority, cb[], ifindex (default 1, the loopback device as
                 BPF_PROG_TEST_RUN uses), vlan_*, hash, tc_index, ... The packet is writable
-                for sched_cls, read-only for the others.
+                for sched_cls and lwt_xmit, read-only for the others.
 xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, data_meta pointing at
                 the packet, which is writable, behind XDP_PACKET_HEADROOM bytes of headroom;
                 ``ctx=`` (dict or XdpMd) sets ingress_ifindex (default 1), rx_queue_index,
@@ -31,6 +31,9 @@ xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, dat
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
 kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header)
 raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
+sk_lookup       r1 = a read-only ``struct bpf_sk_lookup`` (:class:`BpfSkLookup`) from ``ctx``
+cgroup_sock_    r1 = a writable ``struct bpf_sock_addr`` / ``struct bpf_sock`` from ``ctx``,
+addr, _sock     copied back (context only: the kernel cannot test-run these types)
 flow_dissector  r1 = ``struct __sk_buff`` with data/data_end over the frame (``data``, from its
                 Ethernet header) and flow_keys pointing at a :class:`BpfFlowKeys` the program
                 fills; ``last_ctx`` is the keys, ``last_data`` BPF_PROG_TEST_RUN's data_out
@@ -78,10 +81,13 @@ XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 
-SKB_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in")
+SKB_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "lwt_out", "lwt_xmit")
 L2_TYPES = ("sched_cls",)     # BPF_PROG_TEST_RUN pushes the Ethernet header back for tc only
+PKT_WRITE_TYPES = ("sched_cls", "lwt_xmit")    # the kernel's may_access_direct_pkt_data
+# context-only types: r1 = a writable copy of their struct, copied back (no BPF_PROG_TEST_RUN)
+SOCK_TYPES = ("cgroup_sock_addr", "cgroup_sock")
 PROG_TYPES = ("mem", "syscall", *SKB_TYPES, "xdp", "tracepoint", "kprobe", "flow_dissector",
-              "raw_tracepoint")
+              "raw_tracepoint", "sk_lookup", *SOCK_TYPES)
 ALIASES = {"socket": "socket_filter", "tc": "sched_cls", "classifier": "sched_cls",
            "cgroup/skb": "cgroup_skb", "tp": "tracepoint", "raw_tp": "raw_tracepoint"}
 MAX_BPF_FUNC_ARGS = 12
@@ -139,6 +145,44 @@ class BpfFlowKeys(ctypes.Structure):
         return self.addrs[1]
 
 
+class BpfSkLookup(ctypes.Structure):
+    """``struct bpf_sk_lookup`` (uapi), 72 bytes: a socket lookup's 4-tuple."""
+
+    _fields_ = [("cookie", ctypes.c_uint64), ("family", ctypes.c_uint32),
+                ("protocol", ctypes.c_uint32), ("remote_ip4", ctypes.c_uint32),
+                ("remote_ip6", ctypes.c_uint32 * 4), ("remote_port", ctypes.c_uint16),
+                ("_pad", ctypes.c_uint16), ("local_ip4", ctypes.c_uint32),
+                ("local_ip6", ctypes.c_uint32 * 4), ("local_port", ctypes.c_uint32),
+                ("ingress_ifindex", ctypes.c_uint32), ("_pad2", ctypes.c_uint32)]
+
+
+class BpfSockAddr(ctypes.Structure):
+    """``struct bpf_sock_addr`` (uapi), 72 bytes: a cgroup/connect4-style program's view."""
+
+    _fields_ = [("user_family", ctypes.c_uint32), ("user_ip4", ctypes.c_uint32),
+                ("user_ip6", ctypes.c_uint32 * 4), ("user_port", ctypes.c_uint32),
+                ("family", ctypes.c_uint32), ("type", ctypes.c_uint32),
+                ("protocol", ctypes.c_uint32), ("msg_src_ip4", ctypes.c_uint32),
+                ("msg_src_ip6", ctypes.c_uint32 * 4), ("sk", ctypes.c_uint64)]
+
+
+class BpfSock(ctypes.Structure):
+    """``struct bpf_sock`` (uapi), 80 bytes: a cgroup/sock_create-style program's view."""
+
+    _fields_ = [("bound_dev_if", ctypes.c_uint32), ("family", ctypes.c_uint32),
+                ("type", ctypes.c_uint32), ("protocol", ctypes.c_uint32),
+                ("mark", ctypes.c_uint32), ("priority", ctypes.c_uint32),
+                ("src_ip4", ctypes.c_uint32), ("src_ip6", ctypes.c_uint32 * 4),
+                ("src_port", ctypes.c_uint32), ("dst_port", ctypes.c_uint16),
+                ("_pad", ctypes.c_uint16), ("dst_ip4", ctypes.c_uint32),
+                ("dst_ip6", ctypes.c_uint32 * 4), ("state", ctypes.c_uint32),
+                ("rx_queue_mapping", ctypes.c_int32)]
+
+
+SOCK_STRUCTS = {"cgroup_sock_addr": BpfSockAddr, "cgroup_sock": BpfSock}
+AF_INET, AF_INET6 = 2, 10
+assert ctypes.sizeof(BpfSkLookup) == 72 and BpfSkLookup.local_port.offset == 60
+assert ctypes.sizeof(BpfSockAddr) == 72 and ctypes.sizeof(BpfSock) == 80
 assert ctypes.sizeof(SkBuff) == 192 and SkBuff.data.offset == 76 and SkBuff.hwtstamp.offset == 184
 assert ctypes.sizeof(XdpMd) == 24 and ctypes.sizeof(BpfFlowKeys) == 56
 
@@ -252,6 +296,14 @@ def build_context(prog_type: str, mem=None, ctx=None, data=None) -> RunContext:
         _xdp_context(rc, ctx, data)
     elif prog_type == "flow_dissector":
         _flow_dissector_context(rc, ctx, data)
+    elif prog_type == "sk_lookup":
+        if data is not None:
+            raise VMError("prog_type 'sk_lookup' has no packet: pass its context as ctx=")
+        _sk_lookup_context(rc, ctx)
+    elif prog_type in SOCK_TYPES:
+        if data is not None:
+            raise VMError(f"prog_type {prog_type!r} has no packet: pass its context as ctx=")
+        _sock_context(rc, ctx, SOCK_STRUCTS[prog_type])
     elif prog_type == "raw_tracepoint":
         if data is not None:
             raise VMError("prog_type 'raw_tracepoint' has no packet: pass its arguments as ctx=")
@@ -415,7 +467,7 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
     skb.len = len(packet)
     skb.data = skb.data_meta = paddr
     skb.data_end = paddr + len(packet)
-    writable = rc.prog_type == "sched_cls"
+    writable = rc.prog_type in PKT_WRITE_TYPES
     pkt_region = Region(paddr, len(packet), "packet", writable, low)
     rc.regions += [Region(caddr, ctypes.sizeof(SkBuff), "ctx", True, low), pkt_region]
     rc.fast = pkt_region if writable and packet else None
@@ -536,4 +588,55 @@ def _raw_tp_context(rc: RunContext, ctx) -> None:
 
     def finish(r0):
         rc.last_ctx = buf.bytes()
+    rc._finish = finish
+
+
+def _sk_lookup_context(rc: RunContext, ctx) -> None:
+    """BPF_PROG_TEST_RUN of an sk_lookup program (bpf_prog_test_run_sk_lookup): ``ctx`` (a
+    BpfSkLookup or a dict) is required, family AF_INET or AF_INET6, local_port <= 65535, sk
+    and ingress_ifindex zero (VMError where the kernel says EINVAL, EAFNOSUPPORT, ERANGE).
+    r1 = a read-only copy; no socket can be selected (no bpf_sk_assign), so ``last_ctx`` comes
+    back with cookie 0, as the kernel's ctx_out does."""
+    if ctx is None:
+        raise VMError("sk_lookup needs ctx= (struct bpf_sk_lookup; BPF_PROG_TEST_RUN: EINVAL)")
+    given = BpfSkLookup()
+    _fill(given, ctx, (), "bpf_sk_lookup")
+    if given.cookie or given.ingress_ifindex:
+        raise VMError("sk_lookup: ctx sk/cookie and ingress_ifindex must be zero "
+                      "(BPF_PROG_TEST_RUN: EINVAL)")
+    if given.local_port > 0xFFFF:
+        raise VMError(f"sk_lookup: local_port {given.local_port} > 65535 (ERANGE)")
+    if given.family not in (AF_INET, AF_INET6):
+        raise VMError(f"sk_lookup: family {given.family} is neither AF_INET nor AF_INET6 "
+                      f"(EAFNOSUPPORT)")
+    raw = bytes(given)
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
+    rc.r1, rc.buffer = buf.address, buf
+
+    def finish(r0):
+        rc.last_ctx = BpfSkLookup.from_buffer_copy(buf.bytes())
+        if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
+            _write_back(ctx, bytes(rc.last_ctx))
+    rc._finish = finish
+
+
+def _sock_context(rc: RunContext, ctx, struct) -> None:
+    """cgroup_sock_addr / cgroup_sock: r1 = a writable copy of the struct (from ``ctx``, a dict
+    of fields or the struct; sk pointers stay 0), copied back after the run. The kernel has no
+    BPF_PROG_TEST_RUN for these types; what the program may write (user_ip4/user_port for
+    connect4, mark/priority/bound_dev_if for sock_create) is the verifier's business."""
+    given = struct()
+    if ctx is not None:
+        _fill(given, ctx, (), struct.__name__)
+    raw = bytes(given)
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    rc.regions.append(Region(buf.address, buf.size, "ctx", True, buf))
+    rc.fast = rc.regions[-1]
+    rc.r1, rc.buffer = buf.address, buf
+
+    def finish(r0):
+        rc.last_ctx = struct.from_buffer_copy(buf.bytes())
+        if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
+            _write_back(ctx, bytes(rc.last_ctx))
     rc._finish = finish

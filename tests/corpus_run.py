@@ -16,7 +16,7 @@ import struct
 
 import pybpf
 from pybpf.elf import parse_object
-from pybpf.runtime.contexts import SkBuff
+from pybpf.runtime.contexts import SKB_TYPES, SOCK_STRUCTS, BpfSkLookup, SkBuff
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 # maps that have no keys to walk, or whose values are fds (their inner maps are dumped)
@@ -93,6 +93,7 @@ PACKETS: list[tuple[str, bytes]] = [
     ("vlan 42", eth(0x8100) + vlan(42, 0x0800) + ipv4(17, udp(1, 53))),
     ("qinq 7/99", eth(0x88A8) + vlan(7, 0x8100) + vlan(99, 0x86DD) + ipv6(17, udp(1, 2))),
     ("broadcast udp", eth(0x0800, dst=b"\xff" * 6) + ipv4(17, udp(68, 67), dst=255)),
+    ("udp ecn ce", eth(0x0800) + ipv4(17, udp(4003, 4433), tos=0x03)),
     ("eth only", eth(0x0800)),
     ("truncated ip", eth(0x0800) + ipv4(6, tcp(1, 2, SYN))[:24]),
 ]
@@ -116,7 +117,60 @@ RAW_TP_ARGS: list[tuple[str, bytes]] = [
 ]
 
 
+def _sk_lookup(family: int, proto: int, rport: int, lport: int, rip: int = 1, lip: int = 2,
+               v6_last: int = 0) -> bytes:
+    ctx = BpfSkLookup(family=family, protocol=proto, remote_port=socket_htons(rport),
+                      local_port=lport)
+    if family == 2:
+        ctx.remote_ip4 = int.from_bytes(bytes([10, 0, 0, rip]), "little")
+        ctx.local_ip4 = int.from_bytes(bytes([10, 0, 0, lip]), "little")
+    else:
+        ctx.remote_ip6[0], ctx.remote_ip6[3] = 0x80FE, v6_last
+        ctx.local_ip6[0], ctx.local_ip6[3] = 0x80FE, 1 << 24
+    return bytes(ctx)
+
+
+def socket_htons(port: int) -> int:
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+# struct bpf_sk_lookup contexts of the sk_lookup programs (tests/corpus/sock_corpus.c)
+SK_LOOKUP_CTXS: list[tuple[str, bytes]] = [
+    ("tcp :80", _sk_lookup(2, 6, 40000, 80)),
+    ("tcp :7001", _sk_lookup(2, 6, 40001, 7001)),
+    ("udp :7001", _sk_lookup(2, 17, 40002, 7001)),
+    ("tcp :22 from high port", _sk_lookup(2, 6, 60000, 22)),
+    ("tcp :22 to .3", _sk_lookup(2, 6, 60001, 22, lip=3)),
+    ("tcp6 :443", _sk_lookup(10, 6, 50000, 443, v6_last=1 << 24)),
+    ("udp6 :53 to ::", _sk_lookup(10, 17, 5353, 53)),
+    ("tcp :80 again", _sk_lookup(2, 6, 40003, 80)),
+]
+
+# struct bpf_sock_addr / struct bpf_sock contexts (no kernel test run: both engines only)
+SOCK_ADDR_CTXS: list[tuple[str, dict]] = [
+    ("connect vip:80", dict(user_family=2, user_ip4=0x0A00000A, user_port=socket_htons(80),
+                            family=2, type=1, protocol=6)),
+    ("connect other", dict(user_family=2, user_ip4=0x0300000A, user_port=socket_htons(80),
+                           family=2, type=1, protocol=6)),
+    ("udp to :53", dict(user_family=2, user_ip4=0x0800000A, user_port=socket_htons(53),
+                        family=2, type=2, protocol=17)),
+    ("udp to :123", dict(user_family=2, user_ip4=0x0800000A, user_port=socket_htons(123),
+                         family=2, type=2, protocol=17)),
+]
+SOCK_CTXS: list[tuple[str, dict]] = [
+    ("tcp4", dict(family=2, type=1, protocol=6)),
+    ("udp6", dict(family=10, type=2, protocol=17)),
+    ("raw4", dict(family=2, type=3, protocol=1)),
+]
+
+
 def inputs_for(prog_type: str) -> list[tuple[str, dict]]:
+    if prog_type == "sk_lookup":
+        return [(n, {"ctx": c}) for n, c in SK_LOOKUP_CTXS]
+    if prog_type == "cgroup_sock_addr":
+        return [(n, {"ctx": c}) for n, c in SOCK_ADDR_CTXS]
+    if prog_type == "cgroup_sock":
+        return [(n, {"ctx": c}) for n, c in SOCK_CTXS]
     if prog_type == "syscall":
         return [(n, {"ctx": c}) for n, c in SYSCALL_CTXS]
     if prog_type == "raw_tracepoint":
@@ -154,7 +208,9 @@ def _ctx_record(prog_type: str, ctx) -> dict | bytes | None:
         return bytes(ctx) if ctx is not None else None
     if prog_type == "raw_tracepoint":
         return None         # read-only; BPF_PROG_TEST_RUN has no ctx_out for it
-    if prog_type in ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in"):
+    if prog_type in ("sk_lookup", "cgroup_sock_addr", "cgroup_sock"):
+        return bytes(ctx) if ctx is not None else None
+    if _kind(prog_type) == "skb":
         skb = ctx if isinstance(ctx, SkBuff) else SkBuff.from_buffer_copy(
             bytes(ctx).ljust(ctypes.sizeof(SkBuff), b"\0"))
         return {f: (list(getattr(skb, f)) if f == "cb" else getattr(skb, f)) for f in SKB_OUT}
@@ -168,7 +224,7 @@ def pybpf_records(path: str, name: str, engine: str) -> list[dict]:
     lp = obj.vm.load(prog, engine=engine)
     out = []
     for what, kw in inputs_for(lp.prog_type):
-        if "ctx" in kw:
+        if isinstance(kw.get("ctx"), bytes):
             kw = {"ctx": bytearray(kw["ctx"])}
         try:
             r0 = lp.run(**kw)
@@ -210,7 +266,10 @@ def kernel_records(path: str, name: str) -> list[dict]:
         out = []
         for what, kw in inputs_for(prog.prog_type):
             data, ctx = kw.get("data"), kw.get("ctx")
-            ctx_size = ctypes.sizeof(SkBuff) if _kind(prog.prog_type) == "skb" else 0
+            if isinstance(ctx, dict):           # the socket types' struct, as bytes
+                ctx = bytes(SOCK_STRUCTS[prog.prog_type](**ctx))
+            ctx_size = {"skb": ctypes.sizeof(SkBuff), "sk_lookup": ctypes.sizeof(BpfSkLookup)
+                        }.get(_kind(prog.prog_type), 0)
             try:
                 retval, dout, cout = kernel_bpf.test_run(
                     fds[name], ctx=ctx, data=data,
@@ -232,7 +291,7 @@ def kernel_records(path: str, name: str) -> list[dict]:
 
 
 def _kind(prog_type: str) -> str:
-    return "skb" if prog_type in ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in") else prog_type
+    return "skb" if prog_type in SKB_TYPES else prog_type
 
 
 def compare(a: list[dict], b: list[dict], what_a: str, what_b: str) -> list[str]:

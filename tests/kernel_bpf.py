@@ -280,6 +280,17 @@ def load_raw_btf(blob: bytes) -> int:
         raise KernelError("btf_load", e.errno, log.value.decode()) from None
 
 
+# enum bpf_attach_type of the sections whose program types need one at load (libbpf's
+# expected_attach_type from its section_defs); 0 for the others
+_ATTACH_TYPES = {"cgroup/sock_create": 2, "cgroup/sock": 2, "cgroup/connect4": 10,
+                 "cgroup/connect6": 11, "cgroup/sendmsg4": 14, "cgroup/sendmsg6": 15,
+                 "cgroup/recvmsg4": 19, "cgroup/recvmsg6": 20, "sk_lookup": 36}
+
+
+def expected_attach_type(section: str) -> int:
+    return _ATTACH_TYPES.get(section, 0)
+
+
 class KernelObject:
     """The maps of a parsed BpfObject, created in the kernel, plus the arena's user mapping."""
 
@@ -356,6 +367,7 @@ class KernelObject:
                          _addr(code), _addr(lic), 0, 0, 0)
         struct.pack_into("<I", attr, 44, BPF_F_SLEEPABLE if prog.sleepable else 0)
         attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
+        struct.pack_into("<I", attr, 68, expected_attach_type(prog.section))
         struct.pack_into("<Q", attr, 120, _addr(fds))
         keep = self._btf_info(prog, attr)   # noqa: F841  (buffers the kernel reads)
         try:

@@ -278,3 +278,45 @@ def test_raw_tracepoint_context_is_the_u64_arguments():
     with pytest.raises(MemoryAccessError):
         VM().load(asm("r2 = 1\n*(u64 *)(r1 + 0) = r2\nr0 = 0\nexit"),
                   prog_type="raw_tracepoint").run(ctx=bytes(8))
+
+
+def test_lwt_types_see_the_network_header_and_only_xmit_may_write():
+    store = asm("r2 = *(u32 *)(r1 + 76)\nr3 = 0xee\n*(u8 *)(r2 + 1) = r3\nr0 = 0\nexit")
+    lp = VM().load(store, prog_type="lwt_xmit")
+    assert lp.run(data=frame()) == 0
+    assert lp.last_data == bytes(14) + frame()[14:15] + b"\xee" + frame()[16:]
+    for t in ("lwt_in", "lwt_out"):
+        with pytest.raises(MemoryAccessError, match="read-only"):
+            VM().load(store, prog_type=t).run(data=frame())
+
+
+def test_sk_lookup_context_and_the_kernels_refusals():
+    from pybpf.runtime.contexts import BpfSkLookup
+    lp = VM().load(asm("r0 = *(u32 *)(r1 + 60)\nr2 = *(u16 *)(r1 + 36)\nr2 <<= 16\n"
+                       "r0 |= r2\nexit"), prog_type="sk_lookup")
+    ctx = BpfSkLookup(family=2, protocol=6, remote_port=0x5000, local_port=8080)
+    assert lp.run(ctx=ctx) == 0x5000 << 16 | 8080
+    assert lp.last_ctx.cookie == 0 and lp.last_ctx.local_port == 8080
+    for bad, why in (({"family": 1, "local_port": 1}, "EAFNOSUPPORT"),
+                     ({"family": 2, "local_port": 70000}, "ERANGE"),
+                     ({"family": 2, "cookie": 5}, "must be zero")):
+        with pytest.raises(VMError, match=why):
+            lp.run(ctx=bad)
+    with pytest.raises(VMError, match="needs ctx="):
+        lp.run()
+    with pytest.raises(MemoryAccessError, match="read-only"):
+        VM().load(asm("r2 = 1\n*(u32 *)(r1 + 60) = r2\nr0 = 1\nexit"),
+                  prog_type="sk_lookup").run(ctx=ctx)
+
+
+@pytest.mark.parametrize("prog_type,field,offset", [("cgroup_sock_addr", "user_ip4", 4),
+                                                    ("cgroup_sock", "mark", 16)])
+def test_sock_contexts_are_written_back(prog_type, field, offset):
+    from pybpf.runtime.contexts import SOCK_STRUCTS
+    lp = VM().load(asm(f"r2 = *(u32 *)(r1 + {offset})\nr2 += 1\n*(u32 *)(r1 + {offset}) = r2\n"
+                       f"r0 = 1\nexit"), prog_type=prog_type)
+    ctx = SOCK_STRUCTS[prog_type](**{field: 41})
+    assert lp.run(ctx=ctx) == 1 and getattr(ctx, field) == 42
+    assert getattr(lp.last_ctx, field) == 42
+    lp.run(ctx={field: 7})
+    assert getattr(lp.last_ctx, field) == 8
