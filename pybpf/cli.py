@@ -38,6 +38,19 @@ def _int_in(lo: int, hi: int):
     return parse
 
 
+def _float_in(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range [{lo:g}, {hi:g}]")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
 # Ranges of the numeric options: what the runtime can honour (an instruction budget of at most
 # 2**32, the kernel's u32 test-run sizes), and counts that finish in reasonable time.
 INSN_LIMIT = _int_in(1, 1 << 32)
@@ -289,6 +302,14 @@ def cmd_bench(args) -> int:
     return EXIT_FAIL if failed or (args.strict and not goals_met(results)) else EXIT_OK
 
 
+def cmd_fuzz(args) -> int:
+    from .fuzz import format_report, fuzz
+    r = fuzz(args.target, args.seconds, seed=args.seed, save=args.save,
+             progress=lambda line: print(line, file=sys.stderr, flush=True))
+    sys.stdout.write(format_report(r))
+    return EXIT_FAIL if r["failures"] else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pybpf", description="BPF toolchain and virtual machine in Python")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -383,6 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="FILE", help="also write every figure and raw result")
     s.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     s.set_defaults(func=cmd_bench)
+
+    from .fuzz import TARGETS
+    s = sub.add_parser("fuzz", help="fuzz a part of pybpf against its invariants")
+    s.add_argument("target", choices=TARGETS)
+    s.add_argument("--seconds", type=_float_in(0.1, 86_400.0), default=10.0)
+    s.add_argument("--seed", type=SEED, default=0)
+    s.add_argument("--save", metavar="DIR", help="save each failing input here as JSON "
+                                                 "(tests/fuzz/corpus replays them)")
+    s.set_defaults(func=cmd_fuzz)
     return p
 
 
