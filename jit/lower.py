@@ -449,7 +449,7 @@ class FunctionLowerer:
         if upper is None:
             raise self.error("cast_user needs the program's arena (values64), which the JIT "
                              "does not support yet")
-        # rX = (u32)rY ? upper32(user_vm_start) | (u32)rY : 0  (SEMANTICS.md 2.2)
+        # rX = (u32)rY ? upper32(user_vm_start) | (u32)rY : 0  (the kernel's cast_user)
         hi = cg.const(I64, upper & ~0xFFFFFFFF)
         full = self.b.or_(cg.zext64(self.b, lo), hi)
         self.set(insn.dst, self.b.select(self.b.icmp_unsigned("==", lo, I32(0)), I64(0), full))
@@ -564,7 +564,7 @@ class FunctionLowerer:
         self.b.branch(target)
 
     def _lower_may_goto(self, form, insn) -> None:
-        # The kernel's hidden per-frame counter (SEMANTICS.md 2.3 item 12): jump once the
+        # The kernel's hidden per-frame counter (verifier.c do_misc_fixups): jump once the
         # BPF_MAX_LOOPS budget is spent, else count down and fall through.
         b = self.b
         if self._counter is None:

@@ -1,4 +1,4 @@
-"""Reader for bpf_conformance / uBPF ``.data`` test files (ASM.md section 1).
+"""Reader for bpf_conformance / uBPF ``.data`` test files (docs/architecture.md, "Tests").
 
 A file is a sequence of ``-- name`` sections. ``#`` starts a comment anywhere on a line. This
 module only parses; :mod:`pybpf.testrunner` decides what a file expects and runs it.

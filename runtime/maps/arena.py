@@ -46,7 +46,7 @@ process room. Runs that touch merge, so sequential allocation uses one VMA.
 
 Bookkeeping follows the range_tree version (v6.13+) exactly, BEST FIT placement included
 (:class:`RangeTree`; the tests replay op sequences on the running kernel and compare); kfunc
-rules follow SEMANTICS 1.6 (node ids other than -1 and 0 give NULL, as in v6.19+). One
+rules follow arena.c's kfuncs (node ids other than -1 and 0 give NULL, as in v6.19+). One
 deliberate deviation: bpf_arena_free_pages clips the range to the arena at both ends (the kernel
 clips only the end, so a pointer below user_vm_start would mark pages outside the arena free).
 """
@@ -446,7 +446,7 @@ class Arena(Map):
         """The whole reservation, readable; stores must go through :meth:`store`/:meth:`atomic`."""
         return [(self._lo, self._band_size, False)]
 
-    # -- the Python side (user-space touches fault pages in, SEMANTICS 1.5) ----------------------
+    # -- the Python side (user-space touches fault pages in, as arena_vm_fault does) -----------
     def _user_range(self, ptr: int, size: int) -> int:
         """The real address of arena pointer ``ptr`` after faulting in [ptr, ptr + size)."""
         check(not self.closed, errno.EBADF, "arena is closed")
