@@ -308,7 +308,7 @@ def kernel_helpers(output: list | None = None, rng: random.Random | None = None)
 
 # --- bpf_conformance / uBPF test helpers -------------------------------------------------------
 def ubpf_test_helpers() -> HelperRegistry:
-    """The helpers of the bpf_conformance uBPF plugin (ASM.md section 1): ids 0-5.
+    """The helpers of the bpf_conformance uBPF plugin (its .data files call them): ids 0-5.
 
     0 gather_bytes(a..e) = a<<32|b<<24|c<<16|d<<8|e (low byte of each), 1 memfrob(ptr, len)
     xors each byte with 42, 2 no-op, 3 sqrti(x) = (u64)sqrt(x), 4 strcmp(p1, p2), 5 unwind(x)

@@ -9,6 +9,9 @@ Markers (registered in pyproject.toml; select with ``-m``, e.g. ``-m "not slow"`
   on a feature it allows still fails the test.
 * ``jit`` -- runs JIT-compiled native code (in a child process: tests/support.py).
 * ``slow`` -- takes more than a few seconds on a 2-core machine.
+* ``conformance`` -- reads the bpf_conformance suite; added here to every test that uses the
+  ``conformance_dir`` fixture or is parametrised over the suite's files (``-m conformance`` is
+  what .ci/run runs a second time with the suite hidden).
 
 The kernel probe (tests/kernel_probe.py; its docstring lists the features):
 
@@ -77,8 +80,21 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(line)
 
 
+def _reads_the_suite(item) -> bool:
+    if "conformance_dir" in getattr(item, "fixturenames", ()):
+        return True
+    spec = getattr(item, "callspec", None)
+    if spec is None:
+        return False
+    suite = str(support.conformance_dir())
+    return "no-conformance-suite" in spec.id or \
+        any(str(v).startswith(suite) for v in spec.params.values())
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if _reads_the_suite(item):
+            item.add_marker(pytest.mark.conformance)
         for mark in item.iter_markers(name="kernel"):
             why = next(filter(None, map(kernel_probe.probe, mark.args or ("bpf",))), None)
             if why:

@@ -2,7 +2,7 @@
 test packet, the sample drivers, the process's RSS, where the bpf_conformance suite is, and the
 one child-process harness for crash-prone tests (JIT'd code runs unchecked, arenas and fuzzers
 can fault): ``run_code``/``run_script`` start a child Python that sees the project and tests/;
-``in_child`` runs a test's body there; ``run_child`` + ``assert_case_passed`` run a module's
+``start_code`` without waiting; ``in_child`` runs a test's body there; ``run_child`` + ``assert_case_passed`` run a module's
 ``case_*`` functions there, one JSON line per case, so a crash fails only the cases it did not
 report.
 
@@ -126,26 +126,39 @@ def conformance_params(sub: str = "tests", pattern: str = "*.data") -> list:
 
 # -- the child-process harness ------------------------------------------------------------------
 
-def child_env(**extra: str) -> dict:
-    """The environment of a child Python: this one, with the project and tests/ importable."""
+def child_env(env: dict | None = None) -> dict:
+    """The environment of a child Python: this one, with the project and tests/ importable,
+    changed by ``env`` (a value of None removes the variable)."""
     path = os.pathsep.join(p for p in (ROOT, TESTS, os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, PYTHONPATH=path, **extra)
+    out = dict(os.environ, PYTHONPATH=path)
+    for key, value in (env or {}).items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
 
 
 def run_code(code: str, *args: str, timeout: float = 120, env: dict | None = None,
              cwd: str | None = None) -> subprocess.CompletedProcess:
-    """``python -c <code> args...`` (dedented) in a child; text output captured. ``env`` adds to
+    """``python -c <code> args...`` (dedented) in a child; text output captured; ``env`` as in
     :func:`child_env`."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=child_env(**(env or {})), cwd=cwd)
+                          capture_output=True, text=True, timeout=timeout, env=child_env(env),
+                          cwd=cwd)
+
+
+def start_code(code: str, env: dict | None = None) -> subprocess.Popen:
+    """:func:`run_code` without waiting (for watching the child while it runs)."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=child_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_script(path: str, *args: str, timeout: float = 900, env: dict | None = None,
                cwd: str | None = None) -> subprocess.CompletedProcess:
     """``python <path> args...`` in a child; text output captured."""
     return subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=child_env(**(env or {})), cwd=cwd)
+                          text=True, timeout=timeout, env=child_env(env), cwd=cwd)
 
 
 def in_child(fn):

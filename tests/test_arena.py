@@ -271,6 +271,7 @@ def test_rss_does_not_grow_on_dropped_stores():
     assert rss_kib() - before >= 1536
 
 
+@pytest.mark.slow
 def test_random_u32_addresses_never_crash():
     """Any 32-bit arena address with any s16 offset and size, as BPF may compute them."""
     r = run_child("""

@@ -162,7 +162,7 @@ def test_error_shows_line_and_caret():
 
 
 # --- both dialects: the examples, against llvm-mc ------------------------------------------
-# (mnemonic dialect, LLVM dialect) spelling the same instruction (ASM.md's table).
+# (mnemonic dialect, LLVM dialect) spelling the same instruction (docs/syntax.md).
 PAIRS = [
     ("add %r0, 1", "r0 += 1"), ("add32 %r0, %r1", "w0 += w1"), ("add64 %r2, -8", "r2 += -8"),
     ("sub %r0, %r1", "r0 -= r1"), ("sub32 %r0, 1", "w0 -= 1"), ("mul32 %r0, -1", "w0 *= -1"),

@@ -6,9 +6,7 @@ This process must never import ``llvmlite.binding`` (it would map a W+X page int
 """
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
 import sys
 import textwrap
 import threading
@@ -17,6 +15,10 @@ import pytest
 
 from pybpf.errors import JITError
 from pybpf.jit import codegen
+
+from support import run_code
+
+pytestmark = pytest.mark.jit
 
 ADD_IR = """\
 define i64 @add(i64 %a, i64 %b) nounwind {
@@ -70,10 +72,8 @@ def big_ir(blocks: int = 14, seed: int = 1) -> str:
 
 def _child(code: str, env: dict | None = None, timeout: float = 60) -> str:
     """Run ``code`` in a fresh Python with our import path; return its stdout."""
-    full_env = os.environ.copy()
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    for key in ("PYBPF_JIT_INPROCESS", "PYBPF_DUMP_IR", "PYBPF_DUMP_OPT", "PYBPF_DUMP_ASM"):
-        full_env.pop(key, None)
+    full_env = {key: None for key in ("PYBPF_JIT_INPROCESS", "PYBPF_DUMP_IR", "PYBPF_DUMP_OPT",
+                                      "PYBPF_DUMP_ASM")}
     full_env.update(env or {})
     prelude = textwrap.dedent("""\
         import ctypes, os, signal, sys
@@ -88,8 +88,7 @@ def _child(code: str, env: dict | None = None, timeout: float = 60) -> str:
                     out.append(line.strip())
             return out
         """)
-    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)],
-                          capture_output=True, text=True, env=full_env, timeout=timeout)
+    proc = run_code(prelude + textwrap.dedent(code), env=full_env, timeout=timeout)
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
     return proc.stdout
 

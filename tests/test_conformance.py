@@ -35,6 +35,7 @@ def test_file_passes_on_the_interpreter(path):
     assert outcome.status == PASS, outcome.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["interp", "jit", "both"])
 def test_cli_summary_line(engine, conformance_dir):
     tests = conformance_dir / "tests"
@@ -60,6 +61,7 @@ class _Stdio:
         return rc, out.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("syntax", ["ubpf", "llvm"])
 def test_cli_round_trip_of_every_program(tmp_path, monkeypatch, syntax, conformance_dir):
     run = _Stdio(monkeypatch)

@@ -452,6 +452,7 @@ def test_bad_btf_is_named():
         parse_object(_patched(sample("xdp_filter"), [(sec.offset, b"\0\0")]), filename="x.o")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["arena_htab", "socket_count"])
 def test_damaged_objects_give_typed_errors_only(name):
     """Random byte damage and truncation: the loader either copes or raises a BPFError."""

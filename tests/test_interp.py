@@ -48,7 +48,7 @@ def test_every_form_has_an_interpreter_snippet():
     assert missing == []
 
 
-# --- ALU semantics (SEMANTICS.md 5.2, ASM.md "semantics pinned by tests") ----------------------
+# --- ALU semantics (RFC 9669 section 4, as the kernel runs them) -------------------------------
 S64_MIN, S32_MIN = 1 << 63, 1 << 31
 
 ALU_CASES = [

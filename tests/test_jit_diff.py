@@ -26,6 +26,8 @@ from pybpf.benchmarks.proggen import ItemGenerator, items_to_program
 
 from support import conformance_files, run_script
 
+pytestmark = pytest.mark.jit
+
 ROOT = Path(__file__).resolve().parent.parent
 DIFF_PROGRAMS = int(os.environ.get("PYBPF_DIFF_PROGRAMS", "10000"))
 MEM_SIZE = 64
@@ -478,6 +480,7 @@ def test_conformance_suite_through_the_jit(conformance_dir):
     assert out["passed"] == len(files)
 
 
+@pytest.mark.slow
 def test_random_programs_agree_with_the_interpreter():
     """The issue's acceptance: >= 10,000 random valid programs (PYBPF_DIFF_PROGRAMS to change),
     same r0 and same memory on both engines, at -O1 and -O2."""

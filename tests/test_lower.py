@@ -18,6 +18,8 @@ from pybpf.jit.codegen import compile_ir
 from pybpf.jit.lower import ModuleLowerer, lower_program, lowering_kinds
 from pybpf.program import Program
 
+pytestmark = pytest.mark.jit
+
 HELPERS = {1: lambda *a: 0, 5: lambda *a: a[0]}
 ARENA = 0x0000_7F00_0000_0000
 SLOT = 3  # where form_program puts the form under test
