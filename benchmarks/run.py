@@ -25,6 +25,10 @@ maps           hash/array map_lookup_elem per second from       the interpreter;
                                                                 a Python dict
 switch         a 64-way switch over 4 KiB (benchmarks/c),       the same C compiled natively
                JIT'd BPF (goal: within 2x of native)            with clang -O2
+tiers          first result (tier auto, cold), -O2 installed,   today's -O2 load (cache off);
+               warm-cache load for 20/200/2,000 slots; quick    the quick tier's runtime
+               vs -O2 runtime (goals at 200: < 5 ms, < 50 ms,
+               < 1 ms)
 =============  ===============================================  ==============================
 
 A missing module (``bench_compile`` is optional) skips its section; a section that raises is
@@ -41,14 +45,15 @@ from dataclasses import dataclass, field
 
 from pybpf.benchmarks import common
 
-SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "switch")
+SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "switch", "tiers")
 _MODULES = {"compile": "bench_compile", "execmem": "bench_execmem", "jit": "bench_jit",
             "interp": "bench_interp", "arena": "bench_arena", "maps": "bench_maps",
-            "switch": "bench_switch"}
+            "switch": "bench_switch", "tiers": "bench_tiers"}
 _TITLES = {"compile": "JIT compile-and-place latency", "execmem": "execmem write paths",
            "jit": "running JIT code", "interp": "reference interpreter",
            "arena": "arena hash table (samples/arena_htab)", "maps": "map lookups from JIT code",
-           "switch": "64-way switch (benchmarks/c/switch64.h)"}
+           "switch": "64-way switch (benchmarks/c/switch64.h)",
+           "tiers": "tiered compilation and the code cache (bench_tiers)"}
 
 
 @dataclass
@@ -214,8 +219,33 @@ def _switch(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
     return raw, figs
 
 
+def _tiers(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
+    raw = mod.run(report=say, quick=quick)
+    figs = []
+    for size, f in raw["sizes"].items():
+        base = f["o2_load"]
+        for stat in ("min", "median"):
+            goal = 5.0 if size == 200 and stat == "median" else None
+            figs.append(Figure(f"first result, {size} slots, tier auto (cold), {stat}",
+                               f["first_result"][f"{stat}_ms"], "ms", goal=goal,
+                               baseline_name="-O2 load, no cache",
+                               baseline=base[f"{stat}_ms"]))
+        figs.append(Figure(f"-O2 installed after load, {size} slots, median",
+                           f["o2_installed"]["median_ms"], "ms",
+                           goal=50.0 if size == 200 else None,
+                           baseline_name="-O2 load, no cache", baseline=base["median_ms"]))
+        figs.append(Figure(f"load from the warm code cache, {size} slots, median",
+                           f["warm_load"]["median_ms"], "ms",
+                           goal=1.0 if size == 200 else None,
+                           baseline_name="-O2 load, no cache", baseline=base["median_ms"]))
+    for name, r in raw["runtime"].items():
+        figs.append(Figure(f"{name} per run, -O2 tier", r["o2_ns"] / 1e3, "us",
+                           baseline_name="quick tier", baseline=r["quick_ns"] / 1e3))
+    return raw, figs
+
+
 _ADAPTERS = {"compile": _compile, "execmem": _execmem, "jit": _jit, "interp": _interp,
-             "arena": _arena, "maps": _maps, "switch": _switch}
+             "arena": _arena, "maps": _maps, "switch": _switch, "tiers": _tiers}
 
 
 # -- the suite ---------------------------------------------------------------------------------

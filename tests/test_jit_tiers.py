@@ -98,7 +98,11 @@ def case_tier_swap_while_eight_threads_run():
     for t in threads:
         t.start()
     tiers.drain()                       # the background -O2 compile and the swap
-    time.sleep(0.3)                     # keep running on -O2 code for a while
+    # keep running until every thread ran -O2 code a while (a loaded machine may starve some)
+    deadline = time.monotonic() + 30
+    while not all("O2" in x for x in seen) and not errors and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
     stop.set()
     for t in threads:
         t.join()

@@ -1,0 +1,177 @@
+"""Benchmark of load latency with tiered compilation and the persistent code cache (issue 13).
+
+Through the public API (``VM().load(prog, engine="jit", tier=...)``), on the compile
+benchmark's generated programs (``bench_compile.bench_program``: ~20, 200 and 2,000 instruction
+slots, a new seed per trial so nothing is cached unless a figure says so), with the compile
+workers started beforehand:
+
+* ``first_result``: ``vm.load`` until it returns, ready to run, tier "auto" on a cache
+  miss (the quick tier; the code cache on, in a fresh directory); baseline: the same with
+  tier "O2" and the cache off (what every load cost before this issue);
+* ``o2_installed``: from ``vm.load`` (tier "auto", cache miss) until the background -O2 code is
+  swapped in (``JitProgram.installed_at``);
+* ``warm_load``: ``vm.load`` of a program whose -O2 code is in the cache (lowering, key, read,
+  check, place); baseline: the cold -O2 load;
+* ``runtime``: ns per run of ``test_run`` for the quick tier against -O2 code, on the
+  interpreter benchmark's ALU loop and the 64-way switch (benchmarks/c).
+
+Each latency is a series of trials (one program each, background compiles drained between
+them, outside the timing); min and median are reported. ``run()`` returns the figures;
+``python -m pybpf.benchmarks.bench_tiers [--quick]`` prints them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import pybpf
+from pybpf.benchmarks.bench_compile import _helpers, programs
+from pybpf.benchmarks.common import gc_paused, main
+from pybpf.errors import BPFError
+from pybpf.jit import codegen, tiers
+
+SIZES = (20, 200, 2000)
+
+
+def _vm():
+    vm = pybpf.VM()
+    for hid, fn in _helpers().items():
+        vm.register_helper(hid, fn, f"h{hid}", prototype=())
+    return vm
+
+
+class _CacheDir:
+    """PYBPF_JIT_CACHE pointed at a fresh directory (or "off") for the block."""
+
+    def __init__(self, off: bool = False) -> None:
+        self.off = off
+
+    def __enter__(self):
+        self.old = os.environ.get("PYBPF_JIT_CACHE")
+        self.dir = None if self.off else tempfile.mkdtemp(prefix="pybpf-bench-cache-")
+        os.environ["PYBPF_JIT_CACHE"] = "off" if self.off else self.dir
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.old is None:
+            os.environ.pop("PYBPF_JIT_CACHE", None)
+        else:
+            os.environ["PYBPF_JIT_CACHE"] = self.old
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _stats(values: list[float]) -> dict:
+    return {"min_ms": min(values) * 1e3, "median_ms": statistics.median(values) * 1e3,
+            "n": len(values)}
+
+
+def _first_result(vm, prog, tier: str) -> tuple[float, object]:
+    # Until the load returns with code ready to run (the generated programs are for compiling,
+    # not running; a run of the trivial program costs ~2 us against these milliseconds).
+    t0 = time.perf_counter()
+    lp = vm.load(prog, engine="jit", tier=tier, verify=False)
+    return time.perf_counter() - t0, lp
+
+
+def _latencies(size: int, trials: int, seed0: int) -> dict:
+    vm = _vm()
+    out = {}
+    progs = programs(size, 2 * trials, seed=seed0)
+    with _CacheDir(off=True):
+        times = []
+        for k in range(trials):
+            dt, lp = _first_result(vm, progs[k], "O2")
+            lp.close()
+            times.append(dt)
+        out["o2_load"] = _stats(times)
+    with _CacheDir():
+        first, installed, warm = [], [], []
+        for k in range(trials):
+            prog = progs[trials + k]
+            t0 = time.perf_counter()
+            dt, lp = _first_result(vm, prog, "auto")
+            first.append(dt)
+            tiers.drain()
+            at = getattr(lp._jit, "installed_at", None)
+            if lp._jit.tier != "O2" or at is None:
+                raise BPFError(f"bench_tiers: -O2 code was not installed "
+                               f"({getattr(lp._jit, 'tier_error', lp._jit.tier)})")
+            installed.append(at - t0)
+            lp.close()
+            # the same program again: its -O2 code is in the cache now
+            t1 = time.perf_counter()
+            lp = vm.load(prog, engine="jit", tier="auto", verify=False)
+            warm.append(time.perf_counter() - t1)
+            if lp._jit.cache != "hit" or lp._jit.tier != "O2":
+                raise BPFError(f"bench_tiers: warm load was {lp._jit.cache}/{lp._jit.tier}")
+            lp.close()
+        out["first_result"] = _stats(first)
+        out["o2_installed"] = _stats(installed)
+        out["warm_load"] = _stats(warm)
+    return out
+
+
+def _runtime(quick: bool) -> dict:
+    from pybpf.benchmarks.bench_interp import ALU_LOOP
+    from pybpf.benchmarks.bench_switch import BPF_OBJ, buffer
+
+    out = {}
+    vm = pybpf.VM()
+    obj = pybpf.load_elf(BPF_OBJ)
+    cases = [("ALU loop", vm, pybpf.assemble(ALU_LOOP.format(n=1000)), "mem", bytes(64)),
+             ("64-way switch", obj.vm, obj.programs["switch64"], "mem", buffer())]
+    batches = 7 if quick else 25
+    for name, v, prog, ptype, mem in cases:
+        with _CacheDir(off=True):
+            lq = v.load(prog, engine="jit", prog_type=ptype, tier="quick")
+            lo = v.load(prog, engine="jit", prog_type=ptype, tier="O2")
+        try:
+            if lq.run(mem=mem) != lo.run(mem=mem):
+                raise BPFError(f"bench_tiers: {name}: quick and -O2 results differ")
+            q, o = [], []
+            with gc_paused():
+                for _ in range(batches):
+                    q.append(lq.test_run(mem=mem, repeat=20)[1])
+                    o.append(lo.test_run(mem=mem, repeat=20)[1])
+        finally:
+            lq.close()
+            lo.close()
+        out[name] = {"quick_ns": statistics.median(q), "o2_ns": statistics.median(o),
+                     "quick_min_ns": min(q), "o2_min_ns": min(o)}
+    return out
+
+
+def run(report=None, quick: bool = False, sizes=SIZES) -> dict:
+    say = report or (lambda line: None)
+    codegen.start_workers(wait=True)
+    trials = {20: 4, 200: 4, 2000: 1} if quick else {20: 30, 200: 30, 2000: 8}
+    out = {"sizes": {}}
+    for i, size in enumerate(sizes):
+        say(f"tiers: {size}-slot programs, {trials[size]} trials per figure")
+        out["sizes"][size] = _latencies(size, trials[size], 7000 + 100_000 * i)
+    say("tiers: quick vs -O2 runtime")
+    out["runtime"] = _runtime(quick)
+    return out
+
+
+def format_table(r: dict) -> str:
+    lines = [f"{'figure':48} {'min':>9} {'median':>9}"]
+    for size, f in r["sizes"].items():
+        for key, label in (("first_result", "first result, tier auto (quick), cold"),
+                           ("o2_load", "first result, -O2 load, no cache (baseline)"),
+                           ("o2_installed", "-O2 installed after load, tier auto"),
+                           ("warm_load", "load with -O2 in the code cache")):
+            s = f[key]
+            lines.append(f"{size:>5} slots: {label:36} {s['min_ms']:7.2f}ms {s['median_ms']:7.2f}ms")
+    for name, f in r["runtime"].items():
+        lines.append(f"{name}: quick {f['quick_ns'] / 1e3:.2f} us, -O2 {f['o2_ns'] / 1e3:.2f} us "
+                     f"per run (median; quick/-O2 = {f['quick_ns'] / f['o2_ns']:.2f}x)")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main(run, format_table)
