@@ -30,13 +30,13 @@ the ld_imm64 func value, runs one frame deeper per iteration).
 from __future__ import annotations
 
 import errno
-import threading
 import time
 
 from pybpf import isa
 from pybpf.errors import MemoryAccessError, VMError
 from pybpf.verifier.cfg import build_cfg
 
+from .atomics import native_atomic
 from .helpers import ACTIVE_REGIONS, HelperRegistry, check_args
 from .interp_codegen import Generator
 from .loader import func_slot
@@ -50,7 +50,6 @@ M64 = (1 << 64) - 1
 STACK_SIZE = isa.MAX_CALL_FRAMES * isa.MAX_BPF_STACK
 _ZERO_STACK = bytes(STACK_SIZE)
 _STACKS_KEPT = 4                  # finished runs' stacks an Interpreter keeps for the next runs
-_ATOMIC_LOCK = threading.Lock()   # atomics are atomic with respect to other Python threads
 
 
 class _Stop(Exception):
@@ -58,16 +57,6 @@ class _Stop(Exception):
 
 
 # Arena atomics: op -> (src value, r0) -> (old -> new value, None for no write).
-_ARENA_ATOMIC = {
-    "add": lambda v, r0: lambda old: old + v,
-    "or": lambda v, r0: lambda old: old | v,
-    "and": lambda v, r0: lambda old: old & v,
-    "xor": lambda v, r0: lambda old: old ^ v,
-    "xchg": lambda v, r0: lambda old: v,
-    "cmpxchg": lambda v, r0: lambda old: v if old == r0 else None,
-}
-
-
 def _sdiv(a: int, b: int) -> int:
     if not b:
         return 0
@@ -202,29 +191,11 @@ class Run:
             if addr is None:
                 raise MemoryAccessError(pc, a & M64, n, "atomic access", self.regions.describe())
             arena = r.owner if r is not None else self.arena
-            old = arena.atomic(addr, n, _ARENA_ATOMIC[op](v & mask, r0 & mask))
+            old = arena.atomic_op(addr, n, op, v & mask, r0 & mask)
             if old is None:     # dropped: the register that would get the old value keeps its own
                 return r0 if op == "cmpxchg" else v
             return old
-        v &= mask
-        with _ATOMIC_LOCK:
-            old = UNPACK[n](PROC, a)[0]
-            if op == "add":
-                PACK[n](PROC, a, (old + v) & mask)
-            elif op == "or":
-                PACK[n](PROC, a, old | v)
-            elif op == "and":
-                PACK[n](PROC, a, old & v)
-            elif op == "xor":
-                PACK[n](PROC, a, old ^ v)
-            elif op == "xchg":
-                PACK[n](PROC, a, v)
-            elif op == "cmpxchg":
-                if old == r0 & mask:
-                    PACK[n](PROC, a, v)
-            else:  # pragma: no cover - the snippet table only emits the ops above
-                raise VMError(f"unknown atomic operation {op}", pc)
-        return old
+        return native_atomic(op, a, n, v & mask, r0 & mask, pc)
 
     def ldabs(self, pc: int, off: int, n: int) -> int:
         # Legacy packet load: big-endian read at a 32-bit offset into the packet; out of bounds

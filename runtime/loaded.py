@@ -87,6 +87,7 @@ class LoadedProgram:
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
         self._base_table: RegionTable | None = None
         self._plain_jit = False                 # JIT run needing no packet or region setup
+        self._budget = None                     # the run budget of unverified JIT code
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
                                        resolve_map=vm.resolve_map)
@@ -100,8 +101,11 @@ class LoadedProgram:
         # ld_abs/ld_ind read the run's packet through two u64 words: address, length.
         self._packet_desc = (ctypes.c_uint64 * 2)()
         self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
+        # unverified code may loop for ever: it counts a run budget down at back edges
+        self._budget = None if self.verified else (ctypes.c_int64 * 1)()
         env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
-                             verified=self.verified)
+                             verified=self.verified,
+                             budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
         jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
         # Code that calls Python may reach a helper that follows or checks pointers: its runs
         # get the run's region table (ACTIVE_REGIONS); purely native code needs none.
@@ -143,6 +147,9 @@ class LoadedProgram:
         if self._jit is not None:
             if trace is not None:
                 raise VMError("tracing needs engine='interp'")
+            if self._budget is not None:
+                self._budget[0] = check_limit(insn_limit if insn_limit is not None
+                                              else self.insn_limit)
             if self._ldabs:
                 self._set_packet(rc)
             if self._regions:

@@ -54,6 +54,17 @@ __all__ = ["VM", "LoadedProgram", "DEFAULT_INSN_LIMIT", "ENGINES"]
 _FDS = itertools.count(1)
 _FD_LOCK = threading.Lock()
 _MISSING = object()
+MAX_MAPS = 4096                 # live maps per VM
+MAX_MAP_BYTES = 16 << 30        # map memory per VM (values, elements, rings, arena pages)
+# The kernel refuses programs above BPF_COMPLEXITY_LIMIT_INSNS instructions with E2BIG.
+BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
+
+
+def _charge(m) -> int:
+    """Bytes a map counts against its VM's limit: an arena its possible pages."""
+    if m.type == "arena":
+        return m.max_entries * 4096
+    return m.map_mem_usage()
 
 
 def _next_fd() -> int:
@@ -70,7 +81,8 @@ class VM:
     """
 
     def __init__(self, helpers: HelperRegistry | None = None, *,
-                 insn_limit: int = DEFAULT_INSN_LIMIT, seed: int | None = None) -> None:
+                 insn_limit: int = DEFAULT_INSN_LIMIT, seed: int | None = None,
+                 max_maps: int = MAX_MAPS, max_map_bytes: int = MAX_MAP_BYTES) -> None:
         self._trace_lines: list[str] = []
         self.random = random.Random(seed)
         self.kfuncs = HelperRegistry(kind="kfunc")
@@ -86,6 +98,9 @@ class VM:
         self._by_value: dict[int, object] = {}
         self._map_regions: list[Region] = []
         self._closing: list = []                    # closed maps that programs still hold
+        # Per-VM resource limits (the kernel charges map memory to a memory cgroup and caps
+        # open fds): live maps, and bytes of map memory (an arena counts its max_entries pages)
+        self.max_maps, self.max_map_bytes = max_maps, max_map_bytes
         self.closed = False
         self._decls: dict[int, tuple] = {}          # id(MapDecl) -> (decl, map)
         self._programs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -97,9 +112,20 @@ class VM:
         with an ``fd`` in this VM. ``kwargs`` go to the map class (``key_type=``,
         ``value_type=``, ``n_cpus=``...). MapError with the kernel's errno for bad attributes."""
         self._check_open()
+        self.release_closed()
+        if len(self._by_fd) >= self.max_maps:
+            raise MapError(f"this VM already has {len(self._by_fd)} maps, its limit "
+                           f"(VM(max_maps=...) raises it; close maps no longer needed)",
+                           errno.EMFILE)
         m = create_map(map_type, key_size=key_size, value_size=value_size,
                        max_entries=max_entries, flags=flags, map_extra=map_extra, name=name,
                        fd=_next_fd(), **kwargs)
+        used = sum(map(_charge, self._by_fd.values()))
+        if used + _charge(m) > self.max_map_bytes:
+            m.close()
+            raise MapError(f"map memory limit: {used + _charge(m):,} bytes would exceed this "
+                           f"VM's {self.max_map_bytes:,} (VM(max_map_bytes=...) raises it)",
+                           errno.ENOMEM)
         self._by_fd[m.fd] = m
         self._by_value[m.address] = m
         if m.name:
@@ -244,6 +270,9 @@ class VM:
         """
         self._check_open()
         prog = _as_program(prog, name)
+        if len(prog) > BPF_COMPLEXITY_LIMIT_INSNS:
+            raise VMError(f"program too large: {len(prog):,} instructions, more than the "
+                          f"kernel's {BPF_COMPLEXITY_LIMIT_INSNS:,} (E2BIG)")
         ptype = _prog_type(prog, prog_type)
         if engine not in ENGINES:
             raise VMError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")

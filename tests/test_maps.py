@@ -23,7 +23,7 @@ from pybpf.runtime.maps.base import (BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_F_MMAPA
                                      BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE,
                                      BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY, BPF_F_WRONLY,
                                      BPF_NOEXIST, ENOTSUPP, MAP_TYPE_IDS)
-from pybpf.runtime.maps.hash import ELEM_HDR, OFF_NEXT, fnv1a32
+from pybpf.runtime.maps.hash import ELEM_HDR, NULLS, OFF_NEXT, fnv1a32
 from pybpf.runtime.maps.ringbuf import BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, RingBuf
 
 import kernel_bpf
@@ -214,7 +214,7 @@ def test_hash_native_layout_finds_every_value():
     def native_lookup(key: bytes) -> int:
         hsh = fnv1a32(key)
         cur = ctypes.c_uint32.from_address(hdr.index + 4 * (hsh & hdr.index_mask)).value
-        while cur:
+        while not cur & NULLS:          # a chain ends on NULLS | bucket
             elem = hdr.data + (cur - 1) * hdr.elem_size
             if ctypes.c_uint32.from_address(elem + 4).value == hsh and \
                     ctypes.string_at(elem + ELEM_HDR, 6) == key:

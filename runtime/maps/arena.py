@@ -61,6 +61,7 @@ import weakref
 
 from pybpf.errors import MapError, MemoryAccessError
 
+from ..atomics import native_atomic
 from .base import (BPF_F_MMAPABLE, BPF_F_NO_USER_CONV, BPF_F_SEGV_ON_FAULT, MADV_DONTNEED,
                    MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_PRIVATE,
                    PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, Map, Memory, check, fail,
@@ -431,6 +432,15 @@ class Arena(Map):
             if new is not None:
                 _PACK[size](self._band, addr - self._lo, new & ((1 << (8 * size)) - 1))
         return old
+
+    def atomic_op(self, addr: int, size: int, op: str, value: int, expected: int) -> int | None:
+        """A BPF atomic ``op`` as a real atomic instruction (JIT code on other threads updates
+        the same memory with lock-prefixed instructions); None when dropped (unallocated)."""
+        k = self._check_window(addr, size, "write")
+        with self._lock:        # the page cannot be freed under the operation
+            if not self._writable(k, size):
+                return None
+            return native_atomic(op, addr, size, value, expected)
 
     def regions(self) -> list[tuple[int, int, bool]]:
         """The whole reservation, readable; stores must go through :meth:`store`/:meth:`atomic`."""
