@@ -33,10 +33,9 @@ import random
 import threading
 import weakref
 
-from pybpf import isa
-from pybpf.errors import MapError, VerifierError, VMError
+from pybpf.errors import MapError, VMError
 from pybpf.program import Program
-from pybpf.verifier.cfg import check_structure, jump_target
+from pybpf.verifier import verify as verify_program
 
 from . import vm_helpers
 from .contexts import canonical_type
@@ -46,6 +45,7 @@ from .loader import bind_declarations, program_arena, referenced_maps, resolve_v
 from .maps import create_map
 from .maps.prog_array import ProgArrayMap
 from .memory import Region
+from .verifier_env import VMEnv
 
 __all__ = ["VM", "LoadedProgram", "DEFAULT_INSN_LIMIT", "ENGINES"]
 
@@ -158,17 +158,22 @@ class VM:
             self._trace_lines.clear()
         return lines
 
-    def verify(self, prog, prog_type: str | None = None) -> str:
-        """Structural checks (decoding, jump targets, reachability, exit, call depth and stack).
+    def verify(self, prog, prog_type: str | None = None, log_level: int = 0,
+               full: bool = False) -> str:
+        """Run the verifier (:func:`pybpf.verifier.verify`) on ``prog``; return its log.
 
-        Until the abstract-interpretation verifier lands this is all ``verify=True`` checks;
-        it raises VerifierError with the kernel's message or returns a short log.
+        Raises VerifierError with the kernel's message. ``full=False`` (today's default) runs
+        the structural checks only: decoding, jumps, reachability, exit, call depth and stack.
         """
+        return self.verify_result(prog, prog_type, log_level, full).log
+
+    def verify_result(self, prog, prog_type: str | None = None, log_level: int = 0,
+                      full: bool = False, decl_maps: list | None = None):
+        """:meth:`verify`, returning the whole :class:`pybpf.verifier.VerifyResult`."""
         prog = _as_program(prog)
-        _prog_type(prog, prog_type)
-        cfg = check_structure(prog)
-        _check_stack_depth(prog, cfg)
-        return f"structural checks passed: {len(prog.instructions())} insns\n"
+        ptype = _prog_type(prog, prog_type)
+        return verify_program(prog, VMEnv(self, prog, decl_maps), prog_type=ptype,
+                              log_level=log_level, full=full)
 
     def load(self, prog, prog_type: str | None = None, engine: str = "interp",
              verify: bool = True, insn_limit: int | None = None, name: str | None = None,
@@ -227,43 +232,3 @@ def _prog_type(prog: Program, prog_type: str | None) -> str:
     if prog_type is None:
         prog_type = getattr(prog, "prog_type", None) or "mem"
     return canonical_type(prog_type)
-
-
-def _stack_use(prog: Program, sp) -> int:
-    """Bytes of stack a subprogram addresses directly through r10, rounded as the kernel's
-    interpreter rounds it (a lower bound: pointers derived from r10 are the verifier's job)."""
-    deepest = 0
-    for pc, form, insn in prog.instructions():
-        if not sp.start <= pc < sp.end or not form.size:
-            continue
-        base = insn.src if form.kind == "ldx" or form.op == "load_acq" else insn.dst
-        if base == 10 and insn.off < 0:
-            deepest = max(deepest, -insn.off)
-    return -(-max(deepest, 1) // 32) * 32
-
-
-def _check_stack_depth(prog: Program, cfg) -> None:
-    """The kernel's check_max_stack_depth on direct r10 use: <= 8 frames, <= 512 bytes combined."""
-    use = {sp.start: _stack_use(prog, sp) for sp in cfg.subprogs}
-    callees: dict[int, list[int]] = {sp.start: [] for sp in cfg.subprogs}
-    for pc, form, insn in prog.instructions():
-        if form.kind == "call" and form.op == "local":
-            callees[cfg.subprog_of(pc).start].append(jump_target(form, insn, pc))
-
-    memo: dict[tuple[int, int], tuple[int, int]] = {}
-
-    def deepest(start: int, frames: int) -> tuple[int, int]:
-        """(stack bytes, frames) of the deepest call chain from ``start`` at ``frames`` deep."""
-        if frames > isa.MAX_CALL_FRAMES:
-            raise VerifierError(f"the call stack of {frames} frames is too deep !", start)
-        key = (start, frames)
-        if key not in memo:
-            below = [deepest(c, frames + 1) for c in callees[start]]
-            depth, n = max(below, default=(0, frames))
-            memo[key] = (use[start] + depth, n)
-        return memo[key]
-
-    total, frames = deepest(cfg.subprogs[0].start, 1)
-    if total > isa.MAX_BPF_STACK:
-        raise VerifierError(f"combined stack size of {frames} calls is {total}. Too large", 0)
-
