@@ -32,7 +32,7 @@ PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4
 # is also right for cgroup_skb; the others ignore the field)
 EXPECTED_ATTACH = {"cgroup_skb": 0}
 PROG_FLAGS = {"syscall": 1 << 4}     # BPF_F_SLEEPABLE: syscall programs may call sleepable helpers
-BPF_PROG_LOAD = 5
+BPF_PROG_LOAD, BPF_BTF_LOAD = 5, 18
 LOG_SIZE = 1 << 24
 
 
@@ -89,6 +89,32 @@ def _insns(prog):
     return insns
 
 
+def func_btf(names: list[str]) -> bytes:
+    """A minimal BTF: ``int``, one ``int (void)`` FUNC_PROTO and a static FUNC per name (ids 3..).
+    The kernel wants func_info for programs with callbacks (``missing btf func_info``) and
+    for tail calls from subprograms; the argument types of static functions are not checked."""
+    strings = b"\0int\0" + b"".join(n.encode() + b"\0" for n in names)
+    types = struct.pack("<IIII", 1, 1 << 24, 4, (1 << 24) | 32)       # INT int, signed 32
+    types += struct.pack("<III", 0, 13 << 24, 1)                       # FUNC_PROTO -> int
+    off = 5
+    for n in names:
+        types += struct.pack("<III", off, 12 << 24, 2)                 # FUNC static -> proto
+        off += len(n) + 1
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return hdr + types + strings
+
+
+def _load_btf(data: bytes) -> int:
+    buf = ctypes.create_string_buffer(data, len(data))
+    log = ctypes.create_string_buffer(1 << 16)
+    attr = bytearray(40)
+    struct.pack_into("<QQIII", attr, 0, _addr(buf), _addr(log), len(data), len(log), 1)
+    try:
+        return _bpf(BPF_BTF_LOAD, attr, "btf_load")
+    except KernelError as e:
+        raise KernelError("btf_load", e.errno, log.value.decode()) from None
+
+
 def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
     insns = _insns(prog)
     code = ctypes.create_string_buffer(b"".join(i.encode() for i in insns))
@@ -102,7 +128,20 @@ def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
     attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
     struct.pack_into("<I", attr, 68, EXPECTED_ATTACH.get(prog_type, 0))
     struct.pack_into("<Q", attr, 120, _addr(fd_arr))
-    return _bpf(BPF_PROG_LOAD, attr, f"prog_load {prog.name}")
+    btf_fd, finfo = None, None
+    funcs = sorted(prog.functions.items())
+    if len(funcs) > 1:
+        names = [f"f{i}_{''.join(ch if ch.isalnum() else '_' for ch in name)}"
+                 for i, (_slot, name) in enumerate(funcs)]
+        btf_fd = _load_btf(func_btf(names))
+        fi = b"".join(struct.pack("<II", slot, 3 + i) for i, (slot, _n) in enumerate(funcs))
+        finfo = ctypes.create_string_buffer(fi, len(fi))
+        struct.pack_into("<IIQI", attr, 72, btf_fd, 8, _addr(finfo), len(funcs))
+    try:
+        return _bpf(BPF_PROG_LOAD, attr, f"prog_load {prog.name}")
+    finally:
+        if btf_fd is not None:
+            os.close(btf_fd)
 
 
 class MapsUnavailable(Exception):
