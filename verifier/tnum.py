@@ -210,8 +210,8 @@ def _mk(value: int, mask: int) -> Tnum:
 
 
 def _hx(v: int) -> str:
-    # printf's %#llx prints 0 as "0", everything else with a 0x prefix.
-    return f"{v:#x}" if v else "0"
+    # the kernel's vsnprintf prints %#llx of 0 as "0x0" (unlike glibc)
+    return f"{v:#x}"
 
 
 def _swab(v: int, nbytes: int) -> int:
