@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pybpf.helper_names import HELPER_IDS, HELPER_NAMES
+from pybpf.helper_names import HELPER_IDS, HELPER_NAMES  # noqa: F401  (re-exported)
 from pybpf.kfunc_ids import KFUNC_IDS
 
 # --- argument and return kinds (enum bpf_arg_type, enum bpf_return_type, enum bpf_type_flag) ---
@@ -51,6 +51,7 @@ ARG_PTR_TO_KPTR = "ARG_PTR_TO_KPTR"
 ARG_PTR_TO_SOCKET = "ARG_PTR_TO_SOCKET"
 ARG_PTR_TO_SOCK_COMMON = "ARG_PTR_TO_SOCK_COMMON"
 ARG_PTR_TO_ARENA = "ARG_PTR_TO_ARENA"
+ARG_PTR_TO_RINGBUF_MEM = "ARG_PTR_TO_RINGBUF_MEM"     # memory bpf_ringbuf_reserve returned
 
 # flags OR'ed onto a base kind; written "BASE|FLAG|FLAG" in the table
 PTR_MAYBE_NULL = "PTR_MAYBE_NULL"
@@ -69,7 +70,6 @@ FLAGS = frozenset({PTR_MAYBE_NULL, MEM_RDONLY, MEM_UNINIT, MEM_WRITE, MEM_RINGBU
 # the kernel's composite names (include/linux/bpf.h)
 ARG_PTR_TO_UNINIT_MEM = "ARG_PTR_TO_MEM|MEM_UNINIT|MEM_WRITE"   # the helper fills it
 ARG_PTR_TO_MEM_RDONLY = "ARG_PTR_TO_MEM|MEM_RDONLY"
-ARG_PTR_TO_RINGBUF_MEM = "ARG_PTR_TO_MEM|MEM_RINGBUF"
 ARG_PTR_TO_STACK_OR_NULL = "ARG_PTR_TO_STACK|PTR_MAYBE_NULL"
 ARG_PTR_TO_MAP_VALUE_UNINIT = "ARG_PTR_TO_MAP_VALUE|MEM_UNINIT|MEM_WRITE"
 
@@ -166,7 +166,9 @@ class Prototype:
     ``pkt_access`` (may take packet pointers), ``might_sleep`` as the kernel's fields;
     ``kfunc_flags`` the ``KF_*`` set of a kfunc; ``ret_size_arg`` the argument whose constant
     gives the size of returned memory (``bpf_ringbuf_reserve``'s size); ``c_decl`` a kfunc's C
-    declaration, for people reading the table.
+    declaration, for people reading the table; ``changes_pkt_data`` for helpers that may move
+    the packet (bpf_helper_changes_pkt_data: every packet pointer is invalid after the call);
+    ``arg_size`` the byte size of each ``MEM_FIXED_SIZE`` argument (by argument index).
     """
 
     ret: str = RET_INTEGER
@@ -180,6 +182,8 @@ class Prototype:
     kfunc_flags: frozenset[str] = field(default_factory=frozenset)
     ret_size_arg: int | None = None
     c_decl: str = ""
+    changes_pkt_data: bool = False
+    arg_size: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for kind in (self.ret, *self.args):
@@ -214,14 +218,16 @@ class Prototype:
         """(pointer arg index, size arg index or None, access kind) for each memory argument
         sized by the prototype itself (not by a map).
 
-        ``kind`` is "write" (``ARG_PTR_TO_MEM``, also ``MEM_UNINIT|MEM_WRITE``), "read"
-        (``MEM_RDONLY``) or "str" (``ARG_PTR_TO_CONST_STR``).
+        ``kind`` is "write" (``ARG_PTR_TO_MEM``, also ``MEM_UNINIT|MEM_WRITE``, and a ring
+        buffer sample, 1 byte), "read" (``MEM_RDONLY``) or "str" (``ARG_PTR_TO_CONST_STR``).
         """
         out = []
         for i, a in enumerate(self.args):
             base, flags = split_kind(a)
             if base == ARG_PTR_TO_CONST_STR:
                 out.append((i, None, "str"))
+            elif base == ARG_PTR_TO_RINGBUF_MEM:
+                out.append((i, None, "write"))      # a reserved sample: checked at run time
             elif base == ARG_PTR_TO_MEM:
                 sized = i + 1 < len(self.args) and split_kind(self.args[i + 1])[0] in (
                     ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO)
