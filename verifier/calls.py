@@ -166,6 +166,24 @@ def _gpl_compatible(prog) -> bool:
 
 
 # --- helper calls --------------------------------------------------------------------------------
+def check_call_targets(prog, env, prog_type: str) -> None:
+    """Refuse, before anything runs, a call to a helper or kfunc the environment does not have
+    or ``prog_type`` may not call (part of the structural checks: ``invalid func unknown#ID``,
+    ``program of this type cannot use helper ...``, ``kernel btf_id ID is not a function``)."""
+    from pybpf.errors import VerifierError
+    for pc, form, insn in prog.instructions():
+        if form.kind != "call":
+            continue
+        if form.op == "helper":
+            msg = protos.unknown_helper_message(insn.imm, prog_type,
+                                                proto_of(env.helper(insn.imm)))
+            if msg:
+                raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
+        elif form.op == "kfunc" and env.kfunc(insn.imm) is None:
+            msg = f"kernel btf_id {insn.imm} is not a function"
+            raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
+
+
 def check_helper_call(chk, pc: int, insn) -> None:
     """check_helper_call: arguments, effects and r0 of ``call ID``; r1-r5 become NOT_INIT."""
     hid = insn.imm
@@ -321,16 +339,17 @@ def _constant_map_key(chk, key: Reg, key_size: int) -> int:
     if stack_off >= 0:
         return -1
     frame = chk.state.frames[key.frameno]
-    spi = (-stack_off - 1) // 8
+    slot_no = -stack_off - 1
+    spi, off = divmod(slot_no, 8)
     slot = frame.stack.get(spi)
     if slot is None:
         return -1
-    base = -(spi + 1) * 8                 # lowest address of the slot
-    start = stack_off - base              # index of the key's first byte in slot.types
-    types = slot.types
+    # slot.types[i] is the kernel's slot_type[i]: byte fp - 8*spi - 1 - i, so walking i from
+    # the key's first byte down to 0 walks up to the top of the slot, as the kernel does
+    stype = slot.types
     zero = 0
-    for c in types[start:]:
-        if c != "0":
+    for i in range(off, -1, -1):
+        if stype[i] != "0":
             break
         zero += 1
     if zero >= key_size:
@@ -339,8 +358,8 @@ def _constant_map_key(chk, key: Reg, key_size: int) -> int:
     if sp is None or sp.type != SCALAR_VALUE:
         return -1
     spill = 0
-    for c in types[start:]:
-        if c != "r":
+    for i in range(off, -1, -1):
+        if stype[i] != "r":
             break
         spill += 1
     if spill != key_size or not sp.var.is_const():
