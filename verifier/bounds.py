@@ -434,8 +434,9 @@ def _bound_offset(s: Scalar) -> None:
     s.tm = (hm | m32) & ~v
 
 
-def _sync(s: Scalar) -> None:
-    """reg_bounds_sync (in place, on a private copy)."""
+def _sync_ref(s: Scalar) -> None:
+    """reg_bounds_sync, transcribed function by function (the reference that _sync, its
+    inlined form, is tested against)."""
     _update32(s)
     _update64(s)
     for _ in (0, 1, 2):
@@ -445,6 +446,256 @@ def _sync(s: Scalar) -> None:
     _bound_offset(s)
     _update32(s)
     _update64(s)
+
+
+def _sync(s: Scalar) -> None:
+    """reg_bounds_sync in place, inlined on locals (this runs after every operation).
+
+    Same result as :func:`_sync_ref`: a constant tnum inside all bounds collapses at once, and
+    the three __reg_deduce_bounds rounds stop early once a round changes nothing (each round
+    is a function of the state alone)."""
+    tv = s.tv
+    tm = s.tm
+    smin = s.smin
+    smax = s.smax
+    umin = s.umin
+    umax = s.umax
+    s32min = s.s32_min
+    s32max = s.s32_max
+    u32min = s.u32_min
+    u32max = s.u32_max
+    if tm == U64 and not umin and umax == U64 and smin == S64_MIN and smax == S64_MAX and \
+            not u32min and u32max == U32 and s32min == S32_MIN and s32max == S32_MAX:
+        return                       # nothing known: a fixpoint
+    if not tm:
+        sv = tv - _TWO64 if tv >> 63 else tv
+        w = tv & U32
+        sw = w - _TWO32 if w >> 31 else w
+        if (umin <= tv <= umax and smin <= sv <= smax and u32min <= w <= u32max
+                and s32min <= sw <= s32max):
+            s.umin = s.umax = tv
+            s.smin = s.smax = sv
+            s.u32_min = s.u32_max = w
+            s.s32_min = s.s32_max = sw
+            return
+    for final in (False, True):
+        # __update_reg32_bounds
+        v = tv & U32
+        m = tm & U32
+        a = v | (m & 0x80000000)
+        if a >> 31:
+            a -= _TWO32
+        if a > s32min:
+            s32min = a
+        a = v | (m & 0x7fffffff)
+        if a >> 31:
+            a -= _TWO32
+        if a < s32max:
+            s32max = a
+        if v > u32min:
+            u32min = v
+        a = v | m
+        if a < u32max:
+            u32max = a
+        # __update_reg64_bounds
+        a = tv | (tm & _SIGN64)
+        if a >> 63:
+            a -= _TWO64
+        if a > smin:
+            smin = a
+        a = tv | (tm & _LOW63)
+        if a >> 63:
+            a -= _TWO64
+        if a < smax:
+            smax = a
+        if tv > umin:
+            umin = tv
+        tmax = tv | tm
+        if tmax < umax:
+            umax = tmax
+        known = -1
+        if (umin & ~tm) == tv:
+            if umin < tmax:
+                # cheap bound first: umin + lowest unknown bit is a member when that bit is 0
+                # in umin, so the next member cannot lie beyond it
+                lsb = tm & -tm
+                if umin & lsb or umin + lsb > umax:
+                    nxt = step_raw(tv, tm, umin)
+                    if nxt > umax:
+                        known = umin
+            elif umin > umax:
+                known = umin         # umin == tmax and nothing above it fits (kernel's case 1)
+        elif umin < tmax:
+            nxt = step_raw(tv, tm, umin)
+            if nxt == tmax:
+                known = tmax
+            elif nxt <= umax and step_raw(tv, tm, nxt) > umax:
+                known = nxt
+        else:
+            known = tmax             # umin >= tmax: tnum_step gives tmax
+        if known >= 0:
+            tv = umin = umax = known
+            tm = 0
+            smin = smax = known - _TWO64 if known >> 63 else known
+            u32min = u32max = known & U32
+            s32min = s32max = u32min - _TWO32 if u32min >> 31 else u32min
+        if final:
+            break
+        for _ in (0, 1, 2):
+            before = (tv, tm, smin, smax, umin, umax, s32min, s32max, u32min, u32max)
+            # __reg32_deduce_bounds
+            if (umin >> 32) == (umax >> 32):
+                lo = umin & U32
+                hi = umax & U32
+                if lo > u32min:
+                    u32min = lo
+                if hi < u32max:
+                    u32max = hi
+                slo = lo - _TWO32 if lo >> 31 else lo
+                shi = hi - _TWO32 if hi >> 31 else hi
+                if slo <= shi:
+                    if slo > s32min:
+                        s32min = slo
+                    if shi < s32max:
+                        s32max = shi
+            if (smin >> 32) == (smax >> 32):
+                lo = smin & U32
+                hi = smax & U32
+                if lo <= hi:
+                    if lo > u32min:
+                        u32min = lo
+                    if hi < u32max:
+                        u32max = hi
+                slo = lo - _TWO32 if lo >> 31 else lo
+                shi = hi - _TWO32 if hi >> 31 else hi
+                if slo <= shi:
+                    if slo > s32min:
+                        s32min = slo
+                    if shi < s32max:
+                        s32max = shi
+            if ((umin >> 32) + 1) & U32 == umax >> 32:
+                lo = umin & U32
+                hi = umax & U32
+                if lo >> 31 and not hi >> 31:
+                    lo -= _TWO32
+                    if lo > s32min:
+                        s32min = lo
+                    if hi < s32max:
+                        s32max = hi
+            if ((smin >> 32) + 1) & U32 == (smax >> 32) & U32:
+                lo = smin & U32
+                hi = smax & U32
+                if lo >> 31 and not hi >> 31:
+                    lo -= _TWO32
+                    if lo > s32min:
+                        s32min = lo
+                    if hi < s32max:
+                        s32max = hi
+            slo = u32min - _TWO32 if u32min >> 31 else u32min
+            shi = u32max - _TWO32 if u32max >> 31 else u32max
+            if slo <= shi:
+                if slo > s32min:
+                    s32min = slo
+                if shi < s32max:
+                    s32max = shi
+            lo = s32min & U32
+            hi = s32max & U32
+            if lo <= hi:
+                if lo > u32min:
+                    u32min = lo
+                if hi < u32max:
+                    u32max = hi
+            elif u32max < lo:
+                s32min = u32min - _TWO32 if u32min >> 31 else u32min
+                if hi < u32max:
+                    u32max = hi
+            elif hi < u32min:
+                s32max = u32max - _TWO32 if u32max >> 31 else u32max
+                if lo > u32min:
+                    u32min = lo
+            # __reg64_deduce_bounds
+            slo = umin - _TWO64 if umin >> 63 else umin
+            shi = umax - _TWO64 if umax >> 63 else umax
+            if slo <= shi:
+                if slo > smin:
+                    smin = slo
+                if shi < smax:
+                    smax = shi
+            lo = smin & U64
+            hi = smax & U64
+            if lo <= hi:
+                if lo > umin:
+                    umin = lo
+                if hi < umax:
+                    umax = hi
+            elif umax < lo:
+                smin = umin - _TWO64 if umin >> 63 else umin
+                if hi < umax:
+                    umax = hi
+            elif hi < umin:
+                smax = umax - _TWO64 if umax >> 63 else umax
+                if lo > umin:
+                    umin = lo
+            # __reg_deduce_mixed_bounds
+            a = (umin & _HI32) | u32min
+            if a > umin:
+                umin = a
+            a = (umax & _HI32) | u32max
+            if a < umax:
+                umax = a
+            a = (smin & _HI32) | u32min
+            if a >> 63:
+                a -= _TWO64
+            if a > smin:
+                smin = a
+            a = (smax & _HI32) | u32max
+            if a >> 63:
+                a -= _TWO64
+            if a < smax:
+                smax = a
+            if s32min >= 0 and smin >= S32_MIN and smax <= S32_MAX:
+                smin = s32min
+                smax = s32max
+                umin = s32min & U64
+                umax = s32max & U64
+                lo = smin & U64
+                bits = (lo ^ (smax & U64)).bit_length()
+                if bits > 63:
+                    rv, rm = 0, U64
+                else:
+                    rm = (1 << bits) - 1
+                    rv = lo & ~rm
+                m = tm & rm
+                tv = (tv | rv) & ~m
+                tm = m
+            if before == (tv, tm, smin, smax, umin, umax, s32min, s32max, u32min, u32max):
+                break
+        # __reg_bound_offset
+        bits = (umin ^ umax).bit_length()
+        if bits > 63:
+            rv, rm = 0, U64
+        else:
+            rm = (1 << bits) - 1
+            rv = umin & ~rm
+        mu = tm & rm
+        v64 = (tv | rv) & ~mu
+        bits = (u32min ^ u32max).bit_length()
+        rm = (1 << bits) - 1
+        rv = u32min & ~rm
+        m32 = mu & U32 & rm
+        v = (v64 & _HI32) | (((v64 & U32) | rv) & ~m32)
+        tv = v
+        tm = ((mu & _HI32) | m32) & ~v
+    s.tv = tv
+    s.tm = tm
+    s.smin = smin
+    s.smax = smax
+    s.umin = umin
+    s.umax = umax
+    s.s32_min = s32min
+    s.s32_max = s32max
+    s.u32_min = u32min
+    s.u32_max = u32max
 
 
 def sync(x: Scalar) -> Scalar:
@@ -914,13 +1165,16 @@ def _coerce(d: Scalar, size: int) -> None:
         d.umax &= mask
     else:
         d.umin, d.umax = 0, mask
-    d.smin, d.smax = d.umin, d.umax
+    d.smin, d.smax = _s64(d.umin), _s64(d.umax)
     if size < 4:
         _unbounded32(d)
 
 
 def coerce(x: Scalar, size: int) -> Scalar:
-    """coerce_reg_to_size: keep the low ``size`` bytes, zero-extended (loads, byte swaps)."""
+    """coerce_reg_to_size: keep the low ``size`` bytes, zero-extended (loads, byte swaps).
+    Size 8 (which the kernel never passes) returns ``x``."""
+    if size >= 8:
+        return x
     d = _copy(x)
     _coerce(d, size)
     _sync(d)
