@@ -68,9 +68,16 @@ class Scalar:
     # --- constructors ----------------------------------------------------------------------
     @staticmethod
     def const(v: int) -> "Scalar":
-        """__mark_reg_known: exactly ``v`` (taken modulo 2**64; pass sign-extended immediates)."""
-        s = _new(Scalar)
-        _known(s, v & U64)
+        """__mark_reg_known: exactly ``v`` (taken modulo 2**64; pass sign-extended immediates).
+        Constants are interned (immutable, so sharing is safe), which also lets the result memo
+        recognise K-form operands."""
+        s = _CONSTS.get(v)
+        if s is None:
+            s = _new(Scalar)
+            _known(s, v & U64)
+            if len(_CONSTS) >= 4096:
+                _CONSTS.clear()
+            _CONSTS[v] = s
         return s
 
     @staticmethod
@@ -187,6 +194,7 @@ class Scalar:
 
 
 _new = object.__new__
+_CONSTS: dict = {}
 
 
 def _rebuild(*k) -> Scalar:
@@ -769,6 +777,25 @@ def scalar_alu(op: str, dst: Scalar, src: Scalar, is64: bool) -> Scalar:
     zero and ``invalid shift`` for out-of-range K-form shifts before calling this."""
     if op == "mov":
         return src if is64 else zext32(src)
+    # the same instruction re-run on another path usually sees the very same (shared, immutable)
+    # Scalar objects: remember recent results by identity (the entry holds its operands, so
+    # their ids cannot be reused while it lives)
+    mkey = (op, is64, id(dst), id(src))
+    hit = _MEMO.get(mkey)
+    if hit is not None and hit[0] is dst and hit[1] is src:
+        return hit[2]
+    r = _alu(op, dst, src, is64)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[mkey] = (dst, src, r)
+    return r
+
+
+_MEMO: dict = {}
+_MEMO_MAX = 8192
+
+
+def _alu(op: str, dst: Scalar, src: Scalar, is64: bool) -> Scalar:
     if op not in _ALU_OPS:
         raise ValueError(f"scalar_alu: unknown op {op!r}")
     if not is_safe_to_compute(op, src, is64):
@@ -1112,6 +1139,18 @@ def _zext(d: Scalar) -> None:
 
 def zext32(x: Scalar) -> Scalar:
     """A 32-bit move of a scalar (``w1 = w2``): zext_32_to_64 then reg_bounds_sync."""
+    mkey = ('zext32', id(x))
+    hit = _MEMO.get(mkey)
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    r = _zext32_impl(x)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[mkey] = (x, r)
+    return r
+
+
+def _zext32_impl(x: Scalar) -> Scalar:
     d = _copy(x)
     _zext(d)
     _sync(d)
@@ -1120,6 +1159,18 @@ def zext32(x: Scalar) -> Scalar:
 
 def neg(x: Scalar, is64: bool) -> Scalar:
     """BPF_NEG through adjust_scalar_min_max_vals: 0 - x (32-bit: then zero-extended)."""
+    mkey = ('neg', id(x), is64)
+    hit = _MEMO.get(mkey)
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    r = _neg_impl(x, is64)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[mkey] = (x, r)
+    return r
+
+
+def _neg_impl(x: Scalar, is64: bool) -> Scalar:
     d = _new(Scalar)
     _known(d, 0)
     _sub32(d, x)
@@ -1140,6 +1191,18 @@ def end(x: Scalar, op: str, width: int) -> Scalar:
     TO_LE/TO_BE) or ``bswap`` (ALU64); width 16/32/64. le is a truncation (le64 a no-op), be
     and bswap swap bytes; 16/32-bit results are zero-extended (coerce_reg_to_size). No
     zext_32_to_64 afterwards even though le/be are ALU-class, as in the kernel."""
+    mkey = ('end', id(x), op, width)
+    hit = _MEMO.get(mkey)
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    r = _end_impl(x, op, width)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[mkey] = (x, r)
+    return r
+
+
+def _end_impl(x: Scalar, op: str, width: int) -> Scalar:
     if op not in ("le", "be", "bswap") or width not in (16, 32, 64):
         raise ValueError(f"end: bad op/width {op!r}/{width}")
     d = _copy(x)
@@ -1265,6 +1328,18 @@ def _coerce_subreg_sx(d: Scalar, size: int) -> None:
 
 def movsx(x: Scalar, bits: int, is64: bool) -> Scalar:
     """``r = (s8/s16/s32) r2`` (is64) or ``w = (s8/s16) w2``: the kernel's MOVSX handling."""
+    mkey = ('movsx', id(x), bits, is64)
+    hit = _MEMO.get(mkey)
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    r = _movsx_impl(x, bits, is64)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[mkey] = (x, r)
+    return r
+
+
+def _movsx_impl(x: Scalar, bits: int, is64: bool) -> Scalar:
     if bits not in (8, 16, 32) or (not is64 and bits == 32):
         raise ValueError(f"movsx: bad width {bits} for {'64' if is64 else '32'}-bit")
     if is64:
@@ -1510,6 +1585,18 @@ def refine_checked(op: str, a: Scalar, b: Scalar, is32: bool, same_reg: bool = F
     log lines. ``same_reg``: both operands are one register; as in the kernel the refinement
     then works on one aliased state (``if r1 < r1`` leaves the impossible side with
     umax - 1), and both results are that one scalar."""
+    mkey = ("refine", op, is32, same_reg, id(a), id(b))
+    hit = _MEMO.get(mkey)
+    if hit is not None and hit[0] is a and hit[1] is b:
+        return hit[2]
+    r = _refine(op, a, b, is32, same_reg)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[mkey] = (a, b, r)
+    return r
+
+
+def _refine(op, a, b, is32, same_reg):
     if op not in _REV or op == "jset_x":
         raise ValueError(f"refine: unknown op {op!r}")
     fa = _copy(a)
@@ -1531,7 +1618,7 @@ def refine_checked(op: str, a: Scalar, b: Scalar, is32: bool, same_reg: bool = F
         if msg is not None:
             problems.append(msg)
             out[i] = mark_unbounded(out[i])
-    return (out[0], out[1]), (out[2], out[3]), problems
+    return (out[0], out[1]), (out[2], out[3]), tuple(problems)
 
 
 def refine(op: str, a: Scalar, b: Scalar, is32: bool, same_reg: bool = False):
