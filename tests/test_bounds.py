@@ -358,6 +358,15 @@ def test_maybe_fork():
     zero, minus1, alu32 = B.maybe_fork(w)
     assert alu32 and zero.subreg_const_value() == 0 and minus1.subreg_const_value() == U32
     assert B.maybe_fork(alpha([0, 1])) is None
+    # the running kernel's log for `r6 s>>= 63; r6 |= -134` and `w6 s>>= 31; w6 &= -134`:
+    # R6=-1 on the current path, R6=-134 / R6=0 on the forked one ("from 3 to 3")
+    k = Scalar.const(-134 & U64)
+    zero, minus1, _ = B.maybe_fork(x)
+    assert str(B.scalar_alu("or", minus1, k, True)) == "-1"
+    assert str(B.scalar_alu("or", zero, k, True)) == "-134"
+    zero, minus1, _ = B.maybe_fork(w)
+    assert str(B.scalar_alu("and", minus1, k, False)) == "0xffffff7a"
+    assert str(B.scalar_alu("and", zero, k, False)) == "0"
 
 
 # Exact strings, each copied from the running 6.18 kernel's log_level=2 output.
@@ -384,6 +393,10 @@ KERNEL_STRINGS = [
      "0"),
     (lambda: B.scalar_alu("and", Scalar.unknown(), Scalar.const(0xf0f0), True),
      "scalar(smin=smin32=0,smax=umax=smax32=umax32=0xf0f0,var_off=(0x0; 0xf0f0))"),
+    (lambda: B.scalar_alu("arsh", Scalar.unknown(), Scalar.const(63), True),
+     "scalar(smin=smin32=-1,smax=smax32=0)"),
+    (lambda: B.scalar_alu("arsh", Scalar.unknown(), Scalar.const(31), False),
+     "scalar(smin=0,smax=umax=0xffffffff,smin32=-1,smax32=0,var_off=(0x0; 0xffffffff))"),
     (lambda: Scalar.unknown(), "scalar()"),
     (lambda: Scalar.const(U64), "-1"),
     (lambda: Scalar.const(0xffffffff), "0xffffffff"),
