@@ -167,10 +167,10 @@ MAX_BPF_STACK = 512
 
 
 class Slot:
-    """One 8-byte stack slot: ``types`` (8 chars, index 0 = lowest address) and ``spilled``.
+    """One 8-byte stack slot: ``types`` (8 chars) and ``spilled`` (the spilled Reg or None).
 
-    ``types[i]`` is the kernel's ``slot_type[i]``; the kernel indexes slot bytes from the
-    lowest address too (``stack[spi].slot_type[(off + i) % BPF_REG_SIZE]`` with off negative).
+    ``types[i]`` is the kernel's ``slot_type[i]``: byte ``fp - 8 * spi - 1 - i`` (index 0 is the
+    slot's highest address, index 7 its lowest), and the string prints as the kernel prints it.
     """
 
     __slots__ = ("types", "spilled")
@@ -275,3 +275,126 @@ class VerifierState:
                     n = fn(slot.spilled)
                     if n is not None:
                         f.stack[spi] = Slot(slot.types, n)
+
+
+# --- pruning: is a new state contained in one already explored? ------------------------------
+def _check_ids(old_id: int, cur_id: int, idmap: dict) -> bool:
+    if not old_id and not cur_id:
+        return True
+    if not old_id or not cur_id:
+        return False
+    seen = idmap.get(old_id)
+    if seen is None:
+        if cur_id in idmap.get("_cur", ()):
+            return False
+        idmap[old_id] = cur_id
+        idmap.setdefault("_cur", set()).add(cur_id)
+        return True
+    return seen == cur_id
+
+
+def _range_within(old, cur) -> bool:
+    return bounds.within(old, cur)
+
+
+def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: bool) -> bool:
+    """The kernel's regsafe, every scalar treated as precise (pybpf keeps no precision marks)."""
+    if rold is rcur:
+        return True
+    if rold.type == NOT_INIT:
+        return not exact or rcur.type == NOT_INIT
+    if rcur.type == NOT_INIT:
+        return False
+    if exact:
+        return _regs_exact(rold, rcur, idmap)
+    if rold.type != rcur.type or rold.flags != rcur.flags:
+        return False
+    t = rold.type
+    if t == SCALAR_VALUE:
+        return _range_within(rold.var, rcur.var)
+    if t in (PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_BUF, PTR_TO_TP_BUFFER):
+        return (rold.off == rcur.off and rold.map is rcur.map and rold.mem_size == rcur.mem_size
+                and _range_within(rold.var, rcur.var) and _check_ids(rold.id, rcur.id, idmap)
+                and _check_ids(rold.ref_obj_id, rcur.ref_obj_id, idmap))
+    if t in PACKET_TYPES:
+        if rold.range > rcur.range or rold.off != rcur.off:
+            return False
+        if not _check_ids(rold.id, rcur.id, idmap):
+            return False
+        return _range_within(rold.var, rcur.var)
+    if t == PTR_TO_ARENA:
+        return True
+    return _regs_exact(rold, rcur, idmap) and rold.frameno == rcur.frameno
+
+
+def _regs_exact(a: Reg, b: Reg, idmap: dict) -> bool:
+    return (a.type == b.type and a.flags == b.flags and a.off == b.off and a.map is b.map
+            and a.range == b.range and a.mem_size == b.mem_size and a.frameno == b.frameno
+            and a.subprog == b.subprog and _same_scalar(a.var, b.var)
+            and _check_ids(a.id, b.id, idmap) and _check_ids(a.ref_obj_id, b.ref_obj_id, idmap))
+
+
+def _same_scalar(a, b) -> bool:
+    if a is b:
+        return True
+    return all(getattr(a, k) == getattr(b, k) for k in bounds.Scalar.__slots__)
+
+
+def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
+    """The kernel's stacksafe for root: INVALID (and MISC) bytes in the old state match
+    anything; spilled registers must be regsafe."""
+    for spi in set(old.stack) | set(cur.stack):
+        o = old.stack.get(spi, EMPTY_SLOT)
+        c = cur.stack.get(spi, EMPTY_SLOT)
+        if o is c:
+            continue
+        if exact:
+            if o.types != c.types:
+                return False
+            if (o.spilled is None) != (c.spilled is None):
+                return False
+            if o.spilled is not None and not _regs_exact(o.spilled, c.spilled, idmap):
+                return False
+            continue
+        for i in range(BPF_REG_SIZE):
+            ot, ct = o.types[i], c.types[i]
+            if ot == STACK_INVALID or ot == STACK_MISC:
+                continue
+            if ot == STACK_ZERO and ct == STACK_ZERO:
+                continue
+            if ot == STACK_ZERO and ct == STACK_SPILL and c.spilled is not None and \
+                    c.spilled.type == SCALAR_VALUE and c.spilled.var.is_const() and \
+                    c.spilled.var.const_value() == 0:
+                continue
+            if ot != ct:
+                return False
+        if o.spilled is not None and STACK_SPILL in o.types:
+            if c.spilled is None or not regsafe(o.spilled, c.spilled, idmap, False):
+                return False
+    return True
+
+
+def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
+    if old.callsite != cur.callsite:
+        return False
+    for a, b in zip(old.regs, cur.regs):
+        if not regsafe(a, b, idmap, exact):
+            return False
+    return stacksafe(old, cur, idmap, exact)
+
+
+def states_equal(old: VerifierState, cur: VerifierState, exact: bool) -> bool:
+    """Whether every path from ``cur`` is covered by the exploration from ``old``."""
+    if len(old.frames) != len(cur.frames):
+        return False
+    if set(old.refs) != set(cur.refs) and (old.refs or cur.refs):
+        if len(old.refs) != len(cur.refs):
+            return False
+    idmap: dict = {}
+    for oid, cid in zip(sorted(old.refs), sorted(cur.refs)):
+        if not _check_ids(oid, cid, idmap):
+            return False
+    for fo, fc in zip(old.frames, cur.frames):
+        if not func_states_equal(fo, fc, idmap, exact):
+            return False
+    return True
