@@ -655,3 +655,22 @@ def test_matches_running_kernel_log():
             failures.append((seed, bad[:3]))
     assert not failures, failures[:5]
     assert total > PROGRAMS * 10
+
+
+def test_pointer_offsets_match_kernel_log():
+    """``r7 = r10; r7 += -512; r7 += r6``: the kernel's ``fp(off=-512,<ranges>)``."""
+    r6 = B.scalar_alu("and", Scalar.unknown(), Scalar.const(255), True)
+    assert B.ptr_add(Scalar.const(0), r6).ranges_str() == \
+        "smin=smin32=0,smax=umax=smax32=umax32=255,var_off=(0x0; 0xff)"
+    r6 = B.scalar_alu("sub", r6, Scalar.const(256), True)
+    assert B.ptr_add(Scalar.const(0), r6).ranges_str() == (
+        "smin=smin32=-256,smax=smax32=-1,umin=0xffffffffffffff00,umin32=0xffffff00,"
+        "var_off=(0xffffffffffffff00; 0xff)")
+    rng = random.Random(9)
+    for _ in range(300):
+        pv, ov = rand_values(rng), rand_values(rng)
+        p, o = alpha(pv), alpha(ov)
+        add, sub = B.ptr_add(p, o), B.ptr_sub(p, o)
+        for x in concretize(p, pv)[:40]:
+            for y in concretize(o, ov)[:40]:
+                assert add.contains(x + y) and sub.contains(x - y)

@@ -1137,6 +1137,50 @@ def _zext(d: Scalar) -> None:
         d.smin, d.smax = 0, U32
 
 
+def ptr_add(ptr: Scalar, off: Scalar) -> Scalar:
+    """The variable offset of ``ptr += off`` when ``off`` is not a constant folded into the
+    fixed offset (adjust_ptr_min_max_vals, BPF_ADD): 64-bit bounds added with either overflow
+    losing that axis, tnum_add, no 32-bit bounds ("pointer types do not carry 32-bit bounds"),
+    then reg_bounds_sync."""
+    d = _copy(ptr)
+    lo, hi = ptr.smin + off.smin, ptr.smax + off.smax
+    if S64_MIN <= lo <= S64_MAX and S64_MIN <= hi <= S64_MAX:
+        d.smin, d.smax = lo, hi
+    else:
+        d.smin, d.smax = S64_MIN, S64_MAX
+    lo, hi = ptr.umin + off.umin, ptr.umax + off.umax
+    if lo <= U64 and hi <= U64:
+        d.umin, d.umax = lo, hi
+    else:
+        d.umin, d.umax = 0, U64
+    sv = ptr.tv + off.tv
+    chi = ((ptr.tm + off.tm + sv) ^ sv) & U64
+    mu = chi | ptr.tm | off.tm
+    d.tv, d.tm = sv & ~mu & U64, mu
+    _unbounded32(d)
+    _sync(d)
+    return d
+
+
+def ptr_sub(ptr: Scalar, off: Scalar) -> Scalar:
+    """The variable offset of ``ptr -= off`` (adjust_ptr_min_max_vals, BPF_SUB, variable
+    case): signed bounds lose on overflow, unsigned ones when umin_ptr < umax_off."""
+    d = _copy(ptr)
+    lo, hi = ptr.smin - off.smax, ptr.smax - off.smin
+    if S64_MIN <= lo <= S64_MAX and S64_MIN <= hi <= S64_MAX:
+        d.smin, d.smax = lo, hi
+    else:
+        d.smin, d.smax = S64_MIN, S64_MAX
+    if ptr.umin < off.umax:
+        d.umin, d.umax = 0, U64
+    else:
+        d.umin, d.umax = ptr.umin - off.umax, ptr.umax - off.umin
+    d.tv, d.tm = _tsub(ptr.tv, ptr.tm, off.tv, off.tm)
+    _unbounded32(d)
+    _sync(d)
+    return d
+
+
 def zext32(x: Scalar) -> Scalar:
     """A 32-bit move of a scalar (``w1 = w2``): zext_32_to_64 then reg_bounds_sync."""
     mkey = ('zext32', id(x))
