@@ -74,6 +74,8 @@ class Checker:
         self.pending: list[tuple[VerifierState, int]] = []
         self.explored: dict[int, list[Checkpoint]] = {}
         self.prune_points = _prune_points(prog, cfg)
+        self.loop_points = _loop_points(prog, self.calls)
+        self.prune_points |= set(self.loop_points)
         self.insn_processed = 0
         self.total_states = self.peak_states = self.cur_states = 0
         self.max_states_per_insn = 0
@@ -186,7 +188,8 @@ class Checker:
             form, insn = entry
             if log.enabled:
                 log.insn(pc, self.state)
-            self._record(pc, form, insn)
+            if form.size:
+                self._record(pc, form, insn)
             nxt = HANDLERS[form.kind](self, pc, form, insn)
             if log.enabled and nxt is not None:
                 log.after(self.state)
@@ -210,15 +213,23 @@ class Checker:
         """is_state_visited: True to prune the current path here."""
         st = self.state
         lst = self.explored.setdefault(pc, [])
+        special = self.loop_points.get(pc)
         for cp in lst:
             if cp.branches == 0:
                 if states_equal(cp.state, st, exact=False):
                     cp.hits += 1
                     return True
-            elif states_equal(cp.state, st, exact=True) and _on_path(cp, st):
-                if st.may_goto_depth != cp.state.may_goto_depth:
-                    return True          # a may_goto loop came back to its state: bounded
-                self.error(f"infinite loop detected at insn {pc}", errno.EINVAL)
+            elif special == "callback":
+                # a callback-calling insn reached again within a state still being explored
+                if states_equal(cp.state, st, exact=False):
+                    return True
+            else:
+                if special == "may_goto" and cp.state.may_goto_depth != st.may_goto_depth \
+                        and states_equal(cp.state, st, exact=False):
+                    return True
+                if cp.state.may_goto_depth == st.may_goto_depth and \
+                        states_equal(cp.state, st, exact=True) and _on_path(cp, st):
+                    self.error(f"infinite loop detected at insn {pc}", errno.EINVAL)
             cp.miss += 1
         # a new checkpoint (the kernel also skips some; we keep every one, bounded by its miss
         # counting: drop entries that never hit after many misses)
@@ -236,16 +247,16 @@ class Checker:
         return False
 
     def _record(self, pc: int, form, insn) -> None:
-        """Per-instruction facts for the JIT: the register kinds seen at ``pc`` (joined)."""
-        regs = self.state.cur.regs
-        prev = self.seen.get(pc)
+        """Facts for the JIT: the kind of a memory instruction's base register (joined over
+        every path that reached it)."""
+        base = insn.src if form.kind == "ldx" or form.op == "load_acq" else insn.dst
+        k = _kind(self.state.cur.regs[base])
+        seen = self.seen
+        prev = seen.get(pc)
         if prev is None:
-            self.seen[pc] = [_kind(r) for r in regs]
-        else:
-            for i, r in enumerate(regs):
-                k = _kind(r)
-                if prev[i] != k:
-                    prev[i] = _join_kind(prev[i], k)
+            seen[pc] = (base, k)
+        elif prev[1] != k:
+            seen[pc] = (base, _join_kind(prev[1], k))
 
     def stats(self) -> dict:
         return {"processed_insns": self.insn_processed,
@@ -295,19 +306,34 @@ def _join_kind(a, b):
     return ("mixed",)
 
 
+def _loop_points(prog, calls) -> dict:
+    """may_goto instructions and helper calls that call a callback (bpf_loop...): checkpoints
+    there let a loop converge on a state within one still being explored."""
+    out = {}
+    cb = getattr(calls, "CALLBACK_HELPERS", ()) if calls is not None else ()
+    for pc, form, insn in prog.instructions():
+        if form.kind == "may_goto":
+            out[pc] = "may_goto"
+        elif form.kind == "call" and form.op == "helper" and insn.imm in cb:
+            out[pc] = "callback"
+    return out
+
+
 def _prune_points(prog, cfg) -> set:
-    """Jump targets and the instructions after calls and conditional jumps (the kernel marks
-    both the target and the fall-through of every jump, and the insn after a call)."""
+    """The kernel's prune points (visit_insn): every conditional jump, the target of every
+    unconditional jump, the instruction after a call, and a BPF-to-BPF call itself."""
+    from .cfg import jump_target
     pts = set()
     for pc, form, insn in prog.instructions():
         k = form.kind
-        if k in ("jcond", "ja", "may_goto"):
-            from .cfg import jump_target
+        if k in ("jcond", "may_goto"):
+            pts.add(pc)
+        elif k == "ja":
             pts.add(jump_target(form, insn, pc))
-            if k != "ja":
-                pts.add(pc + 1)
         elif k in ("call", "callx"):
             pts.add(pc + 1)
+            if form.op == "local":
+                pts.add(pc)
     return pts
 
 
@@ -329,9 +355,19 @@ def _alu(chk: Checker, pc, form, insn):
             v = insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF
             chk.set_reg(dst, Reg.scalar(v, chk.origin("a constant")))
         elif is64:
+            if src.type == SCALAR_VALUE and not src.id and not src.var.is_const():
+                src = src.replace(id=chk.new_id())      # assign_scalar_id_before_mov
+                chk.set_reg(insn.src, src)
             chk.set_reg(dst, src)
         elif src.type == SCALAR_VALUE:
-            chk.set_reg(dst, Reg(SCALAR_VALUE, var=bounds.zext32(src.var), origin=src.origin))
+            sid = 0
+            if src.var.umax <= 0xFFFFFFFF and not src.var.is_const():
+                if not src.id:
+                    src = src.replace(id=chk.new_id())
+                    chk.set_reg(insn.src, src)
+                sid = src.id
+            chk.set_reg(dst, Reg(SCALAR_VALUE, var=bounds.zext32(src.var), id=sid,
+                                 origin=src.origin))
         else:
             # w = (u32) pointer: an unknown scalar for root (allow_ptr_leaks)
             chk.mark_unknown(dst, "the low half of a pointer")

@@ -1,8 +1,9 @@
 """Per-instruction facts the verifier hands to the JIT (the kernel JIT's ``insn_aux_data``).
 
-``reg(pc, r)`` answers with the kinds :mod:`pybpf.jit.kinds` uses: ``("arena",)`` for an arena
-pointer, ``("stack", off)`` for a frame pointer plus a known constant, ``("const", value)`` for
-a known constant, None otherwise; the kinds are joined over every path that reached ``pc``.
+``reg(pc, r)`` answers, for the base register ``r`` of a load/store/atomic at ``pc``, with the
+kinds :mod:`pybpf.jit.kinds` uses: ``("arena",)`` for an arena pointer, ``("stack", off)`` for a
+frame pointer plus a known constant, ``("const", value)`` for a known constant, None otherwise;
+the kinds are joined over every path that reached ``pc``.
 ``access_kind(pc)`` says what a load/store/atomic at ``pc`` touches on every path: "arena",
 "stack", "map_value", "ctx", "packet", "mem" or "mixed"; None for an instruction never reached.
 """
@@ -26,13 +27,14 @@ class Facts:
         self._access = access
 
     def reached(self, pc: int) -> bool:
-        return pc in self._seen
+        return pc in self._seen or pc in self._access
 
     def reg(self, pc: int, r: int):
-        regs = self._seen.get(pc)
-        if regs is None:
+        """The kind of ``r`` at a memory instruction ``pc`` if ``r`` is its base register."""
+        entry = self._seen.get(pc)
+        if entry is None or entry[0] != r:
             return None
-        k = regs[r]
+        k = entry[1]
         if k is None:
             return None
         if k[0] == "arena":

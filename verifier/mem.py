@@ -570,7 +570,8 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
             chk.error(f"R{regno} cannot write into {reg.type_str()}")
         _region_access(chk, regno, reg, reg.off, size, reg.mem_size, "mem", zero_size_allowed)
     elif t == PTR_TO_CTX and chk.prog_type in ("mem", "syscall"):
-        _ctx_access(chk, regno, reg, 0, size, write, -1, False)
+        # no convert_ctx_access: the kernel checks the last byte (check_mem_access, BPF_B)
+        _ctx_access(chk, regno, reg, size - 1, 1, write, -1, False)
     elif t == PTR_TO_STACK:
         _stack_access(chk, regno, reg, 0, size, write, -1, None, False, helper=True)
         _helper_stack_effect(chk, reg, size, write)
@@ -722,8 +723,14 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
 
 
 def _set_scalar(state, regno: int, var) -> None:
+    """Store a refined scalar, and give every scalar linked to it by id the same bounds
+    (sync_linked_regs)."""
     r = state.cur.regs[regno]
     state.cur.regs[regno] = r.replace(var=var)
+    if r.id:
+        rid = r.id
+        state.map_regs(lambda x: x.replace(var=var) if x.id == rid and x.type == SCALAR_VALUE
+                       and x.var is not var else None)
 
 
 def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:

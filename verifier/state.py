@@ -193,7 +193,7 @@ class FuncState:
     never written are absent (STACK_INVALID)."""
 
     __slots__ = ("regs", "stack", "callsite", "frameno", "subprogno", "allocated_stack",
-                 "in_callback_fn", "callback_ret_range")
+                 "in_callback_fn", "callback_ret_range", "callback_depth")
 
     def __init__(self, frameno: int = 0, subprogno: int = 0, callsite: int = -1) -> None:
         self.regs: list[Reg] = [NOT_INIT_REG] * 11
@@ -204,6 +204,7 @@ class FuncState:
         self.allocated_stack = 0
         self.in_callback_fn = False
         self.callback_ret_range = None
+        self.callback_depth = 0
 
     def copy(self) -> "FuncState":
         f = FuncState.__new__(FuncState)
@@ -215,6 +216,7 @@ class FuncState:
         f.allocated_stack = self.allocated_stack
         f.in_callback_fn = self.in_callback_fn
         f.callback_ret_range = self.callback_ret_range
+        f.callback_depth = self.callback_depth
         return f
 
 
@@ -293,6 +295,18 @@ def _check_ids(old_id: int, cur_id: int, idmap: dict) -> bool:
     return seen == cur_id
 
 
+def _check_scalar_ids(old_id: int, cur_id: int, idmap: dict) -> bool:
+    """check_scalar_ids: scalars without an id are each unique."""
+    if not old_id or not cur_id:
+        n = idmap.get("_tmp", 1 << 40)
+        if not old_id:
+            old_id, n = n, n + 1
+        if not cur_id:
+            cur_id, n = n, n + 1
+        idmap["_tmp"] = n
+    return _check_ids(old_id, cur_id, idmap)
+
+
 def _range_within(old, cur) -> bool:
     return bounds.within(old, cur)
 
@@ -311,7 +325,7 @@ def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: bool) -> bool:
         return False
     t = rold.type
     if t == SCALAR_VALUE:
-        return _range_within(rold.var, rcur.var)
+        return _range_within(rold.var, rcur.var) and _check_scalar_ids(rold.id, rcur.id, idmap)
     if t in (PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_BUF, PTR_TO_TP_BUFFER):
         return (rold.off == rcur.off and rold.map is rcur.map and rold.mem_size == rcur.mem_size
                 and _range_within(rold.var, rcur.var) and _check_ids(rold.id, rcur.id, idmap)
