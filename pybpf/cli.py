@@ -68,12 +68,15 @@ def cmd_verify(args) -> int:
     from .runtime.vm import VM
     prog = load_program(args.input, args.format, "auto", args.section)
     vm = VM()
+    level = 2 if args.verbose else 0
     try:
-        log = vm.verify(prog, prog_type=args.prog_type)
+        log = vm.verify(prog, prog_type=args.prog_type, log_level=level)
     except VerifierError as e:
         if args.verbose and e.log:
             sys.stdout.write(e.log if e.log.endswith("\n") else e.log + "\n")
         print(f"{args.input}: rejected: {e}", file=sys.stderr)
+        if args.explain:
+            print(e.explain(), file=sys.stderr)
         return EXIT_FAIL
     if args.verbose and log:
         sys.stdout.write(log if log.endswith("\n") else log + "\n")
@@ -147,7 +150,8 @@ def cmd_test(args) -> int:
         return EXIT_USAGE
     outcomes = []
     for f in files:
-        o = run_file(f, engine=args.engine, any_error=args.any_error, insn_limit=args.insn_limit)
+        o = run_file(f, engine=args.engine, any_error=args.any_error, insn_limit=args.insn_limit,
+                     verify=args.verify)
         outcomes.append(o)
         if o.status == FAIL:
             print(f"FAIL {o.path}: {o.message}")
@@ -170,7 +174,7 @@ def cmd_jit(args) -> int:
     prog = load_program(args.input, args.format, "auto", args.section)
     vm = VM()
     if not args.no_verify:
-        vm.verify(prog)
+        vm.verify(prog, prog_type=args.prog_type)
     show = args.show or ["placement"]
     capstone = args.disassembler == "capstone" or (
         args.disassembler == "auto" and importlib.util.find_spec("capstone") is not None)
@@ -289,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="program type (default: from the ELF section, else mem)")
     s.add_argument("--mem-size", type=_int, default=None)
     s.add_argument("-v", "--verbose", action="store_true", help="print the full log")
+    s.add_argument("--explain", action="store_true",
+                   help="when rejected, explain why: the failing instruction and source line, "
+                        "the branches taken to reach it, where the register got its type")
     s.add_argument("--format", **fmt)
     s.add_argument("--section", help="ELF: the program (function or section) to verify")
     s.set_defaults(func=cmd_verify)
@@ -319,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--any-error", action="store_true",
                    help="an expected-error file passes on any refusal at the implied stage")
     s.add_argument("--insn-limit", type=_int, default=None)
+    s.add_argument("--verify", action="store_true",
+                   help="run the whole verifier on each program (default: structural checks)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_test)
 

@@ -57,9 +57,15 @@ class LoadedProgram:
     """
 
     def __init__(self, vm, prog, prog_type: str, engine: str, insn_limit: int, name: str,
-                 maps: list, arena, values64: dict[int, int], fd: int | None = None) -> None:
-        """``maps``: (name, map) pairs of the maps the program uses."""
+                 maps: list, arena, values64: dict[int, int], fd: int | None = None,
+                 verified=None) -> None:
+        """``maps``: (name, map) pairs of the maps the program uses; ``verified``: the
+        verifier's VerifyResult (None when loaded with verify=False or "structural")."""
         self.vm, self.program, self.prog_type, self.engine = vm, prog, prog_type, engine
+        self.verified = verified
+        # The kernel's max_ctx_offset: a run must give at least this much mem/ctx (as
+        # BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall programs).
+        self.min_mem_size = verified.max_ctx_offset if verified is not None else 0
         self.insn_limit, self.name, self.fd = insn_limit, name, fd
         self.arena, self.values64 = arena, values64
         self.maps: dict[str, object] = {}
@@ -166,6 +172,8 @@ class LoadedProgram:
         ``mem`` is for prog_type "mem"; ``ctx``/``data`` build the other types' contexts
         (for "mem", ``data`` is the packet the legacy ld_abs/ld_ind instructions read).
         """
+        if self.min_mem_size:
+            self._check_mem_size(mem, ctx)
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
             rc = build_context(self.prog_type, mem, ctx, data)
@@ -180,11 +188,26 @@ class LoadedProgram:
                              lambda rc: self._jit.run(rc.r1, rc.r2),
                              lambda session, rc: session.call(rc.r1, rc.r2))
 
+    def _check_mem_size(self, mem, ctx) -> None:
+        """Refuse memory shorter than the verifier proved the program may touch."""
+        if self.prog_type == "mem":
+            given, what = (0 if mem is None else len(mem)), "mem"
+        elif self.prog_type == "syscall":
+            given, what = (0 if ctx is None else len(ctx)), "ctx"
+        else:
+            return
+        if given < self.min_mem_size:
+            raise VMError(f"{what} is {given} bytes but the program accesses up to byte "
+                          f"{self.min_mem_size} (max_ctx_offset): give at least "
+                          f"{self.min_mem_size} bytes")
+
     def test_run(self, mem=None, repeat: int = 1, *, ctx=None, data=None,
                  insn_limit: int | None = None) -> tuple[int, float]:
         """Run ``repeat`` times on one private context (as the kernel's BPF_PROG_TEST_RUN
         does: changes persist between repetitions); returns (r0 of the last run, ns per run)."""
         repeat = max(int(repeat), 1)
+        if self.min_mem_size:
+            self._check_mem_size(mem, ctx)
         return self._execute(mem, ctx, data, None, insn_limit,
                              lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
                              lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))

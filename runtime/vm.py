@@ -159,16 +159,18 @@ class VM:
         return lines
 
     def verify(self, prog, prog_type: str | None = None, log_level: int = 0,
-               full: bool = False) -> str:
-        """Run the verifier (:func:`pybpf.verifier.verify`) on ``prog``; return its log.
+               full: bool = True) -> str:
+        """Run the verifier (:func:`pybpf.verifier.verify`) on ``prog`` for ``prog_type``.
 
-        Raises VerifierError with the kernel's message. ``full=False`` (today's default) runs
-        the structural checks only: decoding, jumps, reachability, exit, call depth and stack.
+        Returns the log of an accepted program (kernel format at ``log_level`` 1 or 2, else
+        empty); raises VerifierError (kernel message, instruction index, log). ``full=False``
+        runs the structural checks only (decoding, jumps, reachability, exit, call depth,
+        stack), what the ``.data`` runner uses for programs written for verifier-less runtimes.
         """
         return self.verify_result(prog, prog_type, log_level, full).log
 
     def verify_result(self, prog, prog_type: str | None = None, log_level: int = 0,
-                      full: bool = False, decl_maps: list | None = None):
+                      full: bool = True, decl_maps: list | None = None):
         """:meth:`verify`, returning the whole :class:`pybpf.verifier.VerifyResult`."""
         prog = _as_program(prog)
         ptype = _prog_type(prog, prog_type)
@@ -176,26 +178,35 @@ class VM:
                               log_level=log_level, full=full)
 
     def load(self, prog, prog_type: str | None = None, engine: str = "interp",
-             verify: bool = True, insn_limit: int | None = None, name: str | None = None,
+             verify=True, insn_limit: int | None = None, name: str | None = None,
              maps: dict | None = None) -> LoadedProgram:
-        """Decode, check and prepare ``prog`` (a Program, an ELF object's program or raw
+        """Decode, verify and prepare ``prog`` (a Program, an ELF object's program or raw
         bytecode) for ``engine``. ``prog_type`` defaults to the ELF program's (from its
         section), else "mem". ``maps`` binds declared maps (by name) to existing ones.
 
-        ``verify=True`` runs :meth:`verify` (today: the structural checks). The interpreter
-        checks memory at run time either way; the JIT does not, so unverified JIT code is
-        trusted input.
+        ``verify=True`` (the default, both engines) runs the whole verifier, as the kernel's
+        BPF_PROG_LOAD does: a program it accepts cannot reach memory it was not given.
+        ``verify="structural"`` runs only the structural checks (the ``.data`` runner's
+        default: the interpreter still checks every access at run time). ``verify=False``
+        skips verification: with ``engine="jit"`` this is for TRUSTED INPUT ONLY (JIT code
+        runs unchecked); the interpreter still checks memory at run time.
         """
         prog = _as_program(prog, name)
         ptype = _prog_type(prog, prog_type)
         if engine not in ENGINES:
             raise VMError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
-        if verify:
-            self.verify(prog, ptype)
+        if verify not in (True, False, "structural"):
+            raise VMError(f"verify={verify!r}: expected True, False or 'structural'")
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
+        result = None
+        if verify is True:
+            decl_maps = bind_declarations(self, prog, maps)     # maps= bindings included
+            result = self.verify_result(prog, ptype, full=True, decl_maps=decl_maps)
+        elif verify == "structural":
+            self.verify_result(prog, ptype, full=False)
         used, arena, values = self.resolve(prog, maps)
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
-                           values, fd=_next_fd())
+                           values, fd=_next_fd(), verified=result)
         self._programs[lp.fd] = lp
         return lp
 

@@ -37,8 +37,13 @@ def verify(prog, env=None, *, prog_type: str, log_level: int = 0,
     (the ``.data`` runner's default)."""
     from .cfg import check_structure
     from .stack_depth import check_stack_depth
+    from pybpf.errors import VerifierError
     env = env if env is not None else NullEnv()
-    cfg = check_structure(prog)
+    try:
+        cfg = check_structure(prog)
+    except VerifierError as e:
+        e.program = prog
+        raise
     if not full:
         check_stack_depth(prog, cfg)
         n = len(prog.instructions())

@@ -89,6 +89,7 @@ class Checker:
     # -- helpers for handlers and for calls.py --------------------------------------------------
     def error(self, msg: str, err: int = errno.EACCES, pc: int | None = None):
         pc = self.pc if pc is None else pc
+        self.log.flush_pending()
         self.log.line(msg)
         raise VerifierError(msg, pc, log=self.log.text(), errno=err)
 
@@ -154,6 +155,8 @@ class Checker:
         f = st.cur
         f.regs[10] = Reg.pointer(PTR_TO_STACK)
         f.regs[1] = Reg.pointer(PTR_TO_CTX, origin=(0, "the program's context (r1)"))
+        if self.prog_type == "mem":         # pybpf's mem type: r2 = the memory's length
+            f.regs[2] = Reg.scalar(None, (0, "the memory's length (r2)"))
         return st
 
     def run(self) -> None:
@@ -644,6 +647,10 @@ def run_checks(prog, cfg, env, *, prog_type: str, log_level: int = 0):
         chk.run()
         check_stack_depth(prog, cfg, chk.stack_depth)
     except VerifierError as e:
+        e.program = prog
+        st = chk.state
+        if st is not None and e.context is None:
+            e.context = {"branch_path": st.branch_path, "regs": list(st.cur.regs)}
         if not e.log:
             e.log = chk.log.text()
         if e.log and not e.log.endswith(e.message + "\n"):
