@@ -555,7 +555,7 @@ def check_kfunc_call(chk, pc: int, insn) -> None:
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
         elif kind == protos.KF_ARG_PTR_TO_MAP:
             if reg.type != CONST_PTR_TO_MAP:
-                chk.error(f"arg#{i} expected pointer to map", errno.EINVAL)
+                chk.error(f"pointer in R{regno} isn't map pointer", errno.EINVAL)
             map_arg = reg.map
         elif kind == protos.KF_ARG_PTR_TO_CTX:
             if reg.type != PTR_TO_CTX:
@@ -563,10 +563,8 @@ def check_kfunc_call(chk, pc: int, insn) -> None:
                           errno.EINVAL)
         else:
             chk.error(f"verifier bug: unsupported kfunc arg kind {kind}", errno.EFAULT)
-    if map_arg is not None and proto.name.startswith("bpf_arena_") and map_arg.type != "arena":
-        # the kfunc itself refuses other maps at run time (NULL / nothing / -EINVAL); the
-        # verifier only needs a map pointer, as the kernel's KF_ARG_PTR_TO_MAP does
-        pass
+    # (a map that is not an arena is the kfunc's business at run time: NULL, nothing or
+    # -EINVAL, as in the kernel, whose KF_ARG_PTR_TO_MAP check wants any map pointer)
     regs = chk.state.cur.regs
     for r in CALLER_SAVED:
         regs[r] = NOT_INIT_REG
