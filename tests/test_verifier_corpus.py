@@ -23,6 +23,12 @@ CASES = corpus.cases()
 KERNEL = kv.available()
 
 
+@pytest.fixture(scope="module")
+def vm():
+    import pybpf
+    return pybpf.VM()
+
+
 def test_corpus_size_and_balance():
     """At least 300 programs, every topic present, about as many accepts as rejects."""
     assert len(CASES) >= 300
@@ -44,8 +50,8 @@ def test_rejections_record_a_message():
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_pybpf_matches_kernel(case):
-    accepted, message = corpus.pybpf_verdict(case)
+def test_pybpf_matches_kernel(case, vm):
+    accepted, message = corpus.pybpf_verdict(case, vm)
     want = case.verdict == "accept"
     assert accepted == want, (f"kernel {case.verdict}s ({case.message!r}), pybpf "
                               f"{'accepts' if accepted else 'rejects: ' + repr(message)}")

@@ -28,7 +28,6 @@ File format (one file per test, grouped by topic in sub-directories)::
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,19 +112,20 @@ def cases(root: Path = HERE) -> list[Case]:
     return [parse(p) for p in files(root)]
 
 
-def pybpf_verdict(case: Case, log_level: int = 0):
-    """(accepted, message) from pybpf's verifier, run the way a user's load runs it."""
+def pybpf_verify(prog, prog_type: str, vm=None, log_level: int = 0):
+    """(accepted, message) from pybpf's full verifier (``VM.verify(..., full=True)``: the
+    abstract interpretation, as a user's default load runs it). Only VerifierError counts as a
+    rejection: any other exception propagates (a verifier crash is a bug, never a verdict)."""
     import pybpf
     from pybpf import VerifierError
-    vm = pybpf.VM()
-    prog = case.program()
+    vm = vm if vm is not None else pybpf.VM()
     try:
-        vm.verify(prog, prog_type=case.prog_type, **({"log_level": log_level} if log_level else {}))
+        vm.verify(prog, prog_type=prog_type, log_level=log_level, full=True)
     except VerifierError as e:
         return False, e.message
     return True, ""
 
 
-if os.environ.get("PYBPF_CORPUS_DEBUG"):    # pragma: no cover
-    for c in cases():
-        print(c.name, c.prog_type, c.verdict, c.message)
+def pybpf_verdict(case: Case, vm=None, log_level: int = 0):
+    """:func:`pybpf_verify` on a corpus case."""
+    return pybpf_verify(case.program(), case.prog_type, vm, log_level)
