@@ -15,9 +15,11 @@ The main loop (:mod:`.check`) hands every call instruction here:
   parameters.
 * :func:`check_subprog_call`, :func:`prepare_func_exit`: a new frame with r1-r5 copied, the
   caller's r1-r5 clobbered; on exit r0 goes back (``cannot return stack pointer to the caller``).
-  Global functions (BTF linkage ``global``) are not entered: their arguments are checked
-  against their BTF types, r0 becomes an unknown scalar, and the main loop verifies each one on
-  its own from :func:`global_func_entry_regs`, as the kernel's ``do_check_subprogs`` does.
+  Global functions (BTF linkage ``global``): their arguments are checked against their BTF types
+  (:func:`global_func_args`); when the main loop verifies global functions on their own
+  (``chk.verifies_globals``, from :func:`global_func_entry_regs`, as the kernel's
+  ``do_check_subprogs``) the call is not entered and r0 becomes an unknown scalar, otherwise the
+  function is entered like a static one.
 * ``bpf_loop``: the callback's frame is pushed as a pending path starting at the callback; its
   exit returns to the call site, which is processed again, as in kernel 6.7+ (``callback_depth``
   counts the unrolled iterations, bounded by ``nr_loops``; the main loop prunes a call-site state
@@ -594,17 +596,21 @@ def check_subprog_call(chk, pc: int, insn) -> int:
     if is_global(chk, target):
         name = chk.prog.functions.get(target, f"func#{subprog}")
         err = _check_global_args(chk, target)
-        if err:
-            chk.log.line(err)
+        if err is not None:
+            if err:
+                chk.log.line(err)
             chk.error(f"Caller passes invalid args into func#{subprog} ('{name}')",
                       errno.EINVAL)
-        chk.log.line(f"Func#{subprog} ('{name}') is global and assumed valid.")
-        called = chk.__dict__.setdefault("global_funcs_called", set())
-        called.add(target)
-        for r in CALLER_SAVED:
-            caller.regs[r] = NOT_INIT_REG
-        caller.regs[0] = Reg.scalar(None, chk.origin(f"global function {name}"))
-        return pc + 1
+        if getattr(chk, "verifies_globals", False):
+            chk.log.line(f"Func#{subprog} ('{name}') is global and assumed valid.")
+            called = chk.__dict__.setdefault("global_funcs_called", set())
+            called.add(target)
+            for r in CALLER_SAVED:
+                caller.regs[r] = NOT_INIT_REG
+            caller.regs[0] = Reg.scalar(None, chk.origin(f"global function {name}"))
+            return pc + 1
+        # a main loop that does not verify global functions on their own: enter this one like
+        # a static function (sound: its body is checked with the caller's arguments)
     f = chk.push_frame(pc, subprog)
     for r in CALLER_SAVED:
         f.regs[r] = caller.regs[r]
@@ -693,55 +699,111 @@ def _set_depth(frame, value: int) -> None:
 
 
 # --- global functions ----------------------------------------------------------------------------
-_CTX_TYPES = {"socket_filter": "struct __sk_buff", "sched_cls": "struct __sk_buff",
-              "cgroup_skb": "struct __sk_buff", "lwt_in": "struct __sk_buff",
-              "xdp": "struct xdp_md", "kprobe": "struct pt_regs", "tracepoint": "void",
-              "syscall": "void", "mem": "void"}
+_CTX_STRUCTS = {"socket_filter": "__sk_buff", "sched_cls": "__sk_buff", "cgroup_skb": "__sk_buff",
+                "lwt_in": "__sk_buff", "xdp": "xdp_md", "kprobe": "pt_regs"}
 
 
-def _param_kind(chk, ctype: str, tags) -> str:
-    """How btf_prepare_func_args reads one parameter: "ctx", "scalar", "arena" or "mem"."""
-    if "arg:arena" in (tags or ()):
-        return "arena"
-    t = ctype.replace("const ", "").replace("volatile ", "").strip()
-    if not t.endswith("*"):
-        return "scalar"
-    pointee = t[:-1].strip()
-    if pointee == _CTX_TYPES.get(chk.prog_type) or "arg:ctx" in (tags or ()):
-        return "ctx"
-    return "mem"
+class GlobalArg:
+    """One parameter of a global function as btf_prepare_func_args reads it: ``kind`` is
+    "scalar", "ctx", "arena" or "mem" (``mem_size`` bytes, ``nullable`` unless __arg_nonnull);
+    ``error`` is the kernel's complaint when the parameter cannot be handled."""
+
+    __slots__ = ("kind", "mem_size", "nullable", "error")
+
+    def __init__(self, kind: str, mem_size: int = 0, nullable: bool = True, error: str = ""):
+        self.kind, self.mem_size, self.nullable, self.error = kind, mem_size, nullable, error
+
+
+def global_func_args(prog, prog_type: str, start: int) -> list[GlobalArg]:
+    """The parameters of the global function at ``start`` (from its BTF FUNC type)."""
+    info = prog.func_info[start]
+    btf = getattr(prog, "btf", None)
+    members = btf.func_params(info.btf_id) if btf is not None else ()
+    out = []
+    for i, (pname, ctype) in enumerate(info.params):
+        tags = set(info.arg_tags.get(i, ()))
+        if "arg:arena" in tags:
+            out.append(GlobalArg("arena"))
+            continue
+        t = btf.resolve(members[i].type) if btf is not None and i < len(members) else None
+        is_ptr = t.kind == "ptr" if t is not None else ctype.strip().endswith("*")
+        if not is_ptr:
+            out.append(GlobalArg("scalar"))
+            continue
+        pointee = btf.resolve(t.type) if t is not None else None
+        name = pointee.name if pointee is not None else \
+            ctype.replace("struct", "").strip(" *")
+        if "arg:ctx" in tags or (pointee is None or pointee.kind == "struct") and \
+                name == _CTX_STRUCTS.get(prog_type):
+            out.append(GlobalArg("ctx"))
+            continue
+        try:
+            size = btf.size_of(t.type) if btf is not None else 0
+        except Exception:           # void *, function pointers...: no size
+            size = -1
+        if size <= 0:
+            out.append(GlobalArg("mem", error=f"arg#{i} reference type('{ctype}') size cannot "
+                                              f"be determined: -22"))
+            continue
+        out.append(GlobalArg("mem", size, nullable="arg:nonnull" not in tags))
+    return out
 
 
 def _check_global_args(chk, start: int) -> str | None:
-    """btf_check_subprog_call for a global function: the reason its arguments do not match."""
-    info = chk.prog.func_info[start]
-    for i, (pname, ctype) in enumerate(info.params):
+    """btf_check_subprog_call for a global function: the reason its arguments do not match
+    (the log line the kernel prints before ``Caller passes invalid args``; "" when a memory
+    check already logged it), or None."""
+    from pybpf.errors import VerifierError
+    for i, arg in enumerate(global_func_args(chk.prog, chk.prog_type, start)):
         regno = i + 1
         reg = chk.reg(regno)
-        kind = _param_kind(chk, ctype, info.arg_tags.get(i))
-        if kind == "scalar":
+        if arg.error:
+            return arg.error
+        if arg.kind == "scalar":
             if reg.type != SCALAR_VALUE:
                 return f"R{regno} is not a scalar"
-        elif kind == "ctx":
+        elif arg.kind == "ctx":
             if reg.type != PTR_TO_CTX:
                 return f"arg#{i} expects pointer to ctx"
-        elif kind == "arena":
+        elif arg.kind == "arena":
             if reg.type not in (PTR_TO_ARENA, SCALAR_VALUE):
                 return f"R{regno} is not a pointer to arena or scalar."
         else:
-            return (f"arg#{i} reference type('{ctype}') size cannot be determined by pybpf "
-                    f"(global function memory arguments are not supported)")
+            if reg.type == NOT_INIT:
+                return f"R{regno} !read_ok"
+            if _is_null(reg):
+                continue
+            try:
+                check_func_arg_reg_off(chk, reg, regno, ARG_DONTCARE, frozenset())
+                saved = reg
+                chk.set_reg(regno, reg.replace(flags=reg.flags & ~PTR_MAYBE_NULL))
+                try:
+                    chk.mem.check_helper_mem_access(chk, regno, arg.mem_size, False, True)
+                    chk.mem.check_helper_mem_access(chk, regno, arg.mem_size, True, True)
+                finally:
+                    chk.set_reg(regno, saved)
+            except VerifierError:
+                return ""               # check_helper_mem_access logged its own line
+            if not arg.nullable and reg.flags & PTR_MAYBE_NULL:
+                return f"arg#{i} is expected to be non-NULL"
     return None
 
 
 def global_func_entry_regs(chk, start: int) -> dict[int, Reg]:
     """The registers a global function starts with when verified on its own (the kernel's
-    do_check_common for a subprogram): ctx pointers, unknown scalars, arena arguments as
-    unknown scalars."""
-    info = chk.prog.func_info[start]
+    do_check_common for a subprogram): r1-r5 by parameter kind (ctx pointer, unknown scalar,
+    PTR_TO_MEM of the pointee's size or NULL with a fresh id, arena arguments as unknown
+    scalars the callee must cast)."""
     out: dict[int, Reg] = {}
-    for i, (pname, ctype) in enumerate(info.params):
-        kind = _param_kind(chk, ctype, info.arg_tags.get(i))
-        out[i + 1] = (Reg.pointer(PTR_TO_CTX, origin=(start, f"argument {pname}"))
-                      if kind == "ctx" else Reg.scalar(None, (start, f"argument {pname}")))
+    info = chk.prog.func_info[start]
+    for i, arg in enumerate(global_func_args(chk.prog, chk.prog_type, start)):
+        origin = (start, f"argument {info.params[i][0]}")
+        if arg.kind == "ctx":
+            out[i + 1] = Reg.pointer(PTR_TO_CTX, origin=origin)
+        elif arg.kind == "mem" and not arg.error:
+            out[i + 1] = Reg.pointer(PTR_TO_MEM, PTR_MAYBE_NULL if arg.nullable else 0,
+                                     mem_size=arg.mem_size, origin=origin,
+                                     id=chk.new_id() if arg.nullable else 0)
+        else:
+            out[i + 1] = Reg.scalar(None, origin)
     return out
