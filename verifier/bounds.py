@@ -823,19 +823,19 @@ def _alu(op: str, dst: Scalar, src: Scalar, is64: bool) -> Scalar:
         d.tm = (d.tv | d.tm) & (src.tv | src.tm) & ~v
         d.tv = v
         _and32(d, src)
-        _and64(d, src)
+        _and64(d, src, is64)
     elif op == "or":
         v = d.tv | src.tv
         d.tm = (d.tm | src.tm) & ~v
         d.tv = v
         _or32(d, src)
-        _or64(d, src)
+        _or64(d, src, is64)
     elif op == "xor":
         mu = d.tm | src.tm
         d.tv = (d.tv ^ src.tv) & ~mu
         d.tm = mu
         _xor32(d, src)
-        _xor64(d, src)
+        _xor64(d, src, is64)
     elif op == "lsh":
         if is64:
             _lsh64(d, src)
@@ -965,7 +965,10 @@ def _and32(d: Scalar, s: Scalar) -> None:
     _s32_from_u32(d)
 
 
-def _and64(d: Scalar, s: Scalar) -> None:
+# The 64-bit helpers below skip the kernel's trailing __update_reg_bounds for 64-bit ops: the
+# reg_bounds_sync that follows starts with that same, idempotent, update. A 32-bit op keeps it,
+# since zext_32_to_64 reads the bounds it tightens before any sync.
+def _and64(d: Scalar, s: Scalar, is64: bool) -> None:
     if not s.tm and not d.tm:
         _known(d, d.tv)
         return
@@ -973,8 +976,9 @@ def _and64(d: Scalar, s: Scalar) -> None:
     if s.umax < d.umax:
         d.umax = s.umax
     _s64_from_u64(d)
-    _update32(d)
-    _update64(d)
+    if not is64:
+        _update32(d)
+        _update64(d)
 
 
 def _or32(d: Scalar, s: Scalar) -> None:
@@ -987,7 +991,7 @@ def _or32(d: Scalar, s: Scalar) -> None:
     _s32_from_u32(d)
 
 
-def _or64(d: Scalar, s: Scalar) -> None:
+def _or64(d: Scalar, s: Scalar, is64: bool) -> None:
     if not s.tm and not d.tm:
         _known(d, d.tv)
         return
@@ -995,8 +999,9 @@ def _or64(d: Scalar, s: Scalar) -> None:
         d.umin = s.umin
     d.umax = d.tv | d.tm
     _s64_from_u64(d)
-    _update32(d)
-    _update64(d)
+    if not is64:
+        _update32(d)
+        _update64(d)
 
 
 def _xor32(d: Scalar, s: Scalar) -> None:
@@ -1008,15 +1013,16 @@ def _xor32(d: Scalar, s: Scalar) -> None:
     _s32_from_u32(d)
 
 
-def _xor64(d: Scalar, s: Scalar) -> None:
+def _xor64(d: Scalar, s: Scalar, is64: bool) -> None:
     if not s.tm and not d.tm:
         _known(d, d.tv)
         return
     d.umin = d.tv
     d.umax = d.tv | d.tm
     _s64_from_u64(d)
-    _update32(d)
-    _update64(d)
+    if not is64:
+        _update32(d)
+        _update64(d)
 
 
 def _s32_from_u32(d: Scalar) -> None:
@@ -1065,8 +1071,6 @@ def _lsh64(d: Scalar, s: Scalar) -> None:
     _lsh32_bounds(d, umin_val, umax_val)
     d.tv = (d.tv << umin_val) & U64
     d.tm = (d.tm << umin_val) & U64
-    _update32(d)
-    _update64(d)
 
 
 def _lsh32(d: Scalar, s: Scalar) -> None:
@@ -1087,8 +1091,6 @@ def _rsh64(d: Scalar, s: Scalar) -> None:
     d.umin >>= umax_val
     d.umax >>= umin_val
     _unbounded32(d)
-    _update32(d)
-    _update64(d)
 
 
 def _rsh32(d: Scalar, s: Scalar) -> None:
@@ -1110,8 +1112,6 @@ def _arsh64(d: Scalar, s: Scalar) -> None:
     d.tv, d.tm = (v >> sh) & U64, (m >> sh) & U64
     d.umin, d.umax = 0, U64
     _unbounded32(d)
-    _update32(d)
-    _update64(d)
 
 
 def _arsh32(d: Scalar, s: Scalar) -> None:

@@ -241,7 +241,36 @@ def union_raw(av: int, am: int, bv: int, bm: int) -> tuple[int, int]:
 
 
 def mul_raw(av: int, am: int, bv: int, bm: int) -> tuple[int, int]:
-    """tnum_mul (6.17+ long multiplication with a union for each unknown bit of a)."""
+    """tnum_mul (6.17+ long multiplication with a union for each unknown bit of a), with the
+    add and union inlined. Two exact early exits: once b has shifted out entirely every further
+    step adds zero, and once the accumulator is fully unknown it stays so."""
+    accv = accm = 0
+    while av or am:
+        if av & 1:
+            sv = accv + bv
+            mu = (((accm + bm + sv) ^ sv) & U64) | accm | bm
+            accv = sv & ~mu & U64
+            accm = mu
+        elif am & 1:
+            sv = accv + bv
+            mu = (((accm + bm + sv) ^ sv) & U64) | accm | bm
+            tv = sv & ~mu & U64
+            m2 = (accv ^ tv) | accm | mu
+            accv = accv & tv & ~m2
+            accm = m2
+        if accm == U64:
+            return (0, U64)
+        av >>= 1
+        am >>= 1
+        bv = (bv << 1) & U64
+        bm = (bm << 1) & U64
+        if not (bv | bm):
+            break
+    return (accv, accm)
+
+
+def _mul_ref(av: int, am: int, bv: int, bm: int) -> tuple[int, int]:
+    """tnum_mul exactly as tnum.c writes it (the reference mul_raw is tested against)."""
     accv = accm = 0
     while av or am:
         if av & 1:
