@@ -242,8 +242,8 @@ def union_raw(av: int, am: int, bv: int, bm: int) -> tuple[int, int]:
 
 def mul_raw(av: int, am: int, bv: int, bm: int) -> tuple[int, int]:
     """tnum_mul (6.17+ long multiplication with a union for each unknown bit of a), with the
-    add and union inlined. Two exact early exits: once b has shifted out entirely every further
-    step adds zero, and once the accumulator is fully unknown it stays so."""
+    add and union inlined, and an exact early exit once no later step can change the
+    accumulator."""
     accv = accm = 0
     while av or am:
         if av & 1:
@@ -258,13 +258,14 @@ def mul_raw(av: int, am: int, bv: int, bm: int) -> tuple[int, int]:
             m2 = (accv ^ tv) | accm | mu
             accv = accv & tv & ~m2
             accm = m2
-        if accm == U64:
-            return (0, U64)
         av >>= 1
         am >>= 1
         bv = (bv << 1) & U64
         bm = (bm << 1) & U64
-        if not (bv | bm):
+        b = bv | bm
+        # once every bit from b's lowest set bit up is unknown in acc, adding b (or the union
+        # with acc + b) gives acc back: nothing can change any more (b == 0 included)
+        if accm | ((b & -b) - 1) == U64 or not b:
             break
     return (accv, accm)
 
