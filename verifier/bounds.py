@@ -5,7 +5,10 @@ variable offset): a tnum (``var_off``) plus signed and unsigned 64-bit bounds (s
 umax) and 32-bit bounds of the low half (s32_min, s32_max, u32_min, u32_max). Every function here
 follows Linux 6.18's kernel/bpf/verifier.c as the running 6.18 kernel has it (with its stable
 fixes: tnum_step in __update_reg64_bounds, the three __reg_deduce_bounds rounds, byte-swap
-tracking, tnum_overlap in branch prediction):
+tracking, tnum_overlap in branch prediction, maybe_fork_scalars, the s32-range rule of 64-bit
+sign extension; and without what 6.18 lacks: no div/mod range tracking, no same-register
+branch shortcut). Where the source was ambiguous the running kernel's log decided
+(tests/test_bounds.py compares against it):
 
 - ``reg_bounds_sync`` (``__update_reg_bounds``, ``__reg_deduce_bounds`` with its 32<->64
   deductions, ``__reg_bound_offset``) runs after every operation, so results are always synced;
@@ -15,12 +18,16 @@ tracking, tnum_overlap in branch prediction):
   (``regs_refine_cond_op`` on both branches, then the sanity check);
 - :func:`movsx`, :func:`coerce`, :func:`coerce_sx`, :func:`load_result` are
   ``coerce_reg_to_size``/``coerce_reg_to_size_sx``/``coerce_subreg_to_size_sx``;
+- :func:`neg`, :func:`end` (scalar_byte_swap), :func:`zext32` (``w = w``), :func:`maybe_fork`
+  (maybe_fork_scalars), :func:`ptr_add`/:func:`ptr_sub` (a pointer's variable offset in
+  adjust_ptr_min_max_vals), :func:`sanity_check` (reg_bounds_sanity_check's message);
 - :func:`within` is ``range_within`` + ``tnum_in`` (state pruning);
 - ``str(scalar)`` is the log's ``print_scalar_ranges`` + ``tnum_strn`` form.
 
 Values are plain Python ints: signed bounds in their signed range, unsigned ones in [0, 2**N).
 Scalars are immutable by convention (slots are not write-protected, for speed): every function
-returns a new object and never changes its arguments.
+returns a new object, or a shared one (constants are interned, recent results are remembered by
+operand identity), and never changes its arguments.
 """
 from __future__ import annotations
 
