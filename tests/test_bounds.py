@@ -438,10 +438,14 @@ def gen_program(rng, n=14):
     for _ in range(n):
         k, d = rng.random(), rng.choice(live)
         is64 = rng.random() < 0.6
-        if k < 0.5:
+        if k < 0.04:
+            prog.append(("alu", "mov", is64, d, _rc(rng), True))
+        elif k < 0.5:
             op = rng.choice(_ALU_K)
-            if op in ("lsh", "rsh", "arsh"):
+            if op in ("lsh", "rsh", "arsh") and rng.random() < 0.8:
                 prog.append(("alu", op, is64, d, rng.randrange(64 if is64 else 32), True))
+            elif op in ("lsh", "rsh", "arsh"):
+                prog.append(("alu", op, is64, d, rng.choice(live), False))
             elif op in ("div", "mod") or rng.random() < 0.6:
                 c = rng.choice([1, 3, 10, -1]) if op in ("div", "mod") else _rc(rng)
                 prog.append(("alu", op, is64, d, c, True))
@@ -512,6 +516,10 @@ def simulate(prog):
         elif kind == "alu":
             _, op, is64, d, s, isimm = ins
             src = Scalar.const(s & U64) if isimm else regs[s]
+            if op == "mov":             # only the K form is generated
+                regs[d] = shown[d] = Scalar.const(s & (U64 if is64 else U32))
+                expect[pc] = {d: str(regs[d])}
+                continue
             if op in ("and", "or") and src.is_const():
                 fork = B.maybe_fork(regs[d])
                 if fork is not None:
