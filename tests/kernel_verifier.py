@@ -18,6 +18,7 @@ import ctypes
 import errno as _errno
 import functools
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -71,6 +72,9 @@ def message_of(log: str) -> str:
     not the closing statistics (``processed N insns ...``, ``verification time``, ``stack depth``)
     or a state dump following the message (``cur state:``/``old state:`` after ``infinite loop
     detected``)."""
+    # a few kernel messages lack their newline ("expected prog array map for tail call"), so the
+    # statistics line is glued to them
+    log = re.sub(r"(?<=\S)(processed \d+ insns \(limit)", r"\n\1", log)
     lines = [ln for ln in log.splitlines() if ln.strip()]
     while lines and lines[-1].startswith(("processed ", "verification time", "stack depth",
                                           "cur state:", "old state:")):
