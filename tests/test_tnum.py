@@ -193,7 +193,7 @@ def _sample(t: Tnum, r: int) -> int:
     return t.value | (r & t.mask)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_tnums, _tnums, st.lists(st.tuples(st.integers(0, U64), st.integers(0, U64)),
                                 min_size=1, max_size=8))
 def test_binops_sound_64bit(a, b, picks):
