@@ -51,6 +51,8 @@ def test_rejections_record_a_message():
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_pybpf_matches_kernel(case, vm):
+    if case.fields.get("slow") and not os.environ.get("PYBPF_VERIFIER_SLOW"):
+        pytest.skip(f"slow ({case.fields['slow']}): runs with PYBPF_VERIFIER_SLOW=1")
     accepted, message = corpus.pybpf_verdict(case, vm)
     want = case.verdict == "accept"
     assert accepted == want, (f"kernel {case.verdict}s ({case.message!r}), pybpf "

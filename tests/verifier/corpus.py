@@ -21,6 +21,8 @@ File format (one file per test, grouped by topic in sub-directories)::
   when it gave up), verbatim; empty for accepted programs.
 - ``requires: arena`` (optional) names a map type the kernel may refuse (this machine's refuses
   arena maps): then the kernel check is skipped with the reason.
+- ``slow: REASON`` (optional): the program drives a verifier to its 1,000,000-instruction limit;
+  pybpf's check of it runs only with ``PYBPF_VERIFIER_SLOW=1`` (CI cost), the kernel's always.
 - After ``---``: the program in pybpf's LLVM pseudo-C assembly. Maps are declared with ``.map``
   directives (``.map NAME type=T key=K value=V max_entries=N``) and referenced as ``map[NAME] ll``
   or ``map_value[NAME] + OFF ll`` (ld_imm64 by map index: the kernel resolves it through
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-HEADER_KEYS = ("type", "verdict", "errno", "message", "requires")
+HEADER_KEYS = ("type", "verdict", "errno", "message", "requires", "slow")
 
 
 @dataclass
