@@ -903,3 +903,20 @@ def test_global_function_call_arguments(mutate, verdict):
     except VerifierError as e:
         got = e.message
     assert got == verdict
+
+
+@pytest.mark.skipif(not KERNEL, reason=NO_KERNEL)
+def test_sock_common_access_matches_the_kernel():
+    """Loads through __sk_buff.sk after its NULL check (bpf_sock_common_is_valid_access)."""
+    wrong = []
+    for off in range(-4, 84):
+        for size in (1, 2, 4, 8):
+            prog = pybpf.Program(make("ldxdw", 2, 1, off=168) + make("jeq64_imm", 2, off=1) +
+                                 make(f"ldx{SZ[size]}", 0, 2, off=off) +
+                                 make("mov64_imm", 0, imm=0) + make("exit"))
+            k = kv.kernel_verify(prog, "sched_cls")
+            ours = ctxrules.sock_access("sock_common", off, size)
+            if ours != k.accepted or not k.accepted and \
+                    k.message != f"R2 invalid sock_common access off={off} size={size}":
+                wrong.append((off, size, k.message))
+    assert not wrong, wrong[:10]

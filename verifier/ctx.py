@@ -251,3 +251,45 @@ def field_name(prog_type: str, off: int) -> str | None:
                 return f"{name}[{(off - start) // 4}]"
             return name
     return None
+
+
+# --- socket pointers (net/core/filter.c bpf_sock_is_valid_access, bpf_sock_common_...) --------
+# struct bpf_sock (include/uapi/linux/bpf.h): field -> (offset, size); 80 bytes
+BPF_SOCK_FIELDS: dict[str, tuple[int, int]] = {
+    "bound_dev_if": (0, 4), "family": (4, 4), "type": (8, 4), "protocol": (12, 4),
+    "mark": (16, 4), "priority": (20, 4), "src_ip4": (24, 4), "src_ip6": (28, 16),
+    "src_port": (44, 4), "dst_port": (48, 2), "_pad": (50, 2), "dst_ip4": (52, 4),
+    "dst_ip6": (56, 16), "state": (72, 4), "rx_queue_mapping": (76, 4),
+}
+SIZEOF_BPF_SOCK = 80
+_SOCK_NARROW = ("state", "family", "type", "protocol", "src_port", "rx_queue_mapping",
+                "src_ip4", "src_ip6", "dst_ip4", "dst_ip6")
+
+
+def sock_access(reg_type: str, off: int, size: int) -> bool:
+    """Whether a ``size``-byte load at ``off`` of a socket pointer is allowed (check_sock_access;
+    stores are refused before: ``R%d cannot write into %s``). ``reg_type`` is "sock_common"
+    (``__sk_buff.sk``: bpf_sock_common_is_valid_access, no type..priority) or "sock". The
+    kernel's refusal is ``R%d invalid %s access off=%d size=%d``."""
+    if reg_type == "sock_common" and BPF_SOCK_FIELDS["type"][0] <= off < \
+            sum(BPF_SOCK_FIELDS["priority"]):
+        return False
+    if reg_type not in ("sock", "sock_common"):
+        return False
+    if off < 0 or off >= SIZEOF_BPF_SOCK or off % size:
+        return False
+
+    def at(name):
+        start, n = BPF_SOCK_FIELDS[name]
+        return start <= off < start + n
+    # the kernel's switch matches exact offsets for the scalar fields, ranges for the addresses
+    for name in _SOCK_NARROW:
+        start, n = BPF_SOCK_FIELDS[name]
+        if off == start or (n > 4 or name in ("src_ip4", "dst_ip4")) and at(name):
+            return _narrow_ok(size, 4)
+    if at("dst_port"):
+        field = 4 if size == 4 else 2
+        return _narrow_ok(size, field)
+    if at("_pad"):
+        return False
+    return size == 4
