@@ -305,6 +305,7 @@ class Tally:
     mismatched_messages: Counter = field(default_factory=Counter)
     kernel_s: float = 0.0
     pybpf_s: float = 0.0
+    slowest: list = field(default_factory=list)         # (pybpf seconds, label, type, prog)
 
     @property
     def kernel_accepts(self) -> int:
@@ -325,7 +326,8 @@ class Tally:
             f"rejections whose message matches the kernel's last log line: {self.message_match} of "
             f"{self.both_reject} = {pct(self.message_match, self.both_reject)}",
             f"pybpf crashes (non-VerifierError): {len(self.crashes)}",
-            f"time: kernel {self.kernel_s:.1f} s, pybpf {self.pybpf_s:.1f} s"])
+            f"time: kernel {self.kernel_s:.1f} s, pybpf {self.pybpf_s:.1f} s; slowest pybpf: "
+            + ", ".join(f"{dt:.2f} s {label}" for dt, label, _t, _p in self.slowest[:3])])
 
 
 def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5):
@@ -374,10 +376,12 @@ def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: floa
             if len(tally.crashes) < keep:
                 tally.crashes.append((label, ptype, prog, f"{type(e).__name__}: {e}"))
             continue
-        tally.pybpf_s += time.perf_counter() - t1
+        dt = time.perf_counter() - t1
+        tally.pybpf_s += dt
         tally.kernel_s += t1 - t0
         tally.total += 1
         tally.by_type[ptype] += 1
+        tally.slowest = sorted(tally.slowest + [(dt, label, ptype, prog)], key=lambda r: -r[0])[:5]
         if kernel.accepted and accepted:
             tally.both_accept += 1
         elif not kernel.accepted and not accepted:
