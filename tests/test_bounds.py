@@ -16,7 +16,7 @@ import pytest
 
 from pybpf.insn import make
 from pybpf.verifier import bounds as B
-from pybpf.verifier.bounds import S32_MAX, S32_MIN, S64_MAX, S64_MIN, Scalar
+from pybpf.verifier.bounds import S32_MAX, S32_MIN, Scalar
 from pybpf.verifier.tnum import U32, U64, Tnum
 
 EDGES = [0, 1, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0x8000, 0xffff, 0x7fffffff, 0x80000000,
@@ -325,6 +325,16 @@ def test_sync_fast_path_equals_reference():
             a, b = b, a
         m = rng.choice([U64, 0, 0xff, 0xffff0000ffff, rng.getrandbits(64)])
         x = B._rebuild(rng.getrandbits(64) & ~m & U64, m, c, d, a, b, g, h, e, f)
+        y, z = B._copy(x), B._copy(x)
+        B._sync(y)
+        B._sync_ref(z)
+        assert y == z, x
+    for _ in range(4000):           # the "same small range on every axis" shortcut
+        lo = rng.choice([0, 1, 100, rng.randrange(1 << 31)])
+        hi = min(S32_MAX, lo + rng.choice([0, 1, 255, rng.randrange(1 << 31)]))
+        m = rng.choice([U64, 0, 0xff, rng.getrandbits(64), rng.getrandbits(32)])
+        x = B._rebuild(rng.getrandbits(rng.choice([8, 31, 64])) & ~m & U64, m,
+                       lo, hi, lo, hi, lo, hi, lo, hi)
         y, z = B._copy(x), B._copy(x)
         B._sync(y)
         B._sync_ref(z)

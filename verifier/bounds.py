@@ -556,7 +556,12 @@ def _sync(s: Scalar) -> None:
             s32min = s32max = u32min - _TWO32 if u32min >> 31 else u32min
         if final:
             break
-        for _ in (0, 1, 2):
+        # A small non-negative range, the same on every axis: __reg_deduce_bounds has nothing
+        # to add but intersecting the tnum with [umin, umax], which __reg_bound_offset below
+        # does anyway (and intersecting twice changes nothing), so the rounds are skipped.
+        simple = (0 <= umin == smin == u32min == s32min and umax == smax == u32max == s32max
+                  and umax <= S32_MAX)
+        for _ in () if simple else (0, 1, 2):
             before = (tv, tm, smin, smax, umin, umax, s32min, s32max, u32min, u32max)
             # __reg32_deduce_bounds
             if (umin >> 32) == (umax >> 32):
