@@ -300,6 +300,7 @@ class Tally:
     unsound: list = field(default_factory=list)        # kernel rejects, pybpf accepts
     too_strict: list = field(default_factory=list)     # kernel accepts, pybpf rejects
     crashes: list = field(default_factory=list)        # pybpf raised something else
+    kernel_bugs: list = field(default_factory=list)    # the kernel said "verifier bug: ..."
     skipped: int = 0                                    # maps the kernel refused
     by_type: Counter = field(default_factory=Counter)
     mismatched_messages: Counter = field(default_factory=Counter)
@@ -316,6 +317,7 @@ class Tally:
         return self.both_reject + len(self.unsound)
 
     def summary(self) -> str:
+        # total = accepted + rejected by the kernel + its internal errors
         ka, kr = self.kernel_accepts, self.kernel_rejects
         pct = lambda n, d: f"{100 * n / d:.2f}%" if d else "n/a"
         return "\n".join([
@@ -326,6 +328,8 @@ class Tally:
             f"rejections whose message matches the kernel's last log line: {self.message_match} of "
             f"{self.both_reject} = {pct(self.message_match, self.both_reject)}",
             f"pybpf crashes (non-VerifierError): {len(self.crashes)}",
+            f"kernel internal errors ('verifier bug: ...', not verdicts, not counted above): "
+            f"{len(self.kernel_bugs)}",
             f"time: kernel {self.kernel_s:.1f} s, pybpf {self.pybpf_s:.1f} s; slowest pybpf: "
             + ", ".join(f"{dt:.2f} s {label}" for dt, label, _t, _p in self.slowest[:3])])
 
@@ -382,7 +386,11 @@ def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: floa
         tally.total += 1
         tally.by_type[ptype] += 1
         tally.slowest = sorted(tally.slowest + [(dt, label, ptype, prog)], key=lambda r: -r[0])[:5]
-        if kernel.accepted and accepted:
+        if not kernel.accepted and kernel.message.startswith("verifier bug"):
+            # the kernel's own internal error (it WARNs): not a verdict on the program
+            tally.kernel_bugs.append((label, ptype, prog, f"{kernel.message}; pybpf "
+                                      f"{'accepts' if accepted else 'rejects: ' + message}"))
+        elif kernel.accepted and accepted:
             tally.both_accept += 1
         elif not kernel.accepted and not accepted:
             tally.both_reject += 1
@@ -400,10 +408,13 @@ def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: floa
 def as_vt(label: str, ptype: str, prog, note: str) -> str:
     """A disagreement written as a corpus-style file (expectations to be filled by regen.py)."""
     import pybpf
-    text = pybpf.disassemble(prog)
-    body = [ln.split("\t")[-1].strip() for ln in text.splitlines()
-            if "\t" in ln or ln.startswith(".map")]
-    body = [ln for ln in body if ln]
+    body = []
+    for ln in pybpf.disassemble(prog).splitlines():
+        head = re.match(r"^[0-9a-f]+ <(\w+)>:$", ln)
+        if head and head[1] != prog.name:
+            body.append(f"{head[1]}:")
+        elif ln.startswith(".map") or "\t" in ln:
+            body.append(ln.split("\t")[-1].strip())
     return "\n".join([f"# {label}: {note}", f"type: {ptype}", "---", *body]) + "\n"
 
 
@@ -424,7 +435,8 @@ def main(argv=None) -> int:
     import pybpf
     for title, rows in (("kernel rejects / pybpf accepts", tally.unsound),
                         ("kernel accepts / pybpf rejects", tally.too_strict),
-                        ("pybpf crashes", tally.crashes)):
+                        ("pybpf crashes", tally.crashes),
+                        ("kernel internal errors", tally.kernel_bugs)):
         for label, ptype, prog, detail in rows[:args.show]:
             print(f"--- {title}: {label} ({ptype}): {detail}")
             print(pybpf.disassemble(prog))
