@@ -304,6 +304,8 @@ def check_reg_type(chk, regno: int, base: str, flags: frozenset) -> None:
         rflags &= ~_FLAG_BITS.get(f, 0)
     if (reg.type, rflags) in compatible:
         return
+    if reg.type == PTR_TO_CTX and chk.prog_type == "mem" and compatible is _MEM_TYPES:
+        return      # pybpf's mem type: r1 is plain memory (bounds: mem.check_helper_mem_access)
     expected = ", ".join(type_str(t, f) for t, f in compatible)
     chk.error(f"R{regno} type={reg.type_str()} expected={expected}")
 
@@ -685,6 +687,10 @@ def _loop_callback(chk, pc: int, meta: CallMeta) -> None:
     callee.in_callback_fn = True
     callee.callback_ret_range = (0, 1)
     _set_depth(cb.cur, depth + 1)
+    try:            # the unrolled iteration: states of different iterations are no loop
+        cb.callback_unroll_depth += 1
+    except AttributeError:
+        pass
     cb.frames.append(callee)
     cb.insn_idx = pc
     _set_depth(caller, 0)
