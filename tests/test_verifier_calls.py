@@ -920,3 +920,23 @@ def test_sock_common_access_matches_the_kernel():
                     k.message != f"R2 invalid sock_common access off={off} size={size}":
                 wrong.append((off, size, k.message))
     assert not wrong, wrong[:10]
+
+
+def test_mem_type_passes_its_memory_to_helpers():
+    """pybpf's own ``mem`` type: r1 is plain memory, so a helper may read or fill it (bounded
+    like a direct access, and recorded in max_ctx_offset); the kernel's syscall type refuses
+    its ctx there, and pybpf follows the kernel for syscall."""
+    asm = "r2 = 8\nr3 = 0\ncall bpf_probe_read_kernel\nr0 = 0\nexit"
+    prog = _assemble(asm, "mem_helper")
+    assert _pybpf(prog, "mem") == ("accept", "")
+    res = pybpf.VM().verify_result(prog, prog_type="mem", full=True)
+    assert res.max_ctx_offset >= 8
+    msg = ("R1 type=ctx expected=fp, pkt, pkt_meta, map_key, map_value, mem, ringbuf_mem, "
+           "buf, trusted_ptr_")
+    assert _pybpf(prog, "syscall") == ("reject", msg)
+    if KERNEL:
+        k = kv.kernel_verify(prog, "syscall")
+        assert (k.accepted, k.message) == (False, msg)
+    far = _assemble("r1 += 65530\nr2 = 8\nr3 = 0\ncall bpf_probe_read_kernel\nr0 = 0\nexit",
+                    "mem_far")
+    assert _pybpf(far, "mem")[0] == "reject"          # past U16_MAX: refused
