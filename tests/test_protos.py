@@ -38,7 +38,7 @@ def _call(hid: int) -> pybpf.Program:
 # --- the table and the registries ----------------------------------------------------------------
 def test_every_registered_helper_takes_its_prototype_from_the_table():
     vm = pybpf.VM()
-    assert len(vm.helpers) == len(protos.HELPERS)
+    assert set(vm.helpers) == set(protos.HELPERS) - protos.AWAITING_IMPLEMENTATION
     for hid, h in vm.helpers.items():
         assert h.prototype is protos.HELPERS[hid], h.name
         assert h.name == HELPER_NAMES[hid] == h.prototype.name

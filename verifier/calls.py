@@ -99,7 +99,9 @@ _ELIDE_NULL = ("array", "percpu_array")
 _DIRECT_PKT = ("sched_cls", "xdp", "cgroup_skb", "lwt_in")
 
 # helpers whose call sites re-run after their callback returns (is_callback_calling_function)
-CALLBACK_HELPERS = frozenset({protos.HELPER_IDS["loop"]})
+CALLBACK_HELPERS = frozenset({protos.HELPER_IDS["loop"], protos.HELPER_IDS["for_each_map_elem"]})
+# map types with map_set_for_each_callback_args / map_for_each_callback
+_FOR_EACH_MAPS = ("hash", "lru_hash", "percpu_hash", "lru_percpu_hash", "array", "percpu_array")
 
 
 def _nr_cpu_ids() -> int:
@@ -212,8 +214,10 @@ def check_helper_call(chk, pc: int, insn) -> None:
                       errno.EINVAL)
     if hid == protos.HELPER_IDS["tail_call"]:
         check_resource_leak(chk, False, True, "tail_call")
-    elif hid in CALLBACK_HELPERS:
+    elif hid == protos.HELPER_IDS["loop"]:
         _loop_callback(chk, pc, meta)
+    elif hid == protos.HELPER_IDS["for_each_map_elem"]:
+        _map_elem_callback(chk, pc, meta)
     for r in CALLER_SAVED:
         regs[r] = NOT_INIT_REG
     _set_return(chk, pc, hid, proto, meta)
@@ -665,35 +669,64 @@ def calls_callback(chk, pc: int) -> bool:
 
 
 def _loop_callback(chk, pc: int, meta: CallMeta) -> None:
-    """push_callback_call with set_loop_callback_state: verify ``callback(index, ctx)`` as a
-    pending path while this one goes on after the call."""
-    st = chk.state
-    caller = st.cur
+    """bpf_loop: push_callback_call with set_loop_callback_state, ``callback(index, ctx)``,
+    while fewer iterations than ``nr_loops`` (r1's maximum) were unrolled."""
+    caller = chk.state.cur
     depth = getattr(caller, "callback_depth", 0)
     nr = caller.regs[1]
-    if meta.subprog is None:
-        chk.error("verifier bug: bpf_loop without a callback", errno.EFAULT)
     if nr.type == SCALAR_VALUE and depth >= nr.var.umax:
         _set_depth(caller, 0)
         return
+
+    def setup(callee, caller_regs):
+        callee.regs[1] = Reg.scalar(None, chk.origin("bpf_loop's index"))
+        callee.regs[2] = caller_regs[3]
+    _push_callback(chk, pc, meta, setup, count_depth=True)
+
+
+def _map_elem_callback(chk, pc: int, meta: CallMeta) -> None:
+    """bpf_for_each_map_elem: set_map_elem_callback_state, ``callback(map, key, value, ctx)``."""
+    m = meta.map
+    if m is None or m.type not in _FOR_EACH_MAPS:
+        chk.error("callback function not allowed for map", errno.ENOTSUPP
+                  if hasattr(errno, "ENOTSUPP") else 524)
+
+    def setup(callee, caller_regs):
+        callee.regs[1] = caller_regs[1]
+        callee.regs[2] = Reg.pointer(PTR_TO_MAP_KEY, map=m, origin=chk.origin("the element's key"))
+        callee.regs[3] = Reg.pointer(PTR_TO_MAP_VALUE, map=m,
+                                     origin=chk.origin("the element's value"))
+        callee.regs[4] = caller_regs[3]
+    _push_callback(chk, pc, meta, setup, count_depth=False)
+
+
+def _push_callback(chk, pc: int, meta: CallMeta, setup, count_depth: bool) -> None:
+    """push_callback_call: a pending path that runs the callback in a new frame (r1-r5 from
+    ``setup``, ``in_callback_fn``, return range [0, 1]) and comes back to this call site;
+    this path goes on after the call."""
+    st = chk.state
+    caller = st.cur
+    if meta.subprog is None:
+        chk.error("verifier bug: callback helper without a callback", errno.EFAULT)
     start = meta.subprog
     cb = st.copy()
     if len(cb.frames) >= isa.MAX_CALL_FRAMES:
         chk.error(f"the call stack of {len(cb.frames) + 1} frames is too deep", errno.E2BIG)
     callee = FuncState(len(cb.frames), chk.subprog_index(start), pc)
     callee.regs[10] = Reg.pointer(PTR_TO_STACK, frameno=callee.frameno)
-    callee.regs[1] = Reg.scalar(None, chk.origin("bpf_loop's index"))
-    callee.regs[2] = cb.cur.regs[3]
+    setup(callee, cb.cur.regs)
     callee.in_callback_fn = True
     callee.callback_ret_range = (0, 1)
-    _set_depth(cb.cur, depth + 1)
+    if count_depth:
+        _set_depth(cb.cur, getattr(caller, "callback_depth", 0) + 1)
     try:            # the unrolled iteration: states of different iterations are no loop
         cb.callback_unroll_depth += 1
     except AttributeError:
         pass
     cb.frames.append(callee)
     cb.insn_idx = pc
-    _set_depth(caller, 0)
+    if count_depth:
+        _set_depth(caller, 0)
     chk.push_branch(cb, start)
 
 

@@ -309,10 +309,17 @@ _HELPER_ROWS = (
     # control transfer: the engines implement these at their call sites
     _h("tail_call", RET_VOID, ARG_PTR_TO_CTX, MAP_PTR, ANY),
     _h("loop", RET_INTEGER, ANY, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
+    # prototype only, awaiting its implementation (issue 11): the verifier checks calls to it
+    # once a VM registers the helper (callback(map, key, value, ctx) per element)
+    _h("for_each_map_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
 )
 
 HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS}
-"""Kernel helpers pybpf implements, by id."""
+"""Kernel helper prototypes by id: every helper pybpf implements, and a few whose implementation
+is still to come (:data:`AWAITING_IMPLEMENTATION`; a VM without them refuses their calls with
+``helper ... is not implemented by pybpf``)."""
+
+AWAITING_IMPLEMENTATION = frozenset({HELPER_IDS["for_each_map_elem"]})
 
 HELPERS_BY_NAME: dict[str, Prototype] = {p.name: p for p in _HELPER_ROWS}
 
