@@ -225,3 +225,26 @@ def test_gpl_only_matches_the_kernel():
         ptype = "kprobe" if p.allowed_in("kprobe") else "sched_cls"
         _err, log = _kernel_load(ptype, _call(hid), license="MIT")
         assert (msg in log) == p.gpl_only, (p.name, log.splitlines()[-2:])
+
+
+@pytest.mark.skipif(not KERNEL, reason="bpf() is not permitted here: no kernel to compare with")
+@pytest.mark.parametrize("prog_type", ["xdp", "kprobe", "sched_cls"])
+def test_bare_calls_get_the_kernels_verdict(prog_type):
+    """``call N`` with only r1 (the ctx) set, for every helper the VM has: the first argument's
+    kind (its compatible register types, printed by the kernel as ``expected=...``) and the
+    number of checked arguments (``R2 !read_ok``) must be the kernel's."""
+    vm = pybpf.VM()
+    wrong = []
+    for hid in sorted(vm.helpers):
+        prog = _call(hid)
+        try:
+            vm.verify(prog, prog_type=prog_type, full=True)
+            ours = ""
+        except VerifierError as e:
+            ours = e.message
+        _err, log = _kernel_load(prog_type, prog)
+        lines = [ln for ln in log.splitlines() if ln.strip()]
+        theirs = "" if _err == 0 else lines[-2]
+        if ours != theirs:
+            wrong.append((protos.func_id_name(hid), ours, theirs))
+    assert not wrong, wrong
