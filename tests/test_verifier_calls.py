@@ -937,9 +937,23 @@ def test_mem_type_passes_its_memory_to_helpers():
     if KERNEL:
         k = kv.kernel_verify(prog, "syscall")
         assert (k.accepted, k.message) == (False, msg)
-    far = _assemble("r1 += 65530\nr2 = 8\nr3 = 0\ncall bpf_probe_read_kernel\nr0 = 0\nexit",
-                    "mem_far")
-    assert _pybpf(far, "mem")[0] == "reject"          # past U16_MAX: refused
+    vm = pybpf.VM()
+
+    def reach(head: str):
+        p = _assemble(head + "r2 = 8\nr3 = 0\ncall bpf_probe_read_kernel\nr0 = 0\nexit", "m")
+        try:
+            return vm.verify_result(p, prog_type="mem", full=True).max_ctx_offset
+        except VerifierError as e:
+            return e.message
+    assert reach("r1 += 16\n") == 24                   # offsets count: the run needs 24 bytes
+    assert reach("r6 = r1\ncall bpf_get_prandom_u32\nr0 &= 255\nr6 += r0\nr1 = r6\n") == 263
+    assert reach("r1 += 65530\n") == "invalid bpf_context access off=65530 size=8"
+    assert reach("r1 += -8\n") == "invalid bpf_context access off=-8 size=8"
+    assert reach("r6 = r1\ncall bpf_get_prandom_u32\nr6 += r0\nr1 = r6\n") == \
+        "math between ctx pointer and register with unbounded min value is not allowed"
+    key = _assemble(".map h type=hash key=4 value=8 max_entries=4\nr2 = r1\nr2 += 12\n"
+                    "r1 = map[h] ll\ncall bpf_map_lookup_elem\nr0 = 0\nexit", "mem_key")
+    assert vm.verify_result(key, prog_type="mem", full=True).max_ctx_offset == 16
 
 
 # bpf_for_each_map_elem: its prototype is in the table, its implementation awaits issue 11; the

@@ -263,33 +263,75 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         meta.map = reg.map
     elif base == ARG_PTR_TO_MAP_KEY:
         key_size = meta.map.key_size
-        chk.mem.check_helper_mem_access(chk, regno, key_size, False, False)
+        _helper_mem(chk, regno, key_size, False, False)
         if meta.map.type in _ELIDE_NULL:
             meta.const_map_key = _constant_map_key(chk, reg, key_size)
     elif base == ARG_PTR_TO_MAP_VALUE:
         if protos.PTR_MAYBE_NULL in flags and _is_null(reg):
             return
-        chk.mem.check_helper_mem_access(chk, regno, meta.map.value_size, write, False)
+        _helper_mem(chk, regno, meta.map.value_size, write, False)
     elif base == ARG_PTR_TO_FUNC:
         meta.subprog = reg.subprog
     elif base == ARG_PTR_TO_MEM:
         if protos.MEM_FIXED_SIZE in flags:
             size = proto.arg_size[arg] if hasattr(proto, "arg_size") else 0
-            chk.mem.check_helper_mem_access(chk, regno, size, write, False)
+            _helper_mem(chk, regno, size, write, False)
     elif base in (ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO):
         prev_write = protos.MEM_WRITE in split_kind(proto.args[arg - 1])[1]
         meta.msize_max = reg.var.umax
-        chk.mem.check_mem_size_reg(chk, regno - 1, regno, prev_write,
-                                   base == ARG_CONST_SIZE_OR_ZERO)
+        if _is_mem_buffer(chk, chk.reg(regno - 1)):
+            _mem_buffer_size_reg(chk, regno - 1, regno, prev_write,
+                                 base == ARG_CONST_SIZE_OR_ZERO)
+        else:
+            chk.mem.check_mem_size_reg(chk, regno - 1, regno, prev_write,
+                                       base == ARG_CONST_SIZE_OR_ZERO)
     elif base == ARG_CONST_ALLOC_SIZE_OR_ZERO:
         if not reg.var.is_const():
             chk.error(f"R{regno} is not a known constant'")
         meta.mem_size = reg.var.const_value()
     elif base in (protos.ARG_PTR_TO_INT, protos.ARG_PTR_TO_LONG):
         size = 4 if base == protos.ARG_PTR_TO_INT else 8
-        chk.mem.check_helper_mem_access(chk, regno, size, False, False)
+        _helper_mem(chk, regno, size, False, False)
     elif base == ARG_PTR_TO_CONST_STR:
         _check_const_str(chk, reg, regno)
+
+
+def _is_mem_buffer(chk, reg: Reg) -> bool:
+    """r1 of pybpf's ``mem`` type (PTR_TO_CTX there): plain memory, possibly offset."""
+    return reg.type == PTR_TO_CTX and chk.prog_type == "mem"
+
+
+def _helper_mem(chk, regno: int, size: int, write: bool, zero_ok: bool) -> None:
+    """check_helper_mem_access, with pybpf's ``mem`` buffer handled here: the whole range
+    [r + off + var, + size) must lie in [0, U16_MAX) (like a direct access through r1), and
+    the largest offset reached is recorded so a run refuses shorter memory."""
+    reg = chk.reg(regno)
+    if not _is_mem_buffer(chk, reg):
+        chk.mem.check_helper_mem_access(chk, regno, size, write, zero_ok)
+        return
+    if size == 0 and zero_ok:
+        return
+    v = reg.var
+    lo, hi = reg.off + v.smin, reg.off + v.umax + size
+    if size <= 0 or v.smin < 0 or lo < 0 or hi > 0xFFFF:
+        if v.is_const():
+            chk.error(f"invalid bpf_context access off={lo} size={size}")
+        chk.error(f"R{regno} unbounded memory access, make sure to bounds check any such access")
+    chk.max_ctx_offset = max(chk.max_ctx_offset, hi)
+
+
+def _mem_buffer_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
+                         zero_ok: bool) -> None:
+    """check_mem_size_reg for a ``mem`` buffer argument (messages as the kernel's)."""
+    v = chk.reg(size_regno).var
+    if v.smin < 0:
+        chk.error(f"R{size_regno} min value is negative, either use unsigned or 'var &= const'")
+    if v.umin == 0 and not zero_ok:
+        chk.error(f"R{size_regno} invalid zero-sized read: u64=[{v.umin},{v.umax}]")
+    if v.umax >= BPF_MAX_VAR_SIZ:
+        chk.error(f"R{size_regno} unbounded memory access, use 'var &= const' or 'if (var < "
+                  f"const)'")
+    _helper_mem(chk, mem_regno, v.umax, write, zero_ok)
 
 
 def _pkt_ok(chk, meta: CallMeta) -> bool:
@@ -322,7 +364,7 @@ def check_func_arg_reg_off(chk, reg: Reg, regno: int, base: str, flags: frozense
                       f"arg to kfunc", errno.EINVAL)
         _check_ptr_off_reg(chk, reg, regno, fixed_off_ok=False)
         return
-    if (reg.type, reg.flags) in _OFFSET_OK:
+    if (reg.type, reg.flags) in _OFFSET_OK or _is_mem_buffer(chk, reg):
         return
     _check_ptr_off_reg(chk, reg, regno, fixed_off_ok=reg.type == PTR_TO_BTF_ID)
 
