@@ -356,9 +356,10 @@ def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5)
 
 
 def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: float = 0.5,
-                 vm=None, keep: int = 50) -> Tally:
+                 vm=None, keep: int = 50, progress: int = 0) -> Tally:
     """Load ``count`` programs into the kernel and into pybpf; the tally of their verdicts.
-    At most ``keep`` examples of each disagreement are kept (as (label, type, prog, detail))."""
+    At most ``keep`` examples of each disagreement are kept (as (label, type, prog, detail)).
+    ``progress``: print the running summary to stderr every that many programs."""
     import pybpf
     vm = vm if vm is not None else pybpf.VM()
     tally = Tally()
@@ -385,6 +386,8 @@ def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: floa
         tally.kernel_s += t1 - t0
         tally.total += 1
         tally.by_type[ptype] += 1
+        if progress and tally.total % progress == 0:
+            print(tally.summary(), file=sys.stderr, flush=True)
         tally.slowest = sorted(tally.slowest + [(dt, label, ptype, prog)], key=lambda r: -r[0])[:5]
         if not kernel.accepted and kernel.message.startswith("verifier bug"):
             # the kernel's own internal error (it WARNs): not a verdict on the program
@@ -426,11 +429,14 @@ def main(argv=None) -> int:
     ap.add_argument("--mutate-share", type=float, default=0.5)
     ap.add_argument("--show", type=int, default=5, help="print this many examples of each disagreement")
     ap.add_argument("--dump", help="write disagreements as .vt files into this directory")
+    ap.add_argument("--progress", type=int, default=0, metavar="N",
+                    help="print the running figures to stderr every N programs")
     args = ap.parse_args(argv)
     if not kv.available():
         print("bpf() is not permitted here: no kernel to compare with", file=sys.stderr)
         return 2
-    tally = differential(args.count, args.seed, tuple(args.types.split(",")), args.mutate_share)
+    tally = differential(args.count, args.seed, tuple(args.types.split(",")), args.mutate_share,
+                         progress=args.progress)
     print(tally.summary())
     import pybpf
     for title, rows in (("kernel rejects / pybpf accepts", tally.unsound),
