@@ -1,6 +1,6 @@
 """Rewrite every corpus file's expectation (verdict, errno, message) from the running kernel.
 
-    sudo /work/venvs/verifier/bin/python tests/verifier/regen.py [--check] [PATH_OR_TOPIC...]
+    python tests/verifier/regen.py [--check] [PATH_OR_TOPIC...]
 
 The files record the kernel's truth: this script loads each program into the running kernel's
 verifier (tests/kernel_verifier.py) as its ``type:`` and writes back what the kernel said.
