@@ -38,6 +38,9 @@ M64 = (1 << 64) - 1
 MEM_LIKE = ("mem", "syscall")
 
 
+_JMP_KINDS = frozenset({"jcond", "ja", "may_goto", "call", "callx", "exit"})
+
+
 class Checkpoint:
     """A state stored at a prune point (the kernel's bpf_verifier_state_list entry).
 
@@ -74,9 +77,12 @@ class Checker:
         self.pending: list[tuple[VerifierState, int]] = []
         self.explored: dict[int, list[Checkpoint]] = {}
         self.prune_points = _prune_points(prog, cfg)
+        from .liveness import liveness
+        self.live_before = liveness(cfg, prog.instructions(), strong=False).before
         self.loop_points = _loop_points(prog, self.calls)
         self.prune_points |= set(self.loop_points)
         self.insn_processed = 0
+        self.jmps_processed = self.prev_jmps = self.prev_insns = 0
         self.total_states = self.peak_states = self.cur_states = 0
         self.max_states_per_insn = 0
         self.max_ctx_offset = 0
@@ -189,6 +195,8 @@ class Checker:
                 self.error(f"invalid insn idx {pc} insn_cnt {len(self.prog.insns)}",
                            errno.EFAULT)
             form, insn = entry
+            if form.kind in _JMP_KINDS:
+                self.jmps_processed += 1
             if log.enabled:
                 log.insn(pc, self.state)
             if form.size:
@@ -217,27 +225,37 @@ class Checker:
         st = self.state
         lst = self.explored.setdefault(pc, [])
         special = self.loop_points.get(pc)
+        live = self.live_before.get(pc, 0x7FF) | 0x400
         for cp in lst:
             if cp.branches == 0:
-                if states_equal(cp.state, st, exact=False):
+                if states_equal(cp.state, st, exact=False, live=live):
                     cp.hits += 1
                     return True
             elif special == "callback":
                 # a callback-calling insn reached again within a state still being explored
-                if states_equal(cp.state, st, exact=False):
+                if states_equal(cp.state, st, exact=False, live=live):
+                    cp.hits += 1
                     return True
             else:
                 if special == "may_goto" and cp.state.may_goto_depth != st.may_goto_depth \
-                        and states_equal(cp.state, st, exact=False):
+                        and states_equal(cp.state, st, exact=False, live=live):
+                    cp.hits += 1
                     return True
                 if cp.state.may_goto_depth == st.may_goto_depth and \
                         states_equal(cp.state, st, exact=True) and _on_path(cp, st):
                     self.error(f"infinite loop detected at insn {pc}", errno.EINVAL)
             cp.miss += 1
-        # a new checkpoint (the kernel also skips some; we keep every one, bounded by its miss
-        # counting: drop entries that never hit after many misses)
-        if len(lst) > 64:
-            lst[:] = [c for c in lst if c.branches or c.hits or c.miss < 8]
+        # add a state only after 2 jumps and 8 instructions since the last one, as the kernel
+        # does (is_state_visited), unless this is a loop point (the kernel's force_checkpoint)
+        if not special and (self.jmps_processed - self.prev_jmps < 2 or
+                            self.insn_processed - self.prev_insns < 8):
+            return False
+        self.prev_jmps, self.prev_insns = self.jmps_processed, self.insn_processed
+        # evict states unlikely to be useful (the kernel's miss_cnt > hit_cnt * n + n); a state
+        # still being explored stays reachable from its children for branch counting
+        n = 64 if special else 3
+        if len(lst) > 4:
+            lst[:] = [c for c in lst if c.miss <= c.hits * n + n]
         snap = st.copy()
         snap.parent = None
         cp = Checkpoint(snap, st.parent, pc)
@@ -521,11 +539,40 @@ def _ja(chk: Checker, pc, form, insn):
 
 
 def _may_goto(chk: Checker, pc, form, insn):
+    """The current path takes the jump (the loop's exit); the fall-through (another
+    iteration) is queued with may_goto_depth + 1, its scalars widened against the previous
+    iteration's (widen_imprecise_scalars; pybpf keeps no precision marks, so every scalar
+    that changed is widened)."""
     st = chk.state.copy()
     st.may_goto_depth += 1
     st.insn_idx = pc
+    prev = st.parent
+    if prev is not None and prev.pc == pc:      # the checkpoint just made for this visit
+        prev = prev.parent
+    while prev is not None and prev.pc != pc:
+        prev = prev.parent
+    if prev is not None and len(prev.state.frames) == len(st.frames):
+        _widen(prev.state, st)
     chk.push_branch(st, pc + 1)
     return pc + 1 + insn.off
+
+
+def _widen(old: VerifierState, cur: VerifierState) -> None:
+    from .state import Slot, _same_scalar
+    for fo, fc in zip(old.frames, cur.frames):
+        for i, (ro, rc) in enumerate(zip(fo.regs, fc.regs)):
+            if rc.precise:
+                continue
+            if ro.type == SCALAR_VALUE and rc.type == SCALAR_VALUE and \
+                    not _same_scalar(ro.var, rc.var):
+                fc.regs[i] = Reg.scalar(None, rc.origin)
+        for spi, slot in list(fc.stack.items()):
+            so = fo.stack.get(spi)
+            sp = slot.spilled
+            if sp is not None and sp.type == SCALAR_VALUE and not sp.precise and so is not None and \
+                    so.spilled is not None and so.spilled.type == SCALAR_VALUE and \
+                    not _same_scalar(so.spilled.var, sp.var):
+                fc.stack[spi] = Slot(slot.types, Reg.scalar(None, sp.origin))
 
 
 def _jcond(chk: Checker, pc, form, insn):
@@ -650,7 +697,11 @@ def run_checks(prog, cfg, env, *, prog_type: str, log_level: int = 0):
         e.program = prog
         st = chk.state
         if st is not None and e.context is None:
-            e.context = {"branch_path": st.branch_path, "regs": list(st.cur.regs)}
+            path, node = [], st.branch_path
+            while node is not None:
+                path.append(node[:2])
+                node = node[2]
+            e.context = {"branch_path": tuple(reversed(path)), "regs": list(st.cur.regs)}
         if not e.log:
             e.log = chk.log.text()
         if e.log and not e.log.endswith(e.message + "\n"):

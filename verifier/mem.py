@@ -52,14 +52,20 @@ def adjust_reg(chk, op: str, dst: Reg, src: Reg, is64: bool, insn, src_is_reg: b
             return src.replace() if is64 else Reg.scalar(None, chk.origin("arena arithmetic"))
         return adjust_ptr(chk, op, src, dst, is64, insn, scalar_is_dst=True)
     if dst.type != SCALAR_VALUE:
-        return adjust_ptr(chk, op, dst, src, is64, insn, scalar_is_dst=False)
-    return Reg(SCALAR_VALUE, var=bounds.scalar_alu(op, dst.var, src.var, is64),
-               origin=dst.origin)
+        return adjust_ptr(chk, op, dst, src, is64, insn, scalar_is_dst=False,
+                          src_is_reg=src_is_reg)
+    r = Reg(SCALAR_VALUE, var=bounds.scalar_alu(op, dst.var, src.var, is64),
+            origin=dst.origin)
+    r.precise = dst.precise
+    return r
 
 
-def adjust_ptr(chk, op: str, ptr: Reg, off: Reg, is64: bool, insn, scalar_is_dst: bool) -> Reg:
+def adjust_ptr(chk, op: str, ptr: Reg, off: Reg, is64: bool, insn, scalar_is_dst: bool,
+               src_is_reg: bool = True) -> Reg:
     """adjust_ptr_min_max_vals: pointer +/- scalar (the kernel's rules for root)."""
     dst = insn.dst
+    if src_is_reg and not scalar_is_dst and insn.src != insn.dst and not off.precise:
+        chk.set_reg(insn.src, off.replace(precise=True))
     v = off.var
     known = v.is_const()
     if not is64:
@@ -382,6 +388,9 @@ def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -
     cur_frame = chk.state.cur
     if reg is not None and aligned8 and reg.type == SCALAR_VALUE:
         fits = _reg_width(reg) <= 8 * size
+        if fits and not reg.id and not reg.var.is_const():
+            reg = reg.replace(id=chk.new_id())      # link the spill with the register
+            chk.set_reg(value_regno, reg)
         _save_spill(frame, spi, slot, reg if fits else reg.replace(id=0), size)
     elif reg is None and aligned8 and imm is not None:
         _save_spill(frame, spi, slot, Reg.scalar(imm & ((1 << 64) - 1)), size)
@@ -533,12 +542,11 @@ def check_atomic(chk, form, insn) -> None:
             chk.error(f"R{insn.dst} invalid mem access '{dst.type_str()}'")
     fetch = op.startswith("fetch_") or op in ("xchg", "cmpxchg")
     load_reg = (0 if op == "cmpxchg" else insn.src) if fetch else -1
-    # read then write, as the kernel checks them
+    # read (into the fetch register: the memory's old value) then write, as the kernel does
     check_mem_access(chk, insn.dst, insn.off, size, False, -1, strict=True)
-    check_mem_access(chk, insn.dst, insn.off, size, True, -1, strict=True)
     if load_reg >= 0:
-        chk.set_reg(load_reg, Reg.scalar(bounds.load_result(size, False),
-                                         chk.origin("an atomic fetch")))
+        check_mem_access(chk, insn.dst, insn.off, size, False, load_reg, strict=True)
+    check_mem_access(chk, insn.dst, insn.off, size, True, -1, strict=True)
 
 
 # --- helper memory arguments (for calls.py) --------------------------------------------------
@@ -607,6 +615,8 @@ def check_mem_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
                        zero_size_allowed: bool) -> None:
     """check_mem_size_reg: ARG_CONST_SIZE[_OR_ZERO] after a memory argument."""
     size = chk.check_reg_read(size_regno)
+    if not size.precise:
+        chk.set_reg(size_regno, size.replace(precise=True))
     if size.type != SCALAR_VALUE:
         chk.error(f"R{size_regno} type={size.type_str()} expected=scalar")
     v = size.var
@@ -669,16 +679,21 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
     target = pc + 1 + insn.off
     pred = _branch_taken(dst, src, op, is32)
     st = chk.state
+    if pred >= 0 and dst.type == SCALAR_VALUE:
+        if not dst.precise:
+            chk.set_reg(insn.dst, dst.replace(precise=True))
+        if src_regno >= 0 and not src.precise and src.type == SCALAR_VALUE:
+            chk.set_reg(src_regno, src.replace(precise=True))
     if pred == 1:
-        st.branch_path = st.branch_path + ((pc, True),)
+        st.branch_path = (pc, True, st.branch_path)
         return target
     if pred == 0:
-        st.branch_path = st.branch_path + ((pc, False),)
+        st.branch_path = (pc, False, st.branch_path)
         return pc + 1
     other = st.copy()                       # the jump-taken state (the kernel's other_branch)
     other.insn_idx = pc
-    other.branch_path = st.branch_path + ((pc, True),)
-    st.branch_path = st.branch_path + ((pc, False),)
+    other.branch_path = (pc, True, st.branch_path)
+    st.branch_path = (pc, False, st.branch_path)
     this_possible = other_possible = True
     if dst.type == SCALAR_VALUE and src.type == SCALAR_VALUE:
         (a_t, b_t), (a_f, b_f) = bounds.refine(op, dst.var, src.var, is32)

@@ -87,7 +87,7 @@ class Reg:
     """One register's abstract value (struct bpf_reg_state). Treat as immutable."""
 
     __slots__ = ("type", "flags", "off", "var", "id", "ref_obj_id", "map", "range", "mem_size",
-                 "frameno", "subprog", "origin")
+                 "frameno", "subprog", "origin", "precise")
 
     def __init__(self, type_: RegType = NOT_INIT, flags: int = 0, off: int = 0, var=None,
                  id: int = 0, ref_obj_id: int = 0, map=None, range: int = 0, mem_size: int = 0,
@@ -104,6 +104,7 @@ class Reg:
         self.frameno = frameno      # PTR_TO_STACK: the frame it points into
         self.subprog = subprog      # PTR_TO_FUNC: the subprogram's start slot
         self.origin = origin        # (pc, what): where the type came from, for explain()
+        self.precise = False        # a scalar used where its value matters (no may_goto widening)
 
     def replace(self, **kw) -> "Reg":
         r = Reg.__new__(Reg)
@@ -229,7 +230,7 @@ class VerifierState:
     def __init__(self) -> None:
         self.frames: list[FuncState] = [FuncState()]
         self.refs: dict[int, int] = {}        # acquired reference id -> pc that acquired it
-        self.branch_path: tuple = ()          # ((pc, taken: bool), ...) for explain()
+        self.branch_path = None               # (pc, taken, earlier) cons list, for explain()
         self.may_goto_depth = 0
         self.active_lock = None
         self.loop_entry = None
@@ -349,9 +350,10 @@ def _regs_exact(a: Reg, b: Reg, idmap: dict) -> bool:
 
 
 def _same_scalar(a, b) -> bool:
-    if a is b:
-        return True
-    return all(getattr(a, k) == getattr(b, k) for k in bounds.Scalar.__slots__)
+    return a is b or (a.tv == b.tv and a.tm == b.tm and a.umin == b.umin and
+                      a.umax == b.umax and a.smin == b.smin and a.smax == b.smax and
+                      a.u32_min == b.u32_min and a.u32_max == b.u32_max and
+                      a.s32_min == b.s32_min and a.s32_max == b.s32_max)
 
 
 def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
@@ -388,27 +390,39 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
     return True
 
 
-def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
+def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: bool,
+                      live: int = 0x7FF) -> bool:
     if old.callsite != cur.callsite:
         return False
-    for a, b in zip(old.regs, cur.regs):
-        if not regsafe(a, b, idmap, exact):
+    for i, (a, b) in enumerate(zip(old.regs, cur.regs)):
+        if live >> i & 1 and not regsafe(a, b, idmap, exact):
             return False
     return stacksafe(old, cur, idmap, exact)
 
 
-def states_equal(old: VerifierState, cur: VerifierState, exact: bool) -> bool:
-    """Whether every path from ``cur`` is covered by the exploration from ``old``."""
+def states_equal(old: VerifierState, cur: VerifierState, exact: bool, live: int = 0x7FF) -> bool:
+    """Whether every path from ``cur`` is covered by the exploration from ``old``. ``live``:
+    the innermost frame's registers some later instruction may read (dead ones are ignored,
+    as the kernel's clean_live_states does; not for the exact comparison)."""
     if len(old.frames) != len(cur.frames):
         return False
-    if set(old.refs) != set(cur.refs) and (old.refs or cur.refs):
-        if len(old.refs) != len(cur.refs):
+    if exact:
+        live = 0x7FF
+    # cheap first: the innermost frame's registers (most states differ there)
+    fo, fc = old.frames[-1], cur.frames[-1]
+    for i, (a, b) in enumerate(zip(fo.regs, fc.regs)):
+        if a is not b and a.type != NOT_INIT and live >> i & 1 and (a.type != b.type or (
+                a.type == SCALAR_VALUE and not bounds.within(a.var, b.var))):
             return False
     idmap: dict = {}
-    for oid, cid in zip(sorted(old.refs), sorted(cur.refs)):
-        if not _check_ids(oid, cid, idmap):
+    if old.refs or cur.refs:
+        if len(old.refs) != len(cur.refs):
             return False
-    for fo, fc in zip(old.frames, cur.frames):
-        if not func_states_equal(fo, fc, idmap, exact):
+        for oid, cid in zip(sorted(old.refs), sorted(cur.refs)):
+            if not _check_ids(oid, cid, idmap):
+                return False
+    last = len(old.frames) - 1
+    for i, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
+        if not func_states_equal(fo, fc, idmap, exact, live if i == last else 0x7FF):
             return False
     return True
