@@ -334,12 +334,14 @@ class Tally:
             + ", ".join(f"{dt:.2f} s {label}" for dt, label, _t, _p in self.slowest[:3])])
 
 
-def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5):
+def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5,
+             exclude=()):
     """Yield (label, prog_type, program) for ``count`` programs: random ones and mutations of
-    the corpus's accepted programs of ``types``, interleaved, reproducible from ``seed``."""
+    the corpus's accepted programs of ``types`` (but not the topics in ``exclude``),
+    interleaved, reproducible from ``seed``."""
     rng = random.Random(seed)
     base = [(c, c.program()) for c in corpus.cases()
-            if c.verdict == "accept" and c.prog_type in types]
+            if c.verdict == "accept" and c.prog_type in types and c.topic not in exclude]
     donors = [p for _c, p in base]
     n = 0
     while n < count:
@@ -356,14 +358,14 @@ def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5)
 
 
 def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: float = 0.5,
-                 vm=None, keep: int = 50, progress: int = 0) -> Tally:
+                 vm=None, keep: int = 50, progress: int = 0, exclude=()) -> Tally:
     """Load ``count`` programs into the kernel and into pybpf; the tally of their verdicts.
     At most ``keep`` examples of each disagreement are kept (as (label, type, prog, detail)).
     ``progress``: print the running summary to stderr every that many programs."""
     import pybpf
     vm = vm if vm is not None else pybpf.VM()
     tally = Tally()
-    for label, ptype, prog in programs(count, seed, types, mutate_share):
+    for label, ptype, prog in programs(count, seed, types, mutate_share, exclude):
         t0 = time.perf_counter()
         try:
             kernel = kv.kernel_verify(prog, ptype)
