@@ -193,7 +193,7 @@ class LoadedProgram:
         if self.prog_type == "mem":
             given, what = (0 if mem is None else len(mem)), "mem"
         elif self.prog_type == "syscall":
-            given, what = (0 if ctx is None else len(ctx)), "ctx"
+            given, what = (0 if ctx is None else _size_of(ctx)), "ctx"
         else:
             return
         if given < self.min_mem_size:
@@ -253,3 +253,11 @@ class LoadedProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _size_of(ctx) -> int:
+    """Bytes in a context given as bytes-like or as a ctypes object."""
+    try:
+        return len(ctx)
+    except TypeError:
+        return ctypes.sizeof(ctx)

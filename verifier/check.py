@@ -91,6 +91,8 @@ class Checker:
         self.seen: dict[int, list] = {}         # pc -> [Reg per register] joined kinds (facts)
         self.access: dict[int, set] = {}        # pc -> set of base types a memory insn used
         self.subprog_starts = [sp.start for sp in cfg.subprogs]
+        self.verifies_globals = True         # calls.py: global functions are verified alone
+        self.global_entry = None             # the global function being verified, if any
 
     # -- helpers for handlers and for calls.py --------------------------------------------------
     def error(self, msg: str, err: int = errno.EACCES, pc: int | None = None):
@@ -167,7 +169,33 @@ class Checker:
 
     def run(self) -> None:
         self.state = self.initial_state()
-        pc = 0
+        self.global_entry = None
+        self._drain(0)
+        # do_check_subprogs: each global function a verified path calls is verified on its
+        # own, from the registers its BTF prototype promises (calls.global_func_entry_regs)
+        done = set()
+        while True:
+            todo = sorted(self.__dict__.get("global_funcs_called", set()) - done)
+            if not todo or self.calls is None:
+                return
+            for start in todo:
+                done.add(start)
+                self._verify_global(start)
+
+    def _verify_global(self, start: int) -> None:
+        st = VerifierState()
+        f = st.cur
+        f.subprogno = self.subprog_index(start)
+        f.regs[10] = Reg.pointer(PTR_TO_STACK)
+        for r, reg in self.calls.global_func_entry_regs(self, start).items():
+            f.regs[r] = reg
+        self.state = st
+        self.global_entry = start
+        name = self.prog.functions.get(start, f"func#{f.subprogno}")
+        self.log.line(f"Validating {name}() func#{f.subprogno}...")
+        self._drain(start)
+
+    def _drain(self, pc: int) -> None:
         while True:
             pc = self._walk(pc)
             if pc is None:
@@ -612,6 +640,12 @@ def _exit(chk: Checker, pc, form, insn):
     elif st.refs:
         chk.error("BPF_EXIT instruction in main prog would lead to reference leak",
                   errno.EINVAL)
+    if chk.global_entry is not None:
+        r0 = chk.check_reg_read(0)
+        if r0.type != SCALAR_VALUE:
+            chk.error(f"At subprogram exit the register R0 is not a scalar value "
+                      f"({r0.type_str()})", errno.EINVAL)
+        return None
     check_return_code(chk)
     return None
 
