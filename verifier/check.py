@@ -26,7 +26,7 @@ from .log import Log
 from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MAYBE_NULL,
                     PTR_TO_ARENA, PTR_TO_CTX, PTR_TO_FUNC, PTR_TO_MAP_VALUE, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_STACK, SCALAR_VALUE, FuncState,
-                    Reg, VerifierState, states_equal)
+                    SCALAR_ADD_CONST, Reg, VerifierState, states_equal)
 
 INSN_LIMIT = 1_000_000          # BPF_COMPLEXITY_LIMIT_INSNS
 JMP_STACK_LIMIT = 8192          # BPF_COMPLEXITY_LIMIT_JMP_SEQ
@@ -410,7 +410,8 @@ def _alu(chk: Checker, pc, form, insn):
             chk.set_reg(dst, src)
         elif src.type == SCALAR_VALUE:
             sid = 0
-            if src.var.umax <= 0xFFFFFFFF and not src.var.is_const():
+            if src.var.umax <= 0xFFFFFFFF and not src.var.is_const() and \
+                    not src.flags & SCALAR_ADD_CONST:
                 if not src.id:
                     src = src.replace(id=chk.new_id())
                     chk.set_reg(insn.src, src)

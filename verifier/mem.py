@@ -17,6 +17,7 @@ from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_RDONLY, N
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
                     PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
                     PTR_TO_SOCK_COMMON, PTR_TO_SOCKET, PTR_TO_STACK, PTR_TO_TCP_SOCK,
+                    SCALAR_ADD_CONST,
                     PTR_TO_TP_BUFFER, SCALAR_VALUE, STACK_INVALID, STACK_MISC,
                     STACK_SPILL, STACK_ZERO, Reg, Slot, type_str)
 
@@ -57,6 +58,11 @@ def adjust_reg(chk, op: str, dst: Reg, src: Reg, is64: bool, insn, src_is_reg: b
     r = Reg(SCALAR_VALUE, var=bounds.scalar_alu(op, dst.var, src.var, is64),
             origin=dst.origin)
     r.precise = dst.precise
+    if op == "add" and is64 and dst.id and src.var.is_const():
+        # rX += K keeps rX linked to its copies, K apart (BPF_ADD_CONST), once
+        val = src.var.const_value()
+        if not dst.flags & SCALAR_ADD_CONST and val <= 0x7FFFFFFF:
+            r.id, r.flags, r.off = dst.id, SCALAR_ADD_CONST, val
     return r
 
 
@@ -738,14 +744,25 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
 
 
 def _set_scalar(state, regno: int, var) -> None:
-    """Store a refined scalar, and give every scalar linked to it by id the same bounds
-    (sync_linked_regs)."""
+    """Store a refined scalar, and give every scalar linked to it by id the same bounds, or
+    the bounds shifted by their constant distance (sync_linked_regs)."""
     r = state.cur.regs[regno]
-    state.cur.regs[regno] = r.replace(var=var)
-    if r.id:
-        rid = r.id
-        state.map_regs(lambda x: x.replace(var=var) if x.id == rid and x.type == SCALAR_VALUE
-                       and x.var is not var else None)
+    known = r.replace(var=var)
+    state.cur.regs[regno] = known
+    if not r.id:
+        return
+    rid, kadd, koff = r.id, known.flags & SCALAR_ADD_CONST, known.off
+
+    def fix(x: Reg):
+        if x.id != rid or x.type != SCALAR_VALUE or x is known:
+            return None
+        xadd = x.flags & SCALAR_ADD_CONST
+        if (not xadd and not kadd) or x.off == koff:
+            return x.replace(var=var) if x.var is not var else None
+        delta = bounds.Scalar.const(((x.off if xadd else 0) - (koff if kadd else 0))
+                                    & ((1 << 64) - 1))
+        return x.replace(var=bounds.scalar_alu("add", var, delta, True))
+    state.map_regs(fix)
 
 
 def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:

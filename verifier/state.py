@@ -59,6 +59,7 @@ MEM_ALLOC = 1 << 7
 PTR_TRUSTED = 1 << 8
 MEM_RCU = 1 << 9
 MEM_FIXED_SIZE = 1 << 10
+SCALAR_ADD_CONST = 1 << 20     # the kernel's BPF_ADD_CONST id bit: a linked scalar, ``off`` apart
 
 _TYPE_STR = {
     NOT_INIT: "?", SCALAR_VALUE: "scalar", PTR_TO_CTX: "ctx", CONST_PTR_TO_MAP: "map_ptr",
@@ -326,6 +327,9 @@ def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: bool) -> bool:
         return False
     t = rold.type
     if t == SCALAR_VALUE:
+        if (rold.flags ^ rcur.flags) & SCALAR_ADD_CONST or \
+                (rold.flags & SCALAR_ADD_CONST and rold.off != rcur.off):
+            return False
         return _range_within(rold.var, rcur.var) and _check_scalar_ids(rold.id, rcur.id, idmap)
     if t in (PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_BUF, PTR_TO_TP_BUFFER):
         return (rold.off == rcur.off and rold.map is rcur.map and rold.mem_size == rcur.mem_size
