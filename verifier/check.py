@@ -270,6 +270,7 @@ class Checker:
                     cp.hits += 1
                     return True
                 if cp.state.may_goto_depth == st.may_goto_depth and \
+                        _unroll(cp.state) == _unroll(st) and \
                         states_equal(cp.state, st, exact=True) and _on_path(cp, st):
                     self.error(f"infinite loop detected at insn {pc}", errno.EINVAL)
             cp.miss += 1
@@ -321,6 +322,12 @@ def _finish(cp) -> None:
         if cp.branches > 0:
             return
         cp = cp.parent
+
+
+def _unroll(st: VerifierState) -> tuple:
+    """The callback unroll depths of a state's frames (the kernel's callback_unroll_depth):
+    a state inside another callback iteration is not an infinite loop."""
+    return tuple(f.callback_depth for f in st.frames)
 
 
 def _on_path(cp: Checkpoint, st: VerifierState) -> bool:
@@ -533,18 +540,19 @@ def _lddw(chk: Checker, pc, form, insn):
     if op in ("map_fd", "map_idx"):
         chk.set_reg(insn.dst, Reg.pointer(CONST_PTR_TO_MAP, map=m, origin=chk.origin(what)))
         return pc + 2
+    # resolve_pseudo_ldimm64: a direct value address (array of one element, arena)
     off = chk.prog.insns[pc + 1].imm & 0xFFFFFFFF
+    if off >= mem.BPF_MAX_VAR_OFF:
+        chk.error(f"direct value offset of {off} is not allowed", errno.EINVAL)
+    if m.type not in ("array", "arena"):
+        chk.error("no direct value access support for this map type", errno.EINVAL)
     if m.type == "arena":
         chk.mark_unknown(insn.dst, "an arena address")      # check_ld_imm: arena -> scalar
         return pc + 2
-    if m.type not in ("array",) or m.max_entries != 1 and m.type == "array":
-        if m.type != "array":
-            chk.error("direct value access on string or not supported map type", errno.EINVAL)
-    if off >= m.value_size:
-        chk.error(f"invalid access to map value pointer, value_size={m.value_size} "
-                  f"off={off}", errno.EINVAL)
-    flags = MEM_RDONLY if m.flags & BPF_F_RDONLY_PROG else 0
-    chk.set_reg(insn.dst, Reg(PTR_TO_MAP_VALUE, flags & 0, off, bounds.Scalar.const(0), map=m,
+    if m.max_entries != 1 or off >= m.value_size:
+        chk.error(f"invalid access to map value pointer, value_size={m.value_size} off={off}",
+                  errno.EINVAL)
+    chk.set_reg(insn.dst, Reg(PTR_TO_MAP_VALUE, 0, off, bounds.Scalar.const(0), map=m,
                               origin=chk.origin(f"{what} (global data)")))
     return pc + 2
 
