@@ -100,6 +100,8 @@ class LoadedProgram:
                             for _, f, i in prog.instructions())
         self._plain_jit = not (self._ldabs or self._regions)
         env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc))
+        if self.verified is not None and self.verified.facts is not None:
+            env.facts = self.verified.facts     # the verifier's per-insn facts (insn_aux_data)
         return compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
 
     @property
