@@ -23,6 +23,8 @@ arena          arena hash table (samples/arena_htab): inserts   the interpreter;
 maps           hash/array map_lookup_elem per second from       the interpreter; the same JIT
                JIT'd code (native lookups)                      code through the Python bridge;
                                                                 a Python dict
+switch         a 64-way switch over 4 KiB (benchmarks/c),       the same C compiled natively
+               JIT'd BPF (goal: within 2x of native)            with clang -O2
 verifier       verification time, processed insns/s, states     the running kernel's
                (200 straight-line insns: goal < 20 ms; 1,000    BPF_PROG_LOAD of the same
                insns with a 100-iteration loop: goal < 1 s);    program (where bpf() is
@@ -43,13 +45,14 @@ from dataclasses import dataclass, field
 
 from pybpf.benchmarks import common
 
-SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "verifier")
+SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "switch", "verifier")
 _MODULES = {"compile": "bench_compile", "execmem": "bench_execmem", "jit": "bench_jit",
             "interp": "bench_interp", "arena": "bench_arena", "maps": "bench_maps",
-            "verifier": "bench_verifier"}
+            "switch": "bench_switch", "verifier": "bench_verifier"}
 _TITLES = {"compile": "JIT compile-and-place latency", "execmem": "execmem write paths",
            "jit": "running JIT code", "interp": "reference interpreter",
            "arena": "arena hash table (samples/arena_htab)", "maps": "map lookups from JIT code",
+           "switch": "64-way switch (benchmarks/c/switch64.h)",
            "verifier": "verifier speed and agreement with the kernel"}
 
 
@@ -228,8 +231,22 @@ def _verifier(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
     return raw, figs
 
 
+def _switch(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
+    raw = mod.run(report=say, quick=quick)
+    figs = []
+    for stat in ("min", "median"):
+        # goal (issue 13): within 2x of the same C compiled natively, as a ratio of times
+        figs.append(Figure(f"64-way switch, 4 KiB per run, JIT, {stat}",
+                           raw[f"jit_{stat}_ns"] / 1e3, "us",
+                           baseline_name="same C, clang -O2 x86-64",
+                           baseline=raw[f"native_{stat}_ns"] / 1e3))
+    figs.append(Figure("64-way switch, JIT time / native time, median", raw["ratio_median"], "x",
+                       goal=2.0))
+    return raw, figs
+
+
 _ADAPTERS = {"compile": _compile, "execmem": _execmem, "jit": _jit, "interp": _interp,
-             "arena": _arena, "maps": _maps, "verifier": _verifier}
+             "arena": _arena, "maps": _maps, "switch": _switch, "verifier": _verifier}
 
 
 # -- the suite ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ arithmetic are arena offsets (translated without a test, like the kernel's ``[re
 constant addresses are classified once. The rest get the dynamic test below (a few compares,
 no branch for loads).
 
-Arena semantics (SEMANTICS 1.8): the whole reservation is readable, so loads need no test,
+Arena semantics (the kernel's ex_handler_bpf fixups): the whole reservation is readable, so loads need no test,
 except one that straddles two pages, which gives 0 unless both are allocated (the kernel's
 fault); stores and atomics first read the page map bytes of the first and last byte's pages and
 are dropped when either page is unallocated; a dropped fetch/xchg/cmpxchg leaves its register.

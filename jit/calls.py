@@ -75,7 +75,7 @@ def lower_helper(fl, helper: BoundHelper) -> None:
     if helper.special == "loop":
         _bpf_loop(fl)
         return
-    if helper.name == "map_lookup_elem" and fl.env.resolve_map is not None:
+    if helper.name == "map_lookup_elem" and fl.env.resolve_map is not None and fl.env.verified:
         value = fl.known(1)
         m = fl.env.resolve_map(value) if value is not None else None
         if m is not None and native_maps.supported(m):

@@ -24,11 +24,10 @@ PTR = ir.PointerType()
 INT = {8: I8, 16: I16, 32: I32, 64: I64}
 BYTES = {1: I8, 2: I16, 4: I32, 8: I64}
 
-# String attributes every BPF function carries. "no-jump-tables" keeps switches (SimplifyCFG
-# builds them from compare chains) from becoming jump or lookup tables, which would live in
-# .rodata and need relocations; "no-builtins" stops loop-idiom recognition from turning store
-# loops into memset/memcpy library calls, which the object may not reference.
-_STRING_ATTRS = ('"no-jump-tables"="true"', '"no-builtins"')
+# String attributes every BPF function carries. "no-builtins" stops loop-idiom recognition from
+# turning store loops into memset/memcpy library calls, which the object may not reference.
+# (Switches may become jump and lookup tables: pybpf.jit.link places .rodata after the code.)
+_STRING_ATTRS = ('"no-builtins"',)
 
 
 class BPFFunctionAttributes(FunctionAttributes):

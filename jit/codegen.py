@@ -2,8 +2,9 @@
 
 The process that runs BPF code builds IR with ``llvmlite.ir`` only and never loads LLVM itself
 (see :mod:`pybpf.jit.worker` for why). :func:`compile_ir` hands the IR text to a worker process,
-which parses, verifies and optimises it, emits an object and returns the object's ``.text`` and
-function offsets (:mod:`pybpf.jit.objfile` rules). Workers are started on first use (or by
+which parses, verifies and optimises it, emits an object and links it
+(:mod:`pybpf.jit.link`): the laid-out code and read-only data, the function offsets and what
+placement must fix up. Workers are started on first use (or by
 :func:`start_workers`), reused, and replaced when they die; a worker crash or timeout becomes a
 :class:`~pybpf.errors.JITError`. The pool holds at most ``PYBPF_JIT_WORKERS`` workers
 (default ``min(2, cpu count)``) so that independent programs compile in parallel.
@@ -46,7 +47,9 @@ _MAX_REQUESTS = 1000
 
 @dataclass
 class CompileResult:
-    """What a compile produced. ``symbols`` maps each function defined in ``.text`` to its offset.
+    """What a compile produced. ``symbols`` maps each function defined in ``.text`` to its offset;
+    ``image`` is the linked image to place (:func:`pybpf.jit.native.place_image`), ``text`` its
+    bytes (placeable as they are when ``image.fixups`` is empty).
 
     ``times`` (seconds): ``worker``, the request's round trip as seen from here, the
     worker's own steps ``parse``, ``verify``, ``opt``, ``emit``, ``extract`` (wall clock) and
@@ -54,6 +57,7 @@ class CompileResult:
 
     text: bytes
     symbols: dict[str, int]
+    image: object = None          # pybpf.jit.link.LinkImage: text is image.data
     ir_before: str | None = None
     ir_after: str | None = None
     asm: str | None = None
@@ -376,7 +380,7 @@ def compile_ir(ir_text: str, opt_level: int = 2, want_ir: bool = False, want_asm
     """Compile one LLVM IR module to x86-64 ``.text``.
 
     Raises :class:`JITError` with LLVM's message for IR that does not parse or verify, with the
-    objfile message for an object that is not self-contained, and for a worker that crashed or
+    linker's message for an object it cannot link, and for a worker that crashed or
     took longer than ``timeout`` seconds.
     """
     dump_ir, dump_opt = _env_flag("PYBPF_DUMP_IR"), _env_flag("PYBPF_DUMP_OPT")
@@ -397,8 +401,9 @@ def compile_ir(ir_text: str, opt_level: int = 2, want_ir: bool = False, want_asm
         _dump(f"LLVM IR (after O{opt_level})", reply["ir_after"])
     if dump_asm:
         _dump("x86-64 assembly", reply["asm"])
+    image = reply["image"]
     return CompileResult(
-        text=reply["text"], symbols=reply["symbols"],
+        text=image.data, symbols=image.symbols, image=image,
         ir_before=ir_text if want_ir else None,
         ir_after=reply["ir_after"] if want_ir else None,
         asm=reply["asm"] if want_asm else None,

@@ -54,15 +54,23 @@ class JitEnv:
     packet_desc: int = 0
     low_pool: tuple[int, int] = (1 << 30, 1 << 31)
     keepalive: list = field(default_factory=list)
+    # False for an unverified load: nothing vouches for pointer arguments, so helper calls go
+    # to the run-time-checked Python helpers instead of native code (map lookups).
+    verified: bool = True
+    # Unverified loads: the address of a signed u64 run budget the runner sets to insn_limit
+    # before each run; the code counts it down at back edges (jit/lower.py), 0: no counter.
+    budget_cell: int = 0
 
     @classmethod
-    def from_vm(cls, vm, arena=None, prog_type: str = "mem", packet_desc: int = 0) -> "JitEnv":
+    def from_vm(cls, vm, arena=None, prog_type: str = "mem", packet_desc: int = 0,
+                verified: bool = True, budget_cell: int = 0) -> "JitEnv":
         """The env a VM gives a program: its kfuncs and map resolver, the run memory pool."""
         from pybpf.runtime.contexts import LOW_POOL_END, LOW_POOL_START
 
         return cls(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map,
                    prog_type=prog_type, packet_desc=packet_desc,
-                   low_pool=(LOW_POOL_START, LOW_POOL_END))
+                   low_pool=(LOW_POOL_START, LOW_POOL_END), verified=verified,
+                   budget_cell=budget_cell)
 
     def arena_layout(self) -> ArenaLayout | None:
         if self.arena is None:

@@ -73,6 +73,9 @@ for _fn, _res, _args in ((_mmap, _vp, (_vp, _sz, _int, _int, _int, ctypes.c_long
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
+ENV_JIT_LIMIT = "PYBPF_JIT_LIMIT"
+DEFAULT_JIT_LIMIT = 256 << 20
+
 def _oserror(what: str) -> JITError:
     err = ctypes.get_errno()
     return JITError(f"execmem: {what} failed: {os.strerror(err)} (errno {err})")
@@ -273,7 +276,8 @@ class PackAllocator:
     around text_poke too). See the module docstring for the backends.
     """
 
-    def __init__(self, backend: str | None = None, pack_size: int = 2 << 20, chunk: int = 64):
+    def __init__(self, backend: str | None = None, pack_size: int = 2 << 20, chunk: int = 64,
+                 limit: int | None = None):
         if chunk <= 0 or chunk & (chunk - 1):
             raise JITError(f"execmem: chunk size {chunk} is not a power of two")
         if pack_size <= 0 or pack_size % PAGE or pack_size % chunk:
@@ -288,6 +292,10 @@ class PackAllocator:
         self._poke = {"procmem": self._poke_procmem, "memfd": self._poke_memfd,
                       "mprotect": self._poke_mprotect}[self.backend]
         self._lock = threading.Lock()
+        # bpf_jit_limit: bytes of code allowed at once (env PYBPF_JIT_LIMIT, default 256 MiB)
+        self.limit = limit if limit is not None else int(os.environ.get(ENV_JIT_LIMIT, 0) or
+                                                         DEFAULT_JIT_LIMIT)
+        self._charged = 0
         self._gen = _fork_gen
         self._packs: list[Pack] = []
         self._dedicated: dict[int, Allocation] = {}
@@ -367,6 +375,12 @@ class PackAllocator:
             raise self._forked()
         n = (size + self.chunk - 1) >> self._shift
         with self._lock:
+            charge = (size + PAGE - 1) & -PAGE if size > self.pack_size else n << self._shift
+            if self._charged + charge > self.limit:
+                raise JITError(f"execmem: {charge} more bytes of JIT code would pass the limit "
+                               f"of {self.limit} (the kernel's bpf_jit_limit; EPERM there): "
+                               f"close programs or set {ENV_JIT_LIMIT}")
+            self._charged += charge
             self._c["allocs"] += 1
             if size > self.pack_size:
                 length = (size + PAGE - 1) & -PAGE
@@ -426,6 +440,8 @@ class PackAllocator:
         with self._lock:
             mem = self._live(allocation)
             n = allocation.nchunks
+            self._charged -= ((allocation.size + PAGE - 1) & -PAGE if allocation.pack is None
+                              else n << self._shift)
             if allocation.pack is None:
                 del self._dedicated[mem.address]
                 self._c["dedicated_released"] += 1
@@ -455,6 +471,7 @@ class PackAllocator:
             self._c["packs_released"] += len(self._packs)
             self._c["dedicated_released"] += len(self._dedicated)
             self._packs, self._dedicated = [], {}
+            self._charged = 0
 
     def counters(self) -> dict:
         """Event counts since creation plus what is in use now (huge pages read from smaps)."""

@@ -73,7 +73,9 @@ def _entries(registry) -> dict[int, BoundHelper]:
                                         helper)
             continue
         name = getattr(helper, "name", f"helper{hid}")
-        out[int(hid)] = BoundHelper(int(hid), name, helper.fn, _nargs(helper),
+        # checked_fn: the helper's pointer arguments checked against the run's regions
+        fn = getattr(helper, "checked_fn", helper.fn)
+        out[int(hid)] = BoundHelper(int(hid), name, fn, _nargs(helper),
                                     bool(getattr(helper, "unwind", False)),
                                     str(getattr(helper, "special", "") or ""),
                                     tuple(getattr(helper, "native", ()) or ()))
@@ -189,7 +191,7 @@ def bridge_addresses() -> list[int]:
                 from pybpf.jit.codegen import compile_ir
 
                 result = compile_ir(build_bridge_ir(), opt_level=2)
-                allocation = native.place(result.text, native.BRIDGE_ALLOCATION)
+                allocation = native.place_image(result.image, native.BRIDGE_ALLOCATION)
                 _bridge = [allocation.address + result.symbols[f"pybpf_pycall{n}"]
                            for n in range(6)]
     return _bridge

@@ -63,11 +63,12 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from pybpf import isa
-from pybpf.errors import BPFError, JITError
+from pybpf.errors import BPFError, JITError, VMError
 from pybpf.insn import imm64
 from pybpf.jit import arena as arena_mem
 from pybpf.jit import calls
 from pybpf.jit import cgutils as cg
+from pybpf.jit import switches
 from pybpf.jit.cgutils import I1, I32, I64, PTR
 from pybpf.jit.env import JitEnv
 from pybpf.jit.helper_calls import HelperTable
@@ -147,6 +148,11 @@ class ModuleLowerer:
         decoded = prog.instructions()
         may_abort = any((f.kind in ("call", "callx") and f.op != "local") or f.kind == "ldabs"
                         for _, f, _ in decoded)
+        if env.budget_cell and not env.verified:
+            # runaway guard: back edges count down the budget and poll for signals (Python
+            # calls, so the code runs with the GIL held and any frame may abort)
+            may_abort = True
+            self.helpers.force_gil = True
         tail = calls.has_tail_calls(self, decoded)
         # r10 is read-only for the verifier; the interpreter makes the same check.
         fp_fixed = not any(10 in written_regs(f, i) for _, f, i in decoded)
@@ -258,6 +264,7 @@ class FunctionLowerer:
         self.is_main = sp.start == 0
         self.entry_bb = self.fn.append_basic_block("entry")
         self.blocks = {pc: self.fn.append_basic_block(f"L{pc}") for pc in leaders}
+        self.trees = switches.find_trees(body, leaders)   # compare trees -> LLVM switches
         self.b = cg.TextBuilder(self.entry_bb)
         self.pc = sp.start
         self.live = program.live
@@ -349,10 +356,30 @@ class FunctionLowerer:
     def abort_if(self, flag: ir.Value) -> None:
         """Return at once (r0 = 0 from the entry) when ``flag`` is set."""
         with self.b.if_then(flag, likely=False):
-            if self.is_main:
-                self.b.ret(I64(0))
-            else:
-                self.b.ret(ir.Constant(ABORT_RET, [I64(0), I1(1)]))
+            self._abort_ret()
+
+    def _abort_ret(self) -> None:
+        if self.is_main:
+            self.b.ret(I64(0))
+        else:
+            self.b.ret(ir.Constant(ABORT_RET, [I64(0), I1(1)]))
+
+    def back_edge(self, target: int) -> None:
+        """For unverified code only (``env.budget_cell``): charge a jump back to ``target``
+        the span it repeats against the run's budget, raising VMError in Python when it is
+        spent, and poll for signals (Ctrl-C: KeyboardInterrupt) with PyErr_CheckSignals."""
+        cell = self.env.budget_cell
+        if not cell or self.env.verified or target > self.pc:
+            return
+        b = self.b
+        ptr = b.inttoptr(I64(cell), PTR)
+        left = b.sub(b.load(ptr, typ=I64), I64(self.pc + 1 - target))
+        b.store(left, ptr)
+        with b.if_then(b.icmp_signed("<", left, I64(0)), likely=False):
+            self.mod.helpers.call_python(b, "insn_limit", _budget_spent, 0, [])
+            self._abort_ret()
+        sig = b._emit(I32, f"call i32 inttoptr (i64 {_check_signals_address()} to ptr)()")
+        self.abort_if(b.icmp_signed("!=", sig, ir.Constant(I32, 0)))
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -422,7 +449,7 @@ class FunctionLowerer:
         if upper is None:
             raise self.error("cast_user needs the program's arena (values64), which the JIT "
                              "does not support yet")
-        # rX = (u32)rY ? upper32(user_vm_start) | (u32)rY : 0  (SEMANTICS.md 2.2)
+        # rX = (u32)rY ? upper32(user_vm_start) | (u32)rY : 0  (the kernel's cast_user)
         hi = cg.const(I64, upper & ~0xFFFFFFFF)
         full = self.b.or_(cg.zext64(self.b, lo), hi)
         self.set(insn.dst, self.b.select(self.b.icmp_unsigned("==", lo, I32(0)), I64(0), full))
@@ -521,17 +548,23 @@ class FunctionLowerer:
             signed, pred = _CMP[form.op]
             cond = (b.icmp_signed if signed else b.icmp_unsigned)(pred, a, c)
         taken = self.block_at(self.pc + 1 + insn.off)
+        self.back_edge(self.pc + 1 + insn.off)
         self.spill()
+        tree = self.trees.get(self.pc)
+        if tree is not None:
+            switches.emit(self, tree, a, cond, taken, self.block_at(self.pc + 1))
+            return
         b.branch_if(cond, taken, self.block_at(self.pc + 1))
 
     def _lower_ja(self, form, insn) -> None:
         delta = insn.imm if form.op == "gotol" else insn.off
         target = self.block_at(self.pc + 1 + delta)
+        self.back_edge(self.pc + 1 + delta)
         self.spill()
         self.b.branch(target)
 
     def _lower_may_goto(self, form, insn) -> None:
-        # The kernel's hidden per-frame counter (SEMANTICS.md 2.3 item 12): jump once the
+        # The kernel's hidden per-frame counter (verifier.c do_misc_fixups): jump once the
         # BPF_MAX_LOOPS budget is spent, else count down and fall through.
         b = self.b
         if self._counter is None:
@@ -607,6 +640,24 @@ class FunctionLowerer:
 
 
 _HANDLERS: dict = {}
+
+
+def _budget_spent() -> int:
+    raise VMError("instruction limit exceeded: the JIT code of an unverified load ran past "
+                  "its insn_limit (counted per loop iteration at back edges)")
+
+
+_SIGNALS: list[int] = []
+
+
+def _check_signals_address() -> int:
+    """Address of ``int PyErr_CheckSignals(void)`` (runs pending signal handlers in the main
+    thread: Ctrl-C sets KeyboardInterrupt and it returns -1)."""
+    if not _SIGNALS:
+        import ctypes
+
+        _SIGNALS.append(ctypes.cast(ctypes.pythonapi.PyErr_CheckSignals, ctypes.c_void_p).value)
+    return _SIGNALS[0]
 
 
 def _handlers() -> dict:

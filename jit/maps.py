@@ -25,6 +25,7 @@ from pybpf.jit.cgutils import I8, I32, I64, PTR
 FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
 _HDR_CPU = 28            # MapHeader.cpu
 _OFF_NEXT, _OFF_HASH, _OFF_REF, _ELEM_KEY = 0, 4, 9, 16
+_NULLS = 1 << 31          # a chain end marker: _NULLS | bucket (runtime/maps/hash.py)
 _ARRAYS = ("array", "percpu_array")
 _HASHES = ("hash", "lru_hash", "percpu_hash", "lru_percpu_hash")
 _UNROLL_KEY = 64         # keys up to this many bytes are hashed without a loop
@@ -110,26 +111,36 @@ def _hash_lookup(fl, m, key) -> ir.Value:
     b, fn = fl.b, fl.fn
     hdr = m.header
     h = _fnv1a(fl, key, m.key_size)
-    bucket = b.add(cg.const(I64, hdr.index),
-                   b.mul(b.zext(b.and_(h, cg.const(I32, hdr.index_mask)), I64), cg.const(I64, 4)))
-    first = b.load(_ptr(b, bucket), typ=I32)
-    entry = b.block
+    bidx = b.and_(h, cg.const(I32, hdr.index_mask))
+    bucket = b.add(cg.const(I64, hdr.index), b.mul(b.zext(bidx, I64), cg.const(I64, 4)))
+    head = fn.append_basic_block("htab.head")
     walk = fn.append_basic_block("htab.walk")
     check = fn.append_basic_block("htab.check")
+    end = fn.append_basic_block("htab.end")
     found = fn.append_basic_block("htab.found")
     done = fn.append_basic_block("htab.done")
+    b.branch(head)
+
+    # hlist_nulls, as the kernel's RCU hash: a chain ends on NULLS | its bucket; ending on
+    # another bucket's marker means an element was reused meanwhile: walk again from the head.
+    b.position_at_end(head)
+    first = b.load_atomic(_ptr(b, bucket), "acquire", 4, typ=I32)   # re-read on each restart
     b.branch(walk)
 
     b.position_at_end(walk)
     slot = b.phi(I32, name="htab.slot")
-    slot.add_incoming(first, entry)
-    b.cbranch(b.icmp_unsigned("==", slot, cg.const(I32, 0)), done, check)
+    slot.add_incoming(first, head)
+    b.cbranch(b.icmp_unsigned("!=", b.and_(slot, cg.const(I32, _NULLS)), cg.const(I32, 0)),
+              end, check)
+
+    b.position_at_end(end)
+    b.cbranch(b.icmp_unsigned("==", slot, b.or_(bidx, cg.const(I32, _NULLS))), done, head)
 
     b.position_at_end(check)
     elem = b.add(cg.const(I64, hdr.data),
                  b.mul(b.zext(b.sub(slot, cg.const(I32, 1)), I64), cg.const(I64, hdr.elem_size)))
     ehash = b.load(_ptr(b, b.add(elem, cg.const(I64, _OFF_HASH))), typ=I32)
-    nxt = b.load(_ptr(b, elem), typ=I32)
+    nxt = b.load_atomic(_ptr(b, elem), "acquire", 4, typ=I32)
     slot.add_incoming(nxt, check)
     same_hash = b.icmp_unsigned("==", ehash, h)
     keyed = fn.append_basic_block("htab.key")
@@ -149,6 +160,6 @@ def _hash_lookup(fl, m, key) -> ir.Value:
 
     b.position_at_end(done)
     r0 = b.phi(I64, name="htab.r0")
-    r0.add_incoming(cg.const(I64, 0), walk)
+    r0.add_incoming(cg.const(I64, 0), end)
     r0.add_incoming(value, found)
     return r0

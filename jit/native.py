@@ -360,6 +360,22 @@ def place(text: bytes, name: str, allocator=None):
     return allocation
 
 
+def place_image(image, name: str, allocator=None, resolve=None):
+    """Place a linked image (:class:`pybpf.jit.link.LinkImage`): allocate, apply its fixups for
+    that address with ``resolve`` giving the external symbols, copy; returns the allocation."""
+    if allocator is None:
+        from pybpf.jit.execmem import default_allocator
+
+        allocator = default_allocator()
+    allocation = allocator.alloc(len(image.data), name)
+    try:
+        allocator.fill(allocation, image.link(allocation.address, resolve))
+    except BaseException:
+        allocator.free(allocation)
+        raise
+    return allocation
+
+
 _driver: TestRunDriver | None = None
 _driver_lock = threading.Lock()
 
@@ -372,7 +388,7 @@ def get_driver(allocator=None) -> TestRunDriver:
             from pybpf.jit.codegen import compile_ir
 
             result = compile_ir(build_driver_ir(), opt_level=2)
-            _driver = TestRunDriver(place(result.text, DRIVER_ALLOCATION, allocator),
+            _driver = TestRunDriver(place_image(result.image, DRIVER_ALLOCATION, allocator),
                                     result.symbols)
         return _driver
 

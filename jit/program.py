@@ -155,7 +155,7 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         allocator = default_allocator()
     label = names[0] if len(progs) == 1 else f"{names[0]}+{len(progs) - 1}"
     t2 = time.perf_counter()
-    allocation = native.place(result.text, label, allocator)
+    allocation = native.place_image(result.image, label, allocator)
     code = _PlacedCode(allocation, allocator, lowered.keepalive, len(progs))
     jits = [JitProgram(code, sym, result.symbols[sym], name, lowered.needs_gil, opt_level,
                        lowered.ir, result.ir_after, result.asm, len(result.text),

@@ -1,4 +1,4 @@
-"""The compile worker: LLVM IR text in, x86-64 ``.text`` bytes out, in a separate process.
+"""The compile worker: LLVM IR text in, a linked x86-64 image out, in a separate process.
 
 This is the only module of pybpf that imports ``llvmlite.binding``, and it does so lazily inside
 :class:`Compiler`, so that :mod:`pybpf.jit.codegen` can import the framing helpers below without
@@ -11,8 +11,9 @@ Run as ``python -m pybpf.jit.worker``. The protocol is strict request/response o
 inherited stdin/stdout pipes; each frame is an 8-byte little-endian length and a pickle of a
 dict. The worker first sends ``{"ok": True, "ready": True, ...}`` once LLVM is initialised, then
 for each request ``{"op": "compile", "ir": str, "opt": int, "want_ir": bool, "want_asm": bool}``
-answers ``{"ok": True, "text": bytes, "symbols": {...}, "ir_after": str|None, "asm": str|None,
-"times": {step: seconds}}`` or ``{"ok": False, "error": str}``. It exits when stdin reaches end
+answers ``{"ok": True, "image": LinkImage, "ir_after": str|None, "asm": str|None,
+"times": {step: seconds}}`` (:class:`pybpf.jit.link.LinkImage`: the laid-out, position-independent
+code and read-only data with what placement must still fix up) or ``{"ok": False, "error": str}``. It exits when stdin reaches end
 of file (the parent closed it or died). ``PYBPF_JIT_TEST_HOOKS=1`` enables ``{"op": "_abort"}``,
 which crashes the worker the way an LLVM fatal error would, and ``{"op": "_sleep", "seconds":
 s}``, a compile that hangs.
@@ -91,9 +92,10 @@ class Compiler:
         """(target machine, its triple, its data layout string, pipeline tuning options)."""
         entry = self._machines.get(opt)
         if entry is None:
-            # reloc="pic" + small code model: intra-object references are RIP-relative and
-            # resolved by the assembler; anything else shows up as a relocation that
-            # objfile.extract_text refuses. Function sections stay off (LLVM's default).
+            # reloc="pic" + small code model: references inside the object are RIP-relative
+            # (jump tables hold 32-bit differences), external symbols go through GOT slots
+            # and calls through PLT32; pybpf.jit.link applies all of them. Function sections
+            # stay off (LLVM's default).
             tm = self.target.create_target_machine(
                 cpu=self.cpu, features=self.features, opt=opt, reloc="pic", codemodel="small")
             pto = self.llvm.create_pipeline_tuning_options(speed_level=opt) if opt else None
@@ -107,7 +109,7 @@ class Compiler:
         The reply's ``times`` gives the seconds spent in each step (parse, verify, opt, emit,
         extract) and ``cpu``, this thread's CPU time for all of them."""
         from pybpf.errors import JITError
-        from pybpf.jit.objfile import extract_text
+        from pybpf.jit.link import link_object
 
         llvm = self.llvm
         self.collect()
@@ -147,14 +149,13 @@ class Compiler:
                 fn.linkage = "internal"
         obj = tm.emit_object(mod)
         t4 = clock()
-        image = extract_text(obj)
+        image = link_object(obj)
         t5 = clock()
         asm = tm.emit_assembly(mod) if want_asm else None
         # Freeing the module and the pass builder's analyses waits until the reply is out.
         self._garbage.append((mod, pb if opt > 0 else None))
         return {
-            "text": image.text,
-            "symbols": image.symbols,
+            "image": image,
             "ir_after": ir_after,
             "asm": asm,
             "times": {"parse": t1 - t0, "verify": t2 - t1, "opt": t3 - t2, "emit": t4 - t3,
@@ -211,7 +212,7 @@ def main() -> None:
     try:
         compiler = Compiler()
         # Importing these now keeps their cost out of the first compile's latency.
-        import pybpf.jit.objfile  # noqa: F401
+        import pybpf.jit.link  # noqa: F401
     except Exception as exc:
         _write_all(fd_out, encode_frame({"ok": False, "error": f"worker start failed: "
                                                                f"{type(exc).__name__}: {exc}"}))

@@ -16,9 +16,8 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse exits 2 on usage errors; keep that, shorten the text
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"pybpf: error: {message}\n")
+    def error(self, message):  # argparse exits 2 on usage errors; keep that, in one line
+        self.exit(EXIT_USAGE, f"pybpf: error: {message} (see {self.prog} --help)\n")
 
 
 def _int(text: str) -> int:
@@ -26,6 +25,39 @@ def _int(text: str) -> int:
         return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer (any base prefix) in [lo, hi]."""
+    def parse(text: str) -> int:
+        value = _int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range [{lo}, {hi}]")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_in(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range [{lo:g}, {hi:g}]")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+# Ranges of the numeric options: what the runtime can honour (an instruction budget of at most
+# 2**32, the kernel's u32 test-run sizes), and counts that finish in reasonable time.
+INSN_LIMIT = _int_in(1, 1 << 32)
+MEM_SIZE = _int_in(0, (1 << 32) - 1)
+ROWS = _int_in(1, 100_000)
+PROGRAMS = _int_in(0, 10_000)
+SEED = _int_in(0, (1 << 64) - 1)
 
 
 def _mem_arg(args) -> bytes | None:
@@ -142,12 +174,19 @@ def cmd_run(args) -> int:
 
 
 def cmd_test(args) -> int:
-    from .testrunner import FAIL, SKIP, collect, run_file, summary_line
+    from .inputs import InputError
+    from .testrunner import FAIL, SKIP, check_test_file, collect, run_file, summary_line
     files = collect(args.paths)
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         print(f"pybpf: no such file: {missing[0]}", file=sys.stderr)
         return EXIT_USAGE
+    for p in args.paths:      # a directory without tests, or a named file that is not one
+        if os.path.isdir(p) and not any(str(f).startswith(os.path.join(p, "")) for f in files):
+            raise InputError(f"{p}: no .data test files in this directory")
+    for p in args.paths:
+        if not os.path.isdir(p):
+            check_test_file(p)
     outcomes = []
     for f in files:
         o = run_file(f, engine=args.engine, any_error=args.any_error, insn_limit=args.insn_limit,
@@ -267,6 +306,14 @@ def cmd_bench(args) -> int:
     return EXIT_FAIL if failed or (args.strict and not goals_met(results)) else EXIT_OK
 
 
+def cmd_fuzz(args) -> int:
+    from .fuzz import format_report, fuzz
+    r = fuzz(args.target, args.seconds, seed=args.seed, save=args.save,
+             progress=lambda line: print(line, file=sys.stderr, flush=True))
+    sys.stdout.write(format_report(r))
+    return EXIT_FAIL if r["failures"] else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pybpf", description="BPF toolchain and virtual machine in Python")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -291,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input")
     s.add_argument("--prog-type", default=None,
                    help="program type (default: from the ELF section, else mem)")
-    s.add_argument("--mem-size", type=_int, default=None)
+    s.add_argument("--mem-size", type=MEM_SIZE, default=None)
     s.add_argument("-v", "--verbose", action="store_true", help="print the full log")
     s.add_argument("--explain", action="store_true",
                    help="when rejected, explain why: the failing instruction and source line, "
@@ -306,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mem", help="memory as hex bytes")
     s.add_argument("--mem-file", help="memory from a file")
     s.add_argument("--no-verify", action="store_true")
-    s.add_argument("--insn-limit", type=_int, default=None)
+    s.add_argument("--insn-limit", type=INSN_LIMIT, default=None)
     s.add_argument("--trace", action="store_true", help="print each executed instruction")
     s.add_argument("--dump-maps", action="store_true",
                    help="after the run, print the program's maps in bpftool's dump format")
@@ -325,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=("interp", "jit", "both"), default="interp")
     s.add_argument("--any-error", action="store_true",
                    help="an expected-error file passes on any refusal at the implied stage")
-    s.add_argument("--insn-limit", type=_int, default=None)
+    s.add_argument("--insn-limit", type=INSN_LIMIT, default=None)
     s.add_argument("--verify", action="store_true",
                    help="run the whole verifier on each program (default: structural checks)")
     s.add_argument("-v", "--verbose", action="store_true")
@@ -340,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x86-64 syntax of --show asm (Intel needs capstone)")
     s.add_argument("--disassembler", choices=("auto", "capstone", "llvm"), default="auto",
                    help="capstone on the placed bytes (auto: when installed) or LLVM's output")
-    s.add_argument("--limit", type=_int, default=40, help="program rows per pack (placement)")
+    s.add_argument("--limit", type=ROWS, default=40, help="program rows per pack (placement)")
     s.add_argument("--no-verify", action="store_true")
     s.add_argument("--section", help="ELF: the program (function or section) to compile")
     s.add_argument("--prog-type", default=None, help="default: the ELF section's, else mem")
@@ -348,15 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_jit)
 
     s = sub.add_parser("packs", help="load sample programs and show the pack allocator")
-    s.add_argument("--programs", type=_int, default=20, help="sample programs to load")
-    s.add_argument("--unload-every", type=_int, default=0, metavar="K",
+    s.add_argument("--programs", type=PROGRAMS, default=20, help="sample programs to load")
+    s.add_argument("--unload-every", type=PROGRAMS, default=0, metavar="K",
                    help="then unload every K-th one (to show free holes)")
-    s.add_argument("--seed", type=_int, default=1)
+    s.add_argument("--seed", type=SEED, default=1)
     s.add_argument("--backend", choices=("procmem", "memfd", "mprotect"),
                    help="force the execmem write path")
     s.add_argument("--svg", metavar="FILE", help="also draw the packs as an SVG picture")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
-    s.add_argument("--limit", type=_int, default=40, help="program rows per pack in the table")
+    s.add_argument("--limit", type=ROWS, default=40, help="program rows per pack in the table")
     s.set_defaults(func=cmd_packs)
 
     s = sub.add_parser("bench", help="run the benchmark suite and print figures, goals, ratios")
@@ -366,6 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", metavar="FILE", help="also write every figure and raw result")
     s.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     s.set_defaults(func=cmd_bench)
+
+    from .fuzz import TARGETS
+    s = sub.add_parser("fuzz", help="fuzz a part of pybpf against its invariants")
+    s.add_argument("target", choices=TARGETS)
+    s.add_argument("--seconds", type=_float_in(0.1, 86_400.0), default=10.0)
+    s.add_argument("--seed", type=SEED, default=0)
+    s.add_argument("--save", metavar="DIR", help="save each failing input here as JSON "
+                                                 "(tests/fuzz/corpus replays them)")
+    s.set_defaults(func=cmd_fuzz)
     return p
 
 

@@ -1,4 +1,4 @@
-"""Reader for bpf_conformance / uBPF ``.data`` test files (ASM.md section 1).
+"""Reader for bpf_conformance / uBPF ``.data`` test files (docs/architecture.md, "Tests").
 
 A file is a sequence of ``-- name`` sections. ``#`` starts a comment anywhere on a line. This
 module only parses; :mod:`pybpf.testrunner` decides what a file expects and runs it.
@@ -144,9 +144,13 @@ def parse_data_text(text: str, path: str = "<data>", base_dir: Path | None = Non
 
 
 def parse_data_file(path: str | Path) -> DataFile:
+    from .inputs import MAX_INPUT
     path = Path(path)
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_INPUT + 1)
     except OSError as e:
         raise DataFileError(f"cannot read: {e.strerror}", str(path)) from None
-    return parse_data_text(text, str(path), path.parent)
+    if len(raw) > MAX_INPUT:
+        raise DataFileError(f"larger than {MAX_INPUT >> 20} MiB: not a test file", str(path))
+    return parse_data_text(raw.decode("utf-8", errors="replace"), str(path), path.parent)

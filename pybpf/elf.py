@@ -59,17 +59,29 @@ def parse_object(src, name: str | None = None, filename: str | None = None) -> B
 
     linker = Linker(rd, maps, arena, obj.arena_data_off, obj.btf, obj.btf_ext)
     for entry in _entry_points(rd, linker):
-        ptype, attach, sleepable = program_type(entry.section.name)
-        try:
-            prog = ElfProgram(name=entry.name, section=entry.section.name, prog_type=ptype,
-                              attach_to=attach, sleepable=sleepable, license=obj.license,
-                              btf=obj.btf, **linker.link(entry))
-        except ELFError:
-            raise
-        except BPFError as e:   # a DecodeError from the linked slots
-            raise ELFError(f"{fname}: program '{entry.name}' (section '{entry.section.name}'): {e}") from None
-        obj.programs[entry.name] = prog
+        obj.programs[entry.name] = _program(obj, linker, entry)
     return obj
+
+
+def _program(obj: BpfObject, linker: Linker, entry: Func) -> ElfProgram:
+    """One program, linked; what stops it from loading becomes its ``load_error`` (libbpf opens
+    the object anyway; only a load of this program fails)."""
+    # SEC("?tc"): libbpf does not autoload it, and "from now on forgets there was ?"
+    autoload = not entry.section.name.startswith("?")
+    section = entry.section.name.removeprefix("?")
+    ptype, attach, sleepable = program_type(section)
+    common = dict(name=entry.name, section=section, prog_type=ptype, attach_to=attach,
+                  sleepable=sleepable, license=obj.license, btf=obj.btf, autoload=autoload)
+    try:
+        prog = ElfProgram(**common, **linker.link(entry))
+    except BPFError as e:       # an ELFError from linking, a DecodeError from the linked slots
+        err = ELFError(f"{obj.filename}: program '{entry.name}' (section '{section}'): "
+                       f"{str(e).removeprefix(obj.filename + ': ')}")
+        return ElfProgram(insns=[], **common, load_error=err)
+    if ptype is None:
+        prog.load_error = ELFError(f"prog '{entry.name}': missing BPF prog type, check ELF "
+                                   f"section name '{section}'")
+    return prog
 
 
 def load_elf(path, vm=None) -> BpfObject:

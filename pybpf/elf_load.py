@@ -70,13 +70,10 @@ def bind(obj: BpfObject, vm=None) -> BpfObject:
         vm = VM()
     if not callable(getattr(vm, "create_map", None)):
         raise ELFError(f"{obj.filename}: {type(vm).__name__} cannot create maps (no create_map)")
-    created, storage = {}, {}
+    created, storage, failed = {}, {}, {}
     for m in obj.map_defs.values():
         try:
-            lm = vm.create_map(m.type, key_size=m.key_size, value_size=m.value_size,
-                               max_entries=m.max_entries, flags=m.flags, map_extra=m.map_extra,
-                               name=m.name)
-            created[m.name] = lm
+            lm = created[m.name] = _create(vm, m)
             if m.type == "arena":
                 storage[m.name] = ArenaGlobals(lm, m, obj.arena_data_off)
                 if m.initial:
@@ -87,14 +84,65 @@ def bind(obj: BpfObject, vm=None) -> BpfObject:
         except ELFError:
             raise
         except BPFError as e:
-            raise ELFError(f"{obj.filename}: map '{m.name}' ({m.type}): {e}") from None
+            if m.origin == "data" or m.type == "arena":
+                raise ELFError(f"{obj.filename}: map '{m.name}' ({m.type}): {e}") from None
+            # libbpf's "map 'x': failed to create"; only programs using it fail (at vm.load)
+            failed[m.name] = ELFError(f"{obj.filename}: map '{m.name}' ({m.type}): failed to "
+                                      f"create: {e}")
     for v in obj.variables.values():
         v._backing = storage.get(v.map_name)
     fds = {name: lm.fd for name, lm in created.items()}
-    obj.programs = {n: with_map_fds(p, fds) for n, p in obj.programs.items()}
+    programs = {}
+    for n, p in obj.programs.items():
+        bad = next((failed[d.name] for d in p.maps if d.name in failed), None)
+        if p.load_error is None and bad is not None:
+            p = dataclasses.replace(p, load_error=bad)
+        programs[n] = p if p.load_error is not None else with_map_fds(p, fds)
+    _initial_slots(obj, created, programs)
+    obj.programs = programs
     obj.maps = _MapTable(created, aliases=obj.maps.aliases)
+    obj.map_errors = failed
     obj.vm = vm
     return obj
+
+
+def _create(vm, m: ElfMap):
+    kw = {}
+    if m.inner is not None:     # map-in-map: the inner map's template
+        kw["inner"] = dict(map_type=m.inner.type, key_size=m.inner.key_size,
+                           value_size=m.inner.value_size, max_entries=m.inner.max_entries,
+                           flags=m.inner.flags, map_extra=m.inner.map_extra)
+    return vm.create_map(m.type, key_size=m.key_size, value_size=m.value_size,
+                         max_entries=m.max_entries, flags=m.flags, map_extra=m.map_extra,
+                         name=m.name, **kw)
+
+
+def _initial_slots(obj: BpfObject, created: dict, programs: dict) -> None:
+    """``__array(values, ...)`` initial entries. Map-in-map slots get their inner maps now;
+    prog_array slots are filled when the program named there is loaded (``vm.load``), as
+    libbpf fills them once it has loaded the programs."""
+    for m in obj.map_defs.values():
+        outer = created.get(m.name)
+        if not m.init_slots or outer is None:
+            continue
+        for index, target in sorted(m.init_slots.items()):
+            key = index.to_bytes(4, "little")
+            if m.type == "prog_array":
+                p = programs.get(target)
+                if p is None:
+                    raise ELFError(f"{obj.filename}: map '{m.name}': slot {index} names "
+                                   f"'{target}', which is not a program of the object")
+                p.prog_array_slots.append((outer, index))
+            else:
+                inner = created.get(target)
+                if inner is None:
+                    raise ELFError(f"{obj.filename}: map '{m.name}': slot {index} names "
+                                   f"'{target}', which is not a map of the object that loaded")
+                try:
+                    outer.sys_update(key, inner.fd.to_bytes(4, "little"))
+                except BPFError as e:
+                    raise ELFError(f"{obj.filename}: map '{m.name}': slot {index} "
+                                   f"('{target}'): {e}") from None
 
 
 def with_map_fds(prog: ElfProgram, fds: dict[str, int]) -> ElfProgram:

@@ -66,7 +66,10 @@ def btf_maps(rd: ElfReader, btf: BTF | None) -> list[ElfMap]:
         sym = syms.get(var.name)
         if sym is None:
             raise ELFError(f"{rd.filename}: map '{var.name}' in .maps has no ELF symbol")
-        out.append(_btf_map_def(rd, btf, var.name, var.type, sym.value))
+        m = _btf_map_def(rd, btf, var.name, var.type, sym.value)
+        if m._values_off is not None:
+            m.init_slots = _init_slots(rd, sec, m, sym)
+        out.append(m)
     return out
 
 
@@ -88,6 +91,7 @@ def _btf_map_def(rd: ElfReader, btf: BTF, name: str, type_id: int, offset: int) 
         raise ELFError(f"{rd.filename}: map '{name}' in .maps is a {st.kind}, not a struct definition")
     vals: dict[str, int] = {}
     key_type = value_type = 0
+    values = None
     for m in st.members:
         if m.name in _INT_FIELDS:
             vals[m.name] = _field_value(btf, name, m, rd.filename)
@@ -106,18 +110,75 @@ def _btf_map_def(rd: ElfReader, btf: BTF, name: str, type_id: int, offset: int) 
             else:
                 value_type = ptr.type
         elif m.name == "values":
-            raise ELFError(f"{rd.filename}: map '{name}': __array(values, ...) (map-in-map or "
-                           f"prog_array initial values) is not supported")
+            values = _values_member(rd, btf, name, m)
         else:
             raise ELFError(f"{rd.filename}: map '{name}': unknown field '{m.name}' in its definition")
     if "type" not in vals:
         raise ELFError(f"{rd.filename}: map '{name}': definition has no 'type'")
-    return ElfMap(name=name, type=map_type_name(vals["type"]), key_size=vals.get("key_size", 0),
+    mtype = map_type_name(vals["type"])
+    inner = None
+    if values is not None:
+        # libbpf: __array(values, ...) makes the value a 4-byte fd (a map or a program)
+        values_off, target = values
+        if mtype not in ("array_of_maps", "hash_of_maps", "prog_array"):
+            raise ELFError(f"{rd.filename}: map '{name}': __array(values, ...) is only for "
+                           f"map-in-map and prog_array maps, not {mtype}")
+        if vals.get("value_size", 4) != 4:
+            raise ELFError(f"{rd.filename}: map '{name}': conflicting value size "
+                           f"{vals['value_size']} != 4 (__array(values, ...) holds fds)")
+        vals["value_size"] = 4
+        if mtype == "prog_array":
+            if target.kind != "func_proto":
+                raise ELFError(f"{rd.filename}: map '{name}': prog_array values must be "
+                               f"functions (__array(values, int (void *)))")
+        elif target.kind != "struct":
+            raise ELFError(f"{rd.filename}: map '{name}': map-in-map values must be a map "
+                           f"definition struct")
+        else:
+            inner = _btf_map_def(rd, btf, f"{name}.inner", target.id, 0)
+    elif mtype in ("array_of_maps", "hash_of_maps"):
+        raise ELFError(f"{rd.filename}: map '{name}': map-in-map definition is missing the "
+                       f"inner map definition (__array(values, ...))")
+    out = ElfMap(name=name, type=mtype, key_size=vals.get("key_size", 0),
                   value_size=vals.get("value_size", 0), max_entries=vals.get("max_entries", 0),
                   flags=vals.get("map_flags", 0), map_extra=vals.get("map_extra", 0),
                   origin="btf", section=".maps", sec_offset=offset, btf_key_type=key_type,
                   btf_value_type=value_type, numa_node=vals.get("numa_node", 0),
-                  pinning=vals.get("pinning", 0))
+                  pinning=vals.get("pinning", 0), inner=inner)
+    out._values_off = values[0] if values is not None else None
+    return out
+
+
+def _values_member(rd: ElfReader, btf: BTF, name: str, member):
+    """(byte offset, pointee type) of ``__array(values, T)``: ``T *values[]``."""
+    arr = btf.resolve(member.type)
+    ptr = btf.resolve(arr.elem_type) if arr.kind == "array" else arr
+    if arr.kind != "array" or ptr.kind != "ptr":
+        raise ELFError(f"{rd.filename}: map '{name}': 'values' must be declared with "
+                       f"__array(values, ...)")
+    if member.bit_offset % 8:
+        raise ELFError(f"{rd.filename}: map '{name}': 'values' is not byte aligned")
+    target = btf.resolve(ptr.type)
+    return member.bit_offset // 8, target
+
+
+def _init_slots(rd: ElfReader, sec, m: ElfMap, sym) -> dict[int, str]:
+    """index -> symbol name of the ``.rel.maps`` relocations inside ``m``'s values array
+    (libbpf's bpf_object__collect_map_relos: 8-byte pointers, one per slot)."""
+    start = sym.value + m._values_off
+    end = sym.value + max(sym.size, m._values_off)
+    out = {}
+    for off, rel in sorted(rd.relocs_for(sec).items()):
+        if not start <= off < end:
+            continue
+        if (off - start) % 8:
+            raise ELFError(f"{rd.filename}: map '{m.name}': relocation at .maps+{off:#x} is not "
+                           f"at an 8-byte slot of its values")
+        out[(off - start) // 8] = rel.symbol.name
+    if m.max_entries and out and max(out) >= m.max_entries:
+        raise ELFError(f"{rd.filename}: map '{m.name}': initial value at index {max(out)} "
+                       f"is beyond max_entries {m.max_entries}")
+    return out
 
 
 # --- legacy maps ------------------------------------------------------------------------------
@@ -210,5 +271,5 @@ def check_map_types(rd: ElfReader, maps: list[ElfMap]) -> None:
         if m.name in seen:
             raise ELFError(f"{rd.filename}: map '{m.name}' is defined twice")
         seen.add(m.name)
-        if m.type not in MAP_TYPE_IDS:
-            raise ELFError(f"{rd.filename}: map '{m.name}' has unknown map type ({m.type})")
+        # a map type nobody knows fails only when a program that uses it loads (as with libbpf,
+        # whose BPF_MAP_CREATE the kernel refuses); elf_load.bind records that failure

@@ -31,6 +31,10 @@ class ElfMap(MapDecl):
     initial_offset: int = 0
     numa_node: int = 0
     pinning: int = 0
+    # __array(values, ...): the inner map's template (map-in-map) and the initial entries,
+    # index -> the program (prog_array) or map (map-in-map) name libbpf puts there
+    inner: "ElfMap | None" = field(default=None, repr=False)
+    init_slots: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class ElfProgram(Program):
     """A linked program of an object: entry function first, then the subprograms it calls.
 
     ``prog_type``/``attach_to``/``sleepable`` come from the section name as libbpf reads it;
+    ``autoload`` is False for a ``SEC("?...")`` program (libbpf does not load it unless asked);
+    ``load_error`` is the error that stops this program (and only it) from loading: libbpf opens
+    an object whose programs cannot all be loaded, and the failure shows at ``vm.load``;
     ``func_info`` maps entry slots to FuncInfo and ``line_info`` lists (slot, LineInfo);
     ``Program.lines`` holds the same source text by slot for listings.
     """
@@ -62,6 +69,9 @@ class ElfProgram(Program):
     attach_to: str = ""
     sleepable: bool = False
     license: str = ""
+    autoload: bool = True
+    load_error: object = field(default=None, repr=False)
+    prog_array_slots: list = field(default_factory=list, repr=False)   # (map, index) to fill
     func_info: dict = field(default_factory=dict)
     line_info: list = field(default_factory=list)
     btf: BTF | None = field(default=None, repr=False)
@@ -159,6 +169,7 @@ class BpfObject:
         self.data_sections: dict[str, bytes] = {}
         self.arena_data_off = 0
         self.arena_map: str | None = None
+        self.map_errors: dict = {}     # after load_elf: map name -> why it could not be created
         self.vm = None
 
     def __repr__(self) -> str:

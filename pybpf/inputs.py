@@ -14,22 +14,41 @@ from .errors import BPFError
 from .program import Program
 
 KINDS = ("asm", "bin", "data", "elf")
+# The kernel loads at most BPF_COMPLEXITY_LIMIT_INSNS (1,000,000) instructions: raw bytecode
+# above 8 MB cannot be a program. Text and objects get room for symbols, comments and debug
+# data; anything larger is refused before it is read whole.
+BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
+MAX_BYTECODE = 8 * BPF_COMPLEXITY_LIMIT_INSNS
+MAX_INPUT = 64 << 20
 
 
 class InputError(BPFError):
-    """An input that cannot be read at all (missing file, undecodable text, empty)."""
+    """An input that cannot be read at all (missing file, undecodable text, empty, too large)."""
 
 
-def read_input(path: str) -> tuple[bytes, str]:
-    """Bytes of ``path`` (``-`` = stdin) and the name to show in messages."""
+def _too_large(name: str, limit: int) -> InputError:
+    return InputError(f"{name}: larger than {limit >> 20} MiB, more than any BPF program "
+                      f"(the kernel's limit is {BPF_COMPLEXITY_LIMIT_INSNS:,} instructions)")
+
+
+def read_input(path: str, limit: int = MAX_INPUT) -> tuple[bytes, str]:
+    """Bytes of ``path`` (``-`` = stdin) and the name to show in messages; InputError for an
+    unreadable input or one above ``limit`` bytes (checked before reading it whole)."""
     if path == "-":
-        return sys.stdin.buffer.read(), "<stdin>"
+        data = sys.stdin.buffer.read(limit + 1)
+        if len(data) > limit:
+            raise _too_large("<stdin>", limit)
+        return data, "<stdin>"
     try:
-        return Path(path).read_bytes(), path
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory") from None
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise _too_large(path, limit)
+    return data, path
 
 
 def detect_kind(data: bytes) -> str:
@@ -47,11 +66,15 @@ def load_program(path: str, fmt: str | None = None, syntax: str = "auto",
                  section: str | None = None) -> Program:
     """Read ``path`` and build a Program, raising a BPFError subclass on bad input."""
     data, name = read_input(path)
+    if not data:
+        raise InputError(f"{name}: empty input")
     kind = fmt or detect_kind(data)
     if section is not None and kind != "elf":
         raise InputError(f"{name}: --section selects a program of an ELF object; this input "
                          f"is {kind}")
     if kind == "bin":
+        if len(data) > MAX_BYTECODE:
+            raise _too_large(name, MAX_BYTECODE)
         return Program.from_bytes(data, name=Path(name).stem or "prog")
     if kind == "elf":
         from .elf import load_elf_program  # ELF loading arrives with the ELF/BTF loader

@@ -39,6 +39,19 @@ def collect(paths) -> list[Path]:
     return files
 
 
+def check_test_file(path) -> None:
+    """InputError unless ``path`` reads as a .data test file (it has an ``-- asm`` or
+    ``-- raw`` section): the command line refuses a named file that is not a test at all
+    rather than report it skipped."""
+    from .inputs import InputError
+    try:
+        df = parse_data_file(path)
+    except BPFError as e:
+        raise InputError(f"{path}: not a readable .data test file: {e}") from None
+    if df.asm is None and df.raw is None:
+        raise InputError(f"{path}: not a .data test file (no '-- asm' or '-- raw' section)")
+
+
 def _expected_stage(df: DataFile) -> str:
     """'load' or 'run' or 'any': where the file's expected error should happen."""
     text = df.error or df.error_pattern or ""

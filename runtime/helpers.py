@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import ctypes
 import errno
+import functools
 import math
 import random
 import re
@@ -31,7 +32,7 @@ from pybpf.helper_names import HELPER_NAMES
 from pybpf.verifier import protos
 from pybpf.verifier.protos import Prototype
 
-from .memory import PROC
+from .memory import PROC, RegionTable
 from .prandom import PrandomState
 
 M64 = (1 << 64) - 1
@@ -50,6 +51,7 @@ PTR_STR = protos.ARG_PTR_TO_CONST_STR           # a NUL-terminated string the he
 # (trace_printk's %s). None outside a run or in code that does not set it.
 ACTIVE_REGIONS: contextvars.ContextVar = contextvars.ContextVar("pybpf_active_regions",
                                                                  default=None)
+_NO_REGIONS = RegionTable()
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,47 @@ class Helper:
     @property
     def checks_memory(self) -> bool:
         return bool(self.prototype.memory_args()) or self.mem_args is not None
+
+    @functools.cached_property
+    def checked_fn(self) -> Callable[..., int]:
+        """``fn`` behind the argument checks of :func:`check_args` against the active run's
+        regions (:data:`ACTIVE_REGIONS`): what native code calls, so a helper never touches
+        memory the run may not access, whatever the verifier said (a VM's JIT runs always set
+        the table; bare ``JitProgram`` runs outside a VM set none and are trusted, as their
+        memory accesses are). ``fn`` itself when the helper has no pointer arguments."""
+        if not self.checks_memory or self.special:
+            return self.fn
+        fn, helper = self.fn, self
+
+        def checked(*args: int) -> int:
+            regions = ACTIVE_REGIONS.get()
+            if regions is not None:
+                check_args(regions, helper, args)
+            return fn(*args)
+        checked.__name__ = self.name
+        return checked
+
+
+def check_args(regions, h: Helper, args: tuple, pc: int | None = None) -> None:
+    """Raise MemoryAccessError unless every pointer argument of ``h`` (by its prototype and
+    ``mem_args``) lies in ``regions`` (a RegionTable; None: outside a run, nothing is
+    accessible) with the access its prototype announces."""
+    if regions is None:
+        regions = _NO_REGIONS
+    for pi, si, kind in h.prototype.memory_args():
+        ptr = args[pi] if pi < len(args) else 0
+        if kind == "str":
+            regions.read_cstr(ptr, pc=pc)
+            continue
+        if kind == "ringbuf":
+            continue
+        size = args[si] if si is not None and si < len(args) else 1
+        if size == 0 and si is not None and h.prototype.args[si].endswith("OR_ZERO"):
+            continue
+        regions.check(ptr, size, kind, pc)
+    if h.mem_args is not None:
+        for ptr, size, kind in h.mem_args(tuple(args[:h.prototype.nargs])):
+            regions.check(ptr, size, kind, pc)
 
 
 class HelperRegistry:
@@ -238,7 +281,7 @@ def kernel_helpers(output: list | None = None, rng: random.Random | None = None)
 
 # --- bpf_conformance / uBPF test helpers -------------------------------------------------------
 def ubpf_test_helpers() -> HelperRegistry:
-    """The helpers of the bpf_conformance uBPF plugin (ASM.md section 1): ids 0-5.
+    """The helpers of the bpf_conformance uBPF plugin (its .data files call them): ids 0-5.
 
     0 gather_bytes(a..e) = a<<32|b<<24|c<<16|d<<8|e (low byte of each), 1 memfrob(ptr, len)
     xors each byte with 42, 2 no-op, 3 sqrti(x) = (u64)sqrt(x), 4 strcmp(p1, p2), 5 unwind(x)

@@ -30,14 +30,14 @@ the ld_imm64 func value, runs one frame deeper per iteration).
 from __future__ import annotations
 
 import errno
-import threading
 import time
 
 from pybpf import isa
 from pybpf.errors import MemoryAccessError, VMError
 from pybpf.verifier.cfg import build_cfg
 
-from .helpers import ACTIVE_REGIONS, HelperRegistry
+from .atomics import native_atomic
+from .helpers import ACTIVE_REGIONS, HelperRegistry, check_args
 from .interp_codegen import Generator
 from .loader import func_slot
 from .map_helpers import MAX_TAIL_CALL_CNT, tail_call_target
@@ -50,7 +50,6 @@ M64 = (1 << 64) - 1
 STACK_SIZE = isa.MAX_CALL_FRAMES * isa.MAX_BPF_STACK
 _ZERO_STACK = bytes(STACK_SIZE)
 _STACKS_KEPT = 4                  # finished runs' stacks an Interpreter keeps for the next runs
-_ATOMIC_LOCK = threading.Lock()   # atomics are atomic with respect to other Python threads
 
 
 class _Stop(Exception):
@@ -58,16 +57,6 @@ class _Stop(Exception):
 
 
 # Arena atomics: op -> (src value, r0) -> (old -> new value, None for no write).
-_ARENA_ATOMIC = {
-    "add": lambda v, r0: lambda old: old + v,
-    "or": lambda v, r0: lambda old: old | v,
-    "and": lambda v, r0: lambda old: old & v,
-    "xor": lambda v, r0: lambda old: old ^ v,
-    "xchg": lambda v, r0: lambda old: v,
-    "cmpxchg": lambda v, r0: lambda old: v if old == r0 else None,
-}
-
-
 def _sdiv(a: int, b: int) -> int:
     if not b:
         return 0
@@ -141,10 +130,17 @@ class Run:
         other._bind(interp, tracer)
         return other
 
-    def _find(self, lo: int, a: int, n: int) -> Region | None:
+    def _find(self, lo: int, a: int, n: int, pc: int = -1) -> Region | None:
         if self.stack_region.start != lo:
             self.regions.move(self.stack_region, lo, self.stop - lo)
-        return self.regions.find(a, n)
+        r = self.regions.find(a, n)
+        if r is not None and r.stride and pc >= 0:
+            # One map value, not its neighbour: the base register (a - off) must point into
+            # the element the access lands in, as the verifier bounds off by value_size.
+            base = a - self.offs.get(pc, 0) - r.start
+            if base < 0 or base // r.stride != (a - r.start) // r.stride:
+                return None
+        return r
 
     # -- slow paths ----------------------------------------------------------------------------
     def limit_error(self, pc: int) -> VMError:
@@ -167,7 +163,7 @@ class Run:
         return self.arena.bpf_address(reg, off) if 0 <= reg <= 0xFFFFFFFF else None
 
     def ld(self, pc: int, lo: int, a: int, n: int, signed: bool) -> int:
-        r = self._find(lo, a, n)
+        r = self._find(lo, a, n, pc)
         if r is None or isinstance(r.owner, Arena):
             addr = self._arena_target(pc, a, r)
             if addr is None:
@@ -178,7 +174,7 @@ class Run:
         return UNPACK[n](PROC, a)[0]
 
     def st(self, pc: int, lo: int, a: int, n: int, v: int) -> None:
-        r = self._find(lo, a, n)
+        r = self._find(lo, a, n, pc)
         if r is None or not r.writable:
             addr = self._arena_target(pc, a, r)
             if addr is None:
@@ -188,36 +184,18 @@ class Run:
         PACK[n](PROC, a, v)
 
     def atomic(self, pc: int, lo: int, a: int, n: int, op: str, v: int, r0: int) -> int:
-        r = self._find(lo, a, n)
+        r = self._find(lo, a, n, pc)
         mask = (1 << (8 * n)) - 1
         if r is None or not r.writable:
             addr = self._arena_target(pc, a, r)
             if addr is None:
                 raise MemoryAccessError(pc, a & M64, n, "atomic access", self.regions.describe())
             arena = r.owner if r is not None else self.arena
-            old = arena.atomic(addr, n, _ARENA_ATOMIC[op](v & mask, r0 & mask))
+            old = arena.atomic_op(addr, n, op, v & mask, r0 & mask)
             if old is None:     # dropped: the register that would get the old value keeps its own
                 return r0 if op == "cmpxchg" else v
             return old
-        v &= mask
-        with _ATOMIC_LOCK:
-            old = UNPACK[n](PROC, a)[0]
-            if op == "add":
-                PACK[n](PROC, a, (old + v) & mask)
-            elif op == "or":
-                PACK[n](PROC, a, old | v)
-            elif op == "and":
-                PACK[n](PROC, a, old & v)
-            elif op == "xor":
-                PACK[n](PROC, a, old ^ v)
-            elif op == "xchg":
-                PACK[n](PROC, a, v)
-            elif op == "cmpxchg":
-                if old == r0 & mask:
-                    PACK[n](PROC, a, v)
-            else:  # pragma: no cover - the snippet table only emits the ops above
-                raise VMError(f"unknown atomic operation {op}", pc)
-        return old
+        return native_atomic(op, a, n, v & mask, r0 & mask, pc)
 
     def ldabs(self, pc: int, off: int, n: int) -> int:
         # Legacy packet load: big-endian read at a 32-bit offset into the packet; out of bounds
@@ -309,18 +287,7 @@ class Run:
         """
         if self.stack_region.start != lo:
             self.regions.move(self.stack_region, lo, self.stop - lo)
-        for pi, si, kind in h.prototype.memory_args():
-            ptr = args[pi] if pi < len(args) else 0
-            if kind == "str":
-                self.regions.read_cstr(ptr, pc=pc)
-                continue
-            size = args[si] if si is not None and si < len(args) else 1
-            if size == 0 and si is not None and h.prototype.args[si].endswith("OR_ZERO"):
-                continue
-            self.regions.check(ptr, size, kind, pc)
-        if h.mem_args is not None:
-            for ptr, size, kind in h.mem_args(tuple(args[:h.prototype.nargs])):
-                self.regions.check(ptr, size, kind, pc)
+        check_args(self.regions, h, args, pc)
 
 
 def _cfg(prog):

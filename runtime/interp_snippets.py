@@ -11,7 +11,7 @@ local ``continue``/``break``). Memory snippets check the address against the cur
 and the fast region inline and fall back to the run's region table (``_ld``/``_st``), which raises
 MemoryAccessError before touching memory.
 
-Semantics (RFC 9669, SEMANTICS.md 5.2-5.4): arithmetic wraps; 32-bit forms operate on the low
+Semantics (RFC 9669 sections 4-5): arithmetic wraps; 32-bit forms operate on the low
 half and zero the upper half; K immediates are sign-extended for 64-bit forms; shift counts are
 masked; x / 0 = 0, x % 0 = x (32-bit forms still zero-extend); INT_MIN s/ -1 = INT_MIN,
 INT_MIN s% -1 = 0; sdiv/smod truncate toward zero.

@@ -11,6 +11,7 @@ arena bands) and raises MemoryAccessError before touching anything else.
 from __future__ import annotations
 
 import ctypes
+import threading
 
 from pybpf.errors import VMError
 
@@ -20,11 +21,6 @@ from .interp import Interpreter
 from .maps.prog_array import ProgArrayMap
 from .memory import Buffer, Region, RegionTable
 
-# Helpers that follow pointers through the run's regions (ACTIVE_REGIONS); a JIT run that may
-# call one gets a region table with its context, the VM's maps and the thread's stack, where
-# the JIT'd frames live.
-_REGION_HELPERS = ("trace_printk", "probe_read", "probe_read_kernel", "probe_read_user",
-                   "probe_read_str", "probe_read_kernel_str", "probe_read_user_str")
 _libc = ctypes.CDLL(None)
 _libc.pthread_self.restype = ctypes.c_ulong
 
@@ -38,6 +34,18 @@ def thread_stack() -> tuple[int, int]:
     _libc.pthread_attr_getstack(attr, ctypes.byref(addr), ctypes.byref(size))
     _libc.pthread_attr_destroy(attr)
     return addr.value or 0, size.value
+
+_STACKS = threading.local()
+
+
+def _thread_stack() -> tuple[int, int]:
+    """:func:`thread_stack`, once per thread (pthread_getattr_np reads /proc/self/maps for
+    the main thread)."""
+    stack = getattr(_STACKS, "stack", None)
+    if stack is None:
+        stack = _STACKS.stack = thread_stack()
+    return stack
+
 
 DEFAULT_INSN_LIMIT = 100_000_000
 ENGINES = ("interp", "jit")
@@ -58,15 +66,17 @@ class LoadedProgram:
 
     def __init__(self, vm, prog, prog_type: str, engine: str, insn_limit: int, name: str,
                  maps: list, arena, values64: dict[int, int], fd: int | None = None,
-                 verified=None) -> None:
-        """``maps``: (name, map) pairs of the maps the program uses; ``verified``: the
-        verifier's VerifyResult (None when loaded with verify=False or "structural")."""
+                 verified: bool = True, verify_result=None) -> None:
+        """``maps``: (name, map) pairs of the maps the program uses; ``verified``: the load
+        ran the whole verifier (JIT code for an unverified load calls the checked helpers and
+        counts a run budget); ``verify_result``: its VerifyResult (facts, max_ctx_offset)."""
         self.vm, self.program, self.prog_type, self.engine = vm, prog, prog_type, engine
-        self.verified = verified
+        self.verify_result = verify_result
         # The kernel's max_ctx_offset: a run must give at least this much mem/ctx (as
         # BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall programs).
-        self.min_mem_size = verified.max_ctx_offset if verified is not None else 0
+        self.min_mem_size = verify_result.max_ctx_offset if verify_result is not None else 0
         self.insn_limit, self.name, self.fd = insn_limit, name, fd
+        self.verified = verified
         self.arena, self.values64 = arena, values64
         self.maps: dict[str, object] = {}
         for key, m in maps:
@@ -82,6 +92,7 @@ class LoadedProgram:
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
         self._base_table: RegionTable | None = None
         self._plain_jit = False                 # JIT run needing no packet or region setup
+        self._budget = None                     # the run budget of unverified JIT code
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
                                        resolve_map=vm.resolve_map)
@@ -95,14 +106,19 @@ class LoadedProgram:
         # ld_abs/ld_ind read the run's packet through two u64 words: address, length.
         self._packet_desc = (ctypes.c_uint64 * 2)()
         self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
-        self._regions = any(f.kind == "call" and f.op == "helper" and
-                            getattr(vm.helpers.get(i.imm), "name", "") in _REGION_HELPERS
-                            for _, f, i in prog.instructions())
+        # unverified code may loop for ever: it counts a run budget down at back edges
+        self._budget = None if self.verified else (ctypes.c_int64 * 1)()
+        env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
+                             verified=self.verified,
+                             budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
+        if verify_result_facts(self.verify_result) is not None:
+            env.facts = self.verify_result.facts    # the verifier's per-insn facts (insn_aux_data)
+        jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
+        # Code that calls Python may reach a helper that follows or checks pointers: its runs
+        # get the run's region table (ACTIVE_REGIONS); purely native code needs none.
+        self._regions = jit.needs_gil
         self._plain_jit = not (self._ldabs or self._regions)
-        env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc))
-        if self.verified is not None and self.verified.facts is not None:
-            env.facts = self.verified.facts     # the verifier's per-insn facts (insn_aux_data)
-        return compile_program(prog, vm.helpers, name=name, values64=values64, env=env)
+        return jit
 
     @property
     def native_entry(self) -> int:
@@ -138,11 +154,14 @@ class LoadedProgram:
         if self._jit is not None:
             if trace is not None:
                 raise VMError("tracing needs engine='interp'")
+            if self._budget is not None:
+                self._budget[0] = check_limit(insn_limit if insn_limit is not None
+                                              else self.insn_limit)
             if self._ldabs:
                 self._set_packet(rc)
             if self._regions:
                 rc.jit_regions = self._run_regions(rc)
-                lo, size = thread_stack()
+                lo, size = _thread_stack()
                 rc.jit_regions.add(Region(lo, size, "thread stack (JIT frames)", True))
             return rc, None
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
@@ -243,18 +262,29 @@ class LoadedProgram:
         self.closed = True
         jit = self._jit
         self._interp = self._jit = None
+        # let go of the maps (a closed map goes with its last program) and the run's memory
+        self.maps, self.arena, self.values64 = {}, None, {}
+        self._base_key = self._base_table = None
+        self.last_buffer = self.last_ctx = None
         if jit is not None:
             # prog_arrays holding this program must not keep its code address
             for m in list(getattr(self.vm, "_by_fd", {}).values()):
                 if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs):
                     m.refresh_native()
             jit.close()
+        release = getattr(self.vm, "release_closed", None)
+        if release is not None:
+            release()       # the closed maps only this program held can go now
 
     def __enter__(self) -> "LoadedProgram":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def verify_result_facts(result):
+    return None if result is None else result.facts
 
 
 def _size_of(ctx) -> int:

@@ -1,7 +1,7 @@
 """Load-time resolution shared by both engines: which maps a program uses and what every ld_imm64
 pseudo form and addr_space_cast stands for, as the kernel's ``resolve_pseudo_ldimm64`` does.
 
-A program names maps two ways (SEMANTICS 5.4): by **fd** (ld_imm64 src 1 / 2; ``imm`` = the
+A program names maps two ways (BPF_PSEUDO_MAP_*, include/uapi/linux/bpf.h): by **fd** (ld_imm64 src 1 / 2; ``imm`` = the
 map's ``fd`` in its VM, what libbpf hands the kernel) or by **index** into ``Program.maps``
 (src 5 / 6; the MapDecl declarations of ``.map`` directives or of an unbound ELF object).
 :func:`bind_declarations` turns each declaration into a VM map (creating it, with an ELF

@@ -103,13 +103,30 @@ class Region:
     name: str
     writable: bool = True
     owner: object = field(default=None, repr=False, compare=False)
+    # Map memory holds values between metadata a program must never reach: with ``stride``,
+    # only ``[lo, hi)`` of each ``stride``-byte element is accessible (one value, not a
+    # neighbour's header); ``allow(address, size)`` vets what is left (a ring buffer's
+    # outstanding samples).
+    stride: int = field(default=0, compare=False)
+    lo: int = field(default=0, compare=False)
+    hi: int = field(default=0, compare=False)
+    allow: object = field(default=None, repr=False, compare=False)
 
     @property
     def end(self) -> int:
         return self.start + self.size
 
     def contains(self, address: int, size: int) -> bool:
-        return self.start <= address and address + size <= self.start + self.size
+        return (self.start <= address and address + size <= self.start + self.size
+                and self.admits(address, size))
+
+    def admits(self, address: int, size: int) -> bool:
+        """Whether an access inside the bounds also stays within one value of the region."""
+        if self.stride:
+            off = (address - self.start) % self.stride
+            if off < self.lo or off + size > self.hi:
+                return False
+        return self.allow is None or self.allow(address, size)
 
     def describe(self) -> str:
         ro = "" if self.writable else " read-only"
@@ -167,7 +184,8 @@ class RegionTable:
         i = bisect.bisect_right(self._starts, address) - 1
         if i >= 0:
             r = self._regions[i]
-            if address + size <= r.start + r.size:
+            if address + size <= r.start + r.size and (
+                    not (r.stride or r.allow) or r.admits(address, size)):
                 return r
         return None
 

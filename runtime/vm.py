@@ -54,6 +54,17 @@ __all__ = ["VM", "LoadedProgram", "DEFAULT_INSN_LIMIT", "ENGINES"]
 _FDS = itertools.count(1)
 _FD_LOCK = threading.Lock()
 _MISSING = object()
+MAX_MAPS = 4096                 # live maps per VM
+MAX_MAP_BYTES = 16 << 30        # map memory per VM (values, elements, rings, arena pages)
+# The kernel refuses programs above BPF_COMPLEXITY_LIMIT_INSNS instructions with E2BIG.
+BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
+
+
+def _charge(m) -> int:
+    """Bytes a map counts against its VM's limit: an arena its possible pages."""
+    if m.type == "arena":
+        return m.max_entries * 4096
+    return m.map_mem_usage()
 
 
 def _next_fd() -> int:
@@ -70,7 +81,8 @@ class VM:
     """
 
     def __init__(self, helpers: HelperRegistry | None = None, *,
-                 insn_limit: int = DEFAULT_INSN_LIMIT, seed: int | None = None) -> None:
+                 insn_limit: int = DEFAULT_INSN_LIMIT, seed: int | None = None,
+                 max_maps: int = MAX_MAPS, max_map_bytes: int = MAX_MAP_BYTES) -> None:
         self._trace_lines: list[str] = []
         self.random = random.Random(seed)
         self.kfuncs = HelperRegistry(kind="kfunc")
@@ -85,6 +97,11 @@ class VM:
         self._by_fd: dict[int, object] = {}
         self._by_value: dict[int, object] = {}
         self._map_regions: list[Region] = []
+        self._closing: list = []                    # closed maps that programs still hold
+        # Per-VM resource limits (the kernel charges map memory to a memory cgroup and caps
+        # open fds): live maps, and bytes of map memory (an arena counts its max_entries pages)
+        self.max_maps, self.max_map_bytes = max_maps, max_map_bytes
+        self.closed = False
         self._decls: dict[int, tuple] = {}          # id(MapDecl) -> (decl, map)
         self._programs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -94,21 +111,90 @@ class VM:
         """BPF_MAP_CREATE: a new map of ``map_type`` ("hash", "array", "ringbuf", "arena", ...)
         with an ``fd`` in this VM. ``kwargs`` go to the map class (``key_type=``,
         ``value_type=``, ``n_cpus=``...). MapError with the kernel's errno for bad attributes."""
+        self._check_open()
+        self.release_closed()
+        if len(self._by_fd) >= self.max_maps:
+            raise MapError(f"this VM already has {len(self._by_fd)} maps, its limit "
+                           f"(VM(max_maps=...) raises it; close maps no longer needed)",
+                           errno.EMFILE)
         m = create_map(map_type, key_size=key_size, value_size=value_size,
                        max_entries=max_entries, flags=flags, map_extra=map_extra, name=name,
                        fd=_next_fd(), **kwargs)
+        used = sum(map(_charge, self._by_fd.values()))
+        if used + _charge(m) > self.max_map_bytes:
+            m.close()
+            raise MapError(f"map memory limit: {used + _charge(m):,} bytes would exceed this "
+                           f"VM's {self.max_map_bytes:,} (VM(max_map_bytes=...) raises it)",
+                           errno.ENOMEM)
         self._by_fd[m.fd] = m
         self._by_value[m.address] = m
         if m.name:
             self.maps[m.name] = m
         if isinstance(m, ProgArrayMap):
             m.resolve_prog = self.program_by_fd
+        rule = m.region_rule()
         for start, size, writable in m.regions():
-            self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m))
+            self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m,
+                                            **rule))
+        m._close_hook = weakref.WeakMethod(self._map_closed)
         return m
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise VMError("the VM is closed")
+
+    def close(self) -> None:
+        """Close every program and map of this VM; any later use of the VM raises VMError."""
+        if self.closed:
+            return
+        for lp in list(self._programs.values()):
+            lp.close()
+        for m in list(self._by_fd.values()):
+            m.close()
+        self.closed = True
+        self._programs.clear()
+        self._by_fd.clear()
+        self._by_value.clear()
+        self.maps.clear()
+        self._map_regions, self._decls, self._closing = [], {}, []
+
+    def __enter__(self) -> "VM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _map_closed(self, m) -> None:
+        self._closing.append(m)
+        self.release_closed()
+
+    def release_closed(self) -> int:
+        """Drop the closed maps no live program uses from this VM's tables (their memory goes
+        with the last reference); returns how many are still held by programs."""
+        if not self._closing:
+            return 0
+        held = set()
+        for lp in list(self._programs.values()):
+            if not lp.closed:
+                held.update(id(m) for m in lp.maps.values())
+                if lp.arena is not None:
+                    held.add(id(lp.arena))
+        keep, gone = [], []
+        for m in self._closing:
+            (keep if id(m) in held else gone).append(m)
+        self._closing = keep
+        if gone:
+            ids = {id(m) for m in gone}
+            for table in (self._by_fd, self._by_value, self.maps):
+                for k in [k for k, v in table.items() if id(v) in ids]:
+                    del table[k]
+            self._map_regions = [r for r in self._map_regions if id(r.owner) not in ids]
+            self._decls = {k: v for k, v in self._decls.items() if id(v[1]) not in ids}
+        return len(keep)
 
     def map_by_fd(self, fd: int, default=_MISSING):
         """The map with this fd (MapError EBADF, or ``default`` when given)."""
+        self._check_open()
         m = self._by_fd.get(fd)
         if m is None:
             if default is not _MISSING:
@@ -145,6 +231,7 @@ class VM:
         argument-type names (``("ARG_PTR_TO_MEM", "ARG_CONST_SIZE")``; default five
         ``ARG_ANYTHING``); pointer arguments it describes are checked before each call.
         """
+        self._check_open()
         if prototype is not None and not isinstance(prototype, Prototype):
             prototype = Prototype(args=tuple(prototype))
         if prototype is not None and prototype.nargs > 5:
@@ -191,7 +278,11 @@ class VM:
         skips verification: with ``engine="jit"`` this is for TRUSTED INPUT ONLY (JIT code
         runs unchecked); the interpreter still checks memory at run time.
         """
+        self._check_open()
         prog = _as_program(prog, name)
+        if len(prog) > BPF_COMPLEXITY_LIMIT_INSNS:
+            raise VMError(f"program too large: {len(prog):,} instructions, more than the "
+                          f"kernel's {BPF_COMPLEXITY_LIMIT_INSNS:,} (E2BIG)")
         ptype = _prog_type(prog, prog_type)
         if engine not in ENGINES:
             raise VMError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
@@ -206,13 +297,18 @@ class VM:
             self.verify_result(prog, ptype, full=False)
         used, arena, values = self.resolve(prog, maps)
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
-                           values, fd=_next_fd(), verified=result)
+                           values, fd=_next_fd(), verified=verify is True,
+                           verify_result=result)
         self._programs[lp.fd] = lp
+        for m, index in getattr(prog, "prog_array_slots", ()):    # __array(values, ...)
+            if m.fd in self._by_fd:
+                m.update(index, lp)
         return lp
 
     # -- load-time resolution ------------------------------------------------------------------
     def resolve(self, prog: Program, maps: dict | None = None):
         """(maps the program uses, its arena, values64)."""
+        self._check_open()
         decl_maps = bind_declarations(self, prog, maps)
         refs = referenced_maps(self, prog, decl_maps)
         arena = program_arena(prog, refs)
@@ -230,6 +326,9 @@ class VM:
 # --- helpers ----------------------------------------------------------------------------------
 def _as_program(prog, name: str | None = None) -> Program:
     if isinstance(prog, Program):
+        err = getattr(prog, "load_error", None)    # an ELF program libbpf could not load
+        if err is not None:
+            raise type(err)(str(err))
         return prog
     if isinstance(prog, (bytes, bytearray, memoryview)):
         return Program.from_bytes(bytes(prog), name=name or "prog")

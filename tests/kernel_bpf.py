@@ -5,26 +5,47 @@ program exactly as ``pybpf.elf.parse_object`` linked it (map references by index
 ``fd_array``; pybpf kfunc ids swapped for the kernel's BTF ids) and runs it with
 BPF_PROG_TEST_RUN. If the kernel verifier accepts the linked program and it computes the right
 answers, the linking (subprogram order, call offsets, map and global relocations, arena offsets)
-is right. Needs root (CAP_BPF); ``available()`` says whether this process may use bpf().
+is right. Needs root (CAP_BPF). Which features this kernel allows is :mod:`kernel_probe`'s job:
+tests ask it (``require_kernel("map:arena")``) before using them, so a refused feature skips.
+
+Besides the object loader: ``try_create_map``, ``elem_op`` and ``prog_load`` answer with 0/fd or
+-errno instead of raising, for tests that compare the kernel's errnos with pybpf's.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import mmap
 import os
+import platform
 import struct
 
 from pybpf.elf_reader import ElfReader
 from pybpf.elf_sections import MAP_TYPE_IDS
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_SYS_BPF = 321  # x86-64
-BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD = 0, 1, 2, 5
-BPF_PROG_TEST_RUN, BPF_BTF_LOAD = 10, 18
+_libc.syscall.restype = ctypes.c_long
+# __NR_bpf by machine (asm/unistd*.h); None where unknown: then bpf() counts as unavailable
+SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280, "s390x": 351,
+           "ppc64le": 361, "ppc64": 361}.get(platform.machine())
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
+BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_BTF_LOAD = 5, 10, 18
 BPF_F_SLEEPABLE = 1 << 4
-PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4,
-                 "tracepoint": 5, "xdp": 6, "syscall": 31}
+ENOTSUPP = 524  # kernel-internal errno (include/linux/errno.h) that bpf() can return
+# enum bpf_prog_type (include/uapi/linux/bpf.h), by pybpf's names (lower case, no prefix)
+PROG_TYPE_IDS = {n: i for i, n in enumerate((
+    "unspec", "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp",
+    "perf_event", "cgroup_skb", "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit", "sock_ops",
+    "sk_skb", "cgroup_device", "sk_msg", "raw_tracepoint", "cgroup_sock_addr", "lwt_seg6local",
+    "lirc_mode2", "sk_reuseport", "flow_dissector", "cgroup_sysctl", "raw_tracepoint_writable",
+    "cgroup_sockopt", "tracing", "struct_ops", "ext", "lsm", "sk_lookup", "syscall", "netfilter"))
+    if n != "unspec"}
+
+
+def errno_name(err: int) -> str:
+    """``EPERM``; the kernel-internal ENOTSUPP (524) by name too."""
+    return "ENOTSUPP" if err == ENOTSUPP else errno.errorcode.get(err, f"errno {err}")
 
 
 class KernelError(OSError):
@@ -34,21 +55,20 @@ class KernelError(OSError):
 
 
 def _bpf(cmd: int, attr: bytearray, what: str) -> int:
+    if SYS_BPF is None:
+        raise KernelError(f"{what} (no bpf() syscall number known for {platform.machine()})",
+                          errno.ENOSYS)
     buf = (ctypes.c_char * len(attr)).from_buffer(attr)
-    r = _libc.syscall(_SYS_BPF, cmd, buf, len(attr))
+    r = _libc.syscall(SYS_BPF, cmd, buf, len(attr))
     if r < 0:
         raise KernelError(what, ctypes.get_errno())
     return r
 
 
 def available() -> bool:
-    """True when bpf() works here (root, not blocked by seccomp)."""
-    try:
-        fd = create_map("array", 4, 4, 1, name="probe")
-    except OSError:
-        return False
-    os.close(fd)
-    return True
+    """True when bpf() works here (root, not blocked by seccomp): ``kernel_probe``'s "bpf"."""
+    import kernel_probe  # here, not at the top: kernel_probe imports this module
+    return kernel_probe.probe("bpf") is None
 
 
 def _addr(buf) -> int:
@@ -62,6 +82,54 @@ def create_map(mtype: str, key: int, value: int, entries: int, flags: int = 0,
     attr[28:28 + 15] = name.encode()[:15].ljust(15, b"\0")
     struct.pack_into("<Q", attr, 64, map_extra)
     return _bpf(BPF_MAP_CREATE, attr, f"map_create {name} ({mtype})")
+
+
+def try_create_map(mtype: str, key: int, value: int, entries: int, flags: int = 0,
+                   map_extra: int = 0, name: str = "") -> int:
+    """A map fd, or -errno when the kernel refuses (for comparing errnos with pybpf's)."""
+    try:
+        return create_map(mtype, key, value, entries, flags, map_extra, name)
+    except KernelError as e:
+        return -e.errno
+
+
+def elem_op(cmd: int, fd: int, key: bytes | None, value: bytes | None = None,
+            flags: int = 0) -> tuple[int, bytes | None]:
+    """One element command (BPF_MAP_LOOKUP_ELEM, UPDATE_ELEM, DELETE_ELEM, ...); ``None`` passes
+    a NULL pointer. (0 or -errno, the value buffer after the call or None)."""
+    kb = ctypes.create_string_buffer(key, max(len(key), 1)) if key is not None else None
+    vb = ctypes.create_string_buffer(value, max(len(value), 1)) if value is not None else None
+    attr = bytearray(32)
+    struct.pack_into("<IIQQQ", attr, 0, fd, 0, _addr(kb), _addr(vb), flags)
+    try:
+        _bpf(cmd, attr, "map elem op")
+    except KernelError as e:
+        return -e.errno, None
+    return 0, (vb.raw if vb is not None else None)
+
+
+def prog_load(code: bytes, prog_type: str, *, sleepable: bool = False, fd_array=(),
+              log_level: int = 1, log_size: int = 1 << 16, license: str = "GPL",
+              name: str = "") -> tuple[int, str]:
+    """BPF_PROG_LOAD of raw instructions: (fd or -errno, the verifier log). With ``log_level``
+    0 no log is asked for (a log that overflows fails even a good load)."""
+    insns = ctypes.create_string_buffer(code, len(code))
+    lic = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(log_size if log_level else 1)
+    fds = (ctypes.c_int * max(len(fd_array), 1))(*fd_array)
+    attr = bytearray(152)
+    struct.pack_into("<IIQQIIQ", attr, 0, PROG_TYPE_IDS[prog_type], len(code) // 8,
+                     _addr(insns), _addr(lic), log_level, log_size if log_level else 0,
+                     _addr(log) if log_level else 0)
+    struct.pack_into("<I", attr, 44, BPF_F_SLEEPABLE if sleepable else 0)
+    attr[48:48 + 15] = name.encode()[:15].ljust(15, b"\0")
+    if fd_array:
+        struct.pack_into("<Q", attr, 120, _addr(fds))
+    try:
+        fd = _bpf(BPF_PROG_LOAD, attr, f"prog_load {name or prog_type}")
+    except KernelError as e:
+        return -e.errno, log.value.decode(errors="replace")
+    return fd, log.value.decode(errors="replace")
 
 
 def _elem(cmd: int, fd: int, key: bytes, value, flags: int = 0) -> None:
@@ -154,7 +222,12 @@ def sanitized_btf(obj) -> bytes:
 
 
 def load_btf(obj) -> int:
-    data = ctypes.create_string_buffer(sanitized_btf(obj))
+    return load_raw_btf(sanitized_btf(obj))
+
+
+def load_raw_btf(blob: bytes) -> int:
+    """BPF_BTF_LOAD; the fd (KernelError carries the kernel's log)."""
+    data = ctypes.create_string_buffer(blob)
     log = ctypes.create_string_buffer(1 << 16)
     attr = bytearray(40)
     struct.pack_into("<QQIII", attr, 0, _addr(data), _addr(log), len(data) - 1, len(log), 1)

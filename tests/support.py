@@ -1,7 +1,10 @@
-"""What the engine tests share: assembling with helpers named, running a scenario on both
-engines, a test packet, the sample drivers, the process's RSS, and the child-process harness
-of the JIT tests (JIT'd code runs unchecked, so its cases run in a child Python that prints one
-JSON line per case; a crash fails the cases it did not report).
+"""What the tests share: assembling with helpers named, running a scenario on both engines, a
+test packet, the sample drivers, the process's RSS, where the bpf_conformance suite is, and the
+one child-process harness for crash-prone tests (JIT'd code runs unchecked, arenas and fuzzers
+can fault): ``run_code``/``run_script`` start a child Python that sees the project and tests/;
+``start_code`` without waiting; ``in_child`` runs a test's body there; ``run_child`` + ``assert_case_passed`` run a module's
+``case_*`` functions there, one JSON line per case, so a crash fails only the cases it did not
+report.
 
 Imported as ``support`` (tests/ is on sys.path under pytest and when a test file runs as a
 script)."""
@@ -14,12 +17,15 @@ import re
 import struct
 import subprocess
 import sys
+import textwrap
 import traceback
+from pathlib import Path
 
 import pybpf
 from pybpf.helper_names import HELPER_IDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
 SAMPLES = os.path.join(ROOT, "samples")
 M64 = (1 << 64) - 1
 ENGINES = ("interp", "jit")
@@ -62,7 +68,110 @@ def rss() -> int:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read())[1]) * 1024
 
 
+# -- the bpf_conformance suite -------------------------------------------------------------------
+# The suite is someone else's work and stays outside the project: a checkout of
+# https://github.com/Alan-Jowett/bpf_conformance (its tests/ and negative/ folders). Tests find it
+# through --conformance-dir (conftest.py), else PYBPF_CONFORMANCE, else the test configuration's
+# default: ../shared/conformance beside the project, where CI keeps it.
+CONFORMANCE_ENV = "PYBPF_CONFORMANCE"
+CONFORMANCE_DEFAULT = os.path.join(os.path.dirname(ROOT), "shared", "conformance")
+CONFORMANCE_URL = "https://github.com/Alan-Jowett/bpf_conformance"
+_conformance_option: str | None = None
+
+
+def set_conformance_dir(path: str | None) -> None:
+    """(conftest) The --conformance-dir option, which wins over the environment."""
+    global _conformance_option
+    _conformance_option = path
+
+
+def conformance_dir() -> Path:
+    """Where the suite should be (it may be absent: see :func:`conformance_missing`)."""
+    where = _conformance_option or os.environ.get(CONFORMANCE_ENV) or CONFORMANCE_DEFAULT
+    return Path(where).expanduser().resolve()
+
+
+def conformance_missing() -> str | None:
+    """None when the suite is there, else the one reason every test that reads it skips with."""
+    d = conformance_dir()
+    if any((d / "tests").glob("*.data")):
+        return None
+    return (f"bpf_conformance suite not found at {d} (no tests/*.data): point --conformance-dir "
+            f"or {CONFORMANCE_ENV} at a checkout of {CONFORMANCE_URL}")
+
+
+def require_conformance() -> Path:
+    """The suite's directory; skips the calling test when it is absent."""
+    why = conformance_missing()
+    if why:
+        import pytest
+        pytest.skip(why)
+    return conformance_dir()
+
+
+def conformance_files(sub: str = "tests", pattern: str = "*.data") -> list[Path]:
+    """The suite's files under ``sub`` (sorted; empty when the suite is absent)."""
+    return [] if conformance_missing() else sorted((conformance_dir() / sub).glob(pattern))
+
+
+def conformance_params(sub: str = "tests", pattern: str = "*.data") -> list:
+    """:func:`conformance_files` for ``parametrize``; when the suite is absent, one parameter
+    that skips with the reason (not pytest's anonymous "got empty parameter set")."""
+    import pytest
+    why = conformance_missing()
+    if why:
+        return [pytest.param(None, id="no-conformance-suite", marks=pytest.mark.skip(reason=why))]
+    return conformance_files(sub, pattern)
+
+
 # -- the child-process harness ------------------------------------------------------------------
+
+def child_env(env: dict | None = None) -> dict:
+    """The environment of a child Python: this one, with the project and tests/ importable,
+    changed by ``env`` (a value of None removes the variable)."""
+    path = os.pathsep.join(p for p in (ROOT, TESTS, os.environ.get("PYTHONPATH", "")) if p)
+    out = dict(os.environ, PYTHONPATH=path)
+    for key, value in (env or {}).items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def run_code(code: str, *args: str, timeout: float = 120, env: dict | None = None,
+             cwd: str | None = None) -> subprocess.CompletedProcess:
+    """``python -c <code> args...`` (dedented) in a child; text output captured; ``env`` as in
+    :func:`child_env`."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
+                          capture_output=True, text=True, timeout=timeout, env=child_env(env),
+                          cwd=cwd)
+
+
+def start_code(code: str, env: dict | None = None) -> subprocess.Popen:
+    """:func:`run_code` without waiting (for watching the child while it runs)."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=child_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_script(path: str, *args: str, timeout: float = 900, env: dict | None = None,
+               cwd: str | None = None) -> subprocess.CompletedProcess:
+    """``python <path> args...`` in a child; text output captured."""
+    return subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=child_env(env), cwd=cwd)
+
+
+def in_child(fn):
+    """Decorator: run a test body in a child process, so a fault kills the child, not pytest.
+    The body takes no arguments and lives at module level of a test module under tests/."""
+    def test():
+        r = run_code(f"import {fn.__module__} as t; t.{fn.__name__}.body(); print('child ok')")
+        assert r.returncode == 0 and r.stdout.endswith("child ok\n"), \
+            (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
+    test.__name__, test.__doc__, test.body = fn.__name__, fn.__doc__, fn
+    test.__module__ = fn.__module__
+    return test
+
 
 def cases_of(namespace: dict) -> dict:
     """The ``case_*`` functions of a test module's globals, by name without the prefix."""
@@ -84,9 +193,7 @@ def child(cases: dict, names: list[str], detail=lambda d: d) -> int:
 
 def run_child(path: str, cases: dict) -> tuple[dict, subprocess.CompletedProcess]:
     """Run ``python <path> child <every case>``; returns ({case: record}, the process)."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, path, "child", *cases], capture_output=True,
-                          text=True, timeout=900, env=env)
+    proc = run_script(path, "child", *cases)
     results = {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):

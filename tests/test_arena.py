@@ -9,12 +9,7 @@ import ctypes
 import errno
 import os
 import random
-import re
-import shutil
 import struct
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -28,7 +23,9 @@ from pybpf.runtime.maps.arena import GUARD, SZ_4G, Arena, RangeTree
 from pybpf.runtime.maps.base import (BPF_F_MMAPABLE, BPF_F_NO_USER_CONV, BPF_F_NUMA_NODE,
                                      BPF_F_RDONLY_PROG, BPF_F_SEGV_ON_FAULT)
 
-from test_maps import _bpf, _libc, kernel, kmap_create  # noqa: F401  (fixture, bpf() client)
+import kernel_bpf
+from kernel_probe import require_kernel
+from support import in_child, run_code as run_child
 
 PAGE = 4096
 M64 = (1 << 64) - 1
@@ -43,22 +40,6 @@ def errno_of(fn, *args, **kwargs) -> int:
     with pytest.raises(MapError) as ei:
         fn(*args, **kwargs)
     return ei.value.errno
-
-
-def run_child(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def in_child(fn):
-    """Run a test body in a child process, so a broken arena faults the child, not pytest."""
-    def test():
-        r = run_child(f"import test_arena as t; t.{fn.__name__}.body(); print('child ok')")
-        assert r.returncode == 0 and r.stdout.endswith("child ok\n"), \
-            (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
-    test.__name__, test.__doc__, test.body = fn.__name__, fn.__doc__, fn
-    return test
 
 
 def rss_kib() -> int:
@@ -91,9 +72,10 @@ def test_creation_rules(case):
         assert a.vm_range == n * PAGE and (not extra or a.user_vm_start == extra)
 
 
-def test_creation_rules_match_the_kernel(kernel):  # noqa: F811
+@pytest.mark.kernel("map:arena")
+def test_creation_rules_match_the_kernel():
     for ks, vs, n, flags, extra, want in CREATE_CASES:
-        fd = kmap_create("arena", ks, vs, n, flags, extra)
+        fd = kernel_bpf.try_create_map("arena", ks, vs, n, flags, extra)
         if fd >= 0:
             os.close(fd)
         assert (-fd if fd < 0 else 0) == want, (ks, vs, n, flags, extra)
@@ -289,6 +271,7 @@ def test_rss_does_not_grow_on_dropped_stores():
     assert rss_kib() - before >= 1536
 
 
+@pytest.mark.slow
 def test_random_u32_addresses_never_crash():
     """Any 32-bit arena address with any s16 offset and size, as BPF may compute them."""
     r = run_child("""
@@ -498,23 +481,19 @@ class KernelArena:
     EXTRA = 1 << 44
 
     def __init__(self, pages: int, ids: dict[str, int]) -> None:
-        self.ids, self.fd = ids, kmap_create("arena", 0, 0, pages, MM, self.EXTRA)
-        assert self.fd >= 0
+        self.ids = ids
+        self.fd = kernel_bpf.create_map("arena", 0, 0, pages, MM, self.EXTRA, "kernel_arena")
 
     def close(self) -> None:
         os.close(self.fd)
 
     def _run(self, body: bytes) -> int:
         code = _ld64(1, self.fd, src=1) + body
-        lic, insns = ctypes.create_string_buffer(b"GPL"), ctypes.create_string_buffer(code)
-        attr = struct.pack("<IIQQIIQII", 31, len(code) // 8, ctypes.addressof(insns),
-                           ctypes.addressof(lic), 0, 0, 0, 0, 1 << 4)   # syscall, sleepable
-        pfd = _bpf(5, attr)
-        assert pfd >= 0, f"program load failed: {pfd}"
+        pfd, log = kernel_bpf.prog_load(code, "syscall", sleepable=True)
+        assert pfd >= 0, f"program load failed: {kernel_bpf.errno_name(-pfd)}\n{log[-2000:]}"
         try:
-            buf = ctypes.create_string_buffer(struct.pack("<II", pfd, 0), 128)
-            assert _libc.syscall(321, 10, buf, 128) == 0            # BPF_PROG_TEST_RUN
-            return struct.unpack_from("<i", buf, 4)[0]
+            retval = kernel_bpf.KernelObject.run(pfd)[0]
+            return struct.unpack("<i", struct.pack("<I", retval))[0]
         finally:
             os.close(pfd)
 
@@ -540,16 +519,11 @@ class KernelArena:
 
 
 @pytest.fixture(scope="module")
-def kfunc_ids(kernel):  # noqa: F811
-    if shutil.which("bpftool") is None:
-        pytest.skip("bpftool not installed (needed for the kfuncs' BTF ids)")
-    out = subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux"],
-                         capture_output=True, text=True, timeout=60).stdout
-    ids = {m.group(2): int(m.group(1)) for m in re.finditer(
-        r"^\[(\d+)\] FUNC 'bpf_arena_(alloc|free|reserve)_pages'", out, re.M)}
-    if len(ids) < 3:
-        pytest.skip(f"this kernel lacks arena kfuncs: found {sorted(ids)}")
-    return ids
+def kfunc_ids():
+    kfuncs = {op: f"bpf_arena_{op}_pages" for op in ("alloc", "free", "reserve")}
+    require_kernel("map:arena", "prog:syscall+sleepable", "test_run:syscall",
+                   *(f"kfunc:{name}" for name in kfuncs.values()))
+    return {op: kernel_bpf.kernel_btf_id(name) for op, name in kfuncs.items()}
 
 
 def _ours(a: Arena, op: str, pgoff, n: int) -> int | None:
@@ -562,6 +536,7 @@ def _ours(a: Arena, op: str, pgoff, n: int) -> int | None:
     return a.reserve_pages(base + pgoff * PAGE, n)
 
 
+@pytest.mark.kernel
 def test_kfuncs_match_the_kernel(kfunc_ids):
     """Best-fit placement, exact requests, frees and reservations, op by op, kernel vs pybpf."""
     rng = random.Random(2024)

@@ -23,7 +23,7 @@ from pybpf.errors import VerifierError, VMError
 from pybpf.runtime.maps.arena import LO32
 from pybpf.runtime.maps.base import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
 from pybpf.runtime.vm import VM
-from support import M64, ROOT, asm, rss, sample_driver
+from support import M64, ROOT, asm, rss, run_script, sample_driver
 
 
 def Arena():
@@ -190,8 +190,7 @@ def test_bpf_builds_a_list_python_follows_it_and_the_other_way_round():
 def test_arbitrary_32_bit_addresses_never_crash():
     """Hypothesis drives loads, stores and atomics at arbitrary 32-bit addresses and offsets
     in a subprocess (a crash would kill it) and checks each against a model of the page map."""
-    proc = subprocess.run([sys.executable, __file__, "fuzz", "400"], capture_output=True,
-                          text=True, timeout=300)
+    proc = run_script(__file__, "fuzz", "400", timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "400 examples ok" in proc.stdout
 

@@ -6,6 +6,7 @@
 """
 import string
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,6 +70,7 @@ lines = st.lists(st.sampled_from(["mov %r0, 1", "r0 = 1", "exit", "ja +1", "goto
                  max_size=8).map("\n".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, **SETTINGS)
 @given(st.one_of(soups, texts, lines), st.sampled_from(["auto", "ubpf", "llvm"]))
 def test_any_text_assembles_or_raises_asm_error(text, syntax):

@@ -2,9 +2,11 @@
 decodes gets a verdict from the verifier (VerifierError or accepted, nothing else), and what
 passes the structural checks runs in the interpreter to a result or a BPFError (memory is
 checked, the budget stops loops). Runs in a subprocess, as fuzzing should."""
-import subprocess
-import sys
 import textwrap
+
+import pytest
+
+from support import run_code
 
 CHILD = textwrap.dedent("""
     import random, struct
@@ -64,6 +66,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_random_bytecode_never_crashes():
-    p = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=600)
+    p = run_code(CHILD, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

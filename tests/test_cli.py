@@ -1,4 +1,5 @@
-"""The command line: contracts from DESIGN.md, exit statuses, and no tracebacks on bad input."""
+"""The command line: its contracts (README, docs/architecture.md), exit statuses, and no
+tracebacks on bad input."""
 import os
 import subprocess
 import sys

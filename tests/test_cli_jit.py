@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+pytestmark = pytest.mark.jit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SVG = "{http://www.w3.org/2000/svg}"
 HAVE_CAPSTONE = importlib.util.find_spec("capstone") is not None
@@ -156,6 +158,7 @@ def test_dump_switches_work_through_run(tmp_path):
     assert rc == 0 and "LLVM IR" not in err and "x86-64" not in err
 
 
+@pytest.mark.slow
 def test_bench_quick_prints_goals():
     rc, out, err = pybpf("bench", "--quick", timeout=300)
     assert rc == 0, out + err

@@ -1,6 +1,9 @@
 """The bpf_conformance suite through the command line, as the issues state it.
 
-- ``pybpf test --engine interp|jit|both ../shared/conformance/tests`` ends with
+The suite is a checkout of bpf_conformance found through --conformance-dir / PYBPF_CONFORMANCE
+(tests/conftest.py); without it every test here skips with that one reason.
+
+- ``pybpf test --engine interp|jit|both <suite>/tests`` ends with
   ``313 passed, 0 failed, 0 skipped`` (the JIT runs in the CLI's own process, a subprocess here);
 - every file, parametrised, passes on the interpreter;
 - every program survives ``pybpf asm x.s -o x.bin && pybpf disasm x.bin --syntax S | pybpf asm -``
@@ -8,10 +11,8 @@
   stdin/stdout redirected, so 313 x 2 round trips stay fast).
 """
 import io
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,23 +20,26 @@ from pybpf import cli
 from pybpf.datafile import parse_data_file
 from pybpf.testrunner import PASS, run_file
 
-TESTS = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "tests"
-FILES = sorted(TESTS.glob("*.data"))
+from support import conformance_files, conformance_params
+
+FILES = conformance_files("tests")
 
 
-def test_suite_is_there():
+def test_suite_is_there(conformance_dir):
     assert len(FILES) == 313
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", conformance_params("tests"), ids=lambda p: p.stem)
 def test_file_passes_on_the_interpreter(path):
     outcome = run_file(path, engine="interp")
     assert outcome.status == PASS, outcome.message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["interp", "jit", "both"])
-def test_cli_summary_line(engine):
-    p = subprocess.run([sys.executable, "-m", "pybpf", "test", "--engine", engine, str(TESTS)],
+def test_cli_summary_line(engine, conformance_dir):
+    tests = conformance_dir / "tests"
+    p = subprocess.run([sys.executable, "-m", "pybpf", "test", "--engine", engine, str(tests)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert p.stdout.splitlines()[-1] == "313 passed, 0 failed, 0 skipped"
@@ -57,8 +61,9 @@ class _Stdio:
         return rc, out.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("syntax", ["ubpf", "llvm"])
-def test_cli_round_trip_of_every_program(tmp_path, monkeypatch, syntax):
+def test_cli_round_trip_of_every_program(tmp_path, monkeypatch, syntax, conformance_dir):
     run = _Stdio(monkeypatch)
     for path in FILES:
         src = tmp_path / f"{path.stem}.s"

@@ -8,10 +8,7 @@ only those forms are excused from the line-by-line comparison.
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
-import platform
 import random
 import re
 import shutil
@@ -23,13 +20,17 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from pybpf import isa
+from pybpf.asm import assemble
 from pybpf.disasm import STYLES, disassemble, format_insn
 from pybpf.errors import DecodeError
 from pybpf.insn import Insn, encode, make
 from pybpf.program import MapDecl, Program
 
+import kernel_bpf
+from kernel_probe import require_kernel
+from support import conformance_params
+
 GOLDEN = Path(__file__).parent / "golden" / "disasm"
-CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "tests"
 LLVM_MC, OBJDUMP, CLANG = (shutil.which(t) for t in ("llvm-mc-19", "llvm-objdump-19", "clang-19"))
 needs_llvm = pytest.mark.skipif(not (LLVM_MC and OBJDUMP), reason="llvm-mc-19/llvm-objdump-19 missing")
 
@@ -314,31 +315,16 @@ def test_golden_listing(name):
     assert disassemble(prog, style) == (GOLDEN / name).read_text()
 
 
-def _bpf_syscall_nr() -> int | None:
-    return {"x86_64": 321, "aarch64": 280}.get(platform.machine())
-
-
-def kernel_verifier_log(raw: bytes, prog_type: int = 1) -> tuple[bool, str]:
-    """Load ``raw`` (socket filter by default) with log_level 2; (accepted, log). Skips the test
-    when the bpf() syscall is not permitted here."""
-    nr = _bpf_syscall_nr()
-    if nr is None:
-        pytest.skip(f"no bpf() syscall number for {platform.machine()}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    code = ctypes.create_string_buffer(raw, len(raw))
-    log = ctypes.create_string_buffer(1 << 23)
-    lic = ctypes.create_string_buffer(b"GPL")
-    attr = bytearray(160)  # union bpf_attr, BPF_PROG_LOAD: type, insn_cnt, insns, license, log_*
-    struct.pack_into("<IIQQIIQ", attr, 0, prog_type, len(raw) // 8, ctypes.addressof(code),
-                     ctypes.addressof(lic), 2, len(log), ctypes.addressof(log))
-    battr = ctypes.create_string_buffer(bytes(attr), len(attr))
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(5), battr, ctypes.c_uint(len(attr)))
-    err = ctypes.get_errno()
+def kernel_verifier_log(raw: bytes, prog_type="socket_filter") -> tuple[bool, str]:
+    """Load ``raw`` with log_level 2; (accepted, log). Skips the test when the kernel refuses
+    programs of that type (kernel_probe)."""
+    if isinstance(prog_type, int):
+        prog_type = next(n for n, i in kernel_bpf.PROG_TYPE_IDS.items() if i == prog_type)
+    require_kernel(f"prog:{prog_type}")
+    fd, log = kernel_bpf.prog_load(raw, prog_type, log_level=2, log_size=1 << 23)
     if fd >= 0:
         os.close(fd)
-    elif err in (errno.EPERM, errno.ENOSYS) and not log.value:
-        pytest.skip(f"bpf() not permitted here: {os.strerror(err)}")
-    return fd >= 0, log.value.decode()
+    return fd >= 0, log
 
 
 _LOG_INSN = re.compile(r"^\s*(\d+): (?:[0-9.]{10,} )?(\([0-9a-f]{2}\) .*?)(?:\s+; .*)?$")
@@ -389,6 +375,7 @@ def kernel_test_program(rnd: random.Random) -> Program:
     return Program(body)
 
 
+@pytest.mark.kernel("prog:socket_filter")
 def test_kernel_style_equals_the_kernel_verifier_log():
     prog = kernel_test_program(random.Random(3))
     kinds = {f.kind for _, f, _ in prog.instructions()}
@@ -397,6 +384,7 @@ def test_kernel_style_equals_the_kernel_verifier_log():
     assert _check_against_kernel(prog) == len(prog.instructions())
 
 
+@pytest.mark.kernel("prog:socket_filter")
 @pytest.mark.parametrize("name", ["square", "misc"])
 def test_golden_kernel_listings_match_the_kernel(name):
     prog = GOLDEN_PROGRAMS[name]
@@ -460,19 +448,8 @@ def _conformance_asm(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-CONFORMANCE_FILES = sorted(CONFORMANCE.glob("*.data")) if CONFORMANCE.is_dir() else []
-
-
-def _assembler():
-    assemble = getattr(pytest.importorskip("pybpf.asm"), "assemble", None)
-    if assemble is None:
-        pytest.skip("pybpf.asm.assemble is not written yet")
-    return assemble
-
-
-@pytest.mark.parametrize("path", CONFORMANCE_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", conformance_params(), ids=lambda p: p.stem)
 def test_round_trip_through_the_assembler(path):
-    assemble = _assembler()
     prog = assemble(_conformance_asm(path), syntax="ubpf")
     raw = prog.to_bytes()
     for source in (prog, raw):  # with the assembler's names, and from bare bytes
@@ -486,7 +463,6 @@ def test_every_form_round_trips_through_the_assembler(form):
     """Random operands, both dialects, with and without names. A local call needs a target inside
     the program to have a name; without names llvm style prints it as objdump does (`call 0x1`),
     which the llvm dialect reads as a helper call, so that one case is left out."""
-    assemble = _assembler()
     rnd = random.Random(form.name)
     for _ in range(6):
         insns = instance(form, rnd)

@@ -2,7 +2,9 @@
 by pybpf.elf, are loaded with bpf(2) (maps by fd_array index, BTF func/line info) and run with
 BPF_PROG_TEST_RUN; the verifier's acceptance and the results check the linking, and the Python
 side of each sample (walking arena pointers, building a table BPF reads, consuming the ring
-buffer, building packets) is exercised for real. Skipped where bpf() is not allowed."""
+buffer, building packets) is exercised for real. Each test skips, naming the feature, where the
+kernel refuses something its object needs (kernel_probe.object_features: map types such as
+arena, program types, BTF, kfuncs, test_run of the programs it runs)."""
 import mmap
 import os
 import struct
@@ -21,17 +23,21 @@ def sample(name):
 
 
 import kernel_bpf  # noqa: E402  (tests/ is on sys.path under pytest)
+from kernel_probe import object_features, require_kernel  # noqa: E402
 
-KERNEL = kernel_bpf.available()
-needs_kernel = pytest.mark.skipif(not KERNEL, reason="bpf() is not available (needs root)")
+pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture
 def kernel():
     made = []
 
-    def load(path):
-        ko = kernel_bpf.KernelObject(parse_object(path))
+    def load(path, run=True):
+        """The object's maps and programs in the kernel; skips when the kernel refuses a feature
+        they (or test-running the programs named in ``run``) need."""
+        obj = parse_object(path)
+        require_kernel(*object_features(obj, run))
+        ko = kernel_bpf.KernelObject(obj)
         made.append(ko)
         return ko, {n: ko.load(p) for n, p in ko.obj.programs.items()}
     yield load
@@ -43,7 +49,6 @@ def _u64(b):
     return struct.unpack("<Q", b)[0]
 
 
-@needs_kernel
 def test_kernel_runs_the_linked_arena_htab_and_python_walks_it(kernel):
     ko, fds = kernel(sample("arena_htab"))
     v = ko.obj.variables
@@ -67,7 +72,6 @@ def test_kernel_runs_the_linked_arena_htab_and_python_walks_it(kernel):
     assert ko.run(fds["htab_delete_prog"], ctx=struct.pack("<QQ", 11, 0))[0] == 0
 
 
-@needs_kernel
 def test_kernel_looks_up_a_table_python_built(kernel):
     ko, fds = kernel(sample("arena_htab"))
     v = ko.obj.variables
@@ -89,7 +93,6 @@ def test_kernel_looks_up_a_table_python_built(kernel):
     assert list(got) == [table.get(k, 0) for k in keys]
 
 
-@needs_kernel
 def test_kernel_runs_the_arena_list(kernel):
     ko, fds = kernel(sample("arena_list"))
     v = ko.obj.variables
@@ -115,7 +118,6 @@ def _packet(ethertype, proto=17, dport=80, ihl=5):
     return eth + ip + struct.pack(">HHHH", 1234, dport, 8, 0) + bytes(16)
 
 
-@needs_kernel
 def test_kernel_runs_the_xdp_filter_on_python_packets(kernel):
     ko, fds = kernel(sample("xdp_filter"))
     kernel_bpf.update(ko.fds["blocked_ports"], struct.pack("<H", 53), b"\x01")
@@ -130,9 +132,8 @@ def test_kernel_runs_the_xdp_filter_on_python_packets(kernel):
     assert stats[0] == len(cases) and stats[2] == 3 and stats[3] == 1
 
 
-@needs_kernel
 def test_kernel_runs_the_ringbuf_producer_and_python_consumes(kernel):
-    ko, fds = kernel(sample("ringbuf"))
+    ko, fds = kernel(sample("ringbuf"), run=["produce"])
     assert ko.run(fds["produce"], ctx=struct.pack("<II", 6, 1))[0] == 6
     size = ko.obj.map_defs["events"].max_entries
     fd = ko.fds["events"]
@@ -153,7 +154,6 @@ def test_kernel_runs_the_ringbuf_producer_and_python_consumes(kernel):
     prod.close()
 
 
-@needs_kernel
 def test_kernel_runs_the_legacy_socket_filter(kernel):
     ko, fds = kernel(sample("socket_count"))
     # BPF_PROG_TEST_RUN strips an Ethernet header before a socket filter runs; the sample reads
@@ -166,7 +166,6 @@ def test_kernel_runs_the_legacy_socket_filter(kernel):
     assert _u64(count) == 1
 
 
-@needs_kernel
 def test_kernel_runs_the_btf_kinds_program(kernel):
     ko, fds = kernel(os.path.join(DATA, "btf_kinds.o"))
     assert ko.run(fds["kinds"], data=_packet(0x0800))[0] == 6 + ord("p")

@@ -8,9 +8,6 @@ import ctypes
 import json
 import os
 import random
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
@@ -18,6 +15,11 @@ import pytest
 from pybpf.errors import JITError
 from pybpf.jit import execmem
 from pybpf.jit.execmem import BACKENDS, PackAllocator, default_allocator, wx_mappings
+
+from support import run_code as run_child
+from support import start_code
+
+pytestmark = pytest.mark.jit
 
 RET42 = bytes.fromhex("b82a000000c3")          # mov eax, 42; ret
 PACK = 2 << 20
@@ -38,12 +40,6 @@ def mapped(addr: int) -> bool:
             if lo <= addr < hi:
                 return True
     return False
-
-
-def run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_every_backend_probes_ok_and_procmem_is_preferred(monkeypatch):
@@ -328,9 +324,7 @@ def test_no_wx_mapping_during_cycles():
         t.join()
         print(json.dumps({"seen": seen, "samples": samples[0], "report": report}))
     """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_code(code)
     outside, outside_samples = [], 0
     while proc.poll() is None:
         try:

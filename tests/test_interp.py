@@ -1,8 +1,6 @@
 """The reference interpreter and the VM API: semantics of every form, calls, helpers, budget, tracing."""
 from __future__ import annotations
 
-import glob
-import os
 
 import pytest
 
@@ -25,8 +23,9 @@ class VM(_VM):
     def load(self, prog, *args, verify="structural", **kw):
         return super().load(prog, *args, verify=verify, **kw)
 
+from support import conformance_files
+
 M64 = (1 << 64) - 1
-CONFORMANCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "conformance")
 
 
 def I(name, dst=0, src=0, off=0, imm=0, imm2=0):
@@ -58,7 +57,7 @@ def test_every_form_has_an_interpreter_snippet():
     assert missing == []
 
 
-# --- ALU semantics (SEMANTICS.md 5.2, ASM.md "semantics pinned by tests") ----------------------
+# --- ALU semantics (RFC 9669 section 4, as the kernel runs them) -------------------------------
 S64_MIN, S32_MIN = 1 << 63, 1 << 31
 
 ALU_CASES = [
@@ -529,12 +528,8 @@ def test_insn_limit_is_exact():
 
 
 # --- loading -----------------------------------------------------------------------------------
-def _unused_files():
-    return sorted(glob.glob(os.path.join(CONFORMANCE, "negative", "unused-*.data")))
-
-
-def test_all_45_unused_field_programs_are_refused_at_load():
-    files = _unused_files()
+def test_all_45_unused_field_programs_are_refused_at_load(conformance_dir):
+    files = conformance_files("negative", "unused-*.data")
     assert len(files) == 45
     for f in files:
         raw = parse_data_file(f).raw
@@ -593,7 +588,7 @@ def test_trace_shows_kernel_text_and_changes():
 
 
 def _conformance_cases():
-    for f in sorted(glob.glob(os.path.join(CONFORMANCE, "tests", "*.data"))):
+    for f in conformance_files("tests"):
         df = parse_data_file(f)
         if df.result is not None and df.error is None:
             yield f, df
@@ -603,7 +598,7 @@ def _build(df):
     return Program.from_bytes(df.raw) if df.raw is not None else pybpf.assemble(df.asm)
 
 
-def test_conformance_suite_fast_and_trace_agree():
+def test_conformance_suite_fast_and_trace_agree(conformance_dir):
     ran = 0
     for f, df in _conformance_cases():
         lp = VM(helpers=ubpf_test_helpers()).load(_build(df))

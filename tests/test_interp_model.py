@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -170,6 +171,7 @@ def encode(init, body) -> Program:
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
 @given(st.integers(min_value=0, max_value=(1 << 64) - 1))
 def test_interpreter_matches_model(seed):
     rng = random.Random(seed)   # hypothesis picks (and on failure reports) the seed

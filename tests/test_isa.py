@@ -1,5 +1,4 @@
 """The ISA table and the strict codec: table sanity, encode/decode, reserved fields, negatives."""
-import glob
 import os
 import re
 
@@ -11,8 +10,8 @@ from pybpf.datafile import parse_data_file
 from pybpf.errors import DecodeError
 from pybpf.insn import Insn, decode_all, encode, form_of, make, split_slots
 
-CONF = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "conformance")
-UNUSED = sorted(glob.glob(os.path.join(CONF, "negative", "unused-*.data")))
+from support import conformance_files, conformance_params
+
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 KNOWN_PLACEHOLDERS = {"rd", "wd", "rs", "ws", "imm", "jimm", "off", "tgt", "tgtl", "func", "helper",
                       "kfunc", "imm64", "map", "imm2"}
@@ -90,7 +89,8 @@ def test_random_valid_fields_round_trip(form, data):
     assert back == slots and form_of(back, 0) is form
 
 
-@pytest.mark.parametrize("path", UNUSED, ids=os.path.basename)
+@pytest.mark.parametrize("path", conformance_params("negative", "unused-*.data"),
+                         ids=os.path.basename)
 def test_unused_programs_are_refused_by_the_decoder(path):
     raw = parse_data_file(path).raw
     assert raw
@@ -99,8 +99,8 @@ def test_unused_programs_are_refused_by_the_decoder(path):
     assert e.value.index == 0  # every one of them is wrong in its first instruction
 
 
-def test_unused_count():
-    assert len(UNUSED) == 45
+def test_unused_count(conformance_dir):
+    assert len(conformance_files("negative", "unused-*.data")) == 45
 
 
 @pytest.mark.parametrize("slots,msg", [

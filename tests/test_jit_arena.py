@@ -28,6 +28,8 @@ from pybpf.runtime.maps.base import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
 from support import (ENGINES, M64, asm, assert_case_passed, both, cases_of, child, rss,
                      run_child)
 
+pytestmark = pytest.mark.jit
+
 
 # -- the cases (each runs in the child) -------------------------------------------------------
 

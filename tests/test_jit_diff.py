@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,8 +24,11 @@ import pytest
 
 from pybpf.benchmarks.proggen import ItemGenerator, items_to_program
 
+from support import conformance_files, run_script
+
+pytestmark = pytest.mark.jit
+
 ROOT = Path(__file__).resolve().parent.parent
-CONFORMANCE = Path(os.environ.get("PYBPF_CONFORMANCE", ROOT.parent / "shared" / "conformance"))
 DIFF_PROGRAMS = int(os.environ.get("PYBPF_DIFF_PROGRAMS", "10000"))
 MEM_SIZE = 64
 STACK_USE = 32
@@ -430,10 +432,7 @@ def main(argv: list[str]) -> None:
 # -- the tests (parent side) ---------------------------------------------------------------------
 
 def _child(*args: str, timeout: float = 900) -> dict:
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, __file__, *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    proc = run_script(__file__, *args, timeout=timeout)
     assert proc.returncode == 0, f"child died ({proc.returncode}):\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -474,15 +473,14 @@ def test_semantics_edge_cases():
     assert "closed" in out["run_after_close"]
 
 
-def test_conformance_suite_through_the_jit():
-    files = sorted(str(p) for p in (CONFORMANCE / "tests").glob("*.data"))
-    if not files:
-        pytest.fail(f"no conformance files under {CONFORMANCE}")
+def test_conformance_suite_through_the_jit(conformance_dir):
+    files = [str(p) for p in conformance_files("tests")]
     out = _child("conformance", *files)
     assert out["failed"] == [], "\n".join(out["failed"][:40])
     assert out["passed"] == len(files)
 
 
+@pytest.mark.slow
 def test_random_programs_agree_with_the_interpreter():
     """The issue's acceptance: >= 10,000 random valid programs (PYBPF_DIFF_PROGRAMS to change),
     same r0 and same memory on both engines, at -O1 and -O2."""

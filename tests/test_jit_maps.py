@@ -25,6 +25,8 @@ import pytest
 from programs_maps import bpf_loop_prog, ringbuf_prog, tail_caller, tail_chain
 from support import M64, asm, assert_case_passed, both, cases_of, child, frame, run_child
 
+pytestmark = pytest.mark.jit
+
 
 def VM():
     from pybpf.runtime.vm import VM as _VM

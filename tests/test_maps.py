@@ -2,7 +2,7 @@
 
 Where the machine allows the bpf() syscall (root), creation rules, operation sequences and
 bpftool's dump text are also compared with the running kernel; those comparisons skip (saying
-why) only when the syscall or bpftool is unavailable.
+why) only when bpftool is missing or the kernel refuses a map type they use (kernel_probe).
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from pybpf.runtime.maps.base import (BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_F_MMAPA
                                      BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE,
                                      BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY, BPF_F_WRONLY,
                                      BPF_NOEXIST, ENOTSUPP, MAP_TYPE_IDS)
-from pybpf.runtime.maps.hash import ELEM_HDR, OFF_NEXT, fnv1a32
+from pybpf.runtime.maps.hash import ELEM_HDR, NULLS, OFF_NEXT, fnv1a32
 from pybpf.runtime.maps.ringbuf import BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, RingBuf
+
+import kernel_bpf
 
 M64 = (1 << 64) - 1
 u32 = struct.Struct("<I").pack
@@ -37,39 +39,15 @@ def errno_of(fn, *args, **kwargs) -> int:
     return ei.value.errno
 
 
-# --- a minimal bpf(2) client for comparisons with the running kernel -------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-SYS_BPF = 321
-
-
-def _bpf(cmd: int, attr: bytes) -> int:
-    buf = ctypes.create_string_buffer(attr, 128)
-    r = _libc.syscall(SYS_BPF, cmd, buf, 128)
-    return r if r >= 0 else -ctypes.get_errno()
-
-
-def kmap_create(t, ks, vs, n, flags=0, extra=0, name=b""):
-    attr = struct.pack("<IIIIIII16sIIIIIQ", MAP_TYPE_IDS[t], ks, vs, n, flags, 0, 0, name,
-                       0, 0, 0, 0, 0, extra)
-    return _bpf(0, attr)
+# --- the running kernel (tests/kernel_bpf.py; features probed by tests/kernel_probe.py) --------
+def kmap_create(t, ks, vs, n, flags=0, extra=0):
+    """A kernel map fd, or -errno."""
+    return kernel_bpf.try_create_map(t, ks, vs, n, flags, extra)
 
 
 def kelem(cmd, fd, key, value=b"", flags=0):
-    """BPF_MAP_LOOKUP_ELEM (1), UPDATE_ELEM (2) or DELETE_ELEM (3): (result, value buffer)."""
-    kb = ctypes.create_string_buffer(key, max(len(key), 1))
-    vb = ctypes.create_string_buffer(value, max(len(value), 1))
-    vp = ctypes.addressof(vb) if cmd != 3 else 0      # delete takes no fields after the key
-    return _bpf(cmd, struct.pack("<IIQQQ", fd, 0, ctypes.addressof(kb), vp, flags)), vb.raw
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    fd = kmap_create("array", 4, 4, 1)
-    if fd < 0:
-        pytest.skip(f"bpf() map creation unavailable here ({errno.errorcode.get(-fd, fd)})")
-    os.close(fd)
-    return True
+    """BPF_MAP_LOOKUP_ELEM (1), UPDATE_ELEM (2) or DELETE_ELEM (3): (0 or -errno, value)."""
+    return kernel_bpf.elem_op(cmd, fd, key, value if cmd != 3 else None, flags)
 
 
 # --- creation rules ------------------------------------------------------------------------------
@@ -109,7 +87,8 @@ def test_creation_rules(case):
         assert (m.type, m.key_size, m.value_size, m.max_entries) == (t, ks, vs, n)
 
 
-def test_creation_rules_match_the_kernel(kernel):
+@pytest.mark.kernel(*sorted({f"map:{c[0]}" for c in CREATE_CASES}))
+def test_creation_rules_match_the_kernel():
     for t, ks, vs, n, flags, want in CREATE_CASES:
         fd = kmap_create(t, ks, vs, n, flags)
         if fd >= 0:
@@ -165,7 +144,8 @@ def test_array_values_are_real_and_never_move():
     assert errno_of(a.map_direct_value_addr, 0) == ENOTSUPP
 
 
-def test_array_matches_the_kernel(kernel):
+@pytest.mark.kernel("map:array")
+def test_array_matches_the_kernel():
     ours = create_map("array", 4, 8, 3)
     fd = kmap_create("array", 4, 8, 3)
     try:
@@ -234,7 +214,7 @@ def test_hash_native_layout_finds_every_value():
     def native_lookup(key: bytes) -> int:
         hsh = fnv1a32(key)
         cur = ctypes.c_uint32.from_address(hdr.index + 4 * (hsh & hdr.index_mask)).value
-        while cur:
+        while not cur & NULLS:          # a chain ends on NULLS | bucket
             elem = hdr.data + (cur - 1) * hdr.elem_size
             if ctypes.c_uint32.from_address(elem + 4).value == hsh and \
                     ctypes.string_at(elem + ELEM_HDR, 6) == key:
@@ -249,7 +229,8 @@ def test_hash_native_layout_finds_every_value():
             assert ctypes.string_at(want, 3) == bytes([i, i, i])
 
 
-def test_hash_matches_the_kernel(kernel):
+@pytest.mark.kernel("map:hash")
+def test_hash_matches_the_kernel():
     ours = create_map("hash", 4, 8, 3)
     fd = kmap_create("hash", 4, 8, 3)
     ops = [("u", 1, 0), ("u", 1, 1), ("u", 2, 2), ("u", 2, 3), ("u", 2, 1), ("u", 3, 0),
@@ -450,7 +431,8 @@ DUMP_SHAPES = [("hash", 4, 8), ("hash", 4, 20), ("hash", 20, 4), ("hash", 4, 16)
                ("percpu_hash", 4, 4), ("hash", 12, 12), ("array", 4, 24)]
 
 
-def test_dump_matches_bpftool(kernel):
+@pytest.mark.kernel(*sorted({f"map:{t}" for t, _, _ in DUMP_SHAPES}))
+def test_dump_matches_bpftool():
     if shutil.which("bpftool") is None:
         pytest.skip("bpftool not installed")
     for t, ks, vs in DUMP_SHAPES:

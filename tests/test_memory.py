@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import ctypes
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from pybpf.errors import MemoryAccessError
 from pybpf.runtime.memory import GUARD_FILL, PROC, Buffer, Region, RegionTable
+
+from support import run_code
 
 
 def test_buffer_is_real_memory_at_its_address():
@@ -118,7 +118,7 @@ _CHILD = textwrap.dedent(r"""
 
 
 def test_out_of_bounds_accesses_raise_and_leave_the_process_intact():
-    r = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, timeout=120)
+    r = run_code(_CHILD, timeout=120)
     assert r.returncode == 0, r.stderr
     n_targets, n_ops = 9, 12
     assert r.stdout.split() == ["refused", str(n_targets * n_ops + 5 * 2)]

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -19,15 +16,16 @@ from pybpf.jit.execmem import PackAllocator
 from pybpf.jit.placement import (format_placement, placement, placement_svg,
                                  thp_settings)
 
+from support import run_code
+
+pytestmark = pytest.mark.jit
+
 SVG = "{http://www.w3.org/2000/svg}"
 PACK = 2 << 20
 
 
 def run_child(code: str, timeout: float = 120) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    env.pop("PYBPF_EXECMEM_BACKEND", None)
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                       capture_output=True, text=True, timeout=timeout)
+    p = run_code(code, timeout=timeout, env={"PYBPF_EXECMEM_BACKEND": None})
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -240,6 +238,7 @@ THOUSAND = """
 """
 
 
+@pytest.mark.slow
 def test_thousand_programs_one_huge_pack_wx_and_release():
     out = run_child(THOUSAND, timeout=180)
     full, end, first = out["full"], out["end"], out["after_first"]

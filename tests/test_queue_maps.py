@@ -2,7 +2,8 @@
 bpf_map_push/pop/peek_elem from BPF on the interpreter and (in a child process) the JIT.
 
 Where bpf() is allowed, creation rules, random operation sequences and the BPF program's results
-are also compared with the running kernel; those comparisons skip only when bpf() is refused.
+are also compared with the running kernel; those comparisons skip only when the kernel refuses
+a feature they use (tests/kernel_probe.py).
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import json
 import os
 import random
 import struct
-import subprocess
-import sys
 from collections import deque
 
 import pytest
@@ -27,6 +26,8 @@ from pybpf.runtime.maps.base import (BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_F_MMAPA
 from pybpf.runtime.vm import VM
 
 import kernel_bpf  # noqa: E402  (tests/ is on sys.path under pytest)
+from kernel_probe import require_kernel  # noqa: E402
+from support import run_code  # noqa: E402
 
 M64 = (1 << 64) - 1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,20 +265,17 @@ def test_bpf_program_on_the_interpreter(kind):
 
 
 _CHILD = """
-import json, sys
-sys.path.insert(0, {tests!r})
+import json
 from test_queue_maps import run_in_vm
 print(json.dumps(run_in_vm({kind!r}, "jit")))
 """
 
 
+@pytest.mark.jit
 @pytest.mark.parametrize("kind", KINDS)
 def test_bpf_program_on_the_jit(kind):
     """Native code calls the helpers through the Python-helper bridge; run in a child process."""
-    code = _CHILD.format(tests=os.path.join(ROOT, "tests"), kind=kind)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env=env, cwd=ROOT)
+    p = run_code(_CHILD.format(kind=kind), timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     r0, slots, left = json.loads(p.stdout.strip().splitlines()[-1])
     assert (r0, slots, left) == (0, expected(kind), [])
@@ -288,35 +286,24 @@ BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 1, 2, 3
 BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_AND_DELETE_ELEM = 4, 21
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    if not kernel_bpf.available():
-        pytest.skip("bpf() is not available here (needs root, no seccomp filter)")
+@pytest.fixture
+def kernel(request):
+    """The kernel's answers for the test's map kind (skips when the kernel refuses the kind)."""
+    require_kernel(f"map:{request.node.callspec.params['kind']}")
     return kernel_bpf
 
 
 def kcreate(kind, ks, vs, n, flags=0) -> int:
     """A kernel map fd, or -errno."""
-    try:
-        return kernel_bpf.create_map(kind, ks, vs, n, flags)
-    except OSError as e:
-        return -e.errno
+    return kernel_bpf.try_create_map(kind, ks, vs, n, flags)
 
 
 def kop(cmd: int, fd: int, value: bytes | None, flags: int = 0, key: bytes | None = None):
     """One element command with a NULL key (unless ``key``): (0 or -errno, value buffer)."""
-    kb = ctypes.create_string_buffer(key, len(key)) if key is not None else None
-    vb = ctypes.create_string_buffer(value, len(value)) if value is not None else None
-    attr = bytearray(32)
-    struct.pack_into("<IIQQQ", attr, 0, fd, 0, ctypes.addressof(kb) if kb else 0,
-                     ctypes.addressof(vb) if vb else 0, flags)
-    try:
-        kernel_bpf._bpf(cmd, attr, "map elem op")
-    except OSError as e:
-        return -e.errno, None
-    return 0, vb.raw if vb is not None else None
+    return kernel_bpf.elem_op(cmd, fd, key, value, flags)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("kind", KINDS)
 def test_creation_rules_match_the_kernel(kernel, kind):
     for ks, vs, n, flags, _ in CREATE_CASES:
@@ -331,6 +318,7 @@ def test_creation_rules_match_the_kernel(kernel, kind):
         assert ours == min(fd, 0), (kind, ks, vs, n, flags)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("kind", KINDS)
 def test_random_syscall_sequences_match_the_kernel(kernel, kind):
     rnd = random.Random(f"kernel-{kind}")
@@ -373,25 +361,16 @@ def test_random_syscall_sequences_match_the_kernel(kernel, kind):
 
 def kernel_run(prog, maps: dict[str, int]) -> int:
     """Load ``prog`` (maps by fd_array index) as a socket filter and test-run it once."""
-    code = ctypes.create_string_buffer(prog.to_bytes())
-    fds = (ctypes.c_int * len(prog.maps))(*[maps[d.name] for d in prog.maps])
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(1 << 16)
-    attr = bytearray(152)
-    struct.pack_into("<IIQQIIQ", attr, 0, kernel_bpf.PROG_TYPE_IDS["socket_filter"], len(prog),
-                     ctypes.addressof(code), ctypes.addressof(lic), 1, len(log),
-                     ctypes.addressof(log))
-    struct.pack_into("<Q", attr, 120, ctypes.addressof(fds))
-    try:
-        pfd = kernel_bpf._bpf(kernel_bpf.BPF_PROG_LOAD, attr, "prog_load")
-    except OSError as e:
-        raise AssertionError(f"kernel refused the program: {e}\n{log.value.decode()}") from None
+    pfd, log = kernel_bpf.prog_load(prog.to_bytes(), "socket_filter",
+                                    fd_array=[maps[d.name] for d in prog.maps])
+    assert pfd >= 0, f"kernel refused the program: {kernel_bpf.errno_name(-pfd)}\n{log}"
     try:
         return kernel_bpf.KernelObject.run(pfd, data=bytes(64))[0]
     finally:
         os.close(pfd)
 
 
+@pytest.mark.kernel("map:array", "prog:socket_filter", "test_run:socket_filter")
 @pytest.mark.parametrize("kind", KINDS)
 def test_bpf_program_matches_the_kernel(kernel, kind):
     prog = pybpf.assemble(bpf_source(kind))

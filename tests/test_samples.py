@@ -23,7 +23,7 @@ import traceback
 
 import pytest
 
-from support import ROOT, SAMPLES, sample_driver
+from support import SAMPLES, run_script, sample_driver
 
 OBJECTS = sorted(glob.glob(os.path.join(SAMPLES, "c", "*.o")))
 # sample -> run_sample keyword arguments (the sizes)
@@ -73,9 +73,7 @@ def run_all(engine: str) -> None:
 
 
 def _child(engine: str) -> tuple[dict, dict, subprocess.CompletedProcess]:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, __file__, "child", engine], capture_output=True,
-                          text=True, timeout=900, env=env)
+    proc = run_script(__file__, "child", engine, timeout=900)
     objects, samples = {}, {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):

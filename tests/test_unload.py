@@ -1,8 +1,12 @@
 """Unloading JIT'd programs: close(), a with block and garbage collection all free the chunks,
 and the freed range reads back as int3 (0xCC). In a subprocess, as JIT tests are."""
-import subprocess
-import sys
 import textwrap
+
+import pytest
+
+from support import run_code
+
+pytestmark = pytest.mark.jit
 
 CHILD = textwrap.dedent("""
     import ctypes, gc
@@ -47,6 +51,6 @@ CHILD = textwrap.dedent("""
 
 
 def test_close_with_and_gc_free_the_code():
-    p = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120)
+    p = run_code(CHILD, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip() == "ok ['close', 'gc', 'with']"

@@ -218,8 +218,9 @@ class Prototype:
         """(pointer arg index, size arg index or None, access kind) for each memory argument
         sized by the prototype itself (not by a map).
 
-        ``kind`` is "write" (``ARG_PTR_TO_MEM``, also ``MEM_UNINIT|MEM_WRITE``, and a ring
-        buffer sample, 1 byte), "read" (``MEM_RDONLY``) or "str" (``ARG_PTR_TO_CONST_STR``).
+        ``kind`` is "write" (``ARG_PTR_TO_MEM``, also ``MEM_UNINIT|MEM_WRITE``), "read"
+        (``MEM_RDONLY``), "str" (``ARG_PTR_TO_CONST_STR``) or "ringbuf" (a ring buffer sample,
+        checked by the helper against the ring's books).
         """
         out = []
         for i, a in enumerate(self.args):
@@ -227,7 +228,9 @@ class Prototype:
             if base == ARG_PTR_TO_CONST_STR:
                 out.append((i, None, "str"))
             elif base == ARG_PTR_TO_RINGBUF_MEM:
-                out.append((i, None, "write"))      # a reserved sample: checked at run time
+                # a reserved sample: its size is in the ring's books, which the helper checks
+                # (the pointer must be an outstanding reservation)
+                out.append((i, None, "ringbuf"))
             elif base == ARG_PTR_TO_MEM:
                 sized = i + 1 < len(self.args) and split_kind(self.args[i + 1])[0] in (
                     ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO)

@@ -46,7 +46,7 @@ process room. Runs that touch merge, so sequential allocation uses one VMA.
 
 Bookkeeping follows the range_tree version (v6.13+) exactly, BEST FIT placement included
 (:class:`RangeTree`; the tests replay op sequences on the running kernel and compare); kfunc
-rules follow SEMANTICS 1.6 (node ids other than -1 and 0 give NULL, as in v6.19+). One
+rules follow arena.c's kfuncs (node ids other than -1 and 0 give NULL, as in v6.19+). One
 deliberate deviation: bpf_arena_free_pages clips the range to the arena at both ends (the kernel
 clips only the end, so a pointer below user_vm_start would mark pages outside the arena free).
 """
@@ -61,6 +61,7 @@ import weakref
 
 from pybpf.errors import MapError, MemoryAccessError
 
+from ..atomics import native_atomic
 from .base import (BPF_F_MMAPABLE, BPF_F_NO_USER_CONV, BPF_F_SEGV_ON_FAULT, MADV_DONTNEED,
                    MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_PRIVATE,
                    PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, Map, Memory, check, fail,
@@ -432,11 +433,20 @@ class Arena(Map):
                 _PACK[size](self._band, addr - self._lo, new & ((1 << (8 * size)) - 1))
         return old
 
+    def atomic_op(self, addr: int, size: int, op: str, value: int, expected: int) -> int | None:
+        """A BPF atomic ``op`` as a real atomic instruction (JIT code on other threads updates
+        the same memory with lock-prefixed instructions); None when dropped (unallocated)."""
+        k = self._check_window(addr, size, "write")
+        with self._lock:        # the page cannot be freed under the operation
+            if not self._writable(k, size):
+                return None
+            return native_atomic(op, addr, size, value, expected)
+
     def regions(self) -> list[tuple[int, int, bool]]:
         """The whole reservation, readable; stores must go through :meth:`store`/:meth:`atomic`."""
         return [(self._lo, self._band_size, False)]
 
-    # -- the Python side (user-space touches fault pages in, SEMANTICS 1.5) ----------------------
+    # -- the Python side (user-space touches fault pages in, as arena_vm_fault does) -----------
     def _user_range(self, ptr: int, size: int) -> int:
         """The real address of arena pointer ``ptr`` after faulting in [ptr, ptr + size)."""
         check(not self.closed, errno.EBADF, "arena is closed")
@@ -558,7 +568,8 @@ class Arena(Map):
         return self.pages_allocated * PAGE_SIZE
 
     def close(self) -> None:
-        """Release the band (once no typed view holds it) and the bookkeeping."""
-        self.closed = True
-        self._band = self._window = None
+        """Close the arena for user space (MapError EBADF from then on); the band stays
+        mapped while anything holds the arena (a program's JIT code addresses it directly)
+        and is unmapped when the arena is collected."""
+        Map.close(self)
 

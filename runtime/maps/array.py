@@ -95,6 +95,12 @@ class ArrayMap(Map):
         return [(self.data_address, self.max_entries * self.elem_size,
                  not self.flags & BPF_F_RDONLY_PROG)]
 
+    def region_rule(self) -> dict:
+        # one value: its padding and the next element are out of reach, as the verifier
+        # bounds a map value pointer by value_size
+        return {"stride": self.elem_size, "lo": 0,
+                "hi": self.stride * (self.n_cpus - 1) + self.value_size}
+
     def sys_get_next_key(self, key: bytes | None) -> bytes:
         self._sys_check(False)
         i = self._index(key) if key is not None else self.max_entries

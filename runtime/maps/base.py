@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import mmap
 import weakref
 
@@ -342,6 +343,12 @@ class Map:
         """(address, size, writable) of memory BPF programs may access through this map."""
         return []
 
+    def region_rule(self) -> dict:
+        """Extra :class:`~pybpf.runtime.memory.Region` fields for :meth:`regions`: which parts
+        of the memory a program may touch (``stride``/``lo``/``hi``: one value per element,
+        ``allow``: a callback); {} when all of it."""
+        return {}
+
     def map_mem_usage(self) -> int:
         return sum(size for _, size, _ in self.regions())
 
@@ -499,9 +506,66 @@ class Map:
         self.frozen = True
 
     def close(self) -> None:
-        """Mark the map closed; its memory goes when the last reference (a program) drops it."""
+        """Mark the map closed: every user-space operation then raises MapError (EBADF);
+        programs that use it keep it alive and working, as a kernel program holds its maps.
+        Its memory goes when the last reference (a program, its VM) drops it."""
+        if self.closed:
+            return
         self.closed = True
+        hook, self._close_hook = self._close_hook, None
+        if hook is not None and (fn := hook()) is not None:
+            fn(self)
 
     def __repr__(self) -> str:
+        closed = " closed" if getattr(self, "closed", False) else ""
         return (f"<{type(self).__name__} {self.name!r} fd={self.fd} key={self.key_size}B "
-                f"value={self.value_size}B max_entries={self.max_entries}>")
+                f"value={self.value_size}B max_entries={self.max_entries}{closed}>")
+
+    _close_hook = None      # a weak reference to the owner's callback, called once at close()
+    # Methods the engines call for programs that still hold a closed map (the BPF face); every
+    # other public method and container dunder raises MapError (EBADF) once the map is closed.
+    bpf_face = frozenset({"close", "typed", "show", "freeze", "regions", "region_rule",
+                          "map_mem_usage", "map_direct_value_addr",
+                          # ring buffers
+                          "reserve", "commit", "output", "query", "holds_sample",
+                          "ring_of_sample",
+                          # prog_array
+                          "get_prog", "refresh_native", "set_prog",
+                          # arena
+                          "load", "store", "atomic", "alloc_pages", "free_pages",
+                          "reserve_pages", "is_allocated", "bpf_address", "cast_user",
+                          "cast_kern", "compute_pgoff"})
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        _guard_closed(cls)
+
+
+_GUARDED_DUNDERS = ("__len__", "__iter__", "__getitem__", "__setitem__", "__delitem__",
+                    "__contains__")
+
+
+def _guard_closed(cls) -> None:
+    """Wrap the user-space methods ``cls`` defines so that a closed map refuses them."""
+    for name, fn in list(vars(cls).items()):
+        if not callable(fn) or isinstance(fn, (staticmethod, classmethod, type)):
+            continue
+        if (name.startswith("_") and name not in _GUARDED_DUNDERS) or \
+                name.startswith("map_") or name in cls.bpf_face or \
+                getattr(fn, "_closed_guard", False):
+            continue
+        setattr(cls, name, _closed_guard(fn, name))
+
+
+def _closed_guard(fn, name: str):
+    @functools.wraps(fn)
+    def guarded(self, *args, **kwargs):
+        if self.closed:
+            raise MapError(f"{self.type} map {self.name or self.fd!r} is closed "
+                           f"({name} after close())", errno.EBADF)
+        return fn(self, *args, **kwargs)
+    guarded._closed_guard = True
+    return guarded
+
+
+_guard_closed(Map)

@@ -4,20 +4,27 @@ Storage is preallocated like the kernel's default (prealloc) hash: ``max_entries
 mapping, a free list, and chains hanging off ``n_buckets`` (``max_entries`` rounded up to a power
 of two) u32 bucket heads, so native code can look keys up without calling back into Python:
 
-* bucket ``b`` (``index + 4*b``) holds ``slot + 1`` of the first element of its chain, 0 if empty;
-  ``b = fnv1a32(key) & index_mask``, FNV-1a 32-bit over the ``key_size`` key bytes;
-* element ``slot`` at ``data + slot * elem_size``: u32 next (slot + 1, 0 ends the chain), u32
-  hash, u8 in_use, u8 ref (LRU reference bit), 10 bytes padding, the key padded to 8 bytes, then
-  the value (``n_cpus`` values of ``round_up(value_size, 8)`` for percpu maps).
+* bucket ``b`` (``index + 4*b``) holds ``slot + 1`` of the first element of its chain, or the
+  chain's end marker ``NULLS | b``; ``b = fnv1a32(key) & index_mask``, FNV-1a 32-bit over the
+  ``key_size`` key bytes;
+* element ``slot`` at ``data + slot * elem_size``: u32 next (slot + 1, or the end marker
+  ``NULLS | bucket``), u32 hash, u8 in_use, u8 ref (LRU reference bit), 10 bytes padding, the
+  key padded to 8 bytes, then the value (``n_cpus`` values of ``round_up(value_size, 8)`` for
+  percpu maps).
 
-Python keeps a dict ``key -> slot`` beside it for speed; every change writes the element before
-linking it, so a concurrent native reader never sees a half-built one.
+Concurrency, as the kernel's RCU hash (hlist_nulls): native readers (JIT code, holding no GIL)
+walk chains while Python threads change them under the map's lock. Every change writes an
+element before linking it; an update of a present key fills a spare element and links it
+ahead of the old one before unlinking that (a reader sees the old or the new value, never no
+value); freed elements are reused oldest first; and a reader whose element was reused into
+another chain meanwhile ends on that chain's marker, sees it is not its bucket's and starts
+again (the kernel's ``get_nulls_value`` check).
 
 Kernel rules: update flags BPF_ANY / BPF_NOEXIST (-EEXIST if present) / BPF_EXIST (-ENOENT if
 absent), anything else -EINVAL; a new key when all ``max_entries`` are used gives -E2BIG;
-delete of a missing key -ENOENT and deletion frees the slot. Updating an existing key rewrites
-its value in place (the kernel swaps in a spare element instead; a BPF program holding the old
-pointer then still sees the old value, here it sees the new one).
+delete of a missing key -ENOENT and deletion frees the slot. Updating an existing key swaps in
+a spare element, as the kernel does (a BPF program holding the old pointer still sees the old
+value); percpu maps, whose update writes one CPU's value, rewrite it in place.
 
 LRU: instead of failing with -E2BIG an insert into a full map evicts. As in the kernel, recency is
 a reference bit set by lookups from BPF programs (native code sets the ``ref`` byte too), so the
@@ -28,9 +35,11 @@ use (the kernel's ``lookup_elem_sys_only``).
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import struct
+import threading
 
 from .base import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_LOCK, BPF_F_NO_COMMON_LRU,
                    BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_ZERO_SEED,
@@ -42,6 +51,7 @@ HTAB_CREATE_FLAG_MASK = (BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_NUMA_NO
 HTAB_ELEM_SIZE = 48        # sizeof(struct htab_elem), part of the kernel's E2BIG bound
 ELEM_HDR = 16              # next, hash, in_use, ref, padding
 OFF_NEXT, OFF_HASH, OFF_IN_USE, OFF_REF = 0, 4, 8, 9
+NULLS = 1 << 31            # a chain's end marker: NULLS | bucket index
 _U32 = struct.Struct("<I")
 _ELEM = struct.Struct("<IIBB")
 
@@ -74,6 +84,7 @@ class HashMap(Map):
               f"{self.type} needs key_size, value_size and max_entries > 0")
         check(ks + vs < KMALLOC_MAX_SIZE - HTAB_ELEM_SIZE, errno.E2BIG,
               "key_size + value_size too large")
+        check(self.max_entries < NULLS, errno.E2BIG, "max_entries too large")
         check(not self.percpu or round_up(vs, 8) <= PCPU_MIN_UNIT_SIZE, errno.E2BIG,
               f"percpu values are limited to {PCPU_MIN_UNIT_SIZE} bytes")
 
@@ -86,8 +97,12 @@ class HashMap(Map):
         self.elem_size = self.value_off + self.stride * self.n_cpus
         buckets_off = HEADER_SIZE
         elems_off = buckets_off + round_up(4 * self.n_buckets, 8)
-        self._mem = Memory(elems_off + n * self.elem_size)
+        # one spare element: an update of a present key fills it before unlinking the old one
+        self._mem = Memory(elems_off + (n + 1) * self.elem_size)
         self._view = self._mem.view
+        markers = struct.pack(f"<{self.n_buckets}I",
+                              *(NULLS | b for b in range(self.n_buckets)))
+        self._view[buckets_off:buckets_off + len(markers)] = markers
         self._place_header(self._mem)
         self._buckets = self._mem.address + buckets_off
         self._bucket_off = buckets_off
@@ -97,7 +112,8 @@ class HashMap(Map):
         h.data, h.index, h.index_mask = self.elems_address, self._buckets, self.n_buckets - 1
         h.elem_size = self.elem_size
         self._slots: dict[bytes, int] = {}           # key -> slot, in LRU order (oldest first)
-        self._free = list(range(n - 1, -1, -1))       # pop() hands out slot 0 first
+        self._free = collections.deque(range(n + 1))  # oldest first: slot 0, then 1, ...
+        self._lock = threading.RLock()                # every change to chains, slots, free list
 
     # -- element memory ---------------------------------------------------------------------
     def _elem_off(self, slot: int) -> int:
@@ -131,12 +147,17 @@ class HashMap(Map):
         self._slots[key] = slot
 
     def _unlink(self, key: bytes) -> None:
-        slot = self._slots.pop(key)
+        self._unlink_slot(self._slots.pop(key))
+
+    def _unlink_slot(self, slot: int) -> None:
         off, view = self._elem_off(slot), self._view
         nxt, h, _, _ = _ELEM.unpack_from(view, off)
         link = self._bucket_off + 4 * (h & (self.n_buckets - 1))
+        steps = 0
         while (cur := _U32.unpack_from(view, link)[0]) != slot + 1:
-            check(cur, errno.EFAULT, "hash chain corrupted (element headers were overwritten)")
+            steps += 1
+            check(not cur & NULLS and steps <= self.max_entries + 1, errno.EFAULT,
+                  "hash chain corrupted (element headers were overwritten)")
             link = self._elem_off(cur - 1) + OFF_NEXT
         _U32.pack_into(view, link, nxt)
         view[off + OFF_IN_USE] = 0
@@ -146,37 +167,49 @@ class HashMap(Map):
     def map_lookup_elem(self, key: bytes) -> int:
         addr = Map.map_lookup_elem(self, key)
         if addr and self.lru:
-            self._view[self._elem_off(self._slots[key]) + OFF_REF] = 1
+            slot = self._slots.get(key)      # None if another thread deleted it meanwhile
+            if slot is not None:
+                self._view[self._elem_off(slot) + OFF_REF] = 1
         return addr
 
     def _update(self, key: bytes, value: bytes, flags: int, onallcpus: bool) -> int:
         if flags & ~BPF_F_LOCK > BPF_EXIST or flags & BPF_F_LOCK:
             return -errno.EINVAL          # unknown flags; BPF_F_LOCK needs a bpf_spin_lock (BTF)
-        slot = self._slots.get(key)
-        if slot is not None and flags == BPF_NOEXIST:
-            return -errno.EEXIST
-        if slot is None and flags == BPF_EXIST:
-            return -errno.ENOENT
-        if slot is not None:
-            self._write_value(slot, value, onallcpus, new=False)
-            if self.lru:                    # an update makes the element the most recent
-                self._slots[key] = self._slots.pop(key)
-                self._view[self._elem_off(slot) + OFF_REF] = 0
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is not None and flags == BPF_NOEXIST:
+                return -errno.EEXIST
+            if slot is None and flags == BPF_EXIST:
+                return -errno.ENOENT
+            if slot is not None and self.percpu and not onallcpus:
+                self._write_value(slot, value, onallcpus, new=False)    # one CPU's value
+                if self.lru:                # an update makes the element the most recent
+                    self._slots[key] = self._slots.pop(key)
+                    self._view[self._elem_off(slot) + OFF_REF] = 0
+                return 0
+            if slot is not None:
+                # the spare element takes the new value and goes in ahead of the old one
+                new = self._free.popleft()
+                self._write_value(new, value, onallcpus, new=True)
+                del self._slots[key]
+                self._link(new, key)
+                self._unlink_slot(slot)
+                return 0
+            if len(self._slots) >= self.max_entries:
+                if not self.lru:
+                    return -errno.E2BIG
+                self._evict()
+            slot = self._free.popleft()
+            self._write_value(slot, value, onallcpus, new=True)
+            self._link(slot, key)
             return 0
-        if not self._free:
-            if not self.lru:
-                return -errno.E2BIG
-            self._evict()
-        slot = self._free.pop()
-        self._write_value(slot, value, onallcpus, new=True)
-        self._link(slot, key)
-        return 0
 
     def map_delete_elem(self, key: bytes) -> int:
-        if key not in self._slots:
-            return -errno.ENOENT
-        self._unlink(key)
-        return 0
+        with self._lock:
+            if key not in self._slots:
+                return -errno.ENOENT
+            self._unlink(key)
+            return 0
 
     def _evict(self) -> None:
         view = self._view
@@ -190,19 +223,25 @@ class HashMap(Map):
             self._slots[key] = self._slots.pop(key)
 
     def regions(self) -> list[tuple[int, int, bool]]:
-        return [(self.elems_address, self.max_entries * self.elem_size,
+        return [(self.elems_address, (self.max_entries + 1) * self.elem_size,   # + the spare
                  not self.flags & BPF_F_RDONLY_PROG)]
+
+    def region_rule(self) -> dict:
+        # a value, never the element header (chain link, hash) or key around it
+        span = self.stride * (self.n_cpus - 1) + self.value_size
+        return {"stride": self.elem_size, "lo": self.value_off, "hi": self.value_off + span}
 
     # -- syscall / Python faces -----------------------------------------------------------------
     def _raw_keys(self) -> list[bytes]:
-        return list(self._slots)
+        with self._lock:
+            return list(self._slots)
 
     def __len__(self) -> int:
         return len(self._slots)
 
     def sys_get_next_key(self, key: bytes | None) -> bytes:
         self._sys_check(False)
-        keys = list(self._slots)
+        keys = self._raw_keys()
         i = keys.index(key) + 1 if key is not None and key in self._slots else 0
         check(i < len(keys), errno.ENOENT, "no next key")
         return keys[i]

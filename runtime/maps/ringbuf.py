@@ -18,6 +18,7 @@ skipping discarded ones and stopping at the first record still being written, as
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
@@ -40,6 +41,8 @@ DATA_PGOFF = 3
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _HDR = struct.Struct("<II")
+# sample address -> the ring that reserved it, for every outstanding reservation of any ring
+_OUTSTANDING: "weakref.WeakValueDictionary[int, RingBuf]" = weakref.WeakValueDictionary()
 
 
 class RingBuf(Map):
@@ -78,6 +81,12 @@ class RingBuf(Map):
         self.header.data, self.header.index = self.data_address, base + self._cons_off
         self._lock = threading.Lock()
         self.wakeups = 0
+        # The ring's own books, outside memory BPF can write: sample address -> (position,
+        # size) of each outstanding reservation (what a program may touch and submit), and
+        # position -> size of every record not consumed yet (what a header must say).
+        self._busy: dict[int, tuple[int, int]] = {}
+        self._sizes: dict[int, int] = {}
+        self._order: collections.deque = collections.deque()     # the keys of _sizes, in order
 
     # -- positions -------------------------------------------------------------------------------
     def _get(self, off: int) -> int:
@@ -114,20 +123,57 @@ class RingBuf(Map):
                 hdr_len = _U32.unpack_from(view, data + (pend & self.mask))[0]
                 if hdr_len & BPF_RINGBUF_BUSY_BIT:
                     break
-                pend += round_up((hdr_len & ~BPF_RINGBUF_DISCARD_BIT) + BPF_RINGBUF_HDR_SZ, 8)
+                # the size from the ring's books: a header in shared memory may be forged
+                pend += round_up(self._record_size(pend, hdr_len) + BPF_RINGBUF_HDR_SZ, 8)
             self._set(self._pend_off, pend)
+            low = min(pend, cons)      # records behind both the consumer and pend are done
+            while self._order and self._order[0] < low:
+                del self._sizes[self._order.popleft()]
             new_prod = prod + length
             if new_prod - cons > self.mask or new_prod - pend > self.mask:
                 return 0
             hdr = data + (prod & self.mask)
             _HDR.pack_into(view, hdr, size | BPF_RINGBUF_BUSY_BIT, hdr >> PAGE_SHIFT)
+            sample = self.address + hdr + BPF_RINGBUF_HDR_SZ
+            self._busy[sample] = (prod, size)
+            _OUTSTANDING[sample] = self
+            self._sizes[prod] = size
+            self._order.append(prod)
             self._set(self._prod_off, new_prod)
-        return self.address + hdr + BPF_RINGBUF_HDR_SZ
+        return sample
+
+    def _record_size(self, pos: int, hdr_len: int) -> int:
+        """The size of the record at ``pos``, checked against the header read from memory."""
+        size = self._sizes.get(pos)
+        if size is None or hdr_len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT) != size:
+            raise fail(f"ringbuf record at position {pos}: corrupt header 0x{hdr_len:08x} "
+                       f"(reserved {size} bytes)", errno.EFAULT)
+        return size
+
+    def holds_sample(self, address: int, size: int) -> bool:
+        """Whether [address, address + size) lies in one outstanding reservation (the only
+        ring memory a program may touch)."""
+        for sample, (_, length) in list(self._busy.items()):
+            if sample <= address and address + size <= sample + length:
+                return True
+        return False
+
+    def region_rule(self) -> dict:
+        return {"allow": self.holds_sample}
 
     def commit(self, sample: int, flags: int = 0, discard: bool = False) -> None:
-        """bpf_ringbuf_submit (``discard`` False) or bpf_ringbuf_discard of a reserved sample."""
+        """bpf_ringbuf_submit (``discard`` False) or bpf_ringbuf_discard of a reserved sample.
+
+        MapError (EINVAL) unless ``sample`` is an outstanding reservation of this ring (the
+        kernel's verifier guarantees that; here the run time checks it)."""
+        with self._lock:
+            if self._busy.pop(sample, None) is None:
+                raise fail(f"0x{sample:x} is not an outstanding reservation of this ring "
+                           f"buffer", errno.EINVAL)
+            if _OUTSTANDING.get(sample) is self:
+                del _OUTSTANDING[sample]
         hdr = sample - BPF_RINGBUF_HDR_SZ - self.address
-        new_len = _U32.unpack_from(self._view, hdr)[0] ^ BPF_RINGBUF_BUSY_BIT
+        new_len = _U32.unpack_from(self._view, hdr)[0] & ~BPF_RINGBUF_BUSY_BIT
         if discard:
             new_len |= BPF_RINGBUF_DISCARD_BIT
         _U32.pack_into(self._view, hdr, new_len)
@@ -155,10 +201,12 @@ class RingBuf(Map):
 
     @staticmethod
     def ring_of_sample(sample: int) -> int:
-        """The ring's address (``map.address``) from a sample pointer, via its header's pg_off."""
-        hdr = sample - BPF_RINGBUF_HDR_SZ
-        pg_off = ctypes.c_uint32.from_address(hdr + 4).value
-        return (hdr & ~(PAGE_SIZE - 1)) - (pg_off << PAGE_SHIFT)
+        """The ring's address (``map.address``) holding sample pointer ``sample``, or 0.
+
+        The kernel follows the header's pg_off; a pointer a program made up must not be
+        dereferenced, so the ring comes from the books of outstanding reservations."""
+        ring = _OUTSTANDING.get(sample)
+        return ring.address if ring is not None and sample in ring._busy else 0
 
     def regions(self) -> list[tuple[int, int, bool]]:
         return [(self.data_address, 2 * self.size, True)]
@@ -175,7 +223,8 @@ class RingBuf(Map):
                 if hdr_len & BPF_RINGBUF_BUSY_BIT:
                     return                   # not committed yet: stop, as libbpf does
                 progressed = True
-                size = hdr_len & ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT)
+                # the header is shared memory: its length must be what was reserved there
+                size = self._record_size(cons, hdr_len)
                 start = data + (cons & self.mask) + BPF_RINGBUF_HDR_SZ
                 cons += round_up(size + BPF_RINGBUF_HDR_SZ, 8)
                 record = None if hdr_len & BPF_RINGBUF_DISCARD_BIT else bytes(

@@ -1,0 +1,36 @@
+"""The fuzzers (pybpf/fuzz.py) in CI: a short run of every target, then every saved failing
+input (tests/fuzz/corpus/*.json, written by ``pybpf fuzz TARGET --save tests/fuzz/corpus``)
+replayed as a regression test. Each case runs in a worker subprocess with a time limit, so a
+signal or a hang fails the case, not the test session. ``PYBPF_FUZZ_SECONDS`` sets the run per
+target (default 4 s)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pybpf import fuzz
+
+SECONDS = float(os.environ.get("PYBPF_FUZZ_SECONDS", "4"))
+CORPUS = sorted((Path(__file__).parent / "corpus").glob("*.json"))
+
+
+@pytest.mark.parametrize("target", fuzz.TARGETS)
+def test_short_fuzz_run_finds_nothing(target):
+    r = fuzz.fuzz(target, SECONDS, seed=1)
+    print(fuzz.format_report(r))
+    assert r["cases"] > 0
+    assert r["failures"] == 0, fuzz.format_report(r)
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_saved_failure_stays_fixed(path):
+    rec = json.loads(path.read_text())
+    worker = fuzz._Worker()
+    try:
+        out = worker.ask(rec["target"], rec["case"], fuzz.CASE_BUDGET)
+    finally:
+        worker.close()
+    assert out["ok"], f"{path.name} (first seen as: {rec['message']}): {out['message']}"

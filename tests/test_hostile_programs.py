@@ -1,0 +1,256 @@
+"""Hostile programs against the runtime (issue 12): whatever the verifier said, a helper checks
+its pointer and size arguments against the run's regions before touching memory, in both
+engines, and a program reaches one map value, never the map's own metadata (hash chain links,
+the neighbouring array element, ring buffer record headers).
+
+Each case is one of the issue's reproducers or a variant; they run in a child Python
+(``python tests/test_hostile_programs.py child``), since before the fix several of them killed
+the process with SIGSEGV. A case passes when the run ends in a ``BPFError`` (or a verifier
+rejection at load) and the map is still intact afterwards.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+import sys
+
+import pytest
+
+from support import asm, assert_case_passed, cases_of, child, run_child
+
+import pybpf
+from pybpf.errors import BPFError, MapError, MemoryAccessError, VerifierError
+
+
+def VM():
+    from pybpf.runtime.vm import VM as _VM
+
+    return _VM(seed=1)
+
+
+def outcome(vm, text: str, engine: str, verify: bool = False, **run):
+    """The run's r0, or the name of the BPFError class the load or the run raised."""
+    try:
+        lp = vm.load(asm(text), prog_type=run.pop("prog_type", "mem"), engine=engine,
+                     verify=verify)
+    except VerifierError:
+        return "VerifierError"
+    try:
+        return lp.run(**run)
+    except BPFError as e:
+        return type(e).__name__
+
+
+# -- 1. helpers check their pointer arguments -----------------------------------------------------
+
+def case_issue_repro_ringbuf_submit_of_ctx():
+    """The issue's reproducer: ``r2 = 0; call 132 (ringbuf_submit); r0 = 0; exit`` as a
+    socket_filter with 64 bytes of data: SIGSEGV in the interpreter before (10 of 10 runs)."""
+    out = {}
+    for engine in ("interp", "jit"):
+        for verify in (True, False):
+            r = outcome(VM(), "r2 = 0\ncall 132\nr0 = 0\nexit", engine, verify,
+                        prog_type="socket_filter", data=bytes(64))
+            assert r in ("MapError", "VerifierError"), (engine, verify, r)
+            out[f"{engine} verify={verify}"] = r
+    return out
+
+
+WILD = 0x10          # an address no run may touch (the zero page)
+
+
+def wild_calls(hash_fd: int, rb_fd: int) -> dict[str, str]:
+    """Helper calls with one pointer argument the run may not touch."""
+    return {
+        "map_lookup_elem key": f"r1 = map_fd({hash_fd}) ll\nr2 = {WILD}\ncall bpf_map_lookup_elem",
+        "map_update_elem key": (f"r1 = map_fd({hash_fd}) ll\nr2 = {WILD}\nr3 = r10\nr3 += -8\n"
+                                f"*(u64 *)(r10 - 8) = 0\nr4 = 0\ncall bpf_map_update_elem"),
+        "map_update_elem value": (f"r1 = map_fd({hash_fd}) ll\nr2 = r10\nr2 += -8\n"
+                                  f"*(u64 *)(r10 - 8) = 0\nr3 = {WILD}\nr4 = 0\n"
+                                  f"call bpf_map_update_elem"),
+        "map_delete_elem key": f"r1 = map_fd({hash_fd}) ll\nr2 = {WILD}\ncall bpf_map_delete_elem",
+        "ringbuf_output data": (f"r1 = map_fd({rb_fd}) ll\nr2 = {WILD}\nr3 = 64\nr4 = 0\n"
+                                f"call bpf_ringbuf_output"),
+        "ringbuf_output size": (f"r1 = map_fd({rb_fd}) ll\nr2 = r10\nr2 += -8\nr3 = 0x40000000\n"
+                                f"r4 = 0\ncall bpf_ringbuf_output"),
+        "ringbuf_submit wild": f"r1 = {WILD}\nr2 = 0\ncall bpf_ringbuf_submit",
+        "probe_read_kernel dst": f"r1 = {WILD}\nr2 = 8\nr3 = r10\nr3 += -8\ncall bpf_probe_read_kernel",
+        "trace_printk fmt": f"r1 = {WILD}\nr2 = 4\ncall bpf_trace_printk",
+        "get_current_comm buf": f"r1 = {WILD}\nr2 = 16\ncall bpf_get_current_comm",
+    }
+
+
+def case_helpers_refuse_wild_pointers_in_both_engines():
+    """Unverified programs passing a pointer outside the run's memory to each helper: a
+    MemoryAccessError (or the helper's own MapError), never a signal."""
+    out = {}
+    for engine in ("interp", "jit"):
+        vm = VM()
+        h = vm.create_map("hash", 8, 8, 4, name="h")
+        rb = vm.create_map("ringbuf", max_entries=4096, name="rb")
+        for what, text in wild_calls(h.fd, rb.fd).items():
+            r = outcome(vm, text + "\nr0 = 0\nexit", engine)
+            assert r in ("MemoryAccessError", "MapError"), (engine, what, r)
+            out[f"{engine} {what}"] = r
+        assert len(h) == 0 and rb.consume() == []
+    return out
+
+
+def case_ringbuf_sample_submitted_twice_is_refused():
+    """Submitting a sample twice (the verifier's OBJ_RELEASE rule): the second is a MapError."""
+    out = {}
+    for engine in ("interp", "jit"):
+        vm = VM()
+        rb = vm.create_map("ringbuf", max_entries=4096, name="rb")
+        text = f"""
+            r1 = map_fd({rb.fd}) ll
+            r2 = 8
+            r3 = 0
+            call bpf_ringbuf_reserve
+            if r0 == 0 goto out
+            r6 = r0
+            *(u64 *)(r6 + 0) = 7
+            r1 = r6
+            r2 = 0
+            call bpf_ringbuf_submit
+            r1 = r6
+            r2 = 0
+            call bpf_ringbuf_submit
+        out:
+            r0 = 0
+            exit"""
+        out[engine] = outcome(vm, text, engine)
+        assert out[engine] == "MapError", out
+        assert rb.consume() == [struct.pack("<Q", 7)]
+    return out
+
+
+# -- 2. map internals are out of reach ------------------------------------------------------------
+
+def case_hash_element_header_out_of_reach():
+    """The issue's reproducer: a store at ``r0 - 24`` after a hash lookup rewrote the element's
+    chain link (then a JIT lookup crashed and ``map.delete()`` looped forever)."""
+    vm = VM()
+    h = vm.create_map("hash", 8, 8, 16, name="h")
+    h[1] = 5
+    text = f"""
+        *(u64 *)(r10 - 8) = 1
+        r1 = map_fd({h.fd}) ll
+        r2 = r10
+        r2 += -8
+        call bpf_map_lookup_elem
+        if r0 == 0 goto out
+        r1 = 0x7fffffff
+        *(u32 *)(r0 - 24) = r1
+    out:
+        r0 = 0
+        exit"""
+    r = outcome(vm, text, "interp")
+    assert r == "MemoryAccessError", r
+    h[2] = 6
+    del h[1]
+    jit = vm.load(asm(f"""
+        *(u64 *)(r10 - 8) = 2
+        r1 = map_fd({h.fd}) ll
+        r2 = r10
+        r2 += -8
+        call bpf_map_lookup_elem
+        if r0 == 0 goto out
+        r0 = *(u64 *)(r0 + 0)
+    out:
+        exit"""), engine="jit")
+    assert jit.run() == 6 and len(h) == 1 and h[2] == struct.pack("<Q", 6)
+    return r
+
+
+def case_array_neighbour_value_out_of_reach():
+    """The issue's reproducer: a write past one value landed in the next array element."""
+    vm = VM()
+    a = vm.create_map("array", 4, 4, 2, name="a")
+    text = f"""
+        *(u32 *)(r10 - 4) = 0
+        r1 = map_fd({a.fd}) ll
+        r2 = r10
+        r2 += -4
+        call bpf_map_lookup_elem
+        if r0 == 0 goto out
+        *(u32 *)(r0 + 0) = 1
+        *(u32 *)(r0 + {{off}}) = 99
+    out:
+        r0 = 0
+        exit"""
+    past_value = outcome(vm, text.replace("{off}", "8"), "interp")     # element 1's value
+    padding = outcome(vm, text.replace("{off}", "4"), "interp")        # element 0's padding
+    assert past_value == padding == "MemoryAccessError", (past_value, padding)
+    assert a[1] == bytes(4), a[1]
+    return past_value, padding
+
+
+def case_ringbuf_header_out_of_reach():
+    """The issue's reproducer: a record header forged so an 8-byte reservation was delivered
+    as 3,000 bytes. From BPF the header is out of reach; forged from outside, the consumer
+    refuses it."""
+    vm = VM()
+    rb = vm.create_map("ringbuf", max_entries=4096, name="rb")
+    text = f"""
+        r1 = map_fd({rb.fd}) ll
+        r2 = 8
+        r3 = 0
+        call bpf_ringbuf_reserve
+        if r0 == 0 goto out
+        r6 = r0
+        r1 = 3000
+        *(u32 *)(r6 - 8) = r1
+        r1 = r6
+        r2 = 0
+        call bpf_ringbuf_submit
+    out:
+        r0 = 0
+        exit"""
+    from_bpf = outcome(vm, text, "interp")
+    assert from_bpf == "MemoryAccessError", from_bpf
+    # the same forgery written from outside (JIT code of an unverified program could do it)
+    rb2 = vm.create_map("ringbuf", max_entries=4096, name="rb2")
+    assert rb2.output(b"12345678") == 0
+    hdr = ctypes.c_uint32.from_address(rb2.data_address)
+    assert hdr.value == 8
+    hdr.value = 3000
+    try:
+        rb2.consume()
+    except MapError as e:
+        return from_bpf, str(e)
+    raise AssertionError("the consumer delivered a forged record")
+
+
+def case_map_metadata_outside_every_region():
+    """No region a run gets covers a map's header, hash buckets or ring positions."""
+    vm = VM()
+    maps = [vm.create_map("hash", 8, 8, 4, name="h"), vm.create_map("array", 4, 8, 4, name="a"),
+            vm.create_map("ringbuf", max_entries=4096, name="rb")]
+    from pybpf.runtime.memory import RegionTable
+    table = RegionTable(vm.run_regions())
+    for m in maps:
+        assert table.find(m.address, 1) is None, m           # MapHeader
+    assert table.find(maps[0]._buckets, 4) is None                  # hash bucket heads
+    assert table.find(maps[0].elems_address, 4) is None             # first element's chain link
+    assert table.find(maps[2].address + 4096, 8) is None           # consumer position
+    return "ok"
+
+
+CASES = cases_of(globals())
+
+
+@pytest.fixture(scope="module")
+def child_results():
+    return run_child(__file__, CASES)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_case_in_child(child_results, name):
+    assert_case_passed(child_results, name)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "child":
+        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: repr(d)[:300]))
+    print(__doc__)

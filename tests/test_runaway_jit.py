@@ -1,0 +1,80 @@
+"""Runaway JIT code (issue 12): for an unverified load the JIT honours ``insn_limit`` through a
+back-edge counter (only in code compiled for an unverified load) and Ctrl-C gives
+KeyboardInterrupt at the next back edge. Before, ``l: r0 = 0; goto l`` under the JIT never
+returned and ignored Ctrl-C. The cases run in child Pythons.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOOP = "l:\nr0 = 0\ngoto l"
+ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _python(code: str, timeout: float = 120):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def test_insn_limit_stops_an_unverified_jit_loop():
+    p = _python(f"""
+import time, pybpf
+from pybpf.errors import VMError
+vm = pybpf.VM()
+lp = vm.load(pybpf.assemble({LOOP!r}), engine="jit", verify=False)
+for limit in (1000, 10**7):
+    t = time.perf_counter()
+    try:
+        lp.run(insn_limit=limit)
+        print("returned")
+    except VMError as e:
+        print("VMError", round(time.perf_counter() - t, 3), e)
+""")
+    lines = p.stdout.splitlines()
+    assert p.returncode == 0 and len(lines) == 2, (p.returncode, p.stdout, p.stderr[-2000:])
+    assert all(line.startswith("VMError") and "instruction limit" in line for line in lines)
+
+
+def test_verified_jit_code_has_no_counter():
+    """The counter is only in code compiled for an unverified load."""
+    p = _python(f"""
+import pybpf
+vm = pybpf.VM()
+prog = pybpf.assemble("r0 = 0\\nl:\\nr0 += 1\\nif r0 < 1000 goto l\\nexit")
+unverified, verified = (vm.load(prog, engine="jit", verify=v) for v in (False, True))
+# the counter's slow path calls Python, so only the unverified code needs the GIL
+print(unverified._jit.needs_gil, verified._jit.needs_gil, verified._budget is None,
+      unverified.run(insn_limit=10**6), verified.run())
+""")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["True", "False", "True", "1000", "1000"], p.stdout
+
+
+def test_ctrl_c_interrupts_an_unverified_jit_loop():
+    proc = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time, pybpf
+vm = pybpf.VM()
+lp = vm.load(pybpf.assemble({LOOP!r}), engine="jit", verify=False)
+print("running", flush=True)
+t = time.perf_counter()
+try:
+    lp.run(insn_limit=1 << 62)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt after", round(time.perf_counter() - t, 2), flush=True)
+"""], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and out.startswith("KeyboardInterrupt"), (proc.returncode,
+                                                                           out, err[-2000:])
