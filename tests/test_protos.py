@@ -92,9 +92,11 @@ def test_interpreter_checks_what_the_prototype_announces():
             assert base in (protos.ARG_PTR_TO_MEM, protos.ARG_PTR_TO_CONST_STR,
                             protos.ARG_PTR_TO_RINGBUF_MEM)
             assert kind == ("read" if protos.MEM_RDONLY in flags else
-                            "str" if base == protos.ARG_PTR_TO_CONST_STR else "write")
+                            "str" if base == protos.ARG_PTR_TO_CONST_STR else
+                            "ringbuf" if base == protos.ARG_PTR_TO_RINGBUF_MEM else "write")
     assert protos.helper_proto("probe_read_kernel").memory_args() == [(0, 1, "write")]
     assert protos.helper_proto("trace_printk").memory_args() == [(0, 1, "read")]
+    assert protos.helper_proto("ringbuf_submit").memory_args() == [(0, None, "ringbuf")]
     assert protos.helper_proto("map_pop_elem").map_args() == [(1, "value", "write")]
     assert protos.helper_proto("map_update_elem").map_args() == [(1, "key", "read"),
                                                                  (2, "value", "read")]
