@@ -23,7 +23,7 @@ def test_run_sample_from_readme():
     assert rc == 0, err
     assert out.decode().strip() == "0xa"
     rc, out, err = pybpf("run", SAMPLE, "--mem", "01020304")
-    assert rc == 1 and b"rejected" not in out and b"too complex" in err, err
+    assert rc == 1 and "too complex" in err, err
 
 
 def test_asm_disasm_round_trip_through_stdin(tmp_path):

@@ -351,7 +351,7 @@ def _kind(r: Reg):
         return ("const", r.var.const_value())
     if t == NOT_INIT:
         return None
-    return ("ptr", int(t), r.map)
+    return ("ptr", int(t))        # no map object: facts must not keep maps alive
 
 
 def _join_kind(a, b):

@@ -287,6 +287,8 @@ def _ctx_access(chk, regno, reg, off, size, write, value_regno, signed) -> None:
         chk.max_ctx_offset = max(chk.max_ctx_offset, hi + size)
         _load_result(chk, value_regno, write, size, signed, "a load from the mem buffer")
         return
+    if reg.off < 0:
+        chk.error(f"negative offset ctx ptr R{regno} off={reg.off} disallowed")
     if reg.off:
         chk.error(f"dereference of modified ctx ptr R{regno} off={reg.off} disallowed")
     if not reg.var.is_const() or reg.var.const_value():
