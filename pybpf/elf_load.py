@@ -126,7 +126,9 @@ def _initial_slots(obj: BpfObject, created: dict, programs: dict) -> None:
         if not m.init_slots or outer is None:
             continue
         for index, target in sorted(m.init_slots.items()):
-            key = index.to_bytes(4, "little")
+            # libbpf's key is the slot index as an int, whatever the key size (a hash of maps
+            # with a 2-byte key gets its first bytes)
+            key = index.to_bytes(4, "little")[:m.key_size].ljust(m.key_size, b"\0")
             if m.type == "prog_array":
                 p = programs.get(target)
                 if p is None:

@@ -11,23 +11,32 @@ type            context
 mem             r1 = a private copy of ``mem`` (between canary guards), r2 = its length
 syscall         r1 = a private copy of ``ctx`` (bytes, bytearray or a ctypes object; None -> r1 0),
                 writable; it is copied back after the run (BPF_PROG_TEST_RUN's ctx_out)
-socket_filter,  r1 = ``struct __sk_buff`` (:class:`SkBuff`); ``data`` is the packet from
-sched_cls,      ``skb->data``: a whole frame for socket_filter and sched_cls (L2, as a packet
-cgroup_skb,     socket or tc sees it), from the network header for cgroup_skb and lwt_in (L3).
-lwt_in          len, data, data_end, data_meta are the real values; protocol comes from the
-                Ethernet header (L2) or the IP version (L3), in network byte order as the kernel
-                stores it; ``ctx=`` (a dict of field names, or a SkBuff or its bytes, whose zero
-                fields keep the defaults) sets mark, priority, cb[], ifindex (default 1, the
-                loopback device as BPF_PROG_TEST_RUN uses), vlan_*, hash, tc_index, ... The
-                packet is writable for sched_cls, read-only for the others. (The kernel's
-                BPF_PROG_TEST_RUN strips the Ethernet header before a socket filter runs; here
-                the filter sees what a packet socket sees.)
+socket_filter,  r1 = ``struct __sk_buff`` (:class:`SkBuff`); ``data`` is an Ethernet frame,
+sched_cls,      as BPF_PROG_TEST_RUN takes it (>= 14 bytes; an IPv4/IPv6 frame must hold its
+cgroup_skb,     IP header, else VMError as the kernel's EINVAL). As there, eth_type_trans sets
+lwt_in/out/xmit protocol (network byte order, as the kernel stores it) and pkt_type (against the
+                loopback's all-zero address), and the Ethernet header is pulled: sched_cls
+                sees the whole frame, the others the packet from the network header
+                (``skb->data``, ``len``, ld_abs offsets start there); ``last_data`` is the
+                frame after the run with a pulled header zeroed, the kernel's data_out.
+                len, data, data_end, data_meta are the real values; ``ctx=`` (a dict of field
+                names, or a SkBuff or its bytes, whose zero fields keep the defaults) sets
+                mark, priority, cb[], ifindex (default 1, the loopback device as
+                BPF_PROG_TEST_RUN uses), vlan_*, hash, tc_index, ... The packet is writable
+                for sched_cls and lwt_xmit, read-only for the others.
 xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, data_meta pointing at
                 the packet, which is writable, behind XDP_PACKET_HEADROOM bytes of headroom;
                 ``ctx=`` (dict or XdpMd) sets ingress_ifindex (default 1), rx_queue_index,
                 egress_ifindex; the program returns an XDP_* action
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
 kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header)
+raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
+sk_lookup       r1 = a read-only ``struct bpf_sk_lookup`` (:class:`BpfSkLookup`) from ``ctx``
+cgroup_sock_    r1 = a writable ``struct bpf_sock_addr`` / ``struct bpf_sock`` from ``ctx``,
+addr, _sock     copied back (context only: the kernel cannot test-run these types)
+flow_dissector  r1 = ``struct __sk_buff`` with data/data_end over the frame (``data``, from its
+                Ethernet header) and flow_keys pointing at a :class:`BpfFlowKeys` the program
+                fills; ``last_ctx`` is the keys, ``last_data`` BPF_PROG_TEST_RUN's data_out
 =============== ==================================================================================
 
 Pointers in 32-bit context fields. ``__sk_buff.data``/``data_end``/``data_meta`` and
@@ -39,9 +48,9 @@ address is checked, and a VMError says so if the kernel could not oblige), so th
 hold the real pointers and a zero-extending 32-bit load yields the real address: exactly what
 programs see in the kernel, with no instruction rewriting, for both engines.
 
-After a run: ``last_data`` is the packet as the program left it (``data`` to ``data_end``; for a
-socket filter the part it keeps: ``min(r0, len)`` bytes, the filter's return being the number of
-bytes to keep); ``last_ctx`` is the context after the run (a SkBuff / XdpMd copy, else bytes).
+After a run: ``last_data`` is the packet as the program left it (for the __sk_buff types the
+whole frame, as BPF_PROG_TEST_RUN's data_out: a socket filter's return, the number of bytes to
+keep, does not cut it); ``last_ctx`` is the context after the run (a SkBuff / XdpMd copy, else bytes).
 """
 from __future__ import annotations
 
@@ -65,16 +74,23 @@ SKB_HEADROOM = 64              # NET_SKB_PAD-like headroom in front of skb->data
 TAILROOM = 64
 ETH_HLEN = 14
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+ETH_P_802_3, ETH_P_802_2, ETH_P_802_3_MIN = 0x0001, 0x0004, 0x0600
+PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST = 0, 2, 3
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 
-SKB_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in")
-L2_TYPES = ("socket_filter", "sched_cls")              # skb->data is the Ethernet header
-PROG_TYPES = ("mem", "syscall", *SKB_TYPES, "xdp", "tracepoint", "kprobe")
+SKB_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "lwt_out", "lwt_xmit")
+L2_TYPES = ("sched_cls",)     # BPF_PROG_TEST_RUN pushes the Ethernet header back for tc only
+PKT_WRITE_TYPES = ("sched_cls", "lwt_xmit")    # the kernel's may_access_direct_pkt_data
+# context-only types: r1 = a writable copy of their struct, copied back (no BPF_PROG_TEST_RUN)
+SOCK_TYPES = ("cgroup_sock_addr", "cgroup_sock")
+PROG_TYPES = ("mem", "syscall", *SKB_TYPES, "xdp", "tracepoint", "kprobe", "flow_dissector",
+              "raw_tracepoint", "sk_lookup", *SOCK_TYPES)
 ALIASES = {"socket": "socket_filter", "tc": "sched_cls", "classifier": "sched_cls",
-           "cgroup/skb": "cgroup_skb", "tp": "tracepoint"}
+           "cgroup/skb": "cgroup_skb", "tp": "tracepoint", "raw_tp": "raw_tracepoint"}
+MAX_BPF_FUNC_ARGS = 12
 TRACE_CTX_SIZE = {"kprobe": 168, "tracepoint": 8}       # sizeof(struct pt_regs); common header
 
 
@@ -109,8 +125,66 @@ class XdpMd(ctypes.Structure):
                 ("rx_queue_index", ctypes.c_uint32), ("egress_ifindex", ctypes.c_uint32)]
 
 
+class BpfFlowKeys(ctypes.Structure):
+    """``struct bpf_flow_keys`` (uapi), 56 bytes: what a flow_dissector program fills in."""
+
+    _fields_ = [("nhoff", ctypes.c_uint16), ("thoff", ctypes.c_uint16),
+                ("addr_proto", ctypes.c_uint16), ("is_frag", ctypes.c_uint8),
+                ("is_first_frag", ctypes.c_uint8), ("is_encap", ctypes.c_uint8),
+                ("ip_proto", ctypes.c_uint8), ("n_proto", ctypes.c_uint16),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("addrs", ctypes.c_uint32 * 8), ("flags", ctypes.c_uint32),
+                ("flow_label", ctypes.c_uint32)]
+
+    @property
+    def ipv4_src(self) -> int:
+        return self.addrs[0]
+
+    @property
+    def ipv4_dst(self) -> int:
+        return self.addrs[1]
+
+
+class BpfSkLookup(ctypes.Structure):
+    """``struct bpf_sk_lookup`` (uapi), 72 bytes: a socket lookup's 4-tuple."""
+
+    _fields_ = [("cookie", ctypes.c_uint64), ("family", ctypes.c_uint32),
+                ("protocol", ctypes.c_uint32), ("remote_ip4", ctypes.c_uint32),
+                ("remote_ip6", ctypes.c_uint32 * 4), ("remote_port", ctypes.c_uint16),
+                ("_pad", ctypes.c_uint16), ("local_ip4", ctypes.c_uint32),
+                ("local_ip6", ctypes.c_uint32 * 4), ("local_port", ctypes.c_uint32),
+                ("ingress_ifindex", ctypes.c_uint32), ("_pad2", ctypes.c_uint32)]
+
+
+class BpfSockAddr(ctypes.Structure):
+    """``struct bpf_sock_addr`` (uapi), 72 bytes: a cgroup/connect4-style program's view."""
+
+    _fields_ = [("user_family", ctypes.c_uint32), ("user_ip4", ctypes.c_uint32),
+                ("user_ip6", ctypes.c_uint32 * 4), ("user_port", ctypes.c_uint32),
+                ("family", ctypes.c_uint32), ("type", ctypes.c_uint32),
+                ("protocol", ctypes.c_uint32), ("msg_src_ip4", ctypes.c_uint32),
+                ("msg_src_ip6", ctypes.c_uint32 * 4), ("sk", ctypes.c_uint64)]
+
+
+class BpfSock(ctypes.Structure):
+    """``struct bpf_sock`` (uapi), 80 bytes: a cgroup/sock_create-style program's view."""
+
+    _fields_ = [("bound_dev_if", ctypes.c_uint32), ("family", ctypes.c_uint32),
+                ("type", ctypes.c_uint32), ("protocol", ctypes.c_uint32),
+                ("mark", ctypes.c_uint32), ("priority", ctypes.c_uint32),
+                ("src_ip4", ctypes.c_uint32), ("src_ip6", ctypes.c_uint32 * 4),
+                ("src_port", ctypes.c_uint32), ("dst_port", ctypes.c_uint16),
+                ("_pad", ctypes.c_uint16), ("dst_ip4", ctypes.c_uint32),
+                ("dst_ip6", ctypes.c_uint32 * 4), ("state", ctypes.c_uint32),
+                ("rx_queue_mapping", ctypes.c_int32)]
+
+
+SOCK_STRUCTS = {"cgroup_sock_addr": BpfSockAddr, "cgroup_sock": BpfSock}
+AF_INET, AF_INET6 = 2, 10
+assert ctypes.sizeof(BpfSkLookup) == 72 and BpfSkLookup.local_port.offset == 60
+assert ctypes.sizeof(BpfSockAddr) == 72 and ctypes.sizeof(BpfSock) == 80
 assert ctypes.sizeof(SkBuff) == 192 and SkBuff.data.offset == 76 and SkBuff.hwtstamp.offset == 184
-assert ctypes.sizeof(XdpMd) == 24
+assert ctypes.sizeof(XdpMd) == 24 and ctypes.sizeof(BpfFlowKeys) == 56
 
 # Fields the run fills in itself; ``ctx=`` may not set them.
 _SKB_DERIVED = ("len", "data", "data_end", "data_meta")
@@ -220,6 +294,20 @@ def build_context(prog_type: str, mem=None, ctx=None, data=None) -> RunContext:
         _skb_context(rc, ctx, data)
     elif prog_type == "xdp":
         _xdp_context(rc, ctx, data)
+    elif prog_type == "flow_dissector":
+        _flow_dissector_context(rc, ctx, data)
+    elif prog_type == "sk_lookup":
+        if data is not None:
+            raise VMError("prog_type 'sk_lookup' has no packet: pass its context as ctx=")
+        _sk_lookup_context(rc, ctx)
+    elif prog_type in SOCK_TYPES:
+        if data is not None:
+            raise VMError(f"prog_type {prog_type!r} has no packet: pass its context as ctx=")
+        _sock_context(rc, ctx, SOCK_STRUCTS[prog_type])
+    elif prog_type == "raw_tracepoint":
+        if data is not None:
+            raise VMError("prog_type 'raw_tracepoint' has no packet: pass its arguments as ctx=")
+        _raw_tp_context(rc, ctx)
     else:
         if data is not None:
             raise VMError(f"prog_type {prog_type!r} has no packet: pass its context as ctx=")
@@ -325,16 +413,31 @@ def _fill(struct, ctx, derived: tuple[str, ...], what: str) -> None:
             raise VMError(f"{what}.{key}: {e}") from None
 
 
-def _protocol(prog_type: str, packet: bytes) -> int:
-    """skb->protocol as the u32 context field holds it: the __be16 value, zero-extended."""
-    if prog_type in L2_TYPES:
-        if len(packet) < ETH_HLEN:
-            return 0
-        proto = packet[12:14]
+def _eth_type_trans(frame: bytes) -> tuple[int, int]:
+    """(skb->protocol as the u32 field holds the __be16, skb->pkt_type) as eth_type_trans sets
+    them on BPF_PROG_TEST_RUN's device, the loopback: its address and its broadcast address are
+    all zeros, so even ff:ff:ff:ff:ff:ff is PACKET_MULTICAST there (checked in the kernel)."""
+    dst, proto = frame[:6], int.from_bytes(frame[12:14], "big")
+    if dst[0] & 1:
+        pkt_type = PACKET_MULTICAST
     else:
-        version = packet[0] >> 4 if packet else 0
-        proto = {4: ETH_P_IP, 6: ETH_P_IPV6}.get(version, 0).to_bytes(2, "big")
-    return int.from_bytes(proto, "little")
+        pkt_type = PACKET_HOST if dst == bytes(6) else PACKET_OTHERHOST
+    if proto < ETH_P_802_3_MIN:        # an 802.3 length: raw IPX (0xFFFF) or 802.2 LLC
+        proto = ETH_P_802_3 if frame[14:16] == b"\xff\xff" else ETH_P_802_2
+    return int.from_bytes(proto.to_bytes(2, "big"), "little"), pkt_type
+
+
+def _check_frame(prog_type: str, packet: bytes) -> None:
+    """BPF_PROG_TEST_RUN's -EINVAL cases for an skb run's data_in."""
+    if len(packet) < ETH_HLEN:
+        raise VMError(f"{prog_type}: data of {len(packet)} bytes is shorter than the Ethernet "
+                      f"header (BPF_PROG_TEST_RUN needs >= {ETH_HLEN}: EINVAL)")
+    proto, l3 = int.from_bytes(packet[12:14], "big"), len(packet) - ETH_HLEN
+    need = {ETH_P_IP: 20, ETH_P_IPV6: 40}.get(proto, 0)
+    if l3 < need:
+        raise VMError(f"{prog_type}: an {'IPv4' if proto == ETH_P_IP else 'IPv6'} frame with "
+                      f"{l3} bytes after the Ethernet header, less than its header's {need} "
+                      f"(BPF_PROG_TEST_RUN: EINVAL)")
 
 
 def _packet_layout(ctx_size: int, headroom: int, n: int) -> tuple[LowMemory, int, int]:
@@ -345,18 +448,26 @@ def _packet_layout(ctx_size: int, headroom: int, n: int) -> tuple[LowMemory, int
 
 
 def _skb_context(rc: RunContext, ctx, data) -> None:
-    packet = bytes(data) if data is not None else b""
-    low, caddr, paddr = _packet_layout(ctypes.sizeof(SkBuff), SKB_HEADROOM, len(packet))
-    PROC[paddr:paddr + len(packet)] = packet
+    frame = bytes(data) if data is not None else b""
+    if frame:
+        _check_frame(rc.prog_type, frame)
+    # BPF_PROG_TEST_RUN pulls the Ethernet header (eth_type_trans) and pushes it back only for
+    # tc: the others see the packet from the network header
+    pull = ETH_HLEN if frame and rc.prog_type not in L2_TYPES else 0
+    packet = frame[pull:]
+    low, caddr, fstart = _packet_layout(ctypes.sizeof(SkBuff), SKB_HEADROOM, len(frame))
+    PROC[fstart:fstart + len(frame)] = frame
+    paddr = fstart + pull
     skb = SkBuff.from_address(caddr)
     skb.ifindex, skb.wire_len = 1, len(packet)      # the loopback device, as test_run uses
-    skb.protocol = _protocol(rc.prog_type, packet)
+    if frame:
+        skb.protocol, skb.pkt_type = _eth_type_trans(frame)
     rc._low = low
     _fill(skb, ctx, _SKB_DERIVED, "__sk_buff")
     skb.len = len(packet)
     skb.data = skb.data_meta = paddr
     skb.data_end = paddr + len(packet)
-    writable = rc.prog_type == "sched_cls"
+    writable = rc.prog_type in PKT_WRITE_TYPES
     pkt_region = Region(paddr, len(packet), "packet", writable, low)
     rc.regions += [Region(caddr, ctypes.sizeof(SkBuff), "ctx", True, low), pkt_region]
     rc.fast = pkt_region if writable and packet else None
@@ -366,10 +477,8 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
     def finish(r0):
         after = SkBuff.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(SkBuff)])
         rc.last_ctx = after
-        end = paddr + len(packet)
-        if rc.prog_type == "socket_filter" and r0 is not None:
-            end = paddr + min(r0 & 0xFFFFFFFF, len(packet))
-        rc.last_data = low.read(paddr, end - paddr)
+        # data_out as BPF_PROG_TEST_RUN gives it: a pulled Ethernet header comes back zeroed
+        rc.last_data = bytes(pull) + low.read(paddr, len(packet))
         if r0 is not None and not isinstance(ctx, dict) and ctx is not None:
             _write_back(ctx, bytes(after))
     rc._finish = finish
@@ -410,4 +519,124 @@ def _trace_context(rc: RunContext, ctx) -> None:
 
     def finish(r0):
         rc.last_ctx = buf.bytes()
+    rc._finish = finish
+
+
+def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
+    """BPF_PROG_TEST_RUN of a flow dissector (bpf_prog_test_run_flow_dissector): the program
+    gets a ``__sk_buff`` of which only data, data_end and flow_keys mean anything; data is the
+    frame from its Ethernet header; the keys start zeroed with n_proto (the frame's ethertype),
+    nhoff = thoff = 14 and ``flags`` from ``ctx`` (a BpfFlowKeys or dict with only flags set;
+    anything else is the kernel's EINVAL). After the run nhoff and thoff are clamped to the
+    frame as the kernel clamps them; ``last_ctx`` is the keys and ``last_data`` the kernel's
+    data_out: the keys' bytes cut or zero-padded to the frame's length (what Linux 6.18
+    returns; checked in tests/test_corpus.py)."""
+    frame = bytes(data) if data is not None else b""
+    if len(frame) < ETH_HLEN:
+        raise VMError(f"flow_dissector: data of {len(frame)} bytes is shorter than the Ethernet "
+                      f"header (BPF_PROG_TEST_RUN needs >= {ETH_HLEN}: EINVAL)")
+    flags = 0
+    if ctx is not None:
+        given = BpfFlowKeys()
+        _fill(given, ctx, (), "bpf_flow_keys")
+        flags = given.flags
+        given.flags = 0
+        if any(bytes(given)):
+            raise VMError("flow_dissector: ctx (struct bpf_flow_keys) may set only flags "
+                          "(BPF_PROG_TEST_RUN: EINVAL)")
+    keys_room = round_up(ctypes.sizeof(BpfFlowKeys), 64)
+    low, caddr, paddr = _packet_layout(ctypes.sizeof(SkBuff) + 64 + keys_room, 0, len(frame))
+    kaddr = caddr + round_up(ctypes.sizeof(SkBuff), 64)
+    PROC[paddr:paddr + len(frame)] = frame
+    keys = BpfFlowKeys.from_address(kaddr)
+    keys.n_proto = int.from_bytes(frame[12:14], "little")      # __be16 as stored
+    keys.nhoff = keys.thoff = ETH_HLEN
+    keys.flags = flags
+    skb = SkBuff.from_address(caddr)
+    skb.data, skb.data_end, skb.flow_keys = paddr, paddr + len(frame), kaddr
+    rc._low = low
+    pkt_region = Region(paddr, len(frame), "packet", False, low)
+    rc.regions += [Region(caddr, ctypes.sizeof(SkBuff), "ctx", False, low),
+                   Region(kaddr, ctypes.sizeof(BpfFlowKeys), "flow_keys", True, low), pkt_region]
+    rc.packet = PROC[paddr:paddr + len(frame)]
+    rc.r1 = caddr
+
+    def finish(r0):
+        k = BpfFlowKeys.from_address(kaddr)
+        k.nhoff = min(max(k.nhoff, ETH_HLEN), len(frame))
+        k.thoff = min(max(k.thoff, k.nhoff), len(frame))
+        rc.last_ctx = BpfFlowKeys.from_buffer_copy(bytes(k))
+        # Linux 6.18's data_out has the frame's length: the keys, cut or zero-padded to it
+        rc.last_data = bytes(k)[:len(frame)].ljust(len(frame), b"\0")
+    rc._finish = finish
+
+
+def _raw_tp_context(rc: RunContext, ctx) -> None:
+    """BPF_PROG_TEST_RUN of a raw tracepoint: r1 = the u64 arguments (``ctx``, at most 12 of
+    them, read-only), or NULL without ctx."""
+    if ctx is None:
+        rc._finish = None
+        return
+    raw = _ctx_bytes(ctx, "raw_tracepoint")
+    if len(raw) > 8 * MAX_BPF_FUNC_ARGS:
+        raise VMError(f"raw_tracepoint ctx of {len(raw)} bytes is more than "
+                      f"{MAX_BPF_FUNC_ARGS} u64 arguments (BPF_PROG_TEST_RUN: EINVAL)")
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    if raw:
+        rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
+    rc.r1, rc.buffer = buf.address, buf
+
+    def finish(r0):
+        rc.last_ctx = buf.bytes()
+    rc._finish = finish
+
+
+def _sk_lookup_context(rc: RunContext, ctx) -> None:
+    """BPF_PROG_TEST_RUN of an sk_lookup program (bpf_prog_test_run_sk_lookup): ``ctx`` (a
+    BpfSkLookup or a dict) is required, family AF_INET or AF_INET6, local_port <= 65535, sk
+    and ingress_ifindex zero (VMError where the kernel says EINVAL, EAFNOSUPPORT, ERANGE).
+    r1 = a read-only copy; no socket can be selected (no bpf_sk_assign), so ``last_ctx`` comes
+    back with cookie 0, as the kernel's ctx_out does."""
+    if ctx is None:
+        raise VMError("sk_lookup needs ctx= (struct bpf_sk_lookup; BPF_PROG_TEST_RUN: EINVAL)")
+    given = BpfSkLookup()
+    _fill(given, ctx, (), "bpf_sk_lookup")
+    if given.cookie or given.ingress_ifindex:
+        raise VMError("sk_lookup: ctx sk/cookie and ingress_ifindex must be zero "
+                      "(BPF_PROG_TEST_RUN: EINVAL)")
+    if given.local_port > 0xFFFF:
+        raise VMError(f"sk_lookup: local_port {given.local_port} > 65535 (ERANGE)")
+    if given.family not in (AF_INET, AF_INET6):
+        raise VMError(f"sk_lookup: family {given.family} is neither AF_INET nor AF_INET6 "
+                      f"(EAFNOSUPPORT)")
+    raw = bytes(given)
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
+    rc.r1, rc.buffer = buf.address, buf
+
+    def finish(r0):
+        rc.last_ctx = BpfSkLookup.from_buffer_copy(buf.bytes())
+        if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
+            _write_back(ctx, bytes(rc.last_ctx))
+    rc._finish = finish
+
+
+def _sock_context(rc: RunContext, ctx, struct) -> None:
+    """cgroup_sock_addr / cgroup_sock: r1 = a writable copy of the struct (from ``ctx``, a dict
+    of fields or the struct; sk pointers stay 0), copied back after the run. The kernel has no
+    BPF_PROG_TEST_RUN for these types; what the program may write (user_ip4/user_port for
+    connect4, mark/priority/bound_dev_if for sock_create) is the verifier's business."""
+    given = struct()
+    if ctx is not None:
+        _fill(given, ctx, (), struct.__name__)
+    raw = bytes(given)
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    rc.regions.append(Region(buf.address, buf.size, "ctx", True, buf))
+    rc.fast = rc.regions[-1]
+    rc.r1, rc.buffer = buf.address, buf
+
+    def finish(r0):
+        rc.last_ctx = struct.from_buffer_copy(buf.bytes())
+        if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
+            _write_back(ctx, bytes(rc.last_ctx))
     rc._finish = finish

@@ -83,6 +83,8 @@ def map_pop_elem(m: Map, value: int) -> int:
 
 
 def map_peek_elem(m: Map, value: int) -> int:
+    if getattr(m, "peek_reads_value", False):    # bloom_filter: tests the value it is given
+        return _r0(m.map_peek_value(ctypes.string_at(value, m.value_size)))
     return _pop_like(m, m.map_peek_elem(), value)
 
 

@@ -132,6 +132,8 @@ class VM:
             self.maps[m.name] = m
         if isinstance(m, ProgArrayMap):
             m.resolve_prog = self.program_by_fd
+        if hasattr(m, "resolve_fd"):            # map-in-map values are map fds
+            m.resolve_fd = lambda fd: self.map_by_fd(fd, default=None)
         rule = m.region_rule()
         for start, size, writable in m.regions():
             self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m,

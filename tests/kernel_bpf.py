@@ -32,6 +32,7 @@ SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280, "s
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
 BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_BTF_LOAD = 5, 10, 18
 BPF_F_SLEEPABLE = 1 << 4
+BPF_MAP_GET_NEXT_KEY = 4
 ENOTSUPP = 524  # kernel-internal errno (include/linux/errno.h) that bpf() can return
 # enum bpf_prog_type (include/uapi/linux/bpf.h), by pybpf's names (lower case, no prefix)
 PROG_TYPE_IDS = {n: i for i, n in enumerate((
@@ -76,9 +77,10 @@ def _addr(buf) -> int:
 
 
 def create_map(mtype: str, key: int, value: int, entries: int, flags: int = 0,
-               map_extra: int = 0, name: str = "") -> int:
+               map_extra: int = 0, name: str = "", inner_fd: int = 0) -> int:
     attr = bytearray(80)
-    struct.pack_into("<IIIII", attr, 0, MAP_TYPE_IDS[mtype], key, value, entries, flags)
+    struct.pack_into("<IIIIII", attr, 0, MAP_TYPE_IDS[mtype], key, value, entries, flags,
+                     inner_fd)
     attr[28:28 + 15] = name.encode()[:15].ljust(15, b"\0")
     struct.pack_into("<Q", attr, 64, map_extra)
     return _bpf(BPF_MAP_CREATE, attr, f"map_create {name} ({mtype})")
@@ -147,6 +149,47 @@ def lookup(fd: int, key: bytes, size: int) -> bytes:
     out = ctypes.create_string_buffer(size)
     _elem(BPF_MAP_LOOKUP_ELEM, fd, key, out)
     return out.raw
+
+
+def dump(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
+    """Every (key, value) of a map, walked with BPF_MAP_GET_NEXT_KEY."""
+    out, key = {}, None
+    while True:
+        k = ctypes.create_string_buffer(bytes(key), key_size) if key is not None else None
+        nxt = ctypes.create_string_buffer(key_size)
+        attr = bytearray(32)
+        struct.pack_into("<IIQQ", attr, 0, fd, 0, _addr(k), _addr(nxt))
+        try:
+            _bpf(BPF_MAP_GET_NEXT_KEY, attr, "map get_next_key")
+        except KernelError as e:
+            if e.errno == 2:        # ENOENT: the last key
+                return out
+            raise
+        key = nxt.raw
+        try:
+            out[key] = lookup(fd, key, value_size)
+        except KernelError as e:
+            if e.errno != 2:
+                raise
+
+
+def test_run(prog_fd: int, ctx: bytes | None = None, data: bytes | None = None,
+             data_out_size: int = 0, ctx_out_size: int = 0) -> tuple[int, bytes, bytes]:
+    """BPF_PROG_TEST_RUN once: (retval, data_out, ctx after the run)."""
+    c = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
+    d = ctypes.create_string_buffer(data, len(data)) if data else None
+    dout = ctypes.create_string_buffer(data_out_size) if data_out_size else None
+    cout = ctypes.create_string_buffer(ctx_out_size) if ctx_out_size else None
+    attr = bytearray(80)
+    struct.pack_into("<IIII", attr, 0, prog_fd, 0, len(data or b""), data_out_size)
+    struct.pack_into("<QQI", attr, 16, _addr(d), _addr(dout), 0)
+    struct.pack_into("<IIQQ", attr, 40, len(ctx or b""), ctx_out_size, _addr(c), _addr(cout))
+    _bpf(BPF_PROG_TEST_RUN, attr, "prog_test_run")
+    retval, size_out = struct.unpack_from("<II", attr, 4)
+    csize = struct.unpack_from("<I", attr, 44)[0]
+    # without ctx_out (syscall programs take none) the kernel writes ctx back into ctx_in
+    ctx_after = cout.raw[:csize] if cout is not None else (c.raw if c is not None else b"")
+    return retval, dout.raw[:size_out] if dout is not None else b"", ctx_after
 
 
 # bytes that follow the 12-byte common header of each BTF kind, by kind number and vlen
@@ -237,6 +280,17 @@ def load_raw_btf(blob: bytes) -> int:
         raise KernelError("btf_load", e.errno, log.value.decode()) from None
 
 
+# enum bpf_attach_type of the sections whose program types need one at load (libbpf's
+# expected_attach_type from its section_defs); 0 for the others
+_ATTACH_TYPES = {"cgroup/sock_create": 2, "cgroup/sock": 2, "cgroup/connect4": 10,
+                 "cgroup/connect6": 11, "cgroup/sendmsg4": 14, "cgroup/sendmsg6": 15,
+                 "cgroup/recvmsg4": 19, "cgroup/recvmsg6": 20, "sk_lookup": 36}
+
+
+def expected_attach_type(section: str) -> int:
+    return _ATTACH_TYPES.get(section, 0)
+
+
 class KernelObject:
     """The maps of a parsed BpfObject, created in the kernel, plus the arena's user mapping."""
 
@@ -245,8 +299,18 @@ class KernelObject:
         self.arena_base = 0
         self.btf_fd = load_btf(obj) if obj.btf is not None else None
         for m in obj.map_defs.values():
-            fd = create_map(m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.map_extra,
-                            m.name)
+            value_size = 4 if m.type == "prog_array" else m.value_size
+            inner_fd = 0
+            if m.inner is not None:      # map-in-map: a template map for inner_map_fd
+                i = m.inner
+                inner_fd = create_map(i.type, i.key_size, i.value_size, i.max_entries, i.flags,
+                                      i.map_extra, "inner")
+            try:
+                fd = create_map(m.type, m.key_size, value_size, m.max_entries, m.flags,
+                                m.map_extra, m.name, inner_fd)
+            finally:
+                if inner_fd:
+                    os.close(inner_fd)
             self.fds[m.name] = fd
             if m.type == "arena":
                 self.arena = mmap.mmap(fd, m.max_entries * mmap.PAGESIZE, mmap.MAP_SHARED,
@@ -303,6 +367,7 @@ class KernelObject:
                          _addr(code), _addr(lic), 0, 0, 0)
         struct.pack_into("<I", attr, 44, BPF_F_SLEEPABLE if prog.sleepable else 0)
         attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
+        struct.pack_into("<I", attr, 68, expected_attach_type(prog.section))
         struct.pack_into("<Q", attr, 120, _addr(fds))
         keep = self._btf_info(prog, attr)   # noqa: F841  (buffers the kernel reads)
         try:

@@ -156,9 +156,8 @@ def test_kernel_runs_the_ringbuf_producer_and_python_consumes(kernel):
 
 def test_kernel_runs_the_legacy_socket_filter(kernel):
     ko, fds = kernel(sample("socket_count"))
-    # BPF_PROG_TEST_RUN strips an Ethernet header before a socket filter runs; the sample reads
-    # frames as a packet socket sees them, so each frame goes in behind a throw-away header.
-    run = lambda pkt: ko.run(fds["socket_count"], data=bytes(14) + pkt)[0]   # noqa: E731
+    # BPF_PROG_TEST_RUN pulls the Ethernet header before a socket filter runs, as pybpf does
+    run = lambda pkt: ko.run(fds["socket_count"], data=pkt)[0]   # noqa: E731
     assert run(_packet(0x0800, 17)) == 0xFFFFFFFF
     assert run(_packet(0x0800, 2)) == 0        # IGMP is rejected
     assert run(_packet(0x0806)) == 0xFFFFFFFF

@@ -353,11 +353,11 @@ def case_every_program_types_context():
             # contexts of both engines, unverified (tests/verifier/ctx covers the rules)
             lp = vm.load(asm(SKB.format(write=write)), prog_type=ptype, engine=engine,
                          verify=False)
-            pkt = frame() if ptype in ("socket_filter", "sched_cls") else frame()[14:]
+            pkt = frame()       # a frame, as BPF_PROG_TEST_RUN takes it
             r0 = lp.run(data=pkt, ctx=dict(ctx))
             skb = lp.last_ctx
             out[ptype] = (r0, lp.last_data.hex(), skb.mark, list(skb.cb), skb.len)
-            short = lp.run(data=pkt[:10])
+            short = lp.run(data=frame(0x0806)[:16])
             out[ptype + "/short"] = (short, lp.last_data.hex())
         xdp = vm.load(asm("""
             r2 = *(u32 *)(r1 + 0)
@@ -413,12 +413,14 @@ sub:
 def case_ld_abs_and_ld_ind():
     def run(engine):
         out = []
-        for ptype in ("socket_filter", "sched_cls", "mem"):
+        for ptype in ("mem", "sched_cls", "socket_filter"):
             # ld_abs in a subprogram and in a mem program: refused by the kernel's verifier,
             # run here to compare both engines' run-time semantics
             lp = VM().load(asm(LDABS), prog_type=ptype, engine=engine, verify=False)
             for pkt in (frame(proto=6), frame(0x0806), frame(proto=6)[:20],
                         frame(proto=6)[:30], frame(proto=6)[:31]):
+                if ptype != "mem" and len(pkt) < 34:
+                    pkt = pkt[:12] + b"\x08\x06" + pkt[14:]     # IPv4 needs its header
                 out.append(lp.run(data=pkt))
         return out
     out = both(run)

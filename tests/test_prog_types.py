@@ -135,13 +135,15 @@ def _dump_skb() -> str:
 @pytest.mark.parametrize("prog_type", ["socket_filter", "sched_cls", "cgroup_skb", "lwt_in"])
 def test_sk_buff_fields_are_real_values_visible_to_the_program(prog_type):
     lp = VM().load(asm(_dump_skb()), prog_type=prog_type)
-    l2 = prog_type in ("socket_filter", "sched_cls")
-    pkt = frame() if l2 else frame()[14:]                       # L3 types see the IP header
+    # BPF_PROG_TEST_RUN pulls the Ethernet header; only tc gets it pushed back
+    l2 = prog_type == "sched_cls"
+    pkt = frame() if l2 else frame()[14:]
     ctx = {"mark": 7, "priority": 3, "cb": [1, 2, 3, 4, 5], "vlan_present": 1, "vlan_tci": 42,
            "hash": 99, "tc_index": 2, "ifindex": 5, "ingress_ifindex": 4, "queue_mapping": 1}
-    r0 = lp.run(data=pkt, ctx=ctx)
+    r0 = lp.run(data=frame(), ctx=ctx)
     skb = lp.last_ctx
-    want = {"len": len(pkt), "protocol": 0x0008, "pkt_type": 0, "vlan_proto": 0,
+    # frame()'s destination is not the loopback's (zero) address: PACKET_OTHERHOST
+    want = {"len": len(pkt), "protocol": 0x0008, "pkt_type": 3, "vlan_proto": 0,
             "tc_classid": 0, "napi_id": 0, "wire_len": len(pkt)}
     want.update({k: v for k, v in ctx.items() if k != "cb"})
     assert {n: getattr(skb, n) for n in SKB_FIELDS} == want
@@ -150,8 +152,21 @@ def test_sk_buff_fields_are_real_values_visible_to_the_program(prog_type):
     checksum = sum(want[n] * (getattr(SkBuff, n).offset + 1) for n in SKB_FIELDS)
     checksum += sum((i + 1) * (1000 + i) for i in range(5))
     assert r0 == checksum + (len(pkt) << 40) + (pkt[0] << 56)   # data points at the packet
-    lp.run(data=(frame(0x86DD) if l2 else bytes([0x60]) + bytes(39)))
+    assert lp.last_data == (frame() if l2 else bytes(14) + frame()[14:])   # data_out
+    lp.run(data=frame(0x86DD, payload=bytes(20)))
     assert lp.last_ctx.protocol == 0xDD86                       # __be16 ETH_P_IPV6
+    lp.run(data=b"\xff" * 6 + frame(0x0806)[6:])
+    # the loopback's broadcast address is all zeros: ff:ff:ff:ff:ff:ff is PACKET_MULTICAST there
+    assert (lp.last_ctx.protocol, lp.last_ctx.pkt_type) == (0x0608, 2)
+
+
+@pytest.mark.parametrize("data,why", [(frame()[:13], "shorter than the Ethernet header"),
+                                      (frame()[:33], "less than its header's 20"),
+                                      (frame(0x86DD), "less than its header's 40")])
+def test_sk_buff_frames_the_kernel_refuses(data, why):
+    lp = VM().load(asm("r0 = 0\nexit"), prog_type="socket_filter")
+    with pytest.raises(VMError, match=why):
+        lp.run(data=data)
 
 
 def test_sk_buff_ctx_errors_and_ctypes_input():
@@ -190,21 +205,29 @@ LDABS = """
 """
 
 
-@pytest.mark.parametrize("prog_type", ["socket_filter", "sched_cls"])
-def test_ld_abs_and_ld_ind_read_the_packet_in_network_order(prog_type):
-    lp = VM().load(asm(LDABS), prog_type=prog_type)
+def test_ld_abs_and_ld_ind_read_the_packet_in_network_order():
+    lp = VM().load(asm(LDABS), prog_type="sched_cls")
     pkt = frame(proto=6)
     assert lp.run(data=pkt) == 0x0A000001 + 6                  # saddr 10.0.0.1 + protocol
     assert lp.run(data=frame(0x0806)) == 0x0806
-    assert lp.run(data=pkt[:20]) == 0              # out of bounds: the program ends with 0
+    assert lp.run(data=frame(0x0806)[:20]) == 0x0806
+    past = VM().load(asm("r6 = r1\nr0 = 5\nr0 = *(u32 *)skb[34]\nexit"), prog_type="tc")
+    assert past.run(data=frame(proto=6, payload=b"\1\2\3\4")) == 0x01020304
+    assert past.run(data=frame(proto=6, payload=b"\1\2\3")) == 0    # out of bounds: ends, r0 0
 
 
-def test_socket_filter_return_is_the_number_of_bytes_kept():
+def test_socket_filter_ld_abs_offsets_start_at_the_network_header():
+    # BPF_PROG_TEST_RUN pulls the Ethernet header before a socket filter runs
+    lp = VM().load(asm("r6 = r1\nr0 = *(u16 *)skb[0]\nr7 = r0\nr7 <<= 8\n"
+                       "r0 = *(u8 *)skb[9]\nr0 |= r7\nexit"), prog_type="socket")
+    assert lp.run(data=frame(proto=6)) == (0x4500 << 8) | 6
+
+
+def test_socket_filter_data_out_is_the_whole_packet_whatever_it_keeps():
     lp = VM().load(asm("r0 = *(u32 *)(r1 + 0)\nr0 >>= 1\nexit"), prog_type="socket")
     pkt = frame()
-    assert lp.run(data=pkt) == len(pkt) // 2 and lp.last_data == pkt[:len(pkt) // 2]
-    lp = VM().load(asm("r0 = -1\nexit"), prog_type="socket")
-    assert lp.run(data=pkt) == (1 << 64) - 1 and lp.last_data == pkt
+    assert lp.run(data=pkt) == (len(pkt) - 14) // 2
+    assert lp.last_data == bytes(14) + pkt[14:]            # BPF_PROG_TEST_RUN's data_out
 
 
 @pytest.mark.parametrize("prog_type,size", [("tracepoint", 8), ("kprobe", 168)])
@@ -234,4 +257,76 @@ def test_ringbuf_sample():
 def test_socket_count_sample():
     lines = []
     out = sample_driver("socket_count").run_sample("interp", True, say=lines.append)
-    assert out["ok"] and any("trace_printk: proto 2 len 42" in line for line in lines)
+    assert out["ok"] and any("trace_printk: proto 2 len 28" in line for line in lines)
+
+
+def test_flow_dissector_context_keys_and_clamping():
+    # r2 = skb->flow_keys; keys->nhoff = 0xfff0 (clamped to the frame), thoff = 3 (to nhoff)
+    lp = VM().load(asm("r2 = *(u64 *)(r1 + 144)\nr3 = 0xfff0\n*(u16 *)(r2 + 0) = r3\n"
+                       "r3 = 3\n*(u16 *)(r2 + 2) = r3\nr0 = *(u16 *)(r2 + 10)\nexit"),
+                   prog_type="flow_dissector")
+    pkt = frame()
+    assert lp.run(data=pkt) == 0x0008                     # n_proto as stored (__be16)
+    keys = lp.last_ctx
+    assert (keys.nhoff, keys.thoff) == (len(pkt), len(pkt))
+    assert lp.last_data == bytes(keys)[:len(pkt)].ljust(len(pkt), b"\0")
+    lp.run(data=pkt, ctx={"flags": 1})
+    assert lp.last_ctx.flags == 1
+    with pytest.raises(VMError, match="only flags"):
+        lp.run(data=pkt, ctx={"nhoff": 3})
+    with pytest.raises(VMError, match="shorter than the Ethernet header"):
+        lp.run(data=pkt[:10])
+
+
+def test_raw_tracepoint_context_is_the_u64_arguments():
+    lp = VM().load(asm("r0 = *(u64 *)(r1 + 8)\nexit"), prog_type="raw_tp")
+    assert lp.prog_type == "raw_tracepoint"
+    assert lp.run(ctx=struct.pack("<2Q", 1, 99)) == 99
+    assert VM().load(asm("r0 = r1\nexit"), prog_type="raw_tracepoint").run() == 0   # NULL
+    with pytest.raises(VMError, match="12 u64 arguments"):
+        lp.run(ctx=bytes(8 * 13))
+    with pytest.raises(MemoryAccessError):
+        VM().load(asm("r2 = 1\n*(u64 *)(r1 + 0) = r2\nr0 = 0\nexit"),
+                  prog_type="raw_tracepoint").run(ctx=bytes(8))
+
+
+def test_lwt_types_see_the_network_header_and_only_xmit_may_write():
+    store = asm("r2 = *(u32 *)(r1 + 76)\nr3 = 0xee\n*(u8 *)(r2 + 1) = r3\nr0 = 0\nexit")
+    lp = VM().load(store, prog_type="lwt_xmit")
+    assert lp.run(data=frame()) == 0
+    assert lp.last_data == bytes(14) + frame()[14:15] + b"\xee" + frame()[16:]
+    for t in ("lwt_in", "lwt_out"):
+        with pytest.raises(MemoryAccessError, match="read-only"):
+            VM().load(store, prog_type=t).run(data=frame())
+
+
+def test_sk_lookup_context_and_the_kernels_refusals():
+    from pybpf.runtime.contexts import BpfSkLookup
+    lp = VM().load(asm("r0 = *(u32 *)(r1 + 60)\nr2 = *(u16 *)(r1 + 36)\nr2 <<= 16\n"
+                       "r0 |= r2\nexit"), prog_type="sk_lookup")
+    ctx = BpfSkLookup(family=2, protocol=6, remote_port=0x5000, local_port=8080)
+    assert lp.run(ctx=ctx) == 0x5000 << 16 | 8080
+    assert lp.last_ctx.cookie == 0 and lp.last_ctx.local_port == 8080
+    for bad, why in (({"family": 1, "local_port": 1}, "EAFNOSUPPORT"),
+                     ({"family": 2, "local_port": 70000}, "ERANGE"),
+                     ({"family": 2, "cookie": 5}, "must be zero")):
+        with pytest.raises(VMError, match=why):
+            lp.run(ctx=bad)
+    with pytest.raises(VMError, match="needs ctx="):
+        lp.run()
+    with pytest.raises(MemoryAccessError, match="read-only"):
+        VM().load(asm("r2 = 1\n*(u32 *)(r1 + 60) = r2\nr0 = 1\nexit"),
+                  prog_type="sk_lookup").run(ctx=ctx)
+
+
+@pytest.mark.parametrize("prog_type,field,offset", [("cgroup_sock_addr", "user_ip4", 4),
+                                                    ("cgroup_sock", "mark", 16)])
+def test_sock_contexts_are_written_back(prog_type, field, offset):
+    from pybpf.runtime.contexts import SOCK_STRUCTS
+    lp = VM().load(asm(f"r2 = *(u32 *)(r1 + {offset})\nr2 += 1\n*(u32 *)(r1 + {offset}) = r2\n"
+                       f"r0 = 1\nexit"), prog_type=prog_type)
+    ctx = SOCK_STRUCTS[prog_type](**{field: 41})
+    assert lp.run(ctx=ctx) == 1 and getattr(ctx, field) == 42
+    assert getattr(lp.last_ctx, field) == 42
+    lp.run(ctx={field: 7})
+    assert getattr(lp.last_ctx, field) == 8

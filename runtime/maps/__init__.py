@@ -21,7 +21,10 @@ from pybpf.errors import MapError
 from .arena import Arena
 from .array import ArrayMap
 from .base import MAP_TYPE_IDS, MAP_TYPE_NAMES, Map, MapKeyError
+from .bloom_filter import BloomFilterMap
 from .hash import HashMap, LruHashMap
+from .lpm_trie import LpmTrieMap
+from .map_in_map import ArrayOfMapsMap, HashOfMapsMap
 from .percpu import LruPercpuHashMap, PercpuArrayMap, PercpuHashMap
 from .prog_array import ProgArrayMap
 from .queue import QueueMap, StackMap
@@ -29,11 +32,13 @@ from .ringbuf import RingBuf
 
 MAP_TYPES: dict[str, type[Map]] = {cls.type: cls for cls in (
     HashMap, ArrayMap, ProgArrayMap, PercpuHashMap, PercpuArrayMap, LruHashMap,
-    LruPercpuHashMap, RingBuf, Arena, QueueMap, StackMap)}
+    LruPercpuHashMap, RingBuf, Arena, QueueMap, StackMap, LpmTrieMap, BloomFilterMap,
+    ArrayOfMapsMap, HashOfMapsMap)}
 
 __all__ = ["create_map", "MAP_TYPES", "Map", "MapKeyError", "Arena", "ArrayMap", "HashMap",
            "LruHashMap", "PercpuArrayMap", "PercpuHashMap", "LruPercpuHashMap", "ProgArrayMap",
-           "RingBuf", "QueueMap", "StackMap"]
+           "RingBuf", "QueueMap", "StackMap", "LpmTrieMap", "BloomFilterMap", "ArrayOfMapsMap",
+           "HashOfMapsMap"]
 
 
 def create_map(map_type: str | int, key_size: int = 0, value_size: int = 0,
@@ -42,7 +47,8 @@ def create_map(map_type: str | int, key_size: int = 0, value_size: int = 0,
     """A new map of ``map_type`` (a kernel name such as "hash", or its enum value).
 
     ``kwargs`` go to the class: ``fd=`` (the VM's id), ``key_type=``/``value_type=``,
-    ``n_cpus=`` (percpu types), ``max_runs=`` (arena).
+    ``n_cpus=`` (percpu types), ``max_runs=`` (arena), ``inner=`` (map-in-map: the inner
+    map template, a map or a dict of create_map arguments).
     """
     if isinstance(map_type, int):
         if not 0 <= map_type < len(MAP_TYPE_NAMES):

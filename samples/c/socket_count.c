@@ -3,15 +3,16 @@
  * read with the LD_ABS instructions (llvm.bpf.load.* intrinsics), and bpf_trace_printk with a string
  * literal (.rodata.str1.1). It counts IPv4 packets per IP protocol and keeps every packet
  * (returns -1: the whole packet), or drops those whose protocol is in the .data list (returns 0).
+ * Like a filter on an AF_INET socket (and as BPF_PROG_TEST_RUN runs it) it sees each packet from
+ * the network header: LD_ABS offsets count from the IP header, skb->len leaves out Ethernet.
  */
 #include "bpf_helpers.h"
-
-#define ETH_HLEN 14
 
 /* LD_ABS packet loads through LLVM intrinsics (libbpf's bpf_legacy.h); they return host order. */
 unsigned long long load_byte(void *skb, unsigned long long off) asm("llvm.bpf.load.byte");
 unsigned long long load_half(void *skb, unsigned long long off) asm("llvm.bpf.load.half");
 #define ETH_P_IP 0x0800
+#define bpf_htons(x) __builtin_bswap16(x)
 
 struct bpf_map_def SEC("maps") proto_count = {
 	.type = BPF_MAP_TYPE_ARRAY,
@@ -37,9 +38,9 @@ int socket_count(struct __sk_buff *skb)
 	__u32 proto;
 	__u64 *n, one = 1, len = skb->len;
 
-	if (load_half(skb, 12) != ETH_P_IP)
+	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return -1;
-	proto = load_byte(skb, ETH_HLEN + 9);
+	proto = load_byte(skb, 9);
 	n = bpf_map_lookup_elem(&proto_count, &proto);
 	if (n)
 		__sync_fetch_and_add(n, 1);

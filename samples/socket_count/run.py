@@ -2,8 +2,9 @@
 
     python samples/socket_count/run.py --engine interp [--verbose]
 
-Runs Ethernet frames built in Python through the filter as a packet socket sees them (the
-frame starts at the Ethernet header; the program reads it with LD_ABS): UDP and TCP are kept
+Runs Ethernet frames built in Python through the filter as BPF_PROG_TEST_RUN does: the filter
+sees each packet from its IP header (LD_ABS offsets and skb->len start there) and the packet
+comes back with the Ethernet header zeroed, the kernel's data_out. UDP and TCP are kept
 whole (the filter returns -1: keep every byte), IGMP is rejected (0 bytes kept), ARP is not
 counted. Then checks ``proto_count`` (array), ``proto_bytes`` (hash) and, with ``--verbose``
 (the ``verbose`` global), the bpf_trace_printk lines. Exit status 0 when every check holds.
@@ -40,15 +41,15 @@ def run_sample(engine: str = "interp", verbose: bool = True, say=print) -> dict:
     for what, pkt, keep in frames:
         r0 = lp.run(data=pkt)
         kept = lp.last_data
-        ok = (r0 == 0xFFFFFFFF) == keep and kept == (pkt if keep else b"")
+        ok = (r0 == 0xFFFFFFFF) == keep and kept == bytes(14) + pkt[14:]
         out["ok"] &= ok
         say(f"  {'ok  ' if ok else 'FAIL'} {what:<5} {len(pkt):4} bytes -> filter returns "
-            f"0x{r0:x}, keeps {len(kept)} bytes")
+            f"0x{r0:x} ({'keep' if r0 else 'drop'})")
     counts = {p: int.from_bytes(obj.maps["proto_count"][p], "little") for p in (2, 6, 17)}
     nbytes = {int.from_bytes(k, "little"): int.from_bytes(v, "little")
               for k, v in obj.maps["proto_bytes"].items()}
-    want_bytes = {17: len(frames[0][1]) + len(frames[2][1]), 6: len(frames[1][1]),
-                  2: len(frames[3][1])}
+    ip_len = [len(pkt) - 14 for _, pkt, _ in frames]      # skb->len: from the IP header
+    want_bytes = {17: ip_len[0] + ip_len[2], 6: ip_len[1], 2: ip_len[3]}
     ok = counts == {2: 1, 6: 1, 17: 2} and nbytes == want_bytes
     out["ok"] &= ok
     say(f"  {'ok  ' if ok else 'FAIL'} proto_count {counts}, proto_bytes {nbytes}")
@@ -56,7 +57,7 @@ def run_sample(engine: str = "interp", verbose: bool = True, say=print) -> dict:
     for line in lines:
         say(f"    trace_printk: {line}")
     if verbose:
-        ok = lines == [f"proto {p} len {len(pkt)}" for (w, pkt, _), p in
+        ok = lines == [f"proto {p} len {len(pkt) - 14}" for (w, pkt, _), p in
                        zip(frames[:4], (17, 6, 17, 2))]
         out["ok"] &= ok
         say(f"  {'ok  ' if ok else 'FAIL'} bpf_trace_printk output captured")

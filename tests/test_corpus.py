@@ -1,0 +1,81 @@
+"""The corpus (tests/corpus: XDP, tc, socket filter, cgroup_skb and syscall programs in the
+style of real networking code, built with clang-19) runs unchanged, the same in both engines
+and, where bpf() is permitted, the same as in the running kernel through BPF_PROG_TEST_RUN with
+the same maps: return value, packet out, context out and every map after every run
+(tests/corpus_run.py). The engines run in a child process (JIT code can crash a process)."""
+from __future__ import annotations
+
+import errno
+import sys
+
+import pytest
+
+import corpus_run
+from kernel_probe import require_kernel
+from support import assert_case_passed, child, run_child
+
+PROGRAMS = corpus_run.programs()
+NAMES = [name for _, name in PROGRAMS]
+
+
+def _case(path: str, name: str):
+    def case():
+        interp = corpus_run.pybpf_records(path, name, "interp")
+        jit = corpus_run.pybpf_records(path, name, "jit")
+        diffs = corpus_run.compare(interp, jit, "interp", "jit")
+        assert not diffs, "\n".join(diffs[:10])
+        return len(interp)
+    return case
+
+
+CASES = {name: _case(path, name) for path, name in PROGRAMS}
+
+
+def test_the_corpus_is_at_least_40_programs_of_every_supported_packet_and_socket_type():
+    from pybpf.elf import parse_object
+    types = {}
+    for path, name in PROGRAMS:
+        t = parse_object(path).programs[name].prog_type
+        types[t] = types.get(t, 0) + 1
+    assert len(PROGRAMS) >= 40 and len(set(NAMES)) == len(NAMES)
+    assert set(types) == {"xdp", "sched_cls", "socket_filter", "cgroup_skb", "syscall",
+                          "flow_dissector", "raw_tracepoint", "sk_lookup", "cgroup_sock_addr",
+                          "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit"}, types
+
+
+@pytest.fixture(scope="module")
+def child_results():
+    return run_child(__file__, CASES)
+
+
+@pytest.mark.jit
+@pytest.mark.parametrize("name", NAMES)
+def test_both_engines_agree_on_every_run(child_results, name):
+    assert_case_passed(child_results, name)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("path,name", PROGRAMS, ids=NAMES)
+def test_interpreter_matches_the_kernel_on_every_run(path, name):
+    from pybpf.elf import parse_object
+    import kernel_bpf
+    prog_type = parse_object(path).programs[name].prog_type
+    require_kernel("bpf")
+    mine = corpus_run.pybpf_records(path, name, "interp")
+    try:
+        theirs = corpus_run.kernel_records(path, name)
+    except kernel_bpf.KernelError as e:
+        if e.errno not in (errno.ENOTSUPP if hasattr(errno, "ENOTSUPP") else 524,
+                           errno.EOPNOTSUPP):
+            raise
+        pytest.skip(f"kernel refuses BPF_PROG_TEST_RUN for {prog_type}: "
+                    f"{kernel_bpf.errno_name(e.errno)}")
+    diffs = corpus_run.compare(mine, theirs, "pybpf", "kernel")
+    assert not diffs, "\n".join(diffs[:10])
+    assert any("error" not in r for r in theirs)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "child":
+        sys.exit(child(CASES, sys.argv[2:] or list(CASES)))
+    print(__doc__)
