@@ -41,6 +41,7 @@ EXPECTED_ATTACH = {"cgroup_skb": 0}
 PROG_FLAGS = {"syscall": 1 << 4}     # BPF_F_SLEEPABLE: syscall programs may call sleepable helpers
 BPF_PROG_LOAD, BPF_BTF_LOAD = 5, 18
 LOG_SIZE = 1 << 24
+FD_ARRAY_PAD = 1024
 
 
 @dataclass
@@ -103,6 +104,20 @@ def _insns(prog):
     return insns
 
 
+def subprograms(prog) -> list[tuple[int, str]]:
+    """(start slot, name) of each subprogram as the kernel finds them (add_subprog_and_kfunc:
+    slot 0, bpf-to-bpf call targets, ld_imm64 BPF_PSEUDO_FUNC targets), so func_info matches the
+    kernel's layout even after a mutation moved or removed a call."""
+    n = len(prog.insns)
+    starts = {0}
+    for pc, form, insn in prog.instructions():
+        if (form.kind == "call" and form.op == "local") or (insn.opcode == 0x18 and insn.src == 4):
+            target = pc + 1 + insn.imm
+            if 0 <= target < n:
+                starts.add(target)
+    return [(s, prog.functions.get(s, f"sub_{s}")) for s in sorted(starts)]
+
+
 def func_btf(names: list[str]) -> bytes:
     """A minimal BTF: ``int``, one ``int (void)`` FUNC_PROTO and a static FUNC per name (ids 3..).
     The kernel wants func_info for programs with callbacks (``missing btf func_info``) and
@@ -132,7 +147,9 @@ def _load_btf(data: bytes) -> int:
 def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
     insns = _insns(prog)
     code = ctypes.create_string_buffer(b"".join(i.encode() for i in insns))
-    fd_arr = (ctypes.c_int * max(len(fds), 1))(*fds)
+    # padded with zeros: a map index past the program's maps reads fd 0 ("fd 0 is not pointing
+    # to valid bpf_map"), the same every run, instead of whatever follows a short array
+    fd_arr = (ctypes.c_int * max(len(fds), FD_ARRAY_PAD))(*fds)
     lic = ctypes.create_string_buffer(b"GPL")
     attr = bytearray(152)
     struct.pack_into("<IIQQ", attr, 0, PROG_TYPE_IDS[prog_type], len(insns), _addr(code), _addr(lic))
@@ -143,7 +160,7 @@ def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
     struct.pack_into("<I", attr, 68, EXPECTED_ATTACH.get(prog_type, 0))
     struct.pack_into("<Q", attr, 120, _addr(fd_arr))
     btf_fd, finfo = None, None
-    funcs = sorted(prog.functions.items())
+    funcs = subprograms(prog)
     if len(funcs) > 1:
         names = [f"f{i}_{''.join(ch if ch.isalnum() else '_' for ch in name)}"
                  for i, (_slot, name) in enumerate(funcs)]
