@@ -3,7 +3,7 @@ and, for rejections, the kernel's message (Linux 6.18, root), on every program.
 
 Each file records what the running kernel said (tests/verifier/regen.py writes it); where bpf()
 is permitted the expectation is re-checked against the live kernel too, so a file can never
-drift from the kernel's truth. See tests/verifier/corpus.py for the format.
+drift from the kernel's truth. See tests/verifier/vt_corpus.py for the format.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "verifier"))
 
-import corpus  # noqa: E402
+import vt_corpus as corpus  # noqa: E402
 import kernel_verifier as kv  # noqa: E402
 
 CASES = corpus.cases()

@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "verifier"))
 
-import corpus  # noqa: E402
+import vt_corpus as corpus  # noqa: E402
 import kernel_verifier as kv  # noqa: E402
 
 PROG_TYPES = ("socket_filter", "sched_cls", "xdp", "tracepoint", "syscall")

@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import corpus  # noqa: E402
+import vt_corpus as corpus  # noqa: E402
 import kernel_verifier as kv  # noqa: E402
 
 
