@@ -134,7 +134,14 @@ def _hash_lookup(fl, m, key) -> ir.Value:
               end, check)
 
     b.position_at_end(end)
-    b.cbranch(b.icmp_unsigned("==", slot, b.or_(bidx, cg.const(I32, _NULLS))), done, head)
+    own = b.icmp_unsigned("==", slot, b.or_(bidx, cg.const(I32, _NULLS)))
+    # Elements are reused at once (no grace period): a walk that passed the head before an
+    # update linked the key's new element there can miss it. The kernel's prealloc htab
+    # lives with that; here a walk ending on its own marker while the head has changed
+    # since it started walks again, so a key present throughout is never missed.
+    again = b.load_atomic(_ptr(b, bucket), "acquire", 4, typ=I32)
+    settled = b.and_(own, b.icmp_unsigned("==", again, first))
+    b.cbranch(settled, done, head)
 
     b.position_at_end(check)
     elem = b.add(cg.const(I64, hdr.data),

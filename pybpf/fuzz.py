@@ -14,7 +14,7 @@ Targets, each a generator of inputs from a seed and a check of one input:
 
 Invariants: only ``BPFError`` subclasses escape the library; no signal and no hang past the
 per-case budget (each case runs in a worker subprocess with a time limit; a worker that dies or
-hangs fails that case and is replaced); engines agree. The runner prints a progress line, then
+hangs fails that case and is replaced); engines agree; no mapping is writable and executable. The runner prints a progress line, then
 cases run, cases per second, failures and their distinct messages; each failing input is saved
 (``--save DIR``) as ``TARGET-<hash>.json`` for tests/fuzz/test_fuzz.py to replay as a
 regression test.
@@ -236,6 +236,9 @@ def check_engines(case: dict):
             results[engine] = ("r0", lp.run(mem=mem), lp.last_mem)
         except BPFError as e:
             results[engine] = ("error", type(e).__name__)
+    if "jit" in results:
+        from .jit.execmem import wx_mappings
+        assert not wx_mappings(), f"a writable and executable mapping: {wx_mappings()[0]}"
     if len(results) == 2:
         a, b = results["interp"], results["jit"]
         # the JIT stops loops by budget counted per iteration, the interpreter per

@@ -23,6 +23,8 @@ import time
 
 import pytest
 
+from support import run_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_ASM = os.path.join(ROOT, "samples", "asm", "sum_bytes.s")
 SAMPLE_ELF = os.path.join(ROOT, "samples", "c", "arena_list.o")
@@ -140,11 +142,7 @@ def _ok(rec: dict) -> str | None:
 
 @pytest.fixture(scope="module")
 def audit():
-    import subprocess
-
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, __file__, "child"], capture_output=True, text=True,
-                          timeout=1800, env=env)
+    proc = run_script(__file__, "child", timeout=1800)
     recs = {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):

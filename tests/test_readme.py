@@ -107,10 +107,10 @@ def results():
         yield result
 
 
-def _params():
-    for _, cmd, said in RUN_HERE:
-        marks = [pytest.mark.conformance] if SUITE in cmd else []
-        yield pytest.param(cmd, said, id=cmd, marks=[pytest.mark.slow, *marks])
+def _params() -> list:
+    return [pytest.param(cmd, said, id=cmd, marks=[pytest.mark.slow] +
+                         ([pytest.mark.conformance] if SUITE in cmd else []))
+            for _, cmd, said in RUN_HERE]
 
 
 @pytest.mark.parametrize("cmd,said", _params())

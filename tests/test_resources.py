@@ -12,7 +12,6 @@ import errno
 import gc
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from support import asm, rss  # noqa: E402
+from support import asm, rss, run_script  # noqa: E402
 
 from pybpf.errors import JITError, MapError, VMError  # noqa: E402
 
@@ -78,9 +77,7 @@ def measure(counts: dict[str, int]) -> dict[str, dict]:
 
 
 def _child(counts):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, __file__, "child", json.dumps(counts)],
-                          capture_output=True, text=True, timeout=3600, env=env)
+    proc = run_script(__file__, "child", json.dumps(counts), timeout=3600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"child exit {proc.returncode}: {proc.stderr[-3000:]}"
     return json.loads(lines[-1])

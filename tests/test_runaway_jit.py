@@ -5,20 +5,16 @@ returned and ignored Ctrl-C. The cases run in child Pythons.
 """
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import run_code, start_code
+
 LOOP = "l:\nr0 = 0\ngoto l"
-ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _python(code: str, timeout: float = 120):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+    return run_code(code, timeout=timeout)
 
 
 def test_insn_limit_stops_an_unverified_jit_loop():
@@ -56,7 +52,7 @@ print(unverified._jit.needs_gil, verified._jit.needs_gil, verified._budget is No
 
 
 def test_ctrl_c_interrupts_an_unverified_jit_loop():
-    proc = subprocess.Popen([sys.executable, "-c", f"""
+    proc = start_code(f"""
 import sys, time, pybpf
 vm = pybpf.VM()
 lp = vm.load(pybpf.assemble({LOOP!r}), engine="jit", verify=False)
@@ -66,7 +62,7 @@ try:
     lp.run(insn_limit=1 << 62)
 except KeyboardInterrupt:
     print("KeyboardInterrupt after", round(time.perf_counter() - t, 2), flush=True)
-"""], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+""")
     try:
         assert proc.stdout.readline().strip() == "running"
         time.sleep(0.5)

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from programs_arena import ARENA  # noqa: E402
-from support import asm  # noqa: E402
+from support import asm, run_script  # noqa: E402
 
 PRESENT = 7
 
@@ -177,10 +176,8 @@ def check(r: dict) -> None:
 
 
 def _child(seconds: float, repeats: int) -> list[dict]:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, __file__, "child", str(seconds), str(repeats)],
-                          capture_output=True, text=True, env=env,
-                          timeout=60 + repeats * (seconds * 3 + 30))
+    proc = run_script(__file__, "child", seconds, repeats,
+                      timeout=60 + repeats * (seconds * 3 + 30))
     out = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(out) == repeats, f"child exit {proc.returncode}: {proc.stderr[-3000:]}"
     return out

@@ -191,8 +191,9 @@ class HashMap(Map):
                 # the spare element takes the new value and goes in ahead of the old one
                 new = self._free.popleft()
                 self._write_value(new, value, onallcpus, new=True)
-                del self._slots[key]
-                self._link(new, key)
+                self._link(new, key)        # _slots[key] moves to the new slot in one store
+                if self.lru:                # an update makes the element the most recent
+                    self._slots[key] = self._slots.pop(key)
                 self._unlink_slot(slot)
                 return 0
             if len(self._slots) >= self.max_entries:
