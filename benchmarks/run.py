@@ -25,6 +25,10 @@ maps           hash/array map_lookup_elem per second from       the interpreter;
                                                                 a Python dict
 switch         a 64-way switch over 4 KiB (benchmarks/c),       the same C compiled natively
                JIT'd BPF (goal: within 2x of native)            with clang -O2
+verifier       verification time, processed insns/s, states     the running kernel's
+               (200 straight-line insns: goal < 20 ms; 1,000    BPF_PROG_LOAD of the same
+               insns with a 100-iteration loop: goal < 1 s);    program (where bpf() is
+               differential vs the kernel (tests/verifier_gen)  permitted)
 tiers          first result (tier auto, cold), -O2 installed,   today's -O2 load (cache off);
                warm-cache load for 20/200/2,000 slots; quick    the quick tier's runtime
                vs -O2 runtime (goals at 200: < 5 ms, < 50 ms,
@@ -45,14 +49,16 @@ from dataclasses import dataclass, field
 
 from pybpf.benchmarks import common
 
-SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "switch", "tiers")
+SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "switch", "verifier",
+            "tiers")
 _MODULES = {"compile": "bench_compile", "execmem": "bench_execmem", "jit": "bench_jit",
             "interp": "bench_interp", "arena": "bench_arena", "maps": "bench_maps",
-            "switch": "bench_switch", "tiers": "bench_tiers"}
+            "switch": "bench_switch", "verifier": "bench_verifier", "tiers": "bench_tiers"}
 _TITLES = {"compile": "JIT compile-and-place latency", "execmem": "execmem write paths",
            "jit": "running JIT code", "interp": "reference interpreter",
            "arena": "arena hash table (samples/arena_htab)", "maps": "map lookups from JIT code",
            "switch": "64-way switch (benchmarks/c/switch64.h)",
+           "verifier": "verifier speed and agreement with the kernel",
            "tiers": "tiered compilation and the code cache (bench_tiers)"}
 
 
@@ -205,6 +211,32 @@ def _maps(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
     return raw, figs
 
 
+def _verifier(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
+    raw = mod.run(report=say, quick=quick)
+    figs = []
+    for r in raw["speed"]:
+        goal = mod.PROGRAMS[r["name"]][1]
+        k = r["kernel_ms"]
+        figs.append(Figure(f"verify {r['name']} ({r['slots']} insns), min", r["min_ms"], "ms",
+                           goal=goal, baseline_name="the kernel's BPF_PROG_LOAD" if k else None,
+                           baseline=k))
+        figs.append(Figure(f"verify {r['name']}, insns processed per second",
+                           r["insns_per_s"] / 1e3, "k/s", higher_is_better=True))
+        figs.append(Figure(f"verify {r['name']}, insns processed / states",
+                           r["processed_insns"], f"/ {r['total_states']} states"))
+    d = raw.get("differential")
+    if d:
+        ka, both = d["kernel_accepts"], d["both_reject"]
+        figs.append(Figure(f"kernel rejects / pybpf accepts ({d['count']} programs)",
+                           d["unsound"], "", goal=0.0, goal_op="<="))
+        figs.append(Figure(f"kernel accepts / pybpf rejects (of {ka})",
+                           100.0 * d["too_strict"] / ka if ka else 0.0, "%", goal=5.0))
+        figs.append(Figure(f"rejection messages equal to the kernel's (of {both})",
+                           100.0 * d["message_match"] / both if both else 0.0, "%",
+                           higher_is_better=True))
+    return raw, figs
+
+
 def _switch(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
     raw = mod.run(report=say, quick=quick)
     figs = []
@@ -245,7 +277,8 @@ def _tiers(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
 
 
 _ADAPTERS = {"compile": _compile, "execmem": _execmem, "jit": _jit, "interp": _interp,
-             "arena": _arena, "maps": _maps, "switch": _switch, "tiers": _tiers}
+             "arena": _arena, "maps": _maps, "switch": _switch, "verifier": _verifier,
+             "tiers": _tiers}
 
 
 # -- the suite ---------------------------------------------------------------------------------

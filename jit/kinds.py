@@ -227,8 +227,30 @@ class ProgramInfo:
 
     @property
     def kinds(self):
-        """Register kinds before each instruction (:mod:`pybpf.jit.kinds`), computed once on
-        first use: always for arena programs, else only for call sites that need a constant."""
+        """Register kinds before each instruction, computed once on first use: always for arena
+        programs, else only for call sites that need a constant. For a verified program
+        (``env.facts``, the verifier's per-instruction facts, as the kernel's JIT reads
+        insn_aux_data) memory instructions take their base register's kind from the
+        verifier; this module's dataflow serves unverified programs and the constants of
+        ld_imm64 values (map and global addresses the verifier does not know)."""
         if self._kinds is None:
             self._kinds = analyze(self.prog, self.cfg, self.values64, self.func_value)
+            facts = getattr(self.env, "facts", None)
+            if facts is not None:
+                self._kinds = VerifiedKinds(facts, self._kinds)
         return self._kinds
+
+
+class VerifiedKinds:
+    """Register kinds for a verified program: the verifier's facts for the base register of
+    each memory access, this module's analysis for everything else."""
+
+    def __init__(self, facts, fallback) -> None:
+        self.facts, self.fallback = facts, fallback
+
+    def reg(self, pc: int, r: int):
+        kind = self.facts.reg(pc, r)     # the base register of a memory insn, if the verifier
+        return kind if kind is not None else self.fallback.reg(pc, r)     # knows its kind
+
+    def const(self, pc: int, r: int):
+        return self.fallback.const(pc, r)

@@ -100,12 +100,15 @@ def cmd_verify(args) -> int:
     from .runtime.vm import VM
     prog = load_program(args.input, args.format, "auto", args.section)
     vm = VM()
+    level = 2 if args.verbose else 0
     try:
-        log = vm.verify(prog, prog_type=args.prog_type)
+        log = vm.verify(prog, prog_type=args.prog_type, log_level=level)
     except VerifierError as e:
         if args.verbose and e.log:
             sys.stdout.write(e.log if e.log.endswith("\n") else e.log + "\n")
         print(f"{args.input}: rejected: {e}", file=sys.stderr)
+        if args.explain:
+            print(e.explain(), file=sys.stderr)
         return EXIT_FAIL
     if args.verbose and log:
         sys.stdout.write(log if log.endswith("\n") else log + "\n")
@@ -186,7 +189,8 @@ def cmd_test(args) -> int:
             check_test_file(p)
     outcomes = []
     for f in files:
-        o = run_file(f, engine=args.engine, any_error=args.any_error, insn_limit=args.insn_limit)
+        o = run_file(f, engine=args.engine, any_error=args.any_error, insn_limit=args.insn_limit,
+                     verify=args.verify)
         outcomes.append(o)
         if o.status == FAIL:
             print(f"FAIL {o.path}: {o.message}")
@@ -237,7 +241,7 @@ def cmd_jit(args) -> int:
     prog = load_program(args.input, args.format, "auto", args.section)
     vm = VM()
     if not args.no_verify:
-        vm.verify(prog)
+        vm.verify(prog, prog_type=args.prog_type)
     show = args.show or ["placement"]
     capstone = args.disassembler == "capstone" or (
         args.disassembler == "auto" and importlib.util.find_spec("capstone") is not None)
@@ -364,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="program type (default: from the ELF section, else mem)")
     s.add_argument("--mem-size", type=MEM_SIZE, default=None)
     s.add_argument("-v", "--verbose", action="store_true", help="print the full log")
+    s.add_argument("--explain", action="store_true",
+                   help="when rejected, explain why: the failing instruction and source line, "
+                        "the branches taken to reach it, where the register got its type")
     s.add_argument("--format", **fmt)
     s.add_argument("--section", help="ELF: the program (function or section) to verify")
     s.set_defaults(func=cmd_verify)
@@ -394,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--any-error", action="store_true",
                    help="an expected-error file passes on any refusal at the implied stage")
     s.add_argument("--insn-limit", type=INSN_LIMIT, default=None)
+    s.add_argument("--verify", action="store_true",
+                   help="run the whole verifier on each program (default: structural checks)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_test)
 
@@ -430,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="run the benchmark suite and print figures, goals, ratios")
     s.add_argument("--quick", action="store_true", help="a short run (fewer samples)")
     s.add_argument("--only", action="append", metavar="SECTION",
-                   help="compile, execmem, jit, interp, arena or maps (repeatable)")
+                   help="compile, execmem, jit, interp, arena, maps or verifier (repeatable)")
     s.add_argument("--json", metavar="FILE", help="also write every figure and raw result")
     s.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     s.set_defaults(func=cmd_bench)

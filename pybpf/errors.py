@@ -64,7 +64,9 @@ class DecodeError(BPFError):
 
 
 class VerifierError(BPFError):
-    """The verifier refused a program. ``log`` is the kernel-format log, ``errno`` -EINVAL-like kind."""
+    """The verifier refused a program. ``log`` is the kernel-format log, ``errno`` -EINVAL-like
+    kind, ``insn_idx`` (also ``pc``) the instruction, ``source`` its ``(file:line, text)`` from
+    ``.BTF.ext`` when the program came from an object; :meth:`explain` says why in words."""
 
     def __init__(self, message: str, insn_idx: int | None = None, log: str = "",
                  errno: int = _errno.EACCES):
@@ -72,6 +74,23 @@ class VerifierError(BPFError):
         self.insn_idx = insn_idx
         self.log = log
         self.errno = errno
+        self.program = None        # set by the verifier: the Program it refused
+        self.context = None        # set by the verifier: what explain() needs
+
+    @property
+    def pc(self) -> int | None:
+        return self.insn_idx
+
+    @property
+    def source(self):
+        from pybpf.verifier.explain import source_location
+        return source_location(self.program, self.insn_idx)
+
+    def explain(self) -> str:
+        """The failing instruction with its source line, the branches taken to reach it and
+        where the offending register got its type (pybpf.verifier.explain)."""
+        from pybpf.verifier.explain import explain
+        return explain(self)
 
     def __str__(self) -> str:
         if self.insn_idx is None:

@@ -76,12 +76,16 @@ def _build(df: DataFile):
     return assemble(df.asm, filename=df.path)
 
 
-def _run(prog, mem, engine: str, insn_limit: int | None) -> int:
+def _run(prog, mem, engine: str, insn_limit: int | None, verify=False) -> int:
     from .runtime.helpers import ubpf_test_helpers
     from .runtime.vm import VM
     vm = VM(helpers=ubpf_test_helpers())
     kwargs = {"insn_limit": insn_limit} if insn_limit else {}
-    lp = vm.load(prog, prog_type="mem", engine=engine, **kwargs)
+    # .data suites test instruction semantics with programs written for runtimes without a
+    # verifier: structural checks by default (the interpreter checks memory at run time; the
+    # JIT runs them as trusted input), the whole verifier with verify=True (--verify).
+    lp = vm.load(prog, prog_type="mem", engine=engine,
+                 verify=True if verify else "structural", **kwargs)
     try:
         return lp.run(mem=mem)
     finally:
@@ -89,7 +93,7 @@ def _run(prog, mem, engine: str, insn_limit: int | None) -> int:
 
 
 def run_file(path, engine: str = "interp", any_error: bool = False,
-             insn_limit: int | None = None) -> Outcome:
+             insn_limit: int | None = None, verify: bool = False) -> Outcome:
     """Run one .data file; never raises for a bad file (it becomes a FAIL outcome)."""
     path = str(path)
     try:
@@ -132,7 +136,7 @@ def run_file(path, engine: str = "interp", any_error: bool = False,
     results = {}
     for eng in engines:
         try:
-            results[eng] = _run(prog, df.mem, eng, insn_limit)
+            results[eng] = _run(prog, df.mem, eng, insn_limit, verify)
         except (VerifierError, DecodeError) as e:
             return refused("load", e)
         except BPFError as e:

@@ -3,8 +3,9 @@
 One :class:`HelperRegistry` serves the interpreter and the JIT. A helper's ``fn`` takes exactly
 as many integer arguments as its prototype lists (r1, r2, ... as unsigned 64-bit values) and
 returns an int (r0, masked to 64 bits by the caller). Pointer arguments are real process
-addresses. The prototype uses the kernel's argument-type names (``ARG_PTR_TO_MEM`` followed by
-``ARG_CONST_SIZE``, ``ARG_ANYTHING``, ...): the interpreter checks every pointer argument against
+addresses. The prototype (:class:`pybpf.verifier.protos.Prototype`; kernel helpers take theirs
+from the one table, :mod:`pybpf.verifier.protos`) uses the kernel's argument-type names
+(``ARG_PTR_TO_MEM`` followed by ``ARG_CONST_SIZE``, ``ARG_ANYTHING``, ...): the interpreter checks every pointer argument against
 the run's memory regions *before* calling ``fn`` (as the kernel verifier does statically), so a
 helper may touch the memory its prototype announced without checking it again. A helper with
 ``unwind=True`` stops the program with r0 = 0 when it returns 0 (uBPF's unwind convention).
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from pybpf.helper_names import HELPER_NAMES
+from pybpf.verifier import protos
+from pybpf.verifier.protos import Prototype
 
 from .memory import PROC, RegionTable
 from .prandom import PrandomState
@@ -35,49 +38,20 @@ from .prandom import PrandomState
 M64 = (1 << 64) - 1
 CLOCK_MONOTONIC_COARSE = 6     # Linux's clock id; the time module has no name for it
 
-ANY = "ARG_ANYTHING"
-PTR_MEM = "ARG_PTR_TO_MEM"                      # the helper may write [ptr, ptr + size)
-PTR_MEM_RO = "ARG_PTR_TO_MEM|MEM_RDONLY"        # the helper only reads it
-SIZE = "ARG_CONST_SIZE"
-SIZE_OR_ZERO = "ARG_CONST_SIZE_OR_ZERO"
-PTR_STR = "ARG_PTR_TO_CONST_STR"                # a NUL-terminated string the helper reads
+# Kind names for prototypes written by hand (``vm.register_helper``); the kernel helpers' own
+# prototypes come from the one table, pybpf.verifier.protos.
+ANY = protos.ARG_ANYTHING
+PTR_MEM = protos.ARG_PTR_TO_MEM                 # the helper may write [ptr, ptr + size)
+PTR_MEM_RO = protos.ARG_PTR_TO_MEM_RDONLY       # the helper only reads it
+SIZE = protos.ARG_CONST_SIZE
+SIZE_OR_ZERO = protos.ARG_CONST_SIZE_OR_ZERO
+PTR_STR = protos.ARG_PTR_TO_CONST_STR           # a NUL-terminated string the helper reads
 
 # The active run's RegionTable, for helpers that follow pointers their prototype cannot describe
 # (trace_printk's %s). None outside a run or in code that does not set it.
 ACTIVE_REGIONS: contextvars.ContextVar = contextvars.ContextVar("pybpf_active_regions",
                                                                  default=None)
 _NO_REGIONS = RegionTable()
-
-
-@dataclass(frozen=True)
-class Prototype:
-    """Return and argument types, kernel ``bpf_func_proto`` style."""
-
-    ret: str = "RET_INTEGER"
-    args: tuple[str, ...] = ()
-
-    @property
-    def nargs(self) -> int:
-        return len(self.args)
-
-    def memory_args(self) -> list[tuple[int, int | None, str]]:
-        """(pointer arg index, size arg index or None, access kind) for each pointer argument.
-
-        ``kind`` is "write" (``ARG_PTR_TO_MEM``), "read" (``MEM_RDONLY``) or "str".
-        """
-        out = []
-        for i, a in enumerate(self.args):
-            if a == PTR_STR:
-                out.append((i, None, "str"))
-            elif "MEM_RINGBUF" in a:
-                # a ring buffer sample: its size is in the ring's books, which the helper
-                # itself checks (the pointer must be an outstanding reservation)
-                out.append((i, None, "ringbuf"))
-            elif a.startswith(PTR_MEM):
-                sized = i + 1 < len(self.args) and self.args[i + 1] in (SIZE, SIZE_OR_ZERO)
-                size = i + 1 if sized else None
-                out.append((i, size, "read" if "MEM_RDONLY" in a else "write"))
-        return out
 
 
 @dataclass(frozen=True)
@@ -292,17 +266,16 @@ def kernel_helpers(output: list | None = None, rng: random.Random | None = None)
         out.append(line.rstrip("\n"))
         return len(line.encode("latin-1"))
 
-    noargs = Prototype()
-    for hid, fn, proto, native in (
-            (5, ktime_get_ns, noargs, ("clock_gettime", time.CLOCK_MONOTONIC)),
-            (6, trace_printk, Prototype(args=(PTR_MEM_RO, SIZE, ANY, ANY, ANY)), ()),
-            (7, get_prandom_u32, noargs, ("prandom_u32", rand_state)),
-            (8, get_smp_processor_id, noargs, ("const", 0)),
-            (125, ktime_get_boot_ns, noargs, ("clock_gettime", time.CLOCK_BOOTTIME)),
-            (160, ktime_get_coarse_ns, noargs, ("clock_gettime", CLOCK_MONOTONIC_COARSE)),
-            (208, ktime_get_tai_ns, noargs, ("clock_gettime", time.CLOCK_TAI))):
+    for hid, fn, native in (
+            (5, ktime_get_ns, ("clock_gettime", time.CLOCK_MONOTONIC)),
+            (6, trace_printk, ()),
+            (7, get_prandom_u32, ("prandom_u32", rand_state)),
+            (8, get_smp_processor_id, ("const", 0)),
+            (125, ktime_get_boot_ns, ("clock_gettime", time.CLOCK_BOOTTIME)),
+            (160, ktime_get_coarse_ns, ("clock_gettime", CLOCK_MONOTONIC_COARSE)),
+            (208, ktime_get_tai_ns, ("clock_gettime", time.CLOCK_TAI))):
         assert HELPER_NAMES[hid] == fn.__name__, (hid, fn.__name__)
-        reg.add(Helper(hid, fn.__name__, fn, proto, native=native))
+        reg.add(Helper(hid, fn.__name__, fn, protos.HELPERS[hid], native=native))
     return reg
 
 
@@ -340,10 +313,7 @@ def ubpf_test_helpers() -> HelperRegistry:
         return x
 
     reg = HelperRegistry(kind="helper")
-    reg.add(Helper(0, "gather_bytes", gather_bytes, Prototype(args=(ANY,) * 5)))
-    reg.add(Helper(1, "memfrob", memfrob, Prototype(args=(PTR_MEM, SIZE_OR_ZERO))))
-    reg.add(Helper(2, "no_op", no_op, Prototype()))
-    reg.add(Helper(3, "sqrti", sqrti, Prototype(args=(ANY,))))
-    reg.add(Helper(4, "strcmp", strcmp, Prototype(args=(PTR_STR, PTR_STR))))
-    reg.add(Helper(5, "unwind", unwind, Prototype(args=(ANY,)), unwind=True))
+    for fn in (gather_bytes, memfrob, no_op, sqrti, strcmp, unwind):
+        proto = next(p for p in protos.UBPF_TEST_HELPERS.values() if p.name == fn.__name__)
+        reg.add(Helper(proto.id, fn.__name__, fn, proto, unwind=fn is unwind))
     return reg

@@ -7,8 +7,10 @@ calls into on its slow paths: memory accesses that miss the inline stack/fast-re
 through the run's :class:`~pybpf.runtime.memory.RegionTable` (MemoryAccessError before anything
 is touched), atomics, legacy packet loads, ``callx``, helper argument checks and tracing.
 
-Each run gets a fresh stack of ``MAX_CALL_FRAMES`` x 512 bytes: the main frame at the top, each
-BPF-to-BPF call one 512-byte frame lower, r10 pointing one past the top of the current frame. A
+Each run gets a fresh stack: the main frame at the top, each BPF-to-BPF call one 512-byte frame
+lower (at most ``MAX_CALL_FRAMES`` per program), r10 pointing one past the top of the current
+frame; a tail call from a subprogram starts the target program in the caller's frame, so the
+frames of up to 34 programs can stack up, as in the kernel. A
 frame may access its own and its callers' frames (pointers passed down), never deeper ones.
 r6-r9 are the caller's locals in the generated code, so they survive calls as the kernel's
 calling convention promises; a callee starts with r0 and r6-r9 zero.
@@ -47,7 +49,11 @@ from .memory import PACK, PROC, UNPACK, UNPACK_SIGNED, Buffer, Region, RegionTab
 from .trace import Tracer
 
 M64 = (1 << 64) - 1
-STACK_SIZE = isa.MAX_CALL_FRAMES * isa.MAX_BPF_STACK
+# One program's frames: the main frame and up to 7 calls. Tail calls from subprograms stack
+# whole programs on the calling frames (the target replaces only the calling frame), as in the
+# kernel, which runs such chains to MAX_TAIL_CALL_CNT: the stack has room for 34 programs.
+FRAMES_SIZE = isa.MAX_CALL_FRAMES * isa.MAX_BPF_STACK
+STACK_SIZE = FRAMES_SIZE * (MAX_TAIL_CALL_CNT + 1)
 _ZERO_STACK = bytes(STACK_SIZE)
 _STACKS_KEPT = 4                  # finished runs' stacks an Interpreter keeps for the next runs
 
@@ -224,6 +230,7 @@ class Run:
             raise VMError(f"bpf_tail_call: program {getattr(target, 'name', target)!r} at "
                           f"index {index & 0xFFFFFFFF} {why}", pc)
         self.tail_count[0] += 1
+        self.stack.deep = True      # the chain may go below the top FRAMES_SIZE bytes
         entry = self._tail_entries.get(id(interp))
         if entry is None:
             sub = self.sibling(interp)
@@ -329,7 +336,10 @@ class Interpreter:
             stack = self._stacks.pop()
         except IndexError:
             return Buffer(STACK_SIZE, align=64)
-        PROC[stack.address:stack.address + STACK_SIZE] = _ZERO_STACK
+        # a run without tail calls from subprograms touched only the top FRAMES_SIZE bytes
+        dirty = STACK_SIZE if getattr(stack, "deep", False) else FRAMES_SIZE
+        PROC[stack.address + STACK_SIZE - dirty:stack.address + STACK_SIZE] = _ZERO_STACK[:dirty]
+        stack.deep = False
         return stack
 
     def _compile(self, source: str, variant: str):

@@ -203,10 +203,12 @@ class Generator:
             raise VMError(missing, pc)
         if h.special == "tail_call":
             # On success the target replaces this frame (r1 = ctx, same stack frame, the
-            # budget goes on); on failure execution falls through with r0 unchanged.
+            # budget goes on); on failure execution falls through with r0 unchanged. The target
+            # counts its own call depth from 0: the kernel's frame limit is per program, and
+            # tail calls from subprograms stack programs up to MAX_TAIL_CALL_CNT deep.
             return (f"t = _tail({pc}, r2, r3)\n"
                     f"if t is not None:\n"
-                    f"    return t(r1, 0, 0, 0, 0, fp, depth, left)")
+                    f"    return t(r1, 0, 0, 0, 0, fp, 0, left)")
         if h.special == "loop":
             return f"r0, left = _loop({pc}, fp, depth, left, r1, r2, r3, r4)"
         used.add(h.id)

@@ -66,10 +66,16 @@ class LoadedProgram:
 
     def __init__(self, vm, prog, prog_type: str, engine: str, insn_limit: int, name: str,
                  maps: list, arena, values64: dict[int, int], fd: int | None = None,
-                 verified: bool = True, tier: str = "auto") -> None:
+                 verified: bool = True, verify_result=None,
+                 tier: str = "auto") -> None:
         """``maps``: (name, map) pairs of the maps the program uses; ``verified``: the load
-        ran the verifier (JIT code for an unverified load calls the checked helpers)."""
+        ran the whole verifier (JIT code for an unverified load calls the checked helpers and
+        counts a run budget); ``verify_result``: its VerifyResult (facts, max_ctx_offset)."""
         self.vm, self.program, self.prog_type, self.engine = vm, prog, prog_type, engine
+        self.verify_result = verify_result
+        # The kernel's max_ctx_offset: a run must give at least this much mem/ctx (as
+        # BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall programs).
+        self.min_mem_size = verify_result.max_ctx_offset if verify_result is not None else 0
         self.insn_limit, self.name, self.fd = insn_limit, name, fd
         self.verified, self.tier = verified, tier
         self.arena, self.values64 = arena, values64
@@ -106,6 +112,8 @@ class LoadedProgram:
         env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
                              verified=self.verified,
                              budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
+        if verify_result_facts(self.verify_result) is not None:
+            env.facts = self.verify_result.facts    # the verifier's per-insn facts (insn_aux_data)
         jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env,
                               tier=self.tier)
         # Code that calls Python may reach a helper that follows or checks pointers: its runs
@@ -187,6 +195,8 @@ class LoadedProgram:
         ``mem`` is for prog_type "mem"; ``ctx``/``data`` build the other types' contexts
         (for "mem", ``data`` is the packet the legacy ld_abs/ld_ind instructions read).
         """
+        if self.min_mem_size:
+            self._check_mem_size(mem, ctx)
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
             rc = build_context(self.prog_type, mem, ctx, data)
@@ -201,11 +211,26 @@ class LoadedProgram:
                              lambda rc: self._jit.run(rc.r1, rc.r2),
                              lambda session, rc: session.call(rc.r1, rc.r2))
 
+    def _check_mem_size(self, mem, ctx) -> None:
+        """Refuse memory shorter than the verifier proved the program may touch."""
+        if self.prog_type == "mem":
+            given, what = (0 if mem is None else len(mem)), "mem"
+        elif self.prog_type == "syscall":
+            given, what = (0 if ctx is None else _size_of(ctx)), "ctx"
+        else:
+            return
+        if given < self.min_mem_size:
+            raise VMError(f"{what} is {given} bytes but the program accesses up to byte "
+                          f"{self.min_mem_size} (max_ctx_offset): give at least "
+                          f"{self.min_mem_size} bytes")
+
     def test_run(self, mem=None, repeat: int = 1, *, ctx=None, data=None,
                  insn_limit: int | None = None) -> tuple[int, float]:
         """Run ``repeat`` times on one private context (as the kernel's BPF_PROG_TEST_RUN
         does: changes persist between repetitions); returns (r0 of the last run, ns per run)."""
         repeat = max(int(repeat), 1)
+        if self.min_mem_size:
+            self._check_mem_size(mem, ctx)
         return self._execute(mem, ctx, data, None, insn_limit,
                              lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
                              lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))
@@ -258,3 +283,15 @@ class LoadedProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def verify_result_facts(result):
+    return None if result is None else result.facts
+
+
+def _size_of(ctx) -> int:
+    """Bytes in a context given as bytes-like or as a ctypes object."""
+    try:
+        return len(ctx)
+    except TypeError:
+        return ctypes.sizeof(ctx)

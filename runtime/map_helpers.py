@@ -10,8 +10,9 @@ Two layers, for whoever registers them in a VM's helper and kfunc tables:
   that turns the map argument a program passes (the ld_imm64 map constant: ``map.address``, the
   map's :class:`~pybpf.runtime.maps.base.MapHeader`, as the kernel passes ``struct bpf_map *``; or
   the map's fd, see :func:`resolver`) into the map. Each entry is a :class:`MapHelper`: id, name,
-  a function of u64 arguments only, and the kernel prototype (return and argument type names
-  from ``bpf_func_proto``) so a verifier or an argument checker knows what each register holds.
+  a function of u64 arguments only, and the kernel prototype (return and argument kinds from
+  the one table, :mod:`pybpf.verifier.protos`) so an argument checker knows what each register
+  holds.
 
 Memory arguments are trusted: the verifier (or the interpreter's per-call checks, using the
 prototypes) must have checked that ``key``/``value`` pointers cover ``key_size``/``value_size``
@@ -28,8 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from pybpf.errors import MapError
-from pybpf.helper_names import HELPER_IDS
-from pybpf.kfunc_ids import KFUNC_IDS
+from pybpf.verifier import protos
 
 from .maps.arena import Arena
 from .maps.base import Map
@@ -154,39 +154,14 @@ class MapHelper:
     args: tuple[str, ...]
 
 
-MAP_PTR = "ARG_CONST_MAP_PTR"
-KEY = "ARG_PTR_TO_MAP_KEY"
-VALUE = "ARG_PTR_TO_MAP_VALUE"
-ANY = "ARG_ANYTHING"
+# name -> function; the prototype (return and argument kinds) is the table's, verifier.protos.
+HELPER_FNS = {f.__name__: f for f in (
+    map_lookup_elem, map_update_elem, map_delete_elem, map_push_elem, map_pop_elem,
+    map_peek_elem, map_lookup_percpu_elem, ringbuf_output, ringbuf_reserve, ringbuf_submit,
+    ringbuf_discard, ringbuf_query)}
 
-# name -> (function, return type, argument types): the kernel's bpf_func_proto for each.
-HELPER_PROTOS = {
-    "map_lookup_elem": (map_lookup_elem, "RET_PTR_TO_MAP_VALUE_OR_NULL", (MAP_PTR, KEY)),
-    "map_update_elem": (map_update_elem, "RET_INTEGER", (MAP_PTR, KEY, VALUE, ANY)),
-    "map_delete_elem": (map_delete_elem, "RET_INTEGER", (MAP_PTR, KEY)),
-    "map_push_elem": (map_push_elem, "RET_INTEGER", (MAP_PTR, VALUE, ANY)),
-    "map_pop_elem": (map_pop_elem, "RET_INTEGER", (MAP_PTR, VALUE + "|MEM_UNINIT|MEM_WRITE")),
-    "map_peek_elem": (map_peek_elem, "RET_INTEGER", (MAP_PTR, VALUE + "|MEM_UNINIT|MEM_WRITE")),
-    "map_lookup_percpu_elem": (map_lookup_percpu_elem, "RET_PTR_TO_MAP_VALUE_OR_NULL",
-                               (MAP_PTR, KEY, ANY)),
-    "ringbuf_output": (ringbuf_output, "RET_INTEGER",
-                       (MAP_PTR, "ARG_PTR_TO_MEM|MEM_RDONLY", "ARG_CONST_SIZE_OR_ZERO", ANY)),
-    "ringbuf_reserve": (ringbuf_reserve, "RET_PTR_TO_MEM|PTR_MAYBE_NULL|MEM_RINGBUF",
-                        (MAP_PTR, "ARG_CONST_ALLOC_SIZE_OR_ZERO", ANY)),
-    "ringbuf_submit": (ringbuf_submit, "RET_VOID", ("ARG_PTR_TO_MEM|MEM_RINGBUF|OBJ_RELEASE",
-                                                    ANY)),
-    "ringbuf_discard": (ringbuf_discard, "RET_VOID", ("ARG_PTR_TO_MEM|MEM_RINGBUF|OBJ_RELEASE",
-                                                      ANY)),
-    "ringbuf_query": (ringbuf_query, "RET_INTEGER", (MAP_PTR, ANY)),
-}
-
-KFUNC_PROTOS = {
-    "bpf_arena_alloc_pages": (bpf_arena_alloc_pages, "void __arena *",
-                              (MAP_PTR, "void __arena *", "u32", "int", "u64")),
-    "bpf_arena_free_pages": (bpf_arena_free_pages, "void", (MAP_PTR, "void __arena *", "u32")),
-    "bpf_arena_reserve_pages": (bpf_arena_reserve_pages, "int",
-                                (MAP_PTR, "void __arena *", "u32")),
-}
+KFUNC_FNS = {f.__name__: f for f in (
+    bpf_arena_alloc_pages, bpf_arena_free_pages, bpf_arena_reserve_pages)}
 
 
 def resolver(maps: Iterable[Map]) -> Callable[[int], Map | None]:
@@ -223,10 +198,11 @@ def _bind_sample(fn, resolve_map, name: str):
 def make_helpers(resolve_map: Callable[[int], Map | None]) -> dict[int, MapHelper]:
     """The map helpers under their kernel ids, taking u64 register values only."""
     out = {}
-    for name, (fn, ret, args) in HELPER_PROTOS.items():
-        bind = _bind_sample if args[0] != MAP_PTR else _bind
-        hid = HELPER_IDS[name]
-        out[hid] = MapHelper(hid, name, bind(fn, resolve_map, name), ret, args)
+    for name, fn in HELPER_FNS.items():
+        proto = protos.helper_proto(name)
+        bind = _bind if proto.args[0] == protos.ARG_CONST_MAP_PTR else _bind_sample
+        out[proto.id] = MapHelper(proto.id, name, bind(fn, resolve_map, name), proto.ret,
+                                  proto.args)
     return out
 
 
@@ -237,10 +213,10 @@ def make_kfuncs(resolve_map: Callable[[int], Map | None]) -> dict[int, MapHelper
     from free, -EINVAL from reserve.
     """
     out = {}
-    for name, (fn, ret, args) in KFUNC_PROTOS.items():
+    for name, fn in KFUNC_FNS.items():
         def bound(map_value: int, *rest: int, _fn=fn) -> int:
             return _fn(resolve_map(map_value), *rest)
         bound.__name__ = name
-        kid = KFUNC_IDS[name]
-        out[kid] = MapHelper(kid, name, bound, ret, args)
+        proto = protos.kfunc(name)
+        out[proto.id] = MapHelper(proto.id, name, bound, proto.ret, proto.args)
     return out

@@ -34,10 +34,9 @@ import random
 import threading
 import weakref
 
-from pybpf import isa
-from pybpf.errors import MapError, VerifierError, VMError
+from pybpf.errors import MapError, VMError
 from pybpf.program import Program
-from pybpf.verifier.cfg import check_structure, jump_target
+from pybpf.verifier import verify as verify_program
 
 from . import vm_helpers
 from .contexts import canonical_type
@@ -47,6 +46,7 @@ from .loader import bind_declarations, program_arena, referenced_maps, resolve_v
 from .maps import create_map
 from .maps.prog_array import ProgArrayMap
 from .memory import Region
+from .verifier_env import VMEnv
 
 __all__ = ["VM", "LoadedProgram", "DEFAULT_INSN_LIMIT", "ENGINES"]
 
@@ -248,28 +248,38 @@ class VM:
             self._trace_lines.clear()
         return lines
 
-    def verify(self, prog, prog_type: str | None = None) -> str:
-        """Structural checks (decoding, jump targets, reachability, exit, call depth and stack).
+    def verify(self, prog, prog_type: str | None = None, log_level: int = 0,
+               full: bool = True) -> str:
+        """Run the verifier (:func:`pybpf.verifier.verify`) on ``prog`` for ``prog_type``.
 
-        Until the abstract-interpretation verifier lands this is all ``verify=True`` checks;
-        it raises VerifierError with the kernel's message or returns a short log.
+        Returns the log of an accepted program (kernel format at ``log_level`` 1 or 2, else
+        empty); raises VerifierError (kernel message, instruction index, log). ``full=False``
+        runs the structural checks only (decoding, jumps, reachability, exit, call depth,
+        stack), what the ``.data`` runner uses for programs written for verifier-less runtimes.
         """
+        return self.verify_result(prog, prog_type, log_level, full).log
+
+    def verify_result(self, prog, prog_type: str | None = None, log_level: int = 0,
+                      full: bool = True, decl_maps: list | None = None):
+        """:meth:`verify`, returning the whole :class:`pybpf.verifier.VerifyResult`."""
         prog = _as_program(prog)
-        _prog_type(prog, prog_type)
-        cfg = check_structure(prog)
-        _check_stack_depth(prog, cfg)
-        return f"structural checks passed: {len(prog.instructions())} insns\n"
+        ptype = _prog_type(prog, prog_type)
+        return verify_program(prog, VMEnv(self, prog, decl_maps), prog_type=ptype,
+                              log_level=log_level, full=full)
 
     def load(self, prog, prog_type: str | None = None, engine: str = "interp",
-             verify: bool = True, insn_limit: int | None = None, name: str | None = None,
+             verify=True, insn_limit: int | None = None, name: str | None = None,
              maps: dict | None = None, tier: str | None = None) -> LoadedProgram:
-        """Decode, check and prepare ``prog`` (a Program, an ELF object's program or raw
+        """Decode, verify and prepare ``prog`` (a Program, an ELF object's program or raw
         bytecode) for ``engine``. ``prog_type`` defaults to the ELF program's (from its
         section), else "mem". ``maps`` binds declared maps (by name) to existing ones.
 
-        ``verify=True`` runs :meth:`verify` (today: the structural checks). The interpreter
-        checks memory at run time either way; the JIT does not, so unverified JIT code is
-        trusted input.
+        ``verify=True`` (the default, both engines) runs the whole verifier, as the kernel's
+        BPF_PROG_LOAD does: a program it accepts cannot reach memory it was not given.
+        ``verify="structural"`` runs only the structural checks (the ``.data`` runner's
+        default: the interpreter still checks every access at run time). ``verify=False``
+        skips verification: with ``engine="jit"`` this is for TRUSTED INPUT ONLY (JIT code
+        runs unchecked); the interpreter still checks memory at run time.
 
         ``tier`` (JIT): "auto" returns once quick-tier code is placed (or -O2 code from the code
         cache) and installs -O2 code compiled in the background; "quick" keeps the quick tier;
@@ -283,16 +293,23 @@ class VM:
         ptype = _prog_type(prog, prog_type)
         if engine not in ENGINES:
             raise VMError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
-        if verify:
-            self.verify(prog, ptype)
+        if verify not in (True, False, "structural"):
+            raise VMError(f"verify={verify!r}: expected True, False or 'structural'")
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
+        result = None
+        if verify is True:
+            decl_maps = bind_declarations(self, prog, maps)     # maps= bindings included
+            result = self.verify_result(prog, ptype, full=True, decl_maps=decl_maps)
+        elif verify == "structural":
+            self.verify_result(prog, ptype, full=False)
         used, arena, values = self.resolve(prog, maps)
         if tier is None:
             tier = os.environ.get("PYBPF_JIT_TIER") or "auto"
         if tier not in ("auto", "quick", "O2"):
             raise VMError(f"unknown JIT tier {tier!r} (expected auto, quick or O2)")
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
-                           values, fd=_next_fd(), verified=verify, tier=tier)
+                           values, fd=_next_fd(), verified=verify is True,
+                           verify_result=result, tier=tier)
         self._programs[lp.fd] = lp
         for m, index in getattr(prog, "prog_array_slots", ()):    # __array(values, ...)
             if m.fd in self._by_fd:
@@ -336,43 +353,3 @@ def _prog_type(prog: Program, prog_type: str | None) -> str:
     if prog_type is None:
         prog_type = getattr(prog, "prog_type", None) or "mem"
     return canonical_type(prog_type)
-
-
-def _stack_use(prog: Program, sp) -> int:
-    """Bytes of stack a subprogram addresses directly through r10, rounded as the kernel's
-    interpreter rounds it (a lower bound: pointers derived from r10 are the verifier's job)."""
-    deepest = 0
-    for pc, form, insn in prog.instructions():
-        if not sp.start <= pc < sp.end or not form.size:
-            continue
-        base = insn.src if form.kind == "ldx" or form.op == "load_acq" else insn.dst
-        if base == 10 and insn.off < 0:
-            deepest = max(deepest, -insn.off)
-    return -(-max(deepest, 1) // 32) * 32
-
-
-def _check_stack_depth(prog: Program, cfg) -> None:
-    """The kernel's check_max_stack_depth on direct r10 use: <= 8 frames, <= 512 bytes combined."""
-    use = {sp.start: _stack_use(prog, sp) for sp in cfg.subprogs}
-    callees: dict[int, list[int]] = {sp.start: [] for sp in cfg.subprogs}
-    for pc, form, insn in prog.instructions():
-        if form.kind == "call" and form.op == "local":
-            callees[cfg.subprog_of(pc).start].append(jump_target(form, insn, pc))
-
-    memo: dict[tuple[int, int], tuple[int, int]] = {}
-
-    def deepest(start: int, frames: int) -> tuple[int, int]:
-        """(stack bytes, frames) of the deepest call chain from ``start`` at ``frames`` deep."""
-        if frames > isa.MAX_CALL_FRAMES:
-            raise VerifierError(f"the call stack of {frames} frames is too deep !", start)
-        key = (start, frames)
-        if key not in memo:
-            below = [deepest(c, frames + 1) for c in callees[start]]
-            depth, n = max(below, default=(0, frames))
-            memo[key] = (use[start] + depth, n)
-        return memo[key]
-
-    total, frames = deepest(cfg.subprogs[0].start, 1)
-    if total > isa.MAX_BPF_STACK:
-        raise VerifierError(f"combined stack size of {frames} calls is {total}. Too large", 0)
-

@@ -4,9 +4,9 @@ kfuncs, probe reads, task identity, and the control-transfer helpers tail_call a
 :func:`install` registers the helpers under their kernel ids (``enum bpf_func_id``) and
 :func:`install_kfuncs` the kfuncs under ``pybpf.kfunc_ids``, bound to the VM's map resolver
 (the map argument a program passes is ``map.address`` from ld_imm64, or an fd). Pointer
-arguments are checked by the interpreter before each call: from the prototype (``ARG_PTR_TO_MEM``
-with its size) and, for map keys and values whose size comes from the map, through
-``Helper.mem_args``.
+arguments are checked by the interpreter before each call: from the prototype (the one table,
+:mod:`pybpf.verifier.protos`: ``ARG_PTR_TO_MEM`` with its size) and, for map keys and values
+whose size comes from the map, through ``Helper.mem_args``.
 
 ``bpf_probe_read_kernel`` (and ``probe_read``, ``probe_read_user``, the ``_str`` variants) read
 only memory the running program may read (its regions; arena pages only where allocated):
@@ -25,29 +25,20 @@ import threading
 from pybpf.errors import VMError
 from pybpf.helper_names import HELPER_IDS
 
-from .helpers import ACTIVE_REGIONS, ANY, PTR_MEM, SIZE, SIZE_OR_ZERO, Helper, Prototype
+from pybpf.verifier import protos
+
+from .helpers import ACTIVE_REGIONS, Helper
 from .map_helpers import make_helpers, make_kfuncs
 from .maps.arena import Arena
 from .maps.base import PAGE_SHIFT
 from .memory import PROC
 
 M64 = (1 << 64) - 1
-PTR_UNINIT = PTR_MEM + "|MEM_UNINIT|MEM_WRITE"      # ARG_PTR_TO_UNINIT_MEM
 EFAULT = -errno.EFAULT & M64
-
-# helper name -> which map-sized pointer arguments it has: (arg index, "key"/"value", kind)
-_MAP_ARGS = {
-    "map_lookup_elem": ((1, "key", "read"),),
-    "map_update_elem": ((1, "key", "read"), (2, "value", "read")),
-    "map_delete_elem": ((1, "key", "read"),),
-    "map_push_elem": ((1, "value", "read"),),
-    "map_pop_elem": ((1, "value", "write"),),
-    "map_peek_elem": ((1, "value", "write"),),
-    "map_lookup_percpu_elem": ((1, "key", "read"),),
-}
 
 
 def _map_mem_args(resolve_map, spec):
+    """``Helper.mem_args`` for a prototype's map-sized pointers (``Prototype.map_args``)."""
     def mem_args(args: tuple) -> list:
         m = resolve_map(args[0])
         if m is None:
@@ -138,27 +129,23 @@ def _special(name: str):
 def install_kfuncs(kfuncs, resolve_map) -> None:
     """Add the arena kfuncs to ``kfuncs`` (a HelperRegistry) under pybpf.kfunc_ids."""
     for kid, mk in make_kfuncs(resolve_map).items():
-        kfuncs.add(Helper(kid, mk.name, mk.fn, Prototype(mk.ret, mk.args)))
+        kfuncs.add(Helper(kid, mk.name, mk.fn, protos.KFUNCS_BY_ID[kid]))
 
 
 def install(helpers, resolve_map) -> None:
     """Add the VM helpers to ``helpers`` (a HelperRegistry) under their kernel ids."""
     for hid, mh in make_helpers(resolve_map).items():
-        spec = _MAP_ARGS.get(mh.name)
-        helpers.add(Helper(hid, mh.name, mh.fn, Prototype(mh.ret, mh.args),
+        proto = protos.HELPERS[hid]
+        spec = proto.map_args()
+        helpers.add(Helper(hid, mh.name, mh.fn, proto,
                            mem_args=_map_mem_args(resolve_map, spec) if spec else None))
-    reads = Prototype(args=(PTR_UNINIT, SIZE_OR_ZERO, ANY))
     for name in ("probe_read", "probe_read_kernel", "probe_read_user"):
-        helpers.add(Helper(HELPER_IDS[name], name, probe_read, reads))
+        helpers.add(Helper(HELPER_IDS[name], name, probe_read, protos.helper_proto(name)))
     for name in ("probe_read_str", "probe_read_kernel_str", "probe_read_user_str"):
-        helpers.add(Helper(HELPER_IDS[name], name, probe_read_str, reads))
-    for fn, proto in ((get_current_pid_tgid, Prototype()), (get_current_uid_gid, Prototype()),
-                      (get_current_comm, Prototype(args=(PTR_UNINIT, SIZE)))):
-        helpers.add(Helper(HELPER_IDS[fn.__name__], fn.__name__, fn, proto))
-    helpers.add(Helper(HELPER_IDS["tail_call"], "tail_call", _special("tail_call"),
-                       Prototype("RET_VOID", (ANY, "ARG_CONST_MAP_PTR", ANY)),
-                       special="tail_call"))
-    helpers.add(Helper(HELPER_IDS["loop"], "loop", _special("loop"),
-                       Prototype("RET_INTEGER", (ANY, "ARG_PTR_TO_FUNC",
-                                                 "ARG_PTR_TO_STACK_OR_NULL", ANY)),
-                       special="loop"))
+        helpers.add(Helper(HELPER_IDS[name], name, probe_read_str, protos.helper_proto(name)))
+    for fn in (get_current_pid_tgid, get_current_uid_gid, get_current_comm):
+        helpers.add(Helper(HELPER_IDS[fn.__name__], fn.__name__, fn,
+                           protos.helper_proto(fn.__name__)))
+    for name in ("tail_call", "loop"):
+        helpers.add(Helper(HELPER_IDS[name], name, _special(name), protos.helper_proto(name),
+                           special=name))

@@ -22,7 +22,9 @@ def args(*values: int) -> bytes:
 def kfunc_prog(name: str, nargs: int):
     """r0 = kfunc(&arena, args from mem as u64 at 0, 8, ...)."""
     loads = "\n".join(f"r{2 + i} = *(u64 *)(r6 + {8 * i})" for i in range(nargs))
-    return asm(ARENA + f"r6 = r1\n{loads}\nr1 = map[arena] ll\ncall {name}\nexit")
+    # bpf_arena_free_pages returns void: the kernel refuses an exit with r0 unset (R0 !read_ok)
+    ret = "r0 = 0\n" if name == "bpf_arena_free_pages" else ""
+    return asm(ARENA + f"r6 = r1\n{loads}\nr1 = map[arena] ll\ncall {name}\n{ret}exit")
 
 
 # *(u64 *)(arena ptr + 0): load (mem[8] == 0) or store mem[16] (mem[8] == 1), after a cast
@@ -102,12 +104,14 @@ out:
     r0 = 0
     exit"""
 
-# r0 = the sum of the values of the list whose head is at mem[0]
+# r0 = the sum of the values of the list whose head is at mem[0] (may_goto bounds the walk, as
+# can_loop does in C: without it the kernel's verifier sees an infinite loop)
 WALK_LIST = """
     r9 = map[arena] ll
     r2 = *(u64 *)(r1 + 0)
     r0 = 0
 loop:
+    may_goto done
     if r2 == 0 goto done
     r2 = addr_space_cast(r2, 0x0, 0x1)
     r3 = *(u64 *)(r2 + 8)
@@ -137,11 +141,14 @@ class Arena:
         self.reserve = self.load(kfunc_prog("bpf_arena_reserve_pages", 2))
         self.access = self.load(ACCESS)
 
-    def load(self, prog):
-        """Load another program declaring ``arena``, bound to this arena (not a new one)."""
+    def load(self, prog, verify: bool = True):
+        """Load another program declaring ``arena``, bound to this arena (not a new one).
+        ``verify=False`` for programs the kernel would refuse on purpose (a plain u32 used as
+        an arena address: pybpf's run-time classification of unverified code)."""
         if isinstance(prog, str):
             prog = asm(ARENA + prog)
-        return self.vm.load(prog, maps={"arena": self.arena}, engine=self.engine)
+        return self.vm.load(prog, maps={"arena": self.arena}, engine=self.engine,
+                            verify=verify)
 
     def page(self, i: int) -> int:
         return self.arena.user_vm_start + i * PAGE
@@ -173,7 +180,11 @@ def access_progs(t: Arena, how: str) -> dict:
             atomic = ("r2 = r8\nlock *(u64 *)(r7 {0}) += r2\nr2 = r8\n"
                       "r2 = atomic_fetch_add((u64 *)(r7 {0}), r2)\n*(u64 *)(r6 + 32) = r2"
                       if size == 8 else "").format(o)
-            progs[off, size] = t.load(f"""
+            # "loaded": a u32 from memory is a scalar to the kernel's verifier (it refuses the
+            # access); pybpf runs such unverified code with run-time classification. The
+            # kernel also refuses misaligned atomics (strict alignment): those load unverified.
+            verify = how != "loaded" and (size != 8 or off % 8 == 0)
+            progs[off, size] = t.load(verify=verify, prog=f"""
                 r9 = map[arena] ll
                 r6 = r1
                 {get}

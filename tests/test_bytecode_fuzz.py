@@ -1,6 +1,7 @@
 """Random bytecode never crashes anything: the decoder raises only DecodeError, and whatever
-decodes and passes the structural checks runs in the interpreter to a result or a BPFError
-(memory is checked, the budget stops loops). Runs in a subprocess, as fuzzing should."""
+decodes gets a verdict from the verifier (VerifierError or accepted, nothing else), and what
+passes the structural checks runs in the interpreter to a result or a BPFError (memory is
+checked, the budget stops loops). Runs in a subprocess, as fuzzing should."""
 import textwrap
 
 import pytest
@@ -15,7 +16,7 @@ CHILD = textwrap.dedent("""
     from pybpf.errors import BPFError, DecodeError
     from pybpf.runtime.helpers import ubpf_test_helpers
 
-    counts = {"decoded": 0, "ran": 0, "refused": 0}
+    counts = {"decoded": 0, "ran": 0, "refused": 0, "verified": 0}
 
     @settings(max_examples=600, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
@@ -46,8 +47,13 @@ CHILD = textwrap.dedent("""
             return
         counts["decoded"] += 1
         vm = pybpf.VM(helpers=ubpf_test_helpers())
-        try:
-            with vm.load(prog, insn_limit=10_000) as lp:
+        try:                        # the whole verifier: a verdict, never a Python exception
+            pybpf.VM().verify(prog)
+            counts["verified"] += 1
+        except BPFError:
+            pass
+        try:    # the interpreter runs what passes the structural checks (memory checked)
+            with vm.load(prog, insn_limit=10_000, verify="structural") as lp:
                 lp.run(mem=mem)
             counts["ran"] += 1
         except BPFError:

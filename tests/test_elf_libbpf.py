@@ -16,6 +16,7 @@ import pybpf
 from pybpf.elf import parse_object
 from pybpf.elf_sections import program_type
 from pybpf.errors import ELFError
+from support import in_child
 
 OBJ = os.path.join(os.path.dirname(__file__), "data", "elf", "libbpf_rules.o")
 
@@ -29,8 +30,17 @@ def test_question_mark_section_is_its_program_type_and_not_autoloaded():
     assert lp.prog_type == "sched_cls"
 
 
-@pytest.mark.parametrize("engine", ["interp", "jit"])
-def test_optional_program_runs_as_sched_cls(engine):
+def test_optional_program_runs_as_sched_cls():
+    _optional_runs("interp")
+
+
+@pytest.mark.jit
+@in_child
+def test_optional_program_runs_as_sched_cls_jit():
+    _optional_runs("jit")
+
+
+def _optional_runs(engine):
     obj = pybpf.load_elf(OBJ)
     lp = obj.vm.load(obj.programs["optional"], engine=engine)
     assert lp.run(data=bytes(60)) == 60          # skb->len of a tc context
@@ -55,8 +65,17 @@ def test_unsupported_map_fails_only_the_program_using_it():
         obj.vm.load(obj.programs[name]).close()
 
 
-@pytest.mark.parametrize("engine", ["interp", "jit"])
-def test_prog_array_initial_values_are_filled_when_the_program_loads(engine):
+def test_prog_array_initial_values_are_filled_when_the_program_loads():
+    _prog_array_slots("interp")
+
+
+@pytest.mark.jit
+@in_child
+def test_prog_array_initial_values_are_filled_when_the_program_loads_jit():
+    _prog_array_slots("jit")
+
+
+def _prog_array_slots(engine):
     obj = pybpf.load_elf(OBJ)
     assert obj.map_defs["jumps"].init_slots == {2: "leaf"}
     assert obj.map_defs["jumps"].value_size == 4

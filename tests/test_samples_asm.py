@@ -16,7 +16,8 @@ HIST = os.path.join(ROOT, "samples", "asm", "histogram.s")
 def test_histogram_counts_every_byte_in_the_map():
     data = bytes(range(256)) + b"hello, world"
     vm = pybpf.VM()
-    with vm.load(pybpf.assemble(open(HIST).read()), engine="interp") as lp:
+    # the sample loops over a buffer of any length: no verifier can bound it (samples/asm/README)
+    with vm.load(pybpf.assemble(open(HIST).read()), engine="interp", verify=False) as lp:
         assert lp.run(mem=data) == len(data)
         hist = lp.maps["hist"]
         want = collections.Counter(data)
@@ -27,7 +28,8 @@ def test_histogram_counts_every_byte_in_the_map():
 @pytest.mark.parametrize("engine", ["interp", "jit"])
 def test_histogram_cli_dump(engine):
     p = subprocess.run([sys.executable, "-m", "pybpf", "run", HIST, "--mem", "01020201ff",
-                        "--dump-maps", "--engine", engine], capture_output=True, text=True,
+                        "--dump-maps", "--engine", engine, "--no-verify"], capture_output=True,
+                       text=True,
                        timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()

@@ -15,7 +15,7 @@ import pytest
 
 from programs_maps import bpf_loop_prog, ringbuf_prog, tail_caller, tail_chain
 from pybpf.elf import parse_object
-from pybpf.errors import MapError, MemoryAccessError, VMError
+from pybpf.errors import MapError, MemoryAccessError, VerifierError, VMError
 from pybpf.insn import make
 from pybpf.program import Program
 from pybpf.runtime.helpers import Prototype
@@ -93,7 +93,7 @@ def test_raw_bytecode_names_maps_by_fd():
     m[8] = 1
     r0 = lp.run()
     assert r0 == 1099 << 32 and 8 not in m and int.from_bytes(m[7], "little") == 2099
-    with pytest.raises(VMError, match="not pointing to valid bpf_map"):
+    with pytest.raises((VMError, VerifierError), match="not pointing to valid bpf_map"):
         vm.load(_lookup_update_delete(m.fd + 1000))
 
 
@@ -106,10 +106,18 @@ def test_map_value_address_by_fd_and_offset():
     assert vm.load(p.to_bytes()).run() == 1234
     assert g[0] == struct.pack("<QQ", 1234, 0x55)
     big = vm.create_map("array", key_size=4, value_size=8, max_entries=4)
-    with pytest.raises(VMError, match="direct value access"):
+    # the verifier refuses them first, with the kernel's words (resolve_pseudo_ldimm64)
+    with pytest.raises(VerifierError, match="invalid access to map value pointer, "
+                                            "value_size=8 off=0"):
         vm.load(Program(make("lddw_map_value", 1, imm=big.fd) + make("exit")))
-    with pytest.raises(VMError, match="offset 16"):
+    with pytest.raises(VerifierError, match="value_size=16 off=16"):
         vm.load(Program(make("lddw_map_value", 1, imm=g.fd, imm2=16) + make("exit")))
+    # and the run-time resolution still refuses them when not verified
+    with pytest.raises(VMError, match="direct value access"):
+        vm.load(Program(make("lddw_map_value", 1, imm=big.fd) + make("exit")), verify=False)
+    with pytest.raises(VMError, match="offset 16"):
+        vm.load(Program(make("lddw_map_value", 1, imm=g.fd, imm2=16) + make("exit")),
+                verify=False)
 
 
 COUNTER = """
@@ -176,8 +184,10 @@ def test_map_helper_pointer_arguments_are_checked_against_the_map_sizes():
     m = vm.create_map("hash", key_size=16, value_size=8, max_entries=4)
     # a 16-byte key that starts 8 bytes below the top of the stack runs off the frame
     p = asm(f"r1 = map_fd({m.fd}) ll\nr2 = r10\nr2 += -8\ncall 1\nexit")
-    with pytest.raises(MemoryAccessError) as e:
-        vm.load(p).run()
+    with pytest.raises(VerifierError, match="invalid read from stack R2 off=-8 size=16"):
+        vm.load(p)                                  # the verifier refuses it at load
+    with pytest.raises(MemoryAccessError) as e:     # unverified, the interpreter at run time
+        vm.load(p, verify=False).run()
     assert e.value.size == 16 and e.value.pc == 4
     ok = asm(f"r1 = map_fd({m.fd}) ll\nr2 = r10\nr2 += -16\ncall 1\nexit")
     assert vm.load(ok).run() == 0
@@ -213,7 +223,9 @@ def test_push_pop_peek_reach_the_map_ops():
     m = vm.create_map("array", key_size=4, value_size=8, max_entries=1)
     for hid, extra in ((87, "r3 = 0"), (88, ""), (89, "")):
         p = asm(f"r1 = map_fd({m.fd}) ll\nr2 = r10\nr2 += -8\n{extra}\ncall {hid}\nexit")
-        assert vm.load(p).run() == neg(errno.EOPNOTSUPP)
+        # the kernel refuses these helpers on an array map at load ("cannot pass map_type 2");
+        # unverified, the interpreter returns what the map does
+        assert vm.load(p, verify=False).run() == neg(errno.EOPNOTSUPP)
 
 
 def test_time_random_and_cpu_helpers():
@@ -300,10 +312,15 @@ def test_register_helper_with_a_prototype():
     vm.register_helper(0x1000, checksum, "checksum", ("ARG_PTR_TO_MEM|MEM_RDONLY",
                                                        "ARG_CONST_SIZE"))
     assert vm.helpers[0x1000].name == "checksum"
+    # the size is the buffer's length, unknown to a verifier (an unbounded ARG_CONST_SIZE is
+    # refused at load): these run unverified, the interpreter checking the helper's memory
     p = asm("r2 = r2\ncall 0x1000\nexit")
-    assert vm.load(p).run(mem=b"\x01\x02\x03") == 6 and seen == [b"\x01\x02\x03"]
+    with pytest.raises(VerifierError):
+        vm.load(p)
+    assert vm.load(p, verify=False).run(mem=b"\x01\x02\x03") == 6 and \
+        seen == [b"\x01\x02\x03"]
     with pytest.raises(MemoryAccessError):          # size past the buffer: refused first
-        vm.load(asm("r2 += 1\ncall 0x1000\nexit")).run(mem=b"\x01\x02\x03")
+        vm.load(asm("r2 += 1\ncall 0x1000\nexit"), verify=False).run(mem=b"\x01\x02\x03")
     assert len(seen) == 1
     vm.register_helper(0x1001, lambda a, b, c: a * b + c,
                        prototype=Prototype(args=("ARG_ANYTHING",) * 3))

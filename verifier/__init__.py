@@ -1,1 +1,53 @@
-"""The verifier: kernel-style abstract interpretation of BPF programs (imported as pybpf.verifier)."""
+"""The verifier: kernel-style abstract interpretation of BPF programs (imported as pybpf.verifier).
+
+Entry point :func:`verify` (the kernel's ``bpf_check``): structural checks (:mod:`.cfg`), the
+stack-depth limit (:mod:`.stack_depth`) and the abstract interpretation (:mod:`.check`). It asks
+its environment (helpers, kfuncs, maps, context rules: :class:`.env.VerifierEnv`) through a
+protocol the runtime implements; it never imports the runtime.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .env import ArenaInfo, MapInfo, NullEnv, VerifierEnv
+
+__all__ = ["verify", "VerifyResult", "VerifierEnv", "MapInfo", "ArenaInfo", "NullEnv"]
+
+INSN_LIMIT = 1_000_000        # BPF_COMPLEXITY_LIMIT_INSNS
+
+
+@dataclass
+class VerifyResult:
+    """An accepted program: its log (log_level > 0), per-instruction facts for the JIT, stats."""
+
+    log: str
+    facts: object = None                      # verifier.facts.Facts, or None (structural only)
+    stats: dict = field(default_factory=dict)  # processed_insns, total_states, peak_states, ...
+    max_ctx_offset: int = 0                   # largest ctx byte touched (mem/syscall programs)
+    stack_depth: dict = field(default_factory=dict)   # subprogram start -> bytes
+    full: bool = False                        # True when the abstract interpretation ran
+
+
+def verify(prog, env=None, *, prog_type: str, log_level: int = 0,
+           full: bool = True) -> VerifyResult:
+    """Verify ``prog`` (a pybpf.Program) as the kernel's bpf_check would for ``prog_type``.
+
+    Raises :class:`pybpf.errors.VerifierError` with the kernel's message, the instruction index
+    and the log; returns a :class:`VerifyResult`. ``full=False`` runs only the structural checks
+    (the ``.data`` runner's default)."""
+    from .cfg import check_structure
+    from .stack_depth import check_stack_depth
+    from pybpf.errors import VerifierError
+    env = env if env is not None else NullEnv()
+    try:
+        cfg = check_structure(prog)
+    except VerifierError as e:
+        e.program = prog
+        raise
+    if not full:
+        check_stack_depth(prog, cfg)
+        n = len(prog.instructions())
+        return VerifyResult(log=f"structural checks passed: {n} insns\n",
+                            stats={"insns": n})
+    from .check import run_checks
+    return run_checks(prog, cfg, env, prog_type=prog_type, log_level=log_level)

@@ -38,12 +38,15 @@ class Liveness:
         self._dead: set[int] = set()
 
 
-def liveness(cfg, decoded) -> Liveness:
-    """Liveness for a program given its CFG and ``prog.instructions()``."""
+def liveness(cfg, decoded, strong: bool = True) -> Liveness:
+    """Liveness for a program given its CFG and ``prog.instructions()``.
+
+    ``strong=False`` counts every instruction's operands as read (the verifier's view: a dead
+    load is still checked, and still executed, so its base register matters)."""
     steps = {}     # pc -> (uses, defs, pure)
     for pc, form, insn in decoded:
         defs = 0 if form.kind in ("call", "callx") else _mask(written_regs(form, insn))
-        steps[pc] = (_mask(read_regs(form, insn)), defs, is_pure(form))
+        steps[pc] = (_mask(read_regs(form, insn)), defs, strong and is_pure(form))
     order = sorted(cfg.blocks)
     pcs_of: dict[int, list[int]] = {start: [] for start in order}
     k, n = -1, len(order)
@@ -83,4 +86,6 @@ def liveness(cfg, decoded) -> Liveness:
         through(start, live_out[start], result.after)
     result._dead = {pc for pc, live in result.after.items()
                     if steps[pc][2] and not steps[pc][1] & live}
+    result.before = {pc: (live & ~steps[pc][1]) | steps[pc][0]
+                     for pc, live in result.after.items()}
     return result

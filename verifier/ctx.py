@@ -1,0 +1,295 @@
+"""Context layouts and access rules per program type (the kernel's ``is_valid_access`` callbacks).
+
+:func:`ctx_access` answers, for a load or store through an unmodified ``PTR_TO_CTX`` at byte
+``off`` of ``size`` bytes, whether the program type allows it and what the loaded register
+becomes (a scalar, or ``PTR_TO_PACKET``/``_META``/``_END`` for the packet fields,
+``PTR_TO_SOCK_COMMON`` or NULL for ``__sk_buff.sk``); a refusal carries the kernel's message
+``invalid bpf_context access off=%d size=%d``. The rules follow net/core/filter.c
+(``bpf_skb_is_valid_access``, ``sk_filter_is_valid_access``, ``tc_cls_act_is_valid_access``,
+``cg_skb_is_valid_access``, ``lwt_is_valid_access``, ``xdp_is_valid_access``),
+kernel/trace/bpf_trace.c (``kprobe_prog_is_valid_access``, ``tp_prog_is_valid_access``) and
+kernel/bpf/syscall.c (``syscall_prog_is_valid_access``) of Linux 6.18, for a privileged loader
+(CAP_BPF: cgroup_skb may read ``data``/``data_end`` and write ``tstamp``); tests/test_verifier_calls.py
+compares them with the running kernel offset by offset.
+
+Narrow loads: the kernel lets most 4-byte ``__sk_buff`` fields be read with 1- or 2-byte loads
+aligned to their size (``bpf_ctx_narrow_access_ok``), writes are whole fields only, ``cb[]`` may
+be read and written at any size within ``cb[0..4]``; pointer fields (``data``...) are 4-byte
+non-sign-extending loads only. pybpf's run-time contexts hold the real values at these offsets
+(runtime/contexts.py), so a narrow load needs no rewriting.
+
+One deviation: ``tp_prog_is_valid_access`` compares ``off < sizeof(void *)`` as unsigned, so the
+kernel accepts negative offsets into a tracepoint context (reading before the record). pybpf
+refuses them with the same message: the memory before its context copy is not the program's.
+
+The ``mem`` type is pybpf's own (r1 = memory, r2 = its length) and follows ``syscall``: any
+offset below ``U16_MAX``, aligned to the access size, read and write. How far a program reaches
+is recorded by the caller (the kernel's ``max_ctx_offset``) so a run can refuse shorter memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .protos import PROG_TYPES
+from .state import (PTR_MAYBE_NULL, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
+                    PTR_TO_SOCK_COMMON, SCALAR_VALUE, RegType)
+
+U16_MAX = 0xFFFF
+PERF_MAX_TRACE_SIZE = 8192
+SIZEOF_PT_REGS = 168                 # x86-64 struct pt_regs
+SIZEOF_SK_BUFF = 192                 # struct __sk_buff
+SIZEOF_XDP_MD = 24                   # struct xdp_md
+
+# struct __sk_buff (include/uapi/linux/bpf.h): field -> (offset, size)
+SK_BUFF_FIELDS: dict[str, tuple[int, int]] = {
+    "len": (0, 4), "pkt_type": (4, 4), "mark": (8, 4), "queue_mapping": (12, 4),
+    "protocol": (16, 4), "vlan_present": (20, 4), "vlan_tci": (24, 4), "vlan_proto": (28, 4),
+    "priority": (32, 4), "ingress_ifindex": (36, 4), "ifindex": (40, 4), "tc_index": (44, 4),
+    "cb": (48, 20), "hash": (68, 4), "tc_classid": (72, 4), "data": (76, 4),
+    "data_end": (80, 4), "napi_id": (84, 4), "family": (88, 4), "remote_ip4": (92, 4),
+    "local_ip4": (96, 4), "remote_ip6": (100, 16), "local_ip6": (116, 16),
+    "remote_port": (132, 4), "local_port": (136, 4), "data_meta": (140, 4),
+    "flow_keys": (144, 8), "tstamp": (152, 8), "wire_len": (160, 4), "gso_segs": (164, 4),
+    "sk": (168, 8), "gso_size": (176, 4), "tstamp_type": (180, 1), "_pad": (181, 3),
+    "hwtstamp": (184, 8),
+}
+
+# struct xdp_md
+XDP_MD_FIELDS: dict[str, tuple[int, int]] = {
+    "data": (0, 4), "data_end": (4, 4), "data_meta": (8, 4), "ingress_ifindex": (12, 4),
+    "rx_queue_index": (16, 4), "egress_ifindex": (20, 4),
+}
+
+CTX_STRUCT = {"socket_filter": "__sk_buff", "sched_cls": "__sk_buff", "cgroup_skb": "__sk_buff",
+              "lwt_in": "__sk_buff", "xdp": "xdp_md", "kprobe": "pt_regs",
+              "tracepoint": "trace record", "syscall": "ctx_in", "mem": "mem"}
+
+
+@dataclass(frozen=True)
+class CtxAccess:
+    """The answer for one context access: ``ok``, the loaded register's type and flags (reads),
+    the kernel's message when refused, and ``field_size`` (the whole field a narrow load reads
+    from, the kernel's ``ctx_field_size``; 0 when the access is the whole field)."""
+
+    ok: bool
+    type: RegType = SCALAR_VALUE
+    flags: int = 0
+    error: str = ""
+    field_size: int = 0
+
+    @property
+    def is_packet_pointer(self) -> bool:
+        return self.type in (PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_PACKET_END)
+
+
+def _refuse(off: int, size: int) -> CtxAccess:
+    return CtxAccess(False, error=f"invalid bpf_context access off={off} size={size}")
+
+
+def _in(off: int, name: str, fields=SK_BUFF_FIELDS) -> bool:
+    start, size = fields[name]
+    return start <= off < start + size
+
+
+def _in_range(off: int, first: str, last: str) -> bool:
+    """bpf_ctx_range_till(struct __sk_buff, first, last)."""
+    lo = SK_BUFF_FIELDS[first][0]
+    hi = sum(SK_BUFF_FIELDS[last])
+    return lo <= off < hi
+
+
+def _narrow_ok(size: int, size_default: int) -> bool:
+    """bpf_ctx_narrow_access_ok."""
+    return size <= size_default and size & (size - 1) == 0
+
+
+_SKB_POINTERS = {"data": PTR_TO_PACKET, "data_meta": PTR_TO_PACKET_META,
+                 "data_end": PTR_TO_PACKET_END}
+
+
+def _skb_access(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+    """bpf_skb_is_valid_access: the checks every __sk_buff type shares (None = refused)."""
+    if off < 0 or off >= SIZEOF_SK_BUFF or off % size:
+        return None
+    if _in_range(off, "cb", "cb"):
+        return CtxAccess(True) if off + size <= sum(SK_BUFF_FIELDS["cb"]) else None
+    for name in _SKB_POINTERS:
+        if _in(off, name):
+            return CtxAccess(True) if size == 4 and not sign_ext else None
+    if any(_in(off, f) for f in ("remote_ip6", "local_ip6", "remote_ip4", "local_ip4")):
+        return CtxAccess(True) if size == 4 else None
+    if _in(off, "flow_keys"):
+        return None
+    if _in(off, "hwtstamp"):
+        return CtxAccess(True) if not write and size == 8 else None
+    if _in(off, "tstamp"):
+        return CtxAccess(True) if size == 8 else None
+    if _in(off, "sk"):
+        if off == SK_BUFF_FIELDS["sk"][0] and not write and size == 8:
+            return CtxAccess(True, PTR_TO_SOCK_COMMON, PTR_MAYBE_NULL)
+        return None
+    if _in(off, "tstamp_type") or _in(off, "_pad"):
+        return None
+    if write:
+        return CtxAccess(True) if size == 4 else None
+    if not _narrow_ok(size, 4):
+        return None
+    return CtxAccess(True, field_size=4 if size < 4 else 0)
+
+
+def _skb_rules(denied: tuple, writable: tuple, pointers: tuple, tstamp_type: bool = False):
+    """An is_valid_access for one __sk_buff program type: fields it may never touch, fields it
+    may write, the packet pointer fields it may read."""
+
+    def rule(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+        if any(_in(off, f) if f != "family..local_port" else _in_range(off, "family",
+                                                                          "local_port")
+               for f in denied):
+            return None
+        if write and not any(_in(off, f) for f in writable):
+            return None
+        if tstamp_type and off == SK_BUFF_FIELDS["tstamp_type"][0]:
+            return CtxAccess(True) if size == 1 else None
+        res = _skb_access(off, size, write, sign_ext)
+        if res is None:
+            return None
+        for name in pointers:
+            if _in(off, name):
+                return CtxAccess(True, _SKB_POINTERS[name])
+        return res
+    return rule
+
+
+_POINTERS_ALL = ("data", "data_meta", "data_end")
+_SK_FILTER = _skb_rules(
+    denied=("tc_classid", "data", "data_meta", "data_end", "family..local_port", "tstamp",
+            "wire_len", "hwtstamp"),
+    writable=("cb",), pointers=())
+_TC_CLS_ACT = _skb_rules(
+    denied=("family..local_port",),
+    writable=("mark", "tc_index", "priority", "tc_classid", "cb", "tstamp", "queue_mapping"),
+    pointers=_POINTERS_ALL, tstamp_type=True)
+_CG_SKB = _skb_rules(
+    denied=("tc_classid", "data_meta", "wire_len"),
+    writable=("mark", "priority", "cb", "tstamp"), pointers=("data", "data_end"))
+_LWT = _skb_rules(
+    denied=("tc_classid", "family..local_port", "data_meta", "tstamp", "wire_len", "hwtstamp"),
+    writable=("mark", "priority", "cb"), pointers=("data", "data_end"))
+
+_XDP_POINTERS = {"data": PTR_TO_PACKET, "data_meta": PTR_TO_PACKET_META,
+                 "data_end": PTR_TO_PACKET_END}
+
+
+def _xdp(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+    # egress_ifindex only for BPF_XDP_DEVMAP programs; writes only for offloaded programs
+    if off == XDP_MD_FIELDS["egress_ifindex"][0] or write:
+        return None
+    if off < 0 or off >= SIZEOF_XDP_MD or off % size or size != 4:
+        return None
+    for name, t in _XDP_POINTERS.items():
+        if off == XDP_MD_FIELDS[name][0]:
+            return None if sign_ext else CtxAccess(True, t)
+    return CtxAccess(True)
+
+
+def _kprobe(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+    if off < 0 or off >= SIZEOF_PT_REGS or write or off % size or off + size > SIZEOF_PT_REGS:
+        return None
+    return CtxAccess(True)
+
+
+def _tracepoint(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+    # the kernel's unsigned `off < sizeof(void *)` lets negative offsets through: see above
+    if off < 8 or off >= PERF_MAX_TRACE_SIZE or write or off % size:
+        return None
+    return CtxAccess(True)
+
+
+def _syscall(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+    if off < 0 or off >= U16_MAX or off % size:
+        return None
+    return CtxAccess(True)
+
+
+_RULES = {"socket_filter": _SK_FILTER, "sched_cls": _TC_CLS_ACT, "cgroup_skb": _CG_SKB,
+          "lwt_in": _LWT, "xdp": _xdp, "kprobe": _kprobe, "tracepoint": _tracepoint,
+          "syscall": _syscall, "mem": _syscall}
+assert set(_RULES) == set(PROG_TYPES)
+
+# What the ctx holds past the struct: the largest offset + 1 an access may reach
+CTX_LIMIT = {"socket_filter": SIZEOF_SK_BUFF, "sched_cls": SIZEOF_SK_BUFF,
+             "cgroup_skb": SIZEOF_SK_BUFF, "lwt_in": SIZEOF_SK_BUFF, "xdp": SIZEOF_XDP_MD,
+             "kprobe": SIZEOF_PT_REGS, "tracepoint": PERF_MAX_TRACE_SIZE, "syscall": U16_MAX,
+             "mem": U16_MAX}
+
+# Types whose context size is the caller's (r1 copied from user memory): a run must supply at
+# least max_ctx_offset bytes (BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall).
+CALLER_SIZED = frozenset({"syscall", "mem", "tracepoint", "kprobe"})
+
+
+def ctx_access(prog_type: str, off: int, size: int, write: bool, *,
+               sign_ext: bool = False) -> CtxAccess:
+    """Whether a ``size``-byte load (``write=False``; ``sign_ext`` for ldsx) or store at
+    ``off`` of ``prog_type``'s context is allowed, and what a load yields.
+
+    ``off`` is the whole offset (the register's fixed offset is always 0 here: the kernel
+    refuses ``dereference of modified ctx ptr`` before it asks). KeyError for an unknown type.
+    """
+    res = _RULES[prog_type](off, size, write, sign_ext)
+    return res if res is not None else _refuse(off, size)
+
+
+def field_name(prog_type: str, off: int) -> str | None:
+    """The context field at ``off`` (``data_end``, ``cb[2]``...), for logs and explanations."""
+    fields = {"xdp": XDP_MD_FIELDS}.get(prog_type, SK_BUFF_FIELDS
+                                       if CTX_STRUCT.get(prog_type) == "__sk_buff" else None)
+    if fields is None:
+        return None
+    for name, (start, size) in fields.items():
+        if start <= off < start + size:
+            if name in ("cb", "remote_ip6", "local_ip6"):
+                return f"{name}[{(off - start) // 4}]"
+            return name
+    return None
+
+
+# --- socket pointers (net/core/filter.c bpf_sock_is_valid_access, bpf_sock_common_...) --------
+# struct bpf_sock (include/uapi/linux/bpf.h): field -> (offset, size); 80 bytes
+BPF_SOCK_FIELDS: dict[str, tuple[int, int]] = {
+    "bound_dev_if": (0, 4), "family": (4, 4), "type": (8, 4), "protocol": (12, 4),
+    "mark": (16, 4), "priority": (20, 4), "src_ip4": (24, 4), "src_ip6": (28, 16),
+    "src_port": (44, 4), "dst_port": (48, 2), "_pad": (50, 2), "dst_ip4": (52, 4),
+    "dst_ip6": (56, 16), "state": (72, 4), "rx_queue_mapping": (76, 4),
+}
+SIZEOF_BPF_SOCK = 80
+_SOCK_NARROW = ("state", "family", "type", "protocol", "src_port", "rx_queue_mapping",
+                "src_ip4", "src_ip6", "dst_ip4", "dst_ip6")
+
+
+def sock_access(reg_type: str, off: int, size: int) -> bool:
+    """Whether a ``size``-byte load at ``off`` of a socket pointer is allowed (check_sock_access;
+    stores are refused before: ``R%d cannot write into %s``). ``reg_type`` is "sock_common"
+    (``__sk_buff.sk``: bpf_sock_common_is_valid_access, no type..priority) or "sock". The
+    kernel's refusal is ``R%d invalid %s access off=%d size=%d``."""
+    if reg_type == "sock_common" and BPF_SOCK_FIELDS["type"][0] <= off < \
+            sum(BPF_SOCK_FIELDS["priority"]):
+        return False
+    if reg_type not in ("sock", "sock_common"):
+        return False
+    if off < 0 or off >= SIZEOF_BPF_SOCK or off % size:
+        return False
+
+    def at(name):
+        start, n = BPF_SOCK_FIELDS[name]
+        return start <= off < start + n
+    # the kernel's switch matches exact offsets for the scalar fields, ranges for the addresses
+    for name in _SOCK_NARROW:
+        start, n = BPF_SOCK_FIELDS[name]
+        if off == start or (n > 4 or name in ("src_ip4", "dst_ip4")) and at(name):
+            return _narrow_ok(size, 4)
+    if at("dst_port"):
+        field = 4 if size == 4 else 2
+        return _narrow_ok(size, field)
+    if at("_pad"):
+        return False
+    return size == 4

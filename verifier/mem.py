@@ -1,0 +1,830 @@
+"""Pointer arithmetic, every memory access, and what conditional jumps teach about pointers.
+
+The kernel's adjust_reg_min_max_vals / adjust_ptr_min_max_vals (ALU on pointers),
+check_mem_access (stack with slot tracking, map values, packets against data_end, ctx, mem,
+arena), check_atomic, check_helper_mem_access (for :mod:`.calls`) and check_cond_jmp_op's
+pointer side (null checks marking every copy by id, find_good_pkt_pointers). Messages are the
+kernel's (Linux 6.18) word for word. Privilege is root's (allow_ptr_leaks, allow_uninit_stack,
+bypass_spec_v1/v4), as the oracle runs.
+"""
+from __future__ import annotations
+
+import errno
+
+from . import bounds
+from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_RDONLY, NOT_INIT,
+                    PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
+                    PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
+                    PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
+                    PTR_TO_SOCK_COMMON, PTR_TO_SOCKET, PTR_TO_STACK, PTR_TO_TCP_SOCK,
+                    SCALAR_ADD_CONST,
+                    PTR_TO_TP_BUFFER, SCALAR_VALUE, STACK_INVALID, STACK_MISC,
+                    STACK_SPILL, STACK_ZERO, Reg, Slot, type_str)
+
+BPF_MAX_VAR_OFF = 1 << 29
+MAX_PACKET_OFF = 0xFFFF
+S64_MIN = -(1 << 63)
+ALU_STR = {"add": "+=", "sub": "-=", "mul": "*=", "div": "/=", "or": "|=", "and": "&=",
+           "lsh": "<<=", "rsh": ">>=", "neg": "neg", "mod": "%=", "xor": "^=", "mov": "=",
+           "arsh": "s>>=", "end": "endian", "sdiv": "/=", "smod": "%="}
+BPF_F_RDONLY_PROG = 1 << 7
+BPF_F_WRONLY_PROG = 1 << 8
+
+_ARITH_OK = {PTR_TO_CTX, PTR_TO_MAP_VALUE, PTR_TO_MAP_KEY, PTR_TO_STACK, PTR_TO_PACKET_META,
+             PTR_TO_PACKET, PTR_TO_TP_BUFFER, PTR_TO_BTF_ID, PTR_TO_MEM, PTR_TO_BUF, PTR_TO_FUNC}
+
+
+def _s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >> 31 else v
+
+
+# --- ALU ----------------------------------------------------------------------------------------
+def adjust_reg(chk, op: str, dst: Reg, src: Reg, is64: bool, insn, src_is_reg: bool) -> Reg:
+    """adjust_reg_min_max_vals: the new value of dst after ``dst op= src``."""
+    if dst.type == PTR_TO_ARENA:
+        return dst                  # any arithmetic is allowed on arena pointers
+    if src.type != SCALAR_VALUE:
+        if dst.type != SCALAR_VALUE:
+            if op == "sub" and is64 or op == "sub":
+                return Reg.scalar(None, chk.origin("a pointer difference"))
+            chk.error(f"R{insn.dst} pointer {ALU_STR[op]} pointer prohibited")
+        if src.type == PTR_TO_ARENA:
+            return src.replace() if is64 else Reg.scalar(None, chk.origin("arena arithmetic"))
+        return adjust_ptr(chk, op, src, dst, is64, insn, scalar_is_dst=True)
+    if dst.type != SCALAR_VALUE:
+        return adjust_ptr(chk, op, dst, src, is64, insn, scalar_is_dst=False,
+                          src_is_reg=src_is_reg)
+    r = Reg(SCALAR_VALUE, var=bounds.scalar_alu(op, dst.var, src.var, is64),
+            origin=dst.origin)
+    r.precise = dst.precise
+    if op == "add" and is64 and dst.id and src.var.is_const():
+        # rX += K keeps rX linked to its copies, K apart (BPF_ADD_CONST), once
+        val = src.var.const_value()
+        if not dst.flags & SCALAR_ADD_CONST and val <= 0x7FFFFFFF:
+            r.id, r.flags, r.off = dst.id, SCALAR_ADD_CONST, val
+    return r
+
+
+def adjust_ptr(chk, op: str, ptr: Reg, off: Reg, is64: bool, insn, scalar_is_dst: bool,
+               src_is_reg: bool = True) -> Reg:
+    """adjust_ptr_min_max_vals: pointer +/- scalar (the kernel's rules for root)."""
+    dst = insn.dst
+    if src_is_reg and not scalar_is_dst and insn.src != insn.dst and not off.precise:
+        chk.set_reg(insn.src, off.replace(precise=True))
+    v = off.var
+    known = v.is_const()
+    if not is64:
+        if op == "sub":
+            return Reg.scalar(None, chk.origin("32-bit pointer arithmetic"))
+        chk.error(f"R{dst} 32-bit pointer arithmetic prohibited")
+    if ptr.flags & PTR_MAYBE_NULL:
+        chk.error(f"R{dst} pointer arithmetic on {ptr.type_str()} prohibited, "
+                  f"null-check it first")
+    t = ptr.type
+    if t not in _ARITH_OK:
+        ok = False
+        if t == PTR_TO_FLOW_KEYS and known:
+            ok = True
+        elif t == CONST_PTR_TO_MAP and known and v.smin == 0 and op == "add":
+            ok = True
+        if not ok:
+            chk.error(f"R{dst} pointer arithmetic on {ptr.type_str()} prohibited")
+    if (known and (v.smin != v.smax or v.umin != v.umax)) or v.smin > v.smax or v.umin > v.umax:
+        return Reg.scalar(None, chk.origin("an impossible offset"))
+    _sane_offset(chk, off, ptr.type)
+    _sane_offset(chk, ptr, ptr.type)
+    smin = v.smin
+    if op == "add":
+        if known and ptr.off + smin == _s32(ptr.off + smin) and -(1 << 31) <= ptr.off + smin < (1 << 31):
+            res = ptr.replace(off=ptr.off + smin)
+        else:
+            var = bounds.scalar_alu("add", ptr.var, v, True)
+            res = ptr.replace(var=var)
+            if t in PACKET_TYPES:
+                res = res.replace(id=chk.new_id(), range=0)
+    elif op == "sub":
+        if scalar_is_dst:
+            chk.error(f"R{dst} tried to subtract pointer from scalar")
+        if t == PTR_TO_STACK:
+            chk.error(f"R{dst} subtraction from stack pointer prohibited")
+        if known and -(1 << 31) <= ptr.off - smin < (1 << 31):
+            res = ptr.replace(off=ptr.off - smin)
+        else:
+            var = bounds.scalar_alu("sub", ptr.var, v, True)
+            res = ptr.replace(var=var)
+            if t in PACKET_TYPES:
+                res = res.replace(id=chk.new_id(), range=ptr.range if v.smin >= 0 else 0)
+    elif op in ("and", "or", "xor"):
+        chk.error(f"R{dst} bitwise operator {ALU_STR[op]} on pointer prohibited")
+    else:
+        chk.error(f"R{dst} pointer arithmetic with {ALU_STR[op]} operator prohibited")
+    _sane_offset(chk, res, ptr.type)
+    return res
+
+
+def _sane_offset(chk, reg: Reg, ptype) -> None:
+    """check_reg_sane_offset."""
+    tstr = type_str(ptype)
+    v = reg.var
+    known = v.is_const()
+    val = v.smin if known else 0
+    if known and (val >= BPF_MAX_VAR_OFF or val <= -BPF_MAX_VAR_OFF):
+        chk.error(f"math between {tstr} pointer and {val} is not allowed", errno.EINVAL)
+    if reg.off >= BPF_MAX_VAR_OFF or reg.off <= -BPF_MAX_VAR_OFF:
+        chk.error(f"{tstr} pointer offset {reg.off} is not allowed", errno.EINVAL)
+    if v.smin == S64_MIN:
+        chk.error(f"math between {tstr} pointer and register with unbounded min value is not "
+                  f"allowed", errno.EINVAL)
+    if v.smin >= BPF_MAX_VAR_OFF or v.smin <= -BPF_MAX_VAR_OFF:
+        chk.error(f"value {v.smin} makes {tstr} pointer be out of bounds", errno.EINVAL)
+
+
+# --- memory access ------------------------------------------------------------------------------
+def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_regno: int,
+                     signed: bool = False, imm: int | None = None, helper: bool = False,
+                     strict: bool = False) -> None:
+    """check_mem_access: ``size`` bytes at reg + off; a load sets ``value_regno``."""
+    reg = chk.reg(regno)
+    t, flags = reg.type, reg.flags
+    pc = chk.pc
+    chk.access.setdefault(pc, set()).add(int(t) if not flags & PTR_MAYBE_NULL else -1)
+    if flags & PTR_MAYBE_NULL:
+        chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
+    if t == PTR_TO_STACK:
+        _stack_access(chk, regno, reg, off, size, write, value_regno, imm, signed)
+        return
+    _check_alignment(chk, reg, off, size, strict)
+    off += reg.off
+    if t == PTR_TO_MAP_VALUE:
+        m = reg.map
+        if write and value_regno >= 0 and chk.reg(value_regno).is_pointer:
+            pass                                    # root may store pointers into maps
+        if write and (m.flags & BPF_F_RDONLY_PROG or reg.flags & MEM_RDONLY):
+            chk.error(f"write into map forbidden, value_size={m.value_size} off={off} "
+                      f"size={size}")
+        if not write and m.flags & BPF_F_WRONLY_PROG:
+            chk.error(f"read from map forbidden, value_size={m.value_size} off={off} "
+                      f"size={size}")
+        _region_access(chk, regno, reg, off, size, m.value_size, "map_value")
+        _load_result(chk, value_regno, write, size, signed, f"a load from map '{m.name}'")
+    elif t == PTR_TO_MAP_KEY:
+        if write:
+            chk.error(f"write to change key R{regno} not allowed")
+        _region_access(chk, regno, reg, off, size, reg.map.key_size, "map_key")
+        _load_result(chk, value_regno, write, size, signed, "a map key")
+    elif t == PTR_TO_MEM:
+        if write and flags & MEM_RDONLY:
+            chk.error(f"R{regno} cannot write into {reg.type_str()}")
+        _region_access(chk, regno, reg, off, size, reg.mem_size, "mem")
+        _load_result(chk, value_regno, write, size, signed, "a load from memory")
+    elif t == PTR_TO_CTX:
+        _ctx_access(chk, regno, reg, off, size, write, value_regno, signed)
+    elif t in PACKET_TYPES:
+        if write and not _may_write_packet(chk.prog_type):
+            chk.error("cannot write into packet")
+        _packet_access(chk, regno, reg, off, size)
+        _load_result(chk, value_regno, write, size, signed, "a packet load")
+    elif t == PTR_TO_ARENA:
+        _load_result(chk, value_regno, write, size, signed, "an arena load")
+    elif t == PTR_TO_FLOW_KEYS:
+        chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
+    else:
+        chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
+
+
+def _load_result(chk, value_regno: int, write: bool, size: int, signed: bool, what: str):
+    if write or value_regno < 0:
+        return
+    chk.set_reg(value_regno, Reg.scalar(bounds.load_result(size, signed), chk.origin(what)))
+
+
+_ALIGN_DESC = {PTR_TO_MAP_VALUE: "value ", PTR_TO_MAP_KEY: "key ", PTR_TO_CTX: "context ",
+               PTR_TO_STACK: "stack ", PTR_TO_FLOW_KEYS: "flow keys "}
+
+
+def _tnum_short(v) -> str:
+    return str(v.smin) if v.is_const() else str(v.var_off)
+
+
+def _check_alignment(chk, reg: Reg, off: int, size: int, strict: bool = False) -> None:
+    """check_ptr_alignment: x86 is strict only for the stack and for atomics."""
+    if not strict or size == 1:
+        return
+    v = reg.var
+    if reg.type in PACKET_TYPES:
+        return
+    if v.var_off.mask & (size - 1) or (v.var_off.value + reg.off + off) & (size - 1):
+        chk.error(f"misaligned {_ALIGN_DESC.get(reg.type, '')}access off "
+                  f"{_tnum_short(v)}+{reg.off}+{off} size {size}")
+
+
+def _region_access(chk, regno: int, reg: Reg, off: int, size: int, mem_size: int,
+                   kind: str, zero_ok: bool = False) -> None:
+    """check_mem_region_access: fixed ``off`` plus the register's variable bounds."""
+    v = reg.var
+    if v.smin < 0 and (v.smin == S64_MIN or off + v.smin != _s32(off + v.smin)
+                       or v.smin + off < 0):
+        chk.error(f"R{regno} min value is negative, either use unsigned index or do a if "
+                  f"(index >=0) check.")
+    if not _mem_ok(v.smin + off, size, mem_size, zero_ok):
+        _bad_mem(chk, regno, reg, v.smin + off, size, mem_size, kind)
+        chk.error(f"R{regno} min value is outside of the allowed memory range")
+    if v.umax >= BPF_MAX_VAR_OFF:
+        chk.error(f"R{regno} unbounded memory access, make sure to bounds check any such "
+                  f"access")
+    if not _mem_ok(v.umax + off, size, mem_size, zero_ok):
+        _bad_mem(chk, regno, reg, v.umax + off, size, mem_size, kind)
+        chk.error(f"R{regno} max value is outside of the allowed memory range")
+
+
+def _mem_ok(off: int, size: int, mem_size: int, zero_ok: bool) -> bool:
+    size_ok = size > 0 or (size == 0 and zero_ok)
+    return off >= 0 and size_ok and off + size <= mem_size
+
+
+def _bad_mem(chk, regno, reg, off, size, mem_size, kind) -> None:
+    """__check_mem_access's message; raised at once for a constant offset."""
+    if kind == "map_value":
+        msg = f"invalid access to map value, value_size={mem_size} off={off} size={size}"
+    elif kind == "map_key":
+        msg = f"invalid access to map key, key_size={mem_size} off={off} size={size}"
+    elif kind == "packet":
+        msg = (f"invalid access to packet, off={off} size={size}, "
+               f"R{regno}(id={reg.id},off={off},r={mem_size})")
+    else:
+        msg = f"invalid access to memory, mem_size={mem_size} off={off} size={size}"
+    chk.log.line(msg)
+
+
+def _packet_access(chk, regno: int, reg: Reg, off: int, size: int) -> None:
+    """check_packet_access: the fixed offset against the range proven by data_end compares."""
+    if reg.var.smin < 0:
+        chk.error(f"R{regno} min value is negative, either use unsigned index or do a if "
+                  f"(index >=0) check.")
+    if reg.range < 0 or not _mem_ok(off, size, reg.range, False):
+        _bad_mem(chk, regno, reg, off, size, reg.range, "packet")
+        chk.error(f"R{regno} offset is outside of the packet")
+    chk.max_pkt_offset = max(chk.max_pkt_offset, off + reg.var.umax + size - 1)
+
+
+def _may_write_packet(prog_type: str) -> bool:
+    """may_access_direct_pkt_data for BPF_WRITE."""
+    return prog_type in ("sched_cls", "xdp", "lwt_xmit", "sk_skb", "sk_msg")
+
+
+def _ctx_access(chk, regno, reg, off, size, write, value_regno, signed) -> None:
+    """check_ctx_access (after check_ptr_off_reg), rules from :mod:`.ctx` (CALLS)."""
+    if chk.prog_type == "mem":
+        # pybpf's mem type (and syscall): r1 is the memory; constant or bounded offsets
+        v = reg.var
+        lo, hi = v.smin + off, v.umax + off
+        if v.smin < 0 or lo < 0 or hi + size > 0xFFFF or (v.is_const() and lo % size):
+            if v.is_const():
+                chk.error(f"invalid bpf_context access off={lo} size={size}")
+            chk.error(f"R{regno} unbounded memory access, make sure to bounds check any such "
+                      f"access")
+        chk.max_ctx_offset = max(chk.max_ctx_offset, hi + size)
+        _load_result(chk, value_regno, write, size, signed, "a load from the mem buffer")
+        return
+    if reg.off < 0:
+        chk.error(f"negative offset ctx ptr R{regno} off={reg.off} disallowed")
+    if reg.off:
+        chk.error(f"dereference of modified ctx ptr R{regno} off={reg.off} disallowed")
+    if not reg.var.is_const() or reg.var.const_value():
+        chk.error(f"variable ctx access var_off={reg.var.var_off} disallowed")
+    res = ctx_field(chk, off, size, write, signed)
+    if res is None:
+        chk.error(f"invalid bpf_context access off={off} size={size}")
+    chk.max_ctx_offset = max(chk.max_ctx_offset, off + size)
+    rtype, rflags = res
+    if not write and value_regno >= 0:
+        if rtype == SCALAR_VALUE:
+            _load_result(chk, value_regno, False, size, signed, "a context field")
+        else:
+            names = {PTR_TO_PACKET: "ctx->data", PTR_TO_PACKET_END: "ctx->data_end",
+                     PTR_TO_PACKET_META: "ctx->data_meta"}
+            r = Reg.pointer(rtype, rflags, origin=chk.origin(names.get(rtype, "ctx")))
+            if rflags & PTR_MAYBE_NULL:
+                r = r.replace(id=chk.new_id())
+            chk.set_reg(value_regno, r)
+
+
+def ctx_field(chk, off: int, size: int, write: bool, signed: bool = False):
+    """(type, flags) a ctx access yields, None if the program type refuses it (:mod:`.ctx`)."""
+    from . import ctx as ctxmod
+    try:
+        res = ctxmod.ctx_access(chk.prog_type, off, size, write, sign_ext=signed)
+    except KeyError:
+        return None
+    if not res.ok:
+        return None
+    return res.type, res.flags
+
+
+# --- the stack ----------------------------------------------------------------------------------
+def _stack_frame(chk, reg: Reg):
+    return chk.state.frames[reg.frameno]
+
+
+def _stack_access(chk, regno, reg, off, size, write, value_regno, imm, signed,
+                  helper: bool = False) -> None:
+    """check_stack_access_within_bounds + the fixed/variable-offset read and write paths."""
+    v = reg.var
+    full = off + reg.off
+    extra = " write to" if write else " read from"
+    # check_ptr_alignment: stack accesses must be aligned (spill tracking relies on it)
+    if not helper:
+        _check_alignment(chk, reg, off, size, True)
+    if v.is_const():
+        min_off = v.smin + full
+        max_off = min_off + size
+    else:
+        if v.smax >= BPF_MAX_VAR_OFF or v.smin <= -BPF_MAX_VAR_OFF:
+            chk.error(f"invalid unbounded variable-offset{extra} stack R{regno}")
+        min_off = v.smin + full
+        max_off = v.smax + full + size
+    if min_off < -MAX_BPF_STACK or min_off > -1 or max_off > 0:
+        if v.is_const():
+            chk.error(f"invalid{extra} stack R{regno} off={min_off} size={size}")
+        chk.error(f"invalid variable-offset{extra} stack R{regno} var_off={v.var_off} "
+                  f"off={full} size={size}")
+    frame = _stack_frame(chk, reg)
+    _grow(chk, frame, -min_off)
+    if helper:
+        return
+    if write:
+        if v.is_const():
+            _stack_write_fixed(chk, frame, min_off, size, value_regno, imm)
+        else:
+            _stack_write_var(chk, frame, min_off, max_off, value_regno, imm)
+    else:
+        if v.is_const():
+            _stack_read_fixed(chk, frame, min_off, size, value_regno, signed)
+        else:
+            _stack_read_var(chk, frame, min_off, max_off, value_regno)
+
+
+def _grow(chk, frame, depth: int) -> None:
+    """update_stack_depth for the frame's subprogram."""
+    start = chk.subprog_starts[frame.subprogno] if frame.subprogno < len(
+        chk.subprog_starts) else 0
+    if depth > chk.stack_depth.get(start, 0):
+        chk.stack_depth[start] = depth
+    if depth > frame.allocated_stack:
+        frame.allocated_stack = depth
+
+
+def _slot_bytes(off: int, size: int):
+    """(spi, byte index in slot_type) for each byte of [off, off + size), kernel indexing."""
+    for i in range(size):
+        a = off + i
+        slot = -a - 1
+        yield slot // BPF_REG_SIZE, slot % BPF_REG_SIZE
+
+
+def _set_types(frame, spi: int, types: str, spilled) -> None:
+    frame.stack[spi] = Slot(types, spilled)
+
+
+def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -> None:
+    """check_stack_write_fixed_off."""
+    spi = (-off - 1) // BPF_REG_SIZE
+    slot = frame.stack.get(spi) or Slot()
+    reg = chk.reg(value_regno) if value_regno >= 0 else None
+    aligned8 = off % BPF_REG_SIZE == 0
+    cur_frame = chk.state.cur
+    if reg is not None and aligned8 and reg.type == SCALAR_VALUE:
+        fits = _reg_width(reg) <= 8 * size
+        if fits and not reg.id and not reg.var.is_const():
+            reg = reg.replace(id=chk.new_id())      # link the spill with the register
+            chk.set_reg(value_regno, reg)
+        _save_spill(frame, spi, slot, reg if fits else reg.replace(id=0), size)
+    elif reg is None and aligned8 and imm is not None:
+        _save_spill(frame, spi, slot, Reg.scalar(imm & ((1 << 64) - 1)), size)
+    elif reg is not None and reg.is_pointer:
+        if size != BPF_REG_SIZE:
+            chk.error("invalid size of register spill")
+        if frame is not cur_frame and reg.type == PTR_TO_STACK:
+            chk.error("cannot spill pointers to stack into stack frame of the caller",
+                      errno.EINVAL)
+        _save_spill(frame, spi, slot, reg, size)
+    else:
+        zero = (reg is not None and reg.is_const() and reg.const_value() == 0) or \
+            (reg is None and imm == 0)
+        new = STACK_ZERO if zero else STACK_MISC
+        types = list(slot.types)
+        if any(c in "rdif" for c in types):       # scrub a spilled reg / special slot
+            types = [STACK_MISC if c in "rdif" else c for c in types]
+        for s, idx in _slot_bytes(off, size):
+            types[idx] = new
+        _set_types(frame, spi, "".join(types), None)
+
+
+def _reg_width(reg: Reg) -> int:
+    """get_reg_width: bits needed for the scalar's unsigned maximum."""
+    return max(reg.var.umax.bit_length(), 0)
+
+
+def _save_spill(frame, spi: int, slot: Slot, reg: Reg, size: int) -> None:
+    """save_register_state: the top ``size`` kernel indexes become STACK_SPILL."""
+    types = list(slot.types)
+    for i in range(BPF_REG_SIZE, BPF_REG_SIZE - size, -1):
+        types[i - 1] = STACK_SPILL
+    for i in range(BPF_REG_SIZE - size, 0, -1):
+        c = types[i - 1]
+        if c == STACK_ZERO or c == STACK_INVALID:     # mark_stack_slot_misc (root)
+            continue
+        types[i - 1] = STACK_MISC
+    frame.stack[spi] = Slot("".join(types), reg)
+
+
+def _stack_write_var(chk, frame, min_off: int, max_off: int, value_regno: int, imm) -> None:
+    """check_stack_write_var_off: every byte in range becomes MISC (or stays ZERO for zero)."""
+    reg = chk.reg(value_regno) if value_regno >= 0 else None
+    zero = (reg is not None and reg.is_const() and reg.const_value() == 0) or \
+        (reg is None and imm == 0)
+    touched: dict[int, list] = {}
+    for spi, idx in _slot_bytes(min_off, max_off - min_off):
+        if spi not in touched:
+            touched[spi] = list((frame.stack.get(spi) or Slot()).types)
+        c = touched[spi][idx]
+        touched[spi][idx] = STACK_ZERO if zero and c == STACK_ZERO else STACK_MISC
+    for spi, types in touched.items():
+        old = frame.stack.get(spi)
+        if old is not None and old.spilled is not None:
+            types = [STACK_MISC if c == STACK_SPILL else c for c in types]
+        frame.stack[spi] = Slot("".join(types), None)
+
+
+def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed: bool) -> None:
+    """check_stack_read_fixed_off."""
+    spi = (-off - 1) // BPF_REG_SIZE
+    slot = frame.stack.get(spi) or Slot()
+    stype = slot.types
+    if slot.spilled is not None and stype[BPF_REG_SIZE - 1] == STACK_SPILL:
+        reg = slot.spilled
+        spill_size = 1
+        i = BPF_REG_SIZE - 1
+        while i > 0 and stype[i - 1] == STACK_SPILL:
+            spill_size += 1
+            i -= 1
+        if size != BPF_REG_SIZE or spill_size != BPF_REG_SIZE:
+            if reg.type != SCALAR_VALUE:
+                chk.error("invalid size of register fill")
+            if value_regno < 0:
+                return
+            if size <= spill_size and off % BPF_REG_SIZE == 0:
+                if _reg_width(reg) <= 8 * size and not signed:
+                    chk.set_reg(value_regno, reg.replace(id=0))
+                else:
+                    _load_result(chk, value_regno, False, size, signed, "a stack fill")
+            else:
+                spill_cnt = zero_cnt = 0
+                for s, idx in _slot_bytes(off, size):
+                    c = stype[idx]
+                    if c == STACK_SPILL:
+                        spill_cnt += 1
+                    elif c == STACK_ZERO:
+                        zero_cnt += 1
+                if (spill_cnt == size and reg.is_const() and reg.const_value() == 0) or \
+                        zero_cnt == size:
+                    chk.set_reg(value_regno, Reg.scalar(0, chk.origin("a zeroed stack slot")))
+                else:
+                    _load_result(chk, value_regno, False, size, signed, "a stack read")
+            return
+        if value_regno >= 0:
+            chk.set_reg(value_regno, reg)
+        return
+    if value_regno < 0:
+        return
+    zero = all(stype[idx] == STACK_ZERO for _, idx in _slot_bytes(off, size))
+    if zero:
+        chk.set_reg(value_regno, Reg.scalar(0, chk.origin("a zeroed stack slot")))
+    else:
+        _load_result(chk, value_regno, False, size, signed, "a stack read")
+
+
+def _stack_read_var(chk, frame, min_off: int, max_off: int, value_regno: int) -> None:
+    """check_stack_read_var_off: the result is unknown (zero if every byte is zero)."""
+    zero = True
+    for spi, idx in _slot_bytes(min_off, max_off - min_off):
+        slot = frame.stack.get(spi) or Slot()
+        c = slot.types[idx]
+        if c != STACK_ZERO:
+            zero = False
+            if c == STACK_SPILL and slot.spilled is not None and \
+                    slot.spilled.type != SCALAR_VALUE:
+                pass     # root: a pointer read through a variable offset becomes a scalar
+    if value_regno >= 0:
+        if zero:
+            chk.set_reg(value_regno, Reg.scalar(0, chk.origin("a zeroed stack range")))
+        else:
+            chk.mark_unknown(value_regno, "a variable-offset stack read")
+
+
+# --- atomics ------------------------------------------------------------------------------------
+def check_atomic(chk, form, insn) -> None:
+    """check_atomic: load-acquire/store-release, RMW ops, xchg and cmpxchg."""
+    op, size = form.op, form.size
+    if op == "load_acq":
+        chk.check_reg_read(insn.src)
+        chk.check_reg_write(insn.dst)
+        check_mem_access(chk, insn.src, insn.off, size, False, insn.dst)
+        return
+    if op == "store_rel":
+        chk.check_reg_read(insn.src)
+        chk.check_reg_read(insn.dst)
+        check_mem_access(chk, insn.dst, insn.off, size, True, insn.src)
+        return
+    src = chk.check_reg_read(insn.src)
+    dst = chk.check_reg_read(insn.dst)
+    if op == "cmpxchg":
+        chk.check_reg_read(0)
+    if dst.type not in (PTR_TO_STACK, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_ARENA) or \
+            dst.flags & (PTR_MAYBE_NULL | MEM_RDONLY):
+        if dst.type in (PTR_TO_CTX, PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_FLOW_KEYS):
+            chk.error(f"BPF_ATOMIC stores into R{insn.dst} {dst.type_str()} is not allowed")
+        if dst.flags & PTR_MAYBE_NULL or dst.type not in (PTR_TO_STACK, PTR_TO_MAP_VALUE,
+                                                           PTR_TO_MEM, PTR_TO_ARENA):
+            chk.error(f"R{insn.dst} invalid mem access '{dst.type_str()}'")
+    fetch = op.startswith("fetch_") or op in ("xchg", "cmpxchg")
+    load_reg = (0 if op == "cmpxchg" else insn.src) if fetch else -1
+    # read (into the fetch register: the memory's old value) then write, as the kernel does
+    check_mem_access(chk, insn.dst, insn.off, size, False, -1, strict=True)
+    if load_reg >= 0:
+        check_mem_access(chk, insn.dst, insn.off, size, False, load_reg, strict=True)
+    check_mem_access(chk, insn.dst, insn.off, size, True, -1, strict=True)
+
+
+# --- helper memory arguments (for calls.py) --------------------------------------------------
+def check_helper_mem_access(chk, regno: int, size: int, write: bool,
+                            zero_size_allowed: bool = False) -> None:
+    """check_helper_mem_access: [reg, reg + size) must be valid memory of the right kind."""
+    reg = chk.reg(regno)
+    t = reg.type
+    if size == 0 and zero_size_allowed:
+        return
+    if reg.flags & PTR_MAYBE_NULL:
+        chk.error(f"R{regno} type={reg.type_str()} expected=fp, pkt, pkt_meta, map_key, "
+                  f"map_value, mem, ringbuf_mem, buf, trusted_ptr_")
+    if t in PACKET_TYPES:
+        if write and not _may_write_packet(chk.prog_type):
+            chk.error("cannot write into packet")
+        _packet_access(chk, regno, reg, reg.off, size)
+    elif t == PTR_TO_MAP_KEY:
+        _region_access(chk, regno, reg, reg.off, size, reg.map.key_size, "map_key",
+                       zero_size_allowed)
+    elif t == PTR_TO_MAP_VALUE:
+        if write and reg.map.flags & BPF_F_RDONLY_PROG:
+            chk.error(f"write into map forbidden, value_size={reg.map.value_size} "
+                      f"off={reg.off} size={size}")
+        _region_access(chk, regno, reg, reg.off, size, reg.map.value_size, "map_value",
+                       zero_size_allowed)
+    elif t == PTR_TO_MEM:
+        if write and reg.flags & MEM_RDONLY:
+            chk.error(f"R{regno} cannot write into {reg.type_str()}")
+        _region_access(chk, regno, reg, reg.off, size, reg.mem_size, "mem", zero_size_allowed)
+    elif t == PTR_TO_CTX and chk.prog_type in ("mem", "syscall"):
+        # no convert_ctx_access: the kernel checks the last byte (check_mem_access, BPF_B)
+        _ctx_access(chk, regno, reg, size - 1, 1, write, -1, False)
+    elif t == PTR_TO_STACK:
+        _stack_access(chk, regno, reg, 0, size, write, -1, None, False, helper=True)
+        _helper_stack_effect(chk, reg, size, write)
+    elif t == PTR_TO_ARENA:
+        return
+    else:
+        chk.error(f"R{regno} type={reg.type_str()} expected=fp, pkt, pkt_meta, map_key, "
+                  f"map_value, mem, ringbuf_mem, buf, trusted_ptr_")
+
+
+def _helper_stack_effect(chk, reg: Reg, size: int, write: bool) -> None:
+    """check_stack_range_initialized: a helper that writes the range leaves MISC bytes
+    (spilled registers there are destroyed); reads of uninit bytes are fine for root."""
+    if not write or size <= 0:
+        return
+    v = reg.var
+    lo = v.smin + reg.off
+    hi = v.smax + reg.off + size
+    frame = _stack_frame(chk, reg)
+    touched: dict[int, list] = {}
+    for spi, idx in _slot_bytes(lo, hi - lo):
+        if spi not in touched:
+            touched[spi] = list((frame.stack.get(spi) or Slot()).types)
+        touched[spi][idx] = STACK_MISC
+    for spi, types in touched.items():
+        old = frame.stack.get(spi)
+        if old is not None and old.spilled is not None:
+            types = [STACK_MISC if c == STACK_SPILL else c for c in types]
+        frame.stack[spi] = Slot("".join(types), None)
+
+
+def check_mem_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
+                       zero_size_allowed: bool) -> None:
+    """check_mem_size_reg: ARG_CONST_SIZE[_OR_ZERO] after a memory argument."""
+    size = chk.check_reg_read(size_regno)
+    if not size.precise:
+        chk.set_reg(size_regno, size.replace(precise=True))
+    if size.type != SCALAR_VALUE:
+        chk.error(f"R{size_regno} type={size.type_str()} expected=scalar")
+    v = size.var
+    if v.smin < 0:
+        chk.error(f"R{size_regno} min value is negative, either use unsigned or 'var &= const'")
+    if v.umin == 0 and not zero_size_allowed:
+        chk.error(f"R{size_regno} invalid zero-sized read: u64=[{v.umin},{v.umax}]")
+    if v.umax >= BPF_MAX_VAR_OFF:
+        chk.error(f"R{size_regno} unbounded memory access, use 'var &= const' or 'if (var < "
+                  f"const)'")
+    check_helper_mem_access(chk, mem_regno, v.umax, write, zero_size_allowed and v.umax == 0)
+
+
+# --- conditional jumps --------------------------------------------------------------------------
+_FLIP = {"jeq": "jeq", "jne": "jne", "jset": "jset", "jgt": "jlt", "jlt": "jgt", "jge": "jle",
+         "jle": "jge", "jsgt": "jslt", "jslt": "jsgt", "jsge": "jsle", "jsle": "jsge"}
+
+
+def _not_null(r: Reg) -> bool:
+    """reg_not_null: the pointer types a comparison with 0 can decide."""
+    return not r.flags & PTR_MAYBE_NULL and r.type in _NOT_NULL_TYPES
+
+
+_NOT_NULL_TYPES = {PTR_TO_MAP_VALUE, PTR_TO_MAP_KEY, PTR_TO_MEM, CONST_PTR_TO_MAP,
+                   PTR_TO_SOCKET, PTR_TO_SOCK_COMMON, PTR_TO_TCP_SOCK}
+
+
+def _branch_taken(dst: Reg, src: Reg, op: str, is32: bool) -> int:
+    """is_branch_taken."""
+    if dst.type in (PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_PACKET_END) and \
+            src.type in (PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_PACKET_END) and not is32:
+        return -1
+    if dst.is_pointer or src.is_pointer:
+        r1, r2 = dst, src
+        if not (r2.type == SCALAR_VALUE and r2.var.is_const()):
+            op = _FLIP[op]
+            r1, r2 = r2, r1
+        if not (r2.type == SCALAR_VALUE and r2.var.is_const()):
+            return -1
+        if not _not_null(r1):
+            return -1
+        val = r2.var.const_value() & (0xFFFFFFFF if is32 else (1 << 64) - 1)
+        if val != 0:
+            return -1
+        return {"jeq": 0, "jne": 1}.get(op, -1)
+    return bounds.is_branch_taken(op, dst.var, src.var, is32)
+
+
+def check_cond_jmp(chk, pc: int, form, insn) -> int:
+    """check_cond_jmp_op: decide or split the path; returns the pc to continue at."""
+    op, is32 = form.op, form.width == 32
+    dst = chk.check_reg_read(insn.dst)
+    if form.source == "X":
+        src = chk.check_reg_read(insn.src)
+        src_regno = insn.src
+    else:
+        imm = insn.imm & (0xFFFFFFFF if is32 else (1 << 64) - 1)
+        src = Reg.scalar(imm)
+        src_regno = -1
+    target = pc + 1 + insn.off
+    pred = _branch_taken(dst, src, op, is32)
+    st = chk.state
+    if pred >= 0 and dst.type == SCALAR_VALUE:
+        if not dst.precise:
+            chk.set_reg(insn.dst, dst.replace(precise=True))
+        if src_regno >= 0 and not src.precise and src.type == SCALAR_VALUE:
+            chk.set_reg(src_regno, src.replace(precise=True))
+    if pred == 1:
+        st.branch_path = (pc, True, st.branch_path)
+        return target
+    if pred == 0:
+        st.branch_path = (pc, False, st.branch_path)
+        return pc + 1
+    other = st.copy()                       # the jump-taken state (the kernel's other_branch)
+    other.insn_idx = pc
+    other.branch_path = (pc, True, st.branch_path)
+    st.branch_path = (pc, False, st.branch_path)
+    this_possible = other_possible = True
+    if dst.type == SCALAR_VALUE and src.type == SCALAR_VALUE:
+        (a_t, b_t), (a_f, b_f) = bounds.refine(op, dst.var, src.var, is32)
+        if a_t is None or b_t is None:
+            other_possible = False
+        else:
+            _set_scalar(other, insn.dst, a_t)
+            if src_regno >= 0:
+                _set_scalar(other, src_regno, b_t)
+        if a_f is None or b_f is None:
+            this_possible = False
+        else:
+            _set_scalar(st, insn.dst, a_f)
+            if src_regno >= 0:
+                _set_scalar(st, src_regno, b_f)
+    # null checks: "if rX == 0" / "!= 0" on a maybe-null pointer marks every copy (by id)
+    if not is32 and op in ("jeq", "jne"):
+        if dst.flags & PTR_MAYBE_NULL and src.type == SCALAR_VALUE and src.var.is_const() \
+                and src.var.const_value() == 0:
+            mark_ptr_or_null(st, dst.id, is_null=(op == "jne"))
+            mark_ptr_or_null(other, dst.id, is_null=(op == "jeq"))
+        elif src_regno >= 0 and src.flags & PTR_MAYBE_NULL and dst.type == SCALAR_VALUE and \
+                dst.var.is_const() and dst.var.const_value() == 0:
+            mark_ptr_or_null(st, src.id, is_null=(op == "jne"))
+            mark_ptr_or_null(other, src.id, is_null=(op == "jeq"))
+        elif src_regno >= 0 and dst.is_pointer and src.is_pointer and \
+                bool(dst.flags & PTR_MAYBE_NULL) != bool(src.flags & PTR_MAYBE_NULL):
+            maybe = dst if dst.flags & PTR_MAYBE_NULL else src
+            # equal to a non-null pointer: not null on the "equal" side
+            mark_ptr_or_null(other if op == "jeq" else st, maybe.id, is_null=False)
+    if src_regno >= 0 and not is32:
+        _match_pkt_pointers(chk, op, dst, src, st, other)
+    if not other_possible and not this_possible:
+        return pc + 1
+    if not other_possible:
+        return pc + 1
+    if not this_possible:
+        chk.state = other
+        return target
+    chk.push_branch(other, target)
+    return pc + 1
+
+
+def _set_scalar(state, regno: int, var) -> None:
+    """Store a refined scalar, and give every scalar linked to it by id the same bounds, or
+    the bounds shifted by their constant distance (sync_linked_regs)."""
+    r = state.cur.regs[regno]
+    known = r.replace(var=var)
+    state.cur.regs[regno] = known
+    if not r.id:
+        return
+    rid, kadd, koff = r.id, known.flags & SCALAR_ADD_CONST, known.off
+
+    def fix(x: Reg):
+        if x.id != rid or x.type != SCALAR_VALUE or x is known:
+            return None
+        xadd = x.flags & SCALAR_ADD_CONST
+        if (not xadd and not kadd) or x.off == koff:
+            return x.replace(var=var) if x.var is not var else None
+        delta = bounds.Scalar.const(((x.off if xadd else 0) - (koff if kadd else 0))
+                                    & ((1 << 64) - 1))
+        return x.replace(var=bounds.scalar_alu("add", var, delta, True))
+    state.map_regs(fix)
+
+
+def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:
+    """mark_ptr_or_null_regs: every register and spill with this id becomes NULL (a scalar 0)
+    or the non-null pointer type."""
+    if not ptr_id:
+        return
+
+    def fix(r: Reg):
+        if r.id != ptr_id or not r.flags & PTR_MAYBE_NULL:
+            return None
+        if is_null:
+            return Reg.scalar(0, r.origin)
+        return r.replace(flags=r.flags & ~PTR_MAYBE_NULL, id=0)
+    state.map_regs(fix)
+    if is_null:
+        state.refs.pop(ptr_id, None)
+
+
+def _init_pkt(r: Reg, t) -> bool:
+    return r.type == t and r.off == 0 and r.var.is_const() and r.var.const_value() == 0
+
+
+def _match_pkt_pointers(chk, op: str, dst: Reg, src: Reg, this, other) -> None:
+    """try_match_pkt_pointers: learn packet ranges from comparisons with data_end."""
+    P, E, M = PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META
+    left = (dst.type == P and src.type == E) or (dst.type == M and _init_pkt(src, P))
+    right = (dst.type == E and src.type == P) or (_init_pkt(dst, P) and src.type == M)
+    if op == "jgt":
+        if left:
+            _good_pkt(this, dst, False)
+        elif right:
+            _good_pkt(other, src, True)
+    elif op == "jlt":
+        if left:
+            _good_pkt(other, dst, True)
+        elif right:
+            _good_pkt(this, src, False)
+    elif op == "jge":
+        if left:
+            _good_pkt(this, dst, True)
+        elif right:
+            _good_pkt(other, src, False)
+    elif op == "jle":
+        if left:
+            _good_pkt(other, dst, False)
+        elif right:
+            _good_pkt(this, src, True)
+
+
+def _good_pkt(state, reg: Reg, right_open: bool) -> None:
+    """find_good_pkt_pointers: every packet pointer with reg's id gets range >= reg.off."""
+    if reg.off < 0 or (reg.off == 0 and right_open):
+        return
+    if reg.var.umax > MAX_PACKET_OFF or reg.var.umax + reg.off > MAX_PACKET_OFF:
+        return
+    new_range = reg.off + (1 if right_open else 0)
+
+    def fix(r: Reg):
+        if r.type == reg.type and r.id == reg.id and r.range < new_range:
+            return r.replace(range=new_range)
+        return None
+    state.map_regs(fix)

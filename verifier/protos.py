@@ -1,0 +1,405 @@
+"""The one table of helper and kfunc prototypes, in the kernel's terms (``struct bpf_func_proto``).
+
+Every consumer reads it: the verifier (argument and return checks, :mod:`.calls`), the
+interpreter (run-time pointer checks, :meth:`Prototype.memory_args`) and the JIT (argument counts
+for its bridge), through the runtime's helper registries, which take their prototypes from here.
+Imports flow runtime -> verifier: this module imports nothing from the runtime.
+
+* :data:`HELPERS` kernel helpers by id (``enum bpf_func_id``): return and argument kinds as the
+  kernel names them (``ARG_CONST_MAP_PTR``, ``ARG_PTR_TO_MEM | MEM_RDONLY``, ...),
+  ``gpl_only``, ``pkt_access``, and the program types whose ``get_func_proto`` returns it.
+* :data:`KFUNCS` kfuncs by name (pybpf's ids in :mod:`pybpf.kfunc_ids`): argument kinds as the
+  kernel classifies BTF parameters (``KF_ARG_PTR_TO_MAP`` for ``__map``, ``KF_ARG_IGNORE`` for
+  ``__ign``, ``KF_ARG_SCALAR``...), the ``KF_*`` flags, the C declaration.
+* :data:`UBPF_TEST_HELPERS` the bpf_conformance/uBPF plugin's helpers (ids 0-5 clash with kernel
+  ids, so they are a separate table, used only by ``.data`` files).
+
+Adding a helper: add one :func:`_h` row (kernel prototype from ``net/core/filter.c``,
+``kernel/bpf/helpers.c``, ``kernel/trace/bpf_trace.c``...). Which program types may call a
+kernel helper comes from :data:`KERNEL_HELPER_PROG_TYPES`, measured on Linux 6.18 (a helper
+whose ``get_func_proto`` returns NULL for a type answers ``program of this type cannot use
+helper``); ``tests/test_protos.py`` re-measures it against the running kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pybpf.helper_names import HELPER_IDS, HELPER_NAMES  # noqa: F401  (re-exported)
+from pybpf.kfunc_ids import KFUNC_IDS
+
+# --- argument and return kinds (enum bpf_arg_type, enum bpf_return_type, enum bpf_type_flag) ---
+ARG_ANYTHING = "ARG_ANYTHING"
+ARG_DONTCARE = "ARG_DONTCARE"
+ARG_CONST_MAP_PTR = "ARG_CONST_MAP_PTR"
+ARG_PTR_TO_MAP_KEY = "ARG_PTR_TO_MAP_KEY"
+ARG_PTR_TO_MAP_VALUE = "ARG_PTR_TO_MAP_VALUE"
+ARG_PTR_TO_MEM = "ARG_PTR_TO_MEM"                   # the helper may write [ptr, ptr + size)
+ARG_CONST_SIZE = "ARG_CONST_SIZE"
+ARG_CONST_SIZE_OR_ZERO = "ARG_CONST_SIZE_OR_ZERO"
+ARG_CONST_ALLOC_SIZE_OR_ZERO = "ARG_CONST_ALLOC_SIZE_OR_ZERO"
+ARG_PTR_TO_CTX = "ARG_PTR_TO_CTX"
+ARG_PTR_TO_FUNC = "ARG_PTR_TO_FUNC"
+ARG_PTR_TO_STACK = "ARG_PTR_TO_STACK"
+ARG_PTR_TO_CONST_STR = "ARG_PTR_TO_CONST_STR"       # a NUL-terminated string the helper reads
+ARG_PTR_TO_LONG = "ARG_PTR_TO_LONG"
+ARG_PTR_TO_INT = "ARG_PTR_TO_INT"
+ARG_PTR_TO_SPIN_LOCK = "ARG_PTR_TO_SPIN_LOCK"
+ARG_PTR_TO_BTF_ID = "ARG_PTR_TO_BTF_ID"
+ARG_PTR_TO_DYNPTR = "ARG_PTR_TO_DYNPTR"
+ARG_PTR_TO_TIMER = "ARG_PTR_TO_TIMER"
+ARG_PTR_TO_KPTR = "ARG_PTR_TO_KPTR"
+ARG_PTR_TO_SOCKET = "ARG_PTR_TO_SOCKET"
+ARG_PTR_TO_SOCK_COMMON = "ARG_PTR_TO_SOCK_COMMON"
+ARG_PTR_TO_ARENA = "ARG_PTR_TO_ARENA"
+ARG_PTR_TO_RINGBUF_MEM = "ARG_PTR_TO_RINGBUF_MEM"     # memory bpf_ringbuf_reserve returned
+
+# flags OR'ed onto a base kind; written "BASE|FLAG|FLAG" in the table
+PTR_MAYBE_NULL = "PTR_MAYBE_NULL"
+MEM_RDONLY = "MEM_RDONLY"
+MEM_UNINIT = "MEM_UNINIT"
+MEM_WRITE = "MEM_WRITE"
+MEM_RINGBUF = "MEM_RINGBUF"
+MEM_FIXED_SIZE = "MEM_FIXED_SIZE"
+MEM_ALLOC = "MEM_ALLOC"
+OBJ_RELEASE = "OBJ_RELEASE"
+FLAGS = frozenset({PTR_MAYBE_NULL, MEM_RDONLY, MEM_UNINIT, MEM_WRITE, MEM_RINGBUF,
+                   MEM_FIXED_SIZE, MEM_ALLOC, OBJ_RELEASE, "MEM_USER", "MEM_PERCPU",
+                   "PTR_TRUSTED", "PTR_UNTRUSTED", "MEM_RCU", "DYNPTR_TYPE_LOCAL",
+                   "DYNPTR_TYPE_RINGBUF", "DYNPTR_TYPE_SKB", "DYNPTR_TYPE_XDP"})
+
+# the kernel's composite names (include/linux/bpf.h)
+ARG_PTR_TO_UNINIT_MEM = "ARG_PTR_TO_MEM|MEM_UNINIT|MEM_WRITE"   # the helper fills it
+ARG_PTR_TO_MEM_RDONLY = "ARG_PTR_TO_MEM|MEM_RDONLY"
+ARG_PTR_TO_STACK_OR_NULL = "ARG_PTR_TO_STACK|PTR_MAYBE_NULL"
+ARG_PTR_TO_MAP_VALUE_UNINIT = "ARG_PTR_TO_MAP_VALUE|MEM_UNINIT|MEM_WRITE"
+
+RET_INTEGER = "RET_INTEGER"
+RET_VOID = "RET_VOID"
+RET_PTR_TO_MAP_VALUE = "RET_PTR_TO_MAP_VALUE"
+RET_PTR_TO_MAP_VALUE_OR_NULL = "RET_PTR_TO_MAP_VALUE|PTR_MAYBE_NULL"
+RET_PTR_TO_MEM = "RET_PTR_TO_MEM"
+RET_PTR_TO_MEM_OR_NULL = "RET_PTR_TO_MEM|PTR_MAYBE_NULL"
+RET_PTR_TO_RINGBUF_MEM_OR_NULL = "RET_PTR_TO_MEM|PTR_MAYBE_NULL|MEM_RINGBUF"
+RET_PTR_TO_SOCKET_OR_NULL = "RET_PTR_TO_SOCKET|PTR_MAYBE_NULL"
+RET_PTR_TO_BTF_ID = "RET_PTR_TO_BTF_ID"
+
+# kfunc parameter kinds (enum kfunc_ptr_arg_type plus scalars, kernel/bpf/verifier.c)
+KF_ARG_SCALAR = "KF_ARG_SCALAR"                 # an integer parameter: R%d must be a scalar
+KF_ARG_IGNORE = "KF_ARG_IGNORE"                 # a ``__ign`` parameter: not checked at all
+KF_ARG_PTR_TO_MAP = "KF_ARG_PTR_TO_MAP"         # a ``__map`` parameter: a map pointer
+KF_ARG_PTR_TO_CTX = "KF_ARG_PTR_TO_CTX"
+KF_ARG_PTR_TO_MEM = "KF_ARG_PTR_TO_MEM"
+KF_ARG_PTR_TO_MEM_SIZE = "KF_ARG_PTR_TO_MEM_SIZE"   # a pointer followed by its ``__sz`` size
+KF_ARG_CONST = "KF_ARG_CONST"                   # a ``__k`` parameter: a known constant
+
+# KF_* flags (include/linux/btf.h)
+KF_ACQUIRE, KF_RELEASE, KF_RET_NULL = "KF_ACQUIRE", "KF_RELEASE", "KF_RET_NULL"
+KF_TRUSTED_ARGS, KF_SLEEPABLE, KF_DESTRUCTIVE = "KF_TRUSTED_ARGS", "KF_SLEEPABLE", "KF_DESTRUCTIVE"
+KF_ARENA_RET, KF_ARENA_ARG1, KF_ARENA_ARG2 = "KF_ARENA_RET", "KF_ARENA_ARG1", "KF_ARENA_ARG2"
+
+# the program types pybpf runs (runtime/contexts.py PROG_TYPES; ``mem`` is pybpf's own and may
+# call every helper pybpf implements, as BPF_PROG_TYPE_SYSCALL may call the tracing set)
+PROG_TYPES = ("mem", "syscall", "socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "xdp",
+              "tracepoint", "kprobe")
+
+# Which helper ids each program type's get_func_proto returns, measured on Linux 6.18 by
+# loading ``call N; r0 = 0; exit`` (syscall programs loaded sleepable, as 6.18 requires):
+# "program of this type cannot use helper" and "invalid func" count as refused.
+_MEASURED_6_18 = {
+    "socket_filter": "1-3 5-8 12 14-17 22 25-26 35 37 42 46-47 55 68 80 87-89 93-94 105-106 "
+                     "109 112-115 117-118 120 122-123 125 130-134 136-141 148-149 153-154 "
+                     "156-158 160 164-165 169-172 175-178 180-182 191 194-203 208-211",
+    "kprobe": "1-8 12 14-17 22 25 27 35 37 42 45 55 67 80 87-89 93-94 105-106 109 112-115 "
+              "117-118 120 123 125 130-134 141 148-149 153-154 156-158 164-165 169-177 180-182 "
+              "191 194-195 197-203 208-211",
+    "sched_cls": "1-3 5-26 28-35 37-43 46-48 50 55 66 68-69 79-80 83-89 93-100 105-110 112-115 "
+                 "117-118 120 122-125 130-141 148-149 151-158 160 163-165 169-172 175-178 "
+                 "180-182 191-192 194-211",
+    "tracepoint": "1-8 12 14-17 22 25 27 35 37 42 45 55 67 80 87-89 93-94 105-106 109 112-115 "
+                  "117-118 120 123 125 130-134 141 148-149 153-154 156-158 164-165 169-177 "
+                  "180-182 191 194-195 197-203 208-211",
+    "xdp": "1-3 5-8 12 14-17 22-23 25 28 35 37 42 44 51 55 65 69 80 84-89 93-94 99-100 105-106 "
+           "109-110 112-115 117-118 120 123 125 130-134 136-141 148-149 153-154 156-158 160 "
+           "163-165 169-172 175-178 180-182 188-191 194-211",
+    "cgroup_skb": "1-3 5-8 12 14-17 22 25-26 35 37 42 46-47 55 68 79-81 83-89 93-99 105-109 "
+                  "112-115 117-118 120 122-123 125 128-134 136-141 148-149 153-154 156-158 160 "
+                  "164-165 169-172 175-178 180-182 191 194-203 208-211",
+    "lwt_in": "1-3 5-8 12 14-17 22 24-26 28 33-35 37 39 42 55 73 80 87-89 93-94 105-106 109 "
+              "112-115 117-118 120 123 125 130-134 136-141 148-149 153-154 156-158 160 164-165 "
+              "169-172 175-178 180-182 191 194-203 208-211",
+    "syscall": "1-8 12 14-17 22 25 27 35 37 42 45-46 55 67 80 87-89 93-94 105-109 111-115 "
+               "117-118 120-121 123 125 130-134 136-141 147-149 153-154 156-158 162 164-173 "
+               "175-182 188 191 194-203 208-211",
+}
+
+
+def _ids(text: str) -> frozenset[int]:
+    out: set[int] = set()
+    for part in text.split():
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(out)
+
+
+KERNEL_HELPER_PROG_TYPES: dict[str, frozenset[int]] = {
+    t: _ids(s) for t, s in _MEASURED_6_18.items()}
+"""Program type -> helper ids its ``get_func_proto`` answers (Linux 6.18), for every kernel
+helper, implemented by pybpf or not."""
+
+MAX_HELPER_ID = len(HELPER_NAMES)        # __BPF_FUNC_MAX_ID: larger ids are `invalid func`
+
+
+def split_kind(kind: str) -> tuple[str, frozenset[str]]:
+    """``"ARG_PTR_TO_MEM|MEM_RDONLY"`` -> ``("ARG_PTR_TO_MEM", {"MEM_RDONLY"})``."""
+    base, *flags = kind.split("|")
+    return base, frozenset(flags)
+
+
+@dataclass(frozen=True)
+class Prototype:
+    """Return and argument kinds of one helper or kfunc, kernel ``bpf_func_proto`` style.
+
+    ``ret`` and ``args`` are kind names (module constants); ``nargs`` is how many registers the
+    implementation takes (trailing ``ARG_DONTCARE`` ones are passed but not checked, as the
+    kernel leaves unnamed arguments of a bpf_func_proto); ``prog_types`` the program types
+    that may call it (None: every type, e.g. a helper a user registers); ``gpl_only``,
+    ``pkt_access`` (may take packet pointers), ``might_sleep`` as the kernel's fields;
+    ``kfunc_flags`` the ``KF_*`` set of a kfunc; ``ret_size_arg`` the argument whose constant
+    gives the size of returned memory (``bpf_ringbuf_reserve``'s size); ``c_decl`` a kfunc's C
+    declaration, for people reading the table; ``changes_pkt_data`` for helpers that may move
+    the packet (bpf_helper_changes_pkt_data: every packet pointer is invalid after the call);
+    ``arg_size`` the byte size of each ``MEM_FIXED_SIZE`` argument (by argument index).
+    """
+
+    ret: str = RET_INTEGER
+    args: tuple[str, ...] = ()
+    name: str = ""
+    id: int | None = None
+    prog_types: frozenset[str] | None = None
+    gpl_only: bool = False
+    pkt_access: bool = False
+    might_sleep: bool = False
+    kfunc_flags: frozenset[str] = field(default_factory=frozenset)
+    ret_size_arg: int | None = None
+    c_decl: str = ""
+    changes_pkt_data: bool = False
+    arg_size: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for kind in (self.ret, *self.args):
+            if not isinstance(kind, str):
+                raise TypeError(f"prototype kinds are kernel names (str), got {kind!r}")
+            unknown = split_kind(kind)[1] - FLAGS
+            if unknown:
+                raise ValueError(f"{kind}: unknown flag {', '.join(sorted(unknown))}")
+        if len(self.args) > 5:
+            raise ValueError(f"{self.name or 'prototype'}: at most 5 arguments, "
+                             f"got {len(self.args)}")
+
+    @property
+    def nargs(self) -> int:
+        return len(self.args)
+
+    @property
+    def is_kfunc(self) -> bool:
+        return any(a.startswith("KF_") for a in self.args) or bool(self.kfunc_flags)
+
+    def arg(self, i: int) -> tuple[str, frozenset[str]]:
+        """(base kind, flags) of argument ``i`` (0-based: r1 is argument 0)."""
+        return split_kind(self.args[i])
+
+    def ret_kind(self) -> tuple[str, frozenset[str]]:
+        return split_kind(self.ret)
+
+    def allowed_in(self, prog_type: str) -> bool:
+        return self.prog_types is None or prog_type in self.prog_types
+
+    def memory_args(self) -> list[tuple[int, int | None, str]]:
+        """(pointer arg index, size arg index or None, access kind) for each memory argument
+        sized by the prototype itself (not by a map).
+
+        ``kind`` is "write" (``ARG_PTR_TO_MEM``, also ``MEM_UNINIT|MEM_WRITE``), "read"
+        (``MEM_RDONLY``), "str" (``ARG_PTR_TO_CONST_STR``) or "ringbuf" (a ring buffer sample,
+        checked by the helper against the ring's books).
+        """
+        out = []
+        for i, a in enumerate(self.args):
+            base, flags = split_kind(a)
+            if base == ARG_PTR_TO_CONST_STR:
+                out.append((i, None, "str"))
+            elif base == ARG_PTR_TO_RINGBUF_MEM:
+                # a reserved sample: its size is in the ring's books, which the helper checks
+                # (the pointer must be an outstanding reservation)
+                out.append((i, None, "ringbuf"))
+            elif base == ARG_PTR_TO_MEM:
+                sized = i + 1 < len(self.args) and split_kind(self.args[i + 1])[0] in (
+                    ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO)
+                out.append((i, i + 1 if sized else None,
+                            "read" if MEM_RDONLY in flags else "write"))
+        return out
+
+    def map_args(self) -> list[tuple[int, str, str]]:
+        """(arg index, "key" or "value", "read"/"write") for pointers sized by the map."""
+        out = []
+        for i, a in enumerate(self.args):
+            base, flags = split_kind(a)
+            if base == ARG_PTR_TO_MAP_KEY:
+                out.append((i, "key", "read"))
+            elif base == ARG_PTR_TO_MAP_VALUE:
+                out.append((i, "value", "write" if MEM_WRITE in flags or MEM_UNINIT in flags
+                            else "read"))
+        return out
+
+    def size_arg(self, i: int) -> tuple[str, bool] | None:
+        """For argument ``i`` a size: (kind, zero allowed), else None."""
+        base = split_kind(self.args[i])[0]
+        if base in (ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_CONST_ALLOC_SIZE_OR_ZERO):
+            return base, base != ARG_CONST_SIZE
+        return None
+
+
+# --- kernel helpers ------------------------------------------------------------------------------
+_ALL_KERNEL = frozenset(PROG_TYPES) - {"mem"}
+
+
+def _h(name: str, ret: str, *args: str, gpl: bool = False, pkt: bool = False,
+       ret_size_arg: int | None = None) -> Prototype:
+    hid = HELPER_IDS[name]
+    types = frozenset(t for t in _ALL_KERNEL if hid in KERNEL_HELPER_PROG_TYPES[t]) | {"mem"}
+    return Prototype(ret, tuple(args), name=name, id=hid, prog_types=types, gpl_only=gpl,
+                     pkt_access=pkt, ret_size_arg=ret_size_arg)
+
+
+MAP_PTR, KEY, VALUE, ANY = ARG_CONST_MAP_PTR, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE, ARG_ANYTHING
+_PROBE = (ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE_OR_ZERO, ANY)
+
+_HELPER_ROWS = (
+    # maps (kernel/bpf/helpers.c)
+    _h("map_lookup_elem", RET_PTR_TO_MAP_VALUE_OR_NULL, MAP_PTR, KEY, pkt=True),
+    _h("map_update_elem", RET_INTEGER, MAP_PTR, KEY, VALUE, ANY, pkt=True),
+    _h("map_delete_elem", RET_INTEGER, MAP_PTR, KEY, pkt=True),
+    _h("map_push_elem", RET_INTEGER, MAP_PTR, VALUE, ANY, pkt=True),
+    _h("map_pop_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_MAP_VALUE_UNINIT),
+    _h("map_peek_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_MAP_VALUE_UNINIT),
+    _h("map_lookup_percpu_elem", RET_PTR_TO_MAP_VALUE_OR_NULL, MAP_PTR, KEY, ANY, pkt=True),
+    # time, randomness, cpu
+    _h("ktime_get_ns", RET_INTEGER),
+    _h("ktime_get_boot_ns", RET_INTEGER),
+    _h("ktime_get_coarse_ns", RET_INTEGER),
+    _h("ktime_get_tai_ns", RET_INTEGER),
+    _h("get_prandom_u32", RET_INTEGER),
+    _h("get_smp_processor_id", RET_INTEGER),
+    # tracing (kernel/trace/bpf_trace.c)
+    # the kernel declares two arguments; the three format values are ARG_DONTCARE (unchecked)
+    _h("trace_printk", RET_INTEGER, ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE, ARG_DONTCARE,
+       ARG_DONTCARE, ARG_DONTCARE, gpl=True),
+    _h("probe_read", RET_INTEGER, *_PROBE, gpl=True),
+    _h("probe_read_str", RET_INTEGER, *_PROBE, gpl=True),
+    _h("probe_read_user", RET_INTEGER, *_PROBE, gpl=True),
+    _h("probe_read_kernel", RET_INTEGER, *_PROBE, gpl=True),
+    _h("probe_read_user_str", RET_INTEGER, *_PROBE, gpl=True),
+    _h("probe_read_kernel_str", RET_INTEGER, *_PROBE, gpl=True),
+    _h("get_current_pid_tgid", RET_INTEGER),
+    _h("get_current_uid_gid", RET_INTEGER),
+    _h("get_current_comm", RET_INTEGER, ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE),
+    # ring buffers (kernel/bpf/ringbuf.c)
+    _h("ringbuf_output", RET_INTEGER, MAP_PTR, ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE_OR_ZERO, ANY),
+    _h("ringbuf_reserve", RET_PTR_TO_RINGBUF_MEM_OR_NULL, MAP_PTR, ARG_CONST_ALLOC_SIZE_OR_ZERO,
+       ANY, ret_size_arg=1),
+    _h("ringbuf_submit", RET_VOID, ARG_PTR_TO_RINGBUF_MEM + "|" + OBJ_RELEASE, ANY),
+    _h("ringbuf_discard", RET_VOID, ARG_PTR_TO_RINGBUF_MEM + "|" + OBJ_RELEASE, ANY),
+    _h("ringbuf_query", RET_INTEGER, MAP_PTR, ANY),
+    # control transfer: the engines implement these at their call sites
+    _h("tail_call", RET_VOID, ARG_PTR_TO_CTX, MAP_PTR, ANY),
+    _h("loop", RET_INTEGER, ANY, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
+    # prototype only, awaiting its implementation (issue 11): the verifier checks calls to it
+    # once a VM registers the helper (callback(map, key, value, ctx) per element)
+    _h("for_each_map_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
+)
+
+HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS}
+"""Kernel helper prototypes by id: every helper pybpf implements, and a few whose implementation
+is still to come (:data:`AWAITING_IMPLEMENTATION`; a VM without them refuses their calls with
+``helper ... is not implemented by pybpf``)."""
+
+AWAITING_IMPLEMENTATION = frozenset({HELPER_IDS["for_each_map_elem"]})
+
+HELPERS_BY_NAME: dict[str, Prototype] = {p.name: p for p in _HELPER_ROWS}
+
+# --- kfuncs --------------------------------------------------------------------------------------
+# Arena kfuncs (kernel/bpf/arena.c). ``void *`` returns are unknown scalars to the verifier: the
+# as(1) pointer must go through addr_space_cast before it is dereferenced.
+_KFUNC_ROWS = (
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_MAP, KF_ARG_IGNORE, KF_ARG_SCALAR, KF_ARG_SCALAR,
+                            KF_ARG_SCALAR),
+              name="bpf_arena_alloc_pages", kfunc_flags=frozenset({KF_ARENA_RET, KF_ARENA_ARG2}),
+              c_decl="void __arena *bpf_arena_alloc_pages(void *p__map, void __arena *addr__ign, "
+                     "u32 page_cnt, int node_id, u64 flags)"),
+    Prototype(RET_VOID, (KF_ARG_PTR_TO_MAP, KF_ARG_IGNORE, KF_ARG_SCALAR),
+              name="bpf_arena_free_pages", kfunc_flags=frozenset({KF_ARENA_ARG2}),
+              c_decl="void bpf_arena_free_pages(void *p__map, void __arena *ptr__ign, "
+                     "u32 page_cnt)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_MAP, KF_ARG_IGNORE, KF_ARG_SCALAR),
+              name="bpf_arena_reserve_pages", kfunc_flags=frozenset({KF_ARENA_ARG2}),
+              c_decl="int bpf_arena_reserve_pages(void *p__map, void __arena *ptr__ign, "
+                     "u32 page_cnt)"),
+)
+
+KFUNCS: dict[str, Prototype] = {
+    p.name: Prototype(p.ret, p.args, name=p.name, id=KFUNC_IDS[p.name], prog_types=p.prog_types,
+                      kfunc_flags=p.kfunc_flags, c_decl=p.c_decl)
+    for p in _KFUNC_ROWS}
+"""Kfuncs pybpf implements, by name (``id`` is pybpf's kfunc id)."""
+
+KFUNCS_BY_ID: dict[int, Prototype] = {p.id: p for p in KFUNCS.values()}
+
+# --- bpf_conformance / uBPF test helpers (ASM.md section 1) --------------------------------------
+UBPF_TEST_HELPERS: dict[int, Prototype] = {p.id: p for p in (
+    Prototype(RET_INTEGER, (ANY,) * 5, name="gather_bytes", id=0),
+    Prototype(RET_INTEGER, (ARG_PTR_TO_MEM, ARG_CONST_SIZE_OR_ZERO), name="memfrob", id=1),
+    Prototype(RET_INTEGER, (), name="no_op", id=2),
+    Prototype(RET_INTEGER, (ANY,), name="sqrti", id=3),
+    Prototype(RET_INTEGER, (ARG_PTR_TO_CONST_STR, ARG_PTR_TO_CONST_STR), name="strcmp", id=4),
+    Prototype(RET_INTEGER, (ANY,), name="unwind", id=5),
+)}
+
+
+# --- lookups -------------------------------------------------------------------------------------
+def helper(hid: int) -> Prototype | None:
+    """The kernel helper ``hid``'s prototype, or None when pybpf does not implement it."""
+    return HELPERS.get(hid)
+
+
+def helper_proto(name: str) -> Prototype:
+    """The prototype of the kernel helper called ``name`` (KeyError if pybpf lacks it)."""
+    return HELPERS_BY_NAME[name]
+
+
+def kfunc(name_or_id) -> Prototype | None:
+    if isinstance(name_or_id, str):
+        return KFUNCS.get(name_or_id)
+    return KFUNCS_BY_ID.get(name_or_id)
+
+
+def func_id_name(hid: int) -> str:
+    """The kernel's func_id_name: ``bpf_map_lookup_elem``, or ``unknown`` past the last id."""
+    return f"bpf_{HELPER_NAMES[hid]}" if 0 <= hid < MAX_HELPER_ID else "unknown"
+
+
+def unknown_helper_message(hid: int, prog_type: str, proto: Prototype | None) -> str | None:
+    """Why a call to helper ``hid`` cannot load for ``prog_type`` (the kernel's words), or None.
+
+    ``proto`` is what the VM's registry holds for the id (None when it has nothing). Ids past
+    the kernel's last are ``invalid func unknown#ID`` unless the VM registered them; a kernel id
+    the type's get_func_proto refuses is ``program of this type cannot use helper``; a kernel id
+    pybpf has no implementation for says so (the kernel would accept it)."""
+    if proto is not None:
+        if proto.allowed_in(prog_type):
+            return None
+        return f"program of this type cannot use helper {func_id_name(hid)}#{hid}"
+    if not 0 <= hid < MAX_HELPER_ID:
+        return f"invalid func {func_id_name(hid)}#{hid}"
+    allowed = KERNEL_HELPER_PROG_TYPES.get(prog_type)
+    if hid == 0 or (allowed is not None and hid not in allowed):
+        return f"program of this type cannot use helper {func_id_name(hid)}#{hid}"
+    return f"helper {func_id_name(hid)}#{hid} is not implemented by pybpf"
