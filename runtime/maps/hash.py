@@ -54,6 +54,7 @@ OFF_NEXT, OFF_HASH, OFF_IN_USE, OFF_REF = 0, 4, 8, 9
 NULLS = 1 << 31            # a chain's end marker: NULLS | bucket index
 _U32 = struct.Struct("<I")
 _ELEM = struct.Struct("<IIBB")
+_ELEM_TAIL = struct.Struct("<IBB")      # hash, in_use, ref: what follows the next link
 
 
 def fnv1a32(data: bytes) -> int:
@@ -142,9 +143,15 @@ class HashMap(Map):
         bucket = self._bucket_off + 4 * (h & (self.n_buckets - 1))
         padded = round_up(self.key_size, 8)
         view[off + ELEM_HDR:off + ELEM_HDR + padded] = key.ljust(padded, b"\0")
-        _ELEM.pack_into(view, off, _U32.unpack_from(view, bucket)[0], h, 1, 0)
-        _U32.pack_into(view, bucket, slot + 1)        # publish last
+        _ELEM_TAIL.pack_into(view, off + OFF_HASH, h, 1, 0)
+        self._store32(off + OFF_NEXT, _U32.unpack_from(view, bucket)[0])
+        self._store32(bucket, slot + 1)               # publish last
         self._slots[key] = slot
+
+    def _store32(self, off: int, value: int) -> None:
+        # One 4-byte store: struct.pack_into zeroes its bytes before writing them, and a
+        # native reader catching a link at 0 would follow it to slot -1, far outside the map.
+        ctypes.c_uint32.from_address(self._mem.address + off).value = value
 
     def _unlink(self, key: bytes) -> None:
         self._unlink_slot(self._slots.pop(key))
@@ -159,7 +166,7 @@ class HashMap(Map):
             check(not cur & NULLS and steps <= self.max_entries + 1, errno.EFAULT,
                   "hash chain corrupted (element headers were overwritten)")
             link = self._elem_off(cur - 1) + OFF_NEXT
-        _U32.pack_into(view, link, nxt)
+        self._store32(link, nxt)
         view[off + OFF_IN_USE] = 0
         self._free.append(slot)
 
