@@ -119,6 +119,7 @@ class Run:
 
     def _bind(self, interp: "Interpreter", tracer: Tracer | None) -> None:
         self.interp, self.arena, self.offs = interp, interp.arena, interp.offs
+        self.same_value = interp.same_value
         self.tracer = tracer
         if tracer is not None:
             self.trace_insn, self.trace_sync = tracer.insn, tracer.sync
@@ -140,9 +141,12 @@ class Run:
         if self.stack_region.start != lo:
             self.regions.move(self.stack_region, lo, self.stop - lo)
         r = self.regions.find(a, n)
-        if r is not None and r.stride and pc >= 0:
-            # One map value, not its neighbour: the base register (a - off) must point into
-            # the element the access lands in, as the verifier bounds off by value_size.
+        if r is not None and r.stride and pc >= 0 and self.same_value:
+            # Unverified code: one map value, not its neighbour: the base register (a - off)
+            # must point into the element the access lands in. A verified program's pointer
+            # may leave its value between accesses (r0 += 24; *(r0 - 16) is in bounds for the
+            # kernel): the verifier tracked which value it points into, so only the stride's
+            # [lo, hi) applies to it.
             base = a - self.offs.get(pc, 0) - r.start
             if base < 0 or base // r.stride != (a - r.start) // r.stride:
                 return None
@@ -312,13 +316,16 @@ class Interpreter:
     of every ld_imm64 pseudo form and cast_user instruction (slot -> value); the loader computes
     them. ``arena`` is the program's arena map (its PROBE_MEM32 accesses, see
     :meth:`Run._arena_target`); ``resolve_map`` turns a map pointer value back into the map
-    (tail calls). Loading fails (VMError) for calls to helpers or kfuncs the registries lack.
+    (tail calls); ``same_value`` (unverified programs) requires a map access's base register
+    to point into the value it reaches. Loading fails (VMError) for calls to helpers or kfuncs
+    the registries lack.
     """
 
     def __init__(self, prog, helpers: HelperRegistry | None = None,
                  kfuncs: HelperRegistry | None = None, values64: dict[int, int] | None = None,
-                 cfg=None, arena=None, resolve_map=None) -> None:
+                 cfg=None, arena=None, resolve_map=None, same_value: bool = True) -> None:
         self.prog = prog
+        self.same_value = same_value     # the base-register check of unverified programs
         self.helpers, self.kfuncs = helpers, kfuncs
         self.arena, self.resolve_map = arena, resolve_map
         # memory displacements by slot: the slow path recovers an access's base register

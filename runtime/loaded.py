@@ -96,7 +96,7 @@ class LoadedProgram:
         self._budget = None                     # the run budget of unverified JIT code
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
-                                       resolve_map=vm.resolve_map)
+                                       resolve_map=vm.resolve_map, same_value=not verified)
         else:
             self._jit = self._compile(vm, prog, prog_type, name, arena, values64)
 
@@ -153,6 +153,7 @@ class LoadedProgram:
         if self.closed:
             raise VMError(f"program {self.name!r} is closed")
         rc = build_context(self.prog_type, mem, ctx, data)
+        self._check_ctx_size(rc)
         if self._jit is not None:
             if trace is not None:
                 raise VMError("tracing needs engine='interp'")
@@ -200,6 +201,7 @@ class LoadedProgram:
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
             rc = build_context(self.prog_type, mem, ctx, data)
+            self._check_ctx_size(rc)
             r0 = None
             try:
                 r0 = self._jit._call(rc.r1, rc.r2)
@@ -222,6 +224,19 @@ class LoadedProgram:
         if given < self.min_mem_size:
             raise VMError(f"{what} is {given} bytes but the program accesses up to byte "
                           f"{self.min_mem_size} (max_ctx_offset): give at least "
+                          f"{self.min_mem_size} bytes")
+
+    def _check_ctx_size(self, rc) -> None:
+        """Refuse a run whose context (r1's memory) is shorter than the verifier let the program
+        read (max_ctx_offset): a tracepoint or raw_tracepoint ctx comes from the caller, and JIT
+        code does not check ctx accesses at run time (the kernel refuses such an attach)."""
+        if not self.min_mem_size or self.prog_type in ("mem", "syscall"):
+            return                      # checked from the arguments by _check_mem_size
+        given = next((r.size for r in rc.regions if r.start == rc.r1), 0) if rc.r1 else 0
+        if given < self.min_mem_size:
+            rc.release()
+            raise VMError(f"ctx is {given} bytes but the program reads up to byte "
+                          f"{self.min_mem_size} of it (max_ctx_offset): give at least "
                           f"{self.min_mem_size} bytes")
 
     def test_run(self, mem=None, repeat: int = 1, *, ctx=None, data=None,

@@ -186,6 +186,37 @@ def case_array_neighbour_value_out_of_reach():
     return past_value, padding
 
 
+
+def case_verified_pointer_may_leave_its_value_between_accesses():
+    """The kernel accepts ``r0 += 24; r0 = *(u64 *)(r0 - 16)`` on a 16-byte value (the access
+    is at offset 8): a verified program runs it in both engines (the interpreter's base-register
+    check is for unverified code, found by the verifier soundness run). Unverified, the
+    interpreter still refuses a base register in the neighbour's element."""
+    results = {}
+    for mtype in ("array", "percpu_array", "hash"):
+        vm = VM()
+        m = vm.create_map(mtype, 4, 16, 4, name="m")
+        m.update(bytes(4), bytes(8) + (5).to_bytes(8, "little"))
+        text = f"""
+            *(u32 *)(r10 - 4) = 0
+            r1 = map_fd({m.fd}) ll
+            r2 = r10
+            r2 += -4
+            call bpf_map_lookup_elem
+            if r0 == 0 goto out
+            r0 += 24
+            r0 = *(u64 *)(r0 - 16)
+            exit
+        out:
+            r0 = 0
+            exit"""
+        got = [outcome(vm, text, e, verify=True, prog_type="syscall", ctx=b"")
+               for e in ("interp", "jit")]
+        got.append(outcome(vm, text, "interp", verify=False, prog_type="syscall", ctx=b""))
+        assert got == [5, 5, "MemoryAccessError"], (mtype, got)
+        results[mtype] = got
+    return results
+
 def case_ringbuf_header_out_of_reach():
     """The issue's reproducer: a record header forged so an 8-byte reservation was delivered
     as 3,000 bytes. From BPF the header is out of reach; forged from outside, the consumer

@@ -16,7 +16,7 @@ import pybpf
 from pybpf.errors import VerifierError, VMError
 from pybpf.verifier import VerifyResult, verify
 from pybpf.verifier.env import NullEnv
-from support import ROOT, asm
+from support import ROOT, asm, in_child
 
 README = "r0 = *(u32 *)(r1 + 0)\nr0 += 1\nexit"
 
@@ -54,6 +54,24 @@ def test_readme_example_is_valid_and_a_short_mem_is_refused():
             lp.run()
         lp.close()
 
+
+
+@in_child
+def test_a_ctx_shorter_than_max_ctx_offset_is_refused():
+    """Regression (soundness run, 400 mutated programs): the verifier lets a tracepoint read
+    its record up to PERF_MAX_TRACE_SIZE, but a run's ctx is what the caller passed (8 bytes by
+    default), and JIT code does not check ctx reads: a run with a shorter ctx is refused."""
+    prog = asm("r0 = *(u64 *)(r1 + 64)\nexit")
+    for engine in ("interp", "jit"):
+        lp = pybpf.VM().load(prog, prog_type="tracepoint", engine=engine)
+        assert lp.min_mem_size == 72
+        for short in ({}, {"ctx": bytes(8)}, {"ctx": bytes(71)}):
+            with pytest.raises(VMError, match=r"ctx is \d+ bytes .* up to byte 72"):
+                lp.run(**short)
+            with pytest.raises(VMError, match="max_ctx_offset"):
+                lp.test_run(repeat=2, **short)
+        assert lp.run(ctx=bytes(64) + (7).to_bytes(8, "little")) == 7
+        lp.close()
 
 def test_mem_accesses_need_bounded_offsets():
     ok = asm("r2 = *(u8 *)(r1 + 0)\nr2 &= 15\nr1 += r2\nr0 = *(u8 *)(r1 + 8)\nexit")
