@@ -426,8 +426,11 @@ def _alu(chk: Checker, pc, form, insn):
             chk.set_reg(dst, Reg(SCALAR_VALUE, var=bounds.zext32(src.var), id=sid,
                                  origin=src.origin))
         else:
-            # w = (u32) pointer: an unknown scalar for root (allow_ptr_leaks)
+            # w = (u32) pointer: an unknown scalar for root (allow_ptr_leaks), zero-extended
+            # like every 32-bit result (check_alu_op: mark_reg_unknown, then zext_32_to_64)
             chk.mark_unknown(dst, "the low half of a pointer")
+            low = chk.reg(dst)
+            chk.set_reg(dst, low.replace(var=bounds.zext32(low.var)))
         return pc + 1
     d = chk.check_reg_read(dst)
     chk.check_reg_write(dst)
