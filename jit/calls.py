@@ -75,6 +75,10 @@ def lower_helper(fl, helper: BoundHelper) -> None:
     if helper.special == "loop":
         _bpf_loop(fl)
         return
+    if helper.special == "for_each":
+        from pybpf.jit.for_each import bad_callback, lower_for_each
+        lower_for_each(fl, _callbacks(fl), bad_callback)
+        return
     if helper.name == "map_lookup_elem" and fl.env.resolve_map is not None and fl.env.verified:
         value = fl.known(1)
         m = fl.env.resolve_map(value) if value is not None else None

@@ -77,7 +77,8 @@ class Helper:
 
     @property
     def checks_memory(self) -> bool:
-        return bool(self.prototype.memory_args()) or self.mem_args is not None
+        return (bool(self.prototype.memory_args()) or bool(self.prototype.fixed_memory_args())
+                or self.mem_args is not None)
 
     @functools.cached_property
     def checked_fn(self) -> Callable[..., int]:
@@ -116,6 +117,8 @@ def check_args(regions, h: Helper, args: tuple, pc: int | None = None) -> None:
         if size == 0 and si is not None and h.prototype.args[si].endswith("OR_ZERO"):
             continue
         regions.check(ptr, size, kind, pc)
+    for pi, size, kind in h.prototype.fixed_memory_args():
+        regions.check(args[pi] if pi < len(args) else 0, size, kind, pc)
     if h.mem_args is not None:
         for ptr, size, kind in h.mem_args(tuple(args[:h.prototype.nargs])):
             regions.check(ptr, size, kind, pc)

@@ -40,6 +40,7 @@ from pybpf.verifier.cfg import build_cfg
 
 from .atomics import native_atomic
 from .helpers import ACTIVE_REGIONS, HelperRegistry, check_args
+from .helpers_control import for_each_start
 from .interp_codegen import Generator
 from .loader import func_slot
 from .map_helpers import MAX_TAIL_CALL_CNT, tail_call_target
@@ -262,6 +263,36 @@ class Run:
             if r:
                 return i + 1, left
         return nr, left
+
+    def for_each(self, pc: int, fp: int, depth: int, left: int, map_value: int, fn: int,
+                 ctx: int, flags: int) -> tuple[int, int]:
+        """bpf_for_each_map_elem: the callback (map, key, value, ctx) per element until one
+        returns non-zero; returns (elements visited or -errno, budget left). The key is a
+        read-only region of its own while the walk lasts."""
+        walk = for_each_start(self.interp.resolve_map or (lambda v: None), map_value, flags, pc)
+        if isinstance(walk, int):
+            return walk, left
+        slot = func_slot(fn)
+        callback = self.funcs.get(slot) if slot is not None else None
+        if callback is None:
+            raise VMError(f"bpf_for_each_map_elem: 0x{fn:x} is not a function of this "
+                          f"program", pc)
+        if depth >= isa.MAX_CALL_FRAMES - 1:
+            raise VMError(f"the call stack of {depth + 2} frames is too deep", pc)
+        region = self.regions.add(walk.region())
+        try:
+            while True:
+                value = walk.next()
+                if not value:
+                    break
+                r, left = callback(map_value, walk.key, value, ctx, 0, fp - isa.MAX_BPF_STACK,
+                                   depth + 1, left)
+                if r:
+                    break
+        finally:
+            if region.size:
+                self.regions.remove(region)
+        return walk.count, left
 
     def callx(self, pc: int, lo: int, hid: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
         h = self.interp.helpers.get(hid) if self.interp.helpers is not None else None

@@ -38,7 +38,7 @@ from pybpf.errors import MapError, VMError
 from pybpf.program import Program
 from pybpf.verifier import verify as verify_program
 
-from . import vm_helpers
+from . import helpers_control, vm_helpers
 from .contexts import canonical_type
 from .helpers import HelperRegistry, Prototype, kernel_helpers
 from .loaded import DEFAULT_INSN_LIMIT, ENGINES, LoadedProgram, check_limit
@@ -79,11 +79,15 @@ class VM:
     ``helpers`` replaces the default kernel set (e.g. ``ubpf_test_helpers()`` for
     bpf_conformance files; map helpers are then not added, their ids would clash). ``seed``
     makes bpf_get_prandom_u32 reproducible. ``regions`` lists extra memory every run may access.
+    ``task`` (:class:`pybpf.runtime.helpers_control.Task`) is what bpf_get_current_pid_tgid,
+    _uid_gid and _comm report (default: the calling thread's, as BPF_PROG_TEST_RUN); it can be
+    changed later through ``vm.task``.
     """
 
     def __init__(self, helpers: HelperRegistry | None = None, *,
                  insn_limit: int = DEFAULT_INSN_LIMIT, seed: int | None = None,
-                 max_maps: int = MAX_MAPS, max_map_bytes: int = MAX_MAP_BYTES) -> None:
+                 max_maps: int = MAX_MAPS, max_map_bytes: int = MAX_MAP_BYTES,
+                 task: helpers_control.Task | None = None) -> None:
         self._trace_lines: list[str] = []
         self.random = random.Random(seed)
         self.kfuncs = HelperRegistry(kind="kfunc")
@@ -91,7 +95,9 @@ class VM:
         if helpers is None:
             helpers = kernel_helpers(self._trace_lines, self.random)
             vm_helpers.install(helpers, self.resolve_map)
+            helpers_control.install(helpers, self.resolve_map, lambda: self.task)
         self.helpers = helpers
+        self.task = task if task is not None else helpers_control.Task()
         self.insn_limit = check_limit(insn_limit)
         self.regions: list[Region] = []
         self.maps: dict[str, object] = {}

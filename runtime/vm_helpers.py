@@ -1,5 +1,6 @@
 """The helpers and kfuncs a VM adds to the map-free kernel set: map helpers, ring buffers, arena
-kfuncs, probe reads, task identity, and the control-transfer helpers tail_call and bpf_loop.
+kfuncs, probe reads, and the control-transfer helpers tail_call and bpf_loop (task identity,
+spin locks, strings and for_each_map_elem: :mod:`.helpers_control`).
 
 :func:`install` registers the helpers under their kernel ids (``enum bpf_func_id``) and
 :func:`install_kfuncs` the kfuncs under ``pybpf.kfunc_ids``, bound to the VM's map resolver
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
-import threading
 
 from pybpf.errors import VMError
 from pybpf.helper_names import HELPER_IDS
@@ -96,28 +95,6 @@ def probe_read_str(dst: int, size: int, src: int) -> int:
     return len(text) + 1
 
 
-def get_current_pid_tgid() -> int:
-    return (os.getpid() << 32) | (threading.get_native_id() & 0xFFFFFFFF)
-
-
-def get_current_uid_gid() -> int:
-    return (os.getgid() << 32) | os.getuid()
-
-
-def get_current_comm(buf: int, size: int) -> int:
-    try:
-        with open("/proc/self/comm", "rb") as f:
-            comm = f.read().strip()[:15]
-    except OSError:
-        comm = b"python"
-    if not size:
-        return -errno.EINVAL & M64
-    data = comm[:size - 1] + b"\0"
-    ctypes.memset(buf, 0, size)
-    ctypes.memmove(buf, data, len(data))
-    return 0
-
-
 def _special(name: str):
     def stand_in(*args) -> int:
         raise VMError(f"bpf_{name} transfers control: the engine implements it at its call "
@@ -143,9 +120,6 @@ def install(helpers, resolve_map) -> None:
         helpers.add(Helper(HELPER_IDS[name], name, probe_read, protos.helper_proto(name)))
     for name in ("probe_read_str", "probe_read_kernel_str", "probe_read_user_str"):
         helpers.add(Helper(HELPER_IDS[name], name, probe_read_str, protos.helper_proto(name)))
-    for fn in (get_current_pid_tgid, get_current_uid_gid, get_current_comm):
-        helpers.add(Helper(HELPER_IDS[fn.__name__], fn.__name__, fn,
-                           protos.helper_proto(fn.__name__)))
     for name in ("tail_call", "loop"):
         helpers.add(Helper(HELPER_IDS[name], name, _special(name), protos.helper_proto(name),
                            special=name))

@@ -21,6 +21,7 @@ from pybpf.runtime.contexts import SKB_TYPES, SOCK_STRUCTS, BpfSkLookup, SkBuff
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 # maps that have no keys to walk, or whose values are fds (their inner maps are dumped)
 NOT_DUMPED = ("prog_array", "queue", "stack", "ringbuf", "bloom_filter", "array_of_maps",
+              "perf_event_array",
               "hash_of_maps")
 # __sk_buff fields BPF_PROG_TEST_RUN copies back to ctx_out (convert_skb_to___skb)
 SKB_OUT = ("mark", "priority", "cb")

@@ -33,6 +33,8 @@ BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 
 BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_BTF_LOAD = 5, 10, 18
 BPF_F_SLEEPABLE = 1 << 4
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_MAP_FREEZE = 22
+BPF_F_RDONLY_PROG = 1 << 7
 ENOTSUPP = 524  # kernel-internal errno (include/linux/errno.h) that bpf() can return
 # enum bpf_prog_type (include/uapi/linux/bpf.h), by pybpf's names (lower case, no prefix)
 PROG_TYPE_IDS = {n: i for i, n in enumerate((
@@ -77,11 +79,15 @@ def _addr(buf) -> int:
 
 
 def create_map(mtype: str, key: int, value: int, entries: int, flags: int = 0,
-               map_extra: int = 0, name: str = "", inner_fd: int = 0) -> int:
+               map_extra: int = 0, name: str = "", inner_fd: int = 0,
+               btf: tuple[int, int, int] | None = None) -> int:
+    """BPF_MAP_CREATE; ``btf`` = (btf fd, key type id, value type id) for a map with BTF."""
     attr = bytearray(80)
     struct.pack_into("<IIIIII", attr, 0, MAP_TYPE_IDS[mtype], key, value, entries, flags,
                      inner_fd)
     attr[28:28 + 15] = name.encode()[:15].ljust(15, b"\0")
+    if btf is not None:
+        struct.pack_into("<III", attr, 48, *btf)
     struct.pack_into("<Q", attr, 64, map_extra)
     return _bpf(BPF_MAP_CREATE, attr, f"map_create {name} ({mtype})")
 
@@ -291,6 +297,17 @@ def expected_attach_type(section: str) -> int:
     return _ATTACH_TYPES.get(section, 0)
 
 
+def freeze(fd: int) -> None:
+    attr = bytearray(8)
+    struct.pack_into("<I", attr, 0, fd)
+    _bpf(BPF_MAP_FREEZE, attr, "map_freeze")
+
+
+def _has_spin_lock(btf, m) -> bool:
+    from pybpf.runtime.maps.btf_fields import spin_lock_offset
+    return spin_lock_offset(btf, m.btf_value_type) >= 0
+
+
 class KernelObject:
     """The maps of a parsed BpfObject, created in the kernel, plus the arena's user mapping."""
 
@@ -305,9 +322,13 @@ class KernelObject:
                 i = m.inner
                 inner_fd = create_map(i.type, i.key_size, i.value_size, i.max_entries, i.flags,
                                       i.map_extra, "inner")
+            # value BTF where the kernel needs it: a struct bpf_spin_lock in the value
+            btf = None
+            if self.btf_fd is not None and m.btf_value_type and _has_spin_lock(obj.btf, m):
+                btf = (self.btf_fd, m.btf_key_type, m.btf_value_type)
             try:
                 fd = create_map(m.type, m.key_size, value_size, m.max_entries, m.flags,
-                                m.map_extra, m.name, inner_fd)
+                                m.map_extra, m.name, inner_fd, btf)
             finally:
                 if inner_fd:
                     os.close(inner_fd)
@@ -320,6 +341,8 @@ class KernelObject:
                     self.arena[m.initial_offset:m.initial_offset + len(m.initial)] = m.initial
             elif m.initial is not None:
                 update(fd, b"\0\0\0\0", m.initial)
+            if m.origin == "data" and m.flags & BPF_F_RDONLY_PROG:
+                freeze(fd)      # libbpf freezes .rodata: bpf_snprintf's fmt must be read-only
 
     def close(self) -> None:
         for fd in [*self.prog_fds, *self.fds.values()]:

@@ -37,13 +37,13 @@ import os
 from pybpf import isa
 from pybpf.elf_sections import MAP_TYPE_IDS
 
-from . import bounds, protos
+from . import bounds, protos, spin_lock
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
                      ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_DONTCARE, ARG_PTR_TO_CONST_STR,
                      ARG_PTR_TO_CTX, ARG_PTR_TO_FUNC, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE,
                      ARG_PTR_TO_MEM, ARG_PTR_TO_RINGBUF_MEM, ARG_PTR_TO_STACK, Prototype,
                      func_id_name, split_kind)
-from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, MEM_RINGBUF, NOT_INIT, NOT_INIT_REG,
+from .state import (CONST_PTR_TO_MAP, MEM_ALLOC, MEM_RDONLY, MEM_RINGBUF, NOT_INIT, NOT_INIT_REG,
                     PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF, PTR_TO_CTX,
                     PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_SOCK_COMMON, PTR_TO_SOCKET,
@@ -77,6 +77,7 @@ COMPATIBLE = {
     protos.ARG_PTR_TO_INT: _INT_PTR_TYPES,
     protos.ARG_PTR_TO_LONG: _INT_PTR_TYPES,
     protos.ARG_PTR_TO_TIMER: ((PTR_TO_MAP_VALUE, 0),),
+    protos.ARG_PTR_TO_SPIN_LOCK: ((PTR_TO_MAP_VALUE, 0), (PTR_TO_BTF_ID, MEM_ALLOC)),
     protos.ARG_PTR_TO_SOCKET: ((PTR_TO_SOCKET, 0),),
     protos.ARG_PTR_TO_SOCK_COMMON: ((PTR_TO_SOCK_COMMON, 0), (PTR_TO_SOCKET, 0),
                                     (PTR_TO_TCP_SOCK, 0), (PTR_TO_XDP_SOCK, 0),
@@ -191,6 +192,7 @@ def check_call_targets(prog, env, prog_type: str) -> None:
 def check_helper_call(chk, pc: int, insn) -> None:
     """check_helper_call: arguments, effects and r0 of ``call ID``; r1-r5 become NOT_INIT."""
     hid = insn.imm
+    spin_lock.check_call_allowed(chk, hid, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.helper(hid))
     msg = protos.unknown_helper_message(hid, chk.prog_type, proto)
     if msg:
@@ -218,6 +220,9 @@ def check_helper_call(chk, pc: int, insn) -> None:
         _loop_callback(chk, pc, meta)
     elif hid == protos.HELPER_IDS["for_each_map_elem"]:
         _map_elem_callback(chk, pc, meta)
+    elif hid == protos.HELPER_IDS["get_local_storage"] and not _is_null(regs[2]):
+        # it cannot return an error, so the flags must be 0
+        chk.error("get_local_storage() doesn't support non-zero flags", errno.EINVAL)
     for r in CALLER_SAVED:
         regs[r] = NOT_INIT_REG
     _set_return(chk, pc, hid, proto, meta)
@@ -289,6 +294,8 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         if not reg.var.is_const():
             chk.error(f"R{regno} is not a known constant'")
         meta.mem_size = reg.var.const_value()
+    elif base == protos.ARG_PTR_TO_SPIN_LOCK:
+        spin_lock.process_spin_lock(chk, regno, meta.func_id == protos.HELPER_IDS["spin_lock"])
     elif base in (protos.ARG_PTR_TO_INT, protos.ARG_PTR_TO_LONG):
         size = 4 if base == protos.ARG_PTR_TO_INT else 8
         _helper_mem(chk, regno, size, False, False)
@@ -532,6 +539,8 @@ _FUNC_ONLY = {  # helper -> the map types it may take (second switch)
     "redirect_map": ("devmap", "devmap_hash", "cpumap", "xskmap"),
     "for_each_map_elem": ("hash", "lru_hash", "array", "percpu_hash", "lru_percpu_hash",
                           "percpu_array"),
+    "perf_event_output": ("perf_event_array",),
+    "get_local_storage": ("cgroup_storage", "percpu_cgroup_storage"),
 }
 
 
@@ -584,6 +593,7 @@ def clear_all_pkt_pointers(chk) -> None:
 def check_kfunc_call(chk, pc: int, insn) -> None:
     """check_kfunc_call for the kfuncs pybpf implements (by pybpf kfunc id)."""
     kid = insn.imm
+    spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.kfunc(kid))
     if proto is None:
         chk.error(f"kernel btf_id {kid} is not a function", errno.EINVAL)
@@ -642,6 +652,7 @@ def check_subprog_call(chk, pc: int, insn) -> int:
     subprog = chk.subprog_index(target)
     caller = chk.state.cur
     if is_global(chk, target):
+        spin_lock.check_global_call(chk)
         name = chk.prog.functions.get(target, f"func#{subprog}")
         err = _check_global_args(chk, target)
         if err is not None:
@@ -739,7 +750,8 @@ def _map_elem_callback(chk, pc: int, meta: CallMeta) -> None:
         callee.regs[3] = Reg.pointer(PTR_TO_MAP_VALUE, map=m,
                                      origin=chk.origin("the element's value"))
         callee.regs[4] = caller_regs[3]
-    _push_callback(chk, pc, meta, setup, count_depth=False)
+    # push_callback_call counts callback_depth for every sync callback, not only bpf_loop's
+    _push_callback(chk, pc, meta, setup, count_depth=True)
 
 
 def _push_callback(chk, pc: int, meta: CallMeta, setup, count_depth: bool) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 
-from . import bounds
+from . import bounds, spin_lock
 from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_RDONLY, NOT_INIT,
                     PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
@@ -167,6 +167,7 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
             chk.error(f"read from map forbidden, value_size={m.value_size} off={off} "
                       f"size={size}")
         _region_access(chk, regno, reg, off, size, m.value_size, "map_value")
+        spin_lock.check_field_access(chk, reg, off, size)
         _load_result(chk, value_regno, write, size, signed, f"a load from map '{m.name}'")
     elif t == PTR_TO_MAP_KEY:
         if write:
@@ -581,6 +582,7 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
                       f"off={reg.off} size={size}")
         _region_access(chk, regno, reg, reg.off, size, reg.map.value_size, "map_value",
                        zero_size_allowed)
+        spin_lock.check_field_access(chk, reg, reg.off, size)
     elif t == PTR_TO_MEM:
         if write and reg.flags & MEM_RDONLY:
             chk.error(f"R{regno} cannot write into {reg.type_str()}")

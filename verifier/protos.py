@@ -231,10 +231,23 @@ class Prototype:
                 # a reserved sample: its size is in the ring's books, which the helper checks
                 # (the pointer must be an outstanding reservation)
                 out.append((i, None, "ringbuf"))
+            elif base == ARG_PTR_TO_MEM and MEM_FIXED_SIZE in flags:
+                continue        # sized by the table: fixed_memory_args
             elif base == ARG_PTR_TO_MEM:
                 sized = i + 1 < len(self.args) and split_kind(self.args[i + 1])[0] in (
                     ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO)
                 out.append((i, i + 1 if sized else None,
+                            "read" if MEM_RDONLY in flags else "write"))
+        return out
+
+    def fixed_memory_args(self) -> list[tuple[int, int, str]]:
+        """(pointer arg index, byte size, "read"/"write") of each ``MEM_FIXED_SIZE`` argument
+        (``arg_size`` gives the size, as the kernel's ``arg%d_size``)."""
+        out = []
+        for i, a in enumerate(self.args):
+            base, flags = split_kind(a)
+            if base == ARG_PTR_TO_MEM and MEM_FIXED_SIZE in flags:
+                out.append((i, self.arg_size[i] if i < len(self.arg_size) else 0,
                             "read" if MEM_RDONLY in flags else "write"))
         return out
 
@@ -263,11 +276,11 @@ _ALL_KERNEL = frozenset(PROG_TYPES) - {"mem"}
 
 
 def _h(name: str, ret: str, *args: str, gpl: bool = False, pkt: bool = False,
-       ret_size_arg: int | None = None) -> Prototype:
+       ret_size_arg: int | None = None, arg_size: tuple[int, ...] = ()) -> Prototype:
     hid = HELPER_IDS[name]
     types = frozenset(t for t in _ALL_KERNEL if hid in KERNEL_HELPER_PROG_TYPES[t]) | {"mem"}
     return Prototype(ret, tuple(args), name=name, id=hid, prog_types=types, gpl_only=gpl,
-                     pkt_access=pkt, ret_size_arg=ret_size_arg)
+                     pkt_access=pkt, ret_size_arg=ret_size_arg, arg_size=arg_size)
 
 
 MAP_PTR, KEY, VALUE, ANY = ARG_CONST_MAP_PTR, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE, ARG_ANYTHING
@@ -312,9 +325,27 @@ _HELPER_ROWS = (
     # control transfer: the engines implement these at their call sites
     _h("tail_call", RET_VOID, ARG_PTR_TO_CTX, MAP_PTR, ANY),
     _h("loop", RET_INTEGER, ANY, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
-    # prototype only, awaiting its implementation (issue 11): the verifier checks calls to it
-    # once a VM registers the helper (callback(map, key, value, ctx) per element)
+    # maps and control (kernel/bpf/helpers.c, bpf_trace.c, cgroup.c, net/core/filter.c);
+    # implemented in runtime/helpers_control.py
     _h("for_each_map_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
+    _h("spin_lock", RET_VOID, ARG_PTR_TO_SPIN_LOCK),
+    _h("spin_unlock", RET_VOID, ARG_PTR_TO_SPIN_LOCK),
+    _h("jiffies64", RET_INTEGER),
+    _h("get_numa_node_id", RET_INTEGER),
+    _h("strncmp", RET_INTEGER, ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE, ARG_PTR_TO_CONST_STR),
+    # the result is ARG_PTR_TO_FIXED_SIZE_MEM|MEM_UNINIT|MEM_WRITE|MEM_ALIGNED, arg4_size 8
+    # (pybpf does not check MEM_ALIGNED's alignment)
+    _h("strtol", RET_INTEGER, ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE, ANY,
+       ARG_PTR_TO_UNINIT_MEM + "|" + MEM_FIXED_SIZE, arg_size=(0, 0, 0, 8)),
+    _h("strtoul", RET_INTEGER, ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE, ANY,
+       ARG_PTR_TO_UNINIT_MEM + "|" + MEM_FIXED_SIZE, arg_size=(0, 0, 0, 8)),
+    _h("snprintf", RET_INTEGER, ARG_PTR_TO_MEM + "|" + PTR_MAYBE_NULL, ARG_CONST_SIZE_OR_ZERO,
+       ARG_PTR_TO_CONST_STR, ARG_PTR_TO_MEM_RDONLY + "|" + PTR_MAYBE_NULL,
+       ARG_CONST_SIZE_OR_ZERO, gpl=True),
+    # one id, three kernel protos (tracing, skb, xdp) with the same argument kinds
+    _h("perf_event_output", RET_INTEGER, ARG_PTR_TO_CTX, MAP_PTR, ANY, ARG_PTR_TO_MEM_RDONLY,
+       ARG_CONST_SIZE_OR_ZERO, gpl=True),
+    _h("get_local_storage", RET_PTR_TO_MAP_VALUE, MAP_PTR, ANY),
 )
 
 HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS}
@@ -322,7 +353,7 @@ HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS}
 is still to come (:data:`AWAITING_IMPLEMENTATION`; a VM without them refuses their calls with
 ``helper ... is not implemented by pybpf``)."""
 
-AWAITING_IMPLEMENTATION = frozenset({HELPER_IDS["for_each_map_elem"]})
+AWAITING_IMPLEMENTATION: frozenset[int] = frozenset()
 
 HELPERS_BY_NAME: dict[str, Prototype] = {p.name: p for p in _HELPER_ROWS}
 

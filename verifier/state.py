@@ -425,6 +425,11 @@ def states_equal(old: VerifierState, cur: VerifierState, exact: bool, live: int 
         for oid, cid in zip(sorted(old.refs), sorted(cur.refs)):
             if not _check_ids(oid, cid, idmap):
                 return False
+    if old.active_lock != cur.active_lock:      # refsafe: the same lock (map, pointer id)
+        if old.active_lock is None or cur.active_lock is None or \
+                old.active_lock[0] != cur.active_lock[0] or \
+                not _check_ids(old.active_lock[1], cur.active_lock[1], idmap):
+            return False
     last = len(old.frames) - 1
     for i, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
         if not func_states_equal(fo, fc, idmap, exact, live if i == last else 0x7FF):

@@ -22,10 +22,12 @@ from .arena import Arena
 from .array import ArrayMap
 from .base import MAP_TYPE_IDS, MAP_TYPE_NAMES, Map, MapKeyError
 from .bloom_filter import BloomFilterMap
+from .cgroup_storage import CgroupStorage, PercpuCgroupStorage
 from .hash import HashMap, LruHashMap
 from .lpm_trie import LpmTrieMap
 from .map_in_map import ArrayOfMapsMap, HashOfMapsMap
 from .percpu import LruPercpuHashMap, PercpuArrayMap, PercpuHashMap
+from .perf_event_array import PerfEventArray
 from .prog_array import ProgArrayMap
 from .queue import QueueMap, StackMap
 from .ringbuf import RingBuf
@@ -33,12 +35,12 @@ from .ringbuf import RingBuf
 MAP_TYPES: dict[str, type[Map]] = {cls.type: cls for cls in (
     HashMap, ArrayMap, ProgArrayMap, PercpuHashMap, PercpuArrayMap, LruHashMap,
     LruPercpuHashMap, RingBuf, Arena, QueueMap, StackMap, LpmTrieMap, BloomFilterMap,
-    ArrayOfMapsMap, HashOfMapsMap)}
+    ArrayOfMapsMap, HashOfMapsMap, PerfEventArray, CgroupStorage, PercpuCgroupStorage)}
 
 __all__ = ["create_map", "MAP_TYPES", "Map", "MapKeyError", "Arena", "ArrayMap", "HashMap",
            "LruHashMap", "PercpuArrayMap", "PercpuHashMap", "LruPercpuHashMap", "ProgArrayMap",
            "RingBuf", "QueueMap", "StackMap", "LpmTrieMap", "BloomFilterMap", "ArrayOfMapsMap",
-           "HashOfMapsMap"]
+           "HashOfMapsMap", "PerfEventArray", "CgroupStorage", "PercpuCgroupStorage"]
 
 
 def create_map(map_type: str | int, key_size: int = 0, value_size: int = 0,

@@ -41,7 +41,7 @@ ENOTSUPP = 524          # kernel-internal errno (not in errno.h) some map ops re
 MAP_TYPE_IDS = {name: KERNEL_MAP_TYPE_IDS[name] for name in (
     "hash", "array", "prog_array", "percpu_hash", "percpu_array", "lru_hash", "lru_percpu_hash",
     "queue", "stack", "ringbuf", "arena", "lpm_trie", "bloom_filter", "array_of_maps",
-    "hash_of_maps")}
+    "hash_of_maps", "perf_event_array", "cgroup_storage", "percpu_cgroup_storage")}
 
 # Map creation flags (map_flags).
 BPF_F_NO_PREALLOC = 1 << 0
@@ -257,6 +257,8 @@ class Map:
     key_default = None      # decoded key type when untyped (arrays use int indexes)
     percpu = False          # values are per CPU (n_cpus of them, each rounded up to 8 bytes)
     n_cpus = 1
+    btf = False             # created with value BTF (maps.btf_fields.attach)
+    spin_lock_off = -1      # offset of the value's struct bpf_spin_lock, -1 without
 
     def __init__(self, key_size: int, value_size: int, max_entries: int, flags: int = 0,
                  map_extra: int = 0, *, name: str | None = None, fd: int | None = None,
