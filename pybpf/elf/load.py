@@ -74,7 +74,7 @@ def bind(obj: BpfObject, vm=None) -> BpfObject:
     for m in obj.map_defs.values():
         try:
             lm = created[m.name] = _create(vm, m)
-            from .runtime.maps.btf_fields import attach
+            from ..runtime.maps.btf_fields import attach
             attach(lm, obj.btf, m.btf_value_type)     # value BTF: bpf_spin_lock's offset
             if m.type == "arena":
                 storage[m.name] = ArenaGlobals(lm, m, obj.arena_data_off)
