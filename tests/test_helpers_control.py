@@ -1,0 +1,393 @@
+"""The maps-and-control helpers in both engines (runtime/helpers_control.py): strtol/strtoul
+on many inputs against the running kernel, snprintf's format rules, probe_read_user limited to
+the run's memory, for_each_map_elem, perf_event_output's consumer, cgroup storage per run,
+task identity overrides, and hostile pointers refused before memory is touched. (The C corpus,
+tests/corpus/ctl_corpus.c, runs these helpers in real programs against the kernel too.)"""
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+import pybpf
+from kernel_probe import require_kernel
+from pybpf.runtime.helpers_control import Task
+from support import asm, assert_case_passed, cases_of, child, run_child
+
+M64 = (1 << 64) - 1
+
+# --- strtol / strtoul against the kernel ----------------------------------------------------------
+# ctx: u64 flags, u64 result, u32 length (1..64 after masking), pad, 64 bytes of text. The text is
+# copied to the stack (the kernel passes no ctx pointer to these helpers); r0 = the helper's.
+STRTOX = """
+r6 = r1
+r7 = r10
+r7 += -64
+""" + "".join(f"r1 = *(u64 *)(r6 + {24 + 8 * i})\n*(u64 *)(r10 - {64 - 8 * i}) = r1\n"
+              for i in range(8)) + """
+*(u64 *)(r10 - 72) = 0
+r1 = r7
+r2 = *(u32 *)(r6 + 16)
+r2 &= 63
+r2 += 1
+r3 = *(u64 *)(r6 + 0)
+r4 = r10
+r4 += -72
+call bpf_{fn}
+r1 = *(u64 *)(r10 - 72)
+*(u64 *)(r6 + 8) = r1
+exit
+"""
+INPUTS = [  # (text, flags)
+    (b"42", 0), (b"  -17xyz", 0), (b"0x1F", 0), (b"0X1f", 16), (b"0x", 0), (b"0xg", 16),
+    (b"0777", 0), (b"0778", 0), (b"0778", 8), (b"z", 0), (b"", 0), (b"-", 0), (b"+5", 0),
+    (b"\t\n\v\f\r 9", 10), (b"\xa0" b"7", 0), (b"12", 7), (b"12", 32), (b"12", 1 << 40),
+    (b"9223372036854775807", 0), (b"9223372036854775808", 0), (b"-9223372036854775808", 0),
+    (b"-9223372036854775809", 0), (b"18446744073709551615", 0), (b"18446744073709551616", 0),
+    (b"ffffffffffffffff", 16), (b"-1", 10), (b"00000000000000000000000000000000000000000000007",
+                                                   0), (b"1" * 63 + b"2", 0), (b"-0", 0),
+]
+
+
+def _ctx(text: bytes, flags: int, length: int | None = None) -> bytearray:
+    n = len(text) if length is None else length
+    return bytearray(struct.pack("<QQII", flags, 0x5555, (n - 1) & 63, 0) + text.ljust(64, b"\0"))
+
+
+def _pybpf_strtox(fn: str, engine: str) -> list:
+    vm = pybpf.VM()
+    lp = vm.load(asm(STRTOX.replace("{fn}", fn)), prog_type="syscall", engine=engine)
+    out = []
+    for text, flags in INPUTS:
+        ctx = _ctx(text, flags, max(len(text), 1))
+        r0 = lp.run(ctx=ctx)
+        out.append((r0 & M64, struct.unpack_from("<Q", ctx, 8)[0]))
+    return out
+
+
+def _kernel_strtox(fn: str) -> list:
+    import kernel_bpf
+    code = b"".join(i.encode() for i in asm(STRTOX.replace("{fn}", fn)).insns)
+    fd, log = kernel_bpf.prog_load(code, "syscall", sleepable=True)
+    assert fd >= 0, log
+    out = []
+    try:
+        for text, flags in INPUTS:
+            r0, _, ctx = kernel_bpf.test_run(fd, ctx=bytes(_ctx(text, flags, max(len(text), 1))))
+            out.append((r0 & 0xFFFFFFFF, struct.unpack_from("<Q", ctx, 8)[0]))
+    finally:
+        os.close(fd)
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("fn", ["strtol", "strtoul"])
+def test_strtox_matches_the_kernel(fn):
+    require_kernel("bpf", "test_run:syscall")
+    mine = [(r0 & 0xFFFFFFFF, res) for r0, res in _pybpf_strtox(fn, "interp")]
+    theirs = _kernel_strtox(fn)
+    diffs = [(INPUTS[i], a, b) for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
+    assert not diffs, diffs
+    assert len({r for r, _ in theirs}) > 4          # several outcomes: values, EINVAL, ERANGE
+
+
+def case_strtox_both_engines():
+    for fn in ("strtol", "strtoul"):
+        assert _pybpf_strtox(fn, "interp") == _pybpf_strtox(fn, "jit"), fn
+
+
+# --- snprintf's format rules -------------------------------------------------------------------
+def test_snprintf_format_grammar_is_the_kernels():
+    from pybpf.verifier.bprintf import FormatError, parse
+    ok = [b"%d %i %u %x %X %ld %lld %llu %c", b"%-5d|%05d|%+d|% d", b"%s.", b"%pI4 %pi6",
+          b"%pks %pus", b"%px %pK %ps", b"100%%"]
+    bad = [b"%hd", b"%.2d", b"%q", b"%pZ", b"%sx", b"%pksx", b"caf\xe9 %d", b"%", b"%lz"]
+    for f in ok:
+        parse(f, 12)
+    for f in bad:
+        with pytest.raises(FormatError):
+            parse(f, 12)
+    with pytest.raises(FormatError):
+        parse(b"%d %d", 1)                  # more specifiers than arguments
+
+
+def test_snprintf_renders_like_vsnprintf():
+    from pybpf.runtime.bprintf import render
+    args = [(-5) & M64, 5, 0xBEEF, ord("z"), 0]
+    assert render(b"%d|%u|%x|%c|%px", args) == b"-5|5|beef|z|0000000000000000"
+    assert render(b"%+u|% x|%5d|%-4d|%05d", [5, 10, 42, 7, (-42) & M64]) == \
+        b"5|a|   42|7   |-0042"
+    assert render(b"%d %lld", [0xFFFFFFFF, 0xFFFFFFFF]) == b"-1 4294967295"
+    # a pre-rendered string past the end of the buffer counts for nothing (bstr_printf)
+    assert len(render(b"0123456789 %ps", [16], size=4)) == len(b"0123456789 0x10")
+
+
+# --- probe_read_user: only the run's memory ---------------------------------------------------
+PROBE = """
+r6 = r1
+r1 = *(u64 *)(r6 + 32)
+*(u64 *)(r10 - 32) = r1
+r1 = *(u64 *)(r6 + 40)
+*(u64 *)(r10 - 24) = r1
+r3 = *(u64 *)(r6 + 0)
+if r3 != 0 goto read
+r3 = r10
+r3 += -32
+read:
+r1 = r10
+r1 += -16
+r2 = 16
+call bpf_probe_read_user
+*(u64 *)(r6 + 8) = r0
+r1 = *(u64 *)(r10 - 16)
+*(u64 *)(r6 + 16) = r1
+r1 = *(u64 *)(r10 - 8)
+*(u64 *)(r6 + 24) = r1
+r0 = 0
+exit
+"""
+
+
+def _probe(engine: str, inside: bool) -> tuple[int, bytes]:
+    """Read 16 bytes from the program's stack (inside) or from process memory the run was
+    not given (a guarded Buffer)."""
+    from pybpf.runtime.memory import Buffer
+    vm = pybpf.VM()
+    lp = vm.load(asm(PROBE), prog_type="syscall", engine=engine)
+    secret = Buffer(16, init=b"not yours at all")
+    ctx = bytearray(64)
+    ctx[32:48] = b"sixteen bytes!!!"
+    struct.pack_into("<Q", ctx, 0, 0 if inside else secret.address)
+    lp.run(ctx=ctx)
+    return struct.unpack_from("<q", ctx, 8)[0], bytes(ctx[16:32])
+
+
+def case_probe_read_user_reads_the_runs_memory_only():
+    for engine in ("interp", "jit"):
+        assert _probe(engine, True) == (0, b"sixteen bytes!!!"), engine
+        # outside: -EFAULT and a zero-filled destination, as a faulting read in the kernel
+        assert _probe(engine, False) == (-14, bytes(16)), engine
+
+
+# --- for_each_map_elem ------------------------------------------------------------------------
+FOREACH = """
+.map m type={type} key=4 value=8 max_entries=8
+*(u64 *)(r10 - 8) = 0
+r1 = map[m] ll
+r2 = func(cb) ll
+r3 = r10
+r3 += -8
+r4 = {flags}
+call bpf_for_each_map_elem
+r1 = *(u64 *)(r10 - 8)
+r1 <<= 16
+r0 |= r1
+exit
+cb:
+r5 = *(u64 *)(r3 + 0)
+r0 = *(u64 *)(r4 + 0)
+r0 += r5
+*(u64 *)(r4 + 0) = r0
+r0 = 0
+if r5 != 3 goto out
+r0 = 1
+out:
+exit
+"""
+
+
+def _for_each(engine: str, mtype: str, flags: int = 0):
+    vm = pybpf.VM()
+    lp = vm.load(asm(FOREACH.replace("{type}", mtype).replace("{flags}", str(flags))),
+                 prog_type="syscall", engine=engine)
+    m = lp.maps["m"]
+    for k, v in ((0, 1), (1, 5), (2, 3), (3, 9)) if mtype != "percpu_array" else ((0, 1),):
+        if mtype.startswith("percpu"):
+            m.sys_update(struct.pack("<I", k), struct.pack("<Q", v) * m.n_cpus)
+        else:
+            m.sys_update(struct.pack("<I", k), struct.pack("<Q", v))
+    return lp.run(ctx=bytearray(8)) & M64
+
+
+def case_for_each_map_elem():
+    for engine in ("interp", "jit"):
+        # array: 8 elements, stops at the value 3 (index 2): 3 visited, sum 1 + 5 + 3
+        assert _for_each(engine, "array") == (9 << 16) | 3, engine
+        # hash: 4 elements, stops at 3 (the third inserted)
+        assert _for_each(engine, "hash") == (9 << 16) | 3, engine
+        # percpu_array: this CPU's values; none is 3, all 8 visited
+        assert _for_each(engine, "percpu_array") == (1 << 16) | 8, engine
+        assert _for_each(engine, "array", flags=1) == (-22) & M64, engine     # -EINVAL
+
+
+# --- perf_event_output and its consumer ---------------------------------------------------------
+PERF = """
+.map events type=perf_event_array key=4 value=4 max_entries=2
+r6 = r1
+r1 = *(u64 *)(r6 + 0)
+*(u64 *)(r10 - 16) = r1
+r1 = *(u64 *)(r6 + 8)
+*(u64 *)(r10 - 8) = r1
+r1 = r6
+r2 = map[events] ll
+r3 = *(u64 *)(r6 + 16)
+r4 = r10
+r4 += -16
+r5 = *(u64 *)(r6 + 24)
+r5 &= 15
+call bpf_perf_event_output
+exit
+"""
+
+
+def case_perf_event_output_consumer():
+    for engine in ("interp", "jit"):
+        vm = pybpf.VM()
+        lp = vm.load(asm(PERF), prog_type="mem", engine=engine)
+        ev = lp.maps["events"]
+
+        def out(flags, size):
+            return lp.run(mem=b"abcdefghABCDEFGH" + struct.pack("<QQ", flags, size)) & M64
+        cur = 0xFFFFFFFF
+        assert out(cur, 5) == (-2) & M64                  # no buffer: -ENOENT
+        ev.open(0, pages=1)
+        assert out(cur, 5) == 0 and out(0, 12) == 0 and out(0, 0) == 0
+        assert out(2, 4) == (-7) & M64                    # past max_entries: -E2BIG
+        assert out(1 << 33, 4) == (-22) & M64             # unknown flag bits: -EINVAL
+        ev.open(1, cpu=1)
+        assert out(1, 4) == (-95) & M64                   # another CPU's buffer: -EOPNOTSUPP
+        # records: (cpu, data padded so that size + data end on 8 bytes), in order
+        assert ev.consume() == [(0, b"abcde" + bytes(7)), (0, b"abcdefghABCD"),
+                                (0, b"\0\0\0\0")]
+        assert ev.consume() == []
+        n = 0
+        while out(0, 15) == 0:                            # one page fills up: -ENOSPC
+            n += 1
+        assert n == 4096 // 32 and ev.lost(0) == 1, (n, ev.lost(0))
+        assert out(cur, 15) == (-28) & M64 and ev.lost(0) == 2
+
+
+# --- cgroup storage: fresh per run, kept across test_run's repetitions -------------------------
+CGROUP = """
+.map st type=cgroup_storage key=16 value=8 max_entries=0
+r1 = map[st] ll
+r2 = 0
+call bpf_get_local_storage
+r1 = *(u64 *)(r0 + 0)
+r1 += 1
+*(u64 *)(r0 + 0) = r1
+r0 = 0
+if r1 != 1 goto out
+r0 = 1
+out:
+exit
+"""
+
+
+def case_cgroup_storage_per_run():
+    for engine in ("interp", "jit"):
+        vm = pybpf.VM()
+        lp = vm.load(asm(CGROUP), prog_type="cgroup_skb", engine=engine)
+        pkt = bytes(64)
+        assert [lp.run(data=pkt) for _ in range(3)] == [1, 1, 1], engine
+        assert lp.test_run(data=pkt, repeat=5)[0] == 0       # 5 runs: the count went on
+        with pytest.raises(pybpf.BPFError):
+            lp.maps["st"].sys_lookup(bytes(16))               # no element: nothing attached
+
+
+def test_cgroup_storage_attributes_are_the_kernels():
+    vm = pybpf.VM()
+    for kw, err in ((dict(key_size=12, value_size=8), 22), (dict(key_size=16, value_size=0), 22),
+                    (dict(key_size=16, value_size=8, max_entries=1), 22),
+                    (dict(key_size=16, value_size=8192), 7)):
+        with pytest.raises(pybpf.MapError) as e:
+            vm.create_map("cgroup_storage", **kw)
+        assert e.value.errno == err, kw
+    vm.create_map("cgroup_storage", key_size=8, value_size=4096)
+
+
+# --- task identity ------------------------------------------------------------------------------
+TASK = """
+r6 = r1
+call bpf_get_current_pid_tgid
+*(u64 *)(r6 + 0) = r0
+call bpf_get_current_uid_gid
+*(u64 *)(r6 + 8) = r0
+r1 = r10
+r1 += -16
+r2 = 16
+call bpf_get_current_comm
+r1 = *(u64 *)(r10 - 16)
+*(u64 *)(r6 + 16) = r1
+r1 = *(u64 *)(r10 - 8)
+*(u64 *)(r6 + 24) = r1
+exit
+"""
+
+
+def _task(engine: str, task: Task | None):
+    vm = pybpf.VM(task=task)
+    lp = vm.load(asm(TASK), prog_type="syscall", engine=engine)
+    ctx = bytearray(32)
+    lp.run(ctx=ctx)
+    return struct.unpack_from("<QQ", ctx) + (bytes(ctx[16:32]),)
+
+
+def case_task_identity():
+    import threading
+    for engine in ("interp", "jit"):
+        pt, ug, comm = _task(engine, None)
+        assert pt == (os.getpid() << 32) | threading.get_native_id()
+        assert ug == (os.getgid() << 32) | os.getuid()
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "rb") as f:
+            assert comm == f.read().strip().ljust(16, b"\0")
+        got = _task(engine, Task(pid=7, tgid=8, uid=9, gid=10,
+                                 comm=b"a-very-long-process-name"))
+        assert got == ((8 << 32) | 7, (10 << 32) | 9, b"a-very-long-pro\0"), engine
+
+
+# --- hostile pointers ---------------------------------------------------------------------------
+HOSTILE = """
+r1 = {ptr} ll
+r2 = 8
+r3 = 0
+r4 = r10
+r4 += -8
+call bpf_{fn}
+exit
+"""
+
+
+def case_hostile_pointers_are_refused():
+    from pybpf.runtime.memory import Buffer
+    target = Buffer(16, init=b"12345678", guard=64)
+    for engine in ("interp", "jit"):
+        for fn in ("strtol", "strtoul", "strncmp"):
+            text = HOSTILE.replace("{ptr}", str(target.address)).replace("{fn}", fn)
+            if fn == "strncmp":
+                text = text.replace("r3 = 0", f"r3 = {target.address} ll")
+            lp = pybpf.VM().load(asm(text), prog_type="syscall", engine=engine, verify=False)
+            with pytest.raises(pybpf.MemoryAccessError):
+                lp.run(ctx=bytearray(8))
+        assert target.guards_intact()
+
+
+CHILD_CASES = cases_of(globals())
+
+
+@pytest.fixture(scope="module")
+def child_results():
+    return run_child(__file__, CHILD_CASES)
+
+
+@pytest.mark.jit
+@pytest.mark.parametrize("name", sorted(CHILD_CASES))
+def test_in_child(child_results, name):
+    assert_case_passed(child_results, name)
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) >= 2 and sys.argv[1] == "child":
+        sys.exit(child(CHILD_CASES, sys.argv[2:] or list(CHILD_CASES)))
