@@ -391,3 +391,73 @@ if __name__ == "__main__":
     import sys
     if len(sys.argv) >= 2 and sys.argv[1] == "child":
         sys.exit(child(CHILD_CASES, sys.argv[2:] or list(CHILD_CASES)))
+
+
+# --- snprintf: the format check at verification, against the kernel -------------------------------
+SNPRINTF = """
+.map fmt type=array key=4 value=32 max_entries=1 flags=128
+r1 = r10
+r1 += -64
+r2 = 32
+r3 = map_value[fmt] + 0 ll
+r4 = r10
+r4 += -32
+*(u64 *)(r10 - 32) = 1
+*(u64 *)(r10 - 24) = 2
+*(u64 *)(r10 - 16) = 3
+*(u64 *)(r10 - 8) = 4
+r5 = {len}
+call bpf_snprintf
+exit
+"""
+FORMATS = [(b"%d %d", 16), (b"%d %d %d", 16), (b"%d", 12), (b"%hd", 8), (b"%s!", 8),
+           (b"%sx", 8), (b"plain", 0), (b"%pI4", 8), (b"%pZ", 8), (b"%d" + bytes(4) + b"x", 8),
+           (b"0123456789abcdef0123456789abcdef", 0)]
+
+
+def _snprintf_verdicts_pybpf():
+    out = []
+    for fmt, n in FORMATS:
+        vm = pybpf.VM()
+        m = vm.create_map("array", 4, 32, 1, flags=128, name="fmt")
+        m.sys_update(bytes(4), fmt[:32].ljust(32, b"\0"))
+        m.freeze()
+        try:
+            vm.load(asm(SNPRINTF.replace("{len}", str(n))), prog_type="syscall",
+                    engine="interp", maps={"fmt": m}).close()
+            out.append(("accept", ""))
+        except pybpf.VerifierError as e:
+            out.append(("reject", e.message))
+    return out
+
+
+def _snprintf_verdicts_kernel():
+    import ctypes
+    import kernel_bpf
+    import kernel_verifier as kv
+    out = []
+    for fmt, n in FORMATS:
+        fd = kernel_bpf.create_map("array", 4, 32, 1, 128, name="fmt")
+        try:
+            kernel_bpf.update(fd, bytes(4), fmt[:32].ljust(32, b"\0"))
+            kernel_bpf.freeze(fd)
+            log = ctypes.create_string_buffer(1 << 20)
+            prog = asm(SNPRINTF.replace("{len}", str(n)))
+            try:
+                os.close(kv._load(prog, "syscall", [fd], 1, log))
+                out.append(("accept", ""))
+            except kernel_bpf.KernelError:
+                msg = kv.message_of(log.value.decode())
+                out.append(("reject", msg if "call bpf_snprintf" not in msg else ""))
+        finally:
+            os.close(fd)
+    return out
+
+
+@pytest.mark.kernel
+def test_snprintf_formats_are_checked_at_load_as_the_kernel_does():
+    require_kernel("bpf")
+    mine, theirs = _snprintf_verdicts_pybpf(), _snprintf_verdicts_kernel()
+    diffs = [(FORMATS[i], a, b) for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
+    assert not diffs, diffs
+    assert {v for v, _ in theirs} == {"accept", "reject"}

@@ -122,3 +122,47 @@ def parse(fmt: bytes, num_args: int) -> list:
     if text:
         out.append(bytes(text))
     return out
+
+
+# --- the verifier's side ---------------------------------------------------------------------
+def map_value_bytes(m) -> bytes | None:
+    """The current bytes of a single-element array's value (a read-only global section) as
+    the verifier may read them (``map_direct_value_addr``), or None when it cannot."""
+    value = getattr(m, "value", None)
+    addr_of = getattr(value, "map_direct_value_addr", None)
+    if addr_of is None:
+        return None
+    try:
+        addr = addr_of(0)
+    except Exception:           # not a direct-value map: nothing to read
+        return None
+    import ctypes
+    return ctypes.string_at(addr, m.value_size)
+
+
+def check_const_str(chk, reg, regno: int) -> None:
+    """check_reg_const_str's last rule: the string must end inside the value."""
+    raw = map_value_bytes(reg.map)
+    if raw is None:
+        return
+    off = reg.off + reg.var.const_value()
+    if raw.find(b"\0", off) < 0:
+        chk.error("string is not zero-terminated", errno.EINVAL)
+
+
+def check_snprintf_call(chk) -> None:
+    """check_bpf_snprintf_call: a format the verifier can read must parse with r5 / 8
+    arguments ("Invalid format string"); a data_len that is not a multiple of 8 is EINVAL
+    without a message, as in the kernel."""
+    regs = chk.state.cur.regs
+    fmt, data_len = regs[3], regs[5]
+    if data_len.var.var_off.value % 8:
+        chk.error("", errno.EINVAL)
+    raw = map_value_bytes(fmt.map) if fmt.map is not None else None
+    if raw is None:
+        return
+    off = fmt.off + fmt.var.const_value()
+    try:
+        parse(raw[off:raw.index(b"\0", off)], data_len.var.var_off.value // 8)
+    except (FormatError, ValueError):
+        chk.error("Invalid format string", errno.EINVAL)

@@ -37,7 +37,7 @@ import os
 from pybpf import isa
 from pybpf.elf.sections import MAP_TYPE_IDS
 
-from . import bounds, protos, spin_lock
+from . import bounds, bprintf, protos, spin_lock
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
                      ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_DONTCARE, ARG_PTR_TO_CONST_STR,
                      ARG_PTR_TO_CTX, ARG_PTR_TO_FUNC, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE,
@@ -220,6 +220,8 @@ def check_helper_call(chk, pc: int, insn) -> None:
         _loop_callback(chk, pc, meta)
     elif hid == protos.HELPER_IDS["for_each_map_elem"]:
         _map_elem_callback(chk, pc, meta)
+    elif hid == protos.HELPER_IDS["snprintf"]:
+        bprintf.check_snprintf_call(chk)
     elif hid == protos.HELPER_IDS["get_local_storage"] and not _is_null(regs[2]):
         # it cannot return an error, so the flags must be 0
         chk.error("get_local_storage() doesn't support non-zero flags", errno.EINVAL)
@@ -438,9 +440,10 @@ def _check_const_str(chk, reg: Reg, regno: int) -> None:
         chk.error(f"R{regno} does not point to a readonly map'")
     if not reg.var.is_const():
         chk.error(f"R{regno} is not a constant address'")
-    # the string's bytes are the map's initial value, which the verifier cannot read here:
-    # the interpreter checks the NUL at run time; the range must at least lie in the value
+    # the range must lie in the value; the NUL is checked where the value can be read (a
+    # global section), else at run time by the interpreter's argument checks
     chk.mem.check_helper_mem_access(chk, regno, max(m.value_size - reg.off, 1), False, False)
+    bprintf.check_const_str(chk, reg, regno)
 
 
 def _record_func_map(chk, meta: CallMeta, hid: int) -> None:
