@@ -19,8 +19,9 @@ from __future__ import annotations
 import errno
 import weakref
 
-from .base import (BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, HEADER_SIZE, PAGE_SIZE,
-                   PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up)
+from pybpf.uapi import BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE
+
+from .base import HEADER_SIZE, PAGE_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up
 from ..helpers import ACTIVE_REGIONS
 
 LOCAL_STORAGE_CREATE_FLAG_MASK = BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK

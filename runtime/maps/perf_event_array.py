@@ -23,8 +23,9 @@ import collections
 import errno
 import threading
 
-from .base import (BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, ENOTSUPP,
-                   PAGE_SIZE, Map, Memory, check, fail, round_up)
+from pybpf.uapi import BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, ENOTSUPP
+
+from .base import PAGE_SIZE, Map, Memory, check, fail, round_up
 
 BPF_F_INDEX_MASK = 0xFFFFFFFF
 BPF_F_CURRENT_CPU = BPF_F_INDEX_MASK
