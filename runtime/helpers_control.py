@@ -260,10 +260,6 @@ def spin_unlock(lock: int) -> int:
     return 0
 
 
-def _lock_args(args: tuple) -> list:
-    return [(args[0], 4, "write")]
-
-
 # --- for_each_map_elem ---------------------------------------------------------------------------
 _ITERABLE = ("array", "percpu_array", "hash", "lru_hash", "percpu_hash", "lru_percpu_hash")
 
@@ -343,8 +339,8 @@ def install(helpers, resolve_map, task_of) -> None:
         helpers.add(Helper(HELPER_IDS[name], name, fn, protos.helper_proto(name), **kw))
 
     add("for_each_map_elem", _special("for_each_map_elem"), special="for_each")
-    add("spin_lock", spin_lock, mem_args=_lock_args)
-    add("spin_unlock", spin_unlock, mem_args=_lock_args)
+    add("spin_lock", spin_lock)         # the lock word's 4 bytes: protos.fixed_memory_args
+    add("spin_unlock", spin_unlock)
     add("jiffies64", jiffies64)
     add("get_numa_node_id", get_numa_node_id, native=("const", 0))
     for fn in (strncmp, strtol, strtoul, snprintf):

@@ -363,9 +363,9 @@ def case_hostile_pointers_are_refused():
     from pybpf.runtime.memory import Buffer
     target = Buffer(16, init=b"12345678", guard=64)
     for engine in ("interp", "jit"):
-        for fn in ("strtol", "strtoul", "strncmp"):
+        for fn in ("strtol", "strtoul", "strncmp", "spin_lock", "snprintf"):
             text = HOSTILE.replace("{ptr}", str(target.address)).replace("{fn}", fn)
-            if fn == "strncmp":
+            if fn in ("strncmp", "snprintf"):
                 text = text.replace("r3 = 0", f"r3 = {target.address} ll")
             lp = pybpf.VM().load(asm(text), prog_type="syscall", engine=engine, verify=False)
             with pytest.raises(pybpf.MemoryAccessError):

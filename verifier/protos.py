@@ -242,13 +242,16 @@ class Prototype:
 
     def fixed_memory_args(self) -> list[tuple[int, int, str]]:
         """(pointer arg index, byte size, "read"/"write") of each ``MEM_FIXED_SIZE`` argument
-        (``arg_size`` gives the size, as the kernel's ``arg%d_size``)."""
+        (``arg_size`` gives the size, as the kernel's ``arg%d_size``) and of each
+        ``struct bpf_spin_lock`` (4 bytes)."""
         out = []
         for i, a in enumerate(self.args):
             base, flags = split_kind(a)
             if base == ARG_PTR_TO_MEM and MEM_FIXED_SIZE in flags:
                 out.append((i, self.arg_size[i] if i < len(self.arg_size) else 0,
                             "read" if MEM_RDONLY in flags else "write"))
+            elif base == ARG_PTR_TO_SPIN_LOCK:
+                out.append((i, 4, "write"))     # struct bpf_spin_lock: the lock word
         return out
 
     def map_args(self) -> list[tuple[int, str, str]]:
