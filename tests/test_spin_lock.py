@@ -305,3 +305,60 @@ if __name__ == "__main__":
     import sys
     if len(sys.argv) >= 2 and sys.argv[1] == "child":
         sys.exit(child(CHILD_CASES, sys.argv[2:] or list(CHILD_CASES)))
+
+
+# --- user space and the lock word: copy_map_value, BPF_F_LOCK -----------------------------------
+BPF_F_LOCK = 4
+VALUE = bytes(range(1, 17))       # its lock bytes (4..8) are not zero: they must not be copied
+OPS = [("update", 0, VALUE, 0), ("lookup", 0), ("update", 0, VALUE[::-1], BPF_F_LOCK),
+       ("lookup", 0), ("update", 1, VALUE, BPF_F_LOCK | 1), ("update", 0, VALUE, BPF_F_LOCK | 1),
+       ("lookup", 1), ("update", 2, VALUE, 2 | BPF_F_LOCK), ("update", 0, VALUE, 8 | BPF_F_LOCK)]
+
+
+def _ops_pybpf(mtype: str, btf: bool) -> list:
+    vm = pybpf.VM()
+    m = vm.create_map(mtype, 4, 16, 4, name="m")
+    if btf:
+        m.btf, m.spin_lock_off = True, LOCK_OFF
+    out = []
+    for op in OPS:
+        key = struct.pack("<I", op[1])
+        try:
+            if op[0] == "update":
+                m.sys_update(key, op[2], op[3])
+                out.append(0)
+            else:
+                out.append(m.sys_lookup(key))
+        except pybpf.MapError as e:
+            out.append(-e.errno)
+    return out
+
+
+def _ops_kernel(mtype: str, btf: bool) -> list:
+    import kernel_bpf
+    btf_fd = kernel_bpf.load_raw_btf(_btf_blob()) if btf else None
+    fd = kernel_bpf.create_map(mtype, 4, 16, 4, name="m", btf=(btf_fd, 1, 3) if btf else None)
+    out = []
+    try:
+        for op in OPS:
+            key = struct.pack("<I", op[1])
+            if op[0] == "update":
+                out.append(kernel_bpf.elem_op(kernel_bpf.BPF_MAP_UPDATE_ELEM, fd, key, op[2],
+                                              op[3])[0])
+            else:
+                rc, value = kernel_bpf.elem_op(kernel_bpf.BPF_MAP_LOOKUP_ELEM, fd, key,
+                                               bytes(16))
+                out.append(value if rc == 0 else rc)
+    finally:
+        os.close(fd)
+        if btf_fd is not None:
+            os.close(btf_fd)
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mtype,btf", [("array", True), ("hash", True), ("array", False),
+                                       ("hash", False)])
+def test_user_space_updates_leave_the_lock_as_the_kernel(mtype, btf):
+    require_kernel("bpf", "btf")
+    assert _ops_pybpf(mtype, btf) == _ops_kernel(mtype, btf)

@@ -19,6 +19,7 @@ import struct
 from pybpf.uapi import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_LOCK, BPF_F_MMAPABLE,
                         BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY_PROG, BPF_NOEXIST,
                         ENOTSUPP)
+from . import btf_fields
 from .base import HEADER_SIZE, INT_MAX, PAGE_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up
 
 ARRAY_CREATE_FLAG_MASK = (BPF_F_NUMA_NODE | BPF_F_MMAPABLE | BPF_F_ACCESS_MASK |
@@ -66,15 +67,18 @@ class ArrayMap(Map):
         return self.data_address + i * self.elem_size if i < self.max_entries else 0
 
     def _update(self, key: bytes, value: bytes, flags: int, onallcpus: bool) -> int:
-        if flags & ~BPF_F_LOCK > BPF_EXIST or flags & BPF_F_LOCK:
+        if flags & ~BPF_F_LOCK > BPF_EXIST or flags & BPF_F_LOCK and self.spin_lock_off < 0:
             return -errno.EINVAL          # unknown flags; BPF_F_LOCK needs a bpf_spin_lock (BTF)
         i = self._index(key)
         if i >= self.max_entries:
             return -errno.E2BIG
-        if flags == BPF_NOEXIST:
+        if flags & ~BPF_F_LOCK == BPF_NOEXIST:
             return -errno.EEXIST
         base = self.data_address + i * self.elem_size
-        if onallcpus:
+        if self.spin_lock_off >= 0 and not self.percpu:
+            # copy_map_value(_locked): the lock word keeps its state
+            btf_fields.copy_value(self, base, value[:self.value_size], bool(flags & BPF_F_LOCK))
+        elif onallcpus:
             ctypes.memmove(base, value, self.elem_size)
         else:
             ctypes.memmove(base + self.cpu * self.stride if self.percpu else base, value,

@@ -359,7 +359,11 @@ class Map:
         self._sys_check(False)
         addr = self._value_base(self._key(key))
         check(addr, errno.ENOENT, f"key {key.hex()} not found")
-        return ctypes.string_at(addr, self.sys_value_size)
+        value = ctypes.string_at(addr, self.sys_value_size)
+        if self.spin_lock_off >= 0 and not self.percpu:
+            from .btf_fields import without_lock
+            value = without_lock(self, value)       # user space never sees the lock word
+        return value
 
     def sys_update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         self._sys_check(True)

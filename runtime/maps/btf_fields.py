@@ -43,3 +43,31 @@ def attach(m, btf, value_type_id: int) -> None:
     """Record ``m``'s BTF facts (called by the ELF loader after creating the map)."""
     m.btf = btf is not None and bool(value_type_id)
     m.spin_lock_off = spin_lock_offset(btf, value_type_id)
+
+
+def without_lock(m, value: bytes) -> bytes:
+    """``value`` with its bpf_spin_lock zeroed (check_and_init_map_value: what user space
+    reads, and what a new element starts with)."""
+    off = m.spin_lock_off
+    if off < 0 or len(value) < off + 4:
+        return value
+    return value[:off] + bytes(4) + value[off + 4:]
+
+
+def copy_value(m, dst: int, value: bytes, locked: bool) -> None:
+    """copy_map_value(_locked): write ``value`` at ``dst`` except the lock word, which keeps
+    its state; with ``locked`` (BPF_F_LOCK) the value's own lock is held during the copy."""
+    import ctypes
+    off = m.spin_lock_off
+    if off < 0:
+        ctypes.memmove(dst, value, len(value))
+        return
+    from ..helpers_control import spin_lock, spin_unlock
+    if locked:
+        spin_lock(dst + off)
+    try:
+        ctypes.memmove(dst, value[:off], off)
+        ctypes.memmove(dst + off + 4, value[off + 4:], len(value) - off - 4)
+    finally:
+        if locked:
+            spin_unlock(dst + off)

@@ -44,6 +44,7 @@ import threading
 from pybpf.uapi import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_LOCK, BPF_F_NO_COMMON_LRU,
                         BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_ZERO_SEED,
                         BPF_NOEXIST, ENOTSUPP)
+from . import btf_fields
 from .base import HEADER_SIZE, KMALLOC_MAX_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up
 
 HTAB_CREATE_FLAG_MASK = (BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_NUMA_NODE |
@@ -180,8 +181,18 @@ class HashMap(Map):
         return addr
 
     def _update(self, key: bytes, value: bytes, flags: int, onallcpus: bool) -> int:
-        if flags & ~BPF_F_LOCK > BPF_EXIST or flags & BPF_F_LOCK:
+        if flags & ~BPF_F_LOCK > BPF_EXIST or flags & BPF_F_LOCK and self.spin_lock_off < 0:
             return -errno.EINVAL          # unknown flags; BPF_F_LOCK needs a bpf_spin_lock (BTF)
+        if self.spin_lock_off >= 0:
+            if flags & BPF_F_LOCK and not self.percpu:
+                base = self._value_base(key)
+                if base and flags & ~BPF_F_LOCK == BPF_NOEXIST:
+                    return -errno.EEXIST
+                if base:        # an existing element is updated in place, under its lock
+                    btf_fields.copy_value(self, base, value[:self.value_size], True)
+                    return 0
+                flags &= ~BPF_F_LOCK
+            value = btf_fields.without_lock(self, value)    # a new element's lock is free
         with self._lock:
             slot = self._slots.get(key)
             if slot is not None and flags == BPF_NOEXIST:
