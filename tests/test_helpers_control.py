@@ -210,6 +210,38 @@ def _for_each(engine: str, mtype: str, flags: int = 0):
     return lp.run(ctx=bytearray(8)) & M64
 
 
+FOREACH_TWO = """
+.map m type=array key=4 value=8 max_entries=4
+r6 = *(u64 *)(r1 + 0)
+*(u64 *)(r10 - 8) = 0
+r2 = func(cb_a) ll
+if r6 == 0 goto go
+r2 = func(cb_b) ll
+go:
+r1 = map[m] ll
+r3 = r10
+r3 += -8
+r4 = 0
+call bpf_for_each_map_elem
+r1 = *(u64 *)(r10 - 8)
+r1 <<= 8
+r0 |= r1
+exit
+cb_a:
+r0 = *(u64 *)(r4 + 0)
+r0 += 1
+*(u64 *)(r4 + 0) = r0
+r0 = 0
+exit
+cb_b:
+r0 = *(u64 *)(r4 + 0)
+r0 += 10
+*(u64 *)(r4 + 0) = r0
+r0 = 1
+exit
+"""
+
+
 def case_for_each_map_elem():
     for engine in ("interp", "jit"):
         # array: 8 elements, stops at the value 3 (index 2): 3 visited, sum 1 + 5 + 3
@@ -219,6 +251,10 @@ def case_for_each_map_elem():
         # percpu_array: this CPU's values; none is 3, all 8 visited
         assert _for_each(engine, "percpu_array") == (1 << 16) | 8, engine
         assert _for_each(engine, "array", flags=1) == (-22) & M64, engine     # -EINVAL
+        # the callback known only at run time (two candidates): counts in ctx, or stops at once
+        lp = pybpf.VM().load(asm(FOREACH_TWO), prog_type="syscall", engine=engine)
+        assert [lp.run(ctx=bytearray(struct.pack("<Q", v))) for v in (0, 1)] == \
+            [(4 << 8) | 4, (10 << 8) | 1], engine
 
 
 # --- perf_event_output and its consumer ---------------------------------------------------------
