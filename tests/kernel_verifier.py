@@ -33,11 +33,16 @@ except ImportError:         # pragma: no cover - older trees probe here
 
 # include/uapi/linux/bpf.h enum bpf_prog_type
 PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4,
-                 "tracepoint": 5, "xdp": 6, "perf_event": 7, "cgroup_skb": 8,
-                 "lwt_in": 10, "syscall": 31}
-# enum bpf_attach_type values a type needs as expected_attach_type (0 = BPF_CGROUP_INET_INGRESS
-# is also right for cgroup_skb; the others ignore the field)
-EXPECTED_ATTACH = {"cgroup_skb": 0}
+                 "tracepoint": 5, "xdp": 6, "perf_event": 7, "cgroup_skb": 8, "cgroup_sock": 9,
+                 "lwt_in": 10, "lwt_out": 11, "lwt_xmit": 12, "sock_ops": 13, "sk_msg": 16,
+                 "raw_tracepoint": 17, "cgroup_sock_addr": 18, "flow_dissector": 22,
+                 "sk_lookup": 30, "syscall": 31}
+# enum bpf_attach_type values a type needs as expected_attach_type when the caller names none:
+# pybpf's defaults (pybpf.attach_types), cgroup_sock_addr as connect4; others ignore the field
+EXPECTED_ATTACH = {"cgroup_skb": "cgroup_inet_ingress", "cgroup_sock": "cgroup_inet_sock_create",
+                   "cgroup_sock_addr": "cgroup_inet4_connect", "sk_lookup": "sk_lookup",
+                   "flow_dissector": "flow_dissector", "sk_msg": "sk_msg_verdict",
+                   "sock_ops": "cgroup_sock_ops"}
 PROG_FLAGS = {"syscall": 1 << 4}     # BPF_F_SLEEPABLE: syscall programs may call sleepable helpers
 BPF_PROG_LOAD, BPF_BTF_LOAD = 5, 18
 LOG_SIZE = 1 << 24
@@ -144,7 +149,15 @@ def _load_btf(data: bytes) -> int:
         raise KernelError("btf_load", e.errno, log.value.decode()) from None
 
 
-def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
+def attach_id(prog_type: str, attach_type: str | None) -> int:
+    """enum bpf_attach_type value for a load of ``prog_type`` (``attach_type`` names it)."""
+    from pybpf.attach_types import ATTACH_TYPE_IDS
+    name = attach_type or EXPECTED_ATTACH.get(prog_type)
+    return ATTACH_TYPE_IDS[name] if name else 0
+
+
+def _load(prog, prog_type: str, fds: list[int], log_level: int, log,
+          attach_type: str | None = None) -> int:
     insns = _insns(prog)
     code = ctypes.create_string_buffer(b"".join(i.encode() for i in insns))
     # padded with zeros: a map index past the program's maps reads fd 0 ("fd 0 is not pointing
@@ -157,7 +170,7 @@ def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
         struct.pack_into("<IIQ", attr, 24, log_level, len(log), _addr(log))
     struct.pack_into("<I", attr, 44, PROG_FLAGS.get(prog_type, 0))
     attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
-    struct.pack_into("<I", attr, 68, EXPECTED_ATTACH.get(prog_type, 0))
+    struct.pack_into("<I", attr, 68, attach_id(prog_type, attach_type))
     struct.pack_into("<Q", attr, 120, _addr(fd_arr))
     btf_fd, finfo = None, None
     funcs = subprograms(prog)
@@ -201,18 +214,20 @@ def create_maps(prog) -> list[int]:
     return fds
 
 
-def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = False) -> KernelVerdict:
-    """The kernel's verdict on ``prog`` (a pybpf Program) as ``prog_type``. The log is fetched
-    for rejections always, for accepted programs only with ``want_log``."""
+def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = False,
+                  attach_type: str | None = None) -> KernelVerdict:
+    """The kernel's verdict on ``prog`` (a pybpf Program) as ``prog_type`` (with the expected
+    attach type ``attach_type``, a pybpf.attach_types name, or the type's default). The log is
+    fetched for rejections always, for accepted programs only with ``want_log``."""
     fds = create_maps(prog)
     try:
         try:
-            pfd = _load(prog, prog_type, fds, 0, None)
+            pfd = _load(prog, prog_type, fds, 0, None, attach_type)
         except KernelError as e:
             err = e.errno
             log = ctypes.create_string_buffer(LOG_SIZE)
             try:
-                pfd2 = _load(prog, prog_type, fds, log_level or 1, log)
+                pfd2 = _load(prog, prog_type, fds, log_level or 1, log, attach_type)
                 os.close(pfd2)   # the logged load accepted what the silent one refused: odd
             except KernelError:
                 pass
@@ -223,7 +238,7 @@ def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = Fal
         if want_log and log_level:
             log = ctypes.create_string_buffer(LOG_SIZE)
             try:
-                os.close(_load(prog, prog_type, fds, log_level, log))
+                os.close(_load(prog, prog_type, fds, log_level, log, attach_type))
             except KernelError:
                 pass
             text = log.value.decode(errors="replace")
