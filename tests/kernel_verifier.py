@@ -23,6 +23,9 @@ import re
 import struct
 from dataclasses import dataclass
 
+from pybpf import uapi
+from pybpf.uapi import BPF_BTF_LOAD, BPF_F_SLEEPABLE, BPF_PROG_LOAD
+
 import kernel_bpf
 from kernel_bpf import KernelError, _addr, _bpf, create_map
 
@@ -31,20 +34,18 @@ try:        # tests/kernel_probe.py: the suite's one feature probe (skips name t
 except ImportError:         # pragma: no cover - older trees probe here
     kernel_probe = None
 
-# include/uapi/linux/bpf.h enum bpf_prog_type
-PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4,
-                 "tracepoint": 5, "xdp": 6, "perf_event": 7, "cgroup_skb": 8, "cgroup_sock": 9,
-                 "lwt_in": 10, "lwt_out": 11, "lwt_xmit": 12, "sock_ops": 13, "sk_msg": 16,
-                 "raw_tracepoint": 17, "cgroup_sock_addr": 18, "flow_dissector": 22,
-                 "sk_lookup": 30, "syscall": 31}
+# the program types these checks load, with their enum bpf_prog_type values
+PROG_TYPE_IDS = {t: uapi.PROG_TYPE_IDS[t] for t in (
+    "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp", "perf_event",
+    "cgroup_skb", "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit", "sock_ops", "sk_msg",
+    "raw_tracepoint", "cgroup_sock_addr", "flow_dissector", "sk_lookup", "syscall")}
 # enum bpf_attach_type values a type needs as expected_attach_type when the caller names none:
 # pybpf's defaults (pybpf.attach_types), cgroup_sock_addr as connect4; others ignore the field
 EXPECTED_ATTACH = {"cgroup_skb": "cgroup_inet_ingress", "cgroup_sock": "cgroup_inet_sock_create",
                    "cgroup_sock_addr": "cgroup_inet4_connect", "sk_lookup": "sk_lookup",
                    "flow_dissector": "flow_dissector", "sk_msg": "sk_msg_verdict",
                    "sock_ops": "cgroup_sock_ops"}
-PROG_FLAGS = {"syscall": 1 << 4}     # BPF_F_SLEEPABLE: syscall programs may call sleepable helpers
-BPF_PROG_LOAD, BPF_BTF_LOAD = 5, 18
+PROG_FLAGS = {"syscall": BPF_F_SLEEPABLE}     # syscall programs may call sleepable helpers
 LOG_SIZE = 1 << 24
 FD_ARRAY_PAD = 1024
 
