@@ -8,6 +8,10 @@ KFUNC_IDS: dict[str, int] = {
     "bpf_arena_alloc_pages": 1001,
     "bpf_arena_free_pages": 1002,
     "bpf_arena_reserve_pages": 1003,
+    # open-coded numeric iterator (kernel/bpf/bpf_iter.c)
+    "bpf_iter_num_new": 1010,
+    "bpf_iter_num_next": 1011,
+    "bpf_iter_num_destroy": 1012,
 }
 
 KFUNC_NAMES: dict[int, str] = {v: k for k, v in KFUNC_IDS.items()}
