@@ -367,6 +367,25 @@ _KFUNC_ROWS = (
               name="bpf_iter_num_destroy", kfunc_flags=frozenset({KF_ITER_DESTROY}),
               iter_type="num", iter_size=8,
               c_decl="void bpf_iter_num_destroy(struct bpf_iter_num *it)"),
+    # string kfuncs (kernel/bpf/helpers.c): every string is ``__ign`` (no verifier check: the
+    # kfunc checks at run time, -ERANGE outside the kernel's address space, -EFAULT on a fault,
+    # -E2BIG past XATTR_SIZE_MAX); results are indexes or errors, never pointers
+    *(Prototype(RET_INTEGER, tuple(KF_ARG_IGNORE if "__ign" in a else KF_ARG_SCALAR
+                                   for a in params.split(", ")),
+                name=name, c_decl=f"int {name}({params})")
+      for name, params in (
+          ("bpf_strcmp", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strcasecmp", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strchr", "const char *s__ign, char c"),
+          ("bpf_strchrnul", "const char *s__ign, char c"),
+          ("bpf_strnchr", "const char *s__ign, size_t count, char c"),
+          ("bpf_strrchr", "const char *s__ign, int c"),
+          ("bpf_strlen", "const char *s__ign"),
+          ("bpf_strnlen", "const char *s__ign, size_t count"),
+          ("bpf_strspn", "const char *s__ign, const char *accept__ign"),
+          ("bpf_strcspn", "const char *s__ign, const char *reject__ign"),
+          ("bpf_strstr", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strnstr", "const char *s1__ign, const char *s2__ign, size_t len"))),
 )
 
 KFUNCS: dict[str, Prototype] = {

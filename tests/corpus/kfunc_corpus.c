@@ -88,4 +88,25 @@ int iter_raw(struct args *a)
 	return got;
 }
 
+/* Parse the text field with the string kfuncs: its length, where the first space and the last
+ * 'l' are, how long the leading number is, whether it says "world" (in any case) */
+SEC("syscall")
+int str_parse(struct args *a)
+{
+	char *t = a->text;
+	int n;
+
+	t[31] = 0;
+	n = bpf_strlen(t);
+	a->vals[0] = bpf_strchr(t, ' ');
+	a->vals[1] = bpf_strrchr(t, 'l');
+	a->vals[2] = bpf_strspn(t, "-0123456789");
+	a->vals[3] = bpf_strcspn(t, " \t");
+	a->vals[4] = bpf_strstr(t, "world");
+	a->vals[5] = bpf_strcasecmp(t, "PYBPF");
+	a->vals[6] = bpf_strnstr(t, "abc", 10);
+	a->vals[7] = bpf_strcmp(t, "hello world") == 0 ? bpf_strchrnul(t, 'q') : bpf_strnchr(t, 4, 'b');
+	return n;
+}
+
 char _license[] SEC("license") = "GPL";

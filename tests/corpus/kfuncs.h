@@ -19,6 +19,20 @@ extern int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end) __weak 
 extern int *bpf_iter_num_next(struct bpf_iter_num *it) __weak __ksym;
 extern void bpf_iter_num_destroy(struct bpf_iter_num *it) __weak __ksym;
 
+/* read-only string kfuncs (kernel/bpf/helpers.c): indexes or -errno, never pointers */
+extern int bpf_strcmp(const char *s1__ign, const char *s2__ign) __weak __ksym;
+extern int bpf_strcasecmp(const char *s1__ign, const char *s2__ign) __weak __ksym;
+extern int bpf_strchr(const char *s__ign, char c) __weak __ksym;
+extern int bpf_strchrnul(const char *s__ign, char c) __weak __ksym;
+extern int bpf_strnchr(const char *s__ign, __u64 count, char c) __weak __ksym;
+extern int bpf_strrchr(const char *s__ign, int c) __weak __ksym;
+extern int bpf_strlen(const char *s__ign) __weak __ksym;
+extern int bpf_strnlen(const char *s__ign, __u64 count) __weak __ksym;
+extern int bpf_strspn(const char *s__ign, const char *accept__ign) __weak __ksym;
+extern int bpf_strcspn(const char *s__ign, const char *reject__ign) __weak __ksym;
+extern int bpf_strstr(const char *s1__ign, const char *s2__ign) __weak __ksym;
+extern int bpf_strnstr(const char *s1__ign, const char *s2__ign, __u64 len) __weak __ksym;
+
 /* for (i = start; i < end; i++) through an iterator; the range check after each step hands the
  * verifier i's bounds. The cast-to-void reference keeps clang emitting the destructor's BTF. */
 #define bpf_for(i, start, end)								\
