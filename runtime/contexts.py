@@ -535,8 +535,8 @@ def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
     nhoff = thoff = 14 and ``flags`` from ``ctx`` (a BpfFlowKeys or dict with only flags set;
     anything else is the kernel's EINVAL). After the run nhoff and thoff are clamped to the
     frame as the kernel clamps them; ``last_ctx`` is the keys and ``last_data`` the kernel's
-    data_out: the keys' bytes cut or zero-padded to the frame's length (what Linux 6.18
-    returns; checked in tests/test_corpus.py)."""
+    data_out: the 56 bytes of the keys (bpf_test_finish with sizeof(flow_keys); checked in
+    tests/test_corpus.py)."""
     frame = bytes(data) if data is not None else b""
     if len(frame) < ETH_HLEN:
         raise VMError(f"flow_dissector: data of {len(frame)} bytes is shorter than the Ethernet "
@@ -572,8 +572,7 @@ def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
         k.nhoff = min(max(k.nhoff, ETH_HLEN), len(frame))
         k.thoff = min(max(k.thoff, k.nhoff), len(frame))
         rc.last_ctx = BpfFlowKeys.from_buffer_copy(bytes(k))
-        # Linux 6.18's data_out has the frame's length: the keys, cut or zero-padded to it
-        rc.last_data = bytes(k)[:len(frame)].ljust(len(frame), b"\0")
+        rc.last_data = bytes(k)         # data_out: sizeof(struct bpf_flow_keys) bytes
     rc._finish = finish
 
 
