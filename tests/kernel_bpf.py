@@ -21,8 +21,8 @@ import os
 import platform
 import struct
 
-from pybpf.elf_reader import ElfReader
-from pybpf.elf_sections import MAP_TYPE_IDS
+from pybpf.elf.reader import ElfReader
+from pybpf.elf.sections import MAP_TYPE_IDS
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long

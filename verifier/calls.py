@@ -35,7 +35,7 @@ import errno
 import os
 
 from pybpf import isa
-from pybpf.elf_sections import MAP_TYPE_IDS
+from pybpf.elf.sections import MAP_TYPE_IDS
 
 from . import bounds, protos
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,

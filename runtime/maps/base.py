@@ -29,7 +29,7 @@ import functools
 import mmap
 import weakref
 
-from pybpf.elf_sections import MAP_TYPE_IDS as KERNEL_MAP_TYPE_IDS, MAP_TYPE_NAMES
+from pybpf.elf.sections import MAP_TYPE_IDS as KERNEL_MAP_TYPE_IDS, MAP_TYPE_NAMES
 from pybpf.errors import MapError
 
 PAGE_SIZE = mmap.PAGESIZE
