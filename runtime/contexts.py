@@ -264,6 +264,7 @@ class RunContext:
         self._finish = None
         self._low: LowMemory | None = None   # the packet mapping, pooled again by release()
         self.skb = None                     # an __sk_buff run's SkbBuff (the packet helpers')
+        self.clones: list = []              # bpf_clone_redirect's copies (helpers_skb.Clone)
 
     def finish(self, r0: int | None) -> None:
         """Collect ``last_mem``/``last_data``/``last_ctx`` (r0 is None when the run failed)."""
@@ -535,8 +536,8 @@ def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
     nhoff = thoff = 14 and ``flags`` from ``ctx`` (a BpfFlowKeys or dict with only flags set;
     anything else is the kernel's EINVAL). After the run nhoff and thoff are clamped to the
     frame as the kernel clamps them; ``last_ctx`` is the keys and ``last_data`` the kernel's
-    data_out: the 56 bytes of the keys (bpf_test_finish with sizeof(flow_keys); checked in
-    tests/test_corpus.py)."""
+    data_out: the 56 bytes of the keys (bpf_test_finish of ``sizeof(flow_keys)``, whatever the
+    frame's length; checked in tests/test_corpus.py)."""
     frame = bytes(data) if data is not None else b""
     if len(frame) < ETH_HLEN:
         raise VMError(f"flow_dissector: data of {len(frame)} bytes is shorter than the Ethernet "
@@ -572,7 +573,8 @@ def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
         k.nhoff = min(max(k.nhoff, ETH_HLEN), len(frame))
         k.thoff = min(max(k.thoff, k.nhoff), len(frame))
         rc.last_ctx = BpfFlowKeys.from_buffer_copy(bytes(k))
-        rc.last_data = bytes(k)         # data_out: sizeof(struct bpf_flow_keys) bytes
+        # Linux 6.18's data_out is the keys themselves (data_size_out = 56)
+        rc.last_data = bytes(k)
     rc._finish = finish
 
 

@@ -33,8 +33,9 @@ BPF_PROG_TEST_RUN skb meets them (linear, ``ip_summed`` CHECKSUM_NONE, no tunnel
   as ``local``).
 * ``bpf_clone_redirect(skb, ifindex, flags)``: a copy of the packet goes to a device of the
   run's network namespace (``NETDEVS``: the loopback, ifindex 1, which BPF_PROG_TEST_RUN runs
-  on); ``rc.clones`` records each (ifindex, flags, packet); an unknown ifindex or flags other
-  than ``BPF_F_INGRESS`` give -EINVAL.
+  on); each is recorded as a :class:`Clone` (ifindex, flags, packet) in the run's ``clones``,
+  which ``LoadedProgram.last_clones`` reports; an unknown ifindex or flags other than
+  ``BPF_F_INGRESS`` give -EINVAL.
 
 Every helper first checks that its ``skb`` argument is the run's ``__sk_buff`` (a verified
 program can pass nothing else; an unverified one gets MemoryAccessError), and the memory
@@ -567,11 +568,8 @@ def clone_redirect(ctx: int, ifindex: int, flags: int) -> int:
         return _err(errno.EINVAL)
     if sb.mac >= sb.network:                # __bpf_redirect_common: no link-layer header
         return _err(errno.ERANGE)
-    rc = ACTIVE_RUN.get()
-    clones = getattr(rc, "clones", None)
-    if clones is None:
-        clones = rc.clones = []
-    clones.append(Clone(ifindex, flags, ctypes.string_at(sb.mac, sb.tail - sb.mac)))
+    ACTIVE_RUN.get().clones.append(Clone(ifindex, flags,
+                                         ctypes.string_at(sb.mac, sb.tail - sb.mac)))
     return 0        # the loopback takes it: dev_queue_xmit / netif_rx succeed
 
 

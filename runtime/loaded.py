@@ -88,6 +88,7 @@ class LoadedProgram:
         self.last_data: bytes | None = None     # the packet after the last run
         self.last_ctx = None                    # the context after the last run
         self.last_insn_count: int | None = None  # instructions executed (interpreter)
+        self.last_clones: list = []             # bpf_clone_redirect's copies (helpers_skb.Clone)
         self.closed = False
         self._interp = self._jit = None
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
@@ -195,6 +196,7 @@ class LoadedProgram:
         self.last_buffer = rc.buffer if self.prog_type == "mem" else None
         self.last_mem = rc.last_mem
         self.last_data, self.last_ctx = rc.last_data, rc.last_ctx
+        self.last_clones = rc.clones
         self.last_insn_count = session.executed if session is not None else None
 
     def run(self, mem=None, *, ctx=None, data=None, trace=None,

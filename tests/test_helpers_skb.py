@@ -289,6 +289,11 @@ CASES: dict[str, tuple[str, str, bytes]] = {
         "r2 = 0\nr4 = 12\ncall bpf_skb_load_bytes", 12), PKT_UDP),
     "load_bytes_cgroup_skb": ("cgroup_skb", _load_to_stack(
         "r2 = 8\nr4 = 8\ncall bpf_skb_load_bytes", 8, ret="r0 &= 1"), PKT_TCP),
+    "load_bytes_lwt_in": ("lwt_in", _load_to_stack("r2 = 12\nr4 = 8\ncall bpf_skb_load_bytes", 8),
+                          PKT_UDP),
+    "pull_data_lwt_in": ("lwt_in", _call(f"r2 = {len(PKT_UDP) - 14}", "skb_pull_data"), PKT_UDP),
+    "pull_data_lwt_in_too_much": ("lwt_in", _call(f"r2 = {len(PKT_UDP) - 13}", "skb_pull_data"),
+                                  PKT_UDP),
     "load_relative_mac_socket_filter": ("socket_filter", _load_to_stack(
         "r2 = 0\nr4 = 12\nr5 = 0\ncall bpf_skb_load_bytes_relative", 12), PKT_UDP),
     "load_relative_net_tc": ("sched_cls", _load_to_stack(
@@ -489,7 +494,9 @@ def pybpf_record(name: str, engine: str) -> dict:
     import pybpf
     prog_type, _text, packet = CASES[name]
     vm = pybpf.VM()
-    with vm.load(program(name), prog_type=prog_type, engine=engine) as lp:
+    # the JIT's quick tier: the helpers run in Python either way, and a -O2 compile per case
+    # would triple the time (the corpus, tests/test_corpus.py, runs these helpers at -O2)
+    with vm.load(program(name), prog_type=prog_type, engine=engine, tier="quick") as lp:
         r0 = lp.run(data=packet)
         return _record(r0, lp.last_data, lp.last_ctx, prog_type)
 
@@ -546,7 +553,8 @@ def test_the_kernel_agrees(child_results, name):
 # -- hostile programs: checked in both engines before memory is touched ----------------------------
 def _unverified(text: str, engine: str, prog_type: str = "sched_cls", packet=PKT_UDP):
     import pybpf
-    lp = pybpf.VM().load(asm(text), prog_type=prog_type, engine=engine, verify=False)
+    lp = pybpf.VM().load(asm(text), prog_type=prog_type, engine=engine, verify=False,
+                         tier="quick")
     try:
         return lp.run(data=packet) if packet is not None else lp.run()
     finally:
@@ -639,6 +647,53 @@ def _stale_pointer_case():
 
 
 CHILD_CASES.update({f"hostile_{n}": c for n, c in HOSTILE.items()})
+
+
+def _clones_case():
+    """bpf_clone_redirect's copies are the run's ``last_clones``: the packet as it was at each
+    call (the second after a store changed it), with the ifindex and flags."""
+    import pybpf
+    text = """
+        r6 = r1
+        r2 = 1
+        r3 = 0
+        call bpf_clone_redirect
+        r1 = 0x11
+        *(u8 *)(r10 - 1) = r1
+        r1 = r6
+        r2 = 0
+        r3 = r10
+        r3 += -1
+        r4 = 1
+        r5 = 0
+        call bpf_skb_store_bytes
+        r1 = r6
+        r2 = 1
+        r3 = 1
+        call bpf_clone_redirect
+        r1 = r6
+        r2 = 5
+        r3 = 0
+        call bpf_clone_redirect
+        exit"""
+    out = {}
+    for engine in ("interp", "jit"):
+        with pybpf.VM().load(asm(text), prog_type="sched_cls", engine=engine,
+                             tier="quick") as lp:
+            r0 = lp.run(data=PKT_UDP)
+            out[engine] = (r0, [(c.ifindex, c.flags, c.data.hex()) for c in lp.last_clones])
+    changed = b"\x11" + PKT_UDP[1:]
+    assert out["interp"] == out["jit"] == (
+        -errno.EINVAL & (2**64 - 1), [(1, 0, PKT_UDP.hex()), (1, 1, changed.hex())]), out
+    return out["interp"][0]
+
+
+CHILD_CASES["clones"] = _clones_case
+
+
+@pytest.mark.jit
+def test_clones_are_recorded_in_both_engines(child_results):
+    assert_case_passed(child_results, "clones")
 
 
 @pytest.mark.jit
