@@ -706,6 +706,32 @@ def test_the_interpreter_follows_the_packet_bounds():
     assert _stale_pointer_case() == 1
 
 
+def test_a_tail_call_target_that_moves_the_packet_is_checked_against_its_bounds():
+    # the caller has no packet-changing call (its run checks the packet inline); the target
+    # trims the packet and reads through a pointer taken before: refused in the interpreter
+    import pybpf
+    vm = pybpf.VM()
+    jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=1)
+    target = vm.load(asm("""
+        r6 = r1
+        r7 = *(u32 *)(r6 + 76)
+        r2 = 20
+        r3 = 0
+        call bpf_skb_change_tail
+        r0 = *(u8 *)(r7 + 30)
+        exit"""), prog_type="sched_cls", engine="interp", verify=False)
+    jt[0] = target
+    caller = vm.load(asm(f"""
+        r2 = *(u32 *)(r1 + 76)
+        r0 = *(u8 *)(r2 + 30)
+        r2 = map_fd({jt.fd}) ll
+        r3 = 0
+        call bpf_tail_call
+        exit"""), prog_type="sched_cls", engine="interp", verify=False)
+    with pytest.raises(pybpf.MemoryAccessError):
+        caller.run(data=PKT_UDP)
+
+
 def test_the_table_rows_are_the_kernels():
     """Which helpers move the packet (bpf_helper_changes_pkt_data) and which program types may
     call each (their ids in the kernel's measured allow-lists); ``mem`` has no __sk_buff."""
