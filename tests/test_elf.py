@@ -15,10 +15,11 @@ from pybpf import isa
 from pybpf.elf import load_elf_program, parse_object
 from pybpf.elf.load import bind
 from pybpf.elf.maps import internal_map_name
-from pybpf.elf.sections import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, program_type
+from pybpf.elf.sections import program_type
 from pybpf.errors import ELFError
 from pybpf.insn import split_slots
 from pybpf.kfunc_ids import KFUNC_IDS
+from pybpf.uapi import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "samples", "c")

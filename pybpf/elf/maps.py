@@ -18,12 +18,11 @@ import struct
 from .btf import BTF
 from .model import ElfMap
 from .reader import ElfReader, Section
-from .sections import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, MAP_TYPE_IDS, map_type_name
 from ..errors import ELFError
+from ..uapi import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, BPF_OBJ_NAME_LEN, MAP_TYPE_IDS, map_type_name
 
 PAGE_SIZE = 4096
 ARENA_SECTIONS = (".addr_space.1", ".arena.1")   # the name clang uses, and the pre-merge one
-BPF_OBJ_NAME_LEN = 16
 _INT_FIELDS = ("type", "max_entries", "map_flags", "numa_node", "key_size", "value_size",
                "pinning", "map_extra")
 
