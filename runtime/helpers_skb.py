@@ -5,7 +5,7 @@ They act on the run's :class:`~pybpf.runtime.skb_buff.SkbBuff` (``rc.skb`` of th
 BPF_PROG_TEST_RUN skb meets them (linear, ``ip_summed`` CHECKSUM_NONE, no tunnel dst at first):
 
 * ``bpf_skb_load_bytes(skb, off, to, len)``: -EFAULT (``to`` zeroed) for an offset above
-  INT_MAX or past ``len``; ``bpf_skb_load_bytes_relative(..., start_header)`` counts from the MAC
+  INT_MAX or past ``len`` (and always in a flow dissector's test run, which has no skb); ``bpf_skb_load_bytes_relative(..., start_header)`` counts from the MAC
   (``BPF_HDR_START_MAC``) or network (``BPF_HDR_START_NET``) header, offset at most 0xffff, up
   to the end of the packet.
 * ``bpf_skb_store_bytes(skb, off, from, len, flags)``: -EINVAL for flags other than
@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 from pybpf.errors import MemoryAccessError, VMError
 from pybpf.helper_names import HELPER_IDS
+from pybpf.uapi import ENOTSUPP
 from pybpf.verifier import protos
 
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN, Helper
@@ -58,7 +59,6 @@ from .skb_buff import BPF_SKB_MAX_LEN
 
 M64, M32 = (1 << 64) - 1, 0xFFFFFFFF
 INT_MAX = (1 << 31) - 1
-ENOTSUPP = 524                       # the kernel-internal errno (include/linux/errno.h)
 NETDEVS = {1: "lo"}                  # BPF_PROG_TEST_RUN's device; clone_redirect targets
 
 # include/uapi/linux/bpf.h
@@ -201,6 +201,12 @@ def _zero(addr: int, size: int) -> None:
 
 
 def skb_load_bytes(ctx: int, offset: int, to: int, size: int) -> int:
+    rc = ACTIVE_RUN.get()
+    if getattr(rc, "prog_type", None) == "flow_dissector" and ctx == rc.r1:
+        # bpf_flow_dissector_load_bytes reads ctx->skb, which BPF_PROG_TEST_RUN's dissector
+        # context has not (it dissects a bare buffer): -EFAULT, the buffer zeroed
+        _zero(to, size & M32)
+        return _err(errno.EFAULT)
     sb = _skb(ctx, "skb_load_bytes")
     offset, size = offset & M32, size & M32
     if offset > INT_MAX or offset + size > sb.len:

@@ -294,6 +294,28 @@ CASES: dict[str, tuple[str, str, bytes]] = {
     "pull_data_lwt_in": ("lwt_in", _call(f"r2 = {len(PKT_UDP) - 14}", "skb_pull_data"), PKT_UDP),
     "pull_data_lwt_in_too_much": ("lwt_in", _call(f"r2 = {len(PKT_UDP) - 13}", "skb_pull_data"),
                                   PKT_UDP),
+    # BPF_PROG_TEST_RUN's flow dissector has no skb: -EFAULT, the buffer zeroed (r0 = both)
+    "load_bytes_flow_dissector": ("flow_dissector", """
+r6 = r1
+r1 = -1
+*(u64 *)(r10 - 8) = r1
+r1 = r6
+r2 = 0
+r3 = r10
+r3 += -8
+r4 = 8
+call bpf_skb_load_bytes
+r1 = *(u32 *)(r10 - 8)
+r0 ^= r1
+exit""", PKT_UDP),
+    "store_bytes_lwt_xmit": ("lwt_xmit", _call(
+        "r2 = 0x44332211\n*(u32 *)(r10 - 4) = r2\nr2 = 12\nr3 = r10\nr3 += -4\nr4 = 4\nr5 = 0",
+        "skb_store_bytes"), PKT_UDP),
+    "l3_csum_lwt_xmit": ("lwt_xmit", _csum("l3_csum_replace", 10, 0x0100000a, 0x0a0a0a0a, 4),
+                         PKT_UDP),
+    "change_head_lwt_xmit": ("lwt_xmit", _call("r2 = 14\nr3 = 0", "skb_change_head"), PKT_UDP),
+    "clone_redirect_lwt_xmit": ("lwt_xmit", _call("r2 = 1\nr3 = 0", "clone_redirect"), PKT_UDP),
+    "pull_data_lwt_out": ("lwt_out", _call("r2 = 8", "skb_pull_data"), PKT_UDP),
     "load_relative_mac_socket_filter": ("socket_filter", _load_to_stack(
         "r2 = 0\nr4 = 12\nr5 = 0\ncall bpf_skb_load_bytes_relative", 12), PKT_UDP),
     "load_relative_net_tc": ("sched_cls", _load_to_stack(
