@@ -236,11 +236,11 @@ def case_damaged_truncated_and_foreign_entries_are_recompiled():
         elif how == "bad contents":     # checksum right, contents wrong (symbol past the code)
             from pybpf.jit.link import LinkImage
 
-            image = cache._decode(bytes(data[cache._HEAD.size:]))
+            image, record = cache._decode(bytes(data[cache._HEAD.size:]))
             bad = LinkImage(image.data, image.code_size, {"bpf_main": len(image.data) + 64},
                             image.fixups, image.externals, image.sections)
             key = os.path.basename(path0)[:-4]
-            payload = cache._encode(bad)
+            payload = cache._encode(bad, record)
             import hashlib
 
             data = bytearray(cache._HEAD.pack(cache._MAGIC, hashlib.sha256(
