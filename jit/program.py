@@ -294,6 +294,31 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
             opt_level = QUICK_OPT
     elif image is None and tier == "quick":
         opt_level = QUICK_OPT
+    if tiered and allocator is None:
+        allocator = _default_allocator()
+    # The -O2 compile starts now, beside the quick tier's.
+    tier_up = _TierUp(lowered, symbols[0], names[0], allocator, inputs) if tiered else None
+    try:
+        return _finish_programs(progs, names, symbols, lowered, image, result, opt_level,
+                                cache_state if image is not None else None, want_ir, want_asm,
+                                inputs, wanted if inputs is not None else None, tier, tiered,
+                                allocator, tier_up, t0, t1)
+    except BaseException:
+        if tier_up is not None:
+            tier_up.cancel()
+        raise
+
+
+def _default_allocator():
+    from pybpf.jit.execmem import default_allocator
+
+    return default_allocator()
+
+
+def _finish_programs(progs, names, symbols, lowered, image, result, opt_level, cache_state,
+                     want_ir, want_asm, inputs, wanted, tier, tiered, allocator, tier_up,
+                     t0, t1) -> list[JitProgram]:
+    """The second half of :func:`compile_programs`: code (cache or worker), placement."""
     if image is None:
         image, result, cache_state = _image(lowered.ir, opt_level, want_ir, want_asm,
                                             _keyed(inputs, lowered, opt_level),
@@ -307,9 +332,7 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
     if missing:
         raise JITError(f"compiled object lacks entry functions {missing}")
     if allocator is None:
-        from pybpf.jit.execmem import default_allocator
-
-        allocator = default_allocator()
+        allocator = _default_allocator()
     label = names[0] if len(progs) == 1 else f"{names[0]}+{len(progs) - 1}"
     t2 = time.perf_counter()
     allocation = native.place_image(result.image, label, allocator, lowered.externs)
@@ -332,8 +355,8 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         jp.symbols = dict(result.symbols)
         jp.image, jp.externs = result.image, dict(lowered.externs)
         jp.cache, jp.tier = cache_state, tier_name
-    if tiered:
-        _start_tier_up(jits[0], allocator, lowered, symbols[0], label, inputs)
+    if tier_up is not None:
+        tier_up.attach(jits[0])
     return jits
 
 
@@ -355,29 +378,49 @@ def _make_tiered(jp: JitProgram, allocator, lowered, symbol: str, label: str) ->
     jp._call = native.make_caller(jp.address, holds_gil=jp.needs_gil)
 
 
-def _start_tier_up(jp: JitProgram, allocator, lowered, symbol: str, label: str,
-                   inputs=None) -> None:
-    started = time.perf_counter()
-    keyed = _keyed(inputs, lowered, 2)
-    tail_symbol = lowered.tail_entries.get(symbol, symbol)
+class _TierUp:
+    """The background -O2 compile of a tiered load. It starts as soon as the IR exists, so it
+    runs beside the quick tier's compile (the pool has a worker for each); the code is
+    installed once the quick code is placed (:meth:`attach`), or dropped (:meth:`cancel`)."""
 
-    def job() -> None:
-        if jp.closed:
-            return
-        try:
-            image, _, state = _image(lowered.ir, 2, False, False, keyed)
-            if jp.closed:
+    def __init__(self, lowered, symbol: str, label: str, allocator, inputs=None) -> None:
+        self.started = time.perf_counter()
+        self._jp = None
+        self._ready = threading.Event()
+        keyed = _keyed(inputs, lowered, 2)
+        tail_symbol = lowered.tail_entries.get(symbol, symbol)
+
+        def job() -> None:
+            try:
+                image, _, state = _image(lowered.ir, 2, False, False, keyed)
+            except Exception as exc:   # the quick code keeps running; say why it stayed
+                error = f"{type(exc).__name__}: {exc}"
+                self._ready.wait()
+                if self._jp is not None:
+                    self._jp.tier_error = error
                 return
-            allocation = native.place_image(image, label, allocator, lowered.externs)
-        except Exception as exc:   # the quick code keeps running; say why it stayed
-            jp.tier_error = f"{type(exc).__name__}: {exc}"
-            return
-        code = _PlacedCode(allocation, allocator, lowered.keepalive, 1)
-        jp._install(code, image.symbols[symbol], image.symbols.get(tail_symbol), 2, image,
-                    state)
-        jp.timings["tier_up"] = time.perf_counter() - started
+            self._ready.wait()
+            jp = self._jp
+            if jp is None or jp.closed:
+                return
+            try:
+                allocation = native.place_image(image, label, allocator, lowered.externs)
+            except Exception as exc:
+                jp.tier_error = f"{type(exc).__name__}: {exc}"
+                return
+            code = _PlacedCode(allocation, allocator, lowered.keepalive, 1)
+            jp._install(code, image.symbols[symbol], image.symbols.get(tail_symbol), 2, image,
+                        state)
+            jp.timings["tier_up"] = time.perf_counter() - self.started
 
-    tiers.submit(job)
+        tiers.submit(job)
+
+    def attach(self, jp: JitProgram) -> None:
+        self._jp = jp
+        self._ready.set()
+
+    def cancel(self) -> None:
+        self._ready.set()
 
 
 def compile_program(prog: Program, helpers=None, opt_level: int = 2, name: str | None = None,

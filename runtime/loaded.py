@@ -15,7 +15,7 @@ import threading
 
 from pybpf.errors import VMError
 
-from .contexts import build_context
+from .contexts import MEM_GUARD, build_context
 from .helpers import ACTIVE_REGIONS
 from .interp import Interpreter
 from .maps.prog_array import ProgArrayMap
@@ -93,6 +93,7 @@ class LoadedProgram:
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
         self._base_table: RegionTable | None = None
         self._plain_jit = False                 # JIT run needing no packet or region setup
+        self._plain_mem = False                 # ... and a "mem" program (run() inlines it)
         self._budget = None                     # the run budget of unverified JIT code
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
@@ -120,6 +121,7 @@ class LoadedProgram:
         # get the run's region table (ACTIVE_REGIONS); purely native code needs none.
         self._regions = jit.needs_gil
         self._plain_jit = not (self._ldabs or self._regions)
+        self._plain_mem = self._plain_jit and prog_type == "mem"
         return jit
 
     @property
@@ -198,6 +200,20 @@ class LoadedProgram:
         """
         if self.min_mem_size:
             self._check_mem_size(mem, ctx)
+        if self._plain_mem and trace is None and ctx is None and data is None \
+                and not self.closed:
+            # The commonest JIT run, a "mem" program, inlined without a RunContext: the
+            # private copy of mem (guarded, as build_context makes it), one native call, and
+            # what _finish records.
+            self.last_data = self.last_ctx = self.last_insn_count = None
+            if mem is None or not len(mem):
+                self.last_buffer = self.last_mem = None
+                return self._jit._call(0, 0)
+            buf = Buffer(len(mem), init=mem, guard=MEM_GUARD)
+            try:
+                return self._jit._call(buf.address, buf.size)
+            finally:
+                self.last_buffer, self.last_mem = buf, buf.bytes()
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
             rc = build_context(self.prog_type, mem, ctx, data)
