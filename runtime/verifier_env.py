@@ -7,8 +7,8 @@ they are bound to at load), the context rules of a program type and the program'
 from __future__ import annotations
 
 from pybpf.verifier.env import ArenaInfo, MapInfo
+from pybpf.uapi import BPF_F_NO_USER_CONV
 
-from .maps.base import BPF_F_NO_USER_CONV
 
 
 def map_info(m, index: int | None = None) -> MapInfo:

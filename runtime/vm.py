@@ -37,6 +37,7 @@ import weakref
 from pybpf.errors import MapError, VMError
 from pybpf.program import Program
 from pybpf.verifier import verify as verify_program
+from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 from . import vm_helpers
 from .contexts import canonical_type
@@ -58,7 +59,6 @@ _MISSING = object()
 MAX_MAPS = 4096                 # live maps per VM
 MAX_MAP_BYTES = 16 << 30        # map memory per VM (values, elements, rings, arena pages)
 # The kernel refuses programs above BPF_COMPLEXITY_LIMIT_INSNS instructions with E2BIG.
-BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
 
 
 def _charge(m) -> int:

@@ -23,6 +23,9 @@ import re
 import struct
 from dataclasses import dataclass
 
+from pybpf import uapi
+from pybpf.uapi import BPF_BTF_LOAD, BPF_F_SLEEPABLE, BPF_PROG_LOAD
+
 import kernel_bpf
 from kernel_bpf import KernelError, _addr, _bpf, create_map
 
@@ -31,15 +34,14 @@ try:        # tests/kernel_probe.py: the suite's one feature probe (skips name t
 except ImportError:         # pragma: no cover - older trees probe here
     kernel_probe = None
 
-# include/uapi/linux/bpf.h enum bpf_prog_type
-PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4,
-                 "tracepoint": 5, "xdp": 6, "perf_event": 7, "cgroup_skb": 8,
-                 "lwt_in": 10, "syscall": 31}
+# the program types these checks load, with their enum bpf_prog_type values
+PROG_TYPE_IDS = {t: uapi.PROG_TYPE_IDS[t] for t in (
+    "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp", "perf_event",
+    "cgroup_skb", "lwt_in", "syscall")}
 # enum bpf_attach_type values a type needs as expected_attach_type (0 = BPF_CGROUP_INET_INGRESS
 # is also right for cgroup_skb; the others ignore the field)
 EXPECTED_ATTACH = {"cgroup_skb": 0}
-PROG_FLAGS = {"syscall": 1 << 4}     # BPF_F_SLEEPABLE: syscall programs may call sleepable helpers
-BPF_PROG_LOAD, BPF_BTF_LOAD = 5, 18
+PROG_FLAGS = {"syscall": BPF_F_SLEEPABLE}     # syscall programs may call sleepable helpers
 LOG_SIZE = 1 << 24
 FD_ARRAY_PAD = 1024
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 from .env import ArenaInfo, MapInfo, NullEnv, VerifierEnv
 
 __all__ = ["verify", "VerifyResult", "VerifierEnv", "MapInfo", "ArenaInfo", "NullEnv"]
 
-INSN_LIMIT = 1_000_000        # BPF_COMPLEXITY_LIMIT_INSNS
+INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
 
 
 @dataclass

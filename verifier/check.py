@@ -20,6 +20,7 @@ import errno
 from pybpf import isa
 from pybpf.errors import VerifierError
 from pybpf.insn import imm64
+from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 from . import bounds, mem
 from .log import Log
@@ -28,10 +29,8 @@ from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MA
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_STACK, SCALAR_VALUE, FuncState,
                     SCALAR_ADD_CONST, Reg, VerifierState, states_equal)
 
-INSN_LIMIT = 1_000_000          # BPF_COMPLEXITY_LIMIT_INSNS
+INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
 JMP_STACK_LIMIT = 8192          # BPF_COMPLEXITY_LIMIT_JMP_SEQ
-BPF_F_RDONLY_PROG = 1 << 7
-BPF_F_WRONLY_PROG = 1 << 8
 M64 = (1 << 64) - 1
 
 # Program types whose ctx is the mem/syscall buffer (pybpf's mem type is verified as syscall).

@@ -16,10 +16,10 @@ import ctypes
 import errno
 import struct
 
-from .base import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_LOCK, BPF_F_MMAPABLE,
-                   BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY_PROG, BPF_NOEXIST,
-                   ENOTSUPP, HEADER_SIZE, INT_MAX, PAGE_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory,
-                   check, round_up)
+from pybpf.uapi import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_LOCK, BPF_F_MMAPABLE,
+                        BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY_PROG, BPF_NOEXIST,
+                        ENOTSUPP)
+from .base import HEADER_SIZE, INT_MAX, PAGE_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up
 
 ARRAY_CREATE_FLAG_MASK = (BPF_F_NUMA_NODE | BPF_F_MMAPABLE | BPF_F_ACCESS_MASK |
                           BPF_F_PRESERVE_ELEMS | BPF_F_INNER_MAP)

@@ -18,11 +18,10 @@ from __future__ import annotations
 import errno
 import struct
 
+from pybpf.uapi import BPF_ANY, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
 from .array import ArrayMap
-from .base import (BPF_ANY, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG, HEADER_SIZE, Memory, check,
-                   fail)
+from .base import HEADER_SIZE, Memory, check, fail
 
-MAX_TAIL_CALL_CNT = 33
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
