@@ -62,13 +62,16 @@ def case_tier_swap_while_eight_threads_run():
     import struct
 
     import pybpf
-    from pybpf.jit import placement, tiers
+    from pybpf.jit import placement, program, tiers
 
     _fresh_cache()
     prog = pybpf.assemble(LOOP)
     inputs = [struct.pack("<Q", x * 0x1234567 + 1) for x in range(16)]
     want = _expected(prog, inputs)
     vm = pybpf.VM()
+    # The -O2 compile runs beside the quick one and may be done first; its swap waits for
+    # this lock, held until every thread has run the quick code.
+    program._swap_lock.acquire()
     lp = vm.load(prog, engine="jit", tier="auto")
     assert lp._jit.tier == "quick" and lp._jit.cache == "miss"
     quick_address = lp._jit.image and lp._jit.allocation.address
@@ -96,8 +99,15 @@ def case_tier_swap_while_eight_threads_run():
             errors.append(repr(exc))
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while not all("quick" in x for x in seen) and not errors \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        program._swap_lock.release()
     tiers.drain()                       # the background -O2 compile and the swap
     # keep running until every thread ran -O2 code a while (a loaded machine may starve some)
     deadline = time.monotonic() + 30
@@ -159,34 +169,37 @@ def case_tier_o2_waits_and_quick_stays():
 def case_tail_calls_enter_through_the_tiered_entry_point():
     """A prog_array holds the tiered target's patchable entry (the stub), not its quick code;
     tail calls reach the quick code, then the -O2 code once it is swapped in (the quick code is
-    int3-filled after that: a tail call still going there would trap), and still do while
-    another thread runs the caller through the swap."""
+    int3-filled after that: a tail call still going there would trap), with another thread
+    running the caller from before the swap is let go until after it."""
     import struct
 
     import pybpf
-    from pybpf.jit import tiers
+    from pybpf.jit import program, tiers
 
     _fresh_cache()
     vm = pybpf.VM()
     jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=2)
     # The tail call keeps ctx: the target reads the caller's mem.
     target_src = LOOP.replace("r6 = *(u64 *)(r1 + 0)", "r6 = *(u64 *)(r1 + 0)\n    r9 = r1")
-    target = vm.load(pybpf.assemble(target_src), engine="jit", tier="auto")
-    assert target._jit.tier == "quick"
-    stub, quick = target._jit._entry.address, target._jit._entry.current[0]
+    mems = [struct.pack("<QI", x * 7919 + 3, 1) for x in range(8)]
+    want = _expected(pybpf.assemble(target_src), mems)
     caller = vm.load(pybpf.assemble(f"""
         r2 = map_fd({jt.fd}) ll
         r3 = *(u32 *)(r1 + 8)
         call 12
         r0 = 1000
         exit"""), engine="jit", tier="O2")
-    jt[1] = target
-    assert target.native_entry == stub, (hex(target.native_entry), hex(stub))
-    mems = [struct.pack("<QI", x * 7919 + 3, 1) for x in range(8)]
-    want = _expected(pybpf.assemble(target_src), mems)
-    before = [caller.run(mem=m) for m in mems]
-    assert before == want, (before, want)
-    assert caller.run(mem=struct.pack("<QI", 5, 0)) == 1000      # empty slot: falls through
+    # The swap waits for this lock: the -O2 code (compiled meanwhile) goes in only when the
+    # quick code has run through the prog_array.
+    with program._swap_lock:
+        target = vm.load(pybpf.assemble(target_src), engine="jit", tier="auto")
+        assert target._jit.tier == "quick"
+        stub, quick = target._jit._entry.address, target._jit._entry.current[0]
+        jt[1] = target
+        assert target.native_entry == stub, (hex(target.native_entry), hex(stub))
+        before = [caller.run(mem=m) for m in mems]
+        assert before == want, (before, want)
+        assert caller.run(mem=struct.pack("<QI", 5, 0)) == 1000      # empty slot: falls through
     stop, results, errors = threading.Event(), [], []
 
     def loop() -> None:
