@@ -75,12 +75,21 @@ class JitProgram:
         # What bpf_tail_call enters: (ctx, r2, tail-call count pointer); see jit/calls.py.
         self.tail_entry = code.allocation.address + (offset if tail_offset is None
                                                      else tail_offset)
-        self.ir_before, self.ir_after, self.asm = ir_before, ir_after, asm
+        self._ir_before, self.ir_after, self.asm = ir_before, ir_after, asm
+        self._lower_again = None    # a hit of the load-input key: how to get ir_before
         self.text_size = text_size
         self.symbols: dict[str, int] = {}   # every function of the placed .text -> its offset
         self._call = native.make_caller(self.address, holds_gil=needs_gil)
         self.closed = False
         self.timings: dict[str, float] = {}
+
+    @property
+    def ir_before(self) -> str:
+        """The lowered IR. Code taken from the cache by the load-input key was not lowered:
+        the lowering runs now, on first use, from the same inputs."""
+        if not self._ir_before and self._lower_again is not None:
+            self._ir_before, self._lower_again = self._lower_again(), None
+        return self._ir_before
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"0x{self.address:x}"
@@ -261,7 +270,7 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
     comments = want_ir or os.environ.get("PYBPF_DUMP_IR", "") not in ("", "0")
     t0 = time.perf_counter()
     inputs = _load_inputs(progs, helpers, values64, envs, want_ir, want_asm)
-    image = result = lowered = None
+    image = result = lowered = lower_again = None
     tiered = tier == "auto" and len(progs) == 1 and not want_ir and not want_asm
     if inputs is not None:
         # A key from the load's inputs: a hit skips the lowering and LLVM alike.
@@ -269,6 +278,8 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         hit = _from_cache(inputs, wanted, envs[0])
         if hit is not None:
             image, lowered = hit
+            env0, prog0, v0 = envs[0], progs[0], values64[0]
+            lower_again = lambda: _lower_one(prog0, helpers, v0, env0)  # noqa: E731
             tiered, opt_level, cache_state = False, wanted, "hit"
             symbols = ["bpf_main"]
         else:
@@ -302,11 +313,18 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         return _finish_programs(progs, names, symbols, lowered, image, result, opt_level,
                                 cache_state if image is not None else None, want_ir, want_asm,
                                 inputs, wanted if inputs is not None else None, tier, tiered,
-                                allocator, tier_up, t0, t1)
+                                allocator, tier_up, t0, t1, lower_again)
     except BaseException:
         if tier_up is not None:
             tier_up.cancel()
         raise
+
+
+def _lower_one(prog, helpers, values64, env) -> str:
+    with gc_paused():
+        lowerer = ModuleLowerer(helpers, False, name=prog.name)
+        lowerer.add_program(prog, "bpf_main", values64, env)
+        return lowerer.finish().ir
 
 
 def _default_allocator():
@@ -317,7 +335,7 @@ def _default_allocator():
 
 def _finish_programs(progs, names, symbols, lowered, image, result, opt_level, cache_state,
                      want_ir, want_asm, inputs, wanted, tier, tiered, allocator, tier_up,
-                     t0, t1) -> list[JitProgram]:
+                     t0, t1, lower_again=None) -> list[JitProgram]:
     """The second half of :func:`compile_programs`: code (cache or worker), placement."""
     if image is None:
         image, result, cache_state = _image(lowered.ir, opt_level, want_ir, want_asm,
@@ -355,6 +373,8 @@ def _finish_programs(progs, names, symbols, lowered, image, result, opt_level, c
         jp.symbols = dict(result.symbols)
         jp.image, jp.externs = result.image, dict(lowered.externs)
         jp.cache, jp.tier = cache_state, tier_name
+    if lower_again is not None:
+        jits[0]._lower_again = lower_again
     if tier_up is not None:
         tier_up.attach(jits[0])
     return jits
