@@ -91,6 +91,16 @@ class ArrayMap(Map):
         check(off < self.value_size, errno.EINVAL, f"offset {off} outside the value")
         return self.data_address
 
+    def gen_lookup(self, ir, key):
+        """Native lookup (array_map_gen_lookup): ``index < max_entries ? data + index *
+        elem_size (+ cpu * stride) : 0``."""
+        b = ir.b
+        index = ir.load(key, ir.I32, align=1)
+        found = b.icmp_unsigned("<", index, ir.const(ir.I32, self.max_entries))
+        addr = ir.index(ir.ext(self.header.data), index, self.header.elem_size)
+        addr = b.add(addr, self._gen_cpu_offset(ir)) if self.percpu else addr
+        return b.select(found, addr, ir.const(ir.I64, 0))
+
     def regions(self) -> list[tuple[int, int, bool]]:
         return [(self.data_address, self.max_entries * self.elem_size,
                  not self.flags & BPF_F_RDONLY_PROG)]

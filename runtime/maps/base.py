@@ -238,6 +238,10 @@ class Map:
     key_default = None      # decoded key type when untyped (arrays use int indexes)
     percpu = False          # values are per CPU (n_cpus of them, each rounded up to 8 bytes)
     n_cpus = 1
+    # The kernel's map_gen_lookup: a map whose lookup the JIT may inline defines
+    # ``gen_lookup(ir, key) -> r0`` building LLVM IR with the kit pybpf.jit.maps passes in (``key``
+    # the i64 key address; r0 the value's address or 0). None: lookups call the helper.
+    gen_lookup = None
 
     def __init__(self, key_size: int, value_size: int, max_entries: int, flags: int = 0,
                  map_extra: int = 0, *, name: str | None = None, fd: int | None = None,
@@ -279,6 +283,14 @@ class Map:
     # -- subclass hooks ---------------------------------------------------------------------
     def _setup(self) -> None:
         raise NotImplementedError
+
+    def _gen_cpu_offset(self, ir):
+        """IR: the current CPU's offset into a percpu element (0 for other maps). The CPU is read
+        from the header at run time, so changing ``map.cpu`` between runs needs no recompile."""
+        if not self.percpu:
+            return ir.const(ir.I64, 0)
+        cpu = ir.load(ir.ext(self.address + MapHeader.cpu.offset), ir.I32)
+        return ir.b.mul(ir.b.zext(cpu, ir.I64), ir.const(ir.I64, self.stride))
 
     def _place_header(self, mem: Memory, offset: int = 0) -> None:
         self.header = MapHeader.from_address(mem.address + offset)

@@ -30,6 +30,7 @@ class ProgArrayMap(ArrayMap):
     """Index -> loaded program. ``m[i]`` returns the program object itself."""
 
     type = "prog_array"
+    gen_lookup = None       # no native lookup: BPF programs only tail-call through the map
 
     def _check_attrs(self) -> None:
         # fd_array_map_alloc_check, then the array checks.
