@@ -41,7 +41,8 @@ from pybpf.jit import native_helpers
 
 _M64 = (1 << 64) - 1
 VERSION = 1
-# The map attributes the native lookups and tail calls read (jit/maps.py, jit/calls.py).
+# The map attributes the native lookups and tail calls read (the maps' gen_lookup in
+# runtime/maps/, jit/calls.py): keep this list in step with them.
 _MAP_ATTRS = ("type", "key_size", "value_size", "max_entries", "flags", "map_extra", "percpu",
               "stride", "lru", "value_off", "closed")
 _HEADER_ATTRS = ("elem_size", "index_mask")
