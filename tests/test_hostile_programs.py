@@ -23,7 +23,7 @@ from pybpf.errors import BPFError, MapError, MemoryAccessError, VerifierError
 
 
 def VM():
-    from pybpf.runtime.vm import VM as _VM
+    from pybpf.vm import VM as _VM
 
     return _VM(seed=1)
 

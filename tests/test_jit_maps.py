@@ -29,7 +29,7 @@ pytestmark = pytest.mark.jit
 
 
 def VM():
-    from pybpf.runtime.vm import VM as _VM
+    from pybpf.vm import VM as _VM
 
     return _VM(seed=1)
 

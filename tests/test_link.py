@@ -178,7 +178,7 @@ def _switch_tree_program(cases: int, seed: int, mask: bool):
 
 def case_compare_trees_become_switches_with_the_same_answers():
     from pybpf.jit.lower import lower_program
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM()
     checked = 0
@@ -197,7 +197,7 @@ def case_compare_trees_become_switches_with_the_same_answers():
 def case_lookup_table_switch_runs_like_the_interpreter():
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from test_lower import switch_program
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     prog = switch_program()
     vm = VM()

@@ -21,7 +21,7 @@ from pybpf.errors import BPFError, MapError, VMError
 
 
 def VM():
-    from pybpf.runtime.vm import VM as _VM
+    from pybpf.vm import VM as _VM
 
     return _VM(seed=1)
 
