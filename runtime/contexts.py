@@ -33,7 +33,8 @@ kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common hea
 raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
 sk_lookup       r1 = a read-only ``struct bpf_sk_lookup`` (:class:`BpfSkLookup`) from ``ctx``
 cgroup_sock_    r1 = a writable ``struct bpf_sock_addr`` / ``struct bpf_sock`` from ``ctx``,
-addr, _sock     copied back (context only: the kernel cannot test-run these types)
+addr, _sock     copied back (context only: the kernel cannot test-run these types);
+                bpf_sock_addr.sk points at a read-only ``struct bpf_sock`` (never NULL)
 flow_dissector  r1 = ``struct __sk_buff`` with data/data_end over the frame (``data``, from its
                 Ethernet header) and flow_keys pointing at a :class:`BpfFlowKeys` the program
                 fills; ``last_ctx`` is the keys, ``last_data`` BPF_PROG_TEST_RUN's data_out
@@ -62,6 +63,7 @@ from pybpf.errors import BPFError, VMError
 from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE,
                         round_up, sys_mmap, sys_munmap)
 from .memory import PROC, Buffer, Region
+from .skb_buff import SkbBuff
 
 MAP_32BIT = 0x40
 # Where MAP_32BIT mappings land on x86-64 (the kernel searches [1 GiB, 2 GiB)): the only run
@@ -259,6 +261,8 @@ class RunContext:
         self.last_ctx = None
         self._finish = None
         self._low: LowMemory | None = None   # the packet mapping, pooled again by release()
+        self.skb = None                     # an __sk_buff run's SkbBuff (the packet helpers')
+        self.clones: list = []              # bpf_clone_redirect's copies (helpers_skb.Clone)
 
     def finish(self, r0: int | None) -> None:
         """Collect ``last_mem``/``last_data``/``last_ctx`` (r0 is None when the run failed)."""
@@ -270,6 +274,7 @@ class RunContext:
         low, self._low = self._low, None
         if low is not None:
             self.regions, self.fast, self.packet = [], None, None
+            self.skb = None
             _release_low(low)
 
 
@@ -396,7 +401,7 @@ def _fill(struct, ctx, derived: tuple[str, ...], what: str) -> None:
         if key not in names or key.startswith("_"):
             raise VMError(f"{what} has no field {key!r}")
         if key in derived:
-            raise VMError(f"{what}.{key} is set by the run itself (from the packet)")
+            raise VMError(f"{what}.{key} is set by the run itself")
         try:
             if isinstance(getattr(struct, key), ctypes.Array):
                 arr = getattr(struct, key)
@@ -461,6 +466,9 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
         skb.protocol, skb.pkt_type = _eth_type_trans(frame)
     rc._low = low
     _fill(skb, ctx, _SKB_DERIVED, "__sk_buff")
+    if skb.sk or skb.flow_keys:
+        # the verifier lets a program read through a non-NULL skb->sk: only the run sets it
+        raise VMError("__sk_buff.sk and flow_keys must be zero (BPF_PROG_TEST_RUN: EINVAL)")
     skb.len = len(packet)
     skb.data = skb.data_meta = paddr
     skb.data_end = paddr + len(packet)
@@ -468,14 +476,17 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
     pkt_region = Region(paddr, len(packet), "packet", writable, low)
     rc.regions += [Region(caddr, ctypes.sizeof(SkBuff), "ctx", True, low), pkt_region]
     rc.fast = pkt_region if writable and packet else None
-    rc.packet = PROC[paddr:paddr + len(packet)]
+    # the packet helpers' sk_buff (skb_buff.py), also the view ld_abs/ld_ind read
+    sb = rc.skb = rc.packet = SkbBuff(skb, caddr, fstart - SKB_HEADROOM,
+                                      low.address + low.size, paddr, len(packet), pkt_region,
+                                      low, pull == 0)
     rc.r1 = caddr
 
     def finish(r0):
         after = SkBuff.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(SkBuff)])
         rc.last_ctx = after
         # data_out as BPF_PROG_TEST_RUN gives it: a pulled Ethernet header comes back zeroed
-        rc.last_data = bytes(pull) + low.read(paddr, len(packet))
+        rc.last_data = sb.out()
         if r0 is not None and not isinstance(ctx, dict) and ctx is not None:
             _write_back(ctx, bytes(after))
     rc._finish = finish
@@ -526,8 +537,8 @@ def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
     nhoff = thoff = 14 and ``flags`` from ``ctx`` (a BpfFlowKeys or dict with only flags set;
     anything else is the kernel's EINVAL). After the run nhoff and thoff are clamped to the
     frame as the kernel clamps them; ``last_ctx`` is the keys and ``last_data`` the kernel's
-    data_out: the keys' bytes cut or zero-padded to the frame's length (what Linux 6.18
-    returns; checked in tests/test_corpus.py)."""
+    data_out: the 56 bytes of the keys (bpf_test_finish of ``sizeof(flow_keys)``, whatever the
+    frame's length; checked in tests/test_corpus.py)."""
     frame = bytes(data) if data is not None else b""
     if len(frame) < ETH_HLEN:
         raise VMError(f"flow_dissector: data of {len(frame)} bytes is shorter than the Ethernet "
@@ -563,8 +574,8 @@ def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
         k.nhoff = min(max(k.nhoff, ETH_HLEN), len(frame))
         k.thoff = min(max(k.thoff, k.nhoff), len(frame))
         rc.last_ctx = BpfFlowKeys.from_buffer_copy(bytes(k))
-        # Linux 6.18's data_out has the frame's length: the keys, cut or zero-padded to it
-        rc.last_data = bytes(k)[:len(frame)].ljust(len(frame), b"\0")
+        # Linux 6.18's data_out is the keys themselves (data_size_out = 56)
+        rc.last_data = bytes(k)
     rc._finish = finish
 
 
@@ -620,12 +631,23 @@ def _sk_lookup_context(rc: RunContext, ctx) -> None:
 
 def _sock_context(rc: RunContext, ctx, struct) -> None:
     """cgroup_sock_addr / cgroup_sock: r1 = a writable copy of the struct (from ``ctx``, a dict
-    of fields or the struct; sk pointers stay 0), copied back after the run. The kernel has no
-    BPF_PROG_TEST_RUN for these types; what the program may write (user_ip4/user_port for
-    connect4, mark/priority/bound_dev_if for sock_create) is the verifier's business."""
+    of fields or the struct), copied back after the run. The kernel has no BPF_PROG_TEST_RUN
+    for these types; what the program may write (user_ip4/user_port for connect4,
+    mark/priority/bound_dev_if for sock_create) is the verifier's business.
+
+    ``bpf_sock_addr.sk`` is never NULL in the kernel (the verifier types it PTR_TO_SOCKET, so a
+    program may read through it unchecked): it points at a read-only ``struct bpf_sock`` with
+    the address's family, type and protocol, which the caller may not set (VMError)."""
     given = struct()
     if ctx is not None:
-        _fill(given, ctx, (), struct.__name__)
+        _fill(given, ctx, ("sk",) if struct is BpfSockAddr else (), struct.__name__)
+    if struct is BpfSockAddr:
+        sock = BpfSock(family=given.family, type=given.type, protocol=given.protocol)
+        sraw = bytes(sock)
+        sbuf = Buffer(len(sraw), init=sraw, guard=MEM_GUARD)
+        rc.regions.append(Region(sbuf.address, sbuf.size, "sock", False, sbuf))
+        rc._sock = sbuf                     # kept alive with the run
+        given.sk = sbuf.address
     raw = bytes(given)
     buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
     rc.regions.append(Region(buf.address, buf.size, "ctx", True, buf))
@@ -634,6 +656,8 @@ def _sock_context(rc: RunContext, ctx, struct) -> None:
 
     def finish(r0):
         rc.last_ctx = struct.from_buffer_copy(buf.bytes())
+        if struct is BpfSockAddr:
+            rc.last_ctx.sk = 0              # the run's own socket, not the caller's business
         if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
             _write_back(ctx, bytes(rc.last_ctx))
     rc._finish = finish

@@ -37,10 +37,14 @@ except ImportError:         # pragma: no cover - older trees probe here
 # the program types these checks load, with their enum bpf_prog_type values
 PROG_TYPE_IDS = {t: uapi.PROG_TYPE_IDS[t] for t in (
     "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp", "perf_event",
-    "cgroup_skb", "lwt_in", "syscall")}
-# enum bpf_attach_type values a type needs as expected_attach_type (0 = BPF_CGROUP_INET_INGRESS
-# is also right for cgroup_skb; the others ignore the field)
-EXPECTED_ATTACH = {"cgroup_skb": 0}
+    "cgroup_skb", "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit", "sock_ops", "sk_msg",
+    "raw_tracepoint", "cgroup_sock_addr", "flow_dissector", "sk_lookup", "syscall")}
+# enum bpf_attach_type values a type needs as expected_attach_type when the caller names none:
+# pybpf's defaults (pybpf.attach_types), cgroup_sock_addr as connect4; others ignore the field
+EXPECTED_ATTACH = {"cgroup_skb": "cgroup_inet_ingress", "cgroup_sock": "cgroup_inet_sock_create",
+                   "cgroup_sock_addr": "cgroup_inet4_connect", "sk_lookup": "sk_lookup",
+                   "flow_dissector": "flow_dissector", "sk_msg": "sk_msg_verdict",
+                   "sock_ops": "cgroup_sock_ops"}
 PROG_FLAGS = {"syscall": BPF_F_SLEEPABLE}     # syscall programs may call sleepable helpers
 LOG_SIZE = 1 << 24
 FD_ARRAY_PAD = 1024
@@ -97,10 +101,12 @@ def message_of(log: str) -> str:
 
 def _insns(prog):
     """Encoded instructions; kfunc ids swapped for the kernel's BTF ids."""
+    from pybpf.kfunc_ids import KFUNC_NAMES
     insns = list(prog.insns)
     for pc, form, insn in prog.instructions():
         if form.kind == "call" and form.op == "kfunc":
-            name = prog.kfuncs.get(insn.imm)
+            # by the program's names, else pybpf's ids (a mutated program keeps no names)
+            name = prog.kfuncs.get(insn.imm) or KFUNC_NAMES.get(insn.imm)
             if name is not None:
                 insns[pc] = insn._replace(imm=kernel_bpf.kernel_btf_id(name))
     return insns
@@ -146,7 +152,15 @@ def _load_btf(data: bytes) -> int:
         raise KernelError("btf_load", e.errno, log.value.decode()) from None
 
 
-def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
+def attach_id(prog_type: str, attach_type: str | None) -> int:
+    """enum bpf_attach_type value for a load of ``prog_type`` (``attach_type`` names it)."""
+    from pybpf.attach_types import ATTACH_TYPE_IDS
+    name = attach_type or EXPECTED_ATTACH.get(prog_type)
+    return ATTACH_TYPE_IDS[name] if name else 0
+
+
+def _load(prog, prog_type: str, fds: list[int], log_level: int, log,
+          attach_type: str | None = None) -> int:
     insns = _insns(prog)
     code = ctypes.create_string_buffer(b"".join(i.encode() for i in insns))
     # padded with zeros: a map index past the program's maps reads fd 0 ("fd 0 is not pointing
@@ -159,7 +173,7 @@ def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
         struct.pack_into("<IIQ", attr, 24, log_level, len(log), _addr(log))
     struct.pack_into("<I", attr, 44, PROG_FLAGS.get(prog_type, 0))
     attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
-    struct.pack_into("<I", attr, 68, EXPECTED_ATTACH.get(prog_type, 0))
+    struct.pack_into("<I", attr, 68, attach_id(prog_type, attach_type))
     struct.pack_into("<Q", attr, 120, _addr(fd_arr))
     btf_fd, finfo = None, None
     funcs = subprograms(prog)
@@ -203,18 +217,20 @@ def create_maps(prog) -> list[int]:
     return fds
 
 
-def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = False) -> KernelVerdict:
-    """The kernel's verdict on ``prog`` (a pybpf Program) as ``prog_type``. The log is fetched
-    for rejections always, for accepted programs only with ``want_log``."""
+def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = False,
+                  attach_type: str | None = None) -> KernelVerdict:
+    """The kernel's verdict on ``prog`` (a pybpf Program) as ``prog_type`` (with the expected
+    attach type ``attach_type``, a pybpf.attach_types name, or the type's default). The log is
+    fetched for rejections always, for accepted programs only with ``want_log``."""
     fds = create_maps(prog)
     try:
         try:
-            pfd = _load(prog, prog_type, fds, 0, None)
+            pfd = _load(prog, prog_type, fds, 0, None, attach_type)
         except KernelError as e:
             err = e.errno
             log = ctypes.create_string_buffer(LOG_SIZE)
             try:
-                pfd2 = _load(prog, prog_type, fds, log_level or 1, log)
+                pfd2 = _load(prog, prog_type, fds, log_level or 1, log, attach_type)
                 os.close(pfd2)   # the logged load accepted what the silent one refused: odd
             except KernelError:
                 pass
@@ -225,7 +241,7 @@ def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = Fal
         if want_log and log_level:
             log = ctypes.create_string_buffer(LOG_SIZE)
             try:
-                os.close(_load(prog, prog_type, fds, log_level, log))
+                os.close(_load(prog, prog_type, fds, log_level, log, attach_type))
             except KernelError:
                 pass
             text = log.value.decode(errors="replace")

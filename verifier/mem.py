@@ -187,7 +187,21 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
     elif t == PTR_TO_ARENA:
         _load_result(chk, value_regno, write, size, signed, "an arena load")
     elif t == PTR_TO_FLOW_KEYS:
-        chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
+        # (a pointer stored here "leaks addr into flow keys" only for unprivileged loaders)
+        from .ctx import SIZEOF_FLOW_KEYS      # check_flow_keys_access
+        if off < 0 or off + size > SIZEOF_FLOW_KEYS:
+            chk.error(f"invalid access to flow keys off={off} size={size}")
+        _load_result(chk, value_regno, write, size, signed, "a flow keys load")
+    elif t in (PTR_TO_SOCKET, PTR_TO_SOCK_COMMON):
+        if write:
+            chk.error(f"R{regno} cannot write into {reg.type_str()}")
+        if reg.var.smin < 0:                  # check_sock_access
+            chk.error(f"R{regno} min value is negative, either use unsigned index or do a if "
+                      f"(index >=0) check.")
+        from .ctx import sock_access
+        if not sock_access("sock" if t == PTR_TO_SOCKET else "sock_common", off, size):
+            chk.error(f"R{regno} invalid {reg.type_str()} access off={off} size={size}")
+        _load_result(chk, value_regno, write, size, signed, "a socket field")
     else:
         chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
 
@@ -313,7 +327,8 @@ def ctx_field(chk, off: int, size: int, write: bool, signed: bool = False):
     """(type, flags) a ctx access yields, None if the program type refuses it (:mod:`.ctx`)."""
     from . import ctx as ctxmod
     try:
-        res = ctxmod.ctx_access(chk.prog_type, off, size, write, sign_ext=signed)
+        res = ctxmod.ctx_access(chk.prog_type, off, size, write, sign_ext=signed,
+                                attach_type=chk.attach_type)
     except KeyError:
         return None
     if not res.ok:
@@ -495,6 +510,11 @@ def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed:
         if value_regno >= 0:
             chk.set_reg(value_regno, reg)
         return
+    for i in range(size):
+        # iterator, dynptr and irq-flag bytes are the kernel's objects, never program data
+        c = stype[(-off - 1 - i) % BPF_REG_SIZE]
+        if c in "dif":
+            chk.error(f"invalid read from stack off {off}+{i} size {size}")
     if value_regno < 0:
         return
     zero = all(stype[idx] == STACK_ZERO for _, idx in _slot_bytes(off, size))
@@ -777,6 +797,10 @@ def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:
             return None
         if is_null:
             return Reg.scalar(0, r.origin)
+        if r.type == PTR_TO_MAP_VALUE and r.map is not None and \
+                getattr(r.map, "inner", None) is not None:
+            # a map-in-map lookup: the value is the inner map (inner_map_meta)
+            return Reg.pointer(CONST_PTR_TO_MAP, map=r.map.inner, origin=r.origin)
         return r.replace(flags=r.flags & ~PTR_MAYBE_NULL, id=0)
     state.map_regs(fix)
     if is_null:
