@@ -81,16 +81,17 @@ def _source_digest() -> str:
     """SHA-256 of pybpf's own Python source. A key built from a load's inputs
     (:mod:`pybpf.jit.loadkey`) does not see the lowering code, and the package version does not
     change with every edit of a checkout: this does (about 2 ms, once per process)."""
+    import importlib.util
+
     import pybpf
 
     h = hashlib.sha256()
     roots = [os.path.dirname(os.path.abspath(pybpf.__file__))]
     for sub in ("jit", "verifier", "runtime"):
-        try:
-            mod = __import__(f"pybpf.{sub}", fromlist=["__path__"])
-            roots.extend(os.path.abspath(p) for p in mod.__path__)
-        except ImportError:
-            pass
+        # found, not imported: the JIT does not import the runtime (tests/test_layers.py)
+        spec = importlib.util.find_spec(f"pybpf.{sub}")
+        if spec is not None and spec.submodule_search_locations:
+            roots.extend(os.path.abspath(p) for p in spec.submodule_search_locations)
     files = []
     for root in dict.fromkeys(roots):
         for dirpath, dirnames, names in os.walk(root):

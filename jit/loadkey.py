@@ -106,11 +106,13 @@ class LoadInputs:
                     return
                 spec = bh.native
                 static = tuple(x for x in spec[1:] if isinstance(x, (int, str, float)))
+                # the generator's step table is constants in the code; its state an address
+                steps = getattr(spec[1], "steps", None) if len(spec) > 1 else None
                 upd(repr((kind, hid, bh.name, bh.nargs, bh.unwind, bh.special,
-                          spec[:1], static)).encode())
+                          spec[:1], static, steps)).encode())
                 self._add((kind, hid), id(bh.fn), bh.fn)
                 if spec and spec[0] == "prandom_u32":
-                    for i in range(len(native_helpers.TAUS_STEPS)):
+                    for i in range(len(spec[1].steps)):
                         self._add((kind, hid, "prandom", i), spec[1].address + 4 * i, spec[1])
         resolve = env.resolve_map
         for slot in sorted(values64):
