@@ -82,7 +82,7 @@ def _prog(array_entries: int = 4, hash_type: str = "hash"):
 
 
 def _setup(array_entries: int = 4, hash_type: str = "hash"):
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     return VM(seed=1), _prog(array_entries, hash_type)
 
