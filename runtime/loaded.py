@@ -16,6 +16,7 @@ import threading
 from pybpf.errors import VMError
 
 from .contexts import build_context
+from .grace import enter as grace_enter, leave as grace_leave
 from .helpers import ACTIVE_REGIONS
 from .interp import Interpreter
 from .maps.prog_array import ProgArrayMap
@@ -203,10 +204,12 @@ class LoadedProgram:
             rc = build_context(self.prog_type, mem, ctx, data)
             self._check_ctx_size(rc)
             r0 = None
+            grace_enter()
             try:
                 r0 = self._jit._call(rc.r1, rc.r2)
                 return r0
             finally:
+                grace_leave()
                 self._finish(rc, None, r0)
                 rc.release()
         return self._execute(mem, ctx, data, trace, insn_limit,
@@ -256,6 +259,7 @@ class LoadedProgram:
         rc, session = self._prepare(mem, ctx, data, trace, insn_limit)
         r0 = None
         token = None
+        grace_enter()       # a read section: freed map elements wait until the run ends
         try:
             if session is None:
                 if getattr(rc, "jit_regions", None) is not None:
@@ -266,6 +270,7 @@ class LoadedProgram:
             r0 = out[0] if isinstance(out, tuple) else out
             return out
         finally:
+            grace_leave()
             if token is not None:
                 ACTIVE_REGIONS.reset(token)
             self._finish(rc, session, r0)
