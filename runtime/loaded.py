@@ -16,7 +16,7 @@ import threading
 from pybpf.errors import VMError
 
 from .contexts import build_context
-from .grace import enter as grace_enter, leave as grace_leave
+from .grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
 from .helpers import ACTIVE_REGIONS
 from .interp import Interpreter
 from .maps.prog_array import ProgArrayMap
@@ -293,6 +293,10 @@ class LoadedProgram:
             for m in list(getattr(self.vm, "_by_fd", {}).values()):
                 if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs):
                     m.refresh_native()
+            # a run in another thread may have tail-called in before the entry went: its code
+            # is freed after the runs that started before this point have ended
+            if not in_read_section():
+                wait(retire(), timeout=10.0)
             jit.close()
         release = getattr(self.vm, "release_closed", None)
         if release is not None:
