@@ -6,15 +6,19 @@ Targets, each a generator of inputs from a seed and a check of one input:
 * ``decode``: bytes (random, or real opcodes with random fields) -> ``Program.from_bytes`` and the
   disassembler;
 * ``elf``: mutated and truncated sample objects -> the ELF loader;
-* ``engines``: random and mutated programs -> the verifier, then the interpreter and, for the
-  programs whose every memory access is a constant stack offset (safe without the full
-  verifier), the JIT; both must give the same r0 and stack-derived result;
+* ``engines``: half the cases are programs for the full verifier with map lookups and updates,
+  ctx fields and packet reads (sometimes mutated): what it accepts runs on the interpreter and
+  the JIT, which must give the same r0, packet or memory and map contents, and the interpreter
+  must find no out-of-region access; the other half are random and mutated scalar programs
+  under the structural checks only, on the interpreter and, when every memory access is a
+  constant stack offset (safe without the full verifier), the JIT, with the same comparison;
 * ``maps``: hash, array and LRU map operations from four Python threads at once; the map must
   end up holding exactly what the threads' own records say.
 
 Invariants: only ``BPFError`` subclasses escape the library; no signal and no hang past the
 per-case budget (each case runs in a worker subprocess with a time limit; a worker that dies or
-hangs fails that case and is replaced); engines agree; no mapping is writable and executable. The runner prints a progress line, then
+hangs fails that case and is replaced; a failing case is run again alone in a fresh worker, and
+``--isolate`` gives every case a fresh one); engines agree; no mapping is writable and executable. The runner prints a progress line, then
 cases run, cases per second, failures and their distinct messages; each failing input is saved
 (``--save DIR``) as ``TARGET-<hash>.json`` for tests/fuzz/test_fuzz.py to replay as a
 regression test.
@@ -106,8 +110,18 @@ _SAFE_OFFS = (-8, -16, -24, -32)
 
 
 def gen_engines(rng: random.Random) -> dict:
-    """A program of scalar ALU on r0-r9, stack stores and loads at constant offsets from r10
-    and forward jumps (plus, mutated, anything): encoded as hex."""
+    """Half the cases: a program for the full verifier with maps, ctx and packet accesses
+    (:func:`_verified_program`), sometimes with one instruction mutated; what the verifier
+    accepts runs on both engines. The other half: a program of scalar ALU on r0-r9, stack
+    stores and loads at constant offsets from r10 and forward jumps (plus, mutated, anything),
+    checked structurally only: the JIT runs it when it is stack-only."""
+    if rng.random() < 0.5:
+        ptype, text = _verified_program(rng)
+        case = {"asm": text, "prog_type": ptype, "data": rng.randbytes(rng.choice((14, 34, 64))).hex(),
+                "mem": rng.randbytes(256).hex()}
+        if rng.random() < 0.3:
+            case["mutate"] = [rng.randrange(1 << 30) for _ in range(3)]
+        return case
     from . import isa
     from .insn import encode, make
 
@@ -148,6 +162,92 @@ def gen_engines(rng: random.Random) -> dict:
             i = rng.randrange(len(data))
             data[i] = rng.randrange(256)
     return {"hex": bytes(data).hex(), "mem": rng.randbytes(16).hex()}
+
+
+# Programs for the full verifier, so that what it accepts runs under the JIT too: map lookups
+# (NULL-checked or not) and value accesses near the value's edges, ctx field reads (right and
+# wrong offsets), packet reads behind a data_end check (sometimes off by a few bytes), helper
+# calls that change maps, stack spills, ALU. Per type: (ctx fields, data/data_end offsets).
+_VTYPES = {
+    "xdp": ([(0, 4), (4, 4), (12, 4), (16, 4), (8, 4), (2, 4)], (0, 4)),
+    "sched_cls": ([(0, 4), (8, 4), (16, 4), (32, 4), (48, 8), (76, 4), (140, 4), (3, 4)],
+                  (76, 80)),
+    "socket_filter": ([(0, 4), (4, 4), (8, 4), (16, 4), (48, 4), (52, 4), (76, 4), (7, 2)],
+                      None),
+    "mem": ([(0, 8), (8, 4), (16, 8), (32, 2), (60, 4), (64, 8), (250, 8)], None),
+}
+_VMAPS = (".map arr type=array key=4 value=16 max_entries=4\n"
+          ".map h type=hash key=4 value=16 max_entries=8\n")
+_SIZES = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}
+_VALU = ("+=", "-=", "*=", "&=", "|=", "^=", "<<=", ">>=", "s>>=", "/=", "%=")
+
+
+def _o(off: int) -> str:
+    return f"+ {off}" if off >= 0 else f"- {-off}"
+
+
+def _verified_program(rng: random.Random) -> tuple[str, str]:
+    from .helper_names import HELPER_IDS
+    ptype = rng.choice(tuple(_VTYPES))
+    fields, pkt = _VTYPES[ptype]
+    out = ["r6 = r1", f"r7 = {rng.randrange(-50, 50)}", f"r8 = {rng.randrange(1, 50)}"]
+    label = 0
+
+    def skip():
+        nonlocal label
+        label += 1
+        return f"l{label}"
+
+    for _ in range(rng.randint(2, 8)):
+        c = rng.random()
+        if c < 0.3:                         # a map lookup, then an access to the value
+            m = rng.choice(("arr", "h"))
+            key = rng.choice((0, 1, 3, 4, 9))
+            size = rng.choice((1, 2, 4, 8))
+            off = rng.choice((0, 8, 16 - size, 16, -1, 4, 12 + rng.randrange(5)))
+            end = skip()
+            out += [f"*(u32 *)(r10 - 4) = {key}", f"r1 = map[{m}] ll", "r2 = r10", "r2 += -4",
+                    f"call {HELPER_IDS['map_lookup_elem']}"]
+            if rng.random() < 0.9:
+                out.append(f"if r0 == 0 goto {end}")
+            what = rng.random()
+            if what < 0.4:
+                out += [f"r1 = *({_SIZES[size]} *)(r0 {_o(off)})", "r7 += r1"]
+            elif what < 0.8:
+                out.append(f"*({_SIZES[size]} *)(r0 {_o(off)}) = r7")
+            else:
+                out.append(f"lock *({_SIZES[max(size, 4)]} *)(r0 {_o(off - off % 4)}) += r8")
+            out.append(f"{end}:")
+        elif c < 0.45:                      # a map update from the stack
+            m = rng.choice(("arr", "h"))
+            out += [f"*(u32 *)(r10 - 4) = {rng.choice((0, 1, 2, 5))}",
+                    "*(u64 *)(r10 - 24) = r7", "*(u64 *)(r10 - 16) = r8",
+                    f"r1 = map[{m}] ll", "r2 = r10", "r2 += -4", "r3 = r10", "r3 += -24",
+                    f"r4 = {rng.choice((0, 0, 1, 2))}", f"call {HELPER_IDS['map_update_elem']}",
+                    "r7 += r0"]
+        elif c < 0.6:                       # a ctx field
+            off, size = rng.choice(fields)
+            out += [f"r1 = *({_SIZES[size]} *)(r6 + {off})", "r8 ^= r1"]
+        elif c < 0.75 and pkt is not None:  # a packet read behind a bounds check
+            size = rng.choice((1, 2, 4, 8))
+            off = rng.randrange(0, 40)
+            need = off + size + rng.choice((0, 0, 0, -1, -4))
+            end = skip()
+            out += [f"r2 = *(u32 *)(r6 + {pkt[0]})", f"r3 = *(u32 *)(r6 + {pkt[1]})",
+                    "r4 = r2", f"r4 += {need}", f"if r4 > r3 goto {end}",
+                    f"r1 = *({_SIZES[size]} *)(r2 + {off})", "r7 += r1",
+                    f"{end}:"]
+        elif c < 0.9:                       # ALU, a conditional jump over it
+            op = rng.choice(_VALU)
+            src = rng.choice(("r7", "r8", str(rng.randrange(-9, 64))))
+            end = skip()
+            out += [f"if r8 {rng.choice(('>', '<', '==', '!=', 's>'))} "
+                    f"{rng.randrange(-5, 50)} goto {end}", f"r7 {op} {src}", f"{end}:"]
+        else:                               # a spill and fill
+            off = rng.choice((8, 16, 32, 64, 512))
+            out += [f"*(u64 *)(r10 - {off}) = r7", f"r8 = *(u64 *)(r10 - {off})"]
+    out += ["r0 = r7", "r0 ^= r8", "exit"]
+    return ptype, _VMAPS + "\n".join(out)
 
 
 def gen_maps(rng: random.Random) -> dict:
@@ -215,9 +315,86 @@ def _stack_only(prog) -> bool:
     return True
 
 
+def _mutated(prog, seeds):
+    """``prog`` with one field of one instruction changed (register, offset or immediate)."""
+    from .insn import split_slots
+    from .program import Program
+    raw = bytearray(prog.to_bytes())
+    rng = random.Random(seeds[0])
+    n = len(raw) // 8
+    i = 8 * rng.randrange(n)
+    what = seeds[1] % 3
+    if what == 0:
+        raw[i + 1] = rng.randrange(256)
+    elif what == 1:
+        raw[i + 2:i + 4] = (rng.choice((-8, -4, -1, 1, 4, 8, 512, -512)) +
+                            int.from_bytes(raw[i + 2:i + 4], "little", signed=True)
+                            & 0xFFFF).to_bytes(2, "little")
+    else:
+        raw[i + 4:i + 8] = (seeds[2] & 0xFFFFFFFF).to_bytes(4, "little")
+    return Program(split_slots(bytes(raw)), functions=dict(prog.functions),
+                   labels=dict(prog.labels), maps=list(prog.maps), name=prog.name)
+
+
+def _run_verified(case: dict, engine: str, prog):
+    """One engine's run of a program the full verifier accepted: r0, the packet or memory
+    after the run, and every map's contents."""
+    from .runtime.vm import VM
+    vm = VM(seed=1)
+    try:
+        lp = vm.load(prog, prog_type=case["prog_type"], engine=engine, tier="quick")
+    except BPFError as e:
+        return ("load error", type(e).__name__, str(e).splitlines()[0][:120])
+    try:
+        if case["prog_type"] == "mem":
+            mem = bytearray(bytes.fromhex(case["mem"]))
+            r0 = lp.run(mem=mem)
+            after = bytes(mem)
+        else:
+            r0 = lp.run(data=bytes.fromhex(case["data"]))
+            after = bytes(lp.last_data or b"")
+    except BPFError as e:
+        return ("run error", type(e).__name__)
+    maps = {name: sorted((k, m.sys_lookup(k)) for k in m._raw_keys()) for name, m in lp.maps.items()}
+    lp.close()
+    vm.close()
+    return ("r0", r0, after, maps)
+
+
+def check_verified(case: dict):
+    from .asm import assemble
+    from .runtime.vm import VM
+    prog = assemble(case["asm"])
+    if case.get("mutate"):
+        try:
+            prog = _mutated(prog, case["mutate"])
+        except BPFError:
+            return "refused at decode"
+    vm = VM(seed=1)
+    try:
+        vm.verify(prog, prog_type=case["prog_type"], full=True)
+    except BPFError:
+        return "rejected by the verifier"
+    finally:
+        vm.close()
+    a = _run_verified(case, "interp", prog)
+    if a[0] == "run error" and a[1] == "MemoryAccessError":
+        raise AssertionError(f"the verifier accepted an out-of-region access: {a}")
+    b = _run_verified(case, "jit", prog)
+    from .jit.execmem import wx_mappings
+    assert not wx_mappings(), f"a writable and executable mapping: {wx_mappings()[0]}"
+    assert a[0] != "load error" and b[0] != "load error", f"accepted, then not loaded: {a} {b}"
+    if a[0] == b[0] == "r0":
+        assert a == b, f"engines differ on an accepted program: interp {a[1]:#x} jit {b[1]:#x}" \
+            if a[1] != b[1] else f"engines differ in memory or maps: interp {a[2:]} jit {b[2:]}"
+    return "verified, ran interp+jit"
+
+
 def check_engines(case: dict):
     from .program import Program
     from .runtime.vm import VM
+    if "asm" in case:
+        return check_verified(case)
     try:
         prog = Program.from_bytes(bytes.fromhex(case["hex"]))
     except BPFError:
@@ -372,8 +549,14 @@ class _Worker:
 
 
 def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
-         progress=None, max_cases: int | None = None, budget: float = CASE_BUDGET) -> dict:
-    """Run ``target`` for ``seconds`` (or ``max_cases``); returns the figures."""
+         progress=None, max_cases: int | None = None, budget: float = CASE_BUDGET,
+         isolate: bool = False) -> dict:
+    """Run ``target`` for ``seconds`` (or ``max_cases``); returns the figures.
+
+    Cases run in a worker subprocess with a time limit each; the worker is reused (starting
+    Python and pybpf costs ~0.3 s, 100-1000 cases' worth) unless ``isolate`` asks for a fresh one
+    per case. A case that fails in a reused worker is run again alone in a fresh one, and its
+    message says whether it fails there too (the saved input replays in a fresh worker)."""
     if target not in TARGETS:
         raise ValueError(f"unknown fuzz target {target!r} (one of {', '.join(TARGETS)})")
     worker = _Worker()
@@ -383,10 +566,19 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
     try:
         while time.monotonic() - start < seconds and (max_cases is None or cases < max_cases):
             case = case_input(target, seed, cases)
-            if not worker.alive():
+            if not worker.alive() or (isolate and cases):
+                worker.close()
                 worker = _Worker()
             out = worker.ask(target, case, budget)
             cases += 1
+            if not out["ok"] and not isolate:
+                alone = _Worker()
+                try:
+                    again = alone.ask(target, case, budget)
+                finally:
+                    alone.close()
+                out["message"] += (" (fails alone too)" if not again["ok"] else
+                                   " (only after earlier cases in the same worker)")
             if out["ok"]:
                 key = str(out["result"])
                 results[key] = results.get(key, 0) + 1
@@ -424,6 +616,9 @@ def format_report(r: dict) -> str:
     lines = [f"{r['target']}: {r['cases']} cases in {r['seconds']} s "
              f"({r['cases_per_second']}/s), {r['failures']} failures, "
              f"{len(r['distinct'])} distinct"]
+    if r["results"]:
+        lines.append("  outcomes: " + ", ".join(f"{k} {v}" for k, v in
+                                                 sorted(r["results"].items(), key=lambda kv: -kv[1])))
     for msg, n in sorted(r["distinct"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {n:6d}  {msg}")
     for path in r["saved"][:20]:
