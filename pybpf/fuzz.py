@@ -13,7 +13,8 @@ Targets, each a generator of inputs from a seed and a check of one input:
   under the structural checks only, on the interpreter and, when every memory access is a
   constant stack offset (safe without the full verifier), the JIT, with the same comparison;
 * ``maps``: hash, array and LRU map operations from four Python threads at once; the map must
-  end up holding exactly what the threads' own records say.
+  end up holding exactly what the threads' own records say, and a fifth thread, looking
+  elements up inside read sections as a run does, must never see one change under it.
 
 Invariants: only ``BPFError`` subclasses escape the library; no signal and no hang past the
 per-case budget (each case runs in a worker subprocess with a time limit; a worker that dies or
@@ -25,6 +26,7 @@ regression test.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -457,12 +459,37 @@ def check_maps(case: dict):
         except Exception as e:      # noqa: BLE001 -- reported as the failure
             errors.append(f"{type(e).__name__}: {e}")
 
+    done = threading.Event()
+    changed: list[str] = []
+
+    def reader():
+        # a program's view: inside a run (a read section) the element a lookup returned keeps
+        # its value whatever the other threads do (hash updates never write in place, and a
+        # freed element is reused only after the run ends)
+        from .runtime import grace
+        rng = random.Random(case["seed"] * 10 + 9)
+        while not done.is_set():
+            with grace.reading():
+                kb = (rng.randrange(4) * 1000 + rng.randrange(8)).to_bytes(4, "little")
+                addr = m.map_lookup_elem(kb)
+                if addr:
+                    first = ctypes.string_at(addr, 8)
+                    for _ in range(rng.randint(1, 20)):
+                        time.sleep(0)
+                    if ctypes.string_at(addr, 8) != first:
+                        changed.append(kb.hex())
+
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for t in threads:
+    watcher = threading.Thread(target=reader) if kind != "array" else None
+    for t in threads + ([watcher] if watcher else []):
         t.start()
     for t in threads:
         t.join()
+    done.set()
+    if watcher:
+        watcher.join()
     assert not errors, errors[0]
+    assert not changed, f"an element changed under a read section (key {changed[0]})"
     if kind == "hash":       # an LRU map may evict; an array's slots are shared by threads
         want = {k.to_bytes(4, "little"): v for d in owned for k, v in d.items()}
         got = {k: m.sys_lookup(k) for k in m._raw_keys()}
