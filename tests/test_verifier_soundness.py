@@ -80,12 +80,12 @@ def _verify_once(vm):
     real = vm.verify_result
     memo: dict = {}
 
-    def verify_result(prog, prog_type=None, log_level=0, full=True, decl_maps=None):
-        key = (id(prog), prog_type, log_level, full)
-        if memo.get("key") != key or memo.get("prog") is not prog:
+    def verify_result(prog, *args, **kwargs):
+        key = (args, {k: v for k, v in kwargs.items() if k != "decl_maps"})
+        if memo.get("prog") is not prog or memo.get("key") != key:
             memo.clear()
             try:
-                memo["result"] = real(prog, prog_type, log_level, full, decl_maps)
+                memo["result"] = real(prog, *args, **kwargs)
             except pybpf.BPFError as e:
                 memo["error"] = e
             memo.update(key=key, prog=prog)
@@ -210,19 +210,24 @@ def long_run(argv) -> int:
             totals["out_of_region_or_jit_failures"] += len(t["bad"])
             for msg in t["bad"]:
                 print(f"BAD batch {b}: {msg}", flush=True)
-        else:
+        elif proc.returncode < 0:           # a signal: the JIT run of the program named last
             last = [x for x in proc.stderr.splitlines() if x.startswith("batch ")]
             totals["crashes"] += 1
             done = int(last[-1].split()[3]) if last else 0
             totals["accepted"] += done
-            print(f"CRASH batch {b} (exit {proc.returncode}) at: "
+            print(f"CRASH batch {b} (signal {-proc.returncode}) at: "
                   f"{last[-1] if last else proc.stderr[-500:]}", flush=True)
+        else:                               # the harness itself failed: not a program's fault
+            totals["harness_errors"] = totals.get("harness_errors", 0) + 1
+            print(f"HARNESS ERROR batch {b} (exit {proc.returncode}): {proc.stderr[-800:]}",
+                  flush=True)
         el = time.monotonic() - start
         print(f"after batch {b}: {json.dumps(totals)} in {el:.0f} s "
               f"({totals['accepted'] / el:.1f} accepted programs/s)", flush=True)
         b += 1
     print("TOTAL " + json.dumps(totals), flush=True)
-    return 1 if totals["crashes"] or totals.get("hangs") or totals["out_of_region_or_jit_failures"] else 0
+    return 1 if (totals["crashes"] or totals.get("hangs") or totals.get("harness_errors")
+                 or totals["out_of_region_or_jit_failures"]) else 0
 
 
 if __name__ == "__main__":
