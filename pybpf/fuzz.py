@@ -12,6 +12,11 @@ Targets, each a generator of inputs from a seed and a check of one input:
   must find no out-of-region access; the other half are random and mutated scalar programs
   under the structural checks only, on the interpreter and, when every memory access is a
   constant stack offset (safe without the full verifier), the JIT, with the same comparison;
+* ``helpers``: programs calling helpers from the prototype table (verifier/protos.py: helpers
+  added there are fuzzed too) with the argument kinds they name or hostile ones (stack pointers
+  past the frame, the ctx, NULL, garbage): accepted ones run on both engines as above; every
+  one also runs on the interpreter under the structural checks only, where a helper's checked
+  pointers may only raise BPFError;
 * ``maps``: hash, array and LRU map operations from four Python threads at once; the map must
   end up holding exactly what the threads' own records say, and a fifth thread, looking
   elements up inside read sections as a run does, must never see one change under it.
@@ -40,7 +45,7 @@ from pathlib import Path
 from .errors import BPFError
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("asm", "decode", "elf", "engines", "maps")
+TARGETS = ("asm", "decode", "elf", "engines", "maps", "helpers")
 CASE_BUDGET = 10.0          # seconds per case before the worker counts as hung
 
 
@@ -252,13 +257,104 @@ def _verified_program(rng: random.Random) -> tuple[str, str]:
     return ptype, _VMAPS + "\n".join(out)
 
 
+_HMAPS = (".map arr type=array key=4 value=16 max_entries=4\n"
+          ".map h type=hash key=4 value=16 max_entries=8\n"
+          ".map q type=queue key=0 value=16 max_entries=4\n"
+          ".map rb type=ringbuf key=0 value=0 max_entries=4096\n"
+          ".map pa type=prog_array key=4 value=4 max_entries=2\n")
+_VARYING = ("prandom", "ktime", "jiffies", "smp_processor", "pid_tgid", "uid_gid", "comm",
+            "numa", "cgroup", "task")
+
+
+def _helper_arg(rng: random.Random, kind: str, reg: int) -> list[str]:
+    """Instructions setting ``r<reg>`` for an argument of ``kind`` (a prototype's arg kind):
+    mostly what the kind asks for, sometimes something else (the verifier must refuse it, or
+    the interpreter, checking every pointer, must)."""
+    r = f"r{reg}"
+    hostile = rng.random() < 0.2
+    if "MAP_PTR" in kind and not hostile:
+        return [f"{r} = map[{rng.choice(('arr', 'h', 'q', 'rb', 'pa'))}] ll"]
+    if "SIZE" in kind and not hostile:
+        return [f"{r} = {rng.choice((0, 1, 4, 8, 16, 32, 64, 4096, -1))}"]
+    if "FUNC" in kind and not hostile:
+        return [f"{r} = func(cb) ll"]
+    if "CTX" in kind and not hostile:
+        return [f"{r} = r6"]
+    if kind in ("ARG_ANYTHING", "ARG_DONTCARE") and not hostile:
+        return [f"{r} = {rng.choice((0, 1, 2, 7, 64, -1, 0x7fffffff))}"]
+    c = rng.random()
+    if c < 0.55:                            # a stack pointer (the common memory argument)
+        return [f"{r} = r10", f"{r} += -{rng.choice((4, 8, 16, 32, 64, 128, 512, 513))}"]
+    if c < 0.7:
+        return [f"{r} = r6"]                # the ctx
+    if c < 0.8:
+        return [f"{r} = r9"]                # a map value, or NULL
+    if c < 0.9:                             # garbage
+        return [f"{r} = {rng.choice((0, 1, 4096, -8))}"]
+    return [f"{r} = r10", f"{r} += {rng.choice((0, 8, 4096))}"]
+
+
+def gen_helpers(rng: random.Random) -> dict:
+    """A program calling one to three helpers from the prototype table (verifier/protos.py, so
+    helpers added there are fuzzed too) with arguments of the kinds their prototypes name or,
+    sometimes, not."""
+    from .verifier.protos import HELPERS
+    protos = sorted(HELPERS.values(), key=lambda p: p.id)
+    ptype = rng.choice(("mem", "xdp", "sched_cls", "socket_filter", "tracepoint"))
+    out = ["r6 = r1"]
+    out += [f"*(u64 *)(r10 - {8 * i}) = {rng.randrange(-3, 300)}" for i in range(1, 17)]
+    out += ["*(u32 *)(r10 - 4) = 1", "r1 = map[arr] ll", "r2 = r10", "r2 += -4",
+            "call 1", "r9 = r0"]
+    for _ in range(rng.randint(1, 3)):
+        p = rng.choice(protos)
+        for i, kind in enumerate(p.args[:5], 1):
+            out += _helper_arg(rng, kind, i)
+        out += [f"call {p.id}", f"r7 = r0"]
+    out += ["r0 = 0", "exit"]
+    if any("func(cb)" in line for line in out):
+        out += ["cb:", "r0 = 0", "exit"]
+    return {"asm": _HMAPS + "\n".join(out), "prog_type": ptype,
+            "data": rng.randbytes(rng.choice((14, 64))).hex(), "mem": rng.randbytes(256).hex()}
+
+
+def check_helpers(case: dict):
+    """Under the full verifier: what it accepts runs on both engines (as the engines target's
+    verified programs). Whatever it says, the interpreter also runs the program under the
+    structural checks only: every pointer a helper gets is checked at run time, so it may only
+    raise BPFError."""
+    from .asm import assemble
+    from .runtime.vm import VM
+    prog = assemble(case["asm"])
+    out = check_verified(case, compare=not any(
+        v in p.name for _, f, i in prog.instructions() if f.kind == "call" and f.op == "helper"
+        for p in [_helper_proto(i.imm)] if p is not None for v in _VARYING))
+    vm = VM(seed=1)
+    try:
+        lp = vm.load(prog, prog_type=case["prog_type"], engine="interp", verify="structural",
+                     insn_limit=100_000)
+        if case["prog_type"] == "mem":
+            lp.run(mem=bytearray(bytes.fromhex(case["mem"])))
+        else:
+            lp.run(data=bytes.fromhex(case["data"]))
+        return out + "; unverified interp ran"
+    except BPFError as e:
+        return out + f"; unverified interp: {type(e).__name__}"
+    finally:
+        vm.close()
+
+
+def _helper_proto(hid: int):
+    from .verifier.protos import HELPERS
+    return HELPERS.get(hid)
+
+
 def gen_maps(rng: random.Random) -> dict:
     return {"type": rng.choice(("hash", "lru_hash", "array")), "seed": rng.randrange(1 << 30),
             "ops": rng.randint(50, 300), "max_entries": rng.choice((4, 16, 64))}
 
 
 GENERATORS = {"asm": gen_asm, "decode": gen_decode, "elf": gen_elf, "engines": gen_engines,
-              "maps": gen_maps}
+              "maps": gen_maps, "helpers": gen_helpers}
 
 
 # -- checks: input -> result (raise AssertionError for a broken invariant) ------------------------
@@ -357,7 +453,7 @@ def _run_verified(case: dict, engine: str, prog):
             after = bytes(lp.last_data or b"")
     except BPFError as e:
         return ("run error", type(e).__name__)
-    maps = {name: sorted((k, m.sys_lookup(k)) for k in m._raw_keys()) for name, m in lp.maps.items()}
+    maps = {name: _contents(m) for name, m in lp.maps.items()}
     lp.close()
     vm.close()
     return ("r0", r0, after, maps)
@@ -387,7 +483,21 @@ class _PoisonedStack:
         self.cls.take_stack = self.orig
 
 
-def check_verified(case: dict):
+def _contents(m):
+    """A map's keys and values; a queue's values; what is waiting in a ring buffer."""
+    if m.type in ("queue", "stack"):
+        return [bytes(v) for v in m._raw_values()]
+    if m.type == "ringbuf":
+        try:
+            return [bytes(r) for r in m.consume()]
+        except BPFError as e:
+            return f"consume: {type(e).__name__}"
+    if m.type == "prog_array":
+        return None
+    return sorted((k, m.sys_lookup(k)) for k in m._raw_keys())
+
+
+def check_verified(case: dict, compare: bool = True):
     from .asm import assemble
     from .runtime.vm import VM
     prog = assemble(case["asm"])
@@ -410,6 +520,8 @@ def check_verified(case: dict):
     from .jit.execmem import wx_mappings
     assert not wx_mappings(), f"a writable and executable mapping: {wx_mappings()[0]}"
     assert a[0] != "load error" and b[0] != "load error", f"accepted, then not loaded: {a} {b}"
+    if not compare:
+        return "verified, ran interp+jit; results vary by run: not compared"
     with _PoisonedStack():
         if _run_verified(case, "interp", prog) != a:
             return "verified, ran interp+jit; reads stack it never wrote: not compared"
@@ -534,7 +646,7 @@ def check_maps(case: dict):
 
 
 CHECKS = {"asm": check_asm, "decode": check_decode, "elf": check_elf, "engines": check_engines,
-          "maps": check_maps}
+          "maps": check_maps, "helpers": check_helpers}
 
 
 def case_input(target: str, seed: int, index: int) -> dict:
