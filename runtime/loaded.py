@@ -17,7 +17,7 @@ from pybpf.errors import VMError
 
 from .contexts import build_context
 from .grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
-from .helpers import ACTIVE_REGIONS
+from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .interp import Interpreter
 from .maps.prog_array import ProgArrayMap
 from .memory import Buffer, Region, RegionTable
@@ -89,12 +89,16 @@ class LoadedProgram:
         self.last_data: bytes | None = None     # the packet after the last run
         self.last_ctx = None                    # the context after the last run
         self.last_insn_count: int | None = None  # instructions executed (interpreter)
+        self.last_clones: list = []             # bpf_clone_redirect's copies (helpers_skb.Clone)
         self.closed = False
         self._interp = self._jit = None
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
         self._base_table: RegionTable | None = None
         self._plain_jit = False                 # JIT run needing no packet or region setup
         self._budget = None                     # the run budget of unverified JIT code
+        # a program calling a helper that moves the packet (bpf_xdp_adjust_head...) gets no
+        # inline fast-region check: its bounds would go stale; the region table moves instead
+        self._moves_packet = _moves_packet(prog, vm.helpers)
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
                                        resolve_map=vm.resolve_map, same_value=not verified)
@@ -134,7 +138,11 @@ class LoadedProgram:
         packet = rc.packet
         if packet is None:
             raise VMError("ld_abs/ld_ind needs a socket-filter context: run with data=<packet>")
-        if isinstance(packet, memoryview) and not packet.readonly:
+        if packet is rc.skb:
+            # the live sk_buff: the packet helpers move the descriptor with the packet
+            packet.ld_desc = self._packet_desc
+            address = packet.data
+        elif isinstance(packet, memoryview) and not packet.readonly:
             address = ctypes.addressof(ctypes.c_char.from_buffer(packet)) if len(packet) else 0
         else:
             rc.jit_packet = Buffer(len(packet), init=bytes(packet))
@@ -169,7 +177,8 @@ class LoadedProgram:
                 rc.jit_regions.add(Region(lo, size, "thread stack (JIT frames)", True))
             return rc, None
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
-        return rc, self._interp.start(self._run_regions(rc), rc.fast, limit, rc.packet, trace)
+        fast = None if self._moves_packet else rc.fast
+        return rc, self._interp.start(self._run_regions(rc), fast, limit, rc.packet, trace)
 
     def _run_regions(self, rc) -> RegionTable:
         """The VM's map and arena regions plus this run's context regions."""
@@ -188,6 +197,7 @@ class LoadedProgram:
         self.last_buffer = rc.buffer if self.prog_type == "mem" else None
         self.last_mem = rc.last_mem
         self.last_data, self.last_ctx = rc.last_data, rc.last_ctx
+        self.last_clones = rc.clones
         self.last_insn_count = session.executed if session is not None else None
 
     def run(self, mem=None, *, ctx=None, data=None, trace=None,
@@ -259,6 +269,7 @@ class LoadedProgram:
         rc, session = self._prepare(mem, ctx, data, trace, insn_limit)
         r0 = None
         token = None
+        run_token = ACTIVE_RUN.set(rc)
         grace_enter()       # a read section: freed map elements wait until the run ends
         try:
             if session is None:
@@ -273,6 +284,7 @@ class LoadedProgram:
             grace_leave()
             if token is not None:
                 ACTIVE_REGIONS.reset(token)
+            ACTIVE_RUN.reset(run_token)
             self._finish(rc, session, r0)
             if session is not None:
                 session.close()
@@ -307,6 +319,16 @@ class LoadedProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _moves_packet(prog, helpers) -> bool:
+    """Whether ``prog`` calls a helper whose prototype says it changes packet data."""
+    for _pc, form, insn in prog.instructions():
+        if form.kind == "call" and form.op == "helper":
+            h = helpers.get(insn.imm) if helpers is not None else None
+            if h is not None and getattr(h.prototype, "changes_pkt_data", False):
+                return True
+    return False
 
 
 def verify_result_facts(result):
