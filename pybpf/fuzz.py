@@ -323,7 +323,7 @@ def check_helpers(case: dict):
     structural checks only: every pointer a helper gets is checked at run time, so it may only
     raise BPFError."""
     from .asm import assemble
-    from .runtime.vm import VM
+    from .vm import VM
     prog = assemble(case["asm"])
     out = check_verified(case, compare=not any(
         v in p.name for _, f, i in prog.instructions() if f.kind == "call" and f.op == "helper"
@@ -437,7 +437,7 @@ def _mutated(prog, seeds):
 def _run_verified(case: dict, engine: str, prog):
     """One engine's run of a program the full verifier accepted: r0, the packet or memory
     after the run, and every map's contents."""
-    from .runtime.vm import VM
+    from .vm import VM
     vm = VM(seed=1)
     try:
         lp = vm.load(prog, prog_type=case["prog_type"], engine=engine, tier="quick")
@@ -499,7 +499,7 @@ def _contents(m):
 
 def check_verified(case: dict, compare: bool = True):
     from .asm import assemble
-    from .runtime.vm import VM
+    from .vm import VM
     prog = assemble(case["asm"])
     if case.get("mutate"):
         try:
@@ -533,7 +533,7 @@ def check_verified(case: dict, compare: bool = True):
 
 def check_engines(case: dict):
     from .program import Program
-    from .runtime.vm import VM
+    from .vm import VM
     if "asm" in case:
         return check_verified(case)
     try:
