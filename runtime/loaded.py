@@ -16,7 +16,7 @@ import threading
 from pybpf.errors import VMError
 
 from .contexts import build_context
-from .helpers import ACTIVE_REGIONS
+from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .interp import Interpreter
 from .maps.prog_array import ProgArrayMap
 from .memory import Buffer, Region, RegionTable
@@ -88,12 +88,16 @@ class LoadedProgram:
         self.last_data: bytes | None = None     # the packet after the last run
         self.last_ctx = None                    # the context after the last run
         self.last_insn_count: int | None = None  # instructions executed (interpreter)
+        self.last_redirect = None               # where the last run redirected the packet
         self.closed = False
         self._interp = self._jit = None
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
         self._base_table: RegionTable | None = None
         self._plain_jit = False                 # JIT run needing no packet or region setup
         self._budget = None                     # the run budget of unverified JIT code
+        # a program calling a helper that moves the packet (bpf_xdp_adjust_head...) gets no
+        # inline fast-region check: its bounds would go stale; the region table moves instead
+        self._moves_packet = _moves_packet(prog, vm.helpers)
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
                                        resolve_map=vm.resolve_map, same_value=not verified)
@@ -168,7 +172,8 @@ class LoadedProgram:
                 rc.jit_regions.add(Region(lo, size, "thread stack (JIT frames)", True))
             return rc, None
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
-        return rc, self._interp.start(self._run_regions(rc), rc.fast, limit, rc.packet, trace)
+        fast = None if self._moves_packet else rc.fast
+        return rc, self._interp.start(self._run_regions(rc), fast, limit, rc.packet, trace)
 
     def _run_regions(self, rc) -> RegionTable:
         """The VM's map and arena regions plus this run's context regions."""
@@ -187,6 +192,7 @@ class LoadedProgram:
         self.last_buffer = rc.buffer if self.prog_type == "mem" else None
         self.last_mem = rc.last_mem
         self.last_data, self.last_ctx = rc.last_data, rc.last_ctx
+        self.last_redirect = redirect_of(rc, r0)
         self.last_insn_count = session.executed if session is not None else None
 
     def run(self, mem=None, *, ctx=None, data=None, trace=None,
@@ -256,6 +262,7 @@ class LoadedProgram:
         rc, session = self._prepare(mem, ctx, data, trace, insn_limit)
         r0 = None
         token = None
+        run_token = ACTIVE_RUN.set(rc)
         try:
             if session is None:
                 if getattr(rc, "jit_regions", None) is not None:
@@ -268,6 +275,7 @@ class LoadedProgram:
         finally:
             if token is not None:
                 ACTIVE_REGIONS.reset(token)
+            ACTIVE_RUN.reset(run_token)
             self._finish(rc, session, r0)
             if session is not None:
                 session.close()
@@ -298,6 +306,26 @@ class LoadedProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _moves_packet(prog, helpers) -> bool:
+    """Whether ``prog`` calls a helper whose prototype says it changes packet data."""
+    for _pc, form, insn in prog.instructions():
+        if form.kind == "call" and form.op == "helper":
+            h = helpers.get(insn.imm) if helpers is not None else None
+            if h is not None and getattr(h.prototype, "changes_pkt_data", False):
+                return True
+    return False
+
+
+def redirect_of(rc, r0):
+    """The run's :class:`~pybpf.runtime.helpers_xdp.Redirect` when the program's verdict sends
+    the packet to it (XDP_REDIRECT for xdp, TC_ACT_REDIRECT for tc), else None."""
+    target = getattr(rc, "redirect", None)
+    if target is None or r0 is None:
+        return None
+    want = {"xdp": 4, "sched_cls": 7}.get(rc.prog_type)
+    return target if want is not None and (r0 & 0xFFFFFFFF) == want else None
 
 
 def verify_result_facts(result):

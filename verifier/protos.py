@@ -340,10 +340,7 @@ HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS}
 is still to come (:data:`AWAITING_IMPLEMENTATION`; a VM without them refuses their calls with
 ``helper ... is not implemented by pybpf``)."""
 
-AWAITING_IMPLEMENTATION = frozenset(HELPER_IDS[n] for n in (
-    "for_each_map_elem", "xdp_adjust_head", "xdp_adjust_meta", "xdp_adjust_tail",
-    "xdp_get_buff_len", "xdp_load_bytes", "xdp_store_bytes", "redirect", "redirect_map",
-    "fib_lookup"))
+AWAITING_IMPLEMENTATION = frozenset({HELPER_IDS["for_each_map_elem"]})
 
 HELPERS_BY_NAME: dict[str, Prototype] = {p.name: p for p in _HELPER_ROWS}
 

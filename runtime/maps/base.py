@@ -41,7 +41,7 @@ ENOTSUPP = 524          # kernel-internal errno (not in errno.h) some map ops re
 MAP_TYPE_IDS = {name: KERNEL_MAP_TYPE_IDS[name] for name in (
     "hash", "array", "prog_array", "percpu_hash", "percpu_array", "lru_hash", "lru_percpu_hash",
     "queue", "stack", "ringbuf", "arena", "lpm_trie", "bloom_filter", "array_of_maps",
-    "hash_of_maps")}
+    "hash_of_maps", "devmap", "devmap_hash", "cpumap", "xskmap")}
 
 # Map creation flags (map_flags).
 BPF_F_NO_PREALLOC = 1 << 0
