@@ -93,3 +93,40 @@ def test_packet_pointers_after_the_call(helper, setup, verdict, message):
     if KERNEL:
         k = kv.kernel_verify(prog, "xdp")
         assert ("accept" if k.accepted else "reject", k.message) == (verdict, message)
+
+
+# --- across subprograms: global functions and tail calls (kernel 6.13+) -------------------------
+OBJ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "elf", "pkt_global.o")
+# program -> (kernel verdict, message): a global function that changes packet data (itself, in a
+# function it calls, or by a tail call) invalidates the caller's packet pointers
+GLOBAL_CASES = {
+    "stale_after_adjust": ("reject", "R6 invalid mem access 'scalar'"),
+    "stale_after_tail_call": ("reject", "R6 invalid mem access 'scalar'"),
+    "stale_after_nested": ("reject", "R6 invalid mem access 'scalar'"),
+    "valid_after_nothing": ("accept", ""),
+    "reload_after_adjust": ("accept", ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GLOBAL_CASES))
+def test_global_functions_that_change_packet_data(name):
+    obj = pybpf.load_elf(OBJ)
+    try:
+        obj.vm.verify(obj.programs[name], "xdp")
+        got = ("accept", "")
+    except VerifierError as e:
+        got = ("reject", e.message)
+    assert got == GLOBAL_CASES[name]
+    if KERNEL:
+        import kernel_bpf
+        from pybpf.elf import parse_object
+        o = parse_object(OBJ)
+        ko = kernel_bpf.KernelObject(o)
+        try:
+            ko.load(o.programs[name])
+            k = ("accept", "")
+        except kernel_bpf.KernelError as e:
+            k = ("reject", kv.message_of(e.log))
+        finally:
+            ko.close()
+        assert k == GLOBAL_CASES[name]

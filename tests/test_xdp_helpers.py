@@ -299,3 +299,23 @@ def test_redirect_is_reported_only_when_the_verdict_acts_on_it():
     lp.maps["m"][2] = 1
     assert lp.run(data=PKT) == 4 and lp.last_redirect.target == 2
     assert lp.last_redirect.value == (1).to_bytes(4, "little") + bytes(4)
+
+
+# bpf_redirect in tc: TC_ACT_REDIRECT with flags 0 or BPF_F_INGRESS, TC_ACT_SHOT otherwise
+TC_REDIRECT = [(0, 7, ("ifindex", 1, 0)), (1, 7, ("ifindex", 1, 1)), (2, 2, None),
+               (1 << 31, 2, None)]
+
+
+@pytest.mark.parametrize("flags,ret,redir", TC_REDIRECT, ids=[str(t[0]) for t in TC_REDIRECT])
+def test_tc_redirect(flags, ret, redir):
+    text = f"r1 = 1\nr2 = {flags} ll\ncall bpf_redirect\nexit"
+    lp = pybpf.VM().load(_program(text), prog_type="sched_cls")
+    r0 = lp.run(data=PKT) & M32
+    red = lp.last_redirect
+    assert (r0, None if red is None else (red.kind, red.target, red.flags)) == (ret, redir)
+    if KERNEL:
+        fd = kv._load(_program(text), "sched_cls", [], 0, None)
+        try:
+            assert kb.test_run(fd, data=PKT, data_out_size=256)[0] == ret
+        finally:
+            os.close(fd)
