@@ -4,7 +4,9 @@
 address, r2 = its length; r1 = r2 = 0 without mem) and returns r0 as an unsigned 64-bit int;
 the copy's final contents are ``lp.last_mem``. ``lp.run(ctx=..., data=packet)`` builds the
 program type's kernel context (:mod:`pybpf.runtime.contexts`): ``lp.last_data`` is then the
-packet after the run and ``lp.last_ctx`` the context. The interpreter checks every memory access
+packet after the run and ``lp.last_ctx`` the context; ``lp.last_redirect`` is where a redirect
+helper sent the packet when the verdict acts on it (a
+:class:`~pybpf.runtime.helpers_xdp.Redirect`, else None). The interpreter checks every memory access
 against the run's regions (stack frames, the mem/ctx copy, the packet, the VM's map values and
 arena bands) and raises MemoryAccessError before touching anything else.
 """
