@@ -36,8 +36,8 @@ from pybpf.jit import maps as native_maps
 from pybpf.jit.cgutils import I1, I32, I64, PTR
 from pybpf.jit.helper_calls import BoundHelper, _entries
 from pybpf.jit.native import emit_error_pending
+from pybpf.uapi import MAX_TAIL_CALL_CNT
 
-MAX_TAIL_CALL_CNT = 33
 FUNC_BASE = 0xDEAD_0000_0000_0000   # pybpf.runtime.loader.FUNC_BASE: the same tokens
 _HDR_MAX_ENTRIES, _HDR_DATA = 12, 32   # MapHeader field offsets
 _M64 = (1 << 64) - 1

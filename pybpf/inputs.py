@@ -12,12 +12,12 @@ from pathlib import Path
 
 from .errors import BPFError
 from .program import Program
+from .uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 KINDS = ("asm", "bin", "data", "elf")
 # The kernel loads at most BPF_COMPLEXITY_LIMIT_INSNS (1,000,000) instructions: raw bytecode
 # above 8 MB cannot be a program. Text and objects get room for symbols, comments and debug
 # data; anything larger is refused before it is read whole.
-BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
 MAX_BYTECODE = 8 * BPF_COMPLEXITY_LIMIT_INSNS
 MAX_INPUT = 64 << 20
 

@@ -35,7 +35,8 @@ kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common hea
 raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
 sk_lookup       r1 = a read-only ``struct bpf_sk_lookup`` (:class:`BpfSkLookup`) from ``ctx``
 cgroup_sock_    r1 = a writable ``struct bpf_sock_addr`` / ``struct bpf_sock`` from ``ctx``,
-addr, _sock     copied back (context only: the kernel cannot test-run these types)
+addr, _sock     copied back (context only: the kernel cannot test-run these types);
+                bpf_sock_addr.sk points at a read-only ``struct bpf_sock`` (never NULL)
 flow_dissector  r1 = ``struct __sk_buff`` with data/data_end over the frame (``data``, from its
                 Ethernet header) and flow_keys pointing at a :class:`BpfFlowKeys` the program
                 fills; ``last_ctx`` is the keys, ``last_data`` BPF_PROG_TEST_RUN's data_out
@@ -80,9 +81,6 @@ ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 ETH_P_802_3, ETH_P_802_2, ETH_P_802_3_MIN = 0x0001, 0x0004, 0x0600
 PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST = 0, 2, 3
 
-XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
-XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
-TC_ACT_OK, TC_ACT_SHOT = 0, 2
 
 SKB_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "lwt_out", "lwt_xmit")
 L2_TYPES = ("sched_cls",)     # BPF_PROG_TEST_RUN pushes the Ethernet header back for tc only
@@ -404,7 +402,7 @@ def _fill(struct, ctx, derived: tuple[str, ...], what: str) -> None:
         if key not in names or key.startswith("_"):
             raise VMError(f"{what} has no field {key!r}")
         if key in derived:
-            raise VMError(f"{what}.{key} is set by the run itself (from the packet)")
+            raise VMError(f"{what}.{key} is set by the run itself")
         try:
             if isinstance(getattr(struct, key), ctypes.Array):
                 arr = getattr(struct, key)
@@ -469,6 +467,9 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
         skb.protocol, skb.pkt_type = _eth_type_trans(frame)
     rc._low = low
     _fill(skb, ctx, _SKB_DERIVED, "__sk_buff")
+    if skb.sk or skb.flow_keys:
+        # the verifier lets a program read through a non-NULL skb->sk: only the run sets it
+        raise VMError("__sk_buff.sk and flow_keys must be zero (BPF_PROG_TEST_RUN: EINVAL)")
     skb.len = len(packet)
     skb.data = skb.data_meta = paddr
     skb.data_end = paddr + len(packet)
@@ -638,12 +639,23 @@ def _sk_lookup_context(rc: RunContext, ctx) -> None:
 
 def _sock_context(rc: RunContext, ctx, struct) -> None:
     """cgroup_sock_addr / cgroup_sock: r1 = a writable copy of the struct (from ``ctx``, a dict
-    of fields or the struct; sk pointers stay 0), copied back after the run. The kernel has no
-    BPF_PROG_TEST_RUN for these types; what the program may write (user_ip4/user_port for
-    connect4, mark/priority/bound_dev_if for sock_create) is the verifier's business."""
+    of fields or the struct), copied back after the run. The kernel has no BPF_PROG_TEST_RUN
+    for these types; what the program may write (user_ip4/user_port for connect4,
+    mark/priority/bound_dev_if for sock_create) is the verifier's business.
+
+    ``bpf_sock_addr.sk`` is never NULL in the kernel (the verifier types it PTR_TO_SOCKET, so a
+    program may read through it unchecked): it points at a read-only ``struct bpf_sock`` with
+    the address's family, type and protocol, which the caller may not set (VMError)."""
     given = struct()
     if ctx is not None:
-        _fill(given, ctx, (), struct.__name__)
+        _fill(given, ctx, ("sk",) if struct is BpfSockAddr else (), struct.__name__)
+    if struct is BpfSockAddr:
+        sock = BpfSock(family=given.family, type=given.type, protocol=given.protocol)
+        sraw = bytes(sock)
+        sbuf = Buffer(len(sraw), init=sraw, guard=MEM_GUARD)
+        rc.regions.append(Region(sbuf.address, sbuf.size, "sock", False, sbuf))
+        rc._sock = sbuf                     # kept alive with the run
+        given.sk = sbuf.address
     raw = bytes(given)
     buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
     rc.regions.append(Region(buf.address, buf.size, "ctx", True, buf))
@@ -652,6 +664,8 @@ def _sock_context(rc: RunContext, ctx, struct) -> None:
 
     def finish(r0):
         rc.last_ctx = struct.from_buffer_copy(buf.bytes())
+        if struct is BpfSockAddr:
+            rc.last_ctx.sk = 0              # the run's own socket, not the caller's business
         if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
             _write_back(ctx, bytes(rc.last_ctx))
     rc._finish = finish

@@ -37,12 +37,13 @@ import time
 from pybpf import isa
 from pybpf.errors import MemoryAccessError, VMError
 from pybpf.verifier.cfg import build_cfg
+from pybpf.uapi import MAX_TAIL_CALL_CNT
 
 from .atomics import native_atomic
 from .helpers import ACTIVE_REGIONS, HelperRegistry, check_args
 from .interp_codegen import Generator
 from .loader import func_slot
-from .map_helpers import MAX_TAIL_CALL_CNT, tail_call_target
+from .map_helpers import tail_call_target
 from .maps.arena import Arena
 from .maps.prog_array import ProgArrayMap
 from .memory import PACK, PROC, UNPACK, UNPACK_SIGNED, Buffer, Region, RegionTable

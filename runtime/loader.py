@@ -27,9 +27,9 @@ from __future__ import annotations
 from pybpf import isa
 from pybpf.errors import BPFError, VMError
 from pybpf.insn import imm64
+from pybpf.uapi import BPF_F_NO_USER_CONV
 
 from .maps.arena import Arena
-from .maps.base import BPF_F_NO_USER_CONV
 
 # ld_imm64 src 4 (BPF_PSEUDO_FUNC) values in the interpreter: FUNC_BASE + 8 * target slot. The
 # base is a non-canonical x86-64 address, so a program that dereferences it faults cleanly.

@@ -30,10 +30,11 @@ from typing import Callable, Iterable
 
 from pybpf.errors import MapError
 from pybpf.verifier import protos
+from pybpf.uapi import MAX_TAIL_CALL_CNT
 
 from .maps.arena import Arena
 from .maps.base import Map
-from .maps.prog_array import MAX_TAIL_CALL_CNT, ProgArrayMap
+from .maps.prog_array import ProgArrayMap
 from .maps.ringbuf import RingBuf
 
 M64 = (1 << 64) - 1

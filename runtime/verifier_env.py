@@ -7,8 +7,8 @@ they are bound to at load), the context rules of a program type and the program'
 from __future__ import annotations
 
 from pybpf.verifier.env import ArenaInfo, MapInfo
+from pybpf.uapi import BPF_F_NO_USER_CONV
 
-from .maps.base import BPF_F_NO_USER_CONV
 
 
 def map_info(m, index: int | None = None) -> MapInfo:
@@ -16,7 +16,23 @@ def map_info(m, index: int | None = None) -> MapInfo:
     return MapInfo(type=m.type, key_size=m.key_size, value_size=m.value_size,
                    max_entries=m.max_entries, flags=getattr(m, "flags", 0),
                    name=getattr(m, "name", "") or "", fd=getattr(m, "fd", None), index=index,
-                   map_extra=getattr(m, "map_extra", 0), value=m)
+                   map_extra=getattr(m, "map_extra", 0), value=m, inner=_inner_info(m))
+
+
+def _inner_info(m) -> MapInfo | None:
+    """A map-in-map's inner template (a created map's ``template``, a declaration's ``inner``),
+    what the kernel keeps as ``inner_map_meta``."""
+    t = getattr(m, "template", None)
+    if isinstance(t, dict):
+        return MapInfo(type=t["type"], key_size=t["key_size"], value_size=t["value_size"],
+                       max_entries=t["max_entries"], flags=t.get("flags", 0),
+                       name=f"{getattr(m, 'name', '') or 'map'}.inner")
+    d = getattr(m, "inner", None)
+    if d is not None and hasattr(d, "key_size"):
+        return MapInfo(type=d.type, key_size=d.key_size, value_size=d.value_size,
+                       max_entries=d.max_entries, flags=getattr(d, "flags", 0),
+                       name=f"{getattr(m, 'name', '') or 'map'}.inner")
+    return None
 
 
 class VMEnv:

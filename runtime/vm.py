@@ -36,7 +36,9 @@ import weakref
 
 from pybpf.errors import MapError, VMError
 from pybpf.program import Program
+from pybpf.attach_types import section_attach_type
 from pybpf.verifier import verify as verify_program
+from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 from . import helpers_xdp, vm_helpers
 from .contexts import canonical_type
@@ -59,7 +61,6 @@ _MISSING = object()
 MAX_MAPS = 4096                 # live maps per VM
 MAX_MAP_BYTES = 16 << 30        # map memory per VM (values, elements, rings, arena pages)
 # The kernel refuses programs above BPF_COMPLEXITY_LIMIT_INSNS instructions with E2BIG.
-BPF_COMPLEXITY_LIMIT_INSNS = 1_000_000
 
 
 def _charge(m) -> int:
@@ -255,27 +256,33 @@ class VM:
         return lines
 
     def verify(self, prog, prog_type: str | None = None, log_level: int = 0,
-               full: bool = True) -> str:
+               full: bool = True, attach_type: str | None = None) -> str:
         """Run the verifier (:func:`pybpf.verifier.verify`) on ``prog`` for ``prog_type``.
 
         Returns the log of an accepted program (kernel format at ``log_level`` 1 or 2, else
         empty); raises VerifierError (kernel message, instruction index, log). ``full=False``
         runs the structural checks only (decoding, jumps, reachability, exit, call depth,
         stack), what the ``.data`` runner uses for programs written for verifier-less runtimes.
+        ``attach_type`` is the expected attach type (:mod:`pybpf.attach_types`), by default
+        the one libbpf sets for an ELF program's section, else the type's default.
         """
-        return self.verify_result(prog, prog_type, log_level, full).log
+        return self.verify_result(prog, prog_type, log_level, full, attach_type=attach_type).log
 
     def verify_result(self, prog, prog_type: str | None = None, log_level: int = 0,
-                      full: bool = True, decl_maps: list | None = None):
+                      full: bool = True, decl_maps: list | None = None,
+                      attach_type: str | None = None):
         """:meth:`verify`, returning the whole :class:`pybpf.verifier.VerifyResult`."""
         prog = _as_program(prog)
         ptype = _prog_type(prog, prog_type)
+        if attach_type is None:
+            attach_type = section_attach_type(getattr(prog, "section", "") or "")
         return verify_program(prog, VMEnv(self, prog, decl_maps), prog_type=ptype,
-                              log_level=log_level, full=full)
+                              log_level=log_level, full=full, attach_type=attach_type)
 
     def load(self, prog, prog_type: str | None = None, engine: str = "interp",
              verify=True, insn_limit: int | None = None, name: str | None = None,
-             maps: dict | None = None, tier: str | None = None) -> LoadedProgram:
+             maps: dict | None = None, tier: str | None = None,
+             attach_type: str | None = None) -> LoadedProgram:
         """Decode, verify and prepare ``prog`` (a Program, an ELF object's program or raw
         bytecode) for ``engine``. ``prog_type`` defaults to the ELF program's (from its
         section), else "mem". ``maps`` binds declared maps (by name) to existing ones.
@@ -290,6 +297,7 @@ class VM:
         ``tier`` (JIT): "auto" returns once quick-tier code is placed (or -O2 code from the code
         cache) and installs -O2 code compiled in the background; "quick" keeps the quick tier;
         "O2" waits for -O2 code. None: ``$PYBPF_JIT_TIER``, else "auto".
+        ``attach_type``: the expected attach type (:meth:`verify`).
         """
         self._check_open()
         prog = _as_program(prog, name)
@@ -305,7 +313,8 @@ class VM:
         result = None
         if verify is True:
             decl_maps = bind_declarations(self, prog, maps)     # maps= bindings included
-            result = self.verify_result(prog, ptype, full=True, decl_maps=decl_maps)
+            result = self.verify_result(prog, ptype, full=True, decl_maps=decl_maps,
+                                        attach_type=attach_type)
         elif verify == "structural":
             self.verify_result(prog, ptype, full=False)
         used, arena, values = self.resolve(prog, maps)

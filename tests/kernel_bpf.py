@@ -21,27 +21,16 @@ import os
 import platform
 import struct
 
-from pybpf.elf_reader import ElfReader
-from pybpf.elf_sections import MAP_TYPE_IDS
+from pybpf.elf.reader import ElfReader
+from pybpf.uapi import (BPF_BTF_LOAD, BPF_F_SLEEPABLE, BPF_MAP_CREATE, BPF_MAP_GET_NEXT_KEY,
+                        BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN,
+                        ENOTSUPP, MAP_TYPE_IDS, PROG_TYPE_IDS)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 # __NR_bpf by machine (asm/unistd*.h); None where unknown: then bpf() counts as unavailable
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "loongarch64": 280, "s390x": 351,
            "ppc64le": 361, "ppc64": 361}.get(platform.machine())
-BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
-BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_BTF_LOAD = 5, 10, 18
-BPF_F_SLEEPABLE = 1 << 4
-BPF_MAP_GET_NEXT_KEY = 4
-ENOTSUPP = 524  # kernel-internal errno (include/linux/errno.h) that bpf() can return
-# enum bpf_prog_type (include/uapi/linux/bpf.h), by pybpf's names (lower case, no prefix)
-PROG_TYPE_IDS = {n: i for i, n in enumerate((
-    "unspec", "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp",
-    "perf_event", "cgroup_skb", "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit", "sock_ops",
-    "sk_skb", "cgroup_device", "sk_msg", "raw_tracepoint", "cgroup_sock_addr", "lwt_seg6local",
-    "lirc_mode2", "sk_reuseport", "flow_dissector", "cgroup_sysctl", "raw_tracepoint_writable",
-    "cgroup_sockopt", "tracing", "struct_ops", "ext", "lsm", "sk_lookup", "syscall", "netfilter"))
-    if n != "unspec"}
 
 
 def errno_name(err: int) -> str:

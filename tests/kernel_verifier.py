@@ -23,6 +23,9 @@ import re
 import struct
 from dataclasses import dataclass
 
+from pybpf import uapi
+from pybpf.uapi import BPF_BTF_LOAD, BPF_F_SLEEPABLE, BPF_PROG_LOAD
+
 import kernel_bpf
 from kernel_bpf import KernelError, _addr, _bpf, create_map
 
@@ -31,15 +34,18 @@ try:        # tests/kernel_probe.py: the suite's one feature probe (skips name t
 except ImportError:         # pragma: no cover - older trees probe here
     kernel_probe = None
 
-# include/uapi/linux/bpf.h enum bpf_prog_type
-PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "sched_act": 4,
-                 "tracepoint": 5, "xdp": 6, "perf_event": 7, "cgroup_skb": 8,
-                 "lwt_in": 10, "syscall": 31}
-# enum bpf_attach_type values a type needs as expected_attach_type (0 = BPF_CGROUP_INET_INGRESS
-# is also right for cgroup_skb; the others ignore the field)
-EXPECTED_ATTACH = {"cgroup_skb": 0}
-PROG_FLAGS = {"syscall": 1 << 4}     # BPF_F_SLEEPABLE: syscall programs may call sleepable helpers
-BPF_PROG_LOAD, BPF_BTF_LOAD = 5, 18
+# the program types these checks load, with their enum bpf_prog_type values
+PROG_TYPE_IDS = {t: uapi.PROG_TYPE_IDS[t] for t in (
+    "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp", "perf_event",
+    "cgroup_skb", "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit", "sock_ops", "sk_msg",
+    "raw_tracepoint", "cgroup_sock_addr", "flow_dissector", "sk_lookup", "syscall")}
+# enum bpf_attach_type values a type needs as expected_attach_type when the caller names none:
+# pybpf's defaults (pybpf.attach_types), cgroup_sock_addr as connect4; others ignore the field
+EXPECTED_ATTACH = {"cgroup_skb": "cgroup_inet_ingress", "cgroup_sock": "cgroup_inet_sock_create",
+                   "cgroup_sock_addr": "cgroup_inet4_connect", "sk_lookup": "sk_lookup",
+                   "flow_dissector": "flow_dissector", "sk_msg": "sk_msg_verdict",
+                   "sock_ops": "cgroup_sock_ops"}
+PROG_FLAGS = {"syscall": BPF_F_SLEEPABLE}     # syscall programs may call sleepable helpers
 LOG_SIZE = 1 << 24
 FD_ARRAY_PAD = 1024
 
@@ -144,7 +150,15 @@ def _load_btf(data: bytes) -> int:
         raise KernelError("btf_load", e.errno, log.value.decode()) from None
 
 
-def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
+def attach_id(prog_type: str, attach_type: str | None) -> int:
+    """enum bpf_attach_type value for a load of ``prog_type`` (``attach_type`` names it)."""
+    from pybpf.attach_types import ATTACH_TYPE_IDS
+    name = attach_type or EXPECTED_ATTACH.get(prog_type)
+    return ATTACH_TYPE_IDS[name] if name else 0
+
+
+def _load(prog, prog_type: str, fds: list[int], log_level: int, log,
+          attach_type: str | None = None) -> int:
     insns = _insns(prog)
     code = ctypes.create_string_buffer(b"".join(i.encode() for i in insns))
     # padded with zeros: a map index past the program's maps reads fd 0 ("fd 0 is not pointing
@@ -157,7 +171,7 @@ def _load(prog, prog_type: str, fds: list[int], log_level: int, log) -> int:
         struct.pack_into("<IIQ", attr, 24, log_level, len(log), _addr(log))
     struct.pack_into("<I", attr, 44, PROG_FLAGS.get(prog_type, 0))
     attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
-    struct.pack_into("<I", attr, 68, EXPECTED_ATTACH.get(prog_type, 0))
+    struct.pack_into("<I", attr, 68, attach_id(prog_type, attach_type))
     struct.pack_into("<Q", attr, 120, _addr(fd_arr))
     btf_fd, finfo = None, None
     funcs = subprograms(prog)
@@ -201,18 +215,20 @@ def create_maps(prog) -> list[int]:
     return fds
 
 
-def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = False) -> KernelVerdict:
-    """The kernel's verdict on ``prog`` (a pybpf Program) as ``prog_type``. The log is fetched
-    for rejections always, for accepted programs only with ``want_log``."""
+def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = False,
+                  attach_type: str | None = None) -> KernelVerdict:
+    """The kernel's verdict on ``prog`` (a pybpf Program) as ``prog_type`` (with the expected
+    attach type ``attach_type``, a pybpf.attach_types name, or the type's default). The log is
+    fetched for rejections always, for accepted programs only with ``want_log``."""
     fds = create_maps(prog)
     try:
         try:
-            pfd = _load(prog, prog_type, fds, 0, None)
+            pfd = _load(prog, prog_type, fds, 0, None, attach_type)
         except KernelError as e:
             err = e.errno
             log = ctypes.create_string_buffer(LOG_SIZE)
             try:
-                pfd2 = _load(prog, prog_type, fds, log_level or 1, log)
+                pfd2 = _load(prog, prog_type, fds, log_level or 1, log, attach_type)
                 os.close(pfd2)   # the logged load accepted what the silent one refused: odd
             except KernelError:
                 pass
@@ -223,7 +239,7 @@ def kernel_verify(prog, prog_type: str, log_level: int = 1, want_log: bool = Fal
         if want_log and log_level:
             log = ctypes.create_string_buffer(LOG_SIZE)
             try:
-                os.close(_load(prog, prog_type, fds, log_level, log))
+                os.close(_load(prog, prog_type, fds, log_level, log, attach_type))
             except KernelError:
                 pass
             text = log.value.decode(errors="replace")

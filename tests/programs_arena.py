@@ -7,8 +7,8 @@ from __future__ import annotations
 import struct
 
 from pybpf.runtime.maps.arena import LO32
-from pybpf.runtime.maps.base import BPF_F_MMAPABLE
 from pybpf.runtime.vm import VM
+from pybpf.uapi import BPF_F_MMAPABLE
 from support import M64, asm
 
 PAGE = 4096

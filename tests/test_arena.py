@@ -20,8 +20,8 @@ from pybpf.errors import MapError, MemoryAccessError
 from pybpf.runtime import map_helpers as mh
 from pybpf.runtime.maps import create_map
 from pybpf.runtime.maps.arena import GUARD, SZ_4G, Arena, RangeTree
-from pybpf.runtime.maps.base import (BPF_F_MMAPABLE, BPF_F_NO_USER_CONV, BPF_F_NUMA_NODE,
-                                     BPF_F_RDONLY_PROG, BPF_F_SEGV_ON_FAULT)
+from pybpf.uapi import (BPF_F_MMAPABLE, BPF_F_NO_USER_CONV, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG,
+                        BPF_F_SEGV_ON_FAULT)
 
 import kernel_bpf
 from kernel_probe import require_kernel

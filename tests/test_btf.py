@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from pybpf.btf import BTF, BTFError, BTFExt
-from pybpf.btf_values import ctype, decode, encode
-from pybpf.elf_reader import ElfReader
+from pybpf.elf.btf import BTF, BTFError, BTFExt
+from pybpf.elf.btf_values import ctype, decode, encode
+from pybpf.elf.reader import ElfReader
 from pybpf.errors import ELFError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,12 +13,13 @@ import pytest
 import pybpf
 from pybpf import isa
 from pybpf.elf import load_elf_program, parse_object
-from pybpf.elf_load import bind
-from pybpf.elf_maps import internal_map_name
-from pybpf.elf_sections import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, program_type
+from pybpf.elf.load import bind
+from pybpf.elf.maps import internal_map_name
+from pybpf.elf.sections import program_type
 from pybpf.errors import ELFError
 from pybpf.insn import split_slots
 from pybpf.kfunc_ids import KFUNC_IDS
+from pybpf.uapi import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "samples", "c")
@@ -193,8 +194,8 @@ def _objdump_symbols(path):
 def test_relocations_applied_as_llvm_objdump_lists_them(path):
     """Every slot of every linked program is the object's slot, except where llvm-objdump lists
     a relocation or a pc-relative call; those hold what the relocated symbol means."""
-    from pybpf.elf_reader import ElfReader
-    from pybpf.elf_relo import functions_of
+    from pybpf.elf.reader import ElfReader
+    from pybpf.elf.relo import functions_of
     rd = ElfReader(open(path, "rb").read(), path)
     relocs, syms = _objdump_relocs(path), _objdump_symbols(path)
     obj = parse_object(path)
@@ -344,7 +345,7 @@ def _patched(path, patches):
 
 def _reloc_entry(path, section, sym_name):
     """File offset of the first relocation entry of ``section`` against ``sym_name``."""
-    from pybpf.elf_reader import ElfReader
+    from pybpf.elf.reader import ElfReader
     rd = ElfReader(open(path, "rb").read(), path)
     rel = rd.section(".rel" + section)
     for i in range(rel.size // 16):
@@ -433,7 +434,7 @@ def test_typed_ksym_variable_is_refused_by_name():
 
 
 def test_section_past_end_of_file_is_named():
-    from pybpf.elf_reader import ElfReader
+    from pybpf.elf.reader import ElfReader
     path = sample("xdp_filter")
     rd = ElfReader(open(path, "rb").read(), path)
     h = rd.elf.header
@@ -446,7 +447,7 @@ def test_section_past_end_of_file_is_named():
 
 def test_bad_btf_is_named():
     data = open(sample("xdp_filter"), "rb").read()
-    from pybpf.elf_reader import ElfReader
+    from pybpf.elf.reader import ElfReader
     sec = ElfReader(data).section(".BTF")
     with pytest.raises(ELFError, match=r"x.o: .BTF: bad magic"):
         parse_object(_patched(sample("xdp_filter"), [(sec.offset, b"\0\0")]), filename="x.o")
@@ -481,7 +482,7 @@ def test_missing_file_is_an_elf_error():
 
 # --- phase 2 against the documented VM API ----------------------------------------------------
 class FakeMap:
-    """Just the map faces elf_load uses (bytes syscall face; arena read/write by address)."""
+    """Just the map faces pybpf.elf.load uses (bytes syscall face; arena read/write by address)."""
 
     def __init__(self, fd, mtype, **kw):
         import ctypes

@@ -14,7 +14,7 @@ import pytest
 
 import pybpf
 from pybpf.elf import parse_object
-from pybpf.elf_sections import program_type
+from pybpf.elf.sections import program_type
 from pybpf.errors import ELFError
 from support import in_child
 

@@ -24,7 +24,7 @@ import pytest
 from programs_arena import (ATOMICS_BODY, BUILD_LIST, CASTS, OFFS, PAGE, WALK_LIST, Arena,
                             access_progs, addr32_strategy, args, backed)
 from pybpf.runtime.maps.arena import LO32
-from pybpf.runtime.maps.base import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
+from pybpf.uapi import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
 from support import (ENGINES, M64, asm, assert_case_passed, both, cases_of, child, rss,
                      run_child)
 

@@ -19,12 +19,12 @@ import pytest
 from pybpf.errors import MapError
 from pybpf.runtime import map_helpers as mh
 from pybpf.runtime.maps import MAP_TYPES, MapKeyError, create_map
-from pybpf.runtime.maps.base import (BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_F_MMAPABLE,
-                                     BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE,
-                                     BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY, BPF_F_WRONLY,
-                                     BPF_NOEXIST, ENOTSUPP, MAP_TYPE_IDS)
+from pybpf.runtime.maps.base import MAP_TYPE_IDS
 from pybpf.runtime.maps.hash import ELEM_HDR, NULLS, OFF_NEXT, fnv1a32
-from pybpf.runtime.maps.ringbuf import BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, RingBuf
+from pybpf.runtime.maps.ringbuf import RingBuf
+from pybpf.uapi import (BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU,
+                        BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY,
+                        BPF_F_WRONLY, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, ENOTSUPP)
 
 import kernel_bpf
 

@@ -17,13 +17,14 @@ import pybpf
 from pybpf import VerifierError
 from pybpf.helper_names import HELPER_IDS, HELPER_NAMES
 from pybpf.insn import make
+from pybpf import uapi
 from pybpf.kfunc_ids import KFUNC_IDS
 from pybpf.runtime.helpers import kernel_helpers, ubpf_test_helpers
 from pybpf.verifier import protos
 
 KERNEL = kernel_bpf.available()
-PROG_TYPE_IDS = {"socket_filter": 1, "kprobe": 2, "sched_cls": 3, "tracepoint": 5, "xdp": 6,
-                 "cgroup_skb": 8, "lwt_in": 10, "syscall": 31}
+PROG_TYPE_IDS = {t: uapi.PROG_TYPE_IDS[t] for t in (
+    "socket_filter", "kprobe", "sched_cls", "tracepoint", "xdp", "cgroup_skb", "lwt_in", "syscall")}
 FULL = os.environ.get("PYBPF_FULL_KERNEL_CHECK") == "1"
 
 

@@ -664,9 +664,9 @@ def _assemble(asm: str, name: str) -> pybpf.Program:
     return prog
 
 
-def _pybpf(prog, prog_type: str) -> tuple[str, str]:
+def _pybpf(prog, prog_type: str, attach: str | None = None) -> tuple[str, str]:
     try:
-        pybpf.VM().verify(prog, prog_type=prog_type, full=True)
+        pybpf.VM().verify(prog, prog_type=prog_type, full=True, attach_type=attach)
     except VerifierError as e:
         return "reject", e.message
     return "accept", ""
@@ -731,7 +731,15 @@ def test_cases_are_balanced():
 # --- context accesses ----------------------------------------------------------------------------
 SZ = {1: "b", 2: "h", 4: "w", 8: "dw"}
 TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "xdp", "tracepoint", "kprobe",
-         "syscall")
+         "syscall", "lwt_out", "lwt_xmit", "flow_dissector", "raw_tracepoint", "sk_lookup",
+         "cgroup_sock", "cgroup_sock_addr")
+# program types whose rules depend on the expected attach type: each one swept with these
+ATTACHED = (("cgroup_sock", "cgroup_inet4_post_bind"), ("cgroup_sock", "cgroup_inet6_post_bind"),
+            ("cgroup_sock", "cgroup_inet_sock_release"),
+            ("cgroup_sock_addr", "cgroup_inet6_connect"), ("cgroup_sock_addr", "cgroup_udp4_sendmsg"),
+            ("cgroup_sock_addr", "cgroup_udp6_sendmsg"), ("cgroup_sock_addr", "cgroup_udp4_recvmsg"),
+            ("cgroup_sock_addr", "cgroup_unix_connect"), ("xdp", "xdp_devmap"))
+SWEEP = [(t, None) for t in TYPES] + list(ATTACHED)
 
 
 def _access_prog(off: int, size: int, mode: str) -> pybpf.Program:
@@ -743,14 +751,16 @@ def _access_prog(off: int, size: int, mode: str) -> pybpf.Program:
         body = make("mov64_imm", 2, imm=0) + make(f"stx{SZ[size]}", 1, 2, off=off)
     else:
         body = make(f"st{SZ[size]}", 1, off=off, imm=0)
-    return pybpf.Program(body + make("mov64_imm", 0, imm=0) + make("exit"))
+    # r0 = 1 lies in every return range (recvmsg hooks must return 1)
+    return pybpf.Program(body + make("mov64_imm", 0, imm=1) + make("exit"))
 
 
 def _sweep(prog_type: str):
     """(off, size, mode) combinations to compare: all of them with FULL, else a sample that
     still crosses every field boundary of __sk_buff / xdp_md / pt_regs at every size."""
     lo = 0 if prog_type == "tracepoint" else -8       # see test_tracepoint_negative_offsets
-    for off in range(lo, 200):
+    hi = min(200, ctxrules.CTX_LIMIT[prog_type] + 8)
+    for off in range(lo, hi):
         for size in (1, 2, 4, 8):
             for mode in ("ldx", "ldsx", "stx", "st"):
                 if mode == "ldsx" and size == 8:
@@ -760,34 +770,39 @@ def _sweep(prog_type: str):
                 yield off, size, mode
 
 
-def _rule(prog_type, off, size, mode):
+def _rule(prog_type, off, size, mode, attach=None):
+    from pybpf.attach_types import default_attach_type
     return ctxrules.ctx_access(prog_type, off, size, mode in ("stx", "st"),
-                               sign_ext=mode == "ldsx")
+                               sign_ext=mode == "ldsx",
+                               attach_type=attach or default_attach_type(prog_type) or
+                               kv.EXPECTED_ATTACH.get(prog_type))
 
 
 @pytest.mark.skipif(not KERNEL, reason=NO_KERNEL)
-@pytest.mark.parametrize("prog_type", TYPES)
-def test_ctx_access_matches_the_kernel(prog_type):
+@pytest.mark.parametrize("prog_type,attach", SWEEP, ids=[f"{t}-{a}" if a else t for t, a in SWEEP])
+def test_ctx_access_matches_the_kernel(prog_type, attach):
     wrong = []
     n = 0
     for off, size, mode in _sweep(prog_type):
         prog = _access_prog(off, size, mode)
-        k = kv.kernel_verify(prog, prog_type)
-        rule = _rule(prog_type, off, size, mode)
+        k = kv.kernel_verify(prog, prog_type, attach_type=attach)
+        rule = _rule(prog_type, off, size, mode, attach)
         n += 1
         if rule.ok != k.accepted or (not k.accepted and rule.error != k.message):
             wrong.append((off, size, mode, k.message, rule))
     assert n > 100 and not wrong, wrong[:10]
 
 
-@pytest.mark.parametrize("prog_type", TYPES + ("mem",))
-def test_verifier_applies_the_ctx_rules(prog_type):
+@pytest.mark.parametrize("prog_type,attach", SWEEP + [("mem", None)],
+                         ids=[f"{t}-{a}" if a else t for t, a in SWEEP + [("mem", None)]])
+def test_verifier_applies_the_ctx_rules(prog_type, attach):
     """pybpf's whole verifier (not only ctx.py) gives each access the rule's verdict."""
+    attach = attach or kv.EXPECTED_ATTACH.get(prog_type)
     for off, size, mode in _sweep(prog_type):
         if off % 8 and size != 4:          # keep it quick: one size per unaligned offset
             continue
-        rule = _rule(prog_type, off, size, mode)
-        verdict, message = _pybpf(_access_prog(off, size, mode), prog_type)
+        rule = _rule(prog_type, off, size, mode, attach)
+        verdict, message = _pybpf(_access_prog(off, size, mode), prog_type, attach)
         if prog_type == "mem" and mode.startswith("st") and off < 0:
             continue
         assert (verdict == "accept") == rule.ok, (off, size, mode, message)
@@ -852,11 +867,6 @@ def test_tracepoint_negative_offsets_deviation():
         assert kv.kernel_verify(_access_prog(-8, 8, "ldx"), "tracepoint").accepted
 
 
-@pytest.mark.xfail(strict=True, reason="main added the program types sk_lookup, lwt_out, "
-                   "lwt_xmit, cgroup_sock, cgroup_sock_addr, flow_dissector and raw_tracepoint "
-                   "(runtime contexts) after the verifier's context rules were written: their "
-                   "context accesses are refused at load (invalid bpf_context access) until "
-                   "verifier/ctx.py has their rules")
 def test_ctx_rules_cover_every_program_type():
     from pybpf.runtime.contexts import PROG_TYPES
     from pybpf.verifier import protos

@@ -51,8 +51,6 @@ def test_rejections_record_a_message():
 
 # Known differences, each a REFUSAL by pybpf (never an acceptance the kernel refuses):
 DEVIATIONS = {
-    "ctx/skb_sk_deref_checked": "pybpf refuses loads through sock_common: its run-time "
-                                "__sk_buff has no struct bpf_sock to read",
     "regs/map_ptr_deref": "pybpf refuses loads through a map pointer: its maps have no "
                           "struct bpf_map layout a program may read",
     "helpers/ringbuf_lookup": "message order: pybpf checks the map type before the key's "
@@ -84,7 +82,7 @@ def test_expectations_are_the_running_kernels():
     wrong, skipped = [], []
     for c in CASES:
         try:
-            v = kv.kernel_verify(c.program(), c.prog_type)
+            v = kv.kernel_verify(c.program(), c.prog_type, attach_type=c.attach_type)
         except kv.MapsUnavailable as e:
             skipped.append(f"{c.name}: {e}")
             continue

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 from .env import ArenaInfo, MapInfo, NullEnv, VerifierEnv
 
 __all__ = ["verify", "VerifyResult", "VerifierEnv", "MapInfo", "ArenaInfo", "NullEnv"]
 
-INSN_LIMIT = 1_000_000        # BPF_COMPLEXITY_LIMIT_INSNS
+INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
 
 
 @dataclass
@@ -29,12 +30,14 @@ class VerifyResult:
 
 
 def verify(prog, env=None, *, prog_type: str, log_level: int = 0,
-           full: bool = True) -> VerifyResult:
+           full: bool = True, attach_type: str | None = None) -> VerifyResult:
     """Verify ``prog`` (a pybpf.Program) as the kernel's bpf_check would for ``prog_type``.
 
     Raises :class:`pybpf.errors.VerifierError` with the kernel's message, the instruction index
     and the log; returns a :class:`VerifyResult`. ``full=False`` runs only the structural checks
-    (the ``.data`` runner's default)."""
+    (the ``.data`` runner's default). ``attach_type`` is the program's expected attach type
+    (:mod:`pybpf.attach_types` names; None: the type's default): a few types' context rules
+    and return ranges depend on it, and cgroup_sock_addr cannot load without one."""
     from .cfg import check_structure
     from .stack_depth import check_stack_depth
     from pybpf.errors import VerifierError
@@ -49,5 +52,12 @@ def verify(prog, env=None, *, prog_type: str, log_level: int = 0,
         n = len(prog.instructions())
         return VerifyResult(log=f"structural checks passed: {n} insns\n",
                             stats={"insns": n})
+    from pybpf.attach_types import check_attach_type, default_attach_type
+    import errno
+    attach_type = attach_type or default_attach_type(prog_type)
+    why = check_attach_type(prog_type, attach_type)
+    if why is not None:         # bpf_prog_load_check_attach: refused before the verifier runs
+        raise VerifierError(why, 0, errno=errno.EINVAL)
     from .check import run_checks
-    return run_checks(prog, cfg, env, prog_type=prog_type, log_level=log_level)
+    return run_checks(prog, cfg, env, prog_type=prog_type, log_level=log_level,
+                      attach_type=attach_type)

@@ -35,7 +35,7 @@ import errno
 import os
 
 from pybpf import isa
-from pybpf.elf_sections import MAP_TYPE_IDS
+from pybpf.uapi import BPF_F_RDONLY_PROG, MAP_TYPE_IDS
 
 from . import bounds, protos
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
@@ -52,7 +52,6 @@ from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, MEM_RINGBUF, NOT_INIT, NOT_INI
 
 BPF_MAX_VAR_SIZ = 1 << 29
 MAX_ERRNO = 4095
-BPF_F_RDONLY_PROG = 1 << 7
 CALLER_SAVED = (1, 2, 3, 4, 5)
 
 # --- compatible_reg_types: what each argument kind accepts, in the kernel's order -------------

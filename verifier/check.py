@@ -20,6 +20,7 @@ import errno
 from pybpf import isa
 from pybpf.errors import VerifierError
 from pybpf.insn import imm64
+from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 from . import bounds, mem
 from .log import Log
@@ -28,10 +29,8 @@ from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MA
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_STACK, SCALAR_VALUE, FuncState,
                     SCALAR_ADD_CONST, Reg, VerifierState, states_equal)
 
-INSN_LIMIT = 1_000_000          # BPF_COMPLEXITY_LIMIT_INSNS
+INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
 JMP_STACK_LIMIT = 8192          # BPF_COMPLEXITY_LIMIT_JMP_SEQ
-BPF_F_RDONLY_PROG = 1 << 7
-BPF_F_WRONLY_PROG = 1 << 8
 M64 = (1 << 64) - 1
 
 # Program types whose ctx is the mem/syscall buffer (pybpf's mem type is verified as syscall).
@@ -65,8 +64,10 @@ def _calls():
 class Checker:
     """One verification of one program (struct bpf_verifier_env)."""
 
-    def __init__(self, prog, cfg, env, prog_type: str, log_level: int = 0) -> None:
+    def __init__(self, prog, cfg, env, prog_type: str, log_level: int = 0,
+                 attach_type: str | None = None) -> None:
         self.prog, self.cfg, self.env, self.prog_type = prog, cfg, env, prog_type
+        self.attach_type = attach_type or ""     # prog->expected_attach_type (attach_types)
         self.form_at = cfg.form_at
         self.log = Log(log_level, prog)
         self.mem = mem
@@ -666,7 +667,7 @@ def _exit(chk: Checker, pc, form, insn):
 
 def check_return_code(chk: Checker) -> None:
     r0 = chk.check_reg_read(0)
-    rng = RETVAL_RANGE.get(chk.prog_type)
+    rng = retval_range(chk.prog_type, chk.attach_type)
     if rng is None:
         return
     if r0.type != SCALAR_VALUE:
@@ -685,8 +686,26 @@ def check_return_code(chk: Checker) -> None:
                   f"[{lo}, {hi}]", errno.EINVAL)
 
 
-# check_return_code ranges for the program types pybpf runs (others: any scalar, as default:)
-RETVAL_RANGE = {"cgroup_skb": (0, 1)}
+# check_return_code ranges for the program types pybpf runs (others: any scalar, as default:;
+# raw_tracepoint without attach_btf_id, flow_dissector, lwt_*, sk_msg, perf_event included)
+RETVAL_RANGE = {"cgroup_skb": (0, 1), "cgroup_sock": (0, 1), "cgroup_sock_addr": (0, 1),
+                "sock_ops": (0, 1), "sk_lookup": (0, 1)}          # SK_DROP, SK_PASS
+_RET_ONE = frozenset({"cgroup_udp4_recvmsg", "cgroup_udp6_recvmsg", "cgroup_unix_recvmsg",
+                      "cgroup_inet4_getpeername", "cgroup_inet6_getpeername",
+                      "cgroup_unix_getpeername", "cgroup_inet4_getsockname",
+                      "cgroup_inet6_getsockname", "cgroup_unix_getsockname"})
+
+
+def retval_range(prog_type: str, attach_type: str) -> tuple[int, int] | None:
+    """The [min, max] R0 must lie in at exit (check_return_code), None for any value."""
+    if prog_type == "cgroup_sock_addr":
+        if attach_type in _RET_ONE:
+            return (1, 1)
+        if attach_type in ("cgroup_inet4_bind", "cgroup_inet6_bind"):
+            return (0, 3)
+    if prog_type == "cgroup_skb" and attach_type == "cgroup_inet_egress":
+        return (0, 3)
+    return RETVAL_RANGE.get(prog_type)
 
 
 # --- stand-ins until calls.py lands (conservative: they never accept what the kernel refuses
@@ -732,12 +751,13 @@ if _missing:       # a new form kind needs a verifier rule: fail at import, neve
     raise AssertionError(f"verifier has no rule for ISA kinds {sorted(_missing)}")
 
 
-def run_checks(prog, cfg, env, *, prog_type: str, log_level: int = 0):
+def run_checks(prog, cfg, env, *, prog_type: str, log_level: int = 0,
+               attach_type: str | None = None):
     """Run the abstract interpretation; return a VerifyResult (raise VerifierError)."""
     from . import VerifyResult
     from .facts import Facts
     from .stack_depth import check_stack_depth
-    chk = Checker(prog, cfg, env, prog_type, log_level)
+    chk = Checker(prog, cfg, env, prog_type, log_level, attach_type)
     try:
         chk.run()
         check_stack_depth(prog, cfg, chk.stack_depth)

@@ -3,12 +3,16 @@
 :func:`ctx_access` answers, for a load or store through an unmodified ``PTR_TO_CTX`` at byte
 ``off`` of ``size`` bytes, whether the program type allows it and what the loaded register
 becomes (a scalar, or ``PTR_TO_PACKET``/``_META``/``_END`` for the packet fields,
-``PTR_TO_SOCK_COMMON`` or NULL for ``__sk_buff.sk``); a refusal carries the kernel's message
-``invalid bpf_context access off=%d size=%d``. The rules follow net/core/filter.c
-(``bpf_skb_is_valid_access``, ``sk_filter_is_valid_access``, ``tc_cls_act_is_valid_access``,
-``cg_skb_is_valid_access``, ``lwt_is_valid_access``, ``xdp_is_valid_access``),
-kernel/trace/bpf_trace.c (``kprobe_prog_is_valid_access``, ``tp_prog_is_valid_access``) and
-kernel/bpf/syscall.c (``syscall_prog_is_valid_access``) of Linux 6.18, for a privileged loader
+``PTR_TO_SOCK_COMMON`` or NULL for ``__sk_buff.sk``, ``PTR_TO_FLOW_KEYS`` for a flow
+dissector's ``flow_keys``, ``PTR_TO_SOCKET`` (or NULL) for the ``sk`` of sock_addr, sk_lookup...);
+a refusal carries the kernel's message ``invalid bpf_context access off=%d size=%d``. The rules
+follow net/core/filter.c (``bpf_skb_is_valid_access``, ``sk_filter_is_valid_access``,
+``tc_cls_act_is_valid_access``, ``cg_skb_is_valid_access``, ``lwt_is_valid_access`` for
+lwt_in/out/xmit, ``xdp_is_valid_access``, ``flow_dissector_is_valid_access``,
+``sk_lookup_is_valid_access``, ``sock_filter_is_valid_access`` for cgroup_sock,
+``sock_addr_is_valid_access`` for cgroup_sock_addr), kernel/trace/bpf_trace.c
+(``kprobe_prog_is_valid_access``, ``tp_prog_is_valid_access``, ``raw_tp_prog_is_valid_access``)
+and kernel/bpf/syscall.c (``syscall_prog_is_valid_access``) of Linux 6.18, for a privileged loader
 (CAP_BPF: cgroup_skb may read ``data``/``data_end`` and write ``tstamp``); tests/test_verifier_calls.py
 compares them with the running kernel offset by offset.
 
@@ -31,8 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .protos import PROG_TYPES
-from .state import (PTR_MAYBE_NULL, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
-                    PTR_TO_SOCK_COMMON, SCALAR_VALUE, RegType)
+from .state import (PTR_MAYBE_NULL, PTR_TO_FLOW_KEYS, PTR_TO_PACKET, PTR_TO_PACKET_END,
+                    PTR_TO_PACKET_META, PTR_TO_SOCK_COMMON, PTR_TO_SOCKET, SCALAR_VALUE, RegType)
 
 U16_MAX = 0xFFFF
 PERF_MAX_TRACE_SIZE = 8192
@@ -141,7 +145,8 @@ def _skb_rules(denied: tuple, writable: tuple, pointers: tuple, tstamp_type: boo
     """An is_valid_access for one __sk_buff program type: fields it may never touch, fields it
     may write, the packet pointer fields it may read."""
 
-    def rule(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+    def rule(off: int, size: int, write: bool, sign_ext: bool,
+             attach: str = "") -> CtxAccess | None:
         if any(_in(off, f) if f != "family..local_port" else _in_range(off, "family",
                                                                           "local_port")
                for f in denied):
@@ -180,9 +185,10 @@ _XDP_POINTERS = {"data": PTR_TO_PACKET, "data_meta": PTR_TO_PACKET_META,
                  "data_end": PTR_TO_PACKET_END}
 
 
-def _xdp(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+def _xdp(off: int, size: int, write: bool, sign_ext: bool,
+         attach: str = "") -> CtxAccess | None:
     # egress_ifindex only for BPF_XDP_DEVMAP programs; writes only for offloaded programs
-    if off == XDP_MD_FIELDS["egress_ifindex"][0] or write:
+    if (off == XDP_MD_FIELDS["egress_ifindex"][0] and attach != "xdp_devmap") or write:
         return None
     if off < 0 or off >= SIZEOF_XDP_MD or off % size or size != 4:
         return None
@@ -192,50 +198,193 @@ def _xdp(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
     return CtxAccess(True)
 
 
-def _kprobe(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+def _kprobe(off: int, size: int, write: bool, sign_ext: bool,
+            attach: str = "") -> CtxAccess | None:
     if off < 0 or off >= SIZEOF_PT_REGS or write or off % size or off + size > SIZEOF_PT_REGS:
         return None
     return CtxAccess(True)
 
 
-def _tracepoint(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+def _tracepoint(off: int, size: int, write: bool, sign_ext: bool,
+                attach: str = "") -> CtxAccess | None:
     # the kernel's unsigned `off < sizeof(void *)` lets negative offsets through: see above
     if off < 8 or off >= PERF_MAX_TRACE_SIZE or write or off % size:
         return None
     return CtxAccess(True)
 
 
-def _syscall(off: int, size: int, write: bool, sign_ext: bool) -> CtxAccess | None:
+def _syscall(off: int, size: int, write: bool, sign_ext: bool,
+             attach: str = "") -> CtxAccess | None:
     if off < 0 or off >= U16_MAX or off % size:
         return None
     return CtxAccess(True)
 
 
+_LWT_OUT = _LWT          # lwt_is_valid_access serves lwt_in, lwt_out and lwt_xmit alike
+
+
+# --- flow_dissector (flow_dissector_is_valid_access) -------------------------------------------
+SIZEOF_FLOW_KEYS = 56    # struct bpf_flow_keys
+
+
+def _flow_dissector(off: int, size: int, write: bool, sign_ext: bool,
+                    attach: str = "") -> CtxAccess | None:
+    """A __sk_buff of which only data, data_end (read, 4 bytes) and flow_keys (8) exist."""
+    if off < 0 or off >= SIZEOF_SK_BUFF or off % size or write:
+        return None
+    for name, t in (("data", PTR_TO_PACKET), ("data_end", PTR_TO_PACKET_END)):
+        if _in(off, name):
+            return None if sign_ext or size != 4 else CtxAccess(True, t)
+    if _in(off, "flow_keys"):
+        return CtxAccess(True, PTR_TO_FLOW_KEYS) if size == 8 else None
+    return None
+
+
+# --- raw_tracepoint (raw_tp_prog_is_valid_access: bpf_tracing_ctx_access) ----------------------
+MAX_BPF_FUNC_ARGS = 12
+
+
+def _raw_tp(off: int, size: int, write: bool, sign_ext: bool,
+            attach: str = "") -> CtxAccess | None:
+    """The u64 arguments: any aligned read below 12 * 8 bytes."""
+    if off < 0 or off >= 8 * MAX_BPF_FUNC_ARGS or write or off % size:
+        return None
+    return CtxAccess(True)
+
+
+# --- sk_lookup (sk_lookup_is_valid_access) -----------------------------------------------------
+# struct bpf_sk_lookup: field -> (offset, size); 72 bytes
+SK_LOOKUP_FIELDS: dict[str, tuple[int, int]] = {
+    "sk": (0, 8), "family": (8, 4), "protocol": (12, 4), "remote_ip4": (16, 4),
+    "remote_ip6": (20, 16), "remote_port": (36, 2), "_pad": (38, 2), "local_ip4": (40, 4),
+    "local_ip6": (44, 16), "local_port": (60, 4), "ingress_ifindex": (64, 4),
+}
+SIZEOF_SK_LOOKUP = 72
+
+
+def _sk_lookup(off: int, size: int, write: bool, sign_ext: bool,
+               attach: str = "") -> CtxAccess | None:
+    if off < 0 or off >= SIZEOF_SK_LOOKUP or off % size or write:
+        return None
+    f = SK_LOOKUP_FIELDS
+    if _in(off, "sk", f):
+        return CtxAccess(True, PTR_TO_SOCKET, PTR_MAYBE_NULL) if size == 8 else None
+    if _in(off, "remote_port", f):
+        if size == 4:                  # 4-byte access to the 2-byte field (compatibility)
+            return CtxAccess(True)
+        return CtxAccess(True, field_size=2 if size < 2 else 0) if _narrow_ok(size, 2) else None
+    if _in(off, "_pad", f):            # the zero padding after it, also for compatibility
+        return CtxAccess(True, field_size=2 if size < 2 else 0) if _narrow_ok(size, 2) else None
+    if any(_in(off, n, f) for n in ("family", "protocol", "remote_ip4", "local_ip4",
+                                    "remote_ip6", "local_ip6", "local_port",
+                                    "ingress_ifindex")):
+        return CtxAccess(True, field_size=4 if size < 4 else 0) if _narrow_ok(size, 4) else None
+    return None
+
+
+# --- cgroup_sock (sock_filter_is_valid_access: bpf_sock_is_valid_access + attach type) ---------
+def _bpf_sock_ok(off: int, size: int) -> bool:
+    """bpf_sock_is_valid_access (:func:`sock_access` below holds the rule)."""
+    return sock_access("sock", off, size)
+
+
+def _cgroup_sock(off: int, size: int, write: bool, sign_ext: bool,
+                 attach: str = "") -> CtxAccess | None:
+    if not _bpf_sock_ok(off, size):
+        return None
+    f = BPF_SOCK_FIELDS
+    full = attach in ("cgroup_inet_sock_create", "cgroup_inet_sock_release")
+    if off in (f["bound_dev_if"][0], f["mark"][0], f["priority"][0]):
+        return CtxAccess(True) if full else None
+    if _in(off, "src_ip4", f):
+        return CtxAccess(True) if attach == "cgroup_inet4_post_bind" and not write else None
+    if _in(off, "src_ip6", f):
+        return CtxAccess(True) if attach == "cgroup_inet6_post_bind" and not write else None
+    if _in(off, "src_port", f):
+        return CtxAccess(True) if attach in ("cgroup_inet4_post_bind",
+                                             "cgroup_inet6_post_bind") and not write else None
+    return None if write else CtxAccess(True)
+
+
+# --- cgroup_sock_addr (sock_addr_is_valid_access) ----------------------------------------------
+# struct bpf_sock_addr: field -> (offset, size); 72 bytes
+SOCK_ADDR_FIELDS: dict[str, tuple[int, int]] = {
+    "user_family": (0, 4), "user_ip4": (4, 4), "user_ip6": (8, 16), "user_port": (24, 4),
+    "family": (28, 4), "type": (32, 4), "protocol": (36, 4), "msg_src_ip4": (40, 4),
+    "msg_src_ip6": (44, 16), "sk": (64, 8),
+}
+SIZEOF_SOCK_ADDR = 72
+_SOCK_ADDR_FAMILY = {
+    "user_ip4": ("cgroup_inet4_bind", "cgroup_inet4_connect", "cgroup_inet4_getpeername",
+                 "cgroup_inet4_getsockname", "cgroup_udp4_sendmsg", "cgroup_udp4_recvmsg"),
+    "user_ip6": ("cgroup_inet6_bind", "cgroup_inet6_connect", "cgroup_inet6_getpeername",
+                 "cgroup_inet6_getsockname", "cgroup_udp6_sendmsg", "cgroup_udp6_recvmsg"),
+    "msg_src_ip4": ("cgroup_udp4_sendmsg",), "msg_src_ip6": ("cgroup_udp6_sendmsg",),
+}
+
+
+def _wide_ok(off: int, size: int, name: str) -> bool:
+    """bpf_ctx_wide_access_ok: an aligned 8-byte access inside a u32[4] address."""
+    start, n = SOCK_ADDR_FIELDS[name]
+    return size == 8 and start <= off and off + 8 <= start + n and off % 8 == 0
+
+
+def _cgroup_sock_addr(off: int, size: int, write: bool, sign_ext: bool,
+                      attach: str = "") -> CtxAccess | None:
+    if off < 0 or off >= SIZEOF_SOCK_ADDR or off % size:
+        return None
+    f = SOCK_ADDR_FIELDS
+    for name, hooks in _SOCK_ADDR_FAMILY.items():     # the attach type's address family only
+        if _in(off, name, f) and attach not in hooks:
+            return None
+    if any(_in(off, n, f) for n in ("user_ip4", "user_ip6", "msg_src_ip4", "msg_src_ip6",
+                                    "user_port")):
+        if _wide_ok(off, size, "user_ip6") or _wide_ok(off, size, "msg_src_ip6"):
+            return CtxAccess(True)
+        if write:
+            return CtxAccess(True) if size == 4 else None
+        return CtxAccess(True, field_size=4 if size < 4 else 0) if _narrow_ok(size, 4) else None
+    if _in(off, "sk", f):
+        return CtxAccess(True, PTR_TO_SOCKET) if not write and size == 8 else None
+    if any(_in(off, n, f) for n in ("user_family", "family", "type", "protocol")):
+        return CtxAccess(True) if not write and size == 4 else None
+    return None
+
+
 _RULES = {"socket_filter": _SK_FILTER, "sched_cls": _TC_CLS_ACT, "cgroup_skb": _CG_SKB,
-          "lwt_in": _LWT, "xdp": _xdp, "kprobe": _kprobe, "tracepoint": _tracepoint,
-          "syscall": _syscall, "mem": _syscall}
+          "lwt_in": _LWT, "lwt_out": _LWT_OUT, "lwt_xmit": _LWT_OUT, "xdp": _xdp,
+          "kprobe": _kprobe, "tracepoint": _tracepoint, "syscall": _syscall, "mem": _syscall,
+          "flow_dissector": _flow_dissector, "raw_tracepoint": _raw_tp,
+          "sk_lookup": _sk_lookup, "cgroup_sock": _cgroup_sock,
+          "cgroup_sock_addr": _cgroup_sock_addr}
+
 assert set(_RULES) == set(PROG_TYPES)
 
 # What the ctx holds past the struct: the largest offset + 1 an access may reach
 CTX_LIMIT = {"socket_filter": SIZEOF_SK_BUFF, "sched_cls": SIZEOF_SK_BUFF,
-             "cgroup_skb": SIZEOF_SK_BUFF, "lwt_in": SIZEOF_SK_BUFF, "xdp": SIZEOF_XDP_MD,
-             "kprobe": SIZEOF_PT_REGS, "tracepoint": PERF_MAX_TRACE_SIZE, "syscall": U16_MAX,
-             "mem": U16_MAX}
+             "cgroup_skb": SIZEOF_SK_BUFF, "lwt_in": SIZEOF_SK_BUFF, "lwt_out": SIZEOF_SK_BUFF,
+             "lwt_xmit": SIZEOF_SK_BUFF, "xdp": SIZEOF_XDP_MD, "kprobe": SIZEOF_PT_REGS,
+             "tracepoint": PERF_MAX_TRACE_SIZE, "syscall": U16_MAX, "mem": U16_MAX,
+             "flow_dissector": SIZEOF_SK_BUFF, "raw_tracepoint": 8 * MAX_BPF_FUNC_ARGS,
+             "sk_lookup": SIZEOF_SK_LOOKUP, "cgroup_sock": 80,
+             "cgroup_sock_addr": SIZEOF_SOCK_ADDR}
 
 # Types whose context size is the caller's (r1 copied from user memory): a run must supply at
 # least max_ctx_offset bytes (BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall).
-CALLER_SIZED = frozenset({"syscall", "mem", "tracepoint", "kprobe"})
+CALLER_SIZED = frozenset({"syscall", "mem", "tracepoint", "kprobe", "raw_tracepoint"})
 
 
 def ctx_access(prog_type: str, off: int, size: int, write: bool, *,
-               sign_ext: bool = False) -> CtxAccess:
+               sign_ext: bool = False, attach_type: str | None = None) -> CtxAccess:
     """Whether a ``size``-byte load (``write=False``; ``sign_ext`` for ldsx) or store at
     ``off`` of ``prog_type``'s context is allowed, and what a load yields.
 
     ``off`` is the whole offset (the register's fixed offset is always 0 here: the kernel
-    refuses ``dereference of modified ctx ptr`` before it asks). KeyError for an unknown type.
+    refuses ``dereference of modified ctx ptr`` before it asks); ``attach_type`` is the
+    program's expected attach type (:mod:`pybpf.attach_types` names), which cgroup_sock,
+    cgroup_sock_addr and xdp rules depend on. KeyError for an unknown type.
     """
-    res = _RULES[prog_type](off, size, write, sign_ext)
+    res = _RULES[prog_type](off, size, write, sign_ext, attach_type or "")
     return res if res is not None else _refuse(off, size)
 
 

@@ -24,6 +24,7 @@ class MapInfo:
     index: int | None = None  # ld_imm64 src 5/6 (Program.maps)
     map_extra: int = 0
     value: object = None      # the runtime map object, opaque to the verifier (identity only)
+    inner: "MapInfo | None" = None   # map-in-map: the inner map template (inner_map_meta)
 
 
 @dataclass(frozen=True)

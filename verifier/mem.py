@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 
+from pybpf.uapi import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
 from . import bounds
 from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_RDONLY, NOT_INIT,
                     PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
@@ -27,8 +28,6 @@ S64_MIN = -(1 << 63)
 ALU_STR = {"add": "+=", "sub": "-=", "mul": "*=", "div": "/=", "or": "|=", "and": "&=",
            "lsh": "<<=", "rsh": ">>=", "neg": "neg", "mod": "%=", "xor": "^=", "mov": "=",
            "arsh": "s>>=", "end": "endian", "sdiv": "/=", "smod": "%="}
-BPF_F_RDONLY_PROG = 1 << 7
-BPF_F_WRONLY_PROG = 1 << 8
 
 _ARITH_OK = {PTR_TO_CTX, PTR_TO_MAP_VALUE, PTR_TO_MAP_KEY, PTR_TO_STACK, PTR_TO_PACKET_META,
              PTR_TO_PACKET, PTR_TO_TP_BUFFER, PTR_TO_BTF_ID, PTR_TO_MEM, PTR_TO_BUF, PTR_TO_FUNC}
@@ -188,7 +187,21 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
     elif t == PTR_TO_ARENA:
         _load_result(chk, value_regno, write, size, signed, "an arena load")
     elif t == PTR_TO_FLOW_KEYS:
-        chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
+        # (a pointer stored here "leaks addr into flow keys" only for unprivileged loaders)
+        from .ctx import SIZEOF_FLOW_KEYS      # check_flow_keys_access
+        if off < 0 or off + size > SIZEOF_FLOW_KEYS:
+            chk.error(f"invalid access to flow keys off={off} size={size}")
+        _load_result(chk, value_regno, write, size, signed, "a flow keys load")
+    elif t in (PTR_TO_SOCKET, PTR_TO_SOCK_COMMON):
+        if write:
+            chk.error(f"R{regno} cannot write into {reg.type_str()}")
+        if reg.var.smin < 0:                  # check_sock_access
+            chk.error(f"R{regno} min value is negative, either use unsigned index or do a if "
+                      f"(index >=0) check.")
+        from .ctx import sock_access
+        if not sock_access("sock" if t == PTR_TO_SOCKET else "sock_common", off, size):
+            chk.error(f"R{regno} invalid {reg.type_str()} access off={off} size={size}")
+        _load_result(chk, value_regno, write, size, signed, "a socket field")
     else:
         chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
 
@@ -314,7 +327,8 @@ def ctx_field(chk, off: int, size: int, write: bool, signed: bool = False):
     """(type, flags) a ctx access yields, None if the program type refuses it (:mod:`.ctx`)."""
     from . import ctx as ctxmod
     try:
-        res = ctxmod.ctx_access(chk.prog_type, off, size, write, sign_ext=signed)
+        res = ctxmod.ctx_access(chk.prog_type, off, size, write, sign_ext=signed,
+                                attach_type=chk.attach_type)
     except KeyError:
         return None
     if not res.ok:
@@ -778,6 +792,10 @@ def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:
             return None
         if is_null:
             return Reg.scalar(0, r.origin)
+        if r.type == PTR_TO_MAP_VALUE and r.map is not None and \
+                getattr(r.map, "inner", None) is not None:
+            # a map-in-map lookup: the value is the inner map (inner_map_meta)
+            return Reg.pointer(CONST_PTR_TO_MAP, map=r.map.inner, origin=r.origin)
         return r.replace(flags=r.flags & ~PTR_MAYBE_NULL, id=0)
     state.map_regs(fix)
     if is_null:

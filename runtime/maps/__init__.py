@@ -17,10 +17,11 @@ from __future__ import annotations
 import errno
 
 from pybpf.errors import MapError
+from pybpf.uapi import MAP_TYPE_NAMES
 
 from .arena import Arena
 from .array import ArrayMap
-from .base import MAP_TYPE_IDS, MAP_TYPE_NAMES, Map, MapKeyError
+from .base import MAP_TYPE_IDS, Map, MapKeyError
 from .bloom_filter import BloomFilterMap
 from .hash import HashMap, LruHashMap
 from .lpm_trie import LpmTrieMap

@@ -60,13 +60,12 @@ import threading
 import weakref
 
 from pybpf.errors import MapError, MemoryAccessError
+from pybpf.uapi import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV, BPF_F_SEGV_ON_FAULT
 
 from ..atomics import native_atomic
-from .base import (BPF_F_MMAPABLE, BPF_F_NO_USER_CONV, BPF_F_SEGV_ON_FAULT, MADV_DONTNEED,
-                   MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_PRIVATE,
+from .base import (MADV_DONTNEED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_NORESERVE, MAP_PRIVATE,
                    PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, Map, Memory, check, fail,
-                   _is_ctypes_type, round_up, sys_madvise, sys_mmap, sys_mprotect,
-                   sys_munmap)
+                   _is_ctypes_type, round_up, sys_madvise, sys_mmap, sys_mprotect, sys_munmap)
 
 SZ_4G = 1 << 32
 GUARD = 64 << 10            # per side: covers off (s16) plus an 8-byte access past the band

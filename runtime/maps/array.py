@@ -16,10 +16,10 @@ import ctypes
 import errno
 import struct
 
-from .base import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_LOCK, BPF_F_MMAPABLE,
-                   BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY_PROG, BPF_NOEXIST,
-                   ENOTSUPP, HEADER_SIZE, INT_MAX, PAGE_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory,
-                   check, round_up)
+from pybpf.uapi import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_LOCK, BPF_F_MMAPABLE,
+                        BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY_PROG, BPF_NOEXIST,
+                        ENOTSUPP)
+from .base import HEADER_SIZE, INT_MAX, PAGE_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up
 
 ARRAY_CREATE_FLAG_MASK = (BPF_F_NUMA_NODE | BPF_F_MMAPABLE | BPF_F_ACCESS_MASK |
                           BPF_F_PRESERVE_ELEMS | BPF_F_INNER_MAP)
@@ -90,6 +90,16 @@ class ArrayMap(Map):
               "direct value access needs a single-element array")
         check(off < self.value_size, errno.EINVAL, f"offset {off} outside the value")
         return self.data_address
+
+    def gen_lookup(self, ir, key):
+        """Native lookup (array_map_gen_lookup): ``index < max_entries ? data + index *
+        elem_size (+ cpu * stride) : 0``."""
+        b = ir.b
+        index = ir.load(key, ir.I32, align=1)
+        found = b.icmp_unsigned("<", index, ir.const(ir.I32, self.max_entries))
+        addr = ir.index(ir.ext(self.header.data), index, self.header.elem_size)
+        addr = b.add(addr, self._gen_cpu_offset(ir)) if self.percpu else addr
+        return b.select(found, addr, ir.const(ir.I64, 0))
 
     def regions(self) -> list[tuple[int, int, bool]]:
         return [(self.data_address, self.max_entries * self.elem_size,

@@ -1,4 +1,4 @@
-"""What every map shares: kernel constants, storage at real addresses, the ops and dict faces.
+"""What every map shares: storage at real addresses, the ops and dict faces.
 
 A map has three faces, as in the kernel:
 
@@ -29,12 +29,12 @@ import functools
 import mmap
 import weakref
 
-from pybpf.elf_sections import MAP_TYPE_IDS as KERNEL_MAP_TYPE_IDS, MAP_TYPE_NAMES
 from pybpf.errors import MapError
+from pybpf.uapi import (BPF_ANY, BPF_F_RDONLY, BPF_F_RDONLY_PROG, BPF_F_WRONLY, BPF_F_WRONLY_PROG,
+                        MAP_TYPE_IDS as KERNEL_MAP_TYPE_IDS)
 
 PAGE_SIZE = mmap.PAGESIZE
 PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
-ENOTSUPP = 524          # kernel-internal errno (not in errno.h) some map ops return
 
 # The types pybpf implements (runtime/maps/__init__.py registers a class for each), with their
 # values from the one enum bpf_map_type table the ELF loader also uses.
@@ -42,25 +42,6 @@ MAP_TYPE_IDS = {name: KERNEL_MAP_TYPE_IDS[name] for name in (
     "hash", "array", "prog_array", "percpu_hash", "percpu_array", "lru_hash", "lru_percpu_hash",
     "queue", "stack", "ringbuf", "arena", "lpm_trie", "bloom_filter", "array_of_maps",
     "hash_of_maps", "devmap", "devmap_hash", "cpumap", "xskmap")}
-
-# Map creation flags (map_flags).
-BPF_F_NO_PREALLOC = 1 << 0
-BPF_F_NO_COMMON_LRU = 1 << 1
-BPF_F_NUMA_NODE = 1 << 2
-BPF_F_RDONLY = 1 << 3
-BPF_F_WRONLY = 1 << 4
-BPF_F_ZERO_SEED = 1 << 6
-BPF_F_RDONLY_PROG = 1 << 7
-BPF_F_WRONLY_PROG = 1 << 8
-BPF_F_MMAPABLE = 1 << 10
-BPF_F_PRESERVE_ELEMS = 1 << 11
-BPF_F_INNER_MAP = 1 << 12
-BPF_F_SEGV_ON_FAULT = 1 << 17
-BPF_F_NO_USER_CONV = 1 << 18
-BPF_F_ACCESS_MASK = BPF_F_RDONLY | BPF_F_WRONLY | BPF_F_RDONLY_PROG | BPF_F_WRONLY_PROG
-
-# Update flags.
-BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK = 0, 1, 2, 4
 
 KMALLOC_MAX_SIZE = 1 << 22      # x86-64: 1 << (MAX_PAGE_ORDER + PAGE_SHIFT)
 PCPU_MIN_UNIT_SIZE = 32 << 10   # bound on a percpu value
@@ -257,6 +238,10 @@ class Map:
     key_default = None      # decoded key type when untyped (arrays use int indexes)
     percpu = False          # values are per CPU (n_cpus of them, each rounded up to 8 bytes)
     n_cpus = 1
+    # The kernel's map_gen_lookup: a map whose lookup the JIT may inline defines
+    # ``gen_lookup(ir, key) -> r0`` building LLVM IR with the kit pybpf.jit.maps passes in (``key``
+    # the i64 key address; r0 the value's address or 0). None: lookups call the helper.
+    gen_lookup = None
 
     def __init__(self, key_size: int, value_size: int, max_entries: int, flags: int = 0,
                  map_extra: int = 0, *, name: str | None = None, fd: int | None = None,
@@ -298,6 +283,14 @@ class Map:
     # -- subclass hooks ---------------------------------------------------------------------
     def _setup(self) -> None:
         raise NotImplementedError
+
+    def _gen_cpu_offset(self, ir):
+        """IR: the current CPU's offset into a percpu element (0 for other maps). The CPU is read
+        from the header at run time, so changing ``map.cpu`` between runs needs no recompile."""
+        if not self.percpu:
+            return ir.const(ir.I64, 0)
+        cpu = ir.load(ir.ext(self.address + MapHeader.cpu.offset), ir.I32)
+        return ir.b.mul(ir.b.zext(cpu, ir.I64), ir.const(ir.I64, self.stride))
 
     def _place_header(self, mem: Memory, offset: int = 0) -> None:
         self.header = MapHeader.from_address(mem.address + offset)

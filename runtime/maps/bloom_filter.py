@@ -18,8 +18,8 @@ import errno
 import hashlib
 import threading
 
-from .base import (BPF_ANY, BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, BPF_F_ZERO_SEED, HEADER_SIZE,
-                   Map, Memory, check, fail)
+from pybpf.uapi import BPF_ANY, BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, BPF_F_ZERO_SEED
+from .base import HEADER_SIZE, Map, Memory, check, fail
 
 BLOOM_CREATE_FLAG_MASK = BPF_F_NUMA_NODE | BPF_F_ZERO_SEED | BPF_F_ACCESS_MASK
 DEFAULT_NR_HASH_FUNCS = 5

@@ -41,10 +41,10 @@ import errno
 import struct
 import threading
 
-from .base import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_LOCK, BPF_F_NO_COMMON_LRU,
-                   BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_ZERO_SEED,
-                   BPF_NOEXIST, ENOTSUPP, HEADER_SIZE, KMALLOC_MAX_SIZE, PCPU_MIN_UNIT_SIZE, Map,
-                   Memory, check, round_up)
+from pybpf.uapi import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_LOCK, BPF_F_NO_COMMON_LRU,
+                        BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_ZERO_SEED,
+                        BPF_NOEXIST, ENOTSUPP)
+from .base import HEADER_SIZE, KMALLOC_MAX_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up
 
 HTAB_CREATE_FLAG_MASK = (BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_NUMA_NODE |
                          BPF_F_ACCESS_MASK | BPF_F_ZERO_SEED)
@@ -57,12 +57,46 @@ _ELEM = struct.Struct("<IIBB")
 _ELEM_TAIL = struct.Struct("<IBB")      # hash, in_use, ref: what follows the next link
 
 
+FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
+UNROLL_KEY = 64            # native lookups hash keys up to this many bytes without a loop
+
+
 def fnv1a32(data: bytes) -> int:
     """The bucket hash (FNV-1a, 32-bit): simple enough for the JIT to inline."""
-    h = 0x811C9DC5
+    h = FNV_OFFSET
     for b in data:
-        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+        h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFF
     return h
+
+
+def gen_fnv1a32(ir, key, size: int):
+    """IR for :func:`fnv1a32` over the ``size`` bytes at ``key`` (an i64 address)."""
+    b = ir.b
+    h = ir.const(ir.I32, FNV_OFFSET)
+    prime = ir.const(ir.I32, FNV_PRIME)
+    if size <= UNROLL_KEY:
+        for i in range(size):
+            byte = ir.load(ir.at(key, i), ir.I8)
+            h = b.mul(b.xor(h, b.zext(byte, ir.I32)), prime)
+        return h
+    # A loop for long keys.
+    head = b.block
+    loop = ir.block("fnv.loop")
+    out = ir.block("fnv.done")
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(ir.I64, name="fnv.i")
+    acc = b.phi(ir.I32, name="fnv.h")
+    i.add_incoming(ir.const(ir.I64, 0), head)
+    acc.add_incoming(h, head)
+    byte = ir.load(b.add(key, i), ir.I8)
+    nh = b.mul(b.xor(acc, b.zext(byte, ir.I32)), prime)
+    ni = b.add(i, ir.const(ir.I64, 1))
+    i.add_incoming(ni, loop)
+    acc.add_incoming(nh, loop)
+    b.cbranch(b.icmp_unsigned("<", ni, ir.const(ir.I64, size)), loop, out)
+    b.position_at_end(out)
+    return nh
 
 
 class HashMap(Map):
@@ -229,6 +263,73 @@ class HashMap(Map):
                 return
             view[ref] = 0
             self._slots[key] = self._slots.pop(key)
+
+    def gen_lookup(self, ir, key):
+        """Native lookup: hash the key, walk the bucket's chain as the layout above says, return
+        the value's address (+ cpu * stride for percpu maps) or 0; LRU maps set ``ref`` as the
+        kernel's lookup sets its reference bit."""
+        b = ir.b
+        I32, I64 = ir.I32, ir.I64
+        hdr = self.header
+        h = gen_fnv1a32(ir, key, self.key_size)
+        bidx = b.and_(h, ir.const(I32, hdr.index_mask))
+        bucket = ir.index(ir.ext(hdr.index), bidx, 4)
+        head = ir.block("htab.head")
+        walk = ir.block("htab.walk")
+        chk = ir.block("htab.check")
+        end = ir.block("htab.end")
+        found = ir.block("htab.found")
+        done = ir.block("htab.done")
+        b.branch(head)
+
+        # hlist_nulls, as the kernel's RCU hash: a chain ends on NULLS | its bucket; ending on
+        # another bucket's marker means an element was reused meanwhile: walk again from the head.
+        b.position_at_end(head)
+        first = ir.load_acquire(bucket, I32)        # re-read on each restart
+        b.branch(walk)
+
+        b.position_at_end(walk)
+        slot = b.phi(I32, name="htab.slot")
+        slot.add_incoming(first, head)
+        b.cbranch(b.icmp_unsigned("!=", b.and_(slot, ir.const(I32, NULLS)), ir.const(I32, 0)),
+                  end, chk)
+
+        b.position_at_end(end)
+        own = b.icmp_unsigned("==", slot, b.or_(bidx, ir.const(I32, NULLS)))
+        # Elements are reused at once (no grace period): a walk that passed the head before an
+        # update linked the key's new element there can miss it. The kernel's prealloc htab
+        # lives with that; here a walk ending on its own marker while the head has changed
+        # since it started walks again, so a key present throughout is never missed.
+        again = ir.load_acquire(bucket, I32)
+        settled = b.and_(own, b.icmp_unsigned("==", again, first))
+        b.cbranch(settled, done, head)
+
+        b.position_at_end(chk)
+        elem = ir.index(ir.ext(hdr.data), b.sub(slot, ir.const(I32, 1)), hdr.elem_size)
+        ehash = ir.load(ir.at(elem, OFF_HASH), I32)
+        nxt = ir.load_acquire(ir.at(elem, OFF_NEXT), I32)
+        slot.add_incoming(nxt, chk)
+        same_hash = b.icmp_unsigned("==", ehash, h)
+        keyed = ir.block("htab.key")
+        b.cbranch(same_hash, keyed, walk)
+        b.position_at_end(keyed)
+        same = ir.bytes_equal(ir.at(elem, ELEM_HDR), key, self.key_size)
+        slot.add_incoming(nxt, keyed)
+        b.cbranch(same, found, walk)
+
+        b.position_at_end(found)
+        if self.lru:
+            ir.store(ir.const(ir.I8, 1), ir.at(elem, OFF_REF))
+        value = ir.at(elem, self.value_off)
+        if self.percpu:
+            value = b.add(value, self._gen_cpu_offset(ir))
+        b.branch(done)
+
+        b.position_at_end(done)
+        r0 = b.phi(I64, name="htab.r0")
+        r0.add_incoming(ir.const(I64, 0), end)
+        r0.add_incoming(value, found)
+        return r0
 
     def regions(self) -> list[tuple[int, int, bool]]:
         return [(self.elems_address, (self.max_entries + 1) * self.elem_size,   # + the spare

@@ -23,8 +23,9 @@ import ctypes
 import errno
 import threading
 
-from .base import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE,
-                   BPF_NOEXIST, HEADER_SIZE, KMALLOC_MAX_SIZE, Map, Memory, check, round_up)
+from pybpf.uapi import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE,
+                        BPF_NOEXIST)
+from .base import HEADER_SIZE, KMALLOC_MAX_SIZE, Map, Memory, check, round_up
 
 LPM_CREATE_FLAG_MASK = BPF_F_NO_PREALLOC | BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK
 LPM_DATA_SIZE_MAX, LPM_KEY_SIZE_MIN = 256, 5

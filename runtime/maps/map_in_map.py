@@ -22,9 +22,9 @@ import errno
 import struct
 import threading
 
-from .base import (BPF_ANY, BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_NUMA_NODE,
-                   BPF_F_NO_PREALLOC, BPF_NOEXIST, ENOTSUPP, HEADER_SIZE, Map, Memory, check,
-                   fail)
+from pybpf.uapi import (BPF_ANY, BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC,
+                        BPF_F_NUMA_NODE, BPF_NOEXIST, ENOTSUPP)
+from .base import HEADER_SIZE, Map, Memory, check, fail
 
 _U32 = struct.Struct("<I")
 _NO_META_EQUAL = ("prog_array", "perf_event_array", "ringbuf", "user_ringbuf", "cgroup_array",

@@ -18,11 +18,10 @@ from __future__ import annotations
 import errno
 import struct
 
+from pybpf.uapi import BPF_ANY, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
 from .array import ArrayMap
-from .base import (BPF_ANY, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG, HEADER_SIZE, Memory, check,
-                   fail)
+from .base import HEADER_SIZE, Memory, check, fail
 
-MAX_TAIL_CALL_CNT = 33
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -31,6 +30,7 @@ class ProgArrayMap(ArrayMap):
     """Index -> loaded program. ``m[i]`` returns the program object itself."""
 
     type = "prog_array"
+    gen_lookup = None       # no native lookup: BPF programs only tail-call through the map
 
     def _check_attrs(self) -> None:
         # fd_array_map_alloc_check, then the array checks.

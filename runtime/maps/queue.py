@@ -27,8 +27,8 @@ import errno
 import struct
 import threading
 
-from .base import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, BPF_NOEXIST, HEADER_SIZE,
-                   KMALLOC_MAX_SIZE, Map, Memory, check, fail, hex_bytes)
+from pybpf.uapi import BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_NUMA_NODE, BPF_NOEXIST
+from .base import HEADER_SIZE, KMALLOC_MAX_SIZE, Map, Memory, check, fail, hex_bytes
 
 QUEUE_STACK_CREATE_FLAG_MASK = BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK
 _STATE = struct.Struct("<III")      # head, tail, size: the kernel's struct bpf_queue_stack order

@@ -26,15 +26,13 @@ import struct
 import threading
 import weakref
 
-from .base import (BPF_F_NUMA_NODE, ENOTSUPP, MAP_ANONYMOUS, MAP_FIXED, MAP_NORESERVE,
-                   MAP_PRIVATE, MAP_SHARED, PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, Map,
-                   MapHeader, check, fail, round_up, sys_mmap, sys_munmap)
+from pybpf.uapi import (BPF_F_NUMA_NODE, BPF_RB_AVAIL_DATA, BPF_RB_CONS_POS, BPF_RB_FORCE_WAKEUP,
+                        BPF_RB_NO_WAKEUP, BPF_RB_PROD_POS, BPF_RB_RING_SIZE, BPF_RINGBUF_BUSY_BIT,
+                        BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, ENOTSUPP)
+from .base import (MAP_ANONYMOUS, MAP_FIXED, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, PAGE_SHIFT,
+                   PAGE_SIZE, PROT_READ, PROT_WRITE, Map, MapHeader, check, fail, round_up,
+                   sys_mmap, sys_munmap)
 
-BPF_RINGBUF_BUSY_BIT = 1 << 31
-BPF_RINGBUF_DISCARD_BIT = 1 << 30
-BPF_RINGBUF_HDR_SZ = 8
-BPF_RB_NO_WAKEUP, BPF_RB_FORCE_WAKEUP = 1, 2
-BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE, BPF_RB_CONS_POS, BPF_RB_PROD_POS = 0, 1, 2, 3
 RINGBUF_MAX_RECORD_SZ = 0xFFFFFFFF // 4
 RINGBUF_PGOFF = 1                       # consumer page; producer page follows; then data
 DATA_PGOFF = 3

@@ -17,7 +17,7 @@ import pybpf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _driver  # noqa: E402  (samples/_driver.py: the shared command line)
-from pybpf.runtime.contexts import XDP_ACTIONS
+from pybpf.uapi import XDP_ACTIONS
 
 OBJ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "c", "xdp_filter.o")
 

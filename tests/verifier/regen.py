@@ -25,7 +25,7 @@ import kernel_verifier as kv  # noqa: E402
 def kernel_fields(case: corpus.Case) -> dict[str, str] | str:
     """The kernel's expectation fields for ``case``, or the reason it cannot be asked."""
     try:
-        v = kv.kernel_verify(case.program(), case.prog_type)
+        v = kv.kernel_verify(case.program(), case.prog_type, attach_type=case.attach_type)
     except kv.MapsUnavailable as e:
         return str(e)
     if v.accepted:

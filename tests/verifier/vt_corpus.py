@@ -14,7 +14,9 @@ File format (one file per test, grouped by topic in sub-directories)::
     ...
 
 - ``type``: the program type it is loaded as (socket_filter, sched_cls, xdp, tracepoint, kprobe,
-  syscall, cgroup_skb).
+  syscall, cgroup_skb, lwt_*, flow_dissector, raw_tracepoint, sk_lookup, cgroup_sock(_addr)).
+- ``attach`` (optional): the expected attach type (``cgroup_inet4_connect``...: the names of
+  pybpf.attach_types); without it the type's default (tests/kernel_verifier.py EXPECTED_ATTACH).
 - ``verdict`` (accept | reject), ``errno`` and ``message`` are the KERNEL's (Linux 6.18, root):
   ``tests/verifier/regen.py`` rewrites them from a load into the running kernel, never by hand.
   ``message`` is the log's last line before ``processed N insns`` (the line the kernel printed
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-HEADER_KEYS = ("type", "verdict", "errno", "message", "requires", "slow")
+HEADER_KEYS = ("type", "attach", "verdict", "errno", "message", "requires", "slow")
 
 
 @dataclass
@@ -57,6 +59,11 @@ class Case:
     @property
     def prog_type(self) -> str:
         return self.fields["type"]
+
+    @property
+    def attach_type(self) -> str | None:
+        """The expected attach type (``attach:``, a pybpf.attach_types name), or None."""
+        return self.fields.get("attach") or None
 
     @property
     def verdict(self) -> str:
@@ -114,7 +121,7 @@ def cases(root: Path = HERE) -> list[Case]:
     return [parse(p) for p in files(root)]
 
 
-def pybpf_verify(prog, prog_type: str, vm=None, log_level: int = 0):
+def pybpf_verify(prog, prog_type: str, vm=None, log_level: int = 0, attach_type=None):
     """(accepted, message) from pybpf's full verifier (``VM.verify(..., full=True)``: the
     abstract interpretation, as a user's default load runs it). Only VerifierError counts as a
     rejection: any other exception propagates (a verifier crash is a bug, never a verdict)."""
@@ -122,7 +129,11 @@ def pybpf_verify(prog, prog_type: str, vm=None, log_level: int = 0):
     from pybpf import VerifierError
     vm = vm if vm is not None else pybpf.VM()
     try:
-        vm.verify(prog, prog_type=prog_type, log_level=log_level, full=True)
+        if attach_type is None:
+            import kernel_verifier
+            attach_type = kernel_verifier.EXPECTED_ATTACH.get(prog_type)
+        vm.verify(prog, prog_type=prog_type, log_level=log_level, full=True,
+                  attach_type=attach_type)
     except VerifierError as e:
         return False, e.message
     return True, ""
@@ -130,4 +141,4 @@ def pybpf_verify(prog, prog_type: str, vm=None, log_level: int = 0):
 
 def pybpf_verdict(case: Case, vm=None, log_level: int = 0):
     """:func:`pybpf_verify` on a corpus case."""
-    return pybpf_verify(case.program(), case.prog_type, vm, log_level)
+    return pybpf_verify(case.program(), case.prog_type, vm, log_level, case.attach_type)

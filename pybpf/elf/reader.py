@@ -10,7 +10,7 @@ import io
 import struct
 from dataclasses import dataclass
 
-from .errors import ELFError
+from ..errors import ELFError
 
 EM_BPF = 247
 SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4

@@ -11,7 +11,7 @@ import ctypes
 import struct
 
 from .btf import BTF
-from .errors import ELFError
+from ..errors import ELFError
 
 _INTS = {(1, False): ctypes.c_uint8, (1, True): ctypes.c_int8, (2, False): ctypes.c_uint16,
          (2, True): ctypes.c_int16, (4, False): ctypes.c_uint32, (4, True): ctypes.c_int32,

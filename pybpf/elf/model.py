@@ -1,5 +1,5 @@
 """The records an ELF object becomes: ``BpfObject`` with its ``ElfProgram``s, ``ElfMap``s,
-``Variable``s and ``Extern``s. ``pybpf.elf`` fills them in; ``pybpf.elf_load`` binds them to a VM.
+``Variable``s and ``Extern``s. ``pybpf.elf`` fills them in; ``pybpf.elf.load`` binds them to a VM.
 """
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from .btf import BTF, BTFExt, LineInfo
 from .btf_values import decode, encode
-from .errors import ELFError
-from .program import MapDecl, Program
+from ..errors import ELFError
+from ..program import MapDecl, Program
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Variable:
     """A global variable: where it lives (``section``, ``offset``, ``size``) and its BTF type.
 
     After ``load_elf`` it is bound to the map (or arena) that holds it: ``.value`` reads and
-    writes the live bytes as a typed Python value (see ``pybpf.btf_values``) and ``.address``
+    writes the live bytes as a typed Python value (see ``pybpf.elf.btf_values``) and ``.address``
     gives its address (arena globals: their arena user address). ``.initial`` is the value the
     object file gives it, available without loading.
     """

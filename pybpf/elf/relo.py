@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import isa
+from .. import isa
 from .btf import BTF, LINKAGE, BTFExt
-from .elf_maps import ARENA_SECTIONS
-from .elf_model import ElfMap, FuncInfo, line_text
-from .elf_reader import R_BPF_64_32, R_BPF_64_64, ElfReader, Reloc, Section
-from .errors import ELFError
-from .insn import Insn, s32, split_slots
-from .kfunc_ids import KFUNC_IDS
+from .maps import ARENA_SECTIONS
+from .model import ElfMap, FuncInfo, line_text
+from .reader import R_BPF_64_32, R_BPF_64_64, ElfReader, Reloc, Section
+from ..errors import ELFError
+from ..insn import Insn, s32, split_slots
+from ..kfunc_ids import KFUNC_IDS
 
 MAP_SECTIONS = (".maps", "maps")   # map definitions (BTF-defined, legacy)
 _CALL = isa.FORMS_BY_NAME["call_helper"].opcode

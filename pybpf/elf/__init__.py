@@ -3,12 +3,12 @@
 Phase 1, ``parse_object(path_or_bytes)``, only reads: it checks the ELF (64-bit, little-endian,
 EM_BPF, relocatable, not truncated), reads BTF and .BTF.ext, the license, the maps (BTF-defined,
 legacy, global data, arena), the global variables and the externs, and links every program
-(entry function + called subprograms, relocations applied; see ``pybpf.elf_relo``). Maps are
+(entry function + called subprograms, relocations applied; see ``pybpf.elf.relo``). Maps are
 referenced by index into each program's ``Program.maps`` (ld_imm64 src 5/6).
 
 Phase 2, ``load_elf(path, vm=None)``, creates the maps in a VM, writes the initial values of the
 global data and arena globals, binds ``variables`` to their storage and rewrites each program's
-map references to the VM's map fds (``pybpf.elf_load``). ``load_elf_program`` serves the CLI.
+map references to the VM's map fds (``pybpf.elf.load``). ``load_elf_program`` serves the CLI.
 For example (from the repository root)::
 
     obj = pybpf.elf.parse_object("samples/c/xdp_filter.o")
@@ -25,14 +25,14 @@ import struct
 from pathlib import Path
 
 from .btf import BTF, LINKAGE, BTFExt
-from .elf_maps import (arena_section, btf_maps, check_map_types, data_maps, is_data_section,
+from .maps import (arena_section, btf_maps, check_map_types, data_maps, is_data_section,
                        legacy_maps, place_arena_globals)
-from .elf_model import BpfObject, ElfMap, ElfProgram, Extern, FuncInfo, Variable, _MapTable
-from .elf_reader import ElfReader
-from .elf_relo import Func, Linker, functions_of
-from .elf_sections import program_type
-from .errors import BPFError, ELFError
-from .kfunc_ids import KFUNC_IDS
+from .model import BpfObject, ElfMap, ElfProgram, Extern, FuncInfo, Variable, _MapTable
+from .reader import ElfReader
+from .relo import Func, Linker, functions_of
+from .sections import program_type
+from ..errors import BPFError, ELFError
+from ..kfunc_ids import KFUNC_IDS
 
 __all__ = ["parse_object", "load_elf", "load_elf_program", "BpfObject", "ElfProgram", "ElfMap",
            "Variable", "Extern", "FuncInfo"]
@@ -87,7 +87,7 @@ def _program(obj: BpfObject, linker: Linker, entry: Func) -> ElfProgram:
 def load_elf(path, vm=None) -> BpfObject:
     """Parse ``path`` and create its maps in ``vm`` (a new ``pybpf.VM`` when None, kept as
     ``obj.vm``); ``obj.programs[name]`` are then ready for ``obj.vm.load(...)``."""
-    from .elf_load import bind
+    from .load import bind
     return bind(parse_object(path), vm)
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import struct
 
 from .btf import BTF
-from .elf_model import ElfMap
-from .elf_reader import ElfReader, Section
-from .elf_sections import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, MAP_TYPE_IDS, map_type_name
-from .errors import ELFError
+from .model import ElfMap
+from .reader import ElfReader, Section
+from ..errors import ELFError
+from ..uapi import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, BPF_OBJ_NAME_LEN, MAP_TYPE_IDS, map_type_name
 
 PAGE_SIZE = 4096
 ARENA_SECTIONS = (".addr_space.1", ".arena.1")   # the name clang uses, and the pre-merge one
-BPF_OBJ_NAME_LEN = 16
 _INT_FIELDS = ("type", "max_entries", "map_flags", "numa_node", "key_size", "value_size",
                "pinning", "map_extra")
 
@@ -272,4 +271,4 @@ def check_map_types(rd: ElfReader, maps: list[ElfMap]) -> None:
             raise ELFError(f"{rd.filename}: map '{m.name}' is defined twice")
         seen.add(m.name)
         # a map type nobody knows fails only when a program that uses it loads (as with libbpf,
-        # whose BPF_MAP_CREATE the kernel refuses); elf_load.bind records that failure
+        # whose BPF_MAP_CREATE the kernel refuses); load.bind records that failure

@@ -1,28 +1,13 @@
-"""What ELF section names and map-type numbers mean, the way libbpf reads them.
+"""What ELF section names mean, the way libbpf reads them.
 
-Data plus two small lookups: ``program_type(section)`` maps a program's section name to its
-program type (libbpf's ``section_defs``), and ``MAP_TYPE_NAMES`` names ``enum bpf_map_type``
-values the way bpftool prints them. Program and map type names are the kernel enum names in
-lower case without their prefix (``BPF_PROG_TYPE_SCHED_CLS`` -> ``sched_cls``).
+``program_type(section)`` maps a program's section name to its program type (libbpf's
+``section_defs``). Program type names are the kernel enum names in lower case without their
+prefix (``BPF_PROG_TYPE_SCHED_CLS`` -> ``sched_cls``); their numbers, and the map types', are in
+:mod:`pybpf.uapi`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-# enum bpf_map_type (include/uapi/linux/bpf.h), index = value.
-MAP_TYPE_NAMES: tuple[str, ...] = (
-    "unspec", "hash", "array", "prog_array", "perf_event_array", "percpu_hash", "percpu_array",
-    "stack_trace", "cgroup_array", "lru_hash", "lru_percpu_hash", "lpm_trie", "array_of_maps",
-    "hash_of_maps", "devmap", "sockmap", "cpumap", "xskmap", "sockhash", "cgroup_storage",
-    "reuseport_sockarray", "percpu_cgroup_storage", "queue", "stack", "sk_storage",
-    "devmap_hash", "struct_ops", "ringbuf", "inode_storage", "task_storage", "bloom_filter",
-    "user_ringbuf", "cgrp_storage", "arena",
-)
-MAP_TYPE_IDS: dict[str, int] = {n: i for i, n in enumerate(MAP_TYPE_NAMES)}
-
-# map_flags bits libbpf sets on the maps it makes for global data (uapi bpf.h)
-BPF_F_RDONLY_PROG = 1 << 7
-BPF_F_MMAPABLE = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -105,8 +90,3 @@ def program_type(section: str) -> tuple[str | None, str, bool]:
             attach = section[len(base) + 1:] if section.startswith(base + "/") else ""
             return d.prog_type, attach, d.sleepable
     return None, "", False
-
-
-def map_type_name(value: int) -> str:
-    """bpftool's name for an ``enum bpf_map_type`` value (``map_type_<N>`` for unknown ones)."""
-    return MAP_TYPE_NAMES[value] if 0 <= value < len(MAP_TYPE_NAMES) else f"map_type_{value}"
