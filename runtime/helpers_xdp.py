@@ -38,14 +38,14 @@ from dataclasses import dataclass
 
 from pybpf.errors import MemoryAccessError, VMError
 from pybpf.helper_names import HELPER_IDS
+from pybpf.uapi import TC_ACT_SHOT, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX
 from pybpf.verifier import protos
 
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN, Helper
 from .xdp_buff import ETH_HLEN, XDP_FRAME_STRUCT, XDP_META_MAX
 
 M64 = (1 << 64) - 1
-XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
-TC_ACT_SHOT, TC_ACT_REDIRECT = 2, 7
+TC_ACT_REDIRECT = 7              # include/uapi/linux/pkt_cls.h
 BPF_F_INGRESS = 1
 BPF_F_BROADCAST, BPF_F_EXCLUDE_INGRESS = 1 << 3, 1 << 4
 _XDP_ACTION_MASK = XDP_ABORTED | XDP_DROP | XDP_PASS | XDP_TX      # 3

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ver
 import kernel_bpf as kb  # noqa: E402
 import kernel_verifier as kv  # noqa: E402
 import pybpf  # noqa: E402
+from pybpf import uapi  # noqa: E402
 from pybpf.errors import MapError  # noqa: E402
 from pybpf.runtime.fib import BpfFibLookup  # noqa: E402
 from support import in_child  # noqa: E402
@@ -125,7 +126,8 @@ def _pybpf_ops(t, vs, n, ops):
 
 def _kernel_ops(t, vs, n, ops):
     fd = kb.create_map(t, 4, vs, n)
-    cmd = {"u": kb.BPF_MAP_UPDATE_ELEM, "l": kb.BPF_MAP_LOOKUP_ELEM, "d": kb.BPF_MAP_DELETE_ELEM}
+    cmd = {"u": uapi.BPF_MAP_UPDATE_ELEM, "l": uapi.BPF_MAP_LOOKUP_ELEM,
+           "d": uapi.BPF_MAP_DELETE_ELEM}
     out = []
     try:
         for op, key, value, flags in ops:
@@ -162,9 +164,9 @@ def test_xskmap_holds_sockets_from_python_and_refuses_user_lookups():
         s = socket.socket(44, socket.SOCK_RAW)
         try:
             kb.update(fd, U32.pack(1), U32.pack(s.fileno()))
-            assert kb.elem_op(kb.BPF_MAP_LOOKUP_ELEM, fd, U32.pack(1), bytes(4))[0] == \
+            assert kb.elem_op(uapi.BPF_MAP_LOOKUP_ELEM, fd, U32.pack(1), bytes(4))[0] == \
                 -errno.EOPNOTSUPP
-            assert kb.elem_op(kb.BPF_MAP_UPDATE_ELEM, fd, U32.pack(2), U32.pack(s.fileno()),
+            assert kb.elem_op(uapi.BPF_MAP_UPDATE_ELEM, fd, U32.pack(2), U32.pack(s.fileno()),
                               2)[0] == -errno.ENOENT
         finally:
             s.close()

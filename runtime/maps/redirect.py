@@ -28,8 +28,9 @@ from __future__ import annotations
 import errno
 import struct
 
-from .base import (BPF_EXIST, BPF_F_NUMA_NODE, BPF_F_RDONLY, BPF_F_WRONLY, BPF_NOEXIST,
-                   HEADER_SIZE, Map, Memory, check)
+from pybpf.uapi import BPF_EXIST, BPF_F_NUMA_NODE, BPF_F_RDONLY, BPF_F_WRONLY, BPF_NOEXIST
+
+from .base import HEADER_SIZE, Map, Memory, check
 
 DEV_CREATE_FLAG_MASK = BPF_F_NUMA_NODE | BPF_F_RDONLY | BPF_F_WRONLY
 CPU_MAP_MAX_QSIZE = 16384
