@@ -66,6 +66,7 @@ from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_W
                         round_up, sys_mmap, sys_munmap)
 from .memory import PROC, Buffer, Region
 from .xdp_buff import SKB_SHARED_INFO_ROOM, XDP_FRAME_SZ, XdpBuff
+from .skb_buff import SkbBuff
 
 MAP_32BIT = 0x40
 # Where MAP_32BIT mappings land on x86-64 (the kernel searches [1 GiB, 2 GiB)): the only run
@@ -265,6 +266,8 @@ class RunContext:
         self._low: LowMemory | None = None   # the packet mapping, pooled again by release()
         self.xdp = None                     # an xdp run's XdpBuff (the packet helpers' state)
         self.redirect = None                # where a redirect helper sent the packet (Redirect)
+        self.skb = None                     # an __sk_buff run's SkbBuff (the packet helpers')
+        self.clones: list = []              # bpf_clone_redirect's copies (helpers_skb.Clone)
 
     def finish(self, r0: int | None) -> None:
         """Collect ``last_mem``/``last_data``/``last_ctx`` (r0 is None when the run failed)."""
@@ -276,6 +279,7 @@ class RunContext:
         low, self._low = self._low, None
         if low is not None:
             self.regions, self.fast, self.packet, self.xdp = [], None, None, None
+            self.skb = None
             _release_low(low)
 
 
@@ -477,14 +481,17 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
     pkt_region = Region(paddr, len(packet), "packet", writable, low)
     rc.regions += [Region(caddr, ctypes.sizeof(SkBuff), "ctx", True, low), pkt_region]
     rc.fast = pkt_region if writable and packet else None
-    rc.packet = PROC[paddr:paddr + len(packet)]
+    # the packet helpers' sk_buff (skb_buff.py), also the view ld_abs/ld_ind read
+    sb = rc.skb = rc.packet = SkbBuff(skb, caddr, fstart - SKB_HEADROOM,
+                                      low.address + low.size, paddr, len(packet), pkt_region,
+                                      low, pull == 0)
     rc.r1 = caddr
 
     def finish(r0):
         after = SkBuff.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(SkBuff)])
         rc.last_ctx = after
         # data_out as BPF_PROG_TEST_RUN gives it: a pulled Ethernet header comes back zeroed
-        rc.last_data = bytes(pull) + low.read(paddr, len(packet))
+        rc.last_data = sb.out()
         if r0 is not None and not isinstance(ctx, dict) and ctx is not None:
             _write_back(ctx, bytes(after))
     rc._finish = finish

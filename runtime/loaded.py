@@ -91,6 +91,7 @@ class LoadedProgram:
         self.last_ctx = None                    # the context after the last run
         self.last_insn_count: int | None = None  # instructions executed (interpreter)
         self.last_redirect = None               # where the last run redirected the packet
+        self.last_clones: list = []             # bpf_clone_redirect's copies (helpers_skb.Clone)
         self.closed = False
         self._interp = self._jit = None
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
@@ -139,7 +140,11 @@ class LoadedProgram:
         packet = rc.packet
         if packet is None:
             raise VMError("ld_abs/ld_ind needs a socket-filter context: run with data=<packet>")
-        if isinstance(packet, memoryview) and not packet.readonly:
+        if packet is rc.skb:
+            # the live sk_buff: the packet helpers move the descriptor with the packet
+            packet.ld_desc = self._packet_desc
+            address = packet.data
+        elif isinstance(packet, memoryview) and not packet.readonly:
             address = ctypes.addressof(ctypes.c_char.from_buffer(packet)) if len(packet) else 0
         else:
             rc.jit_packet = Buffer(len(packet), init=bytes(packet))
@@ -195,6 +200,7 @@ class LoadedProgram:
         self.last_mem = rc.last_mem
         self.last_data, self.last_ctx = rc.last_data, rc.last_ctx
         self.last_redirect = redirect_of(rc, r0)
+        self.last_clones = rc.clones
         self.last_insn_count = session.executed if session is not None else None
 
     def run(self, mem=None, *, ctx=None, data=None, trace=None,

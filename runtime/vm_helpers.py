@@ -27,6 +27,7 @@ from pybpf.helper_names import HELPER_IDS
 
 from pybpf.verifier import protos
 
+from . import helpers_skb
 from .helpers import ACTIVE_REGIONS, Helper
 from .map_helpers import make_helpers, make_kfuncs
 from .maps.arena import Arena
@@ -149,3 +150,4 @@ def install(helpers, resolve_map) -> None:
     for name in ("tail_call", "loop"):
         helpers.add(Helper(HELPER_IDS[name], name, _special(name), protos.helper_proto(name),
                            special=name))
+    helpers_skb.install(helpers)

@@ -270,7 +270,7 @@ def test_flow_dissector_context_keys_and_clamping():
     assert lp.run(data=pkt) == 0x0008                     # n_proto as stored (__be16)
     keys = lp.last_ctx
     assert (keys.nhoff, keys.thoff) == (len(pkt), len(pkt))
-    assert lp.last_data == bytes(keys)      # data_out: the 56 bytes of the keys, as the kernel
+    assert lp.last_data == bytes(keys)              # data_out: the 56-byte keys
     lp.run(data=pkt, ctx={"flags": 1})
     assert lp.last_ctx.flags == 1
     with pytest.raises(VMError, match="only flags"):

@@ -22,7 +22,7 @@ helper``); ``tests/test_protos.py`` re-measures it against the running kernel.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pybpf.helper_names import HELPER_IDS, HELPER_NAMES  # noqa: F401  (re-exported)
 from pybpf.kfunc_ids import KFUNC_IDS
@@ -308,6 +308,14 @@ def _h(name: str, ret: str, *args: str, gpl: bool = False, pkt: bool = False,
                      changes_pkt_data=changes_pkt_data)
 
 
+def _skb(proto: Prototype, moves: bool = False) -> Prototype:
+    """``proto`` of a helper working on the run's socket buffer (r1 = the __sk_buff), which
+    pybpf's ``mem`` type has not; ``moves``: it may move or resize the packet (the kernel's
+    bpf_helper_changes_pkt_data)."""
+    return replace(proto, prog_types=proto.prog_types - {"mem"}, changes_pkt_data=moves)
+
+
+_MEM_RO_OR_NULL = ARG_PTR_TO_MEM + "|" + PTR_MAYBE_NULL + "|" + MEM_RDONLY
 MAP_PTR, KEY, VALUE, ANY = ARG_CONST_MAP_PTR, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE, ARG_ANYTHING
 _PROBE = (ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE_OR_ZERO, ANY)
 
@@ -367,6 +375,28 @@ _HELPER_ROWS = (
     _h("redirect_map", RET_INTEGER, MAP_PTR, ANY, ANY),
     _h("fib_lookup", RET_INTEGER, ARG_PTR_TO_CTX, ARG_PTR_TO_MEM + "|" + MEM_WRITE, ARG_CONST_SIZE,
        ANY, gpl=True),
+    # socket-buffer packets (net/core/filter.c; runtime/helpers_skb.py). moves=True marks the
+    # kernel's bpf_helper_changes_pkt_data: the verifier forgets every packet pointer after them
+    _skb(_h("skb_store_bytes", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_MEM_RDONLY,
+            ARG_CONST_SIZE, ANY), moves=True),
+    _skb(_h("skb_load_bytes", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_UNINIT_MEM,
+            ARG_CONST_SIZE)),
+    _skb(_h("skb_load_bytes_relative", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_UNINIT_MEM,
+            ARG_CONST_SIZE, ANY)),
+    _skb(_h("skb_pull_data", RET_INTEGER, ARG_PTR_TO_CTX, ANY), moves=True),
+    _skb(_h("skb_change_tail", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
+    _skb(_h("skb_change_head", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
+    _skb(_h("skb_adjust_room", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY, ANY), moves=True),
+    _skb(_h("l3_csum_replace", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY, ANY, ANY), moves=True),
+    _skb(_h("l4_csum_replace", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY, ANY, ANY), moves=True),
+    _h("csum_diff", RET_INTEGER, _MEM_RO_OR_NULL, ARG_CONST_SIZE_OR_ZERO, _MEM_RO_OR_NULL,
+       ARG_CONST_SIZE_OR_ZERO, ANY, pkt=True),
+    _skb(_h("csum_update", RET_INTEGER, ARG_PTR_TO_CTX, ANY)),
+    _skb(_h("skb_get_tunnel_key", RET_INTEGER, ARG_PTR_TO_CTX, ARG_PTR_TO_UNINIT_MEM,
+            ARG_CONST_SIZE, ANY)),
+    _skb(_h("skb_set_tunnel_key", RET_INTEGER, ARG_PTR_TO_CTX, ARG_PTR_TO_MEM_RDONLY,
+            ARG_CONST_SIZE, ANY)),
+    _skb(_h("clone_redirect", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
 )
 
 HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS}
