@@ -319,3 +319,22 @@ def test_tc_redirect(flags, ret, redir):
             assert kb.test_run(fd, data=PKT, data_out_size=256)[0] == ret
         finally:
             os.close(fd)
+
+
+def test_adjust_meta_semantics_unverified():
+    # Linux 6.18 as built here refuses bpf_xdp_adjust_meta for XDP at load (no kernel answer to
+    # compare with); its run-time rules (net/core/filter.c) are checked on unverified loads:
+    # -EINVAL below the xdp_frame or above data, -EACCES for a length that is not a multiple
+    # of 4 (above 255 cannot happen in a 256-byte headroom); data_out then starts at data_meta.
+    def meta(delta):
+        lp = _unverified(f"r2 = {delta}\ncall bpf_xdp_adjust_meta\nexit")
+        return lp.run(data=PKT) & M32, lp.last_data
+    assert meta(-8) == (0, bytes(8) + PKT)
+    assert meta(-6) == (-errno.EACCES & M32, PKT)
+    assert meta(-216) == (0, bytes(216) + PKT)               # down to the xdp_frame
+    assert meta(-220) == (EINVAL, PKT)
+    assert meta(4) == (EINVAL, PKT)                          # above data
+    # the head moves the metadata with it
+    lp = _unverified("r6 = r1\nr2 = -4\ncall bpf_xdp_adjust_meta\nr1 = r6\nr2 = 10\n"
+                     "call bpf_xdp_adjust_head\nexit")
+    assert (lp.run(data=PKT), lp.last_data) == (0, bytes(4) + PKT[10:])
