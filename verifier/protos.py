@@ -91,11 +91,13 @@ KF_ARG_PTR_TO_CTX = "KF_ARG_PTR_TO_CTX"
 KF_ARG_PTR_TO_MEM = "KF_ARG_PTR_TO_MEM"
 KF_ARG_PTR_TO_MEM_SIZE = "KF_ARG_PTR_TO_MEM_SIZE"   # a pointer followed by its ``__sz`` size
 KF_ARG_CONST = "KF_ARG_CONST"                   # a ``__k`` parameter: a known constant
+KF_ARG_PTR_TO_ITER = "KF_ARG_PTR_TO_ITER"       # ``struct bpf_iter_<type> *`` on the stack
 
 # KF_* flags (include/linux/btf.h)
 KF_ACQUIRE, KF_RELEASE, KF_RET_NULL = "KF_ACQUIRE", "KF_RELEASE", "KF_RET_NULL"
 KF_TRUSTED_ARGS, KF_SLEEPABLE, KF_DESTRUCTIVE = "KF_TRUSTED_ARGS", "KF_SLEEPABLE", "KF_DESTRUCTIVE"
 KF_ARENA_RET, KF_ARENA_ARG1, KF_ARENA_ARG2 = "KF_ARENA_RET", "KF_ARENA_ARG1", "KF_ARENA_ARG2"
+KF_ITER_NEW, KF_ITER_NEXT, KF_ITER_DESTROY = "KF_ITER_NEW", "KF_ITER_NEXT", "KF_ITER_DESTROY"
 
 # the program types pybpf runs (runtime/contexts.py PROG_TYPES; ``mem`` is pybpf's own and may
 # call every helper pybpf implements, as BPF_PROG_TYPE_SYSCALL may call the tracing set)
@@ -202,7 +204,10 @@ class Prototype:
     gives the size of returned memory (``bpf_ringbuf_reserve``'s size); ``c_decl`` a kfunc's C
     declaration, for people reading the table; ``changes_pkt_data`` for helpers that may move
     the packet (bpf_helper_changes_pkt_data: every packet pointer is invalid after the call);
-    ``arg_size`` the byte size of each ``MEM_FIXED_SIZE`` argument (by argument index).
+    ``arg_size`` the byte size of each ``MEM_FIXED_SIZE`` argument (by argument index);
+    ``ret_size`` the size of the memory a kfunc's pointer return points to (``int *``: 4, the
+    kernel's ``meta.r0_size`` from the BTF return type); ``iter_type`` the ``<type>`` of the
+    ``struct bpf_iter_<type>`` a ``KF_ARG_PTR_TO_ITER`` argument takes, ``iter_size`` its size.
     """
 
     ret: str = RET_INTEGER
@@ -218,6 +223,9 @@ class Prototype:
     c_decl: str = ""
     changes_pkt_data: bool = False
     arg_size: tuple[int, ...] = ()
+    ret_size: int = 0
+    iter_type: str = ""
+    iter_size: int = 0
 
     def __post_init__(self) -> None:
         for kind in (self.ret, *self.args):
@@ -425,12 +433,44 @@ _KFUNC_ROWS = (
               name="bpf_arena_reserve_pages", kfunc_flags=frozenset({KF_ARENA_ARG2}),
               c_decl="int bpf_arena_reserve_pages(void *p__map, void __arena *ptr__ign, "
                      "u32 page_cnt)"),
+    # open-coded numeric iterator (kernel/bpf/bpf_iter.c; what bpf_for and bpf_repeat compile
+    # to): ``struct bpf_iter_num`` (8 bytes) lives on the program's stack (STACK_ITER slots);
+    # new takes it uninitialised and acquires a reference, destroy releases it
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_ITER + "|" + MEM_UNINIT, KF_ARG_SCALAR, KF_ARG_SCALAR),
+              name="bpf_iter_num_new", kfunc_flags=frozenset({KF_ITER_NEW}),
+              iter_type="num", iter_size=8,
+              c_decl="int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end)"),
+    Prototype("RET_PTR_TO_MEM|MEM_RDONLY|PTR_MAYBE_NULL", (KF_ARG_PTR_TO_ITER,),
+              name="bpf_iter_num_next", kfunc_flags=frozenset({KF_ITER_NEXT, KF_RET_NULL}),
+              ret_size=4, iter_type="num", iter_size=8,
+              c_decl="int *bpf_iter_num_next(struct bpf_iter_num *it)"),
+    Prototype(RET_VOID, (KF_ARG_PTR_TO_ITER + "|" + OBJ_RELEASE,),
+              name="bpf_iter_num_destroy", kfunc_flags=frozenset({KF_ITER_DESTROY}),
+              iter_type="num", iter_size=8,
+              c_decl="void bpf_iter_num_destroy(struct bpf_iter_num *it)"),
+    # string kfuncs (kernel/bpf/helpers.c): every string is ``__ign`` (no verifier check: the
+    # kfunc checks at run time, -ERANGE outside the kernel's address space, -EFAULT on a fault,
+    # -E2BIG past XATTR_SIZE_MAX); results are indexes or errors, never pointers
+    *(Prototype(RET_INTEGER, tuple(KF_ARG_IGNORE if "__ign" in a else KF_ARG_SCALAR
+                                   for a in params.split(", ")),
+                name=name, c_decl=f"int {name}({params})")
+      for name, params in (
+          ("bpf_strcmp", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strcasecmp", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strchr", "const char *s__ign, char c"),
+          ("bpf_strchrnul", "const char *s__ign, char c"),
+          ("bpf_strnchr", "const char *s__ign, size_t count, char c"),
+          ("bpf_strrchr", "const char *s__ign, int c"),
+          ("bpf_strlen", "const char *s__ign"),
+          ("bpf_strnlen", "const char *s__ign, size_t count"),
+          ("bpf_strspn", "const char *s__ign, const char *accept__ign"),
+          ("bpf_strcspn", "const char *s__ign, const char *reject__ign"),
+          ("bpf_strstr", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strnstr", "const char *s1__ign, const char *s2__ign, size_t len"))),
 )
 
 KFUNCS: dict[str, Prototype] = {
-    p.name: Prototype(p.ret, p.args, name=p.name, id=KFUNC_IDS[p.name], prog_types=p.prog_types,
-                      kfunc_flags=p.kfunc_flags, c_decl=p.c_decl)
-    for p in _KFUNC_ROWS}
+    p.name: replace(p, id=KFUNC_IDS[p.name]) for p in _KFUNC_ROWS}
 """Kfuncs pybpf implements, by name (``id`` is pybpf's kfunc id)."""
 
 KFUNCS_BY_ID: dict[int, Prototype] = {p.id: p for p in KFUNCS.values()}
