@@ -40,16 +40,10 @@ from pybpf.attach_types import section_attach_type
 from pybpf.verifier import verify as verify_program
 from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
-<<<<<<< HEAD:runtime/vm.py
-from . import helpers_xdp, vm_helpers
-from .contexts import canonical_type
-from .fib import FibTable
-from .helpers import HelperRegistry, Prototype, kernel_helpers
-=======
-from .runtime import vm_helpers
+from .runtime import helpers_xdp, vm_helpers
 from .runtime.contexts import canonical_type
+from .runtime.fib import FibTable
 from .runtime.helpers import HelperRegistry, Prototype, kernel_helpers
->>>>>>> main:pybpf/vm.py
 from .loaded import DEFAULT_INSN_LIMIT, ENGINES, LoadedProgram, check_limit
 from .runtime.loader import bind_declarations, program_arena, referenced_maps, resolve_values64
 from .runtime.maps import create_map
