@@ -1,10 +1,16 @@
 """A loaded program: one Program bound to its VM's maps, ready to run on one engine.
 
+This module and :mod:`pybpf.vm` are the facade above both engines: they import the runtime
+(interpreter, maps, helpers, contexts) and, on demand, the JIT; the runtime and the JIT never
+import each other (tests/test_layers.py checks it).
+
 ``lp.run(mem=b"...")`` (prog_type "mem") gives the program a private copy of ``mem`` (r1 = its
 address, r2 = its length; r1 = r2 = 0 without mem) and returns r0 as an unsigned 64-bit int;
 the copy's final contents are ``lp.last_mem``. ``lp.run(ctx=..., data=packet)`` builds the
 program type's kernel context (:mod:`pybpf.runtime.contexts`): ``lp.last_data`` is then the
-packet after the run and ``lp.last_ctx`` the context. The interpreter checks every memory access
+packet after the run and ``lp.last_ctx`` the context; ``lp.last_redirect`` is where a redirect
+helper sent the packet when the verdict acts on it (a
+:class:`~pybpf.runtime.helpers_xdp.Redirect`, else None). The interpreter checks every memory access
 against the run's regions (stack frames, the mem/ctx copy, the packet, the VM's map values and
 arena bands) and raises MemoryAccessError before touching anything else.
 """
@@ -15,11 +21,12 @@ import threading
 
 from pybpf.errors import VMError
 
-from .contexts import build_context
-from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
-from .interp import Interpreter
-from .maps.prog_array import ProgArrayMap
-from .memory import Buffer, Region, RegionTable
+from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, MEM_GUARD, build_context
+from .runtime.grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
+from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
+from .runtime.interp import Interpreter
+from .runtime.maps.prog_array import ProgArrayMap
+from .runtime.memory import Buffer, Region, RegionTable
 
 _libc = ctypes.CDLL(None)
 _libc.pthread_self.restype = ctypes.c_ulong
@@ -57,6 +64,17 @@ def check_limit(limit) -> int:
     return limit
 
 
+def jit_env(vm, arena=None, prog_type: str = "mem", packet_desc: int = 0, verified: bool = True,
+            budget_cell: int = 0):
+    """The :class:`pybpf.jit.env.JitEnv` a VM gives a program: its kfuncs and map resolver, the
+    run memory pool below 4 GiB (contexts and packets)."""
+    from pybpf.jit.env import JitEnv
+
+    return JitEnv(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map, prog_type=prog_type,
+                  packet_desc=packet_desc, low_pool=(LOW_POOL_START, LOW_POOL_END),
+                  verified=verified, budget_cell=budget_cell)
+
+
 class LoadedProgram:
     """A program ready to run on one engine; ``close()`` (or ``with``) releases it.
 
@@ -88,12 +106,14 @@ class LoadedProgram:
         self.last_data: bytes | None = None     # the packet after the last run
         self.last_ctx = None                    # the context after the last run
         self.last_insn_count: int | None = None  # instructions executed (interpreter)
+        self.last_redirect = None               # where the last run redirected the packet
         self.last_clones: list = []             # bpf_clone_redirect's copies (helpers_skb.Clone)
         self.closed = False
         self._interp = self._jit = None
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
         self._base_table: RegionTable | None = None
         self._plain_jit = False                 # JIT run needing no packet or region setup
+        self._plain_mem = False                 # ... and a "mem" program (run() inlines it)
         self._budget = None                     # the run budget of unverified JIT code
         # a program calling a helper that moves the packet (bpf_xdp_adjust_head...) gets no
         # inline fast-region check: its bounds would go stale; the region table moves instead
@@ -106,16 +126,15 @@ class LoadedProgram:
 
     def _compile(self, vm, prog, prog_type, name, arena, values64):
         from pybpf.jit import compile_program   # imported on demand: pulls in llvmlite.ir
-        from pybpf.jit.env import JitEnv
 
         # ld_abs/ld_ind read the run's packet through two u64 words: address, length.
         self._packet_desc = (ctypes.c_uint64 * 2)()
         self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
         # unverified code may loop for ever: it counts a run budget down at back edges
         self._budget = None if self.verified else (ctypes.c_int64 * 1)()
-        env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
-                             verified=self.verified,
-                             budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
+        env = jit_env(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
+                      verified=self.verified,
+                      budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
         if verify_result_facts(self.verify_result) is not None:
             env.facts = self.verify_result.facts    # the verifier's per-insn facts (insn_aux_data)
         jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env,
@@ -124,6 +143,7 @@ class LoadedProgram:
         # get the run's region table (ACTIVE_REGIONS); purely native code needs none.
         self._regions = jit.needs_gil
         self._plain_jit = not (self._ldabs or self._regions)
+        self._plain_mem = self._plain_jit and prog_type == "mem"
         return jit
 
     @property
@@ -196,6 +216,7 @@ class LoadedProgram:
         self.last_buffer = rc.buffer if self.prog_type == "mem" else None
         self.last_mem = rc.last_mem
         self.last_data, self.last_ctx = rc.last_data, rc.last_ctx
+        self.last_redirect = redirect_of(rc, r0)
         self.last_clones = rc.clones
         self.last_insn_count = session.executed if session is not None else None
 
@@ -208,15 +229,33 @@ class LoadedProgram:
         """
         if self.min_mem_size:
             self._check_mem_size(mem, ctx)
+        if self._plain_mem and trace is None and ctx is None and data is None \
+                and not self.closed:
+            # The commonest JIT run, a "mem" program, inlined without a RunContext: the
+            # private copy of mem (guarded, as build_context makes it), one native call, and
+            # what _finish records.
+            self.last_data = self.last_ctx = self.last_insn_count = None
+            buf = Buffer(len(mem), init=mem, guard=MEM_GUARD) if mem is not None and len(mem) \
+                else None
+            grace_enter()       # a read section, as below
+            try:
+                return self._jit._call(buf.address, buf.size) if buf is not None \
+                    else self._jit._call(0, 0)
+            finally:
+                grace_leave()
+                self.last_buffer = buf
+                self.last_mem = buf.bytes() if buf is not None else None
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
             rc = build_context(self.prog_type, mem, ctx, data)
             self._check_ctx_size(rc)
             r0 = None
+            grace_enter()
             try:
                 r0 = self._jit._call(rc.r1, rc.r2)
                 return r0
             finally:
+                grace_leave()
                 self._finish(rc, None, r0)
                 rc.release()
         return self._execute(mem, ctx, data, trace, insn_limit,
@@ -267,6 +306,7 @@ class LoadedProgram:
         r0 = None
         token = None
         run_token = ACTIVE_RUN.set(rc)
+        grace_enter()       # a read section: freed map elements wait until the run ends
         try:
             if session is None:
                 if getattr(rc, "jit_regions", None) is not None:
@@ -277,6 +317,7 @@ class LoadedProgram:
             r0 = out[0] if isinstance(out, tuple) else out
             return out
         finally:
+            grace_leave()
             if token is not None:
                 ACTIVE_REGIONS.reset(token)
             ACTIVE_RUN.reset(run_token)
@@ -300,6 +341,10 @@ class LoadedProgram:
             for m in list(getattr(self.vm, "_by_fd", {}).values()):
                 if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs):
                     m.refresh_native()
+            # a run in another thread may have tail-called in before the entry went: its code
+            # is freed after the runs that started before this point have ended
+            if not in_read_section():
+                wait(retire(), timeout=10.0)
             jit.close()
         release = getattr(self.vm, "release_closed", None)
         if release is not None:
@@ -320,6 +365,16 @@ def _moves_packet(prog, helpers) -> bool:
             if h is not None and getattr(h.prototype, "changes_pkt_data", False):
                 return True
     return False
+
+
+def redirect_of(rc, r0):
+    """The run's :class:`~pybpf.runtime.helpers_xdp.Redirect` when the program's verdict sends
+    the packet to it (XDP_REDIRECT for xdp, TC_ACT_REDIRECT for tc), else None."""
+    target = getattr(rc, "redirect", None)
+    if target is None or r0 is None:
+        return None
+    want = {"xdp": 4, "sched_cls": 7}.get(rc.prog_type)
+    return target if want is not None and (r0 & 0xFFFFFFFF) == want else None
 
 
 def verify_result_facts(result):
