@@ -96,7 +96,8 @@ class LoadedProgram:
         self._budget = None                     # the run budget of unverified JIT code
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
-                                       resolve_map=vm.resolve_map, same_value=not verified)
+                                       resolve_map=vm.resolve_map, same_value=not verified,
+                                       facts=verify_result_facts(verify_result))
         else:
             self._jit = self._compile(vm, prog, prog_type, name, arena, values64)
 

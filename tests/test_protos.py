@@ -24,7 +24,9 @@ from pybpf.verifier import protos
 
 KERNEL = kernel_bpf.available()
 PROG_TYPE_IDS = {t: uapi.PROG_TYPE_IDS[t] for t in (
-    "socket_filter", "kprobe", "sched_cls", "tracepoint", "xdp", "cgroup_skb", "lwt_in", "syscall")}
+    "socket_filter", "kprobe", "sched_cls", "tracepoint", "xdp", "cgroup_skb", "lwt_in", "syscall",
+    "perf_event", "cgroup_sock", "lwt_out", "lwt_xmit", "sock_ops", "sk_msg", "raw_tracepoint",
+    "cgroup_sock_addr", "flow_dissector", "sk_lookup")}
 FULL = os.environ.get("PYBPF_FULL_KERNEL_CHECK") == "1"
 
 
@@ -190,6 +192,8 @@ def _kernel_load(prog_type: str, prog: pybpf.Program, license: str = "GPL") -> t
                      ctypes.addressof(code), ctypes.addressof(lic), 1, len(log),
                      ctypes.addressof(log))
     struct.pack_into("<I", attr, 44, 1 << 4 if prog_type == "syscall" else 0)  # sleepable
+    import kernel_verifier                 # the attach type the type needs (EINVAL without)
+    struct.pack_into("<I", attr, 68, kernel_verifier.attach_id(prog_type, None))
     try:
         fd = kernel_bpf._bpf(kernel_bpf.BPF_PROG_LOAD, attr, "prog_load")
     except OSError as e:

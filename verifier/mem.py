@@ -603,6 +603,8 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
         # no convert_ctx_access: the kernel checks the last byte (check_mem_access, BPF_B)
         _ctx_access(chk, regno, reg, size - 1, 1, write, -1, False)
     elif t == PTR_TO_STACK:
+        if size == 0:           # check_stack_range_initialized (a ringbuf's zero key_size)
+            chk.error("invalid zero-sized read")
         _stack_access(chk, regno, reg, 0, size, write, -1, None, False, helper=True)
         _helper_stack_effect(chk, reg, size, write)
     elif t == PTR_TO_ARENA:

@@ -101,7 +101,7 @@ KF_ARENA_RET, KF_ARENA_ARG1, KF_ARENA_ARG2 = "KF_ARENA_RET", "KF_ARENA_ARG1", "K
 # call every helper pybpf implements, as BPF_PROG_TYPE_SYSCALL may call the tracing set)
 PROG_TYPES = ("mem", "syscall", "socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "xdp",
               "tracepoint", "kprobe", "lwt_out", "lwt_xmit", "flow_dissector", "raw_tracepoint",
-              "sk_lookup", "cgroup_sock", "cgroup_sock_addr")
+              "sk_lookup", "cgroup_sock", "cgroup_sock_addr", "sk_msg", "sock_ops", "perf_event")
 
 # Which helper ids each program type's get_func_proto returns, measured on Linux 6.18 by
 # loading ``call N; r0 = 0; exit`` (syscall programs loaded sleepable, as 6.18 requires):
