@@ -217,7 +217,7 @@ def _stack_only(prog) -> bool:
 
 def check_engines(case: dict):
     from .program import Program
-    from .runtime.vm import VM
+    from .vm import VM
     try:
         prog = Program.from_bytes(bytes.fromhex(case["hex"]))
     except BPFError:

@@ -8,6 +8,23 @@ KFUNC_IDS: dict[str, int] = {
     "bpf_arena_alloc_pages": 1001,
     "bpf_arena_free_pages": 1002,
     "bpf_arena_reserve_pages": 1003,
+    # open-coded numeric iterator (kernel/bpf/bpf_iter.c)
+    "bpf_iter_num_new": 1010,
+    "bpf_iter_num_next": 1011,
+    "bpf_iter_num_destroy": 1012,
+    # string kfuncs (kernel/bpf/helpers.c)
+    "bpf_strcmp": 1020,
+    "bpf_strcasecmp": 1021,
+    "bpf_strchr": 1022,
+    "bpf_strchrnul": 1023,
+    "bpf_strnchr": 1024,
+    "bpf_strrchr": 1025,
+    "bpf_strlen": 1026,
+    "bpf_strnlen": 1027,
+    "bpf_strspn": 1028,
+    "bpf_strcspn": 1029,
+    "bpf_strstr": 1030,
+    "bpf_strnstr": 1031,
 }
 
 KFUNC_NAMES: dict[int, str] = {v: k for k, v in KFUNC_IDS.items()}

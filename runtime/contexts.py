@@ -63,6 +63,7 @@ from pybpf.errors import BPFError, VMError
 from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE,
                         round_up, sys_mmap, sys_munmap)
 from .memory import PROC, Buffer, Region
+from .skb_buff import SkbBuff
 
 MAP_32BIT = 0x40
 # Where MAP_32BIT mappings land on x86-64 (the kernel searches [1 GiB, 2 GiB)): the only run
@@ -310,6 +311,8 @@ class RunContext:
         self.last_ctx = None
         self._finish = None
         self._low: LowMemory | None = None   # the packet mapping, pooled again by release()
+        self.skb = None                     # an __sk_buff run's SkbBuff (the packet helpers')
+        self.clones: list = []              # bpf_clone_redirect's copies (helpers_skb.Clone)
 
     def finish(self, r0: int | None) -> None:
         """Collect ``last_mem``/``last_data``/``last_ctx`` (r0 is None when the run failed)."""
@@ -321,6 +324,7 @@ class RunContext:
         low, self._low = self._low, None
         if low is not None:
             self.regions, self.fast, self.packet = [], None, None
+            self.skb = None
             _release_low(low)
 
 
@@ -526,14 +530,17 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
     pkt_region = Region(paddr, len(packet), "packet", writable, low)
     rc.regions += [Region(caddr, ctypes.sizeof(SkBuff), "ctx", True, low), pkt_region]
     rc.fast = pkt_region if writable and packet else None
-    rc.packet = PROC[paddr:paddr + len(packet)]
+    # the packet helpers' sk_buff (skb_buff.py), also the view ld_abs/ld_ind read
+    sb = rc.skb = rc.packet = SkbBuff(skb, caddr, fstart - SKB_HEADROOM,
+                                      low.address + low.size, paddr, len(packet), pkt_region,
+                                      low, pull == 0)
     rc.r1 = caddr
 
     def finish(r0):
         after = SkBuff.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(SkBuff)])
         rc.last_ctx = after
         # data_out as BPF_PROG_TEST_RUN gives it: a pulled Ethernet header comes back zeroed
-        rc.last_data = bytes(pull) + low.read(paddr, len(packet))
+        rc.last_data = sb.out()
         if r0 is not None and not isinstance(ctx, dict) and ctx is not None:
             _write_back(ctx, bytes(after))
     rc._finish = finish
@@ -584,8 +591,8 @@ def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
     nhoff = thoff = 14 and ``flags`` from ``ctx`` (a BpfFlowKeys or dict with only flags set;
     anything else is the kernel's EINVAL). After the run nhoff and thoff are clamped to the
     frame as the kernel clamps them; ``last_ctx`` is the keys and ``last_data`` the kernel's
-    data_out: the keys' bytes cut or zero-padded to the frame's length (what Linux 6.18
-    returns; checked in tests/test_corpus.py)."""
+    data_out: the 56 bytes of the keys (bpf_test_finish of ``sizeof(flow_keys)``, whatever the
+    frame's length; checked in tests/test_corpus.py)."""
     frame = bytes(data) if data is not None else b""
     if len(frame) < ETH_HLEN:
         raise VMError(f"flow_dissector: data of {len(frame)} bytes is shorter than the Ethernet "
@@ -621,8 +628,8 @@ def _flow_dissector_context(rc: RunContext, ctx, data) -> None:
         k.nhoff = min(max(k.nhoff, ETH_HLEN), len(frame))
         k.thoff = min(max(k.thoff, k.nhoff), len(frame))
         rc.last_ctx = BpfFlowKeys.from_buffer_copy(bytes(k))
-        # Linux 6.18's data_out has the frame's length: the keys, cut or zero-padded to it
-        rc.last_data = bytes(k)[:len(frame)].ljust(len(frame), b"\0")
+        # Linux 6.18's data_out is the keys themselves (data_size_out = 56)
+        rc.last_data = bytes(k)
     rc._finish = finish
 
 

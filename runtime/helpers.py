@@ -52,6 +52,10 @@ PTR_STR = protos.ARG_PTR_TO_CONST_STR           # a NUL-terminated string the he
 ACTIVE_REGIONS: contextvars.ContextVar = contextvars.ContextVar("pybpf_active_regions",
                                                                  default=None)
 _NO_REGIONS = RegionTable()
+# The active run's RunContext (runtime/contexts.py), for helpers that act on the run itself
+# rather than on memory: the XDP head/tail helpers (its ``xdp`` buffer), the redirect helpers
+# (``redirect``). None outside a run.
+ACTIVE_RUN: contextvars.ContextVar = contextvars.ContextVar("pybpf_active_run", default=None)
 
 
 @dataclass(frozen=True)

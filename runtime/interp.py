@@ -136,6 +136,8 @@ class Run:
         other = object.__new__(Run)
         other.__dict__.update(self.__dict__)
         other.funcs, other._tail_entries = {}, {}
+        if interp.moves_packet:     # its packet may move: no inline fast-region bounds
+            other.mlo, other.mhi = 1, 0
         tracer = None
         if self.tracer is not None:
             tracer = Tracer(interp.prog, self.tracer.callback, self.regions, interp.arena)
@@ -364,6 +366,12 @@ class Interpreter:
         self.offs = {pc: insn.off for pc, form, insn in prog.instructions() if form.size}
         self.values64 = dict(values64 or {})
         self.cfg = cfg if cfg is not None else _cfg(prog)
+        # calls a helper that may move or resize the packet (bpf_helper_changes_pkt_data)
+        self.moves_packet = any(
+            form.kind == "call" and form.op == "helper" and helpers is not None
+            and getattr(getattr(helpers.get(insn.imm), "prototype", None), "changes_pkt_data",
+                        False)
+            for _pc, form, insn in prog.instructions())
         # typed: the verifier's facts classify every memory access (arena or not); an access
         # it saw through different pointer kinds on different paths keeps the range rule
         self.arena_pcs, self.typed = arena_accesses(prog, facts)

@@ -27,7 +27,9 @@ from pybpf.helper_names import HELPER_IDS
 
 from pybpf.verifier import protos
 
+from . import helpers_skb
 from .helpers import ACTIVE_REGIONS, Helper
+from . import kfuncs_iter, kfuncs_string
 from .map_helpers import make_helpers, make_kfuncs
 from .maps.arena import Arena
 from .maps.base import PAGE_SHIFT
@@ -127,9 +129,17 @@ def _special(name: str):
 
 
 def install_kfuncs(kfuncs, resolve_map) -> None:
-    """Add the arena kfuncs to ``kfuncs`` (a HelperRegistry) under pybpf.kfunc_ids."""
+    """Add the kfuncs to ``kfuncs`` (a HelperRegistry) under pybpf.kfunc_ids: the arena ones
+    (map_helpers), the open-coded iterators (kfuncs_iter) and the string kfuncs
+    (kfuncs_string)."""
     for kid, mk in make_kfuncs(resolve_map).items():
         kfuncs.add(Helper(kid, mk.name, mk.fn, protos.KFUNCS_BY_ID[kid]))
+    for name, fn in kfuncs_iter.KFUNC_FNS.items():
+        proto = protos.kfunc(name)
+        kfuncs.add(Helper(proto.id, name, fn, proto, mem_args=kfuncs_iter.iter_mem_args))
+    for name, fn in kfuncs_string.KFUNC_FNS.items():
+        proto = protos.kfunc(name)
+        kfuncs.add(Helper(proto.id, name, fn, proto, mem_args=kfuncs_string.no_mem_args))
 
 
 def install(helpers, resolve_map) -> None:
@@ -149,3 +159,4 @@ def install(helpers, resolve_map) -> None:
     for name in ("tail_call", "loop"):
         helpers.add(Helper(HELPER_IDS[name], name, _special(name), protos.helper_proto(name),
                            special=name))
+    helpers_skb.install(helpers)

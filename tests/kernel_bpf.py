@@ -174,7 +174,9 @@ def test_run(prog_fd: int, ctx: bytes | None = None, data: bytes | None = None,
     struct.pack_into("<QQI", attr, 16, _addr(d), _addr(dout), 0)
     struct.pack_into("<IIQQ", attr, 40, len(ctx or b""), ctx_out_size, _addr(c), _addr(cout))
     _bpf(BPF_PROG_TEST_RUN, attr, "prog_test_run")
-    retval, size_out = struct.unpack_from("<II", attr, 4)
+    # test.retval at 4, test.data_size_out at 12 (the kernel writes the output's real size:
+    # XDP head/tail adjustments change it)
+    retval, size_out = struct.unpack_from("<I", attr, 4)[0], struct.unpack_from("<I", attr, 12)[0]
     csize = struct.unpack_from("<I", attr, 44)[0]
     # without ctx_out (syscall programs take none) the kernel writes ctx back into ctx_in
     ctx_after = cout.raw[:csize] if cout is not None else (c.raw if c is not None else b"")

@@ -58,7 +58,7 @@ def _cycle(vm, kind: str):
 
 
 def measure(counts: dict[str, int]) -> dict[str, dict]:
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM(seed=1)
     vm.create_map("hash", 4, 8, 4, name="h")
@@ -104,7 +104,7 @@ def test_ten_thousand_cycles_leave_rss_flat():
 # -- limits with clear errors -------------------------------------------------------------------
 
 def test_map_count_limit():
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM(max_maps=3)
     ms = [vm.create_map("array", 4, 8, 1) for _ in range(3)]
@@ -116,7 +116,7 @@ def test_map_count_limit():
 
 
 def test_map_memory_limit_counts_arena_pages():
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM(max_map_bytes=1 << 20)
     vm.create_map("array", 4, 1024, 512)            # 512 KiB
@@ -129,7 +129,7 @@ def test_map_memory_limit_counts_arena_pages():
 def test_program_size_limit():
     from pybpf.insn import make
     from pybpf.program import Program
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     prog = Program(make("mov64_imm", 0, imm=0) * 1_000_000 + make("exit"))
     with pytest.raises(VMError, match="too large"):

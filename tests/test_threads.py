@@ -84,7 +84,7 @@ def program(arr_fd: int, hash_fd: int) -> str:
 
 def one_run(seconds: float, seed: int) -> dict:
     """One 8-thread run; returns its figures."""
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM(seed=seed)
     arr = vm.create_map("array", 4, 8, 1, name="arr")

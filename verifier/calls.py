@@ -37,7 +37,7 @@ import os
 from pybpf import isa
 from pybpf.uapi import BPF_F_RDONLY_PROG, MAP_TYPE_IDS
 
-from . import bounds, protos
+from . import bounds, iters, protos
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
                      ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_DONTCARE, ARG_PTR_TO_CONST_STR,
                      ARG_PTR_TO_CTX, ARG_PTR_TO_FUNC, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE,
@@ -591,25 +591,30 @@ def check_kfunc_call(chk, pc: int, insn) -> None:
         chk.error(f"calling kernel function {name} is not allowed", errno.EACCES)
     if protos.KF_SLEEPABLE in proto.kfunc_flags and not _sleepable(chk):
         chk.error(f"program must be sleepable to call sleepable kfunc {name}", errno.EACCES)
-    map_arg = None
+    meta: dict = {}
     for i, kind in enumerate(proto.args):
         regno = i + 1
-        if kind == protos.KF_ARG_IGNORE:
+        base, kflags = split_kind(kind)
+        if base == protos.KF_ARG_IGNORE:
             continue
         reg = chk.check_reg_read(regno)
-        if kind in (protos.KF_ARG_SCALAR, protos.KF_ARG_CONST):
+        if base in (protos.KF_ARG_SCALAR, protos.KF_ARG_CONST):
             if reg.type != SCALAR_VALUE:
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
-            if kind == protos.KF_ARG_CONST and not reg.var.is_const():
+            if base == protos.KF_ARG_CONST and not reg.var.is_const():
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
-        elif kind == protos.KF_ARG_PTR_TO_MAP:
+        elif base == protos.KF_ARG_PTR_TO_MAP:
             if reg.type != CONST_PTR_TO_MAP:
                 chk.error(f"pointer in R{regno} isn't map pointer", errno.EINVAL)
-            map_arg = reg.map
-        elif kind == protos.KF_ARG_PTR_TO_CTX:
+        elif base == protos.KF_ARG_PTR_TO_CTX:
             if reg.type != PTR_TO_CTX:
                 chk.error(f"arg#{i} expected pointer to ctx, but got {reg.type_str()}",
                           errno.EINVAL)
+        elif base == protos.KF_ARG_PTR_TO_ITER:
+            # iterator kfuncs take trusted arguments (KF_ITER_* implies KF_TRUSTED_ARGS)
+            if _is_null(reg) or reg.flags & PTR_MAYBE_NULL:
+                chk.error(f"Possibly NULL pointer passed to trusted arg{i}")
+            iters.process_iter_arg(chk, regno, proto, pc, meta)
         else:
             chk.error(f"verifier bug: unsupported kfunc arg kind {kind}", errno.EFAULT)
     # (a map that is not an arena is the kfunc's business at run time: NULL, nothing or
@@ -617,8 +622,12 @@ def check_kfunc_call(chk, pc: int, insn) -> None:
     regs = chk.state.cur.regs
     for r in CALLER_SAVED:
         regs[r] = NOT_INIT_REG
+    ret_base, _ = proto.ret_kind()
     if proto.ret == protos.RET_VOID:
         _set_r0(chk, NOT_INIT_REG)
+    elif protos.KF_ITER_NEXT in proto.kfunc_flags:
+        iters.set_next_return(chk, proto, meta)
+        iters.process_iter_next_call(chk, pc, meta)
     else:       # int, and void * (an arena address): unknown scalars
         _set_r0(chk, Reg.scalar(None, chk.origin(name)))
 

@@ -22,7 +22,7 @@ from pybpf.errors import VerifierError
 from pybpf.insn import imm64
 from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
-from . import bounds, mem
+from . import bounds, iters, mem
 from .log import Log
 from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MAYBE_NULL,
                     PTR_TO_ARENA, PTR_TO_CTX, PTR_TO_FUNC, PTR_TO_MAP_VALUE, PTR_TO_PACKET,
@@ -81,6 +81,8 @@ class Checker:
         from .liveness import liveness
         self.live_before = liveness(cfg, prog.instructions(), strong=False).before
         self.loop_points = _loop_points(prog, self.calls)
+        for p in iters.iter_next_pcs(prog, env):     # iterator next calls: forced checkpoints
+            self.loop_points[p] = "iter_next"
         self.prune_points |= set(self.loop_points)
         self.insn_processed = 0
         self.jmps_processed = self.prev_jmps = self.prev_insns = 0
@@ -260,6 +262,14 @@ class Checker:
                 if states_equal(cp.state, st, exact=False, live=live):
                     cp.hits += 1
                     return True
+            elif special == "iter_next":
+                # an iterator's next call reached again on the path exploring it: a state
+                # within the old one with the iterator still active is covered by it (the
+                # loop converged); otherwise no infinite-loop check (iterators terminate)
+                if states_equal(cp.state, st, exact=False, live=live) and \
+                        iters.iter_active(st, st.cur.regs[1]):
+                    cp.hits += 1
+                    return True
             elif special == "callback":
                 # a callback-calling insn reached again within a state still being explored
                 if states_equal(cp.state, st, exact=False, live=live):
@@ -272,6 +282,7 @@ class Checker:
                     return True
                 if cp.state.may_goto_depth == st.may_goto_depth and \
                         _unroll(cp.state) == _unroll(st) and \
+                        iters.active_depths(cp.state) == iters.active_depths(st) and \
                         states_equal(cp.state, st, exact=True) and _on_path(cp, st):
                     self.error(f"infinite loop detected at insn {pc}", errno.EINVAL)
             cp.miss += 1

@@ -83,6 +83,8 @@ def state_str(state, written: set | None = None) -> str:
             continue
         if slot.spilled is not None and slot.types[7] == STACK_SPILL:
             out.append(f"fp{-(spi + 1) * 8}={reg_str(slot.spilled, f.frameno)}")
+        elif hasattr(slot.spilled, "describe"):     # an iterator: iter_num(ref_id=1,...)
+            out.append(f"fp{-(spi + 1) * 8}={slot.spilled.describe()}")
         else:
             out.append(f"fp{-(spi + 1) * 8}={slot.types}")
     return " ".join(out)

@@ -510,6 +510,11 @@ def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed:
         if value_regno >= 0:
             chk.set_reg(value_regno, reg)
         return
+    for i in range(size):
+        # iterator, dynptr and irq-flag bytes are the kernel's objects, never program data
+        c = stype[(-off - 1 - i) % BPF_REG_SIZE]
+        if c in "dif":
+            chk.error(f"invalid read from stack off {off}+{i} size {size}")
     if value_regno < 0:
         return
     zero = all(stype[idx] == STACK_ZERO for _, idx in _slot_bytes(off, size))

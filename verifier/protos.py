@@ -22,7 +22,7 @@ helper``); ``tests/test_protos.py`` re-measures it against the running kernel.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pybpf.helper_names import HELPER_IDS, HELPER_NAMES  # noqa: F401  (re-exported)
 from pybpf.kfunc_ids import KFUNC_IDS
@@ -91,11 +91,13 @@ KF_ARG_PTR_TO_CTX = "KF_ARG_PTR_TO_CTX"
 KF_ARG_PTR_TO_MEM = "KF_ARG_PTR_TO_MEM"
 KF_ARG_PTR_TO_MEM_SIZE = "KF_ARG_PTR_TO_MEM_SIZE"   # a pointer followed by its ``__sz`` size
 KF_ARG_CONST = "KF_ARG_CONST"                   # a ``__k`` parameter: a known constant
+KF_ARG_PTR_TO_ITER = "KF_ARG_PTR_TO_ITER"       # ``struct bpf_iter_<type> *`` on the stack
 
 # KF_* flags (include/linux/btf.h)
 KF_ACQUIRE, KF_RELEASE, KF_RET_NULL = "KF_ACQUIRE", "KF_RELEASE", "KF_RET_NULL"
 KF_TRUSTED_ARGS, KF_SLEEPABLE, KF_DESTRUCTIVE = "KF_TRUSTED_ARGS", "KF_SLEEPABLE", "KF_DESTRUCTIVE"
 KF_ARENA_RET, KF_ARENA_ARG1, KF_ARENA_ARG2 = "KF_ARENA_RET", "KF_ARENA_ARG1", "KF_ARENA_ARG2"
+KF_ITER_NEW, KF_ITER_NEXT, KF_ITER_DESTROY = "KF_ITER_NEW", "KF_ITER_NEXT", "KF_ITER_DESTROY"
 
 # the program types pybpf runs (runtime/contexts.py PROG_TYPES; ``mem`` is pybpf's own and may
 # call every helper pybpf implements, as BPF_PROG_TYPE_SYSCALL may call the tracing set)
@@ -202,7 +204,10 @@ class Prototype:
     gives the size of returned memory (``bpf_ringbuf_reserve``'s size); ``c_decl`` a kfunc's C
     declaration, for people reading the table; ``changes_pkt_data`` for helpers that may move
     the packet (bpf_helper_changes_pkt_data: every packet pointer is invalid after the call);
-    ``arg_size`` the byte size of each ``MEM_FIXED_SIZE`` argument (by argument index).
+    ``arg_size`` the byte size of each ``MEM_FIXED_SIZE`` argument (by argument index);
+    ``ret_size`` the size of the memory a kfunc's pointer return points to (``int *``: 4, the
+    kernel's ``meta.r0_size`` from the BTF return type); ``iter_type`` the ``<type>`` of the
+    ``struct bpf_iter_<type>`` a ``KF_ARG_PTR_TO_ITER`` argument takes, ``iter_size`` its size.
     """
 
     ret: str = RET_INTEGER
@@ -218,6 +223,9 @@ class Prototype:
     c_decl: str = ""
     changes_pkt_data: bool = False
     arg_size: tuple[int, ...] = ()
+    ret_size: int = 0
+    iter_type: str = ""
+    iter_size: int = 0
 
     def __post_init__(self) -> None:
         for kind in (self.ret, *self.args):
@@ -304,6 +312,14 @@ def _h(name: str, ret: str, *args: str, gpl: bool = False, pkt: bool = False,
                      pkt_access=pkt, ret_size_arg=ret_size_arg)
 
 
+def _skb(proto: Prototype, moves: bool = False) -> Prototype:
+    """``proto`` of a helper working on the run's socket buffer (r1 = the __sk_buff), which
+    pybpf's ``mem`` type has not; ``moves``: it may move or resize the packet (the kernel's
+    bpf_helper_changes_pkt_data)."""
+    return replace(proto, prog_types=proto.prog_types - {"mem"}, changes_pkt_data=moves)
+
+
+_MEM_RO_OR_NULL = ARG_PTR_TO_MEM + "|" + PTR_MAYBE_NULL + "|" + MEM_RDONLY
 MAP_PTR, KEY, VALUE, ANY = ARG_CONST_MAP_PTR, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE, ARG_ANYTHING
 _PROBE = (ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE_OR_ZERO, ANY)
 
@@ -349,6 +365,28 @@ _HELPER_ROWS = (
     # prototype only, awaiting its implementation (issue 11): the verifier checks calls to it
     # once a VM registers the helper (callback(map, key, value, ctx) per element)
     _h("for_each_map_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
+    # socket-buffer packets (net/core/filter.c; runtime/helpers_skb.py). moves=True marks the
+    # kernel's bpf_helper_changes_pkt_data: the verifier forgets every packet pointer after them
+    _skb(_h("skb_store_bytes", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_MEM_RDONLY,
+            ARG_CONST_SIZE, ANY), moves=True),
+    _skb(_h("skb_load_bytes", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_UNINIT_MEM,
+            ARG_CONST_SIZE)),
+    _skb(_h("skb_load_bytes_relative", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_UNINIT_MEM,
+            ARG_CONST_SIZE, ANY)),
+    _skb(_h("skb_pull_data", RET_INTEGER, ARG_PTR_TO_CTX, ANY), moves=True),
+    _skb(_h("skb_change_tail", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
+    _skb(_h("skb_change_head", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
+    _skb(_h("skb_adjust_room", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY, ANY), moves=True),
+    _skb(_h("l3_csum_replace", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY, ANY, ANY), moves=True),
+    _skb(_h("l4_csum_replace", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY, ANY, ANY), moves=True),
+    _h("csum_diff", RET_INTEGER, _MEM_RO_OR_NULL, ARG_CONST_SIZE_OR_ZERO, _MEM_RO_OR_NULL,
+       ARG_CONST_SIZE_OR_ZERO, ANY, pkt=True),
+    _skb(_h("csum_update", RET_INTEGER, ARG_PTR_TO_CTX, ANY)),
+    _skb(_h("skb_get_tunnel_key", RET_INTEGER, ARG_PTR_TO_CTX, ARG_PTR_TO_UNINIT_MEM,
+            ARG_CONST_SIZE, ANY)),
+    _skb(_h("skb_set_tunnel_key", RET_INTEGER, ARG_PTR_TO_CTX, ARG_PTR_TO_MEM_RDONLY,
+            ARG_CONST_SIZE, ANY)),
+    _skb(_h("clone_redirect", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
 )
 
 HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS}
@@ -377,12 +415,44 @@ _KFUNC_ROWS = (
               name="bpf_arena_reserve_pages", kfunc_flags=frozenset({KF_ARENA_ARG2}),
               c_decl="int bpf_arena_reserve_pages(void *p__map, void __arena *ptr__ign, "
                      "u32 page_cnt)"),
+    # open-coded numeric iterator (kernel/bpf/bpf_iter.c; what bpf_for and bpf_repeat compile
+    # to): ``struct bpf_iter_num`` (8 bytes) lives on the program's stack (STACK_ITER slots);
+    # new takes it uninitialised and acquires a reference, destroy releases it
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_ITER + "|" + MEM_UNINIT, KF_ARG_SCALAR, KF_ARG_SCALAR),
+              name="bpf_iter_num_new", kfunc_flags=frozenset({KF_ITER_NEW}),
+              iter_type="num", iter_size=8,
+              c_decl="int bpf_iter_num_new(struct bpf_iter_num *it, int start, int end)"),
+    Prototype("RET_PTR_TO_MEM|MEM_RDONLY|PTR_MAYBE_NULL", (KF_ARG_PTR_TO_ITER,),
+              name="bpf_iter_num_next", kfunc_flags=frozenset({KF_ITER_NEXT, KF_RET_NULL}),
+              ret_size=4, iter_type="num", iter_size=8,
+              c_decl="int *bpf_iter_num_next(struct bpf_iter_num *it)"),
+    Prototype(RET_VOID, (KF_ARG_PTR_TO_ITER + "|" + OBJ_RELEASE,),
+              name="bpf_iter_num_destroy", kfunc_flags=frozenset({KF_ITER_DESTROY}),
+              iter_type="num", iter_size=8,
+              c_decl="void bpf_iter_num_destroy(struct bpf_iter_num *it)"),
+    # string kfuncs (kernel/bpf/helpers.c): every string is ``__ign`` (no verifier check: the
+    # kfunc checks at run time, -ERANGE outside the kernel's address space, -EFAULT on a fault,
+    # -E2BIG past XATTR_SIZE_MAX); results are indexes or errors, never pointers
+    *(Prototype(RET_INTEGER, tuple(KF_ARG_IGNORE if "__ign" in a else KF_ARG_SCALAR
+                                   for a in params.split(", ")),
+                name=name, c_decl=f"int {name}({params})")
+      for name, params in (
+          ("bpf_strcmp", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strcasecmp", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strchr", "const char *s__ign, char c"),
+          ("bpf_strchrnul", "const char *s__ign, char c"),
+          ("bpf_strnchr", "const char *s__ign, size_t count, char c"),
+          ("bpf_strrchr", "const char *s__ign, int c"),
+          ("bpf_strlen", "const char *s__ign"),
+          ("bpf_strnlen", "const char *s__ign, size_t count"),
+          ("bpf_strspn", "const char *s__ign, const char *accept__ign"),
+          ("bpf_strcspn", "const char *s__ign, const char *reject__ign"),
+          ("bpf_strstr", "const char *s1__ign, const char *s2__ign"),
+          ("bpf_strnstr", "const char *s1__ign, const char *s2__ign, size_t len"))),
 )
 
 KFUNCS: dict[str, Prototype] = {
-    p.name: Prototype(p.ret, p.args, name=p.name, id=KFUNC_IDS[p.name], prog_types=p.prog_types,
-                      kfunc_flags=p.kfunc_flags, c_decl=p.c_decl)
-    for p in _KFUNC_ROWS}
+    p.name: replace(p, id=KFUNC_IDS[p.name]) for p in _KFUNC_ROWS}
 """Kfuncs pybpf implements, by name (``id`` is pybpf's kfunc id)."""
 
 KFUNCS_BY_ID: dict[int, Prototype] = {p.id: p for p in KFUNCS.values()}

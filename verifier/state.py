@@ -373,6 +373,10 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
                 return False
             if (o.spilled is None) != (c.spilled is None):
                 return False
+            if STACK_ITER in o.types:
+                if not _iters_equal(o, c, idmap):
+                    return False
+                continue
             if o.spilled is not None and not _regs_exact(o.spilled, c.spilled, idmap):
                 return False
             continue
@@ -391,7 +395,14 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
         if o.spilled is not None and STACK_SPILL in o.types:
             if c.spilled is None or not regsafe(o.spilled, c.spilled, idmap, False):
                 return False
+        if STACK_ITER in o.types and not _iters_equal(o, c, idmap):
+            return False
     return True
+
+
+def _iters_equal(o: Slot, c: Slot, idmap: dict) -> bool:
+    from .iters import iters_equal
+    return iters_equal(o, c, lambda a, b: _check_ids(a, b, idmap))
 
 
 def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: bool,

@@ -40,15 +40,15 @@ from pybpf.attach_types import section_attach_type
 from pybpf.verifier import verify as verify_program
 from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
-from . import vm_helpers
-from .contexts import canonical_type
-from .helpers import HelperRegistry, Prototype, kernel_helpers
+from .runtime import vm_helpers
+from .runtime.contexts import canonical_type
+from .runtime.helpers import HelperRegistry, Prototype, kernel_helpers
 from .loaded import DEFAULT_INSN_LIMIT, ENGINES, LoadedProgram, check_limit
-from .loader import bind_declarations, program_arena, referenced_maps, resolve_values64
-from .maps import create_map
-from .maps.prog_array import ProgArrayMap
-from .memory import Region
-from .verifier_env import VMEnv
+from .runtime.loader import bind_declarations, program_arena, referenced_maps, resolve_values64
+from .runtime.maps import create_map
+from .runtime.maps.prog_array import ProgArrayMap
+from .runtime.memory import Region
+from .runtime.verifier_env import VMEnv
 
 __all__ = ["VM", "LoadedProgram", "DEFAULT_INSN_LIMIT", "ENGINES"]
 

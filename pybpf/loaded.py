@@ -1,5 +1,9 @@
 """A loaded program: one Program bound to its VM's maps, ready to run on one engine.
 
+This module and :mod:`pybpf.vm` are the facade above both engines: they import the runtime
+(interpreter, maps, helpers, contexts) and, on demand, the JIT; the runtime and the JIT never
+import each other (tests/test_layers.py checks it).
+
 ``lp.run(mem=b"...")`` (prog_type "mem") gives the program a private copy of ``mem`` (r1 = its
 address, r2 = its length; r1 = r2 = 0 without mem) and returns r0 as an unsigned 64-bit int;
 the copy's final contents are ``lp.last_mem``. ``lp.run(ctx=..., data=packet)`` builds the
@@ -15,11 +19,11 @@ import threading
 
 from pybpf.errors import VMError
 
-from .contexts import build_context
-from .helpers import ACTIVE_REGIONS
-from .interp import Interpreter
-from .maps.prog_array import ProgArrayMap
-from .memory import Buffer, Region, RegionTable
+from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, build_context
+from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
+from .runtime.interp import Interpreter
+from .runtime.maps.prog_array import ProgArrayMap
+from .runtime.memory import Buffer, Region, RegionTable
 
 _libc = ctypes.CDLL(None)
 _libc.pthread_self.restype = ctypes.c_ulong
@@ -57,6 +61,17 @@ def check_limit(limit) -> int:
     return limit
 
 
+def jit_env(vm, arena=None, prog_type: str = "mem", packet_desc: int = 0, verified: bool = True,
+            budget_cell: int = 0):
+    """The :class:`pybpf.jit.env.JitEnv` a VM gives a program: its kfuncs and map resolver, the
+    run memory pool below 4 GiB (contexts and packets)."""
+    from pybpf.jit.env import JitEnv
+
+    return JitEnv(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map, prog_type=prog_type,
+                  packet_desc=packet_desc, low_pool=(LOW_POOL_START, LOW_POOL_END),
+                  verified=verified, budget_cell=budget_cell)
+
+
 class LoadedProgram:
     """A program ready to run on one engine; ``close()`` (or ``with``) releases it.
 
@@ -88,12 +103,16 @@ class LoadedProgram:
         self.last_data: bytes | None = None     # the packet after the last run
         self.last_ctx = None                    # the context after the last run
         self.last_insn_count: int | None = None  # instructions executed (interpreter)
+        self.last_clones: list = []             # bpf_clone_redirect's copies (helpers_skb.Clone)
         self.closed = False
         self._interp = self._jit = None
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
         self._base_table: RegionTable | None = None
         self._plain_jit = False                 # JIT run needing no packet or region setup
         self._budget = None                     # the run budget of unverified JIT code
+        # a program calling a helper that moves the packet (bpf_xdp_adjust_head...) gets no
+        # inline fast-region check: its bounds would go stale; the region table moves instead
+        self._moves_packet = _moves_packet(prog, vm.helpers)
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
                                        resolve_map=vm.resolve_map, same_value=not verified,
@@ -103,16 +122,15 @@ class LoadedProgram:
 
     def _compile(self, vm, prog, prog_type, name, arena, values64):
         from pybpf.jit import compile_program   # imported on demand: pulls in llvmlite.ir
-        from pybpf.jit.env import JitEnv
 
         # ld_abs/ld_ind read the run's packet through two u64 words: address, length.
         self._packet_desc = (ctypes.c_uint64 * 2)()
         self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
         # unverified code may loop for ever: it counts a run budget down at back edges
         self._budget = None if self.verified else (ctypes.c_int64 * 1)()
-        env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
-                             verified=self.verified,
-                             budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
+        env = jit_env(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
+                      verified=self.verified,
+                      budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
         if verify_result_facts(self.verify_result) is not None:
             env.facts = self.verify_result.facts    # the verifier's per-insn facts (insn_aux_data)
         jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env,
@@ -134,7 +152,11 @@ class LoadedProgram:
         packet = rc.packet
         if packet is None:
             raise VMError("ld_abs/ld_ind needs a socket-filter context: run with data=<packet>")
-        if isinstance(packet, memoryview) and not packet.readonly:
+        if packet is rc.skb:
+            # the live sk_buff: the packet helpers move the descriptor with the packet
+            packet.ld_desc = self._packet_desc
+            address = packet.data
+        elif isinstance(packet, memoryview) and not packet.readonly:
             address = ctypes.addressof(ctypes.c_char.from_buffer(packet)) if len(packet) else 0
         else:
             rc.jit_packet = Buffer(len(packet), init=bytes(packet))
@@ -169,7 +191,8 @@ class LoadedProgram:
                 rc.jit_regions.add(Region(lo, size, "thread stack (JIT frames)", True))
             return rc, None
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
-        return rc, self._interp.start(self._run_regions(rc), rc.fast, limit, rc.packet, trace)
+        fast = None if self._moves_packet else rc.fast
+        return rc, self._interp.start(self._run_regions(rc), fast, limit, rc.packet, trace)
 
     def _run_regions(self, rc) -> RegionTable:
         """The VM's map and arena regions plus this run's context regions."""
@@ -188,6 +211,7 @@ class LoadedProgram:
         self.last_buffer = rc.buffer if self.prog_type == "mem" else None
         self.last_mem = rc.last_mem
         self.last_data, self.last_ctx = rc.last_data, rc.last_ctx
+        self.last_clones = rc.clones
         self.last_insn_count = session.executed if session is not None else None
 
     def run(self, mem=None, *, ctx=None, data=None, trace=None,
@@ -257,6 +281,7 @@ class LoadedProgram:
         rc, session = self._prepare(mem, ctx, data, trace, insn_limit)
         r0 = None
         token = None
+        run_token = ACTIVE_RUN.set(rc)
         try:
             if session is None:
                 if getattr(rc, "jit_regions", None) is not None:
@@ -269,6 +294,7 @@ class LoadedProgram:
         finally:
             if token is not None:
                 ACTIVE_REGIONS.reset(token)
+            ACTIVE_RUN.reset(run_token)
             self._finish(rc, session, r0)
             if session is not None:
                 session.close()
@@ -299,6 +325,16 @@ class LoadedProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _moves_packet(prog, helpers) -> bool:
+    """Whether ``prog`` calls a helper whose prototype says it changes packet data."""
+    for _pc, form, insn in prog.instructions():
+        if form.kind == "call" and form.op == "helper":
+            h = helpers.get(insn.imm) if helpers is not None else None
+            if h is not None and getattr(h.prototype, "changes_pkt_data", False):
+                return True
+    return False
 
 
 def verify_result_facts(result):
