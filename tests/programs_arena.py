@@ -237,7 +237,7 @@ PACKET_AS_ARENA = ARENA + """
 
 def packet_as_arena(engine: str, verify: bool = True):
     """(r0, the packet after the run) of PACKET_AS_ARENA on ``engine``."""
-    from pybpf.runtime.vm import VM as _VM
+    from pybpf import VM as _VM
     from support import asm as _asm, frame as _frame
     vm = _VM()
     lp = vm.load(_asm(PACKET_AS_ARENA), prog_type="xdp", engine=engine, verify=verify)
