@@ -336,7 +336,7 @@ def cmd_bench(args) -> int:
 
 def cmd_fuzz(args) -> int:
     from .fuzz import format_report, fuzz
-    r = fuzz(args.target, args.seconds, seed=args.seed, save=args.save,
+    r = fuzz(args.target, args.seconds, seed=args.seed, save=args.save, isolate=args.isolate,
              progress=lambda line: print(line, file=sys.stderr, flush=True))
     sys.stdout.write(format_report(r))
     return EXIT_FAIL if r["failures"] else EXIT_OK
@@ -451,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=SEED, default=0)
     s.add_argument("--save", metavar="DIR", help="save each failing input here as JSON "
                                                  "(tests/fuzz/corpus replays them)")
+    s.add_argument("--isolate", action="store_true",
+                   help="a fresh worker process for every case (slower; the default reuses one "
+                        "and replays a failing case alone)")
     s.set_defaults(func=cmd_fuzz)
     return p
 

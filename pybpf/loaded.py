@@ -20,6 +20,7 @@ import threading
 from pybpf.errors import VMError
 
 from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, build_context
+from .runtime.grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
 from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .runtime.interp import Interpreter
 from .runtime.maps.prog_array import ProgArrayMap
@@ -228,10 +229,12 @@ class LoadedProgram:
             rc = build_context(self.prog_type, mem, ctx, data)
             self._check_ctx_size(rc)
             r0 = None
+            grace_enter()
             try:
                 r0 = self._jit._call(rc.r1, rc.r2)
                 return r0
             finally:
+                grace_leave()
                 self._finish(rc, None, r0)
                 rc.release()
         return self._execute(mem, ctx, data, trace, insn_limit,
@@ -282,6 +285,7 @@ class LoadedProgram:
         r0 = None
         token = None
         run_token = ACTIVE_RUN.set(rc)
+        grace_enter()       # a read section: freed map elements wait until the run ends
         try:
             if session is None:
                 if getattr(rc, "jit_regions", None) is not None:
@@ -292,6 +296,7 @@ class LoadedProgram:
             r0 = out[0] if isinstance(out, tuple) else out
             return out
         finally:
+            grace_leave()
             if token is not None:
                 ACTIVE_REGIONS.reset(token)
             ACTIVE_RUN.reset(run_token)
@@ -315,6 +320,10 @@ class LoadedProgram:
             for m in list(getattr(self.vm, "_by_fd", {}).values()):
                 if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs):
                     m.refresh_native()
+            # a run in another thread may have tail-called in before the entry went: its code
+            # is freed after the runs that started before this point have ended
+            if not in_read_section():
+                wait(retire(), timeout=10.0)
             jit.close()
         release = getattr(self.vm, "release_closed", None)
         if release is not None:

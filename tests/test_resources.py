@@ -126,6 +126,38 @@ def test_map_memory_limit_counts_arena_pages():
     vm.create_map("arena", max_entries=64, flags=1 << 10)           # 256 KiB fits
 
 
+def test_arena_page_limit():
+    """Arena pages allocated at once across a VM's arenas are bounded (VM(max_arena_pages)):
+    past it BPF's bpf_arena_alloc_pages gets NULL, Python's alloc a MapError naming the limit;
+    freed pages and collected arenas give their pages back."""
+    from pybpf.vm import VM
+
+    vm = VM(max_arena_pages=4)
+    a = vm.create_map("arena", max_entries=16, flags=1 << 10)
+    b = vm.create_map("arena", max_entries=16, flags=1 << 10)
+    p = a.alloc(3)
+    with pytest.raises(MapError, match=r"arena page limit: 3 pages allocated, 2 more would "
+                                       r"exceed 4 \(VM\(max_arena_pages=\.\.\.\)") as e:
+        b.alloc(2)
+    assert e.value.errno == errno.ENOMEM
+    del e                                            # its traceback holds the arena
+    assert b.alloc_pages(0, 2) == 0                  # what a program's kfunc call returns
+    b.alloc(1)
+    assert vm.arena_pages.used == 4
+    a.free_pages(p, 3)
+    assert vm.arena_pages.used == 1
+    q = b.alloc(3)
+    b.free_pages(q, 1)
+    a.close()
+    del a
+    gc.collect()
+    assert vm.arena_pages.used == 3
+    b.close()
+    del b
+    gc.collect()
+    assert vm.arena_pages.used == 0
+
+
 def test_program_size_limit():
     from pybpf.insn import make
     from pybpf.program import Program
