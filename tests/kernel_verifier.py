@@ -95,10 +95,12 @@ def message_of(log: str) -> str:
 
 def _insns(prog):
     """Encoded instructions; kfunc ids swapped for the kernel's BTF ids."""
+    from pybpf.kfunc_ids import KFUNC_NAMES
     insns = list(prog.insns)
     for pc, form, insn in prog.instructions():
         if form.kind == "call" and form.op == "kfunc":
-            name = prog.kfuncs.get(insn.imm)
+            # by the program's names, else pybpf's ids (a mutated program keeps no names)
+            name = prog.kfuncs.get(insn.imm) or KFUNC_NAMES.get(insn.imm)
             if name is not None:
                 insns[pc] = insn._replace(imm=kernel_bpf.kernel_btf_id(name))
     return insns
