@@ -17,6 +17,7 @@ from pybpf.errors import VMError
 
 from .contexts import build_context
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
+from .kfuncs_misc import BpfThrow
 from .interp import Interpreter
 from .maps.prog_array import ProgArrayMap
 from .memory import Buffer, Region, RegionTable
@@ -216,6 +217,9 @@ class LoadedProgram:
             try:
                 r0 = self._jit._call(rc.r1, rc.r2)
                 return r0
+            except BpfThrow as thrown:      # bpf_throw: the default callback returns the cookie
+                r0 = thrown.cookie & 0xFFFFFFFFFFFFFFFF
+                return r0
             finally:
                 self._finish(rc, None, r0)
                 rc.release()
@@ -256,9 +260,10 @@ class LoadedProgram:
         repeat = max(int(repeat), 1)
         if self.min_mem_size:
             self._check_mem_size(mem, ctx)
-        return self._execute(mem, ctx, data, None, insn_limit,
-                             lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
-                             lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))
+        out = self._execute(mem, ctx, data, None, insn_limit,
+                            lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
+                            lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))
+        return out if isinstance(out, tuple) else (out, 0.0)     # (cookie, -) after a throw
 
     def _execute(self, mem, ctx, data, trace, insn_limit, on_jit, on_interp):
         """Prepare a run, call ``on_jit(rc)`` or ``on_interp(session, rc)`` (whose result is
@@ -268,12 +273,17 @@ class LoadedProgram:
         token = None
         run_token = ACTIVE_RUN.set(rc)
         try:
-            if session is None:
-                if getattr(rc, "jit_regions", None) is not None:
-                    token = ACTIVE_REGIONS.set(rc.jit_regions)
-                out = on_jit(rc)
-            else:
-                out = on_interp(session, rc)
+            try:
+                if session is None:
+                    if getattr(rc, "jit_regions", None) is not None:
+                        token = ACTIVE_REGIONS.set(rc.jit_regions)
+                    out = on_jit(rc)
+                else:
+                    out = on_interp(session, rc)
+            except BpfThrow as thrown:
+                # bpf_throw unwound every frame: the kernel's default exception callback makes
+                # the program return the cookie (a repeated test run stops at the throw)
+                out = thrown.cookie & 0xFFFFFFFFFFFFFFFF
             r0 = out[0] if isinstance(out, tuple) else out
             return out
         finally:
