@@ -23,7 +23,7 @@ import sys
 import time
 
 import pybpf
-from pybpf.runtime.vm import VM
+from pybpf.vm import VM
 
 ALU_LOOP = """
     r0 = 0

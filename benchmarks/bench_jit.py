@@ -28,7 +28,7 @@ import pybpf
 from pybpf.benchmarks.common import gc_paused, main, median_of
 from pybpf.errors import BPFError
 from pybpf.jit import compile_program, native
-from pybpf.runtime.vm import VM
+from pybpf.vm import VM
 
 from pybpf.benchmarks.bench_interp import ALU_LOOP
 

@@ -26,7 +26,7 @@ from pybpf.errors import BPFError
 from pybpf.helper_names import HELPER_IDS
 from pybpf.jit import compile_program
 from pybpf.jit.env import JitEnv
-from pybpf.runtime.vm import VM
+from pybpf.vm import VM
 
 LOOKUP_LOOP = """
     r6 = 0

@@ -2,9 +2,11 @@
 
 The kernel JITs after maps exist, so map addresses, the arena's ``kern_vm_start`` (its r12) and
 helper addresses are immediates in the code; pybpf's code reaches them through external symbols
-that placement resolves (``cgutils.Externs``), so the same bytes serve every process. pybpf's loader (:mod:`pybpf.runtime.loader`) passes
-the same facts: ``values64`` (the constant of every ld_imm64 and cast_user, by slot) and this
+that placement resolves (``cgutils.Externs``), so the same bytes serve every process. pybpf's loader (:mod:`pybpf.runtime.loader`)
+passes the same facts: ``values64`` (the constant of every ld_imm64 and cast_user, by slot) and this
 record. Every field is optional; without it the forms that need it raise :class:`JITError`.
+The facade above both engines (:func:`pybpf.loaded.jit_env`) fills it from a VM; nothing here
+imports the runtime.
 """
 from __future__ import annotations
 
@@ -61,17 +63,6 @@ class JitEnv:
     # Unverified loads: the address of a signed u64 run budget the runner sets to insn_limit
     # before each run; the code counts it down at back edges (jit/lower.py), 0: no counter.
     budget_cell: int = 0
-
-    @classmethod
-    def from_vm(cls, vm, arena=None, prog_type: str = "mem", packet_desc: int = 0,
-                verified: bool = True, budget_cell: int = 0) -> "JitEnv":
-        """The env a VM gives a program: its kfuncs and map resolver, the run memory pool."""
-        from pybpf.runtime.contexts import LOW_POOL_END, LOW_POOL_START
-
-        return cls(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map,
-                   prog_type=prog_type, packet_desc=packet_desc,
-                   low_pool=(LOW_POOL_START, LOW_POOL_END), verified=verified,
-                   budget_cell=budget_cell)
 
     def arena_layout(self) -> ArenaLayout | None:
         if self.arena is None:

@@ -9,7 +9,8 @@ the interpreter's Python function does too, so both engines give the same result
 * ``("clock_gettime", clock_id)``: libc's ``clock_gettime`` (the vDSO, no system call) called
   by absolute address, ``tv_sec * 10**9 + tv_nsec`` (the ``bpf_ktime_get_*ns`` family).
 * ``("prandom_u32", state)``: the kernel's taus113 step on the VM's 16-byte state at
-  ``state.address`` (``runtime/prandom.py``, which the interpreter steps in Python).
+  ``state.address``, with the step table ``state.steps`` (``runtime/prandom.py``, which the
+  interpreter steps in Python; the JIT does not import it).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from llvmlite import ir
 from pybpf.errors import JITError
 from pybpf.jit import cgutils as cg
 from pybpf.jit.cgutils import I32, I64, PTR
-from pybpf.runtime.prandom import TAUS_STEPS
 
 _TIMESPEC = ir.ArrayType(I64, 2)      # struct timespec {tv_sec; tv_nsec} on x86-64
 _clock_gettime: int | None = None
@@ -47,7 +47,7 @@ def emit(b, spec: tuple) -> ir.Value:
     if kind == "clock_gettime":
         return _clock(b, int(spec[1]))
     if kind == "prandom_u32":
-        return _prandom(b, spec[1].address)
+        return _prandom(b, spec[1])
     raise JITError(f"unknown native helper implementation {kind!r}")
 
 
@@ -63,9 +63,10 @@ def _clock(b, clock_id: int) -> ir.Value:
     return b.add(b.mul(sec, cg.const(I64, 1_000_000_000)), nsec)
 
 
-def _prandom(b, address: int) -> ir.Value:
+def _prandom(b, state) -> ir.Value:
+    address = state.address
     out = None
-    for i, (a, sh, mask, d) in enumerate(TAUS_STEPS):
+    for i, (a, sh, mask, d) in enumerate(state.steps):
         ptr = b.inttoptr(b.ext(address + 4 * i), PTR)
         s = b.load(ptr, typ=I32)
         # s = ((s & mask) << d) ^ (((s << a) ^ s) >> sh), all in u32

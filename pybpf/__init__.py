@@ -35,7 +35,7 @@ def disassemble(prog_or_bytes, syntax: str = "llvm", **kw) -> str:
 def __getattr__(name):
     # The runtime and loaders import lazily so that `import pybpf` stays cheap.
     if name == "VM":
-        from .runtime.vm import VM
+        from .vm import VM
         return VM
     if name == "load_elf":
         from .elf import load_elf

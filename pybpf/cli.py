@@ -97,7 +97,7 @@ def cmd_disasm(args) -> int:
 
 def cmd_verify(args) -> int:
     from .inputs import load_program
-    from .runtime.vm import VM
+    from .vm import VM
     prog = load_program(args.input, args.format, "auto", args.section)
     vm = VM()
     level = 2 if args.verbose else 0
@@ -132,7 +132,7 @@ def _hex_or_file(args, name: str) -> bytes | None:
 
 def cmd_run(args) -> int:
     from .inputs import load_program
-    from .runtime.vm import VM
+    from .vm import VM
     prog = load_program(args.input, args.format, "auto", args.section)
     mem = _mem_arg(args)
     ctx, data = _hex_or_file(args, "ctx"), _hex_or_file(args, "data")
@@ -237,7 +237,7 @@ def cmd_jit(args) -> int:
     from .jit import compile_program
     from .jit.placement import (format_placement, format_program_placement, native_listing,
                                 placement, program_placement)
-    from .runtime.vm import VM
+    from .vm import VM
     prog = load_program(args.input, args.format, "auto", args.section)
     vm = VM()
     if not args.no_verify:
@@ -248,13 +248,13 @@ def cmd_jit(args) -> int:
     name = prog.name
     if name == "prog" and args.input != "-":     # assembly has no name of its own: the file's
         name = os.path.splitext(os.path.basename(args.input))[0] or name
-    from .jit.env import JitEnv
+    from .loaded import jit_env
     from .runtime.contexts import canonical_type
     _, arena, values64 = vm.resolve(prog)   # maps, arena and ld_imm64 values, as a load does
     ptype = canonical_type(args.prog_type or getattr(prog, "prog_type", None) or "mem")
     jp = compile_program(prog, vm.helpers, opt_level=args.opt_level, name=name,
                          want_ir="ir" in show, want_asm="asm" in show and not capstone,
-                         values64=values64, env=JitEnv.from_vm(vm, arena, ptype))
+                         values64=values64, env=jit_env(vm, arena, ptype))
     try:
         parts = []
         for what in show:
@@ -284,7 +284,7 @@ def cmd_packs(args) -> int:
     if args.backend:
         os.environ["PYBPF_EXECMEM_BACKEND"] = args.backend   # read when the allocator is made
     from .jit.placement import format_placement, placement, placement_svg, sample_programs
-    from .runtime.vm import VM
+    from .vm import VM
     vm = VM()
     loaded = []
     try:
@@ -336,7 +336,7 @@ def cmd_bench(args) -> int:
 
 def cmd_fuzz(args) -> int:
     from .fuzz import format_report, fuzz
-    r = fuzz(args.target, args.seconds, seed=args.seed, save=args.save,
+    r = fuzz(args.target, args.seconds, seed=args.seed, save=args.save, isolate=args.isolate,
              progress=lambda line: print(line, file=sys.stderr, flush=True))
     sys.stdout.write(format_report(r))
     return EXIT_FAIL if r["failures"] else EXIT_OK
@@ -451,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=SEED, default=0)
     s.add_argument("--save", metavar="DIR", help="save each failing input here as JSON "
                                                  "(tests/fuzz/corpus replays them)")
+    s.add_argument("--isolate", action="store_true",
+                   help="a fresh worker process for every case (slower; the default reuses one "
+                        "and replays a failing case alone)")
     s.set_defaults(func=cmd_fuzz)
     return p
 

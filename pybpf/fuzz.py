@@ -6,21 +6,32 @@ Targets, each a generator of inputs from a seed and a check of one input:
 * ``decode``: bytes (random, or real opcodes with random fields) -> ``Program.from_bytes`` and the
   disassembler;
 * ``elf``: mutated and truncated sample objects -> the ELF loader;
-* ``engines``: random and mutated programs -> the verifier, then the interpreter and, for the
-  programs whose every memory access is a constant stack offset (safe without the full
-  verifier), the JIT; both must give the same r0 and stack-derived result;
+* ``engines``: half the cases are programs for the full verifier with map lookups and updates,
+  ctx fields and packet reads (sometimes mutated): what it accepts runs on the interpreter and
+  the JIT, which must give the same r0, packet or memory and map contents, and the interpreter
+  must find no out-of-region access; the other half are random and mutated scalar programs
+  under the structural checks only, on the interpreter and, when every memory access is a
+  constant stack offset (safe without the full verifier), the JIT, with the same comparison;
+* ``helpers``: programs calling helpers from the prototype table (verifier/protos.py: helpers
+  added there are fuzzed too) with the argument kinds they name or hostile ones (stack pointers
+  past the frame, the ctx, NULL, garbage): accepted ones run on both engines as above; every
+  one also runs on the interpreter under the structural checks only, where a helper's checked
+  pointers may only raise BPFError;
 * ``maps``: hash, array and LRU map operations from four Python threads at once; the map must
-  end up holding exactly what the threads' own records say.
+  end up holding exactly what the threads' own records say, and a fifth thread, looking
+  elements up inside read sections as a run does, must never see one change under it.
 
 Invariants: only ``BPFError`` subclasses escape the library; no signal and no hang past the
 per-case budget (each case runs in a worker subprocess with a time limit; a worker that dies or
-hangs fails that case and is replaced); engines agree; no mapping is writable and executable. The runner prints a progress line, then
+hangs fails that case and is replaced; a failing case is run again alone in a fresh worker, and
+``--isolate`` gives every case a fresh one); engines agree; no mapping is writable and executable. The runner prints a progress line, then
 cases run, cases per second, failures and their distinct messages; each failing input is saved
 (``--save DIR``) as ``TARGET-<hash>.json`` for tests/fuzz/test_fuzz.py to replay as a
 regression test.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -34,7 +45,7 @@ from pathlib import Path
 from .errors import BPFError
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("asm", "decode", "elf", "engines", "maps")
+TARGETS = ("asm", "decode", "elf", "engines", "maps", "helpers")
 CASE_BUDGET = 10.0          # seconds per case before the worker counts as hung
 
 
@@ -106,8 +117,18 @@ _SAFE_OFFS = (-8, -16, -24, -32)
 
 
 def gen_engines(rng: random.Random) -> dict:
-    """A program of scalar ALU on r0-r9, stack stores and loads at constant offsets from r10
-    and forward jumps (plus, mutated, anything): encoded as hex."""
+    """Half the cases: a program for the full verifier with maps, ctx and packet accesses
+    (:func:`_verified_program`), sometimes with one instruction mutated; what the verifier
+    accepts runs on both engines. The other half: a program of scalar ALU on r0-r9, stack
+    stores and loads at constant offsets from r10 and forward jumps (plus, mutated, anything),
+    checked structurally only: the JIT runs it when it is stack-only."""
+    if rng.random() < 0.5:
+        ptype, text = _verified_program(rng)
+        case = {"asm": text, "prog_type": ptype, "data": rng.randbytes(rng.choice((14, 34, 64))).hex(),
+                "mem": rng.randbytes(256).hex()}
+        if rng.random() < 0.3:
+            case["mutate"] = [rng.randrange(1 << 30) for _ in range(3)]
+        return case
     from . import isa
     from .insn import encode, make
 
@@ -150,13 +171,190 @@ def gen_engines(rng: random.Random) -> dict:
     return {"hex": bytes(data).hex(), "mem": rng.randbytes(16).hex()}
 
 
+# Programs for the full verifier, so that what it accepts runs under the JIT too: map lookups
+# (NULL-checked or not) and value accesses near the value's edges, ctx field reads (right and
+# wrong offsets), packet reads behind a data_end check (sometimes off by a few bytes), helper
+# calls that change maps, stack spills, ALU. Per type: (ctx fields, data/data_end offsets).
+_VTYPES = {
+    "xdp": ([(0, 4), (4, 4), (12, 4), (16, 4), (8, 4), (2, 4)], (0, 4)),
+    "sched_cls": ([(0, 4), (8, 4), (16, 4), (32, 4), (48, 8), (76, 4), (140, 4), (3, 4)],
+                  (76, 80)),
+    "socket_filter": ([(0, 4), (4, 4), (8, 4), (16, 4), (48, 4), (52, 4), (76, 4), (7, 2)],
+                      None),
+    "mem": ([(0, 8), (8, 4), (16, 8), (32, 2), (60, 4), (64, 8), (250, 8)], None),
+}
+_VMAPS = (".map arr type=array key=4 value=16 max_entries=4\n"
+          ".map h type=hash key=4 value=16 max_entries=8\n")
+_SIZES = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}
+_VALU = ("+=", "-=", "*=", "&=", "|=", "^=", "<<=", ">>=", "s>>=", "/=", "%=")
+
+
+def _o(off: int) -> str:
+    return f"+ {off}" if off >= 0 else f"- {-off}"
+
+
+def _verified_program(rng: random.Random) -> tuple[str, str]:
+    from .helper_names import HELPER_IDS
+    ptype = rng.choice(tuple(_VTYPES))
+    fields, pkt = _VTYPES[ptype]
+    out = ["r6 = r1", f"r7 = {rng.randrange(-50, 50)}", f"r8 = {rng.randrange(1, 50)}"]
+    label = 0
+
+    def skip():
+        nonlocal label
+        label += 1
+        return f"l{label}"
+
+    for _ in range(rng.randint(2, 8)):
+        c = rng.random()
+        if c < 0.3:                         # a map lookup, then an access to the value
+            m = rng.choice(("arr", "h"))
+            key = rng.choice((0, 1, 3, 4, 9))
+            size = rng.choice((1, 2, 4, 8))
+            off = rng.choice((0, 8, 16 - size, 16, -1, 4, 12 + rng.randrange(5)))
+            end = skip()
+            out += [f"*(u32 *)(r10 - 4) = {key}", f"r1 = map[{m}] ll", "r2 = r10", "r2 += -4",
+                    f"call {HELPER_IDS['map_lookup_elem']}"]
+            if rng.random() < 0.9:
+                out.append(f"if r0 == 0 goto {end}")
+            what = rng.random()
+            if what < 0.4:
+                out += [f"r1 = *({_SIZES[size]} *)(r0 {_o(off)})", "r7 += r1"]
+            elif what < 0.8:
+                out.append(f"*({_SIZES[size]} *)(r0 {_o(off)}) = r7")
+            else:
+                out.append(f"lock *({_SIZES[max(size, 4)]} *)(r0 {_o(off - off % 4)}) += r8")
+            out.append(f"{end}:")
+        elif c < 0.45:                      # a map update from the stack
+            m = rng.choice(("arr", "h"))
+            out += [f"*(u32 *)(r10 - 4) = {rng.choice((0, 1, 2, 5))}",
+                    "*(u64 *)(r10 - 24) = r7", "*(u64 *)(r10 - 16) = r8",
+                    f"r1 = map[{m}] ll", "r2 = r10", "r2 += -4", "r3 = r10", "r3 += -24",
+                    f"r4 = {rng.choice((0, 0, 1, 2))}", f"call {HELPER_IDS['map_update_elem']}",
+                    "r7 += r0"]
+        elif c < 0.6:                       # a ctx field
+            off, size = rng.choice(fields)
+            out += [f"r1 = *({_SIZES[size]} *)(r6 + {off})", "r8 ^= r1"]
+        elif c < 0.75 and pkt is not None:  # a packet read behind a bounds check
+            size = rng.choice((1, 2, 4, 8))
+            off = rng.randrange(0, 40)
+            need = off + size + rng.choice((0, 0, 0, -1, -4))
+            end = skip()
+            out += [f"r2 = *(u32 *)(r6 + {pkt[0]})", f"r3 = *(u32 *)(r6 + {pkt[1]})",
+                    "r4 = r2", f"r4 += {need}", f"if r4 > r3 goto {end}",
+                    f"r1 = *({_SIZES[size]} *)(r2 + {off})", "r7 += r1",
+                    f"{end}:"]
+        elif c < 0.9:                       # ALU, a conditional jump over it
+            op = rng.choice(_VALU)
+            src = rng.choice(("r7", "r8", str(rng.randrange(-9, 64))))
+            end = skip()
+            out += [f"if r8 {rng.choice(('>', '<', '==', '!=', 's>'))} "
+                    f"{rng.randrange(-5, 50)} goto {end}", f"r7 {op} {src}", f"{end}:"]
+        else:                               # a spill and fill
+            off = rng.choice((8, 16, 32, 64, 512))
+            out += [f"*(u64 *)(r10 - {off}) = r7", f"r8 = *(u64 *)(r10 - {off})"]
+    out += ["r0 = r7", "r0 ^= r8", "exit"]
+    return ptype, _VMAPS + "\n".join(out)
+
+
+_HMAPS = (".map arr type=array key=4 value=16 max_entries=4\n"
+          ".map h type=hash key=4 value=16 max_entries=8\n"
+          ".map q type=queue key=0 value=16 max_entries=4\n"
+          ".map rb type=ringbuf key=0 value=0 max_entries=4096\n"
+          ".map pa type=prog_array key=4 value=4 max_entries=2\n")
+_VARYING = ("prandom", "ktime", "jiffies", "smp_processor", "pid_tgid", "uid_gid", "comm",
+            "numa", "cgroup", "task")
+
+
+def _helper_arg(rng: random.Random, kind: str, reg: int) -> list[str]:
+    """Instructions setting ``r<reg>`` for an argument of ``kind`` (a prototype's arg kind):
+    mostly what the kind asks for, sometimes something else (the verifier must refuse it, or
+    the interpreter, checking every pointer, must)."""
+    r = f"r{reg}"
+    hostile = rng.random() < 0.2
+    if "MAP_PTR" in kind and not hostile:
+        return [f"{r} = map[{rng.choice(('arr', 'h', 'q', 'rb', 'pa'))}] ll"]
+    if "SIZE" in kind and not hostile:
+        return [f"{r} = {rng.choice((0, 1, 4, 8, 16, 32, 64, 4096, -1))}"]
+    if "FUNC" in kind and not hostile:
+        return [f"{r} = func(cb) ll"]
+    if "CTX" in kind and not hostile:
+        return [f"{r} = r6"]
+    if kind in ("ARG_ANYTHING", "ARG_DONTCARE") and not hostile:
+        return [f"{r} = {rng.choice((0, 1, 2, 7, 64, -1, 0x7fffffff))}"]
+    c = rng.random()
+    if c < 0.55:                            # a stack pointer (the common memory argument)
+        return [f"{r} = r10", f"{r} += -{rng.choice((4, 8, 16, 32, 64, 128, 512, 513))}"]
+    if c < 0.7:
+        return [f"{r} = r6"]                # the ctx
+    if c < 0.8:
+        return [f"{r} = r9"]                # a map value, or NULL
+    if c < 0.9:                             # garbage
+        return [f"{r} = {rng.choice((0, 1, 4096, -8))}"]
+    return [f"{r} = r10", f"{r} += {rng.choice((0, 8, 4096))}"]
+
+
+def gen_helpers(rng: random.Random) -> dict:
+    """A program calling one to three helpers from the prototype table (verifier/protos.py, so
+    helpers added there are fuzzed too) with arguments of the kinds their prototypes name or,
+    sometimes, not."""
+    from .verifier.protos import HELPERS
+    protos = sorted(HELPERS.values(), key=lambda p: p.id)
+    ptype = rng.choice(("mem", "xdp", "sched_cls", "socket_filter", "tracepoint"))
+    out = ["r6 = r1"]
+    out += [f"*(u64 *)(r10 - {8 * i}) = {rng.randrange(-3, 300)}" for i in range(1, 17)]
+    out += ["*(u32 *)(r10 - 4) = 1", "r1 = map[arr] ll", "r2 = r10", "r2 += -4",
+            "call 1", "r9 = r0"]
+    for _ in range(rng.randint(1, 3)):
+        p = rng.choice(protos)
+        for i, kind in enumerate(p.args[:5], 1):
+            out += _helper_arg(rng, kind, i)
+        out += [f"call {p.id}", f"r7 = r0"]
+    out += ["r0 = 0", "exit"]
+    if any("func(cb)" in line for line in out):
+        out += ["cb:", "r0 = 0", "exit"]
+    return {"asm": _HMAPS + "\n".join(out), "prog_type": ptype,
+            "data": rng.randbytes(rng.choice((14, 64))).hex(), "mem": rng.randbytes(256).hex()}
+
+
+def check_helpers(case: dict):
+    """Under the full verifier: what it accepts runs on both engines (as the engines target's
+    verified programs). Whatever it says, the interpreter also runs the program under the
+    structural checks only: every pointer a helper gets is checked at run time, so it may only
+    raise BPFError."""
+    from .asm import assemble
+    from .vm import VM
+    prog = assemble(case["asm"])
+    out = check_verified(case, compare=not any(
+        v in p.name for _, f, i in prog.instructions() if f.kind == "call" and f.op == "helper"
+        for p in [_helper_proto(i.imm)] if p is not None for v in _VARYING))
+    vm = VM(seed=1)
+    try:
+        lp = vm.load(prog, prog_type=case["prog_type"], engine="interp", verify="structural",
+                     insn_limit=100_000)
+        if case["prog_type"] == "mem":
+            lp.run(mem=bytearray(bytes.fromhex(case["mem"])))
+        else:
+            lp.run(data=bytes.fromhex(case["data"]))
+        return out + "; unverified interp ran"
+    except BPFError as e:
+        return out + f"; unverified interp: {type(e).__name__}"
+    finally:
+        vm.close()
+
+
+def _helper_proto(hid: int):
+    from .verifier.protos import HELPERS
+    return HELPERS.get(hid)
+
+
 def gen_maps(rng: random.Random) -> dict:
     return {"type": rng.choice(("hash", "lru_hash", "array")), "seed": rng.randrange(1 << 30),
             "ops": rng.randint(50, 300), "max_entries": rng.choice((4, 16, 64))}
 
 
 GENERATORS = {"asm": gen_asm, "decode": gen_decode, "elf": gen_elf, "engines": gen_engines,
-              "maps": gen_maps}
+              "maps": gen_maps, "helpers": gen_helpers}
 
 
 # -- checks: input -> result (raise AssertionError for a broken invariant) ------------------------
@@ -215,9 +413,129 @@ def _stack_only(prog) -> bool:
     return True
 
 
+def _mutated(prog, seeds):
+    """``prog`` with one field of one instruction changed (register, offset or immediate)."""
+    from .insn import split_slots
+    from .program import Program
+    raw = bytearray(prog.to_bytes())
+    rng = random.Random(seeds[0])
+    n = len(raw) // 8
+    i = 8 * rng.randrange(n)
+    what = seeds[1] % 3
+    if what == 0:
+        raw[i + 1] = rng.randrange(256)
+    elif what == 1:
+        raw[i + 2:i + 4] = (rng.choice((-8, -4, -1, 1, 4, 8, 512, -512)) +
+                            int.from_bytes(raw[i + 2:i + 4], "little", signed=True)
+                            & 0xFFFF).to_bytes(2, "little")
+    else:
+        raw[i + 4:i + 8] = (seeds[2] & 0xFFFFFFFF).to_bytes(4, "little")
+    return Program(split_slots(bytes(raw)), functions=dict(prog.functions),
+                   labels=dict(prog.labels), maps=list(prog.maps), name=prog.name)
+
+
+def _run_verified(case: dict, engine: str, prog):
+    """One engine's run of a program the full verifier accepted: r0, the packet or memory
+    after the run, and every map's contents."""
+    from .vm import VM
+    vm = VM(seed=1)
+    try:
+        lp = vm.load(prog, prog_type=case["prog_type"], engine=engine, tier="quick")
+    except BPFError as e:
+        return ("load error", type(e).__name__, str(e).splitlines()[0][:120])
+    try:
+        if case["prog_type"] == "mem":
+            mem = bytearray(bytes.fromhex(case["mem"]))
+            r0 = lp.run(mem=mem)
+            after = bytes(mem)
+        else:
+            r0 = lp.run(data=bytes.fromhex(case["data"]))
+            after = bytes(lp.last_data or b"")
+    except BPFError as e:
+        return ("run error", type(e).__name__)
+    maps = {name: _contents(m) for name, m in lp.maps.items()}
+    lp.close()
+    vm.close()
+    return ("r0", r0, after, maps)
+
+
+class _PoisonedStack:
+    """While active, every interpreter run starts on a stack filled with 0xA5 instead of zeroes.
+    A program whose results change with it reads stack it never wrote (root may: the kernel's
+    allow_uninit_stack), which the JIT leaves as whatever was on the thread's stack: its results
+    are not compared between the engines."""
+
+    def __enter__(self):
+        from .runtime import interp
+        from .runtime.memory import PROC
+        self.cls, self.orig = interp.Interpreter, interp.Interpreter.take_stack
+        orig, size = self.orig, interp.STACK_SIZE
+
+        def take_stack(itp):
+            stack = orig(itp)
+            PROC[stack.address:stack.address + size] = b"\xa5" * size
+            stack.deep = True           # zeroed whole when it is reused
+            return stack
+        self.cls.take_stack = take_stack
+        return self
+
+    def __exit__(self, *exc):
+        self.cls.take_stack = self.orig
+
+
+def _contents(m):
+    """A map's keys and values; a queue's values; what is waiting in a ring buffer."""
+    if m.type in ("queue", "stack"):
+        return [bytes(v) for v in m._raw_values()]
+    if m.type == "ringbuf":
+        try:
+            return [bytes(r) for r in m.consume()]
+        except BPFError as e:
+            return f"consume: {type(e).__name__}"
+    if m.type == "prog_array":
+        return None
+    return sorted((k, m.sys_lookup(k)) for k in m._raw_keys())
+
+
+def check_verified(case: dict, compare: bool = True):
+    from .asm import assemble
+    from .vm import VM
+    prog = assemble(case["asm"])
+    if case.get("mutate"):
+        try:
+            prog = _mutated(prog, case["mutate"])
+        except BPFError:
+            return "refused at decode"
+    vm = VM(seed=1)
+    try:
+        vm.verify(prog, prog_type=case["prog_type"], full=True)
+    except BPFError:
+        return "rejected by the verifier"
+    finally:
+        vm.close()
+    a = _run_verified(case, "interp", prog)
+    if a[0] == "run error" and a[1] == "MemoryAccessError":
+        raise AssertionError(f"the verifier accepted an out-of-region access: {a}")
+    b = _run_verified(case, "jit", prog)
+    from .jit.execmem import wx_mappings
+    assert not wx_mappings(), f"a writable and executable mapping: {wx_mappings()[0]}"
+    assert a[0] != "load error" and b[0] != "load error", f"accepted, then not loaded: {a} {b}"
+    if not compare:
+        return "verified, ran interp+jit; results vary by run: not compared"
+    with _PoisonedStack():
+        if _run_verified(case, "interp", prog) != a:
+            return "verified, ran interp+jit; reads stack it never wrote: not compared"
+    if a[0] == b[0] == "r0":
+        assert a == b, f"engines differ on an accepted program: interp {a[1]:#x} jit {b[1]:#x}" \
+            if a[1] != b[1] else f"engines differ in memory or maps: interp {a[2:]} jit {b[2:]}"
+    return "verified, ran interp+jit"
+
+
 def check_engines(case: dict):
     from .program import Program
-    from .runtime.vm import VM
+    from .vm import VM
+    if "asm" in case:
+        return check_verified(case)
     try:
         prog = Program.from_bytes(bytes.fromhex(case["hex"]))
     except BPFError:
@@ -243,6 +561,14 @@ def check_engines(case: dict):
         assert not wx_mappings(), f"a writable and executable mapping: {wx_mappings()[0]}"
     if len(results) == 2:
         a, b = results["interp"], results["jit"]
+        with _PoisonedStack():
+            try:
+                lp = vm.load(prog, engine="interp", insn_limit=100_000, verify="structural")
+                poisoned = ("r0", lp.run(mem=mem), lp.last_mem)
+            except BPFError as e:
+                poisoned = ("error", type(e).__name__)
+        if poisoned != a:
+            return "ran interp+jit; reads stack it never wrote: not compared"
         # the JIT stops loops by budget counted per iteration, the interpreter per
         # instruction: a limit error on either side is not a disagreement
         if a[0] == b[0] == "r0":
@@ -280,12 +606,37 @@ def check_maps(case: dict):
         except Exception as e:      # noqa: BLE001 -- reported as the failure
             errors.append(f"{type(e).__name__}: {e}")
 
+    done = threading.Event()
+    changed: list[str] = []
+
+    def reader():
+        # a program's view: inside a run (a read section) the element a lookup returned keeps
+        # its value whatever the other threads do (hash updates never write in place, and a
+        # freed element is reused only after the run ends)
+        from .runtime import grace
+        rng = random.Random(case["seed"] * 10 + 9)
+        while not done.is_set():
+            with grace.reading():
+                kb = (rng.randrange(4) * 1000 + rng.randrange(8)).to_bytes(4, "little")
+                addr = m.map_lookup_elem(kb)
+                if addr:
+                    first = ctypes.string_at(addr, 8)
+                    for _ in range(rng.randint(1, 20)):
+                        time.sleep(0)
+                    if ctypes.string_at(addr, 8) != first:
+                        changed.append(kb.hex())
+
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for t in threads:
+    watcher = threading.Thread(target=reader) if kind != "array" else None
+    for t in threads + ([watcher] if watcher else []):
         t.start()
     for t in threads:
         t.join()
+    done.set()
+    if watcher:
+        watcher.join()
     assert not errors, errors[0]
+    assert not changed, f"an element changed under a read section (key {changed[0]})"
     if kind == "hash":       # an LRU map may evict; an array's slots are shared by threads
         want = {k.to_bytes(4, "little"): v for d in owned for k, v in d.items()}
         got = {k: m.sys_lookup(k) for k in m._raw_keys()}
@@ -295,7 +646,7 @@ def check_maps(case: dict):
 
 
 CHECKS = {"asm": check_asm, "decode": check_decode, "elf": check_elf, "engines": check_engines,
-          "maps": check_maps}
+          "maps": check_maps, "helpers": check_helpers}
 
 
 def case_input(target: str, seed: int, index: int) -> dict:
@@ -372,8 +723,14 @@ class _Worker:
 
 
 def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
-         progress=None, max_cases: int | None = None, budget: float = CASE_BUDGET) -> dict:
-    """Run ``target`` for ``seconds`` (or ``max_cases``); returns the figures."""
+         progress=None, max_cases: int | None = None, budget: float = CASE_BUDGET,
+         isolate: bool = False) -> dict:
+    """Run ``target`` for ``seconds`` (or ``max_cases``); returns the figures.
+
+    Cases run in a worker subprocess with a time limit each; the worker is reused (starting
+    Python and pybpf costs ~0.3 s, 100-1000 cases' worth) unless ``isolate`` asks for a fresh one
+    per case. A case that fails in a reused worker is run again alone in a fresh one, and its
+    message says whether it fails there too (the saved input replays in a fresh worker)."""
     if target not in TARGETS:
         raise ValueError(f"unknown fuzz target {target!r} (one of {', '.join(TARGETS)})")
     worker = _Worker()
@@ -383,10 +740,19 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
     try:
         while time.monotonic() - start < seconds and (max_cases is None or cases < max_cases):
             case = case_input(target, seed, cases)
-            if not worker.alive():
+            if not worker.alive() or (isolate and cases):
+                worker.close()
                 worker = _Worker()
             out = worker.ask(target, case, budget)
             cases += 1
+            if not out["ok"] and not isolate:
+                alone = _Worker()
+                try:
+                    again = alone.ask(target, case, budget)
+                finally:
+                    alone.close()
+                out["message"] += (" (fails alone too)" if not again["ok"] else
+                                   " (only after earlier cases in the same worker)")
             if out["ok"]:
                 key = str(out["result"])
                 results[key] = results.get(key, 0) + 1
@@ -424,6 +790,9 @@ def format_report(r: dict) -> str:
     lines = [f"{r['target']}: {r['cases']} cases in {r['seconds']} s "
              f"({r['cases_per_second']}/s), {r['failures']} failures, "
              f"{len(r['distinct'])} distinct"]
+    if r["results"]:
+        lines.append("  outcomes: " + ", ".join(f"{k} {v}" for k, v in
+                                                 sorted(r["results"].items(), key=lambda kv: -kv[1])))
     for msg, n in sorted(r["distinct"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {n:6d}  {msg}")
     for path in r["saved"][:20]:

@@ -78,7 +78,7 @@ def _build(df: DataFile):
 
 def _run(prog, mem, engine: str, insn_limit: int | None, verify=False) -> int:
     from .runtime.helpers import ubpf_test_helpers
-    from .runtime.vm import VM
+    from .vm import VM
     vm = VM(helpers=ubpf_test_helpers())
     kwargs = {"insn_limit": insn_limit} if insn_limit else {}
     # .data suites test instruction semantics with programs written for runtimes without a

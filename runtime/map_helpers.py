@@ -175,11 +175,21 @@ def resolver(maps: Iterable[Map]) -> Callable[[int], Map | None]:
     return by_value.get
 
 
+# helpers whose map must be a ring buffer (the verifier's map/func compatibility check; a
+# program loaded unverified reaches them with any map)
+_RINGBUF_ONLY = {"ringbuf_output", "ringbuf_reserve", "ringbuf_query"}
+
+
 def _bind(fn, resolve_map, name: str):
+    ringbuf_only = fn.__name__ in _RINGBUF_ONLY
+
     def bound(map_value: int, *args: int) -> int:
         m = resolve_map(map_value)
         if m is None:
             raise MapError(f"{name}: no map at 0x{map_value:x}", errno.EBADF)
+        if ringbuf_only and not isinstance(m, RingBuf):
+            raise MapError(f"{name}: map {m.name or m.fd} is a {m.type} map, not a ringbuf",
+                           errno.EINVAL)
         return fn(m, *args)
     bound.__name__ = name
     return bound

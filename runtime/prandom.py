@@ -36,6 +36,8 @@ def seed_word(x: int, minimum: int) -> int:
 class PrandomState:
     """Four u32 words of taus113 state at a fixed native address (``address``)."""
 
+    steps = TAUS_STEPS      # what the JIT's inline step reads (jit/native_helpers.py)
+
     def __init__(self, words=(2, 8, 16, 128)) -> None:
         self._buf = (ctypes.c_uint32 * 4)(*(w & _M32 for w in words))
         self.address = ctypes.addressof(self._buf)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 
 from pybpf.runtime.maps.arena import LO32
-from pybpf.runtime.vm import VM
+from pybpf.vm import VM
 from pybpf.uapi import BPF_F_MMAPABLE
 from support import M64, asm
 

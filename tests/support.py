@@ -21,6 +21,8 @@ import textwrap
 import traceback
 from pathlib import Path
 
+import pytest
+
 import pybpf
 from pybpf.helper_names import HELPER_IDS
 
@@ -209,3 +211,30 @@ def assert_case_passed(child_results: tuple, name: str) -> None:
     assert rec is not None, (f"the child died before reporting {name} (exit {proc.returncode})"
                              f"\n{proc.stderr[-3000:]}")
     assert rec["ok"], rec["error"]
+
+
+def child_tests(namespace: dict, detail=lambda d: d, test_name: str = "test_case") -> dict:
+    """The tail of a test module whose ``case_*`` functions run in a child process: call it
+    last, ``child_tests(globals(), detail)``. It defines ``CASES``, the module-scoped
+    ``child_results`` fixture (one child runs every case) and ``test_name``, a test per case;
+    run as ``python <module> child [case...]`` (what :func:`run_child` starts), it runs the cases
+    and exits with :func:`child`'s status, ``detail(result)`` giving each case's reported detail.
+    """
+    cases = cases_of(namespace)
+    path = namespace["__file__"]
+
+    @pytest.fixture(scope="module")
+    def child_results():
+        return run_child(path, cases)
+
+    @pytest.mark.parametrize("name", list(cases))
+    def test(child_results, name):
+        assert_case_passed(child_results, name)
+
+    test.__name__ = test.__qualname__ = test_name
+    namespace.update({"CASES": cases, "child_results": child_results, test_name: test})
+    if namespace.get("__name__") == "__main__":
+        if len(sys.argv) >= 2 and sys.argv[1] == "child":
+            sys.exit(child(cases, sys.argv[2:] or list(cases), detail))
+        print(namespace.get("__doc__"))
+    return cases

@@ -21,7 +21,7 @@ from programs_arena import (ARENA, ATOMICS_BODY, BUILD_LIST, CASTS, OFFS, PAGE, 
                             access_progs, addr32_strategy, args, backed)
 from pybpf.errors import VerifierError, VMError
 from pybpf.runtime.maps.arena import LO32
-from pybpf.runtime.vm import VM
+from pybpf.vm import VM
 from pybpf.uapi import BPF_F_MMAPABLE, BPF_F_NO_USER_CONV
 from support import M64, ROOT, asm, rss, run_script, sample_driver
 

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import ctypes
 import struct
-import sys
 
-import pytest
-
-from support import asm, assert_case_passed, cases_of, child, run_child
+from support import asm, child_tests
 
 import pybpf
 from pybpf.errors import BPFError, MapError, MemoryAccessError, VerifierError
 
 
 def VM():
-    from pybpf.runtime.vm import VM as _VM
+    from pybpf.vm import VM as _VM
 
     return _VM(seed=1)
 
@@ -268,20 +265,4 @@ def case_map_metadata_outside_every_region():
     return "ok"
 
 
-CASES = cases_of(globals())
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    return run_child(__file__, CASES)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_case_in_child(child_results, name):
-    assert_case_passed(child_results, name)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: repr(d)[:300]))
-    print(__doc__)
+child_tests(globals(), lambda d: repr(d)[:300], "test_case_in_child")

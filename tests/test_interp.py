@@ -12,7 +12,7 @@ from pybpf.insn import make
 from pybpf.program import Program
 from pybpf.runtime.helpers import Prototype, kernel_helpers, ubpf_test_helpers
 from pybpf.runtime.interp_snippets import has_snippet
-from pybpf.runtime.vm import VM as _VM
+from pybpf.vm import VM as _VM
 
 
 class VM(_VM):

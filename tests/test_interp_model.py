@@ -20,7 +20,7 @@ from pybpf import isa
 from pybpf.disasm import disassemble
 from pybpf.insn import make
 from pybpf.program import Program
-from pybpf.runtime.vm import VM
+from pybpf.vm import VM
 
 EXAMPLES = 400
 PROGRAMS_PER_EXAMPLE = 25

@@ -283,7 +283,7 @@ def test_arbitrary_addresses_ran_every_example(child_results):
 
 def _lower(text: str, env):
     from pybpf.jit.lower import lower_program
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM()
     prog = asm(text)

@@ -17,19 +17,18 @@ from __future__ import annotations
 import errno
 import random
 import struct
-import sys
 import time
 
 import pytest
 
 from programs_maps import bpf_loop_prog, ringbuf_prog, tail_caller, tail_chain
-from support import M64, asm, assert_case_passed, both, cases_of, child, frame, run_child
+from support import M64, asm, both, child_tests, frame
 
 pytestmark = pytest.mark.jit
 
 
 def VM():
-    from pybpf.runtime.vm import VM as _VM
+    from pybpf.vm import VM as _VM
 
     return _VM(seed=1)
 
@@ -484,20 +483,4 @@ def case_helper_exceptions_reach_the_caller():
     assert both(run) == ("MapError", errno.EBADF)
 
 
-CASES = cases_of(globals())
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    return run_child(__file__, CASES)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_case_in_both_engines(child_results, name):
-    assert_case_passed(child_results, name)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: repr(d)[:200]))
-    print(__doc__)
+child_tests(globals(), lambda d: repr(d)[:200], "test_case_in_both_engines")

@@ -22,9 +22,7 @@ import tempfile
 import threading
 import time
 
-import pytest
-
-from support import ROOT, assert_case_passed, cases_of, child, run_child
+from support import ROOT, child_tests
 
 LOOP = """
     r6 = *(u64 *)(r1 + 0)
@@ -346,21 +344,4 @@ def case_cli_cache_stats_and_clear():
     return "ok"
 
 
-CASES = cases_of(globals())
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    return run_child(__file__, CASES)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_case(child_results, name):
-    assert_case_passed(child_results, name)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: json.loads(
-            json.dumps(d, default=str))))
-    print(__doc__)
+child_tests(globals(), lambda d: json.loads(json.dumps(d, default=str)), "test_case")

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from support import ROOT, assert_case_passed, cases_of, child, run_child
+from support import ROOT, child_tests
 
 from pybpf.errors import JITError
 from pybpf.jit import codegen
@@ -178,7 +178,7 @@ def _switch_tree_program(cases: int, seed: int, mask: bool):
 
 def case_compare_trees_become_switches_with_the_same_answers():
     from pybpf.jit.lower import lower_program
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM()
     checked = 0
@@ -197,7 +197,7 @@ def case_compare_trees_become_switches_with_the_same_answers():
 def case_lookup_table_switch_runs_like_the_interpreter():
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from test_lower import switch_program
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     prog = switch_program()
     vm = VM()
@@ -237,20 +237,4 @@ def case_switch64_jit_native_and_interpreter_agree():
     return results
 
 
-CASES = cases_of(globals())
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    return run_child(__file__, CASES)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_case(child_results, name):
-    assert_case_passed(child_results, name)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: repr(d)[:200]))
-    print(__doc__)
+child_tests(globals(), lambda d: repr(d)[:200], "test_case")

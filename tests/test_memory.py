@@ -79,7 +79,7 @@ _CHILD = textwrap.dedent(r"""
     from pybpf.insn import make
     from pybpf.program import Program
     from pybpf.runtime.helpers import ubpf_test_helpers
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     secret = ctypes.create_string_buffer(b"SECRET!!", 8)
     targets = [0, 1, 4096, 0xFFFF_8000_0000_0000, 0xFFFF_FFFF_FFFF_FFF8, 0x7FFF_FFFF_F000,

@@ -161,7 +161,7 @@ def test_thp_settings_reads_the_bracketed_mode():
 def test_placement_after_vm_loads_and_closes():
     out = run_child("""
         import json, pybpf, pybpf.jit
-        from pybpf.runtime.vm import VM
+        from pybpf.vm import VM
         vm = VM()
         lps = [vm.load(pybpf.assemble(f"r0 = {i}\\nr0 += r2\\nexit"), engine="jit",
                        name=f"prog{i}") for i in range(5)]
@@ -194,7 +194,7 @@ THOUSAND = """
     import pybpf, pybpf.jit
     from pybpf.jit.execmem import wx_mappings
     from pybpf.jit.placement import sample_programs
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     t_start = time.perf_counter()
     progs = sample_programs(1000, seed=4)

@@ -11,7 +11,7 @@ import pytest
 import pybpf
 from pybpf.errors import MemoryAccessError, VMError
 from pybpf.runtime.contexts import SkBuff, XdpMd
-from pybpf.runtime.vm import VM as _VM
+from pybpf.vm import VM as _VM
 from pybpf.uapi import XDP_DROP, XDP_PASS, XDP_TX
 
 

@@ -21,7 +21,7 @@ import pybpf
 from pybpf.errors import MapError
 from pybpf.runtime.maps import MAP_TYPES, create_map
 from pybpf.runtime.maps.base import MAP_TYPE_IDS
-from pybpf.runtime.vm import VM
+from pybpf.vm import VM
 from pybpf.uapi import (BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
                         BPF_F_NUMA_NODE, BPF_F_RDONLY, BPF_F_RDONLY_PROG, BPF_F_WRONLY,
                         BPF_NOEXIST)

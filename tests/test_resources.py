@@ -58,7 +58,7 @@ def _cycle(vm, kind: str):
 
 
 def measure(counts: dict[str, int]) -> dict[str, dict]:
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM(seed=1)
     vm.create_map("hash", 4, 8, 4, name="h")
@@ -104,7 +104,7 @@ def test_ten_thousand_cycles_leave_rss_flat():
 # -- limits with clear errors -------------------------------------------------------------------
 
 def test_map_count_limit():
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM(max_maps=3)
     ms = [vm.create_map("array", 4, 8, 1) for _ in range(3)]
@@ -116,7 +116,7 @@ def test_map_count_limit():
 
 
 def test_map_memory_limit_counts_arena_pages():
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     vm = VM(max_map_bytes=1 << 20)
     vm.create_map("array", 4, 1024, 512)            # 512 KiB
@@ -126,10 +126,42 @@ def test_map_memory_limit_counts_arena_pages():
     vm.create_map("arena", max_entries=64, flags=1 << 10)           # 256 KiB fits
 
 
+def test_arena_page_limit():
+    """Arena pages allocated at once across a VM's arenas are bounded (VM(max_arena_pages)):
+    past it BPF's bpf_arena_alloc_pages gets NULL, Python's alloc a MapError naming the limit;
+    freed pages and collected arenas give their pages back."""
+    from pybpf.vm import VM
+
+    vm = VM(max_arena_pages=4)
+    a = vm.create_map("arena", max_entries=16, flags=1 << 10)
+    b = vm.create_map("arena", max_entries=16, flags=1 << 10)
+    p = a.alloc(3)
+    with pytest.raises(MapError, match=r"arena page limit: 3 pages allocated, 2 more would "
+                                       r"exceed 4 \(VM\(max_arena_pages=\.\.\.\)") as e:
+        b.alloc(2)
+    assert e.value.errno == errno.ENOMEM
+    del e                                            # its traceback holds the arena
+    assert b.alloc_pages(0, 2) == 0                  # what a program's kfunc call returns
+    b.alloc(1)
+    assert vm.arena_pages.used == 4
+    a.free_pages(p, 3)
+    assert vm.arena_pages.used == 1
+    q = b.alloc(3)
+    b.free_pages(q, 1)
+    a.close()
+    del a
+    gc.collect()
+    assert vm.arena_pages.used == 3
+    b.close()
+    del b
+    gc.collect()
+    assert vm.arena_pages.used == 0
+
+
 def test_program_size_limit():
     from pybpf.insn import make
     from pybpf.program import Program
-    from pybpf.runtime.vm import VM
+    from pybpf.vm import VM
 
     prog = Program(make("mov64_imm", 0, imm=0) * 1_000_000 + make("exit"))
     with pytest.raises(VMError, match="too large"):

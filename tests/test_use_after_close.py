@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import gc
 import struct
-import sys
 import weakref
 
-import pytest
 
 from programs_arena import ACCESS, ARENA, args
-from support import asm, assert_case_passed, cases_of, child, run_child
+from support import asm, child_tests
 
 from pybpf.errors import BPFError, MapError, VMError
 
 
 def VM():
-    from pybpf.runtime.vm import VM as _VM
+    from pybpf.vm import VM as _VM
 
     return _VM(seed=1)
 
@@ -168,20 +166,4 @@ def case_closed_program_and_vm_refuse_everything():
     return out
 
 
-CASES = cases_of(globals())
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    return run_child(__file__, CASES)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_case_in_child(child_results, name):
-    assert_case_passed(child_results, name)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: repr(d)[:300]))
-    print(__doc__)
+child_tests(globals(), lambda d: repr(d)[:300], "test_case_in_child")

@@ -19,7 +19,7 @@ from pybpf.errors import MapError, MemoryAccessError, VerifierError, VMError
 from pybpf.insn import make
 from pybpf.program import Program
 from pybpf.runtime.helpers import Prototype
-from pybpf.runtime.vm import VM
+from pybpf.vm import VM
 from support import M64, ROOT, asm
 
 SAMPLES = os.path.join(ROOT, "samples", "c")

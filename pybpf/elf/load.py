@@ -66,7 +66,7 @@ def bind(obj: BpfObject, vm=None) -> BpfObject:
     if obj.vm is not None:
         raise ELFError(f"{obj.filename}: the object is already loaded into a VM")
     if vm is None:
-        from ..runtime.vm import VM
+        from ..vm import VM
         vm = VM()
     if not callable(getattr(vm, "create_map", None)):
         raise ELFError(f"{obj.filename}: {type(vm).__name__} cannot create maps (no create_map)")

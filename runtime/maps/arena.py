@@ -44,6 +44,12 @@ single-page runs. So an arena refuses an allocation that would make more than ``
 ENOMEM from a Python touch) and treats an mprotect failure the same way, leaving the rest of the
 process room. Runs that touch merge, so sequential allocation uses one VMA.
 
+Pages. Every arena draws its allocated pages from a :class:`PageBudget`: its own unlimited one,
+or the VM's (``VM(max_arena_pages=...)``, the kernel's memory cgroup charge in miniature). An
+allocation past the budget gives NULL to BPF, as a failed charge does in the kernel, and
+:meth:`Arena.alloc` (the Python face) raises MapError ENOMEM naming the limit. Pages go back
+to the budget when freed, and all of them when the arena is collected.
+
 Bookkeeping follows the range_tree version (v6.13+) exactly, BEST FIT placement included
 (:class:`RangeTree`; the tests replay op sequences on the running kernel and compare); kfunc
 rules follow arena.c's kfuncs (node ids other than -1 and 0 give NULL, as in v6.19+). One
@@ -176,6 +182,46 @@ class _Window(ctypes.c_ubyte * (SZ_4G + 2 * GUARD)):
     """The reservation as a buffer; typed views hold it, and it unmaps the band when collected."""
 
 
+class PageBudget:
+    """A count of allocated arena pages shared by the arenas of one VM, with a limit."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def charge(self, n: int) -> bool:
+        with self._lock:
+            if self.limit is not None and self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def uncharge(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+class _Account:
+    """One arena's pages in its budget; released whole when the arena is collected."""
+    __slots__ = ("budget", "pages")
+
+    def __init__(self, budget: PageBudget) -> None:
+        self.budget, self.pages = budget, 0
+
+    def charge(self, n: int) -> bool:
+        if not self.budget.charge(n):
+            return False
+        self.pages += n
+        return True
+
+    def uncharge(self, n: int) -> None:
+        self.budget.uncharge(n)
+        self.pages -= n
+
+    def release(self) -> None:
+        self.uncharge(self.pages)
+
+
 class Arena(Map):
     """A bpf_arena. ``max_entries`` pages; ``map_extra`` the user address (0: chosen here)."""
 
@@ -215,6 +261,9 @@ class Arena(Map):
         self._rt.set(0, self.max_entries)
         self._lock = threading.RLock()
         self.pages_allocated = 0
+        self._account = _Account(PageBudget())
+        weakref.finalize(self, _Account.release, self._account)
+        self.refusal = ""                        # why the last allocation gave NULL, if known
         self._rw = bytearray(self.max_entries)   # user pages ever made writable
         self._runs = 0                            # runs of such pages (VMAs ~ 2 * runs + 1)
 
@@ -287,6 +336,13 @@ class Arena(Map):
             todo.append((pg, stop))
             pg = stop
         if runs > self.max_runs:
+            self.refusal = (f"arena {self.name or self.fd}: {runs} separate runs of pages would "
+                            f"exceed max_runs={self.max_runs} (each costs memory mappings)")
+            return False
+        if not self._account.charge(n):
+            b = self._account.budget
+            self.refusal = (f"arena page limit: {b.used} pages allocated, {n} more would exceed "
+                            f"{b.limit} (VM(max_arena_pages=...) raises it)")
             return False
         first = self._user_page0 + pgoff
         addr = self.kern_vm_start + (first << PAGE_SHIFT)
@@ -298,6 +354,8 @@ class Arena(Map):
             if sys_mprotect(self.kern_vm_start + ((self._user_page0 + lo) << PAGE_SHIFT),
                             (hi - lo) << PAGE_SHIFT, PROT_READ | PROT_WRITE):
                 self._runs = self._count_rw_runs()
+                self._account.uncharge(n)
+                self.refusal = "mprotect failed (the process's memory mapping limit)"
                 return False     # VMA limit; pages made writable so far stay so, unmarked
             rw[lo:hi] = b"\x01" * (hi - lo)
         self._runs = runs
@@ -322,6 +380,7 @@ class Arena(Map):
         sys_madvise(self.kern_vm_start + (first << PAGE_SHIFT), n << PAGE_SHIFT, MADV_DONTNEED)
         pm[base + first:base + first + n] = bytes(n)
         self.pages_allocated -= present
+        self._account.uncharge(present)
 
     def alloc_pages(self, addr: int = 0, page_cnt: int = 1, node_id: int = NUMA_NO_NODE,
                     flags: int = 0) -> int:
@@ -354,6 +413,28 @@ class Arena(Map):
                 self._rt.set(pgoff, page_cnt)
                 return 0
         return clear_lo32(self.user_vm_start) + ((self.user_vm_start + pgoff * PAGE_SIZE) & LO32)
+
+    def use_page_budget(self, budget: PageBudget) -> None:
+        """Draw pages from ``budget`` (the VM's) from now on, the pages held so far included."""
+        with self._lock:
+            acct = self._account
+            held = acct.pages
+            acct.uncharge(held)
+            acct.budget = budget
+            budget.uncharge(-held)        # the pages held move over, even past the limit
+            acct.pages = held
+
+    def alloc(self, page_cnt: int = 1, addr: int = 0) -> int:
+        """The Python face of :meth:`alloc_pages`: the user address of ``page_cnt`` new
+        zeroed pages; MapError (ENOMEM, or EINVAL for bad arguments) saying why not."""
+        self._sys_check(True)
+        self.refusal = ""
+        ptr = self.alloc_pages(addr, page_cnt)
+        if not ptr:
+            raise MapError(self.refusal or f"cannot allocate {page_cnt} pages at {addr:#x} in "
+                           f"arena {self.name or self.fd} (no such free range)",
+                           errno.ENOMEM if self.refusal else errno.EINVAL)
+        return ptr
 
     def free_pages(self, ptr: int, page_cnt: int = 1) -> None:
         """bpf_arena_free_pages: free ``page_cnt`` pages at ``ptr`` (clipped to the arena)."""

@@ -16,9 +16,14 @@ Concurrency, as the kernel's RCU hash (hlist_nulls): native readers (JIT code, h
 walk chains while Python threads change them under the map's lock. Every change writes an
 element before linking it; an update of a present key fills a spare element and links it
 ahead of the old one before unlinking that (a reader sees the old or the new value, never no
-value); freed elements are reused oldest first; and a reader whose element was reused into
-another chain meanwhile ends on that chain's marker, sees it is not its bucket's and starts
-again (the kernel's ``get_nulls_value`` check).
+value); a freed element is reused only after a grace period (runtime/grace.py: every run that
+might hold it has ended, as the kernel frees RCU-protected elements), oldest first, so a
+concurrent lookup never sees an element turn into another key's; and a reader whose element
+was relinked meanwhile ends on another chain's marker, sees it is not its bucket's and starts
+again (the kernel's ``get_nulls_value`` check). ``SPARES`` elements beyond ``max_entries``
+cover the grace periods. A Python caller waits for one when every spare is still in its grace
+period; a program run cannot wait (two runs waiting for each other never end), so its update
+fails with -ENOMEM then, as the kernel's non-preallocated hash does when it cannot allocate.
 
 Kernel rules: update flags BPF_ANY / BPF_NOEXIST (-EEXIST if present) / BPF_EXIST (-ENOENT if
 absent), anything else -EINVAL; a new key when all ``max_entries`` are used gives -E2BIG;
@@ -44,6 +49,7 @@ import threading
 from pybpf.uapi import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_LOCK, BPF_F_NO_COMMON_LRU,
                         BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_RDONLY_PROG, BPF_F_ZERO_SEED,
                         BPF_NOEXIST, ENOTSUPP)
+from .. import grace
 from .base import HEADER_SIZE, KMALLOC_MAX_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up
 
 HTAB_CREATE_FLAG_MASK = (BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_NUMA_NODE |
@@ -52,6 +58,7 @@ HTAB_ELEM_SIZE = 48        # sizeof(struct htab_elem), part of the kernel's E2BI
 ELEM_HDR = 16              # next, hash, in_use, ref, padding
 OFF_NEXT, OFF_HASH, OFF_IN_USE, OFF_REF = 0, 4, 8, 9
 NULLS = 1 << 31            # a chain's end marker: NULLS | bucket index
+SPARES = 16                # elements beyond max_entries (fewer for small maps) for grace periods
 _U32 = struct.Struct("<I")
 _ELEM = struct.Struct("<IIBB")
 _ELEM_TAIL = struct.Struct("<IBB")      # hash, in_use, ref: what follows the next link
@@ -132,8 +139,10 @@ class HashMap(Map):
         self.elem_size = self.value_off + self.stride * self.n_cpus
         buckets_off = HEADER_SIZE
         elems_off = buckets_off + round_up(4 * self.n_buckets, 8)
-        # one spare element: an update of a present key fills it before unlinking the old one
-        self._mem = Memory(elems_off + (n + 1) * self.elem_size)
+        # spare elements: an update of a present key fills one before unlinking the old one,
+        # and freed elements wait out their grace period before reuse
+        self.n_elems = n + min(n, SPARES) + 1
+        self._mem = Memory(elems_off + self.n_elems * self.elem_size)
         self._view = self._mem.view
         markers = struct.pack(f"<{self.n_buckets}I",
                               *(NULLS | b for b in range(self.n_buckets)))
@@ -147,7 +156,8 @@ class HashMap(Map):
         h.data, h.index, h.index_mask = self.elems_address, self._buckets, self.n_buckets - 1
         h.elem_size = self.elem_size
         self._slots: dict[bytes, int] = {}           # key -> slot, in LRU order (oldest first)
-        self._free = collections.deque(range(n + 1))  # oldest first: slot 0, then 1, ...
+        self._free = collections.deque(range(self.n_elems))  # oldest first: slot 0, 1, ...
+        self._pending: collections.deque = collections.deque()  # (grace token, slot), oldest first
         self._lock = threading.RLock()                # every change to chains, slots, free list
 
     # -- element memory ---------------------------------------------------------------------
@@ -202,7 +212,16 @@ class HashMap(Map):
             link = self._elem_off(cur - 1) + OFF_NEXT
         self._store32(link, nxt)
         view[off + OFF_IN_USE] = 0
-        self._free.append(slot)
+        self._pending.append((grace.retire(), slot))
+
+    def _take(self) -> int | None:
+        """A free element whose grace period is over, or None."""
+        pending = self._pending
+        if pending:
+            h = grace.horizon()
+            while pending and pending[0][0] <= h:
+                self._free.append(pending.popleft()[1])
+        return self._free.popleft() if self._free else None
 
     # -- the BPF face ---------------------------------------------------------------------------
     def map_lookup_elem(self, key: bytes) -> int:
@@ -216,35 +235,51 @@ class HashMap(Map):
     def _update(self, key: bytes, value: bytes, flags: int, onallcpus: bool) -> int:
         if flags & ~BPF_F_LOCK > BPF_EXIST or flags & BPF_F_LOCK:
             return -errno.EINVAL          # unknown flags; BPF_F_LOCK needs a bpf_spin_lock (BTF)
-        with self._lock:
-            slot = self._slots.get(key)
-            if slot is not None and flags == BPF_NOEXIST:
-                return -errno.EEXIST
-            if slot is None and flags == BPF_EXIST:
-                return -errno.ENOENT
-            if slot is not None and self.percpu and not onallcpus:
-                self._write_value(slot, value, onallcpus, new=False)    # one CPU's value
-                if self.lru:                # an update makes the element the most recent
-                    self._slots[key] = self._slots.pop(key)
-                    self._view[self._elem_off(slot) + OFF_REF] = 0
-                return 0
-            if slot is not None:
-                # the spare element takes the new value and goes in ahead of the old one
-                new = self._free.popleft()
-                self._write_value(new, value, onallcpus, new=True)
-                self._link(new, key)        # _slots[key] moves to the new slot in one store
-                if self.lru:                # an update makes the element the most recent
-                    self._slots[key] = self._slots.pop(key)
-                self._unlink_slot(slot)
-                return 0
-            if len(self._slots) >= self.max_entries:
-                if not self.lru:
-                    return -errno.E2BIG
-                self._evict()
-            slot = self._free.popleft()
-            self._write_value(slot, value, onallcpus, new=True)
-            self._link(slot, key)
+        while True:
+            with self._lock:
+                err = self._update_locked(key, value, flags, onallcpus)
+                if err is not None:
+                    return err
+                token = self._pending[0][0]
+            # every element that is not in use is still in its grace period
+            if grace.in_read_section() or not grace.wait(token):
+                return -errno.ENOMEM
+
+    def _update_locked(self, key: bytes, value: bytes, flags: int, onallcpus: bool) -> int | None:
+        """0 or -errno; None when no element is out of its grace period yet."""
+        slot = self._slots.get(key)
+        if slot is not None and flags == BPF_NOEXIST:
+            return -errno.EEXIST
+        if slot is None and flags == BPF_EXIST:
+            return -errno.ENOENT
+        if slot is not None and self.percpu and not onallcpus:
+            self._write_value(slot, value, onallcpus, new=False)    # one CPU's value
+            if self.lru:                # an update makes the element the most recent
+                self._slots[key] = self._slots.pop(key)
+                self._view[self._elem_off(slot) + OFF_REF] = 0
             return 0
+        if slot is not None:
+            # a spare element takes the new value and goes in ahead of the old one
+            new = self._take()
+            if new is None:
+                return None
+            self._write_value(new, value, onallcpus, new=True)
+            self._link(new, key)        # _slots[key] moves to the new slot in one store
+            if self.lru:                # an update makes the element the most recent
+                self._slots[key] = self._slots.pop(key)
+            self._unlink_slot(slot)
+            return 0
+        full = len(self._slots) >= self.max_entries
+        if full and not self.lru:
+            return -errno.E2BIG
+        slot = self._take()
+        if slot is None:
+            return None
+        if full:
+            self._evict()
+        self._write_value(slot, value, onallcpus, new=True)
+        self._link(slot, key)
+        return 0
 
     def map_delete_elem(self, key: bytes) -> int:
         with self._lock:
@@ -332,7 +367,7 @@ class HashMap(Map):
         return r0
 
     def regions(self) -> list[tuple[int, int, bool]]:
-        return [(self.elems_address, (self.max_entries + 1) * self.elem_size,   # + the spare
+        return [(self.elems_address, self.n_elems * self.elem_size,         # + the spares
                  not self.flags & BPF_F_RDONLY_PROG)]
 
     def region_rule(self) -> dict:
@@ -341,6 +376,10 @@ class HashMap(Map):
         return {"stride": self.elem_size, "lo": self.value_off, "hi": self.value_off + span}
 
     # -- syscall / Python faces -----------------------------------------------------------------
+    def sys_lookup(self, key: bytes) -> bytes:
+        with grace.reading():           # the copy must not race a reuse of the element
+            return Map.sys_lookup(self, key)
+
     def _raw_keys(self) -> list[bytes]:
         with self._lock:
             return list(self._slots)

@@ -15,6 +15,7 @@ indexes past the end give -E2BIG (update and delete); deleting an empty slot giv
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import struct
 
@@ -23,7 +24,6 @@ from .array import ArrayMap
 from .base import HEADER_SIZE, Memory, check, fail
 
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 
 class ProgArrayMap(ArrayMap):
@@ -69,16 +69,20 @@ class ProgArrayMap(ArrayMap):
 
     def refresh_native(self) -> None:
         """Rewrite the native table from each program's ``native_entry`` (0 when absent)."""
-        view = self._mem.view
         for i, prog in enumerate(self._progs):
-            _U64.pack_into(view, HEADER_SIZE + 8 * i,
-                           (getattr(prog, "native_entry", 0) or 0) if prog is not None else 0)
+            self._store_entry(i, prog)
+
+    def _store_entry(self, index: int, prog) -> None:
+        # One aligned 8-byte store: JIT code running in another thread reads the entry without
+        # a lock and must see the old or the new entry point, never a torn mix of both (which
+        # struct.pack_into can expose: it writes byte by byte, after zeroing).
+        entry = (getattr(prog, "native_entry", 0) or 0) if prog is not None else 0
+        ctypes.c_uint64.from_address(self.table_address + 8 * index).value = entry
 
     # -- syscall / Python faces ------------------------------------------------------------------
     def _set(self, index: int, prog) -> None:
         self._progs[index] = prog
-        _U64.pack_into(self._mem.view, HEADER_SIZE + 8 * index,
-                       (getattr(prog, "native_entry", 0) or 0) if prog is not None else 0)
+        self._store_entry(index, prog)
 
     def update(self, key, prog, flags: int = BPF_ANY) -> None:
         """Store ``prog`` (a loaded program, or an int fd for ``resolve_prog``) at ``key``."""

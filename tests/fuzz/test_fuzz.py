@@ -1,7 +1,7 @@
 """The fuzzers (pybpf/fuzz.py) in CI: a short run of every target, then every saved failing
 input (tests/fuzz/corpus/*.json, written by ``pybpf fuzz TARGET --save tests/fuzz/corpus``)
 replayed as a regression test. Each case runs in a worker subprocess with a time limit, so a
-signal or a hang fails the case, not the test session. ``PYBPF_FUZZ_SECONDS`` sets the run per
+signal or a hang fails the case, not the test session (the saved inputs share one worker). ``PYBPF_FUZZ_SECONDS`` sets the run per
 target (default 4 s)."""
 from __future__ import annotations
 
@@ -28,11 +28,28 @@ def test_short_fuzz_run_finds_nothing(target):
 @pytest.mark.parametrize("path", CORPUS or [pytest.param(None, marks=pytest.mark.skip(
     reason="tests/fuzz/corpus is empty: no fuzzer has saved a failing input yet"))],
     ids=[p.stem for p in CORPUS] or ["no-saved-inputs"])
-def test_saved_failure_stays_fixed(path):
+def test_saved_failure_stays_fixed(path, replay_worker):
     rec = json.loads(path.read_text())
-    worker = fuzz._Worker()
-    try:
-        out = worker.ask(rec["target"], rec["case"], fuzz.CASE_BUDGET)
-    finally:
-        worker.close()
+    out = replay_worker.ask(rec["target"], rec["case"], fuzz.CASE_BUDGET)
     assert out["ok"], f"{path.name} (first seen as: {rec['message']}): {out['message']}"
+
+
+class _Replayer:
+    """One worker subprocess for every saved input (starting one costs ~1 s of CI); a worker
+    that dies or hangs is replaced before the next input."""
+
+    def __init__(self):
+        self.worker = None
+
+    def ask(self, target, case, budget):
+        if self.worker is None or not self.worker.alive():
+            self.worker = fuzz._Worker()
+        return self.worker.ask(target, case, budget)
+
+
+@pytest.fixture(scope="module")
+def replay_worker():
+    r = _Replayer()
+    yield r
+    if r.worker is not None:
+        r.worker.close()

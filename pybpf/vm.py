@@ -40,15 +40,16 @@ from pybpf.attach_types import section_attach_type
 from pybpf.verifier import verify as verify_program
 from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
-from . import vm_helpers
-from .contexts import canonical_type
-from .helpers import HelperRegistry, Prototype, kernel_helpers
+from .runtime import vm_helpers
+from .runtime.contexts import canonical_type
+from .runtime.helpers import HelperRegistry, Prototype, kernel_helpers
 from .loaded import DEFAULT_INSN_LIMIT, ENGINES, LoadedProgram, check_limit
-from .loader import bind_declarations, program_arena, referenced_maps, resolve_values64
-from .maps import create_map
-from .maps.prog_array import ProgArrayMap
-from .memory import Region
-from .verifier_env import VMEnv
+from .runtime.loader import bind_declarations, program_arena, referenced_maps, resolve_values64
+from .runtime.maps import create_map
+from .runtime.maps.arena import PageBudget
+from .runtime.maps.prog_array import ProgArrayMap
+from .runtime.memory import Region
+from .runtime.verifier_env import VMEnv
 
 __all__ = ["VM", "LoadedProgram", "DEFAULT_INSN_LIMIT", "ENGINES"]
 
@@ -59,6 +60,7 @@ _FD_LOCK = threading.Lock()
 _MISSING = object()
 MAX_MAPS = 4096                 # live maps per VM
 MAX_MAP_BYTES = 16 << 30        # map memory per VM (values, elements, rings, arena pages)
+MAX_ARENA_PAGES = 1 << 18       # arena pages allocated at once in a VM's arenas (1 GiB)
 # The kernel refuses programs above BPF_COMPLEXITY_LIMIT_INSNS instructions with E2BIG.
 
 
@@ -84,7 +86,8 @@ class VM:
 
     def __init__(self, helpers: HelperRegistry | None = None, *,
                  insn_limit: int = DEFAULT_INSN_LIMIT, seed: int | None = None,
-                 max_maps: int = MAX_MAPS, max_map_bytes: int = MAX_MAP_BYTES) -> None:
+                 max_maps: int = MAX_MAPS, max_map_bytes: int = MAX_MAP_BYTES,
+                 max_arena_pages: int = MAX_ARENA_PAGES) -> None:
         self._trace_lines: list[str] = []
         self.random = random.Random(seed)
         self.kfuncs = HelperRegistry(kind="kfunc")
@@ -103,6 +106,9 @@ class VM:
         # Per-VM resource limits (the kernel charges map memory to a memory cgroup and caps
         # open fds): live maps, and bytes of map memory (an arena counts its max_entries pages)
         self.max_maps, self.max_map_bytes = max_maps, max_map_bytes
+        # arena pages in use (each arena's max_entries counts against max_map_bytes as address
+        # space; this bounds the memory they actually take)
+        self.arena_pages = PageBudget(max_arena_pages)
         self.closed = False
         self._decls: dict[int, tuple] = {}          # id(MapDecl) -> (decl, map)
         self._programs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -128,6 +134,8 @@ class VM:
             raise MapError(f"map memory limit: {used + _charge(m):,} bytes would exceed this "
                            f"VM's {self.max_map_bytes:,} (VM(max_map_bytes=...) raises it)",
                            errno.ENOMEM)
+        if m.type == "arena":
+            m.use_page_budget(self.arena_pages)
         self._by_fd[m.fd] = m
         self._by_value[m.address] = m
         if m.name:

@@ -1,5 +1,9 @@
 """A loaded program: one Program bound to its VM's maps, ready to run on one engine.
 
+This module and :mod:`pybpf.vm` are the facade above both engines: they import the runtime
+(interpreter, maps, helpers, contexts) and, on demand, the JIT; the runtime and the JIT never
+import each other (tests/test_layers.py checks it).
+
 ``lp.run(mem=b"...")`` (prog_type "mem") gives the program a private copy of ``mem`` (r1 = its
 address, r2 = its length; r1 = r2 = 0 without mem) and returns r0 as an unsigned 64-bit int;
 the copy's final contents are ``lp.last_mem``. ``lp.run(ctx=..., data=packet)`` builds the
@@ -15,12 +19,13 @@ import threading
 
 from pybpf.errors import VMError
 
-from .contexts import build_context
-from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
-from .kfuncs_misc import BpfThrow
-from .interp import Interpreter
-from .maps.prog_array import ProgArrayMap
-from .memory import Buffer, Region, RegionTable
+from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, build_context
+from .runtime.grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
+from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
+from .runtime.interp import Interpreter
+from .runtime.kfuncs_misc import BpfThrow
+from .runtime.maps.prog_array import ProgArrayMap
+from .runtime.memory import Buffer, Region, RegionTable
 
 _libc = ctypes.CDLL(None)
 _libc.pthread_self.restype = ctypes.c_ulong
@@ -56,6 +61,17 @@ def check_limit(limit) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
         raise VMError(f"insn_limit must be a positive integer, not {limit!r}")
     return limit
+
+
+def jit_env(vm, arena=None, prog_type: str = "mem", packet_desc: int = 0, verified: bool = True,
+            budget_cell: int = 0):
+    """The :class:`pybpf.jit.env.JitEnv` a VM gives a program: its kfuncs and map resolver, the
+    run memory pool below 4 GiB (contexts and packets)."""
+    from pybpf.jit.env import JitEnv
+
+    return JitEnv(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map, prog_type=prog_type,
+                  packet_desc=packet_desc, low_pool=(LOW_POOL_START, LOW_POOL_END),
+                  verified=verified, budget_cell=budget_cell)
 
 
 class LoadedProgram:
@@ -107,16 +123,15 @@ class LoadedProgram:
 
     def _compile(self, vm, prog, prog_type, name, arena, values64):
         from pybpf.jit import compile_program   # imported on demand: pulls in llvmlite.ir
-        from pybpf.jit.env import JitEnv
 
         # ld_abs/ld_ind read the run's packet through two u64 words: address, length.
         self._packet_desc = (ctypes.c_uint64 * 2)()
         self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
         # unverified code may loop for ever: it counts a run budget down at back edges
         self._budget = None if self.verified else (ctypes.c_int64 * 1)()
-        env = JitEnv.from_vm(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
-                             verified=self.verified,
-                             budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
+        env = jit_env(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
+                      verified=self.verified,
+                      budget_cell=0 if self._budget is None else ctypes.addressof(self._budget))
         if verify_result_facts(self.verify_result) is not None:
             env.facts = self.verify_result.facts    # the verifier's per-insn facts (insn_aux_data)
         jit = compile_program(prog, vm.helpers, name=name, values64=values64, env=env,
@@ -214,6 +229,7 @@ class LoadedProgram:
             rc = build_context(self.prog_type, mem, ctx, data)
             self._check_ctx_size(rc)
             r0 = None
+            grace_enter()
             try:
                 r0 = self._jit._call(rc.r1, rc.r2)
                 return r0
@@ -221,6 +237,7 @@ class LoadedProgram:
                 r0 = thrown.cookie & 0xFFFFFFFFFFFFFFFF
                 return r0
             finally:
+                grace_leave()
                 self._finish(rc, None, r0)
                 rc.release()
         return self._execute(mem, ctx, data, trace, insn_limit,
@@ -272,6 +289,7 @@ class LoadedProgram:
         r0 = None
         token = None
         run_token = ACTIVE_RUN.set(rc)
+        grace_enter()       # a read section: freed map elements wait until the run ends
         try:
             try:
                 if session is None:
@@ -287,6 +305,7 @@ class LoadedProgram:
             r0 = out[0] if isinstance(out, tuple) else out
             return out
         finally:
+            grace_leave()
             if token is not None:
                 ACTIVE_REGIONS.reset(token)
             ACTIVE_RUN.reset(run_token)
@@ -310,6 +329,10 @@ class LoadedProgram:
             for m in list(getattr(self.vm, "_by_fd", {}).values()):
                 if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs):
                     m.refresh_native()
+            # a run in another thread may have tail-called in before the entry went: its code
+            # is freed after the runs that started before this point have ended
+            if not in_read_section():
+                wait(retire(), timeout=10.0)
             jit.close()
         release = getattr(self.vm, "release_closed", None)
         if release is not None:

@@ -1,0 +1,88 @@
+"""Grace periods for memory that native readers may still hold (the kernel's RCU, in miniature).
+
+JIT code looks hash elements up inline without the GIL, and interpreter runs keep element
+addresses in registers across Python thread switches. A freed element must therefore not be
+reused while a run that might hold it is still going: the kernel waits an RCU grace period
+before freeing such memory; pybpf waits the same way.
+
+Every program run is a read section (:func:`reading`, entered by ``LoadedProgram.run`` and
+``test_run`` in both engines). Each thread inside a run records the epoch it started in. Freeing
+memory calls :func:`retire`, which advances the epoch and returns it as a token; the memory may
+be reused once every run that started before (epoch < token) has ended, i.e. once the token is
+at or below :func:`horizon`. The calling thread's own run is not counted: a program reusing
+memory it freed itself sees what the kernel's preallocated maps give it, and waiting for itself
+would never end. A thread outside any run may :func:`wait` for a token; a thread inside a run
+must not (two runs waiting for each other would deadlock), so map code refuses instead.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+_lock = threading.Lock()
+_epoch = 0
+_readers: dict[int, list[int]] = {}      # thread ident -> [epoch at entry, nesting depth]
+_get_ident = threading.get_ident
+NEVER = 1 << 62                          # the horizon when no other thread is in a run
+
+
+def enter() -> None:
+    """Start a read section in this thread (nested sections keep the outermost epoch)."""
+    tid = _get_ident()
+    with _lock:
+        r = _readers.get(tid)
+        if r is None:
+            _readers[tid] = [_epoch, 1]
+        else:
+            r[1] += 1
+
+
+def leave() -> None:
+    tid = _get_ident()
+    with _lock:
+        r = _readers[tid]
+        r[1] -= 1
+        if not r[1]:
+            del _readers[tid]
+
+
+@contextmanager
+def reading():
+    enter()
+    try:
+        yield
+    finally:
+        leave()
+
+
+def in_read_section() -> bool:
+    return _get_ident() in _readers
+
+
+def retire() -> int:
+    """Mark memory freed now: returns the token to compare with :func:`horizon`."""
+    global _epoch
+    with _lock:
+        _epoch += 1
+        return _epoch
+
+
+def horizon() -> int:
+    """Memory retired with a token <= this may be reused by the calling thread: no other
+    thread is in a run that started before it was retired."""
+    me = _get_ident()
+    with _lock:
+        return min((r[0] for t, r in _readers.items() if t != me), default=NEVER)
+
+
+def wait(token: int, timeout: float = 60.0) -> bool:
+    """Wait (outside any run) until ``token`` may be reused; False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0
+    while horizon() < token:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2 or 1e-5, 1e-3)
+    return True
