@@ -163,15 +163,17 @@ def dump(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
 
 
 def test_run(prog_fd: int, ctx: bytes | None = None, data: bytes | None = None,
-             data_out_size: int = 0, ctx_out_size: int = 0) -> tuple[int, bytes, bytes]:
-    """BPF_PROG_TEST_RUN once: (retval, data_out, ctx after the run)."""
+             data_out_size: int = 0, ctx_out_size: int = 0,
+             repeat: int = 0) -> tuple[int, bytes, bytes]:
+    """BPF_PROG_TEST_RUN once (``repeat`` > 1: that many runs on the same context and packet):
+    (retval, data_out, ctx after the run)."""
     c = ctypes.create_string_buffer(ctx, len(ctx)) if ctx else None
     d = ctypes.create_string_buffer(data, len(data)) if data else None
     dout = ctypes.create_string_buffer(data_out_size) if data_out_size else None
     cout = ctypes.create_string_buffer(ctx_out_size) if ctx_out_size else None
     attr = bytearray(80)
     struct.pack_into("<IIII", attr, 0, prog_fd, 0, len(data or b""), data_out_size)
-    struct.pack_into("<QQI", attr, 16, _addr(d), _addr(dout), 0)
+    struct.pack_into("<QQI", attr, 16, _addr(d), _addr(dout), repeat)
     struct.pack_into("<IIQQ", attr, 40, len(ctx or b""), ctx_out_size, _addr(c), _addr(cout))
     _bpf(BPF_PROG_TEST_RUN, attr, "prog_test_run")
     # test.retval at 4, test.data_size_out at 12 (the kernel writes the output's real size:

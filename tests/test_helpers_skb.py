@@ -572,6 +572,69 @@ def test_the_kernel_agrees(child_results, name):
     assert mine == kernel_record(name)
 
 
+# -- repeated runs: BPF_PROG_TEST_RUN's repeat runs the program on the same skb -------------------
+_GROW_EACH_RUN = f"""
+r6 = r1
+r1 = r6
+r2 = r10
+r2 += -48
+r3 = 44
+r4 = 0
+call bpf_skb_get_tunnel_key
+if r0 != 0 goto set
+r1 = *(u32 *)(r6 + {CB})
+r1 += 1
+*(u32 *)(r6 + {CB}) = r1
+set:
+r1 = r6
+r2 = r10
+r2 += -48
+r3 = 44
+r4 = 0
+call bpf_skb_set_tunnel_key
+r1 = r6
+r2 = *(u32 *)(r6 + 0)
+r2 += 3
+r3 = 0
+call bpf_skb_change_tail
+r0 = *(u32 *)(r6 + 0)
+exit"""
+
+
+def _repeat_record(engine: str) -> dict:
+    import pybpf
+    with pybpf.VM().load(asm(_GROW_EACH_RUN), prog_type="sched_cls", engine=engine,
+                         tier="quick") as lp:
+        r0, _ns = lp.test_run(data=PKT_UDP, repeat=5)
+        return _record(r0, lp.last_data, lp.last_ctx, "sched_cls")
+
+
+CHILD_CASES["repeat"] = lambda: {e: _repeat_record(e) for e in ("interp", "jit")}
+
+
+@pytest.mark.jit
+@pytest.mark.kernel
+def test_repeated_runs_change_one_skb_as_the_kernels_do(child_results):
+    # five runs: the packet grows by 3 bytes each, the tunnel key set by one is there in the
+    # next (cb[0] counts the gets that found it: 4)
+    assert_case_passed(child_results, "repeat")
+    rec = child_results[0]["repeat"]["detail"]
+    assert rec["interp"] == rec["jit"]
+    assert rec["interp"]["retval"] == len(PKT_UDP) + 15 and rec["interp"]["ctx"]["cb"][0] == 4
+    require_kernel("bpf", "test_run:sched_cls")
+    import kernel_bpf
+    from pybpf.runtime.contexts import SkBuff
+    fd, log = kernel_bpf.prog_load(asm(_GROW_EACH_RUN).to_bytes(), "sched_cls")
+    assert fd >= 0, log[-2000:]
+    try:
+        retval, dout, cout = kernel_bpf.test_run(fd, data=PKT_UDP, data_out_size=4096,
+                                                 ctx_out_size=ctypes.sizeof(SkBuff), repeat=5)
+    finally:
+        import os
+        os.close(fd)
+    assert rec["interp"] == _record(retval, dout, cout, "sched_cls")
+
+
 # -- hostile programs: checked in both engines before memory is touched ----------------------------
 def _unverified(text: str, engine: str, prog_type: str = "sched_cls", packet=PKT_UDP):
     import pybpf
