@@ -8,7 +8,9 @@ import each other (tests/test_layers.py checks it).
 address, r2 = its length; r1 = r2 = 0 without mem) and returns r0 as an unsigned 64-bit int;
 the copy's final contents are ``lp.last_mem``. ``lp.run(ctx=..., data=packet)`` builds the
 program type's kernel context (:mod:`pybpf.runtime.contexts`): ``lp.last_data`` is then the
-packet after the run and ``lp.last_ctx`` the context. The interpreter checks every memory access
+packet after the run and ``lp.last_ctx`` the context; ``lp.last_redirect`` is where a redirect
+helper sent the packet when the verdict acts on it (a
+:class:`~pybpf.runtime.helpers_xdp.Redirect`, else None). The interpreter checks every memory access
 against the run's regions (stack frames, the mem/ctx copy, the packet, the VM's map values and
 arena bands) and raises MemoryAccessError before touching anything else.
 """
@@ -104,6 +106,7 @@ class LoadedProgram:
         self.last_data: bytes | None = None     # the packet after the last run
         self.last_ctx = None                    # the context after the last run
         self.last_insn_count: int | None = None  # instructions executed (interpreter)
+        self.last_redirect = None               # where the last run redirected the packet
         self.last_clones: list = []             # bpf_clone_redirect's copies (helpers_skb.Clone)
         self.closed = False
         self._interp = self._jit = None
@@ -211,6 +214,7 @@ class LoadedProgram:
         self.last_buffer = rc.buffer if self.prog_type == "mem" else None
         self.last_mem = rc.last_mem
         self.last_data, self.last_ctx = rc.last_data, rc.last_ctx
+        self.last_redirect = redirect_of(rc, r0)
         self.last_clones = rc.clones
         self.last_insn_count = session.executed if session is not None else None
 
@@ -343,6 +347,16 @@ def _moves_packet(prog, helpers) -> bool:
             if h is not None and getattr(h.prototype, "changes_pkt_data", False):
                 return True
     return False
+
+
+def redirect_of(rc, r0):
+    """The run's :class:`~pybpf.runtime.helpers_xdp.Redirect` when the program's verdict sends
+    the packet to it (XDP_REDIRECT for xdp, TC_ACT_REDIRECT for tc), else None."""
+    target = getattr(rc, "redirect", None)
+    if target is None or r0 is None:
+        return None
+    want = {"xdp": 4, "sched_cls": 7}.get(rc.prog_type)
+    return target if want is not None and (r0 & 0xFFFFFFFF) == want else None
 
 
 def verify_result_facts(result):

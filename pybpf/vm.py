@@ -40,8 +40,9 @@ from pybpf.attach_types import section_attach_type
 from pybpf.verifier import verify as verify_program
 from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
-from .runtime import vm_helpers
+from .runtime import helpers_xdp, vm_helpers
 from .runtime.contexts import canonical_type
+from .runtime.fib import FibTable
 from .runtime.helpers import HelperRegistry, Prototype, kernel_helpers
 from .loaded import DEFAULT_INSN_LIMIT, ENGINES, LoadedProgram, check_limit
 from .runtime.loader import bind_declarations, program_arena, referenced_maps, resolve_values64
@@ -92,9 +93,12 @@ class VM:
         self.random = random.Random(seed)
         self.kfuncs = HelperRegistry(kind="kfunc")
         vm_helpers.install_kfuncs(self.kfuncs, self.resolve_map)    # kfunc ids never clash
+        # devices, routes and neighbours for bpf_fib_lookup and devmap entries (runtime/fib.py)
+        self.fib = FibTable()
         if helpers is None:
             helpers = kernel_helpers(self._trace_lines, self.random)
             vm_helpers.install(helpers, self.resolve_map)
+            helpers_xdp.install(helpers, self.resolve_map, fib=lambda: self.fib)
         self.helpers = helpers
         self.insn_limit = check_limit(insn_limit)
         self.regions: list[Region] = []
@@ -142,6 +146,8 @@ class VM:
             self.maps[m.name] = m
         if isinstance(m, ProgArrayMap):
             m.resolve_prog = self.program_by_fd
+        if hasattr(m, "devices"):               # devmap entries name existing devices
+            m.devices = lambda ifindex: self.fib.has_device(ifindex)
         if hasattr(m, "resolve_fd"):            # map-in-map values are map fds
             m.resolve_fd = lambda fd: self.map_by_fd(fd, default=None)
         rule = m.region_rule()

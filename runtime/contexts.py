@@ -25,7 +25,9 @@ lwt_in/out/xmit protocol (network byte order, as the kernel stores it) and pkt_t
                 BPF_PROG_TEST_RUN uses), vlan_*, hash, tc_index, ... The packet is writable
                 for sched_cls and lwt_xmit, read-only for the others.
 xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, data_meta pointing at
-                the packet, which is writable, behind XDP_PACKET_HEADROOM bytes of headroom;
+                the packet, which is writable, behind XDP_PACKET_HEADROOM bytes of headroom
+                in a 4096-byte frame (:mod:`.xdp_buff`; ``last_data`` is [data_meta, data_end)
+                after the run, which the head/tail helpers may have moved);
                 ``ctx=`` (dict or XdpMd) sets ingress_ifindex (default 1), rx_queue_index,
                 egress_ifindex; the program returns an XDP_* action
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
@@ -63,6 +65,7 @@ from pybpf.errors import BPFError, VMError
 from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE,
                         round_up, sys_mmap, sys_munmap)
 from .memory import PROC, Buffer, Region
+from .xdp_buff import SKB_SHARED_INFO_ROOM, XDP_FRAME_SZ, XdpBuff
 from .skb_buff import SkbBuff
 
 MAP_32BIT = 0x40
@@ -261,6 +264,8 @@ class RunContext:
         self.last_ctx = None
         self._finish = None
         self._low: LowMemory | None = None   # the packet mapping, pooled again by release()
+        self.xdp = None                     # an xdp run's XdpBuff (the packet helpers' state)
+        self.redirect = None                # where a redirect helper sent the packet (Redirect)
         self.skb = None                     # an __sk_buff run's SkbBuff (the packet helpers')
         self.clones: list = []              # bpf_clone_redirect's copies (helpers_skb.Clone)
 
@@ -273,7 +278,7 @@ class RunContext:
         """After ``finish``: the run's memory may serve another run (nothing reads it now)."""
         low, self._low = self._low, None
         if low is not None:
-            self.regions, self.fast, self.packet = [], None, None
+            self.regions, self.fast, self.packet, self.xdp = [], None, None, None
             self.skb = None
             _release_low(low)
 
@@ -493,8 +498,15 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
 
 
 def _xdp_context(rc: RunContext, ctx, data) -> None:
+    """BPF_PROG_TEST_RUN's xdp_buff (:mod:`.xdp_buff`): one 4096-byte frame with 256 bytes of
+    headroom and the skb_shared_info room at its end, so the head and tail helpers find the
+    kernel's limits; ``rc.xdp`` is the :class:`XdpBuff` they work on and ``last_data`` the
+    kernel's data_out, ``[data_meta, data_end)`` after the run."""
     packet = bytes(data) if data is not None else b""
-    low, caddr, paddr = _packet_layout(ctypes.sizeof(XdpMd), XDP_PACKET_HEADROOM, len(packet))
+    frame = max(XDP_FRAME_SZ, XDP_PACKET_HEADROOM + len(packet) + SKB_SHARED_INFO_ROOM)
+    low, caddr, paddr = _packet_layout(ctypes.sizeof(XdpMd), XDP_PACKET_HEADROOM,
+                                       frame - XDP_PACKET_HEADROOM - TAILROOM)
+    hard_start = paddr - XDP_PACKET_HEADROOM
     PROC[paddr:paddr + len(packet)] = packet
     md = XdpMd.from_address(caddr)
     md.ingress_ifindex = 1
@@ -503,6 +515,9 @@ def _xdp_context(rc: RunContext, ctx, data) -> None:
     md.data = md.data_meta = paddr
     md.data_end = paddr + len(packet)
     pkt_region = Region(paddr, len(packet), "packet", True, low)
+    xb = XdpBuff(md, caddr, hard_start, hard_start + frame - SKB_SHARED_INFO_ROOM, pkt_region,
+                 low)
+    rc.xdp = xb
     rc.regions += [Region(caddr, ctypes.sizeof(XdpMd), "ctx", False, low), pkt_region]
     rc.fast = pkt_region if packet else None
     rc.packet = PROC[paddr:paddr + len(packet)]
@@ -511,7 +526,7 @@ def _xdp_context(rc: RunContext, ctx, data) -> None:
     def finish(r0):
         after = XdpMd.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(XdpMd)])
         rc.last_ctx = after
-        rc.last_data = low.read(paddr, len(packet))    # xdp_md is read-only: data stays put
+        rc.last_data = xb.out()
         if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
             _write_back(ctx, bytes(after))
     rc._finish = finish

@@ -22,6 +22,13 @@ CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 # maps that have no keys to walk, or whose values are fds (their inner maps are dumped)
 NOT_DUMPED = ("prog_array", "queue", "stack", "ringbuf", "bloom_filter", "array_of_maps",
               "hash_of_maps")
+# Map contents programs expect before they run, set in pybpf and in the kernel alike (what a
+# loader would put there): devmap entries name ifindex 1, the loopback, which both have.
+MAP_INIT: dict[str, dict[int, bytes]] = {
+    "tx_ports": {0: struct.pack("<I", 1)},
+    "tx_by_addr": {0x0A000009: struct.pack("<I", 1)},
+    "cpus": {0: struct.pack("<I", 192), 1: struct.pack("<I", 256)},
+}
 # __sk_buff fields BPF_PROG_TEST_RUN copies back to ctx_out (convert_skb_to___skb)
 SKB_OUT = ("mark", "priority", "cb")
 
@@ -241,6 +248,10 @@ def pybpf_records(path: str, name: str, engine: str) -> list[dict]:
     prog = obj.programs[name]
     keep = [_load(obj, obj.programs[c], engine) for c in _companions(obj, name)]
     lp = _load(obj, prog, engine)
+    for n, entries in MAP_INIT.items():
+        if n in obj.maps:
+            for k, v in entries.items():
+                obj.maps[n].sys_update(struct.pack("<I", k), v)
     out = []
     for what, kw in inputs_for(lp.prog_type):
         if isinstance(kw.get("ctx"), bytes):
@@ -266,7 +277,11 @@ def _pybpf_dump(m) -> dict[bytes, bytes]:
             key = bytes(m.sys_get_next_key(key))
         except pybpf.BPFError:
             return out
-        out[key] = bytes(m.sys_lookup(key))
+        try:
+            out[key] = bytes(m.sys_lookup(key))
+        except pybpf.MapError as e:       # a key without an element (devmap): the kernel's
+            if e.errno != 2:               # dump skips its ENOENT too
+                raise
 
 
 def kernel_records(path: str, name: str) -> list[dict]:
@@ -282,6 +297,10 @@ def kernel_records(path: str, name: str) -> list[dict]:
                 key = index.to_bytes(4, "little")[:m.key_size].ljust(m.key_size, b"\0")
                 kernel_bpf.update(ko.fds[m.name], key,
                                   struct.pack("<I", value))
+        for n, entries in MAP_INIT.items():
+            if n in ko.fds:
+                for k, v in entries.items():
+                    kernel_bpf.update(ko.fds[n], struct.pack("<I", k), v)
         out = []
         for what, kw in inputs_for(prog.prog_type):
             data, ctx = kw.get("data"), kw.get("ctx")

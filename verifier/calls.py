@@ -213,6 +213,10 @@ def check_helper_call(chk, pc: int, insn) -> None:
                       errno.EINVAL)
     if hid == protos.HELPER_IDS["tail_call"]:
         check_resource_leak(chk, False, True, "tail_call")
+        if chk.state.cur.frameno:
+            # the program a tail call from a subprogram enters may change packet data before
+            # the subprogram returns to its caller (kernel 6.13+)
+            clear_all_pkt_pointers(chk)
     elif hid == protos.HELPER_IDS["loop"]:
         _loop_callback(chk, pc, meta)
     elif hid == protos.HELPER_IDS["for_each_map_elem"]:
@@ -573,6 +577,34 @@ def check_resource_leak(chk, exception_exit: bool, check_lock: bool, prefix: str
             chk.error(f"{prefix} would lead to reference leak", errno.EINVAL)
 
 
+def subprog_changes_pkt_data(chk, start: int) -> bool:
+    """The kernel's ``subprog_info[].changes_pkt_data`` (check_cfg, merged from callees): the
+    subprogram at ``start``, or one it calls, calls a helper whose prototype changes packet data
+    or makes a tail call. A call to a global function, which is not entered, then invalidates
+    the caller's packet pointers."""
+    memo = chk.__dict__.setdefault("_changes_pkt_data", {})
+    if start in memo:
+        return memo[start]
+    memo[start] = False                 # recursion (refused elsewhere) ends here
+    i = chk.subprog_index(start)
+    starts = chk.subprog_starts
+    end = starts[i + 1] if i + 1 < len(starts) else len(chk.prog.insns)
+    found = False
+    for pc, form, insn in chk.prog.instructions():
+        if not start <= pc < end or form.kind != "call":
+            continue
+        if form.op == "helper":
+            proto = proto_of(chk.env.helper(insn.imm))
+            found = insn.imm == protos.HELPER_IDS["tail_call"] or \
+                bool(proto is not None and proto.changes_pkt_data)
+        elif form.op == "local":
+            found = subprog_changes_pkt_data(chk, pc + 1 + insn.imm)
+        if found:
+            break
+    memo[start] = found
+    return found
+
+
 def clear_all_pkt_pointers(chk) -> None:
     """After a helper that may move the packet: every packet pointer is invalid."""
     chk.state.map_regs(lambda r: _mark_invalid(r) if r.type in (
@@ -664,6 +696,8 @@ def check_subprog_call(chk, pc: int, insn) -> int:
             for r in CALLER_SAVED:
                 caller.regs[r] = NOT_INIT_REG
             caller.regs[0] = Reg.scalar(None, chk.origin(f"global function {name}"))
+            if subprog_changes_pkt_data(chk, target):
+                clear_all_pkt_pointers(chk)
             return pc + 1
         # a main loop that does not verify global functions on their own: enter this one like
         # a static function (sound: its body is checked with the caller's arguments)

@@ -305,11 +305,15 @@ _ALL_KERNEL = frozenset(PROG_TYPES) - {"mem"}
 
 
 def _h(name: str, ret: str, *args: str, gpl: bool = False, pkt: bool = False,
-       ret_size_arg: int | None = None) -> Prototype:
+       ret_size_arg: int | None = None, changes_pkt_data: bool = False) -> Prototype:
+    """One kernel helper row. ``changes_pkt_data``: the kernel's bpf_helper_changes_pkt_data
+    lists the helper (it may move or resize the packet): the verifier invalidates every packet
+    pointer after a call to it (clear_all_pkt_pointers)."""
     hid = HELPER_IDS[name]
     types = frozenset(t for t in _ALL_KERNEL if hid in KERNEL_HELPER_PROG_TYPES[t]) | {"mem"}
     return Prototype(ret, tuple(args), name=name, id=hid, prog_types=types, gpl_only=gpl,
-                     pkt_access=pkt, ret_size_arg=ret_size_arg)
+                     pkt_access=pkt, ret_size_arg=ret_size_arg,
+                     changes_pkt_data=changes_pkt_data)
 
 
 def _skb(proto: Prototype, moves: bool = False) -> Prototype:
@@ -365,6 +369,20 @@ _HELPER_ROWS = (
     # prototype only, awaiting its implementation (issue 11): the verifier checks calls to it
     # once a VM registers the helper (callback(map, key, value, ctx) per element)
     _h("for_each_map_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
+    # XDP packets and redirects (net/core/filter.c: xdp_func_proto). bpf_redirect (23) is one
+    # id with two prototypes in the kernel (bpf_redirect_proto for tc, bpf_xdp_redirect_proto);
+    # both are (ARG_ANYTHING, ARG_ANYTHING), the implementation picks by the run's type.
+    _h("xdp_adjust_head", RET_INTEGER, ARG_PTR_TO_CTX, ANY, changes_pkt_data=True),
+    _h("xdp_adjust_meta", RET_INTEGER, ARG_PTR_TO_CTX, ANY, changes_pkt_data=True),
+    _h("xdp_adjust_tail", RET_INTEGER, ARG_PTR_TO_CTX, ANY, changes_pkt_data=True),
+    _h("xdp_get_buff_len", RET_INTEGER, ARG_PTR_TO_CTX),
+    _h("xdp_load_bytes", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE),
+    _h("xdp_store_bytes", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_MEM_RDONLY,
+       ARG_CONST_SIZE),
+    _h("redirect", RET_INTEGER, ANY, ANY),
+    _h("redirect_map", RET_INTEGER, MAP_PTR, ANY, ANY),
+    _h("fib_lookup", RET_INTEGER, ARG_PTR_TO_CTX, ARG_PTR_TO_MEM + "|" + MEM_WRITE, ARG_CONST_SIZE,
+       ANY, gpl=True),
     # socket-buffer packets (net/core/filter.c; runtime/helpers_skb.py). moves=True marks the
     # kernel's bpf_helper_changes_pkt_data: the verifier forgets every packet pointer after them
     _skb(_h("skb_store_bytes", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_MEM_RDONLY,

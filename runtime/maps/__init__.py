@@ -29,17 +29,18 @@ from .map_in_map import ArrayOfMapsMap, HashOfMapsMap
 from .percpu import LruPercpuHashMap, PercpuArrayMap, PercpuHashMap
 from .prog_array import ProgArrayMap
 from .queue import QueueMap, StackMap
+from .redirect import CpuMap, DevMap, DevMapHash, XskMap
 from .ringbuf import RingBuf
 
 MAP_TYPES: dict[str, type[Map]] = {cls.type: cls for cls in (
     HashMap, ArrayMap, ProgArrayMap, PercpuHashMap, PercpuArrayMap, LruHashMap,
     LruPercpuHashMap, RingBuf, Arena, QueueMap, StackMap, LpmTrieMap, BloomFilterMap,
-    ArrayOfMapsMap, HashOfMapsMap)}
+    ArrayOfMapsMap, HashOfMapsMap, DevMap, DevMapHash, CpuMap, XskMap)}
 
 __all__ = ["create_map", "MAP_TYPES", "Map", "MapKeyError", "Arena", "ArrayMap", "HashMap",
            "LruHashMap", "PercpuArrayMap", "PercpuHashMap", "LruPercpuHashMap", "ProgArrayMap",
            "RingBuf", "QueueMap", "StackMap", "LpmTrieMap", "BloomFilterMap", "ArrayOfMapsMap",
-           "HashOfMapsMap"]
+           "HashOfMapsMap", "DevMap", "DevMapHash", "CpuMap", "XskMap"]
 
 
 def create_map(map_type: str | int, key_size: int = 0, value_size: int = 0,

@@ -41,7 +41,7 @@ PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
 MAP_TYPE_IDS = {name: KERNEL_MAP_TYPE_IDS[name] for name in (
     "hash", "array", "prog_array", "percpu_hash", "percpu_array", "lru_hash", "lru_percpu_hash",
     "queue", "stack", "ringbuf", "arena", "lpm_trie", "bloom_filter", "array_of_maps",
-    "hash_of_maps")}
+    "hash_of_maps", "devmap", "devmap_hash", "cpumap", "xskmap")}
 
 KMALLOC_MAX_SIZE = 1 << 22      # x86-64: 1 << (MAX_PAGE_ORDER + PAGE_SHIFT)
 PCPU_MIN_UNIT_SIZE = 32 << 10   # bound on a percpu value

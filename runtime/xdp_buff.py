@@ -1,0 +1,81 @@
+"""One XDP run's packet buffer, laid out as BPF_PROG_TEST_RUN lays out its ``struct xdp_buff``.
+
+The kernel's test run (``bpf_prog_test_run_xdp``, net/bpf/test_run.c) gives the program one page
+(``frame_sz`` = 4096): ``XDP_PACKET_HEADROOM`` (256) bytes of headroom, the packet, and the
+tail of the page, of which ``SKB_DATA_ALIGN(sizeof(struct skb_shared_info))`` (320 on x86-64)
+is reserved: ``data_hard_end`` = hard start + 4096 - 320. The head may move down to the end of
+the ``struct xdp_frame`` (40 bytes) the kernel keeps at the hard start, plus the metadata.
+The helpers that move ``data``, ``data_end`` and ``data_meta`` (:mod:`.helpers_xdp`) go
+through :class:`XdpBuff`, which keeps three things in step: the ``struct xdp_md`` the program
+reads (its u32 fields hold the real addresses, see :mod:`.contexts`), the packet's
+:class:`~pybpf.runtime.memory.Region` in the run's region table (``[data_meta, data_end)``: what
+the program and the helpers may touch), and the numbers ``data_out`` is cut from
+(BPF_PROG_TEST_RUN returns ``[data_meta, data_end)``, its size included).
+"""
+from __future__ import annotations
+
+import ctypes
+
+XDP_PACKET_HEADROOM = 256            # include/linux/bpf.h
+XDP_FRAME_SZ = 4096                  # test_run's rxqueue frag_size: PAGE_SIZE
+SKB_SHARED_INFO_ROOM = 320           # SKB_DATA_ALIGN(sizeof(struct skb_shared_info)), x86-64
+XDP_FRAME_STRUCT = 40                # sizeof(struct xdp_frame), kept at data_hard_start
+XDP_MAX_LINEAR = XDP_FRAME_SZ - XDP_PACKET_HEADROOM - SKB_SHARED_INFO_ROOM   # 3520
+ETH_HLEN = 14
+XDP_META_MAX = 255                   # xdp_metalen_invalid: u8 meta_len, 4-byte multiples
+
+
+class XdpBuff:
+    """The run's ``struct xdp_buff``: ``md`` is the ``struct xdp_md`` at ``ctx_address`` (what
+    the program reads), ``region`` the packet's region (``[data_meta, data_end)``),
+    ``hard_start``/``hard_end`` the bounds the head and tail may move within. ``owner`` keeps
+    the memory alive (the run's low mapping)."""
+
+    __slots__ = ("md", "ctx_address", "hard_start", "hard_end", "region", "owner", "redirect")
+
+    def __init__(self, md, ctx_address: int, hard_start: int, hard_end: int, region,
+                 owner) -> None:
+        self.md, self.ctx_address = md, ctx_address
+        self.hard_start, self.hard_end = hard_start, hard_end
+        self.region, self.owner = region, owner
+        self.redirect = None            # bpf_redirect_info: set by the redirect helpers
+
+    # -- the pointers, as the xdp_md holds them -------------------------------------------------
+    @property
+    def data(self) -> int:
+        return self.md.data
+
+    @property
+    def data_end(self) -> int:
+        return self.md.data_end
+
+    @property
+    def data_meta(self) -> int:
+        return self.md.data_meta
+
+    @property
+    def metalen(self) -> int:
+        return self.md.data - self.md.data_meta
+
+    def set(self, table, data: int | None = None, data_end: int | None = None,
+            data_meta: int | None = None) -> None:
+        """Move the pointers (the helpers checked the bounds) and the packet region with them,
+        in ``table`` (the run's RegionTable) too."""
+        md = self.md
+        if data is not None:
+            md.data = data
+        if data_end is not None:
+            md.data_end = data_end
+        if data_meta is not None:
+            md.data_meta = data_meta
+        start, size = md.data_meta, md.data_end - md.data_meta
+        if table is not None and any(r is self.region for r in table):
+            table.move(self.region, start, size)
+        self.region.start, self.region.size = start, size
+
+    def out(self) -> bytes:
+        """BPF_PROG_TEST_RUN's data_out: ``[data_meta, data_end)``."""
+        lo, hi = self.md.data_meta, self.md.data_end
+        if not self.hard_start <= lo <= hi <= self.hard_end:     # never past our own mapping
+            return b""
+        return ctypes.string_at(lo, hi - lo)
