@@ -1,12 +1,16 @@
 """The persistent JIT code cache: linked images on disk, content-addressed, shared by processes.
 
 The compiled bytes depend only on the IR (addresses are external symbols resolved at placement,
-:mod:`pybpf.jit.link`), and the IR is everything the lowering read: the program, its type, map
+:mod:`pybpf.jit.link`), and the IR is everything the lowering read. A single-program load keys
+its entry on the lowering's inputs instead (:mod:`pybpf.jit.loadkey`: the program, its type, map
 kinds, sizes and flags, helper and kfunc ids, the verifier's facts, the loader's values up to
-which of them are equal. So the key is a SHA-256 over the IR text, the optimisation level, the
-code generator's settings (target CPU and its features as this process sees them, FastISel),
-the llvmlite version (which pins its LLVM) and pybpf's version and cache format. A hit skips
-the compile worker entirely; lowering still runs (it is what makes the key).
+which of them are equal), computed before lowering, so a hit skips the lowering and the compile
+worker alike; such an entry carries a *load record* (how to rebuild each external symbol's value
+from the load, whether the code calls Python, its tail-call entry). Other loads (batches,
+programs the input key cannot cover) key on the IR text. Both keys are a SHA-256 that also
+covers the optimisation level, the code generator's settings (target CPU and its features as
+this process sees them, FastISel), the llvmlite version (which pins its LLVM), pybpf's version,
+a digest of pybpf's own source and the cache format.
 
 Where: ``$PYBPF_JIT_CACHE`` if it names a directory, nothing at all if it is ``off``, else
 ``$XDG_CACHE_HOME/pybpf/jit`` (``~/.cache/pybpf/jit``). One file per entry,
@@ -33,7 +37,7 @@ import threading
 
 from pybpf.jit.link import Fixup, LinkImage
 
-FORMAT = 1
+FORMAT = 2
 _MAGIC = b"PYBPFJIT"
 _HEAD = struct.Struct("<8s32sQ")          # magic, sha256(key + payload), payload length
 _SUFFIX = ".jit"
@@ -73,6 +77,37 @@ def _cpu() -> str:
     return "\n".join(line for line in lines if line.split(":")[0].strip() in keep)
 
 
+def _source_digest() -> str:
+    """SHA-256 of pybpf's own Python source. A key built from a load's inputs
+    (:mod:`pybpf.jit.loadkey`) does not see the lowering code, and the package version does not
+    change with every edit of a checkout: this does (about 2 ms, once per process)."""
+    import importlib.util
+
+    import pybpf
+
+    h = hashlib.sha256()
+    roots = [os.path.dirname(os.path.abspath(pybpf.__file__))]
+    for sub in ("jit", "verifier", "runtime"):
+        # found, not imported: the JIT does not import the runtime (tests/test_layers.py)
+        spec = importlib.util.find_spec(f"pybpf.{sub}")
+        if spec is not None and spec.submodule_search_locations:
+            roots.extend(os.path.abspath(p) for p in spec.submodule_search_locations)
+    files = []
+    for root in dict.fromkeys(roots):
+        for dirpath, dirnames, names in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            files.extend(os.path.join(dirpath, n) for n in names if n.endswith(".py"))
+    for path in sorted(files):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        h.update(f"{os.path.basename(path)}:{len(data)}:".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
 def _codegen_salt() -> bytes:
     """Everything besides the IR that decides the bytes: versions and code generator settings."""
     global _salt
@@ -84,7 +119,7 @@ def _codegen_salt() -> bytes:
             pybpf_version = version("pybpf")
         except Exception:  # running from a checkout without metadata
             pybpf_version = "unknown"
-        parts = [f"format={FORMAT}", f"pybpf={pybpf_version}",
+        parts = [f"format={FORMAT}", f"pybpf={pybpf_version}", f"source={_source_digest()}",
                  f"llvmlite={llvmlite.__version__}", _cpu()]
         _salt = "\n".join(parts).encode()
     cpu = os.environ.get("PYBPF_JIT_CPU", "host")
@@ -109,11 +144,13 @@ def _count(name: str, n: int = 1) -> None:
         _counters[name] += n
 
 
-def _encode(image: LinkImage) -> bytes:
+def _encode(image: LinkImage, load: dict | None = None) -> bytes:
     meta = {"code_size": image.code_size, "symbols": image.symbols,
             "fixups": [[f.offset, f.kind, f.target, f.addend, f.stub] for f in image.fixups],
             "externals": list(image.externals),
             "sections": [list(s) for s in image.sections], "size": len(image.data)}
+    if load is not None:
+        meta["load"] = load
     head = json.dumps(meta, separators=(",", ":")).encode()
     return struct.pack("<I", len(head)) + head + image.data
 
@@ -121,8 +158,29 @@ def _encode(image: LinkImage) -> bytes:
 _KINDS = ("abs64", "abs32", "abs32s", "call32")
 
 
+def _check_load(load, image: LinkImage) -> dict:
+    """The load record of an entry stored under a load-input key (:mod:`pybpf.jit.loadkey`):
+    ``recipe`` ([symbol, path] for every external symbol), ``needs_gil``, ``tail_entries``."""
+    recipe = load["recipe"]
+    if not isinstance(load["needs_gil"], bool) or not isinstance(load["tail_entries"], dict):
+        raise ValueError("bad load record")
+    names = set()
+    for name, path in recipe:
+        if not isinstance(name, str) or not isinstance(path, list) \
+                or not all(isinstance(p, (str, int)) for p in path):
+            raise ValueError("bad recipe")
+        names.add(name)
+    if not set(image.externals) <= names:
+        raise ValueError("recipe misses external symbols")
+    for k, v in load["tail_entries"].items():
+        if not isinstance(k, str) or v not in image.symbols:
+            raise ValueError("bad tail entry")
+    return load
+
+
 def _decode(payload: bytes) -> LinkImage:
-    """The image in ``payload``; ValueError (or KeyError/TypeError) for anything malformed."""
+    """The image in ``payload``; ValueError (or KeyError/TypeError) for anything malformed.
+    An entry with a load record has it as ``image.load`` (see :func:`get_load`)."""
     (n,) = struct.unpack_from("<I", payload)
     meta = json.loads(payload[4:4 + n])
     data = payload[4 + n:]
@@ -141,13 +199,40 @@ def _decode(payload: bytes) -> LinkImage:
         fixups.append(Fixup(off, kind, target, addend, stub))
     if any(not 0 <= v < meta["code_size"] for v in symbols.values()):
         raise ValueError("symbol outside the code")
-    return LinkImage(data, meta["code_size"], symbols, tuple(fixups),
-                     tuple(str(e) for e in meta["externals"]),
-                     tuple((str(a), int(b), int(c)) for a, b, c in meta["sections"]))
+    image = LinkImage(data, meta["code_size"], symbols, tuple(fixups),
+                      tuple(str(e) for e in meta["externals"]),
+                      tuple((str(a), int(b), int(c)) for a, b, c in meta["sections"]))
+    if "load" in meta:
+        return image, _check_load(meta["load"], image)
+    return image, None
 
 
 def get(k: str) -> LinkImage | None:
     """The cached image of key ``k``, or None (a miss; a bad entry is counted and removed)."""
+    found = _get(k)
+    return None if found is None else found[0]
+
+
+def get_load(k: str) -> tuple[LinkImage, dict] | None:
+    """(image, load record) of an entry stored under a load-input key, or None; an entry
+    without a load record there is foreign: counted as corrupt, removed."""
+    found = _get(k, load=True)
+    return found
+
+
+def reject(k: str) -> None:
+    """Count the entry of ``k`` as corrupt and remove it (its contents passed the checks of
+    :func:`get_load` but cannot serve this load: a recipe naming a value it does not have)."""
+    _count("corrupt")
+    root = directory()
+    if root is not None:
+        try:
+            os.unlink(_path(root, k))
+        except OSError:
+            pass
+
+
+def _get(k: str, load: bool = False):
     root = directory()
     if root is None:
         return None
@@ -167,7 +252,9 @@ def get(k: str) -> LinkImage | None:
         if magic != _MAGIC or length != len(payload) \
                 or hashlib.sha256(k.encode() + payload).digest() != digest:
             raise ValueError("checksum")
-        image = _decode(payload)
+        image, record = _decode(payload)
+        if load and record is None:
+            raise ValueError("no load record")
     except Exception:  # damaged, truncated or foreign: never placed, compiled again
         _count("corrupt")
         _count("misses")
@@ -181,15 +268,16 @@ def get(k: str) -> LinkImage | None:
     except OSError:
         pass
     _count("hits")
-    return image
+    return image, record
 
 
-def put(k: str, image: LinkImage) -> None:
-    """Store ``image`` under ``k`` (atomically: temporary file, then rename); never raises."""
+def put(k: str, image: LinkImage, load: dict | None = None) -> None:
+    """Store ``image`` under ``k`` (atomically: temporary file, then rename); never raises.
+    ``load``: the record a load-input key's entry carries (:func:`get_load`)."""
     root = directory()
     if root is None:
         return
-    payload = _encode(image)
+    payload = _encode(image, load)
     blob = _HEAD.pack(_MAGIC, hashlib.sha256(k.encode() + payload).digest(), len(payload)) \
         + payload
     path = _path(root, k)
@@ -309,3 +397,4 @@ def clear() -> int:
         except OSError:
             pass
     return n
+

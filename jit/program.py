@@ -19,9 +19,9 @@ import threading
 import time
 
 from pybpf.errors import JITError
-from pybpf.jit import cache, native, tiers
+from pybpf.jit import cache, loadkey, native, tiers
 from pybpf.jit.codegen import compile_ir
-from pybpf.jit.lower import ModuleLowerer, gc_paused
+from pybpf.jit.lower import LoweredModule, ModuleLowerer, gc_paused
 from pybpf.program import Program
 
 _U64 = (1 << 64) - 1
@@ -75,12 +75,21 @@ class JitProgram:
         # What bpf_tail_call enters: (ctx, r2, tail-call count pointer); see jit/calls.py.
         self.tail_entry = code.allocation.address + (offset if tail_offset is None
                                                      else tail_offset)
-        self.ir_before, self.ir_after, self.asm = ir_before, ir_after, asm
+        self._ir_before, self.ir_after, self.asm = ir_before, ir_after, asm
+        self._lower_again = None    # a hit of the load-input key: how to get ir_before
         self.text_size = text_size
         self.symbols: dict[str, int] = {}   # every function of the placed .text -> its offset
         self._call = native.make_caller(self.address, holds_gil=needs_gil)
         self.closed = False
         self.timings: dict[str, float] = {}
+
+    @property
+    def ir_before(self) -> str:
+        """The lowered IR. Code taken from the cache by the load-input key was not lowered:
+        the lowering runs now, on first use, from the same inputs."""
+        if not self._ir_before and self._lower_again is not None:
+            self._ir_before, self._lower_again = self._lower_again(), None
+        return self._ir_before
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"0x{self.address:x}"
@@ -179,19 +188,62 @@ def _dumping() -> bool:
                for k in ("PYBPF_DUMP_IR", "PYBPF_DUMP_OPT", "PYBPF_DUMP_ASM"))
 
 
-def _image(ir_text: str, opt_level: int, want_ir: bool, want_asm: bool):
+def _image(ir_text: str, opt_level: int, want_ir: bool, want_asm: bool, keyed=None,
+           looked: bool = False):
     """(linked image, CompileResult or None, cache state) for ``ir_text`` at ``opt_level``:
-    from the code cache when it has the entry, else from the compile worker (then stored)."""
+    from the code cache when it has the entry, else from the compile worker (then stored).
+    ``keyed`` (load-input key, load record; see :func:`_keyed`) replaces the key over the IR,
+    so that the next load of the same inputs skips the lowering (jit/loadkey.py); ``looked``:
+    that key was just looked up and missed."""
     root = cache.directory()
-    k = cache.key(ir_text, opt_level) if root is not None else None
-    if k is not None and not (want_ir or want_asm or _dumping()):
+    if keyed is not None:
+        k, record = keyed
+    else:
+        k, record = (cache.key(ir_text, opt_level) if root is not None else None), None
+    if k is not None and not (want_ir or want_asm or _dumping() or looked and keyed):
         image = cache.get(k)
         if image is not None:
             return image, None, "hit"
     result = compile_ir(ir_text, opt_level=opt_level, want_ir=want_ir, want_asm=want_asm)
     if k is not None:
-        cache.put(k, result.image)
+        cache.put(k, result.image, record)
     return result.image, result, "miss" if k is not None else "off"
+
+
+def _load_inputs(progs, helpers, values64, envs, want_ir, want_asm):
+    """The load-input key's inputs of a single-program load (None: the IR key only)."""
+    if len(progs) != 1 or want_ir or want_asm or _dumping() or cache.directory() is None:
+        return None
+    inputs = loadkey.LoadInputs(progs[0], helpers, values64[0], envs[0])
+    return inputs if inputs.keyable else None
+
+
+def _keyed(inputs, lowered, opt_level: int):
+    """(load-input key, load record) of ``lowered`` at ``opt_level``, or None: the IR key."""
+    if inputs is None:
+        return None
+    recipe = inputs.recipe(lowered.externs)
+    if recipe is None:
+        return None
+    return inputs.key(opt_level), {"recipe": recipe, "needs_gil": lowered.needs_gil,
+                                   "tail_entries": dict(lowered.tail_entries)}
+
+
+def _from_cache(inputs, opt_level: int, env):
+    """(image, a LoweredModule without IR) of the load-input key's entry, or None."""
+    k = inputs.key(opt_level)
+    found = cache.get_load(k)
+    if found is None:
+        return None
+    image, record = found
+    resolved = inputs.resolve(record["recipe"])
+    if resolved is None:    # never written by this key's loads: damaged or foreign
+        cache.reject(k)
+        return None
+    externs, keep = resolved
+    lowered = LoweredModule("", ["bpf_main"], keep + list(env.keepalive), record["needs_gil"],
+                            dict(record["tail_entries"]), externs)
+    return image, lowered
 
 
 def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
@@ -217,26 +269,78 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
     # so they are only there when someone will read the IR.
     comments = want_ir or os.environ.get("PYBPF_DUMP_IR", "") not in ("", "0")
     t0 = time.perf_counter()
-    with gc_paused():
-        lowerer = ModuleLowerer(helpers, comments, name=names[0] if len(progs) == 1 else "batch")
-        symbols = [lowerer.add_program(p, "bpf_main" if len(progs) == 1 else f"bpf_main.{i}", v,
-                                       e)
-                   for i, (p, v, e) in enumerate(zip(progs, values64, envs))]
-        lowered = lowerer.finish()
-    t1 = time.perf_counter()
+    inputs = _load_inputs(progs, helpers, values64, envs, want_ir, want_asm)
+    image = result = lowered = lower_again = None
     tiered = tier == "auto" and len(progs) == 1 and not want_ir and not want_asm
-    image = result = None
-    if tiered:
+    if inputs is not None:
+        # A key from the load's inputs: a hit skips the lowering and LLVM alike.
+        wanted = 2 if tier == "auto" else QUICK_OPT if tier == "quick" else opt_level
+        hit = _from_cache(inputs, wanted, envs[0])
+        if hit is not None:
+            image, lowered = hit
+            env0, prog0, v0 = envs[0], progs[0], values64[0]
+            lower_again = lambda: _lower_one(prog0, helpers, v0, env0)  # noqa: E731
+            tiered, opt_level, cache_state = False, wanted, "hit"
+            symbols = ["bpf_main"]
+        else:
+            envs[0] = inputs.recording_env(envs[0])
+    if lowered is None:
+        with gc_paused():
+            lowerer = ModuleLowerer(helpers, comments,
+                                    name=names[0] if len(progs) == 1 else "batch")
+            symbols = [lowerer.add_program(p, "bpf_main" if len(progs) == 1 else f"bpf_main.{i}",
+                                           v, e)
+                       for i, (p, v, e) in enumerate(zip(progs, values64, envs))]
+            lowered = lowerer.finish()
+    t1 = time.perf_counter()
+    if image is None and tiered:
         # -O2 code already in the cache: no quick tier needed
-        o2 = cache.get(cache.key(lowered.ir, 2)) if cache.directory() is not None else None
+        # (a load-input key was looked up before the lowering)
+        keyed = _keyed(inputs, lowered, 2)
+        o2 = cache.get(cache.key(lowered.ir, 2)) \
+            if keyed is None and cache.directory() is not None else None
         if o2 is not None:
             tiered, opt_level, image, cache_state = False, 2, o2, "hit"
         else:
             opt_level = QUICK_OPT
-    elif tier == "quick":
+    elif image is None and tier == "quick":
         opt_level = QUICK_OPT
+    if tiered and allocator is None:
+        allocator = _default_allocator()
+    # The -O2 compile starts now, beside the quick tier's.
+    tier_up = _TierUp(lowered, symbols[0], names[0], allocator, inputs) if tiered else None
+    try:
+        return _finish_programs(progs, names, symbols, lowered, image, result, opt_level,
+                                cache_state if image is not None else None, want_ir, want_asm,
+                                inputs, wanted if inputs is not None else None, tier, tiered,
+                                allocator, tier_up, t0, t1, lower_again)
+    except BaseException:
+        if tier_up is not None:
+            tier_up.cancel()
+        raise
+
+
+def _lower_one(prog, helpers, values64, env) -> str:
+    with gc_paused():
+        lowerer = ModuleLowerer(helpers, False, name=prog.name)
+        lowerer.add_program(prog, "bpf_main", values64, env)
+        return lowerer.finish().ir
+
+
+def _default_allocator():
+    from pybpf.jit.execmem import default_allocator
+
+    return default_allocator()
+
+
+def _finish_programs(progs, names, symbols, lowered, image, result, opt_level, cache_state,
+                     want_ir, want_asm, inputs, wanted, tier, tiered, allocator, tier_up,
+                     t0, t1, lower_again=None) -> list[JitProgram]:
+    """The second half of :func:`compile_programs`: code (cache or worker), placement."""
     if image is None:
-        image, result, cache_state = _image(lowered.ir, opt_level, want_ir, want_asm)
+        image, result, cache_state = _image(lowered.ir, opt_level, want_ir, want_asm,
+                                            _keyed(inputs, lowered, opt_level),
+                                            looked=inputs is not None and opt_level == wanted)
     if result is None:   # from the cache: what a compile result would have said
         from pybpf.jit.codegen import CompileResult
 
@@ -246,9 +350,7 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
     if missing:
         raise JITError(f"compiled object lacks entry functions {missing}")
     if allocator is None:
-        from pybpf.jit.execmem import default_allocator
-
-        allocator = default_allocator()
+        allocator = _default_allocator()
     label = names[0] if len(progs) == 1 else f"{names[0]}+{len(progs) - 1}"
     t2 = time.perf_counter()
     allocation = native.place_image(result.image, label, allocator, lowered.externs)
@@ -271,8 +373,10 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         jp.symbols = dict(result.symbols)
         jp.image, jp.externs = result.image, dict(lowered.externs)
         jp.cache, jp.tier = cache_state, tier_name
-    if tiered:
-        _start_tier_up(jits[0], allocator, lowered, symbols[0], label)
+    if lower_again is not None:
+        jits[0]._lower_again = lower_again
+    if tier_up is not None:
+        tier_up.attach(jits[0])
     return jits
 
 
@@ -294,27 +398,49 @@ def _make_tiered(jp: JitProgram, allocator, lowered, symbol: str, label: str) ->
     jp._call = native.make_caller(jp.address, holds_gil=jp.needs_gil)
 
 
-def _start_tier_up(jp: JitProgram, allocator, lowered, symbol: str, label: str) -> None:
-    started = time.perf_counter()
-    tail_symbol = lowered.tail_entries.get(symbol, symbol)
+class _TierUp:
+    """The background -O2 compile of a tiered load. It starts as soon as the IR exists, so it
+    runs beside the quick tier's compile (the pool has a worker for each); the code is
+    installed once the quick code is placed (:meth:`attach`), or dropped (:meth:`cancel`)."""
 
-    def job() -> None:
-        if jp.closed:
-            return
-        try:
-            image, _, state = _image(lowered.ir, 2, False, False)
-            if jp.closed:
+    def __init__(self, lowered, symbol: str, label: str, allocator, inputs=None) -> None:
+        self.started = time.perf_counter()
+        self._jp = None
+        self._ready = threading.Event()
+        keyed = _keyed(inputs, lowered, 2)
+        tail_symbol = lowered.tail_entries.get(symbol, symbol)
+
+        def job() -> None:
+            try:
+                image, _, state = _image(lowered.ir, 2, False, False, keyed)
+            except Exception as exc:   # the quick code keeps running; say why it stayed
+                error = f"{type(exc).__name__}: {exc}"
+                self._ready.wait()
+                if self._jp is not None:
+                    self._jp.tier_error = error
                 return
-            allocation = native.place_image(image, label, allocator, lowered.externs)
-        except Exception as exc:   # the quick code keeps running; say why it stayed
-            jp.tier_error = f"{type(exc).__name__}: {exc}"
-            return
-        code = _PlacedCode(allocation, allocator, lowered.keepalive, 1)
-        jp._install(code, image.symbols[symbol], image.symbols.get(tail_symbol), 2, image,
-                    state)
-        jp.timings["tier_up"] = time.perf_counter() - started
+            self._ready.wait()
+            jp = self._jp
+            if jp is None or jp.closed:
+                return
+            try:
+                allocation = native.place_image(image, label, allocator, lowered.externs)
+            except Exception as exc:
+                jp.tier_error = f"{type(exc).__name__}: {exc}"
+                return
+            code = _PlacedCode(allocation, allocator, lowered.keepalive, 1)
+            jp._install(code, image.symbols[symbol], image.symbols.get(tail_symbol), 2, image,
+                        state)
+            jp.timings["tier_up"] = time.perf_counter() - self.started
 
-    tiers.submit(job)
+        tiers.submit(job)
+
+    def attach(self, jp: JitProgram) -> None:
+        self._jp = jp
+        self._ready.set()
+
+    def cancel(self) -> None:
+        self._ready.set()
 
 
 def compile_program(prog: Program, helpers=None, opt_level: int = 2, name: str | None = None,

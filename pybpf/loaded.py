@@ -21,10 +21,11 @@ import threading
 
 from pybpf.errors import VMError
 
-from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, build_context
+from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, MEM_GUARD, build_context
 from .runtime.grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
 from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .runtime.interp import Interpreter
+from .runtime.kfuncs_misc import BpfThrow
 from .runtime.maps.prog_array import ProgArrayMap
 from .runtime.memory import Buffer, Region, RegionTable
 
@@ -113,6 +114,7 @@ class LoadedProgram:
         self._base_key: list | None = None      # vm.run_regions() when _base_table was built
         self._base_table: RegionTable | None = None
         self._plain_jit = False                 # JIT run needing no packet or region setup
+        self._plain_mem = False                 # ... and a "mem" program (run() inlines it)
         self._budget = None                     # the run budget of unverified JIT code
         # a program calling a helper that moves the packet (bpf_xdp_adjust_head...) gets no
         # inline fast-region check: its bounds would go stale; the region table moves instead
@@ -142,6 +144,7 @@ class LoadedProgram:
         # get the run's region table (ACTIVE_REGIONS); purely native code needs none.
         self._regions = jit.needs_gil
         self._plain_jit = not (self._ldabs or self._regions)
+        self._plain_mem = self._plain_jit and prog_type == "mem"
         return jit
 
     @property
@@ -227,6 +230,22 @@ class LoadedProgram:
         """
         if self.min_mem_size:
             self._check_mem_size(mem, ctx)
+        if self._plain_mem and trace is None and ctx is None and data is None \
+                and not self.closed:
+            # The commonest JIT run, a "mem" program, inlined without a RunContext: the
+            # private copy of mem (guarded, as build_context makes it), one native call, and
+            # what _finish records.
+            self.last_data = self.last_ctx = self.last_insn_count = None
+            buf = Buffer(len(mem), init=mem, guard=MEM_GUARD) if mem is not None and len(mem) \
+                else None
+            grace_enter()       # a read section, as below
+            try:
+                return self._jit._call(buf.address, buf.size) if buf is not None \
+                    else self._jit._call(0, 0)
+            finally:
+                grace_leave()
+                self.last_buffer = buf
+                self.last_mem = buf.bytes() if buf is not None else None
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
             rc = build_context(self.prog_type, mem, ctx, data)
@@ -235,6 +254,9 @@ class LoadedProgram:
             grace_enter()
             try:
                 r0 = self._jit._call(rc.r1, rc.r2)
+                return r0
+            except BpfThrow as thrown:      # bpf_throw: the default callback returns the cookie
+                r0 = thrown.cookie & 0xFFFFFFFFFFFFFFFF
                 return r0
             finally:
                 grace_leave()
@@ -277,9 +299,10 @@ class LoadedProgram:
         repeat = max(int(repeat), 1)
         if self.min_mem_size:
             self._check_mem_size(mem, ctx)
-        return self._execute(mem, ctx, data, None, insn_limit,
-                             lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
-                             lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))
+        out = self._execute(mem, ctx, data, None, insn_limit,
+                            lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
+                            lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))
+        return out if isinstance(out, tuple) else (out, 0.0)     # (cookie, -) after a throw
 
     def _execute(self, mem, ctx, data, trace, insn_limit, on_jit, on_interp):
         """Prepare a run, call ``on_jit(rc)`` or ``on_interp(session, rc)`` (whose result is
@@ -290,12 +313,17 @@ class LoadedProgram:
         run_token = ACTIVE_RUN.set(rc)
         grace_enter()       # a read section: freed map elements wait until the run ends
         try:
-            if session is None:
-                if getattr(rc, "jit_regions", None) is not None:
-                    token = ACTIVE_REGIONS.set(rc.jit_regions)
-                out = on_jit(rc)
-            else:
-                out = on_interp(session, rc)
+            try:
+                if session is None:
+                    if getattr(rc, "jit_regions", None) is not None:
+                        token = ACTIVE_REGIONS.set(rc.jit_regions)
+                    out = on_jit(rc)
+                else:
+                    out = on_interp(session, rc)
+            except BpfThrow as thrown:
+                # bpf_throw unwound every frame: the kernel's default exception callback makes
+                # the program return the cookie (a repeated test run stops at the throw)
+                out = thrown.cookie & 0xFFFFFFFFFFFFFFFF
             r0 = out[0] if isinstance(out, tuple) else out
             return out
         finally:

@@ -8,6 +8,8 @@ but not pytest. The child prints one JSON line that the test reads.
   stack and ``mem`` loads/stores, atomics, BPF-to-BPF calls) from a seeded generator; each must
   give the same r0 and leave the same ``mem`` bytes in the interpreter and in the JIT. Programs
   are compiled many per LLVM module (one worker round trip per batch).
+* ``tiers``: generated programs loaded one by one on the quick tier, on -O2 and from the code
+  cache (issue 13; ``PYBPF_DIFF_TIER_PROGRAMS``, ``PYBPF_DIFF_TIER_PHASES``).
 * ``conformance``: every ``tests/*.data`` of bpf_conformance through the JIT.
 * ``semantics``: edge cases checked against fixed answers (may_goto budget, unwind and helper
   exceptions across frames, callx of an unknown id).
@@ -30,6 +32,10 @@ pytestmark = pytest.mark.jit
 
 ROOT = Path(__file__).resolve().parent.parent
 DIFF_PROGRAMS = int(os.environ.get("PYBPF_DIFF_PROGRAMS", "10000"))
+# Programs loaded one by one through the quick tier and the code cache: each costs a compile,
+# so the default run takes a sample; PYBPF_DIFF_TIER_PROGRAMS=10000 is the issue's acceptance.
+TIER_PROGRAMS = int(os.environ.get("PYBPF_DIFF_TIER_PROGRAMS", "40"))
+TIER_PHASES = os.environ.get("PYBPF_DIFF_TIER_PHASES", "quick,quick-cache")
 MEM_SIZE = 64
 STACK_USE = 32
 
@@ -290,6 +296,71 @@ def child_diff(seed: int, count: int, batch: int, opt: int) -> dict:
             "wall_s": time.perf_counter() - t_start}
 
 
+def child_tiers(seed: int, count: int, phases: list[str]) -> dict:
+    """Run ``count`` generated programs loaded one by one (``compile_program`` with a
+    ``JitEnv``, as the VM loads them) through each of ``phases``, in order, against the
+    interpreter: "quick" (the quick tier, compiled), "quick-cache" (the same again: taken from
+    the code cache by the load-input key, no lowering), "O2", "O2-cache". The code cache is a
+    fresh directory. Per phase: failures, cache states, lowerings run."""
+    import shutil
+    import tempfile
+    import time
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pybpf.jit import lower
+    from pybpf.jit.env import JitEnv
+    from pybpf.jit.program import compile_program
+    from pybpf.runtime.helpers import ubpf_test_helpers
+    from pybpf.runtime.memory import Buffer
+
+    d = tempfile.mkdtemp(prefix="pybpf-diff-tiers-")
+    os.environ["PYBPF_JIT_CACHE"] = d
+    os.environ["PYBPF_JIT_CACHE_SIZE"] = str(4 << 30)
+    lowerings = [0]
+    original = lower.ModuleLowerer.add_program
+
+    def counted(self, *args, **kwargs):
+        lowerings[0] += 1
+        return original(self, *args, **kwargs)
+    lower.ModuleLowerer.add_program = counted
+    helpers = ubpf_test_helpers()
+    gen = ProgramGenerator(seed)
+    rnd = random.Random(seed ^ 0x71E5)
+    progs = [gen.program(f"t{i}") for i in range(count)]
+    mems = [bytes(rnd.getrandbits(8) for _ in range(MEM_SIZE)) for _ in progs]
+    wants = [_interp_run(p, m, helpers) for p, m in zip(progs, mems)]
+    out = {"programs": count, "phases": {}}
+    try:
+        for phase in phases:
+            tier = "quick" if phase.startswith("quick") else "O2"
+            t0, before = time.perf_counter(), lowerings[0]
+
+            def one(i):
+                jp = compile_program(progs[i], helpers, name=progs[i].name, env=JitEnv(),
+                                     tier=tier)
+                try:
+                    buf = Buffer(MEM_SIZE, init=mems[i])
+                    return jp.cache, (jp.run(buf.address, MEM_SIZE), buf.bytes())
+                finally:
+                    jp.close()
+            failures, states = [], Counter()
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                for i, (state, got) in enumerate(pool.map(one, range(count))):
+                    states[state] += 1
+                    if got != wants[i]:
+                        failures.append({"name": progs[i].name} if len(failures) >= 5 else {
+                            "name": progs[i].name, "raw": progs[i].to_bytes().hex(),
+                            "mem": mems[i].hex(), "jit": [got[0], got[1].hex()],
+                            "interp": [wants[i][0], wants[i][1].hex()]})
+            out["phases"][phase] = {"failures": failures, "states": dict(states),
+                                    "lowerings": lowerings[0] - before,
+                                    "wall_s": round(time.perf_counter() - t0, 1)}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
 def child_conformance(paths: list[str]) -> dict:
     from pybpf.datafile import parse_data_file
     from pybpf.errors import BPFError
@@ -420,6 +491,8 @@ def main(argv: list[str]) -> None:
     mode = argv[0]
     if mode == "diff":
         out = child_diff(int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4]))
+    elif mode == "tiers":
+        out = child_tiers(int(argv[1]), int(argv[2]), argv[3].split(","))
     elif mode == "conformance":
         out = child_conformance(argv[1:])
     elif mode == "semantics":
@@ -488,6 +561,27 @@ def test_random_programs_agree_with_the_interpreter():
     assert out["programs"] == DIFF_PROGRAMS
     assert set(out["per_opt"]) == ({"1", "2"} if DIFF_PROGRAMS > 250 else {"1"})
     assert not out["failures"], json.dumps(out["failures"][:3], indent=1)
+
+
+@pytest.mark.slow
+def test_random_programs_on_the_quick_tier_and_from_the_cache():
+    """Issue 13: the differential on the quick tier and on code taken from the code cache
+    (the load-input key: the second load of each program runs no lowering).
+    ``PYBPF_DIFF_TIER_PHASES=quick,quick-cache,O2,O2-cache`` adds -O2 code, compiled and then
+    from the cache."""
+    phases = TIER_PHASES.split(",")
+    out = _child("tiers", "20261207", str(TIER_PROGRAMS), ",".join(phases),
+                 timeout=max(900, TIER_PROGRAMS * 0.5))
+    assert list(out["phases"]) == phases
+    for phase, got in out["phases"].items():
+        assert not got["failures"], (phase, json.dumps(got["failures"][:3], indent=1))
+        assert sum(got["states"].values()) == TIER_PROGRAMS, (phase, got)
+    for phase in ("quick-cache", "O2-cache"):
+        got = out["phases"].get(phase)
+        if got is not None and phase.split("-")[0] in phases[:phases.index(phase)]:
+            assert got["states"] == {"hit": TIER_PROGRAMS} and got["lowerings"] == 0, got
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "failures"}
+                      for k, v in out["phases"].items()}))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ JIT'd code runs unchecked, so the cases run in a child Python (``python tests/te
 child``), one JSON line per case; each case uses a code cache directory of its own.
 
 Cases: quick tier, then -O2 swapped in while 8 threads run the program (every result checked,
-the quick code freed afterwards); tier="O2" and tier="quick"; the conformance suite on the quick
+the quick code freed afterwards); tail calls through a prog_array enter the tiered entry point
+before, during and after the swap; tier="O2" and tier="quick"; the conformance suite on the quick
 tier, on -O2 and on -O2 code taken from the cache (``PYBPF_JIT_FULL=1``: every file, else a
 sample); cache entries damaged, truncated, replaced by another entry or by a well-formed entry
 with bad contents are each detected, counted and compiled again; the size bound evicts the
@@ -59,13 +60,16 @@ def case_tier_swap_while_eight_threads_run():
     import struct
 
     import pybpf
-    from pybpf.jit import placement, tiers
+    from pybpf.jit import placement, program, tiers
 
     _fresh_cache()
     prog = pybpf.assemble(LOOP)
     inputs = [struct.pack("<Q", x * 0x1234567 + 1) for x in range(16)]
     want = _expected(prog, inputs)
     vm = pybpf.VM()
+    # The -O2 compile runs beside the quick one and may be done first; its swap waits for
+    # this lock, held until every thread has run the quick code.
+    program._swap_lock.acquire()
     lp = vm.load(prog, engine="jit", tier="auto")
     assert lp._jit.tier == "quick" and lp._jit.cache == "miss"
     quick_address = lp._jit.image and lp._jit.allocation.address
@@ -93,8 +97,15 @@ def case_tier_swap_while_eight_threads_run():
             errors.append(repr(exc))
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while not all("quick" in x for x in seen) and not errors \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        program._swap_lock.release()
     tiers.drain()                       # the background -O2 compile and the swap
     # keep running until every thread ran -O2 code a while (a loaded machine may starve some)
     deadline = time.monotonic() + 30
@@ -151,6 +162,71 @@ def case_tier_o2_waits_and_quick_stays():
         assert auto._jit.tier == "O2" and auto._jit.cache == "hit"
         assert [auto.run(mem=m) for m in inputs] == want
     return "ok"
+
+
+def case_tail_calls_enter_through_the_tiered_entry_point():
+    """A prog_array holds the tiered target's patchable entry (the stub), not its quick code;
+    tail calls reach the quick code, then the -O2 code once it is swapped in (the quick code is
+    int3-filled after that: a tail call still going there would trap), with another thread
+    running the caller from before the swap is let go until after it."""
+    import struct
+
+    import pybpf
+    from pybpf.jit import program, tiers
+
+    _fresh_cache()
+    vm = pybpf.VM()
+    jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=2)
+    # The tail call keeps ctx: the target reads the caller's mem.
+    target_src = LOOP.replace("r6 = *(u64 *)(r1 + 0)", "r6 = *(u64 *)(r1 + 0)\n    r9 = r1")
+    mems = [struct.pack("<QI", x * 7919 + 3, 1) for x in range(8)]
+    want = _expected(pybpf.assemble(target_src), mems)
+    caller = vm.load(pybpf.assemble(f"""
+        r2 = map_fd({jt.fd}) ll
+        r3 = *(u32 *)(r1 + 8)
+        call 12
+        r0 = 1000
+        exit"""), engine="jit", tier="O2")
+    # The swap waits for this lock: the -O2 code (compiled meanwhile) goes in only when the
+    # quick code has run through the prog_array.
+    with program._swap_lock:
+        target = vm.load(pybpf.assemble(target_src), engine="jit", tier="auto")
+        assert target._jit.tier == "quick"
+        stub, quick = target._jit._entry.address, target._jit._entry.current[0]
+        jt[1] = target
+        assert target.native_entry == stub, (hex(target.native_entry), hex(stub))
+        before = [caller.run(mem=m) for m in mems]
+        assert before == want, (before, want)
+        assert caller.run(mem=struct.pack("<QI", 5, 0)) == 1000      # empty slot: falls through
+    stop, results, errors = threading.Event(), [], []
+
+    def loop() -> None:
+        try:
+            while not stop.is_set():
+                results.append([caller.run(mem=m) for m in mems] == want)
+        except BaseException as exc:  # reported below
+            errors.append(repr(exc))
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        tiers.drain()
+        time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors and results and all(results), (errors, len(results))
+    assert target._jit.tier == "O2", getattr(target._jit, "tier_error", "")
+    o2 = target._jit._entry.current[0]
+    assert o2 != quick and o2 == target._jit.address
+    after = [caller.run(mem=m) for m in mems]
+    assert after == want, (after, want)
+    jt[1] = target          # a prog_array updated after the swap holds the -O2 code itself
+    assert target.native_entry == o2
+    assert [caller.run(mem=m) for m in mems] == want
+    caller.close()
+    target.close()
+    return {"runs through the swap": len(results) * len(mems), "stub": hex(stub),
+            "quick": hex(quick), "O2": hex(o2)}
 
 
 def _conformance_files() -> list[str]:
@@ -234,11 +310,11 @@ def case_damaged_truncated_and_foreign_entries_are_recompiled():
         elif how == "bad contents":     # checksum right, contents wrong (symbol past the code)
             from pybpf.jit.link import LinkImage
 
-            image = cache._decode(bytes(data[cache._HEAD.size:]))
+            image, record = cache._decode(bytes(data[cache._HEAD.size:]))
             bad = LinkImage(image.data, image.code_size, {"bpf_main": len(image.data) + 64},
                             image.fixups, image.externals, image.sections)
             key = os.path.basename(path0)[:-4]
-            payload = cache._encode(bad)
+            payload = cache._encode(bad, record)
             import hashlib
 
             data = bytearray(cache._HEAD.pack(cache._MAGIC, hashlib.sha256(
