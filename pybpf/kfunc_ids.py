@@ -25,6 +25,17 @@ KFUNC_IDS: dict[str, int] = {
     "bpf_strcspn": 1029,
     "bpf_strstr": 1030,
     "bpf_strnstr": 1031,
+    # RCU, casts, exceptions (kernel/bpf/helpers.c)
+    "bpf_rcu_read_lock": 1040,
+    "bpf_rcu_read_unlock": 1041,
+    "bpf_cast_to_kern_ctx": 1042,
+    "bpf_rdonly_cast": 1043,
+    "bpf_throw": 1044,
+    # dynamic pointers (kernel/bpf/helpers.c, net/core/filter.c)
+    "bpf_dynptr_from_skb": 1050,
+    "bpf_dynptr_from_xdp": 1051,
+    "bpf_dynptr_slice": 1052,
+    "bpf_dynptr_slice_rdwr": 1053,
 }
 
 KFUNC_NAMES: dict[int, str] = {v: k for k, v in KFUNC_IDS.items()}

@@ -25,6 +25,7 @@ from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, MEM_GUARD, build_con
 from .runtime.grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
 from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .runtime.interp import Interpreter
+from .runtime.kfuncs_misc import BpfThrow
 from .runtime.maps.prog_array import ProgArrayMap
 from .runtime.memory import Buffer, Region, RegionTable
 
@@ -120,7 +121,8 @@ class LoadedProgram:
         self._moves_packet = _moves_packet(prog, vm.helpers)
         if engine == "interp":
             self._interp = Interpreter(prog, vm.helpers, vm.kfuncs, values64, arena=arena,
-                                       resolve_map=vm.resolve_map, same_value=not verified)
+                                       resolve_map=vm.resolve_map, same_value=not verified,
+                                       facts=verify_result_facts(verify_result))
         else:
             self._jit = self._compile(vm, prog, prog_type, name, arena, values64)
 
@@ -254,6 +256,9 @@ class LoadedProgram:
             try:
                 r0 = self._jit._call(rc.r1, rc.r2)
                 return r0
+            except BpfThrow as thrown:      # bpf_throw: the default callback returns the cookie
+                r0 = thrown.cookie & 0xFFFFFFFFFFFFFFFF
+                return r0
             finally:
                 grace_leave()
                 self._finish(rc, None, r0)
@@ -295,9 +300,10 @@ class LoadedProgram:
         repeat = max(int(repeat), 1)
         if self.min_mem_size:
             self._check_mem_size(mem, ctx)
-        return self._execute(mem, ctx, data, None, insn_limit,
-                             lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
-                             lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))
+        out = self._execute(mem, ctx, data, None, insn_limit,
+                            lambda rc: self._jit.test_run(rc.r1, rc.r2, repeat),
+                            lambda session, rc: session.repeat(rc.r1, rc.r2, repeat))
+        return out if isinstance(out, tuple) else (out, 0.0)     # (cookie, -) after a throw
 
     def _execute(self, mem, ctx, data, trace, insn_limit, on_jit, on_interp):
         """Prepare a run, call ``on_jit(rc)`` or ``on_interp(session, rc)`` (whose result is
@@ -308,12 +314,17 @@ class LoadedProgram:
         run_token = ACTIVE_RUN.set(rc)
         grace_enter()       # a read section: freed map elements wait until the run ends
         try:
-            if session is None:
-                if getattr(rc, "jit_regions", None) is not None:
-                    token = ACTIVE_REGIONS.set(rc.jit_regions)
-                out = on_jit(rc)
-            else:
-                out = on_interp(session, rc)
+            try:
+                if session is None:
+                    if getattr(rc, "jit_regions", None) is not None:
+                        token = ACTIVE_REGIONS.set(rc.jit_regions)
+                    out = on_jit(rc)
+                else:
+                    out = on_interp(session, rc)
+            except BpfThrow as thrown:
+                # bpf_throw unwound every frame: the kernel's default exception callback makes
+                # the program return the cookie (a repeated test run stops at the throw)
+                out = thrown.cookie & 0xFFFFFFFFFFFFFFFF
             r0 = out[0] if isinstance(out, tuple) else out
             return out
         finally:

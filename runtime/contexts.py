@@ -89,11 +89,13 @@ PKT_WRITE_TYPES = ("sched_cls", "lwt_xmit")    # the kernel's may_access_direct_
 # context-only types: r1 = a writable copy of their struct, copied back (no BPF_PROG_TEST_RUN)
 SOCK_TYPES = ("cgroup_sock_addr", "cgroup_sock")
 PROG_TYPES = ("mem", "syscall", *SKB_TYPES, "xdp", "tracepoint", "kprobe", "flow_dissector",
-              "raw_tracepoint", "sk_lookup", *SOCK_TYPES)
+              "raw_tracepoint", "sk_lookup", *SOCK_TYPES, "sk_msg", "sock_ops", "perf_event")
 ALIASES = {"socket": "socket_filter", "tc": "sched_cls", "classifier": "sched_cls",
-           "cgroup/skb": "cgroup_skb", "tp": "tracepoint", "raw_tp": "raw_tracepoint"}
+           "cgroup/skb": "cgroup_skb", "tp": "tracepoint", "raw_tp": "raw_tracepoint",
+           "sockops": "sock_ops"}
 MAX_BPF_FUNC_ARGS = 12
-TRACE_CTX_SIZE = {"kprobe": 168, "tracepoint": 8}       # sizeof(struct pt_regs); common header
+# sizeof(struct pt_regs); the common header; struct bpf_perf_event_data (pt_regs + 2 u64)
+TRACE_CTX_SIZE = {"kprobe": 168, "tracepoint": 8, "perf_event": 184}
 
 
 class SkBuff(ctypes.Structure):
@@ -181,7 +183,55 @@ class BpfSock(ctypes.Structure):
                 ("rx_queue_mapping", ctypes.c_int32)]
 
 
+class SkMsgMd(ctypes.Structure):
+    """``struct sk_msg_md`` (uapi), 80 bytes: an sk_msg program's message and socket."""
+
+    _fields_ = [("data", ctypes.c_uint64), ("data_end", ctypes.c_uint64),
+                ("family", ctypes.c_uint32), ("remote_ip4", ctypes.c_uint32),
+                ("local_ip4", ctypes.c_uint32), ("remote_ip6", ctypes.c_uint32 * 4),
+                ("local_ip6", ctypes.c_uint32 * 4), ("remote_port", ctypes.c_uint32),
+                ("local_port", ctypes.c_uint32), ("size", ctypes.c_uint32),
+                ("sk", ctypes.c_uint64)]
+
+
+class BpfSockOps(ctypes.Structure):
+    """``struct bpf_sock_ops`` (uapi), 224 bytes: a sockops callback's view. ``args`` is the
+    union with ``reply``/``replylong`` (``reply`` is ``args[0]``)."""
+
+    _fields_ = ([("op", ctypes.c_uint32), ("args", ctypes.c_uint32 * 4),
+                 ("family", ctypes.c_uint32), ("remote_ip4", ctypes.c_uint32),
+                 ("local_ip4", ctypes.c_uint32), ("remote_ip6", ctypes.c_uint32 * 4),
+                 ("local_ip6", ctypes.c_uint32 * 4)] +
+                [(n, ctypes.c_uint32) for n in (
+                    "remote_port", "local_port", "is_fullsock", "snd_cwnd", "srtt_us",
+                    "bpf_sock_ops_cb_flags", "state", "rtt_min", "snd_ssthresh", "rcv_nxt",
+                    "snd_nxt", "snd_una", "mss_cache", "ecn_flags", "rate_delivered",
+                    "rate_interval_us", "packets_out", "retrans_out", "total_retrans", "segs_in",
+                    "data_segs_in", "segs_out", "data_segs_out", "lost_out", "sacked_out",
+                    "sk_txhash")] +
+                [("bytes_received", ctypes.c_uint64), ("bytes_acked", ctypes.c_uint64),
+                 ("sk", ctypes.c_uint64), ("skb_data", ctypes.c_uint64),
+                 ("skb_data_end", ctypes.c_uint64), ("skb_len", ctypes.c_uint32),
+                 ("skb_tcp_flags", ctypes.c_uint32), ("skb_hwtstamp", ctypes.c_uint64)])
+
+    @property
+    def reply(self) -> int:
+        return self.args[0]
+
+
+class BpfPerfEventData(ctypes.Structure):
+    """``struct bpf_perf_event_data`` (x86-64), 184 bytes: the sample's registers (``struct
+    pt_regs``, 21 longs), sample_period and addr."""
+
+    _fields_ = [("regs", ctypes.c_uint64 * 21), ("sample_period", ctypes.c_uint64),
+                ("addr", ctypes.c_uint64)]
+
+
 SOCK_STRUCTS = {"cgroup_sock_addr": BpfSockAddr, "cgroup_sock": BpfSock}
+assert ctypes.sizeof(SkMsgMd) == 80 and SkMsgMd.sk.offset == 72 and SkMsgMd.size.offset == 68
+assert ctypes.sizeof(BpfSockOps) == 224 and BpfSockOps.sk_txhash.offset == 164
+assert BpfSockOps.skb_data.offset == 192 and BpfSockOps.skb_tcp_flags.offset == 212
+assert ctypes.sizeof(BpfPerfEventData) == 184 and BpfPerfEventData.addr.offset == 176
 AF_INET, AF_INET6 = 2, 10
 assert ctypes.sizeof(BpfSkLookup) == 72 and BpfSkLookup.local_port.offset == 60
 assert ctypes.sizeof(BpfSockAddr) == 72 and ctypes.sizeof(BpfSock) == 80
@@ -311,6 +361,10 @@ def build_context(prog_type: str, mem=None, ctx=None, data=None) -> RunContext:
         if data is not None:
             raise VMError(f"prog_type {prog_type!r} has no packet: pass its context as ctx=")
         _sock_context(rc, ctx, SOCK_STRUCTS[prog_type])
+    elif prog_type == "sk_msg":
+        _sk_msg_context(rc, ctx, data)
+    elif prog_type == "sock_ops":
+        _sock_ops_context(rc, ctx, data)
     elif prog_type == "raw_tracepoint":
         if data is not None:
             raise VMError("prog_type 'raw_tracepoint' has no packet: pass its arguments as ctx=")
@@ -676,3 +730,85 @@ def _sock_context(rc: RunContext, ctx, struct) -> None:
         if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
             _write_back(ctx, bytes(rc.last_ctx))
     rc._finish = finish
+
+
+def _socket_of(fields: dict) -> Buffer:
+    """A read-only ``struct bpf_sock`` for a context's socket pointer (never NULL where the
+    verifier types it PTR_TO_SOCKET): family, type, protocol, addresses and ports given."""
+    sock = BpfSock()
+    for name, value in fields.items():
+        if isinstance(getattr(sock, name), ctypes.Array):
+            for i, v in enumerate(value):
+                getattr(sock, name)[i] = v
+        else:
+            setattr(sock, name, value)
+    raw = bytes(sock)
+    return Buffer(len(raw), init=raw, guard=MEM_GUARD)
+
+
+def _payload(data, what: str, writable: bool, rc: RunContext) -> tuple[Buffer, int, int]:
+    """(buffer, start, end) of a message or header the context points at (``data``, may be
+    empty: start == end then, at a valid address)."""
+    raw = bytes(data) if data is not None else b""
+    buf = Buffer(max(len(raw), 1), init=raw.ljust(1, b"\0"), guard=MEM_GUARD)
+    if raw:
+        region = Region(buf.address, len(raw), what, writable, buf)
+        rc.regions.append(region)
+        if writable:
+            rc.fast = region
+    return buf, buf.address, buf.address + len(raw)
+
+
+def _sk_msg_context(rc: RunContext, ctx, data) -> None:
+    """sk_msg (context only: the kernel has no BPF_PROG_TEST_RUN for it): r1 = a read-only
+    ``struct sk_msg_md`` from ``ctx`` (addresses, ports; data, data_end, size and sk are the
+    run's), data/data_end over a writable copy of ``data`` (the message), ``sk`` a read-only
+    ``struct bpf_sock`` with the same addresses (the kernel's sk_msg socket is never NULL).
+    ``last_data`` is the message after the run, ``last_ctx`` the struct (pointers zeroed)."""
+    md = SkMsgMd()
+    _fill(md, ctx, ("data", "data_end", "size", "sk"), "sk_msg_md")
+    msg, start, end = _payload(data, "packet", True, rc)
+    sbuf = _socket_of({"family": md.family, "type": 1, "protocol": 6, "src_ip4": md.local_ip4,
+                       "dst_ip4": md.remote_ip4, "src_ip6": list(md.local_ip6),
+                       "dst_ip6": list(md.remote_ip6), "src_port": md.local_port,
+                       "dst_port": md.remote_port & 0xFFFF})
+    rc.regions.append(Region(sbuf.address, sbuf.size, "sock", False, sbuf))
+    md.data, md.data_end, md.size, md.sk = start, end, end - start, sbuf.address
+    raw = bytes(md)
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
+    rc.r1, rc.buffer, rc._keep = buf.address, buf, (msg, sbuf)
+
+    def finish(r0):
+        after = SkMsgMd.from_buffer_copy(buf.bytes())
+        after.data = after.data_end = after.sk = 0
+        rc.last_ctx = after
+        rc.last_data = msg.bytes()[:end - start]
+    rc._finish = finish
+
+
+def _sock_ops_context(rc: RunContext, ctx, data) -> None:
+    """sock_ops (context only): r1 = a writable ``struct bpf_sock_ops`` from ``ctx`` (op, args,
+    addresses, TCP counters...), copied back after the run (the program's ``reply``);
+    skb_data/skb_data_end over a read-only copy of ``data`` (the TCP header being parsed or
+    written, may be empty), skb_len its length; ``sk`` is NULL (PTR_TO_SOCKET_OR_NULL: a
+    program checks it), and may not be set by the caller."""
+    ops = BpfSockOps()
+    _fill(ops, ctx, ("sk", "skb_data", "skb_data_end", "skb_len"), "bpf_sock_ops")
+    hdr, start, end = _payload(data, "packet", False, rc)
+    ops.skb_data, ops.skb_data_end, ops.skb_len = start, end, end - start
+    raw = bytes(ops)
+    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    rc.regions.append(Region(buf.address, buf.size, "ctx", True, buf))
+    rc.fast = rc.regions[-1]
+    rc.r1, rc.buffer, rc._keep = buf.address, buf, hdr
+
+    def finish(r0):
+        after = BpfSockOps.from_buffer_copy(buf.bytes())
+        after.skb_data = after.skb_data_end = 0
+        rc.last_ctx = after
+        rc.last_data = hdr.bytes()[:end - start]
+        if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
+            _write_back(ctx, bytes(after))
+    rc._finish = finish
+

@@ -29,22 +29,24 @@ NEVER = 1 << 62                          # the horizon when no other thread is i
 
 def enter() -> None:
     """Start a read section in this thread (nested sections keep the outermost epoch)."""
+    # No lock: under the GIL the dict operations are atomic and only this thread changes its
+    # own record. A retire() racing with the entry may leave the record one epoch behind, which
+    # only makes horizon() more careful (the run has not looked anything up yet).
     tid = _get_ident()
-    with _lock:
-        r = _readers.get(tid)
-        if r is None:
-            _readers[tid] = [_epoch, 1]
-        else:
-            r[1] += 1
+    r = _readers.get(tid)
+    if r is None:
+        _readers[tid] = [_epoch, 1]
+    else:
+        r[1] += 1
 
 
 def leave() -> None:
     tid = _get_ident()
-    with _lock:
-        r = _readers[tid]
+    r = _readers[tid]
+    if r[1] == 1:
+        del _readers[tid]
+    else:
         r[1] -= 1
-        if not r[1]:
-            del _readers[tid]
 
 
 @contextmanager
@@ -72,8 +74,8 @@ def horizon() -> int:
     """Memory retired with a token <= this may be reused by the calling thread: no other
     thread is in a run that started before it was retired."""
     me = _get_ident()
-    with _lock:
-        return min((r[0] for t, r in _readers.items() if t != me), default=NEVER)
+    readers = list(_readers.items())        # one atomic copy under the GIL
+    return min((r[0] for t, r in readers if t != me), default=NEVER)
 
 
 def wait(token: int, timeout: float = 60.0) -> bool:

@@ -15,13 +15,17 @@ frame may access its own and its callers' frames (pointers passed down), never d
 r6-r9 are the caller's locals in the generated code, so they survive calls as the kernel's
 calling convention promises; a callee starts with r0 and r6-r9 zero.
 
-Arena accesses (the kernel's PROBE_MEM32) take the slow path: an address inside an arena's band
-(a full user pointer), or, in a program with an arena, any access that misses every region and
-whose base register holds a 32-bit value, lands at ``kern_vm_start + zext32(reg) + off`` and goes
+Arena accesses (the kernel's PROBE_MEM32) land at ``kern_vm_start + zext32(reg) + off`` and go
 through the arena's BPF-access API (``load``/``store``/``atomic``): unallocated pages read 0,
-stores and atomics there are dropped, and no address can fault. (The verifier would know the
-register's type; the interpreter relies on arena offsets and real buffers not overlapping: run
-memory below 4 GiB, the packet contexts, lies in the low 2 GiB, default arenas' offsets near 4 GiB.)
+stores and atomics there are dropped, and no address can fault. Which accesses are arena
+accesses comes, for a verified program, from the verifier's register types (``facts``: the
+instructions whose base register is PTR_TO_ARENA on every path), as the kernel's JIT and
+pybpf's JIT decide: those go straight to the arena whatever the 32-bit value, and no other
+access may reach it. An unverified program has no types: there an address inside an arena's
+band (a full user pointer), or, in a program with an arena, any access that misses every region
+and whose base register holds a 32-bit value, is taken for one (a range heuristic that relies
+on arena offsets and real buffers not overlapping: run memory below 4 GiB, the packet contexts,
+lies in the low 2 GiB, default arenas' offsets near 4 GiB).
 
 Control transfers the engine implements itself: ``bpf_tail_call`` (the target program's entry
 replaces the current frame with r1 = ctx, the stack frame and budget carry on, at most
@@ -168,6 +172,8 @@ class Run:
         every region whose base register holds a 32-bit value, in a program with an arena: the
         kernel's PROBE_MEM32 access ``kern_vm_start + zext32(reg) + off``.
         """
+        if self.interp.typed:           # verified: the verifier said this is no arena access
+            return None
         if r is not None:
             return a if isinstance(r.owner, Arena) else None
         if self.arena is None:
@@ -210,6 +216,28 @@ class Run:
                 return r0 if op == "cmpxchg" else v
             return old
         return native_atomic(op, a, n, v & mask, r0 & mask, pc)
+
+    # -- accesses the verifier typed PTR_TO_ARENA (PROBE_MEM32): never a region lookup ----------
+    def _arena_of(self, pc: int):
+        if self.arena is None:          # the verifier saw an arena map: the run must have one
+            raise VMError("arena access without an arena map", pc)
+        return self.arena
+
+    def arena_ld(self, pc: int, reg: int, off: int, n: int, signed: bool) -> int:
+        arena = self._arena_of(pc)
+        return arena.load(arena.bpf_address(reg, off), n, signed) & M64
+
+    def arena_st(self, pc: int, reg: int, off: int, n: int, v: int) -> None:
+        arena = self._arena_of(pc)
+        arena.store(arena.bpf_address(reg, off), n, v)          # dropped if unbacked
+
+    def arena_atomic(self, pc: int, reg: int, off: int, n: int, op: str, v: int, r0: int) -> int:
+        arena = self._arena_of(pc)
+        mask = (1 << (8 * n)) - 1
+        old = arena.atomic_op(arena.bpf_address(reg, off), n, op, v & mask, r0 & mask)
+        if old is None:     # dropped: the register that would get the old value keeps its own
+            return r0 if op == "cmpxchg" else v
+        return old
 
     def ldabs(self, pc: int, off: int, n: int) -> int:
         # Legacy packet load: big-endian read at a 32-bit offset into the packet; out of bounds
@@ -351,13 +379,16 @@ class Interpreter:
     them. ``arena`` is the program's arena map (its PROBE_MEM32 accesses, see
     :meth:`Run._arena_target`); ``resolve_map`` turns a map pointer value back into the map
     (tail calls); ``same_value`` (unverified programs) requires a map access's base register
-    to point into the value it reaches. Loading fails (VMError) for calls to helpers or kfuncs
-    the registries lack.
+    to point into the value it reaches; ``facts`` (a verified program's
+    :class:`pybpf.verifier.facts.Facts`) decide which accesses are arena accesses, as the
+    verifier's register types do for the kernel's JIT. Loading fails (VMError) for calls to
+    helpers or kfuncs the registries lack.
     """
 
     def __init__(self, prog, helpers: HelperRegistry | None = None,
                  kfuncs: HelperRegistry | None = None, values64: dict[int, int] | None = None,
-                 cfg=None, arena=None, resolve_map=None, same_value: bool = True) -> None:
+                 cfg=None, arena=None, resolve_map=None, same_value: bool = True,
+                 facts=None) -> None:
         self.prog = prog
         self.same_value = same_value     # the base-register check of unverified programs
         self.helpers, self.kfuncs = helpers, kfuncs
@@ -372,7 +403,11 @@ class Interpreter:
             and getattr(getattr(helpers.get(insn.imm), "prototype", None), "changes_pkt_data",
                         False)
             for _pc, form, insn in prog.instructions())
-        self.source = Generator(prog, self.cfg, helpers, kfuncs, self.values64).source()
+        # typed: the verifier's facts classify every memory access (arena or not); an access
+        # it saw through different pointer kinds on different paths keeps the range rule
+        self.arena_pcs, self.typed = arena_accesses(prog, facts)
+        self.source = Generator(prog, self.cfg, helpers, kfuncs, self.values64,
+                                arena_pcs=self.arena_pcs).source()
         self._build = self._compile(self.source, "fast")
         self._trace_build = None
         self._stacks: list[Buffer] = []
@@ -455,3 +490,25 @@ class Session:
 
 
 __all__ = ["Interpreter", "Session", "Run", "STACK_SIZE"]
+
+
+def arena_accesses(prog, facts) -> tuple[frozenset, bool]:
+    """(the memory instructions that are arena accesses, whether the classification is the
+    verifier's). Without facts (an unverified load): no instruction is known to be one and the
+    run-time range rule decides. With facts: an instruction whose base register the verifier
+    saw as PTR_TO_ARENA on every path is one; "typed" is False when some access mixed arena and
+    other pointers (the kernel saves one pointer type per instruction: pybpf keeps the range
+    rule for such a program rather than guess)."""
+    if facts is None:
+        return frozenset(), False
+    arena, mixed = set(), False
+    for pc, form, insn in prog.instructions():
+        if form.kind not in ("ldx", "st", "stx", "atomic"):
+            continue
+        kind = facts.arena_access(pc)
+        if kind is True:
+            arena.add(pc)
+        elif kind == "mixed":
+            mixed = True
+    return frozenset(arena), not mixed
+

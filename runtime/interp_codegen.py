@@ -19,6 +19,7 @@ variant adds a hook after each instruction and is otherwise the same code.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 
 from pybpf import isa
 from pybpf.errors import VMError
@@ -44,8 +45,9 @@ class Generator:
     """Python source for one program. ``values64`` maps ld_imm64/cast slots to resolved constants."""
 
     def __init__(self, prog, cfg: CFG, helpers, kfuncs, values64: dict[int, int],
-                 trace: bool = False) -> None:
+                 trace: bool = False, arena_pcs: frozenset = frozenset()) -> None:
         self.prog, self.cfg, self.trace = prog, cfg, trace
+        self.arena_pcs = arena_pcs      # memory insns the verifier proved arena accesses
         self.helpers, self.kfuncs, self.values64 = helpers, kfuncs, values64
         self.form_at = cfg.form_at
         self.slots = sorted(self.form_at)           # instruction starts (ld_imm64 once)
@@ -72,6 +74,8 @@ class Generator:
             out.add(f"SH{n} = STOP - {n}\nMH{n} = MHI - {n}", 1)
         out.add("_ld = R.ld\n_st = R.st\n_atomic = R.atomic\n_ldabs = R.ldabs\n_callx = R.callx\n"
                 "_limit = R.limit_error\n_tail = R.tail_call\n_loop = R.loop\n_foreach = R.for_each", 1)
+        if self.arena_pcs:
+            out.add("_ald = R.arena_ld\n_ast = R.arena_st\n_aat = R.arena_atomic", 1)
         for h in sorted(self.used_helpers):
             out.add(f"_h{h} = R.helper_fn({h})", 1)
         for h in sorted(self.checked_helpers):
@@ -171,6 +175,8 @@ class Generator:
     def _insn(self, pc: int, goto) -> str:
         form, insn = self.form_at[pc]
         o = make_ops(pc, form, insn, self.values64.get(pc, 0), self.r10_fixed)
+        if pc in self.arena_pcs:
+            o = dataclasses.replace(o, arena=True)
         code = snippet(o)
         if form.kind in ("jcond", "ja", "may_goto"):
             code = code.replace("{GOTO}", goto(jump_target(form, insn, pc), pc))

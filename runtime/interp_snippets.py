@@ -55,6 +55,7 @@ class Ops:
     off: int
     value64: int = 0  # resolved ld_imm64 constant (cast_user: the arena's upper half)
     r10_fixed: bool = False  # the program never writes r10, so r10 is the frame pointer
+    arena: bool = False  # the verifier typed the base register PTR_TO_ARENA (PROBE_MEM32)
 
     def wrap(self, expr: str) -> str:
         """``expr`` reduced to the width."""
@@ -115,6 +116,8 @@ def static_stack(o: Ops, base: str) -> bool:
 
 def load_code(o: Ops, dest: str, base: str, signed: bool) -> str:
     n, a = o.n, _addr(base, o.off)
+    if o.arena:
+        return f"{dest} = _ald({o.pc}, {base}, {o.off}, {n}, {signed})"
     if static_stack(o, base):
         return f"{dest} = {_read(n, signed, a)}"
     return (f"a = {a}\n"
@@ -126,6 +129,8 @@ def load_code(o: Ops, dest: str, base: str, signed: bool) -> str:
 
 def store_code(o: Ops, base: str, value: str) -> str:
     n, a = o.n, _addr(base, o.off)
+    if o.arena:
+        return f"_ast({o.pc}, {base}, {o.off}, {n}, {value})"
     if static_stack(o, base):
         return _write(n, a, value)
     return (f"a = {a}\n"
@@ -144,7 +149,10 @@ def _stx_value(o: Ops) -> str:
 
 
 def _atomic(o: Ops, op: str, target: str | None) -> str:
-    call = f"_atomic({o.pc}, SLO, {_addr(o.d, o.off)}, {o.n}, {op!r}, {o.sreg}, r0)"
+    if o.arena:
+        call = f"_aat({o.pc}, {o.d}, {o.off}, {o.n}, {op!r}, {o.sreg}, r0)"
+    else:
+        call = f"_atomic({o.pc}, SLO, {_addr(o.d, o.off)}, {o.n}, {op!r}, {o.sreg}, r0)"
     return f"{target} = {call}" if target else call
 
 

@@ -28,7 +28,7 @@ from pybpf.verifier import protos
 
 from . import helpers_skb
 from .helpers import ACTIVE_REGIONS, Helper
-from . import kfuncs_iter, kfuncs_string
+from . import kfuncs_dynptr, kfuncs_iter, kfuncs_misc, kfuncs_string
 from .map_helpers import make_helpers, make_kfuncs
 from .maps.arena import Arena
 from .maps.base import PAGE_SHIFT
@@ -107,8 +107,8 @@ def _special(name: str):
 
 def install_kfuncs(kfuncs, resolve_map) -> None:
     """Add the kfuncs to ``kfuncs`` (a HelperRegistry) under pybpf.kfunc_ids: the arena ones
-    (map_helpers), the open-coded iterators (kfuncs_iter) and the string kfuncs
-    (kfuncs_string)."""
+    (map_helpers), the open-coded iterators (kfuncs_iter), the string kfuncs (kfuncs_string),
+    RCU, the casts and bpf_throw (kfuncs_misc)."""
     for kid, mk in make_kfuncs(resolve_map).items():
         kfuncs.add(Helper(kid, mk.name, mk.fn, protos.KFUNCS_BY_ID[kid]))
     for name, fn in kfuncs_iter.KFUNC_FNS.items():
@@ -117,6 +117,13 @@ def install_kfuncs(kfuncs, resolve_map) -> None:
     for name, fn in kfuncs_string.KFUNC_FNS.items():
         proto = protos.kfunc(name)
         kfuncs.add(Helper(proto.id, name, fn, proto, mem_args=kfuncs_string.no_mem_args))
+    for name, fn in kfuncs_misc.KFUNC_FNS.items():
+        proto = protos.kfunc(name)
+        kfuncs.add(Helper(proto.id, name, fn, proto))
+    for name, (fn, index, kind) in kfuncs_dynptr.KFUNC_FNS.items():
+        proto = protos.kfunc(name)
+        kfuncs.add(Helper(proto.id, name, fn, proto,
+                          mem_args=kfuncs_dynptr.dynptr_mem_args(index, kind)))
 
 
 def install(helpers, resolve_map) -> None:
@@ -130,6 +137,9 @@ def install(helpers, resolve_map) -> None:
         helpers.add(Helper(HELPER_IDS[name], name, probe_read, protos.helper_proto(name)))
     for name in ("probe_read_str", "probe_read_kernel_str", "probe_read_user_str"):
         helpers.add(Helper(HELPER_IDS[name], name, probe_read_str, protos.helper_proto(name)))
+    for name, (fn, index, kind) in kfuncs_dynptr.HELPER_FNS.items():
+        helpers.add(Helper(HELPER_IDS[name], name, fn, protos.helper_proto(name),
+                           mem_args=kfuncs_dynptr.dynptr_mem_args(index, kind)))
     for name in ("tail_call", "loop"):
         helpers.add(Helper(HELPER_IDS[name], name, _special(name), protos.helper_proto(name),
                            special=name))

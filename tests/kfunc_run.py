@@ -41,10 +41,8 @@ def pybpf_run(text: str, ctx: bytes, engine: str, prog_type: str = "syscall",
 def kernel_run(text: str, ctx: bytes, prog_type: str = "syscall",
                data: bytes | None = None) -> tuple[int, bytes]:
     prog = assemble(text)
-    code = b"".join(i.encode() for i in kernel_verifier._insns(prog))
-    fd, log = kernel_bpf.prog_load(code, prog_type, sleepable=prog_type == "syscall")
-    if fd < 0:
-        raise kernel_bpf.KernelError("prog_load", -fd, log)
+    # tests/kernel_verifier.py's load: kfunc BTF ids, func_info for callbacks, sleepable syscall
+    fd = kernel_verifier._load(prog, prog_type, [], 0, None)
     try:
         if data is not None:
             r0, _, _ = kernel_bpf.test_run(fd, data=data, data_out_size=len(data) + 256)

@@ -215,3 +215,34 @@ def backed(arena, k: int, size: int) -> bool:
     """Whether all ``size`` bytes at arena offset ``k`` are on allocated pages."""
     return 0 <= k and k + size <= 1 << 32 and arena.is_allocated(k) and \
         arena.is_allocated(k + size - 1)
+
+
+# --- which accesses are arena accesses: the verifier's types (issue 10) -----------------------
+# An xdp packet lies below 4 GiB, so its address is also a valid 32-bit arena offset. Cast to an
+# arena pointer, the kernel's verifier types it PTR_TO_ARENA and the access goes to the arena
+# (kern_vm_start + zext32(reg)): an unallocated page there, so the store is dropped and the load
+# reads 0, and the packet is untouched. Only a range rule would take it for a packet access.
+PACKET_AS_ARENA = ARENA + """
+    r9 = map[arena] ll
+    r2 = *(u32 *)(r1 + 0)
+    w2 = w2
+    r2 = addr_space_cast(r2, 0x0, 0x1)
+    r3 = 0x55
+    *(u8 *)(r2 + 1) = r3
+    r4 = 0x11
+    lock *(u32 *)(r2 + 4) += w4
+    r0 = *(u8 *)(r2 + 1)
+    exit"""
+
+
+def packet_as_arena(engine: str, verify: bool = True):
+    """(r0, the packet after the run) of PACKET_AS_ARENA on ``engine``."""
+    from pybpf import VM as _VM
+    from support import asm as _asm, frame as _frame
+    vm = _VM()
+    lp = vm.load(_asm(PACKET_AS_ARENA), prog_type="xdp", engine=engine, verify=verify)
+    pkt = _frame()
+    r0 = lp.run(data=pkt)
+    out = (r0, lp.last_data == pkt)
+    lp.close()
+    return out

@@ -259,3 +259,32 @@ def test_sample_drivers_are_one_line_commands():
 if __name__ == "__main__":
     if sys.argv[1:2] == ["fuzz"]:
         _fuzz(int(sys.argv[2]))
+
+
+# --- which accesses go to the arena: the verifier's types, not address ranges -----------------
+def test_verified_programs_take_arena_accesses_from_the_verifier():
+    """A packet address cast to an arena pointer: the verifier types the register PTR_TO_ARENA,
+    so the store, the atomic and the load go to the arena (an unallocated page: dropped, 0) as
+    in the kernel and pybpf's JIT, whatever region the 32-bit value happens to match. The
+    range rule kept for unverified loads takes the same address for the packet."""
+    assert programs_arena.packet_as_arena("interp") == (0, True)
+    r0, untouched = programs_arena.packet_as_arena("interp", verify=False)
+    assert (r0, untouched) == (0x55, False)
+
+
+def test_the_interpreter_classifies_from_the_verifier_facts():
+    from pybpf.runtime.interp import arena_accesses
+    t = Arena()
+    lp = t.access
+    interp = lp._interp
+    insns = {pc: (form, insn) for pc, form, insn in interp.prog.instructions()}
+    mem_pcs = {pc for pc, (form, _i) in insns.items()
+               if form.kind in ("ldx", "st", "stx", "atomic")}
+    assert interp.typed and interp.arena_pcs and interp.arena_pcs <= mem_pcs
+    facts = lp.verify_result.facts
+    assert all(facts.arena_access(pc) is True for pc in interp.arena_pcs)
+    assert all(facts.arena_access(pc) in (False, None) for pc in mem_pcs - interp.arena_pcs)
+    assert arena_accesses(interp.prog, None) == (frozenset(), False)   # unverified: range rule
+    unverified = t.load(programs_arena.ACCESS, verify=False)._interp
+    assert not unverified.typed and not unverified.arena_pcs
+

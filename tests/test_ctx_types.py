@@ -1,5 +1,5 @@
 """Verified runs of the context program types (flow_dissector, raw_tracepoint, sk_lookup, lwt_*,
-cgroup_sock, cgroup_sock_addr): what the verifier's context rules let a program reach (flow keys,
+cgroup_sock, cgroup_sock_addr, and the context-only sk_msg, sock_ops and perf_event): what the verifier's context rules let a program reach (flow keys,
 socket pointers, packet pointers) is real memory of the run in both engines, and the run
 refuses contexts that would break what the verifier assumed (a caller-set ``skb->sk``, a
 raw_tracepoint ctx shorter than the arguments read). The JIT cases run in a child process.
@@ -7,6 +7,7 @@ The rules themselves are compared with the kernel in tests/test_verifier_calls.p
 tests/verifier/ctx/*.vt."""
 from __future__ import annotations
 
+import os
 import struct
 import sys
 
@@ -67,6 +68,56 @@ def case_flow_keys_pointer():
 
 def case_sk_lookup_null_socket():
     assert _sk_lookup("interp") == _sk_lookup("jit") == 1
+
+
+# --- sk_msg, sock_ops, perf_event: context only (the kernel cannot test-run them) -----------
+CTX_TYPES_O = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "elf",
+                           "ctx_types.o")
+
+
+def _ctx_types(engine: str):
+    """Each program of ctx_types.o (sections sk_msg, sockops, perf_event) on a few contexts."""
+    from pybpf.runtime.contexts import BpfPerfEventData, BpfSockOps
+    obj = pybpf.load_elf(CTX_TYPES_O)
+    out = {}
+    msg = obj.vm.load(obj.programs["msg_verdict"], engine=engine)
+    for data, family in ((b"hello world", AF_INET), (b"DROP it", AF_INET), (b"ab", AF_INET),
+                         (b"hello world", 10), (b"", AF_INET)):
+        r0 = msg.run(ctx={"family": family, "remote_port": 0x5000}, data=data)
+        out[f"msg {data!r} {family}"] = (r0, msg.last_data, msg.last_ctx.size)
+    ops = obj.vm.load(obj.programs["tcp_tune"], engine=engine)
+    hdr = bytes(13) + b"\x18" + bytes(6)
+    for op, port, flags, data in ((3, 0x5000, 0, None), (3, 80, 0, None), (13, 0, 0x12, hdr),
+                                  (13, 0, 0x12, hdr[:10]), (7, 0, 0, None)):
+        ctx = BpfSockOps(op=op, remote_port=port, skb_tcp_flags=flags)
+        r0 = ops.run(ctx=ctx, data=data)
+        out[f"ops {op} {port} {flags} {data!r}"] = (r0, ctx.reply, ops.last_ctx.skb_len)
+    pe = obj.vm.load(obj.programs["sample"], engine=engine)
+    for period, ip, addr in ((7, 0x1234, 0x5000), (0, 1, 1), (1 << 40 | 2, 0xff, 0)):
+        ctx = BpfPerfEventData(sample_period=period, addr=addr)
+        ctx.regs[16] = ip
+        out[f"pe {period} {ip} {addr}"] = pe.run(ctx=ctx)
+    types = {n: (p.prog_type, p.section) for n, p in obj.programs.items()}
+    for lp in (msg, ops, pe):
+        lp.close()
+    return out, types
+
+
+def case_sk_msg_sock_ops_perf_event():
+    interp, types = _ctx_types("interp")
+    jit, _ = _ctx_types("jit")
+    assert interp == jit, (interp, jit)
+    assert types == {"msg_verdict": ("sk_msg", "sk_msg"), "tcp_tune": ("sock_ops", "sockops"),
+                     "sample": ("perf_event", "perf_event")}
+    assert interp["msg b'hello world' 2"] == (1, b"\x0bello world", 11)
+    assert interp["msg b'DROP it' 2"][0] == 0 and interp["msg b'ab' 2"][0] == 1
+    assert interp["msg b'hello world' 10"] == (1, b"hello world", 11)
+    assert interp["ops 3 20480 0 None"] == (1, 40, 0)
+    assert interp["ops 3 80 0 None"] == (1, 10, 0)
+    assert interp["ops 13 0 18 " + repr(bytes(13) + b"\x18" + bytes(6))] == (1, 0x1218, 20)
+    assert interp["ops 13 0 18 " + repr(bytes(10))][0] == 0
+    assert interp["pe 7 4660 20480"] == 0x34 + 3 + 5
+    assert interp["pe 0 1 1"] == 0
 
 
 CASES = cases_of(globals())
@@ -146,6 +197,34 @@ def test_map_in_map_lookup_gives_the_inner_map():
     assert vm.load(good, prog_type="sched_cls").run(data=frame()) == 0
     with pytest.raises(VerifierError, match="R0 min value is outside of the allowed memory"):
         vm.load(bad, prog_type="sched_cls")
+
+
+@pytest.mark.kernel
+def test_ctx_types_object_gets_the_kernels_verdict():
+    """The kernel cannot BPF_PROG_TEST_RUN sk_msg, sock_ops or perf_event: the programs of
+    ctx_types.o (and each with a store into its read-only context) are loaded into the running
+    kernel's verifier instead, with the attach type libbpf gives their section, and pybpf's
+    verdict and message must be the kernel's."""
+    import dataclasses
+    import kernel_verifier as kv
+    from kernel_probe import require_kernel
+    from pybpf.attach_types import section_attach_type
+    from pybpf.insn import make
+    require_kernel("bpf")
+    obj = pybpf.load_elf(CTX_TYPES_O)
+    for name, prog in obj.programs.items():
+        attach = section_attach_type(prog.section)
+        store = dataclasses.replace(prog, insns=list(make("stw", 1, off=0, imm=0)) +
+                                    list(prog.insns), line_info=[], func_info={})
+        for p in (prog, store):
+            k = kv.kernel_verify(p, prog.prog_type, attach_type=attach)
+            try:
+                obj.vm.verify(p, prog_type=prog.prog_type, attach_type=attach)
+                mine = (True, "")
+            except VerifierError as e:
+                mine = (False, e.message)
+            assert mine == (k.accepted, k.message), (name, p is store, mine, k)
+        assert k.message == "invalid bpf_context access off=0 size=4"
 
 
 if __name__ == "__main__":

@@ -260,6 +260,14 @@ def case_arbitrary_32_bit_addresses_never_crash(examples: int = 300):
     return count[0]
 
 
+def case_arena_accesses_follow_the_verifiers_types():
+    """A packet address cast to an arena pointer goes to the arena in both engines (the
+    verifier's PTR_TO_ARENA, PROBE_MEM32): dropped store and atomic, load 0, packet untouched."""
+    import programs_arena
+    assert programs_arena.packet_as_arena("jit") == programs_arena.packet_as_arena("interp") \
+        == (0, True)
+
+
 CASES = cases_of(globals())
 
 

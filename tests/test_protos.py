@@ -24,7 +24,9 @@ from pybpf.verifier import protos
 
 KERNEL = kernel_bpf.available()
 PROG_TYPE_IDS = {t: uapi.PROG_TYPE_IDS[t] for t in (
-    "socket_filter", "kprobe", "sched_cls", "tracepoint", "xdp", "cgroup_skb", "lwt_in", "syscall")}
+    "socket_filter", "kprobe", "sched_cls", "tracepoint", "xdp", "cgroup_skb", "lwt_in", "syscall",
+    "perf_event", "cgroup_sock", "lwt_out", "lwt_xmit", "sock_ops", "sk_msg", "raw_tracepoint",
+    "cgroup_sock_addr", "flow_dissector", "sk_lookup")}
 FULL = os.environ.get("PYBPF_FULL_KERNEL_CHECK") == "1"
 
 
@@ -83,11 +85,14 @@ def test_interpreter_jit_and_table_agree_on_arguments(registry):
 
 def test_interpreter_checks_what_the_prototype_announces():
     """Pointer arguments the interpreter checks at run time come from the same table: sized
-    memory from memory_args(), map keys and values (sized by the map) through mem_args."""
+    memory from memory_args(), map keys and values (sized by the map) and dynptrs through
+    mem_args."""
     vm = pybpf.VM()
     for hid, h in vm.helpers.items():
         p = protos.HELPERS[hid]
-        assert (h.mem_args is not None) == bool(p.map_args()), h.name
+        # a dynptr argument's 16 bytes are checked through mem_args too (runtime/kfuncs_dynptr)
+        dynptr = any(p.arg(i)[0] == protos.ARG_PTR_TO_DYNPTR for i in range(p.nargs))
+        assert (h.mem_args is not None) == bool(p.map_args() or dynptr), h.name
         for pi, si, kind in p.memory_args():
             base, flags = p.arg(pi)
             assert base in (protos.ARG_PTR_TO_MEM, protos.ARG_PTR_TO_CONST_STR,
@@ -190,6 +195,8 @@ def _kernel_load(prog_type: str, prog: pybpf.Program, license: str = "GPL") -> t
                      ctypes.addressof(code), ctypes.addressof(lic), 1, len(log),
                      ctypes.addressof(log))
     struct.pack_into("<I", attr, 44, 1 << 4 if prog_type == "syscall" else 0)  # sleepable
+    import kernel_verifier                 # the attach type the type needs (EINVAL without)
+    struct.pack_into("<I", attr, 68, kernel_verifier.attach_id(prog_type, None))
     try:
         fd = kernel_bpf._bpf(kernel_bpf.BPF_PROG_LOAD, attr, "prog_load")
     except OSError as e:

@@ -732,7 +732,7 @@ def test_cases_are_balanced():
 SZ = {1: "b", 2: "h", 4: "w", 8: "dw"}
 TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "xdp", "tracepoint", "kprobe",
          "syscall", "lwt_out", "lwt_xmit", "flow_dissector", "raw_tracepoint", "sk_lookup",
-         "cgroup_sock", "cgroup_sock_addr")
+         "cgroup_sock", "cgroup_sock_addr", "sk_msg", "sock_ops", "perf_event")
 # program types whose rules depend on the expected attach type: each one swept with these
 ATTACHED = (("cgroup_sock", "cgroup_inet4_post_bind"), ("cgroup_sock", "cgroup_inet6_post_bind"),
             ("cgroup_sock", "cgroup_inet_sock_release"),

@@ -53,8 +53,6 @@ def test_rejections_record_a_message():
 DEVIATIONS = {
     "regs/map_ptr_deref": "pybpf refuses loads through a map pointer: its maps have no "
                           "struct bpf_map layout a program may read",
-    "helpers/ringbuf_lookup": "message order: pybpf checks the map type before the key's "
-                              "size (both refuse)",
 }
 
 

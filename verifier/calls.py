@@ -37,13 +37,14 @@ import os
 from pybpf import isa
 from pybpf.uapi import BPF_F_RDONLY_PROG, MAP_TYPE_IDS
 
-from . import bounds, bprintf, iters, protos, spin_lock
+from . import bounds, bprintf, dynptr, iters, protos, special_kfuncs, spin_lock
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
                      ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_DONTCARE, ARG_PTR_TO_CONST_STR,
                      ARG_PTR_TO_CTX, ARG_PTR_TO_FUNC, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE,
                      ARG_PTR_TO_MEM, ARG_PTR_TO_RINGBUF_MEM, ARG_PTR_TO_STACK, Prototype,
                      func_id_name, split_kind)
-from .state import (CONST_PTR_TO_MAP, MEM_ALLOC, MEM_RDONLY, MEM_RINGBUF, NOT_INIT, NOT_INIT_REG,
+from .state import (CONST_PTR_TO_DYNPTR, CONST_PTR_TO_MAP, MEM_ALLOC, MEM_RDONLY, MEM_RINGBUF,
+                    NOT_INIT, NOT_INIT_REG,
                     PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF, PTR_TO_CTX,
                     PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_SOCK_COMMON, PTR_TO_SOCKET,
@@ -77,6 +78,7 @@ COMPATIBLE = {
     protos.ARG_PTR_TO_LONG: _INT_PTR_TYPES,
     protos.ARG_PTR_TO_TIMER: ((PTR_TO_MAP_VALUE, 0),),
     protos.ARG_PTR_TO_SPIN_LOCK: ((PTR_TO_MAP_VALUE, 0), (PTR_TO_BTF_ID, MEM_ALLOC)),
+    protos.ARG_PTR_TO_DYNPTR: ((PTR_TO_STACK, 0), (CONST_PTR_TO_DYNPTR, 0)),
     protos.ARG_PTR_TO_SOCKET: ((PTR_TO_SOCKET, 0),),
     protos.ARG_PTR_TO_SOCK_COMMON: ((PTR_TO_SOCK_COMMON, 0), (PTR_TO_SOCKET, 0),
                                     (PTR_TO_TCP_SOCK, 0), (PTR_TO_XDP_SOCK, 0),
@@ -121,7 +123,7 @@ class CallMeta:
     """What the argument checks learn (struct bpf_call_arg_meta)."""
 
     __slots__ = ("map", "mem_size", "const_map_key", "release_regno", "ref_obj_id",
-                 "subprog", "msize_max", "pkt_access", "func_id")
+                 "subprog", "msize_max", "pkt_access", "func_id", "dynptr")
 
     def __init__(self, func_id: int, pkt_access: bool) -> None:
         self.map = None
@@ -133,6 +135,7 @@ class CallMeta:
         self.msize_max = 0
         self.pkt_access = pkt_access
         self.func_id = func_id
+        self.dynptr = None          # (type, id, ref_obj_id) of an initialised dynptr argument
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -201,11 +204,16 @@ def check_helper_call(chk, pc: int, insn) -> None:
                   errno.EINVAL)
     if proto.might_sleep and not _sleepable(chk):
         chk.error("helper call might sleep in a non-sleepable prog", errno.EINVAL)
+    if proto.might_sleep and special_kfuncs.rcu_active(chk.state):
+        chk.error(f"sleepable helper {func_id_name(hid)}#{hid} in rcu_read_lock region",
+                  errno.EINVAL)
     meta = CallMeta(hid, proto.pkt_access)
     for i in range(5):
         check_func_arg(chk, i, meta, proto)
     _record_func_map(chk, meta, hid)
     _record_func_key(chk, meta, hid)
+    if hid == protos.HELPER_IDS["dynptr_from_mem"] and regs_type(chk, 1) != PTR_TO_MAP_VALUE:
+        chk.error(f"Unsupported reg type {chk.reg(1).type_str()} for bpf_dynptr_from_mem data")
     regs = chk.state.cur.regs
     if meta.release_regno:
         if meta.ref_obj_id:
@@ -237,6 +245,10 @@ def check_helper_call(chk, pc: int, insn) -> None:
         clear_all_pkt_pointers(chk)
 
 
+def regs_type(chk, regno: int):
+    return chk.reg(regno).type
+
+
 def _sleepable(chk) -> bool:
     return chk.prog_type == "syscall" or bool(getattr(chk.prog, "sleepable", False))
 
@@ -255,6 +267,15 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         return          # a privileged loader may pass pointers (allow_ptr_leaks)
     if reg.type in (PTR_TO_PACKET, PTR_TO_PACKET_META) and not _pkt_ok(chk, meta):
         chk.error("helper access to the packet is not allowed")
+    if base == protos.ARG_PTR_TO_DYNPTR:
+        check_reg_type(chk, regno, base, flags)
+        found: dict = {}
+        want = next((f[len("DYNPTR_TYPE_"):].lower() for f in flags
+                     if f.startswith("DYNPTR_TYPE_")), None)
+        dynptr.process_dynptr_func(chk, regno, chk.pc, uninit=protos.MEM_UNINIT in flags,
+                                   rdonly=protos.MEM_RDONLY in flags, want_type=want, meta=found)
+        meta.dynptr = found.get("dynptr")
+        return
     if not (_is_null(reg) and protos.PTR_MAYBE_NULL in flags):
         check_reg_type(chk, regno, base, flags)
         check_func_arg_reg_off(chk, reg, regno, base, flags)
@@ -495,6 +516,10 @@ def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> Non
         return
     if r0.type != NOT_INIT and r0.flags & PTR_MAYBE_NULL:
         r0 = r0.replace(id=chk.new_id())
+    if hid == protos.HELPER_IDS["dynptr_data"] and meta.dynptr is not None:
+        # a data slice: tied to its dynptr (destroying the dynptr invalidates it)
+        r0 = r0.replace(ref_obj_id=meta.dynptr[2])
+        r0.dynptr_id = meta.dynptr[1]
     if hid == protos.HELPER_IDS["ringbuf_reserve"]:          # is_acquire_function
         ref = acquire_reference(chk, pc)
         r0 = r0.replace(id=ref, ref_obj_id=ref)
@@ -587,6 +612,8 @@ def check_resource_leak(chk, exception_exit: bool, check_lock: bool, prefix: str
             for ref, at in st.refs.items():
                 chk.log.line(f"Unreleased reference id={ref} alloc_insn={at}")
             chk.error(f"{prefix} would lead to reference leak", errno.EINVAL)
+    if check_lock and special_kfuncs.rcu_active(st):
+        chk.error(f"{prefix} cannot be used inside bpf_rcu_read_lock-ed region", errno.EINVAL)
 
 
 def subprog_changes_pkt_data(chk, start: int) -> bool:
@@ -618,14 +645,18 @@ def subprog_changes_pkt_data(chk, start: int) -> bool:
 
 
 def clear_all_pkt_pointers(chk) -> None:
-    """After a helper that may move the packet: every packet pointer is invalid."""
+    """After a helper that may move the packet: every packet pointer is invalid, and so is
+    every packet slice of a dynptr (reg_is_dynptr_slice_pkt)."""
+    pkt_slice = dynptr.DYNPTR_TYPE_SKB | dynptr.DYNPTR_TYPE_XDP
     chk.state.map_regs(lambda r: _mark_invalid(r) if r.type in (
-        PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_PACKET_END) else None)
+        PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_PACKET_END) or (
+        r.type == PTR_TO_MEM and r.flags & pkt_slice) else None)
 
 
 # --- kfuncs --------------------------------------------------------------------------------------
-def check_kfunc_call(chk, pc: int, insn) -> None:
-    """check_kfunc_call for the kfuncs pybpf implements (by pybpf kfunc id)."""
+def check_kfunc_call(chk, pc: int, insn):
+    """check_kfunc_call for the kfuncs pybpf implements (by pybpf kfunc id). Returns False when
+    the path ends at the call (bpf_throw), else None."""
     kid = insn.imm
     spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.kfunc(kid))
@@ -643,6 +674,9 @@ def check_kfunc_call(chk, pc: int, insn) -> None:
         if base == protos.KF_ARG_IGNORE:
             continue
         reg = chk.check_reg_read(regno)
+        if base == protos.KF_ARG_CONST and i > 0 and \
+                split_kind(proto.args[i - 1])[0] == protos.KF_ARG_PTR_TO_MEM_SIZE:
+            continue                            # the size checked with its buffer
         if base in (protos.KF_ARG_SCALAR, protos.KF_ARG_CONST):
             if reg.type != SCALAR_VALUE:
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
@@ -655,6 +689,20 @@ def check_kfunc_call(chk, pc: int, insn) -> None:
             if reg.type != PTR_TO_CTX:
                 chk.error(f"arg#{i} expected pointer to ctx, but got {reg.type_str()}",
                           errno.EINVAL)
+        elif base == protos.KF_ARG_PTR_TO_DYNPTR:
+            dynptr.process_dynptr_func(
+                chk, regno, pc, uninit=protos.MEM_UNINIT in kflags,
+                rdonly=reg.type == CONST_PTR_TO_DYNPTR,
+                want_type={"bpf_dynptr_from_skb": "skb", "bpf_dynptr_from_xdp": "xdp"}.get(name),
+                meta=meta)
+        elif base == protos.KF_ARG_PTR_TO_MEM_SIZE:
+            # a buffer and its constant size (``__opt`` buffers may be NULL)
+            size_reg = chk.check_reg_read(regno + 1)
+            if not (_is_null(reg) and protos.PTR_MAYBE_NULL in kflags):
+                chk.mem.check_mem_size_reg(chk, regno, regno + 1, True, True)
+            if size_reg.type != SCALAR_VALUE or not size_reg.var.is_const():
+                chk.error(f"R{regno + 1} must be a known constant", errno.EINVAL)
+            meta["const_size"] = size_reg.var.const_value()
         elif base == protos.KF_ARG_PTR_TO_ITER:
             # iterator kfuncs take trusted arguments (KF_ITER_* implies KF_TRUSTED_ARGS)
             if _is_null(reg) or reg.flags & PTR_MAYBE_NULL:
@@ -664,11 +712,23 @@ def check_kfunc_call(chk, pc: int, insn) -> None:
             chk.error(f"verifier bug: unsupported kfunc arg kind {kind}", errno.EFAULT)
     # (a map that is not an arena is the kfunc's business at run time: NULL, nothing or
     # -EINVAL, as in the kernel, whose KF_ARG_PTR_TO_MAP check wants any map pointer)
+    special_kfuncs.check_rcu(chk, proto)
+    if proto.name == special_kfuncs.THROW:
+        special_kfuncs.check_throw(chk)
+        return False                # an exception exit: this path ends here
     regs = chk.state.cur.regs
     for r in CALLER_SAVED:
         regs[r] = NOT_INIT_REG
-    ret_base, _ = proto.ret_kind()
-    if proto.ret == protos.RET_VOID:
+    if special_kfuncs.set_return(chk, proto):
+        pass
+    elif name in ("bpf_dynptr_slice", "bpf_dynptr_slice_rdwr"):
+        rdwr = name == "bpf_dynptr_slice_rdwr"
+        if rdwr:
+            # Linux 6.18 as measured here refuses every bpf_dynptr_slice_rdwr call after its
+            # arguments, whatever the program type (xdp and sched_cls included)
+            chk.error("bpf_dynptr_slice_rdwr() is not allowed", errno.EPERM)
+        _set_r0(chk, dynptr.slice_reg(chk, meta, meta["const_size"], not rdwr, name))
+    elif proto.ret == protos.RET_VOID:
         _set_r0(chk, NOT_INIT_REG)
     elif protos.KF_ITER_NEXT in proto.kfunc_flags:
         iters.set_next_return(chk, proto, meta)

@@ -639,7 +639,8 @@ def _call(chk: Checker, pc, form, insn):
         return _subprog_call_fallback(chk, pc, insn)
     if form.op == "kfunc":
         if calls is not None and hasattr(calls, "check_kfunc_call"):
-            calls.check_kfunc_call(chk, pc, insn)
+            if calls.check_kfunc_call(chk, pc, insn) is False:
+                return None             # bpf_throw: an exception exit ends the path
             return pc + 1
         chk.error(f"calling kernel function {insn.imm} is not allowed", errno.EINVAL)
     if calls is not None and hasattr(calls, "check_helper_call"):
@@ -676,14 +677,16 @@ def _exit(chk: Checker, pc, form, insn):
     return None
 
 
-def check_return_code(chk: Checker) -> None:
-    r0 = chk.check_reg_read(0)
+def check_return_code(chk: Checker, regno: int = 0) -> None:
+    """check_return_code: r0 at the main program's exit, or (``regno`` 1) bpf_throw's cookie,
+    which the default exception callback returns."""
+    r0 = chk.check_reg_read(regno)
     rng = retval_range(chk.prog_type, chk.attach_type)
     if rng is None:
         return
     if r0.type != SCALAR_VALUE:
-        chk.error(f"At program exit the register R0 is not a known value ({r0.type_str()})",
-                  errno.EINVAL)
+        chk.error(f"At program exit the register R{regno} is not a known value "
+                  f"({r0.type_str()})", errno.EINVAL)
     lo, hi = rng
     v = r0.var
     if v.smin < lo or v.smax > hi:
@@ -693,7 +696,7 @@ def check_return_code(chk: Checker) -> None:
         if v.smax < bounds.S64_MAX:
             parts.append(f" smax={v.smax}")
         desc = "".join(parts) or " unknown scalar value"
-        chk.error(f"At program exit the register R0 has{desc} should have been in "
+        chk.error(f"At program exit the register R{regno} has{desc} should have been in "
                   f"[{lo}, {hi}]", errno.EINVAL)
 
 

@@ -10,8 +10,9 @@ follow net/core/filter.c (``bpf_skb_is_valid_access``, ``sk_filter_is_valid_acce
 ``tc_cls_act_is_valid_access``, ``cg_skb_is_valid_access``, ``lwt_is_valid_access`` for
 lwt_in/out/xmit, ``xdp_is_valid_access``, ``flow_dissector_is_valid_access``,
 ``sk_lookup_is_valid_access``, ``sock_filter_is_valid_access`` for cgroup_sock,
-``sock_addr_is_valid_access`` for cgroup_sock_addr), kernel/trace/bpf_trace.c
-(``kprobe_prog_is_valid_access``, ``tp_prog_is_valid_access``, ``raw_tp_prog_is_valid_access``)
+``sock_addr_is_valid_access`` for cgroup_sock_addr, ``sk_msg_is_valid_access``,
+``sock_ops_is_valid_access``), kernel/trace/bpf_trace.c (``kprobe_prog_is_valid_access``,
+``tp_prog_is_valid_access``, ``raw_tp_prog_is_valid_access``, ``pe_prog_is_valid_access``)
 and kernel/bpf/syscall.c (``syscall_prog_is_valid_access``) of Linux 6.18, for a privileged loader
 (CAP_BPF: cgroup_skb may read ``data``/``data_end`` and write ``tstamp``); tests/test_verifier_calls.py
 compares them with the running kernel offset by offset.
@@ -351,12 +352,89 @@ def _cgroup_sock_addr(off: int, size: int, write: bool, sign_ext: bool,
     return None
 
 
+# --- sk_msg, sock_ops, perf_event (context only) -----------------------------------------------
+# struct sk_msg_md: field -> (offset, size); 80 bytes
+SK_MSG_FIELDS: dict[str, tuple[int, int]] = {
+    "data": (0, 8), "data_end": (8, 8), "family": (16, 4), "remote_ip4": (20, 4),
+    "local_ip4": (24, 4), "remote_ip6": (28, 16), "local_ip6": (44, 16), "remote_port": (60, 4),
+    "local_port": (64, 4), "size": (68, 4), "sk": (72, 8),
+}
+SIZEOF_SK_MSG_MD = 80
+
+
+def _sk_msg(off: int, size: int, write: bool, sign_ext: bool,
+            attach: str = "") -> CtxAccess | None:
+    """sk_msg_is_valid_access: read-only; data/data_end/sk are 8-byte pointers, the rest
+    whole u32 fields."""
+    if write or off % size:
+        return None
+    f = SK_MSG_FIELDS
+    for name, t in (("data", PTR_TO_PACKET), ("data_end", PTR_TO_PACKET_END),
+                    ("sk", PTR_TO_SOCKET)):
+        if _in(off, name, f):
+            return CtxAccess(True, t) if size == 8 else None
+    if any(_in(off, n, f) for n in ("family", "remote_ip4", "local_ip4", "remote_ip6",
+                                    "local_ip6", "remote_port", "local_port", "size")):
+        return CtxAccess(True) if size == 4 else None
+    return None
+
+
+# struct bpf_sock_ops: the fields the rule names -> (offset, size); 224 bytes
+SOCK_OPS_FIELDS: dict[str, tuple[int, int]] = {
+    "op": (0, 4), "reply": (4, 4), "args": (4, 16), "family": (20, 4),
+    "sk_txhash": (164, 4), "bytes_received": (168, 8), "bytes_acked": (176, 8), "sk": (184, 8),
+    "skb_data": (192, 8), "skb_data_end": (200, 8), "skb_len": (208, 4),
+    "skb_tcp_flags": (212, 4), "skb_hwtstamp": (216, 8),
+}
+SIZEOF_SOCK_OPS = 224
+
+
+def _sock_ops(off: int, size: int, write: bool, sign_ext: bool,
+              attach: str = "") -> CtxAccess | None:
+    """sock_ops_is_valid_access: writes only to reply and sk_txhash (4 bytes); u64 counters,
+    sk (NULL or a socket), skb_data/skb_data_end (packet pointers) and skb_hwtstamp are 8-byte
+    reads; skb_tcp_flags may be read narrow; every other field is a 4-byte read."""
+    if off < 0 or off >= SIZEOF_SOCK_OPS or off % size:
+        return None
+    f = SOCK_OPS_FIELDS
+    if write:
+        if off in (f["reply"][0], f["sk_txhash"][0]):
+            return CtxAccess(True) if size == 4 else None
+        return None
+    if f["bytes_received"][0] <= off < sum(f["bytes_acked"]):
+        return CtxAccess(True) if size == 8 else None
+    for name, t, flags in (("sk", PTR_TO_SOCKET, PTR_MAYBE_NULL), ("skb_data", PTR_TO_PACKET, 0),
+                           ("skb_data_end", PTR_TO_PACKET_END, 0)):
+        if _in(off, name, f):
+            return CtxAccess(True, t, flags) if size == 8 else None
+    if off == f["skb_tcp_flags"][0]:
+        return CtxAccess(True, field_size=4 if size < 4 else 0) if _narrow_ok(size, 4) else None
+    if _in(off, "skb_hwtstamp", f):
+        return CtxAccess(True) if size == 8 else None
+    return CtxAccess(True) if size == 4 else None
+
+
+SIZEOF_PERF_EVENT_DATA = SIZEOF_PT_REGS + 16     # struct bpf_perf_event_data (x86-64)
+
+
+def _perf_event(off: int, size: int, write: bool, sign_ext: bool,
+                attach: str = "") -> CtxAccess | None:
+    """pe_prog_is_valid_access: read-only; the pt_regs are whole longs, sample_period and addr
+    u64s that may be read narrow."""
+    if off < 0 or off >= SIZEOF_PERF_EVENT_DATA or write or off % size:
+        return None
+    if off >= SIZEOF_PT_REGS:                   # sample_period, addr
+        return CtxAccess(True, field_size=8 if size < 8 else 0) if _narrow_ok(size, 8) else None
+    return CtxAccess(True) if size == 8 else None
+
+
 _RULES = {"socket_filter": _SK_FILTER, "sched_cls": _TC_CLS_ACT, "cgroup_skb": _CG_SKB,
           "lwt_in": _LWT, "lwt_out": _LWT_OUT, "lwt_xmit": _LWT_OUT, "xdp": _xdp,
           "kprobe": _kprobe, "tracepoint": _tracepoint, "syscall": _syscall, "mem": _syscall,
           "flow_dissector": _flow_dissector, "raw_tracepoint": _raw_tp,
           "sk_lookup": _sk_lookup, "cgroup_sock": _cgroup_sock,
-          "cgroup_sock_addr": _cgroup_sock_addr}
+          "cgroup_sock_addr": _cgroup_sock_addr, "sk_msg": _sk_msg, "sock_ops": _sock_ops,
+          "perf_event": _perf_event}
 
 assert set(_RULES) == set(PROG_TYPES)
 
@@ -367,11 +445,13 @@ CTX_LIMIT = {"socket_filter": SIZEOF_SK_BUFF, "sched_cls": SIZEOF_SK_BUFF,
              "tracepoint": PERF_MAX_TRACE_SIZE, "syscall": U16_MAX, "mem": U16_MAX,
              "flow_dissector": SIZEOF_SK_BUFF, "raw_tracepoint": 8 * MAX_BPF_FUNC_ARGS,
              "sk_lookup": SIZEOF_SK_LOOKUP, "cgroup_sock": 80,
-             "cgroup_sock_addr": SIZEOF_SOCK_ADDR}
+             "cgroup_sock_addr": SIZEOF_SOCK_ADDR, "sk_msg": SIZEOF_SK_MSG_MD,
+             "sock_ops": SIZEOF_SOCK_OPS, "perf_event": SIZEOF_PERF_EVENT_DATA}
 
 # Types whose context size is the caller's (r1 copied from user memory): a run must supply at
 # least max_ctx_offset bytes (BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall).
-CALLER_SIZED = frozenset({"syscall", "mem", "tracepoint", "kprobe", "raw_tracepoint"})
+CALLER_SIZED = frozenset({"syscall", "mem", "tracepoint", "kprobe", "raw_tracepoint",
+                          "perf_event"})
 
 
 def ctx_access(prog_type: str, off: int, size: int, write: bool, *,

@@ -49,6 +49,18 @@ class Facts:
         k = self.reg(pc, r)
         return k[1] if k is not None and k[0] == "const" else None
 
+    def arena_access(self, pc: int):
+        """Whether the memory instruction at ``pc`` is an arena access (PROBE_MEM32): True when
+        its base register was PTR_TO_ARENA on every path, False when on none, "mixed" when on
+        some, None when no path reached it."""
+        kinds = self._access.get(pc)
+        if not kinds:
+            return None
+        arena = int(PTR_TO_ARENA)
+        if arena not in kinds:
+            return False
+        return True if kinds == {arena} else "mixed"
+
     def access_kind(self, pc: int):
         kinds = self._access.get(pc)
         if not kinds:

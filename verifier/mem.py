@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 
 from pybpf.uapi import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
-from . import bounds, spin_lock
+from . import bounds, dynptr, spin_lock
 from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_RDONLY, NOT_INIT,
                     PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
@@ -405,6 +405,7 @@ def _set_types(frame, spi: int, types: str, spilled) -> None:
 def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -> None:
     """check_stack_write_fixed_off."""
     spi = (-off - 1) // BPF_REG_SIZE
+    dynptr.destroy_if_dynptr_stack_slot(chk, frame, spi)
     slot = frame.stack.get(spi) or Slot()
     reg = chk.reg(value_regno) if value_regno >= 0 else None
     aligned8 = off % BPF_REG_SIZE == 0
@@ -462,6 +463,7 @@ def _stack_write_var(chk, frame, min_off: int, max_off: int, value_regno: int, i
     touched: dict[int, list] = {}
     for spi, idx in _slot_bytes(min_off, max_off - min_off):
         if spi not in touched:
+            dynptr.destroy_if_dynptr_stack_slot(chk, frame, spi)
             touched[spi] = list((frame.stack.get(spi) or Slot()).types)
         c = touched[spi][idx]
         touched[spi][idx] = STACK_ZERO if zero and c == STACK_ZERO else STACK_MISC
@@ -610,6 +612,8 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
         # no convert_ctx_access: the kernel checks the last byte (check_mem_access, BPF_B)
         _ctx_access(chk, regno, reg, size - 1, 1, write, -1, False)
     elif t == PTR_TO_STACK:
+        if size == 0:           # check_stack_range_initialized (a ringbuf's zero key_size)
+            chk.error("invalid zero-sized read")
         _stack_access(chk, regno, reg, 0, size, write, -1, None, False, helper=True)
         _helper_stack_effect(chk, reg, size, write)
     elif t == PTR_TO_ARENA:

@@ -92,6 +92,7 @@ KF_ARG_PTR_TO_MEM = "KF_ARG_PTR_TO_MEM"
 KF_ARG_PTR_TO_MEM_SIZE = "KF_ARG_PTR_TO_MEM_SIZE"   # a pointer followed by its ``__sz`` size
 KF_ARG_CONST = "KF_ARG_CONST"                   # a ``__k`` parameter: a known constant
 KF_ARG_PTR_TO_ITER = "KF_ARG_PTR_TO_ITER"       # ``struct bpf_iter_<type> *`` on the stack
+KF_ARG_PTR_TO_DYNPTR = "KF_ARG_PTR_TO_DYNPTR"   # ``struct bpf_dynptr *`` (16 bytes of stack)
 
 # KF_* flags (include/linux/btf.h)
 KF_ACQUIRE, KF_RELEASE, KF_RET_NULL = "KF_ACQUIRE", "KF_RELEASE", "KF_RET_NULL"
@@ -103,7 +104,7 @@ KF_ITER_NEW, KF_ITER_NEXT, KF_ITER_DESTROY = "KF_ITER_NEW", "KF_ITER_NEXT", "KF_
 # call every helper pybpf implements, as BPF_PROG_TYPE_SYSCALL may call the tracing set)
 PROG_TYPES = ("mem", "syscall", "socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "xdp",
               "tracepoint", "kprobe", "lwt_out", "lwt_xmit", "flow_dissector", "raw_tracepoint",
-              "sk_lookup", "cgroup_sock", "cgroup_sock_addr")
+              "sk_lookup", "cgroup_sock", "cgroup_sock_addr", "sk_msg", "sock_ops", "perf_event")
 
 # Which helper ids each program type's get_func_proto returns, measured on Linux 6.18 by
 # loading ``call N; r0 = 0; exit`` (syscall programs loaded sleepable, as 6.18 requires):
@@ -384,6 +385,16 @@ _HELPER_ROWS = (
     # control transfer: the engines implement these at their call sites
     _h("tail_call", RET_VOID, ARG_PTR_TO_CTX, MAP_PTR, ANY),
     _h("loop", RET_INTEGER, ANY, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
+    # dynamic pointers (kernel/bpf/helpers.c): local dynptrs over program memory, reads, writes
+    # and data slices of any dynptr (verifier/dynptr.py, runtime/kfuncs_dynptr.py)
+    _h("dynptr_from_mem", RET_INTEGER, ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE_OR_ZERO, ANY,
+       ARG_PTR_TO_DYNPTR + "|DYNPTR_TYPE_LOCAL|" + MEM_UNINIT),
+    _h("dynptr_read", RET_INTEGER, ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE_OR_ZERO,
+       ARG_PTR_TO_DYNPTR + "|" + MEM_RDONLY, ANY, ANY),
+    _h("dynptr_write", RET_INTEGER, ARG_PTR_TO_DYNPTR + "|" + MEM_RDONLY, ANY,
+       ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE_OR_ZERO, ANY),
+    _h("dynptr_data", RET_PTR_TO_MEM_OR_NULL, ARG_PTR_TO_DYNPTR + "|" + MEM_RDONLY, ANY,
+       ARG_CONST_ALLOC_SIZE_OR_ZERO),
     # maps and control (kernel/bpf/helpers.c, bpf_trace.c, cgroup.c, net/core/filter.c);
     # implemented in runtime/helpers_control.py
     _h("for_each_map_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
@@ -503,6 +514,50 @@ _KFUNC_ROWS = (
           ("bpf_strcspn", "const char *s__ign, const char *reject__ign"),
           ("bpf_strstr", "const char *s1__ign, const char *s2__ign"),
           ("bpf_strnstr", "const char *s1__ign, const char *s2__ign, size_t len"))),
+    # RCU read-side sections, casts and exceptions (kernel/bpf/helpers.c; the verifier knows
+    # them by name, verifier/special_kfuncs.py). Program types measured on Linux 6.18: the
+    # others answer "calling kernel function ... is not allowed" (bpf_cast_to_kern_ctx is
+    # listed for tracepoint and syscall too, whose ctx is no struct: "kern ctx type id N is not
+    # a struct", kept out here)
+    Prototype(RET_VOID, (), name="bpf_rcu_read_lock", c_decl="void bpf_rcu_read_lock(void)"),
+    Prototype(RET_VOID, (), name="bpf_rcu_read_unlock", c_decl="void bpf_rcu_read_unlock(void)"),
+    Prototype("RET_PTR_TO_BTF_ID|PTR_TRUSTED", (KF_ARG_PTR_TO_CTX,), name="bpf_cast_to_kern_ctx",
+              prog_types=frozenset({"mem", "socket_filter", "kprobe", "sched_cls", "xdp",
+                                    "cgroup_skb", "lwt_in"}),
+              c_decl="void *bpf_cast_to_kern_ctx(void *obj)"),
+    Prototype("RET_PTR_TO_BTF_ID|PTR_UNTRUSTED", (KF_ARG_IGNORE, KF_ARG_CONST),
+              name="bpf_rdonly_cast", c_decl="void *bpf_rdonly_cast(const void *obj__ign, "
+                                             "u32 btf_id__k)"),
+    Prototype(RET_VOID, (KF_ARG_SCALAR,), name="bpf_throw",
+              prog_types=frozenset({"mem", "sched_cls", "tracepoint", "xdp", "cgroup_skb",
+                                    "syscall"}),
+              c_decl="void bpf_throw(u64 cookie)"),
+    # dynptr constructors for packets and slices (net/core/filter.c, kernel/bpf/helpers.c);
+    # program types measured on Linux 6.18 (bpf_dynptr_from_skb also answers tracepoint, with
+    # "R1 must be referenced or trusted": no skb there)
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_CTX, KF_ARG_SCALAR,
+                            KF_ARG_PTR_TO_DYNPTR + "|" + MEM_UNINIT),
+              name="bpf_dynptr_from_skb",
+              prog_types=frozenset({"socket_filter", "sched_cls", "cgroup_skb", "lwt_in"}),
+              c_decl="int bpf_dynptr_from_skb(struct __sk_buff *s, u64 flags, "
+                     "struct bpf_dynptr *ptr__uninit)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_CTX, KF_ARG_SCALAR,
+                            KF_ARG_PTR_TO_DYNPTR + "|" + MEM_UNINIT),
+              name="bpf_dynptr_from_xdp", prog_types=frozenset({"xdp"}),
+              c_decl="int bpf_dynptr_from_xdp(struct xdp_md *x, u64 flags, "
+                     "struct bpf_dynptr *ptr__uninit)"),
+    Prototype("RET_PTR_TO_MEM|MEM_RDONLY|PTR_MAYBE_NULL",
+              (KF_ARG_PTR_TO_DYNPTR, KF_ARG_SCALAR, KF_ARG_PTR_TO_MEM_SIZE + "|" + PTR_MAYBE_NULL,
+               KF_ARG_CONST),
+              name="bpf_dynptr_slice", kfunc_flags=frozenset({KF_RET_NULL}),
+              c_decl="void *bpf_dynptr_slice(const struct bpf_dynptr *p, u32 offset, "
+                     "void *buffer__opt, u32 buffer__szk)"),
+    Prototype("RET_PTR_TO_MEM|PTR_MAYBE_NULL",
+              (KF_ARG_PTR_TO_DYNPTR, KF_ARG_SCALAR, KF_ARG_PTR_TO_MEM_SIZE + "|" + PTR_MAYBE_NULL,
+               KF_ARG_CONST),
+              name="bpf_dynptr_slice_rdwr", kfunc_flags=frozenset({KF_RET_NULL}),
+              c_decl="void *bpf_dynptr_slice_rdwr(const struct bpf_dynptr *p, u32 offset, "
+                     "void *buffer__opt, u32 buffer__szk)"),
 )
 
 KFUNCS: dict[str, Prototype] = {

@@ -88,7 +88,7 @@ class Reg:
     """One register's abstract value (struct bpf_reg_state). Treat as immutable."""
 
     __slots__ = ("type", "flags", "off", "var", "id", "ref_obj_id", "map", "range", "mem_size",
-                 "frameno", "subprog", "origin", "precise")
+                 "frameno", "subprog", "origin", "precise", "dynptr_id")
 
     def __init__(self, type_: RegType = NOT_INIT, flags: int = 0, off: int = 0, var=None,
                  id: int = 0, ref_obj_id: int = 0, map=None, range: int = 0, mem_size: int = 0,
@@ -106,6 +106,7 @@ class Reg:
         self.subprog = subprog      # PTR_TO_FUNC: the subprogram's start slot
         self.origin = origin        # (pc, what): where the type came from, for explain()
         self.precise = False        # a scalar used where its value matters (no may_goto widening)
+        self.dynptr_id = 0          # a dynptr slice: the id of the dynptr it came from
 
     def replace(self, **kw) -> "Reg":
         r = Reg.__new__(Reg)
@@ -226,7 +227,7 @@ class VerifierState:
     """The state of one path (struct bpf_verifier_state): its frames, innermost last."""
 
     __slots__ = ("frames", "refs", "branch_path", "loop_entry", "may_goto_depth",
-                 "active_lock", "insn_idx", "parent")
+                 "active_lock", "insn_idx", "parent", "active_rcu_lock")
 
     def __init__(self) -> None:
         self.frames: list[FuncState] = [FuncState()]
@@ -234,6 +235,7 @@ class VerifierState:
         self.branch_path = None               # (pc, taken, earlier) cons list, for explain()
         self.may_goto_depth = 0
         self.active_lock = None
+        self.active_rcu_lock = False          # inside bpf_rcu_read_lock() .. unlock()
         self.loop_entry = None
         self.insn_idx = 0
         self.parent = None
@@ -253,6 +255,7 @@ class VerifierState:
         s.branch_path = self.branch_path
         s.may_goto_depth = self.may_goto_depth
         s.active_lock = self.active_lock
+        s.active_rcu_lock = self.active_rcu_lock
         s.loop_entry = self.loop_entry
         s.insn_idx = self.insn_idx
         s.parent = self.parent
@@ -377,6 +380,10 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
                 if not _iters_equal(o, c, idmap):
                     return False
                 continue
+            if STACK_DYNPTR in o.types:
+                if not _dynptrs_equal(o, c, idmap):
+                    return False
+                continue
             if o.spilled is not None and not _regs_exact(o.spilled, c.spilled, idmap):
                 return False
             continue
@@ -397,7 +404,14 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
                 return False
         if STACK_ITER in o.types and not _iters_equal(o, c, idmap):
             return False
+        if STACK_DYNPTR in o.types and not _dynptrs_equal(o, c, idmap):
+            return False
     return True
+
+
+def _dynptrs_equal(o: Slot, c: Slot, idmap: dict) -> bool:
+    from .dynptr import dynptrs_equal
+    return dynptrs_equal(o, c, lambda a, b: _check_ids(a, b, idmap))
 
 
 def _iters_equal(o: Slot, c: Slot, idmap: dict) -> bool:
@@ -419,7 +433,7 @@ def states_equal(old: VerifierState, cur: VerifierState, exact: bool, live: int 
     """Whether every path from ``cur`` is covered by the exploration from ``old``. ``live``:
     the innermost frame's registers some later instruction may read (dead ones are ignored,
     as the kernel's clean_live_states does; not for the exact comparison)."""
-    if len(old.frames) != len(cur.frames):
+    if len(old.frames) != len(cur.frames) or old.active_rcu_lock != cur.active_rcu_lock:
         return False
     if exact:
         live = 0x7FF

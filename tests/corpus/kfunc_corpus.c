@@ -109,4 +109,100 @@ int str_parse(struct args *a)
 	return n;
 }
 
+/* ---- dynptrs ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __s64);
+} dynptr_results SEC(".maps");
+
+static __always_inline void record(__u32 k, __s64 v)
+{
+	bpf_map_update_elem(&dynptr_results, &k, &v, BPF_ANY);
+}
+
+/* XDP: the Ethernet header through a slice, the IPv4 header through bpf_dynptr_read, the TTL
+ * lowered through bpf_dynptr_write; reads past the end give -E2BIG */
+SEC("xdp")
+int xdp_dynptr_ttl(struct xdp_md *ctx)
+{
+	struct bpf_dynptr ptr;
+	__u8 buf[14], ip[20], ttl;
+	__u8 *eth;
+	long err;
+
+	record(0, bpf_dynptr_from_xdp(ctx, 0, &ptr));
+	eth = bpf_dynptr_slice(&ptr, 0, buf, sizeof(buf));
+	if (!eth)
+		return XDP_PASS;
+	if (eth[12] != 0x08 || eth[13] != 0x00)
+		return XDP_DROP;
+	err = bpf_dynptr_read(ip, sizeof(ip), &ptr, 14, 0);
+	record(1, err);
+	if (err)
+		return XDP_ABORTED;
+	ttl = ip[8] - 1;
+	record(2, bpf_dynptr_write(&ptr, 14 + 8, &ttl, 1, 0));
+	record(3, bpf_dynptr_read(ip, sizeof(ip), &ptr, 60000, 0));
+	record(4, bpf_dynptr_write(&ptr, 0, &ttl, 1, 1));
+	return XDP_TX;
+}
+
+/* tc: the protocol from an skb dynptr slice becomes the mark; the first byte of the IP header
+ * is rewritten through bpf_dynptr_write */
+SEC("tc")
+int tc_dynptr_mark(struct __sk_buff *skb)
+{
+	struct bpf_dynptr ptr;
+	__u8 buf[14], v = 0x45;
+	__u8 *eth;
+
+	if (bpf_dynptr_from_skb(skb, 0, &ptr))
+		return 2;
+	eth = bpf_dynptr_slice(&ptr, 0, buf, sizeof(buf));
+	if (!eth)
+		return 1;
+	skb->mark = eth[12] << 8 | eth[13];
+	record(5, bpf_dynptr_write(&ptr, 14, &v, 1, 0));
+	return 0;
+}
+
+/* a socket filter's skb dynptr is read-only: writes are -EINVAL */
+SEC("socket")
+int sock_dynptr_ro(struct __sk_buff *skb)
+{
+	struct bpf_dynptr ptr;
+	__u8 b = 0;
+
+	bpf_dynptr_from_skb(skb, 0, &ptr);
+	record(6, bpf_dynptr_read(&b, 1, &ptr, 0, 0) ?: b);
+	record(7, bpf_dynptr_write(&ptr, 0, &b, 1, 0));
+	return skb->len;
+}
+
+__u8 dyn_mem[32];
+
+/* syscall: a local dynptr over a global buffer: write the argument text into it, read part of it
+ * back, take a data slice, and the errors of bad flags, ranges and sizes */
+SEC("syscall")
+int sys_dynptr_local(struct args *a)
+{
+	struct bpf_dynptr ptr;
+	__u8 tmp[8], text[16];
+	__u8 *d;
+
+	__builtin_memcpy(text, a->text, sizeof(text));
+	a->vals[0] = bpf_dynptr_from_mem(dyn_mem, sizeof(dyn_mem), 0, &ptr);
+	a->vals[1] = bpf_dynptr_write(&ptr, 4, text, 16, 0);
+	a->vals[2] = bpf_dynptr_read(tmp, sizeof(tmp), &ptr, 6, 0);
+	a->vals[3] = tmp[0] | tmp[7] << 8;
+	d = bpf_dynptr_data(&ptr, 8, 8);
+	a->vals[4] = d ? d[0] : -1;
+	a->vals[5] = bpf_dynptr_read(tmp, sizeof(tmp), &ptr, 30, 0);
+	a->vals[6] = bpf_dynptr_write(&ptr, 0, tmp, 1, 7);
+	a->vals[7] = bpf_dynptr_from_mem(dyn_mem, sizeof(dyn_mem), 1, &ptr);
+	return bpf_dynptr_read(tmp, 1, &ptr, 0, 0);
+}
+
 char _license[] SEC("license") = "GPL";

@@ -33,6 +33,28 @@ extern int bpf_strcspn(const char *s__ign, const char *reject__ign) __weak __ksy
 extern int bpf_strstr(const char *s1__ign, const char *s2__ign) __weak __ksym;
 extern int bpf_strnstr(const char *s1__ign, const char *s2__ign, __u64 len) __weak __ksym;
 
+/* dynamic pointers: kfuncs (net/core/filter.c, kernel/bpf/helpers.c) and helpers by id */
+struct bpf_dynptr {
+	__u64 __opaque[2];
+} __attribute__((aligned(8)));
+
+struct __sk_buff;
+struct xdp_md;
+extern int bpf_dynptr_from_skb(struct __sk_buff *s, __u64 flags,
+			       struct bpf_dynptr *ptr__uninit) __weak __ksym;
+extern int bpf_dynptr_from_xdp(struct xdp_md *x, __u64 flags,
+			       struct bpf_dynptr *ptr__uninit) __weak __ksym;
+extern void *bpf_dynptr_slice(const struct bpf_dynptr *p, __u32 offset, void *buffer__opt,
+			      __u32 buffer__szk) __weak __ksym;
+static long (*bpf_dynptr_from_mem)(void *data, __u32 size, __u64 flags,
+				   struct bpf_dynptr *ptr) = (void *) 197;
+static long (*bpf_dynptr_read)(void *dst, __u32 len, const struct bpf_dynptr *src,
+			       __u32 offset, __u64 flags) = (void *) 201;
+static long (*bpf_dynptr_write)(const struct bpf_dynptr *dst, __u32 offset, void *src,
+				__u32 len, __u64 flags) = (void *) 202;
+static void *(*bpf_dynptr_data)(const struct bpf_dynptr *ptr, __u32 offset,
+				__u32 len) = (void *) 203;
+
 /* for (i = start; i < end; i++) through an iterator; the range check after each step hands the
  * verifier i's bounds. The cast-to-void reference keeps clang emitting the destructor's BTF. */
 #define bpf_for(i, start, end)								\

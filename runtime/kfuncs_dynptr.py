@@ -1,0 +1,232 @@
+"""Dynamic pointers (kernel/bpf/helpers.c, net/core/filter.c): the helpers
+``bpf_dynptr_from_mem`` (197), ``bpf_dynptr_read`` (201), ``bpf_dynptr_write`` (202),
+``bpf_dynptr_data`` (203) and the kfuncs ``bpf_dynptr_from_skb``, ``bpf_dynptr_from_xdp``,
+``bpf_dynptr_slice``, ``bpf_dynptr_slice_rdwr``.
+
+A ``struct bpf_dynptr`` is 16 bytes of the program's stack, laid out as the kernel's
+``struct bpf_dynptr_kern``: ``data`` (u64), ``size`` (u32: the size in bits 0-23, the type in
+bits 28-30, read-only in bit 31), ``offset`` (u32). ``data`` is the memory itself for a local
+dynptr, and the context (``struct __sk_buff`` / ``struct xdp_md``) for skb and xdp dynptrs:
+their packet is found through the context's ``data``/``data_end`` at each call, as the kernel
+goes through the sk_buff, so a packet that moved is followed.
+
+Every access goes through the run's regions (:data:`pybpf.runtime.helpers.ACTIVE_REGIONS`): the
+dynptr's own 16 bytes (also declared as a memory argument, so both engines check them before
+the call), and the memory it describes, at each read, write or slice, so a dynptr forged by
+unverified code still cannot reach outside the run's memory (MemoryAccessError, like any helper
+argument). An skb dynptr on a read-only packet (socket_filter, cgroup_skb: the kernel's
+``bpf_dynptr_from_skb_rdonly``) is read-only. The ``int`` results come back zero-extended, as the
+x86-64 kernel leaves them; the ``long`` ones (helpers) sign-extended.
+"""
+from __future__ import annotations
+
+import errno
+import struct
+
+from .contexts import SkBuff, XdpMd
+from .helpers import ACTIVE_REGIONS
+from .memory import PROC, RegionTable
+
+DYNPTR_SIZE = 16
+DYNPTR_MAX_SIZE = (1 << 24) - 1
+DYNPTR_TYPE_SHIFT = 28
+DYNPTR_SIZE_MASK = 0xFFFFFF
+DYNPTR_RDONLY_BIT = 1 << 31
+TYPE_INVALID, TYPE_LOCAL, TYPE_RINGBUF, TYPE_SKB, TYPE_XDP = 0, 1, 2, 3, 4
+BPF_F_RECOMPUTE_CSUM, BPF_F_INVALIDATE_HASH = 1 << 0, 1 << 1
+M32, M64 = 0xFFFFFFFF, (1 << 64) - 1
+_KERN = struct.Struct("<QII")
+_SKB_DATA, _SKB_END = SkBuff.data.offset, SkBuff.data_end.offset
+_SKB_HASH = SkBuff.hash.offset
+_XDP_DATA, _XDP_END = XdpMd.data.offset, XdpMd.data_end.offset
+_EMPTY = RegionTable()
+
+
+def _int(v: int) -> int:
+    return v & M32
+
+
+def _long(v: int) -> int:
+    return v & M64
+
+
+def _regions():
+    r = ACTIVE_REGIONS.get()
+    return _EMPTY if r is None else r
+
+
+def _init(ptr: int, data: int, dtype: int, offset: int, size: int, rdonly: bool = False) -> None:
+    word = size | dtype << DYNPTR_TYPE_SHIFT | (DYNPTR_RDONLY_BIT if rdonly else 0)
+    _KERN.pack_into(PROC, ptr, data, word, offset)
+
+
+def _set_null(ptr: int) -> None:
+    _KERN.pack_into(PROC, ptr, 0, 0, 0)
+
+
+def _load(ptr: int):
+    """(data, type, read-only, offset, size) of the dynptr at ``ptr`` (checked by the caller)."""
+    data, word, offset = _KERN.unpack_from(PROC, ptr)
+    return (data, word >> DYNPTR_TYPE_SHIFT & 7, bool(word & DYNPTR_RDONLY_BIT), offset,
+            word & DYNPTR_SIZE_MASK)
+
+
+def _check_off_len(size: int, off: int, length: int) -> int:
+    """bpf_dynptr_check_off_len: 0 or -E2BIG."""
+    return -errno.E2BIG if length > size or off > size - length else 0
+
+
+def _packet(regions, ctx: int, dtype: int) -> tuple[int, int]:
+    """(start, length) of the packet behind an skb or xdp dynptr's context."""
+    lo, hi = (_SKB_DATA, _SKB_END) if dtype == TYPE_SKB else (_XDP_DATA, _XDP_END)
+    start = regions.load(ctx + lo, 4)
+    end = regions.load(ctx + hi, 4)
+    return start, max(end - start, 0)
+
+
+def dynptr_mem_args(index: int, kind: str):
+    """A ``mem_args`` for a helper or kfunc whose argument ``index`` is a dynptr."""
+    def mem_args(args: tuple) -> list:
+        return [(args[index], DYNPTR_SIZE, kind)]
+    return mem_args
+
+
+# --- constructors --------------------------------------------------------------------------------
+def bpf_dynptr_from_mem(data: int, size: int, flags: int, ptr: int) -> int:
+    """Helper 197: a local dynptr over [data, data + size) (checked by the engines as the
+    helper's memory argument)."""
+    size &= M32
+    if flags:
+        _set_null(ptr)
+        return _long(-errno.EINVAL)
+    if size > DYNPTR_MAX_SIZE:
+        _set_null(ptr)
+        return _long(-errno.E2BIG)
+    _init(ptr, data, TYPE_LOCAL, 0, size)
+    return 0
+
+
+def bpf_dynptr_from_skb(skb: int, flags: int, ptr: int) -> int:
+    regions = _regions()
+    if flags:
+        _set_null(ptr)
+        return _int(-errno.EINVAL)
+    start, length = _packet(regions, skb, TYPE_SKB)
+    pkt = regions.find(start, max(length, 1)) if length else None
+    rdonly = pkt is not None and not pkt.writable
+    _init(ptr, skb, TYPE_SKB, 0, regions.load(skb, 4), rdonly)     # skb->len
+    return 0
+
+
+def bpf_dynptr_from_xdp(xdp: int, flags: int, ptr: int) -> int:
+    regions = _regions()
+    if flags:
+        _set_null(ptr)
+        return _int(-errno.EINVAL)
+    _init(ptr, xdp, TYPE_XDP, 0, _packet(regions, xdp, TYPE_XDP)[1])
+    return 0
+
+
+# --- reads and writes ----------------------------------------------------------------------------
+def _where(regions, data: int, dtype: int, off: int, length: int):
+    """The address of ``length`` bytes at ``off`` into a dynptr's memory, or an errno when the
+    (skb, xdp) packet is shorter now: skb -EFAULT, xdp -EINVAL."""
+    if dtype in (TYPE_SKB, TYPE_XDP):
+        start, plen = _packet(regions, data, dtype)
+        if off + length > plen:
+            return -errno.EFAULT if dtype == TYPE_SKB else -errno.EINVAL
+        return start + off
+    return data + off
+
+
+def bpf_dynptr_read(dst: int, length: int, src: int, offset: int, flags: int) -> int:
+    regions = _regions()
+    length, offset = length & M32, offset & M32
+    data, dtype, _, base, size = _load(src)
+    if not data or flags:
+        return _long(-errno.EINVAL)
+    err = _check_off_len(size, offset, length)
+    if err:
+        return _long(err)
+    at = _where(regions, data, dtype, base + offset, length)
+    if at < 0:
+        if dtype == TYPE_SKB:
+            regions.write(dst, bytes(length))     # __bpf_skb_load_bytes clears on failure
+        return _long(at)
+    regions.write(dst, regions.read(at, length))
+    return 0
+
+
+def bpf_dynptr_write(dst: int, offset: int, src: int, length: int, flags: int) -> int:
+    regions = _regions()
+    length, offset = length & M32, offset & M32
+    data, dtype, rdonly, base, size = _load(dst)
+    if not data or rdonly:
+        return _long(-errno.EINVAL)
+    err = _check_off_len(size, offset, length)
+    if err:
+        return _long(err)
+    if dtype == TYPE_SKB:
+        if flags & ~(BPF_F_RECOMPUTE_CSUM | BPF_F_INVALIDATE_HASH):
+            return _long(-errno.EINVAL)
+    elif flags:
+        return _long(-errno.EINVAL)
+    at = _where(regions, data, dtype, base + offset, length)
+    if at < 0:
+        return _long(at)
+    regions.write(at, regions.read(src, length))
+    if dtype == TYPE_SKB and flags & BPF_F_INVALIDATE_HASH:
+        regions.store(data + _SKB_HASH, 4, 0)      # skb_clear_hash: __sk_buff.hash reads 0
+    return 0
+
+
+def bpf_dynptr_data(ptr: int, offset: int, length: int) -> int:
+    """Helper 203: a pointer into a local dynptr's memory, NULL otherwise (skb and xdp dynptrs
+    use the slices)."""
+    regions = _regions()
+    offset, length = offset & M32, length & M32
+    data, dtype, rdonly, base, size = _load(ptr)
+    if not data or _check_off_len(size, offset, length) or rdonly:
+        return 0
+    if dtype not in (TYPE_LOCAL, TYPE_RINGBUF):
+        return 0
+    regions.check(data + base + offset, max(length, 1), "write")
+    return data + base + offset
+
+
+def bpf_dynptr_slice(p: int, offset: int, buffer: int, buffer_sz: int) -> int:
+    regions = _regions()
+    offset, length = offset & M32, buffer_sz & M32
+    data, dtype, _, base, size = _load(p)
+    if not data or _check_off_len(size, offset, length):
+        return 0
+    if dtype in (TYPE_LOCAL, TYPE_RINGBUF):
+        regions.check(data + base + offset, max(length, 1), "read")
+        return data + base + offset
+    at = _where(regions, data, dtype, base + offset, length)
+    if at < 0:
+        return 0
+    # pybpf's packets are linear: the slice is the packet itself, as skb_header_pointer and
+    # bpf_xdp_pointer give for data in the linear part (BPF_PROG_TEST_RUN's packets are)
+    regions.check(at, max(length, 1), "read")
+    return at
+
+
+def bpf_dynptr_slice_rdwr(p: int, offset: int, buffer: int, buffer_sz: int) -> int:
+    data, _, rdonly, _, _ = _load(p)
+    if not data or rdonly:
+        return 0
+    return bpf_dynptr_slice(p, offset, buffer, buffer_sz)
+
+
+HELPER_FNS = {"dynptr_from_mem": (bpf_dynptr_from_mem, 3, "write"),
+              "dynptr_read": (bpf_dynptr_read, 2, "read"),
+              "dynptr_write": (bpf_dynptr_write, 0, "read"),
+              "dynptr_data": (bpf_dynptr_data, 0, "read")}
+"""helper name -> (function, index of its dynptr argument, how the dynptr is used)."""
+
+KFUNC_FNS = {"bpf_dynptr_from_skb": (bpf_dynptr_from_skb, 2, "write"),
+             "bpf_dynptr_from_xdp": (bpf_dynptr_from_xdp, 2, "write"),
+             "bpf_dynptr_slice": (bpf_dynptr_slice, 0, "read"),
+             "bpf_dynptr_slice_rdwr": (bpf_dynptr_slice_rdwr, 0, "read")}
+
