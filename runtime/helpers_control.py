@@ -247,15 +247,41 @@ def _lock_word(lock: int) -> None:
         raise VMError(f"bpf_spin_lock: 0x{lock:x} is not 4-byte aligned")
 
 
+_HELD = threading.local()      # lock words this thread holds
+SPIN_TIMEOUT = 5.0             # seconds: a lock held longer was left by a run that ended
+
+
+def _held() -> set:
+    held = getattr(_HELD, "words", None)
+    if held is None:
+        held = _HELD.words = set()
+    return held
+
+
 def spin_lock(lock: int) -> int:
+    """Take the lock word. An unverified program (the verifier forbids both) that locks a word
+    this thread already holds, or waits on one held past SPIN_TIMEOUT (left by a run that ended
+    holding it), gets a VMError instead of spinning for ever."""
     _lock_word(lock)
+    held = _held()
+    if lock in held:
+        raise VMError(f"bpf_spin_lock: this run already holds the lock at 0x{lock:x} "
+                      f"(a deadlock the verifier refuses)")
+    deadline = None
     while native_atomic("cmpxchg", lock, 4, 1, 0) != 0:
+        now = time.monotonic()
+        deadline = deadline or now + SPIN_TIMEOUT
+        if now > deadline:
+            raise VMError(f"bpf_spin_lock: the lock at 0x{lock:x} has been held for "
+                          f"{SPIN_TIMEOUT} s (left held by a run that ended?)")
         time.sleep(0)       # lets the holder run (it may need the GIL this thread has)
+    held.add(lock)
     return 0
 
 
 def spin_unlock(lock: int) -> int:
     _lock_word(lock)
+    _held().discard(lock)
     native_atomic("xchg", lock, 4, 0, 0)
     return 0
 
