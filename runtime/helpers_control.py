@@ -248,6 +248,8 @@ def _lock_word(lock: int) -> None:
 
 
 _HELD = threading.local()      # lock words this thread holds
+_TAKEN: set[int] = set()       # lock words some run took through spin_lock and still holds
+_TAKEN_MUTEX = threading.Lock()    # makes "cmpxchg + record" and "forget + release" atomic
 SPIN_TIMEOUT = 5.0             # seconds: a lock held longer was left by a run that ended
 
 
@@ -258,17 +260,30 @@ def _held() -> set:
     return held
 
 
+def _try_take(lock: int) -> bool | None:
+    """Take the word: True, or False while a run holds it, or None when it is non-zero but no
+    run took it (memory an unverified program scribbled on: waiting would never end)."""
+    with _TAKEN_MUTEX:
+        if native_atomic("cmpxchg", lock, 4, 1, 0) == 0:
+            _TAKEN.add(lock)
+            return True
+        return False if lock in _TAKEN else None
+
+
 def spin_lock(lock: int) -> int:
-    """Take the lock word. An unverified program (the verifier forbids both) that locks a word
-    this thread already holds, or waits on one held past SPIN_TIMEOUT (left by a run that ended
-    holding it), gets a VMError instead of spinning for ever."""
+    """Take the lock word. An unverified program (the verifier forbids all three) that locks a
+    word this thread already holds, a word no run took that is not 0, or one held past
+    SPIN_TIMEOUT (left by a run that ended holding it) gets a VMError instead of spinning."""
     _lock_word(lock)
     held = _held()
     if lock in held:
         raise VMError(f"bpf_spin_lock: this run already holds the lock at 0x{lock:x} "
                       f"(a deadlock the verifier refuses)")
     deadline = None
-    while native_atomic("cmpxchg", lock, 4, 1, 0) != 0:
+    while not (taken := _try_take(lock)):
+        if taken is None:
+            raise VMError(f"bpf_spin_lock: the word at 0x{lock:x} is not 0 and no run holds "
+                          f"it (not an initialised struct bpf_spin_lock)")
         now = time.monotonic()
         deadline = deadline or now + SPIN_TIMEOUT
         if now > deadline:
@@ -282,7 +297,9 @@ def spin_lock(lock: int) -> int:
 def spin_unlock(lock: int) -> int:
     _lock_word(lock)
     _held().discard(lock)
-    native_atomic("xchg", lock, 4, 0, 0)
+    with _TAKEN_MUTEX:
+        _TAKEN.discard(lock)
+        native_atomic("xchg", lock, 4, 0, 0)
     return 0
 
 

@@ -362,3 +362,44 @@ def _ops_kernel(mtype: str, btf: bool) -> list:
 def test_user_space_updates_leave_the_lock_as_the_kernel(mtype, btf):
     require_kernel("bpf", "btf")
     assert _ops_pybpf(mtype, btf) == _ops_kernel(mtype, btf)
+
+
+# --- unverified programs never hang in bpf_spin_lock ---------------------------------------------
+# Found by the helpers fuzz target (seed 1, case 61): a stack word set to 1 and passed to
+# bpf_spin_lock looked held, and the run waited out SPIN_TIMEOUT (5 s, past the fuzzer's
+# 10 s budget under load). A non-zero word that no run took is refused at once.
+SCRIBBLED = """
+*(u32 *)(r10 - 4) = 1
+r1 = r10
+r1 += -4
+call bpf_spin_lock
+r0 = 0
+exit
+"""
+
+
+def test_a_scribbled_lock_word_is_refused_at_once():
+    import time
+    vm = pybpf.VM()
+    lp = vm.load(asm(SCRIBBLED), prog_type="xdp", engine="interp", verify=False)
+    start = time.monotonic()
+    with pytest.raises(pybpf.BPFError, match="no run holds it"):
+        lp.run(data=bytes(64))
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_relocked_word_is_a_deadlock_error():
+    prog = asm("""
+    *(u32 *)(r10 - 4) = 0
+    r1 = r10
+    r1 += -4
+    call bpf_spin_lock
+    r1 = r10
+    r1 += -4
+    call bpf_spin_lock
+    r0 = 0
+    exit
+    """)
+    lp = pybpf.VM().load(prog, prog_type="xdp", engine="interp", verify=False)
+    with pytest.raises(pybpf.BPFError, match="already holds"):
+        lp.run(data=bytes(64))
