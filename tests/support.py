@@ -213,13 +213,17 @@ def assert_case_passed(child_results: tuple, name: str) -> None:
     assert rec["ok"], rec["error"]
 
 
-def child_tests(namespace: dict, detail=lambda d: d, test_name: str = "test_case") -> dict:
+def child_tests(namespace: dict, detail=lambda d: d, test_name: str = "test_case",
+                marks=()) -> dict:
     """The tail of a test module whose ``case_*`` functions run in a child process: call it
     last, ``child_tests(globals(), detail)``. It defines ``CASES``, the module-scoped
     ``child_results`` fixture (one child runs every case) and ``test_name``, a test per case;
     run as ``python <module> child [case...]`` (what :func:`run_child` starts), it runs the cases
     and exits with :func:`child`'s status, ``detail(result)`` giving each case's reported detail.
+    ``marks`` (e.g. ``[pytest.mark.jit]``) decorate the per-case test.
     """
+    if "CASES" in namespace:      # it would be replaced, silently
+        raise RuntimeError("child_tests defines CASES; the module already has one")
     cases = cases_of(namespace)
     path = namespace["__file__"]
 
@@ -231,6 +235,8 @@ def child_tests(namespace: dict, detail=lambda d: d, test_name: str = "test_case
     def test(child_results, name):
         assert_case_passed(child_results, name)
 
+    for mark in marks:
+        test = mark(test)
     test.__name__ = test.__qualname__ = test_name
     namespace.update({"CASES": cases, "child_results": child_results, test_name: test})
     if namespace.get("__name__") == "__main__":

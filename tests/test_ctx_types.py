@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 
 import pytest
 
 import pybpf
 from pybpf.errors import VerifierError, VMError
 from pybpf.runtime.contexts import AF_INET, BpfSkLookup, BpfSockAddr
-from support import asm, assert_case_passed, cases_of, child, frame, run_child
+from support import asm, child_tests, frame
 
 # ctx->sk of a connect4 program: never NULL, its family/type/protocol those of the address
 SOCK_ADDR_SK = asm("r2 = *(u64 *)(r1 + 64)\nr0 = *(u32 *)(r2 + 4)\nr3 = *(u32 *)(r2 + 12)\n"
@@ -120,18 +119,8 @@ def case_sk_msg_sock_ops_perf_event():
     assert interp["pe 0 1 1"] == 0
 
 
-CASES = cases_of(globals())
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    return run_child(__file__, CASES)
-
-
-@pytest.mark.jit
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_verified_context_programs_in_both_engines(child_results, name):
-    assert_case_passed(child_results, name)
+child_tests(globals(), test_name="test_verified_context_programs_in_both_engines",
+            marks=[pytest.mark.jit])
 
 
 def test_sock_addr_socket_is_read_only_and_not_the_callers():
@@ -226,7 +215,3 @@ def test_ctx_types_object_gets_the_kernels_verdict():
             assert mine == (k.accepted, k.message), (name, p is store, mine, k)
         assert k.message == "invalid bpf_context access off=0 size=4"
 
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(CASES, sys.argv[2:] or list(CASES)))

@@ -13,7 +13,7 @@ import pytest
 import pybpf
 from kernel_probe import require_kernel
 from pybpf.runtime.helpers_control import Task
-from support import asm, assert_case_passed, cases_of, child, run_child
+from support import asm, child_tests
 
 M64 = (1 << 64) - 1
 
@@ -409,24 +409,7 @@ def case_hostile_pointers_are_refused():
         assert target.guards_intact()
 
 
-CHILD_CASES = cases_of(globals())
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    return run_child(__file__, CHILD_CASES)
-
-
-@pytest.mark.jit
-@pytest.mark.parametrize("name", sorted(CHILD_CASES))
-def test_in_child(child_results, name):
-    assert_case_passed(child_results, name)
-
-
-if __name__ == "__main__":
-    import sys
-    if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(CHILD_CASES, sys.argv[2:] or list(CHILD_CASES)))
+child_tests(globals(), test_name="test_in_child", marks=[pytest.mark.jit])
 
 
 # --- snprintf: the format check at verification, against the kernel -------------------------------

@@ -21,7 +21,7 @@ import tempfile
 
 import pytest
 
-from support import ROOT, asm, assert_case_passed, cases_of, child, run_child
+from support import ROOT, asm, child_tests
 
 pytestmark = pytest.mark.jit
 
@@ -211,21 +211,4 @@ def case_callx_uses_the_ir_key():
     return got
 
 
-CASES = cases_of(globals())
-
-
-@pytest.fixture(scope="module")
-def child_results():
-    return run_child(__file__, CASES)
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_case(child_results, name):
-    assert_case_passed(child_results, name)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "child":
-        sys.exit(child(CASES, sys.argv[2:] or list(CASES), lambda d: json.loads(
-            json.dumps(d, default=str))))
-    print(__doc__)
+child_tests(globals(), lambda d: json.loads(json.dumps(d, default=str)))

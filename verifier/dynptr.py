@@ -64,23 +64,30 @@ def dynptrs_equal(old: Slot, cur: Slot, check_ids) -> bool:
     return o.dynptr_type == c.dynptr_type and check_ids(o.ref_obj_id, c.ref_obj_id)
 
 
-def _spi(chk, reg: Reg):
-    """dynptr_get_spi: the first slot's index, or -EINVAL (logged) / -ERANGE."""
+def stack_slot_obj_spi(chk, reg: Reg, what: str, nr_slots: int):
+    """stack_slot_obj_get_spi, shared by dynptrs and iterators (``what`` names the object in
+    the kernel's complaints): the first slot's index, or the complaint (logged) as an errno:
+    -EINVAL for a bad offset, -ERANGE past the allocated stack."""
     if not reg.var.is_const():
-        chk.log.line("dynptr has to be at a constant offset")
+        chk.log.line(f"{what} has to be at a constant offset")
         return -errno.EINVAL
     off = reg.off + reg.var.const_value()
     if off % BPF_REG_SIZE:
-        chk.log.line(f"cannot pass in dynptr at an offset={off}")
+        chk.log.line(f"cannot pass in {what} at an offset={off}")
         return -errno.EINVAL
     spi = (-off - 1) // BPF_REG_SIZE
-    if spi + 1 < NR_SLOTS:
-        chk.log.line(f"cannot pass in dynptr at an offset={off}")
+    if spi + 1 < nr_slots:
+        chk.log.line(f"cannot pass in {what} at an offset={off}")
         return -errno.EINVAL
     frame = chk.state.frames[reg.frameno]
     if spi >= (frame.allocated_stack + BPF_REG_SIZE - 1) // BPF_REG_SIZE:
         return -errno.ERANGE
     return spi
+
+
+def _spi(chk, reg: Reg):
+    """dynptr_get_spi."""
+    return stack_slot_obj_spi(chk, reg, "dynptr", NR_SLOTS)
 
 
 def destroy_if_dynptr_stack_slot(chk, frame, spi: int) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 
 from . import protos
+from .dynptr import stack_slot_obj_spi
 from .state import (BPF_REG_SIZE, MEM_RDONLY, PTR_MAYBE_NULL, PTR_TO_MEM, PTR_TO_STACK,
                     STACK_ITER, Reg, Slot)
 
@@ -73,23 +74,8 @@ def iters_equal(old: Slot, cur: Slot, check_ids) -> bool:
 
 
 def _spi(chk, reg: Reg, nr_slots: int):
-    """stack_slot_obj_get_spi for an iterator: the first slot's index, or the kernel's complaint
-    (logged) as an errno: -EINVAL for a bad offset, -ERANGE past the allocated stack."""
-    if not reg.var.is_const():
-        chk.log.line("iter has to be at a constant offset")
-        return -errno.EINVAL
-    off = reg.off + reg.var.const_value()
-    if off % BPF_REG_SIZE:
-        chk.log.line(f"cannot pass in iter at an offset={off}")
-        return -errno.EINVAL
-    spi = (-off - 1) // BPF_REG_SIZE
-    if spi + 1 < nr_slots:
-        chk.log.line(f"cannot pass in iter at an offset={off}")
-        return -errno.EINVAL
-    frame = chk.state.frames[reg.frameno]
-    if spi >= (frame.allocated_stack + BPF_REG_SIZE - 1) // BPF_REG_SIZE or spi - nr_slots + 1 < 0:
-        return -errno.ERANGE
-    return spi
+    """iter_get_spi."""
+    return stack_slot_obj_spi(chk, reg, "iter", nr_slots)
 
 
 def process_iter_arg(chk, regno: int, proto: protos.Prototype, pc: int, meta: dict) -> None:

@@ -83,6 +83,14 @@ class _RedirectMap(Map):
         self._mem.view[self._slot_address(key) - self._mem.address:][:_SLOT] = \
             value.ljust(_SLOT, b"\0")[:_SLOT]
 
+    def map_delete_elem(self, key: bytes) -> int:
+        """Array-indexed delete (devmap, cpumap, xskmap): past the end is EINVAL."""
+        k = _U32.unpack(key)[0]
+        if k >= self.max_entries:
+            return -errno.EINVAL
+        self._drop(k)
+        return 0
+
     def _drop(self, key: int) -> bool:
         if key not in self._entries:
             return False
@@ -195,13 +203,6 @@ class DevMap(_RedirectMap):
         self._store(i, _U32.pack(ifindex) + bytes(4))   # bpf_prog.id 0: no program
         return 0
 
-    def map_delete_elem(self, key: bytes) -> int:
-        k = _U32.unpack(key)[0]
-        if k >= self.max_entries:
-            return -errno.EINVAL
-        self._drop(k)
-        return 0
-
 
 class DevMapHash(DevMap):
     """BPF_MAP_TYPE_DEVMAP_HASH: any u32 key -> ``struct bpf_devmap_val``."""
@@ -264,13 +265,6 @@ class CpuMap(_RedirectMap):
         self._store(cpu, _U32.pack(qsize) + bytes(4))
         return 0
 
-    def map_delete_elem(self, key: bytes) -> int:
-        k = _U32.unpack(key)[0]
-        if k >= self.max_entries:
-            return -errno.EINVAL
-        self._drop(k)
-        return 0
-
     def _value_base(self, key: bytes) -> int:
         return 0        # BPF programs cannot look a cpumap up (only bpf_redirect_map)
 
@@ -327,13 +321,6 @@ class XskMap(_RedirectMap):
         return self._entries[k]
 
     __getitem__ = lookup
-
-    def map_delete_elem(self, key: bytes) -> int:
-        k = _U32.unpack(key)[0]
-        if k >= self.max_entries:
-            return -errno.EINVAL
-        self._drop(k)
-        return 0
 
     def _value_base(self, key: bytes) -> int:
         return 0        # the kernel hands BPF a struct xdp_sock: not modelled
