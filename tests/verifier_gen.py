@@ -367,8 +367,9 @@ def _edit(rng: random.Random, insns: list, i: int, donor: list):
     return ins._replace(opcode=0x05, dst=0, src=0, off=0, imm=0)          # goto +0
 
 
-def mutate(rng: random.Random, prog, donor_progs=()):
-    """A copy of ``prog`` with one to three edits; None when no edit gave a decodable program."""
+def mutate(rng: random.Random, prog, donor_progs=(), edits=(1, 1, 2, 3)):
+    """A copy of ``prog`` with one to three edits (a choice from ``edits``); None when no edit
+    gave a decodable program."""
     import pybpf
     from pybpf.errors import DecodeError
     base = list(prog.insns)
@@ -377,7 +378,7 @@ def mutate(rng: random.Random, prog, donor_progs=()):
     donor = [i for p in donor_progs for i in p.insns if i.opcode != 0] or base
     for _attempt in range(8):
         insns = list(base)
-        for _ in range(rng.choice([1, 1, 2, 3])):
+        for _ in range(rng.choice(edits)):
             i = rng.choice(starts)
             new = _edit(rng, insns, i, donor)
             if insns[i].opcode == 0x18 and new.opcode != 0x18:
