@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pybpf.errors import MapError
 
 
-def spin_lock_offset(btf, type_id: int) -> int:
+def spin_lock_offset(btf, type_id: int, var_offsets: dict | None = None) -> int:
     """Byte offset of the top-level ``struct bpf_spin_lock`` of value type ``type_id`` (a
-    struct, or a DATASEC of global variables), or -1."""
+    struct, or a DATASEC of global variables, whose offsets ``var_offsets`` gives by name as
+    the ELF symbols say: clang leaves them 0 in .BTF, libbpf fixes them), or -1."""
     if btf is None or not type_id:
         return -1
     t = btf.resolve(type_id)
@@ -39,7 +40,7 @@ def spin_lock_offset(btf, type_id: int) -> int:
             var = btf[v.type]
             vt = btf.resolve(var.type) if var.kind == "var" else None
             if vt is not None and vt.kind == "struct" and vt.name == "bpf_spin_lock":
-                found.append(v.offset)
+                found.append((var_offsets or {}).get(var.name, v.offset))
     elif t.kind == "struct" and t.name == "bpf_spin_lock":
         found.append(0)
     if len(found) > 1:
@@ -94,7 +95,7 @@ def _contains(btf, root_kind: str, off: int, tags) -> GraphRoot:
                    f"{GRAPH_ROOTS[root_kind]} {node}", errno.EINVAL)
 
 
-def graph_roots(btf, type_id: int) -> dict[int, GraphRoot]:
+def graph_roots(btf, type_id: int, var_offsets: dict | None = None) -> dict[int, GraphRoot]:
     """The graph roots of value type ``type_id`` (a struct, or a DATASEC), by offset."""
     if btf is None or not type_id:
         return {}
@@ -114,16 +115,17 @@ def graph_roots(btf, type_id: int) -> dict[int, GraphRoot]:
             var = btf[v.type]
             kind = _struct_name(btf, var.type) if var.kind == "var" else None
             if kind in GRAPH_ROOTS:
-                out[v.offset] = _contains(btf, kind, v.offset,
-                                          [tag for _, tag in btf.decl_tags(var.id)])
+                off = (var_offsets or {}).get(var.name, v.offset)
+                out[off] = _contains(btf, kind, off, [tag for _, tag in btf.decl_tags(var.id)])
     return out
 
 
-def attach(m, btf, value_type_id: int) -> None:
-    """Record ``m``'s BTF facts (called by the ELF loader after creating the map)."""
+def attach(m, btf, value_type_id: int, var_offsets: dict | None = None) -> None:
+    """Record ``m``'s BTF facts (called by the ELF loader after creating the map;
+    ``var_offsets``: a global data map's variables by name)."""
     m.btf = btf is not None and bool(value_type_id)
-    m.spin_lock_off = spin_lock_offset(btf, value_type_id)
-    roots = graph_roots(btf, value_type_id)
+    m.spin_lock_off = spin_lock_offset(btf, value_type_id, var_offsets)
+    roots = graph_roots(btf, value_type_id, var_offsets)
     if roots and m.spin_lock_off < 0:
         raise MapError(f"map {getattr(m, 'name', '')!r}: a value with a "
                        f"{next(iter(roots.values())).kind} needs a bpf_spin_lock", errno.EINVAL)
