@@ -24,7 +24,7 @@ import errno
 
 from . import protos
 from .state import MEM_ALLOC, NON_OWN_REF, PTR_MAYBE_NULL, PTR_TO_BTF_ID, PTR_TO_FUNC, \
-    PTR_TO_MAP_VALUE, Reg, SCALAR_VALUE
+    PTR_TO_MAP_VALUE, PTR_TRUSTED, Reg, SCALAR_VALUE
 
 OBJ_NEW, OBJ_DROP, REFCOUNT_ACQUIRE = ("bpf_obj_new_impl", "bpf_obj_drop_impl",
                                        "bpf_refcount_acquire_impl")
@@ -140,11 +140,11 @@ def _node_arg(chk, regno: int, reg: Reg, root, func: str, owning: bool) -> None:
             chk.error(f"arg#{i} expected pointer to allocated object", errno.EINVAL)
         if not reg.ref_obj_id:
             chk.error("allocated object must be referenced", errno.EINVAL)
-    else:
-        if not is_alloc(reg) or not reg.flags & NON_OWN_REF or reg.flags & PTR_MAYBE_NULL or \
-                reg.ref_obj_id:
-            chk.error(f"{func.removeprefix('bpf_')} node input must be non-owning ref",
-                      errno.EINVAL)
+    elif not is_alloc(reg) or reg.flags & PTR_MAYBE_NULL or not (
+            reg.flags & NON_OWN_REF or reg.ref_obj_id):
+        # Linux 6.18 as measured here also takes an owning reference (a node in no tree:
+        # NULL at run time)
+        chk.error(f"{func} node input must be non-owning ref", errno.EINVAL)
     v = reg.var
     if not v.is_const():
         chk.error(f"R{regno} doesn't have constant offset. {node_kind} has to be at the "
@@ -176,6 +176,9 @@ def check_args(chk, pc: int, proto, meta: dict) -> None:
             _node_arg(chk, regno, reg, root, name, owning=name != RB_REMOVE)
             meta["node_ref"] = reg.ref_obj_id
         elif base == protos.KF_ARG_PTR_TO_ALLOC_BTF_ID:
+            if reg.is_pointer and not reg.ref_obj_id and not reg.flags & (
+                    MEM_ALLOC | PTR_TRUSTED | NON_OWN_REF):
+                chk.error(f"R{regno} must be referenced or trusted", errno.EINVAL)
             if reg.type != PTR_TO_BTF_ID or reg.flags != MEM_ALLOC:
                 chk.error(f"arg#{i} expected pointer to allocated object", errno.EINVAL)
             if not reg.ref_obj_id:
