@@ -165,6 +165,7 @@ class VM:
             self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m,
                                             **rule))
         m._close_hook = weakref.WeakMethod(self._map_closed)
+        m.graphs = self.graphs          # what its values' graph roots hold (btf_fields)
         return m
 
     def _check_open(self) -> None:
@@ -340,6 +341,7 @@ class VM:
         elif verify == "structural":
             self.verify_result(prog, ptype, full=False)
         used, arena, values = self.resolve(prog, maps)
+        self.graphs.prepare(prog)           # bpf_obj_new's heap, for programs that use it
         if tier is None:
             tier = os.environ.get("PYBPF_JIT_TIER") or "auto"
         if tier not in ("auto", "quick", "O2"):

@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from pybpf.errors import VMError
+from pybpf.kfunc_ids import KFUNC_IDS
 
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .memory import PACK, PROC, UNPACK, Region
@@ -45,6 +46,11 @@ HEAP_BYTES = 16 << 20           # per VM; objects beyond it make bpf_obj_new ret
 ROOT_SIZE = 16
 LIST, RBTREE = "bpf_list_head", "bpf_rb_root"
 _TOKENS = itertools.count(0x9E3779B97F4A7C15, 0x10001)
+GRAPH_KFUNC_IDS = frozenset(KFUNC_IDS[n] for n in (
+    "bpf_obj_new_impl", "bpf_obj_drop_impl", "bpf_refcount_acquire_impl",
+    "bpf_list_push_front_impl", "bpf_list_push_back_impl", "bpf_list_pop_front",
+    "bpf_list_pop_back", "bpf_list_front", "bpf_list_back", "bpf_rbtree_add_impl",
+    "bpf_rbtree_remove", "bpf_rbtree_first"))
 
 
 @dataclass
@@ -61,6 +67,18 @@ class Root:
     address: int
     token: int
     nodes: object                                # deque (list) or sorted list (rbtree)
+
+
+class _NoHeap:
+    """The heap before any program that allocates was loaded: nothing lives there."""
+
+    objects: dict = {}
+
+    def find(self, address: int) -> None:
+        return None
+
+    def alloc(self, size: int) -> int:
+        return 0
 
 
 class ObjHeap:
@@ -110,14 +128,25 @@ class ObjHeap:
 
 
 class Graphs:
-    """One VM's objects, lists and trees."""
+    """One VM's objects, lists and trees. The heap is mapped when the first program that calls
+    a graph kfunc is loaded (:meth:`prepare`), so every run of such a program has its region."""
 
     def __init__(self) -> None:
-        self.heap = ObjHeap()
+        self.heap = _NoHeap()
         self.roots: dict[int, Root] = {}
+        self._regions: list[Region] = []
+
+    def prepare(self, prog) -> None:
+        if self._regions:
+            return
+        for _, form, insn in prog.instructions():
+            if form.kind == "call" and form.op == "kfunc" and insn.imm in GRAPH_KFUNC_IDS:
+                self.heap = ObjHeap()
+                self._regions = [self.heap.region]
+                return
 
     def regions(self) -> list[Region]:
-        return [self.heap.region]
+        return self._regions
 
     # -- objects ----------------------------------------------------------------------------
     def obj_new(self, type_id: int, meta: int) -> int:
@@ -200,6 +229,12 @@ class Graphs:
             if obj is not None:
                 obj.nodes.pop(node, None)
                 self.drop(obj)
+
+    def free_at(self, address: int) -> None:
+        """Free the root at ``address`` (bpf_obj_free_fields of a map value)."""
+        root = self.roots.get(address)
+        if root is not None:
+            self._free_root(root)
 
     def free_in(self, start: int, size: int) -> None:
         """Free the roots in [start, start + size) (a closed map's memory)."""

@@ -111,6 +111,34 @@ def test_closing_the_vm_frees_what_lists_and_trees_hold():
     assert len(vm.graphs.heap.objects) == 0 and not vm.graphs.roots
 
 
+def _args(v5: int) -> bytearray:
+    import struct
+    return bytearray(struct.pack("<8i", 0, 0, 0, 0, 0, v5, 0, 0) + bytes(32))
+
+
+def test_deleting_or_updating_an_element_frees_what_its_list_holds():
+    """bpf_obj_free_fields: a hash element's delete and an array element's update drop the
+    objects their bpf_list_head held, as the kernel's check_and_free_fields does."""
+    import struct
+    import pybpf
+    obj = pybpf.load_elf(CORPUS)
+    vm = obj.vm
+    lp = vm.load(obj.programs["list_hash_push_pop"], engine="interp")
+    for v5 in (0, 1, 1):                 # one node left in element 0, two in element 1
+        lp.run(ctx=_args(v5))
+    objects = vm.graphs.heap.objects
+    assert len(objects) == 3
+    obj.maps["list_hash"].sys_delete(struct.pack("<I", 1))
+    assert len(objects) == 1
+    lp2 = vm.load(obj.programs["list_map_value"], engine="interp")
+    lp2.run(ctx=_args(0))
+    lp2.run(ctx=_args(0))
+    assert len(objects) == 3
+    obj.maps["list_array"].sys_update(struct.pack("<I", 0), bytes(24))
+    assert len(objects) == 1
+    vm.close()
+
+
 def test_a_dropped_object_is_out_of_the_interpreters_reach():
     import pybpf
     obj = pybpf.load_elf(FAIL)

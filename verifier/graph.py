@@ -170,6 +170,11 @@ def check_args(chk, pc: int, proto, meta: dict) -> None:
         if base in (protos.KF_ARG_IGNORE, protos.KF_ARG_CONST, protos.KF_ARG_SCALAR):
             continue
         reg = chk.check_reg_read(regno)
+        if base != protos.KF_ARG_PTR_TO_CALLBACK and (
+                reg.flags & PTR_MAYBE_NULL or reg.type == SCALAR_VALUE and reg.var.is_const()
+                and not reg.var.const_value()):
+            # Linux 6.18's kfunc arguments are trusted: NULL (or maybe NULL) is refused first
+            chk.error(f"Possibly NULL pointer passed to trusted arg{i}", errno.EACCES)
         if base in _ROOT_OF:
             root = meta["graph_root"] = _root_field(chk, regno, reg, _ROOT_OF[base], name)
         elif base in (protos.KF_ARG_PTR_TO_LIST_NODE, protos.KF_ARG_PTR_TO_RB_NODE):
@@ -247,10 +252,11 @@ def finish_call(chk, pc: int, proto, meta: dict) -> Reg | None:
     if name == OBJ_NEW:
         btf = getattr(chk.prog, "btf", None)
         if btf is None:
-            chk.error("bpf_obj_new requires prog BTF", errno.EINVAL)
+            chk.error("bpf_obj_new/bpf_percpu_obj_new requires prog BTF", errno.EINVAL)
         tid = meta.get("obj_new_type", 0)
         if not 0 < tid < len(btf.types) or btf.resolve(tid).kind != "struct":
-            chk.error("bpf_obj_new type ID argument must be of a struct", errno.EINVAL)
+            chk.error("bpf_obj_new/bpf_percpu_obj_new type ID argument must be of a struct",
+                      errno.EINVAL)
         t = AllocType.of(btf, tid)
         ref = acquire_reference(chk, pc)
         return alloc_reg(t, PTR_MAYBE_NULL, 0, origin).replace(id=ref, ref_obj_id=ref)

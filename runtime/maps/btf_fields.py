@@ -132,6 +132,16 @@ def attach(m, btf, value_type_id: int, var_offsets: dict | None = None) -> None:
     m.graph_roots = roots
 
 
+def free_fields(m, base: int) -> None:
+    """bpf_obj_free_fields for the value at ``base`` (an element deleted or replaced, an array
+    element updated): what its graph roots hold is dropped (``m.graphs``: the VM's Graphs)."""
+    graphs = getattr(m, "graphs", None)
+    if graphs is None:
+        return
+    for off in m.graph_roots:
+        graphs.free_at(base + off)
+
+
 def without_special(m, value: bytes) -> bytes:
     """``value`` with its lock and graph roots zeroed, as user space reads it."""
     value = without_lock(m, value)
