@@ -276,3 +276,60 @@ int rbtree_add_first_remove(struct args *a)
 	graph_runs++;
 	return (int)out;
 }
+
+/* a refcounted object (the kernel's refcounted_kptr.c): one reference goes into a tree, a
+ * second one (bpf_refcount_acquire) into a list, both protected by one lock; then both are
+ * taken out again and dropped (the object is freed with its last reference) */
+struct rnode {
+	struct bpf_rb_node rb;
+	struct bpf_list_node l;
+	struct bpf_refcount ref;
+	__s64 key;
+};
+
+private(C) struct bpf_spin_lock rlock;
+private(C) struct bpf_rb_root rroot __contains(rnode, rb);
+private(C) struct bpf_list_head rhead __contains(rnode, l);
+
+static bool rless(struct bpf_rb_node *a, const struct bpf_rb_node *b)
+{
+	return container_of(a, struct rnode, rb)->key < container_of(b, struct rnode, rb)->key;
+}
+
+SEC("syscall")
+int refcount_tree_and_list(struct args *a)
+{
+	struct bpf_list_node *l;
+	struct bpf_rb_node *rb;
+	struct rnode *n, *m;
+	__s64 sum = 0;
+
+	n = bpf_obj_new(struct rnode);
+	if (!n)
+		return -1;
+	n->key = a->vals[0];
+	m = bpf_refcount_acquire(n);
+	bpf_spin_lock(&rlock);
+	bpf_rbtree_add(&rroot, &n->rb, rless);
+	if (m)
+		bpf_list_push_back(&rhead, &m->l);
+	bpf_spin_unlock(&rlock);
+
+	bpf_spin_lock(&rlock);
+	l = bpf_list_pop_front(&rhead);
+	rb = bpf_rbtree_first(&rroot);
+	if (rb)
+		rb = bpf_rbtree_remove(&rroot, rb);
+	bpf_spin_unlock(&rlock);
+	if (l) {
+		m = container_of(l, struct rnode, l);
+		sum += m->key;
+		bpf_obj_drop(m);
+	}
+	if (rb) {
+		n = container_of(rb, struct rnode, rb);
+		sum += n->key * 10;
+		bpf_obj_drop(n);
+	}
+	return (int)sum;
+}

@@ -205,3 +205,133 @@ int drop_map_value(void *ctx)
 	bpf_obj_drop(&sink);
 	return 0;
 }
+
+static bool less(struct bpf_rb_node *a, const struct bpf_rb_node *b)
+{
+	return container_of(a, struct tnode, rb)->key < container_of(b, struct tnode, rb)->key;
+}
+
+static bool less_two(struct bpf_rb_node *a, const struct bpf_rb_node *b)
+{
+	return 2;
+}
+
+static bool less_drops(struct bpf_rb_node *a, const struct bpf_rb_node *b)
+{
+	bpf_obj_drop(container_of(a, struct tnode, rb));
+	return 0;
+}
+
+/* bpf_rbtree_add needs the tree's lock */
+SEC("?syscall")
+int rbtree_add_without_lock(void *ctx)
+{
+	struct tnode *t = bpf_obj_new(struct tnode);
+
+	if (!t)
+		return 0;
+	bpf_rbtree_add(&groot, &t->rb, less);
+	return 0;
+}
+
+/* the list's lock does not protect the tree */
+SEC("?syscall")
+int rbtree_add_wrong_lock(void *ctx)
+{
+	struct tnode *t = bpf_obj_new(struct tnode);
+
+	if (!t)
+		return 0;
+	bpf_spin_lock(&glock);
+	bpf_rbtree_add(&groot, &t->rb, less);
+	bpf_spin_unlock(&glock);
+	return 0;
+}
+
+/* less answers a bool: clang makes "return 2" 1, so this one is accepted */
+SEC("?syscall")
+int rbtree_less_returns_two(void *ctx)
+{
+	struct tnode *t = bpf_obj_new(struct tnode);
+
+	if (!t)
+		return 0;
+	bpf_spin_lock(&tlock);
+	bpf_rbtree_add(&groot, &t->rb, less_two);
+	bpf_spin_unlock(&tlock);
+	return 0;
+}
+
+/* less runs under the lock: no kfunc calls there */
+SEC("?syscall")
+int rbtree_less_calls_kfunc(void *ctx)
+{
+	struct tnode *t = bpf_obj_new(struct tnode);
+
+	if (!t)
+		return 0;
+	bpf_spin_lock(&tlock);
+	bpf_rbtree_add(&groot, &t->rb, less_drops);
+	bpf_spin_unlock(&tlock);
+	return 0;
+}
+
+/* bpf_rbtree_first may return NULL */
+SEC("?syscall")
+int rbtree_first_no_null_check(void *ctx)
+{
+	struct bpf_rb_node *rb;
+	__s64 k;
+
+	bpf_spin_lock(&tlock);
+	rb = bpf_rbtree_first(&groot);
+	k = container_of(rb, struct tnode, rb)->key;
+	bpf_spin_unlock(&tlock);
+	return k;
+}
+
+/* bpf_list_front's node is only valid under the lock */
+SEC("?syscall")
+int list_front_after_unlock(void *ctx)
+{
+	struct bpf_list_node *n;
+
+	bpf_spin_lock(&glock);
+	n = bpf_list_front(&ghead);
+	bpf_spin_unlock(&glock);
+	if (!n)
+		return 0;
+	return container_of(n, struct elem, node)->key;
+}
+
+/* bpf_obj_drop wants the object, not its node field */
+SEC("?syscall")
+int drop_node_pointer(void *ctx)
+{
+	struct bpf_list_node *n;
+
+	bpf_spin_lock(&glock);
+	n = bpf_list_pop_front(&ghead);
+	bpf_spin_unlock(&glock);
+	if (n)
+		bpf_obj_drop(n);
+	return 0;
+}
+
+/* the kernel's linked_list.c: push, pop and drop in one locked region, all accepted */
+SEC("?syscall")
+int push_pop_drop_ok(void *ctx)
+{
+	struct bpf_list_node *n;
+	struct elem *e = bpf_obj_new(struct elem);
+
+	if (!e)
+		return 0;
+	bpf_spin_lock(&glock);
+	bpf_list_push_front(&ghead, &e->node);
+	n = bpf_list_pop_back(&ghead);
+	bpf_spin_unlock(&glock);
+	if (n)
+		bpf_obj_drop(container_of(n, struct elem, node));
+	return 0;
+}
