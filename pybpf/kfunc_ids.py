@@ -49,6 +49,9 @@ KFUNC_IDS: dict[str, int] = {
     "bpf_rbtree_add_impl": 1069,
     "bpf_rbtree_remove": 1070,
     "bpf_rbtree_first": 1071,
+    "bpf_rbtree_root": 1072,
+    "bpf_rbtree_left": 1073,
+    "bpf_rbtree_right": 1074,
 }
 
 KFUNC_NAMES: dict[int, str] = {v: k for k, v in KFUNC_IDS.items()}

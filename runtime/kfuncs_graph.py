@@ -17,10 +17,10 @@
   unverified) can lose track of nodes (the root reads as a new, empty one; the old one's nodes
   are freed as the kernel's bpf_list_head_free frees a deleted element's) but never make the
   runtime follow a pointer it wrote. User space reads roots as zeros (btf_fields.without_special).
-* Trees keep their nodes sorted by the program's ``less``: ``bpf_rbtree_add`` is a binary
-  search calling ``less(new, node)``; on ties the new node goes after the equal ones, where the
-  kernel's descent (``less`` false: go right) puts it. The number and order of ``less`` calls
-  differ from the kernel's red-black tree walk (visible only to a callback with side effects).
+* Trees are red-black trees shaped as Linux's lib/rbtree.c shapes them (:mod:`.rbtree`):
+  ``bpf_rbtree_add`` descends from the root calling ``less(new, node)`` (left when true) as the
+  kernel's __bpf_rbtree_add does, so the calls to ``less``, ``bpf_rbtree_root/left/right`` and
+  ``bpf_rbtree_first`` see the kernel's tree.
 * ``bpf_obj_drop`` of an object still in a list or tree (possible only unverified) takes it out
   first; dropping anything that is not a live object is a VMError, as are graph kfuncs given a
   node that is not inside a live object.
@@ -41,6 +41,7 @@ from pybpf.kfunc_ids import KFUNC_IDS
 
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .memory import PACK, PROC, UNPACK, Region
+from .rbtree import RbTree
 
 HEAP_BYTES = 16 << 20           # per VM; objects beyond it make bpf_obj_new return NULL
 ROOT_SIZE = 16
@@ -50,7 +51,8 @@ GRAPH_KFUNC_IDS = frozenset(KFUNC_IDS[n] for n in (
     "bpf_obj_new_impl", "bpf_obj_drop_impl", "bpf_refcount_acquire_impl",
     "bpf_list_push_front_impl", "bpf_list_push_back_impl", "bpf_list_pop_front",
     "bpf_list_pop_back", "bpf_list_front", "bpf_list_back", "bpf_rbtree_add_impl",
-    "bpf_rbtree_remove", "bpf_rbtree_first"))
+    "bpf_rbtree_remove", "bpf_rbtree_first", "bpf_rbtree_root", "bpf_rbtree_left",
+    "bpf_rbtree_right"))
 
 
 @dataclass
@@ -201,7 +203,7 @@ class Graphs:
         if r is not None:
             self._free_root(r)
         r = Root(kind, address, next(_TOKENS) & (1 << 64) - 1,
-                 deque() if kind == LIST else [])
+                 deque() if kind == LIST else RbTree())
         PACK[8](PROC, address, r.token)
         PACK[8](PROC, address + 8, 0)
         self.roots[address] = r
@@ -214,7 +216,10 @@ class Graphs:
         return obj
 
     def _unlink(self, root: Root, node: int) -> None:
-        root.nodes.remove(node)
+        if root.kind == RBTREE:
+            root.nodes.erase(node)
+        else:
+            root.nodes.remove(node)
         obj = self.heap.find(node)
         if obj is not None:
             obj.nodes.pop(node, None)
@@ -279,8 +284,19 @@ class Graphs:
 
     # -- trees ------------------------------------------------------------------------------
     def rbtree_first(self, root_addr: int) -> int:
+        return self.root(root_addr, RBTREE).nodes.first()
+
+    def rbtree_root(self, root_addr: int) -> int:
+        tree = self.root(root_addr, RBTREE).nodes
+        return tree.root.key if tree.root is not None else 0
+
+    def rbtree_child(self, root_addr: int, node: int, right: bool) -> int:
+        """bpf_rbtree_left/right: NULL unless ``node`` is in this tree (the owner check)."""
         root = self.root(root_addr, RBTREE)
-        return root.nodes[0] if root.nodes else 0
+        obj = self.heap.find(node)
+        if obj is None or obj.nodes.get(node) is not root:
+            return 0
+        return root.nodes.child(node, right)
 
     def rbtree_remove(self, root_addr: int, node: int) -> int:
         root = self.root(root_addr, RBTREE)
@@ -296,36 +312,46 @@ class Graphs:
 
 class RbAdd:
     """One bpf_rbtree_add: ``next()`` gives the node to compare the new one with (0 once it is
-    placed), ``answer(less)`` takes ``less(new, that node)``; ``result`` is the kfunc's."""
+    linked), ``answer(less)`` takes ``less(new, that node)`` and goes left when true, as
+    __bpf_rbtree_add descends; ``result`` is the kfunc's. A ``less`` that changed the tree
+    (possible only unverified) makes the descent start again from the root."""
 
     def __init__(self, graphs: Graphs, root: Root, node: int) -> None:
         self.graphs, self.root, self.node = graphs, root, node
-        self.lo, self.hi, self.mid = 0, len(root.nodes), 0
+        self.parent = self.cur = None
+        self.right = self.started = False
         self.result = 0
-        if graphs._add(root, node, "bpf_rbtree_add") is None:
-            self.result, self.lo, self.hi = -22 & (1 << 64) - 1, 1, 0   # nothing to place
-            self.done = True
-        else:
-            self.done = False
+        self.done = graphs._add(root, node, "bpf_rbtree_add") is None
+        if self.done:
+            self.result = -22 & (1 << 64) - 1
+
+    def _consistent(self, tree: RbTree) -> bool:
+        p = self.parent
+        if p is None:
+            return tree.root is self.cur
+        return tree.nodes.get(p.key) is p and (p.right if self.right else p.left) is self.cur
 
     def next(self) -> int:
         if self.done:
             return 0
-        nodes = self.root.nodes
-        self.hi = min(self.hi, len(nodes))     # the callback cannot change the tree (verifier),
-        self.lo = min(self.lo, self.hi)        # but an unverified one might: stay in range
-        if self.lo < self.hi:
-            self.mid = (self.lo + self.hi) // 2
-            return nodes[self.mid]
-        nodes.insert(self.lo, self.node)
+        tree = self.root.nodes
+        if not self.started or not self._consistent(tree) or self.node in tree:
+            if self.node in tree:           # added meanwhile (unverified): nothing to do
+                self.done = True
+                return 0
+            self.parent, self.right, self.cur, self.started = None, False, tree.root, True
+        if self.cur is not None:
+            return self.cur.key
+        tree.link(self.node, self.parent.key if self.parent is not None else 0, self.right)
         self.done = True
         return 0
 
     def answer(self, less: int) -> None:
-        if less:
-            self.hi = self.mid
-        else:
-            self.lo = self.mid + 1
+        cur = self.cur
+        if cur is None:
+            return
+        self.parent, self.right = cur, not less
+        self.cur = cur.left if less else cur.right
 
 
 def graph_mem_args(args: tuple) -> list:
@@ -349,6 +375,9 @@ def kfunc_fns(g: Graphs) -> dict:
         "bpf_list_back": (lambda h: g.peek(h, True), graph_mem_args, ""),
         "bpf_rbtree_first": (g.rbtree_first, graph_mem_args, ""),
         "bpf_rbtree_remove": (g.rbtree_remove, graph_mem_args, ""),
+        "bpf_rbtree_root": (g.rbtree_root, graph_mem_args, ""),
+        "bpf_rbtree_left": (lambda r, n: g.rbtree_child(r, n, False), graph_mem_args, ""),
+        "bpf_rbtree_right": (lambda r, n: g.rbtree_child(r, n, True), graph_mem_args, ""),
         "bpf_rbtree_add_impl": (RbtreeAddStandIn(g), graph_mem_args, "rbtree_add"),
     }
 

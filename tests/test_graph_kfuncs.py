@@ -3,6 +3,8 @@ runtime/kfuncs_graph.py, jit/graph.py).
 
 * tests/corpus/graph_corpus.c runs in tests/test_corpus.py like every corpus program: verified,
   both engines equal, and equal to the kernel's BPF_PROG_TEST_RUN (retval and every map).
+* ``rbtree_shape`` (graph_corpus.c) walks the tree with bpf_rbtree_root/left/right: its shape is
+  the kernel's (runtime/rbtree.py follows lib/rbtree.c), checked on random inputs.
 * tests/corpus/graph_fail.c: programs the kernel's verifier refuses (and edge cases it takes),
   with the kernel's verdict, errno and message recorded in :data:`EXPECTED` (Linux 6.18, from
   ``python tests/test_graph_kfuncs.py regen``): pybpf's verifier must say the same, and a
@@ -162,6 +164,72 @@ def test_deleting_or_updating_an_element_frees_what_its_list_holds():
     obj.maps["list_array"].sys_update(struct.pack("<I", 0), bytes(24))
     assert len(objects) == 1
     vm.close()
+
+
+def test_rbtree_keeps_the_red_black_rules_through_random_adds_and_erases():
+    import random
+    from pybpf.runtime.rbtree import RbTree
+    rng = random.Random(11)
+    tree, keys, weights = RbTree(), [], {}
+    for step in range(3000):
+        if keys and rng.random() < 0.4:
+            k = keys.pop(rng.randrange(len(keys)))
+            tree.erase(k)
+        else:
+            k = 8 * (step + 1)
+            # descend as bpf_rbtree_add does, ordered by a random weight
+            weight = rng.randrange(50)
+            parent, right, cur = 0, False, tree.root
+            while cur is not None:
+                parent, right = cur.key, not weight < weights[cur.key]
+                cur = cur.right if right else cur.left
+            weights[k] = weight
+            tree.link(k, parent, right)
+            keys.append(k)
+        tree.check()
+    assert sorted(keys) == sorted(tree.nodes)
+    first = tree.first()
+    assert weights[first] == min(weights[k] for k in keys)
+
+
+def _shape_runs(n: int, seed: int) -> list:
+    import random
+    import struct
+    rng = random.Random(seed)
+    return [bytearray(struct.pack("<8i", *(rng.randrange(256) for _ in range(8))) + bytes(32))
+            for _ in range(n)]
+
+
+@pytest.mark.kernel
+def test_tree_shapes_match_the_kernel():
+    """rbtree_shape (graph_corpus.c) on 16 random inputs: the kernel's and pybpf's trees have
+    the same top three levels after every run (adds, removal of the first and of the root)."""
+    require_kernel("bpf", "kfunc:bpf_rbtree_root")
+    import struct
+    import kernel_bpf
+    import pybpf
+    from pybpf.elf import parse_object
+    runs = _shape_runs(16, 5)
+    obj = parse_object(CORPUS)
+    ko = kernel_bpf.KernelObject(obj)
+    try:
+        fd = ko.load(obj.programs["rbtree_shape"])
+        var = obj.variables["shape_out"]
+        theirs = []
+        for ctx in runs:
+            retval, _, _ = kernel_bpf.test_run(fd, ctx=bytes(ctx))
+            theirs.append((retval, ko.global_bytes(var)))
+    finally:
+        ko.close()
+    mine_obj = pybpf.load_elf(CORPUS)
+    lp = mine_obj.vm.load(mine_obj.programs["rbtree_shape"], engine="interp")
+    mine = []
+    for ctx in runs:
+        r0 = lp.run(ctx=bytearray(ctx))
+        mine.append((r0 & 0xFFFFFFFF, bytes(mine_obj.variables["shape_out"].value)))
+    mine_obj.vm.close()
+    assert mine == theirs
+    assert len({s for _, s in theirs}) > 8 and struct.unpack("<q", theirs[-1][1][:8])[0] >= 0
 
 
 def test_a_dropped_object_is_out_of_the_interpreters_reach():

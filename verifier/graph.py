@@ -32,8 +32,9 @@ LIST_PUSH = ("bpf_list_push_front_impl", "bpf_list_push_back_impl")
 LIST_POP = ("bpf_list_pop_front", "bpf_list_pop_back")
 LIST_PEEK = ("bpf_list_front", "bpf_list_back")
 RB_ADD, RB_REMOVE, RB_FIRST = "bpf_rbtree_add_impl", "bpf_rbtree_remove", "bpf_rbtree_first"
+RB_WALK = ("bpf_rbtree_root", "bpf_rbtree_left", "bpf_rbtree_right")     # Linux 6.16+
 LIST_API = frozenset(LIST_PUSH + LIST_POP + LIST_PEEK)
-RBTREE_API = frozenset({RB_ADD, RB_REMOVE, RB_FIRST})
+RBTREE_API = frozenset({RB_ADD, RB_REMOVE, RB_FIRST, *RB_WALK})
 # kfunc_spin_allowed: graph kfuncs (and the numeric iterator) may run under a bpf_spin_lock
 SPIN_ALLOWED = LIST_API | RBTREE_API | {REFCOUNT_ACQUIRE, "bpf_iter_num_new",
                                         "bpf_iter_num_next", "bpf_iter_num_destroy"}
@@ -160,6 +161,19 @@ def _node_arg(chk, regno: int, reg: Reg, root, func: str, owning: bool) -> None:
                   f"in struct {t.name}", errno.EINVAL)
 
 
+def _in_rbtree_cb(chk) -> bool:
+    """in_rbtree_lock_required_cb: the current frame is bpf_rbtree_add's ``less``."""
+    f = chk.state.cur
+    if not f.in_callback_fn or f.callsite < 0:
+        return False
+    entry = chk.form_at.get(f.callsite)
+    if entry is None or entry[0].op != "kfunc":
+        return False
+    proto = chk.env.kfunc(entry[1].imm)
+    proto = getattr(proto, "prototype", proto)
+    return getattr(proto, "name", "") == RB_ADD
+
+
 def check_args(chk, pc: int, proto, meta: dict) -> None:
     """The graph arguments of ``proto`` (called for each kfunc of :data:`NAMES`)."""
     name = proto.name
@@ -178,7 +192,9 @@ def check_args(chk, pc: int, proto, meta: dict) -> None:
         if base in _ROOT_OF:
             root = meta["graph_root"] = _root_field(chk, regno, reg, _ROOT_OF[base], name)
         elif base in (protos.KF_ARG_PTR_TO_LIST_NODE, protos.KF_ARG_PTR_TO_RB_NODE):
-            _node_arg(chk, regno, reg, root, name, owning=name != RB_REMOVE)
+            if name in (RB_REMOVE, *RB_WALK) and _in_rbtree_cb(chk):
+                chk.error(f"{name} not allowed in rbtree cb", errno.EINVAL)
+            _node_arg(chk, regno, reg, root, name, owning=name == RB_ADD or name in LIST_PUSH)
             meta["node_ref"] = reg.ref_obj_id
         elif base == protos.KF_ARG_PTR_TO_ALLOC_BTF_ID:
             if reg.is_pointer and not reg.ref_obj_id and not reg.flags & (
@@ -276,7 +292,7 @@ def finish_call(chk, pc: int, proto, meta: dict) -> Reg | None:
         ref = acquire_reference(chk, pc)
         return alloc_reg(t, PTR_MAYBE_NULL, root.node_offset, origin).replace(
             id=ref, ref_obj_id=ref)
-    # bpf_list_front/back, bpf_rbtree_first: a non-owning reference, maybe NULL
+    # bpf_list_front/back, bpf_rbtree_first/root/left/right: a non-owning reference, maybe NULL
     return alloc_reg(t, NON_OWN_REF | PTR_MAYBE_NULL, root.node_offset, origin).replace(
         id=chk.new_id())
 

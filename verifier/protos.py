@@ -611,6 +611,14 @@ _KFUNC_ROWS = (
            "struct bpf_rb_node *node)"),
           (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT,), "bpf_rbtree_first", (KF_RET_NULL,),
            "struct bpf_rb_node *bpf_rbtree_first(struct bpf_rb_root *root)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT,), "bpf_rbtree_root", (KF_RET_NULL,),
+           "struct bpf_rb_node *bpf_rbtree_root(struct bpf_rb_root *root)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT, KF_ARG_PTR_TO_RB_NODE), "bpf_rbtree_left",
+           (KF_RET_NULL,), "struct bpf_rb_node *bpf_rbtree_left(struct bpf_rb_root *root, "
+                           "struct bpf_rb_node *node)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT, KF_ARG_PTR_TO_RB_NODE), "bpf_rbtree_right",
+           (KF_RET_NULL,), "struct bpf_rb_node *bpf_rbtree_right(struct bpf_rb_root *root, "
+                           "struct bpf_rb_node *node)"),
       )),
 )
 

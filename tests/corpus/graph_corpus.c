@@ -333,3 +333,69 @@ int refcount_tree_and_list(struct args *a)
 	}
 	return (int)sum;
 }
+
+/* the tree's shape (Linux 6.16+ bpf_rbtree_root/left/right): eight keys added per run, the
+ * smallest and then the root removed, and the top three levels recorded (-1 for no node).
+ * The tree keeps growing from run to run, so later runs rebalance deeper trees. */
+private(D) struct bpf_spin_lock wlock;
+private(D) struct bpf_rb_root wroot __contains(tnode, rb);
+__s64 shape_out[8];
+
+static __always_inline __s64 key_of(struct bpf_rb_node *rb)
+{
+	return rb ? container_of(rb, struct tnode, rb)->key : -1;
+}
+
+SEC("syscall")
+int rbtree_shape(struct args *a)
+{
+	struct bpf_rb_node *rb, *l, *r;
+	struct tnode *t;
+	int i;
+
+#pragma clang loop unroll(full)
+	for (i = 0; i < 8; i++) {
+		t = bpf_obj_new(struct tnode);
+		if (!t)
+			return -1;
+		t->key = a->vals[i] & 0xff;
+		t->seq = i;
+		bpf_spin_lock(&wlock);
+		bpf_rbtree_add(&wroot, &t->rb, less);
+		bpf_spin_unlock(&wlock);
+	}
+	bpf_spin_lock(&wlock);
+	rb = bpf_rbtree_first(&wroot);
+	if (rb)
+		rb = bpf_rbtree_remove(&wroot, rb);
+	bpf_spin_unlock(&wlock);
+	if (rb)
+		bpf_obj_drop(container_of(rb, struct tnode, rb));
+	bpf_spin_lock(&wlock);
+	rb = bpf_rbtree_root(&wroot);
+	if (rb)
+		rb = bpf_rbtree_remove(&wroot, rb);
+	bpf_spin_unlock(&wlock);
+	if (rb)
+		bpf_obj_drop(container_of(rb, struct tnode, rb));
+
+	bpf_spin_lock(&wlock);
+	rb = bpf_rbtree_root(&wroot);
+	shape_out[0] = key_of(rb);
+	if (rb) {
+		l = bpf_rbtree_left(&wroot, rb);
+		r = bpf_rbtree_right(&wroot, rb);
+		shape_out[1] = key_of(l);
+		shape_out[2] = key_of(r);
+		if (l) {
+			shape_out[3] = key_of(bpf_rbtree_left(&wroot, l));
+			shape_out[4] = key_of(bpf_rbtree_right(&wroot, l));
+		}
+		if (r) {
+			shape_out[5] = key_of(bpf_rbtree_left(&wroot, r));
+			shape_out[6] = key_of(bpf_rbtree_right(&wroot, r));
+		}
+	}
+	bpf_spin_unlock(&wlock);
+	return (int)shape_out[0];
+}

@@ -58,6 +58,11 @@ extern int bpf_rbtree_add_impl(struct bpf_rb_root *root, struct bpf_rb_node *nod
 			       _Bool (less)(struct bpf_rb_node *a, const struct bpf_rb_node *b),
 			       void *meta, __u64 off) __ksym;
 extern struct bpf_rb_node *bpf_rbtree_first(struct bpf_rb_root *root) __ksym;
+extern struct bpf_rb_node *bpf_rbtree_root(struct bpf_rb_root *root) __ksym;
+extern struct bpf_rb_node *bpf_rbtree_left(struct bpf_rb_root *root,
+					   struct bpf_rb_node *node) __ksym;
+extern struct bpf_rb_node *bpf_rbtree_right(struct bpf_rb_root *root,
+					    struct bpf_rb_node *node) __ksym;
 
 #define bpf_obj_new(type) ((type *)bpf_obj_new_impl(__builtin_btf_type_id(*(type *)0, 0), 0))
 #define bpf_obj_drop(kptr) bpf_obj_drop_impl(kptr, 0)
