@@ -38,8 +38,8 @@ EXPECTED = {
     'use_after_unlock':
         ('reject', 'EACCES', "R6 invalid mem access 'scalar'"),
     'wrong_node_type':
-        ('reject', 'EINVAL', 'operation on bpf_list_head expects arg#1 bpf_list_node at offset=8 in '
-         'struct elem, but arg is at offset=0 in struct other'),
+        ('reject', 'EINVAL', 'operation on bpf_list_head expects arg#1 bpf_list_node at '
+         'offset=8 in struct elem, but arg is at offset=0 in struct other'),
     'node_direct_access':
         ('reject', 'EACCES', 'direct access to bpf_list_node is disallowed'),
     'use_after_drop':
