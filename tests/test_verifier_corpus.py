@@ -49,11 +49,8 @@ def test_rejections_record_a_message():
             assert c.fields.get("errno") in errno.errorcode.values(), c.name
 
 
-# Known differences, each a REFUSAL by pybpf (never an acceptance the kernel refuses):
-DEVIATIONS = {
-    "regs/map_ptr_deref": "pybpf refuses loads through a map pointer: its maps have no "
-                          "struct bpf_map layout a program may read",
-}
+# Known differences, each a REFUSAL by pybpf (never an acceptance the kernel refuses); none today
+DEVIATIONS: dict[str, str] = {}
 
 
 def _case_param(c):

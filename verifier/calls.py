@@ -173,7 +173,7 @@ def _gpl_compatible(prog) -> bool:
 
 
 # --- helper calls --------------------------------------------------------------------------------
-def check_call_targets(prog, env, prog_type: str) -> None:
+def check_call_targets(prog, env, prog_type: str, attach_type: str | None = None) -> None:
     """Refuse, before anything runs, a call to a helper or kfunc the environment does not have
     or ``prog_type`` may not call (part of the structural checks: ``invalid func unknown#ID``,
     ``program of this type cannot use helper ...``, ``kernel btf_id ID is not a function``)."""
@@ -183,7 +183,7 @@ def check_call_targets(prog, env, prog_type: str) -> None:
             continue
         if form.op == "helper":
             msg = protos.unknown_helper_message(insn.imm, prog_type,
-                                                proto_of(env.helper(insn.imm)))
+                                                proto_of(env.helper(insn.imm)), attach_type)
             if msg:
                 raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
         elif form.op == "kfunc" and env.kfunc(insn.imm) is None:
@@ -196,7 +196,7 @@ def check_helper_call(chk, pc: int, insn) -> None:
     hid = insn.imm
     spin_lock.check_call_allowed(chk, hid, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.helper(hid))
-    msg = protos.unknown_helper_message(hid, chk.prog_type, proto)
+    msg = protos.unknown_helper_message(hid, chk.prog_type, proto, chk.attach_type)
     if msg:
         chk.error(msg, errno.EINVAL)
     if proto.gpl_only and not _gpl_compatible(chk.prog):
@@ -588,6 +588,42 @@ def _check_map_func_compatibility(chk, m, hid: int) -> None:
                   errno.EINVAL)
 
 
+# --- check_map_prog_compatibility: which maps a program type may use at all ------------------
+# The kernel checks each map once, when resolve_pseudo_ldimm64 adds it to the program's used
+# maps, before the walk: the error has no instruction line in the log. A sleepable program's
+# allowed map types were measured on the running 6.18 kernel (a prog_array is refused).
+_SLEEPABLE_MAPS = frozenset({
+    "hash", "lru_hash", "array", "percpu_hash", "percpu_array", "lru_percpu_hash",
+    "array_of_maps", "hash_of_maps", "ringbuf", "user_ringbuf", "inode_storage", "sk_storage",
+    "task_storage", "cgrp_storage", "queue", "stack", "arena", "insn_array"})
+_TRACING_TYPES = frozenset({"kprobe", "tracepoint", "perf_event", "raw_tracepoint",
+                            "raw_tracepoint_writable", "tracing"})
+
+
+def check_map_prog_compatibility(chk) -> None:
+    """The program's ld_imm64 map references, in instruction order, against its type: a
+    bpf_spin_lock in socket filters and tracing programs, and a sleepable program's maps
+    (``Sleepable programs can only use array, hash, ringbuf and local storage maps``)."""
+    seen = set()
+    for pc in sorted(chk.form_at):
+        form, insn = chk.form_at[pc]
+        if form.kind != "lddw" or not form.op.startswith("map"):
+            continue
+        m = (chk.env.map_by_index(insn.imm) if form.op.startswith("map_idx")
+             else chk.env.map_by_fd(insn.imm))
+        if m is None or id(m.value if m.value is not None else m) in seen:
+            continue                       # an unknown map is the walk's error
+        seen.add(id(m.value if m.value is not None else m))
+        if spin_lock.lock_offset(m) >= 0:
+            if chk.prog_type == "socket_filter":
+                chk.error("socket filter progs cannot use bpf_spin_lock yet", errno.EINVAL, pc)
+            if chk.prog_type in _TRACING_TYPES:
+                chk.error("tracing progs cannot use bpf_spin_lock yet", errno.EINVAL, pc)
+        if _sleepable(chk) and m.type not in _SLEEPABLE_MAPS:
+            chk.error("Sleepable programs can only use array, hash, ringbuf and local storage "
+                      "maps, also as inner maps", errno.EINVAL, pc)
+
+
 # --- references ----------------------------------------------------------------------------------
 def acquire_reference(chk, pc: int) -> int:
     ref = chk.new_id()
@@ -673,7 +709,10 @@ def check_kfunc_call(chk, pc: int, insn):
         base, kflags = split_kind(kind)
         if base == protos.KF_ARG_IGNORE:
             continue
-        reg = chk.check_reg_read(regno)
+        # check_kfunc_args reads scalar arguments without check_reg_arg: an uninitialised one
+        # is "R2 is not a scalar", not "R2 !read_ok"
+        reg = chk.reg(regno) if base in (protos.KF_ARG_SCALAR, protos.KF_ARG_CONST) \
+            else chk.check_reg_read(regno)
         if base == protos.KF_ARG_CONST and i > 0 and \
                 split_kind(proto.args[i - 1])[0] == protos.KF_ARG_PTR_TO_MEM_SIZE:
             continue                            # the size checked with its buffer
@@ -791,9 +830,7 @@ def prepare_func_exit(chk, pc: int) -> int:
     if r0.type == PTR_TO_STACK:
         chk.error("cannot return stack pointer to the caller", errno.EINVAL)
     if callee.in_callback_fn:
-        if r0.type == NOT_INIT:
-            chk.error("R0 !read_ok")
-        if r0.type != SCALAR_VALUE:
+        if r0.type != SCALAR_VALUE:             # also NOT_INIT: no check_reg_arg before this
             chk.error("R0 not a scalar value")
         lo, hi = callee.callback_ret_range or (0, 1)
         v = r0.var

@@ -187,6 +187,10 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
         _load_result(chk, value_regno, write, size, signed, "a packet load")
     elif t == PTR_TO_ARENA:
         _load_result(chk, value_regno, write, size, signed, "an arena load")
+    elif t == CONST_PTR_TO_MAP:
+        from .map_btf import check_ptr_to_map_access
+        check_ptr_to_map_access(chk, regno, reg.map, off, size, write)
+        _load_result(chk, value_regno, write, size, signed, "a struct bpf_map field")
     elif t == PTR_TO_FLOW_KEYS:
         # (a pointer stored here "leaks addr into flow keys" only for unprivileged loaders)
         from .ctx import SIZEOF_FLOW_KEYS      # check_flow_keys_access
