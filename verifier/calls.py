@@ -590,7 +590,7 @@ def _check_map_func_compatibility(chk, m, hid: int) -> None:
 
 # --- check_map_prog_compatibility: which maps a program type may use at all ------------------
 # The kernel checks each map once, when resolve_pseudo_ldimm64 adds it to the program's used
-# maps, before the walk: the error has no instruction line in the log. A sleepable program's
+# maps, before anything else: the error has no instruction line in the log. A sleepable program's
 # allowed map types were measured on the running 6.18 kernel (a prog_array is refused).
 _SLEEPABLE_MAPS = frozenset({
     "hash", "lru_hash", "array", "percpu_hash", "percpu_array", "lru_percpu_hash",
@@ -600,28 +600,63 @@ _TRACING_TYPES = frozenset({"kprobe", "tracepoint", "perf_event", "raw_tracepoin
                             "raw_tracepoint_writable", "tracing"})
 
 
-def check_map_prog_compatibility(chk) -> None:
-    """The program's ld_imm64 map references, in instruction order, against its type: a
-    bpf_spin_lock in socket filters and tracing programs, and a sleepable program's maps
-    (``Sleepable programs can only use array, hash, ringbuf and local storage maps``)."""
+def _compat_error(prog, m, prog_type: str) -> str | None:
+    """check_map_prog_compatibility for one map, or None."""
+    if spin_lock.lock_offset(m) >= 0:
+        if prog_type == "socket_filter":
+            return "socket filter progs cannot use bpf_spin_lock yet"
+        if prog_type in _TRACING_TYPES:
+            return "tracing progs cannot use bpf_spin_lock yet"
+    if (prog_type == "syscall" or getattr(prog, "sleepable", False)) and \
+            m.type not in _SLEEPABLE_MAPS:
+        return ("Sleepable programs can only use array, hash, ringbuf and local storage maps, "
+                "also as inner maps")
+    return None
+
+
+def resolve_pseudo_ldimm64(prog, env, prog_type: str) -> None:
+    """The kernel's resolve_pseudo_ldimm64, before every other check: each ld_imm64 in
+    instruction order, reachable or not. A BTF id (pybpf has no kernel BTF), a map reference
+    that names no map, a map this program type may not use (check_map_prog_compatibility, once
+    per map), a direct value address outside its map: VerifierError (no instruction line in
+    the log, as the kernel's)."""
+    from pybpf.errors import VerifierError
+
+    def fail(msg: str, pc: int, err: int = errno.EINVAL):
+        raise VerifierError(msg, pc, log=msg + "\n", errno=err)
+
     seen = set()
-    for pc in sorted(chk.form_at):
-        form, insn = chk.form_at[pc]
-        if form.kind != "lddw" or not form.op.startswith("map"):
+    for pc, form, insn in prog.instructions():
+        if form.kind != "lddw":
             continue
-        m = (chk.env.map_by_index(insn.imm) if form.op.startswith("map_idx")
-             else chk.env.map_by_fd(insn.imm))
-        if m is None or id(m.value if m.value is not None else m) in seen:
-            continue                       # an unknown map is the walk's error
-        seen.add(id(m.value if m.value is not None else m))
-        if spin_lock.lock_offset(m) >= 0:
-            if chk.prog_type == "socket_filter":
-                chk.error("socket filter progs cannot use bpf_spin_lock yet", errno.EINVAL, pc)
-            if chk.prog_type in _TRACING_TYPES:
-                chk.error("tracing progs cannot use bpf_spin_lock yet", errno.EINVAL, pc)
-        if _sleepable(chk) and m.type not in _SLEEPABLE_MAPS:
-            chk.error("Sleepable programs can only use array, hash, ringbuf and local storage "
-                      "maps, also as inner maps", errno.EINVAL, pc)
+        op = form.op
+        if op == "btf_id":
+            if insn.imm == 0:       # check_pseudo_btf_id: id 0 is void in every BTF
+                fail("pseudo btf_id 0 in ldimm64 isn't KIND_VAR or KIND_FUNC", pc)
+            fail("ldimm64 btf_id needs kernel BTF, which pybpf does not have", pc)
+        if not op.startswith("map"):
+            continue
+        by_index = op.startswith("map_idx")
+        m = env.map_by_index(insn.imm) if by_index else env.map_by_fd(insn.imm)
+        if m is None:
+            if by_index:
+                fail(f"map index {insn.imm} out of range", pc)
+            fail(f"fd {insn.imm} is not pointing to valid bpf_map", pc, errno.EBADF)
+        key = id(m.value if m.value is not None else m)
+        if key not in seen:                         # __add_used_map: each map checked once
+            seen.add(key)
+            why = _compat_error(prog, m, prog_type)
+            if why:
+                fail(why, pc)
+        if op in ("map_value", "map_idx_value"):
+            off = prog.insns[pc + 1].imm & 0xFFFFFFFF
+            if off >= (1 << 29):                     # BPF_MAX_VAR_OFF
+                fail(f"direct value offset of {off} is not allowed", pc)
+            if m.type not in ("array", "arena"):
+                fail("no direct value access support for this map type", pc)
+            if m.type == "array" and (m.max_entries != 1 or off >= m.value_size):
+                fail(f"invalid access to map value pointer, value_size={m.value_size} "
+                     f"off={off}", pc)
 
 
 # --- references ----------------------------------------------------------------------------------

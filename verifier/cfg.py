@@ -99,8 +99,10 @@ def _check_subprogs(decoded, form_at, starts: list, nslots: int, fail) -> None:
                 fail("last insn is not an exit or jmp", pc)
 
 
-def build_cfg(prog: Program, check: bool = True) -> CFG:
-    """Subprograms, leaders and blocks of ``prog``; with ``check`` also the structural checks."""
+def build_cfg(prog: Program, check: bool = True, after_subprogs=None) -> CFG:
+    """Subprograms, leaders and blocks of ``prog``; with ``check`` also the structural checks.
+    ``after_subprogs()`` runs between the kernel's check_subprogs and check_cfg stages (where
+    bpf_check resolves ld_imm64 references)."""
     decoded = prog.instructions()
     nslots = len(prog.insns)
     form_at = {pc: (form, insn) for pc, form, insn in decoded}
@@ -136,6 +138,8 @@ def build_cfg(prog: Program, check: bool = True) -> CFG:
 
     if check:
         _check_subprogs(decoded, form_at, starts_sorted, nslots, fail)
+        if after_subprogs is not None:
+            after_subprogs()
     leaders = set(starts)
     for pc, form, insn in decoded:
         tgt = jump_target(form, insn, pc) if form.kind in ("jcond", "ja", "may_goto") else None
@@ -192,8 +196,9 @@ def _check_reachable(cfg: CFG, fail) -> None:
             fail(f"unreachable insn {start}", start)
 
 
-def check_structure(prog: Program) -> CFG:
-    """Raise VerifierError (kernel wording) unless ``prog`` is structurally sound; return its CFG."""
+def check_structure(prog: Program, after_subprogs=None) -> CFG:
+    """Raise VerifierError (kernel wording) unless ``prog`` is structurally sound; return its CFG.
+    ``after_subprogs``: see :func:`build_cfg`."""
     if not prog.insns:
         raise VerifierError("empty program", 0, errno=errno.EINVAL)
-    return build_cfg(prog, check=True)
+    return build_cfg(prog, check=True, after_subprogs=after_subprogs)

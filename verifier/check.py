@@ -172,8 +172,6 @@ class Checker:
 
     def run(self) -> None:
         self.state = self.initial_state()
-        if self.calls is not None:
-            self.calls.check_map_prog_compatibility(self)
         self.global_entry = None
         self._drain(0)
         # do_check_subprogs: each global function a verified path calls is verified on its
