@@ -187,7 +187,7 @@ def check_call_targets(prog, env, prog_type: str, attach_type: str | None = None
             if msg:
                 raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
         elif form.op == "kfunc" and env.kfunc(insn.imm) is None:
-            msg = f"kernel btf_id {insn.imm} is not a function"
+            msg = f"kernel btf_id {insn.imm & 0xFFFFFFFF} is not a function"   # %u
             raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
 
 
@@ -732,7 +732,7 @@ def check_kfunc_call(chk, pc: int, insn):
     spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.kfunc(kid))
     if proto is None:
-        chk.error(f"kernel btf_id {kid} is not a function", errno.EINVAL)
+        chk.error(f"kernel btf_id {kid & 0xFFFFFFFF} is not a function", errno.EINVAL)
     name = proto.name or f"kfunc#{kid}"
     if not proto.allowed_in(chk.prog_type):
         chk.error(f"calling kernel function {name} is not allowed", errno.EACCES)

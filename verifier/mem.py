@@ -507,7 +507,12 @@ def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed:
                 if _reg_width(reg) <= 8 * size and not signed:
                     chk.set_reg(value_regno, reg.replace(id=0))
                 else:
-                    _load_result(chk, value_regno, False, size, signed, "a stack fill")
+                    # copy_register_state, then check_mem_access's coerce_reg_to_size(_sx):
+                    # the low bytes keep what the spilled register knew about them (its
+                    # 32-bit bounds for a 4-byte fill)
+                    var = bounds.coerce_sx(reg.var, size) if signed else \
+                        bounds.coerce(reg.var, size)
+                    chk.set_reg(value_regno, reg.replace(id=0, var=var))
             else:
                 spill_cnt = zero_cnt = 0
                 for s, idx in _slot_bytes(off, size):
