@@ -29,7 +29,8 @@ Same contract as the LLVM code (jit/lower.py), and the same run-time behaviour:
 
 What it does not do raises :class:`Unsupported` and the load takes the LLVM quick tier instead
 (counted in :data:`STATS`, reported by ``placement()``): arena programs and ``cast_user``, tail
-calls, ``bpf_loop``/``for_each_map_elem``, inline native helpers other than constants, programs
+calls, ``bpf_loop``/``for_each_map_elem``, special kfuncs (``bpf_rbtree_add``'s callback),
+inline native helpers other than constants, programs
 that write r10, and anything structurally odd (jumps out of a subprogram, falling off its end),
 which the lowering then reports. Dispatch is on the ISA table's ``kind`` (``_emit_<kind>``):
 a form without a rule is a :class:`~pybpf.errors.JITError`, never a silent fallback.
@@ -640,6 +641,8 @@ class _Emitter:
         kf = _entries(registry).get(insn.imm)
         if kf is None:
             raise self.unsupported(self.pc, f"unknown kfunc {insn.imm}")
+        if kf.special:      # a control transfer the lowering implements (rbtree_add)
+            raise self.unsupported(self.pc, f"special kfunc {kf.special}")
         self._call_helper(kf)
 
     def _emit_callx(self, form, insn) -> None:

@@ -370,7 +370,7 @@ def child_tiers(seed: int, count: int, phases: list[str]) -> dict:
     return out
 
 
-def child_conformance(paths: list[str]) -> dict:
+def child_conformance(paths: list[str], tier: str | None = None) -> dict:
     from pybpf.datafile import parse_data_file
     from pybpf.errors import BPFError
     from pybpf.jit.program import compile_program
@@ -389,7 +389,7 @@ def child_conformance(paths: list[str]) -> dict:
                 from pybpf.asm import assemble
                 prog = assemble(df.asm, filename=path)
             mem = df.mem or b""
-            with compile_program(prog, helpers) as jp:
+            with compile_program(prog, helpers, tier=tier) as jp:
                 buf = Buffer(len(mem), init=mem)
                 r0 = jp.run(buf.address if mem else 0, len(mem))
         except BPFError as exc:
@@ -503,7 +503,8 @@ def main(argv: list[str]) -> None:
     elif mode == "tiers":
         out = child_tiers(int(argv[1]), int(argv[2]), argv[3].split(","))
     elif mode == "conformance":
-        out = child_conformance(argv[1:])
+        baseline = argv[1:2] == ["--baseline"]
+        out = child_conformance(argv[2 if baseline else 1:], "baseline" if baseline else None)
     elif mode == "semantics":
         out = child_semantics()
     else:
@@ -555,9 +556,12 @@ def test_semantics_edge_cases():
     assert "closed" in out["run_after_close"]
 
 
-def test_conformance_suite_through_the_jit(conformance_dir):
+@pytest.mark.parametrize("tier", ["O2", "baseline"])
+def test_conformance_suite_through_the_jit(conformance_dir, tier):
+    """Every file at -O2 and on the baseline tier (jit/baseline.py), which must emit each
+    program itself (tier "baseline" never falls back to LLVM)."""
     files = [str(p) for p in conformance_files("tests")]
-    out = _child("conformance", *files)
+    out = _child("conformance", *(["--baseline"] if tier == "baseline" else []), *files)
     assert out["failed"] == [], "\n".join(out["failed"][:40])
     assert out["passed"] == len(files)
 
