@@ -17,6 +17,7 @@ import ctypes
 import os
 import threading
 import time
+import weakref
 
 from pybpf.errors import JITError
 from pybpf.jit import cache, loadkey, native, tiers
@@ -475,11 +476,12 @@ class _TierUp:
             except Exception as exc:   # the quick code keeps running; say why it stayed
                 error = f"{type(exc).__name__}: {exc}"
                 self._ready.wait()
-                if self._jp is not None:
-                    self._jp.tier_error = error
+                jp = self._jp() if self._jp is not None else None
+                if jp is not None:
+                    jp.tier_error = error
                 return
             self._ready.wait()
-            jp = self._jp
+            jp = self._jp() if self._jp is not None else None
             if jp is None or jp.closed:
                 return
             try:
@@ -496,7 +498,8 @@ class _TierUp:
         tiers.submit(job)
 
     def attach(self, jp: JitProgram) -> None:
-        self._jp = jp
+        # weakly: a program dropped while its -O2 compile runs is freed (and closed) at once
+        self._jp = weakref.ref(jp)
         self._ready.set()
 
     def cancel(self) -> None:
