@@ -9,8 +9,9 @@ worker alike; such an entry carries a *load record* (how to rebuild each externa
 from the load, whether the code calls Python, its tail-call entry). Other loads (batches,
 programs the input key cannot cover) key on the IR text. Both keys are a SHA-256 that also
 covers the optimisation level, the code generator's settings (target CPU and its features as
-this process sees them, FastISel), the llvmlite version (which pins its LLVM), pybpf's version,
-a digest of pybpf's own source and the cache format.
+this process sees them, FastISel), the llvmlite version (which pins its LLVM), the Python
+version (the code calls its C API), pybpf's version, a digest of pybpf's own source and the
+cache format.
 
 Where and how (:mod:`pybpf.diskcache`, shared with the verifier's verdicts): under
 ``$PYBPF_JIT_CACHE`` (``off``: no cache) or ``$XDG_CACHE_HOME/pybpf/jit``, one file per entry,
@@ -29,9 +30,10 @@ import hashlib
 import json
 import os
 import struct
+import sys
 
 from pybpf import diskcache
-from pybpf.diskcache import DEFAULT_LIMIT, directory, limit  # noqa: F401  (this module's API)
+from pybpf.diskcache import DEFAULT_LIMIT, directory  # noqa: F401  (this module's API)
 from pybpf.jit.link import Fixup, LinkImage
 
 FORMAT = 2
@@ -42,6 +44,11 @@ _SUFFIX = ".jit"
 _counters = diskcache.Counters("hits", "misses", "stores", "corrupt", "evicted", "errors")
 _salt: bytes | None = None
 _source_digest = diskcache.source_digest
+
+
+def limit() -> int:
+    """The code entries' bound in bytes (``PYBPF_JIT_CACHE_SIZE``)."""
+    return diskcache.limit(_SUFFIX)
 
 
 def _cpu() -> str:
@@ -61,13 +68,12 @@ def _codegen_salt() -> bytes:
     if _salt is None:
         import llvmlite
 
-        try:
-            from importlib.metadata import version
-            pybpf_version = version("pybpf")
-        except Exception:  # running from a checkout without metadata
-            pybpf_version = "unknown"
-        parts = [f"format={FORMAT}", f"pybpf={pybpf_version}", f"source={_source_digest()}",
-                 f"llvmlite={llvmlite.__version__}", _cpu()]
+        import pybpf
+
+        # pybpf.__version__, not importlib.metadata (tens of ms in a fresh process); the
+        # source digest covers every change anyway
+        parts = [f"format={FORMAT}", f"pybpf={pybpf.__version__}", f"source={_source_digest()}",
+                 f"llvmlite={llvmlite.__version__}", f"python={sys.version}", _cpu()]
         _salt = "\n".join(parts).encode()
     cpu = os.environ.get("PYBPF_JIT_CPU", "host")
     fast = os.environ.get("PYBPF_JIT_FAST_ISEL", "") not in ("", "0")
@@ -196,8 +202,8 @@ def counters() -> dict:
 
 
 def stats() -> dict:
-    """The cache's directory, entries, bytes and bound, and this process's counters. Entries
-    and bytes are the code's; the bound covers the verdicts (:mod:`pybpf.verdicts`) too."""
+    """The cache's directory, entries, bytes and bound, and this process's counters (the
+    code's; :func:`pybpf.verdicts.stats` gives the verdicts')."""
     root = directory()
     entries = diskcache.entries(root, (_SUFFIX,)) if root else []
     return {"directory": root, "enabled": root is not None, "entries": len(entries),

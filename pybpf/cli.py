@@ -290,6 +290,8 @@ def cmd_packs(args) -> int:
     try:
         for prog in sample_programs(args.programs, seed=args.seed):
             loaded.append(vm.load(prog, engine="jit"))
+        from .jit import tiers
+        tiers.drain()       # every program on its -O2 code: the quick code's chunks are free
         if args.unload_every:
             for lp in loaded[::args.unload_every]:
                 lp.close()

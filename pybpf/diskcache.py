@@ -12,9 +12,10 @@ only when magic, length and checksum match (a damaged, truncated or foreign entr
 corrupt and removed); its caller still checks the payload's structure and calls :func:`discard`
 when it does not hold. Writers write a temporary file in the same directory and rename it over
 the entry, so several processes can fill one cache at once and a reader sees a whole entry or
-none. The directory is bounded (``PYBPF_JIT_CACHE_SIZE`` bytes, default 64 MiB, for both kinds
-of entry together): after a store pushes it over, the least recently used entries (file
-modification time, refreshed on every hit) are removed down to 90% of the bound.
+none. Each kind of entry is bounded (``PYBPF_JIT_CACHE_SIZE`` bytes of code, default 64 MiB;
+``PYBPF_VERDICT_CACHE_SIZE`` bytes of verdicts, default 16 MiB): after a store pushes a kind
+over its bound, its least recently used entries (file modification time, refreshed on every
+hit) are removed down to 90% of the bound.
 
 This module imports neither engine: the VM (which must not load the JIT to verify) uses it.
 """
@@ -61,11 +62,18 @@ def directory() -> str | None:
     return os.path.join(base, "pybpf", "jit")
 
 
-def limit() -> int:
+# each kind of entry has its own bound: (environment variable, default bytes)
+BOUNDS = {".jit": ("PYBPF_JIT_CACHE_SIZE", DEFAULT_LIMIT),
+          ".vfy": ("PYBPF_VERDICT_CACHE_SIZE", 16 << 20)}
+
+
+def limit(suffix: str = ".jit") -> int:
+    """The bound, in bytes, of the entries with ``suffix``."""
+    name, default = BOUNDS[suffix]
     try:
-        return max(0, int(os.environ["PYBPF_JIT_CACHE_SIZE"]))
+        return max(0, int(os.environ[name]))
     except (KeyError, ValueError):
-        return DEFAULT_LIMIT
+        return default
 
 
 def source_digest() -> str:
@@ -178,7 +186,7 @@ def write(k: str, payload: bytes, magic: bytes, suffix: str, counters: Counters)
         counters.add("errors")
         return
     counters.add("stores")
-    _maybe_evict(root, len(blob), counters)
+    _maybe_evict(root, suffix, len(blob), counters)
 
 
 def entries(root: str, suffixes=SUFFIXES) -> list[tuple[float, int, str]]:
@@ -206,32 +214,34 @@ def entries(root: str, suffixes=SUFFIXES) -> list[tuple[float, int, str]]:
     return out
 
 
-# Bytes this process believes the directory holds: one scan, then its own stores added; a
-# scan again when that passes the bound or every _RESCAN stores (other processes write too).
-_estimate: dict[str, int] = {}
-_since_scan: dict[str, int] = {}
+# Bytes this process believes the directory holds, per kind of entry: one scan, then its own
+# stores added; a scan again when that passes the bound or every _RESCAN stores (other
+# processes write too).
+_estimate: dict[tuple[str, str], int] = {}
+_since_scan: dict[tuple[str, str], int] = {}
 _RESCAN = 256
 
 
-def _maybe_evict(root: str, added: int, counters: Counters) -> None:
+def _maybe_evict(root: str, suffix: str, added: int, counters: Counters) -> None:
+    at = (root, suffix)
     with _lock:
-        known = root in _estimate
-        _estimate[root] = _estimate.get(root, 0) + added
-        _since_scan[root] = _since_scan.get(root, 0) + 1
-        due = not known or _estimate[root] > limit() or _since_scan[root] >= _RESCAN
+        known = at in _estimate
+        _estimate[at] = _estimate.get(at, 0) + added
+        _since_scan[at] = _since_scan.get(at, 0) + 1
+        due = not known or _estimate[at] > limit(suffix) or _since_scan[at] >= _RESCAN
         if due:
-            _since_scan[root] = 0
+            _since_scan[at] = 0
     if due:
-        total = _evict(root, counters)
+        total = _evict(root, suffix, counters)
         with _lock:
-            _estimate[root] = total
+            _estimate[at] = total
 
 
-def _evict(root: str, counters: Counters) -> int:
-    """Remove the least recently used entries (of every kind) down to 90% of the bound when
+def _evict(root: str, suffix: str, counters: Counters) -> int:
+    """Remove the least recently used entries with ``suffix`` down to 90% of their bound when
     over it; returns the bytes left."""
-    bound = limit()
-    found = entries(root)
+    bound = limit(suffix)
+    found = entries(root, (suffix,))
     total = sum(size for _, size, _ in found)
     if total <= bound:
         return total
@@ -256,7 +266,8 @@ def clear(suffixes=SUFFIXES) -> int:
         return 0
     n = 0
     with _lock:
-        _estimate.pop(root, None)
+        for suffix in suffixes:
+            _estimate.pop((root, suffix), None)
     for _, _, p in entries(root, suffixes):
         try:
             os.unlink(p)

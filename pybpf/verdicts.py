@@ -13,9 +13,11 @@ The key (SHA-256) covers everything the verifier reads:
 * the environment, by the answer to every question the verifier can ask it about this
   program: the prototype of each helper and kfunc it calls, the description of each map its
   ``ld_imm64`` instructions name (by fd or by index; a map-in-map's inner template; which
-  answers are the same map object and fd, not their numbers), the context rules, the arena (presence, user address, flags);
-* the entry format, pybpf's version and a digest of pybpf's own source (so any change of the
-  verifier, its prototype table or its context rules changes every key).
+  answers are the same map object and fd, not their numbers; what the verifier reads of the
+  map object: its spin lock offset, BTF, and the value bytes a constant string argument may
+  be read from), the context rules, the arena (presence, user address, flags);
+* the entry format and a digest of pybpf's own source (so any change of the verifier, its
+  prototype table or its context rules changes every key).
 
 A miss runs the verifier with an environment that records the questions it is actually asked:
 a verdict is stored only when each was among those the key answers (else it counts as
@@ -38,7 +40,7 @@ import os
 import weakref
 
 from pybpf import diskcache
-from pybpf.verifier import VerifyResult, verify as _verify
+from pybpf.verifier import VerifyResult, bprintf, verify as _verify
 from pybpf.verifier.facts import Facts
 
 FORMAT = 1
@@ -48,6 +50,8 @@ SUFFIX = ".vfy"
 # source for others): each is part of the key.
 PROG_ATTRS = ("insns", "functions", "labels", "name", "license", "sleepable", "func_info",
               "btf", "line_info", "lines")
+# What the verifier reads of a map object (MapInfo.value) besides its identity
+VALUE_ATTRS = ("map_direct_value_addr", "spin_lock_off", "btf")
 _RESULT_FIELDS = {"log", "facts", "stats", "max_ctx_offset", "stack_depth", "full"}
 _FACTS_FIELDS = {"_seen", "_access"}
 
@@ -73,7 +77,8 @@ def counters() -> dict:
 def stats() -> dict:
     root = diskcache.directory()
     found = diskcache.entries(root, (SUFFIX,)) if root else []
-    return {"entries": len(found), "bytes": sum(size for _, size, _ in found), **counters()}
+    return {"entries": len(found), "bytes": sum(size for _, size, _ in found),
+            "limit": diskcache.limit(SUFFIX), **counters()}
 
 
 def clear() -> int:
@@ -124,7 +129,7 @@ def _key(prog, env, prog_type, attach_type, log_level) -> tuple[str, set]:
     ids: dict[int, int] = {}
     h = hashlib.sha256()
     h.update(f"verdict format={FORMAT}\nsource={diskcache.source_digest()}\n"
-             f"pybpf={_version()}\nprivileged=1\n".encode())
+             f"privileged=1\n".encode())
     h.update(repr((prog_type, attach_type, log_level)).encode())
     h.update(prog.to_bytes())
     for attr in PROG_ATTRS[1:]:
@@ -183,13 +188,26 @@ def _canon(x, ids: dict):
             if type(x).__name__ == "MapInfo" and f.name in ("value", "fd") and v is not None:
                 # the map object and the fd a VM gave it differ between VMs and processes; the
                 # verifier compares them (equality only) and prints the fd: their pattern is
-                # the key, the numbers only in messages of rejections, which are not cached
+                # the key, the numbers only in messages of rejections, which are not cached.
+                # Of the map object it reads VALUE_ATTRS: those are the key too.
                 tag = ("fd", v) if f.name == "fd" else id(v)
-                out.append((f.name, ("obj", ids.setdefault(tag, len(ids)))))
+                out.append((f.name, ("obj", ids.setdefault(tag, len(ids))),
+                            _map_reads(x) if f.name == "value" else None))
             else:
                 out.append((f.name, _canon(v, ids)))
         return tuple(out)
     raise _Uncacheable(type(x).__name__)
+
+
+def _map_reads(info) -> tuple:
+    """What the verifier reads of the map object behind a MapInfo (``VALUE_ATTRS``): its
+    spin lock offset, whether it has BTF, and its value's bytes where a helper's constant
+    string argument is read from it (verifier/bprintf.py; hashed, whatever the map's flags:
+    a map whose contents change gets a new key)."""
+    value = info.value
+    raw = bprintf.map_value_bytes(info)
+    return (getattr(value, "spin_lock_off", -1), bool(getattr(value, "btf", False)),
+            None if raw is None else hashlib.sha256(raw).hexdigest())
 
 
 def _btf_digest(btf) -> bytes:
@@ -206,20 +224,6 @@ def _btf_digest(btf) -> bytes:
         except TypeError:
             pass
     return d
-
-
-_pybpf_version: str | None = None
-
-
-def _version() -> str:
-    global _pybpf_version
-    if _pybpf_version is None:
-        try:
-            from importlib.metadata import version
-            _pybpf_version = version("pybpf")
-        except Exception:  # running from a checkout without metadata
-            _pybpf_version = "unknown"
-    return _pybpf_version
 
 
 class _Recording:

@@ -157,6 +157,43 @@ def test_other_maps_prototypes_or_types_miss_and_a_rejection_stands(cache_dir):
     assert d() == {"hits": 1}
 
 
+SNPRINTF = """
+.map fmt type=array key=4 value=32 max_entries=1 flags=128
+r1 = r10
+r1 += -64
+r2 = 32
+r3 = map_value[fmt] + 0 ll
+r4 = r10
+r4 += -16
+*(u64 *)(r10 - 16) = 1
+*(u64 *)(r10 - 8) = 2
+r5 = 16
+call bpf_snprintf
+exit
+"""
+
+
+def test_the_map_contents_the_verifier_reads_are_in_the_key(cache_dir):
+    """bpf_snprintf's format is read from a read-only map's value at load: another format in
+    the same map is another question (two arguments for "%d %d"; three is an error)."""
+    prog = asm(SNPRINTF)
+
+    def load(fmt: bytes):
+        vm = VM()
+        m = vm.create_map("array", 4, 32, 1, flags=128, name="fmt")
+        m.sys_update(bytes(4), fmt.ljust(32, b"\0"))
+        m.freeze()
+        return vm.load(prog, prog_type="syscall", maps={"fmt": m})
+    d = Delta()
+    load(b"%d %d")
+    load(b"%d %d")
+    assert d() == {"misses": 1, "stores": 1, "hits": 1}
+    d = Delta()
+    with pytest.raises(VerifierError, match="Invalid format string"):
+        load(b"%d %d %d")
+    assert d() == {"misses": 1}
+
+
 def test_a_rejected_program_is_never_stored(cache_dir):
     bad = asm("r1 = 1\nexit")
     for _ in range(2):
@@ -200,12 +237,14 @@ def test_a_question_outside_the_key_stores_nothing(cache_dir, monkeypatch):
 def test_the_key_covers_what_the_verifier_reads():
     """Every program attribute and environment question in the verifier's source is one the
     key describes: a new one fails here rather than serving stale verdicts."""
-    prog_attrs, env_attrs = set(), set()
+    prog_attrs, env_attrs, value_attrs = set(), set(), set()
     for f in (ROOT / "verifier").glob("*.py"):
         text = f.read_text()
         prog_attrs |= set(re.findall(r"\bprog\.(\w+)", text))
         prog_attrs |= set(re.findall(r"getattr\((?:chk\.)?prog, \"(\w+)\"", text))
         env_attrs |= set(re.findall(r"\benv\.([a-z_]+)\b", text))
+        value_attrs |= set(re.findall(r"getattr\(value, \"(\w+)\"", text))
     assert prog_attrs - {"instructions"} <= set(verdicts.PROG_ATTRS), prog_attrs
     asked = {name for name in vars(verdicts._Recording) if not name.startswith("_")}
     assert env_attrs <= asked, env_attrs - asked
+    assert value_attrs and value_attrs <= set(verdicts.VALUE_ATTRS), value_attrs
