@@ -205,8 +205,9 @@ def cmd_test(args) -> int:
 def _jit_cache(what: str) -> int:
     from .inputs import InputError
     from .jit import cache
+    from . import verdicts
     if what == "clear":
-        n = cache.clear()
+        n = cache.clear() + verdicts.clear()
         sys.stdout.write(f"removed {n} entr{'y' if n == 1 else 'ies'} from "
                          f"{cache.directory() or '(cache off)'}\n")
         return EXIT_OK
@@ -216,8 +217,11 @@ def _jit_cache(what: str) -> int:
     if not s["enabled"]:
         sys.stdout.write("JIT code cache: off (PYBPF_JIT_CACHE=off)\n")
         return EXIT_OK
+    v = verdicts.stats()
     sys.stdout.write(f"JIT code cache: {s['directory']}\n"
-                     f"entries: {s['entries']}, {s['bytes']} B of {s['limit']} B bound\n")
+                     f"entries: {s['entries']}, {s['bytes']} B of {s['limit']} B bound\n"
+                     f"verifier verdicts: {v['entries']}, {v['bytes']} B of {v['limit']} B "
+                     f"bound\n")
     return EXIT_OK
 
 
