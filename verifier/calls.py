@@ -817,6 +817,14 @@ def prepare_func_exit(chk, pc: int) -> int:
     st.frames.pop()
     caller = st.cur
     if callee.in_callback_fn:
+        # widen imprecise scalars against the previous visit of the call site, so that a
+        # callback counting in its ctx converges (the kernel's prepare_func_exit does as
+        # process_iter_next_call does)
+        from .check import _widen
+        from .iters import _prev_entry
+        prev = _prev_entry(st, callee.callsite)
+        if prev is not None and len(prev.frames) == len(st.frames):
+            _widen(prev, st)
         return callee.callsite
     caller.regs[0] = r0
     return callee.callsite + 1
