@@ -242,18 +242,26 @@ def _backtrack_call(chk, idx: int, subseq: int, form, insn, bt: Backtrack):
     return None
 
 
+def _quiet(chk) -> dict:
+    """pc -> the register an instruction writes, for the instructions whose backtracking does
+    nothing unless that register is needed (ALU, loads, ld_imm64), or -1 for those that never
+    do anything without a history entry (jumps on an immediate, ja, may_goto): the walk skips
+    them without the full backtrack_insn."""
+    q = getattr(chk, "_bt_quiet", None)
+    if q is None:
+        q = {}
+        for pc, (form, insn) in chk.form_at.items():
+            k = form.kind
+            if k in ("alu", "neg", "end", "movsx", "cast", "ldx", "lddw") or \
+                    (k == "atomic" and form.op == "load_acq"):
+                q[pc] = insn.dst
+            elif k in ("ja", "may_goto") or (k == "jcond" and form.source != "X"):
+                q[pc] = -1
+        chk._bt_quiet = q
+    return q
+
+
 # --- the walk over the path --------------------------------------------------------------------
-def _prev_insn(st, i: int, node):
-    """get_prev_insn_idx: the instruction before ``i`` on the path (None at the state's
-    first instruction) and the history entry to use next."""
-    if i == st.first_insn_idx:
-        if node is None or (node[0] == i and node[4] is None):
-            return None, node
-    if node is not None and node[0] == i:
-        return node[1], node[4]
-    return i - 1, node
-
-
 def mark_chain_precision(chk, regno: int) -> None:
     """mark_chain_precision: register ``regno`` of the current frame is used where its value
     matters."""
@@ -313,6 +321,7 @@ def _walk(chk, start, pc: int, bt: Backtrack) -> bool:
     if log2:
         chk.log.flush_pending()
     changed = False
+    quiet = _quiet(chk)
     st = start
     first, last, subseq = st.first_insn_idx, pc, -1
     node = st.hist
@@ -322,17 +331,27 @@ def _walk(chk, start, pc: int, bt: Backtrack) -> bool:
             chk.log.line(f"mark_precise: frame{bt.frame}: last_idx {last} first_idx {first} "
                          f"subseq_idx {subseq} ")
         i = last
-        while i is not None and i >= 0:
+        while i >= 0:
             if skip_first:
                 skip_first = False
             else:
                 h = node if node is not None and node[0] == i else None
-                if backtrack_insn(chk, i, subseq, h, bt) is ENOTSUPP:
-                    return mark_all_scalars_precise(chk, start) or changed
-            if bt.empty():
-                return changed
+                d = quiet.get(i) if h is None and not log2 else None
+                if d is not None and (d < 0 or not bt.regs[bt.frame] >> d & 1):
+                    pass            # writes no register the walk needs: nothing to do
+                else:
+                    if backtrack_insn(chk, i, subseq, h, bt) is ENOTSUPP:
+                        return mark_all_scalars_precise(chk, start) or changed
+                    if bt.empty():
+                        return changed
             subseq = i
-            i, node = _prev_insn(st, i, node)
+            # get_prev_insn_idx, inline: stop at the state's first instruction
+            if i == first and (node is None or (node[0] == i and node[4] is None)):
+                break
+            if node is not None and node[0] == i:
+                i, node = node[1], node[4]
+            else:
+                i -= 1
         cp = st.parent
         if cp is None:
             break

@@ -339,12 +339,13 @@ def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: int) -> bool:
         return False
     if exact == EXACT:
         return _regs_exact(rold, rcur, idmap)
+    if rold.type == SCALAR_VALUE and rcur.type == SCALAR_VALUE and not rold.precise and \
+            exact == NOT_EXACT:
+        return True              # no path after the old state used its value (nor its links)
     if rold.type != rcur.type or rold.flags != rcur.flags:
         return False
     t = rold.type
     if t == SCALAR_VALUE:
-        if not rold.precise and exact == NOT_EXACT:
-            return True          # no path after the old state used its value
         if (rold.flags ^ rcur.flags) & SCALAR_ADD_CONST or \
                 (rold.flags & SCALAR_ADD_CONST and rold.off != rcur.off):
             return False
