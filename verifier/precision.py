@@ -388,12 +388,29 @@ class _Chain:
 
 
 def _frame_str(st, fr: int) -> str:
+    """print_verifier_state of one frame, precise scalars prefixed with ``P`` as the kernel
+    prints them (each entry after a space)."""
     from .log import reg_str
     f = st.frames[fr]
-    out = [f"R{i}={reg_str(r, f.frameno)}" for i, r in enumerate(f.regs)
-           if r.type != 0 and r.type == SCALAR_VALUE and r.precise or
-           (r.type != 0 and i == 10)]
-    return " ".join(out)
+    out = []
+    for i, r in enumerate(f.regs):
+        if r.type == 0:
+            continue
+        p = "P" if r.type == SCALAR_VALUE and r.precise else ""
+        out.append(f" R{i}={p}{reg_str(r, f.frameno)}")
+    for spi in sorted(f.stack):
+        slot = f.stack[spi]
+        if slot.types == "?" * 8:
+            continue
+        sp = slot.spilled
+        if sp is not None and slot.types[7] == STACK_SPILL and hasattr(sp, "precise"):
+            p = "P" if sp.type == SCALAR_VALUE and sp.precise else ""
+            out.append(f" fp{-(spi + 1) * 8}={p}{reg_str(sp, f.frameno)}")
+        elif hasattr(sp, "describe"):
+            out.append(f" fp{-(spi + 1) * 8}={sp.describe()}")
+        else:
+            out.append(f" fp{-(spi + 1) * 8}={slot.types}")
+    return "".join(out)
 
 
 def _mark_in(f, bt: Backtrack, fr: int) -> bool:
