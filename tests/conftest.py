@@ -52,8 +52,9 @@ if "PYBPF_JIT_CACHE" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="pybpf-test-jit-cache-")
     os.environ["PYBPF_JIT_CACHE"] = _cache_dir
     atexit.register(shutil.rmtree, _cache_dir, True)
-# JIT loads use the default tier ("auto": quick code first, -O2 swapped in from the background)
-# unless a test asks for one (tier=); PYBPF_JIT_TIER=O2 (or quick) runs the whole suite on one.
+# JIT loads wait for -O2 code unless a test asks for a tier (tests of placement count one
+# allocation per program); PYBPF_JIT_TIER=auto (or quick) runs the whole suite tiered.
+os.environ.setdefault("PYBPF_JIT_TIER", "O2")
 
 
 def pytest_addoption(parser):

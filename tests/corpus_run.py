@@ -227,15 +227,11 @@ def _ctx_record(prog_type: str, ctx) -> dict | bytes | None:
 
 # The programs the kernel accepts that pybpf's verifier still refuses, each with the reason;
 # only these load unverified (so both engines are still compared), without paying for the
-# refusal (10-30 s each); every other corpus program loads verified, as a user's load does.
+# refusal; every other corpus program loads verified, as a user's load does.
 # tests/test_corpus.py checks this list is exact (the refusals with PYBPF_VERIFIER_SLOW=1).
-KNOWN_UNVERIFIED: dict[str, str] = {
-    "sys_sort": "nested loops whose swapped stack values keep every state apart: pybpf treats "
-                "every scalar as precise (no precision backtracking), so pruning fails and the "
-                "walk reaches the 1,000,000-instruction limit; the kernel prunes them",
-    "sys_log2_hist": "the same: the per-iteration bit counts stay precise in pybpf, so the "
-                     "walk reaches the 1,000,000-instruction limit",
-}
+# Empty since precision tracking (verifier/precision.py): sys_sort and sys_log2_hist, which
+# reached the 1,000,000-instruction limit when every scalar was precise, now verify.
+KNOWN_UNVERIFIED: dict[str, str] = {}
 
 
 def _load(obj, prog, engine: str):
@@ -322,11 +318,29 @@ def kernel_records(path: str, name: str) -> list[dict]:
             out.append({"input": what, "retval": retval,
                         "data": dout if data is not None else None,
                         "ctx": _ctx_record(prog.prog_type, cout) if cout else None,
-                        "maps": {n: kernel_bpf.dump(ko.fds[n], d.key_size, d.value_size)
+                        "maps": {n: _without_roots(obj, d, kernel_bpf.dump(
+                                     ko.fds[n], d.key_size, d.value_size))
                                  for n, d in obj.map_defs.items() if d.type not in NOT_DUMPED}})
         return out
     finally:
         ko.close()
+
+
+def _without_roots(obj, d, dump: dict) -> dict:
+    """A kernel map dump with its graph roots (bpf_list_head, bpf_rb_root) zeroed: the kernel
+    hands user space its list pointers there (an empty list points at itself), pybpf zeros."""
+    from pybpf.runtime.maps.btf_fields import ROOT_SIZE, graph_roots
+    offsets = {v.name: v.offset for v in obj.variables.values() if v.map_name == d.name}
+    roots = graph_roots(obj.btf, d.btf_value_type, offsets) if d.btf_value_type else {}
+    if not roots:
+        return dump
+    out = {}
+    for k, v in dump.items():
+        v = bytearray(v)
+        for off in roots:
+            v[off:off + ROOT_SIZE] = bytes(ROOT_SIZE)
+        out[k] = bytes(v)
+    return out
 
 
 def _kind(prog_type: str) -> str:

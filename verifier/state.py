@@ -59,6 +59,7 @@ MEM_ALLOC = 1 << 7
 PTR_TRUSTED = 1 << 8
 MEM_RCU = 1 << 9
 MEM_FIXED_SIZE = 1 << 10
+NON_OWN_REF = 1 << 11          # a graph node a lock protects: valid until bpf_spin_unlock
 SCALAR_ADD_CONST = 1 << 20     # the kernel's BPF_ADD_CONST id bit: a linked scalar, ``off`` apart
 
 _TYPE_STR = {
@@ -80,7 +81,7 @@ PACKET_TYPES = (PTR_TO_PACKET, PTR_TO_PACKET_META)
 def type_str(type_: RegType, flags: int = 0) -> str:
     """The kernel's reg_type_str: ``map_value_or_null``, ``rdonly_mem``, ``fp``..."""
     prefix = "".join(p for bit, p in _PREFIX if flags & bit)
-    post = "_or_null" if flags & PTR_MAYBE_NULL else ""
+    post = ("or_null_" if type_ == PTR_TO_BTF_ID else "_or_null") if flags & PTR_MAYBE_NULL else ""
     return prefix + _TYPE_STR[type_] + post
 
 
@@ -88,7 +89,7 @@ class Reg:
     """One register's abstract value (struct bpf_reg_state). Treat as immutable."""
 
     __slots__ = ("type", "flags", "off", "var", "id", "ref_obj_id", "map", "range", "mem_size",
-                 "frameno", "subprog", "origin", "precise", "dynptr_id")
+                 "frameno", "subprog", "origin", "precise", "dynptr_id", "btf_type")
 
     def __init__(self, type_: RegType = NOT_INIT, flags: int = 0, off: int = 0, var=None,
                  id: int = 0, ref_obj_id: int = 0, map=None, range: int = 0, mem_size: int = 0,
@@ -107,6 +108,7 @@ class Reg:
         self.origin = origin        # (pc, what): where the type came from, for explain()
         self.precise = False        # a scalar used where its value matters (no may_goto widening)
         self.dynptr_id = 0          # a dynptr slice: the id of the dynptr it came from
+        self.btf_type = None        # PTR_TO_BTF_ID | MEM_ALLOC: its graph.AllocType
 
     def replace(self, **kw) -> "Reg":
         r = Reg.__new__(Reg)
@@ -153,7 +155,8 @@ class Reg:
     def same_pointer(self, other: "Reg") -> bool:
         """Same base type, flags and object (the kernel's check before comparing offsets)."""
         return (self.type == other.type and self.flags == other.flags
-                and self.map is other.map and self.frameno == other.frameno)
+                and self.map is other.map and self.frameno == other.frameno
+                and self.btf_type is other.btf_type)
 
     def __repr__(self) -> str:
         return f"Reg({self.type_str()}, off={self.off}, var={self.var}, id={self.id})"
@@ -227,7 +230,8 @@ class VerifierState:
     """The state of one path (struct bpf_verifier_state): its frames, innermost last."""
 
     __slots__ = ("frames", "refs", "branch_path", "loop_entry", "may_goto_depth",
-                 "active_lock", "insn_idx", "parent", "active_rcu_lock")
+                 "active_lock", "insn_idx", "parent", "active_rcu_lock", "hist",
+                 "first_insn_idx", "last_insn_idx")
 
     def __init__(self) -> None:
         self.frames: list[FuncState] = [FuncState()]
@@ -239,6 +243,9 @@ class VerifierState:
         self.loop_entry = None
         self.insn_idx = 0
         self.parent = None
+        self.hist = None                      # jump history since first_insn_idx (precision.py)
+        self.first_insn_idx = 0               # where this state's history starts
+        self.last_insn_idx = -1               # a checkpoint: the instruction before it
 
     @property
     def cur(self) -> FuncState:
@@ -259,6 +266,9 @@ class VerifierState:
         s.loop_entry = self.loop_entry
         s.insn_idx = self.insn_idx
         s.parent = self.parent
+        s.hist = self.hist
+        s.first_insn_idx = self.first_insn_idx
+        s.last_insn_idx = self.last_insn_idx
         return s
 
     def all_regs(self):
@@ -316,16 +326,25 @@ def _range_within(old, cur) -> bool:
     return bounds.within(old, cur)
 
 
-def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: bool) -> bool:
-    """The kernel's regsafe, every scalar treated as precise (pybpf keeps no precision marks)."""
+# How states_equal compares (enum exact_level): NOT_EXACT lets an imprecise scalar of the old
+# state match any scalar; RANGE_WITHIN compares every scalar's range (a loop state whose
+# precision marks are not final yet); EXACT wants the same values (infinite loop detection).
+NOT_EXACT, EXACT, RANGE_WITHIN = 0, 1, 2
+
+
+def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: int) -> bool:
+    """The kernel's regsafe: whether ``rcur`` is within ``rold`` for every later use."""
     if rold is rcur:
         return True
     if rold.type == NOT_INIT:
-        return not exact or rcur.type == NOT_INIT
+        return exact != EXACT or rcur.type == NOT_INIT
     if rcur.type == NOT_INIT:
         return False
-    if exact:
+    if exact == EXACT:
         return _regs_exact(rold, rcur, idmap)
+    if rold.type == SCALAR_VALUE and rcur.type == SCALAR_VALUE and not rold.precise and \
+            exact == NOT_EXACT:
+        return True              # no path after the old state used its value (nor its links)
     if rold.type != rcur.type or rold.flags != rcur.flags:
         return False
     t = rold.type
@@ -352,7 +371,8 @@ def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: bool) -> bool:
 def _regs_exact(a: Reg, b: Reg, idmap: dict) -> bool:
     return (a.type == b.type and a.flags == b.flags and a.off == b.off and a.map is b.map
             and a.range == b.range and a.mem_size == b.mem_size and a.frameno == b.frameno
-            and a.subprog == b.subprog and _same_scalar(a.var, b.var)
+            and a.subprog == b.subprog and a.btf_type is b.btf_type
+            and _same_scalar(a.var, b.var)
             and _check_ids(a.id, b.id, idmap) and _check_ids(a.ref_obj_id, b.ref_obj_id, idmap))
 
 
@@ -371,7 +391,7 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
         c = cur.stack.get(spi, EMPTY_SLOT)
         if o is c:
             continue
-        if exact:
+        if exact == EXACT:
             if o.types != c.types:
                 return False
             if (o.spilled is None) != (c.spilled is None):
@@ -387,6 +407,13 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
             if o.spilled is not None and not _regs_exact(o.spilled, c.spilled, idmap):
                 return False
             continue
+        if o.types == _SPILL8 and c.types == _MISC8 and o.spilled is not None and \
+                o.spilled.type == SCALAR_VALUE:
+            # a 64-bit scalar spill against eight MISC bytes (an unbound scalar when read):
+            # compared as registers (scalar_reg_for_stack)
+            if not regsafe(o.spilled, _UNBOUND, idmap, exact):
+                return False
+            continue
         for i in range(BPF_REG_SIZE):
             ot, ct = o.types[i], c.types[i]
             if ot == STACK_INVALID or ot == STACK_MISC:
@@ -400,13 +427,17 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
             if ot != ct:
                 return False
         if o.spilled is not None and STACK_SPILL in o.types:
-            if c.spilled is None or not regsafe(o.spilled, c.spilled, idmap, False):
+            if c.spilled is None or not regsafe(o.spilled, c.spilled, idmap, exact):
                 return False
         if STACK_ITER in o.types and not _iters_equal(o, c, idmap):
             return False
         if STACK_DYNPTR in o.types and not _dynptrs_equal(o, c, idmap):
             return False
     return True
+
+
+_SPILL8, _MISC8 = STACK_SPILL * 8, STACK_MISC * 8
+_UNBOUND = Reg(SCALAR_VALUE, var=bounds.Scalar.unknown())
 
 
 def _dynptrs_equal(o: Slot, c: Slot, idmap: dict) -> bool:
@@ -419,7 +450,7 @@ def _iters_equal(o: Slot, c: Slot, idmap: dict) -> bool:
     return iters_equal(o, c, lambda a, b: _check_ids(a, b, idmap))
 
 
-def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: bool,
+def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: int,
                       live: int = 0x7FF) -> bool:
     if old.callsite != cur.callsite:
         return False
@@ -429,19 +460,22 @@ def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: bool,
     return stacksafe(old, cur, idmap, exact)
 
 
-def states_equal(old: VerifierState, cur: VerifierState, exact: bool, live: int = 0x7FF) -> bool:
-    """Whether every path from ``cur`` is covered by the exploration from ``old``. ``live``:
-    the innermost frame's registers some later instruction may read (dead ones are ignored,
-    as the kernel's clean_live_states does; not for the exact comparison)."""
+def states_equal(old: VerifierState, cur: VerifierState, exact: int, live: int = 0x7FF) -> bool:
+    """Whether every path from ``cur`` is covered by the exploration from ``old`` (``exact``:
+    NOT_EXACT, RANGE_WITHIN or EXACT, as the kernel's enum exact_level). ``live``: the
+    innermost frame's registers some later instruction may read (dead ones are ignored, as
+    the kernel's clean_live_states does; not for the exact comparison)."""
+    exact = int(exact)
     if len(old.frames) != len(cur.frames) or old.active_rcu_lock != cur.active_rcu_lock:
         return False
-    if exact:
+    if exact == EXACT:
         live = 0x7FF
     # cheap first: the innermost frame's registers (most states differ there)
     fo, fc = old.frames[-1], cur.frames[-1]
     for i, (a, b) in enumerate(zip(fo.regs, fc.regs)):
         if a is not b and a.type != NOT_INIT and live >> i & 1 and (a.type != b.type or (
-                a.type == SCALAR_VALUE and not bounds.within(a.var, b.var))):
+                a.type == SCALAR_VALUE and (a.precise or exact != NOT_EXACT) and
+                not bounds.within(a.var, b.var))):
             return False
     idmap: dict = {}
     if old.refs or cur.refs:
