@@ -207,8 +207,9 @@ def _jit_cache(what: str) -> int:
     from .jit import cache
     from . import verdicts
     if what == "clear":
-        n = cache.clear() + verdicts.clear()
-        sys.stdout.write(f"removed {n} entr{'y' if n == 1 else 'ies'} from "
+        n, v = cache.clear(), verdicts.clear()
+        sys.stdout.write(f"removed {n} entr{'y' if n == 1 else 'ies'} and {v} verifier "
+                         f"verdict{'' if v == 1 else 's'} from "
                          f"{cache.directory() or '(cache off)'}\n")
         return EXIT_OK
     if what != "stats":

@@ -14,8 +14,8 @@ The key (SHA-256) covers everything the verifier reads:
   program: the prototype of each helper and kfunc it calls, the description of each map its
   ``ld_imm64`` instructions name (by fd or by index; a map-in-map's inner template; which
   answers are the same map object and fd, not their numbers; what the verifier reads of the
-  map object: its spin lock offset, BTF, and the value bytes a constant string argument may
-  be read from), the context rules, the arena (presence, user address, flags);
+  map object: its spin lock offset, BTF, graph roots, and the value bytes a constant string
+  argument may be read from), the context rules, the arena (presence, user address, flags);
 * the entry format and a digest of pybpf's own source (so any change of the verifier, its
   prototype table or its context rules changes every key).
 
@@ -51,7 +51,7 @@ SUFFIX = ".vfy"
 PROG_ATTRS = ("insns", "functions", "labels", "name", "license", "sleepable", "func_info",
               "btf", "line_info", "lines")
 # What the verifier reads of a map object (MapInfo.value) besides its identity
-VALUE_ATTRS = ("map_direct_value_addr", "spin_lock_off", "btf")
+VALUE_ATTRS = ("map_direct_value_addr", "spin_lock_off", "btf", "graph_roots")
 _RESULT_FIELDS = {"log", "facts", "stats", "max_ctx_offset", "stack_depth", "full"}
 _FACTS_FIELDS = {"_seen", "_access"}
 
@@ -181,6 +181,8 @@ def _canon(x, ids: dict):
     if isinstance(x, dict):
         return ("dict", sorted(((repr(_canon(k, ids)), _canon(v, ids)) for k, v in x.items()),
                                key=lambda kv: kv[0]))
+    if type(x).__name__ == "BTF" and hasattr(x, "types") and hasattr(x, "strings"):
+        return ("btf", _btf_digest(x).decode())
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         out = [type(x).__qualname__]
         for f in dataclasses.fields(x):
@@ -201,13 +203,14 @@ def _canon(x, ids: dict):
 
 def _map_reads(info) -> tuple:
     """What the verifier reads of the map object behind a MapInfo (``VALUE_ATTRS``): its
-    spin lock offset, whether it has BTF, and its value's bytes where a helper's constant
-    string argument is read from it (verifier/bprintf.py; hashed, whatever the map's flags:
-    a map whose contents change gets a new key)."""
+    spin lock offset, whether it has BTF, its value's bytes where a helper's constant string
+    argument is read from it (verifier/bprintf.py; hashed, whatever the map's flags: a map
+    whose contents change gets a new key) and its graph roots (bpf_list_head, bpf_rb_root)."""
     value = info.value
     raw = bprintf.map_value_bytes(info)
     return (getattr(value, "spin_lock_off", -1), bool(getattr(value, "btf", False)),
-            None if raw is None else hashlib.sha256(raw).hexdigest())
+            None if raw is None else hashlib.sha256(raw).hexdigest(),
+            _canon(getattr(value, "graph_roots", None) or {}, {}))
 
 
 def _btf_digest(btf) -> bytes:
