@@ -20,7 +20,8 @@ from pybpf.runtime.contexts import SKB_TYPES, SOCK_STRUCTS, BpfSkLookup, SkBuff
 
 CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 # maps that have no keys to walk, or whose values are fds (their inner maps are dumped)
-NOT_DUMPED = ("prog_array", "queue", "stack", "ringbuf", "bloom_filter", "array_of_maps",
+# (a ring buffer's "contents" are the records the run left, consumed after each run)
+NOT_DUMPED = ("prog_array", "queue", "stack", "bloom_filter", "array_of_maps",
               "perf_event_array",
               "hash_of_maps")
 # Map contents programs expect before they run, set in pybpf and in the kernel alike (what a
@@ -271,7 +272,14 @@ def pybpf_records(path: str, name: str, engine: str) -> list[dict]:
     return out
 
 
+def _records(records: list[bytes]) -> dict[bytes, bytes]:
+    """A ring buffer's records as a map dump: record index (u32) -> record."""
+    return {i.to_bytes(4, "little"): r for i, r in enumerate(records)}
+
+
 def _pybpf_dump(m) -> dict[bytes, bytes]:
+    if m.type == "ringbuf":
+        return _records(m.consume())
     out, key = {}, None
     while True:
         try:
@@ -322,7 +330,9 @@ def kernel_records(path: str, name: str) -> list[dict]:
             out.append({"input": what, "retval": retval,
                         "data": dout if data is not None else None,
                         "ctx": _ctx_record(prog.prog_type, cout) if cout else None,
-                        "maps": {n: kernel_bpf.dump(ko.fds[n], d.key_size, d.value_size)
+                        "maps": {n: _records(kernel_bpf.ringbuf_consume(ko.fds[n], d.max_entries))
+                                 if d.type == "ringbuf" else
+                                 kernel_bpf.dump(ko.fds[n], d.key_size, d.value_size)
                                  for n, d in obj.map_defs.items() if d.type not in NOT_DUMPED}})
         return out
     finally:
