@@ -26,7 +26,7 @@ import errno
 import struct
 
 from .contexts import SkBuff, XdpMd
-from .helpers import ACTIVE_REGIONS
+from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .memory import PROC, RegionTable
 
 DYNPTR_SIZE = 16
@@ -78,8 +78,16 @@ def _check_off_len(size: int, off: int, length: int) -> int:
     return -errno.E2BIG if length > size or off > size - length else 0
 
 
+def _xdp_buff(ctx: int):
+    """The run's XdpBuff when ``ctx`` is its xdp_md (fragments included), else None."""
+    rc = ACTIVE_RUN.get()
+    xb = getattr(rc, "xdp", None)
+    return xb if xb is not None and xb.ctx_address == ctx else None
+
+
 def _packet(regions, ctx: int, dtype: int) -> tuple[int, int]:
-    """(start, length) of the packet behind an skb or xdp dynptr's context."""
+    """(start, length) of the packet behind an skb or xdp dynptr's context (the linear
+    part; the xdp functions below go through the run's XdpBuff for fragments)."""
     lo, hi = (_SKB_DATA, _SKB_END) if dtype == TYPE_SKB else (_XDP_DATA, _XDP_END)
     start = regions.load(ctx + lo, 4)
     end = regions.load(ctx + hi, 4)
@@ -128,7 +136,9 @@ def bpf_dynptr_from_xdp(xdp: int, flags: int, ptr: int) -> int:
     if flags:
         _set_null(ptr)
         return _int(-errno.EINVAL)
-    _init(ptr, xdp, TYPE_XDP, 0, _packet(regions, xdp, TYPE_XDP)[1])
+    xb = _xdp_buff(xdp)
+    size = xb.buff_len() if xb is not None else _packet(regions, xdp, TYPE_XDP)[1]
+    _init(ptr, xdp, TYPE_XDP, 0, size)          # xdp_get_buff_len
     return 0
 
 
@@ -153,6 +163,14 @@ def bpf_dynptr_read(dst: int, length: int, src: int, offset: int, flags: int) ->
     err = _check_off_len(size, offset, length)
     if err:
         return _long(err)
+    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
+    if xb is not None:                      # __bpf_xdp_load_bytes: fragments too
+        at = xb.pointer(base + offset, length)
+        if at is not None and at < 0:
+            return _long(at)
+        regions.write(dst, xb.read(base + offset, length) if at is None
+                      else regions.read(at, length))
+        return 0
     at = _where(regions, data, dtype, base + offset, length)
     if at < 0:
         if dtype == TYPE_SKB:
@@ -176,6 +194,16 @@ def bpf_dynptr_write(dst: int, offset: int, src: int, length: int, flags: int) -
             return _long(-errno.EINVAL)
     elif flags:
         return _long(-errno.EINVAL)
+    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
+    if xb is not None:                      # __bpf_xdp_store_bytes: fragments too
+        at = xb.pointer(base + offset, length)
+        if at is not None and at < 0:
+            return _long(at)
+        if at is None:
+            xb.write(base + offset, regions.read(src, length))
+        else:
+            regions.write(at, regions.read(src, length))
+        return 0
     at = _where(regions, data, dtype, base + offset, length)
     if at < 0:
         return _long(at)
@@ -208,6 +236,18 @@ def bpf_dynptr_slice(p: int, offset: int, buffer: int, buffer_sz: int) -> int:
     if dtype in (TYPE_LOCAL, TYPE_RINGBUF):
         regions.check(data + base + offset, max(length, 1), "read")
         return data + base + offset
+    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
+    if xb is not None:
+        at = xb.pointer(base + offset, length)
+        if at is None:                      # across fragments: copied into the buffer
+            if not buffer:
+                return 0
+            regions.write(buffer, xb.read(base + offset, length))
+            return buffer
+        if at < 0:
+            return 0
+        regions.check(at, max(length, 1), "read")
+        return at
     at = _where(regions, data, dtype, base + offset, length)
     if at < 0:
         return 0

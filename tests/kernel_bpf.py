@@ -407,7 +407,9 @@ class KernelObject:
         attr = bytearray(152)
         struct.pack_into("<IIQQIIQ", attr, 0, PROG_TYPE_IDS[prog.prog_type], len(insns),
                          _addr(code), _addr(lic), 0, 0, 0)
-        struct.pack_into("<I", attr, 44, BPF_F_SLEEPABLE if prog.sleepable else 0)
+        # libbpf's prog_flags: xdp.frags sections load with BPF_F_XDP_HAS_FRAGS (1 << 5)
+        frags = (1 << 5) if prog.section.startswith("xdp.frags") else 0
+        struct.pack_into("<I", attr, 44, (BPF_F_SLEEPABLE if prog.sleepable else 0) | frags)
         attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
         struct.pack_into("<I", attr, 68, expected_attach_type(prog.section))
         struct.pack_into("<Q", attr, 120, _addr(fds))
