@@ -103,6 +103,10 @@ def lower_kfunc(fl, insn) -> None:
     kf = _entries(registry).get(insn.imm)
     if kf is None:
         raise fl.error(f"unknown kernel function id {insn.imm}")
+    if kf.special == "rbtree_add":
+        from pybpf.jit.graph import lower_rbtree_add
+        lower_rbtree_add(fl, kf, _callbacks(fl))
+        return
     value, abort = fl.mod.helpers.emit_call(fl.b, kf, fl._args())
     fl.set(0, value)
     if abort is not None:

@@ -37,7 +37,7 @@ import os
 from pybpf import isa
 from pybpf.uapi import BPF_F_RDONLY_PROG, MAP_TYPE_IDS
 
-from . import bounds, bprintf, dynptr, iters, protos, special_kfuncs, spin_lock
+from . import bounds, bprintf, dynptr, graph, iters, protos, special_kfuncs, spin_lock
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
                      ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_DONTCARE, ARG_PTR_TO_CONST_STR,
                      ARG_PTR_TO_CTX, ARG_PTR_TO_FUNC, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE,
@@ -663,8 +663,9 @@ def check_kfunc_call(chk, pc: int, insn):
     """check_kfunc_call for the kfuncs pybpf implements (by pybpf kfunc id). Returns False when
     the path ends at the call (bpf_throw), else None."""
     kid = insn.imm
-    spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.kfunc(kid))
+    if proto is None or proto.name not in graph.SPIN_ALLOWED:
+        spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
     if proto is None:
         chk.error(f"kernel btf_id {kid} is not a function", errno.EINVAL)
     name = proto.name or f"kfunc#{kid}"
@@ -691,6 +692,10 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
             if base == protos.KF_ARG_CONST and not reg.var.is_const():
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
+            if name == graph.OBJ_NEW:
+                meta["obj_new_type"] = reg.var.const_value()
+        elif name in graph.NAMES:
+            continue                            # verifier/graph.py checks them below
         elif base == protos.KF_ARG_PTR_TO_MAP:
             if reg.type != CONST_PTR_TO_MAP:
                 chk.error(f"pointer in R{regno} isn't map pointer", errno.EINVAL)
@@ -725,6 +730,10 @@ def check_kfunc_call(chk, pc: int, insn):
             chk.error(f"verifier bug: unsupported kfunc arg kind {kind}", errno.EFAULT)
     # (a map that is not an arena is the kfunc's business at run time: NULL, nothing or
     # -EINVAL, as in the kernel, whose KF_ARG_PTR_TO_MAP check wants any map pointer)
+    if name in graph.NAMES:
+        graph.check_args(chk, pc, proto, meta)
+        if name == graph.RB_ADD:
+            graph.rbtree_callback(chk, pc, meta)     # before the call clobbers r1-r5
     special_kfuncs.check_rcu(chk, proto)
     if proto.name == special_kfuncs.THROW:
         special_kfuncs.check_throw(chk)
@@ -732,7 +741,10 @@ def check_kfunc_call(chk, pc: int, insn):
     regs = chk.state.cur.regs
     for r in CALLER_SAVED:
         regs[r] = NOT_INIT_REG
-    if special_kfuncs.set_return(chk, proto):
+    if name in graph.NAMES:
+        r0 = graph.finish_call(chk, pc, proto, meta)
+        _set_r0(chk, r0 if r0 is not None else NOT_INIT_REG)
+    elif special_kfuncs.set_return(chk, proto):
         pass
     elif name in ("bpf_dynptr_slice", "bpf_dynptr_slice_rdwr"):
         rdwr = name == "bpf_dynptr_slice_rdwr"
@@ -836,6 +848,9 @@ def calls_callback(chk, pc: int) -> bool:
     if entry is None:
         return False
     form, insn = entry
+    if form.kind == "call" and form.op == "kfunc":      # bpf_rbtree_add's less
+        proto = proto_of(chk.env.kfunc(insn.imm))
+        return proto is not None and proto.name == graph.RB_ADD
     return form.kind == "call" and form.op == "helper" and insn.imm in CALLBACK_HELPERS
 
 

@@ -13,7 +13,7 @@ import errno
 
 from pybpf.uapi import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
 from . import bounds, dynptr, spin_lock
-from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_RDONLY, NOT_INIT,
+from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_ALLOC, MEM_RDONLY, NOT_INIT,
                     PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
                     PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
@@ -187,6 +187,10 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
         _load_result(chk, value_regno, write, size, signed, "a packet load")
     elif t == PTR_TO_ARENA:
         _load_result(chk, value_regno, write, size, signed, "an arena load")
+    elif t == PTR_TO_BTF_ID and flags & MEM_ALLOC:
+        from .graph import check_access
+        check_access(chk, regno, reg, off, size, write)
+        _load_result(chk, value_regno, write, size, signed, "a load from an allocated object")
     elif t == PTR_TO_FLOW_KEYS:
         # (a pointer stored here "leaks addr into flow keys" only for unprivileged loaders)
         from .ctx import SIZEOF_FLOW_KEYS      # check_flow_keys_access
