@@ -66,13 +66,16 @@ VARYING = {HELPER_IDS[n] for n in ("get_prandom_u32", "ktime_get_ns", "ktime_get
                                    "get_current_pid_tgid", "ktime_get_tai_ns")}
 
 
-def run_inputs(ptype: str) -> dict:
-    """The input of one run: a packet for skb and xdp programs, a zeroed ctx for the others
-    (4 KiB for syscall, so every offset the verifier lets through is inside it)."""
+def run_inputs(ptype: str, min_ctx: int = 0) -> dict:
+    """The input of one run: a packet for skb and xdp programs, a ctx of patterned bytes for
+    the others, as long as the program reads (its max_ctx_offset: a shorter one is refused at
+    run time, as BPF_PROG_TEST_RUN refuses it) and at least 4 KiB for syscall, 64 bytes for
+    tracepoint."""
     if ptype in ("socket_filter", "sched_cls", "xdp", "cgroup_skb"):
         return {"data": frame(payload=bytes(range(64)))}
-    if ptype == "syscall":
-        return {"ctx": bytearray(4096)}
+    if ptype in ("syscall", "tracepoint"):
+        size = max(min_ctx, 4096 if ptype == "syscall" else 64)
+        return {"ctx": bytearray(i * 7 & 0xff for i in range(size))}
     return {}
 
 
@@ -157,7 +160,7 @@ def _run(vm, prog, ptype, engine, maps):
             return stack
         lp._interp.take_stack = take_stack
     try:
-        r0 = lp.run(**run_inputs(ptype))
+        r0 = lp.run(**run_inputs(ptype, lp.min_mem_size))
         return r0, _after(lp, ptype, maps)
     finally:
         lp.close()
@@ -188,7 +191,7 @@ def _interp_variant(vm, prog, ptype, maps, before, stack_init: int, keep: list,
                     _STACKS.add(keep[-1].address)
                     return keep[-1]
         lp._interp.take_stack = take_stack
-        return lp.run(**run_inputs(ptype)), _after(lp, ptype, maps)
+        return lp.run(**run_inputs(ptype, lp.min_mem_size)), _after(lp, ptype, maps)
     finally:
         lp.close()
 
