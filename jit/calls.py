@@ -39,7 +39,7 @@ from pybpf.jit.native import emit_error_pending
 from pybpf.uapi import MAX_TAIL_CALL_CNT
 
 FUNC_BASE = 0xDEAD_0000_0000_0000   # pybpf.runtime.loader.FUNC_BASE: the same tokens
-_HDR_MAX_ENTRIES, _HDR_DATA = 12, 32   # MapHeader field offsets
+_HDR_MAX_ENTRIES, _HDR_DATA = 76, 168  # MapHeader field offsets (runtime/maps/base.py)
 _M64 = (1 << 64) - 1
 
 

@@ -49,6 +49,7 @@ from .loaded import DEFAULT_INSN_LIMIT, ENGINES, LoadedProgram, check_limit
 from .runtime.loader import bind_declarations, program_arena, referenced_maps, resolve_values64
 from .runtime.maps import create_map
 from .runtime.maps.arena import PageBudget
+from .runtime.maps.base import KERNEL_VIEW_SIZE
 from .runtime.maps.prog_array import ProgArrayMap
 from .runtime.memory import Region
 from .runtime.verifier_env import VMEnv
@@ -164,6 +165,10 @@ class VM:
         for start, size, writable in m.regions():
             self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m,
                                             **rule))
+        if m.type != "arena":
+            # the kernel's struct bpf_map a program reads through its map pointer (read-only)
+            self._map_regions.append(Region(m.address, KERNEL_VIEW_SIZE,
+                                            f"map {m.name or m.fd} struct bpf_map", False, m))
         m._close_hook = weakref.WeakMethod(self._map_closed)
         m.graphs = self.graphs          # what its values' graph roots hold (btf_fields)
         return m
@@ -344,8 +349,8 @@ class VM:
         self.graphs.prepare(prog)           # bpf_obj_new's heap, for programs that use it
         if tier is None:
             tier = os.environ.get("PYBPF_JIT_TIER") or "auto"
-        if tier not in ("auto", "quick", "O2"):
-            raise VMError(f"unknown JIT tier {tier!r} (expected auto, quick or O2)")
+        if tier not in ("auto", "quick", "O2", "baseline"):
+            raise VMError(f"unknown JIT tier {tier!r} (expected auto, quick, O2 or baseline)")
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
                            values, fd=_next_fd(), verified=verify is True,
                            verify_result=result, tier=tier)

@@ -409,6 +409,9 @@ class Tally:
     skipped: int = 0                                    # maps the kernel refused
     by_type: Counter = field(default_factory=Counter)
     mismatched_messages: Counter = field(default_factory=Counter)
+    # per program type: kernel accepts, kernel rejects, unsound, too strict, both reject, match
+    per_type: dict = field(default_factory=dict)
+    mismatch_examples: dict = field(default_factory=dict)  # (kernel, pybpf) -> first example
     kernel_s: float = 0.0
     pybpf_s: float = 0.0
     slowest: list = field(default_factory=list)         # (pybpf seconds, label, type, prog)
@@ -435,8 +438,23 @@ class Tally:
             f"pybpf crashes (non-VerifierError): {len(self.crashes)}",
             f"kernel internal errors ('verifier bug: ...', not verdicts, not counted above): "
             f"{len(self.kernel_bugs)}",
+            *(self.type_line(t) for t in sorted(self.per_type)),
             f"time: kernel {self.kernel_s:.1f} s, pybpf {self.pybpf_s:.1f} s; slowest pybpf: "
             + ", ".join(f"{dt:.2f} s {label}" for dt, label, _t, _p in self.slowest[:3])])
+
+
+    def count(self, ptype: str, key: str) -> None:
+        row = self.per_type.setdefault(ptype, Counter())
+        row[key] += 1
+
+    def type_line(self, ptype: str) -> str:
+        """The three figures for one program type."""
+        r = self.per_type[ptype]
+        pct = lambda n, d: f"{100 * n / d:.2f}%" if d else "n/a"
+        return (f"  {ptype}: kernel accepts {r['ka']}, rejects {r['kr']}; kernel rejects / pybpf "
+                f"accepts {r['unsound']}; kernel accepts / pybpf rejects {r['strict']} = "
+                f"{pct(r['strict'], r['ka'])}; messages {r['match']} of {r['both']} = "
+                f"{pct(r['match'], r['both'])}")
 
 
 def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5,
@@ -502,16 +520,25 @@ def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: floa
                                       f"{'accepts' if accepted else 'rejects: ' + message}"))
         elif kernel.accepted and accepted:
             tally.both_accept += 1
+            tally.count(ptype, "ka")
         elif not kernel.accepted and not accepted:
             tally.both_reject += 1
+            tally.count(ptype, "kr")
+            tally.count(ptype, "both")
             if message == kernel.message:
                 tally.message_match += 1
+                tally.count(ptype, "match")
             else:
                 tally.mismatched_messages[(kernel.message, message)] += 1
+                tally.mismatch_examples.setdefault((kernel.message, message), (label, ptype, prog))
         elif accepted:
             tally.unsound.append((label, ptype, prog, kernel.message))
+            tally.count(ptype, "kr")
+            tally.count(ptype, "unsound")
         else:
             tally.too_strict.append((label, ptype, prog, message))
+            tally.count(ptype, "ka")
+            tally.count(ptype, "strict")
     return tally
 
 
@@ -562,6 +589,10 @@ def main(argv=None) -> int:
             for i, (label, ptype, prog, detail) in enumerate(rows):
                 with open(os.path.join(args.dump, f"{kind}_{i}.vt"), "w") as f:
                     f.write(as_vt(label, ptype, prog, detail))
+        for i, ((k, p), n) in enumerate(tally.mismatched_messages.most_common()):
+            label, ptype, prog = tally.mismatch_examples[(k, p)]
+            with open(os.path.join(args.dump, f"message_{i}.vt"), "w") as f:
+                f.write(as_vt(label, ptype, prog, f"x{n} kernel {k!r} / pybpf {p!r}"))
     return 0
 
 

@@ -173,7 +173,7 @@ def _gpl_compatible(prog) -> bool:
 
 
 # --- helper calls --------------------------------------------------------------------------------
-def check_call_targets(prog, env, prog_type: str) -> None:
+def check_call_targets(prog, env, prog_type: str, attach_type: str | None = None) -> None:
     """Refuse, before anything runs, a call to a helper or kfunc the environment does not have
     or ``prog_type`` may not call (part of the structural checks: ``invalid func unknown#ID``,
     ``program of this type cannot use helper ...``, ``kernel btf_id ID is not a function``)."""
@@ -183,11 +183,11 @@ def check_call_targets(prog, env, prog_type: str) -> None:
             continue
         if form.op == "helper":
             msg = protos.unknown_helper_message(insn.imm, prog_type,
-                                                proto_of(env.helper(insn.imm)))
+                                                proto_of(env.helper(insn.imm)), attach_type)
             if msg:
                 raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
         elif form.op == "kfunc" and env.kfunc(insn.imm) is None:
-            msg = f"kernel btf_id {insn.imm} is not a function"
+            msg = f"kernel btf_id {insn.imm & 0xFFFFFFFF} is not a function"   # %u
             raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
 
 
@@ -196,7 +196,7 @@ def check_helper_call(chk, pc: int, insn) -> None:
     hid = insn.imm
     spin_lock.check_call_allowed(chk, hid, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.helper(hid))
-    msg = protos.unknown_helper_message(hid, chk.prog_type, proto)
+    msg = protos.unknown_helper_message(hid, chk.prog_type, proto, chk.attach_type)
     if msg:
         chk.error(msg, errno.EINVAL)
     if proto.gpl_only and not _gpl_compatible(chk.prog):
@@ -320,6 +320,7 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         if not reg.var.is_const():
             chk.error(f"R{regno} is not a known constant'")
         meta.mem_size = reg.var.const_value()
+        chk.mark_precise(regno)             # the returned memory's size is this value
     elif base == protos.ARG_PTR_TO_SPIN_LOCK:
         spin_lock.process_spin_lock(chk, regno, meta.func_id == protos.HELPER_IDS["spin_lock"])
     elif base in (protos.ARG_PTR_TO_INT, protos.ARG_PTR_TO_LONG):
@@ -365,6 +366,7 @@ def _mem_buffer_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
         chk.error(f"R{size_regno} unbounded memory access, use 'var &= const' or 'if (var < "
                   f"const)'")
     _helper_mem(chk, mem_regno, v.umax, write, zero_ok)
+    chk.mark_precise(size_regno)
 
 
 def _pkt_ok(chk, meta: CallMeta) -> bool:
@@ -447,6 +449,9 @@ def _constant_map_key(chk, key: Reg, key_size: int) -> int:
         spill += 1
     if spill != key_size or not sp.var.is_const():
         return -1
+    # the lookup's result (not NULL) rests on this constant: keep it in pruned states
+    from .precision import mark_slot_precise
+    mark_slot_precise(chk, key.frameno, spi)
     return sp.var.const_value()
 
 
@@ -588,6 +593,77 @@ def _check_map_func_compatibility(chk, m, hid: int) -> None:
                   errno.EINVAL)
 
 
+# --- check_map_prog_compatibility: which maps a program type may use at all ------------------
+# The kernel checks each map once, when resolve_pseudo_ldimm64 adds it to the program's used
+# maps, before anything else: the error has no instruction line in the log. A sleepable program's
+# allowed map types were measured on the running 6.18 kernel (a prog_array is refused).
+_SLEEPABLE_MAPS = frozenset({
+    "hash", "lru_hash", "array", "percpu_hash", "percpu_array", "lru_percpu_hash",
+    "array_of_maps", "hash_of_maps", "ringbuf", "user_ringbuf", "inode_storage", "sk_storage",
+    "task_storage", "cgrp_storage", "queue", "stack", "arena", "insn_array"})
+_TRACING_TYPES = frozenset({"kprobe", "tracepoint", "perf_event", "raw_tracepoint",
+                            "raw_tracepoint_writable", "tracing"})
+
+
+def _compat_error(prog, m, prog_type: str) -> str | None:
+    """check_map_prog_compatibility for one map, or None."""
+    if spin_lock.lock_offset(m) >= 0:
+        if prog_type == "socket_filter":
+            return "socket filter progs cannot use bpf_spin_lock yet"
+        if prog_type in _TRACING_TYPES:
+            return "tracing progs cannot use bpf_spin_lock yet"
+    if (prog_type == "syscall" or getattr(prog, "sleepable", False)) and \
+            m.type not in _SLEEPABLE_MAPS:
+        return ("Sleepable programs can only use array, hash, ringbuf and local storage maps, "
+                "also as inner maps")
+    return None
+
+
+def resolve_pseudo_ldimm64(prog, env, prog_type: str) -> None:
+    """The kernel's resolve_pseudo_ldimm64, before every other check: each ld_imm64 in
+    instruction order, reachable or not. A BTF id (pybpf has no kernel BTF), a map reference
+    that names no map, a map this program type may not use (check_map_prog_compatibility, once
+    per map), a direct value address outside its map: VerifierError (no instruction line in
+    the log, as the kernel's)."""
+    from pybpf.errors import VerifierError
+
+    def fail(msg: str, pc: int, err: int = errno.EINVAL):
+        raise VerifierError(msg, pc, log=msg + "\n", errno=err)
+
+    seen = set()
+    for pc, form, insn in prog.instructions():
+        if form.kind != "lddw":
+            continue
+        op = form.op
+        if op == "btf_id":
+            if insn.imm == 0:       # check_pseudo_btf_id: id 0 is void in every BTF
+                fail("pseudo btf_id 0 in ldimm64 isn't KIND_VAR or KIND_FUNC", pc)
+            fail("ldimm64 btf_id needs kernel BTF, which pybpf does not have", pc)
+        if not op.startswith("map"):
+            continue
+        by_index = op.startswith("map_idx")
+        m = env.map_by_index(insn.imm) if by_index else env.map_by_fd(insn.imm)
+        if m is None:
+            if by_index:
+                fail(f"map index {insn.imm} out of range", pc)
+            fail(f"fd {insn.imm} is not pointing to valid bpf_map", pc, errno.EBADF)
+        key = id(m.value if m.value is not None else m)
+        if key not in seen:                         # __add_used_map: each map checked once
+            seen.add(key)
+            why = _compat_error(prog, m, prog_type)
+            if why:
+                fail(why, pc)
+        if op in ("map_value", "map_idx_value"):
+            off = prog.insns[pc + 1].imm & 0xFFFFFFFF
+            if off >= (1 << 29):                     # BPF_MAX_VAR_OFF
+                fail(f"direct value offset of {off} is not allowed", pc)
+            if m.type not in ("array", "arena"):
+                fail("no direct value access support for this map type", pc)
+            if m.type == "array" and (m.max_entries != 1 or off >= m.value_size):
+                fail(f"invalid access to map value pointer, value_size={m.value_size} "
+                     f"off={off}", pc)
+
+
 # --- references ----------------------------------------------------------------------------------
 def acquire_reference(chk, pc: int) -> int:
     ref = chk.new_id()
@@ -662,7 +738,7 @@ def check_kfunc_call(chk, pc: int, insn):
     if proto is None or proto.name not in graph.SPIN_ALLOWED:
         spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
     if proto is None:
-        chk.error(f"kernel btf_id {kid} is not a function", errno.EINVAL)
+        chk.error(f"kernel btf_id {kid & 0xFFFFFFFF} is not a function", errno.EINVAL)
     name = proto.name or f"kfunc#{kid}"
     if not proto.allowed_in(chk.prog_type):
         chk.error(f"calling kernel function {name} is not allowed", errno.EACCES)
@@ -674,7 +750,12 @@ def check_kfunc_call(chk, pc: int, insn):
         base, kflags = split_kind(kind)
         if base == protos.KF_ARG_IGNORE:
             continue
-        reg = chk.check_reg_read(regno)
+        # check_kfunc_args reads scalar arguments without check_reg_arg: an uninitialised one
+        # is "R2 is not a scalar", not "R2 !read_ok"
+        reg = chk.reg(regno) if base in _KF_NO_READ_CHECK else chk.check_reg_read(regno)
+        if reg.type == NOT_INIT and base in _KF_REG_OFF_FIRST:
+            # check_func_arg_reg_off on an unset register: its var_off is unknown
+            chk.error("variable ? access var_off=(0x0; 0xffffffffffffffff) disallowed")
         if base == protos.KF_ARG_CONST and i > 0 and \
                 split_kind(proto.args[i - 1])[0] == protos.KF_ARG_PTR_TO_MEM_SIZE:
             continue                            # the size checked with its buffer
@@ -683,6 +764,8 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
             if base == protos.KF_ARG_CONST and not reg.var.is_const():
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
+            if base == protos.KF_ARG_CONST:
+                chk.mark_precise(regno)
             if name == graph.OBJ_NEW:
                 meta["obj_new_type"] = reg.var.const_value()
         elif name in graph.NAMES:
@@ -749,6 +832,14 @@ def check_kfunc_call(chk, pc: int, insn):
         _set_r0(chk, Reg.scalar(None, chk.origin(name)))
 
 
+# check_kfunc_args never runs check_reg_arg on an argument: an unset register fails the first
+# check its kind meets (measured: tests/verifier/strings, dynptr, iters, special)
+_KF_NO_READ_CHECK = frozenset({protos.KF_ARG_SCALAR, protos.KF_ARG_CONST,
+                               protos.KF_ARG_PTR_TO_MAP, protos.KF_ARG_PTR_TO_CTX,
+                               protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_ITER})
+_KF_REG_OFF_FIRST = frozenset({protos.KF_ARG_PTR_TO_CTX})     # dynptrs, iterators: own words
+
+
 # --- BPF-to-BPF calls ----------------------------------------------------------------------------
 def func_linkage(prog, start: int) -> str:
     """"global" or "static" for the subprogram starting at slot ``start`` (BTF func_info)."""
@@ -803,10 +894,9 @@ def prepare_func_exit(chk, pc: int) -> int:
     if r0.type == PTR_TO_STACK:
         chk.error("cannot return stack pointer to the caller", errno.EINVAL)
     if callee.in_callback_fn:
-        if r0.type == NOT_INIT:
-            chk.error("R0 !read_ok")
-        if r0.type != SCALAR_VALUE:
+        if r0.type != SCALAR_VALUE:             # also NOT_INIT: no check_reg_arg before this
             chk.error("R0 not a scalar value")
+        chk.mark_precise(0)                 # the range is enforced on its value
         lo, hi = callee.callback_ret_range or (0, 1)
         v = r0.var
         if v.smin < lo or v.smax > hi:
@@ -821,6 +911,14 @@ def prepare_func_exit(chk, pc: int) -> int:
     st.frames.pop()
     caller = st.cur
     if callee.in_callback_fn:
+        # widen imprecise scalars against the previous visit of the call site, so that a
+        # callback counting in its ctx converges (the kernel's prepare_func_exit does as
+        # process_iter_next_call does)
+        from .check import _widen
+        from .iters import _prev_entry
+        prev = _prev_entry(st, callee.callsite)
+        if prev is not None and len(prev.frames) == len(st.frames):
+            _widen(prev, st)
         return callee.callsite
     caller.regs[0] = r0
     return callee.callsite + 1
@@ -847,6 +945,8 @@ def _loop_callback(chk, pc: int, meta: CallMeta) -> None:
     caller = chk.state.cur
     depth = getattr(caller, "callback_depth", 0)
     nr = caller.regs[1]
+    if nr.type == SCALAR_VALUE:
+        chk.mark_precise(1)     # pybpf stops unrolling at nr_loops' maximum: it must hold
     if nr.type == SCALAR_VALUE and depth >= nr.var.umax:
         _set_depth(caller, 0)
         return

@@ -12,13 +12,13 @@ from __future__ import annotations
 import errno
 
 from pybpf.uapi import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
-from . import bounds, dynptr, spin_lock
+from . import bounds, dynptr, precision, spin_lock
 from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_ALLOC, MEM_RDONLY, NOT_INIT,
                     PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
                     PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
                     PTR_TO_SOCK_COMMON, PTR_TO_SOCKET, PTR_TO_STACK, PTR_TO_TCP_SOCK,
-                    SCALAR_ADD_CONST,
+                    PTR_TO_XDP_SOCK, SCALAR_ADD_CONST,
                     PTR_TO_TP_BUFFER, SCALAR_VALUE, STACK_INVALID, STACK_MISC,
                     STACK_SPILL, STACK_ZERO, Reg, Slot, type_str)
 
@@ -50,13 +50,14 @@ def adjust_reg(chk, op: str, dst: Reg, src: Reg, is64: bool, insn, src_is_reg: b
             chk.error(f"R{insn.dst} pointer {ALU_STR[op]} pointer prohibited")
         if src.type == PTR_TO_ARENA:
             return src.replace() if is64 else Reg.scalar(None, chk.origin("arena arithmetic"))
+        chk.mark_precise(insn.dst)          # scalar += pointer: the scalar is the offset
+        dst = chk.reg(insn.dst)
         return adjust_ptr(chk, op, src, dst, is64, insn, scalar_is_dst=True)
     if dst.type != SCALAR_VALUE:
         return adjust_ptr(chk, op, dst, src, is64, insn, scalar_is_dst=False,
                           src_is_reg=src_is_reg)
     r = Reg(SCALAR_VALUE, var=bounds.scalar_alu(op, dst.var, src.var, is64),
             origin=dst.origin)
-    r.precise = dst.precise
     if op == "add" and is64 and dst.id and src.var.is_const():
         # rX += K keeps rX linked to its copies, K apart (BPF_ADD_CONST), once
         val = src.var.const_value()
@@ -69,8 +70,8 @@ def adjust_ptr(chk, op: str, ptr: Reg, off: Reg, is64: bool, insn, scalar_is_dst
                src_is_reg: bool = True) -> Reg:
     """adjust_ptr_min_max_vals: pointer +/- scalar (the kernel's rules for root)."""
     dst = insn.dst
-    if src_is_reg and not scalar_is_dst and insn.src != insn.dst and not off.precise:
-        chk.set_reg(insn.src, off.replace(precise=True))
+    if src_is_reg and not scalar_is_dst:
+        chk.mark_precise(insn.src)          # pointer += scalar: the offset's value matters
     v = off.var
     known = v.is_const()
     if not is64:
@@ -148,12 +149,15 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
     t, flags = reg.type, reg.flags
     pc = chk.pc
     chk.access.setdefault(pc, set()).add(int(t) if not flags & PTR_MAYBE_NULL else -1)
+    if t != PTR_TO_STACK:
+        # check_ptr_alignment comes first (strict for atomics: a misaligned scalar or
+        # NULL-able pointer is "misaligned access", not an invalid access)
+        _check_alignment(chk, reg, off, size, strict)
     if flags & PTR_MAYBE_NULL:
         chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
     if t == PTR_TO_STACK:
         _stack_access(chk, regno, reg, off, size, write, value_regno, imm, signed)
         return
-    _check_alignment(chk, reg, off, size, strict)
     off += reg.off
     if t == PTR_TO_MAP_VALUE:
         m = reg.map
@@ -187,6 +191,10 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
         _load_result(chk, value_regno, write, size, signed, "a packet load")
     elif t == PTR_TO_ARENA:
         _load_result(chk, value_regno, write, size, signed, "an arena load")
+    elif t == CONST_PTR_TO_MAP:
+        from .map_btf import check_ptr_to_map_access
+        check_ptr_to_map_access(chk, regno, reg.map, off, size, write)
+        _load_result(chk, value_regno, write, size, signed, "a struct bpf_map field")
     elif t == PTR_TO_BTF_ID and flags & MEM_ALLOC:
         from .graph import check_access
         check_access(chk, regno, reg, off, size, write)
@@ -231,9 +239,14 @@ def _check_alignment(chk, reg: Reg, off: int, size: int, strict: bool = False) -
         return
     v = reg.var
     if reg.type in PACKET_TYPES:
+        # check_pkt_ptr_alignment: NET_IP_ALIGN (2) in front of the packet
+        if v.var_off.mask & (size - 1) or (v.var_off.value + 2 + reg.off + off) & (size - 1):
+            chk.error(f"misaligned packet access off 2+{_tnum_short(v)}+{reg.off}+{off} "
+                      f"size {size}")
         return
     if v.var_off.mask & (size - 1) or (v.var_off.value + reg.off + off) & (size - 1):
-        chk.error(f"misaligned {_ALIGN_DESC.get(reg.type, '')}access off "
+        desc = '' if reg.flags & PTR_MAYBE_NULL else _ALIGN_DESC.get(reg.type, '')
+        chk.error(f"misaligned {desc}access off "
                   f"{_tnum_short(v)}+{reg.off}+{off} size {size}")
 
 
@@ -420,8 +433,10 @@ def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -
             reg = reg.replace(id=chk.new_id())      # link the spill with the register
             chk.set_reg(value_regno, reg)
         _save_spill(frame, spi, slot, reg if fits else reg.replace(id=0), size)
+        precision.push_flags(chk, stack=(frame.frameno, spi))       # a spill: backtrackable
     elif reg is None and aligned8 and imm is not None:
         _save_spill(frame, spi, slot, Reg.scalar(imm & ((1 << 64) - 1)), size)
+        precision.push_flags(chk, stack=(frame.frameno, spi))
     elif reg is not None and reg.is_pointer:
         if size != BPF_REG_SIZE:
             chk.error("invalid size of register spill")
@@ -429,9 +444,13 @@ def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -
             chk.error("cannot spill pointers to stack into stack frame of the caller",
                       errno.EINVAL)
         _save_spill(frame, spi, slot, reg, size)
+        precision.push_flags(chk, stack=(frame.frameno, spi))
     else:
         zero = (reg is not None and reg.is_const() and reg.const_value() == 0) or \
             (reg is None and imm == 0)
+        if zero and reg is not None:
+            # STACK_ZERO rests on the register being 0: it must stay 0 in pruned states
+            chk.mark_precise(value_regno)
         new = STACK_ZERO if zero else STACK_MISC
         types = list(slot.types)
         if any(c in "rdif" for c in types):       # scrub a spilled reg / special slot
@@ -464,6 +483,8 @@ def _stack_write_var(chk, frame, min_off: int, max_off: int, value_regno: int, i
     reg = chk.reg(value_regno) if value_regno >= 0 else None
     zero = (reg is not None and reg.is_const() and reg.const_value() == 0) or \
         (reg is None and imm == 0)
+    if zero and reg is not None:
+        chk.mark_precise(value_regno)        # ZERO bytes rest on the register being 0
     touched: dict[int, list] = {}
     for spi, idx in _slot_bytes(min_off, max_off - min_off):
         if spi not in touched:
@@ -499,7 +520,13 @@ def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed:
                 if _reg_width(reg) <= 8 * size and not signed:
                     chk.set_reg(value_regno, reg.replace(id=0))
                 else:
-                    _load_result(chk, value_regno, False, size, signed, "a stack fill")
+                    # copy_register_state, then check_mem_access's coerce_reg_to_size(_sx):
+                    # the low bytes keep what the spilled register knew about them (its
+                    # 32-bit bounds for a 4-byte fill)
+                    var = bounds.coerce_sx(reg.var, size) if signed else \
+                        bounds.coerce(reg.var, size)
+                    chk.set_reg(value_regno, reg.replace(id=0, var=var))
+                precision.push_flags(chk, stack=(frame.frameno, spi))    # a fill, both ways
             else:
                 spill_cnt = zero_cnt = 0
                 for s, idx in _slot_bytes(off, size):
@@ -511,11 +538,14 @@ def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed:
                 if (spill_cnt == size and reg.is_const() and reg.const_value() == 0) or \
                         zero_cnt == size:
                     chk.set_reg(value_regno, Reg.scalar(0, chk.origin("a zeroed stack slot")))
+                    if zero_cnt != size:        # the 0 came from the spilled register
+                        precision.push_flags(chk, stack=(frame.frameno, spi))
                 else:
                     _load_result(chk, value_regno, False, size, signed, "a stack read")
             return
         if value_regno >= 0:
             chk.set_reg(value_regno, reg)
+        precision.push_flags(chk, stack=(frame.frameno, spi))            # a fill
         return
     for i in range(size):
         # iterator, dynptr and irq-flag bytes are the kernel's objects, never program data
@@ -550,18 +580,29 @@ def _stack_read_var(chk, frame, min_off: int, max_off: int, value_regno: int) ->
 
 
 # --- atomics ------------------------------------------------------------------------------------
+# atomic_ptr_type_ok: ctx, packet, flow keys and socket pointers take no atomic access
+_NO_ATOMICS = frozenset({PTR_TO_CTX, PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_FLOW_KEYS,
+                         PTR_TO_SOCKET, PTR_TO_SOCK_COMMON, PTR_TO_TCP_SOCK, PTR_TO_XDP_SOCK})
+
+
 def check_atomic(chk, form, insn) -> None:
     """check_atomic: load-acquire/store-release, RMW ops, xchg and cmpxchg."""
     op, size = form.op, form.size
     if op == "load_acq":
-        chk.check_reg_read(insn.src)
+        # check_atomic_load: atomic_ptr_type_ok before the access (measured on 6.18)
+        s = chk.check_reg_read(insn.src)
         chk.check_reg_write(insn.dst)
-        check_mem_access(chk, insn.src, insn.off, size, False, insn.dst)
+        if s.type in _NO_ATOMICS:
+            chk.error(f"BPF_ATOMIC loads from R{insn.src} {s.type_str()} is not allowed")
+        check_mem_access(chk, insn.src, insn.off, size, False, insn.dst, strict=True)
         return
     if op == "store_rel":
+        # check_atomic_store: the (strictly aligned) store first, then atomic_ptr_type_ok
         chk.check_reg_read(insn.src)
-        chk.check_reg_read(insn.dst)
-        check_mem_access(chk, insn.dst, insn.off, size, True, insn.src)
+        d = chk.check_reg_read(insn.dst)
+        check_mem_access(chk, insn.dst, insn.off, size, True, insn.src, strict=True)
+        if d.type in _NO_ATOMICS:
+            chk.error(f"BPF_ATOMIC stores into R{insn.dst} {d.type_str()} is not allowed")
         return
     src = chk.check_reg_read(insn.src)
     dst = chk.check_reg_read(insn.dst)
@@ -652,8 +693,6 @@ def check_mem_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
                        zero_size_allowed: bool) -> None:
     """check_mem_size_reg: ARG_CONST_SIZE[_OR_ZERO] after a memory argument."""
     size = chk.check_reg_read(size_regno)
-    if not size.precise:
-        chk.set_reg(size_regno, size.replace(precise=True))
     if size.type != SCALAR_VALUE:
         chk.error(f"R{size_regno} type={size.type_str()} expected=scalar")
     v = size.var
@@ -665,6 +704,7 @@ def check_mem_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
         chk.error(f"R{size_regno} unbounded memory access, use 'var &= const' or 'if (var < "
                   f"const)'")
     check_helper_mem_access(chk, mem_regno, v.umax, write, zero_size_allowed and v.umax == 0)
+    chk.mark_precise(size_regno)
 
 
 # --- conditional jumps --------------------------------------------------------------------------
@@ -716,17 +756,20 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
     target = pc + 1 + insn.off
     pred = _branch_taken(dst, src, op, is32)
     st = chk.state
-    if pred >= 0 and dst.type == SCALAR_VALUE:
-        if not dst.precise:
-            chk.set_reg(insn.dst, dst.replace(precise=True))
-        if src_regno >= 0 and not src.precise and src.type == SCALAR_VALUE:
-            chk.set_reg(src_regno, src.replace(precise=True))
+    if pred >= 0:
+        # the bounds decided the branch: they must hold on every state pruned against this
+        # path's checkpoints (mark_chain_precision of both operands that are scalars)
+        if dst.type == SCALAR_VALUE:
+            chk.mark_precise(insn.dst)
+        if src_regno >= 0 and src.type == SCALAR_VALUE:
+            chk.mark_precise(src_regno)
     if pred == 1:
         st.branch_path = (pc, True, st.branch_path)
         return target
     if pred == 0:
         st.branch_path = (pc, False, st.branch_path)
         return pc + 1
+    _push_linked_regs(chk, pc, dst, src, src_regno)
     other = st.copy()                       # the jump-taken state (the kernel's other_branch)
     other.insn_idx = pc
     other.branch_path = (pc, True, st.branch_path)
@@ -772,6 +815,30 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
         return target
     chk.push_branch(other, target)
     return pc + 1
+
+
+def _push_linked_regs(chk, pc: int, dst: Reg, src: Reg, src_regno: int) -> None:
+    """collect_linked_regs: the scalars sharing an id with an operand are refined together by
+    this jump, so they need precision together (recorded in the jump history, before the
+    branch is copied so both sides share the record)."""
+    ids = set()
+    if src_regno >= 0 and src.type == SCALAR_VALUE and src.id:
+        ids.add(src.id)
+    if dst.type == SCALAR_VALUE and dst.id:
+        ids.add(dst.id)
+    if not ids:
+        return
+    linked = []
+    for f in chk.state.frames:
+        for i, r in enumerate(f.regs):
+            if r.type == SCALAR_VALUE and r.id in ids:
+                linked.append((f.frameno, True, i))
+        for spi, slot in f.stack.items():
+            sp = slot.spilled
+            if sp is not None and getattr(sp, "type", None) == SCALAR_VALUE and sp.id in ids:
+                linked.append((f.frameno, False, spi))
+    if len(linked) > 1:
+        precision.push_flags(chk, linked=tuple(linked))
 
 
 def _set_scalar(state, regno: int, var) -> None:
