@@ -94,6 +94,9 @@ class LoadedProgram:
         ran the whole verifier (JIT code for an unverified load calls the checked helpers and
         counts a run budget); ``verify_result``: its VerifyResult (facts, max_ctx_offset)."""
         self.vm, self.program, self.prog_type, self.engine = vm, prog, prog_type, engine
+        # which ifindexes exist (an xdp ctx_in's ingress_ifindex): the VM's FibTable devices
+        fib = getattr(vm, "fib", None)
+        self._has_device = fib.has_device if fib is not None else None
         self.verify_result = verify_result
         # The kernel's max_ctx_offset: a run must give at least this much mem/ctx (as
         # BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall programs).
@@ -185,7 +188,7 @@ class LoadedProgram:
     def _prepare(self, mem, ctx, data, trace, insn_limit):
         if self.closed:
             raise VMError(f"program {self.name!r} is closed")
-        rc = build_context(self.prog_type, mem, ctx, data)
+        rc = build_context(self.prog_type, mem, ctx, data, self._has_device)
         rc.prog_btf = getattr(self.program, "btf", None)    # bpf_obj_new's types
         self._check_ctx_size(rc)
         if self._jit is not None:
@@ -265,7 +268,7 @@ class LoadedProgram:
             self._check_mem_size(mem, ctx)
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
-            rc = build_context(self.prog_type, mem, ctx, data)
+            rc = build_context(self.prog_type, mem, ctx, data, self._has_device)
             self._check_ctx_size(rc)
             r0 = None
             grace_enter()
