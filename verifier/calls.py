@@ -216,7 +216,9 @@ def check_helper_call(chk, pc: int, insn) -> None:
         chk.error(f"Unsupported reg type {chk.reg(1).type_str()} for bpf_dynptr_from_mem data")
     regs = chk.state.cur.regs
     if meta.release_regno:
-        if meta.ref_obj_id:
+        if split_kind(proto.args[meta.release_regno - 1])[0] == protos.ARG_PTR_TO_DYNPTR:
+            dynptr.unmark_stack_slots_dynptr(chk, meta.release_regno)
+        elif meta.ref_obj_id:
             release_reference(chk, meta.ref_obj_id)
         elif not _is_null(regs[meta.release_regno]):
             chk.error(f"func {func_id_name(hid)}#{hid} reference has not been acquired before",
@@ -269,6 +271,9 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         chk.error("helper access to the packet is not allowed")
     if base == protos.ARG_PTR_TO_DYNPTR:
         check_reg_type(chk, regno, base, flags)
+        if protos.OBJ_RELEASE in flags:
+            dynptr.check_release_arg(chk, regno)
+            meta.release_regno = regno
         found: dict = {}
         want = next((f[len("DYNPTR_TYPE_"):].lower() for f in flags
                      if f.startswith("DYNPTR_TYPE_")), None)
@@ -320,6 +325,7 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         if not reg.var.is_const():
             chk.error(f"R{regno} is not a known constant'")
         meta.mem_size = reg.var.const_value()
+        chk.mark_precise(regno)             # the returned memory's size is this value
     elif base == protos.ARG_PTR_TO_SPIN_LOCK:
         spin_lock.process_spin_lock(chk, regno, meta.func_id == protos.HELPER_IDS["spin_lock"])
     elif base in (protos.ARG_PTR_TO_INT, protos.ARG_PTR_TO_LONG):
@@ -365,6 +371,7 @@ def _mem_buffer_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
         chk.error(f"R{size_regno} unbounded memory access, use 'var &= const' or 'if (var < "
                   f"const)'")
     _helper_mem(chk, mem_regno, v.umax, write, zero_ok)
+    chk.mark_precise(size_regno)
 
 
 def _pkt_ok(chk, meta: CallMeta) -> bool:
@@ -447,6 +454,9 @@ def _constant_map_key(chk, key: Reg, key_size: int) -> int:
         spill += 1
     if spill != key_size or not sp.var.is_const():
         return -1
+    # the lookup's result (not NULL) rests on this constant: keep it in pruned states
+    from .precision import mark_slot_precise
+    mark_slot_precise(chk, key.frameno, spi)
     return sp.var.const_value()
 
 
@@ -562,7 +572,7 @@ _MAP_ONLY = {   # map type -> the helpers that may take it (first switch of the 
 _FUNC_ONLY = {  # helper -> the map types it may take (second switch)
     "tail_call": ("prog_array",),
     "ringbuf_output": ("ringbuf",), "ringbuf_reserve": ("ringbuf",),
-    "ringbuf_query": ("ringbuf",),
+    "ringbuf_query": ("ringbuf",), "ringbuf_reserve_dynptr": ("ringbuf",),
     "map_pop_elem": ("queue", "stack"),
     "map_peek_elem": ("queue", "stack", "bloom_filter"),
     "map_push_elem": ("queue", "stack", "bloom_filter"),
@@ -754,11 +764,17 @@ def check_kfunc_call(chk, pc: int, insn):
         if base == protos.KF_ARG_CONST and i > 0 and \
                 split_kind(proto.args[i - 1])[0] == protos.KF_ARG_PTR_TO_MEM_SIZE:
             continue                            # the size checked with its buffer
+        if base in (protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_CTX) and \
+                (_is_null(reg) or reg.flags & PTR_MAYBE_NULL):
+            # Linux 6.18 as measured here checks kfunc pointer arguments as trusted ones
+            chk.error(f"Possibly NULL pointer passed to trusted arg{i}", errno.EACCES)
         if base in (protos.KF_ARG_SCALAR, protos.KF_ARG_CONST):
             if reg.type != SCALAR_VALUE:
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
             if base == protos.KF_ARG_CONST and not reg.var.is_const():
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
+            if base == protos.KF_ARG_CONST:
+                chk.mark_precise(regno)
             if name == graph.OBJ_NEW:
                 meta["obj_new_type"] = reg.var.const_value()
         elif name in graph.NAMES:
@@ -771,11 +787,15 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"arg#{i} expected pointer to ctx, but got {reg.type_str()}",
                           errno.EINVAL)
         elif base == protos.KF_ARG_PTR_TO_DYNPTR:
+            want = {"bpf_dynptr_from_skb": "skb", "bpf_dynptr_from_xdp": "xdp"}.get(name)
+            clone_ref = 0
+            if name == "bpf_dynptr_clone" and protos.MEM_UNINIT in kflags:
+                # the clone is of its parent's type and shares a refcounted parent's reference
+                want, _, clone_ref = meta["dynptr"]
             dynptr.process_dynptr_func(
                 chk, regno, pc, uninit=protos.MEM_UNINIT in kflags,
-                rdonly=reg.type == CONST_PTR_TO_DYNPTR,
-                want_type={"bpf_dynptr_from_skb": "skb", "bpf_dynptr_from_xdp": "xdp"}.get(name),
-                meta=meta)
+                rdonly=reg.type == CONST_PTR_TO_DYNPTR, want_type=want, meta=meta,
+                clone_ref_obj_id=clone_ref)
         elif base == protos.KF_ARG_PTR_TO_MEM_SIZE:
             # a buffer and its constant size (``__opt`` buffers may be NULL)
             size_reg = chk.check_reg_read(regno + 1)
@@ -889,6 +909,7 @@ def prepare_func_exit(chk, pc: int) -> int:
     if callee.in_callback_fn:
         if r0.type != SCALAR_VALUE:             # also NOT_INIT: no check_reg_arg before this
             chk.error("R0 not a scalar value")
+        chk.mark_precise(0)                 # the range is enforced on its value
         lo, hi = callee.callback_ret_range or (0, 1)
         v = r0.var
         if v.smin < lo or v.smax > hi:
@@ -903,6 +924,14 @@ def prepare_func_exit(chk, pc: int) -> int:
     st.frames.pop()
     caller = st.cur
     if callee.in_callback_fn:
+        # widen imprecise scalars against the previous visit of the call site, so that a
+        # callback counting in its ctx converges (the kernel's prepare_func_exit does as
+        # process_iter_next_call does)
+        from .check import _widen
+        from .iters import _prev_entry
+        prev = _prev_entry(st, callee.callsite)
+        if prev is not None and len(prev.frames) == len(st.frames):
+            _widen(prev, st)
         return callee.callsite
     caller.regs[0] = r0
     return callee.callsite + 1
@@ -929,6 +958,8 @@ def _loop_callback(chk, pc: int, meta: CallMeta) -> None:
     caller = chk.state.cur
     depth = getattr(caller, "callback_depth", 0)
     nr = caller.regs[1]
+    if nr.type == SCALAR_VALUE:
+        chk.mark_precise(1)     # pybpf stops unrolling at nr_loops' maximum: it must hold
     if nr.type == SCALAR_VALUE and depth >= nr.var.umax:
         _set_depth(caller, 0)
         return
