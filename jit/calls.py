@@ -85,10 +85,31 @@ def lower_helper(fl, helper: BoundHelper) -> None:
         if m is not None and native_maps.supported(m):
             fl.set(0, native_maps.lookup(fl, m, fl.get(2)))
             return
-    value, abort = fl.mod.helpers.emit_call(fl.b, helper, fl._args())
+    value, abort = fl.mod.helpers.emit_call(fl.b, helper, fl._args(), fl.frames)
     fl.set(0, value)
     if abort is not None:
         fl.abort_if(abort)
+
+
+def calls_python_helpers(mod, decoded, env) -> bool:
+    """Whether the program may call a helper or kfunc through the Python bridge with the
+    frame-record argument (so its functions keep frame records: pybpf.jit.lower)."""
+    kfuncs = None
+    for _, form, insn in decoded:
+        if form.kind == "callx":
+            if any(h.bridged and h.framed for h in mod.helpers.all()):
+                return True
+        elif form.kind == "call" and form.op == "helper":
+            h = mod.helpers.get(insn.imm)
+            if h is not None and h.bridged and h.framed is not None:
+                return True
+        elif form.kind == "call" and form.op != "local":
+            if kfuncs is None:
+                kfuncs = _entries(env.kfuncs) if env.kfuncs is not None else {}
+            kf = kfuncs.get(insn.imm)
+            if kf is not None and kf.bridged and kf.framed is not None:
+                return True
+    return False
 
 
 def lower_kfunc(fl, insn) -> None:
@@ -99,7 +120,7 @@ def lower_kfunc(fl, insn) -> None:
     kf = _entries(registry).get(insn.imm)
     if kf is None:
         raise fl.error(f"unknown kernel function id {insn.imm}")
-    value, abort = fl.mod.helpers.emit_call(fl.b, kf, fl._args())
+    value, abort = fl.mod.helpers.emit_call(fl.b, kf, fl._args(), fl.frames)
     fl.set(0, value)
     if abort is not None:
         fl.abort_if(abort)
