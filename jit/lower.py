@@ -172,12 +172,12 @@ class ModuleLowerer:
         frames = calls.calls_python_helpers(self, decoded, env)     # keeps frame records
         # r10 is read-only for the verifier; the interpreter makes the same check.
         fp_fixed = not any(10 in written_regs(f, i) for _, f, i in decoded)
-        extra = ([I64] if frames else []) + ([PTR] if tail else [])  # caller's frame record,
-        # the tail-call count (shared along a chain)
+        tcc = [PTR] if tail else []        # the tail-call count, shared along a chain
+        extra = ([I64] if frames else []) + tcc     # subprograms: the caller's frame record too
         functions: dict[int, ir.Function] = {}
         for sp in cfg.subprogs:
             if sp.start == 0:
-                fnty = ir.FunctionType(I64, [I64] * _MAIN_ARGS + extra)
+                fnty = ir.FunctionType(I64, [I64] * _MAIN_ARGS + tcc)
                 fn = cg.bpf_function(self.module, fnty, f"{entry}.tail" if tail else entry)
             else:
                 ret = ABORT_RET if may_abort else I64
