@@ -39,7 +39,7 @@ from pybpf.jit.native import emit_error_pending
 from pybpf.uapi import MAX_TAIL_CALL_CNT
 
 FUNC_BASE = 0xDEAD_0000_0000_0000   # pybpf.runtime.loader.FUNC_BASE: the same tokens
-_HDR_MAX_ENTRIES, _HDR_DATA = 12, 32   # MapHeader field offsets
+_HDR_MAX_ENTRIES, _HDR_DATA = 76, 168  # MapHeader field offsets (runtime/maps/base.py)
 _M64 = (1 << 64) - 1
 
 
@@ -120,6 +120,10 @@ def lower_kfunc(fl, insn) -> None:
     kf = _entries(registry).get(insn.imm)
     if kf is None:
         raise fl.error(f"unknown kernel function id {insn.imm}")
+    if kf.special == "rbtree_add":
+        from pybpf.jit.graph import lower_rbtree_add
+        lower_rbtree_add(fl, kf, _callbacks(fl))
+        return
     value, abort = fl.mod.helpers.emit_call(fl.b, kf, fl._args(), fl.frames)
     fl.set(0, value)
     if abort is not None:

@@ -46,7 +46,8 @@ VERSION = 1
 _MAP_ATTRS = ("type", "key_size", "value_size", "max_entries", "flags", "map_extra", "percpu",
               "stride", "lru", "value_off", "closed")
 _HEADER_ATTRS = ("elem_size", "index_mask")
-_MAP_PATHS = (("cpu", lambda m: m.address + 28), ("data", lambda m: m.header.data),
+_MAP_PATHS = (("cpu", lambda m: m.address + type(m.header).cpu.offset),
+              ("data", lambda m: m.header.data),
               ("index", lambda m: m.header.index), ("table", lambda m: m.table_address))
 
 

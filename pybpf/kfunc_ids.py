@@ -36,6 +36,22 @@ KFUNC_IDS: dict[str, int] = {
     "bpf_dynptr_from_xdp": 1051,
     "bpf_dynptr_slice": 1052,
     "bpf_dynptr_slice_rdwr": 1053,
+    # allocated objects, linked lists, red-black trees (kernel/bpf/helpers.c)
+    "bpf_obj_new_impl": 1060,
+    "bpf_obj_drop_impl": 1061,
+    "bpf_refcount_acquire_impl": 1062,
+    "bpf_list_push_front_impl": 1063,
+    "bpf_list_push_back_impl": 1064,
+    "bpf_list_pop_front": 1065,
+    "bpf_list_pop_back": 1066,
+    "bpf_list_front": 1067,
+    "bpf_list_back": 1068,
+    "bpf_rbtree_add_impl": 1069,
+    "bpf_rbtree_remove": 1070,
+    "bpf_rbtree_first": 1071,
+    "bpf_rbtree_root": 1072,
+    "bpf_rbtree_left": 1073,
+    "bpf_rbtree_right": 1074,
 }
 
 KFUNC_NAMES: dict[int, str] = {v: k for k, v in KFUNC_IDS.items()}

@@ -183,6 +183,7 @@ class LoadedProgram:
         if self.closed:
             raise VMError(f"program {self.name!r} is closed")
         rc = build_context(self.prog_type, mem, ctx, data)
+        rc.prog_btf = getattr(self.program, "btf", None)    # bpf_obj_new's types
         self._check_ctx_size(rc)
         if self._jit is not None:
             if trace is not None:

@@ -43,11 +43,13 @@ from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 from .runtime import helpers_control, helpers_xdp, vm_helpers
 from .runtime.contexts import canonical_type
 from .runtime.fib import FibTable
+from .runtime.kfuncs_graph import Graphs
 from .runtime.helpers import HelperRegistry, Prototype, kernel_helpers
 from .loaded import DEFAULT_INSN_LIMIT, ENGINES, LoadedProgram, check_limit
 from .runtime.loader import bind_declarations, program_arena, referenced_maps, resolve_values64
 from .runtime.maps import create_map
 from .runtime.maps.arena import PageBudget
+from .runtime.maps.base import KERNEL_VIEW_SIZE
 from .runtime.maps.prog_array import ProgArrayMap
 from .runtime.memory import Region
 from .runtime.verifier_env import VMEnv
@@ -97,6 +99,9 @@ class VM:
         self.random = random.Random(seed)
         self.kfuncs = HelperRegistry(kind="kfunc")
         vm_helpers.install_kfuncs(self.kfuncs, self.resolve_map)    # kfunc ids never clash
+        # bpf_obj_new's objects and the lists and trees built from them (runtime/kfuncs_graph)
+        self.graphs = Graphs()
+        vm_helpers.install_graph_kfuncs(self.kfuncs, self.graphs)
         # devices, routes and neighbours for bpf_fib_lookup and devmap entries (runtime/fib.py)
         self.fib = FibTable()
         if helpers is None:
@@ -160,7 +165,12 @@ class VM:
         for start, size, writable in m.regions():
             self._map_regions.append(Region(start, size, f"map {m.name or m.fd}", writable, m,
                                             **rule))
+        if m.type != "arena":
+            # the kernel's struct bpf_map a program reads through its map pointer (read-only)
+            self._map_regions.append(Region(m.address, KERNEL_VIEW_SIZE,
+                                            f"map {m.name or m.fd} struct bpf_map", False, m))
         m._close_hook = weakref.WeakMethod(self._map_closed)
+        m.graphs = self.graphs          # what its values' graph roots hold (btf_fields)
         return m
 
     def _check_open(self) -> None:
@@ -175,6 +185,7 @@ class VM:
             lp.close()
         for m in list(self._by_fd.values()):
             m.close()
+        self.graphs.close()
         self.closed = True
         self._programs.clear()
         self._by_fd.clear()
@@ -212,6 +223,9 @@ class VM:
             for table in (self._by_fd, self._by_value, self.maps):
                 for k in [k for k, v in table.items() if id(v) in ids]:
                     del table[k]
+            for r in self._map_regions:
+                if id(r.owner) in ids:          # what their graph roots hold goes with them
+                    self.graphs.free_in(r.start, r.size)
             self._map_regions = [r for r in self._map_regions if id(r.owner) not in ids]
             self._decls = {k: v for k, v in self._decls.items() if id(v[1]) not in ids}
         return len(keep)
@@ -240,7 +254,7 @@ class VM:
     def run_regions(self) -> list[Region]:
         """Memory every run may access besides its own stack and context: map values, ring
         buffers, arena bands (read-only: arena stores go through the arena), ``self.regions``."""
-        return self._map_regions + self.regions
+        return self._map_regions + self.graphs.regions() + self.regions
 
     # -- programs ------------------------------------------------------------------------------
     def program_by_fd(self, fd: int):
@@ -332,6 +346,7 @@ class VM:
         elif verify == "structural":
             self.verify_result(prog, ptype, full=False)
         used, arena, values = self.resolve(prog, maps)
+        self.graphs.prepare(prog)           # bpf_obj_new's heap, for programs that use it
         if tier is None:
             tier = os.environ.get("PYBPF_JIT_TIER") or "auto"
         if tier not in ("auto", "quick", "O2"):

@@ -318,6 +318,7 @@ class RunContext:
         self.redirect = None                # where a redirect helper sent the packet (Redirect)
         self.skb = None                     # an __sk_buff run's SkbBuff (the packet helpers')
         self.clones: list = []              # bpf_clone_redirect's copies (helpers_skb.Clone)
+        self.prog_btf = None                # the program's BTF (bpf_obj_new: sizes by type id)
 
     def finish(self, r0: int | None) -> None:
         """Collect ``last_mem``/``last_data``/``last_ctx`` (r0 is None when the run failed)."""

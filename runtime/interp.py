@@ -325,6 +325,27 @@ class Run:
                 self.regions.remove(region)
         return walk.count, left
 
+    def rbtree_add(self, pc: int, fp: int, depth: int, left: int, root: int, node: int,
+                   fn: int) -> tuple[int, int]:
+        """bpf_rbtree_add_impl(root, node, less): place ``node`` calling ``less(node, other)``
+        (runtime/kfuncs_graph.RbAdd); returns (0 or -EINVAL, budget left)."""
+        from pybpf.kfunc_ids import KFUNC_IDS
+        h = self.interp.kfuncs.get(KFUNC_IDS["bpf_rbtree_add_impl"])
+        slot = func_slot(fn)
+        callback = self.funcs.get(slot) if slot is not None else None
+        if callback is None:
+            raise VMError(f"bpf_rbtree_add: 0x{fn:x} is not a function of this program", pc)
+        if depth >= isa.MAX_CALL_FRAMES - 1:
+            raise VMError(f"the call stack of {depth + 2} frames is too deep", pc)
+        self.regions.check(root, 16, "write", pc)
+        add = h.fn.graphs.rbtree_add_start(root, node)
+        while True:
+            other = add.next()
+            if not other:
+                return add.result, left
+            r, left = callback(node, other, 0, 0, 0, fp - isa.MAX_BPF_STACK, depth + 1, left)
+            add.answer(r)
+
     def callx(self, pc: int, lo: int, hid: int, r1: int, r2: int, r3: int, r4: int, r5: int) -> int:
         h = self.interp.helpers.get(hid) if self.interp.helpers is not None else None
         if h is None:

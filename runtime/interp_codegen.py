@@ -73,7 +73,8 @@ class Generator:
         for n in (1, 2, 4, 8):
             out.add(f"SH{n} = STOP - {n}\nMH{n} = MHI - {n}", 1)
         out.add("_ld = R.ld\n_st = R.st\n_atomic = R.atomic\n_ldabs = R.ldabs\n_callx = R.callx\n"
-                "_limit = R.limit_error\n_tail = R.tail_call\n_loop = R.loop\n_foreach = R.for_each", 1)
+                "_limit = R.limit_error\n_tail = R.tail_call\n_loop = R.loop\n_foreach = R.for_each\n"
+                "_rbadd = R.rbtree_add", 1)
         if self.arena_pcs:
             out.add("_ald = R.arena_ld\n_ast = R.arena_st\n_aat = R.arena_atomic", 1)
         for h in sorted(self.used_helpers):
@@ -219,6 +220,8 @@ class Generator:
             return f"r0, left = _loop({pc}, fp, depth, left, r1, r2, r3, r4)"
         if h.special == "for_each":
             return f"r0, left = _foreach({pc}, fp, depth, left, r1, r2, r3, r4)"
+        if h.special == "rbtree_add":
+            return f"r0, left = _rbadd({pc}, fp, depth, left, r1, r2, r3)"
         used.add(h.id)
         args = ", ".join(f"r{i}" for i in range(1, h.prototype.nargs + 1))
         lines = []

@@ -126,6 +126,15 @@ def install_kfuncs(kfuncs, resolve_map) -> None:
                           mem_args=kfuncs_dynptr.dynptr_mem_args(index, kind)))
 
 
+def install_graph_kfuncs(kfuncs, graphs) -> None:
+    """Add the allocated-object and graph kfuncs bound to one VM's ``graphs``
+    (:class:`pybpf.runtime.kfuncs_graph.Graphs`)."""
+    from . import kfuncs_graph
+    for name, (fn, mem_args, special) in kfuncs_graph.kfunc_fns(graphs).items():
+        proto = protos.kfunc(name)
+        kfuncs.add(Helper(proto.id, name, fn, proto, mem_args=mem_args, special=special))
+
+
 def install(helpers, resolve_map) -> None:
     """Add the VM helpers to ``helpers`` (a HelperRegistry) under their kernel ids."""
     for hid, mh in make_helpers(resolve_map).items():

@@ -322,11 +322,29 @@ def kernel_records(path: str, name: str) -> list[dict]:
             out.append({"input": what, "retval": retval,
                         "data": dout if data is not None else None,
                         "ctx": _ctx_record(prog.prog_type, cout) if cout else None,
-                        "maps": {n: kernel_bpf.dump(ko.fds[n], d.key_size, d.value_size)
+                        "maps": {n: _without_roots(obj, d, kernel_bpf.dump(
+                                     ko.fds[n], d.key_size, d.value_size))
                                  for n, d in obj.map_defs.items() if d.type not in NOT_DUMPED}})
         return out
     finally:
         ko.close()
+
+
+def _without_roots(obj, d, dump: dict) -> dict:
+    """A kernel map dump with its graph roots (bpf_list_head, bpf_rb_root) zeroed: the kernel
+    hands user space its list pointers there (an empty list points at itself), pybpf zeros."""
+    from pybpf.runtime.maps.btf_fields import ROOT_SIZE, graph_roots
+    offsets = {v.name: v.offset for v in obj.variables.values() if v.map_name == d.name}
+    roots = graph_roots(obj.btf, d.btf_value_type, offsets) if d.btf_value_type else {}
+    if not roots:
+        return dump
+    out = {}
+    for k, v in dump.items():
+        v = bytearray(v)
+        for off in roots:
+            v[off:off + ROOT_SIZE] = bytes(ROOT_SIZE)
+        out[k] = bytes(v)
+    return out
 
 
 def _kind(prog_type: str) -> str:

@@ -251,14 +251,20 @@ def case_ringbuf_header_out_of_reach():
 
 
 def case_map_metadata_outside_every_region():
-    """No region a run gets covers a map's header, hash buckets or ring positions."""
+    """No region a run gets covers a map's own header fields, hash buckets or ring positions;
+    the struct bpf_map view before them (what programs read through a map pointer) is
+    read-only."""
     vm = VM()
     maps = [vm.create_map("hash", 8, 8, 4, name="h"), vm.create_map("array", 4, 8, 4, name="a"),
             vm.create_map("ringbuf", max_entries=4096, name="rb")]
     from pybpf.runtime.memory import RegionTable
     table = RegionTable(vm.run_regions())
+    from pybpf.runtime.maps.base import KERNEL_VIEW_SIZE, MapHeader
     for m in maps:
-        assert table.find(m.address, 1) is None, m           # MapHeader
+        view = table.find(m.address, KERNEL_VIEW_SIZE)
+        assert view is not None and not view.writable, m       # struct bpf_map, read-only
+        assert table.find(m.address + KERNEL_VIEW_SIZE, 1) is None, m   # pybpf's own fields
+        assert table.find(m.address + MapHeader.data.offset, 8) is None, m
     assert table.find(maps[0]._buckets, 4) is None                  # hash bucket heads
     assert table.find(maps[0].elems_address, 4) is None             # first element's chain link
     assert table.find(maps[2].address + 4096, 8) is None           # consumer position

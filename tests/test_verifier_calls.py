@@ -695,7 +695,9 @@ ARENA_CASES = [
     ("arena_alloc_count_is_pointer", "reject", "R3 is not a scalar",
      ARENA + "r1 = map[ar] ll\nr2 = 0\nr3 = r10\nr4 = -1\nr5 = 0\n"
      "call bpf_arena_alloc_pages\nr0 = 0\nexit"),
-    ("arena_alloc_flags_uninit", "reject", "R5 !read_ok",
+    # check_kfunc_args reads scalar args without check_reg_arg (measured with bpf_strchr:
+    # tests/verifier/strings/strchr_char_uninit.vt; this kernel refuses arena maps)
+    ("arena_alloc_flags_uninit", "reject", "R5 is not a scalar",
      ARENA + "r1 = map[ar] ll\nr2 = 0\nr3 = 1\nr4 = -1\n"
      "call bpf_arena_alloc_pages\nr0 = 0\nexit"),
     ("arena_alloc_result_is_scalar", "reject", "R0 invalid mem access 'scalar'",

@@ -22,6 +22,7 @@ both reject, how often pybpf's message is the kernel's last log line.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import random
 import re
@@ -61,6 +62,109 @@ def _named_calls(text: str) -> str:
 def assemble(text: str):
     import pybpf
     return pybpf.assemble(_named_calls(text), syntax="llvm")
+
+
+_LABEL_LINE = re.compile(r"^(\w+):$")
+_GOTO_LABEL = re.compile(r"goto ([A-Za-z_]\w*)$")
+_MAP_STUB = ".map m type=array key=4 value=8 max_entries=1\n"
+_NUMBER = re.compile(r"(?<![\w-])(-?)(\d+)\b")
+_SENTINEL = 20011                     # fits off (s16) and imm; k-th number: _SENTINEL + 10 * k
+_FIT = {"off": (-(1 << 15), (1 << 15) - 1), "imm": (-(1 << 31), (1 << 31) - 1)}
+_SHAPES: dict = {}
+
+
+def _shape(key: str):
+    """(instructions, [(index, field, sign)] per number) of a line whose numbers are ``#``:
+    assembled once with sentinel numbers, to learn which field each number lands in. None when
+    a number does not land in a field as itself (then lines of this shape are assembled whole)."""
+    k = iter(range(100))
+    text = re.sub(r"(-?)#", lambda m: f"{m[1]}{_SENTINEL + 10 * next(k)}", key)
+    insns = assemble(_MAP_STUB + text).insns
+    where = []
+    for j, m in enumerate(_NUMBER.finditer(text)):
+        want = int(m[0])
+        hits = [(i, f, 1 if getattr(ins, f) == want else -1) for i, ins in enumerate(insns)
+                for f in ("off", "imm") if abs(getattr(ins, f)) == abs(want)]
+        if len(hits) != 1 or want != _SENTINEL + 10 * j and -want != _SENTINEL + 10 * j:
+            return None
+        where.append(hits[0])
+    return insns, where
+
+
+def _one_line(line: str) -> list:
+    """The instructions of one generated line (a label target already a number). The Lark
+    parse is most of a program's generation time and the generator repeats few line shapes, so
+    each shape (the line with its numbers as ``#``) is assembled once and numbers are set in
+    the fields they land in."""
+    if line.startswith(".map"):
+        got = _SHAPES.get(line)
+        if got is None:
+            got = _SHAPES[line] = assemble(line + "\nexit").maps[0]
+        return copy.copy(got)        # a VM binds a map to each declaration object
+    key = _NUMBER.sub(lambda m: m[1] + "#", line)
+    if key not in _SHAPES:
+        _SHAPES[key] = _shape(key)
+    shape = _SHAPES[key]
+    if shape is not None:
+        insns, where = shape
+        insns = list(insns)
+        for (i, f, sign), m in zip(where, _NUMBER.finditer(line)):
+            v = sign * int(m[0])
+            lo, hi = _FIT[f]
+            if not lo <= v <= hi:
+                break
+            insns[i] = insns[i]._replace(**{f: v})
+        else:
+            return insns
+    got = _SHAPES.get(line)
+    if got is None:
+        got = _SHAPES[line] = assemble(_MAP_STUB + line).insns
+    return got
+
+
+def fast_assemble(text: str):
+    """:func:`assemble` for the generator's own texts (one map ``m``, labels on lines of their
+    own, ``goto label`` last on a line): the same Program, from per-line cached assemblies.
+    Any other shape goes to :func:`assemble` (tests/test_verifier_soundness.py checks both
+    agree)."""
+    import pybpf
+    text = _named_calls(text)
+    rows = [ln.strip() for ln in text.split("\n")]
+    maps, body, labels, pending = [], [], {}, []
+    slot = 0
+    for ln in rows:                                 # pass 1: slots and labels
+        m = _LABEL_LINE.match(ln)
+        if m:
+            pending.append(m[1])
+            continue
+        if ln.startswith(".map"):
+            if maps or body:
+                return assemble(text)
+            maps.append(_one_line(ln))
+            continue
+        if not ln or len(pending) > 1:
+            return assemble(text)
+        for name in pending:
+            labels[slot] = name
+        pending = []
+        size = len(_one_line(_GOTO_LABEL.sub("goto +0", ln)))
+        body.append((slot, ln))
+        slot += size
+    if pending or len(set(labels.values())) != len(labels):
+        return assemble(text)
+    where = {name: s for s, name in labels.items()}
+    insns, lines = [], {}
+    for s, ln in body:                              # pass 2: targets as numbers
+        m = _GOTO_LABEL.search(ln)
+        line = ln
+        if m:
+            if m[1] not in where:
+                return assemble(text)
+            line = ln[:m.start(1)] + f"{where[m[1]] - (s + 1):+d}"
+        insns += _one_line(line)
+        lines[s] = ln
+    return pybpf.Program(insns, functions={0: "prog"}, labels=labels, maps=maps, lines=lines,
+                         name="prog")
 
 
 class _Gen:
@@ -216,7 +320,7 @@ class _Gen:
 def random_program(rng: random.Random, ptype: str):
     """A random program for ``ptype``, assembled (AsmError never: the text is well formed)."""
     text = _Gen(rng, ptype).build()
-    return assemble(re.sub(r"\+ -(\d)", r"- \1", text))
+    return fast_assemble(re.sub(r"\+ -(\d)", r"- \1", text))
 
 
 # -- mutations ----------------------------------------------------------------------------------
@@ -263,8 +367,9 @@ def _edit(rng: random.Random, insns: list, i: int, donor: list):
     return ins._replace(opcode=0x05, dst=0, src=0, off=0, imm=0)          # goto +0
 
 
-def mutate(rng: random.Random, prog, donor_progs=()):
-    """A copy of ``prog`` with one to three edits; None when no edit gave a decodable program."""
+def mutate(rng: random.Random, prog, donor_progs=(), edits=(1, 1, 2, 3)):
+    """A copy of ``prog`` with one to three edits (a choice from ``edits``); None when no edit
+    gave a decodable program."""
     import pybpf
     from pybpf.errors import DecodeError
     base = list(prog.insns)
@@ -273,7 +378,7 @@ def mutate(rng: random.Random, prog, donor_progs=()):
     donor = [i for p in donor_progs for i in p.insns if i.opcode != 0] or base
     for _attempt in range(8):
         insns = list(base)
-        for _ in range(rng.choice([1, 1, 2, 3])):
+        for _ in range(rng.choice(edits)):
             i = rng.choice(starts)
             new = _edit(rng, insns, i, donor)
             if insns[i].opcode == 0x18 and new.opcode != 0x18:
@@ -304,6 +409,9 @@ class Tally:
     skipped: int = 0                                    # maps the kernel refused
     by_type: Counter = field(default_factory=Counter)
     mismatched_messages: Counter = field(default_factory=Counter)
+    # per program type: kernel accepts, kernel rejects, unsound, too strict, both reject, match
+    per_type: dict = field(default_factory=dict)
+    mismatch_examples: dict = field(default_factory=dict)  # (kernel, pybpf) -> first example
     kernel_s: float = 0.0
     pybpf_s: float = 0.0
     slowest: list = field(default_factory=list)         # (pybpf seconds, label, type, prog)
@@ -330,8 +438,23 @@ class Tally:
             f"pybpf crashes (non-VerifierError): {len(self.crashes)}",
             f"kernel internal errors ('verifier bug: ...', not verdicts, not counted above): "
             f"{len(self.kernel_bugs)}",
+            *(self.type_line(t) for t in sorted(self.per_type)),
             f"time: kernel {self.kernel_s:.1f} s, pybpf {self.pybpf_s:.1f} s; slowest pybpf: "
             + ", ".join(f"{dt:.2f} s {label}" for dt, label, _t, _p in self.slowest[:3])])
+
+
+    def count(self, ptype: str, key: str) -> None:
+        row = self.per_type.setdefault(ptype, Counter())
+        row[key] += 1
+
+    def type_line(self, ptype: str) -> str:
+        """The three figures for one program type."""
+        r = self.per_type[ptype]
+        pct = lambda n, d: f"{100 * n / d:.2f}%" if d else "n/a"
+        return (f"  {ptype}: kernel accepts {r['ka']}, rejects {r['kr']}; kernel rejects / pybpf "
+                f"accepts {r['unsound']}; kernel accepts / pybpf rejects {r['strict']} = "
+                f"{pct(r['strict'], r['ka'])}; messages {r['match']} of {r['both']} = "
+                f"{pct(r['match'], r['both'])}")
 
 
 def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5,
@@ -397,16 +520,25 @@ def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: floa
                                       f"{'accepts' if accepted else 'rejects: ' + message}"))
         elif kernel.accepted and accepted:
             tally.both_accept += 1
+            tally.count(ptype, "ka")
         elif not kernel.accepted and not accepted:
             tally.both_reject += 1
+            tally.count(ptype, "kr")
+            tally.count(ptype, "both")
             if message == kernel.message:
                 tally.message_match += 1
+                tally.count(ptype, "match")
             else:
                 tally.mismatched_messages[(kernel.message, message)] += 1
+                tally.mismatch_examples.setdefault((kernel.message, message), (label, ptype, prog))
         elif accepted:
             tally.unsound.append((label, ptype, prog, kernel.message))
+            tally.count(ptype, "kr")
+            tally.count(ptype, "unsound")
         else:
             tally.too_strict.append((label, ptype, prog, message))
+            tally.count(ptype, "ka")
+            tally.count(ptype, "strict")
     return tally
 
 
@@ -457,6 +589,10 @@ def main(argv=None) -> int:
             for i, (label, ptype, prog, detail) in enumerate(rows):
                 with open(os.path.join(args.dump, f"{kind}_{i}.vt"), "w") as f:
                     f.write(as_vt(label, ptype, prog, detail))
+        for i, ((k, p), n) in enumerate(tally.mismatched_messages.most_common()):
+            label, ptype, prog = tally.mismatch_examples[(k, p)]
+            with open(os.path.join(args.dump, f"message_{i}.vt"), "w") as f:
+                f.write(as_vt(label, ptype, prog, f"x{n} kernel {k!r} / pybpf {p!r}"))
     return 0
 
 

@@ -42,8 +42,18 @@ def verify(prog, env=None, *, prog_type: str, log_level: int = 0,
     from .stack_depth import check_stack_depth
     from pybpf.errors import VerifierError
     env = env if env is not None else NullEnv()
+    if full:
+        from pybpf.attach_types import check_attach_type, default_attach_type
+        import errno
+        attach_type = attach_type or default_attach_type(prog_type)
+        why = check_attach_type(prog_type, attach_type)
+        if why is not None:     # bpf_prog_load_check_attach: refused before the verifier runs
+            raise VerifierError(why, 0, errno=errno.EINVAL)
+    from .calls import resolve_pseudo_ldimm64
+    # bpf_check resolves ld_imm64 references after check_subprogs, before check_cfg
+    resolve = (lambda: resolve_pseudo_ldimm64(prog, env, prog_type)) if full else None
     try:
-        cfg = check_structure(prog)
+        cfg = check_structure(prog, after_subprogs=resolve)
     except VerifierError as e:
         e.program = prog
         raise
@@ -52,12 +62,6 @@ def verify(prog, env=None, *, prog_type: str, log_level: int = 0,
         n = len(prog.instructions())
         return VerifyResult(log=f"structural checks passed: {n} insns\n",
                             stats={"insns": n})
-    from pybpf.attach_types import check_attach_type, default_attach_type
-    import errno
-    attach_type = attach_type or default_attach_type(prog_type)
-    why = check_attach_type(prog_type, attach_type)
-    if why is not None:         # bpf_prog_load_check_attach: refused before the verifier runs
-        raise VerifierError(why, 0, errno=errno.EINVAL)
     from .check import run_checks
     return run_checks(prog, cfg, env, prog_type=prog_type, log_level=log_level,
                       attach_type=attach_type)

@@ -37,7 +37,7 @@ import os
 from pybpf import isa
 from pybpf.uapi import BPF_F_RDONLY_PROG, MAP_TYPE_IDS
 
-from . import bounds, bprintf, dynptr, iters, protos, special_kfuncs, spin_lock
+from . import bounds, bprintf, dynptr, graph, iters, protos, special_kfuncs, spin_lock
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
                      ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_DONTCARE, ARG_PTR_TO_CONST_STR,
                      ARG_PTR_TO_CTX, ARG_PTR_TO_FUNC, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE,
@@ -173,7 +173,7 @@ def _gpl_compatible(prog) -> bool:
 
 
 # --- helper calls --------------------------------------------------------------------------------
-def check_call_targets(prog, env, prog_type: str) -> None:
+def check_call_targets(prog, env, prog_type: str, attach_type: str | None = None) -> None:
     """Refuse, before anything runs, a call to a helper or kfunc the environment does not have
     or ``prog_type`` may not call (part of the structural checks: ``invalid func unknown#ID``,
     ``program of this type cannot use helper ...``, ``kernel btf_id ID is not a function``)."""
@@ -183,11 +183,11 @@ def check_call_targets(prog, env, prog_type: str) -> None:
             continue
         if form.op == "helper":
             msg = protos.unknown_helper_message(insn.imm, prog_type,
-                                                proto_of(env.helper(insn.imm)))
+                                                proto_of(env.helper(insn.imm)), attach_type)
             if msg:
                 raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
         elif form.op == "kfunc" and env.kfunc(insn.imm) is None:
-            msg = f"kernel btf_id {insn.imm} is not a function"
+            msg = f"kernel btf_id {insn.imm & 0xFFFFFFFF} is not a function"   # %u
             raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
 
 
@@ -196,7 +196,7 @@ def check_helper_call(chk, pc: int, insn) -> None:
     hid = insn.imm
     spin_lock.check_call_allowed(chk, hid, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.helper(hid))
-    msg = protos.unknown_helper_message(hid, chk.prog_type, proto)
+    msg = protos.unknown_helper_message(hid, chk.prog_type, proto, chk.attach_type)
     if msg:
         chk.error(msg, errno.EINVAL)
     if proto.gpl_only and not _gpl_compatible(chk.prog):
@@ -588,6 +588,77 @@ def _check_map_func_compatibility(chk, m, hid: int) -> None:
                   errno.EINVAL)
 
 
+# --- check_map_prog_compatibility: which maps a program type may use at all ------------------
+# The kernel checks each map once, when resolve_pseudo_ldimm64 adds it to the program's used
+# maps, before anything else: the error has no instruction line in the log. A sleepable program's
+# allowed map types were measured on the running 6.18 kernel (a prog_array is refused).
+_SLEEPABLE_MAPS = frozenset({
+    "hash", "lru_hash", "array", "percpu_hash", "percpu_array", "lru_percpu_hash",
+    "array_of_maps", "hash_of_maps", "ringbuf", "user_ringbuf", "inode_storage", "sk_storage",
+    "task_storage", "cgrp_storage", "queue", "stack", "arena", "insn_array"})
+_TRACING_TYPES = frozenset({"kprobe", "tracepoint", "perf_event", "raw_tracepoint",
+                            "raw_tracepoint_writable", "tracing"})
+
+
+def _compat_error(prog, m, prog_type: str) -> str | None:
+    """check_map_prog_compatibility for one map, or None."""
+    if spin_lock.lock_offset(m) >= 0:
+        if prog_type == "socket_filter":
+            return "socket filter progs cannot use bpf_spin_lock yet"
+        if prog_type in _TRACING_TYPES:
+            return "tracing progs cannot use bpf_spin_lock yet"
+    if (prog_type == "syscall" or getattr(prog, "sleepable", False)) and \
+            m.type not in _SLEEPABLE_MAPS:
+        return ("Sleepable programs can only use array, hash, ringbuf and local storage maps, "
+                "also as inner maps")
+    return None
+
+
+def resolve_pseudo_ldimm64(prog, env, prog_type: str) -> None:
+    """The kernel's resolve_pseudo_ldimm64, before every other check: each ld_imm64 in
+    instruction order, reachable or not. A BTF id (pybpf has no kernel BTF), a map reference
+    that names no map, a map this program type may not use (check_map_prog_compatibility, once
+    per map), a direct value address outside its map: VerifierError (no instruction line in
+    the log, as the kernel's)."""
+    from pybpf.errors import VerifierError
+
+    def fail(msg: str, pc: int, err: int = errno.EINVAL):
+        raise VerifierError(msg, pc, log=msg + "\n", errno=err)
+
+    seen = set()
+    for pc, form, insn in prog.instructions():
+        if form.kind != "lddw":
+            continue
+        op = form.op
+        if op == "btf_id":
+            if insn.imm == 0:       # check_pseudo_btf_id: id 0 is void in every BTF
+                fail("pseudo btf_id 0 in ldimm64 isn't KIND_VAR or KIND_FUNC", pc)
+            fail("ldimm64 btf_id needs kernel BTF, which pybpf does not have", pc)
+        if not op.startswith("map"):
+            continue
+        by_index = op.startswith("map_idx")
+        m = env.map_by_index(insn.imm) if by_index else env.map_by_fd(insn.imm)
+        if m is None:
+            if by_index:
+                fail(f"map index {insn.imm} out of range", pc)
+            fail(f"fd {insn.imm} is not pointing to valid bpf_map", pc, errno.EBADF)
+        key = id(m.value if m.value is not None else m)
+        if key not in seen:                         # __add_used_map: each map checked once
+            seen.add(key)
+            why = _compat_error(prog, m, prog_type)
+            if why:
+                fail(why, pc)
+        if op in ("map_value", "map_idx_value"):
+            off = prog.insns[pc + 1].imm & 0xFFFFFFFF
+            if off >= (1 << 29):                     # BPF_MAX_VAR_OFF
+                fail(f"direct value offset of {off} is not allowed", pc)
+            if m.type not in ("array", "arena"):
+                fail("no direct value access support for this map type", pc)
+            if m.type == "array" and (m.max_entries != 1 or off >= m.value_size):
+                fail(f"invalid access to map value pointer, value_size={m.value_size} "
+                     f"off={off}", pc)
+
+
 # --- references ----------------------------------------------------------------------------------
 def acquire_reference(chk, pc: int) -> int:
     ref = chk.new_id()
@@ -658,10 +729,11 @@ def check_kfunc_call(chk, pc: int, insn):
     """check_kfunc_call for the kfuncs pybpf implements (by pybpf kfunc id). Returns False when
     the path ends at the call (bpf_throw), else None."""
     kid = insn.imm
-    spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.kfunc(kid))
+    if proto is None or proto.name not in graph.SPIN_ALLOWED:
+        spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
     if proto is None:
-        chk.error(f"kernel btf_id {kid} is not a function", errno.EINVAL)
+        chk.error(f"kernel btf_id {kid & 0xFFFFFFFF} is not a function", errno.EINVAL)
     name = proto.name or f"kfunc#{kid}"
     if not proto.allowed_in(chk.prog_type):
         chk.error(f"calling kernel function {name} is not allowed", errno.EACCES)
@@ -673,7 +745,12 @@ def check_kfunc_call(chk, pc: int, insn):
         base, kflags = split_kind(kind)
         if base == protos.KF_ARG_IGNORE:
             continue
-        reg = chk.check_reg_read(regno)
+        # check_kfunc_args reads scalar arguments without check_reg_arg: an uninitialised one
+        # is "R2 is not a scalar", not "R2 !read_ok"
+        reg = chk.reg(regno) if base in _KF_NO_READ_CHECK else chk.check_reg_read(regno)
+        if reg.type == NOT_INIT and base in _KF_REG_OFF_FIRST:
+            # check_func_arg_reg_off on an unset register: its var_off is unknown
+            chk.error("variable ? access var_off=(0x0; 0xffffffffffffffff) disallowed")
         if base == protos.KF_ARG_CONST and i > 0 and \
                 split_kind(proto.args[i - 1])[0] == protos.KF_ARG_PTR_TO_MEM_SIZE:
             continue                            # the size checked with its buffer
@@ -682,6 +759,10 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
             if base == protos.KF_ARG_CONST and not reg.var.is_const():
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
+            if name == graph.OBJ_NEW:
+                meta["obj_new_type"] = reg.var.const_value()
+        elif name in graph.NAMES:
+            continue                            # verifier/graph.py checks them below
         elif base == protos.KF_ARG_PTR_TO_MAP:
             if reg.type != CONST_PTR_TO_MAP:
                 chk.error(f"pointer in R{regno} isn't map pointer", errno.EINVAL)
@@ -712,6 +793,10 @@ def check_kfunc_call(chk, pc: int, insn):
             chk.error(f"verifier bug: unsupported kfunc arg kind {kind}", errno.EFAULT)
     # (a map that is not an arena is the kfunc's business at run time: NULL, nothing or
     # -EINVAL, as in the kernel, whose KF_ARG_PTR_TO_MAP check wants any map pointer)
+    if name in graph.NAMES:
+        graph.check_args(chk, pc, proto, meta)
+        if name == graph.RB_ADD:
+            graph.rbtree_callback(chk, pc, meta)     # before the call clobbers r1-r5
     special_kfuncs.check_rcu(chk, proto)
     if proto.name == special_kfuncs.THROW:
         special_kfuncs.check_throw(chk)
@@ -719,7 +804,10 @@ def check_kfunc_call(chk, pc: int, insn):
     regs = chk.state.cur.regs
     for r in CALLER_SAVED:
         regs[r] = NOT_INIT_REG
-    if special_kfuncs.set_return(chk, proto):
+    if name in graph.NAMES:
+        r0 = graph.finish_call(chk, pc, proto, meta)
+        _set_r0(chk, r0 if r0 is not None else NOT_INIT_REG)
+    elif special_kfuncs.set_return(chk, proto):
         pass
     elif name in ("bpf_dynptr_slice", "bpf_dynptr_slice_rdwr"):
         rdwr = name == "bpf_dynptr_slice_rdwr"
@@ -735,6 +823,14 @@ def check_kfunc_call(chk, pc: int, insn):
         iters.process_iter_next_call(chk, pc, meta)
     else:       # int, and void * (an arena address): unknown scalars
         _set_r0(chk, Reg.scalar(None, chk.origin(name)))
+
+
+# check_kfunc_args never runs check_reg_arg on an argument: an unset register fails the first
+# check its kind meets (measured: tests/verifier/strings, dynptr, iters, special)
+_KF_NO_READ_CHECK = frozenset({protos.KF_ARG_SCALAR, protos.KF_ARG_CONST,
+                               protos.KF_ARG_PTR_TO_MAP, protos.KF_ARG_PTR_TO_CTX,
+                               protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_ITER})
+_KF_REG_OFF_FIRST = frozenset({protos.KF_ARG_PTR_TO_CTX})     # dynptrs, iterators: own words
 
 
 # --- BPF-to-BPF calls ----------------------------------------------------------------------------
@@ -791,9 +887,7 @@ def prepare_func_exit(chk, pc: int) -> int:
     if r0.type == PTR_TO_STACK:
         chk.error("cannot return stack pointer to the caller", errno.EINVAL)
     if callee.in_callback_fn:
-        if r0.type == NOT_INIT:
-            chk.error("R0 !read_ok")
-        if r0.type != SCALAR_VALUE:
+        if r0.type != SCALAR_VALUE:             # also NOT_INIT: no check_reg_arg before this
             chk.error("R0 not a scalar value")
         lo, hi = callee.callback_ret_range or (0, 1)
         v = r0.var
@@ -823,6 +917,9 @@ def calls_callback(chk, pc: int) -> bool:
     if entry is None:
         return False
     form, insn = entry
+    if form.kind == "call" and form.op == "kfunc":      # bpf_rbtree_add's less
+        proto = proto_of(chk.env.kfunc(insn.imm))
+        return proto is not None and proto.name == graph.RB_ADD
     return form.kind == "call" and form.op == "helper" and insn.imm in CALLBACK_HELPERS
 
 

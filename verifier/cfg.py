@@ -66,8 +66,43 @@ def _falls_through(form) -> bool:
     return form.kind not in ("ja", "exit")
 
 
-def build_cfg(prog: Program, check: bool = True) -> CFG:
-    """Subprograms, leaders and blocks of ``prog``; with ``check`` also the structural checks."""
+def _targets(decoded, form_at, nslots) -> set:
+    """The other subprogram starts (calls and func references inside the program)."""
+    out = set()
+    for pc, form, insn in decoded:
+        if (form.kind == "call" and form.op == "local") or (form.kind == "lddw" and form.op == "func"):
+            tgt = jump_target(form, insn, pc)
+            if 0 <= tgt < nslots:
+                out.add(tgt)
+    return out
+
+
+def _check_subprogs(decoded, form_at, starts: list, nslots: int, fail) -> None:
+    """check_subprogs: in instruction order, a jump leaving its subprogram (``jump out of
+    range``) and a subprogram whose last slot is not an exit or a jump (``last insn is not an
+    exit or jmp``), whichever comes first."""
+    ends = {e - 1: e for e in starts[1:] + [nslots]}
+    sp = 0
+    for pc, form, insn in decoded:
+        while sp + 1 < len(starts) and pc >= starts[sp + 1]:
+            sp += 1
+        lo, hi = starts[sp], starts[sp + 1] if sp + 1 < len(starts) else nslots
+        if form.kind in ("jcond", "ja", "may_goto"):
+            tgt = jump_target(form, insn, pc)
+            if not lo <= tgt < hi:
+                fail(f"jump out of range from insn {pc} to {tgt}", pc)
+        last = pc + form.slots - 1
+        for slot in range(pc, last + 1):
+            # the subprogram's last slot (of a two-slot ld_imm64: either half) must be an exit
+            # or an unconditional jump
+            if slot in ends and (slot != pc or form.kind not in ("exit", "ja")):
+                fail("last insn is not an exit or jmp", pc)
+
+
+def build_cfg(prog: Program, check: bool = True, after_subprogs=None) -> CFG:
+    """Subprograms, leaders and blocks of ``prog``; with ``check`` also the structural checks.
+    ``after_subprogs()`` runs between the kernel's check_subprogs and check_cfg stages (where
+    bpf_check resolves ld_imm64 references)."""
     decoded = prog.instructions()
     nslots = len(prog.insns)
     form_at = {pc: (form, insn) for pc, form, insn in decoded}
@@ -79,9 +114,15 @@ def build_cfg(prog: Program, check: bool = True) -> CFG:
     for pc, form, insn in decoded:
         if (form.kind == "call" and form.op == "local") or (form.kind == "lddw" and form.op == "func"):
             tgt = jump_target(form, insn, pc)
-            if tgt < 0 or tgt >= nslots or tgt not in form_at:
-                fail(f"call to invalid destination" if form.kind == "call"
-                     else f"invalid func reference at insn {pc}", pc)
+            if tgt < 0 or tgt >= nslots:          # add_subprog, for calls and func refs alike
+                fail("call to invalid destination", pc)
+            if tgt not in form_at:
+                # the kernel starts a subprogram there: the one before it then ends inside
+                # ld_imm64 (check_subprogs: "last insn is not an exit or jmp", in index order)
+                if check:
+                    _check_subprogs(decoded, form_at, sorted(starts | {tgt}
+                                    | _targets(decoded, form_at, nslots)), nslots, fail)
+                fail(f"invalid func reference at insn {pc}", pc)
             starts.add(tgt)
     starts_sorted = sorted(starts)
     subprogs = []
@@ -95,14 +136,16 @@ def build_cfg(prog: Program, check: bool = True) -> CFG:
     def subprog_at(slot: int) -> Subprog:
         return subprogs[bisect_right(sp_starts, slot) - 1]
 
+    if check:
+        _check_subprogs(decoded, form_at, starts_sorted, nslots, fail)
+        if after_subprogs is not None:
+            after_subprogs()
     leaders = set(starts)
     for pc, form, insn in decoded:
         tgt = jump_target(form, insn, pc) if form.kind in ("jcond", "ja", "may_goto") else None
         if tgt is not None:
             sp = subprog_at(pc)
             inside = sp.start <= tgt < sp.end
-            if check and not inside:
-                fail(f"jump out of range from insn {pc} to {tgt}", pc)
             if check and tgt not in form_at:
                 fail(f"jump into the middle of ldimm64 insn {tgt - 1}", pc)
             if inside and tgt in form_at:
@@ -116,12 +159,6 @@ def build_cfg(prog: Program, check: bool = True) -> CFG:
 
     def last_before(end: int) -> int:
         return order[(index_of[end] if end < nslots else len(order)) - 1]
-
-    if check:
-        for sp in subprogs:
-            last = last_before(sp.end)
-            if form_at[last][0].kind not in ("exit", "ja"):
-                fail("last insn is not an exit or jmp", last)
 
     ordered = sorted(leaders)
     blocks: dict[int, Block] = {}
@@ -159,8 +196,9 @@ def _check_reachable(cfg: CFG, fail) -> None:
             fail(f"unreachable insn {start}", start)
 
 
-def check_structure(prog: Program) -> CFG:
-    """Raise VerifierError (kernel wording) unless ``prog`` is structurally sound; return its CFG."""
+def check_structure(prog: Program, after_subprogs=None) -> CFG:
+    """Raise VerifierError (kernel wording) unless ``prog`` is structurally sound; return its CFG.
+    ``after_subprogs``: see :func:`build_cfg`."""
     if not prog.insns:
         raise VerifierError("empty program", 0, errno=errno.EINVAL)
-    return build_cfg(prog, check=True)
+    return build_cfg(prog, check=True, after_subprogs=after_subprogs)

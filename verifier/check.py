@@ -413,6 +413,8 @@ def _alu(chk: Checker, pc, form, insn):
         src = chk.check_reg_read(insn.src)
     else:
         src = None
+        if op != "mov":
+            chk.check_reg_read(dst)     # check_alu_op reads dst before it looks at the imm
         if op in ("div", "mod", "sdiv", "smod") and insn.imm == 0:
             chk.error("div by zero", errno.EINVAL)
         if op in ("lsh", "rsh", "arsh") and not 0 <= insn.imm < form.width:
@@ -544,6 +546,8 @@ def _lddw(chk: Checker, pc, form, insn):
                                           origin=chk.origin("a function reference")))
         return pc + 2
     if op == "btf_id":
+        if insn.imm == 0:       # check_pseudo_btf_id: id 0 is void in every BTF
+            chk.error("pseudo btf_id 0 in ldimm64 isn't KIND_VAR or KIND_FUNC", errno.EINVAL)
         chk.error("ldimm64 btf_id needs kernel BTF, which pybpf does not have", errno.EINVAL)
     by_index = op.startswith("map_idx")
     m = chk.env.map_by_index(insn.imm) if by_index else chk.env.map_by_fd(insn.imm)

@@ -13,12 +13,12 @@ import errno
 
 from pybpf.uapi import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
 from . import bounds, dynptr, spin_lock
-from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_RDONLY, NOT_INIT,
+from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_ALLOC, MEM_RDONLY, NOT_INIT,
                     PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
                     PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
                     PTR_TO_SOCK_COMMON, PTR_TO_SOCKET, PTR_TO_STACK, PTR_TO_TCP_SOCK,
-                    SCALAR_ADD_CONST,
+                    PTR_TO_XDP_SOCK, SCALAR_ADD_CONST,
                     PTR_TO_TP_BUFFER, SCALAR_VALUE, STACK_INVALID, STACK_MISC,
                     STACK_SPILL, STACK_ZERO, Reg, Slot, type_str)
 
@@ -148,12 +148,15 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
     t, flags = reg.type, reg.flags
     pc = chk.pc
     chk.access.setdefault(pc, set()).add(int(t) if not flags & PTR_MAYBE_NULL else -1)
+    if t != PTR_TO_STACK:
+        # check_ptr_alignment comes first (strict for atomics: a misaligned scalar or
+        # NULL-able pointer is "misaligned access", not an invalid access)
+        _check_alignment(chk, reg, off, size, strict)
     if flags & PTR_MAYBE_NULL:
         chk.error(f"R{regno} invalid mem access '{reg.type_str()}'")
     if t == PTR_TO_STACK:
         _stack_access(chk, regno, reg, off, size, write, value_regno, imm, signed)
         return
-    _check_alignment(chk, reg, off, size, strict)
     off += reg.off
     if t == PTR_TO_MAP_VALUE:
         m = reg.map
@@ -187,6 +190,14 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
         _load_result(chk, value_regno, write, size, signed, "a packet load")
     elif t == PTR_TO_ARENA:
         _load_result(chk, value_regno, write, size, signed, "an arena load")
+    elif t == CONST_PTR_TO_MAP:
+        from .map_btf import check_ptr_to_map_access
+        check_ptr_to_map_access(chk, regno, reg.map, off, size, write)
+        _load_result(chk, value_regno, write, size, signed, "a struct bpf_map field")
+    elif t == PTR_TO_BTF_ID and flags & MEM_ALLOC:
+        from .graph import check_access
+        check_access(chk, regno, reg, off, size, write)
+        _load_result(chk, value_regno, write, size, signed, "a load from an allocated object")
     elif t == PTR_TO_FLOW_KEYS:
         # (a pointer stored here "leaks addr into flow keys" only for unprivileged loaders)
         from .ctx import SIZEOF_FLOW_KEYS      # check_flow_keys_access
@@ -227,9 +238,14 @@ def _check_alignment(chk, reg: Reg, off: int, size: int, strict: bool = False) -
         return
     v = reg.var
     if reg.type in PACKET_TYPES:
+        # check_pkt_ptr_alignment: NET_IP_ALIGN (2) in front of the packet
+        if v.var_off.mask & (size - 1) or (v.var_off.value + 2 + reg.off + off) & (size - 1):
+            chk.error(f"misaligned packet access off 2+{_tnum_short(v)}+{reg.off}+{off} "
+                      f"size {size}")
         return
     if v.var_off.mask & (size - 1) or (v.var_off.value + reg.off + off) & (size - 1):
-        chk.error(f"misaligned {_ALIGN_DESC.get(reg.type, '')}access off "
+        desc = '' if reg.flags & PTR_MAYBE_NULL else _ALIGN_DESC.get(reg.type, '')
+        chk.error(f"misaligned {desc}access off "
                   f"{_tnum_short(v)}+{reg.off}+{off} size {size}")
 
 
@@ -495,7 +511,12 @@ def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed:
                 if _reg_width(reg) <= 8 * size and not signed:
                     chk.set_reg(value_regno, reg.replace(id=0))
                 else:
-                    _load_result(chk, value_regno, False, size, signed, "a stack fill")
+                    # copy_register_state, then check_mem_access's coerce_reg_to_size(_sx):
+                    # the low bytes keep what the spilled register knew about them (its
+                    # 32-bit bounds for a 4-byte fill)
+                    var = bounds.coerce_sx(reg.var, size) if signed else \
+                        bounds.coerce(reg.var, size)
+                    chk.set_reg(value_regno, reg.replace(id=0, var=var))
             else:
                 spill_cnt = zero_cnt = 0
                 for s, idx in _slot_bytes(off, size):
@@ -546,18 +567,29 @@ def _stack_read_var(chk, frame, min_off: int, max_off: int, value_regno: int) ->
 
 
 # --- atomics ------------------------------------------------------------------------------------
+# atomic_ptr_type_ok: ctx, packet, flow keys and socket pointers take no atomic access
+_NO_ATOMICS = frozenset({PTR_TO_CTX, PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_FLOW_KEYS,
+                         PTR_TO_SOCKET, PTR_TO_SOCK_COMMON, PTR_TO_TCP_SOCK, PTR_TO_XDP_SOCK})
+
+
 def check_atomic(chk, form, insn) -> None:
     """check_atomic: load-acquire/store-release, RMW ops, xchg and cmpxchg."""
     op, size = form.op, form.size
     if op == "load_acq":
-        chk.check_reg_read(insn.src)
+        # check_atomic_load: atomic_ptr_type_ok before the access (measured on 6.18)
+        s = chk.check_reg_read(insn.src)
         chk.check_reg_write(insn.dst)
-        check_mem_access(chk, insn.src, insn.off, size, False, insn.dst)
+        if s.type in _NO_ATOMICS:
+            chk.error(f"BPF_ATOMIC loads from R{insn.src} {s.type_str()} is not allowed")
+        check_mem_access(chk, insn.src, insn.off, size, False, insn.dst, strict=True)
         return
     if op == "store_rel":
+        # check_atomic_store: the (strictly aligned) store first, then atomic_ptr_type_ok
         chk.check_reg_read(insn.src)
-        chk.check_reg_read(insn.dst)
-        check_mem_access(chk, insn.dst, insn.off, size, True, insn.src)
+        d = chk.check_reg_read(insn.dst)
+        check_mem_access(chk, insn.dst, insn.off, size, True, insn.src, strict=True)
+        if d.type in _NO_ATOMICS:
+            chk.error(f"BPF_ATOMIC stores into R{insn.dst} {d.type_str()} is not allowed")
         return
     src = chk.check_reg_read(insn.src)
     dst = chk.check_reg_read(insn.dst)

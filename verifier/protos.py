@@ -93,6 +93,13 @@ KF_ARG_PTR_TO_MEM_SIZE = "KF_ARG_PTR_TO_MEM_SIZE"   # a pointer followed by its 
 KF_ARG_CONST = "KF_ARG_CONST"                   # a ``__k`` parameter: a known constant
 KF_ARG_PTR_TO_ITER = "KF_ARG_PTR_TO_ITER"       # ``struct bpf_iter_<type> *`` on the stack
 KF_ARG_PTR_TO_DYNPTR = "KF_ARG_PTR_TO_DYNPTR"   # ``struct bpf_dynptr *`` (16 bytes of stack)
+KF_ARG_PTR_TO_ALLOC_BTF_ID = "KF_ARG_PTR_TO_ALLOC_BTF_ID"   # an object bpf_obj_new returned
+KF_ARG_PTR_TO_REFCOUNTED_KPTR = "KF_ARG_PTR_TO_REFCOUNTED_KPTR"
+KF_ARG_PTR_TO_LIST_HEAD = "KF_ARG_PTR_TO_LIST_HEAD"         # ``struct bpf_list_head *``
+KF_ARG_PTR_TO_LIST_NODE = "KF_ARG_PTR_TO_LIST_NODE"         # ``struct bpf_list_node *``
+KF_ARG_PTR_TO_RB_ROOT = "KF_ARG_PTR_TO_RB_ROOT"             # ``struct bpf_rb_root *``
+KF_ARG_PTR_TO_RB_NODE = "KF_ARG_PTR_TO_RB_NODE"             # ``struct bpf_rb_node *``
+KF_ARG_PTR_TO_CALLBACK = "KF_ARG_PTR_TO_CALLBACK"           # a static subprogram (``less``)
 
 # KF_* flags (include/linux/btf.h)
 KF_ACQUIRE, KF_RELEASE, KF_RET_NULL = "KF_ACQUIRE", "KF_RELEASE", "KF_RET_NULL"
@@ -464,6 +471,9 @@ AWAITING_IMPLEMENTATION: frozenset[int] = frozenset()
 HELPERS_BY_NAME: dict[str, Prototype] = {p.name: p for p in _HELPER_ROWS}
 
 # --- kfuncs --------------------------------------------------------------------------------------
+# program types of the kernel's generic_kfunc_set (kernel/bpf/helpers.c), measured on Linux 6.18
+_GENERIC = frozenset({"mem", "sched_cls", "tracepoint", "xdp", "cgroup_skb", "syscall"})
+_ALLOC_OR_NULL = "RET_PTR_TO_BTF_ID|MEM_ALLOC|PTR_MAYBE_NULL"
 # Arena kfuncs (kernel/bpf/arena.c). ``void *`` returns are unknown scalars to the verifier: the
 # as(1) pointer must go through addr_space_cast before it is dereferenced.
 _KFUNC_ROWS = (
@@ -558,6 +568,58 @@ _KFUNC_ROWS = (
               name="bpf_dynptr_slice_rdwr", kfunc_flags=frozenset({KF_RET_NULL}),
               c_decl="void *bpf_dynptr_slice_rdwr(const struct bpf_dynptr *p, u32 offset, "
                      "void *buffer__opt, u32 buffer__szk)"),
+    # allocated objects and graph data structures (kernel/bpf/helpers.c; verifier/graph.py,
+    # runtime/kfuncs_graph.py). generic_kfunc_set's program types, as bpf_throw's above.
+    *(Prototype(ret, args, name=name, kfunc_flags=frozenset(flags), prog_types=_GENERIC,
+                c_decl=decl)
+      for ret, args, name, flags, decl in (
+          (_ALLOC_OR_NULL, (KF_ARG_CONST, KF_ARG_IGNORE), "bpf_obj_new_impl",
+           (KF_ACQUIRE, KF_RET_NULL),
+           "void *bpf_obj_new_impl(u64 local_type_id__k, void *meta__ign)"),
+          (RET_VOID, (KF_ARG_PTR_TO_ALLOC_BTF_ID + "|" + OBJ_RELEASE, KF_ARG_IGNORE),
+           "bpf_obj_drop_impl", (KF_RELEASE,),
+           "void bpf_obj_drop_impl(void *p__alloc, void *meta__ign)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_REFCOUNTED_KPTR, KF_ARG_IGNORE),
+           "bpf_refcount_acquire_impl", (KF_ACQUIRE, KF_RET_NULL, "KF_RCU"),
+           "void *bpf_refcount_acquire_impl(void *p__refcounted_kptr, void *meta__ign)"),
+          (RET_INTEGER, (KF_ARG_PTR_TO_LIST_HEAD, KF_ARG_PTR_TO_LIST_NODE, KF_ARG_IGNORE,
+                         KF_ARG_IGNORE), "bpf_list_push_front_impl", (),
+           "int bpf_list_push_front_impl(struct bpf_list_head *head, struct bpf_list_node "
+           "*node, void *meta__ign, u64 off)"),
+          (RET_INTEGER, (KF_ARG_PTR_TO_LIST_HEAD, KF_ARG_PTR_TO_LIST_NODE, KF_ARG_IGNORE,
+                         KF_ARG_IGNORE), "bpf_list_push_back_impl", (),
+           "int bpf_list_push_back_impl(struct bpf_list_head *head, struct bpf_list_node "
+           "*node, void *meta__ign, u64 off)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_LIST_HEAD,), "bpf_list_pop_front",
+           (KF_ACQUIRE, KF_RET_NULL),
+           "struct bpf_list_node *bpf_list_pop_front(struct bpf_list_head *head)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_LIST_HEAD,), "bpf_list_pop_back",
+           (KF_ACQUIRE, KF_RET_NULL),
+           "struct bpf_list_node *bpf_list_pop_back(struct bpf_list_head *head)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_LIST_HEAD,), "bpf_list_front", (KF_RET_NULL,),
+           "struct bpf_list_node *bpf_list_front(struct bpf_list_head *head)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_LIST_HEAD,), "bpf_list_back", (KF_RET_NULL,),
+           "struct bpf_list_node *bpf_list_back(struct bpf_list_head *head)"),
+          (RET_INTEGER, (KF_ARG_PTR_TO_RB_ROOT, KF_ARG_PTR_TO_RB_NODE, KF_ARG_PTR_TO_CALLBACK,
+                         KF_ARG_IGNORE, KF_ARG_IGNORE), "bpf_rbtree_add_impl", (),
+           "int bpf_rbtree_add_impl(struct bpf_rb_root *root, struct bpf_rb_node *node, "
+           "bool (less)(struct bpf_rb_node *a, const struct bpf_rb_node *b), "
+           "void *meta__ign, u64 off)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT, KF_ARG_PTR_TO_RB_NODE), "bpf_rbtree_remove",
+           (KF_ACQUIRE, KF_RET_NULL),
+           "struct bpf_rb_node *bpf_rbtree_remove(struct bpf_rb_root *root, "
+           "struct bpf_rb_node *node)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT,), "bpf_rbtree_first", (KF_RET_NULL,),
+           "struct bpf_rb_node *bpf_rbtree_first(struct bpf_rb_root *root)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT,), "bpf_rbtree_root", (KF_RET_NULL,),
+           "struct bpf_rb_node *bpf_rbtree_root(struct bpf_rb_root *root)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT, KF_ARG_PTR_TO_RB_NODE), "bpf_rbtree_left",
+           (KF_RET_NULL,), "struct bpf_rb_node *bpf_rbtree_left(struct bpf_rb_root *root, "
+                           "struct bpf_rb_node *node)"),
+          (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_RB_ROOT, KF_ARG_PTR_TO_RB_NODE), "bpf_rbtree_right",
+           (KF_RET_NULL,), "struct bpf_rb_node *bpf_rbtree_right(struct bpf_rb_root *root, "
+                           "struct bpf_rb_node *node)"),
+      )),
 )
 
 KFUNCS: dict[str, Prototype] = {
@@ -599,7 +661,31 @@ def func_id_name(hid: int) -> str:
     return f"bpf_{HELPER_NAMES[hid]}" if 0 <= hid < MAX_HELPER_ID else "unknown"
 
 
-def unknown_helper_message(hid: int, prog_type: str, proto: Prototype | None) -> str | None:
+# cgroup_sock_addr's get_func_proto also looks at the expected attach type (sock_addr_func_proto,
+# cgroup_current_func_proto). Measured on 6.18 for each of its 17 attach types by loading
+# ``call N; r0 = 1; exit`` (the table above is connect4's): bpf_bind only from the inet4/inet6
+# connect hooks; bpf_get_retval/bpf_set_retval not from the recvmsg, getpeername and getsockname
+# hooks (inet4, inet6 and unix alike). Every other helper answers alike for all 17. (The four
+# cgroup_sock attach types and cgroup_skb's ingress/egress were measured too: no difference.)
+_ATTACH_ONLY = {
+    ("cgroup_sock_addr", HELPER_IDS["bind"]): frozenset({"cgroup_inet4_connect",
+                                                          "cgroup_inet6_connect"}),
+    **{("cgroup_sock_addr", HELPER_IDS[n]): frozenset({
+        "cgroup_inet4_bind", "cgroup_inet6_bind", "cgroup_inet4_connect", "cgroup_inet6_connect",
+        "cgroup_unix_connect", "cgroup_udp4_sendmsg", "cgroup_udp6_sendmsg",
+        "cgroup_unix_sendmsg"}) for n in ("get_retval", "set_retval")},
+}
+
+
+def attach_refuses(hid: int, prog_type: str, attach_type: str | None) -> bool:
+    """Whether ``prog_type`` loaded for ``attach_type`` may not call helper ``hid`` although
+    the type's table allows it (None attach type: the type's default, no refinement)."""
+    hooks = _ATTACH_ONLY.get((prog_type, hid))
+    return hooks is not None and bool(attach_type) and attach_type not in hooks
+
+
+def unknown_helper_message(hid: int, prog_type: str, proto: Prototype | None,
+                           attach_type: str | None = None) -> str | None:
     """Why a call to helper ``hid`` cannot load for ``prog_type`` (the kernel's words), or None.
 
     ``proto`` is what the VM's registry holds for the id (None when it has nothing). Ids past
@@ -607,12 +693,13 @@ def unknown_helper_message(hid: int, prog_type: str, proto: Prototype | None) ->
     the type's get_func_proto refuses is ``program of this type cannot use helper``; a kernel id
     pybpf has no implementation for says so (the kernel would accept it)."""
     if proto is not None:
-        if proto.allowed_in(prog_type):
+        if proto.allowed_in(prog_type) and not attach_refuses(hid, prog_type, attach_type):
             return None
         return f"program of this type cannot use helper {func_id_name(hid)}#{hid}"
     if not 0 <= hid < MAX_HELPER_ID:
         return f"invalid func {func_id_name(hid)}#{hid}"
     allowed = KERNEL_HELPER_PROG_TYPES.get(prog_type)
-    if hid == 0 or (allowed is not None and hid not in allowed):
+    if hid == 0 or (allowed is not None and hid not in allowed) or \
+            attach_refuses(hid, prog_type, attach_type):
         return f"program of this type cannot use helper {func_id_name(hid)}#{hid}"
     return f"helper {func_id_name(hid)}#{hid} is not implemented by pybpf"

@@ -61,6 +61,8 @@ def process_spin_lock(chk, regno: int, is_lock: bool) -> None:
         if st.active_lock != key:
             chk.error("bpf_spin_unlock of different lock", errno.EINVAL)
         st.active_lock = None
+        from .graph import invalidate_non_owning_refs
+        invalidate_non_owning_refs(chk)         # graph nodes seen under the lock
 
 
 def check_call_allowed(chk, helper_id: int | None, unlock_id: int) -> None:
@@ -77,6 +79,11 @@ def check_global_call(chk) -> None:
 
 def check_field_access(chk, reg, off: int, size: int) -> None:
     """check_map_access's special-field rule for [off, off + size) of a map value."""
+    v = reg.var
+    value = getattr(reg.map, "value", reg.map)
+    for root_off, root in (getattr(value, "graph_roots", None) or {}).items():
+        if v.smin + off < root_off + 16 and root_off < v.umax + off + size:
+            chk.error(f"{root.kind} cannot be accessed directly by load/store", errno.EACCES)
     p = lock_offset(reg.map)
     if p < 0:
         return

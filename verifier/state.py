@@ -59,6 +59,7 @@ MEM_ALLOC = 1 << 7
 PTR_TRUSTED = 1 << 8
 MEM_RCU = 1 << 9
 MEM_FIXED_SIZE = 1 << 10
+NON_OWN_REF = 1 << 11          # a graph node a lock protects: valid until bpf_spin_unlock
 SCALAR_ADD_CONST = 1 << 20     # the kernel's BPF_ADD_CONST id bit: a linked scalar, ``off`` apart
 
 _TYPE_STR = {
@@ -80,7 +81,7 @@ PACKET_TYPES = (PTR_TO_PACKET, PTR_TO_PACKET_META)
 def type_str(type_: RegType, flags: int = 0) -> str:
     """The kernel's reg_type_str: ``map_value_or_null``, ``rdonly_mem``, ``fp``..."""
     prefix = "".join(p for bit, p in _PREFIX if flags & bit)
-    post = "_or_null" if flags & PTR_MAYBE_NULL else ""
+    post = ("or_null_" if type_ == PTR_TO_BTF_ID else "_or_null") if flags & PTR_MAYBE_NULL else ""
     return prefix + _TYPE_STR[type_] + post
 
 
@@ -88,7 +89,7 @@ class Reg:
     """One register's abstract value (struct bpf_reg_state). Treat as immutable."""
 
     __slots__ = ("type", "flags", "off", "var", "id", "ref_obj_id", "map", "range", "mem_size",
-                 "frameno", "subprog", "origin", "precise", "dynptr_id")
+                 "frameno", "subprog", "origin", "precise", "dynptr_id", "btf_type")
 
     def __init__(self, type_: RegType = NOT_INIT, flags: int = 0, off: int = 0, var=None,
                  id: int = 0, ref_obj_id: int = 0, map=None, range: int = 0, mem_size: int = 0,
@@ -107,6 +108,7 @@ class Reg:
         self.origin = origin        # (pc, what): where the type came from, for explain()
         self.precise = False        # a scalar used where its value matters (no may_goto widening)
         self.dynptr_id = 0          # a dynptr slice: the id of the dynptr it came from
+        self.btf_type = None        # PTR_TO_BTF_ID | MEM_ALLOC: its graph.AllocType
 
     def replace(self, **kw) -> "Reg":
         r = Reg.__new__(Reg)
@@ -153,7 +155,8 @@ class Reg:
     def same_pointer(self, other: "Reg") -> bool:
         """Same base type, flags and object (the kernel's check before comparing offsets)."""
         return (self.type == other.type and self.flags == other.flags
-                and self.map is other.map and self.frameno == other.frameno)
+                and self.map is other.map and self.frameno == other.frameno
+                and self.btf_type is other.btf_type)
 
     def __repr__(self) -> str:
         return f"Reg({self.type_str()}, off={self.off}, var={self.var}, id={self.id})"
@@ -352,7 +355,8 @@ def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: bool) -> bool:
 def _regs_exact(a: Reg, b: Reg, idmap: dict) -> bool:
     return (a.type == b.type and a.flags == b.flags and a.off == b.off and a.map is b.map
             and a.range == b.range and a.mem_size == b.mem_size and a.frameno == b.frameno
-            and a.subprog == b.subprog and _same_scalar(a.var, b.var)
+            and a.subprog == b.subprog and a.btf_type is b.btf_type
+            and _same_scalar(a.var, b.var)
             and _check_ids(a.id, b.id, idmap) and _check_ids(a.ref_obj_id, b.ref_obj_id, idmap))
 
 

@@ -75,7 +75,9 @@ def bind(obj: BpfObject, vm=None) -> BpfObject:
         try:
             lm = created[m.name] = _create(vm, m)
             from ..runtime.maps.btf_fields import attach
-            attach(lm, obj.btf, m.btf_value_type)     # value BTF: bpf_spin_lock's offset
+            offsets = {v.name: v.offset for v in obj.variables.values()
+                       if v.map_name == m.name} if m.origin == "data" else None
+            attach(lm, obj.btf, m.btf_value_type, offsets)  # value BTF: lock, graph roots
             if m.type == "arena":
                 storage[m.name] = ArenaGlobals(lm, m, obj.arena_data_off)
                 if m.initial:

@@ -78,6 +78,8 @@ class ArrayMap(Map):
         if self.spin_lock_off >= 0 and not self.percpu:
             # copy_map_value(_locked): the lock word keeps its state
             btf_fields.copy_value(self, base, value[:self.value_size], bool(flags & BPF_F_LOCK))
+            if self.graph_roots:        # array_map_update_elem: bpf_obj_free_fields
+                btf_fields.free_fields(self, base)
         elif onallcpus:
             ctypes.memmove(base, value, self.elem_size)
         else:

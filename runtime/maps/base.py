@@ -117,7 +117,14 @@ class Memory:
 
 
 class MapHeader(ctypes.Structure):
-    """The map as native code sees it (``Map.address``). Field meanings per type:
+    """The map as native code and BPF programs see it (``Map.address``, the map pointer).
+
+    Its first :data:`KERNEL_VIEW_SIZE` bytes are the kernel's ``struct bpf_map`` (Linux 6.18,
+    x86-64, from the running kernel's BTF) up to ``name``: a program may read ``map_type``,
+    ``key_size``, ``value_size``, ``max_entries``, ``map_flags``... through its map pointer, as
+    the kernel lets it (check_ptr_to_map_access; the verifier allows the scalar members, pybpf's
+    maps keep the kernel's pointer members zero). Runs see these bytes read-only (a Region per
+    map). pybpf's own fields follow, past what a program may reach. Their meanings per type:
 
     array/percpu_array: ``data`` values, ``elem_size`` stride of one index (round8(value_size)
     * n_cpus); hash family: ``data`` elements, ``index`` u32 buckets, ``index_mask`` buckets - 1
@@ -126,15 +133,26 @@ class MapHeader(ctypes.Structure):
     ``index`` the page map, ``extra`` user_vm_start.
     """
 
-    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
-                ("map_flags", ctypes.c_uint32), ("elem_size", ctypes.c_uint32),
-                ("n_cpus", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
-                ("data", ctypes.c_uint64), ("index", ctypes.c_uint64),
-                ("index_mask", ctypes.c_uint64), ("extra", ctypes.c_uint64)]
+    _fields_ = [
+        # struct bpf_map (6.18) up to name; the pointer members stay 0
+        ("sha", ctypes.c_uint8 * 32), ("excl", ctypes.c_uint32), ("_hole", ctypes.c_uint32),
+        ("ops", ctypes.c_uint64), ("inner_map_meta", ctypes.c_uint64),
+        ("security", ctypes.c_uint64), ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32), ("map_extra", ctypes.c_uint64),
+        ("map_flags", ctypes.c_uint32), ("id", ctypes.c_uint32), ("record", ctypes.c_uint64),
+        ("numa_node", ctypes.c_int32), ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32), ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("btf", ctypes.c_uint64), ("objcg", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+        # pybpf's own
+        ("elem_size", ctypes.c_uint32), ("n_cpus", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+        ("data", ctypes.c_uint64), ("index", ctypes.c_uint64),
+        ("index_mask", ctypes.c_uint64), ("extra", ctypes.c_uint64)]
 
 
-HEADER_SIZE = 64
+KERNEL_VIEW_SIZE = MapHeader.elem_size.offset     # 152: struct bpf_map's bytes up to name's end
+HEADER_SIZE = 256
 assert ctypes.sizeof(MapHeader) <= HEADER_SIZE
 
 
@@ -241,6 +259,7 @@ class Map:
     n_cpus = 1
     btf = False             # created with value BTF (maps.btf_fields.attach)
     spin_lock_off = -1      # offset of the value's struct bpf_spin_lock, -1 without
+    graph_roots: dict = {}  # offset -> btf_fields.GraphRoot (bpf_list_head, bpf_rb_root)
     # The kernel's map_gen_lookup: a map whose lookup the JIT may inline defines
     # ``gen_lookup(ir, key) -> r0`` building LLVM IR with the kit pybpf.jit.maps passes in (``key``
     # the i64 key address; r0 the value's address or 0). None: lookups call the helper.
@@ -269,6 +288,8 @@ class Map:
         h = self.header
         h.map_type, h.key_size, h.value_size = self.type_id, key_size, value_size
         h.max_entries, h.map_flags, h.n_cpus = max_entries, flags, self.n_cpus
+        h.map_extra, h.numa_node, h.name = map_extra, -1, self.name.encode()[:15]
+        h.id = fd if fd is not None else 0
         self._cpu = 0
         self.typed(key_type if key_type is not None else self.key_default, value_type)
 
@@ -374,8 +395,8 @@ class Map:
         check(addr, errno.ENOENT, f"key {key.hex()} not found")
         value = ctypes.string_at(addr, self.sys_value_size)
         if self.spin_lock_off >= 0 and not self.percpu:
-            from .btf_fields import without_lock
-            value = without_lock(self, value)       # user space never sees the lock word
+            from .btf_fields import without_special
+            value = without_special(self, value)    # user space never sees the lock or roots
         return value
 
     def sys_update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:

@@ -1,21 +1,31 @@
 """The special fields of a map value found in its BTF (the kernel's ``btf_parse_fields``).
 
-Only ``struct bpf_spin_lock`` so far: :func:`attach` records on a map created from an object
+``struct bpf_spin_lock``: :func:`attach` records on a map created from an object
 with BTF that it has BTF (``map.btf``) and where its value's lock is (``map.spin_lock_off``,
 -1 without), which the verifier's spin-lock rules read (:mod:`pybpf.verifier.spin_lock`). A
 value holding more than one lock is refused, as the kernel refuses it (E2BIG from
 BPF_MAP_CREATE: "only one bpf_spin_lock" per value).
+
+Graph roots (``struct bpf_list_head``, ``struct bpf_rb_root``) with their ``contains:T:field``
+decl tags (``__contains(T, field)``): :func:`graph_roots` finds them, :func:`attach` records
+them as ``map.graph_roots`` (:class:`GraphRoot` by offset), which the verifier's graph rules
+(:mod:`pybpf.verifier.graph`) and the runtime's lists and trees
+(:mod:`pybpf.runtime.kfuncs_graph`) read. As the kernel, a value with a graph root must hold a
+bpf_spin_lock too (EINVAL), and the contained type must be a struct of the same BTF with a
+``bpf_list_node`` / ``bpf_rb_node`` of that name.
 """
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass, field
 
 from pybpf.errors import MapError
 
 
-def spin_lock_offset(btf, type_id: int) -> int:
+def spin_lock_offset(btf, type_id: int, var_offsets: dict | None = None) -> int:
     """Byte offset of the top-level ``struct bpf_spin_lock`` of value type ``type_id`` (a
-    struct, or a DATASEC of global variables), or -1."""
+    struct, or a DATASEC of global variables, whose offsets ``var_offsets`` gives by name as
+    the ELF symbols say: clang leaves them 0 in .BTF, libbpf fixes them), or -1."""
     if btf is None or not type_id:
         return -1
     t = btf.resolve(type_id)
@@ -30,7 +40,7 @@ def spin_lock_offset(btf, type_id: int) -> int:
             var = btf[v.type]
             vt = btf.resolve(var.type) if var.kind == "var" else None
             if vt is not None and vt.kind == "struct" and vt.name == "bpf_spin_lock":
-                found.append(v.offset)
+                found.append((var_offsets or {}).get(var.name, v.offset))
     elif t.kind == "struct" and t.name == "bpf_spin_lock":
         found.append(0)
     if len(found) > 1:
@@ -39,10 +49,106 @@ def spin_lock_offset(btf, type_id: int) -> int:
     return found[0] if found else -1
 
 
-def attach(m, btf, value_type_id: int) -> None:
-    """Record ``m``'s BTF facts (called by the ELF loader after creating the map)."""
+GRAPH_ROOTS = {"bpf_list_head": "bpf_list_node", "bpf_rb_root": "bpf_rb_node"}
+GRAPH_NODES = frozenset(GRAPH_ROOTS.values())
+ROOT_SIZE = 16
+
+
+@dataclass(frozen=True)
+class GraphRoot:
+    """One ``bpf_list_head``/``bpf_rb_root`` at ``offset`` of a value: it holds ``struct
+    value_name`` (type ``value_type`` of ``btf``) through its node field ``node_name`` at
+    ``node_offset``."""
+
+    kind: str               # "bpf_list_head" | "bpf_rb_root"
+    offset: int
+    btf: object = field(compare=False, repr=False)
+    value_type: int
+    value_name: str
+    node_name: str
+    node_offset: int
+
+    @property
+    def node_kind(self) -> str:
+        return GRAPH_ROOTS[self.kind]
+
+
+def _struct_name(btf, tid: int) -> str | None:
+    t = btf.resolve(tid)
+    return t.name if t.kind == "struct" else None
+
+
+def _contains(btf, root_kind: str, off: int, tags) -> GraphRoot:
+    tag = next((t for t in tags if t.startswith("contains:")), None)
+    if tag is None:
+        raise MapError(f"{root_kind} at offset {off} has no __contains(type, field) tag",
+                       errno.EINVAL)
+    _, name, node = (tag.split(":") + ["", ""])[:3]
+    vt = btf.find(name, "struct")
+    if vt is None:
+        raise MapError(f"{root_kind} at offset {off}: no struct {name} for {tag!r}",
+                       errno.EINVAL)
+    for mb in vt.members:
+        if mb.name == node and _struct_name(btf, mb.type) == GRAPH_ROOTS[root_kind]:
+            return GraphRoot(root_kind, off, btf, vt.id, name, node, mb.bit_offset // 8)
+    raise MapError(f"{root_kind} at offset {off}: struct {name} has no "
+                   f"{GRAPH_ROOTS[root_kind]} {node}", errno.EINVAL)
+
+
+def graph_roots(btf, type_id: int, var_offsets: dict | None = None) -> dict[int, GraphRoot]:
+    """The graph roots of value type ``type_id`` (a struct, or a DATASEC), by offset."""
+    if btf is None or not type_id:
+        return {}
+    t = btf.resolve(type_id)
+    out: dict[int, GraphRoot] = {}
+    if t.kind == "struct":
+        tags: dict[int, list[str]] = {}
+        for idx, tag in btf.decl_tags(t.id):
+            tags.setdefault(idx, []).append(tag)
+        for i, m in enumerate(t.members):
+            kind = _struct_name(btf, m.type)
+            if kind in GRAPH_ROOTS:
+                off = m.bit_offset // 8
+                out[off] = _contains(btf, kind, off, tags.get(i, ()))
+    elif t.kind == "datasec":
+        for v in t.secinfo:
+            var = btf[v.type]
+            kind = _struct_name(btf, var.type) if var.kind == "var" else None
+            if kind in GRAPH_ROOTS:
+                off = (var_offsets or {}).get(var.name, v.offset)
+                out[off] = _contains(btf, kind, off, [tag for _, tag in btf.decl_tags(var.id)])
+    return out
+
+
+def attach(m, btf, value_type_id: int, var_offsets: dict | None = None) -> None:
+    """Record ``m``'s BTF facts (called by the ELF loader after creating the map;
+    ``var_offsets``: a global data map's variables by name)."""
     m.btf = btf is not None and bool(value_type_id)
-    m.spin_lock_off = spin_lock_offset(btf, value_type_id)
+    m.spin_lock_off = spin_lock_offset(btf, value_type_id, var_offsets)
+    roots = graph_roots(btf, value_type_id, var_offsets)
+    if roots and m.spin_lock_off < 0:
+        raise MapError(f"map {getattr(m, 'name', '')!r}: a value with a "
+                       f"{next(iter(roots.values())).kind} needs a bpf_spin_lock", errno.EINVAL)
+    m.graph_roots = roots
+
+
+def free_fields(m, base: int) -> None:
+    """bpf_obj_free_fields for the value at ``base`` (an element deleted or replaced, an array
+    element updated): what its graph roots hold is dropped (``m.graphs``: the VM's Graphs)."""
+    graphs = getattr(m, "graphs", None)
+    if graphs is None:
+        return
+    for off in m.graph_roots:
+        graphs.free_at(base + off)
+
+
+def without_special(m, value: bytes) -> bytes:
+    """``value`` with its lock and graph roots zeroed, as user space reads it."""
+    value = without_lock(m, value)
+    for off in getattr(m, "graph_roots", {}):
+        if len(value) >= off + ROOT_SIZE:
+            value = value[:off] + bytes(ROOT_SIZE) + value[off + ROOT_SIZE:]
+    return value
 
 
 def without_lock(m, value: bytes) -> bytes:

@@ -213,6 +213,9 @@ class HashMap(Map):
             link = self._elem_off(cur - 1) + OFF_NEXT
         self._store32(link, nxt)
         view[off + OFF_IN_USE] = 0
+        if self.graph_roots:            # check_and_free_fields: lists and trees it held go
+            btf_fields.free_fields(self, self.elems_address + off - self._elems_off
+                                   + self.value_off)
         self._pending.append((grace.retire(), slot))
 
     def _take(self) -> int | None:
