@@ -6,14 +6,17 @@ slots, a new seed per trial so nothing is cached unless a figure says so), with 
 workers started beforehand:
 
 * ``first_result``: ``vm.load`` until it returns, ready to run, tier "auto" on a cache
-  miss (the quick tier; the code cache on, in a fresh directory); baseline: the same with
-  tier "O2" and the cache off (what every load cost before this issue);
+  miss (the baseline tier, jit/baseline.py: no LLVM before the first run; the code cache on,
+  in a fresh directory); ``first_result_quick``: the same with the baseline off
+  (``PYBPF_JIT_BASELINE=0``: the LLVM quick tier first); baseline: the same with tier "O2"
+  and the cache off (what every load cost before this issue); ``first_tier`` counts the tier
+  each "auto" load placed first;
 * ``o2_installed``: from ``vm.load`` (tier "auto", cache miss) until the background -O2 code is
   swapped in (``JitProgram.installed_at``);
 * ``warm_load``: ``vm.load`` of a program whose -O2 code is in the cache (lowering, key, read,
   check, place); baseline: the cold -O2 load;
-* ``runtime``: ns per run of ``test_run`` for the quick tier against -O2 code, on the
-  interpreter benchmark's ALU loop and the 64-way switch (benchmarks/c).
+* ``runtime``: ns per run of ``test_run`` for the baseline and the quick tier against -O2
+  code, on the interpreter benchmark's ALU loop and the 64-way switch (benchmarks/c).
 
 Each latency is a series of trials (one program each, background compiles drained between
 them, outside the timing); min and median are reported. ``run()`` returns the figures;
@@ -64,6 +67,21 @@ class _CacheDir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class _BaselineOff:
+    """PYBPF_JIT_BASELINE=0 for the block: tier "auto" starts with the LLVM quick tier."""
+
+    def __enter__(self):
+        self.old = os.environ.get("PYBPF_JIT_BASELINE")
+        os.environ["PYBPF_JIT_BASELINE"] = "0"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.old is None:
+            os.environ.pop("PYBPF_JIT_BASELINE", None)
+        else:
+            os.environ["PYBPF_JIT_BASELINE"] = self.old
+
+
 def _stats(values: list[float]) -> dict:
     return {"min_ms": min(values) * 1e3, "median_ms": statistics.median(values) * 1e3,
             "n": len(values)}
@@ -88,13 +106,27 @@ def _latencies(size: int, trials: int, seed0: int) -> dict:
             lp.close()
             times.append(dt)
         out["o2_load"] = _stats(times)
+    quick_progs = programs(size, trials, seed=seed0 + 50_000)
+    with _CacheDir(), _BaselineOff():
+        times = []
+        for k in range(trials):
+            dt, lp = _first_result(vm, quick_progs[k], "auto")
+            if lp._jit.tier != "quick":
+                raise BPFError(f"bench_tiers: baseline off, yet the first tier was "
+                               f"{lp._jit.tier}")
+            times.append(dt)
+            tiers.drain()
+            lp.close()
+        out["first_result_quick"] = _stats(times)
     with _CacheDir():
         first, installed, warm = [], [], []
+        first_tier = {}
         for k in range(trials):
             prog = progs[trials + k]
             t0 = time.perf_counter()
             dt, lp = _first_result(vm, prog, "auto")
             first.append(dt)
+            first_tier[lp._jit.tier] = first_tier.get(lp._jit.tier, 0) + 1
             tiers.drain()
             at = getattr(lp._jit, "installed_at", None)
             if lp._jit.tier != "O2" or at is None:
@@ -110,6 +142,7 @@ def _latencies(size: int, trials: int, seed0: int) -> dict:
                 raise BPFError(f"bench_tiers: warm load was {lp._jit.cache}/{lp._jit.tier}")
             lp.close()
         out["first_result"] = _stats(first)
+        out["first_tier"] = first_tier
         out["o2_installed"] = _stats(installed)
         out["warm_load"] = _stats(warm)
     return out
@@ -131,19 +164,23 @@ def _runtime(quick: bool) -> dict:
             # complexity limit, as in bench_jit): loaded unverified
             lq = v.load(prog, engine="jit", prog_type=ptype, tier="quick", verify=False)
             lo = v.load(prog, engine="jit", prog_type=ptype, tier="O2", verify=False)
+            lb = v.load(prog, engine="jit", prog_type=ptype, tier="baseline", verify=False)
         try:
-            if lq.run(mem=mem) != lo.run(mem=mem):
-                raise BPFError(f"bench_tiers: {name}: quick and -O2 results differ")
-            q, o = [], []
+            if not lq.run(mem=mem) == lo.run(mem=mem) == lb.run(mem=mem):
+                raise BPFError(f"bench_tiers: {name}: baseline, quick and -O2 results differ")
+            q, o, b = [], [], []
             with gc_paused():
                 for _ in range(batches):
                     q.append(lq.test_run(mem=mem, repeat=20)[1])
                     o.append(lo.test_run(mem=mem, repeat=20)[1])
+                    b.append(lb.test_run(mem=mem, repeat=20)[1])
         finally:
             lq.close()
             lo.close()
+            lb.close()
         out[name] = {"quick_ns": statistics.median(q), "o2_ns": statistics.median(o),
-                     "quick_min_ns": min(q), "o2_min_ns": min(o)}
+                     "baseline_ns": statistics.median(b), "quick_min_ns": min(q),
+                     "o2_min_ns": min(o), "baseline_min_ns": min(b)}
     return out
 
 
@@ -166,17 +203,23 @@ def format_table(r: dict) -> str:
     lines = [f"{'figure':54} {'min':>9} {'median':>9} {'vs -O2 load (median)':>22}"]
     for size, f in r["sizes"].items():
         base = f["o2_load"]["median_ms"]
-        for key, label in (("o2_load", "-O2 load, no cache (baseline)"),
-                           ("first_result", "first result, tier auto (quick), cold"),
+        for key, label in (("o2_load", "-O2 load, no cache (reference)"),
+                           ("first_result", "first result, tier auto (baseline), cold"),
+                           ("first_result_quick", "first result, LLVM quick tier, cold"),
                            ("o2_installed", "-O2 installed after load, tier auto"),
                            ("warm_load", "load with -O2 in the code cache")):
             s = f[key]
             ratio = "" if key == "o2_load" else f"{base / s['median_ms']:.1f}x less time"
             lines.append(f"{size:>5} slots: {label:41} {s['min_ms']:7.2f}ms "
                          f"{s['median_ms']:7.2f}ms {ratio:>22}")
+        if f.get("first_tier"):
+            lines.append(f"{size:>5} slots: first tier of the auto loads: "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(f["first_tier"].items())))
     for name, f in r["runtime"].items():
-        lines.append(f"{name}: quick {f['quick_ns'] / 1e3:.2f} us, -O2 {f['o2_ns'] / 1e3:.2f} us "
-                     f"per run (median; quick/-O2 = {f['quick_ns'] / f['o2_ns']:.2f}x)")
+        lines.append(f"{name}: baseline {f['baseline_ns'] / 1e3:.2f} us, quick "
+                     f"{f['quick_ns'] / 1e3:.2f} us, -O2 {f['o2_ns'] / 1e3:.2f} us per run "
+                     f"(median; baseline/-O2 = {f['baseline_ns'] / f['o2_ns']:.2f}x, "
+                     f"quick/-O2 = {f['quick_ns'] / f['o2_ns']:.2f}x)")
     return "\n".join(lines) + "\n"
 
 

@@ -111,7 +111,10 @@ def placement(allocator=None) -> dict:
     for d in rep["dedicated"]:
         d["runtime"] = d["name"] in RUNTIME_NAMES
         d["huge_page"] = _huge_state(d["mapping_size"], d["huge_pages_kb"], possible)
+    from pybpf.jit import baseline
+
     rep.update(
+        baseline=baseline.report(),
         write_path=rep["counters"]["write_path"], thp=thp, thp_possible=possible,
         programs=sum(len(p["programs"]) for p in rep["packs"]) + len(rep["dedicated"]),
         used_bytes=used * chunk, free_bytes=(total - used) * chunk,
@@ -176,6 +179,11 @@ def format_placement(report: dict, highlight=(), limit: int | None = None) -> st
            f"{len(report['packs'])} pack(s), {len(report['dedicated'])} dedicated mapping(s), "
            f"{report['programs']} allocation(s); {report['used_bytes']} B used, "
            f"{report['free_bytes']} B free in packs ({report['utilisation']:.2%} used)"]
+    bl = report.get("baseline")
+    if bl and (bl["baseline"] or bl["fallback"]):
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(bl["reasons"].items()))
+        out.append(f"first tier of this process's loads: baseline {bl['baseline']}, LLVM quick "
+                   f"tier (fallback) {bl['fallback']}" + (f" ({why})" if why else ""))
     for i, p in enumerate(report["packs"]):
         out.append("")
         out.append(f"pack {i}: 0x{p['address']:x}-0x{p['address'] + p['size']:x} "
@@ -388,6 +396,31 @@ def placement_svg(report: dict, title: str = "pybpf pack placement") -> str:
 
 # -- the machine code --------------------------------------------------------------------------
 
+def _objdump_listing(jp, syntax: str) -> str:
+    """Baseline-tier code (no LLVM assembly exists) through binutils' objdump."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    tool = shutil.which("objdump")
+    if tool is None:
+        raise JITError("listing baseline-tier code needs capstone (pip install pybpf[disasm]) "
+                       "or binutils' objdump")
+    base = jp.allocation.address
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(ctypes.string_at(base, jp.text_size))
+        f.flush()
+        p = subprocess.run([tool, "-D", "-b", "binary", "-m", "i386:x86-64",
+                            *(["-M", "intel"] if syntax == "intel" else []),
+                            f"--adjust-vma=0x{base:x}", f.name],
+                           capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise JITError(f"objdump failed: {p.stderr.strip()[:200]}")
+    body = p.stdout.split(">:\n", 1)[-1]
+    return (f"# x86-64 code of {jp.name!r} (baseline tier): {jp.text_size} bytes at "
+            f"0x{base:x} (objdump)\n{body.rstrip()}\n")
+
+
 def _function_offsets(jp) -> tuple[dict[int, str], str]:
     """Offset -> function name in the placed ``.text``, from the compile's symbol table."""
     if not jp.symbols:
@@ -435,6 +468,8 @@ def native_listing(jp, syntax: str = "att", disassembler: str = "auto") -> str:
             if disassembler == "capstone":
                 raise JITError("capstone is not installed (pip install pybpf[disasm])") from None
     base = jp.allocation.address
+    if cs is None and getattr(jp, "tier", "") == "baseline":
+        return _objdump_listing(jp, syntax)
     if cs is None:
         if syntax != "att":
             raise JITError("LLVM's assembly output is AT&T syntax; Intel syntax needs capstone "

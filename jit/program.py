@@ -174,7 +174,7 @@ class JitProgram:
 
 
 _swap_lock = threading.Lock()
-TIERS = ("auto", "quick", "O2")
+TIERS = ("auto", "quick", "O2", "baseline")
 QUICK_OPT = 0    # the quick tier: no passes, -O0 code generation (bench_tiers measures it)
 
 
@@ -284,6 +284,15 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
             symbols = ["bpf_main"]
         else:
             envs[0] = inputs.recording_env(envs[0])
+    if lowered is None and len(progs) == 1 and (
+            tier == "baseline" or tiered and _baseline_enabled()):
+        # The baseline tier (jit/baseline.py): no lowering and no LLVM before the first run;
+        # the lowering and -O2 compile (or, for a load keyed on its IR, the -O2 code from
+        # the cache) come in the background. None: the LLVM quick tier.
+        jp = _baseline_load(progs[0], helpers, values64[0], envs[0], names[0], allocator,
+                            inputs, tiered, t0)
+        if jp is not None:
+            return [jp]
     if lowered is None:
         with gc_paused():
             lowerer = ModuleLowerer(helpers, comments,
@@ -320,11 +329,57 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         raise
 
 
+def _baseline_enabled() -> bool:
+    from pybpf.jit import baseline
+
+    return baseline.enabled()
+
+
 def _lower_one(prog, helpers, values64, env) -> str:
+    return _lowered_one(prog, helpers, values64, env).ir
+
+
+def _lowered_one(prog, helpers, values64, env, name: str | None = None) -> LoweredModule:
     with gc_paused():
-        lowerer = ModuleLowerer(helpers, False, name=prog.name)
+        lowerer = ModuleLowerer(helpers, False, name=name or prog.name)
         lowerer.add_program(prog, "bpf_main", values64, env)
-        return lowerer.finish().ir
+        return lowerer.finish()
+
+
+def _baseline_load(prog, helpers, values64, env, name, allocator, inputs, tiered: bool,
+                   t0: float | None = None):
+    """Place baseline-tier code for ``prog`` (tiered: with entry stubs and the -O2 compile
+    started in the background); None when the baseline cannot emit it and the load takes the
+    LLVM quick tier (counted). ``tier="baseline"`` (not tiered) raises instead."""
+    from pybpf.jit import baseline
+
+    t0 = time.perf_counter() if t0 is None else t0
+    try:
+        made = baseline.compile_baseline(prog, helpers, values64, env)
+    except baseline.Unsupported as exc:
+        baseline.count(False, str(exc))
+        if not tiered:
+            raise
+        return None
+    t1 = time.perf_counter()
+    if allocator is None:
+        allocator = _default_allocator()
+    allocation = native.place(made.code, name, allocator)
+    keep = made.keepalive + list(getattr(env, "keepalive", ()) or ())
+    code = _PlacedCode(allocation, allocator, keep, 1)
+    _label(allocation, "baseline", "off")
+    jp = JitProgram(code, "bpf_main", 0, name, made.needs_gil, 0, "", None, None,
+                    len(made.code))
+    jp.tier, jp.cache = "baseline", "off"
+    jp.image, jp.externs, jp.symbols = None, {}, dict(made.symbols)
+    jp.timings = {"baseline": t1 - t0, "place": time.perf_counter() - t1}
+    jp._lower_again = lambda: _lower_one(prog, helpers, values64, env)  # noqa: E731
+    baseline.count(True)
+    if tiered:
+        _make_tiered(jp, allocator, None, "bpf_main", name)
+        _TierUp(lambda: _lowered_one(prog, helpers, values64, env, name), "bpf_main", name,
+                allocator, inputs).attach(jp)
+    return jp
 
 
 def _default_allocator():
@@ -404,14 +459,18 @@ class _TierUp:
     installed once the quick code is placed (:meth:`attach`), or dropped (:meth:`cancel`)."""
 
     def __init__(self, lowered, symbol: str, label: str, allocator, inputs=None) -> None:
+        """``lowered``: the LoweredModule, or a function making it (the baseline tier: the
+        lowering runs here, in the background, too)."""
         self.started = time.perf_counter()
         self._jp = None
         self._ready = threading.Event()
-        keyed = _keyed(inputs, lowered, 2)
-        tail_symbol = lowered.tail_entries.get(symbol, symbol)
 
         def job() -> None:
+            nonlocal lowered
             try:
+                if callable(lowered):
+                    lowered = lowered()
+                keyed = _keyed(inputs, lowered, 2)
                 image, _, state = _image(lowered.ir, 2, False, False, keyed)
             except Exception as exc:   # the quick code keeps running; say why it stayed
                 error = f"{type(exc).__name__}: {exc}"
@@ -429,6 +488,7 @@ class _TierUp:
                 jp.tier_error = f"{type(exc).__name__}: {exc}"
                 return
             code = _PlacedCode(allocation, allocator, lowered.keepalive, 1)
+            tail_symbol = lowered.tail_entries.get(symbol, symbol)
             jp._install(code, image.symbols[symbol], image.symbols.get(tail_symbol), 2, image,
                         state)
             jp.timings["tier_up"] = time.perf_counter() - self.started

@@ -252,9 +252,15 @@ def cmd_jit(args) -> int:
     from .runtime.contexts import canonical_type
     _, arena, values64 = vm.resolve(prog)   # maps, arena and ld_imm64 values, as a load does
     ptype = canonical_type(args.prog_type or getattr(prog, "prog_type", None) or "mem")
+    baseline = args.tier == "baseline"
+    if baseline and "ir" in show:
+        from .errors import JITError
+        raise JITError("the baseline tier has no LLVM IR (it emits x86-64 directly): "
+                       "--show asm or placement")
     jp = compile_program(prog, vm.helpers, opt_level=args.opt_level, name=name,
-                         want_ir="ir" in show, want_asm="asm" in show and not capstone,
-                         values64=values64, env=jit_env(vm, arena, ptype))
+                         want_ir="ir" in show, want_asm="asm" in show and not capstone
+                         and not baseline, values64=values64, env=jit_env(vm, arena, ptype),
+                         tier="baseline" if baseline else None)
     try:
         parts = []
         for what in show:
@@ -413,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--show", action="append", choices=("ir", "asm", "placement"),
                    help="what to print (repeatable; default: placement)")
     s.add_argument("-O", "--opt-level", type=int, choices=(0, 1, 2, 3), default=2)
+    s.add_argument("--tier", choices=("llvm", "baseline"), default="llvm",
+                   help="baseline: the template JIT's code (no LLVM; jit/baseline.py)")
     s.add_argument("--asm-syntax", choices=("att", "intel"), default="att",
                    help="x86-64 syntax of --show asm (Intel needs capstone)")
     s.add_argument("--disassembler", choices=("auto", "capstone", "llvm"), default="auto",

@@ -349,8 +349,8 @@ class VM:
         self.graphs.prepare(prog)           # bpf_obj_new's heap, for programs that use it
         if tier is None:
             tier = os.environ.get("PYBPF_JIT_TIER") or "auto"
-        if tier not in ("auto", "quick", "O2"):
-            raise VMError(f"unknown JIT tier {tier!r} (expected auto, quick or O2)")
+        if tier not in ("auto", "quick", "O2", "baseline"):
+            raise VMError(f"unknown JIT tier {tier!r} (expected auto, quick, O2 or baseline)")
         lp = LoadedProgram(self, prog, ptype, engine, limit, name or prog.name, used, arena,
                            values, fd=_next_fd(), verified=verify is True,
                            verify_result=result, tier=tier)

@@ -227,15 +227,11 @@ def _ctx_record(prog_type: str, ctx) -> dict | bytes | None:
 
 # The programs the kernel accepts that pybpf's verifier still refuses, each with the reason;
 # only these load unverified (so both engines are still compared), without paying for the
-# refusal (10-30 s each); every other corpus program loads verified, as a user's load does.
+# refusal; every other corpus program loads verified, as a user's load does.
 # tests/test_corpus.py checks this list is exact (the refusals with PYBPF_VERIFIER_SLOW=1).
-KNOWN_UNVERIFIED: dict[str, str] = {
-    "sys_sort": "nested loops whose swapped stack values keep every state apart: pybpf treats "
-                "every scalar as precise (no precision backtracking), so pruning fails and the "
-                "walk reaches the 1,000,000-instruction limit; the kernel prunes them",
-    "sys_log2_hist": "the same: the per-iteration bit counts stay precise in pybpf, so the "
-                     "walk reaches the 1,000,000-instruction limit",
-}
+# Empty since precision tracking (verifier/precision.py): sys_sort and sys_log2_hist, which
+# reached the 1,000,000-instruction limit when every scalar was precise, now verify.
+KNOWN_UNVERIFIED: dict[str, str] = {}
 
 
 def _load(obj, prog, engine: str):

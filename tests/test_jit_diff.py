@@ -8,8 +8,9 @@ but not pytest. The child prints one JSON line that the test reads.
   stack and ``mem`` loads/stores, atomics, BPF-to-BPF calls) from a seeded generator; each must
   give the same r0 and leave the same ``mem`` bytes in the interpreter and in the JIT. Programs
   are compiled many per LLVM module (one worker round trip per batch).
-* ``tiers``: generated programs loaded one by one on the quick tier, on -O2 and from the code
-  cache (issue 13; ``PYBPF_DIFF_TIER_PROGRAMS``, ``PYBPF_DIFF_TIER_PHASES``).
+* ``tiers``: generated programs loaded one by one on the quick tier, on -O2, from the code
+  cache and on the baseline tier (issue 13; ``PYBPF_DIFF_TIER_PROGRAMS``,
+  ``PYBPF_DIFF_TIER_PHASES``; ``PYBPF_DIFF_BASELINE_PROGRAMS`` for the baseline test).
 * ``conformance``: every ``tests/*.data`` of bpf_conformance through the JIT.
 * ``semantics``: edge cases checked against fixed answers (may_goto budget, unwind and helper
   exceptions across frames, callx of an unknown id).
@@ -301,7 +302,9 @@ def child_tiers(seed: int, count: int, phases: list[str]) -> dict:
     ``JitEnv``, as the VM loads them) through each of ``phases``, in order, against the
     interpreter: "quick" (the quick tier, compiled), "quick-cache" (the same again: taken from
     the code cache by the load-input key, no lowering), "O2", "O2-cache". The code cache is a
-    fresh directory. Per phase: failures, cache states, lowerings run."""
+    fresh directory. "baseline" and "baseline-unverified" load the baseline tier alone
+    (jit/baseline.py, no LLVM). Per phase: failures, cache states, lowerings run."""
+    import ctypes
     import shutil
     import tempfile
     import time
@@ -333,13 +336,19 @@ def child_tiers(seed: int, count: int, phases: list[str]) -> dict:
     out = {"programs": count, "phases": {}}
     try:
         for phase in phases:
-            tier = "quick" if phase.startswith("quick") else "O2"
+            tier = phase.split("-")[0]
             t0, before = time.perf_counter(), lowerings[0]
 
             def one(i):
-                jp = compile_program(progs[i], helpers, name=progs[i].name, env=JitEnv(),
+                # "baseline-unverified": the code of an unverified load (run budget counted
+                # at back edges, signals polled), with a budget no program here spends
+                budget = (ctypes.c_int64 * 1)(1_000_000)
+                env = JitEnv() if phase != "baseline-unverified" else JitEnv(
+                    verified=False, budget_cell=ctypes.addressof(budget))
+                jp = compile_program(progs[i], helpers, name=progs[i].name, env=env,
                                      tier=tier)
                 try:
+                    budget[0] = 1_000_000
                     buf = Buffer(MEM_SIZE, init=mems[i])
                     return jp.cache, (jp.run(buf.address, MEM_SIZE), buf.bytes())
                 finally:
@@ -361,7 +370,7 @@ def child_tiers(seed: int, count: int, phases: list[str]) -> dict:
     return out
 
 
-def child_conformance(paths: list[str]) -> dict:
+def child_conformance(paths: list[str], tier: str | None = None) -> dict:
     from pybpf.datafile import parse_data_file
     from pybpf.errors import BPFError
     from pybpf.jit.program import compile_program
@@ -380,7 +389,7 @@ def child_conformance(paths: list[str]) -> dict:
                 from pybpf.asm import assemble
                 prog = assemble(df.asm, filename=path)
             mem = df.mem or b""
-            with compile_program(prog, helpers) as jp:
+            with compile_program(prog, helpers, tier=tier) as jp:
                 buf = Buffer(len(mem), init=mem)
                 r0 = jp.run(buf.address if mem else 0, len(mem))
         except BPFError as exc:
@@ -494,7 +503,8 @@ def main(argv: list[str]) -> None:
     elif mode == "tiers":
         out = child_tiers(int(argv[1]), int(argv[2]), argv[3].split(","))
     elif mode == "conformance":
-        out = child_conformance(argv[1:])
+        baseline = argv[1:2] == ["--baseline"]
+        out = child_conformance(argv[2 if baseline else 1:], "baseline" if baseline else None)
     elif mode == "semantics":
         out = child_semantics()
     else:
@@ -546,9 +556,12 @@ def test_semantics_edge_cases():
     assert "closed" in out["run_after_close"]
 
 
-def test_conformance_suite_through_the_jit(conformance_dir):
+@pytest.mark.parametrize("tier", ["O2", "baseline"])
+def test_conformance_suite_through_the_jit(conformance_dir, tier):
+    """Every file at -O2 and on the baseline tier (jit/baseline.py), which must emit each
+    program itself (tier "baseline" never falls back to LLVM)."""
     files = [str(p) for p in conformance_files("tests")]
-    out = _child("conformance", *files)
+    out = _child("conformance", *(["--baseline"] if tier == "baseline" else []), *files)
     assert out["failed"] == [], "\n".join(out["failed"][:40])
     assert out["passed"] == len(files)
 
@@ -580,6 +593,25 @@ def test_random_programs_on_the_quick_tier_and_from_the_cache():
         got = out["phases"].get(phase)
         if got is not None and phase.split("-")[0] in phases[:phases.index(phase)]:
             assert got["states"] == {"hit": TIER_PROGRAMS} and got["lowerings"] == 0, got
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "failures"}
+                      for k, v in out["phases"].items()}))
+
+
+BASELINE_PROGRAMS = int(os.environ.get("PYBPF_DIFF_BASELINE_PROGRAMS", "300"))
+
+
+def test_random_programs_on_the_baseline_tier():
+    """Issue 13: the baseline tier (x86-64 from BPF without LLVM) against the interpreter, as
+    a verified and as an unverified load (run budget at back edges). Every generated program
+    must be emitted by the baseline itself (tier "baseline" never falls back).
+    ``PYBPF_DIFF_BASELINE_PROGRAMS=10000`` is the issue's acceptance."""
+    phases = ["baseline", "baseline-unverified"]
+    out = _child("tiers", "20261207", str(BASELINE_PROGRAMS), ",".join(phases),
+                 timeout=max(900, BASELINE_PROGRAMS * 0.2))
+    for phase, got in out["phases"].items():
+        assert not got["failures"], (phase, json.dumps(got["failures"][:3], indent=1))
+        assert got["states"] == {"off": BASELINE_PROGRAMS}, (phase, got)
+        assert got["lowerings"] == 0, (phase, got)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "failures"}
                       for k, v in out["phases"].items()}))
 

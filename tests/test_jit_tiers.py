@@ -3,9 +3,9 @@
 JIT'd code runs unchecked, so the cases run in a child Python (``python tests/test_jit_tiers.py
 child``), one JSON line per case; each case uses a code cache directory of its own.
 
-Cases: quick tier, then -O2 swapped in while 8 threads run the program (every result checked,
-the quick code freed afterwards); tail calls through a prog_array enter the tiered entry point
-before, during and after the swap; tier="O2" and tier="quick"; the conformance suite on the quick
+Cases: baseline tier (and, apart, the quick tier), then -O2 swapped in while 8 threads run the
+program (every result checked, the first tier's code freed afterwards); tail calls through a prog_array enter the tiered entry point
+before, during and after the swap; tier="O2" and tier="quick"; the conformance suite on the baseline, the quick
 tier, on -O2 and on -O2 code taken from the cache (``PYBPF_JIT_FULL=1``: every file, else a
 sample); cache entries damaged, truncated, replaced by another entry or by a well-formed entry
 with bad contents are each detected, counted and compiled again; the size bound evicts the
@@ -57,6 +57,20 @@ def _expected(prog, inputs):
 
 
 def case_tier_swap_while_eight_threads_run():
+    """From the baseline tier (jit/baseline.py), the first tier by default."""
+    return _tier_swap("baseline")
+
+
+def case_tier_swap_from_the_quick_tier_while_eight_threads_run():
+    """From LLVM's quick tier (PYBPF_JIT_BASELINE=0, and what the baseline does not emit)."""
+    os.environ["PYBPF_JIT_BASELINE"] = "0"
+    try:
+        return _tier_swap("quick")
+    finally:
+        del os.environ["PYBPF_JIT_BASELINE"]
+
+
+def _tier_swap(first: str):
     import struct
 
     import pybpf
@@ -67,12 +81,17 @@ def case_tier_swap_while_eight_threads_run():
     inputs = [struct.pack("<Q", x * 0x1234567 + 1) for x in range(16)]
     want = _expected(prog, inputs)
     vm = pybpf.VM()
-    # The -O2 compile runs beside the quick one and may be done first; its swap waits for
-    # this lock, held until every thread has run the quick code.
+    # The -O2 compile runs beside the first tier's and may be done first; its swap waits for
+    # this lock, held until every thread has run the first tier's code.
     program._swap_lock.acquire()
-    lp = vm.load(prog, engine="jit", tier="auto")
-    assert lp._jit.tier == "quick" and lp._jit.cache == "miss"
-    quick_address = lp._jit.image and lp._jit.allocation.address
+    try:
+        lp = vm.load(prog, engine="jit", tier="auto")
+        assert lp._jit.tier == first, lp._jit.tier
+        assert lp._jit.cache == ("miss" if first == "quick" else "off"), lp._jit.cache
+    except BaseException:
+        program._swap_lock.release()
+        raise
+    quick_address = lp._jit.allocation.address
     stop = threading.Event()
     errors, counts = [], [0] * 8
     seen = [set() for _ in range(8)]
@@ -101,7 +120,7 @@ def case_tier_swap_while_eight_threads_run():
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
-        while not all("quick" in x for x in seen) and not errors \
+        while not all(first in x for x in seen) and not errors \
                 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
@@ -117,10 +136,10 @@ def case_tier_swap_while_eight_threads_run():
         t.join()
     assert not errors, errors[:5]
     assert lp._jit.tier == "O2" and lp._jit.opt_level == 2
-    assert any("quick" in s for s in seen) and all("O2" in s for s in seen), seen
-    # the quick code is gone (int3-filled and given back) once no run was inside it
+    assert any(first in s for s in seen) and all("O2" in s for s in seen), seen
+    # the first tier's code is gone (int3-filled and given back) once no run was inside it
     progs = [p for pk in placement()["packs"] for p in pk["programs"]]
-    assert not any(p.get("tier") == "quick" for p in progs), progs
+    assert not any(p.get("tier") == first for p in progs), progs
     tiers_of = {p["address"]: p.get("tier") for p in progs}
     assert tiers_of.get(lp._jit.allocation.address) == "O2"
     assert tiers_of.get(quick_address) in (None, "O2")   # freed, maybe reused since
@@ -191,7 +210,7 @@ def case_tail_calls_enter_through_the_tiered_entry_point():
     # quick code has run through the prog_array.
     with program._swap_lock:
         target = vm.load(pybpf.assemble(target_src), engine="jit", tier="auto")
-        assert target._jit.tier == "quick"
+        assert target._jit.tier == "baseline"
         stub, quick = target._jit._entry.address, target._jit._entry.current[0]
         jt[1] = target
         assert target.native_entry == stub, (hex(target.native_entry), hex(stub))
@@ -252,7 +271,8 @@ def case_conformance_on_quick_o2_and_cached_code():
         return "no conformance suite"
     _fresh_cache()
     report = {}
-    for label, tier in (("quick", "quick"), ("O2", "O2"), ("O2 from cache", "O2")):
+    for label, tier in (("baseline", "baseline"), ("quick", "quick"), ("O2", "O2"),
+                        ("O2 from cache", "O2")):
         os.environ["PYBPF_JIT_TIER"] = tier
         before = cache.counters()
         outcomes = [run_file(f, engine="jit") for f in files]
@@ -264,6 +284,7 @@ def case_conformance_on_quick_o2_and_cached_code():
                          "stores": after["stores"] - before["stores"]}
     assert report["O2 from cache"]["stores"] == 0 and report["O2 from cache"]["hits"] > 0
     assert report["O2"]["hits"] == 0
+    assert report["baseline"]["stores"] == report["baseline"]["hits"] == 0
     return report
 
 

@@ -320,6 +320,7 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         if not reg.var.is_const():
             chk.error(f"R{regno} is not a known constant'")
         meta.mem_size = reg.var.const_value()
+        chk.mark_precise(regno)             # the returned memory's size is this value
     elif base == protos.ARG_PTR_TO_SPIN_LOCK:
         spin_lock.process_spin_lock(chk, regno, meta.func_id == protos.HELPER_IDS["spin_lock"])
     elif base in (protos.ARG_PTR_TO_INT, protos.ARG_PTR_TO_LONG):
@@ -365,6 +366,7 @@ def _mem_buffer_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
         chk.error(f"R{size_regno} unbounded memory access, use 'var &= const' or 'if (var < "
                   f"const)'")
     _helper_mem(chk, mem_regno, v.umax, write, zero_ok)
+    chk.mark_precise(size_regno)
 
 
 def _pkt_ok(chk, meta: CallMeta) -> bool:
@@ -447,6 +449,9 @@ def _constant_map_key(chk, key: Reg, key_size: int) -> int:
         spill += 1
     if spill != key_size or not sp.var.is_const():
         return -1
+    # the lookup's result (not NULL) rests on this constant: keep it in pruned states
+    from .precision import mark_slot_precise
+    mark_slot_precise(chk, key.frameno, spi)
     return sp.var.const_value()
 
 
@@ -759,6 +764,8 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
             if base == protos.KF_ARG_CONST and not reg.var.is_const():
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
+            if base == protos.KF_ARG_CONST:
+                chk.mark_precise(regno)
             if name == graph.OBJ_NEW:
                 meta["obj_new_type"] = reg.var.const_value()
         elif name in graph.NAMES:
@@ -889,6 +896,7 @@ def prepare_func_exit(chk, pc: int) -> int:
     if callee.in_callback_fn:
         if r0.type != SCALAR_VALUE:             # also NOT_INIT: no check_reg_arg before this
             chk.error("R0 not a scalar value")
+        chk.mark_precise(0)                 # the range is enforced on its value
         lo, hi = callee.callback_ret_range or (0, 1)
         v = r0.var
         if v.smin < lo or v.smax > hi:
@@ -903,6 +911,14 @@ def prepare_func_exit(chk, pc: int) -> int:
     st.frames.pop()
     caller = st.cur
     if callee.in_callback_fn:
+        # widen imprecise scalars against the previous visit of the call site, so that a
+        # callback counting in its ctx converges (the kernel's prepare_func_exit does as
+        # process_iter_next_call does)
+        from .check import _widen
+        from .iters import _prev_entry
+        prev = _prev_entry(st, callee.callsite)
+        if prev is not None and len(prev.frames) == len(st.frames):
+            _widen(prev, st)
         return callee.callsite
     caller.regs[0] = r0
     return callee.callsite + 1
@@ -929,6 +945,8 @@ def _loop_callback(chk, pc: int, meta: CallMeta) -> None:
     caller = chk.state.cur
     depth = getattr(caller, "callback_depth", 0)
     nr = caller.regs[1]
+    if nr.type == SCALAR_VALUE:
+        chk.mark_precise(1)     # pybpf stops unrolling at nr_loops' maximum: it must hold
     if nr.type == SCALAR_VALUE and depth >= nr.var.umax:
         _set_depth(caller, 0)
         return

@@ -22,12 +22,13 @@ from pybpf.errors import VerifierError
 from pybpf.insn import imm64
 from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
-from . import bounds, iters, mem
+from . import bounds, iters, mem, precision
 from .log import Log
 from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MAYBE_NULL,
                     PTR_TO_ARENA, PTR_TO_CTX, PTR_TO_FUNC, PTR_TO_MAP_VALUE, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_STACK, SCALAR_VALUE, FuncState,
-                    SCALAR_ADD_CONST, Reg, VerifierState, states_equal)
+                    SCALAR_ADD_CONST, Reg, VerifierState, states_equal, NOT_EXACT, EXACT,
+                    RANGE_WITHIN)
 
 INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
 JMP_STACK_LIMIT = 8192          # BPF_COMPLEXITY_LIMIT_JMP_SEQ
@@ -46,11 +47,16 @@ class Checkpoint:
     ``branches`` counts paths through it still being explored; 0 means every path from it
     was verified, so a state it contains may be pruned."""
 
-    __slots__ = ("state", "branches", "parent", "pc", "hits", "miss")
+    __slots__ = ("state", "branches", "parent", "pc", "hits", "miss", "pending", "backedges")
 
     def __init__(self, state: VerifierState, parent, pc: int) -> None:
         self.state, self.branches, self.parent, self.pc = state, 1, parent, pc
         self.hits = self.miss = 0
+        # precision marks still incomplete: loop states (``pending``, still being explored)
+        # whose later marks this one must receive; ``backedges``: the states pruned against a
+        # loop state under this one, to receive its marks when it is done (precision.py)
+        self.pending: list = []
+        self.backedges: list = []
 
 
 def _calls():
@@ -78,6 +84,8 @@ class Checker:
         self.pending: list[tuple[VerifierState, int]] = []
         self.explored: dict[int, list[Checkpoint]] = {}
         self.prune_points = _prune_points(prog, cfg)
+        self.lddw_at = {pc for pc, form, _ in prog.instructions() if form.kind == "lddw"}
+        self.prev_pc = -1
         from .liveness import liveness
         self.live_before = liveness(cfg, prog.instructions(), strong=False).before
         self.loop_points = _loop_points(prog, self.calls)
@@ -199,6 +207,8 @@ class Checker:
         self._drain(start)
 
     def _drain(self, pc: int) -> None:
+        self.prev_pc = -1
+        self.state.first_insn_idx = pc
         while True:
             pc = self._walk(pc)
             if pc is None:
@@ -213,14 +223,21 @@ class Checker:
                 self.error(f"BPF program is too large. Processed {self.insn_processed} insn",
                            errno.E2BIG, pc)
             self.pc = pc
+            prev = self.prev_pc
+            # a jump into pc (anything but falling through from prev) goes in the history
+            jumped = prev < 0 or pc != prev + (2 if prev in self.lddw_at else 1)
+            self.state.last_insn_idx = prev
             if pc in self.prune_points:
-                if self._visit(pc):
+                if self._visit(pc, jumped):
                     log.pruned(pc)
                     nxt = self._path_done()
                     if nxt is None:
                         return None
                     pc = nxt
                     continue
+            if jumped and prev >= 0:
+                precision.push_hist(self.state, pc, prev)
+            self.prev_pc = pc
             entry = self.form_at.get(pc)
             if entry is None:
                 self.error(f"invalid insn idx {pc} insn_cnt {len(self.prog.insns)}",
@@ -243,53 +260,58 @@ class Checker:
 
     def _path_done(self):
         """update_branch_counts + pop_stack: the next pending state's pc, or None."""
-        _finish(self.state.parent)
+        self._finish(self.state.parent)
         if not self.pending:
             return None
         st, pc = self.pending.pop()
         self.state = st
+        self.prev_pc = st.insn_idx            # the instruction that queued this branch
         self.log.from_to(st.insn_idx, pc, st)
         return pc
 
-    def _visit(self, pc: int) -> bool:
+    def _visit(self, pc: int, jumped: bool = False) -> bool:
         """is_state_visited: True to prune the current path here."""
         st = self.state
         lst = self.explored.setdefault(pc, [])
         special = self.loop_points.get(pc)
         live = self.live_before.get(pc, 0x7FF) | 0x400
-        for cp in lst:
+        # add a state only after 2 jumps and 8 instructions since the last one, as the kernel
+        # does (is_state_visited), unless this is a loop point (the kernel's force_checkpoint)
+        add_new = bool(special) or (self.jmps_processed - self.prev_jmps >= 2 and
+                                    self.insn_processed - self.prev_insns >= 8)
+        for cp in reversed(lst):        # newest first, as the kernel's list
             if cp.branches == 0:
-                if states_equal(cp.state, st, exact=False, live=live):
-                    cp.hits += 1
-                    return True
+                # a state whose precision marks may still grow (inside a loop being explored)
+                # is compared range by range (the kernel's incomplete_read_marks)
+                anchor = _active_anchor(cp) if cp.pending else None
+                if states_equal(cp.state, st, RANGE_WITHIN if anchor else NOT_EXACT,
+                                live=live):
+                    return self._hit(cp, pc, jumped, live, anchor)
             elif special == "iter_next":
                 # an iterator's next call reached again on the path exploring it: a state
                 # within the old one with the iterator still active is covered by it (the
                 # loop converged); otherwise no infinite-loop check (iterators terminate)
-                if states_equal(cp.state, st, exact=False, live=live) and \
+                if states_equal(cp.state, st, RANGE_WITHIN, live=live) and \
                         iters.iter_active(st, st.cur.regs[1]):
-                    cp.hits += 1
-                    return True
+                    return self._hit(cp, pc, jumped, live, cp)
             elif special == "callback":
                 # a callback-calling insn reached again within a state still being explored
-                if states_equal(cp.state, st, exact=False, live=live):
-                    cp.hits += 1
-                    return True
+                if states_equal(cp.state, st, RANGE_WITHIN, live=live):
+                    return self._hit(cp, pc, jumped, live, cp)
             else:
                 if special == "may_goto" and cp.state.may_goto_depth != st.may_goto_depth \
-                        and states_equal(cp.state, st, exact=False, live=live):
-                    cp.hits += 1
-                    return True
+                        and states_equal(cp.state, st, RANGE_WITHIN, live=live):
+                    return self._hit(cp, pc, jumped, live, cp)
                 if cp.state.may_goto_depth == st.may_goto_depth and \
                         _unroll(cp.state) == _unroll(st) and \
                         iters.active_depths(cp.state) == iters.active_depths(st) and \
-                        states_equal(cp.state, st, exact=True) and _on_path(cp, st):
+                        states_equal(cp.state, st, EXACT) and _on_path(cp, st):
                     self.error(f"infinite loop detected at insn {pc}", errno.EINVAL)
-            cp.miss += 1
-        # add a state only after 2 jumps and 8 instructions since the last one, as the kernel
-        # does (is_state_visited), unless this is a loop point (the kernel's force_checkpoint)
-        if not special and (self.jmps_processed - self.prev_jmps < 2 or
-                            self.insn_processed - self.prev_insns < 8):
+            # a miss counts only when a state will be added here: otherwise the iterations
+            # of a loop would evict the states recorded earlier (the kernel's miss_cnt)
+            if add_new:
+                cp.miss += 1
+        if not add_new:
             return False
         self.prev_jmps, self.prev_insns = self.jmps_processed, self.insn_processed
         # evict states unlikely to be useful (the kernel's miss_cnt > hit_cnt * n + n); a state
@@ -301,12 +323,65 @@ class Checker:
         snap.parent = None
         cp = Checkpoint(snap, st.parent, pc)
         st.parent = cp
+        st.first_insn_idx = pc             # the state going on keeps a fresh history
+        st.hist = None
         lst.append(cp)
         self.total_states += 1
         self.cur_states += 1
         self.peak_states = max(self.peak_states, self.cur_states)
         self.max_states_per_insn = max(self.max_states_per_insn, len(lst))
         return False
+
+    def _hit(self, cp: Checkpoint, pc: int, jumped: bool, live: int, anchor) -> bool:
+        """A state at ``pc`` within ``cp``'s: what was precise after ``cp`` is precise on the
+        current path too (propagate_precision). ``anchor``: a loop state still being
+        explored (``cp`` itself, or the loop ``cp`` lies in): ``cp``'s marks are not final, so
+        the current state is kept as a back-edge to receive them again when ``anchor`` is
+        done, and the checkpoints between it and ``anchor`` are compared range by range
+        until then (the kernel's SCC back-edges, propagate_backedges)."""
+        cp.hits += 1
+        st = self.state
+        if jumped and self.prev_pc >= 0:
+            precision.push_hist(st, pc, self.prev_pc)
+        precision.propagate_precision(self, cp.state, live)
+        if anchor is not None:
+            anchor.backedges.append((st.copy(), pc, cp.state, live))
+            c = st.parent
+            while c is not None and c is not anchor:
+                if anchor not in c.pending:
+                    c.pending.append(anchor)
+                c = c.parent
+        return True
+
+    def _finish(self, cp) -> None:
+        """A path through ``cp`` is finished (update_branch_counts); a loop state whose
+        paths are all done hands its final precision marks to its back-edges."""
+        while cp is not None:
+            cp.branches -= 1
+            if cp.branches > 0:
+                return
+            if cp.backedges:
+                self._propagate_backedges(cp)
+            cp = cp.parent
+
+    def _propagate_backedges(self, cp: Checkpoint) -> None:
+        """propagate_backedges: until nothing changes, each state pruned against a state of
+        this loop gets that state's (now final) precision marks; an enclosing loop still
+        being explored does it again when it is done."""
+        changed = True
+        while changed:
+            changed = False
+            for be, pc, equal, live in cp.backedges:
+                if precision.propagate_precision(self, equal, live, cur=be, pc=pc):
+                    changed = True
+        outer = _active_anchor(cp) if cp.pending else None
+        if outer is not None:
+            outer.backedges.extend(cp.backedges)
+        cp.backedges = []
+
+    def mark_precise(self, regno: int) -> None:
+        """mark_chain_precision for a register of the current frame."""
+        precision.mark_chain_precision(self, regno)
 
     def _record(self, pc: int, form, insn) -> None:
         """Facts for the JIT: the kind of a memory instruction's base register (joined over
@@ -327,13 +402,19 @@ class Checker:
                 "mark_read": 0}
 
 
-def _finish(cp) -> None:
-    """A path through ``cp`` is finished (update_branch_counts)."""
-    while cp is not None:
-        cp.branches -= 1
-        if cp.branches > 0:
-            return
-        cp = cp.parent
+def _active_anchor(cp: Checkpoint):
+    """The loop state still being explored whose precision marks ``cp`` waits for, or None:
+    its own ``pending`` anchors, or, for those already done, theirs in turn."""
+    todo, seen = list(cp.pending), set()
+    while todo:
+        a = todo.pop()
+        if id(a) in seen:
+            continue
+        seen.add(id(a))
+        if a.branches > 0:
+            return a
+        todo.extend(a.pending)
+    return None
 
 
 def _unroll(st: VerifierState) -> tuple:
@@ -597,8 +678,8 @@ def _ja(chk: Checker, pc, form, insn):
 def _may_goto(chk: Checker, pc, form, insn):
     """The current path takes the jump (the loop's exit); the fall-through (another
     iteration) is queued with may_goto_depth + 1, its scalars widened against the previous
-    iteration's (widen_imprecise_scalars; pybpf keeps no precision marks, so every scalar
-    that changed is widened)."""
+    iteration's (widen_imprecise_scalars: a scalar that changed and is precise in neither
+    state becomes unknown)."""
     st = chk.state.copy()
     st.may_goto_depth += 1
     st.insn_idx = pc
@@ -617,7 +698,7 @@ def _widen(old: VerifierState, cur: VerifierState) -> None:
     from .state import Slot, _same_scalar
     for fo, fc in zip(old.frames, cur.frames):
         for i, (ro, rc) in enumerate(zip(fo.regs, fc.regs)):
-            if rc.precise:
+            if rc.precise or ro.precise:
                 continue
             if ro.type == SCALAR_VALUE and rc.type == SCALAR_VALUE and \
                     not _same_scalar(ro.var, rc.var):
@@ -627,6 +708,7 @@ def _widen(old: VerifierState, cur: VerifierState) -> None:
             sp = slot.spilled
             if sp is not None and sp.type == SCALAR_VALUE and not sp.precise and so is not None and \
                     so.spilled is not None and so.spilled.type == SCALAR_VALUE and \
+                    not so.spilled.precise and \
                     not _same_scalar(so.spilled.var, sp.var):
                 fc.stack[spi] = Slot(slot.types, Reg.scalar(None, sp.origin))
 
@@ -688,6 +770,7 @@ def check_return_code(chk: Checker, regno: int = 0) -> None:
     rng = retval_range(chk.prog_type, chk.attach_type)
     if rng is None:
         return
+    chk.mark_precise(regno)
     if r0.type != SCALAR_VALUE:
         chk.error(f"At program exit the register R{regno} is not a known value "
                   f"({r0.type_str()})", errno.EINVAL)

@@ -41,11 +41,16 @@ class Liveness:
 def liveness(cfg, decoded, strong: bool = True) -> Liveness:
     """Liveness for a program given its CFG and ``prog.instructions()``.
 
-    ``strong=False`` counts every instruction's operands as read (the verifier's view: a dead
-    load is still checked, and still executed, so its base register matters)."""
+    ``strong=False`` is the verifier's view (compute_live_registers): every instruction's
+    operands count as read (a dead load is still checked, and still executed, so its base
+    register matters), and a call writes r0-r5 (the verifier gives r0 the call's result and
+    clobbers r1-r5, also after a tail call that does not happen)."""
     steps = {}     # pc -> (uses, defs, pure)
     for pc, form, insn in decoded:
-        defs = 0 if form.kind in ("call", "callx") else _mask(written_regs(form, insn))
+        if form.kind in ("call", "callx"):
+            defs = 0 if strong else 0b111111
+        else:
+            defs = _mask(written_regs(form, insn))
         steps[pc] = (_mask(read_regs(form, insn)), defs, strong and is_pure(form))
     order = sorted(cfg.blocks)
     pcs_of: dict[int, list[int]] = {start: [] for start in order}

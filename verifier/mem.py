@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 
 from pybpf.uapi import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
-from . import bounds, dynptr, spin_lock
+from . import bounds, dynptr, precision, spin_lock
 from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_ALLOC, MEM_RDONLY, NOT_INIT,
                     PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
@@ -50,13 +50,14 @@ def adjust_reg(chk, op: str, dst: Reg, src: Reg, is64: bool, insn, src_is_reg: b
             chk.error(f"R{insn.dst} pointer {ALU_STR[op]} pointer prohibited")
         if src.type == PTR_TO_ARENA:
             return src.replace() if is64 else Reg.scalar(None, chk.origin("arena arithmetic"))
+        chk.mark_precise(insn.dst)          # scalar += pointer: the scalar is the offset
+        dst = chk.reg(insn.dst)
         return adjust_ptr(chk, op, src, dst, is64, insn, scalar_is_dst=True)
     if dst.type != SCALAR_VALUE:
         return adjust_ptr(chk, op, dst, src, is64, insn, scalar_is_dst=False,
                           src_is_reg=src_is_reg)
     r = Reg(SCALAR_VALUE, var=bounds.scalar_alu(op, dst.var, src.var, is64),
             origin=dst.origin)
-    r.precise = dst.precise
     if op == "add" and is64 and dst.id and src.var.is_const():
         # rX += K keeps rX linked to its copies, K apart (BPF_ADD_CONST), once
         val = src.var.const_value()
@@ -69,8 +70,8 @@ def adjust_ptr(chk, op: str, ptr: Reg, off: Reg, is64: bool, insn, scalar_is_dst
                src_is_reg: bool = True) -> Reg:
     """adjust_ptr_min_max_vals: pointer +/- scalar (the kernel's rules for root)."""
     dst = insn.dst
-    if src_is_reg and not scalar_is_dst and insn.src != insn.dst and not off.precise:
-        chk.set_reg(insn.src, off.replace(precise=True))
+    if src_is_reg and not scalar_is_dst:
+        chk.mark_precise(insn.src)          # pointer += scalar: the offset's value matters
     v = off.var
     known = v.is_const()
     if not is64:
@@ -432,8 +433,10 @@ def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -
             reg = reg.replace(id=chk.new_id())      # link the spill with the register
             chk.set_reg(value_regno, reg)
         _save_spill(frame, spi, slot, reg if fits else reg.replace(id=0), size)
+        precision.push_flags(chk, stack=(frame.frameno, spi))       # a spill: backtrackable
     elif reg is None and aligned8 and imm is not None:
         _save_spill(frame, spi, slot, Reg.scalar(imm & ((1 << 64) - 1)), size)
+        precision.push_flags(chk, stack=(frame.frameno, spi))
     elif reg is not None and reg.is_pointer:
         if size != BPF_REG_SIZE:
             chk.error("invalid size of register spill")
@@ -441,9 +444,13 @@ def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -
             chk.error("cannot spill pointers to stack into stack frame of the caller",
                       errno.EINVAL)
         _save_spill(frame, spi, slot, reg, size)
+        precision.push_flags(chk, stack=(frame.frameno, spi))
     else:
         zero = (reg is not None and reg.is_const() and reg.const_value() == 0) or \
             (reg is None and imm == 0)
+        if zero and reg is not None:
+            # STACK_ZERO rests on the register being 0: it must stay 0 in pruned states
+            chk.mark_precise(value_regno)
         new = STACK_ZERO if zero else STACK_MISC
         types = list(slot.types)
         if any(c in "rdif" for c in types):       # scrub a spilled reg / special slot
@@ -476,6 +483,8 @@ def _stack_write_var(chk, frame, min_off: int, max_off: int, value_regno: int, i
     reg = chk.reg(value_regno) if value_regno >= 0 else None
     zero = (reg is not None and reg.is_const() and reg.const_value() == 0) or \
         (reg is None and imm == 0)
+    if zero and reg is not None:
+        chk.mark_precise(value_regno)        # ZERO bytes rest on the register being 0
     touched: dict[int, list] = {}
     for spi, idx in _slot_bytes(min_off, max_off - min_off):
         if spi not in touched:
@@ -517,6 +526,7 @@ def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed:
                     var = bounds.coerce_sx(reg.var, size) if signed else \
                         bounds.coerce(reg.var, size)
                     chk.set_reg(value_regno, reg.replace(id=0, var=var))
+                precision.push_flags(chk, stack=(frame.frameno, spi))    # a fill, both ways
             else:
                 spill_cnt = zero_cnt = 0
                 for s, idx in _slot_bytes(off, size):
@@ -528,11 +538,14 @@ def _stack_read_fixed(chk, frame, off: int, size: int, value_regno: int, signed:
                 if (spill_cnt == size and reg.is_const() and reg.const_value() == 0) or \
                         zero_cnt == size:
                     chk.set_reg(value_regno, Reg.scalar(0, chk.origin("a zeroed stack slot")))
+                    if zero_cnt != size:        # the 0 came from the spilled register
+                        precision.push_flags(chk, stack=(frame.frameno, spi))
                 else:
                     _load_result(chk, value_regno, False, size, signed, "a stack read")
             return
         if value_regno >= 0:
             chk.set_reg(value_regno, reg)
+        precision.push_flags(chk, stack=(frame.frameno, spi))            # a fill
         return
     for i in range(size):
         # iterator, dynptr and irq-flag bytes are the kernel's objects, never program data
@@ -680,8 +693,6 @@ def check_mem_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
                        zero_size_allowed: bool) -> None:
     """check_mem_size_reg: ARG_CONST_SIZE[_OR_ZERO] after a memory argument."""
     size = chk.check_reg_read(size_regno)
-    if not size.precise:
-        chk.set_reg(size_regno, size.replace(precise=True))
     if size.type != SCALAR_VALUE:
         chk.error(f"R{size_regno} type={size.type_str()} expected=scalar")
     v = size.var
@@ -693,6 +704,7 @@ def check_mem_size_reg(chk, mem_regno: int, size_regno: int, write: bool,
         chk.error(f"R{size_regno} unbounded memory access, use 'var &= const' or 'if (var < "
                   f"const)'")
     check_helper_mem_access(chk, mem_regno, v.umax, write, zero_size_allowed and v.umax == 0)
+    chk.mark_precise(size_regno)
 
 
 # --- conditional jumps --------------------------------------------------------------------------
@@ -744,17 +756,20 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
     target = pc + 1 + insn.off
     pred = _branch_taken(dst, src, op, is32)
     st = chk.state
-    if pred >= 0 and dst.type == SCALAR_VALUE:
-        if not dst.precise:
-            chk.set_reg(insn.dst, dst.replace(precise=True))
-        if src_regno >= 0 and not src.precise and src.type == SCALAR_VALUE:
-            chk.set_reg(src_regno, src.replace(precise=True))
+    if pred >= 0:
+        # the bounds decided the branch: they must hold on every state pruned against this
+        # path's checkpoints (mark_chain_precision of both operands that are scalars)
+        if dst.type == SCALAR_VALUE:
+            chk.mark_precise(insn.dst)
+        if src_regno >= 0 and src.type == SCALAR_VALUE:
+            chk.mark_precise(src_regno)
     if pred == 1:
         st.branch_path = (pc, True, st.branch_path)
         return target
     if pred == 0:
         st.branch_path = (pc, False, st.branch_path)
         return pc + 1
+    _push_linked_regs(chk, pc, dst, src, src_regno)
     other = st.copy()                       # the jump-taken state (the kernel's other_branch)
     other.insn_idx = pc
     other.branch_path = (pc, True, st.branch_path)
@@ -800,6 +815,30 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
         return target
     chk.push_branch(other, target)
     return pc + 1
+
+
+def _push_linked_regs(chk, pc: int, dst: Reg, src: Reg, src_regno: int) -> None:
+    """collect_linked_regs: the scalars sharing an id with an operand are refined together by
+    this jump, so they need precision together (recorded in the jump history, before the
+    branch is copied so both sides share the record)."""
+    ids = set()
+    if src_regno >= 0 and src.type == SCALAR_VALUE and src.id:
+        ids.add(src.id)
+    if dst.type == SCALAR_VALUE and dst.id:
+        ids.add(dst.id)
+    if not ids:
+        return
+    linked = []
+    for f in chk.state.frames:
+        for i, r in enumerate(f.regs):
+            if r.type == SCALAR_VALUE and r.id in ids:
+                linked.append((f.frameno, True, i))
+        for spi, slot in f.stack.items():
+            sp = slot.spilled
+            if sp is not None and getattr(sp, "type", None) == SCALAR_VALUE and sp.id in ids:
+                linked.append((f.frameno, False, spi))
+    if len(linked) > 1:
+        precision.push_flags(chk, linked=tuple(linked))
 
 
 def _set_scalar(state, regno: int, var) -> None:

@@ -230,7 +230,8 @@ class VerifierState:
     """The state of one path (struct bpf_verifier_state): its frames, innermost last."""
 
     __slots__ = ("frames", "refs", "branch_path", "loop_entry", "may_goto_depth",
-                 "active_lock", "insn_idx", "parent", "active_rcu_lock")
+                 "active_lock", "insn_idx", "parent", "active_rcu_lock", "hist",
+                 "first_insn_idx", "last_insn_idx")
 
     def __init__(self) -> None:
         self.frames: list[FuncState] = [FuncState()]
@@ -242,6 +243,9 @@ class VerifierState:
         self.loop_entry = None
         self.insn_idx = 0
         self.parent = None
+        self.hist = None                      # jump history since first_insn_idx (precision.py)
+        self.first_insn_idx = 0               # where this state's history starts
+        self.last_insn_idx = -1               # a checkpoint: the instruction before it
 
     @property
     def cur(self) -> FuncState:
@@ -262,6 +266,9 @@ class VerifierState:
         s.loop_entry = self.loop_entry
         s.insn_idx = self.insn_idx
         s.parent = self.parent
+        s.hist = self.hist
+        s.first_insn_idx = self.first_insn_idx
+        s.last_insn_idx = self.last_insn_idx
         return s
 
     def all_regs(self):
@@ -319,16 +326,25 @@ def _range_within(old, cur) -> bool:
     return bounds.within(old, cur)
 
 
-def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: bool) -> bool:
-    """The kernel's regsafe, every scalar treated as precise (pybpf keeps no precision marks)."""
+# How states_equal compares (enum exact_level): NOT_EXACT lets an imprecise scalar of the old
+# state match any scalar; RANGE_WITHIN compares every scalar's range (a loop state whose
+# precision marks are not final yet); EXACT wants the same values (infinite loop detection).
+NOT_EXACT, EXACT, RANGE_WITHIN = 0, 1, 2
+
+
+def regsafe(rold: Reg, rcur: Reg, idmap: dict, exact: int) -> bool:
+    """The kernel's regsafe: whether ``rcur`` is within ``rold`` for every later use."""
     if rold is rcur:
         return True
     if rold.type == NOT_INIT:
-        return not exact or rcur.type == NOT_INIT
+        return exact != EXACT or rcur.type == NOT_INIT
     if rcur.type == NOT_INIT:
         return False
-    if exact:
+    if exact == EXACT:
         return _regs_exact(rold, rcur, idmap)
+    if rold.type == SCALAR_VALUE and rcur.type == SCALAR_VALUE and not rold.precise and \
+            exact == NOT_EXACT:
+        return True              # no path after the old state used its value (nor its links)
     if rold.type != rcur.type or rold.flags != rcur.flags:
         return False
     t = rold.type
@@ -375,7 +391,7 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
         c = cur.stack.get(spi, EMPTY_SLOT)
         if o is c:
             continue
-        if exact:
+        if exact == EXACT:
             if o.types != c.types:
                 return False
             if (o.spilled is None) != (c.spilled is None):
@@ -391,6 +407,13 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
             if o.spilled is not None and not _regs_exact(o.spilled, c.spilled, idmap):
                 return False
             continue
+        if o.types == _SPILL8 and c.types == _MISC8 and o.spilled is not None and \
+                o.spilled.type == SCALAR_VALUE:
+            # a 64-bit scalar spill against eight MISC bytes (an unbound scalar when read):
+            # compared as registers (scalar_reg_for_stack)
+            if not regsafe(o.spilled, _UNBOUND, idmap, exact):
+                return False
+            continue
         for i in range(BPF_REG_SIZE):
             ot, ct = o.types[i], c.types[i]
             if ot == STACK_INVALID or ot == STACK_MISC:
@@ -404,13 +427,17 @@ def stacksafe(old: FuncState, cur: FuncState, idmap: dict, exact: bool) -> bool:
             if ot != ct:
                 return False
         if o.spilled is not None and STACK_SPILL in o.types:
-            if c.spilled is None or not regsafe(o.spilled, c.spilled, idmap, False):
+            if c.spilled is None or not regsafe(o.spilled, c.spilled, idmap, exact):
                 return False
         if STACK_ITER in o.types and not _iters_equal(o, c, idmap):
             return False
         if STACK_DYNPTR in o.types and not _dynptrs_equal(o, c, idmap):
             return False
     return True
+
+
+_SPILL8, _MISC8 = STACK_SPILL * 8, STACK_MISC * 8
+_UNBOUND = Reg(SCALAR_VALUE, var=bounds.Scalar.unknown())
 
 
 def _dynptrs_equal(o: Slot, c: Slot, idmap: dict) -> bool:
@@ -423,7 +450,7 @@ def _iters_equal(o: Slot, c: Slot, idmap: dict) -> bool:
     return iters_equal(o, c, lambda a, b: _check_ids(a, b, idmap))
 
 
-def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: bool,
+def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: int,
                       live: int = 0x7FF) -> bool:
     if old.callsite != cur.callsite:
         return False
@@ -433,19 +460,22 @@ def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: bool,
     return stacksafe(old, cur, idmap, exact)
 
 
-def states_equal(old: VerifierState, cur: VerifierState, exact: bool, live: int = 0x7FF) -> bool:
-    """Whether every path from ``cur`` is covered by the exploration from ``old``. ``live``:
-    the innermost frame's registers some later instruction may read (dead ones are ignored,
-    as the kernel's clean_live_states does; not for the exact comparison)."""
+def states_equal(old: VerifierState, cur: VerifierState, exact: int, live: int = 0x7FF) -> bool:
+    """Whether every path from ``cur`` is covered by the exploration from ``old`` (``exact``:
+    NOT_EXACT, RANGE_WITHIN or EXACT, as the kernel's enum exact_level). ``live``: the
+    innermost frame's registers some later instruction may read (dead ones are ignored, as
+    the kernel's clean_live_states does; not for the exact comparison)."""
+    exact = int(exact)
     if len(old.frames) != len(cur.frames) or old.active_rcu_lock != cur.active_rcu_lock:
         return False
-    if exact:
+    if exact == EXACT:
         live = 0x7FF
     # cheap first: the innermost frame's registers (most states differ there)
     fo, fc = old.frames[-1], cur.frames[-1]
     for i, (a, b) in enumerate(zip(fo.regs, fc.regs)):
         if a is not b and a.type != NOT_INIT and live >> i & 1 and (a.type != b.type or (
-                a.type == SCALAR_VALUE and not bounds.within(a.var, b.var))):
+                a.type == SCALAR_VALUE and (a.precise or exact != NOT_EXACT) and
+                not bounds.within(a.var, b.var))):
             return False
     idmap: dict = {}
     if old.refs or cur.refs:
