@@ -6,8 +6,8 @@ Through the public API (``VM().load(prog, engine="jit")``, ``lp.test_run``):
   i.e. ``mov eax, 1; ret``): the native driver's loop, an indirect call and the return. The
   baseline is the same code called from a Python loop through a ctypes function pointer
   (``native.make_caller``), the cheapest way to call it from Python one run at a time; and, for
-  reference, one ``lp.run()`` (the VM's per-run path). Each figure is the median of several
-  trials.
+  reference, the program's own ctypes caller and one ``lp.run()`` (the VM's per-run path), in
+  CPU time of the calling thread, trials interleaved, min and median.
 * ``alu``: the interpreter benchmark's ALU loop (bench_interp.ALU_LOOP) on both engines: ns per
   run of ``test_run`` and executed BPF instructions per second (the interpreter counts them), and
   the ratio. Both engines must return the same r0, or the run fails.
@@ -22,6 +22,7 @@ prints a table.
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 import pybpf
@@ -46,26 +47,44 @@ def _test_run_overhead(vm: VM, quick: bool) -> dict:
         test_run_ns = median_of(lambda: lp.test_run(repeat=repeat)[1], trials)
         call = native.make_caller(jp.address)
 
+        raw = lp._jit._call
+
+        # CPU time of this thread: on a shared machine other work inflates wall time (and its
+        # preemptions land anywhere), not this. Each loop calls directly, as a user would.
         def ctypes_loop() -> float:
-            t0 = time.perf_counter_ns()
+            t0 = time.thread_time_ns()
             for _ in range(calls):
                 call(0, 0)
-            return (time.perf_counter_ns() - t0) / calls
+            return (time.thread_time_ns() - t0) / calls
+
+        def raw_loop() -> float:
+            t0 = time.thread_time_ns()
+            for _ in range(calls):
+                raw(0, 0)
+            return (time.thread_time_ns() - t0) / calls
 
         def lp_run_loop() -> float:
             n = calls // 5
-            t0 = time.perf_counter_ns()
+            t0 = time.thread_time_ns()
             for _ in range(n):
                 lp.run()
-            return (time.perf_counter_ns() - t0) / n
+            return (time.thread_time_ns() - t0) / n
 
-        ctypes_ns = median_of(ctypes_loop, 3)
-        lp_run_ns = median_of(lp_run_loop, 3)
+        loops = {"ctypes_call": ctypes_loop, "raw_call": raw_loop, "lp_run": lp_run_loop}
+        series = {k: [] for k in loops}
+        for _ in range(7 if quick else 15):     # interleaved: the same conditions for each
+            for k, loop in loops.items():
+                series[k].append(loop())
+        ctypes_ns = statistics.median(series["ctypes_call"])
+        lp_run_ns = statistics.median(series["lp_run"])
+        mins = {f"{k}_min_ns": min(v) for k, v in series.items()}
+        raw_ns = statistics.median(series["raw_call"])
         r0 = call(0, 0)
     if r0 != 1:
         raise BPFError(f"bench_jit: the trivial program returned {r0}, not 1")
     return {"repeat": repeat, "test_run_ns": test_run_ns, "ctypes_call_ns": ctypes_ns,
-            "lp_run_ns": lp_run_ns, "ratio": ctypes_ns / test_run_ns}
+            "lp_run_ns": lp_run_ns, "raw_call_ns": raw_ns, **mins,
+            "ratio": ctypes_ns / test_run_ns}
 
 
 def _alu(vm: VM, quick: bool) -> dict:
@@ -144,6 +163,10 @@ def format_table(results: dict) -> str:
         f"test_run of a trivial program: {t['test_run_ns']:.2f} ns per run "
         f"(repeat={t['repeat']}); a ctypes call from a Python loop: {t['ctypes_call_ns']:.0f} ns "
         f"({t['ratio']:.0f}x); lp.run(): {t['lp_run_ns']:.0f} ns",
+        f"per call, CPU time, min / median: ctypes call {t['ctypes_call_min_ns']:.0f} / "
+        f"{t['ctypes_call_ns']:.0f} ns, the program's own caller {t['raw_call_min_ns']:.0f} / "
+        f"{t['raw_call_ns']:.0f} ns, lp.run() {t['lp_run_min_ns']:.0f} / {t['lp_run_ns']:.0f} ns "
+        f"({t['lp_run_ns'] / t['ctypes_call_ns']:.2f}x the ctypes call)",
         f"ALU loop ({a['iterations']} iterations, {a['insns_per_run']} insns per run): "
         f"JIT {a['jit_ns'] / 1e3:.1f} us per run ({a['jit_insns_per_s'] / 1e9:.2f} G insns/s), "
         f"interpreter {a['interp_ns'] / 1e6:.2f} ms per run "

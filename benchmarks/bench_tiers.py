@@ -15,6 +15,10 @@ workers started beforehand:
   swapped in (``JitProgram.installed_at``);
 * ``warm_load``: ``vm.load`` of a program whose -O2 code is in the cache (lowering, key, read,
   check, place); baseline: the cold -O2 load;
+* ``verified_warm``: the default load (``verify=True``) of a program whose -O2 code and
+  verdict are cached (:mod:`pybpf.verdicts`); baseline ``verified_uncached``: the same load
+  with the verdict cache off (the verifier runs; the code still comes from the cache). Sizes
+  up to ``VERIFIED_MAX``; generated programs the verifier refuses are left out of these two;
 * ``runtime``: ns per run of ``test_run`` for the baseline and the quick tier against -O2
   code, on the interpreter benchmark's ALU loop and the 64-way switch (benchmarks/c).
 
@@ -33,10 +37,13 @@ import time
 import pybpf
 from pybpf.benchmarks.bench_compile import _helpers, programs
 from pybpf.benchmarks.common import gc_paused, main
-from pybpf.errors import BPFError
+from pybpf.errors import BPFError, VerifierError
+from pybpf import verdicts
 from pybpf.jit import codegen, tiers
 
 SIZES = (20, 200, 2000)
+VERIFIED_MAX = 200      # verified loads measured up to this size (verification takes seconds
+                        # on the 2,000-slot programs)
 
 
 def _vm():
@@ -119,7 +126,7 @@ def _latencies(size: int, trials: int, seed0: int) -> dict:
             lp.close()
         out["first_result_quick"] = _stats(times)
     with _CacheDir():
-        first, installed, warm = [], [], []
+        first, installed, warm, verify_cold, verify_warm = [], [], [], [], []
         first_tier = {}
         for k in range(trials):
             prog = progs[trials + k]
@@ -141,10 +148,40 @@ def _latencies(size: int, trials: int, seed0: int) -> dict:
             if lp._jit.cache != "hit" or lp._jit.tier != "O2":
                 raise BPFError(f"bench_tiers: warm load was {lp._jit.cache}/{lp._jit.tier}")
             lp.close()
+            if size > VERIFIED_MAX:
+                continue
+            # the default load (verified), its code (keyed on the verifier's facts too) in the
+            # cache: the verdict computed ...
+            os.environ["PYBPF_VERDICT_CACHE"] = "off"
+            try:
+                vm.load(prog, engine="jit", tier="auto").close()   # compiles the verified code
+                tiers.drain()
+                t1 = time.perf_counter()
+                lp = vm.load(prog, engine="jit", tier="auto")
+                verify_cold.append(time.perf_counter() - t1)
+                if lp._jit.cache != "hit":
+                    raise BPFError(f"bench_tiers: the verified code was {lp._jit.cache}")
+                lp.close()
+            except VerifierError:
+                continue        # a generated program the verifier refuses (div by zero...)
+            finally:
+                del os.environ["PYBPF_VERDICT_CACHE"]
+            vm.load(prog, engine="jit", tier="auto").close()   # stores the verdict
+            # ... and taken from the verdict cache
+            before = verdicts.counters()["hits"]
+            t1 = time.perf_counter()
+            lp = vm.load(prog, engine="jit", tier="auto")
+            verify_warm.append(time.perf_counter() - t1)
+            if verdicts.counters()["hits"] != before + 1 or lp._jit.cache != "hit":
+                raise BPFError("bench_tiers: the warm verified load missed a cache")
+            lp.close()
         out["first_result"] = _stats(first)
         out["first_tier"] = first_tier
         out["o2_installed"] = _stats(installed)
         out["warm_load"] = _stats(warm)
+        if verify_warm:
+            out["verified_uncached"] = _stats(verify_cold)
+            out["verified_warm"] = _stats(verify_warm)
     return out
 
 
@@ -215,6 +252,13 @@ def format_table(r: dict) -> str:
         if f.get("first_tier"):
             lines.append(f"{size:>5} slots: first tier of the auto loads: "
                          + ", ".join(f"{k} {v}" for k, v in sorted(f["first_tier"].items())))
+        if "verified_warm" in f:
+            u, w = f["verified_uncached"], f["verified_warm"]
+            lines.append(f"{size:>5} slots: {'verified load, verdict not cached':41} "
+                         f"{u['min_ms']:7.2f}ms {u['median_ms']:7.2f}ms")
+            lines.append(f"{size:>5} slots: {'verified load, verdict cached':41} "
+                         f"{w['min_ms']:7.2f}ms {w['median_ms']:7.2f}ms "
+                         f"{u['median_ms'] / w['median_ms']:.0f}x less than not cached")
     for name, f in r["runtime"].items():
         lines.append(f"{name}: baseline {f['baseline_ns'] / 1e3:.2f} us, quick "
                      f"{f['quick_ns'] / 1e3:.2f} us, -O2 {f['o2_ns'] / 1e3:.2f} us per run "

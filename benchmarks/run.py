@@ -23,6 +23,8 @@ arena          arena hash table (samples/arena_htab): inserts   the interpreter;
 maps           hash/array map_lookup_elem per second from       the interpreter; the same JIT
                JIT'd code (native lookups)                      code through the Python bridge;
                                                                 a Python dict
+pkt_helpers    ns per call of xdp_load/store_bytes,             the same JIT code through the
+               skb_load_bytes, csum_diff (native)               Python bridge
 switch         a 64-way switch over 4 KiB (benchmarks/c),       the same C compiled natively
                JIT'd BPF (goal: within 2x of native)            with clang -O2
 verifier       verification time, processed insns/s, states     the running kernel's
@@ -50,14 +52,16 @@ from dataclasses import dataclass, field
 
 from pybpf.benchmarks import common
 
-SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "switch", "verifier",
-            "tiers")
+SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "pkt_helpers", "switch",
+            "verifier", "tiers")
 _MODULES = {"compile": "bench_compile", "execmem": "bench_execmem", "jit": "bench_jit",
             "interp": "bench_interp", "arena": "bench_arena", "maps": "bench_maps",
+            "pkt_helpers": "bench_pkt_helpers",
             "switch": "bench_switch", "verifier": "bench_verifier", "tiers": "bench_tiers"}
 _TITLES = {"compile": "JIT compile-and-place latency", "execmem": "execmem write paths",
            "jit": "running JIT code", "interp": "reference interpreter",
            "arena": "arena hash table (samples/arena_htab)", "maps": "map lookups from JIT code",
+           "pkt_helpers": "packet helpers from JIT code (native vs bridge)",
            "switch": "64-way switch (benchmarks/c/switch64.h)",
            "verifier": "verifier speed and agreement with the kernel",
            "tiers": "tiered compilation and the code cache (bench_tiers)"}
@@ -212,6 +216,14 @@ def _maps(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
     return raw, figs
 
 
+def _pkt_helpers(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
+    raw = mod.run(report=say, quick=quick)
+    figs = [Figure(f"{name} from JIT code (native), per call", r["native_call_ns"], "ns",
+                   baseline_name="JIT through the Python bridge", baseline=r["bridge_call_ns"])
+            for name, r in raw.items()]
+    return raw, figs
+
+
 def _verifier(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
     raw = mod.run(report=say, quick=quick)
     figs = []
@@ -285,7 +297,8 @@ def _tiers(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
 
 
 _ADAPTERS = {"compile": _compile, "execmem": _execmem, "jit": _jit, "interp": _interp,
-             "arena": _arena, "maps": _maps, "switch": _switch, "verifier": _verifier,
+             "arena": _arena, "maps": _maps, "pkt_helpers": _pkt_helpers, "switch": _switch,
+             "verifier": _verifier,
              "tiers": _tiers}
 
 

@@ -33,6 +33,7 @@ from pybpf import isa
 from pybpf.errors import VMError
 from pybpf.jit import cgutils as cg
 from pybpf.jit import maps as native_maps
+from pybpf.jit import native_packet
 from pybpf.jit.cgutils import I1, I32, I64, PTR
 from pybpf.jit.helper_calls import BoundHelper, _entries
 from pybpf.jit.native import emit_error_pending
@@ -85,6 +86,9 @@ def lower_helper(fl, helper: BoundHelper) -> None:
         if m is not None and native_maps.supported(m):
             fl.set(0, native_maps.lookup(fl, m, fl.get(2)))
             return
+    if native_packet.handles(fl, helper.name):
+        native_packet.lower(fl, helper)
+        return
     value, abort = fl.mod.helpers.emit_call(fl.b, helper, fl._args(), fl.frames)
     fl.set(0, value)
     if abort is not None:

@@ -191,20 +191,23 @@ class HelperTable:
 BRIDGE_MAX_ARGS = 6      # a helper's five arguments and a frame record
 
 
-def _define_bridge(module: ir.Module, nargs: int) -> None:
+def _define_bridge(module: ir.Module, nargs: int, ext=None) -> None:
     """``{i64, i1} pybpf_pycall<nargs>(i64 callable, i64 a1..a5)`` (``a1..a6`` for 6): the body
     of :func:`pybpf.jit.native.emit_bridge_body` with the callable as an argument."""
     fn = ir.Function(module, ir.FunctionType(_BRIDGE_TY, [I64] * (1 + max(5, nargs))),
                      name=f"pybpf_pycall{nargs}")
     fn.attributes.add("nounwind")
-    native.emit_bridge_body(fn, fn.args[1:nargs + 1], lambda b: b.inttoptr(fn.args[0], PTR))
+    native.emit_bridge_body(fn, fn.args[1:nargs + 1], lambda b: b.inttoptr(fn.args[0], PTR),
+                            ext=ext)
 
 
-def build_bridge_ir() -> str:
-    """IR of the shared bridge module: ``pybpf_pycall0`` .. ``pybpf_pycall6``."""
+def build_bridge_ir(ext=None) -> str:
+    """IR of the shared bridge module: ``pybpf_pycall0`` .. ``pybpf_pycall6``; ``ext(module)``
+    names the per-process addresses (:func:`pybpf.jit.native.place_runtime_module`)."""
     module = ir.Module(name="pybpf.pycall")
+    ext = ext(module) if ext is not None else None
     for nargs in range(BRIDGE_MAX_ARGS + 1):
-        _define_bridge(module, nargs)
+        _define_bridge(module, nargs, ext)
     return str(module)
 
 
@@ -213,17 +216,16 @@ _bridge_lock = threading.Lock()
 
 
 def bridge_addresses() -> list[int]:
-    """Entry addresses of ``pybpf_pycall0..6``, compiled and placed on first use (never freed,
-    like the test_run driver: one per process)."""
+    """Entry addresses of ``pybpf_pycall0..6``, placed on first use (never freed, like the
+    test_run driver: one per process); the code comes from the code cache after the first
+    process compiled it."""
     global _bridge
     if _bridge is None:
         with _bridge_lock:
             if _bridge is None:
-                from pybpf.jit.codegen import compile_ir
-
-                result = compile_ir(build_bridge_ir(), opt_level=2)
-                allocation = native.place_image(result.image, native.BRIDGE_ALLOCATION)
-                _bridge = [allocation.address + result.symbols[f"pybpf_pycall{n}"]
+                allocation, symbols = native.place_runtime_module(build_bridge_ir,
+                                                                  native.BRIDGE_ALLOCATION)
+                _bridge = [allocation.address + symbols[f"pybpf_pycall{n}"]
                            for n in range(BRIDGE_MAX_ARGS + 1)]
     return _bridge
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from pybpf.jit import native_helpers
+from pybpf.jit import native_helpers, native_packet
 
 _M64 = (1 << 64) - 1
 VERSION = 1
@@ -163,6 +163,7 @@ class LoadInputs:
         self._add(("g", "signals"), lower._check_signals_address())
         self._add(("g", "budget_spent"), id(lower._budget_spent), lower._budget_spent)
         self._add(("g", "clock"), native_helpers.clock_gettime_address())
+        self._add(("g", "memmove"), native_packet.memmove_address())
         # The shared Python-call bridge (``("g", "bridge", n)``) is code in the pack, equal to
         # no other value; it is left out of the table (so out of the key), which does not
         # depend on whether this process has placed it yet: recipe() and resolve() add it.

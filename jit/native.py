@@ -17,7 +17,8 @@ with the GIL released (the default), so threads run BPF code in parallel.
 
 test_run: :func:`build_driver_ir` is a tiny native loop that calls a program ``repeat`` times
 between two ``clock_gettime`` calls (libc's, which reads the vDSO), so the per-run overhead is
-an indirect call, not a ctypes call. :func:`get_driver` compiles and places it once per process.
+an indirect call, not a ctypes call. :func:`get_driver` places it once per process, its code
+from the code cache once a process compiled it (:func:`place_runtime_module`).
 """
 from __future__ import annotations
 
@@ -168,16 +169,20 @@ class PythonHelper:
                 builder.extract_value(res, 1, name=f"{self.name}.failed"))
 
 
-def emit_bridge_body(fn: ir.Function, args, callable_of: Callable) -> None:
+def emit_bridge_body(fn: ir.Function, args, callable_of: Callable, ext=None) -> None:
     """Fill ``fn`` (returning ``BRIDGE_RESULT``) with a Python call: ``args`` (i64 values of
     ``fn``) become Python ints, ``callable_of(builder)`` (emitted where the call is made) is
     called by vectorcall and its result converted with ``PyLong_AsUnsignedLongLongMask``
     (``None`` counts as 0). The i1 is true when the call or the conversion raised.
 
     The one body of both bridges: :class:`PythonHelper` (callable baked in) and the shared
-    ``pybpf_pycall<n>`` of :mod:`pybpf.jit.helper_calls` (callable as an argument)."""
+    ``pybpf_pycall<n>`` of :mod:`pybpf.jit.helper_calls` (callable as an argument).
+    ``ext`` (:class:`pybpf.jit.cgutils.Externs`): per-process addresses (the C API, ``None``)
+    become external symbols, so the code is the same in every process (and cached)."""
     nargs = len(args)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if ext is not None:
+        b.ext = ext         # capi() and absolute_function() name addresses through it
     fail = fn.append_basic_block("fail")
 
     # argv[0] is scratch that vectorcall may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
@@ -213,7 +218,8 @@ def emit_bridge_body(fn: ir.Function, args, callable_of: Callable) -> None:
     b.cbranch(b.icmp_unsigned("==", result, NULL), fail, ok_bb)
 
     b.position_at_end(ok_bb)
-    none = ir.Constant(I64, id(None)).inttoptr(PTR)
+    none = ir.Constant(I64, id(None)).inttoptr(PTR) if ext is None \
+        else b.inttoptr(ext(id(None)), PTR)
     b.cbranch(b.icmp_unsigned("==", result, none), none_bb, int_bb)
 
     b.position_at_end(none_bb)
@@ -266,15 +272,17 @@ DRIVER_SYMBOL = "pybpf_test_run"
 DRIVER_CHECKED_SYMBOL = "pybpf_test_run_checked"
 
 
-def build_driver_ir() -> str:
+def build_driver_ir(ext=None) -> str:
     """IR for ``u64 pybpf_test_run(u64 fn, u64 ctx, u64 len, u64 repeat, u64 *out_ns)``.
 
     Calls ``fn(ctx, len)`` ``max(repeat, 1)`` times, stores the elapsed CLOCK_MONOTONIC
     nanoseconds in ``*out_ns`` and returns the last r0. ``pybpf_test_run_checked`` is the same
     loop that also stops as soon as a Python helper has raised (for programs entered with the
-    GIL held).
+    GIL held). ``ext(module)`` (e.g. :class:`pybpf.jit.cgutils.Externs`): the per-process
+    addresses (clock_gettime, the C API) become its external symbols.
     """
     module = ir.Module(name="pybpf.test_run")
+    ext = ext(module) if ext is not None else None
     timespec = ir.LiteralStructType([I64, I64])
     clock_ty = ir.FunctionType(I32, [I32, PTR])
     prog_ty = ir.FunctionType(I64, [I64, I64])
@@ -284,6 +292,8 @@ def build_driver_ir() -> str:
         fnaddr, ctx, length, repeat, out_ns = fn.args
         entry, loop, done = (fn.append_basic_block(n) for n in ("entry", "loop", "done"))
         b = ir.IRBuilder(entry)
+        if ext is not None:
+            b.ext = ext
         t0 = b.alloca(timespec, name="t0")
         t1 = b.alloca(timespec, name="t1")
         clock = absolute_function(b, clock_ty, libc_address("clock_gettime"))
@@ -388,12 +398,72 @@ def get_driver(allocator=None) -> TestRunDriver:
     global _driver
     with _driver_lock:
         if _driver is None:
-            from pybpf.jit.codegen import compile_ir
-
-            result = compile_ir(build_driver_ir(), opt_level=2)
-            _driver = TestRunDriver(place_image(result.image, DRIVER_ALLOCATION, allocator),
-                                    result.symbols)
+            allocation, symbols = place_runtime_module(build_driver_ir, DRIVER_ALLOCATION,
+                                                       allocator)
+            _driver = TestRunDriver(allocation, symbols)
         return _driver
+
+
+# The per-process addresses a runtime module may use, by path: what an entry's recipe names.
+_RUNTIME_LIBC = ("clock_gettime",)
+
+
+def _runtime_value(path) -> int | None:
+    if path[:1] == ["capi"] and len(path) == 2 and path[1] in _CAPI:
+        return c_api_address(path[1])
+    if path[:1] == ["libc"] and len(path) == 2 and path[1] in _RUNTIME_LIBC:
+        return libc_address(path[1])
+    if path == ["none"]:
+        return id(None)
+    return None
+
+
+def _runtime_paths() -> dict[int, list]:
+    out = {id(None): ["none"]}
+    out.update({libc_address(n): ["libc", n] for n in _RUNTIME_LIBC})
+    out.update({c_api_address(n): ["capi", n] for n in _CAPI})
+    return out
+
+
+def place_runtime_module(build, name: str, allocator=None):
+    """(allocation, symbols) of a module pybpf keeps placed for the life of the process (the
+    test_run driver, the Python-call bridge ``name``), its code from the code cache once a
+    process compiled it. ``build(ext)`` returns the module's IR with every per-process address
+    an external symbol of ``ext(module)`` (the C API, ``None``, libc's clock_gettime), so the
+    code is the same in every process. The IR is a function of pybpf's source, which the cache
+    key covers (with the Python version: the code calls its C API): the key is the module's
+    name, and a hit builds no IR. The entry's recipe names each symbol's value by path
+    (``["capi", fn]``, ``["libc", fn]``, ``["none"]``); an entry whose recipe names anything
+    else, or whose image does not link, is dropped and compiled again."""
+    from pybpf.jit import cache
+    from pybpf.jit.cgutils import Externs
+    from pybpf.jit.codegen import compile_ir
+
+    k = cache.key("", 2, pipeline=f"runtime-module:{name}")
+    found = cache.get_load(k)
+    if found is not None:
+        image, record = found
+        values = {sym: _runtime_value(path) for sym, path in record["recipe"]}
+        if None not in values.values():
+            try:
+                return place_image(image, name, allocator, resolve=values), image.symbols
+            except JITError:
+                pass
+        cache.reject(k)
+    made = []
+
+    def ext(module):
+        made.append(Externs(module))
+        return made[-1]
+    text = build(ext)
+    values = made[0].values if made else {}
+    image = compile_ir(text, opt_level=2).image
+    allocation = place_image(image, name, allocator, resolve=values)
+    paths = _runtime_paths()
+    recipe = [[sym, paths.get(v & ((1 << 64) - 1))] for sym, v in values.items()]
+    if all(path is not None for _, path in recipe):
+        cache.put(k, image, {"recipe": recipe, "needs_gil": False, "tail_entries": {}})
+    return allocation, image.symbols
 
 
 def _forget_driver_in_child() -> None:

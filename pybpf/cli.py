@@ -205,9 +205,11 @@ def cmd_test(args) -> int:
 def _jit_cache(what: str) -> int:
     from .inputs import InputError
     from .jit import cache
+    from . import verdicts
     if what == "clear":
-        n = cache.clear()
-        sys.stdout.write(f"removed {n} entr{'y' if n == 1 else 'ies'} from "
+        n, v = cache.clear(), verdicts.clear()
+        sys.stdout.write(f"removed {n} entr{'y' if n == 1 else 'ies'} and {v} verifier "
+                         f"verdict{'' if v == 1 else 's'} from "
                          f"{cache.directory() or '(cache off)'}\n")
         return EXIT_OK
     if what != "stats":
@@ -216,8 +218,11 @@ def _jit_cache(what: str) -> int:
     if not s["enabled"]:
         sys.stdout.write("JIT code cache: off (PYBPF_JIT_CACHE=off)\n")
         return EXIT_OK
+    v = verdicts.stats()
     sys.stdout.write(f"JIT code cache: {s['directory']}\n"
-                     f"entries: {s['entries']}, {s['bytes']} B of {s['limit']} B bound\n")
+                     f"entries: {s['entries']}, {s['bytes']} B of {s['limit']} B bound\n"
+                     f"verifier verdicts: {v['entries']}, {v['bytes']} B of {v['limit']} B "
+                     f"bound\n")
     return EXIT_OK
 
 
@@ -296,6 +301,8 @@ def cmd_packs(args) -> int:
     try:
         for prog in sample_programs(args.programs, seed=args.seed):
             loaded.append(vm.load(prog, engine="jit"))
+        from .jit import tiers
+        tiers.drain()       # every program on its -O2 code: the quick code's chunks are free
         if args.unload_every:
             for lp in loaded[::args.unload_every]:
                 lp.close()

@@ -101,9 +101,10 @@ class VerifierError(BPFError):
 class VMError(BPFError):
     """A run-time failure of a loaded program (instruction budget, bad helper call...)."""
 
-    def __init__(self, message: str, pc: int | None = None):
+    def __init__(self, message: str, pc: int | None = None, errno: int | None = None):
         super().__init__(message)
         self.pc = pc
+        self.errno = errno      # the kernel's errno for the same input, where it has one
 
     def __str__(self) -> str:
         if self.pc is None:

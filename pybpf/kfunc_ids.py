@@ -36,6 +36,11 @@ KFUNC_IDS: dict[str, int] = {
     "bpf_dynptr_from_xdp": 1051,
     "bpf_dynptr_slice": 1052,
     "bpf_dynptr_slice_rdwr": 1053,
+    "bpf_dynptr_adjust": 1054,
+    "bpf_dynptr_is_null": 1055,
+    "bpf_dynptr_is_rdonly": 1056,
+    "bpf_dynptr_size": 1057,
+    "bpf_dynptr_clone": 1058,
     # allocated objects, linked lists, red-black trees (kernel/bpf/helpers.c)
     "bpf_obj_new_impl": 1060,
     "bpf_obj_drop_impl": 1061,

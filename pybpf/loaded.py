@@ -22,6 +22,7 @@ import threading
 from pybpf.errors import VMError
 
 from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, MEM_GUARD, build_context
+from .runtime import grace as _grace
 from .runtime.grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
 from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .runtime.interp import Interpreter
@@ -56,6 +57,8 @@ def _thread_stack() -> tuple[int, int]:
 
 
 DEFAULT_INSN_LIMIT = 100_000_000
+_READERS = _grace._readers          # run()'s inlined read section (grace.enter/leave)
+_get_ident = threading.get_ident
 ENGINES = ("interp", "jit")
 
 
@@ -91,6 +94,9 @@ class LoadedProgram:
         ran the whole verifier (JIT code for an unverified load calls the checked helpers and
         counts a run budget); ``verify_result``: its VerifyResult (facts, max_ctx_offset)."""
         self.vm, self.program, self.prog_type, self.engine = vm, prog, prog_type, engine
+        # which ifindexes exist (an xdp ctx_in's ingress_ifindex): the VM's FibTable devices
+        fib = getattr(vm, "fib", None)
+        self._has_device = fib.has_device if fib is not None else None
         self.verify_result = verify_result
         # The kernel's max_ctx_offset: a run must give at least this much mem/ctx (as
         # BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall programs).
@@ -182,7 +188,7 @@ class LoadedProgram:
     def _prepare(self, mem, ctx, data, trace, insn_limit):
         if self.closed:
             raise VMError(f"program {self.name!r} is closed")
-        rc = build_context(self.prog_type, mem, ctx, data)
+        rc = build_context(self.prog_type, mem, ctx, data, self._has_device)
         rc.prog_btf = getattr(self.program, "btf", None)    # bpf_obj_new's types
         self._check_ctx_size(rc)
         if self._jit is not None:
@@ -232,27 +238,39 @@ class LoadedProgram:
         ``mem`` is for prog_type "mem"; ``ctx``/``data`` build the other types' contexts
         (for "mem", ``data`` is the packet the legacy ld_abs/ld_ind instructions read).
         """
-        if self.min_mem_size:
-            self._check_mem_size(mem, ctx)
-        if self._plain_mem and trace is None and ctx is None and data is None \
+        if self._plain_mem and ctx is None and data is None and trace is None \
                 and not self.closed:
             # The commonest JIT run, a "mem" program, inlined without a RunContext: the
             # private copy of mem (guarded, as build_context makes it), one native call, and
-            # what _finish records.
+            # what _finish records. Every attribute it needs is read once, and the read
+            # section is runtime/grace.py's enter()/leave() inlined (same protocol).
+            if self.min_mem_size:
+                self._check_mem_size(mem, None)
             self.last_data = self.last_ctx = self.last_insn_count = None
-            buf = Buffer(len(mem), init=mem, guard=MEM_GUARD) if mem is not None and len(mem) \
-                else None
-            grace_enter()       # a read section, as below
+            if mem is None or not len(mem):
+                buf = None
+                r1 = r2 = 0
+            else:
+                buf = Buffer(len(mem), init=mem, guard=MEM_GUARD)
+                r1, r2 = buf.address, buf.size
+            call = self._jit._call
+            rec = _READERS.get(_get_ident())
+            if rec is None:
+                rec = _READERS[_get_ident()] = [0, 0]
+            if not rec[1]:
+                rec[0] = _grace._epoch
+            rec[1] += 1
             try:
-                return self._jit._call(buf.address, buf.size) if buf is not None \
-                    else self._jit._call(0, 0)
+                return call(r1, r2)
             finally:
-                grace_leave()
+                rec[1] -= 1
                 self.last_buffer = buf
                 self.last_mem = buf.bytes() if buf is not None else None
+        if self.min_mem_size:
+            self._check_mem_size(mem, ctx)
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
-            rc = build_context(self.prog_type, mem, ctx, data)
+            rc = build_context(self.prog_type, mem, ctx, data, self._has_device)
             self._check_ctx_size(rc)
             r0 = None
             grace_enter()

@@ -51,7 +51,13 @@ class Program:
         return cls(split_slots(bytes(raw)), name=name)
 
     def to_bytes(self) -> bytes:
-        return encode(self.insns)
+        # remembered with the slots it encodes (Insn is immutable): the cache keys of every
+        # load read it (pybpf.verdicts, pybpf.jit.loadkey)
+        slots = tuple(self.insns)
+        memo = self.__dict__.get("_bytes")
+        if memo is None or memo[0] != slots:
+            memo = self._bytes = (slots, encode(slots))
+        return memo[1]
 
     def __len__(self) -> int:
         return len(self.insns)

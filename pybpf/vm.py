@@ -37,7 +37,7 @@ import weakref
 from pybpf.errors import MapError, VMError
 from pybpf.program import Program
 from pybpf.attach_types import section_attach_type
-from pybpf.verifier import verify as verify_program
+from pybpf.verdicts import verify as verify_program
 from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 from .runtime import helpers_control, helpers_xdp, vm_helpers
@@ -299,7 +299,9 @@ class VM:
     def verify_result(self, prog, prog_type: str | None = None, log_level: int = 0,
                       full: bool = True, decl_maps: list | None = None,
                       attach_type: str | None = None):
-        """:meth:`verify`, returning the whole :class:`pybpf.verifier.VerifyResult`."""
+        """:meth:`verify`, returning the whole :class:`pybpf.verifier.VerifyResult`. An accepted
+        program verified before with the same inputs is answered from the verdict cache
+        (:mod:`pybpf.verdicts`)."""
         prog = _as_program(prog)
         ptype = _prog_type(prog, prog_type)
         if attach_type is None:

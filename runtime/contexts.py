@@ -26,10 +26,14 @@ lwt_in/out/xmit protocol (network byte order, as the kernel stores it) and pkt_t
                 for sched_cls and lwt_xmit, read-only for the others.
 xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, data_meta pointing at
                 the packet, which is writable, behind XDP_PACKET_HEADROOM bytes of headroom
-                in a 4096-byte frame (:mod:`.xdp_buff`; ``last_data`` is [data_meta, data_end)
-                after the run, which the head/tail helpers may have moved);
-                ``ctx=`` (dict or XdpMd) sets ingress_ifindex (default 1), rx_queue_index,
-                egress_ifindex; the program returns an XDP_* action
+                in a 4096-byte frame, past 3520 bytes in fragments (:mod:`.xdp_buff`;
+                ``last_data`` is [data_meta, data_end) and the fragments after the run, which
+                the head/tail helpers may have moved); ``ctx=`` is BPF_PROG_TEST_RUN's
+                ctx_in (an XdpMd or its bytes; a dict's data_end defaults to the packet's
+                length): data = the metadata length (the packet's first bytes), data_end =
+                the end of the linear part, ingress_ifindex (default 1, the loopback) and
+                rx_queue_index, checked as the kernel checks them (VMError with its errno);
+                the program returns an XDP_* action
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
 kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header)
 raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
@@ -58,6 +62,7 @@ keep, does not cut it); ``last_ctx`` is the context after the run (a SkBuff / Xd
 from __future__ import annotations
 
 import ctypes
+import errno
 import weakref
 
 from pybpf.errors import BPFError, VMError
@@ -65,7 +70,9 @@ from pybpf.errors import BPFError, VMError
 from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE,
                         round_up, sys_mmap, sys_munmap)
 from .memory import PROC, Buffer, Region
-from .xdp_buff import SKB_SHARED_INFO_ROOM, XDP_FRAME_SZ, XdpBuff
+from .xdp_buff import (MAX_SKB_FRAGS, SKB_SHARED_INFO_ROOM, XDP_FRAME_STRUCT, XDP_FRAME_SZ,
+                       XDP_META_MAX, Frag, XdpBuff)
+from .xdp_buff import PAGE_SIZE as XDP_PAGE_SIZE
 from .skb_buff import SkbBuff
 
 MAP_32BIT = 0x40
@@ -334,8 +341,10 @@ class RunContext:
             _release_low(low)
 
 
-def build_context(prog_type: str, mem=None, ctx=None, data=None) -> RunContext:
-    """The context of one run of a ``prog_type`` program (see the module docstring)."""
+def build_context(prog_type: str, mem=None, ctx=None, data=None,
+                  has_device=None) -> RunContext:
+    """The context of one run of a ``prog_type`` program (see the module docstring);
+    ``has_device(ifindex)`` says which devices exist (an xdp ctx_in's ingress_ifindex)."""
     rc = RunContext(prog_type)
     if prog_type == "mem":
         if ctx is not None:
@@ -351,7 +360,7 @@ def build_context(prog_type: str, mem=None, ctx=None, data=None) -> RunContext:
     elif prog_type in SKB_TYPES:
         _skb_context(rc, ctx, data)
     elif prog_type == "xdp":
-        _xdp_context(rc, ctx, data)
+        _xdp_context(rc, ctx, data, has_device)
     elif prog_type == "flow_dissector":
         _flow_dissector_context(rc, ctx, data)
     elif prog_type == "sk_lookup":
@@ -552,30 +561,104 @@ def _skb_context(rc: RunContext, ctx, data) -> None:
     rc._finish = finish
 
 
-def _xdp_context(rc: RunContext, ctx, data) -> None:
-    """BPF_PROG_TEST_RUN's xdp_buff (:mod:`.xdp_buff`): one 4096-byte frame with 256 bytes of
-    headroom and the skb_shared_info room at its end, so the head and tail helpers find the
-    kernel's limits; ``rc.xdp`` is the :class:`XdpBuff` they work on and ``last_data`` the
-    kernel's data_out, ``[data_meta, data_end)`` after the run."""
+def _xdp_ctx_in(ctx, n: int) -> dict:
+    """The ``struct xdp_md`` fields a ctx gives BPF_PROG_TEST_RUN (its ctx_in), by name: a
+    dict (``data_end`` defaults to the whole packet: the kernel wants it given), an XdpMd or
+    its bytes (taken as they are, as ctx_in: at most 24 bytes unless the rest is zero, E2BIG)."""
+    size = ctypes.sizeof(XdpMd)
+    if isinstance(ctx, dict):
+        names = {f[0] for f in XdpMd._fields_}
+        for key in ctx:
+            if key not in names:
+                raise VMError(f"xdp_md has no field {key!r}")
+        return {"data_end": n, **ctx}
+    raw = _ctx_bytes(ctx, "xdp_md")
+    if len(raw) > size and any(raw[size:]):
+        raise VMError(f"xdp_md ctx is {len(raw)} bytes and not zero past the {size}-byte "
+                      f"struct (BPF_PROG_TEST_RUN: E2BIG)", errno=errno.E2BIG)
+    md = XdpMd.from_buffer_copy(raw[:size].ljust(size, b"\0"))
+    return {name: getattr(md, name) for name, *_ in XdpMd._fields_}
+
+
+def _xdp_input_error(what: str, err: int = errno.EINVAL) -> VMError:
+    return VMError(f"xdp: {what} (BPF_PROG_TEST_RUN: {errno.errorcode[err]})", errno=err)
+
+
+def _xdp_context(rc: RunContext, ctx, data, has_device=None) -> None:
+    """BPF_PROG_TEST_RUN's xdp_buff (:mod:`.xdp_buff`, bpf_prog_test_run_xdp): one 4096-byte
+    frame with 256 bytes of headroom and the skb_shared_info room at its end, so the head and
+    tail helpers find the kernel's limits, the rest of a longer packet in fragments; ``rc.xdp``
+    is the :class:`XdpBuff` they work on and ``last_data`` the kernel's data_out,
+    ``[data_meta, data_end)`` and the fragments after the run.
+
+    The kernel's input checks, with its errno (``VMError.errno``): a ctx_in must have
+    ``data_meta`` 0, ``data`` (the metadata length, taken from the packet's first bytes) a
+    multiple of 4 leaving the ``struct xdp_frame`` its room in the headroom, ``data <=
+    data_end <= len(data)`` (``data_end``: where the linear part ends, the rest goes to
+    fragments), ``egress_ifindex`` 0, ``rx_queue_index`` 0 unless ``ingress_ifindex`` names a
+    device (``has_device``: the VM's FibTable devices, ifindex 1 the loopback; ENODEV
+    otherwise) whose one receive queue is 0; the packet after the metadata must hold an
+    Ethernet header; at most 17 fragments (ENOMEM)."""
     packet = bytes(data) if data is not None else b""
-    frame = max(XDP_FRAME_SZ, XDP_PACKET_HEADROOM + len(packet) + SKB_SHARED_INFO_ROOM)
-    low, caddr, paddr = _packet_layout(ctypes.sizeof(XdpMd), XDP_PACKET_HEADROOM,
-                                       frame - XDP_PACKET_HEADROOM - TAILROOM)
-    hard_start = paddr - XDP_PACKET_HEADROOM
-    PROC[paddr:paddr + len(packet)] = packet
+    n = len(packet)
+    headroom, meta, linear = XDP_PACKET_HEADROOM, 0, n
+    fields = _xdp_ctx_in(ctx, n) if ctx is not None else None
+    if fields is not None:
+        meta, end = fields.get("data", 0), fields.get("data_end", 0)
+        if fields.get("data_meta", 0) or end > n or meta > end or meta % 4 or \
+                meta > XDP_META_MAX or headroom - meta < XDP_FRAME_STRUCT:
+            raise _xdp_input_error(f"ctx_in data_meta={fields.get('data_meta', 0)} data={meta} "
+                                   f"data_end={end} for {n} bytes of data")
+        headroom -= meta
+        linear = end
+    max_linear = XDP_FRAME_SZ - headroom - SKB_SHARED_INFO_ROOM
+    linear = min(linear, max_linear)
+    if n - meta < ETH_HLEN:
+        raise _xdp_input_error(f"{n - meta} bytes of packet after {meta} of metadata, shorter "
+                               f"than the Ethernet header ({ETH_HLEN})")
+    ingress, rxq = 1, 0
+    if fields is not None:
+        if fields.get("egress_ifindex", 0):
+            raise _xdp_input_error("ctx_in egress_ifindex must be 0")
+        ifindex, rxq = fields.get("ingress_ifindex", 0), fields.get("rx_queue_index", 0)
+        if not ifindex and rxq:
+            raise _xdp_input_error("ctx_in rx_queue_index without an ingress_ifindex")
+        if ifindex:
+            known = has_device(ifindex) if has_device is not None else ifindex == 1
+            if not known:
+                raise _xdp_input_error(f"no device with ifindex {ifindex}", errno.ENODEV)
+            if rxq >= 1:        # every device here has one receive queue, as the loopback
+                raise _xdp_input_error(f"device {ifindex} has no receive queue {rxq}")
+            ingress = ifindex
+    rest = n - linear
+    if rest > MAX_SKB_FRAGS * XDP_PAGE_SIZE:
+        raise _xdp_input_error(f"{n} bytes need more than {MAX_SKB_FRAGS} fragments",
+                               errno.ENOMEM)
+    hard_span = headroom + max_linear + SKB_SHARED_INFO_ROOM          # one page
+    low, caddr, paddr = _packet_layout(ctypes.sizeof(XdpMd), headroom,
+                                       hard_span - headroom - TAILROOM)
+    hard_start = paddr - headroom
+    PROC[paddr:paddr + linear] = packet[:linear]
     md = XdpMd.from_address(caddr)
-    md.ingress_ifindex = 1
+    md.ingress_ifindex, md.rx_queue_index = ingress, rxq
     rc._low = low
-    _fill(md, ctx, _XDP_DERIVED, "xdp_md")
-    md.data = md.data_meta = paddr
-    md.data_end = paddr + len(packet)
-    pkt_region = Region(paddr, len(packet), "packet", True, low)
-    xb = XdpBuff(md, caddr, hard_start, hard_start + frame - SKB_SHARED_INFO_ROOM, pkt_region,
-                 low)
+    md.data_meta = paddr
+    md.data = paddr + meta
+    md.data_end = paddr + linear
+    pkt_region = Region(paddr, linear, "packet", True, low)
+    frags = []
+    for at in range(linear, n, XDP_PAGE_SIZE):
+        chunk = packet[at:at + XDP_PAGE_SIZE]
+        buf = Buffer(XDP_PAGE_SIZE, init=chunk)
+        frags.append(Frag(buf, len(chunk), Region(buf.address, XDP_PAGE_SIZE, "frag", True,
+                                                  buf)))
+    xb = XdpBuff(md, caddr, hard_start, hard_start + hard_span - SKB_SHARED_INFO_ROOM,
+                 pkt_region, low, frags)
     rc.xdp = xb
     rc.regions += [Region(caddr, ctypes.sizeof(XdpMd), "ctx", False, low), pkt_region]
-    rc.fast = pkt_region if packet else None
-    rc.packet = PROC[paddr:paddr + len(packet)]
+    rc.regions += [f.region for f in frags]
+    rc.fast = pkt_region if linear else None
+    rc.packet = PROC[paddr:paddr + linear]
     rc.r1 = caddr
 
     def finish(r0):

@@ -22,31 +22,33 @@ from contextlib import contextmanager
 
 _lock = threading.Lock()
 _epoch = 0
-_readers: dict[int, list[int]] = {}      # thread ident -> [epoch at entry, nesting depth]
+# thread ident -> [epoch at entry, nesting depth]: a thread is in a run while its depth is
+# above 0. A record stays once made (one small list per thread ident: threads reuse idents),
+# so entering a run allocates nothing. Never rebound: LoadedProgram.run's fast path
+# (pybpf/loaded.py) inlines enter()/leave() on it.
+_readers: dict[int, list[int]] = {}
 _get_ident = threading.get_ident
 NEVER = 1 << 62                          # the horizon when no other thread is in a run
 
 
 def enter() -> None:
     """Start a read section in this thread (nested sections keep the outermost epoch)."""
-    # No lock: under the GIL the dict operations are atomic and only this thread changes its
-    # own record. A retire() racing with the entry may leave the record one epoch behind, which
-    # only makes horizon() more careful (the run has not looked anything up yet).
+    # No lock: under the GIL the list and dict operations are atomic and only this thread
+    # changes its own record. The epoch is written before the depth, so a record whose depth
+    # is above 0 always holds its run's epoch. A retire() racing with the entry may leave the
+    # record one epoch behind, which only makes horizon() more careful (the run has not looked
+    # anything up yet).
     tid = _get_ident()
     r = _readers.get(tid)
     if r is None:
-        _readers[tid] = [_epoch, 1]
-    else:
-        r[1] += 1
+        r = _readers[tid] = [0, 0]
+    if not r[1]:
+        r[0] = _epoch
+    r[1] += 1
 
 
 def leave() -> None:
-    tid = _get_ident()
-    r = _readers[tid]
-    if r[1] == 1:
-        del _readers[tid]
-    else:
-        r[1] -= 1
+    _readers[_get_ident()][1] -= 1
 
 
 @contextmanager
@@ -59,7 +61,8 @@ def reading():
 
 
 def in_read_section() -> bool:
-    return _get_ident() in _readers
+    r = _readers.get(_get_ident())
+    return r is not None and r[1] > 0
 
 
 def retire() -> int:
@@ -75,7 +78,9 @@ def horizon() -> int:
     thread is in a run that started before it was retired."""
     me = _get_ident()
     readers = list(_readers.items())        # one atomic copy under the GIL
-    return min((r[0] for t, r in readers if t != me), default=NEVER)
+    # a record read while its thread leaves and enters again shows the newer run's epoch: the
+    # older run has ended, so that is still right
+    return min((r[0] for t, r in readers if t != me and r[1] > 0), default=NEVER)
 
 
 def wait(token: int, timeout: float = 60.0) -> bool:

@@ -41,15 +41,16 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pybpf.errors import VMError
+from pybpf.errors import MemoryAccessError, VMError
 from pybpf.helper_names import HELPER_IDS
 from pybpf.verifier import protos
 
 from .atomics import native_atomic
 from .bprintf import bpf_snprintf
-from .helpers import Helper
+from .helpers import ACTIVE_RUN, Helper
 from .maps.cgroup_storage import CgroupStorage
-from .maps.perf_event_array import PerfEventArray
+from .contexts import SKB_TYPES
+from .maps.perf_event_array import BPF_F_CTXLEN_MASK, BPF_F_INDEX_MASK, PerfEventArray
 from .memory import PROC, Buffer, Region
 
 M64 = (1 << 64) - 1
@@ -356,6 +357,25 @@ def _special(name: str):
 
 
 # --- perf_event_output, get_local_storage ------------------------------------------------------
+def _event_output_packet(ctx: int):
+    """For the packet program types (bpf_skb_event_output, bpf_xdp_event_output): (the
+    packet's length, a function giving its first n bytes), else None (the tracing variant).
+    ``ctx`` must be the run's context (a verified program passes nothing else)."""
+    rc = ACTIVE_RUN.get()
+    xb, sb = getattr(rc, "xdp", None), getattr(rc, "skb", None)
+    if xb is not None:
+        if ctx != xb.ctx_address:
+            raise MemoryAccessError(None, ctx, 24, "bpf_perf_event_output ctx argument",
+                                    f"the run's xdp_md at 0x{xb.ctx_address:x}")
+        return xb.buff_len(), lambda n: xb.read(0, n)
+    if sb is not None and rc.prog_type in SKB_TYPES:
+        if ctx != sb.ctx_address:
+            raise MemoryAccessError(None, ctx, 4, "bpf_perf_event_output ctx argument",
+                                    f"the run's __sk_buff at 0x{sb.ctx_address:x}")
+        return sb.len, lambda n: sb[0:n]
+    return None
+
+
 def map_helpers(resolve_map) -> list[tuple[str, object]]:
     """bpf_perf_event_output (into a :class:`~.maps.perf_event_array.PerfEventArray`) and
     bpf_get_local_storage (a :class:`~.maps.cgroup_storage.CgroupStorage`'s run storage)."""
@@ -367,7 +387,19 @@ def map_helpers(resolve_map) -> list[tuple[str, object]]:
 
     def perf_event_output(ctx: int, map_value: int, flags: int, data: int, size: int) -> int:
         m = the_map(map_value, PerfEventArray, "perf_event_output")
-        return m.map_perf_output(flags, bytes(PROC[data:data + size]) if size else b"") & M64
+        meta = bytes(PROC[data:data + size]) if size else b""
+        packet = _event_output_packet(ctx)
+        if packet is None:          # the tracing variant: flags are the index bits only
+            return m.map_perf_output(flags, meta) & M64
+        # bpf_skb_event_output / bpf_xdp_event_output: BPF_F_CTXLEN_MASK asks for that many
+        # bytes of the packet (from skb->data, or xdp->data across fragments) after the data
+        if flags & ~(BPF_F_CTXLEN_MASK | BPF_F_INDEX_MASK):
+            return -errno.EINVAL & M64
+        length, take = packet
+        ctx_size = (flags & BPF_F_CTXLEN_MASK) >> 32
+        if ctx_size > length:
+            return -errno.EFAULT & M64
+        return m.map_perf_output(flags & BPF_F_INDEX_MASK, meta + take(ctx_size)) & M64
 
     def get_local_storage(map_value: int, flags: int) -> int:
         return the_map(map_value, CgroupStorage, "get_local_storage").map_local_storage()

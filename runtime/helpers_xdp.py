@@ -7,11 +7,14 @@ run from :data:`~pybpf.runtime.helpers.ACTIVE_RUN`), with the kernel's limits an
   below the ``struct xdp_frame`` + metadata at the hard start or past ``data_end - ETH_HLEN``.
 * ``bpf_xdp_adjust_tail(ctx, delta)``: ``data_end`` moves; -EINVAL past the frame's hard end
   (4096 - 320 bytes from the hard start) or below ``data + ETH_HLEN``; grown bytes are zeroed.
+  With fragments the last one grows within its page (-EINVAL past it) or fragments shrink
+  from the end (-EINVAL below ETH_HLEN bytes in all), emptied ones freed.
 * ``bpf_xdp_adjust_meta(ctx, delta)``: ``data_meta`` moves; -EINVAL outside
   [frame end, ``data``], -EACCES for a length that is not a multiple of 4 or above 255.
-* ``bpf_xdp_get_buff_len(ctx)``: ``data_end - data`` (test runs are linear: no fragments).
+* ``bpf_xdp_get_buff_len(ctx)``: ``data_end - data`` plus the fragments.
 * ``bpf_xdp_load_bytes`` / ``bpf_xdp_store_bytes(ctx, off, buf, len)``: -EFAULT for an offset or
-  length above 0xffff, -EINVAL past the packet (``bpf_xdp_pointer``).
+  length above 0xffff, -EINVAL past the packet (``bpf_xdp_pointer``); ranges across the
+  linear part and fragments are copied piece by piece.
 
 Every helper checks that ``ctx`` is the run's ``xdp_md`` (a verified program can pass nothing
 else; an unverified one gets MemoryAccessError) and the buffers against the run's regions
@@ -42,7 +45,7 @@ from pybpf.uapi import TC_ACT_SHOT, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIREC
 from pybpf.verifier import protos
 
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN, Helper
-from .xdp_buff import ETH_HLEN, XDP_FRAME_STRUCT, XDP_META_MAX
+from .xdp_buff import ETH_HLEN, PAGE_SIZE, XDP_FRAME_STRUCT, XDP_META_MAX
 
 M64 = (1 << 64) - 1
 TC_ACT_REDIRECT = 7              # include/uapi/linux/pkt_cls.h
@@ -107,9 +110,38 @@ def xdp_adjust_head(ctx: int, offset: int) -> int:
     return 0
 
 
+def _frags_adjust_tail(xb, off: int) -> int:
+    """bpf_xdp_frags_increase_tail / bpf_xdp_frags_shrink_tail: grow the last fragment within
+    its page (zeroed), or shrink fragments from the end, freeing emptied ones; the buffer is
+    linear again when none is left (and the rest of the shrink comes off ``data_end``)."""
+    if off >= 0:
+        last = xb.frags[-1]
+        if off > PAGE_SIZE - last.size:          # tailroom: frag_size - size - offset
+            return _err(errno.EINVAL)
+        ctypes.memset(last.address + last.size, 0, off)
+        last.size += off
+        return 0
+    shrink = -off
+    if shrink > xb.buff_len() - ETH_HLEN:
+        return _err(errno.EINVAL)
+    while xb.frags and shrink > 0:
+        last = xb.frags[-1]
+        cut = min(shrink, last.size)
+        last.size -= cut
+        shrink -= cut
+        if not last.size:
+            xb.frags.pop()
+    if not xb.frags:
+        xb.has_frags = False
+        xb.set(ACTIVE_REGIONS.get(), data_end=xb.data_end - shrink)
+    return 0
+
+
 def xdp_adjust_tail(ctx: int, offset: int) -> int:
     xb = _xdp(ctx, "xdp_adjust_tail")
     off = _s32(offset)
+    if xb.has_frags:
+        return _frags_adjust_tail(xb, off)
     end = xb.data_end + off
     if end > xb.hard_end or end < xb.data + ETH_HLEN:
         return _err(errno.EINVAL)
@@ -133,34 +165,34 @@ def xdp_adjust_meta(ctx: int, offset: int) -> int:
 
 def xdp_get_buff_len(ctx: int) -> int:
     xb = _xdp(ctx, "xdp_get_buff_len")
-    return xb.data_end - xb.data
-
-
-def _packet_range(xb, offset: int, size: int) -> int:
-    """bpf_xdp_pointer: the packet address of [offset, offset + size), or -errno."""
-    offset, size = offset & 0xFFFFFFFF, size & 0xFFFFFFFF
-    if offset > 0xFFFF or size > 0xFFFF:
-        return -errno.EFAULT
-    if offset + size > xb.data_end - xb.data:
-        return -errno.EINVAL
-    return xb.data + offset
+    return xb.buff_len()
 
 
 def xdp_load_bytes(ctx: int, offset: int, buf: int, size: int) -> int:
+    """Copy from the packet: one memmove when the range is in the linear part or in one
+    fragment (bpf_xdp_pointer), else piece by piece (bpf_xdp_copy_buf)."""
     xb = _xdp(ctx, "xdp_load_bytes")
-    src = _packet_range(xb, offset, size)
-    if src < 0:
+    offset, size = offset & 0xFFFFFFFF, size & 0xFFFFFFFF
+    src = xb.pointer(offset, size)
+    if src is None:
+        ctypes.memmove(buf, xb.read(offset, size), size)
+    elif src < 0:
         return _err(-src)
-    ctypes.memmove(buf, src, size & 0xFFFFFFFF)
+    else:
+        ctypes.memmove(buf, src, size)
     return 0
 
 
 def xdp_store_bytes(ctx: int, offset: int, buf: int, size: int) -> int:
     xb = _xdp(ctx, "xdp_store_bytes")
-    dst = _packet_range(xb, offset, size)
-    if dst < 0:
+    offset, size = offset & 0xFFFFFFFF, size & 0xFFFFFFFF
+    dst = xb.pointer(offset, size)
+    if dst is None:
+        xb.write(offset, ctypes.string_at(buf, size))
+    elif dst < 0:
         return _err(-dst)
-    ctypes.memmove(dst, buf, size & 0xFFFFFFFF)
+    else:
+        ctypes.memmove(dst, buf, size)
     return 0
 
 

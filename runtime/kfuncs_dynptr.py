@@ -1,7 +1,9 @@
 """Dynamic pointers (kernel/bpf/helpers.c, net/core/filter.c): the helpers
 ``bpf_dynptr_from_mem`` (197), ``bpf_dynptr_read`` (201), ``bpf_dynptr_write`` (202),
 ``bpf_dynptr_data`` (203) and the kfuncs ``bpf_dynptr_from_skb``, ``bpf_dynptr_from_xdp``,
-``bpf_dynptr_slice``, ``bpf_dynptr_slice_rdwr``.
+``bpf_dynptr_slice``, ``bpf_dynptr_slice_rdwr``, ``bpf_dynptr_adjust``, ``bpf_dynptr_clone``,
+``bpf_dynptr_is_null``, ``bpf_dynptr_is_rdonly``, ``bpf_dynptr_size`` (ring buffer dynptrs:
+:mod:`.ringbuf_dynptr`).
 
 A ``struct bpf_dynptr`` is 16 bytes of the program's stack, laid out as the kernel's
 ``struct bpf_dynptr_kern``: ``data`` (u64), ``size`` (u32: the size in bits 0-23, the type in
@@ -24,7 +26,7 @@ import errno
 import struct
 
 from .contexts import SkBuff, XdpMd
-from .helpers import ACTIVE_REGIONS
+from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .memory import PROC, RegionTable
 
 DYNPTR_SIZE = 16
@@ -76,18 +78,29 @@ def _check_off_len(size: int, off: int, length: int) -> int:
     return -errno.E2BIG if length > size or off > size - length else 0
 
 
+def _xdp_buff(ctx: int):
+    """The run's XdpBuff when ``ctx`` is its xdp_md (fragments included), else None."""
+    rc = ACTIVE_RUN.get()
+    xb = getattr(rc, "xdp", None)
+    return xb if xb is not None and xb.ctx_address == ctx else None
+
+
 def _packet(regions, ctx: int, dtype: int) -> tuple[int, int]:
-    """(start, length) of the packet behind an skb or xdp dynptr's context."""
+    """(start, length) of the packet behind an skb or xdp dynptr's context (the linear
+    part; the xdp functions below go through the run's XdpBuff for fragments)."""
     lo, hi = (_SKB_DATA, _SKB_END) if dtype == TYPE_SKB else (_XDP_DATA, _XDP_END)
     start = regions.load(ctx + lo, 4)
     end = regions.load(ctx + hi, 4)
     return start, max(end - start, 0)
 
 
-def dynptr_mem_args(index: int, kind: str):
-    """A ``mem_args`` for a helper or kfunc whose argument ``index`` is a dynptr."""
+def dynptr_mem_args(index, kind):
+    """A ``mem_args`` for a helper or kfunc whose argument ``index`` is a dynptr used as
+    ``kind``; or, with ``index`` a tuple (index, kind, index, kind...), several dynptrs."""
+    pairs = tuple(zip(index[::2], index[1::2])) if isinstance(index, tuple) else ((index, kind),)
+
     def mem_args(args: tuple) -> list:
-        return [(args[index], DYNPTR_SIZE, kind)]
+        return [(args[i], DYNPTR_SIZE, k) for i, k in pairs]
     return mem_args
 
 
@@ -123,7 +136,9 @@ def bpf_dynptr_from_xdp(xdp: int, flags: int, ptr: int) -> int:
     if flags:
         _set_null(ptr)
         return _int(-errno.EINVAL)
-    _init(ptr, xdp, TYPE_XDP, 0, _packet(regions, xdp, TYPE_XDP)[1])
+    xb = _xdp_buff(xdp)
+    size = xb.buff_len() if xb is not None else _packet(regions, xdp, TYPE_XDP)[1]
+    _init(ptr, xdp, TYPE_XDP, 0, size)          # xdp_get_buff_len
     return 0
 
 
@@ -148,6 +163,14 @@ def bpf_dynptr_read(dst: int, length: int, src: int, offset: int, flags: int) ->
     err = _check_off_len(size, offset, length)
     if err:
         return _long(err)
+    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
+    if xb is not None:                      # __bpf_xdp_load_bytes: fragments too
+        at = xb.pointer(base + offset, length)
+        if at is not None and at < 0:
+            return _long(at)
+        regions.write(dst, xb.read(base + offset, length) if at is None
+                      else regions.read(at, length))
+        return 0
     at = _where(regions, data, dtype, base + offset, length)
     if at < 0:
         if dtype == TYPE_SKB:
@@ -171,6 +194,16 @@ def bpf_dynptr_write(dst: int, offset: int, src: int, length: int, flags: int) -
             return _long(-errno.EINVAL)
     elif flags:
         return _long(-errno.EINVAL)
+    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
+    if xb is not None:                      # __bpf_xdp_store_bytes: fragments too
+        at = xb.pointer(base + offset, length)
+        if at is not None and at < 0:
+            return _long(at)
+        if at is None:
+            xb.write(base + offset, regions.read(src, length))
+        else:
+            regions.write(at, regions.read(src, length))
+        return 0
     at = _where(regions, data, dtype, base + offset, length)
     if at < 0:
         return _long(at)
@@ -203,6 +236,18 @@ def bpf_dynptr_slice(p: int, offset: int, buffer: int, buffer_sz: int) -> int:
     if dtype in (TYPE_LOCAL, TYPE_RINGBUF):
         regions.check(data + base + offset, max(length, 1), "read")
         return data + base + offset
+    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
+    if xb is not None:
+        at = xb.pointer(base + offset, length)
+        if at is None:                      # across fragments: copied into the buffer
+            if not buffer:
+                return 0
+            regions.write(buffer, xb.read(base + offset, length))
+            return buffer
+        if at < 0:
+            return 0
+        regions.check(at, max(length, 1), "read")
+        return at
     at = _where(regions, data, dtype, base + offset, length)
     if at < 0:
         return 0
@@ -219,6 +264,45 @@ def bpf_dynptr_slice_rdwr(p: int, offset: int, buffer: int, buffer_sz: int) -> i
     return bpf_dynptr_slice(p, offset, buffer, buffer_sz)
 
 
+# --- generic dynptr kfuncs (kernel/bpf/helpers.c) -----------------------------------------------
+def bpf_dynptr_adjust(p: int, start: int, end: int) -> int:
+    """Narrow the dynptr to [start, end) of its current view: -EINVAL for a NULL dynptr or
+    start > end, -ERANGE past its size."""
+    start, end = start & M32, end & M32
+    data, dtype, rdonly, offset, size = _load(p)
+    if not data or start > end:
+        return _int(-errno.EINVAL)
+    if start > size or end > size:
+        return _int(-errno.ERANGE)
+    _init(p, data, dtype, (offset + start) & M32, end - start, rdonly)
+    return 0
+
+
+def bpf_dynptr_is_null(p: int) -> int:
+    return int(not _load(p)[0])
+
+
+def bpf_dynptr_is_rdonly(p: int) -> int:
+    data, _, rdonly, _, _ = _load(p)
+    return int(bool(data) and rdonly)
+
+
+def bpf_dynptr_size(p: int) -> int:
+    """The dynptr's size, or -EINVAL (as a u32) for a NULL one."""
+    data, _, _, _, size = _load(p)
+    return size if data else _int(-errno.EINVAL)
+
+
+def bpf_dynptr_clone(p: int, clone: int) -> int:
+    """A copy of the dynptr (same memory, view and flags); a NULL parent gives a NULL clone
+    and -EINVAL."""
+    if not _load(p)[0]:
+        _set_null(clone)
+        return _int(-errno.EINVAL)
+    PROC[clone:clone + DYNPTR_SIZE] = bytes(PROC[p:p + DYNPTR_SIZE])
+    return 0
+
+
 HELPER_FNS = {"dynptr_from_mem": (bpf_dynptr_from_mem, 3, "write"),
               "dynptr_read": (bpf_dynptr_read, 2, "read"),
               "dynptr_write": (bpf_dynptr_write, 0, "read"),
@@ -228,5 +312,10 @@ HELPER_FNS = {"dynptr_from_mem": (bpf_dynptr_from_mem, 3, "write"),
 KFUNC_FNS = {"bpf_dynptr_from_skb": (bpf_dynptr_from_skb, 2, "write"),
              "bpf_dynptr_from_xdp": (bpf_dynptr_from_xdp, 2, "write"),
              "bpf_dynptr_slice": (bpf_dynptr_slice, 0, "read"),
-             "bpf_dynptr_slice_rdwr": (bpf_dynptr_slice_rdwr, 0, "read")}
+             "bpf_dynptr_slice_rdwr": (bpf_dynptr_slice_rdwr, 0, "read"),
+             "bpf_dynptr_adjust": (bpf_dynptr_adjust, 0, "write"),
+             "bpf_dynptr_is_null": (bpf_dynptr_is_null, 0, "read"),
+             "bpf_dynptr_is_rdonly": (bpf_dynptr_is_rdonly, 0, "read"),
+             "bpf_dynptr_size": (bpf_dynptr_size, 0, "read"),
+             "bpf_dynptr_clone": (bpf_dynptr_clone, (0, "read", 1, "write"), None)}
 

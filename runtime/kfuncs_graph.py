@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import itertools
 import mmap
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -129,15 +131,27 @@ class ObjHeap:
         self._free.setdefault(max(8, (obj.size + 7) & ~7), []).append(obj.base)
 
 
+def _locked(fn):
+    """Runs on several threads share a VM: one lock keeps the heap and the graphs whole (the
+    kernel's programs hold the root's bpf_spin_lock; the structures here are Python's)."""
+    @functools.wraps(fn)
+    def wrapper(self, *args):
+        with self.lock:
+            return fn(self, *args)
+    return wrapper
+
+
 class Graphs:
     """One VM's objects, lists and trees. The heap is mapped when the first program that calls
     a graph kfunc is loaded (:meth:`prepare`), so every run of such a program has its region."""
 
     def __init__(self) -> None:
+        self.lock = threading.RLock()
         self.heap = _NoHeap()
         self.roots: dict[int, Root] = {}
         self._regions: list[Region] = []
 
+    @_locked
     def prepare(self, prog) -> None:
         if self._regions:
             return
@@ -151,6 +165,7 @@ class Graphs:
         return self._regions
 
     # -- objects ----------------------------------------------------------------------------
+    @_locked
     def obj_new(self, type_id: int, meta: int) -> int:
         rc = ACTIVE_RUN.get()
         btf = getattr(rc, "prog_btf", None)
@@ -177,10 +192,12 @@ class Graphs:
             self._unlink(root, node)
         self.heap.free(obj)
 
+    @_locked
     def obj_drop(self, ptr: int, meta: int) -> int:
         self.drop(self._object(ptr, "bpf_obj_drop"))
         return 0
 
+    @_locked
     def refcount_acquire(self, ptr: int, meta: int) -> int:
         obj = self.heap.find(ptr)
         if obj is None or obj.base != ptr:
@@ -235,17 +252,20 @@ class Graphs:
                 obj.nodes.pop(node, None)
                 self.drop(obj)
 
+    @_locked
     def free_at(self, address: int) -> None:
         """Free the root at ``address`` (bpf_obj_free_fields of a map value)."""
         root = self.roots.get(address)
         if root is not None:
             self._free_root(root)
 
+    @_locked
     def free_in(self, start: int, size: int) -> None:
         """Free the roots in [start, start + size) (a closed map's memory)."""
         for address in [a for a in self.roots if start <= a < start + size]:
             self._free_root(self.roots[address])
 
+    @_locked
     def close(self) -> None:
         for root in list(self.roots.values()):
             self._free_root(root)
@@ -261,6 +281,7 @@ class Graphs:
         return obj
 
     # -- lists ------------------------------------------------------------------------------
+    @_locked
     def push(self, head: int, node: int, back: bool) -> int:
         root = self.root(head, LIST)
         if self._add(root, node, "bpf_list_push") is None:
@@ -268,6 +289,7 @@ class Graphs:
         (root.nodes.append if back else root.nodes.appendleft)(node)
         return 0
 
+    @_locked
     def pop(self, head: int, back: bool) -> int:
         root = self.root(head, LIST)
         if not root.nodes:
@@ -278,18 +300,22 @@ class Graphs:
             obj.nodes.pop(node, None)
         return node
 
+    @_locked
     def peek(self, head: int, back: bool) -> int:
         root = self.root(head, LIST)
         return (root.nodes[-1] if back else root.nodes[0]) if root.nodes else 0
 
     # -- trees ------------------------------------------------------------------------------
+    @_locked
     def rbtree_first(self, root_addr: int) -> int:
         return self.root(root_addr, RBTREE).nodes.first()
 
+    @_locked
     def rbtree_root(self, root_addr: int) -> int:
         tree = self.root(root_addr, RBTREE).nodes
         return tree.root.key if tree.root is not None else 0
 
+    @_locked
     def rbtree_child(self, root_addr: int, node: int, right: bool) -> int:
         """bpf_rbtree_left/right: NULL unless ``node`` is in this tree (the owner check)."""
         root = self.root(root_addr, RBTREE)
@@ -298,6 +324,7 @@ class Graphs:
             return 0
         return root.nodes.child(node, right)
 
+    @_locked
     def rbtree_remove(self, root_addr: int, node: int) -> int:
         root = self.root(root_addr, RBTREE)
         obj = self.heap.find(node)
@@ -306,6 +333,7 @@ class Graphs:
         self._unlink(root, node)
         return node
 
+    @_locked
     def rbtree_add_start(self, root_addr: int, node: int) -> "RbAdd":
         return RbAdd(self, self.root(root_addr, RBTREE), node)
 
@@ -325,12 +353,17 @@ class RbAdd:
         if self.done:
             self.result = -22 & (1 << 64) - 1
 
+    @property
+    def lock(self):
+        return self.graphs.lock
+
     def _consistent(self, tree: RbTree) -> bool:
         p = self.parent
         if p is None:
             return tree.root is self.cur
         return tree.nodes.get(p.key) is p and (p.right if self.right else p.left) is self.cur
 
+    @_locked
     def next(self) -> int:
         if self.done:
             return 0
@@ -346,6 +379,7 @@ class RbAdd:
         self.done = True
         return 0
 
+    @_locked
     def answer(self, less: int) -> None:
         cur = self.cur
         if cur is None:

@@ -28,7 +28,7 @@ from pybpf.verifier import protos
 
 from . import helpers_skb
 from .helpers import ACTIVE_REGIONS, Helper
-from . import kfuncs_dynptr, kfuncs_iter, kfuncs_misc, kfuncs_string
+from . import kfuncs_dynptr, kfuncs_iter, kfuncs_misc, kfuncs_string, ringbuf_dynptr
 from .map_helpers import make_helpers, make_kfuncs
 from .maps.arena import Arena
 from .maps.base import PAGE_SHIFT
@@ -147,6 +147,9 @@ def install(helpers, resolve_map) -> None:
     for name in ("probe_read_str", "probe_read_kernel_str", "probe_read_user_str"):
         helpers.add(Helper(HELPER_IDS[name], name, probe_read_str, protos.helper_proto(name)))
     for name, (fn, index, kind) in kfuncs_dynptr.HELPER_FNS.items():
+        helpers.add(Helper(HELPER_IDS[name], name, fn, protos.helper_proto(name),
+                           mem_args=kfuncs_dynptr.dynptr_mem_args(index, kind)))
+    for name, (fn, index, kind) in ringbuf_dynptr.make(resolve_map).items():
         helpers.add(Helper(HELPER_IDS[name], name, fn, protos.helper_proto(name),
                            mem_args=kfuncs_dynptr.dynptr_mem_args(index, kind)))
     for name in ("tail_call", "loop"):

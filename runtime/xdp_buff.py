@@ -5,6 +5,13 @@ The kernel's test run (``bpf_prog_test_run_xdp``, net/bpf/test_run.c) gives the 
 tail of the page, of which ``SKB_DATA_ALIGN(sizeof(struct skb_shared_info))`` (320 on x86-64)
 is reserved: ``data_hard_end`` = hard start + 4096 - 320. The head may move down to the end of
 the ``struct xdp_frame`` (40 bytes) the kernel keeps at the hard start, plus the metadata.
+A packet longer than the linear part (3520 bytes, less with metadata; or the ``data_end`` a
+``ctx_in`` gives) continues in fragments, one 4096-byte page each (at most MAX_SKB_FRAGS, 17),
+as the test run builds a multi-buffer ``xdp_buff`` for every program (``xdp.frags`` ones or
+not): the program's ``data``/``data_end`` cover the linear part only, ``bpf_xdp_get_buff_len``,
+``bpf_xdp_load/store_bytes``, ``bpf_xdp_adjust_tail`` and XDP dynptrs reach the fragments
+(:meth:`XdpBuff.pointer`, :meth:`XdpBuff.read`, :meth:`XdpBuff.write`), and ``data_out`` is the
+linear part followed by every fragment.
 The helpers that move ``data``, ``data_end`` and ``data_meta`` (:mod:`.helpers_xdp`) go
 through :class:`XdpBuff`, which keeps three things in step: the ``struct xdp_md`` the program
 reads (its u32 fields hold the real addresses, see :mod:`.contexts`), the packet's
@@ -23,6 +30,17 @@ XDP_FRAME_STRUCT = 40                # sizeof(struct xdp_frame), kept at data_ha
 XDP_MAX_LINEAR = XDP_FRAME_SZ - XDP_PACKET_HEADROOM - SKB_SHARED_INFO_ROOM   # 3520
 ETH_HLEN = 14
 XDP_META_MAX = 255                   # xdp_metalen_invalid: u8 meta_len, 4-byte multiples
+MAX_SKB_FRAGS = 17
+PAGE_SIZE = 4096
+
+
+class Frag:
+    """One fragment (``skb_frag_t``): ``size`` bytes at the start of a 4096-byte page."""
+
+    __slots__ = ("buffer", "address", "size", "region")
+
+    def __init__(self, buffer, size: int, region) -> None:
+        self.buffer, self.address, self.size, self.region = buffer, buffer.address, size, region
 
 
 class XdpBuff:
@@ -31,14 +49,68 @@ class XdpBuff:
     ``hard_start``/``hard_end`` the bounds the head and tail may move within. ``owner`` keeps
     the memory alive (the run's low mapping)."""
 
-    __slots__ = ("md", "ctx_address", "hard_start", "hard_end", "region", "owner", "redirect")
+    __slots__ = ("md", "ctx_address", "hard_start", "hard_end", "region", "owner", "redirect",
+                 "frags", "has_frags")
 
     def __init__(self, md, ctx_address: int, hard_start: int, hard_end: int, region,
-                 owner) -> None:
+                 owner, frags=()) -> None:
         self.md, self.ctx_address = md, ctx_address
         self.hard_start, self.hard_end = hard_start, hard_end
         self.region, self.owner = region, owner
         self.redirect = None            # bpf_redirect_info: set by the redirect helpers
+        self.frags: list[Frag] = list(frags)
+        self.has_frags = bool(self.frags)      # xdp_buff_has_frags (cleared when none is left)
+
+    # -- fragments --------------------------------------------------------------------------------
+    @property
+    def frags_size(self) -> int:
+        return sum(f.size for f in self.frags)
+
+    def buff_len(self) -> int:
+        """xdp_get_buff_len: the linear part and every fragment."""
+        return self.data_end - self.data + self.frags_size
+
+    def pointer(self, offset: int, size: int):
+        """bpf_xdp_pointer: the address of [offset, offset + size) when it lies in the linear
+        part or in one fragment, None when it spans, -EFAULT above 0xffff, -EINVAL past the
+        buffer."""
+        if offset > 0xFFFF or size > 0xFFFF:
+            return -14
+        if offset + size > self.buff_len():
+            return -22
+        linear = self.data_end - self.data
+        if offset < linear:
+            return self.data + offset if offset + size <= linear else None
+        offset -= linear
+        for f in self.frags:
+            if offset < f.size:
+                return f.address + offset if offset + size <= f.size else None
+            offset -= f.size
+        return self.data if size <= linear else None     # (the kernel's fall-through)
+
+    def _pieces(self, offset: int, size: int):
+        """(address, length) runs covering [offset, offset + size) (checked by the caller)."""
+        runs = [(self.data, self.data_end - self.data)] + [(f.address, f.size)
+                                                            for f in self.frags]
+        for addr, length in runs:
+            if size <= 0:
+                return
+            if offset < length:
+                n = min(length - offset, size)
+                yield addr + offset, n
+                offset, size = 0, size - n
+            else:
+                offset -= length
+
+    def read(self, offset: int, size: int) -> bytes:
+        """bpf_xdp_copy_buf into a new buffer (the range was checked with :meth:`pointer`)."""
+        return b"".join(ctypes.string_at(a, n) for a, n in self._pieces(offset, size))
+
+    def write(self, offset: int, data: bytes) -> None:
+        pos = 0
+        for a, n in self._pieces(offset, len(data)):
+            ctypes.memmove(a, data[pos:pos + n], n)
+            pos += n
 
     # -- the pointers, as the xdp_md holds them -------------------------------------------------
     @property
@@ -74,8 +146,9 @@ class XdpBuff:
         self.region.start, self.region.size = start, size
 
     def out(self) -> bytes:
-        """BPF_PROG_TEST_RUN's data_out: ``[data_meta, data_end)``."""
+        """BPF_PROG_TEST_RUN's data_out: ``[data_meta, data_end)``, then the fragments."""
         lo, hi = self.md.data_meta, self.md.data_end
         if not self.hard_start <= lo <= hi <= self.hard_end:     # never past our own mapping
             return b""
-        return ctypes.string_at(lo, hi - lo)
+        return ctypes.string_at(lo, hi - lo) + b"".join(
+            ctypes.string_at(f.address, f.size) for f in self.frags)

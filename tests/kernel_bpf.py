@@ -300,6 +300,33 @@ def _has_spin_lock(btf, m) -> bool:
     return spin_lock_offset(btf, m.btf_value_type) >= 0
 
 
+def ringbuf_consume(fd: int, size: int) -> list[bytes]:
+    """Consume every committed record of the kernel ring buffer ``fd`` (``size`` data bytes),
+    as libbpf's ring_buffer__consume does: page 0 is the consumer position (writable), then the
+    producer page and the data pages mapped twice; discarded records are skipped."""
+    page = mmap.PAGESIZE
+    cons_map = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+    prod_map = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+    try:
+        cons = struct.unpack_from("<Q", cons_map, 0)[0]
+        prod = struct.unpack_from("<Q", prod_map, 0)[0]
+        out = []
+        while cons < prod:
+            at = page + (cons & (size - 1))
+            length, _ = struct.unpack_from("<II", prod_map, at)
+            if length & (1 << 31):              # BPF_RINGBUF_BUSY_BIT: not committed yet
+                break
+            n = length & ~(3 << 30)
+            if not length & (1 << 30):          # BPF_RINGBUF_DISCARD_BIT
+                out.append(bytes(prod_map[at + 8:at + 8 + n]))
+            cons += (n + 8 + 7) & ~7
+            struct.pack_into("<Q", cons_map, 0, cons)
+        return out
+    finally:
+        cons_map.close()
+        prod_map.close()
+
+
 class KernelObject:
     """The maps of a parsed BpfObject, created in the kernel, plus the arena's user mapping."""
 
@@ -380,7 +407,9 @@ class KernelObject:
         attr = bytearray(152)
         struct.pack_into("<IIQQIIQ", attr, 0, PROG_TYPE_IDS[prog.prog_type], len(insns),
                          _addr(code), _addr(lic), 0, 0, 0)
-        struct.pack_into("<I", attr, 44, BPF_F_SLEEPABLE if prog.sleepable else 0)
+        # libbpf's prog_flags: xdp.frags sections load with BPF_F_XDP_HAS_FRAGS (1 << 5)
+        frags = (1 << 5) if prog.section.startswith("xdp.frags") else 0
+        struct.pack_into("<I", attr, 44, (BPF_F_SLEEPABLE if prog.sleepable else 0) | frags)
         attr[48:48 + 15] = prog.name.encode()[:15].ljust(15, b"\0")
         struct.pack_into("<I", attr, 68, expected_attach_type(prog.section))
         struct.pack_into("<Q", attr, 120, _addr(fds))

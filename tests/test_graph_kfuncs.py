@@ -232,6 +232,36 @@ def test_tree_shapes_match_the_kernel():
     assert len({s for _, s in theirs}) > 8 and struct.unpack("<q", theirs[-1][1][:8])[0] >= 0
 
 
+def test_threads_sharing_a_vm_keep_the_heap_and_lists_whole():
+    """Four threads push and pop on one global list (under the program's bpf_spin_lock) and
+    allocate and drop: every run leaves exactly one node."""
+    import threading
+    import pybpf
+    obj = pybpf.load_elf(CORPUS)
+    vm = obj.vm
+    push = vm.load(obj.programs["list_push_pop"], engine="interp")
+    churn = vm.load(obj.programs["obj_new_drop"], engine="interp")
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(40):
+                push.run(ctx=bytearray(64))
+                churn.run(ctx=bytearray(64))
+        except Exception as e:      # noqa: BLE001  (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    roots = [r for r in vm.graphs.roots.values() if r.kind == "bpf_list_head"]
+    assert len(roots) == 1 and len(roots[0].nodes) == 160
+    assert len(vm.graphs.heap.objects) == 160
+    vm.close()
+
+
 def test_a_dropped_object_is_out_of_the_interpreters_reach():
     import pybpf
     obj = pybpf.load_elf(FAIL)

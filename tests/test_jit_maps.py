@@ -372,7 +372,8 @@ def case_every_program_types_context():
             r0 = 1
             exit"""), prog_type="xdp", engine=engine, verify=False)
         out["xdp"] = (xdp.run(data=frame()), xdp.last_data.hex(), xdp.last_ctx.ingress_ifindex)
-        out["xdp/short"] = (xdp.run(data=b"abc"), xdp.last_data.hex())
+        # a 10-byte linear part (ctx_in data_end), the rest of the frame in a fragment
+        out["xdp/short"] = (xdp.run(data=frame(), ctx={"data_end": 10}), xdp.last_data.hex())
         sysc = vm.load(asm("r2 = *(u64 *)(r1 + 0)\nr2 *= 3\n*(u64 *)(r1 + 8) = r2\n"
                            "r0 = r2\nexit"), prog_type="syscall", engine=engine, verify=False)
         buf = bytearray(struct.pack("<QQ", 14, 0))

@@ -1,7 +1,8 @@
 """Dynptrs beyond what the kernel comparisons cover (tests/corpus/kfunc_corpus.c runs
 bpf_dynptr_from_xdp/from_skb/from_mem, slices, reads, writes and data slices in both engines and
 in the kernel; tests/verifier/dynptr/ holds the kernel's verdicts): a dynptr forged by unverified
-code cannot reach outside the run's memory, and bpf_dynptr_slice_rdwr (which the running kernel
+code cannot reach outside the run's memory nor commit what no ring reserved, and
+bpf_dynptr_slice_rdwr (which the running kernel
 refuses to load) writes into the packet, the same in both engines."""
 from __future__ import annotations
 
@@ -64,6 +65,47 @@ exit
 """
 
 
+# a local dynptr over a map value, its type bits rewritten to RINGBUF, then submitted: the
+# value is no reservation of any ring
+FORGED_SUBMIT = """
+.map arr type=array key=4 value=16 max_entries=1
+.map rb type=ringbuf key=0 value=0 max_entries=4096
+r1 = 0
+*(u32 *)(r10 - 4) = r1
+r1 = map[arr] ll
+r2 = r10
+r2 += -4
+call bpf_map_lookup_elem
+if r0 == 0 goto out
+r1 = r0
+r2 = 16
+r3 = 0
+r4 = r10
+r4 += -24
+call bpf_dynptr_from_mem
+r1 = 0x20000010
+*(u32 *)(r10 - 16) = r1
+r1 = r10
+r1 += -24
+r2 = 0
+call bpf_ringbuf_submit_dynptr
+out:
+r0 = 0
+exit
+"""
+
+
+def _forged_submit(engine: str) -> str:
+    import pybpf
+    vm = pybpf.VM()
+    lp = vm.load(assemble(FORGED_SUBMIT), prog_type="syscall", engine=engine, verify=False)
+    try:
+        lp.run(ctx=bytearray(8))
+    except pybpf.MapError as e:
+        return f"refused errno {e.errno}"
+    return "ran"
+
+
 def _forged(engine: str) -> str:
     import pybpf
     from pybpf.errors import MemoryAccessError
@@ -82,7 +124,8 @@ def _rdwr(engine: str):
     return r0, lp.last_data[:4].hex()
 
 
-CASES = {"forged": lambda: _forged("jit"), "rdwr": lambda: list(_rdwr("jit"))}
+CASES = {"forged": lambda: _forged("jit"), "rdwr": lambda: list(_rdwr("jit")),
+         "forged_submit": lambda: _forged_submit("jit")}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +141,16 @@ def test_a_forged_dynptr_is_refused_by_the_interpreter():
 def test_a_forged_dynptr_is_refused_by_the_jit(jit_results):
     assert_case_passed(jit_results, "forged")
     assert jit_results[0]["forged"]["detail"] == "refused"
+
+
+def test_a_forged_ringbuf_dynptr_commits_nothing_in_the_interpreter():
+    assert _forged_submit("interp") == "refused errno 22"
+
+
+@pytest.mark.jit
+def test_a_forged_ringbuf_dynptr_commits_nothing_in_the_jit(jit_results):
+    assert_case_passed(jit_results, "forged_submit")
+    assert jit_results[0]["forged_submit"]["detail"] == "refused errno 22"
 
 
 def test_a_writable_slice_writes_the_packet():

@@ -2,6 +2,8 @@
 tracepoint/kprobe; ld_abs/ld_ind; and the xdp_filter, ringbuf and socket_count samples."""
 from __future__ import annotations
 
+import errno
+
 import ctypes
 import os
 import struct
@@ -99,16 +101,23 @@ def test_xdp_is_one_call_against_a_packet_and_may_rewrite_it():
     assert isinstance(md, XdpMd) and md.data_end - md.data == len(pkt)
     assert md.data_meta == md.data and 0 < md.data < 1 << 32 and md.ingress_ifindex == 1
     assert lp.run(data=frame(0x86DD)) == XDP_PASS and lp.last_data == frame(0x86DD)
-    assert lp.run(data=pkt[:10]) == 0                                 # too short
+    with pytest.raises(VMError, match="Ethernet header") as e:         # too short: EINVAL,
+        lp.run(data=pkt[:10])                                          # as BPF_PROG_TEST_RUN
+    assert e.value.errno == errno.EINVAL
+    # a linear part shorter than the packet (ctx_in data_end): the rest is a fragment
+    assert lp.run(data=pkt, ctx={"data_end": 10}) == 0
+    assert lp.last_data == pkt
     with pytest.raises(MemoryAccessError, match="read-only"):         # xdp_md is read-only
         VM().load(asm("*(u32 *)(r1 + 12) = 1\nr0 = 2\nexit"), prog_type="xdp").run(data=pkt)
     with pytest.raises(MemoryAccessError):                            # past data_end
         VM().load(asm("r2 = *(u32 *)(r1 + 4)\nr0 = *(u8 *)(r2 + 0)\nexit"),
                   prog_type="xdp").run(data=pkt)
     q = VM().load(asm("r0 = *(u32 *)(r1 + 16)\nexit"), prog_type="xdp")
-    assert q.run(data=pkt, ctx={"rx_queue_index": 3}) == 3
-    with pytest.raises(VMError, match="set by the run"):
-        q.run(data=pkt, ctx={"data": 0})
+    assert q.run(data=pkt, ctx={"ingress_ifindex": 1, "rx_queue_index": 0}) == 0
+    for bad in ({"rx_queue_index": 3}, {"ingress_ifindex": 1, "rx_queue_index": 1},
+                {"data_meta": 4}, {"egress_ifindex": 1}):
+        with pytest.raises(VMError, match="BPF_PROG_TEST_RUN: EINVAL"):
+            q.run(data=pkt, ctx=bad)
 
 
 SKB_FIELDS = ["len", "pkt_type", "mark", "queue_mapping", "protocol", "vlan_present",

@@ -19,23 +19,24 @@ CHILD = textwrap.dedent("""
 
     prog = pybpf.assemble("r0 = 7\\nr0 += 35\\nexit")
     vm = pybpf.VM()
-    # keeps the pack alive: a pack whose last program goes is unmapped, and the freed range
-    # could not be read back
-    keeper = vm.load(prog, engine="jit", name="keeper")
+    # -O2 loads: no background compile places code into a range just freed. The keeper keeps
+    # the pack alive: a pack whose last program goes is unmapped, and the freed range could
+    # not be read back
+    keeper = vm.load(prog, engine="jit", tier="O2", name="keeper")
     ways = {}
 
-    lp = vm.load(prog, engine="jit", name="unload_close")
+    lp = vm.load(prog, engine="jit", tier="O2", name="unload_close")
     addr, size = programs()[0]["address"], programs()[0]["size"]
     assert lp.run() == 42
     lp.close()
     ways["close"] = (programs(), ctypes.string_at(addr, size))
 
-    with vm.load(prog, engine="jit", name="unload_with") as lp:
+    with vm.load(prog, engine="jit", tier="O2", name="unload_with") as lp:
         assert lp.run() == 42
         addr, size = programs()[0]["address"], programs()[0]["size"]
     ways["with"] = (programs(), ctypes.string_at(addr, size))
 
-    lp = vm.load(prog, engine="jit", name="unload_gc")
+    lp = vm.load(prog, engine="jit", tier="O2", name="unload_gc")
     assert lp.run() == 42
     addr, size = programs()[0]["address"], programs()[0]["size"]
     del lp

@@ -216,7 +216,9 @@ def check_helper_call(chk, pc: int, insn) -> None:
         chk.error(f"Unsupported reg type {chk.reg(1).type_str()} for bpf_dynptr_from_mem data")
     regs = chk.state.cur.regs
     if meta.release_regno:
-        if meta.ref_obj_id:
+        if split_kind(proto.args[meta.release_regno - 1])[0] == protos.ARG_PTR_TO_DYNPTR:
+            dynptr.unmark_stack_slots_dynptr(chk, meta.release_regno)
+        elif meta.ref_obj_id:
             release_reference(chk, meta.ref_obj_id)
         elif not _is_null(regs[meta.release_regno]):
             chk.error(f"func {func_id_name(hid)}#{hid} reference has not been acquired before",
@@ -269,6 +271,9 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         chk.error("helper access to the packet is not allowed")
     if base == protos.ARG_PTR_TO_DYNPTR:
         check_reg_type(chk, regno, base, flags)
+        if protos.OBJ_RELEASE in flags:
+            dynptr.check_release_arg(chk, regno)
+            meta.release_regno = regno
         found: dict = {}
         want = next((f[len("DYNPTR_TYPE_"):].lower() for f in flags
                      if f.startswith("DYNPTR_TYPE_")), None)
@@ -567,7 +572,7 @@ _MAP_ONLY = {   # map type -> the helpers that may take it (first switch of the 
 _FUNC_ONLY = {  # helper -> the map types it may take (second switch)
     "tail_call": ("prog_array",),
     "ringbuf_output": ("ringbuf",), "ringbuf_reserve": ("ringbuf",),
-    "ringbuf_query": ("ringbuf",),
+    "ringbuf_query": ("ringbuf",), "ringbuf_reserve_dynptr": ("ringbuf",),
     "map_pop_elem": ("queue", "stack"),
     "map_peek_elem": ("queue", "stack", "bloom_filter"),
     "map_push_elem": ("queue", "stack", "bloom_filter"),
@@ -759,6 +764,10 @@ def check_kfunc_call(chk, pc: int, insn):
         if base == protos.KF_ARG_CONST and i > 0 and \
                 split_kind(proto.args[i - 1])[0] == protos.KF_ARG_PTR_TO_MEM_SIZE:
             continue                            # the size checked with its buffer
+        if base in (protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_CTX) and \
+                (_is_null(reg) or reg.flags & PTR_MAYBE_NULL):
+            # Linux 6.18 as measured here checks kfunc pointer arguments as trusted ones
+            chk.error(f"Possibly NULL pointer passed to trusted arg{i}", errno.EACCES)
         if base in (protos.KF_ARG_SCALAR, protos.KF_ARG_CONST):
             if reg.type != SCALAR_VALUE:
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
@@ -778,11 +787,15 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"arg#{i} expected pointer to ctx, but got {reg.type_str()}",
                           errno.EINVAL)
         elif base == protos.KF_ARG_PTR_TO_DYNPTR:
+            want = {"bpf_dynptr_from_skb": "skb", "bpf_dynptr_from_xdp": "xdp"}.get(name)
+            clone_ref = 0
+            if name == "bpf_dynptr_clone" and protos.MEM_UNINIT in kflags:
+                # the clone is of its parent's type and shares a refcounted parent's reference
+                want, _, clone_ref = meta["dynptr"]
             dynptr.process_dynptr_func(
                 chk, regno, pc, uninit=protos.MEM_UNINIT in kflags,
-                rdonly=reg.type == CONST_PTR_TO_DYNPTR,
-                want_type={"bpf_dynptr_from_skb": "skb", "bpf_dynptr_from_xdp": "xdp"}.get(name),
-                meta=meta)
+                rdonly=reg.type == CONST_PTR_TO_DYNPTR, want_type=want, meta=meta,
+                clone_ref_obj_id=clone_ref)
         elif base == protos.KF_ARG_PTR_TO_MEM_SIZE:
             # a buffer and its constant size (``__opt`` buffers may be NULL)
             size_reg = chk.check_reg_read(regno + 1)

@@ -27,6 +27,7 @@ from .state import (BPF_REG_SIZE, CONST_PTR_TO_DYNPTR, MEM_RDONLY, PTR_MAYBE_NUL
 
 NR_SLOTS = 2
 LOCAL, RINGBUF, SKB, XDP = "local", "ringbuf", "skb", "xdp"
+REFCOUNTED = (RINGBUF,)         # dynptr_type_refcounted
 # flags marking packet slices (the kernel's DYNPTR_TYPE_SKB / DYNPTR_TYPE_XDP on PTR_TO_MEM)
 DYNPTR_TYPE_SKB, DYNPTR_TYPE_XDP = 1 << 11, 1 << 12
 SLICE_FLAGS = {SKB: DYNPTR_TYPE_SKB, XDP: DYNPTR_TYPE_XDP}
@@ -132,9 +133,10 @@ def valid_init(chk, reg: Reg) -> bool:
 
 
 def process_dynptr_func(chk, regno: int, pc: int, *, uninit: bool, rdonly: bool,
-                        want_type: str | None, meta: dict) -> None:
+                        want_type: str | None, meta: dict, clone_ref_obj_id: int = 0) -> None:
     """process_dynptr_func for argument ``regno``; an initialised dynptr's (type, id,
-    ref_obj_id) goes to ``meta['dynptr']``."""
+    ref_obj_id) goes to ``meta['dynptr']``. A new refcounted (ringbuf) dynptr acquires a
+    reference at ``pc``, or shares ``clone_ref_obj_id`` (bpf_dynptr_clone of one)."""
     reg = chk.reg(regno)
     if reg.type not in (PTR_TO_STACK, CONST_PTR_TO_DYNPTR):
         chk.error(f"arg#{regno - 1} expected pointer to stack or const struct bpf_dynptr",
@@ -150,8 +152,15 @@ def process_dynptr_func(chk, regno: int, pc: int, *, uninit: bool, rdonly: bool,
         destroy_if_dynptr_stack_slot(chk, frame, spi)
         destroy_if_dynptr_stack_slot(chk, frame, spi - 1)
         did = chk.new_id()
+        ref = 0
+        if want_type in REFCOUNTED:     # mark_stack_slots_dynptr: id first, then the reference
+            ref = clone_ref_obj_id
+            if not ref:
+                ref = chk.new_id()
+                chk.state.refs[ref] = pc        # acquire_reference
         frame.stack[spi] = Slot(STACK_DYNPTR * BPF_REG_SIZE,
-                                DynptrReg(want_type, did, origin=chk.origin(f"{want_type} dynptr")))
+                                DynptrReg(want_type, did, ref,
+                                          origin=chk.origin(f"{want_type} dynptr")))
         frame.stack[spi - 1] = Slot(STACK_DYNPTR * BPF_REG_SIZE, None)
         return
     if reg.type == CONST_PTR_TO_DYNPTR and not rdonly:
@@ -173,3 +182,39 @@ def slice_reg(chk, meta: dict, size: int, rdonly: bool, what: str) -> Reg:
                     origin=chk.origin(what))
     r.dynptr_id = did
     return r
+
+
+def check_release_arg(chk, regno: int) -> None:
+    """check_func_arg's OBJ_RELEASE case for a dynptr (bpf_ringbuf_submit/discard_dynptr):
+    only a referenced dynptr on the stack can be released."""
+    reg = chk.reg(regno)
+    if reg.type != PTR_TO_STACK:
+        chk.error("cannot release unowned const bpf_dynptr", errno.EINVAL)
+    spi = _spi(chk, reg)
+    slot = chk.state.frames[reg.frameno].stack.get(spi) if spi >= 0 else None
+    if slot is None or not getattr(slot.spilled, "ref_obj_id", 0):
+        chk.error(f"arg {regno} is an unacquired reference", errno.EINVAL)
+
+
+def unmark_stack_slots_dynptr(chk, regno: int) -> None:
+    """Release the dynptr argument ``regno`` (unmark_stack_slots_dynptr): its reference goes,
+    with every slice taken from it and every clone sharing the reference (their slots become
+    STACK_INVALID); an unreferenced dynptr only has its slots invalidated."""
+    reg = chk.reg(regno)
+    spi = _spi(chk, reg)
+    frame = chk.state.frames[reg.frameno]
+    d = frame.stack[spi].spilled
+    if d.dynptr_type not in REFCOUNTED:
+        frame.stack[spi] = Slot(STACK_INVALID * BPF_REG_SIZE)
+        frame.stack[spi - 1] = Slot(STACK_INVALID * BPF_REG_SIZE)
+        return
+    ref = d.ref_obj_id
+    # release_reference: registers and spilled registers holding it (its slices) become
+    # unknown scalars; dynptr slots are not spilled registers, the loop below handles them
+    chk.state.refs.pop(ref, None)
+    chk.state.map_regs(lambda r: Reg.scalar(None, r.origin) if r.ref_obj_id == ref and
+                       not isinstance(r, DynptrReg) else None)
+    for i, slot in list(frame.stack.items()):
+        if isinstance(slot.spilled, DynptrReg) and slot.spilled.ref_obj_id == ref:
+            frame.stack[i] = Slot(STACK_INVALID * BPF_REG_SIZE)
+            frame.stack[i - 1] = Slot(STACK_INVALID * BPF_REG_SIZE)

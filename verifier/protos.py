@@ -402,6 +402,15 @@ _HELPER_ROWS = (
        ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE_OR_ZERO, ANY),
     _h("dynptr_data", RET_PTR_TO_MEM_OR_NULL, ARG_PTR_TO_DYNPTR + "|" + MEM_RDONLY, ANY,
        ARG_CONST_ALLOC_SIZE_OR_ZERO),
+    # ring buffer dynptrs (kernel/bpf/ringbuf.c; runtime/ringbuf_dynptr.py): the reserved
+    # sample is a refcounted dynptr the program must submit or discard on every path, also
+    # when the reservation failed (the dynptr is then NULL)
+    _h("ringbuf_reserve_dynptr", RET_INTEGER, MAP_PTR, ANY, ANY,
+       ARG_PTR_TO_DYNPTR + "|DYNPTR_TYPE_RINGBUF|" + MEM_UNINIT + "|" + MEM_WRITE),
+    _h("ringbuf_submit_dynptr", RET_VOID,
+       ARG_PTR_TO_DYNPTR + "|DYNPTR_TYPE_RINGBUF|" + OBJ_RELEASE, ANY),
+    _h("ringbuf_discard_dynptr", RET_VOID,
+       ARG_PTR_TO_DYNPTR + "|DYNPTR_TYPE_RINGBUF|" + OBJ_RELEASE, ANY),
     # maps and control (kernel/bpf/helpers.c, bpf_trace.c, cgroup.c, net/core/filter.c);
     # implemented in runtime/helpers_control.py
     _h("for_each_map_elem", RET_INTEGER, MAP_PTR, ARG_PTR_TO_FUNC, ARG_PTR_TO_STACK_OR_NULL, ANY),
@@ -542,6 +551,22 @@ _KFUNC_ROWS = (
               prog_types=frozenset({"mem", "sched_cls", "tracepoint", "xdp", "cgroup_skb",
                                     "syscall"}),
               c_decl="void bpf_throw(u64 cookie)"),
+    # generic dynptr kfuncs (kernel/bpf/helpers.c common_btf_ids: every program type;
+    # runtime/kfuncs_dynptr.py): clone shares the parent's reference (a ringbuf clone is
+    # released with it), adjust narrows the view, the rest read the dynptr's header
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR, KF_ARG_SCALAR, KF_ARG_SCALAR),
+              name="bpf_dynptr_adjust",
+              c_decl="int bpf_dynptr_adjust(const struct bpf_dynptr *p, u32 start, u32 end)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR,), name="bpf_dynptr_is_null",
+              c_decl="bool bpf_dynptr_is_null(const struct bpf_dynptr *p)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR,), name="bpf_dynptr_is_rdonly",
+              c_decl="bool bpf_dynptr_is_rdonly(const struct bpf_dynptr *p)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR,), name="bpf_dynptr_size",
+              c_decl="u32 bpf_dynptr_size(const struct bpf_dynptr *p)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR, KF_ARG_PTR_TO_DYNPTR + "|" + MEM_UNINIT),
+              name="bpf_dynptr_clone",
+              c_decl="int bpf_dynptr_clone(const struct bpf_dynptr *p, "
+                     "struct bpf_dynptr *clone__uninit)"),
     # dynptr constructors for packets and slices (net/core/filter.c, kernel/bpf/helpers.c);
     # program types measured on Linux 6.18 (bpf_dynptr_from_skb also answers tracepoint, with
     # "R1 must be referenced or trusted": no skb there)

@@ -13,9 +13,10 @@ and the data end on 8 bytes (libbpf hands the same padded size to its callback).
 program type): flags other than the index bits are -EINVAL; the index is
 ``flags & BPF_F_INDEX_MASK`` or the current CPU for ``BPF_F_CURRENT_CPU``; an index past
 ``max_entries`` is -E2BIG, an empty slot -ENOENT, a buffer bound to another CPU -EOPNOTSUPP,
-a full ring -ENOSPC. (The skb and xdp variants' ``BPF_F_CTXLEN_MASK``, which appends packet
-bytes, is not implemented: such flags are -EINVAL here.) From user space, lookups are
-ENOTSUPP as in the kernel; keys walk like an array's.
+a full ring -ENOSPC. The skb and xdp variants (packet program types,
+:mod:`..helpers_control`) take ``BPF_F_CTXLEN_MASK`` too: that many packet bytes follow the
+data in the sample (-EFAULT past the packet). From user space, lookups are ENOTSUPP as in the
+kernel; keys walk like an array's.
 """
 from __future__ import annotations
 

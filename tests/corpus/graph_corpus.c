@@ -124,14 +124,29 @@ int list_push_pop(struct args *a)
 	return (int)(k1 * 1000 + k2);
 }
 
-/* drain the global list: count and sum of the keys left by earlier runs (list_push_pop) */
+/* push vals[0] & 7 nodes at the back (keys from vals[1..]), then drain the global list: the
+ * count and the keys in list order, folded into one number */
 SEC("syscall")
 int list_drain(struct args *a)
 {
 	struct bpf_list_node *n;
 	__s64 sum = 0;
-	int i, cnt = 0;
+	int i, cnt = 0, todo = a->vals[0] & 7;
+	__s64 keys[4] = { a->vals[1], a->vals[2], a->vals[3], a->vals[4] };
 
+	for (i = 0; i < 7; i++) {
+		struct elem *e;
+
+		if (i >= todo)
+			break;
+		e = bpf_obj_new(struct elem);
+		if (!e)
+			return -1;
+		e->key = keys[i & 3] + i;
+		bpf_spin_lock(&glock);
+		bpf_list_push_back(&ghead, &e->node);
+		bpf_spin_unlock(&glock);
+	}
 	for (i = 0; i < 64; i++) {
 		bpf_spin_lock(&glock);
 		n = bpf_list_pop_front(&ghead);
@@ -139,7 +154,7 @@ int list_drain(struct args *a)
 		if (!n)
 			break;
 		struct elem *e = container_of(n, struct elem, node);
-		sum += e->key;
+		sum = sum * 3 + e->key;
 		cnt++;
 		bpf_obj_drop(e);
 	}

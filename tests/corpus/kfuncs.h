@@ -55,6 +55,18 @@ static long (*bpf_dynptr_write)(const struct bpf_dynptr *dst, __u32 offset, void
 static void *(*bpf_dynptr_data)(const struct bpf_dynptr *ptr, __u32 offset,
 				__u32 len) = (void *) 203;
 
+/* ring buffer dynptrs (kernel/bpf/ringbuf.c) and the generic dynptr kfuncs (kernel/bpf/helpers.c) */
+static long (*bpf_ringbuf_reserve_dynptr)(void *ringbuf, __u32 size, __u64 flags,
+					  struct bpf_dynptr *ptr) = (void *) 198;
+static void (*bpf_ringbuf_submit_dynptr)(struct bpf_dynptr *ptr, __u64 flags) = (void *) 199;
+static void (*bpf_ringbuf_discard_dynptr)(struct bpf_dynptr *ptr, __u64 flags) = (void *) 200;
+extern int bpf_dynptr_adjust(const struct bpf_dynptr *p, __u32 start, __u32 end) __weak __ksym;
+extern bool bpf_dynptr_is_null(const struct bpf_dynptr *p) __weak __ksym;
+extern bool bpf_dynptr_is_rdonly(const struct bpf_dynptr *p) __weak __ksym;
+extern __u32 bpf_dynptr_size(const struct bpf_dynptr *p) __weak __ksym;
+extern int bpf_dynptr_clone(const struct bpf_dynptr *p,
+			    struct bpf_dynptr *clone__uninit) __weak __ksym;
+
 /* for (i = start; i < end; i++) through an iterator; the range check after each step hands the
  * verifier i's bounds. The cast-to-void reference keeps clang emitting the destructor's BTF. */
 #define bpf_for(i, start, end)								\
