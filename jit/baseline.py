@@ -18,7 +18,10 @@ Same contract as the LLVM code (jit/lower.py), and the same run-time behaviour:
 * helpers and kfuncs are called through the shared Python bridge
   (:func:`pybpf.jit.helper_calls.bridge_addresses`, ``{r0, failed}`` in rax:dl), ``unwind``
   helpers included; a failure (or ld_abs out of bounds) *aborts*: the stack pointer is reset
-  from r12 to the entry frame, which returns 0 with the exception left set;
+  from r12 to the entry frame, which returns 0 with the exception left set; every frame keeps
+  its frame record at rbp-536 (its stack, its caller's record at the caller's rbp-536) and
+  registry helpers get the innermost one (their ``framed_fn``), so they check stack pointers
+  against the program's own frames as in the LLVM tiers;
 * division and modulo by zero and signed overflow as RFC 9669 (x/0 = 0, x%0 = x, INT_MIN/-1 =
   INT_MIN, x%-1 = 0), shifts masked to the width (x86 masks them the same way), 32-bit results
   zero-extended, sign-extending loads and movsx, byte swaps, lock-prefixed atomics, may_goto's
@@ -53,8 +56,10 @@ from pybpf.jit.x86_emit import CC, Asm
 REG = (X.RAX, X.RDI, X.RSI, X.RDX, X.RCX, X.R8, X.RBX, X.R13, X.R14, X.R15, X.RBP)
 _ARGS = (X.RDI, X.RSI, X.RDX, X.RCX, X.R8)            # BPF r1..r5
 _BUDGET = -520       # the frame's may_goto budget, below its 512-byte stack (rbp-relative)
-_MAIN_FRAME = 520    # 6 pushes + 520 keep rsp 16-byte aligned at calls; subprograms: 5 + 528
-_SUB_FRAME = 528
+_RECORD = -536       # the frame record (jit/lower.py, runtime/memory.FRAME_RECORD) below it
+_MAIN_FRAME = 536    # 6 pushes + 536 keep rsp 16-byte aligned at calls; subprograms: 5 + 544
+_SUB_FRAME = 544
+_CALLER_RBP = 32     # where a subprogram's prologue pushed its caller's rbp (rbp-relative)
 _M64 = (1 << 64) - 1
 
 STATS: Counter = Counter()        # "baseline": loads placed, "fallback": loads that were not
@@ -222,6 +227,17 @@ class _Emitter:
         if may_goto:
             a.rm(b"\xC7", 0, X.RBP, _BUDGET, 1)                  # mov qword [rbp-520], imm32
             a.imm32(isa.BPF_MAX_LOOPS)
+        # The frame record {this frame's stack, the caller's record} that bridged helper
+        # calls pass (module docstring): the caller's is at its rbp - 536 too.
+        a.rm(b"\x8D", X.R11, X.RBP, -isa.MAX_BPF_STACK)          # lea r11, [rbp-512]
+        a.rm(b"\x89", X.R11, X.RBP, _RECORD)                     # mov [rbp-536], r11
+        if main:
+            a.rm(b"\xC7", 0, X.RBP, _RECORD + 8, 1)              # mov qword [rbp-528], 0
+            a.imm32(0)
+        else:
+            a.rm(b"\x8B", X.R11, X.RBP, _CALLER_RBP)             # mov r11, [rbp+32]
+            a.rm(b"\x8D", X.R11, X.R11, _RECORD)                 # lea r11, [r11-536]
+            a.rm(b"\x89", X.R11, X.RBP, _RECORD + 8)             # mov [rbp-528], r11
         self.main = main
 
     def _epilogue(self) -> None:
@@ -578,8 +594,9 @@ class _Emitter:
             a.pop(r)
 
     def _bridge_call(self, fn, nargs: int, save: bool = True, unwind: bool = False,
-                     hid_reg: int | None = None) -> None:
-        """r0 = fn(r1..r<nargs>) through the shared bridge; abort when it failed."""
+                     hid_reg: int | None = None, framed: bool = False) -> None:
+        """r0 = fn(r1..r<nargs>) through the shared bridge; abort when it failed. ``framed``:
+        ``fn(record, r1..r<nargs>)`` with this frame's record (a helper's ``framed_fn``)."""
         from pybpf.jit.helper_calls import bridge_addresses
 
         a = self.a
@@ -587,8 +604,19 @@ class _Emitter:
         self.needs_gil = True
         if save:
             self._save_args()
+        pushed = framed and nargs == 5
         if hid_reg is not None:
             a.mov(X.RSI, hid_reg)
+        elif framed:    # rdi = callable, rsi = record, rdx.. = r1..r4, r5 on the stack
+            if pushed:
+                a.ri(5, X.RSP, 8)                                 # sub rsp, 8: aligned
+                a.push(X.R8)
+            a.mov(X.R9, X.RCX)
+            a.mov(X.R8, X.RDX)
+            a.mov(X.RCX, X.RSI)
+            a.mov(X.RDX, X.RDI)
+            a.rm(b"\x8D", X.RSI, X.RBP, _RECORD)                 # lea rsi, [rbp-536]
+            nargs += 1
         else:   # bridge args: rdi = callable, rsi.. = r1..r5
             a.mov(X.R9, X.R8)
             a.mov(X.R8, X.RCX)
@@ -598,6 +626,8 @@ class _Emitter:
         a.movabs(X.RDI, id(fn))
         a.movabs(X.RAX, bridge_addresses()[nargs])
         a.call_reg(X.RAX)
+        if pushed:
+            a.ri(0, X.RSP, 16)                                    # add rsp, 16
         a.rr(b"\x89", X.RDX, X.R11, 0)                            # the failed flag (dl)
         if save:
             self._restore_args()
@@ -615,7 +645,10 @@ class _Emitter:
             if h.unwind and not h.native[1] & _M64:
                 self.a.jmp(self.abort)
             return
-        self._bridge_call(h.fn, h.nargs, unwind=h.unwind)
+        if h.framed is not None:    # the run's stack regions: this program's frames
+            self._bridge_call(h.framed, h.nargs, unwind=h.unwind, framed=True)
+        else:
+            self._bridge_call(h.fn, h.nargs, unwind=h.unwind)
 
     def _emit_call(self, form, insn) -> None:
         if form.op == "local":

@@ -89,10 +89,31 @@ def lower_helper(fl, helper: BoundHelper) -> None:
     if native_packet.handles(fl, helper.name):
         native_packet.lower(fl, helper)
         return
-    value, abort = fl.mod.helpers.emit_call(fl.b, helper, fl._args())
+    value, abort = fl.mod.helpers.emit_call(fl.b, helper, fl._args(), fl.frames)
     fl.set(0, value)
     if abort is not None:
         fl.abort_if(abort)
+
+
+def calls_python_helpers(mod, decoded, env) -> bool:
+    """Whether the program may call a helper or kfunc through the Python bridge with the
+    frame-record argument (so its functions keep frame records: pybpf.jit.lower)."""
+    kfuncs = None
+    for _, form, insn in decoded:
+        if form.kind == "callx":
+            if any(h.bridged and h.framed for h in mod.helpers.all()):
+                return True
+        elif form.kind == "call" and form.op == "helper":
+            h = mod.helpers.get(insn.imm)
+            if h is not None and h.bridged and h.framed is not None:
+                return True
+        elif form.kind == "call" and form.op != "local":
+            if kfuncs is None:
+                kfuncs = _entries(env.kfuncs) if env.kfuncs is not None else {}
+            kf = kfuncs.get(insn.imm)
+            if kf is not None and kf.bridged and kf.framed is not None:
+                return True
+    return False
 
 
 def lower_kfunc(fl, insn) -> None:
@@ -107,7 +128,7 @@ def lower_kfunc(fl, insn) -> None:
         from pybpf.jit.graph import lower_rbtree_add
         lower_rbtree_add(fl, kf, _callbacks(fl))
         return
-    value, abort = fl.mod.helpers.emit_call(fl.b, kf, fl._args())
+    value, abort = fl.mod.helpers.emit_call(fl.b, kf, fl._args(), fl.frames)
     fl.set(0, value)
     if abort is not None:
         fl.abort_if(abort)

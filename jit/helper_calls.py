@@ -10,6 +10,12 @@ about 5 ms per program). The bridge converts ``n`` arguments to Python ints, cal
 vectorcall, converts the result with ``PyLong_AsUnsignedLongLongMask`` (``None`` counts as 0)
 and returns ``{value, failed}``; a failure leaves the exception set for ctypes to raise.
 
+Code that records its BPF stack frames (:mod:`pybpf.jit.lower`) calls a registry helper's
+``framed_fn`` instead, with the innermost frame record as an extra first argument (so through
+``pybpf_pycall<n + 1>``, up to ``pybpf_pycall6``): the run's stack regions are then exactly the
+program's frames at that call, and a helper refuses a pointer anywhere else in the thread's
+stack, as the interpreter does.
+
 Helpers with a ``native`` description are computed inline instead (:mod:`pybpf.jit.native_helpers`).
 Native implementations plug in at :meth:`HelperTable.emit_call`; the lowering only sees
 ``(r0 value, abort flag or None)``. ``unwind``-style helpers (the program stops with r0 = 0 when
@@ -47,6 +53,13 @@ class BoundHelper:
     unwind: bool = False   # returning 0 stops the program with r0 = 0
     special: str = ""      # "tail_call", "loop": the engine implements the control transfer
     native: tuple = ()     # an inline implementation (jit/native_helpers.py) instead of fn
+    framed: Callable | None = None  # framed(frame_record, *args): fn behind the region checks,
+                                    # for code that records its frames (helpers.Helper.framed_fn)
+
+    @property
+    def bridged(self) -> bool:
+        """Called through the Python bridge (not inline, not a control transfer)."""
+        return not self.native and not self.special
 
 
 def _nargs(helper) -> int:
@@ -78,7 +91,8 @@ def _entries(registry) -> dict[int, BoundHelper]:
         out[int(hid)] = BoundHelper(int(hid), name, fn, _nargs(helper),
                                     bool(getattr(helper, "unwind", False)),
                                     str(getattr(helper, "special", "") or ""),
-                                    tuple(getattr(helper, "native", ()) or ()))
+                                    tuple(getattr(helper, "native", ()) or ()),
+                                    getattr(helper, "framed_fn", None))
     return out
 
 
@@ -126,9 +140,14 @@ class HelperTable:
             raise JITError(f"Python helper {key!r} is not callable")
         if not 0 <= nargs <= 5:
             raise JITError(f"a BPF helper takes 0..5 arguments, not {nargs}")
+        return self._bridge_call(builder, key, fn, nargs, args)
+
+    def _bridge_call(self, builder, key, fn: Callable, nargs: int,
+                     args: list[ir.Value]) -> tuple[ir.Value, ir.Value]:
         fn = self._called.setdefault(key, fn)
         address = bridge_addresses()[nargs]
-        args = (list(args) + [const(I64, 0)] * 5)[:5]
+        width = max(5, nargs)
+        args = (list(args) + [const(I64, 0)] * width)[:width]
         text = ", ".join(f"i64 {a.get_reference()}" for a in args)
         # One text call through a constant address: no callee object, no relocation.
         callee, obj = builder.ext(address), builder.ext(id(fn))
@@ -137,18 +156,24 @@ class HelperTable:
                                         f"(i64 {obj.get_reference()}, {text}) nounwind")
         return builder.extract_value(res, 0), builder.extract_value(res, 1)
 
-    def emit_call(self, builder: ir.IRBuilder, helper: BoundHelper,
-                  args: list[ir.Value]) -> tuple[ir.Value, ir.Value | None]:
+    def emit_call(self, builder: ir.IRBuilder, helper: BoundHelper, args: list[ir.Value],
+                  frames: ir.Value | None = None) -> tuple[ir.Value, ir.Value | None]:
         """Call ``helper`` with r1..r5; returns (r0, abort flag i1 or None).
 
-        ``builder`` is a :class:`pybpf.jit.cgutils.TextBuilder`."""
+        ``builder`` is a :class:`pybpf.jit.cgutils.TextBuilder`; ``frames`` (i64) the calling
+        function's frame record, when the code records its frames."""
         if helper.native:
             self._native_keep.extend(native_helpers.keepalive(helper.native))
             value = native_helpers.emit(builder, helper.native)
             return value, (builder.icmp_unsigned("==", value, const(I64, 0))
                            if helper.unwind else None)
         key = helper.id if self._helpers.get(helper.id) is helper else ("kfunc", helper.id)
-        value, failed = self._call_python(builder, key, helper.fn, helper.nargs, args)
+        if frames is not None and helper.framed is not None:
+            value, failed = self._bridge_call(builder, ("framed", key), helper.framed,
+                                              helper.nargs + 1,
+                                              [frames] + list(args)[:helper.nargs])
+        else:
+            value, failed = self._call_python(builder, key, helper.fn, helper.nargs, args)
         if helper.unwind:
             failed = builder.or_(failed, builder.icmp_unsigned("==", value, const(I64, 0)))
         return value, failed
@@ -163,21 +188,25 @@ class HelperTable:
 # -- the shared bridge ---------------------------------------------------------------------
 
 
+BRIDGE_MAX_ARGS = 6      # a helper's five arguments and a frame record
+
+
 def _define_bridge(module: ir.Module, nargs: int, ext=None) -> None:
-    """``{i64, i1} pybpf_pycall<nargs>(i64 callable, i64 a1..a5)``: the body of
-    :func:`pybpf.jit.native.emit_bridge_body` with the callable as an argument."""
-    fn = ir.Function(module, ir.FunctionType(_BRIDGE_TY, [I64] * 6), name=f"pybpf_pycall{nargs}")
+    """``{i64, i1} pybpf_pycall<nargs>(i64 callable, i64 a1..a5)`` (``a1..a6`` for 6): the body
+    of :func:`pybpf.jit.native.emit_bridge_body` with the callable as an argument."""
+    fn = ir.Function(module, ir.FunctionType(_BRIDGE_TY, [I64] * (1 + max(5, nargs))),
+                     name=f"pybpf_pycall{nargs}")
     fn.attributes.add("nounwind")
     native.emit_bridge_body(fn, fn.args[1:nargs + 1], lambda b: b.inttoptr(fn.args[0], PTR),
                             ext=ext)
 
 
 def build_bridge_ir(ext=None) -> str:
-    """IR of the shared bridge module: ``pybpf_pycall0`` .. ``pybpf_pycall5``; ``ext(module)``
+    """IR of the shared bridge module: ``pybpf_pycall0`` .. ``pybpf_pycall6``; ``ext(module)``
     names the per-process addresses (:func:`pybpf.jit.native.place_runtime_module`)."""
     module = ir.Module(name="pybpf.pycall")
     ext = ext(module) if ext is not None else None
-    for nargs in range(6):
+    for nargs in range(BRIDGE_MAX_ARGS + 1):
         _define_bridge(module, nargs, ext)
     return str(module)
 
@@ -187,7 +216,7 @@ _bridge_lock = threading.Lock()
 
 
 def bridge_addresses() -> list[int]:
-    """Entry addresses of ``pybpf_pycall0..5``, placed on first use (never freed, like the
+    """Entry addresses of ``pybpf_pycall0..6``, placed on first use (never freed, like the
     test_run driver: one per process); the code comes from the code cache after the first
     process compiled it."""
     global _bridge
@@ -197,7 +226,7 @@ def bridge_addresses() -> list[int]:
                 allocation, symbols = native.place_runtime_module(build_bridge_ir,
                                                                   native.BRIDGE_ALLOCATION)
                 _bridge = [allocation.address + symbols[f"pybpf_pycall{n}"]
-                           for n in range(6)]
+                           for n in range(BRIDGE_MAX_ARGS + 1)]
     return _bridge
 
 

@@ -112,6 +112,8 @@ class LoadInputs:
                 upd(repr((kind, hid, bh.name, bh.nargs, bh.unwind, bh.special,
                           spec[:1], static, steps)).encode())
                 self._add((kind, hid), id(bh.fn), bh.fn)
+                if bh.framed is not None:       # what code keeping frame records calls
+                    self._add((kind, hid, "framed"), id(bh.framed), bh.framed)
                 if spec and spec[0] == "prandom_u32":
                     for i in range(len(spec[1].steps)):
                         self._add((kind, hid, "prandom", i), spec[1].address + 4 * i, spec[1])

@@ -23,6 +23,17 @@ run-state word, kept in a register: no shared memory, so threads cannot disturb 
 the entry returns 0. Programs that make tail calls add a tail-call count pointer to every
 function and have an ``<entry>.tail`` body (:mod:`pybpf.jit.calls`).
 
+Frame records. A program that calls helpers or kfuncs through the Python bridge keeps a chain
+of 16-byte records on the native stack, one per active BPF frame (the layout is
+:data:`pybpf.runtime.memory.FRAME_RECORD`): each function's entry block fills its own record
+with the low address of its 512-byte stack (0 when its frame pointer is never used as a value,
+so no pointer into the frame can exist) and its caller's record, which subprograms get as an
+extra ``i64`` argument (before the tail-call count); the entry function's is 0, so a
+tail-called program starts a chain of its own. Bridged calls pass the innermost record, and the
+run's stack regions are exactly these frames, BPF-to-BPF callers and the frames of the
+bpf_loop/for_each callers included: a helper refuses a pointer anywhere else in the thread's
+stack, as in the interpreter, whatever the verifier said.
+
 Addresses that differ between processes (helpers and the Python bridge, maps, the arena, the
 packet descriptor) are external symbols (``cgutils.Externs``: ``pybpf.x<n>``, one per distinct
 value in order of first use) that :mod:`pybpf.jit.link` resolves at placement, so the IR and the
@@ -158,13 +169,15 @@ class ModuleLowerer:
             may_abort = True
             self.helpers.force_gil = True
         tail = calls.has_tail_calls(self, decoded)
+        frames = calls.calls_python_helpers(self, decoded, env)     # keeps frame records
         # r10 is read-only for the verifier; the interpreter makes the same check.
         fp_fixed = not any(10 in written_regs(f, i) for _, f, i in decoded)
-        extra = [PTR] if tail else []      # the tail-call count, shared along a chain
+        tcc = [PTR] if tail else []        # the tail-call count, shared along a chain
+        extra = ([I64] if frames else []) + tcc     # subprograms: the caller's frame record too
         functions: dict[int, ir.Function] = {}
         for sp in cfg.subprogs:
             if sp.start == 0:
-                fnty = ir.FunctionType(I64, [I64] * _MAIN_ARGS + extra)
+                fnty = ir.FunctionType(I64, [I64] * _MAIN_ARGS + tcc)
                 fn = cg.bpf_function(self.module, fnty, f"{entry}.tail" if tail else entry)
             else:
                 ret = ABORT_RET if may_abort else I64
@@ -182,6 +195,7 @@ class ModuleLowerer:
         program = ProgramInfo(prog, functions, may_abort, values64, fp_fixed, env, cfg, tail,
                               calls.func_value)
         program.loaded = loaded
+        program.frames = frames
         program.live = liveness(cfg, decoded)
         for sp in cfg.subprogs:
             body = [(pc, f, i) for pc, f, i in decoded if sp.start <= pc < sp.end]
@@ -267,6 +281,14 @@ class FunctionLowerer:
         self.fn = self.functions[sp.start]
         self.tcc = self.fn.args[-1] if program.tail else None   # ptr to the tail-call count
         self.is_main = sp.start == 0
+        # frame records (module docstring): the caller's record (an argument; 0 for the
+        # entry function), this function's record as an i64 (set by the prologue), whether
+        # the frame pointer is used as a value (then the record names this frame)
+        self.track_frames = program.frames
+        self.caller_frames = (self.fn.args[_SUB_ARGS] if self.track_frames and not self.is_main
+                              else cg.const(I64, 0))
+        self.frames: ir.Value | None = None
+        self.fp_escapes = not program.fp_fixed
         self.entry_bb = self.fn.append_basic_block("entry")
         self.blocks = {pc: self.fn.append_basic_block(f"L{pc}") for pc in leaders}
         self.trees = switches.find_trees(body, leaders)   # compare trees -> LLVM switches
@@ -297,6 +319,9 @@ class FunctionLowerer:
         self.regs = [b.alloca_text(f"r{i}", "i64") for i in range(isa.NREGS)]
         self.reg_refs = [reg.ref for reg in self.regs]
         self.stack = b.alloca_text("stack", f"[{isa.MAX_BPF_STACK} x i8]", align=16)
+        if self.track_frames:
+            self.frame_record = b.alloca_text("frame", "[2 x i64]", align=8)
+            self.frames = b.ptrtoint(self.frame_record, I64)
         nargs = _MAIN_ARGS if self.is_main else _SUB_ARGS
         live = self.live.live_in.get(self.sp.start, (1 << isa.NREGS) - 1)
         for i in range(isa.NREGS - 1):
@@ -314,6 +339,8 @@ class FunctionLowerer:
         # build, print and parse (mem2reg would get the same result).
         value = self.cache.get(r)
         if value is None:
+            if r == 10:
+                self.fp_escapes = True      # the frame's address as a value: record the frame
             value = self.cache[r] = self.b._emit(I64, f"load i64, ptr {self.reg_refs[r]}")
         return value
 
@@ -422,6 +449,18 @@ class FunctionLowerer:
             handler(self, form, insn)
         if not b.block.is_terminated:
             raise self.error(f"subprogram {self.sp.name} falls off its end")
+        if self.track_frames:
+            self._fill_frame_record()
+
+    def _fill_frame_record(self) -> None:
+        """Write this function's frame record at the end of its entry block, now that the body
+        says whether the frame's address is ever a value (a frame reached only through the
+        alloca's own addresses stays promotable to registers and out of every helper's reach)."""
+        b = self.b
+        b.position_before(self.entry_bb.terminator)
+        low = (b.ptrtoint(self.stack, I64) if self.fp_escapes else cg.const(I64, 0))
+        b.store(low, self.frame_record)
+        b.store(self.caller_frames, b.gep_i8(self.frame_record, 8))
 
     # -- ALU -------------------------------------------------------------------------------
 
@@ -610,6 +649,8 @@ class FunctionLowerer:
     def call_local(self, callee: ir.Function, args: list) -> ir.Value:
         """Call a subprogram of this program (abort flag checked); returns its r0."""
         b = self.b
+        if self.track_frames:
+            args = list(args) + [self.frames]
         if self.tcc is not None:
             args = list(args) + [self.tcc]
         res = b.call(callee, args, name="call")
@@ -631,7 +672,7 @@ class FunctionLowerer:
             miss = self.fn.append_basic_block(f"callx{self.pc}.not{helper.id}")
             b.cbranch(b.icmp_unsigned("==", hid, cg.const(I64, helper.id)), hit, miss)
             b.position_at_end(hit)
-            value, abort = self.mod.helpers.emit_call(b, helper, args)
+            value, abort = self.mod.helpers.emit_call(b, helper, args, self.frames)
             incoming.append((value, abort if abort is not None else I1(0), b.block))
             b.branch(done)
             b.position_at_end(miss)

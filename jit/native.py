@@ -186,7 +186,7 @@ def emit_bridge_body(fn: ir.Function, args, callable_of: Callable, ext=None) -> 
     fail = fn.append_basic_block("fail")
 
     # argv[0] is scratch that vectorcall may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
-    argv = b.alloca(ir.ArrayType(PTR, 6), name="argv")
+    argv = b.alloca(ir.ArrayType(PTR, max(6, nargs + 1)), name="argv")
     objs = []
     for i, arg in enumerate(args):
         obj = b.call(capi(b, "PyLong_FromUnsignedLongLong"), [arg], name=f"o{i + 1}")

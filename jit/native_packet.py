@@ -83,7 +83,7 @@ def lower(fl, helper) -> None:
             _memmove_call(b, dst, src, size32)
             fast_block = b.block
         with slow:
-            value, abort = fl.mod.helpers.emit_call(b, helper, args)
+            value, abort = fl.mod.helpers.emit_call(b, helper, args, fl.frames)
             if abort is not None:
                 fl.abort_if(abort)
             slow_block = b.block

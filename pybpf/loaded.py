@@ -28,7 +28,7 @@ from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .runtime.interp import Interpreter
 from .runtime.kfuncs_misc import BpfThrow
 from .runtime.maps.prog_array import ProgArrayMap
-from .runtime.memory import Buffer, Region, RegionTable
+from .runtime.memory import Buffer, RegionTable
 
 _libc = ctypes.CDLL(None)
 _libc.pthread_self.restype = ctypes.c_ulong
@@ -201,8 +201,10 @@ class LoadedProgram:
                 self._set_packet(rc)
             if self._regions:
                 rc.jit_regions = self._run_regions(rc)
+                # no stack region yet: each bridged helper call makes the program's frames
+                # at that call the stack regions (frame records inside this thread's stack)
                 lo, size = _thread_stack()
-                rc.jit_regions.add(Region(lo, size, "thread stack (JIT frames)", True))
+                rc.jit_regions.frame_bounds = (lo, lo + size)
             return rc, None
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
         fast = None if self._moves_packet else rc.fast

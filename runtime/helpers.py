@@ -103,6 +103,29 @@ class Helper:
         checked.__name__ = self.name
         return checked
 
+    @functools.cached_property
+    def framed_fn(self) -> Callable[..., int] | None:
+        """What JIT code that records its BPF stack frames calls instead of :attr:`checked_fn`:
+        ``framed(record, *args)``, where ``record`` is the innermost frame record of the
+        calling code (:data:`pybpf.runtime.memory.FRAME_RECORD`). The run's stack regions
+        become exactly the frames active at this call (a pointer anywhere else in the thread's
+        stack is refused), then the arguments are checked and ``fn`` runs, which sees the same
+        regions when it follows pointers itself (probe_read, trace_printk's %s). None for the
+        helpers the engines implement themselves."""
+        if self.special:
+            return None
+        fn, helper, checks = self.fn, self, self.checks_memory
+
+        def framed(record: int, *args: int) -> int:
+            regions = ACTIVE_REGIONS.get()
+            if regions is not None:
+                regions.set_jit_frames(record)
+                if checks:
+                    check_args(regions, helper, args)
+            return fn(*args)
+        framed.__name__ = self.name
+        return framed
+
 
 def check_args(regions, h: Helper, args: tuple, pc: int | None = None) -> None:
     """Raise MemoryAccessError unless every pointer argument of ``h`` (by its prototype and

@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pybpf.errors import MemoryAccessError
+from pybpf.isa import MAX_BPF_STACK
 
 # x86-64 user space ends below 2**47 (4-level paging); the view covers all of it. Creating it
 # maps nothing: a memoryview over a ctypes array only records the base and the length.
@@ -38,6 +39,15 @@ UNPACK_SIGNED = {n: struct.Struct("<" + c).unpack_from for n, c in _S.items()}
 PACK = {n: struct.Struct("<" + c).pack_into for n, c in _U.items()}
 
 GUARD_FILL = 0xA5  # canary byte of the guard zones around a Buffer
+
+# JIT code keeps a chain of *frame records* on the native stack, one per active BPF frame
+# (pybpf.jit.lower): 16 bytes, ``u64 frame`` (the lowest address of the frame's 512-byte BPF
+# stack, 0 when the function never lets its frame pointer escape) and ``u64 prev`` (the
+# caller's record, 0 in the program's entry function). A bridged helper call passes the
+# innermost record; :meth:`RegionTable.set_jit_frames` turns the chain into stack regions.
+FRAME_RECORD = struct.Struct("<QQ")
+MAX_JIT_FRAMES = 64     # records followed at most (the kernel allows 8 frames; recursion in an
+                        # unverified program may go deeper: its outer frames stay out of reach)
 _GUARD_FILLS: dict[int, bytes] = {}
 
 
@@ -137,11 +147,19 @@ class RegionTable:
     """The regions one run may touch, sorted by address; the slow path of every access check.
 
     Regions never overlap. Map values and the arena band are added as regions when they exist.
+
+    A JIT run's table has no stack region until a helper is called: then the BPF stack frames
+    active at that call (:meth:`set_jit_frames`), never the rest of the thread's stack.
     """
 
     def __init__(self, regions=()) -> None:
         self._starts: list[int] = []
         self._regions: list[Region] = []
+        # [lo, hi) of the thread stack a JIT run's frame records must lie in (None: the
+        # table accepts no JIT frames), the frames now in the table and their regions
+        self.frame_bounds: tuple[int, int] | None = None
+        self._frames: tuple[int, ...] = ()
+        self._frame_regions: list[Region] = []
         for r in regions:
             self.add(r)
 
@@ -152,6 +170,8 @@ class RegionTable:
         """A table of the same regions that can be changed without touching this one."""
         table = RegionTable.__new__(RegionTable)
         table._starts, table._regions = self._starts[:], self._regions[:]
+        table.frame_bounds, table._frames = self.frame_bounds, self._frames
+        table._frame_regions = self._frame_regions[:]
         return table
 
     def __len__(self) -> int:
@@ -178,6 +198,41 @@ class RegionTable:
     def remove(self, region: Region) -> None:
         i = self._regions.index(region)
         del self._starts[i], self._regions[i]
+
+    def set_jit_frames(self, record: int) -> None:
+        """Make the BPF stack frames of the chain of frame records starting at ``record`` (see
+        :data:`FRAME_RECORD`) this table's stack regions, replacing the previous ones.
+
+        Records and frames must lie inside :attr:`frame_bounds` (LLVM may inline callees, so
+        their order on the native stack says nothing); at most :data:`MAX_JIT_FRAMES` records
+        are followed, and a frame overlapping another region is left out: a chain that
+        unverified code overwrote gives at worst fewer accessible frames, never a region
+        outside the thread's stack."""
+        frames = []
+        bounds = self.frame_bounds
+        if bounds is not None:
+            lo, hi = bounds
+            last_record, last_frame, unpack = hi - FRAME_RECORD.size, hi - MAX_BPF_STACK, \
+                FRAME_RECORD.unpack_from
+            for _ in range(MAX_JIT_FRAMES):      # a forged cycle ends here, its frames refused
+                if not lo <= record <= last_record:     # 0: past the entry function's record
+                    break
+                frame, record = unpack(PROC, record)
+                if lo <= frame <= last_frame:
+                    frames.append(frame)
+        frames = tuple(frames)
+        if frames == self._frames:
+            return
+        for r in self._frame_regions:
+            self.remove(r)
+        self._frame_regions = []
+        for depth, frame in enumerate(frames):
+            try:
+                self._frame_regions.append(self.add(Region(frame, MAX_BPF_STACK,
+                                                           f"stack frame {depth}")))
+            except ValueError:      # overlaps a frame already in: a forged record
+                continue
+        self._frames = frames
 
     def find(self, address: int, size: int) -> Region | None:
         """The region holding all of ``[address, address + size)``, or None."""

@@ -182,9 +182,10 @@ def test_ctypes_layout_matches_btf_offsets(kinds):
         if t.kind in ("struct", "union") and t.name != "opaque":
             ct = ctype(btf, t.id)
             assert ct is not None and ctypes.sizeof(ct) == t.size, t.name
-            for m in t.members:
-                if not m.bitfield_size:
-                    assert getattr(ct, m.name).offset * 8 == m.bit_offset, (t.name, m.name)
+            for i, m in enumerate(t.members):
+                if not m.bitfield_size:     # an anonymous member is "_anon<i>" (btf_values)
+                    field = getattr(ct, m.name or f"_anon{i}")
+                    assert field.offset * 8 == m.bit_offset, (t.name, m.name, i)
 
 
 # --- refusals -------------------------------------------------------------------------------------

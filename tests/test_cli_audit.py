@@ -81,6 +81,15 @@ def cases(d: str) -> dict[str, list[str]]:
         out[f"packs --unload-every {v}"] = ["packs", "--unload-every", v]
     out["packs --seed -1"] = ["packs", "--seed", "-1"]
     out["jit -O 7"] = ["jit", SAMPLE_ASM, "-O", "7"]
+    out["jit --cache bogus"] = ["jit", "--cache", "bogus"]
+    out["bench / unknown option"] = ["bench", "--frobnicate"]
+    out["bench --only nosuch"] = ["bench", "--only", "nosuch"]
+    out["fuzz / unknown target"] = ["fuzz", "nosuch"]
+    out["fuzz / unknown option"] = ["fuzz", "asm", "--frobnicate"]
+    for v in ("0", "-1", "1e9", "nan", "inf", "ten"):
+        out[f"fuzz --seconds {v}"] = ["fuzz", "asm", "--seconds", v]
+    for v in ("-1", str(1 << 64)):
+        out[f"fuzz --seed {v}"] = ["fuzz", "asm", "--seed", v]
     out["unknown command"] = ["frobnicate"]
     out["no command"] = []
     return out
@@ -162,6 +171,22 @@ def test_hostile_cli_input_exits_2_with_one_line(audit, name):
     assert rec is not None, f"the audit child died before {name}: {proc.stderr[-2000:]}"
     why = _ok(rec)
     assert why is None, f"{name}: {why}: {rec['stderr'][:500]!r}"
+
+
+def test_every_command_is_audited():
+    """Each subcommand the CLI has today appears in the audit (a new one must be added)."""
+    import argparse
+
+    from pybpf.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    audited = {argv[0] for argv in cases_argv() if argv}
+    assert set(sub.choices) <= audited, sorted(set(sub.choices) - audited)
+
+
+def cases_argv() -> list[list[str]]:
+    with tempfile.TemporaryDirectory() as d:
+        return list(cases(d).values())
 
 
 if __name__ == "__main__":

@@ -42,11 +42,12 @@ def test_every_sample_has_its_prebuilt_object():
 @pytest.mark.skipif(not (shutil.which("clang-19") and shutil.which("llvm-mc-19")),
                     reason="clang-19 and llvm-mc-19 are needed to rebuild the objects")
 @pytest.mark.parametrize("script,objects", [("samples/build.sh", "samples/c"),
-                                            ("tests/data/elf/build.sh", "tests/data/elf")])
+                                            ("tests/data/elf/build.sh", "tests/data/elf"),
+                                            ("tests/corpus/build.sh", "tests/corpus")])
 def test_committed_objects_are_what_the_build_scripts_make(tmp_path, script, objects):
     """The prebuilt objects match their sources: rebuilding elsewhere gives the same bytes."""
-    top = tmp_path / "tree"     # the test objects include the samples' header: copy both
-    for part in ("samples", "tests/data/elf"):
+    top = tmp_path / "tree"     # the test and corpus objects include the samples' header
+    for part in ["samples"] + ([] if objects.startswith("samples/") else [objects]):
         shutil.copytree(os.path.join(ROOT, part), top / part)
     built = top / objects
     for o in built.glob("*.o"):

@@ -271,4 +271,193 @@ def case_map_metadata_outside_every_region():
     return "ok"
 
 
+# -- 3. stack pointers: the run's own BPF frames, never the rest of the thread's stack ------------
+# Before, helpers reached from JIT code accepted a pointer anywhere in the thread's stack (only
+# verify=False exposed it). Offsets from r10: +64 is above the frame (the JIT function's saved
+# registers and return address, then Python's C frames), -600 below it, -8192 and +8192 deep in
+# the Python thread's stack on either side (where the bridge and the helper's own C frames run).
+OUTSIDE = {"r10+64": 64, "r10-600": -600, "r10-8192": -8192, "r10+8192": 8192}
+
+
+def outside_stack_calls(hash_fd: int, rb_fd: int, off: int) -> dict[str, str]:
+    """Helper calls with one pointer argument at ``r10 + off``, the other arguments valid."""
+    ptr = f"r10\nr{{}} += {off}"
+    return {
+        "probe_read_kernel dst": f"r1 = {ptr.format(1)}\nr2 = 8\nr3 = r10\nr3 += -8\n"
+                                 f"call bpf_probe_read_kernel",
+        "map_update_elem key": (f"*(u64 *)(r10 - 8) = 0\nr1 = map_fd({hash_fd}) ll\n"
+                                f"r2 = {ptr.format(2)}\nr3 = r10\nr3 += -8\nr4 = 0\n"
+                                f"call bpf_map_update_elem"),
+        "map_update_elem value": (f"*(u64 *)(r10 - 8) = 0\nr1 = map_fd({hash_fd}) ll\n"
+                                  f"r2 = r10\nr2 += -8\nr3 = {ptr.format(3)}\nr4 = 0\n"
+                                  f"call bpf_map_update_elem"),
+        "ringbuf_output data": (f"r1 = map_fd({rb_fd}) ll\nr2 = {ptr.format(2)}\nr3 = 8\nr4 = 0\n"
+                                f"call bpf_ringbuf_output"),
+        "get_current_comm buf": f"r1 = {ptr.format(1)}\nr2 = 16\ncall bpf_get_current_comm",
+        "trace_printk fmt": f"r1 = {ptr.format(1)}\nr2 = 4\ncall bpf_trace_printk",
+    }
+
+
+def case_helpers_refuse_stack_outside_the_frames():
+    """Unverified programs pass a stack pointer outside their frame to helpers: a
+    MemoryAccessError in both engines before anything is touched (the map and ring buffer stay
+    empty), whatever the pointer's distance from the frame."""
+    out = {}
+    for engine in ("interp", "jit"):
+        vm = VM()
+        h = vm.create_map("hash", 8, 8, 4, name="h")
+        rb = vm.create_map("ringbuf", max_entries=4096, name="rb")
+        for where, off in OUTSIDE.items():
+            for what, text in outside_stack_calls(h.fd, rb.fd, off).items():
+                r = outcome(vm, text + "\nr0 = 0\nexit", engine)
+                assert r == "MemoryAccessError", (engine, where, what, r)
+                out[f"{engine} {what} {where}"] = r
+        assert len(h) == 0 and rb.consume() == []
+    return {k: v for k, v in out.items() if "r10+64" in k}
+
+
+def case_probe_read_of_the_stack_outside_the_frames_is_efault():
+    """probe_read_kernel/user read *any* address the kernel's way: outside the frames (and
+    every other region) they give -EFAULT and zero the destination, as the kernel's
+    copy_from_kernel_nofault does, in both engines."""
+    out = {}
+    for engine in ("interp", "jit"):
+        for name in ("probe_read_kernel", "probe_read_user", "probe_read"):
+            for where, off in OUTSIDE.items():
+                vm = VM()
+                text = f"""
+                    r1 = -1
+                    *(u64 *)(r10 - 8) = r1
+                    r1 = r10
+                    r1 += -8
+                    r2 = 8
+                    r3 = r10
+                    r3 += {off}
+                    call bpf_{name}
+                    r6 = r0
+                    r0 = *(u64 *)(r10 - 8)
+                    if r0 != 0 goto bad
+                    r0 = r6
+                    exit
+                bad:
+                    r0 = 1
+                    exit"""
+                r = outcome(vm, text, engine)
+                assert r == (-14) & (2**64 - 1), (engine, name, where, r)
+                out[f"{engine} {name} {where}"] = "-EFAULT"
+    return {k: v for k, v in out.items() if "r10+64" in k}
+
+
+def case_skb_load_bytes_refuses_stack_outside_the_frames():
+    """bpf_skb_load_bytes(skb, 0, r10 + off, 8) from a socket filter: MemoryAccessError in both
+    engines; inside the frame it copies 8 of the packet's bytes (the same in both)."""
+    out = {}
+    data = bytes(range(64))
+    for engine in ("interp", "jit"):
+        for where, off in {**OUTSIDE, "r10-8 (inside)": -8}.items():
+            vm = VM()
+            text = f"""
+                r2 = 0
+                r3 = r10
+                r3 += {off}
+                r4 = 8
+                call bpf_skb_load_bytes
+                if r0 != 0 goto out
+                r0 = *(u64 *)(r10 - 8)
+            out:
+                exit"""
+            r = outcome(vm, text, engine, prog_type="socket_filter", data=data)
+            if "inside" in where:
+                assert isinstance(r, int) and r.to_bytes(8, "little") in data, (engine, r)
+            else:
+                assert r == "MemoryAccessError", (engine, where, r)
+            out[f"{engine} {where}"] = r
+    assert out["interp r10-8 (inside)"] == out["jit r10-8 (inside)"], out
+    return out
+
+
+def case_helpers_reach_every_active_frame():
+    """What must keep working: a helper given the caller's frame from a subprogram two calls
+    down, a bpf_loop callback's and a for_each callback's pointer into their caller's frame,
+    and each function's own frame; verified and unverified, both engines give the same."""
+    results = {}
+    for engine in ("interp", "jit"):
+        for verify in (True, False):
+            vm = VM()
+            h = vm.create_map("hash", 8, 8, 8, name="h")
+            a = vm.create_map("array", 4, 8, 1, name="a")
+            text = f"""
+                *(u64 *)(r10 - 8) = 11
+                *(u64 *)(r10 - 16) = 22
+                r1 = r10
+                r1 += -16
+                call sub1
+                r1 = 3
+                r2 = func(cb_loop) ll
+                r3 = r10
+                r3 += -16
+                r4 = 0
+                call bpf_loop
+                r1 = map_fd({a.fd}) ll
+                r2 = func(cb_each) ll
+                r3 = r10
+                r3 += -16
+                r4 = 0
+                call bpf_for_each_map_elem
+                r0 = *(u64 *)(r10 - 16)
+                exit
+            sub1:
+                *(u64 *)(r10 - 8) = 33
+                r2 = r10
+                r2 += -8
+                call sub2
+                exit
+            sub2:
+                r6 = r1
+                r7 = r2
+                r1 = map_fd({h.fd}) ll
+                r2 = r6
+                r3 = r7
+                r4 = 0
+                call bpf_map_update_elem
+                *(u64 *)(r10 - 8) = 44
+                r1 = map_fd({h.fd}) ll
+                r2 = r10
+                r2 += -8
+                r3 = r10
+                r3 += -8
+                r4 = 0
+                call bpf_map_update_elem
+                r0 = 0
+                exit
+            cb_loop:
+                r6 = r2
+                r1 = r10
+                r1 += -8
+                r2 = 8
+                r3 = r6
+                call bpf_probe_read_kernel
+                r1 = *(u64 *)(r10 - 8)
+                r1 += 1
+                *(u64 *)(r6 + 0) = r1
+                r0 = 0
+                exit
+            cb_each:
+                r6 = r4
+                r1 = map_fd({h.fd}) ll
+                r2 = r6
+                r3 = r6
+                r4 = 0
+                call bpf_map_update_elem
+                r0 = 0
+                exit"""
+            r = outcome(vm, text, engine, verify=verify, prog_type="syscall", ctx=b"")
+            keys = sorted(int.from_bytes(k, "little") for k in h.keys())
+            results[f"{engine} verify={verify}"] = (r, keys)
+    first = results["interp verify=True"]
+    assert first == (25, [22, 25, 44]), results
+    assert all(v == first for v in results.values()), results
+    return results
+
+
 child_tests(globals(), lambda d: repr(d)[:300], "test_case_in_child")

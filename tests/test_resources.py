@@ -115,6 +115,34 @@ def test_map_count_limit():
     vm.create_map("array", 4, 8, 1)
 
 
+def test_many_ring_buffers_stop_at_the_map_limit_and_the_process_lives_on():
+    """The issue's reproducer: after 21,794 live ring buffers the process could not even import
+    a module (every mapping the kernel allows was used). A VM now refuses the 4,097th live map
+    with EMFILE, and the process still maps memory and imports modules afterwards."""
+    code = """
+import errno, importlib, sys
+from pybpf.errors import MapError
+from pybpf.vm import VM, MAX_MAPS
+vm = VM()
+rings = []
+try:
+    for _ in range(MAX_MAPS + 1):
+        rings.append(vm.create_map("ringbuf", max_entries=4096))
+except MapError as e:
+    print("refused", len(rings), e.errno == errno.EMFILE)
+importlib.import_module("xml.dom.minidom")        # a module nothing imported yet
+print("imported", rings[-1].output(b"x" * 8) == 0, len(rings[-1].consume()))
+"""
+    from support import run_code
+
+    p = run_code(code, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from pybpf.vm import MAX_MAPS
+
+    assert p.stdout.split() == ["refused", str(MAX_MAPS), "True", "imported", "True", "1"], \
+        p.stdout
+
+
 def test_map_memory_limit_counts_arena_pages():
     from pybpf.vm import VM
 

@@ -52,8 +52,14 @@ print(unverified._jit.needs_gil, verified._jit.needs_gil, verified._budget is No
 
 
 def test_ctrl_c_interrupts_an_unverified_jit_loop():
+    # The child starts with Python's own SIGINT handler, as an interactive Python has. A process
+    # inherits an *ignored* SIGINT from a shell that started it in the background without job
+    # control (``(pytest ... &)``, nohup); Python then keeps it ignored, Ctrl-C rightly does
+    # nothing and the loop ran until the 20 s timeout: the two timeouts of full suites run in
+    # the background (test_ctrl_c_with_sigint_ignored_does_nothing shows that case).
     proc = start_code(f"""
-import sys, time, pybpf
+import signal, sys, time, pybpf
+signal.signal(signal.SIGINT, signal.default_int_handler)
 vm = pybpf.VM()
 lp = vm.load(pybpf.assemble({LOOP!r}), engine="jit", verify=False)
 print("running", flush=True)
@@ -74,3 +80,32 @@ except KeyboardInterrupt:
             proc.communicate()
     assert proc.returncode == 0 and out.startswith("KeyboardInterrupt"), (proc.returncode,
                                                                            out, err[-2000:])
+
+
+def test_ctrl_c_with_sigint_ignored_does_nothing():
+    """A process whose SIGINT is ignored (inherited SIG_IGN) keeps running when it gets one:
+    pybpf's signal poll runs Python's handlers, it installs none. The loop then ends at its
+    insn_limit."""
+    proc = start_code(f"""
+import signal, time, pybpf
+from pybpf.errors import VMError
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+vm = pybpf.VM()
+lp = vm.load(pybpf.assemble({LOOP!r}), engine="jit", verify=False)
+print("running", flush=True)
+try:
+    lp.run(insn_limit=10**8)
+except VMError as e:
+    print("VMError", e)
+""")
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0 and out.startswith("VMError") and "instruction limit" in out, (
+        proc.returncode, out, err[-2000:])

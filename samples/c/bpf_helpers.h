@@ -1,9 +1,13 @@
-/* Minimal, vmlinux-free BPF program header for the pybpf C samples.
+/* Minimal, vmlinux-free BPF program header for pybpf's C programs: the samples (samples/c)
+ * and the test corpus (tests/corpus, whose corpus.h adds protocol headers).
  *
- * What libbpf's bpf_helpers.h and a few uapi definitions give a BPF C program, written out
- * here so the samples build with nothing but clang-19 (no kernel headers, no libbpf):
- * fixed-width types, SEC/__uint/__type map-definition macros, helpers declared by id,
- * the uapi map-type numbers and program contexts the samples use, and can_loop.
+ * What libbpf's bpf_helpers.h, bpf_helper_defs.h, bpf_endian.h and a few uapi definitions give
+ * a BPF C program, written out here so the programs build with nothing but clang-19 (no kernel
+ * headers, no libbpf): fixed-width types, SEC/__uint/__type map-definition macros, helpers
+ * declared by id as bpf_helper_defs.h declares them, the uapi map-type numbers and program
+ * contexts (struct __sk_buff and struct xdp_md as include/uapi/linux/bpf.h has them), the
+ * legacy packet loads and can_loop. One copy: a program needing another helper declares it
+ * itself the same way.
  */
 #ifndef PYBPF_BPF_HELPERS_H
 #define PYBPF_BPF_HELPERS_H
@@ -18,6 +22,7 @@ typedef unsigned long long __u64;
 typedef long long __s64;
 typedef __u16 __be16;
 typedef __u32 __be32;
+typedef __u16 __sum16;
 typedef __u32 __wsum;
 typedef _Bool bool;
 #define true 1
@@ -45,12 +50,15 @@ struct bpf_map_def {
 	unsigned int map_flags;
 };
 
-/* enum bpf_map_type (uapi), the values the samples use */
+/* enum bpf_map_type (uapi), the values the programs use */
 enum {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PROG_ARRAY = 3,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_QUEUE = 22,
+	BPF_MAP_TYPE_STACK = 23,
 	BPF_MAP_TYPE_RINGBUF = 27,
 	BPF_MAP_TYPE_ARENA = 33,
 };
@@ -62,22 +70,32 @@ enum {
 #define BPF_NOEXIST 1
 #define BPF_EXIST 2
 
-/* ---- helpers, by id (enum bpf_func_id) --------------------------------------------------- */
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *) 2;
-static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *) 3;
-static __u64 (*bpf_ktime_get_ns)(void) = (void *) 5;
-static long (*bpf_trace_printk)(const char *fmt, __u32 fmt_size, ...) = (void *) 6;
-static __u32 (*bpf_get_prandom_u32)(void) = (void *) 7;
-static __u32 (*bpf_get_smp_processor_id)(void) = (void *) 8;
-static __u64 (*bpf_get_current_pid_tgid)(void) = (void *) 14;
-static long (*bpf_xdp_adjust_head)(void *xdp_md, int delta) = (void *) 44;
-static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *) 130;
-static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *) 131;
-static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *) 132;
-static void (*bpf_ringbuf_discard)(void *data, __u64 flags) = (void *) 133;
-static __u64 (*bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *) 134;
-static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 181;
+/* ---- helpers, by id (enum bpf_func_id), as bpf_helper_defs.h declares them -------------- */
+struct xdp_md;
+static void *(* const bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
+static long (* const bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *) 2;
+static long (* const bpf_map_delete_elem)(void *map, const void *key) = (void *) 3;
+static __u64 (* const bpf_ktime_get_ns)(void) = (void *) 5;
+static long (* const bpf_trace_printk)(const char *fmt, __u32 fmt_size, ...) = (void *) 6;
+static __u32 (* const bpf_get_prandom_u32)(void) = (void *) 7;
+static __u32 (* const bpf_get_smp_processor_id)(void) = (void *) 8;
+static long (* const bpf_tail_call)(void *ctx, void *prog_array_map, __u32 index) = (void *) 12;
+static __u64 (* const bpf_get_current_pid_tgid)(void) = (void *) 14;
+static long (* const bpf_xdp_adjust_head)(struct xdp_md *xdp_md, int delta) = (void *) 44;
+static long (* const bpf_map_push_elem)(void *map, const void *value, __u64 flags) = (void *) 87;
+static long (* const bpf_map_pop_elem)(void *map, void *value) = (void *) 88;
+static long (* const bpf_map_peek_elem)(void *map, void *value) = (void *) 89;
+static long (* const bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *) 130;
+static void *(* const bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *) 131;
+static void (* const bpf_ringbuf_submit)(void *data, __u64 flags) = (void *) 132;
+static void (* const bpf_ringbuf_discard)(void *data, __u64 flags) = (void *) 133;
+static __u64 (* const bpf_ringbuf_query)(void *ringbuf, __u64 flags) = (void *) 134;
+static long (* const bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 181;
+
+/* the legacy packet loads (ld_abs), as the kernel's samples/bpf declare them */
+unsigned long long load_byte(void *skb, unsigned long long off) asm("llvm.bpf.load.byte");
+unsigned long long load_half(void *skb, unsigned long long off) asm("llvm.bpf.load.half");
+unsigned long long load_word(void *skb, unsigned long long off) asm("llvm.bpf.load.word");
 
 /* ---- bounded loops: may_goto (bpf_experimental.h) ---------------------------------------- */
 #ifdef __BPF_FEATURE_MAY_GOTO
@@ -100,9 +118,10 @@ struct xdp_md {
 	__u32 data;
 	__u32 data_end;
 	__u32 data_meta;
-	__u32 ingress_ifindex;
-	__u32 rx_queue_index;
-	__u32 egress_ifindex;
+	/* Below access go through struct xdp_rxq_info */
+	__u32 ingress_ifindex; /* rxq->dev->ifindex */
+	__u32 rx_queue_index;  /* rxq->queue_index  */
+	__u32 egress_ifindex;  /* txq->dev->ifindex */
 };
 
 enum xdp_action {
@@ -112,6 +131,15 @@ enum xdp_action {
 	XDP_TX,
 	XDP_REDIRECT,
 };
+
+#define __bpf_md_ptr(type, name)	\
+union {					\
+	type name;			\
+	__u64 :64;			\
+} __attribute__((aligned(8)))
+
+struct bpf_flow_keys;
+struct bpf_sock;
 
 struct __sk_buff {
 	__u32 len;
@@ -131,8 +159,34 @@ struct __sk_buff {
 	__u32 tc_classid;
 	__u32 data;
 	__u32 data_end;
+	__u32 napi_id;
+
+	/* Accessed by BPF_PROG_TYPE_sk_skb types from here to ... */
+	__u32 family;
+	__u32 remote_ip4;	/* Stored in network byte order */
+	__u32 local_ip4;	/* Stored in network byte order */
+	__u32 remote_ip6[4];	/* Stored in network byte order */
+	__u32 local_ip6[4];	/* Stored in network byte order */
+	__u32 remote_port;	/* Stored in network byte order */
+	__u32 local_port;	/* stored in host byte order */
+	/* ... here. */
+
+	__u32 data_meta;
+	__bpf_md_ptr(struct bpf_flow_keys *, flow_keys);
+	__u64 tstamp;
+	__u32 wire_len;
+	__u32 gso_segs;
+	__bpf_md_ptr(struct bpf_sock *, sk);
+	__u32 gso_size;
+	__u8  tstamp_type;
+	__u32 :24;		/* Padding, future use. */
+	__u64 hwtstamp;
 };
 
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+
+/* ---- byte order (bpf_endian.h, for a little-endian target) ------------------------------- */
 #define bpf_htons(x) __builtin_bswap16(x)
 #define bpf_ntohs(x) __builtin_bswap16(x)
 #define bpf_htonl(x) __builtin_bswap32(x)

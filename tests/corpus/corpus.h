@@ -1,74 +1,13 @@
 /* Shared definitions of the pybpf corpus (tests/corpus: programs in the style of real
  * networking code, run in pybpf's two engines and in the kernel (tests/test_corpus.py).
- * Self-contained (no kernel headers, no libbpf): uapi structs, protocol headers, helpers by id.
+ * Self-contained (no kernel headers, no libbpf): samples/c/bpf_helpers.h (types, helpers by id,
+ * contexts) plus the protocol headers below.
  */
 #ifndef PYBPF_CORPUS_H
 #define PYBPF_CORPUS_H
 
-typedef unsigned char __u8;
-typedef unsigned short __u16;
-typedef unsigned int __u32;
-typedef unsigned long long __u64;
-typedef signed char __s8;
-typedef short __s16;
-typedef int __s32;
-typedef long long __s64;
-typedef __u16 __be16;
-typedef __u32 __be32;
-typedef __u16 __sum16;
-typedef _Bool bool;
-#define true 1
-#define false 0
-#define NULL ((void *)0)
-
-#define SEC(name) __attribute__((section(name), used))
-#define __uint(name, val) int (*name)[val]
-#define __type(name, val) typeof(val) *name
-#define __array(name, val) typeof(val) *name[]
-#define __always_inline inline __attribute__((always_inline))
-#define __noinline __attribute__((noinline))
-
-enum {
-	BPF_MAP_TYPE_HASH = 1, BPF_MAP_TYPE_ARRAY = 2, BPF_MAP_TYPE_PROG_ARRAY = 3,
-	BPF_MAP_TYPE_LRU_HASH = 9, BPF_MAP_TYPE_QUEUE = 22, BPF_MAP_TYPE_STACK = 23,
-};
-#define BPF_ANY 0
-#define BPF_NOEXIST 1
-#define BPF_EXIST 2
-#define BPF_F_NO_PREALLOC (1U << 0)
-
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *) 2;
-static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *) 3;
-static long (*bpf_tail_call)(void *ctx, void *map, __u32 index) = (void *) 12;
-static long (*bpf_map_push_elem)(void *map, const void *value, __u64 flags) = (void *) 87;
-static long (*bpf_map_pop_elem)(void *map, void *value) = (void *) 88;
-static long (*bpf_map_peek_elem)(void *map, void *value) = (void *) 89;
-static long (*bpf_loop)(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags) = (void *) 181;
-
-unsigned long long load_byte(void *skb, unsigned long long off) asm("llvm.bpf.load.byte");
-unsigned long long load_half(void *skb, unsigned long long off) asm("llvm.bpf.load.half");
-unsigned long long load_word(void *skb, unsigned long long off) asm("llvm.bpf.load.word");
-
-#define bpf_htons(x) ((__u16)__builtin_bswap16(x))
-#define bpf_ntohs(x) ((__u16)__builtin_bswap16(x))
-#define bpf_htonl(x) ((__u32)__builtin_bswap32(x))
-#define bpf_ntohl(x) ((__u32)__builtin_bswap32(x))
-
-/* ---- contexts (uapi) ---------------------------------------------------------------------- */
-struct xdp_md {
-	__u32 data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex;
-};
-enum xdp_action { XDP_ABORTED = 0, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT };
-
-struct __sk_buff {
-	__u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto;
-	__u32 priority, ingress_ifindex, ifindex, tc_index, cb[5], hash, tc_classid;
-	__u32 data, data_end, napi_id, family, remote_ip4, local_ip4, remote_ip6[4], local_ip6[4];
-	__u32 remote_port, local_port, data_meta;
-};
-#define TC_ACT_OK 0
-#define TC_ACT_SHOT 2
+/* types, map-definition macros, helpers by id, contexts: the one header of pybpf's C programs */
+#include "../../samples/c/bpf_helpers.h"
 
 /* ---- protocol headers ---------------------------------------------------------------------- */
 #define ETH_HLEN 14

@@ -4,7 +4,7 @@
 #include "corpus.h"
 
 enum {
-	BPF_MAP_TYPE_PERCPU_ARRAY = 6, BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
+	BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
 	BPF_MAP_TYPE_CGROUP_STORAGE = 19,
 };
 #define BPF_F_CURRENT_CPU 0xffffffffULL
@@ -19,7 +19,6 @@ static long (*bpf_strtol)(const char *buf, unsigned long buf_len, __u64 flags, l
 static long (*bpf_strtoul)(const char *buf, unsigned long buf_len, __u64 flags, unsigned long *res) = (void *) 106;
 static long (*bpf_strncmp)(const char *s1, __u32 s1_sz, const char *s2) = (void *) 182;
 static long (*bpf_snprintf)(char *str, __u32 str_size, const char *fmt, __u64 *data, __u32 data_len) = (void *) 165;
-static __u64 (*bpf_get_current_pid_tgid)(void) = (void *) 14;
 static __u64 (*bpf_get_current_uid_gid)(void) = (void *) 15;
 static long (*bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *) 16;
 static __u64 (*bpf_jiffies64)(void) = (void *) 118;

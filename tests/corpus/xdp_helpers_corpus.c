@@ -10,7 +10,6 @@
 #define BPF_FIB_LKUP_RET_SUCCESS 0
 
 static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *) 23;
-static long (*bpf_xdp_adjust_head)(struct xdp_md *xdp_md, int delta) = (void *) 44;
 static long (*bpf_redirect_map)(void *map, __u64 key, __u64 flags) = (void *) 51;
 static long (*bpf_xdp_adjust_tail)(struct xdp_md *xdp_md, int delta) = (void *) 65;
 static long (*bpf_fib_lookup)(void *ctx, void *params, int plen, __u32 flags) = (void *) 69;

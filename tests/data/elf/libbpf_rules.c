@@ -3,7 +3,6 @@
 #include "../../../samples/c/bpf_helpers.h"
 
 
-static long (*bpf_tail_call)(void *ctx, void *map, __u32 index) = (void *) 12;
 
 struct {
 	__uint(type, 15);               /* BPF_MAP_TYPE_SOCKMAP: pybpf has no sockets */

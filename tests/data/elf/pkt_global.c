@@ -3,7 +3,6 @@
  * call to a global one invalidates the caller's packet pointers; tests/test_pkt_data_invalidation.py). */
 #include "../../../samples/c/bpf_helpers.h"
 
-static long (*bpf_tail_call)(void *ctx, void *map, __u32 index) = (void *) 12;
 
 struct {
 	__uint(type, 3);              /* BPF_MAP_TYPE_PROG_ARRAY */

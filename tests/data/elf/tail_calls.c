@@ -3,7 +3,6 @@
  * chain to its MAX_TAIL_CALL_CNT (33) tail calls: the counter ends at 34 (tests/test_tail_calls.py). */
 #include "../../../samples/c/bpf_helpers.h"
 
-static long (*bpf_tail_call)(void *ctx, void *map, __u32 index) = (void *) 12;
 
 int entry(struct __sk_buff *skb);
 
