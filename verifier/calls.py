@@ -800,7 +800,14 @@ def check_kfunc_call(chk, pc: int, insn):
             # a buffer and its constant size (``__opt`` buffers may be NULL)
             size_reg = chk.check_reg_read(regno + 1)
             if not (_is_null(reg) and protos.PTR_MAYBE_NULL in kflags):
-                chk.mem.check_mem_size_reg(chk, regno, regno + 1, True, True)
+                # check_kfunc_mem_size_reg: a read then a write, neither in raw mode
+                from pybpf.errors import VerifierError
+                try:
+                    chk.mem.check_mem_size_reg(chk, regno, regno + 1, False, True)
+                    chk.mem.check_mem_size_reg(chk, regno, regno + 1, True, True)
+                except VerifierError:
+                    chk.error(f"arg#{i} arg#{i + 1} memory, len pair leads to invalid memory "
+                              "access")
             if size_reg.type != SCALAR_VALUE or not size_reg.var.is_const():
                 chk.error(f"R{regno + 1} must be a known constant", errno.EINVAL)
             meta["const_size"] = size_reg.var.const_value()

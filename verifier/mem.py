@@ -19,8 +19,9 @@ from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_ALLOC, ME
                     PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
                     PTR_TO_SOCK_COMMON, PTR_TO_SOCKET, PTR_TO_STACK, PTR_TO_TCP_SOCK,
                     PTR_TO_XDP_SOCK, SCALAR_ADD_CONST,
-                    PTR_TO_TP_BUFFER, SCALAR_VALUE, STACK_INVALID, STACK_MISC,
-                    STACK_SPILL, STACK_ZERO, Reg, Slot, type_str)
+                    PTR_TO_TP_BUFFER, SCALAR_VALUE, STACK_DYNPTR, STACK_INVALID,
+                    STACK_IRQ_FLAG, STACK_ITER, STACK_MISC, STACK_SPILL, STACK_ZERO, Reg, Slot,
+                    type_str)
 
 BPF_MAX_VAR_OFF = 1 << 29
 MAX_PACKET_OFF = 0xFFFF
@@ -660,12 +661,33 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
         if size == 0:           # check_stack_range_initialized (a ringbuf's zero key_size)
             chk.error("invalid zero-sized read")
         _stack_access(chk, regno, reg, 0, size, write, -1, None, False, helper=True)
+        _helper_stack_objects(chk, regno, reg, size, write)
         _helper_stack_effect(chk, reg, size, write)
     elif t == PTR_TO_ARENA:
         return
     else:
         chk.error(f"R{regno} type={reg.type_str()} expected=fp, pkt, pkt_meta, map_key, "
                   f"map_value, mem, ringbuf_mem, buf, trusted_ptr_")
+
+
+def _helper_stack_objects(chk, regno: int, reg: Reg, size: int, write: bool) -> None:
+    """check_stack_range_initialized's refusals for root: a helper that writes raw memory
+    (``write``: MEM_UNINIT) may not overlap a dynptr, and one that reads may not read dynptr,
+    iterator or irq-flag bytes (the kernel's objects: a forged dynptr would be a pointer)."""
+    v = reg.var
+    lo = v.smin + reg.off
+    frame = _stack_frame(chk, reg)
+    const = v.is_const()
+    for i in range(lo, v.smax + reg.off + size):
+        spi, idx = next(_slot_bytes(i, 1))
+        slot = frame.stack.get(spi)
+        c = slot.types[idx] if slot is not None else STACK_INVALID
+        if write:
+            if c == STACK_DYNPTR:
+                chk.error(f"potential write to dynptr at off={i} disallowed")
+        elif c in (STACK_DYNPTR, STACK_ITER, STACK_IRQ_FLAG):
+            where = f"off {lo}" if const else f"var_off {v.var_off}"
+            chk.error(f"invalid read from stack R{regno} {where}+{i - lo} size {size}")
 
 
 def _helper_stack_effect(chk, reg: Reg, size: int, write: bool) -> None:
