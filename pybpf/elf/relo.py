@@ -66,6 +66,9 @@ class Linker:
     def link(self, entry: Func) -> dict:
         """Keyword arguments for ElfProgram: insns, functions, labels, maps, kfuncs, lines..."""
         st = _State()
+        if entry.section.index not in self.insns:       # a program in a section without code
+            raise ELFError(f"{self.rd.filename}: program '{entry.name}' is in section "
+                           f"{entry.section.name}, which is not executable (SHF_EXECINSTR)")
         st.place(entry, self.insns[entry.section.index])
         i = 0
         while i < len(st.order):
