@@ -14,6 +14,7 @@ import itertools
 
 from pybpf.errors import VMError
 from pybpf.jit import cgutils as cg
+from pybpf.jit.callback_dispatch import call_callback
 from pybpf.jit.cgutils import I1, I64
 
 _WALKS: dict[int, object] = {}       # handle -> ForEach, while a walk lasts
@@ -96,29 +97,9 @@ def lower_for_each(fl, callbacks: dict, bad_callback) -> None:
     key = call("for_each.key", _key, 1, [handle])
     zero = cg.const(I64, 0)
     args = [map_value, key, value, ctx, zero]
-    results = []
-    if len(callbacks) == 1 and known is not None:
-        results.append(fl.call_local(next(iter(callbacks.values())), args))
-    else:
-        merge = fn.append_basic_block(f"foreach{pc}.ret")
-        incoming = []
-        for token, callee in callbacks.items():
-            hit = fn.append_basic_block(f"foreach{pc}.cb")
-            miss = fn.append_basic_block(f"foreach{pc}.not")
-            b.cbranch(b.icmp_unsigned("==", cb_value, cg.const(I64, token)), hit, miss)
-            b.position_at_end(hit)
-            incoming.append((fl.call_local(callee, args), b.block))
-            b.branch(merge)
-            b.position_at_end(miss)
-        call("for_each.bad", bad_callback(pc), 1, [cb_value])
-        fl.abort_if(I1(1))
-        incoming.append((zero, b.block))
-        b.branch(merge)
-        b.position_at_end(merge)
-        phi = b.phi(I64, name="foreach.cb.r0")
-        for v, blk in incoming:
-            phi.add_incoming(v, blk)
-        results.append(phi)
+    results = [call_callback(fl, callbacks, known, cb_value, args,
+                             lambda v: call("for_each.bad", bad_callback(pc), 1, [v]),
+                             "foreach")]
     b.cbranch(b.icmp_unsigned("!=", results[0], zero), end, walk)
     b.position_at_end(end)
     count = call("for_each.end", _end, 1, [handle])

@@ -13,6 +13,7 @@ import itertools
 
 from pybpf.errors import VMError
 from pybpf.jit import cgutils as cg
+from pybpf.jit.callback_dispatch import call_callback
 from pybpf.jit.cgutils import I1, I64
 
 _ADDS: dict[int, object] = {}        # handle -> RbAdd, while an add lasts
@@ -75,27 +76,8 @@ def lower_rbtree_add(fl, kf, callbacks: dict) -> None:
     b.cbranch(b.icmp_unsigned("==", other, zero), end, body)
     b.position_at_end(body)
     args = [node, other, zero, zero, zero]
-    if len(callbacks) == 1 and known is not None:
-        less = fl.call_local(next(iter(callbacks.values())), args)
-    else:
-        merge = fn.append_basic_block(f"rbadd{pc}.ret")
-        incoming = []
-        for token, callee in callbacks.items():
-            hit = fn.append_basic_block(f"rbadd{pc}.cb")
-            miss = fn.append_basic_block(f"rbadd{pc}.not")
-            b.cbranch(b.icmp_unsigned("==", cb_value, cg.const(I64, token)), hit, miss)
-            b.position_at_end(hit)
-            incoming.append((fl.call_local(callee, args), b.block))
-            b.branch(merge)
-            b.position_at_end(miss)
-        call("rbtree_add.bad", bad_callback(pc), 1, [cb_value])
-        fl.abort_if(I1(1))
-        incoming.append((zero, b.block))
-        b.branch(merge)
-        b.position_at_end(merge)
-        less = b.phi(I64, name="rbadd.less")
-        for v, blk in incoming:
-            less.add_incoming(v, blk)
+    less = call_callback(fl, callbacks, known, cb_value, args,
+                         lambda v: call("rbtree_add.bad", bad_callback(pc), 1, [v]), "rbadd")
     call("rbtree_add.answer", _answer, 2, [handle, less])
     b.branch(walk)
     b.position_at_end(end)
