@@ -33,7 +33,8 @@ xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, dat
                 length): data = the metadata length (the packet's first bytes), data_end =
                 the end of the linear part, ingress_ifindex (default 1, the loopback) and
                 rx_queue_index, checked as the kernel checks them (VMError with its errno);
-                the program returns an XDP_* action
+                the program returns an XDP_* action; ``last_ctx`` is the kernel's ctx_out:
+                that ctx_in with data and data_end as offsets from data_meta after the run
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
 kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header)
 raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
@@ -661,13 +662,29 @@ def _xdp_context(rc: RunContext, ctx, data, has_device=None) -> None:
     rc.packet = PROC[paddr:paddr + linear]
     rc.r1 = caddr
 
+    # ctx_out is the ctx_in the kernel copied in, with data and data_end rewritten
+    # (xdp_convert_buff_to_md); without a ctx, as the ctx_in {data_end: len(data)}
+    ctx_in = {"data_end": n} if fields is None else fields
+
     def finish(r0):
-        after = XdpMd.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(XdpMd)])
-        rc.last_ctx = after
+        rc.last_ctx = _xdp_ctx_out(ctx_in, xb)
         rc.last_data = xb.out()
         if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
-            _write_back(ctx, bytes(after))
+            _write_back(ctx, bytes(rc.last_ctx))
     rc._finish = finish
+
+
+def _xdp_ctx_out(ctx_in: dict, xb: XdpBuff) -> XdpMd:
+    """BPF_PROG_TEST_RUN's xdp ctx_out (net/bpf/test_run.c, xdp_convert_buff_to_md): the
+    ctx_in fields as given (data_meta 0, ingress_ifindex and rx_queue_index as the caller set
+    them, not the device the program saw), ``data`` and ``data_end`` as offsets from
+    ``data_meta`` after the run: the metadata length and the end of the linear part, which
+    the head, meta and tail helpers may have moved (the program's own struct holds addresses,
+    see the module docstring)."""
+    out = XdpMd(**ctx_in)
+    meta = xb.data_meta
+    out.data, out.data_end = xb.data - meta, xb.data_end - meta
+    return out
 
 
 def _trace_context(rc: RunContext, ctx) -> None:
