@@ -63,6 +63,10 @@ class JitEnv:
     # Unverified loads: the address of a signed u64 run budget the runner sets to insn_limit
     # before each run; the code counts it down at back edges (jit/lower.py), 0: no counter.
     budget_cell: int = 0
+    # The runtime's XDP layout: how far past the xdp_md the lowest byte bpf_xdp_adjust_head may
+    # move data to (less the metadata) lies (the end of the frame's struct xdp_frame); 0:
+    # unknown, the helper stays on the bridge (jit/native_packet.py)
+    xdp_head_floor: int = 0
 
     def arena_layout(self) -> ArenaLayout | None:
         if self.arena is None:

@@ -71,8 +71,8 @@ from pybpf.errors import BPFError, VMError
 from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE,
                         round_up, sys_mmap, sys_munmap)
 from .memory import PROC, Buffer, Region
-from .xdp_buff import (MAX_SKB_FRAGS, SKB_SHARED_INFO_ROOM, XDP_FRAME_STRUCT, XDP_FRAME_SZ,
-                       XDP_META_MAX, Frag, XdpBuff)
+from .xdp_buff import (MAX_SKB_FRAGS, SKB_SHARED_INFO_ROOM, XDP_CTX_ROOM, XDP_FRAME_STRUCT,
+                       XDP_FRAME_SZ, XDP_META_MAX, Frag, XdpBuff)
 from .xdp_buff import PAGE_SIZE as XDP_PAGE_SIZE
 from .skb_buff import SkbBuff
 
@@ -639,6 +639,8 @@ def _xdp_context(rc: RunContext, ctx, data, has_device=None) -> None:
     low, caddr, paddr = _packet_layout(ctypes.sizeof(XdpMd), headroom,
                                        hard_span - headroom - TAILROOM)
     hard_start = paddr - headroom
+    if hard_start - caddr != XDP_CTX_ROOM:      # the JIT's native adjust_head relies on it
+        raise VMError(f"xdp frame at ctx + {hard_start - caddr}, not ctx + {XDP_CTX_ROOM}")
     PROC[paddr:paddr + linear] = packet[:linear]
     md = XdpMd.from_address(caddr)
     md.ingress_ifindex, md.rx_queue_index = ingress, rxq
