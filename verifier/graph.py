@@ -64,6 +64,15 @@ class AllocType:
             self.members[m.name] = m.bit_offset // 8
             if mt.kind == "struct" and mt.name in _SPECIAL:
                 self.fields[m.bit_offset // 8] = (mt.name, _SPECIAL[mt.name])
+        # kptr fields of the object (bpf_kptr_xchg's destinations): "direct access to kptr"
+        from pybpf.errors import MapError
+        from .kptr import KPTR_SIZE, kptr_fields
+        try:
+            self.kptrs = kptr_fields(btf, t.id)
+        except MapError:
+            self.kptrs = {}
+        for off, k in self.kptrs.items():
+            self.fields[off] = (k.field_name, KPTR_SIZE)
 
     @classmethod
     def of(cls, btf, type_id: int) -> "AllocType":
@@ -197,8 +206,9 @@ def check_args(chk, pc: int, proto, meta: dict) -> None:
             _node_arg(chk, regno, reg, root, name, owning=name == RB_ADD or name in LIST_PUSH)
             meta["node_ref"] = reg.ref_obj_id
         elif base == protos.KF_ARG_PTR_TO_ALLOC_BTF_ID:
-            if reg.is_pointer and not reg.ref_obj_id and not reg.flags & (
-                    MEM_ALLOC | PTR_TRUSTED | NON_OWN_REF):
+            trusted = MEM_ALLOC | PTR_TRUSTED | NON_OWN_REF     # is_trusted_reg's modifiers
+            if reg.is_pointer and not reg.ref_obj_id and not (
+                    reg.flags & trusted and not reg.flags & ~trusted):
                 chk.error(f"R{regno} must be referenced or trusted", errno.EINVAL)
             if reg.type != PTR_TO_BTF_ID or reg.flags != MEM_ALLOC:
                 chk.error(f"arg#{i} expected pointer to allocated object", errno.EINVAL)

@@ -48,6 +48,7 @@ ARG_PTR_TO_BTF_ID = "ARG_PTR_TO_BTF_ID"
 ARG_PTR_TO_DYNPTR = "ARG_PTR_TO_DYNPTR"
 ARG_PTR_TO_TIMER = "ARG_PTR_TO_TIMER"
 ARG_PTR_TO_KPTR = "ARG_PTR_TO_KPTR"
+ARG_KPTR_XCHG_DEST = "ARG_KPTR_XCHG_DEST"   # a map value's or an object's referenced kptr field
 ARG_PTR_TO_SOCKET = "ARG_PTR_TO_SOCKET"
 ARG_PTR_TO_SOCK_COMMON = "ARG_PTR_TO_SOCK_COMMON"
 ARG_PTR_TO_ARENA = "ARG_PTR_TO_ARENA"
@@ -432,6 +433,10 @@ _HELPER_ROWS = (
     _h("perf_event_output", RET_INTEGER, ARG_PTR_TO_CTX, MAP_PTR, ANY, ARG_PTR_TO_MEM_RDONLY,
        ARG_CONST_SIZE_OR_ZERO, gpl=True),
     _h("get_local_storage", RET_PTR_TO_MAP_VALUE, MAP_PTR, ANY),
+    # allocated objects stashed in map values and objects (kernel/bpf/helpers.c; verifier/kptr.py,
+    # runtime/kfuncs_graph.py Graphs.kptr_xchg): r0's type is the destination field's
+    _h("kptr_xchg", RET_PTR_TO_BTF_ID + "|" + PTR_MAYBE_NULL, ARG_KPTR_XCHG_DEST,
+       ARG_PTR_TO_BTF_ID + "|" + PTR_MAYBE_NULL + "|" + OBJ_RELEASE),
     # XDP packets and redirects (net/core/filter.c: xdp_func_proto). bpf_redirect (23) is one
     # id with two prototypes in the kernel (bpf_redirect_proto for tc, bpf_xdp_redirect_proto);
     # both are (ARG_ANYTHING, ARG_ANYTHING), the implementation picks by the run's type.
