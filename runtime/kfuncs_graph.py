@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pybpf.errors import VMError
 from pybpf.kfunc_ids import KFUNC_IDS
 
+from pybpf.verifier.calls import NR_CPU_IDS
+
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .memory import PACK, PROC, UNPACK, Region
 from .rbtree import RbTree
@@ -58,8 +60,9 @@ GRAPH_KFUNC_IDS = frozenset(KFUNC_IDS[n] for n in (
     "bpf_list_push_front_impl", "bpf_list_push_back_impl", "bpf_list_pop_front",
     "bpf_list_pop_back", "bpf_list_front", "bpf_list_back", "bpf_rbtree_add_impl",
     "bpf_rbtree_remove", "bpf_rbtree_first", "bpf_rbtree_root", "bpf_rbtree_left",
-    "bpf_rbtree_right"))
+    "bpf_rbtree_right", "bpf_percpu_obj_new_impl", "bpf_percpu_obj_drop_impl"))
 KPTR_XCHG_ID = 194                  # BPF_FUNC_kptr_xchg
+NR_CPUS = NR_CPU_IDS                 # per-CPU objects have a copy per possible CPU
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Obj:
     size: int
     refcount: int = 1
     nodes: dict = field(default_factory=dict)     # node address -> Root holding it
+    stride: int = 0                  # a per-CPU object: each CPU's copy is this far apart
 
 
 @dataclass
@@ -201,6 +205,53 @@ class Graphs:
         for address in [a for a in self.kptrs if obj.base <= a < obj.base + obj.size]:
             self.kptr_free(address)
         self.heap.free(obj)
+
+    @_locked
+    def percpu_obj_new(self, type_id: int, meta: int) -> int:
+        """bpf_percpu_obj_new: one copy of the struct per possible CPU (NR_CPUS, the kernel's
+        nr_cpu_ids), zeroed; the returned address is the first copy's (a per-CPU pointer the
+        program cannot dereference: bpf_this_cpu_ptr/bpf_per_cpu_ptr give a copy)."""
+        rc = ACTIVE_RUN.get()
+        btf = getattr(rc, "prog_btf", None)
+        if btf is None or not 0 < type_id < len(btf.types):
+            return 0
+        t = btf.resolve(type_id)
+        if t.kind != "struct" or not t.size:
+            return 0
+        stride = (t.size + 7) & ~7
+        base = self.heap.alloc(stride * NR_CPUS)
+        if base:
+            self.heap.objects[base].stride = stride
+        return base
+
+    def _percpu(self, ptr: int, what: str) -> Obj:
+        obj = self.heap.objects.get(ptr)
+        if obj is None or not obj.stride:
+            raise VMError(f"{what}: 0x{ptr:x} is not a per-CPU object bpf_percpu_obj_new "
+                          f"returned")
+        return obj
+
+    @_locked
+    def per_cpu_ptr(self, ptr: int, cpu: int) -> int:
+        """bpf_per_cpu_ptr: CPU ``cpu``'s copy. The kernel answers NULL for a CPU past
+        nr_cpu_ids, which its verifier lets the program dereference (an RCU per-CPU object's
+        copy is never NULL to it): pybpf refuses the run instead of handing out NULL."""
+        obj = self._percpu(ptr, "bpf_per_cpu_ptr")
+        if cpu >= NR_CPUS:
+            raise VMError(f"bpf_per_cpu_ptr: cpu {cpu} >= nr_cpu_ids ({NR_CPUS}): the kernel "
+                          f"returns NULL here, which the program may dereference")
+        return obj.base + cpu * obj.stride
+
+    @_locked
+    def this_cpu_ptr(self, ptr: int) -> int:
+        """bpf_this_cpu_ptr: the running CPU's copy (pybpf runs on CPU 0, as
+        bpf_get_smp_processor_id answers)."""
+        return self._percpu(ptr, "bpf_this_cpu_ptr").base
+
+    @_locked
+    def percpu_obj_drop(self, ptr: int, meta: int) -> int:
+        self.drop(self._percpu(ptr, "bpf_percpu_obj_drop"))
+        return 0
 
     @_locked
     def obj_drop(self, ptr: int, meta: int) -> int:
@@ -447,6 +498,8 @@ def kfunc_fns(g: Graphs) -> dict:
     return {
         "bpf_obj_new_impl": (g.obj_new, None, ""),
         "bpf_obj_drop_impl": (g.obj_drop, None, ""),
+        "bpf_percpu_obj_new_impl": (g.percpu_obj_new, None, ""),
+        "bpf_percpu_obj_drop_impl": (g.percpu_obj_drop, None, ""),
         "bpf_refcount_acquire_impl": (g.refcount_acquire, None, ""),
         "bpf_list_push_front_impl": (lambda h, n, meta, off: g.push(h, n, False),
                                      graph_mem_args, ""),

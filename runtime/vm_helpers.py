@@ -136,11 +136,16 @@ def install_graph_kfuncs(kfuncs, graphs) -> None:
 
 
 def install_kptr_xchg(helpers, graphs) -> None:
-    """bpf_kptr_xchg (helper 194) bound to one VM's objects: the destination is checked against
-    the run's regions inside :meth:`pybpf.runtime.kfuncs_graph.Graphs.kptr_xchg` (the verifier's
-    ARG_KPTR_XCHG_DEST is no memory kind of the prototype table)."""
+    """bpf_kptr_xchg (helper 194) and bpf_per_cpu_ptr/bpf_this_cpu_ptr (153, 154) bound to one
+    VM's objects: the destination is checked against the run's regions inside
+    :meth:`pybpf.runtime.kfuncs_graph.Graphs.kptr_xchg` (the verifier's ARG_KPTR_XCHG_DEST is
+    no memory kind of the prototype table); the per-CPU helpers take only live per-CPU
+    objects."""
     hid = protos.HELPER_IDS["kptr_xchg"]
     helpers.add(Helper(hid, "kptr_xchg", graphs.kptr_xchg, protos.HELPERS[hid]))
+    for name, fn in (("per_cpu_ptr", graphs.per_cpu_ptr), ("this_cpu_ptr", graphs.this_cpu_ptr)):
+        hid = protos.HELPER_IDS[name]
+        helpers.add(Helper(hid, name, fn, protos.HELPERS[hid]))
 
 
 def install(helpers, resolve_map) -> None:

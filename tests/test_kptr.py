@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FAIL = os.path.join(HERE, "corpus", "kptr_fail.o")
 CORPUS = os.path.join(HERE, "corpus", "kptr_corpus.o")
 
+_PERCPU_TYPES = 'percpu_ptr_, percpu_rcu_ptr_, percpu_trusted_ptr_'
 # program -> (verdict, errno, the kernel's last log line), recorded from Linux 6.18
 EXPECTED = {
     'leak_old':
@@ -63,6 +64,26 @@ EXPECTED = {
         ('accept', '', ''),
     'rcu_ptr_after_unlock':
         ('reject', 'EACCES', 'only read is supported'),
+    'percpu_direct_access':
+        ('reject', 'EACCES', 'R0 is ptr_pcpu_count access percpu memory: off=0'),
+    'percpu_obj_drop_mismatch':
+        ('reject', 'EINVAL', 'arg#0 expected for bpf_percpu_obj_drop_impl()'),
+    'percpu_too_big':
+        ('reject', 'EINVAL', 'bpf_percpu_obj_new type size (520) is greater than 512'),
+    'percpu_pointer_member':
+        ('reject', 'EINVAL', 'bpf_percpu_obj_new type ID argument must be of a struct of scalars'),
+    'percpu_special_field':
+        ('reject', 'EINVAL', 'bpf_percpu_obj_new type ID argument must not contain special fields'),
+    'percpu_this_cpu_owning':
+        ('reject', 'EACCES', 'R1 type=percpu_ptr_ expected=' + _PERCPU_TYPES),
+    'percpu_into_plain_kptr':
+        ('reject', 'EACCES', 'invalid kptr access, R2 type=percpu_ptr_ expected=ptr_pcpu_count'),
+    'percpu_use_after_xchg_outside_rcu':
+        ('reject', 'EACCES', 'R1 type=scalar expected=' + _PERCPU_TYPES),
+    'percpu_use_after_xchg_in_rcu':
+        ('accept', '', ''),
+    'percpu_untrusted_load':
+        ('reject', 'EACCES', 'R1 type=untrusted_ptr_ expected=' + _PERCPU_TYPES),
     'rcu_graph_node_read':
         ('accept', '', ''),
 }
@@ -194,6 +215,25 @@ def test_dropping_an_object_drops_what_it_holds_and_closing_frees_the_rest():
     vm.close()
 
 
+def test_per_cpu_objects_have_a_copy_per_possible_cpu_and_go_with_their_map():
+    import pybpf
+    from pybpf.runtime.kfuncs_graph import NR_CPUS
+    obj = pybpf.load_elf(CORPUS)
+    vm = obj.vm
+    lp = vm.load(obj.programs["kptr_percpu_count"], engine="interp")
+    assert lp.run(ctx=_args(0, 5)) == 0               # a new object, CPU 0's copy set up
+    assert lp.run(ctx=_args(0, 6)) == 2011            # hits 2, sum 11 on CPU 0
+    (o,) = vm.graphs.heap.objects.values()
+    assert o.stride == 16 and o.size == 16 * NR_CPUS
+    take = vm.load(obj.programs["kptr_percpu_take"], engine="interp")
+    assert take.run(ctx=_args(0)) == 18               # CPU 0's sum + 7, then taken out
+    assert not vm.graphs.heap.objects                 # (seen was odd) and dropped
+    assert take.run(ctx=_args(0, 0, 9)) == 0xFFFFFFFF  # an empty slot gets a new object
+    assert len(vm.graphs.heap.objects) == 1
+    vm.close()
+    assert not vm.graphs.heap.objects
+
+
 # -- hostile programs, both engines, in a child process ---------------------------------------
 _XCHG_WILD_DST = """
 r1 = 4096
@@ -207,6 +247,19 @@ r1 += -8
 r2 = r10
 r2 += -16
 call 194
+exit
+"""
+_PER_CPU_OF_STACK = """
+r1 = r10
+r1 += -16
+r2 = 0
+call 153
+exit
+"""
+_THIS_CPU_OF_STACK = """
+r1 = r10
+r1 += -16
+call 154
 exit
 """
 _XCHG_STACK_DST = """
@@ -251,6 +304,19 @@ def case_xchg_of_a_stack_pointer_interp():
 
 def case_xchg_of_a_stack_pointer_jit():
     return _expect(_XCHG_STACK_OBJECT, "jit", "VMError", "not an object bpf_obj_new returned")
+
+
+def case_per_cpu_ptr_of_a_plain_object_interp():
+    return _expect(_PER_CPU_OF_STACK, "interp", "VMError", "not a per-CPU object")
+
+
+def case_per_cpu_ptr_of_a_plain_object_jit():
+    return _expect(_PER_CPU_OF_STACK, "jit", "VMError", "not a per-CPU object")
+
+
+def case_this_cpu_ptr_of_a_stack_pointer_both_engines():
+    _expect(_THIS_CPU_OF_STACK, "interp", "VMError", "not a per-CPU object")
+    return _expect(_THIS_CPU_OF_STACK, "jit", "VMError", "not a per-CPU object")
 
 
 def case_xchg_on_the_stack_both_engines():

@@ -219,6 +219,8 @@ def check_helper_call(chk, pc: int, insn) -> None:
     if meta.release_regno:
         if split_kind(proto.args[meta.release_regno - 1])[0] == protos.ARG_PTR_TO_DYNPTR:
             dynptr.unmark_stack_slots_dynptr(chk, meta.release_regno)
+        elif meta.ref_obj_id and hid == kptr.KPTR_XCHG:
+            kptr.release_source(chk, meta.ref_obj_id)
         elif meta.ref_obj_id:
             release_reference(chk, meta.ref_obj_id)
         elif not _is_null(regs[meta.release_regno]):
@@ -284,6 +286,9 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         dynptr.process_dynptr_func(chk, regno, chk.pc, uninit=protos.MEM_UNINIT in flags,
                                    rdonly=protos.MEM_RDONLY in flags, want_type=want, meta=found)
         meta.dynptr = found.get("dynptr")
+        return
+    if base == protos.ARG_PTR_TO_PERCPU_BTF_ID:
+        kptr.check_percpu_arg(chk, regno, reg, meta)
         return
     if not (_is_null(reg) and protos.PTR_MAYBE_NULL in flags):
         check_reg_type(chk, regno, base, flags)
@@ -526,6 +531,8 @@ def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> Non
         r0 = Reg.pointer(PTR_TO_MEM, fl, mem_size=meta.mem_size, origin=origin)
     elif base == protos.RET_PTR_TO_BTF_ID and meta.kptr_field is not None:
         r0 = kptr.xchg_return(chk, meta)
+    elif base == "RET_PTR_TO_MEM_OR_BTF_ID" and meta.kptr_field is not None:
+        r0 = kptr.percpu_return(chk, meta, nullable)
     else:
         chk.error(f"verifier bug: unknown return type {proto.ret} of func "
                   f"{func_id_name(hid)}#{hid}", errno.EINVAL)
@@ -781,7 +788,7 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
             if base == protos.KF_ARG_CONST:
                 chk.mark_precise(regno)
-            if name == graph.OBJ_NEW:
+            if name in (graph.OBJ_NEW, graph.PERCPU_NEW):
                 meta["obj_new_type"] = reg.var.const_value()
         elif name in graph.NAMES:
             continue                            # verifier/graph.py checks them below

@@ -6,7 +6,9 @@ btf_ld_kptr_type, check_map_access's special fields; kernel/bpf/btf.c: btf_find_
   struct the pointer names. pybpf has no kernel objects, so every kptr is a local one (the
   kernel's btf_parse_kptr when the name is not a kernel type: MEM_ALLOC, dropped with
   bpf_obj_drop). ``__kptr_untrusted`` is the unreferenced kind (stored with plain stores),
-  ``__percpu_kptr`` the per-CPU one (bpf_percpu_obj_new, which pybpf does not have).
+  ``__percpu_kptr`` the per-CPU one (bpf_percpu_obj_new's objects: MEM_PERCPU, not
+  dereferenceable; bpf_this_cpu_ptr/bpf_per_cpu_ptr of an RCU-protected one give a copy, an
+  allocated object the program may read and write).
 * ``bpf_kptr_xchg(dst, ptr)``: ``dst`` (ARG_KPTR_XCHG_DEST) is a map value or an allocated
   object at the constant offset of a referenced kptr field; ``ptr`` an owning reference to
   exactly the field's type at offset 0, or NULL; it is released (every copy becomes unusable)
@@ -15,6 +17,8 @@ btf_ld_kptr_type, check_map_access's special fields; kernel/bpf/btf.c: btf_find_
   NON_OWN_REF when the type holds a graph node) inside an RCU read section (a non-sleepable
   program, bpf_rcu_read_lock, a held bpf_spin_lock), else an untrusted pointer that may only be
   read; stores into a referenced kptr field are refused, helpers may not touch one.
+* In an RCU read section bpf_kptr_xchg's per-CPU source stays usable as an RCU pointer
+  (:func:`release_source`), so a program can set up the copies of an object it just stashed.
 """
 from __future__ import annotations
 
@@ -286,6 +290,49 @@ def _process_kptr_func(chk, regno: int, reg: Reg, meta) -> None:
     if not k.referenced:
         chk.error(f"off={off} kptr isn't referenced kptr", errno.EACCES)
     meta.kptr_field = k
+
+
+def release_source(chk, ref_obj_id: int) -> None:
+    """bpf_kptr_xchg's release of its source: every copy becomes unusable, except that in an RCU
+    read section a per-CPU object stays readable as an RCU pointer (MEM_PERCPU | MEM_RCU)."""
+    from .calls import _mark_invalid
+    chk.state.refs.pop(ref_obj_id, None)
+    rcu = in_rcu_cs(chk)
+
+    def fix(r: Reg):
+        if r.ref_obj_id != ref_obj_id:
+            return None
+        if rcu and r.flags & MEM_ALLOC and r.flags & MEM_PERCPU:
+            return r.replace(ref_obj_id=0, flags=r.flags & ~MEM_ALLOC | MEM_RCU)
+        return _mark_invalid(r)
+    chk.state.map_regs(fix)
+
+
+def check_percpu_arg(chk, regno: int, reg: Reg, meta) -> None:
+    """ARG_PTR_TO_PERCPU_BTF_ID (bpf_per_cpu_ptr, bpf_this_cpu_ptr): a per-CPU object."""
+    from .calls import _check_ptr_off_reg
+    from .state import PTR_TRUSTED
+    if reg.type != PTR_TO_BTF_ID or reg.flags not in (MEM_PERCPU, MEM_PERCPU | MEM_RCU,
+                                                      MEM_PERCPU | PTR_TRUSTED):
+        chk.error(f"R{regno} type={reg.type_str()} expected=percpu_ptr_, percpu_rcu_ptr_, "
+                  f"percpu_trusted_ptr_", errno.EACCES)
+    _check_ptr_off_reg(chk, reg, regno, fixed_off_ok=False)
+    if reg.btf_type is None:
+        chk.error(f"Helper has invalid btf_id in R{regno}", errno.EACCES)
+    meta.kptr_field = reg
+
+
+def percpu_return(chk, meta, nullable: bool) -> Reg:
+    """r0 of bpf_per_cpu_ptr/bpf_this_cpu_ptr: one CPU's copy of an RCU-protected per-CPU
+    object is an allocated object the program may read and write (never NULL to the verifier,
+    as Linux 6.18 types it: pybpf refuses at run time the CPU the kernel answers NULL for)."""
+    arg = meta.kptr_field
+    if arg.flags & MEM_RCU:
+        flags = MEM_ALLOC | MEM_RCU
+    else:
+        flags = PTR_MAYBE_NULL if nullable else 0
+    return Reg.pointer(PTR_TO_BTF_ID, flags, origin=chk.origin("a per-CPU object's copy")
+                       ).replace(btf_type=arg.btf_type)
 
 
 def xchg_return(chk, meta) -> Reg:

@@ -18,7 +18,7 @@ from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_ALLOC, ME
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
                     PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
                     PTR_TO_SOCK_COMMON, PTR_TO_SOCKET, PTR_TO_STACK, PTR_TO_TCP_SOCK,
-                    PTR_TO_XDP_SOCK, PTR_UNTRUSTED, SCALAR_ADD_CONST,
+                    PTR_TO_XDP_SOCK, PTR_UNTRUSTED, SCALAR_ADD_CONST, MEM_PERCPU,
                     PTR_TO_TP_BUFFER, SCALAR_VALUE, STACK_DYNPTR, STACK_INVALID,
                     STACK_IRQ_FLAG, STACK_ITER, STACK_MISC, STACK_SPILL, STACK_ZERO, Reg, Slot,
                     type_str)
@@ -199,7 +199,8 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
         from .map_btf import check_ptr_to_map_access
         check_ptr_to_map_access(chk, regno, reg.map, off, size, write)
         _load_result(chk, value_regno, write, size, signed, "a struct bpf_map field")
-    elif t == PTR_TO_BTF_ID and flags & PTR_UNTRUSTED and reg.btf_type is not None:
+    elif t == PTR_TO_BTF_ID and flags & (PTR_UNTRUSTED | MEM_PERCPU) and \
+            reg.btf_type is not None:
         kptr.check_untrusted_access(chk, regno, reg, off, size, write)
         _load_result(chk, value_regno, write, size, signed, "an untrusted object load")
     elif t == PTR_TO_BTF_ID and flags & MEM_ALLOC:

@@ -243,4 +243,103 @@ int kptr_tc_count(struct __sk_buff *skb)
 	return 0;
 }
 
+/* per-CPU objects: a counter with a copy per CPU, stashed in a __percpu_kptr field; a new
+ * one's running-CPU copy is set up through the RCU pointer bpf_kptr_xchg leaves behind */
+struct pcpu_count {
+	__s64 hits;
+	__s64 sum;
+};
+
+struct pcpu_value {
+	struct pcpu_count __percpu_kptr *pc;
+	__s64 seen;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct pcpu_value);
+} pcpu_array SEC(".maps");
+
+SEC("syscall")
+int kptr_percpu_count(struct args *a)
+{
+	__u32 key = a->vals[0] & 1;
+	struct pcpu_value *v = bpf_map_lookup_elem(&pcpu_array, &key);
+	struct pcpu_count __percpu_kptr *p, *old;
+	struct pcpu_count *c;
+	__s64 r = -1;
+
+	if (!v)
+		return -2;
+	bpf_rcu_read_lock();
+	p = v->pc;
+	if (p) {
+		c = bpf_this_cpu_ptr(p);
+		c->hits++;
+		c->sum += a->vals[1];
+		r = c->hits * 1000 + c->sum;
+	}
+	bpf_rcu_read_unlock();
+	if (r >= 0)
+		return r;
+	p = bpf_percpu_obj_new(struct pcpu_count);
+	if (!p)
+		return -3;
+	bpf_rcu_read_lock();
+	old = bpf_kptr_xchg(&v->pc, p);
+	c = bpf_this_cpu_ptr(p);
+	c->hits = 1;
+	c->sum = a->vals[1];
+	bpf_rcu_read_unlock();
+	v->seen++;
+	if (old)
+		bpf_percpu_obj_drop(old);
+	return 0;
+}
+
+/* CPU 0's copy by number (bpf_per_cpu_ptr), then the object taken out and dropped every other
+ * run */
+SEC("syscall")
+int kptr_percpu_take(struct args *a)
+{
+	__u32 key = a->vals[0] & 1;
+	struct pcpu_value *v = bpf_map_lookup_elem(&pcpu_array, &key);
+	struct pcpu_count __percpu_kptr *p;
+	struct pcpu_count *c;
+	__s64 r = 0;
+
+	if (!v)
+		return -2;
+	bpf_rcu_read_lock();
+	p = v->pc;
+	if (p) {
+		c = bpf_per_cpu_ptr(p, 0);
+		c->sum += 7;
+		r = c->sum;
+	}
+	bpf_rcu_read_unlock();
+	if (!p) {
+		struct pcpu_count __percpu_kptr *n = bpf_percpu_obj_new(struct pcpu_count);
+
+		if (!n)
+			return -3;
+		bpf_rcu_read_lock();
+		p = bpf_kptr_xchg(&v->pc, n);
+		c = bpf_per_cpu_ptr(n, 0);
+		c->sum = a->vals[2] & 0xff;
+		bpf_rcu_read_unlock();
+		if (p)
+			bpf_percpu_obj_drop(p);
+		return -1;
+	}
+	if (v->seen++ & 1) {
+		p = bpf_kptr_xchg(&v->pc, NULL);
+		if (p)
+			bpf_percpu_obj_drop(p);
+	}
+	return r;
+}
+
 char _license[] SEC("license") = "GPL";

@@ -18,6 +18,44 @@ struct list_elem {
 	struct bpf_list_node node;
 };
 
+struct pcpu_count {
+	__s64 hits;
+	__s64 sum;
+};
+
+struct pcpu_big {
+	__s64 v[65];
+};
+
+struct pcpu_with_ptr {
+	__s64 a;
+	void *p;
+};
+
+struct pcpu_with_node {
+	__s64 a;
+	struct bpf_list_node node;
+};
+
+struct pcpu_value {
+	struct pcpu_count __percpu_kptr *pc;
+	struct pcpu_count __kptr *plain;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pcpu_value);
+} pcpu SEC(".maps");
+
+static __always_inline struct pcpu_value *pslot(void)
+{
+	__u32 key = 0;
+
+	return bpf_map_lookup_elem(&pcpu, &key);
+}
+
 struct stash_value {
 	__s64 count;
 	struct stash_node __kptr *node;
@@ -315,6 +353,159 @@ int rcu_ptr_after_unlock(void *ctx)
 	if (n)
 		n->key = 5;
 	return r;
+}
+
+/* a per-CPU object is not memory the program may touch: only its copies are */
+SEC("?syscall")
+int percpu_direct_access(void *ctx)
+{
+	struct pcpu_count *p = bpf_percpu_obj_new(struct pcpu_count);
+
+	if (!p)
+		return 0;
+	p->hits = 1;
+	bpf_percpu_obj_drop(p);
+	return 0;
+}
+
+/* a per-CPU object goes to bpf_percpu_obj_drop, not bpf_obj_drop */
+SEC("?syscall")
+int percpu_obj_drop_mismatch(void *ctx)
+{
+	struct pcpu_count *p = bpf_percpu_obj_new(struct pcpu_count);
+
+	if (!p)
+		return 0;
+	bpf_obj_drop(p);
+	return 0;
+}
+
+/* at most 512 bytes */
+SEC("?syscall")
+int percpu_too_big(void *ctx)
+{
+	struct pcpu_big *p = bpf_percpu_obj_new(struct pcpu_big);
+
+	if (!p)
+		return 0;
+	bpf_percpu_obj_drop(p);
+	return 0;
+}
+
+/* scalars only */
+SEC("?syscall")
+int percpu_pointer_member(void *ctx)
+{
+	struct pcpu_with_ptr *p = bpf_percpu_obj_new(struct pcpu_with_ptr);
+
+	if (!p)
+		return 0;
+	bpf_percpu_obj_drop(p);
+	return 0;
+}
+
+/* no special fields */
+SEC("?syscall")
+int percpu_special_field(void *ctx)
+{
+	struct pcpu_with_node *p = bpf_percpu_obj_new(struct pcpu_with_node);
+
+	if (!p)
+		return 0;
+	bpf_percpu_obj_drop(p);
+	return 0;
+}
+
+/* an owning per-CPU object is no argument of bpf_this_cpu_ptr (an RCU one is) */
+SEC("?syscall")
+int percpu_this_cpu_owning(void *ctx)
+{
+	struct pcpu_count *p = bpf_percpu_obj_new(struct pcpu_count), *c;
+	__s64 r;
+
+	if (!p)
+		return 0;
+	c = bpf_this_cpu_ptr(p);
+	r = c->hits;
+	bpf_percpu_obj_drop(p);
+	return r;
+}
+
+/* a per-CPU object into a plain __kptr field */
+SEC("?syscall")
+int percpu_into_plain_kptr(void *ctx)
+{
+	struct pcpu_value *v = pslot();
+	struct pcpu_count *p;
+
+	if (!v)
+		return 0;
+	p = bpf_percpu_obj_new(struct pcpu_count);
+	if (!p)
+		return 0;
+	p = bpf_kptr_xchg(&v->plain, p);
+	if (p)
+		bpf_obj_drop(p);
+	return 0;
+}
+
+/* outside an RCU section (a sleepable program) the stashed per-CPU object is gone */
+SEC("?syscall")
+int percpu_use_after_xchg_outside_rcu(void *ctx)
+{
+	struct pcpu_value *v = pslot();
+	struct pcpu_count *p, *old, *c;
+
+	if (!v)
+		return 0;
+	p = bpf_percpu_obj_new(struct pcpu_count);
+	if (!p)
+		return 0;
+	old = bpf_kptr_xchg(&v->pc, p);
+	if (old)
+		bpf_percpu_obj_drop(old);
+	c = bpf_this_cpu_ptr(p);
+	return c->hits;
+}
+
+/* ... inside one, it stays readable through bpf_this_cpu_ptr */
+SEC("?syscall")
+int percpu_use_after_xchg_in_rcu(void *ctx)
+{
+	struct pcpu_value *v = pslot();
+	struct pcpu_count *p, *old, *c;
+	__s64 r;
+
+	if (!v)
+		return 0;
+	p = bpf_percpu_obj_new(struct pcpu_count);
+	if (!p)
+		return 0;
+	bpf_rcu_read_lock();
+	old = bpf_kptr_xchg(&v->pc, p);
+	c = bpf_this_cpu_ptr(p);
+	c->hits = 3;
+	r = c->hits;
+	bpf_rcu_read_unlock();
+	if (old)
+		bpf_percpu_obj_drop(old);
+	return r;
+}
+
+/* a loaded per-CPU kptr outside an RCU section is untrusted: no copies of it */
+SEC("?syscall")
+int percpu_untrusted_load(void *ctx)
+{
+	struct pcpu_value *v = pslot();
+	struct pcpu_count *p, *c;
+
+	if (!v)
+		return 0;
+	p = v->pc;
+	if (!p)
+		return 0;
+	c = bpf_this_cpu_ptr(p);
+	return c->hits;
 }
 
 char _license[] SEC("license") = "GPL";
