@@ -320,6 +320,21 @@ def _pybpf_dump(m) -> dict[bytes, bytes]:
 
 
 def kernel_records(path: str, name: str) -> list[dict]:
+    """The kernel's records, run on CPU 0 as pybpf runs (bpf_get_smp_processor_id, the copy
+    bpf_this_cpu_ptr gives): the calling thread is pinned for the runs."""
+    affinity = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {0})
+    except OSError:
+        affinity = None
+    try:
+        return _kernel_records(path, name)
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+
+
+def _kernel_records(path: str, name: str) -> list[dict]:
     import kernel_bpf
     obj = parse_object(path)
     prog = obj.programs[name]

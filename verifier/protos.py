@@ -49,6 +49,8 @@ ARG_PTR_TO_BTF_ID = "ARG_PTR_TO_BTF_ID"
 ARG_PTR_TO_DYNPTR = "ARG_PTR_TO_DYNPTR"
 ARG_PTR_TO_TIMER = "ARG_PTR_TO_TIMER"
 ARG_PTR_TO_KPTR = "ARG_PTR_TO_KPTR"
+ARG_PTR_TO_PERCPU_BTF_ID = "ARG_PTR_TO_PERCPU_BTF_ID"   # a per-CPU object (bpf_per_cpu_ptr)
+ARG_KPTR_XCHG_DEST = "ARG_KPTR_XCHG_DEST"   # a map value's or an object's referenced kptr field
 ARG_PTR_TO_SOCKET = "ARG_PTR_TO_SOCKET"
 ARG_PTR_TO_SOCK_COMMON = "ARG_PTR_TO_SOCK_COMMON"
 ARG_PTR_TO_ARENA = "ARG_PTR_TO_ARENA"
@@ -460,6 +462,15 @@ _HELPER_ROWS = (
     _h("perf_event_output", RET_INTEGER, ARG_PTR_TO_CTX, MAP_PTR, ANY, ARG_PTR_TO_MEM_RDONLY,
        ARG_CONST_SIZE_OR_ZERO, gpl=True),
     _h("get_local_storage", RET_PTR_TO_MAP_VALUE, MAP_PTR, ANY),
+    # allocated objects stashed in map values and objects (kernel/bpf/helpers.c; verifier/kptr.py,
+    # runtime/kfuncs_graph.py Graphs.kptr_xchg): r0's type is the destination field's
+    _h("kptr_xchg", RET_PTR_TO_BTF_ID + "|" + PTR_MAYBE_NULL, ARG_KPTR_XCHG_DEST,
+       ARG_PTR_TO_BTF_ID + "|" + PTR_MAYBE_NULL + "|" + OBJ_RELEASE),
+    # one CPU's copy of a per-CPU object (kernel/bpf/helpers.c): pybpf has no per-CPU kernel
+    # variables (ksyms), only bpf_percpu_obj_new's objects
+    _h("per_cpu_ptr", "RET_PTR_TO_MEM_OR_BTF_ID|PTR_MAYBE_NULL|MEM_RDONLY",
+       ARG_PTR_TO_PERCPU_BTF_ID, ANY),
+    _h("this_cpu_ptr", "RET_PTR_TO_MEM_OR_BTF_ID|MEM_RDONLY", ARG_PTR_TO_PERCPU_BTF_ID),
     # XDP packets and redirects (net/core/filter.c: xdp_func_proto). bpf_redirect (23) is one
     # id with two prototypes in the kernel (bpf_redirect_proto for tc, bpf_xdp_redirect_proto);
     # both are (ARG_ANYTHING, ARG_ANYTHING), the implementation picks by the run's type.
@@ -632,6 +643,12 @@ _KFUNC_ROWS = (
           (RET_VOID, (KF_ARG_PTR_TO_ALLOC_BTF_ID + "|" + OBJ_RELEASE, KF_ARG_IGNORE),
            "bpf_obj_drop_impl", (KF_RELEASE,),
            "void bpf_obj_drop_impl(void *p__alloc, void *meta__ign)"),
+          ("RET_PTR_TO_BTF_ID|MEM_ALLOC|MEM_PERCPU|PTR_MAYBE_NULL", (KF_ARG_CONST, KF_ARG_IGNORE),
+           "bpf_percpu_obj_new_impl", (KF_ACQUIRE, KF_RET_NULL),
+           "void *bpf_percpu_obj_new_impl(u64 local_type_id__k, void *meta__ign)"),
+          (RET_VOID, (KF_ARG_PTR_TO_ALLOC_BTF_ID + "|" + OBJ_RELEASE, KF_ARG_IGNORE),
+           "bpf_percpu_obj_drop_impl", (KF_RELEASE,),
+           "void bpf_percpu_obj_drop_impl(void *p__alloc, void *meta__ign)"),
           (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_REFCOUNTED_KPTR, KF_ARG_IGNORE),
            "bpf_refcount_acquire_impl", (KF_ACQUIRE, KF_RET_NULL, "KF_RCU"),
            "void *bpf_refcount_acquire_impl(void *p__refcounted_kptr, void *meta__ign)"),
