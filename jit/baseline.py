@@ -55,6 +55,8 @@ from pybpf.jit.x86_emit import CC, Asm
 
 # BPF register -> x86 register
 REG = (X.RAX, X.RDI, X.RSI, X.RDX, X.RCX, X.R8, X.RBX, X.R13, X.R14, X.R15, X.RBP)
+# the program types whose ld_abs reads the __sk_buff r6 points at (jit/native_packet.py)
+_SKB_LDABS_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "lwt_out", "lwt_xmit")
 _ARGS = (X.RDI, X.RSI, X.RDX, X.RCX, X.R8)            # BPF r1..r5
 _BUDGET = -520       # the frame's may_goto budget, below its 512-byte stack (rbp-relative)
 _RECORD = -536       # the frame record (jit/lower.py, runtime/memory.FRAME_RECORD) below it
@@ -491,7 +493,10 @@ class _Emitter:
     def _emit_ldabs(self, form, insn) -> None:
         a, size = self.a, form.size
         desc = self.env.packet_desc
-        if not desc:
+        # verified __sk_buff programs read the packet from r6, the ctx (jit/calls.py
+        # lower_ldabs: a tail-call target's own descriptor is stale)
+        from_ctx = self.env.verified and self.env.prog_type in _SKB_LDABS_TYPES
+        if not desc and not from_ctx:
             raise self.unsupported(self.pc, "ld_abs without the run's packet descriptor")
         a.mov_imm(X.R11, insn.imm & 0xFFFFFFFF)
         if form.op == "ind":
@@ -499,11 +504,19 @@ class _Emitter:
         a.rr(b"\x63", X.R11, X.R11, 1)                            # movsxd r11, r11d
         a.rr(b"\x85", X.R11, X.R11, 1)
         a.jcc(CC["s"], self.abort)                                # negative: out of bounds
-        a.movabs(X.R10, desc)
         a.rm(b"\x8D", X.R9, X.R11, size, 1)                       # lea r9, [r11 + size]
-        a.rm(b"\x3B", X.R9, X.R10, 8, 1)                          # cmp r9, [desc + 8]
-        a.jcc(CC["g"], self.abort)
-        a.rm(b"\x03", X.R11, X.R10, 0, 1)                         # r11 += data
+        if from_ctx:
+            a.mov(X.R10, REG[6])                                  # r10 = the __sk_buff
+            a.rm(b"\x8B", X.RAX, X.R10, 0, 0)                     # eax = skb->len
+            a.rr(b"\x3B", X.R9, X.RAX, 1)                         # cmp r9, rax
+            a.jcc(CC["g"], self.abort)
+            a.rm(b"\x8B", X.R10, X.R10, 76, 0)                    # r10d = skb->data
+            a.rr(b"\x01", X.R10, X.R11, 1)                        # r11 += data
+        else:
+            a.movabs(X.R10, desc)
+            a.rm(b"\x3B", X.R9, X.R10, 8, 1)                      # cmp r9, [desc + 8]
+            a.jcc(CC["g"], self.abort)
+            a.rm(b"\x03", X.R11, X.R10, 0, 1)                     # r11 += data
         self._load(X.RAX, X.R11, 0, size, False)
         if size == 2:
             a.rr(b"\xC1", 1, X.RAX, 0, pre=b"\x66")
