@@ -97,6 +97,7 @@ class Checker:
         self.total_states = self.peak_states = self.cur_states = 0
         self.max_states_per_insn = 0
         self.max_ctx_offset = 0
+        self.min_ctx_offset = 0                 # lowest (negative) ctx offset read: tracepoint
         self.max_pkt_offset = 0
         self.stack_depth: dict[int, int] = {sp.start: 0 for sp in cfg.subprogs}
         self.seen: dict[int, list] = {}         # pc -> [Reg per register] joined kinds (facts)
@@ -881,4 +882,4 @@ def run_checks(prog, cfg, env, *, prog_type: str, log_level: int = 0,
     log = chk.log.text() + chk.log.stats_line(chk.stats()) if log_level else ""
     return VerifyResult(log=log, facts=Facts(chk.seen, chk.access), stats=chk.stats(),
                         max_ctx_offset=chk.max_ctx_offset, stack_depth=dict(chk.stack_depth),
-                        full=True)
+                        full=True, min_ctx_offset=chk.min_ctx_offset)
