@@ -164,7 +164,9 @@ class Checker:
 
     def push_branch(self, st: VerifierState, pc: int) -> None:
         if len(self.pending) >= JMP_STACK_LIMIT:
-            self.error(f"The sequence of {len(self.pending)} jumps is too complex.", errno.E2BIG)
+            # the kernel counts the state being pushed (push_stack: stack_size++, then > limit)
+            self.error(f"The sequence of {len(self.pending) + 1} jumps is too complex.",
+                       errno.E2BIG)
         if st.parent is not None:
             st.parent.branches += 1
         self.pending.append((st, pc))
