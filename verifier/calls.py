@@ -742,6 +742,12 @@ def check_kfunc_call(chk, pc: int, insn):
     proto = proto_of(chk.env.kfunc(kid))
     if proto is None or proto.name not in graph.SPIN_ALLOWED:
         spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
+    if kid == 0 and insn.off == 0:
+        # check_kfunc_call skips a call without a function id ("return error when we find this
+        # in fixup_kfunc_call"): nothing is checked or changed, not even r0; run_checks refuses
+        # it after verification unless no path reached it
+        chk.kfunc0_calls.add(pc)
+        return None
     if proto is None:
         chk.error(f"kernel btf_id {kid & 0xFFFFFFFF} is not a function", errno.EINVAL)
     name = proto.name or f"kfunc#{kid}"

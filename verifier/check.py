@@ -98,6 +98,7 @@ class Checker:
         self.max_states_per_insn = 0
         self.max_ctx_offset = 0
         self.min_ctx_offset = 0                 # lowest (negative) ctx offset read: tracepoint
+        self.kfunc0_calls: set[int] = set()     # reached kfunc calls without a function id
         self.max_pkt_offset = 0
         self.stack_depth: dict[int, int] = {sp.start: 0 for sp in cfg.subprogs}
         self.seen: dict[int, list] = {}         # pc -> [Reg per register] joined kinds (facts)
@@ -865,6 +866,11 @@ def run_checks(prog, cfg, env, *, prog_type: str, log_level: int = 0,
     try:
         chk.run()
         check_stack_depth(prog, cfg, chk.stack_depth)
+        if chk.kfunc0_calls:
+            # do_misc_fixups (fixup_kfunc_call): a kfunc call without a function id is refused
+            # once verification is over, unless it was dead code (removed before the fixups)
+            chk.error("invalid kernel function call not eliminated in verifier pass",
+                      errno.EINVAL, min(chk.kfunc0_calls))
     except VerifierError as e:
         e.program = prog
         st = chk.state
