@@ -22,6 +22,7 @@ import threading
 from pybpf.errors import VMError
 
 from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, MEM_GUARD, build_context
+from .runtime.xdp_buff import XDP_HEAD_FLOOR
 from .runtime import grace as _grace
 from .runtime.grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
 from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
@@ -76,7 +77,7 @@ def jit_env(vm, arena=None, prog_type: str = "mem", packet_desc: int = 0, verifi
 
     return JitEnv(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map, prog_type=prog_type,
                   packet_desc=packet_desc, low_pool=(LOW_POOL_START, LOW_POOL_END),
-                  verified=verified, budget_cell=budget_cell)
+                  verified=verified, budget_cell=budget_cell, xdp_head_floor=XDP_HEAD_FLOOR)
 
 
 class LoadedProgram:
@@ -209,6 +210,10 @@ class LoadedProgram:
                 # at that call the stack regions (frame records inside this thread's stack)
                 lo, size = _thread_stack()
                 rc.jit_regions.frame_bounds = (lo, lo + size)
+                if rc.xdp is not None:
+                    # native bpf_xdp_adjust_head moves the packet's pointers in the xdp_md
+                    # only; the table follows them before each lookup
+                    rc.jit_regions.follow(rc.xdp)
             return rc, None
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
         fast = None if self._moves_packet else rc.fast

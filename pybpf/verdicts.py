@@ -51,7 +51,7 @@ SUFFIX = ".vfy"
 PROG_ATTRS = ("insns", "functions", "labels", "name", "license", "sleepable", "func_info",
               "btf", "line_info", "lines")
 # What the verifier reads of a map object (MapInfo.value) besides its identity
-VALUE_ATTRS = ("map_direct_value_addr", "spin_lock_off", "btf", "graph_roots")
+VALUE_ATTRS = ("map_direct_value_addr", "spin_lock_off", "btf", "graph_roots", "kptr_fields")
 _RESULT_FIELDS = {"log", "facts", "stats", "max_ctx_offset", "stack_depth", "full",
                   "min_ctx_offset"}
 _FACTS_FIELDS = {"_seen", "_access"}
@@ -211,7 +211,8 @@ def _map_reads(info) -> tuple:
     raw = bprintf.map_value_bytes(info)
     return (getattr(value, "spin_lock_off", -1), bool(getattr(value, "btf", False)),
             None if raw is None else hashlib.sha256(raw).hexdigest(),
-            _canon(getattr(value, "graph_roots", None) or {}, {}))
+            _canon(getattr(value, "graph_roots", None) or {}, {}),
+            _canon(getattr(value, "kptr_fields", None) or {}, {}))
 
 
 def _btf_digest(btf) -> bytes:

@@ -33,7 +33,8 @@ xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, dat
                 length): data = the metadata length (the packet's first bytes), data_end =
                 the end of the linear part, ingress_ifindex (default 1, the loopback) and
                 rx_queue_index, checked as the kernel checks them (VMError with its errno);
-                the program returns an XDP_* action
+                the program returns an XDP_* action; ``last_ctx`` is the kernel's ctx_out:
+                that ctx_in with data and data_end as offsets from data_meta after the run
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
 kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header); a
                 tracepoint copy follows ``ctx_headroom`` read-only zero bytes, as many as the
@@ -72,8 +73,8 @@ from pybpf.errors import BPFError, VMError
 from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE,
                         round_up, sys_mmap, sys_munmap)
 from .memory import PROC, Buffer, Region
-from .xdp_buff import (MAX_SKB_FRAGS, SKB_SHARED_INFO_ROOM, XDP_FRAME_STRUCT, XDP_FRAME_SZ,
-                       XDP_META_MAX, Frag, XdpBuff)
+from .xdp_buff import (MAX_SKB_FRAGS, SKB_SHARED_INFO_ROOM, XDP_CTX_ROOM, XDP_FRAME_STRUCT,
+                       XDP_FRAME_SZ, XDP_META_MAX, Frag, XdpBuff)
 from .xdp_buff import PAGE_SIZE as XDP_PAGE_SIZE
 from .skb_buff import SkbBuff
 
@@ -642,6 +643,8 @@ def _xdp_context(rc: RunContext, ctx, data, has_device=None) -> None:
     low, caddr, paddr = _packet_layout(ctypes.sizeof(XdpMd), headroom,
                                        hard_span - headroom - TAILROOM)
     hard_start = paddr - headroom
+    if hard_start - caddr != XDP_CTX_ROOM:      # the JIT's native adjust_head relies on it
+        raise VMError(f"xdp frame at ctx + {hard_start - caddr}, not ctx + {XDP_CTX_ROOM}")
     PROC[paddr:paddr + linear] = packet[:linear]
     md = XdpMd.from_address(caddr)
     md.ingress_ifindex, md.rx_queue_index = ingress, rxq
@@ -665,13 +668,29 @@ def _xdp_context(rc: RunContext, ctx, data, has_device=None) -> None:
     rc.packet = PROC[paddr:paddr + linear]
     rc.r1 = caddr
 
+    # ctx_out is the ctx_in the kernel copied in, with data and data_end rewritten
+    # (xdp_convert_buff_to_md); without a ctx, as the ctx_in {data_end: len(data)}
+    ctx_in = {"data_end": n} if fields is None else fields
+
     def finish(r0):
-        after = XdpMd.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(XdpMd)])
-        rc.last_ctx = after
+        rc.last_ctx = _xdp_ctx_out(ctx_in, xb)
         rc.last_data = xb.out()
         if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
-            _write_back(ctx, bytes(after))
+            _write_back(ctx, bytes(rc.last_ctx))
     rc._finish = finish
+
+
+def _xdp_ctx_out(ctx_in: dict, xb: XdpBuff) -> XdpMd:
+    """BPF_PROG_TEST_RUN's xdp ctx_out (net/bpf/test_run.c, xdp_convert_buff_to_md): the
+    ctx_in fields as given (data_meta 0, ingress_ifindex and rx_queue_index as the caller set
+    them, not the device the program saw), ``data`` and ``data_end`` as offsets from
+    ``data_meta`` after the run: the metadata length and the end of the linear part, which
+    the head, meta and tail helpers may have moved (the program's own struct holds addresses,
+    see the module docstring)."""
+    out = XdpMd(**ctx_in)
+    meta = xb.data_meta
+    out.data, out.data_end = xb.data - meta, xb.data_end - meta
+    return out
 
 
 def _trace_context(rc: RunContext, ctx, headroom: int = 0) -> None:

@@ -37,7 +37,7 @@ import os
 from pybpf import isa
 from pybpf.uapi import BPF_F_RDONLY_PROG, MAP_TYPE_IDS
 
-from . import bounds, bprintf, dynptr, graph, iters, protos, special_kfuncs, spin_lock
+from . import bounds, bprintf, dynptr, graph, iters, kptr, protos, special_kfuncs, spin_lock
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
                      ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_DONTCARE, ARG_PTR_TO_CONST_STR,
                      ARG_PTR_TO_CTX, ARG_PTR_TO_FUNC, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE,
@@ -123,7 +123,7 @@ class CallMeta:
     """What the argument checks learn (struct bpf_call_arg_meta)."""
 
     __slots__ = ("map", "mem_size", "const_map_key", "release_regno", "ref_obj_id",
-                 "subprog", "msize_max", "pkt_access", "func_id", "dynptr")
+                 "subprog", "msize_max", "pkt_access", "func_id", "dynptr", "kptr_field")
 
     def __init__(self, func_id: int, pkt_access: bool) -> None:
         self.map = None
@@ -136,6 +136,7 @@ class CallMeta:
         self.pkt_access = pkt_access
         self.func_id = func_id
         self.dynptr = None          # (type, id, ref_obj_id) of an initialised dynptr argument
+        self.kptr_field = None      # bpf_kptr_xchg: the destination's kptr.KptrField
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -218,6 +219,8 @@ def check_helper_call(chk, pc: int, insn) -> None:
     if meta.release_regno:
         if split_kind(proto.args[meta.release_regno - 1])[0] == protos.ARG_PTR_TO_DYNPTR:
             dynptr.unmark_stack_slots_dynptr(chk, meta.release_regno)
+        elif meta.ref_obj_id and hid == kptr.KPTR_XCHG:
+            kptr.release_source(chk, meta.ref_obj_id)
         elif meta.ref_obj_id:
             release_reference(chk, meta.ref_obj_id)
         elif not _is_null(regs[meta.release_regno]):
@@ -263,6 +266,9 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
     base, flags = split_kind(kind)
     if base == ARG_DONTCARE:
         return
+    if meta.func_id == kptr.KPTR_XCHG:
+        kptr.check_xchg_arg(chk, arg, meta, proto)
+        return
     regno = arg + 1
     reg = chk.check_reg_read(regno)
     if base == ARG_ANYTHING:
@@ -280,6 +286,9 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         dynptr.process_dynptr_func(chk, regno, chk.pc, uninit=protos.MEM_UNINIT in flags,
                                    rdonly=protos.MEM_RDONLY in flags, want_type=want, meta=found)
         meta.dynptr = found.get("dynptr")
+        return
+    if base == protos.ARG_PTR_TO_PERCPU_BTF_ID:
+        kptr.check_percpu_arg(chk, regno, reg, meta)
         return
     if not (_is_null(reg) and protos.PTR_MAYBE_NULL in flags):
         check_reg_type(chk, regno, base, flags)
@@ -520,6 +529,10 @@ def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> Non
              (MEM_RINGBUF if protos.MEM_RINGBUF in flags else 0) | \
              (MEM_RDONLY if protos.MEM_RDONLY in flags else 0)
         r0 = Reg.pointer(PTR_TO_MEM, fl, mem_size=meta.mem_size, origin=origin)
+    elif base == protos.RET_PTR_TO_BTF_ID and meta.kptr_field is not None:
+        r0 = kptr.xchg_return(chk, meta)
+    elif base == "RET_PTR_TO_MEM_OR_BTF_ID" and meta.kptr_field is not None:
+        r0 = kptr.percpu_return(chk, meta, nullable)
     else:
         chk.error(f"verifier bug: unknown return type {proto.ret} of func "
                   f"{func_id_name(hid)}#{hid}", errno.EINVAL)
@@ -530,7 +543,7 @@ def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> Non
         # a data slice: tied to its dynptr (destroying the dynptr invalidates it)
         r0 = r0.replace(ref_obj_id=meta.dynptr[2])
         r0.dynptr_id = meta.dynptr[1]
-    if hid == protos.HELPER_IDS["ringbuf_reserve"]:          # is_acquire_function
+    if hid in (protos.HELPER_IDS["ringbuf_reserve"], kptr.KPTR_XCHG):   # is_acquire_function
         ref = acquire_reference(chk, pc)
         r0 = r0.replace(id=ref, ref_obj_id=ref)
     _set_r0(chk, r0)
@@ -787,7 +800,7 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
             if base == protos.KF_ARG_CONST:
                 chk.mark_precise(regno)
-            if name == graph.OBJ_NEW:
+            if name in (graph.OBJ_NEW, graph.PERCPU_NEW):
                 meta["obj_new_type"] = reg.var.const_value()
         elif name in graph.NAMES:
             continue                            # verifier/graph.py checks them below
