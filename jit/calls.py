@@ -121,6 +121,13 @@ def lower_kfunc(fl, insn) -> None:
     if registry is None:
         raise fl.error("call_kfunc: kfunc calls are not supported yet without the VM's kfunc "
                        "registry (JitEnv.kfuncs)")
+    if insn.imm == 0 and insn.off == 0:
+        # verified, only dead code (the kernel removes it); reached unverified: the interpreter's
+        # VMError
+        fl.mod.helpers.call_python(fl.b, ("kfunc0", fl.pc), _no_kfunc_id(fl.pc), 0, [])
+        fl.abort_if(I1(1))
+        fl.set(0, I64(0))                   # not reached: keeps the IR well formed
+        return
     kf = _entries(registry).get(insn.imm)
     if kf is None:
         raise fl.error(f"unknown kernel function id {insn.imm}")
@@ -186,6 +193,12 @@ def _callbacks(fl) -> dict[int, ir.Function]:
             if fn is not None:
                 out[func_value(target)] = fn
     return out
+
+
+def _no_kfunc_id(pc: int):
+    def refuse(*_):
+        raise VMError("invalid kernel function call not eliminated in verifier pass", pc)
+    return refuse
 
 
 def _bad_callback(pc: int):

@@ -102,6 +102,9 @@ class LoadedProgram:
         # The kernel's max_ctx_offset: a run must give at least this much mem/ctx (as
         # BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall programs).
         self.min_mem_size = verify_result.max_ctx_offset if verify_result is not None else 0
+        # A tracepoint program may read before its record (the kernel allows negative offsets):
+        # that many zero bytes go before the run's copy of the ctx
+        self.ctx_headroom = -getattr(verify_result, "min_ctx_offset", 0)
         self.insn_limit, self.name, self.fd = insn_limit, name, fd
         self.verified, self.tier = verified, tier
         self.arena, self.values64 = arena, values64
@@ -189,7 +192,8 @@ class LoadedProgram:
     def _prepare(self, mem, ctx, data, trace, insn_limit):
         if self.closed:
             raise VMError(f"program {self.name!r} is closed")
-        rc = build_context(self.prog_type, mem, ctx, data, self._has_device)
+        rc = build_context(self.prog_type, mem, ctx, data, self._has_device,
+                               self.ctx_headroom)
         rc.prog_btf = getattr(self.program, "btf", None)    # bpf_obj_new's types
         self._check_ctx_size(rc)
         if self._jit is not None:
@@ -275,7 +279,8 @@ class LoadedProgram:
             self._check_mem_size(mem, ctx)
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
-            rc = build_context(self.prog_type, mem, ctx, data, self._has_device)
+            rc = build_context(self.prog_type, mem, ctx, data, self._has_device,
+                               self.ctx_headroom)
             self._check_ctx_size(rc)
             r0 = None
             grace_enter()

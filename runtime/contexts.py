@@ -36,7 +36,9 @@ xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, dat
                 the program returns an XDP_* action; ``last_ctx`` is the kernel's ctx_out:
                 that ctx_in with data and data_end as offsets from data_meta after the run
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
-kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header)
+kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header); a
+                tracepoint copy follows ``ctx_headroom`` read-only zero bytes, as many as the
+                program reads before its record (negative offsets, which the kernel allows)
 raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
 sk_lookup       r1 = a read-only ``struct bpf_sk_lookup`` (:class:`BpfSkLookup`) from ``ctx``
 cgroup_sock_    r1 = a writable ``struct bpf_sock_addr`` / ``struct bpf_sock`` from ``ctx``,
@@ -343,9 +345,11 @@ class RunContext:
 
 
 def build_context(prog_type: str, mem=None, ctx=None, data=None,
-                  has_device=None) -> RunContext:
+                  has_device=None, ctx_headroom: int = 0) -> RunContext:
     """The context of one run of a ``prog_type`` program (see the module docstring);
-    ``has_device(ifindex)`` says which devices exist (an xdp ctx_in's ingress_ifindex)."""
+    ``has_device(ifindex)`` says which devices exist (an xdp ctx_in's ingress_ifindex);
+    ``ctx_headroom``: how many bytes before a tracepoint record the program reads (the
+    verifier's min_ctx_offset, negated)."""
     rc = RunContext(prog_type)
     if prog_type == "mem":
         if ctx is not None:
@@ -383,7 +387,7 @@ def build_context(prog_type: str, mem=None, ctx=None, data=None,
     else:
         if data is not None:
             raise VMError(f"prog_type {prog_type!r} has no packet: pass its context as ctx=")
-        _trace_context(rc, ctx)
+        _trace_context(rc, ctx, ctx_headroom if prog_type == "tracepoint" else 0)
     return rc
 
 
@@ -689,16 +693,22 @@ def _xdp_ctx_out(ctx_in: dict, xb: XdpBuff) -> XdpMd:
     return out
 
 
-def _trace_context(rc: RunContext, ctx) -> None:
+def _trace_context(rc: RunContext, ctx, headroom: int = 0) -> None:
+    """r1 = a read-only copy of ``ctx`` behind ``headroom`` read-only zero bytes (a tracepoint
+    program may read before its record, as the kernel lets it: what lies there in the kernel
+    is not the program's business, here it is zeros)."""
     raw = _ctx_bytes(ctx, rc.prog_type) if ctx is not None else bytes(
         TRACE_CTX_SIZE[rc.prog_type])
-    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    buf = Buffer(headroom + len(raw), init=bytes(headroom) + raw, guard=MEM_GUARD)
+    start = buf.address + headroom
+    if headroom:
+        rc.regions.append(Region(buf.address, headroom, "ctx headroom", False, buf))
     if raw:
-        rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
-    rc.r1, rc.buffer = buf.address, buf
+        rc.regions.append(Region(start, len(raw), "ctx", False, buf))
+    rc.r1, rc.buffer = start, buf
 
     def finish(r0):
-        rc.last_ctx = buf.bytes()
+        rc.last_ctx = buf.bytes()[headroom:]
     rc._finish = finish
 
 
