@@ -28,7 +28,7 @@ from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MA
                     PTR_TO_ARENA, PTR_TO_CTX, PTR_TO_FUNC, PTR_TO_MAP_VALUE, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_STACK, SCALAR_VALUE, FuncState,
                     SCALAR_ADD_CONST, Reg, VerifierState, states_equal, NOT_EXACT, EXACT,
-                    RANGE_WITHIN)
+                    RANGE_WITHIN, PTR_UNTRUSTED, RegType)
 
 INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
 JMP_STACK_LIMIT = 8192          # BPF_COMPLEXITY_LIMIT_JMP_SEQ
@@ -99,6 +99,7 @@ class Checker:
         self.max_ctx_offset = 0
         self.min_ctx_offset = 0                 # lowest (negative) ctx offset read: tracepoint
         self.kfunc0_calls: set[int] = set()     # reached kfunc calls without a function id
+        self.aux_ptr_type: dict[int, tuple] = {}  # pc -> the base type first accessed there
         self.max_pkt_offset = 0
         self.stack_depth: dict[int, int] = {sp.start: 0 for sp in cfg.subprogs}
         self.seen: dict[int, list] = {}         # pc -> [Reg per register] joined kinds (facts)
@@ -591,26 +592,53 @@ def _cast(chk: Checker, pc, form, insn):
     return pc + 1
 
 
+# save_aux_ptr_type: the kernel rewrites an access through these per instruction (ctx fields,
+# sockets, BTF objects, arena addresses), so one instruction may not reach them on one path and
+# another pointer type on another (reg_type_mismatch_ok)
+_REWRITTEN = frozenset({RegType.PTR_TO_CTX, RegType.PTR_TO_SOCKET, RegType.PTR_TO_SOCK_COMMON,
+                        RegType.PTR_TO_TCP_SOCK, RegType.PTR_TO_XDP_SOCK, RegType.PTR_TO_BTF_ID,
+                        RegType.PTR_TO_ARENA})
+_MEM_OR_BTF = (RegType.PTR_TO_MEM, RegType.PTR_TO_BTF_ID)
+
+
+def _save_aux_ptr_type(chk: Checker, pc: int, rtype, rflags: int, allow_trust: bool) -> None:
+    prev = chk.aux_ptr_type.get(pc)
+    now = (rtype, rflags)
+    if prev is None:
+        chk.aux_ptr_type[pc] = now
+    elif now != prev and (rtype in _REWRITTEN or prev[0] in _REWRITTEN):
+        if allow_trust and rtype in _MEM_OR_BTF and prev[0] in _MEM_OR_BTF:
+            chk.aux_ptr_type[pc] = (RegType.PTR_TO_BTF_ID, PTR_UNTRUSTED)
+        else:
+            chk.error("same insn cannot be used with different pointers", errno.EINVAL)
+
+
 def _ldx(chk: Checker, pc, form, insn):
-    chk.check_reg_read(insn.src)
+    src = chk.check_reg_read(insn.src)
+    rtype, rflags = src.type, src.flags
     chk.check_reg_write(insn.dst)
     mem.check_mem_access(chk, insn.src, insn.off, form.size, write=False,
                          value_regno=insn.dst, signed=form.signed)
+    _save_aux_ptr_type(chk, pc, rtype, rflags, True)
     return pc + 1
 
 
 def _st(chk: Checker, pc, form, insn):
-    chk.check_reg_read(insn.dst)
+    dst = chk.check_reg_read(insn.dst)
+    rtype, rflags = dst.type, dst.flags
     mem.check_mem_access(chk, insn.dst, insn.off, form.size, write=True, value_regno=-1,
                          imm=insn.imm)
+    _save_aux_ptr_type(chk, pc, rtype, rflags, False)
     return pc + 1
 
 
 def _stx(chk: Checker, pc, form, insn):
     chk.check_reg_read(insn.src)
-    chk.check_reg_read(insn.dst)
+    dst = chk.check_reg_read(insn.dst)
+    rtype, rflags = dst.type, dst.flags
     mem.check_mem_access(chk, insn.dst, insn.off, form.size, write=True,
                          value_regno=insn.src)
+    _save_aux_ptr_type(chk, pc, rtype, rflags, False)
     return pc + 1
 
 
