@@ -100,13 +100,14 @@ def _one(name: str, quick: bool) -> dict:
     out = {"helper": name}
     results = []
     for label, vm in (("native", VM()), ("bridge", _bridged_vm(name))):
-        with vm.load(prog, prog_type=ptype, engine="jit") as lp:
+        with vm.load(prog, prog_type=ptype, engine="jit", tier="O2") as lp:
             r0 = lp.run(data=PACKET)
             results.append((r0, lp.last_data))
             out[f"{label}_run_ns"] = _ns(lp, repeat)
     if results[0] != results[1]:
         raise BPFError(f"bench_pkt_helpers: {name} native {results[0]} != bridge {results[1]}")
-    with VM().load(_program(body, None), prog_type=ptype, engine="jit") as le:
+    with VM().load(_program(body, None), prog_type=ptype, engine="jit",
+                   tier="O2") as le:
         out["empty_run_ns"] = _ns(le, repeat)
     for label in ("native", "bridge"):
         out[f"{label}_call_ns"] = max(out[f"{label}_run_ns"] - out["empty_run_ns"], 0.01)

@@ -2,7 +2,7 @@
 
 ``benchmarks/c/switch64.h`` runs a 64-case switch (each case different work) over every byte
 of a 4 KiB buffer. ``switch64.bpf.o`` is that C compiled with ``clang-19 -O2 -target bpf`` (a
-binary search tree of compares: BPF has no jump tables), loaded with ``VM.load(engine="jit")``;
+binary search tree of compares: BPF has no jump tables), loaded with ``VM.load(engine="jit", tier="O2")``;
 ``switch64.x86_64.o`` is the same C compiled with ``clang-19 -O2`` for x86-64, placed in the
 pack allocator by pybpf's own linker (``pybpf.jit.link``; it has a jump table in ``.rodata``).
 Both are entered the same way, by the native test_run driver (``repeat`` runs in one native
@@ -70,7 +70,8 @@ def run(report=None, quick: bool = False) -> dict:
     nat = NativeSwitch()
     try:
         # trusted benchmark code (a loop over 4 KiB of mem): unverified
-        with obj.vm.load(prog, prog_type="mem", engine="jit", verify=False) as lj, \
+        with obj.vm.load(prog, prog_type="mem", engine="jit", verify=False,
+                         tier="O2") as lj, \
                 obj.vm.load(prog, prog_type="mem", engine="interp", verify=False) as li:
             want = li.run(mem=data)
             got = {"jit": lj.test_run(mem=data, repeat=5)[0],
