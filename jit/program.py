@@ -122,6 +122,7 @@ class JitProgram:
             return
         self.closed = True
         self._call = None
+        self._lower_again = None    # it holds the load's inputs (maps among them)
         with _swap_lock:
             codes = [self._code] + getattr(self, "_retired", [])
             self._retired = []
@@ -471,10 +472,14 @@ class _TierUp:
 
         def job() -> None:
             nonlocal lowered
+            if self._dropped():     # closed (or freed) before its turn came: nothing to do
+                return
             try:
                 if callable(lowered):
                     lowered = lowered()
                 keyed = _keyed(inputs, lowered, 2)
+                if self._dropped():
+                    return
                 image, _, state = _image(lowered.ir, 2, False, False, keyed)
             except Exception as exc:   # the quick code keeps running; say why it stayed
                 error = f"{type(exc).__name__}: {exc}"
@@ -499,6 +504,13 @@ class _TierUp:
             jp.timings["tier_up"] = time.perf_counter() - self.started
 
         tiers.submit(job)
+
+    def _dropped(self) -> bool:
+        """The program this compile is for was closed or freed (or the load failed)."""
+        if not self._ready.is_set():
+            return False
+        jp = self._jp() if self._jp is not None else None
+        return jp is None or jp.closed
 
     def attach(self, jp: JitProgram) -> None:
         # weakly: a program dropped while its -O2 compile runs is freed (and closed) at once
