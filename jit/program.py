@@ -472,14 +472,12 @@ class _TierUp:
 
         def job() -> None:
             nonlocal lowered
-            if self._dropped():     # closed (or freed) before its turn came: nothing to do
-                return
+            # (it runs even when the program was closed meanwhile: its -O2 code still goes to
+            # the code cache, for the next load of the same program)
             try:
                 if callable(lowered):
                     lowered = lowered()
                 keyed = _keyed(inputs, lowered, 2)
-                if self._dropped():
-                    return
                 image, _, state = _image(lowered.ir, 2, False, False, keyed)
             except Exception as exc:   # the quick code keeps running; say why it stayed
                 error = f"{type(exc).__name__}: {exc}"
@@ -504,13 +502,6 @@ class _TierUp:
             jp.timings["tier_up"] = time.perf_counter() - self.started
 
         tiers.submit(job)
-
-    def _dropped(self) -> bool:
-        """The program this compile is for was closed or freed (or the load failed)."""
-        if not self._ready.is_set():
-            return False
-        jp = self._jp() if self._jp is not None else None
-        return jp is None or jp.closed
 
     def attach(self, jp: JitProgram) -> None:
         # weakly: a program dropped while its -O2 compile runs is freed (and closed) at once
