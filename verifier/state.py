@@ -231,7 +231,7 @@ class VerifierState:
 
     __slots__ = ("frames", "refs", "branch_path", "loop_entry", "may_goto_depth",
                  "active_lock", "insn_idx", "parent", "active_rcu_lock", "hist",
-                 "first_insn_idx", "last_insn_idx")
+                 "first_insn_idx", "last_insn_idx", "hist_cnt", "hist_tag")
 
     def __init__(self) -> None:
         self.frames: list[FuncState] = [FuncState()]
@@ -244,6 +244,8 @@ class VerifierState:
         self.insn_idx = 0
         self.parent = None
         self.hist = None                      # jump history since first_insn_idx (precision.py)
+        self.hist_cnt = 0                     # its entries (the kernel's jmp_history_cnt)
+        self.hist_tag = -1                    # the processed-insn count its newest entry is for
         self.first_insn_idx = 0               # where this state's history starts
         self.last_insn_idx = -1               # a checkpoint: the instruction before it
 
@@ -267,6 +269,8 @@ class VerifierState:
         s.insn_idx = self.insn_idx
         s.parent = self.parent
         s.hist = self.hist
+        s.hist_cnt = self.hist_cnt
+        s.hist_tag = self.hist_tag
         s.first_insn_idx = self.first_insn_idx
         s.last_insn_idx = self.last_insn_idx
         return s
