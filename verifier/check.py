@@ -92,6 +92,7 @@ class Checker:
         self.prev_pc = -1
         self.popped = False
         self.map_cache: dict = {}
+        self.const_at: dict = {}             # pc -> the Reg a `rX = K` instruction writes
         from .liveness import liveness
         self.live_before = liveness(cfg, prog.instructions(), strong=False,
                                     call_uses=self._call_uses).before
@@ -241,6 +242,8 @@ class Checker:
     def _walk(self, pc: int):
         """Step the current state until its path ends; return the next pending pc or None."""
         log = self.log
+        prune_points, jmp_points, lddw_at = self.prune_points, self.jmp_points, self.lddw_at
+        form_at, handlers, push_hist = self.form_at, HANDLERS, precision.push_hist
         while True:
             self.insn_processed += 1
             if self.insn_processed > INSN_LIMIT:
@@ -249,9 +252,10 @@ class Checker:
             self.pc = pc
             prev = self.prev_pc
             # a jump into pc (anything but falling through from prev) goes in the history
-            jumped = prev < 0 or pc != prev + (2 if prev in self.lddw_at else 1)
-            self.state.last_insn_idx = prev
-            if pc in self.prune_points:
+            jumped = prev < 0 or pc != prev + (2 if prev in lddw_at else 1)
+            st = self.state
+            st.last_insn_idx = prev
+            if pc in prune_points:
                 if self._visit(pc, jumped):
                     log.pruned(prev, pc, self.popped)
                     nxt = self._path_done()
@@ -259,25 +263,27 @@ class Checker:
                         return None
                     pc = nxt
                     continue
-            if prev >= 0 and (jumped or pc in self.jmp_points):
-                precision.push_hist(self.state, pc, prev, self.insn_processed)
+                st = self.state
+            if prev >= 0 and (jumped or pc in jmp_points):
+                push_hist(st, pc, prev, self.insn_processed)
             if self.popped:
                 self.popped = False
                 if log.level >= 2:
-                    log.from_to(prev, pc, self.state)
+                    log.from_to(prev, pc, st)
             self.prev_pc = pc
-            entry = self.form_at.get(pc)
+            entry = form_at.get(pc)
             if entry is None:
                 self.error(f"invalid insn idx {pc} insn_cnt {len(self.prog.insns)}",
                            errno.EFAULT)
             form, insn = entry
-            if form.kind in _JMP_KINDS:
+            kind = form.kind
+            if kind in _JMP_KINDS:
                 self.jmps_processed += 1
             if log.enabled:
-                log.insn(pc, self.state)
+                log.insn(pc, st)
             if form.size:
                 self._record(pc, form, insn)
-            nxt = HANDLERS[form.kind](self, pc, form, insn)
+            nxt = handlers[kind](self, pc, form, insn)
             if log.enabled and nxt is not None:
                 log.after(self.state)
             if nxt is None:             # exit of the main program: this path is done
@@ -592,9 +598,28 @@ def _prune_points(prog, cfg) -> tuple[set, set]:
 
 
 # --- handlers, one per form kind --------------------------------------------------------------
+_K_CHECKED = frozenset({"div", "mod", "sdiv", "smod", "lsh", "rsh", "arsh"})
+
+
 def _alu(chk: Checker, pc, form, insn):
     op, is64 = form.op, form.width == 64
     dst = insn.dst
+    if op != "mov" and dst < 10:
+        # the common case first, with the checks below folded in: scalar op= scalar between
+        # initialised registers (nothing to refuse before adjust_reg)
+        regs = chk.state.cur.regs
+        d = regs[dst]
+        if d.type == SCALAR_VALUE:
+            if form.source == "X":
+                if insn.src < 11:
+                    src = regs[insn.src]
+                    if src.type == SCALAR_VALUE:
+                        regs[dst] = mem.adjust_reg(chk, op, d, src, is64, insn, True)
+                        return pc + 1
+            elif op not in _K_CHECKED:
+                src = _imm_reg(insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF)
+                regs[dst] = mem.adjust_reg(chk, op, d, src, is64, insn, False)
+                return pc + 1
     if form.source == "X":
         src = chk.check_reg_read(insn.src)
     else:
@@ -608,8 +633,12 @@ def _alu(chk: Checker, pc, form, insn):
     if op == "mov":
         chk.check_reg_write(dst)
         if src is None:
-            v = insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF
-            chk.set_reg(dst, Reg.scalar(v, chk.origin("a constant")))
+            # the same constant (and origin) every time this instruction runs: one Reg
+            r = chk.const_at.get(pc)
+            if r is None:
+                v = insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF
+                r = chk.const_at[pc] = Reg.scalar(v, chk.origin("a constant"))
+            chk.state.cur.regs[dst] = r
         elif is64:
             if src.type == SCALAR_VALUE and not src.id and not src.var.is_const():
                 src = src.replace(id=chk.new_id())      # assign_scalar_id_before_mov
@@ -635,10 +664,22 @@ def _alu(chk: Checker, pc, form, insn):
     d = chk.check_reg_read(dst)
     chk.check_reg_write(dst)
     if src is None:
-        imm = insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF
-        src = Reg.scalar(imm)
-    chk.set_reg(dst, mem.adjust_reg(chk, op, d, src, is64, insn, form.source == "X"))
+        src = _imm_reg(insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF)
+    chk.state.cur.regs[dst] = mem.adjust_reg(chk, op, d, src, is64, insn, form.source == "X")
     return pc + 1
+
+
+_IMM_REGS: dict = {}
+
+
+def _imm_reg(v: int) -> Reg:
+    """The K-form source operand: one (immutable) Reg per value."""
+    r = _IMM_REGS.get(v)
+    if r is None:
+        if len(_IMM_REGS) >= 4096:
+            _IMM_REGS.clear()
+        r = _IMM_REGS[v] = Reg.scalar(v)
+    return r
 
 
 def _neg(chk: Checker, pc, form, insn):
