@@ -504,13 +504,15 @@ def _unroll(st: VerifierState) -> tuple:
 
 
 def _maybe_looping(old: VerifierState, cur: VerifierState) -> bool:
-    """states_maybe_looping: the same frame depth and the innermost frame's registers alike
-    (a cheap filter before the exact comparison)."""
+    """states_maybe_looping: the same frame depth and the innermost frame's registers alike,
+    ids as they are (the kernel's memcmp up to frameno): a cheap filter before the exact
+    comparison, which maps ids."""
     if len(old.frames) != len(cur.frames):
         return False
     for a, b in zip(old.frames[-1].regs, cur.frames[-1].regs):
         if a is not b and (a.type != b.type or a.off != b.off or a.flags != b.flags or
-                           not _same_scalar(a.var, b.var)):
+                           a.id != b.id or a.ref_obj_id != b.ref_obj_id or
+                           a.range != b.range or not _same_scalar(a.var, b.var)):
             return False
     return True
 
