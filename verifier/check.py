@@ -100,6 +100,11 @@ class Checker:
         for p in iters.iter_next_pcs(prog, env):     # iterator next calls: forced checkpoints
             self.loop_points[p] = "iter_next"
         self.prune_points |= set(self.loop_points)
+        # forced checkpoints (mark_force_checkpoint). Not bpf_rbtree_add's call, which the
+        # kernel forces too: pybpf verifies its less() once per call site state instead of
+        # returning to the call for more iterations, and measured on the corpus a checkpoint
+        # there makes the counts further from the kernel's, not closer
+        self.force_points = set(self.loop_points)
         # a callback-calling helper call is a jump point too (mark_jmp_point in visit_insn)
         self.jmp_points |= {p for p, k in self.loop_points.items() if k == "callback"}
         self.insn_processed = 0
@@ -316,8 +321,12 @@ class Checker:
             lst = self.explored[key] = []
         special = self.loop_points.get(pc)     # a force checkpoint (mark_force_checkpoint)
         live = self.live_before.get(pc, 0x7FF) | 0x400
+        # an outer frame's registers live before the call it waits in (frame_insn_idx)
+        outer = [self.live_before.get(f.callsite, 0x7FF) | 0x400 for f in st.frames[1:]] \
+            if len(st.frames) > 1 else None
         # a long jump history forces a checkpoint too (jmp_history_cnt > 40)
-        force = bool(special) or st.hist_cnt > 40
+        forced = pc in self.force_points
+        force = forced or st.hist_cnt > 40
         # otherwise add a state only after 2 jumps and 8 instructions since the last one
         add_new = force or (self.jmps_processed - self.prev_jmps >= 2 and
                             self.insn_processed - self.prev_insns >= 8)
@@ -333,16 +342,18 @@ class Checker:
                     # state within the old one with the iterator still active is covered by
                     # it (the loop converged); otherwise no infinite-loop check (iterators
                     # terminate)
-                    if states_equal(cp.state, st, RANGE_WITHIN, live=live) and \
+                    if states_equal(cp.state, st, RANGE_WITHIN, live=live,
+                                    outer_live=outer) and \
                             iters.iter_active(st, st.cur.regs[1]):
                         return self._hit(cp, pc, jumped, live, cp)
                 elif special == "callback":
                     # a callback-calling insn reached again within a state still explored
-                    if states_equal(cp.state, st, RANGE_WITHIN, live=live):
+                    if states_equal(cp.state, st, RANGE_WITHIN, live=live, outer_live=outer):
                         return self._hit(cp, pc, jumped, live, cp)
                 else:
                     if special == "may_goto" and cp.state.may_goto_depth != st.may_goto_depth \
-                            and states_equal(cp.state, st, RANGE_WITHIN, live=live):
+                            and states_equal(cp.state, st, RANGE_WITHIN, live=live,
+                                             outer_live=outer):
                         return self._hit(cp, pc, jumped, live, cp)
                     # states_maybe_looping first: the innermost frame's registers alike
                     if _maybe_looping(cp.state, st) and \
@@ -361,7 +372,7 @@ class Checker:
                 # is compared range by range (the kernel's incomplete_read_marks)
                 anchor = _active_anchor(cp) if cp.pending else None
                 if states_equal(cp.state, st, RANGE_WITHIN if anchor else NOT_EXACT,
-                                live=live):
+                                live=live, outer_live=outer):
                     return self._hit(cp, pc, jumped, live, anchor)
             # a miss counts only when a state will be added here: otherwise the iterations
             # of a loop would evict the states recorded earlier (the kernel's miss_cnt)
@@ -370,7 +381,7 @@ class Checker:
             # evict a state unlikely to be useful (miss_cnt > hit_cnt * n + n; a bigger n
             # for a checkpoint of a loop still being explored, so iterators converge). An
             # evicted state still being explored stays reachable from its children.
-            n = 64 if special and cp.branches > 0 else 3
+            n = 64 if forced and cp.branches > 0 else 3
             if cp.miss > cp.hits * n + n:
                 if evict is None:
                     evict = []

@@ -464,11 +464,14 @@ def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: int,
     return stacksafe(old, cur, idmap, exact)
 
 
-def states_equal(old: VerifierState, cur: VerifierState, exact: int, live: int = 0x7FF) -> bool:
+def states_equal(old: VerifierState, cur: VerifierState, exact: int, live: int = 0x7FF,
+                 outer_live=None) -> bool:
     """Whether every path from ``cur`` is covered by the exploration from ``old`` (``exact``:
     NOT_EXACT, RANGE_WITHIN or EXACT, as the kernel's enum exact_level). ``live``: the
     innermost frame's registers some later instruction may read (dead ones are ignored, as
-    the kernel's clean_live_states does; not for the exact comparison)."""
+    the kernel's clean_live_states does; not for the exact comparison). ``outer_live``: the
+    same for the outer frames, one mask per frame (those live before the call each one is
+    in, func_states_equal's frame_insn_idx), or None to compare them whole."""
     exact = int(exact)
     if len(old.frames) != len(cur.frames) or old.active_rcu_lock != cur.active_rcu_lock:
         return False
@@ -495,6 +498,12 @@ def states_equal(old: VerifierState, cur: VerifierState, exact: int, live: int =
             return False
     last = len(old.frames) - 1
     for i, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
-        if not func_states_equal(fo, fc, idmap, exact, live if i == last else 0x7FF):
+        if i == last:
+            m = live
+        elif outer_live is not None and exact != EXACT:
+            m = outer_live[i]
+        else:
+            m = 0x7FF
+        if not func_states_equal(fo, fc, idmap, exact, m):
             return False
     return True
