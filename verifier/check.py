@@ -190,7 +190,9 @@ class Checker:
 
     def push_branch(self, st: VerifierState, pc: int) -> None:
         if len(self.pending) >= JMP_STACK_LIMIT:
-            self.error(f"The sequence of {len(self.pending)} jumps is too complex.", errno.E2BIG)
+            # push_stack counts the new entry first: stack_size > 8192 says 8193
+            self.error(f"The sequence of {len(self.pending) + 1} jumps is too complex.",
+                       errno.E2BIG)
         if st.parent is not None:
             st.parent.branches += 1
         # the log's length now: a level-1 log forgets the path explored before this branch is
