@@ -24,7 +24,8 @@ maps           hash/array map_lookup_elem per second from       the interpreter;
                JIT'd code (native lookups)                      code through the Python bridge;
                                                                 a Python dict
 pkt_helpers    ns per call of xdp_load/store_bytes,             the same JIT code through the
-               skb_load_bytes, csum_diff (native)               Python bridge
+               skb_load_bytes, xdp_adjust_head (a pair),        Python bridge
+               csum_diff (native)
 switch         a 64-way switch over 4 KiB (benchmarks/c),       the same C compiled natively
                JIT'd BPF (goal: within 2x of native)            with clang -O2
 verifier       verification time, processed insns/s, states     the running kernel's

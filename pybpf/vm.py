@@ -108,6 +108,7 @@ class VM:
             helpers = kernel_helpers(self._trace_lines, self.random)
             vm_helpers.install(helpers, self.resolve_map)
             helpers_xdp.install(helpers, self.resolve_map, fib=lambda: self.fib)
+            vm_helpers.install_kptr_xchg(helpers, self.graphs)
             helpers_control.install(helpers, self.resolve_map, lambda: self.task)
         self.helpers = helpers
         self.task = task if task is not None else helpers_control.Task()

@@ -203,6 +203,11 @@ class Generator:
             reg, used, checked, pre = self.helpers, self.used_helpers, self.checked_helpers, "h"
             missing = f"invalid func unknown#{insn.imm}"
         else:
+            if insn.imm == 0 and insn.off == 0:
+                # the verifier accepts it only as dead code (the kernel removes it); reached in
+                # an unverified program it is the kernel's fixup refusal, at run time
+                return ("raise VMError('invalid kernel function call not eliminated in verifier "
+                        f"pass', {pc})")
             reg, used, checked, pre = self.kfuncs, self.used_kfuncs, self.checked_kfuncs, "k"
             missing = f"unknown kernel function id {insn.imm}"
         h = reg.get(insn.imm) if reg is not None else None

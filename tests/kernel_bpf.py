@@ -296,8 +296,10 @@ def freeze(fd: int) -> None:
 
 
 def _has_spin_lock(btf, m) -> bool:
-    from pybpf.runtime.maps.btf_fields import spin_lock_offset
-    return spin_lock_offset(btf, m.btf_value_type) >= 0
+    """Whether the map needs its value BTF: a bpf_spin_lock or kptr fields."""
+    from pybpf.runtime.maps.btf_fields import kptr_fields, spin_lock_offset
+    return (spin_lock_offset(btf, m.btf_value_type) >= 0
+            or bool(kptr_fields(btf, m.btf_value_type)))
 
 
 def ringbuf_consume(fd: int, size: int) -> list[bytes]:
