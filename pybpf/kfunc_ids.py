@@ -57,6 +57,9 @@ KFUNC_IDS: dict[str, int] = {
     "bpf_rbtree_root": 1072,
     "bpf_rbtree_left": 1073,
     "bpf_rbtree_right": 1074,
+    # per-CPU allocated objects (kernel/bpf/helpers.c)
+    "bpf_percpu_obj_new_impl": 1075,
+    "bpf_percpu_obj_drop_impl": 1076,
 }
 
 KFUNC_NAMES: dict[int, str] = {v: k for k, v in KFUNC_IDS.items()}

@@ -24,6 +24,10 @@
 * ``bpf_obj_drop`` of an object still in a list or tree (possible only unverified) takes it out
   first; dropping anything that is not a live object is a VMError, as are graph kfuncs given a
   node that is not inside a live object.
+* ``bpf_kptr_xchg`` (helper 194) stashes an object in a ``__kptr`` field: :meth:`Graphs.
+  kptr_xchg` records what each field holds, so the element's delete or update
+  (:func:`pybpf.runtime.maps.btf_fields.free_fields`), dropping the object the field is in and
+  closing the map or the VM drop the stashed object (bpf_obj_free_fields).
 * Map close frees what its roots hold (bpf_list_head_free / bpf_rb_root_free): :meth:`Graphs.
   free_in`.
 """
@@ -41,6 +45,8 @@ from dataclasses import dataclass, field
 from pybpf.errors import VMError
 from pybpf.kfunc_ids import KFUNC_IDS
 
+from pybpf.verifier.calls import NR_CPU_IDS
+
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .memory import PACK, PROC, UNPACK, Region
 from .rbtree import RbTree
@@ -54,7 +60,9 @@ GRAPH_KFUNC_IDS = frozenset(KFUNC_IDS[n] for n in (
     "bpf_list_push_front_impl", "bpf_list_push_back_impl", "bpf_list_pop_front",
     "bpf_list_pop_back", "bpf_list_front", "bpf_list_back", "bpf_rbtree_add_impl",
     "bpf_rbtree_remove", "bpf_rbtree_first", "bpf_rbtree_root", "bpf_rbtree_left",
-    "bpf_rbtree_right"))
+    "bpf_rbtree_right", "bpf_percpu_obj_new_impl", "bpf_percpu_obj_drop_impl"))
+KPTR_XCHG_ID = 194                  # BPF_FUNC_kptr_xchg
+NR_CPUS = NR_CPU_IDS                 # per-CPU objects have a copy per possible CPU
 
 
 @dataclass
@@ -63,6 +71,7 @@ class Obj:
     size: int
     refcount: int = 1
     nodes: dict = field(default_factory=dict)     # node address -> Root holding it
+    stride: int = 0                  # a per-CPU object: each CPU's copy is this far apart
 
 
 @dataclass
@@ -135,9 +144,9 @@ def _locked(fn):
     """Runs on several threads share a VM: one lock keeps the heap and the graphs whole (the
     kernel's programs hold the root's bpf_spin_lock; the structures here are Python's)."""
     @functools.wraps(fn)
-    def wrapper(self, *args):
+    def wrapper(self, *args, **kw):
         with self.lock:
-            return fn(self, *args)
+            return fn(self, *args, **kw)
     return wrapper
 
 
@@ -149,6 +158,7 @@ class Graphs:
         self.lock = threading.RLock()
         self.heap = _NoHeap()
         self.roots: dict[int, Root] = {}
+        self.kptrs: dict[int, int] = {}      # __kptr field address -> the object stashed there
         self._regions: list[Region] = []
 
     @_locked
@@ -156,7 +166,8 @@ class Graphs:
         if self._regions:
             return
         for _, form, insn in prog.instructions():
-            if form.kind == "call" and form.op == "kfunc" and insn.imm in GRAPH_KFUNC_IDS:
+            if form.kind == "call" and (form.op == "kfunc" and insn.imm in GRAPH_KFUNC_IDS
+                                        or form.op == "helper" and insn.imm == KPTR_XCHG_ID):
                 self.heap = ObjHeap()
                 self._regions = [self.heap.region]
                 return
@@ -190,7 +201,57 @@ class Graphs:
             return
         for node, root in list(obj.nodes.items()):
             self._unlink(root, node)
+        # bpf_obj_free_fields of the object's own record: what its kptr fields hold goes too
+        for address in [a for a in self.kptrs if obj.base <= a < obj.base + obj.size]:
+            self.kptr_free(address)
         self.heap.free(obj)
+
+    @_locked
+    def percpu_obj_new(self, type_id: int, meta: int) -> int:
+        """bpf_percpu_obj_new: one copy of the struct per possible CPU (NR_CPUS, the kernel's
+        nr_cpu_ids), zeroed; the returned address is the first copy's (a per-CPU pointer the
+        program cannot dereference: bpf_this_cpu_ptr/bpf_per_cpu_ptr give a copy)."""
+        rc = ACTIVE_RUN.get()
+        btf = getattr(rc, "prog_btf", None)
+        if btf is None or not 0 < type_id < len(btf.types):
+            return 0
+        t = btf.resolve(type_id)
+        if t.kind != "struct" or not t.size:
+            return 0
+        stride = (t.size + 7) & ~7
+        base = self.heap.alloc(stride * NR_CPUS)
+        if base:
+            self.heap.objects[base].stride = stride
+        return base
+
+    def _percpu(self, ptr: int, what: str) -> Obj:
+        obj = self.heap.objects.get(ptr)
+        if obj is None or not obj.stride:
+            raise VMError(f"{what}: 0x{ptr:x} is not a per-CPU object bpf_percpu_obj_new "
+                          f"returned")
+        return obj
+
+    @_locked
+    def per_cpu_ptr(self, ptr: int, cpu: int) -> int:
+        """bpf_per_cpu_ptr: CPU ``cpu``'s copy. The kernel answers NULL for a CPU past
+        nr_cpu_ids, which its verifier lets the program dereference (an RCU per-CPU object's
+        copy is never NULL to it): pybpf refuses the run instead of handing out NULL."""
+        obj = self._percpu(ptr, "bpf_per_cpu_ptr")
+        if cpu >= NR_CPUS:
+            raise VMError(f"bpf_per_cpu_ptr: cpu {cpu} >= nr_cpu_ids ({NR_CPUS}): the kernel "
+                          f"returns NULL here, which the program may dereference")
+        return obj.base + cpu * obj.stride
+
+    @_locked
+    def this_cpu_ptr(self, ptr: int) -> int:
+        """bpf_this_cpu_ptr: the running CPU's copy (pybpf runs on CPU 0, as
+        bpf_get_smp_processor_id answers)."""
+        return self._percpu(ptr, "bpf_this_cpu_ptr").base
+
+    @_locked
+    def percpu_obj_drop(self, ptr: int, meta: int) -> int:
+        self.drop(self._percpu(ptr, "bpf_percpu_obj_drop"))
+        return 0
 
     @_locked
     def obj_drop(self, ptr: int, meta: int) -> int:
@@ -261,14 +322,53 @@ class Graphs:
 
     @_locked
     def free_in(self, start: int, size: int) -> None:
-        """Free the roots in [start, start + size) (a closed map's memory)."""
+        """Free the roots and kptrs in [start, start + size) (a closed map's memory)."""
         for address in [a for a in self.roots if start <= a < start + size]:
             self._free_root(self.roots[address])
+        for address in [a for a in self.kptrs if start <= a < start + size]:
+            self.kptr_free(address, read=False)
 
     @_locked
     def close(self) -> None:
         for root in list(self.roots.values()):
             self._free_root(root)
+        for address in list(self.kptrs):
+            self.kptr_free(address, read=False)
+
+    # -- stashed objects: bpf_kptr_xchg and __kptr fields ------------------------------------
+    @_locked
+    def kptr_xchg(self, dst: int, ptr: int) -> int:
+        """bpf_kptr_xchg: store ``ptr`` (an object, or NULL) at ``dst`` and return what was
+        there. ``dst`` must be 8 writable bytes of the run (a map value's or an object's kptr
+        field, as the verifier proved); ``ptr`` must be a live object's start."""
+        regions = ACTIVE_REGIONS.get()
+        if regions is not None:
+            regions.check(dst, 8, "write")
+        if ptr and self.heap.objects.get(ptr) is None:
+            raise VMError(f"bpf_kptr_xchg: 0x{ptr:x} is not an object bpf_obj_new returned")
+        old = UNPACK[8](PROC, dst)[0]
+        PACK[8](PROC, dst, ptr)
+        if ptr:
+            self.kptrs[dst] = ptr
+        else:
+            self.kptrs.pop(dst, None)
+        return old
+
+    @_locked
+    def kptr_free(self, address: int, read: bool = True) -> None:
+        """bpf_obj_free_fields for the kptr field at ``address``: xchg(field, NULL) and drop
+        the object. ``read``: the field's memory is still mapped (a value deleted or replaced,
+        an object dropped); a closed map's memory is gone, its record of the field is used.
+        A field that no longer holds what bpf_kptr_xchg put there (only an unverified program
+        can write it) loses its object, as the kernel would lose it."""
+        stashed = self.kptrs.pop(address, None)
+        if read:
+            if UNPACK[8](PROC, address)[0] != stashed:
+                return
+            PACK[8](PROC, address, 0)
+        obj = self.heap.objects.get(stashed) if stashed else None
+        if obj is not None:
+            self.drop(obj)
 
     def _add(self, root: Root, node: int, what: str) -> Obj | None:
         """Own ``node`` by ``root``; None (and the object dropped) if it is in a graph
@@ -398,6 +498,8 @@ def kfunc_fns(g: Graphs) -> dict:
     return {
         "bpf_obj_new_impl": (g.obj_new, None, ""),
         "bpf_obj_drop_impl": (g.obj_drop, None, ""),
+        "bpf_percpu_obj_new_impl": (g.percpu_obj_new, None, ""),
+        "bpf_percpu_obj_drop_impl": (g.percpu_obj_drop, None, ""),
         "bpf_refcount_acquire_impl": (g.refcount_acquire, None, ""),
         "bpf_list_push_front_impl": (lambda h, n, meta, off: g.push(h, n, False),
                                      graph_mem_args, ""),

@@ -135,6 +135,19 @@ def install_graph_kfuncs(kfuncs, graphs) -> None:
         kfuncs.add(Helper(proto.id, name, fn, proto, mem_args=mem_args, special=special))
 
 
+def install_kptr_xchg(helpers, graphs) -> None:
+    """bpf_kptr_xchg (helper 194) and bpf_per_cpu_ptr/bpf_this_cpu_ptr (153, 154) bound to one
+    VM's objects: the destination is checked against the run's regions inside
+    :meth:`pybpf.runtime.kfuncs_graph.Graphs.kptr_xchg` (the verifier's ARG_KPTR_XCHG_DEST is
+    no memory kind of the prototype table); the per-CPU helpers take only live per-CPU
+    objects."""
+    hid = protos.HELPER_IDS["kptr_xchg"]
+    helpers.add(Helper(hid, "kptr_xchg", graphs.kptr_xchg, protos.HELPERS[hid]))
+    for name, fn in (("per_cpu_ptr", graphs.per_cpu_ptr), ("this_cpu_ptr", graphs.this_cpu_ptr)):
+        hid = protos.HELPER_IDS[name]
+        helpers.add(Helper(hid, name, fn, protos.HELPERS[hid]))
+
+
 def install(helpers, resolve_map) -> None:
     """Add the VM helpers to ``helpers`` (a HelperRegistry) under their kernel ids."""
     for hid, mh in make_helpers(resolve_map).items():

@@ -37,7 +37,7 @@ import os
 from pybpf import isa
 from pybpf.uapi import BPF_F_RDONLY_PROG, MAP_TYPE_IDS
 
-from . import bounds, bprintf, dynptr, graph, iters, protos, special_kfuncs, spin_lock
+from . import bounds, bprintf, dynptr, graph, iters, kptr, protos, special_kfuncs, spin_lock
 from .protos import (ARG_ANYTHING, ARG_CONST_ALLOC_SIZE_OR_ZERO, ARG_CONST_MAP_PTR,
                      ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO, ARG_DONTCARE, ARG_PTR_TO_CONST_STR,
                      ARG_PTR_TO_CTX, ARG_PTR_TO_FUNC, ARG_PTR_TO_MAP_KEY, ARG_PTR_TO_MAP_VALUE,
@@ -123,7 +123,7 @@ class CallMeta:
     """What the argument checks learn (struct bpf_call_arg_meta)."""
 
     __slots__ = ("map", "mem_size", "const_map_key", "release_regno", "ref_obj_id",
-                 "subprog", "msize_max", "pkt_access", "func_id", "dynptr")
+                 "subprog", "msize_max", "pkt_access", "func_id", "dynptr", "kptr_field")
 
     def __init__(self, func_id: int, pkt_access: bool) -> None:
         self.map = None
@@ -136,6 +136,7 @@ class CallMeta:
         self.pkt_access = pkt_access
         self.func_id = func_id
         self.dynptr = None          # (type, id, ref_obj_id) of an initialised dynptr argument
+        self.kptr_field = None      # bpf_kptr_xchg: the destination's kptr.KptrField
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -218,6 +219,8 @@ def check_helper_call(chk, pc: int, insn) -> None:
     if meta.release_regno:
         if split_kind(proto.args[meta.release_regno - 1])[0] == protos.ARG_PTR_TO_DYNPTR:
             dynptr.unmark_stack_slots_dynptr(chk, meta.release_regno)
+        elif meta.ref_obj_id and hid == kptr.KPTR_XCHG:
+            kptr.release_source(chk, meta.ref_obj_id)
         elif meta.ref_obj_id:
             release_reference(chk, meta.ref_obj_id)
         elif not _is_null(regs[meta.release_regno]):
@@ -263,6 +266,9 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
     base, flags = split_kind(kind)
     if base == ARG_DONTCARE:
         return
+    if meta.func_id == kptr.KPTR_XCHG:
+        kptr.check_xchg_arg(chk, arg, meta, proto)
+        return
     regno = arg + 1
     reg = chk.check_reg_read(regno)
     if base == ARG_ANYTHING:
@@ -280,6 +286,9 @@ def check_func_arg(chk, arg: int, meta: CallMeta, proto: Prototype) -> None:
         dynptr.process_dynptr_func(chk, regno, chk.pc, uninit=protos.MEM_UNINIT in flags,
                                    rdonly=protos.MEM_RDONLY in flags, want_type=want, meta=found)
         meta.dynptr = found.get("dynptr")
+        return
+    if base == protos.ARG_PTR_TO_PERCPU_BTF_ID:
+        kptr.check_percpu_arg(chk, regno, reg, meta)
         return
     if not (_is_null(reg) and protos.PTR_MAYBE_NULL in flags):
         check_reg_type(chk, regno, base, flags)
@@ -496,6 +505,12 @@ def _record_func_key(chk, meta: CallMeta, hid: int) -> None:
     if meta.map is None or meta.map.type != "prog_array":
         # the kernel prints this one without a newline
         chk.error("expected prog array map for tail call", errno.EINVAL)
+    # a constant index in range is recorded for the call's direct jump (poke descriptor), so
+    # its value matters: precise, as the kernel marks it (fewer states pruned, its counts)
+    r3 = chk.reg(3)
+    if r3.type == SCALAR_VALUE and r3.var.is_const() and \
+            r3.var.const_value() < meta.map.max_entries:
+        chk.mark_precise(3)
 
 
 def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> None:
@@ -520,6 +535,10 @@ def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> Non
              (MEM_RINGBUF if protos.MEM_RINGBUF in flags else 0) | \
              (MEM_RDONLY if protos.MEM_RDONLY in flags else 0)
         r0 = Reg.pointer(PTR_TO_MEM, fl, mem_size=meta.mem_size, origin=origin)
+    elif base == protos.RET_PTR_TO_BTF_ID and meta.kptr_field is not None:
+        r0 = kptr.xchg_return(chk, meta)
+    elif base == "RET_PTR_TO_MEM_OR_BTF_ID" and meta.kptr_field is not None:
+        r0 = kptr.percpu_return(chk, meta, nullable)
     else:
         chk.error(f"verifier bug: unknown return type {proto.ret} of func "
                   f"{func_id_name(hid)}#{hid}", errno.EINVAL)
@@ -530,7 +549,7 @@ def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> Non
         # a data slice: tied to its dynptr (destroying the dynptr invalidates it)
         r0 = r0.replace(ref_obj_id=meta.dynptr[2])
         r0.dynptr_id = meta.dynptr[1]
-    if hid == protos.HELPER_IDS["ringbuf_reserve"]:          # is_acquire_function
+    if hid in (protos.HELPER_IDS["ringbuf_reserve"], kptr.KPTR_XCHG):   # is_acquire_function
         ref = acquire_reference(chk, pc)
         r0 = r0.replace(id=ref, ref_obj_id=ref)
     _set_r0(chk, r0)
@@ -742,6 +761,12 @@ def check_kfunc_call(chk, pc: int, insn):
     proto = proto_of(chk.env.kfunc(kid))
     if proto is None or proto.name not in graph.SPIN_ALLOWED:
         spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
+    if kid == 0 and insn.off == 0:
+        # check_kfunc_call skips a call without a function id ("return error when we find this
+        # in fixup_kfunc_call"): nothing is checked or changed, not even r0; run_checks refuses
+        # it after verification unless no path reached it
+        chk.kfunc0_calls.add(pc)
+        return None
     if proto is None:
         chk.error(f"kernel btf_id {kid & 0xFFFFFFFF} is not a function", errno.EINVAL)
     name = proto.name or f"kfunc#{kid}"
@@ -758,16 +783,22 @@ def check_kfunc_call(chk, pc: int, insn):
         # check_kfunc_args reads scalar arguments without check_reg_arg: an uninitialised one
         # is "R2 is not a scalar", not "R2 !read_ok"
         reg = chk.reg(regno) if base in _KF_NO_READ_CHECK else chk.check_reg_read(regno)
-        if reg.type == NOT_INIT and base in _KF_REG_OFF_FIRST:
-            # check_func_arg_reg_off on an unset register: its var_off is unknown
-            chk.error("variable ? access var_off=(0x0; 0xffffffffffffffff) disallowed")
         if base == protos.KF_ARG_CONST and i > 0 and \
                 split_kind(proto.args[i - 1])[0] == protos.KF_ARG_PTR_TO_MEM_SIZE:
             continue                            # the size checked with its buffer
-        if base in (protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_CTX) and \
-                (_is_null(reg) or reg.flags & PTR_MAYBE_NULL):
+        if base in _KF_TRUSTED and (_is_null(reg) or reg.flags & PTR_MAYBE_NULL):
             # Linux 6.18 as measured here checks kfunc pointer arguments as trusted ones
+            # (iterator kfuncs: KF_ITER_* implies KF_TRUSTED_ARGS)
             chk.error(f"Possibly NULL pointer passed to trusted arg{i}", errno.EACCES)
+        if base in _KF_REG_OFF_FIRST and name not in graph.NAMES:
+            # check_kfunc_args runs check_func_arg_reg_off on every pointer argument before
+            # its kind's own checks: an unset register (its var_off unknown) is "variable ?
+            # access", a ctx pointer moved back is "negative offset ctx ptr"
+            if reg.type == NOT_INIT:        # pybpf's unset register holds no var_off
+                chk.error("variable ? access var_off=(0x0; 0xffffffffffffffff) disallowed")
+            release = protos.KF_RELEASE in proto.kfunc_flags and reg.ref_obj_id
+            check_func_arg_reg_off(chk, reg, regno, ARG_DONTCARE,
+                                   frozenset({protos.OBJ_RELEASE} if release else ()))
         if base in (protos.KF_ARG_SCALAR, protos.KF_ARG_CONST):
             if reg.type != SCALAR_VALUE:
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
@@ -775,13 +806,14 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno} must be a known constant", errno.EINVAL)
             if base == protos.KF_ARG_CONST:
                 chk.mark_precise(regno)
-            if name == graph.OBJ_NEW:
+            if name in (graph.OBJ_NEW, graph.PERCPU_NEW):
                 meta["obj_new_type"] = reg.var.const_value()
         elif name in graph.NAMES:
             continue                            # verifier/graph.py checks them below
         elif base == protos.KF_ARG_PTR_TO_MAP:
             if reg.type != CONST_PTR_TO_MAP:
                 chk.error(f"pointer in R{regno} isn't map pointer", errno.EINVAL)
+            check_func_arg_reg_off(chk, reg, regno, ARG_DONTCARE, frozenset())
         elif base == protos.KF_ARG_PTR_TO_CTX:
             if reg.type != PTR_TO_CTX:
                 chk.error(f"arg#{i} expected pointer to ctx, but got {reg.type_str()}",
@@ -812,9 +844,6 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno + 1} must be a known constant", errno.EINVAL)
             meta["const_size"] = size_reg.var.const_value()
         elif base == protos.KF_ARG_PTR_TO_ITER:
-            # iterator kfuncs take trusted arguments (KF_ITER_* implies KF_TRUSTED_ARGS)
-            if _is_null(reg) or reg.flags & PTR_MAYBE_NULL:
-                chk.error(f"Possibly NULL pointer passed to trusted arg{i}")
             iters.process_iter_arg(chk, regno, proto, pc, meta)
         else:
             chk.error(f"verifier bug: unsupported kfunc arg kind {kind}", errno.EFAULT)
@@ -857,7 +886,14 @@ def check_kfunc_call(chk, pc: int, insn):
 _KF_NO_READ_CHECK = frozenset({protos.KF_ARG_SCALAR, protos.KF_ARG_CONST,
                                protos.KF_ARG_PTR_TO_MAP, protos.KF_ARG_PTR_TO_CTX,
                                protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_ITER})
-_KF_REG_OFF_FIRST = frozenset({protos.KF_ARG_PTR_TO_CTX})     # dynptrs, iterators: own words
+# the pointer kinds whose offsets check_func_arg_reg_off checks first (a map pointer's after
+# "isn't map pointer"; graph kfuncs: verifier/graph.py)
+_KF_REG_OFF_FIRST = frozenset({protos.KF_ARG_PTR_TO_CTX, protos.KF_ARG_PTR_TO_DYNPTR,
+                               protos.KF_ARG_PTR_TO_ITER, protos.KF_ARG_PTR_TO_MEM,
+                               protos.KF_ARG_PTR_TO_MEM_SIZE})
+# pointer kinds refused as "Possibly NULL pointer passed to trusted arg" when NULL
+_KF_TRUSTED = frozenset({protos.KF_ARG_PTR_TO_CTX, protos.KF_ARG_PTR_TO_DYNPTR,
+                         protos.KF_ARG_PTR_TO_ITER})
 
 
 # --- BPF-to-BPF calls ----------------------------------------------------------------------------

@@ -23,11 +23,13 @@ from __future__ import annotations
 import errno
 
 from . import protos
-from .state import MEM_ALLOC, NON_OWN_REF, PTR_MAYBE_NULL, PTR_TO_BTF_ID, PTR_TO_FUNC, \
+from .state import MEM_ALLOC, MEM_PERCPU, NON_OWN_REF, PTR_MAYBE_NULL, PTR_TO_BTF_ID, PTR_TO_FUNC, \
     PTR_TO_MAP_VALUE, PTR_TRUSTED, Reg, SCALAR_VALUE
 
 OBJ_NEW, OBJ_DROP, REFCOUNT_ACQUIRE = ("bpf_obj_new_impl", "bpf_obj_drop_impl",
                                        "bpf_refcount_acquire_impl")
+PERCPU_NEW, PERCPU_DROP = "bpf_percpu_obj_new_impl", "bpf_percpu_obj_drop_impl"
+PERCPU_MAX_SIZE = 512                   # BPF_GLOBAL_PERCPU_MA_MAX_SIZE
 LIST_PUSH = ("bpf_list_push_front_impl", "bpf_list_push_back_impl")
 LIST_POP = ("bpf_list_pop_front", "bpf_list_pop_back")
 LIST_PEEK = ("bpf_list_front", "bpf_list_back")
@@ -38,7 +40,7 @@ RBTREE_API = frozenset({RB_ADD, RB_REMOVE, RB_FIRST, *RB_WALK})
 # kfunc_spin_allowed: graph kfuncs (and the numeric iterator) may run under a bpf_spin_lock
 SPIN_ALLOWED = LIST_API | RBTREE_API | {REFCOUNT_ACQUIRE, "bpf_iter_num_new",
                                         "bpf_iter_num_next", "bpf_iter_num_destroy"}
-NAMES = LIST_API | RBTREE_API | {OBJ_NEW, OBJ_DROP, REFCOUNT_ACQUIRE}
+NAMES = LIST_API | RBTREE_API | {OBJ_NEW, OBJ_DROP, REFCOUNT_ACQUIRE, PERCPU_NEW, PERCPU_DROP}
 
 # btf_field_type_name and sizes of the special fields a local struct may hold
 _SPECIAL = {"bpf_list_node": 24, "bpf_rb_node": 32, "bpf_list_head": 16, "bpf_rb_root": 16,
@@ -64,6 +66,15 @@ class AllocType:
             self.members[m.name] = m.bit_offset // 8
             if mt.kind == "struct" and mt.name in _SPECIAL:
                 self.fields[m.bit_offset // 8] = (mt.name, _SPECIAL[mt.name])
+        # kptr fields of the object (bpf_kptr_xchg's destinations): "direct access to kptr"
+        from pybpf.errors import MapError
+        from .kptr import KPTR_SIZE, kptr_fields
+        try:
+            self.kptrs = kptr_fields(btf, t.id)
+        except MapError:
+            self.kptrs = {}
+        for off, k in self.kptrs.items():
+            self.fields[off] = (k.field_name, KPTR_SIZE)
 
     @classmethod
     def of(cls, btf, type_id: int) -> "AllocType":
@@ -197,10 +208,17 @@ def check_args(chk, pc: int, proto, meta: dict) -> None:
             _node_arg(chk, regno, reg, root, name, owning=name == RB_ADD or name in LIST_PUSH)
             meta["node_ref"] = reg.ref_obj_id
         elif base == protos.KF_ARG_PTR_TO_ALLOC_BTF_ID:
-            if reg.is_pointer and not reg.ref_obj_id and not reg.flags & (
-                    MEM_ALLOC | PTR_TRUSTED | NON_OWN_REF):
+            trusted = MEM_ALLOC | PTR_TRUSTED | NON_OWN_REF     # is_trusted_reg's modifiers
+            if reg.is_pointer and not reg.ref_obj_id and not (
+                    reg.flags & trusted and not reg.flags & ~trusted):
                 chk.error(f"R{regno} must be referenced or trusted", errno.EINVAL)
-            if reg.type != PTR_TO_BTF_ID or reg.flags != MEM_ALLOC:
+            if reg.type == PTR_TO_BTF_ID and reg.flags == MEM_ALLOC:
+                if name != OBJ_DROP:
+                    chk.error(f"arg#{i} expected for {OBJ_DROP}()", errno.EINVAL)
+            elif reg.type == PTR_TO_BTF_ID and reg.flags == MEM_ALLOC | MEM_PERCPU:
+                if name != PERCPU_DROP:
+                    chk.error(f"arg#{i} expected for {PERCPU_DROP}()", errno.EINVAL)
+            else:
                 chk.error(f"arg#{i} expected pointer to allocated object", errno.EINVAL)
             if not reg.ref_obj_id:
                 chk.error("allocated object must be referenced", errno.EINVAL)
@@ -222,6 +240,28 @@ def check_args(chk, pc: int, proto, meta: dict) -> None:
             meta["callback"] = reg.subprog
         else:
             chk.error(f"verifier bug: unsupported kfunc arg kind {kind}", errno.EFAULT)
+
+
+def _scalar_struct(chk, btf, t, depth: int) -> bool:
+    """__btf_type_is_scalar_struct: members are scalars, arrays of scalars or such structs."""
+    if t.kind != "struct":
+        return False
+    for m in t.members:
+        mt = btf.resolve(m.type)
+        if mt.kind == "struct":
+            if depth >= 3:
+                chk.log.line("max struct nesting depth exceeded")
+                return False
+            if not _scalar_struct(chk, btf, mt, depth + 1):
+                return False
+            continue
+        if mt.kind == "array":
+            if not mt.nelems:
+                return False
+            mt = btf.resolve(mt.elem_type)
+        if mt.kind not in ("int", "enum"):                 # btf_type_is_scalar
+            return False
+    return True
 
 
 # --- effects and r0 --------------------------------------------------------------------------
@@ -265,7 +305,7 @@ def finish_call(chk, pc: int, proto, meta: dict) -> Reg | None:
     from .calls import acquire_reference, release_reference
     name = proto.name
     origin = chk.origin(name)
-    if name == OBJ_NEW:
+    if name in (OBJ_NEW, PERCPU_NEW):
         btf = getattr(chk.prog, "btf", None)
         if btf is None:
             chk.error("bpf_obj_new/bpf_percpu_obj_new requires prog BTF", errno.EINVAL)
@@ -274,9 +314,21 @@ def finish_call(chk, pc: int, proto, meta: dict) -> Reg | None:
             chk.error("bpf_obj_new/bpf_percpu_obj_new type ID argument must be of a struct",
                       errno.EINVAL)
         t = AllocType.of(btf, tid)
+        flags = PTR_MAYBE_NULL
+        if name == PERCPU_NEW:
+            if t.size > PERCPU_MAX_SIZE:
+                chk.error(f"bpf_percpu_obj_new type size ({t.size}) is greater than "
+                          f"{PERCPU_MAX_SIZE}", errno.EINVAL)
+            if not _scalar_struct(chk, btf, btf.resolve(tid), 0):
+                chk.error("bpf_percpu_obj_new type ID argument must be of a struct of scalars",
+                          errno.EINVAL)
+            if t.fields:
+                chk.error("bpf_percpu_obj_new type ID argument must not contain special "
+                          "fields", errno.EINVAL)
+            flags |= MEM_PERCPU
         ref = acquire_reference(chk, pc)
-        return alloc_reg(t, PTR_MAYBE_NULL, 0, origin).replace(id=ref, ref_obj_id=ref)
-    if name == OBJ_DROP:
+        return alloc_reg(t, flags, 0, origin).replace(id=ref, ref_obj_id=ref)
+    if name in (OBJ_DROP, PERCPU_DROP):
         release_reference(chk, meta["release_ref"])
         return None
     if name == REFCOUNT_ACQUIRE:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import errno
 
 from pybpf.uapi import BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG
-from . import bounds, dynptr, precision, spin_lock
+from . import bounds, dynptr, kptr, precision, spin_lock
 from .state import (BPF_REG_SIZE, CONST_PTR_TO_MAP, MAX_BPF_STACK, MEM_ALLOC, MEM_RDONLY, NOT_INIT,
                     PACKET_TYPES, PTR_MAYBE_NULL, PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_BUF,
                     PTR_TO_CTX, PTR_TO_FLOW_KEYS, PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
                     PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_END, PTR_TO_PACKET_META,
                     PTR_TO_SOCK_COMMON, PTR_TO_SOCKET, PTR_TO_STACK, PTR_TO_TCP_SOCK,
-                    PTR_TO_XDP_SOCK, SCALAR_ADD_CONST,
+                    PTR_TO_XDP_SOCK, PTR_UNTRUSTED, SCALAR_ADD_CONST, MEM_PERCPU,
                     PTR_TO_TP_BUFFER, SCALAR_VALUE, STACK_DYNPTR, STACK_INVALID,
                     STACK_IRQ_FLAG, STACK_ITER, STACK_MISC, STACK_SPILL, STACK_ZERO, Reg, Slot,
                     type_str)
@@ -172,6 +172,9 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
                       f"size={size}")
         _region_access(chk, regno, reg, off, size, m.value_size, "map_value")
         spin_lock.check_field_access(chk, reg, off, size)
+        kptr.check_field_access(chk, reg, off, size, helper=False)
+        if kptr.check_map_kptr_access(chk, reg, off, write, value_regno, imm, strict):
+            return
         _load_result(chk, value_regno, write, size, signed, f"a load from map '{m.name}'")
     elif t == PTR_TO_MAP_KEY:
         if write:
@@ -196,6 +199,10 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
         from .map_btf import check_ptr_to_map_access
         check_ptr_to_map_access(chk, regno, reg.map, off, size, write)
         _load_result(chk, value_regno, write, size, signed, "a struct bpf_map field")
+    elif t == PTR_TO_BTF_ID and flags & (PTR_UNTRUSTED | MEM_PERCPU) and \
+            reg.btf_type is not None:
+        kptr.check_untrusted_access(chk, regno, reg, off, size, write)
+        _load_result(chk, value_regno, write, size, signed, "an untrusted object load")
     elif t == PTR_TO_BTF_ID and flags & MEM_ALLOC:
         from .graph import check_access
         check_access(chk, regno, reg, off, size, write)
@@ -241,11 +248,11 @@ def _check_alignment(chk, reg: Reg, off: int, size: int, strict: bool = False) -
     v = reg.var
     if reg.type in PACKET_TYPES:
         # check_pkt_ptr_alignment: NET_IP_ALIGN (2) in front of the packet
-        if v.var_off.mask & (size - 1) or (v.var_off.value + 2 + reg.off + off) & (size - 1):
+        if v.tm & (size - 1) or (v.tv + 2 + reg.off + off) & (size - 1):
             chk.error(f"misaligned packet access off 2+{_tnum_short(v)}+{reg.off}+{off} "
                       f"size {size}")
         return
-    if v.var_off.mask & (size - 1) or (v.var_off.value + reg.off + off) & (size - 1):
+    if v.tm & (size - 1) or (v.tv + reg.off + off) & (size - 1):       # var_off, raw
         desc = '' if reg.flags & PTR_MAYBE_NULL else _ALIGN_DESC.get(reg.type, '')
         chk.error(f"misaligned {desc}access off "
                   f"{_tnum_short(v)}+{reg.off}+{off} size {size}")
@@ -329,6 +336,7 @@ def _ctx_access(chk, regno, reg, off, size, write, value_regno, signed) -> None:
     if res is None:
         chk.error(f"invalid bpf_context access off={off} size={size}")
     chk.max_ctx_offset = max(chk.max_ctx_offset, off + size)
+    chk.min_ctx_offset = min(chk.min_ctx_offset, off)      # a read before a tracepoint record
     rtype, rflags = res
     if not write and value_regno >= 0:
         if rtype == SCALAR_VALUE:
@@ -650,6 +658,7 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
         _region_access(chk, regno, reg, reg.off, size, reg.map.value_size, "map_value",
                        zero_size_allowed)
         spin_lock.check_field_access(chk, reg, reg.off, size)
+        kptr.check_field_access(chk, reg, reg.off, size, helper=True)
     elif t == PTR_TO_MEM:
         if write and reg.flags & MEM_RDONLY:
             chk.error(f"R{regno} cannot write into {reg.type_str()}")

@@ -22,6 +22,7 @@ helper``); ``tests/test_protos.py`` re-measures it against the running kernel.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 from pybpf.helper_names import HELPER_IDS, HELPER_NAMES  # noqa: F401  (re-exported)
@@ -48,6 +49,8 @@ ARG_PTR_TO_BTF_ID = "ARG_PTR_TO_BTF_ID"
 ARG_PTR_TO_DYNPTR = "ARG_PTR_TO_DYNPTR"
 ARG_PTR_TO_TIMER = "ARG_PTR_TO_TIMER"
 ARG_PTR_TO_KPTR = "ARG_PTR_TO_KPTR"
+ARG_PTR_TO_PERCPU_BTF_ID = "ARG_PTR_TO_PERCPU_BTF_ID"   # a per-CPU object (bpf_per_cpu_ptr)
+ARG_KPTR_XCHG_DEST = "ARG_KPTR_XCHG_DEST"   # a map value's or an object's referenced kptr field
 ARG_PTR_TO_SOCKET = "ARG_PTR_TO_SOCKET"
 ARG_PTR_TO_SOCK_COMMON = "ARG_PTR_TO_SOCK_COMMON"
 ARG_PTR_TO_ARENA = "ARG_PTR_TO_ARENA"
@@ -270,8 +273,23 @@ class Prototype:
 
         ``kind`` is "write" (``ARG_PTR_TO_MEM``, also ``MEM_UNINIT|MEM_WRITE``), "read"
         (``MEM_RDONLY``), "str" (``ARG_PTR_TO_CONST_STR``) or "ringbuf" (a ring buffer sample,
-        checked by the helper against the ring's books).
+        checked by the helper against the ring's books). Computed once per prototype
+        (a copy of :attr:`_memory_args`); the engines' run-time check reads
+        :attr:`memory_checks`.
         """
+        return list(self._memory_args)
+
+    def fixed_memory_args(self) -> list[tuple[int, int, str]]:
+        """(pointer arg index, byte size, "read"/"write") of each ``MEM_FIXED_SIZE`` argument
+        (``arg_size`` gives the size, as the kernel's ``arg%d_size``) and of each
+        ``struct bpf_spin_lock`` (4 bytes). Computed once per prototype (a copy)."""
+        return list(self._fixed_memory_args)
+
+    # The three below are cached in the instance's __dict__ (a frozen dataclass allows that to
+    # functools.cached_property); they are not fields, so equality, dataclasses.replace and
+    # the verdict keys (pybpf/verdicts.py reads fields only) never see them.
+    @functools.cached_property
+    def _memory_args(self) -> tuple[tuple[int, int | None, str], ...]:
         out = []
         for i, a in enumerate(self.args):
             base, flags = split_kind(a)
@@ -288,12 +306,10 @@ class Prototype:
                     ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO)
                 out.append((i, i + 1 if sized else None,
                             "read" if MEM_RDONLY in flags else "write"))
-        return out
+        return tuple(out)
 
-    def fixed_memory_args(self) -> list[tuple[int, int, str]]:
-        """(pointer arg index, byte size, "read"/"write") of each ``MEM_FIXED_SIZE`` argument
-        (``arg_size`` gives the size, as the kernel's ``arg%d_size``) and of each
-        ``struct bpf_spin_lock`` (4 bytes)."""
+    @functools.cached_property
+    def _fixed_memory_args(self) -> tuple[tuple[int, int, str], ...]:
         out = []
         for i, a in enumerate(self.args):
             base, flags = split_kind(a)
@@ -302,7 +318,21 @@ class Prototype:
                             "read" if MEM_RDONLY in flags else "write"))
             elif base == ARG_PTR_TO_SPIN_LOCK:
                 out.append((i, 4, "write"))     # struct bpf_spin_lock: the lock word
-        return out
+        return tuple(out)
+
+    @functools.cached_property
+    def memory_checks(self) -> tuple[tuple[int, int | None, int, str, bool], ...]:
+        """:meth:`memory_args` and :meth:`fixed_memory_args` as one plan for the run-time
+        argument check (runtime/helpers.py ``check_args``): (pointer arg index, size arg index
+        or None, size when there is no size argument, kind, whether a size of 0 skips the
+        check (``ARG_CONST_SIZE_OR_ZERO``)). Computed once per prototype."""
+        out = []
+        for pi, si, kind in self._memory_args:
+            zero_ok = si is not None and self.args[si].endswith("OR_ZERO")
+            out.append((pi, si, 1, kind, zero_ok))
+        for pi, size, kind in self._fixed_memory_args:
+            out.append((pi, None, size, kind, False))
+        return tuple(out)
 
     def map_args(self) -> list[tuple[int, str, str]]:
         """(arg index, "key" or "value", "read"/"write") for pointers sized by the map."""
@@ -432,6 +462,15 @@ _HELPER_ROWS = (
     _h("perf_event_output", RET_INTEGER, ARG_PTR_TO_CTX, MAP_PTR, ANY, ARG_PTR_TO_MEM_RDONLY,
        ARG_CONST_SIZE_OR_ZERO, gpl=True),
     _h("get_local_storage", RET_PTR_TO_MAP_VALUE, MAP_PTR, ANY),
+    # allocated objects stashed in map values and objects (kernel/bpf/helpers.c; verifier/kptr.py,
+    # runtime/kfuncs_graph.py Graphs.kptr_xchg): r0's type is the destination field's
+    _h("kptr_xchg", RET_PTR_TO_BTF_ID + "|" + PTR_MAYBE_NULL, ARG_KPTR_XCHG_DEST,
+       ARG_PTR_TO_BTF_ID + "|" + PTR_MAYBE_NULL + "|" + OBJ_RELEASE),
+    # one CPU's copy of a per-CPU object (kernel/bpf/helpers.c): pybpf has no per-CPU kernel
+    # variables (ksyms), only bpf_percpu_obj_new's objects
+    _h("per_cpu_ptr", "RET_PTR_TO_MEM_OR_BTF_ID|PTR_MAYBE_NULL|MEM_RDONLY",
+       ARG_PTR_TO_PERCPU_BTF_ID, ANY),
+    _h("this_cpu_ptr", "RET_PTR_TO_MEM_OR_BTF_ID|MEM_RDONLY", ARG_PTR_TO_PERCPU_BTF_ID),
     # XDP packets and redirects (net/core/filter.c: xdp_func_proto). bpf_redirect (23) is one
     # id with two prototypes in the kernel (bpf_redirect_proto for tc, bpf_xdp_redirect_proto);
     # both are (ARG_ANYTHING, ARG_ANYTHING), the implementation picks by the run's type.
@@ -604,6 +643,12 @@ _KFUNC_ROWS = (
           (RET_VOID, (KF_ARG_PTR_TO_ALLOC_BTF_ID + "|" + OBJ_RELEASE, KF_ARG_IGNORE),
            "bpf_obj_drop_impl", (KF_RELEASE,),
            "void bpf_obj_drop_impl(void *p__alloc, void *meta__ign)"),
+          ("RET_PTR_TO_BTF_ID|MEM_ALLOC|MEM_PERCPU|PTR_MAYBE_NULL", (KF_ARG_CONST, KF_ARG_IGNORE),
+           "bpf_percpu_obj_new_impl", (KF_ACQUIRE, KF_RET_NULL),
+           "void *bpf_percpu_obj_new_impl(u64 local_type_id__k, void *meta__ign)"),
+          (RET_VOID, (KF_ARG_PTR_TO_ALLOC_BTF_ID + "|" + OBJ_RELEASE, KF_ARG_IGNORE),
+           "bpf_percpu_obj_drop_impl", (KF_RELEASE,),
+           "void bpf_percpu_obj_drop_impl(void *p__alloc, void *meta__ign)"),
           (_ALLOC_OR_NULL, (KF_ARG_PTR_TO_REFCOUNTED_KPTR, KF_ARG_IGNORE),
            "bpf_refcount_acquire_impl", (KF_ACQUIRE, KF_RET_NULL, "KF_RCU"),
            "void *bpf_refcount_acquire_impl(void *p__refcounted_kptr, void *meta__ign)"),

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import errno
 
-from .state import PTR_TO_BTF_ID, PTR_TRUSTED, PTR_UNTRUSTED, Reg
+from .state import (MEM_ALLOC, MEM_RCU, NON_OWN_REF, PTR_MAYBE_NULL, PTR_TO_BTF_ID, PTR_TRUSTED,
+                    PTR_UNTRUSTED, Reg)
 
 RCU_LOCK, RCU_UNLOCK = "bpf_rcu_read_lock", "bpf_rcu_read_unlock"
 THROW = "bpf_throw"
@@ -42,6 +43,12 @@ def check_rcu(chk, proto) -> None:
         if name == RCU_LOCK:
             chk.error(f"nested rcu read lock (kernel function {name})", errno.EINVAL)
         elif name == RCU_UNLOCK:
+            # every RCU-protected pointer becomes untrusted (a kptr loaded in the section): no
+            # longer an allocated object one may write (measured on Linux 6.18: a store
+            # through it is "only read is supported")
+            st.map_regs(lambda r: r.replace(
+                flags=r.flags & ~(MEM_RCU | PTR_MAYBE_NULL | MEM_ALLOC | NON_OWN_REF)
+                | PTR_UNTRUSTED) if r.flags & MEM_RCU else None)
             st.active_rcu_lock = False
         elif "KF_SLEEPABLE" in proto.kfunc_flags:
             chk.error(f"kernel func {name} is sleepable within rcu_read_lock region")

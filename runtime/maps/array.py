@@ -75,10 +75,10 @@ class ArrayMap(Map):
         if flags & ~BPF_F_LOCK == BPF_NOEXIST:
             return -errno.EEXIST
         base = self.data_address + i * self.elem_size
-        if self.spin_lock_off >= 0 and not self.percpu:
-            # copy_map_value(_locked): the lock word keeps its state
+        if (self.spin_lock_off >= 0 or self.kptr_fields) and not self.percpu:
+            # copy_map_value(_locked): the lock word keeps its state, kptrs are not copied
             btf_fields.copy_value(self, base, value[:self.value_size], bool(flags & BPF_F_LOCK))
-            if self.graph_roots:        # array_map_update_elem: bpf_obj_free_fields
+            if btf_fields.has_fields(self):     # array_map_update_elem: bpf_obj_free_fields
                 btf_fields.free_fields(self, base)
         elif onallcpus:
             ctypes.memmove(base, value, self.elem_size)

@@ -260,6 +260,7 @@ class Map:
     btf = False             # created with value BTF (maps.btf_fields.attach)
     spin_lock_off = -1      # offset of the value's struct bpf_spin_lock, -1 without
     graph_roots: dict = {}  # offset -> btf_fields.GraphRoot (bpf_list_head, bpf_rb_root)
+    kptr_fields: dict = {}  # offset -> btf_fields.KptrField (__kptr, __kptr_untrusted)
     # The kernel's map_gen_lookup: a map whose lookup the JIT may inline defines
     # ``gen_lookup(ir, key) -> r0`` building LLVM IR with the kit pybpf.jit.maps passes in (``key``
     # the i64 key address; r0 the value's address or 0). None: lookups call the helper.
@@ -394,9 +395,9 @@ class Map:
         addr = self._value_base(self._key(key))
         check(addr, errno.ENOENT, f"key {key.hex()} not found")
         value = ctypes.string_at(addr, self.sys_value_size)
-        if self.spin_lock_off >= 0 and not self.percpu:
+        if (self.spin_lock_off >= 0 or self.kptr_fields) and not self.percpu:
             from .btf_fields import without_special
-            value = without_special(self, value)    # user space never sees the lock or roots
+            value = without_special(self, value)    # user space never sees locks, roots, kptrs
         return value
 
     def sys_update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:

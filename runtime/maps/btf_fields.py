@@ -13,6 +13,12 @@ them as ``map.graph_roots`` (:class:`GraphRoot` by offset), which the verifier's
 (:mod:`pybpf.runtime.kfuncs_graph`) read. As the kernel, a value with a graph root must hold a
 bpf_spin_lock too (EINVAL), and the contained type must be a struct of the same BTF with a
 ``bpf_list_node`` / ``bpf_rb_node`` of that name.
+
+``__kptr`` fields (:mod:`pybpf.verifier.kptr` parses them: one parser for the verifier and the
+maps): ``map.kptr_fields``; :func:`free_fields` drops what they hold, :func:`without_kptrs`
+keeps user space from reading or writing them (copy_map_value skips them), so a field only
+ever holds what bpf_kptr_xchg put there. Kptrs live in array and hash values (not per-CPU ones
+in pybpf), as map_check_btf allows.
 """
 from __future__ import annotations
 
@@ -120,6 +126,12 @@ def graph_roots(btf, type_id: int, var_offsets: dict | None = None) -> dict[int,
     return out
 
 
+from pybpf.verifier.kptr import KPTR_SIZE, KptrField, kptr_fields  # noqa: F401,E402  (one parser)
+
+# map_check_btf: the map types that may hold kptrs (the storage maps pybpf does not have)
+KPTR_MAP_TYPES = ("hash", "lru_hash", "array", "percpu_hash", "lru_percpu_hash", "percpu_array")
+
+
 def attach(m, btf, value_type_id: int, var_offsets: dict | None = None) -> None:
     """Record ``m``'s BTF facts (called by the ELF loader after creating the map;
     ``var_offsets``: a global data map's variables by name)."""
@@ -130,6 +142,14 @@ def attach(m, btf, value_type_id: int, var_offsets: dict | None = None) -> None:
         raise MapError(f"map {getattr(m, 'name', '')!r}: a value with a "
                        f"{next(iter(roots.values())).kind} needs a bpf_spin_lock", errno.EINVAL)
     m.graph_roots = roots
+    kptrs = kptr_fields(btf, value_type_id, var_offsets)
+    if kptrs and m.type not in KPTR_MAP_TYPES:
+        raise MapError(f"map {getattr(m, 'name', '')!r}: a {m.type} map cannot hold kptrs",
+                       errno.EOPNOTSUPP)
+    if kptrs and getattr(m, "percpu", False):
+        raise MapError(f"map {getattr(m, 'name', '')!r}: kptrs in per-CPU values are not "
+                       f"supported by pybpf", errno.EOPNOTSUPP)
+    m.kptr_fields = kptrs
 
 
 def free_fields(m, base: int) -> None:
@@ -140,11 +160,28 @@ def free_fields(m, base: int) -> None:
         return
     for off in m.graph_roots:
         graphs.free_at(base + off)
+    for off in getattr(m, "kptr_fields", {}):
+        graphs.kptr_free(base + off)
+
+
+def has_fields(m) -> bool:
+    """Whether bpf_obj_free_fields has anything to free in ``m``'s values."""
+    return bool(getattr(m, "graph_roots", None) or getattr(m, "kptr_fields", None))
+
+
+def without_kptrs(m, value: bytes) -> bytes:
+    """``value`` with its kptr fields zeroed: what user space reads, and what a value written
+    into a map brings there (copy_map_value skips the fields; a new element starts with NULL),
+    so a kptr field only ever holds what bpf_kptr_xchg put there."""
+    for off in getattr(m, "kptr_fields", {}):
+        if len(value) >= off + KPTR_SIZE:
+            value = value[:off] + bytes(KPTR_SIZE) + value[off + KPTR_SIZE:]
+    return value
 
 
 def without_special(m, value: bytes) -> bytes:
     """``value`` with its lock and graph roots zeroed, as user space reads it."""
-    value = without_lock(m, value)
+    value = without_kptrs(m, without_lock(m, value))
     for off in getattr(m, "graph_roots", {}):
         if len(value) >= off + ROOT_SIZE:
             value = value[:off] + bytes(ROOT_SIZE) + value[off + ROOT_SIZE:]
@@ -164,6 +201,8 @@ def copy_value(m, dst: int, value: bytes, locked: bool) -> None:
     """copy_map_value(_locked): write ``value`` at ``dst`` except the lock word, which keeps
     its state; with ``locked`` (BPF_F_LOCK) the value's own lock is held during the copy."""
     import ctypes
+    for k in getattr(m, "kptr_fields", {}):     # copy_map_value skips them: they keep theirs
+        value = value[:k] + ctypes.string_at(dst + k, KPTR_SIZE) + value[k + KPTR_SIZE:]
     off = m.spin_lock_off
     if off < 0:
         ctypes.memmove(dst, value, len(value))

@@ -213,7 +213,7 @@ class HashMap(Map):
             link = self._elem_off(cur - 1) + OFF_NEXT
         self._store32(link, nxt)
         view[off + OFF_IN_USE] = 0
-        if self.graph_roots:            # check_and_free_fields: lists and trees it held go
+        if btf_fields.has_fields(self):  # check_and_free_fields: lists, trees, kptrs it held go
             btf_fields.free_fields(self, self.elems_address + off - self._elems_off
                                    + self.value_off)
         self._pending.append((grace.retire(), slot))
@@ -249,6 +249,8 @@ class HashMap(Map):
                     return 0
                 flags &= ~BPF_F_LOCK
             value = btf_fields.without_lock(self, value)    # a new element's lock is free
+        if self.kptr_fields and not self.percpu:
+            value = btf_fields.without_kptrs(self, value)   # a new element's kptrs are NULL
         while True:
             with self._lock:
                 err = self._update_locked(key, value, flags, onallcpus)
