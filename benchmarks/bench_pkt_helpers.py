@@ -9,6 +9,7 @@ packet helper cost before. Both must return the same r0 and packet, or the run f
 
 * ``xdp_load_bytes`` (16 bytes at offset 14) and ``xdp_store_bytes`` (4 bytes), XDP;
 * ``skb_load_bytes`` (16 bytes at offset 14), tc;
+* ``xdp_adjust_head`` down 8 bytes and back (two calls, the figure is per pair), XDP;
 * ``csum_diff`` of a 4-byte and a 16-byte buffer (constant sizes), tc.
 
 ``run()`` returns a dict; ``python -m pybpf.benchmarks.bench_pkt_helpers [--quick]`` prints a
@@ -48,6 +49,16 @@ CALLS = {
         r3 = r10
         r3 += -16
         r4 = 16
+        call {id}
+        {ret}"""),
+    # two calls (the head 8 bytes down and back, so repeated runs see the same packet): the
+    # figure is ns per pair
+    "xdp_adjust_head": ("xdp", """
+        r6 = r1
+        r2 = -8
+        call {id}
+        r1 = r6
+        r2 = 8
         call {id}
         {ret}"""),
     "csum_diff": ("sched_cls", """
@@ -100,13 +111,13 @@ def _one(name: str, quick: bool) -> dict:
     out = {"helper": name}
     results = []
     for label, vm in (("native", VM()), ("bridge", _bridged_vm(name))):
-        with vm.load(prog, prog_type=ptype, engine="jit") as lp:
+        with vm.load(prog, prog_type=ptype, engine="jit", tier="O2") as lp:
             r0 = lp.run(data=PACKET)
             results.append((r0, lp.last_data))
             out[f"{label}_run_ns"] = _ns(lp, repeat)
     if results[0] != results[1]:
         raise BPFError(f"bench_pkt_helpers: {name} native {results[0]} != bridge {results[1]}")
-    with VM().load(_program(body, None), prog_type=ptype, engine="jit") as le:
+    with VM().load(_program(body, None), prog_type=ptype, engine="jit", tier="O2") as le:
         out["empty_run_ns"] = _ns(le, repeat)
     for label in ("native", "bridge"):
         out[f"{label}_call_ns"] = max(out[f"{label}_run_ns"] - out["empty_run_ns"], 0.01)

@@ -2,7 +2,12 @@
 
 ``benchmarks/c/switch64.h`` runs a 64-case switch (each case different work) over every byte
 of a 4 KiB buffer. ``switch64.bpf.o`` is that C compiled with ``clang-19 -O2 -target bpf`` (a
-binary search tree of compares: BPF has no jump tables), loaded with ``VM.load(engine="jit")``;
+binary search tree of compares: BPF has no jump tables; jit/switches.py turns it back into an
+LLVM switch, so the JIT's code has a jump table too), loaded with ``VM.load(engine="jit",
+tier="O2")`` as an unverified load (pybpf's verifier refuses the 4 KiB loop with a 64-way
+branch in it, "The sequence of 8192 jumps is too complex"; the kernel
+refuses the program sooner, as a syscall program has no r2), so its code also charges the run
+budget once per iteration, at the loop head's latch (jit/lower.py back_edge);
 ``switch64.x86_64.o`` is the same C compiled with ``clang-19 -O2`` for x86-64, placed in the
 pack allocator by pybpf's own linker (``pybpf.jit.link``; it has a jump table in ``.rodata``).
 Both are entered the same way, by the native test_run driver (``repeat`` runs in one native
@@ -70,7 +75,7 @@ def run(report=None, quick: bool = False) -> dict:
     nat = NativeSwitch()
     try:
         # trusted benchmark code (a loop over 4 KiB of mem): unverified
-        with obj.vm.load(prog, prog_type="mem", engine="jit", verify=False) as lj, \
+        with obj.vm.load(prog, prog_type="mem", engine="jit", verify=False, tier="O2") as lj, \
                 obj.vm.load(prog, prog_type="mem", engine="interp", verify=False) as li:
             want = li.run(mem=data)
             got = {"jit": lj.test_run(mem=data, repeat=5)[0],

@@ -26,9 +26,10 @@ Same contract as the LLVM code (jit/lower.py), and the same run-time behaviour:
   INT_MIN, x%-1 = 0), shifts masked to the width (x86 masks them the same way), 32-bit results
   zero-extended, sign-extending loads and movsx, byte swaps, lock-prefixed atomics, may_goto's
   per-frame budget, ld_abs/ld_ind through the run's packet descriptor;
-* unverified loads (``JitEnv.budget_cell``): every jump backwards charges the span it repeats
-  against the run budget (``insn_limit``; spent: the lowering's VMError) and polls for signals
-  (PyErr_CheckSignals), before the branch, as the lowering does.
+* unverified loads (``JitEnv.budget_cell``): every jump backwards taken charges the span it
+  repeats against the run budget (``insn_limit``; spent: the lowering's VMError), and
+  polls for signals (PyErr_CheckSignals) when the budget crosses a multiple of 2**16, as the
+  lowering's loop latches do.
 
 What it does not do raises :class:`Unsupported` and the load takes the LLVM quick tier instead
 (counted in :data:`STATS`, reported by ``placement()``): arena programs and ``cast_user``, tail
@@ -54,6 +55,8 @@ from pybpf.jit.x86_emit import CC, Asm
 
 # BPF register -> x86 register
 REG = (X.RAX, X.RDI, X.RSI, X.RDX, X.RCX, X.R8, X.RBX, X.R13, X.R14, X.R15, X.RBP)
+# the program types whose ld_abs reads the __sk_buff r6 points at (jit/native_packet.py)
+_SKB_LDABS_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "lwt_out", "lwt_xmit")
 _ARGS = (X.RDI, X.RSI, X.RDX, X.RCX, X.R8)            # BPF r1..r5
 _BUDGET = -520       # the frame's may_goto budget, below its 512-byte stack (rbp-relative)
 _RECORD = -536       # the frame record (jit/lower.py, runtime/memory.FRAME_RECORD) below it
@@ -490,7 +493,10 @@ class _Emitter:
     def _emit_ldabs(self, form, insn) -> None:
         a, size = self.a, form.size
         desc = self.env.packet_desc
-        if not desc:
+        # verified __sk_buff programs read the packet from r6, the ctx (jit/calls.py
+        # lower_ldabs: a tail-call target's own descriptor is stale)
+        from_ctx = self.env.verified and self.env.prog_type in _SKB_LDABS_TYPES
+        if not desc and not from_ctx:
             raise self.unsupported(self.pc, "ld_abs without the run's packet descriptor")
         a.mov_imm(X.R11, insn.imm & 0xFFFFFFFF)
         if form.op == "ind":
@@ -498,11 +504,19 @@ class _Emitter:
         a.rr(b"\x63", X.R11, X.R11, 1)                            # movsxd r11, r11d
         a.rr(b"\x85", X.R11, X.R11, 1)
         a.jcc(CC["s"], self.abort)                                # negative: out of bounds
-        a.movabs(X.R10, desc)
         a.rm(b"\x8D", X.R9, X.R11, size, 1)                       # lea r9, [r11 + size]
-        a.rm(b"\x3B", X.R9, X.R10, 8, 1)                          # cmp r9, [desc + 8]
-        a.jcc(CC["g"], self.abort)
-        a.rm(b"\x03", X.R11, X.R10, 0, 1)                         # r11 += data
+        if from_ctx:
+            a.mov(X.R10, REG[6])                                  # r10 = the __sk_buff
+            a.rm(b"\x8B", X.RAX, X.R10, 0, 0)                     # eax = skb->len
+            a.rr(b"\x3B", X.R9, X.RAX, 1)                         # cmp r9, rax
+            a.jcc(CC["g"], self.abort)
+            a.rm(b"\x8B", X.R10, X.R10, 76, 0)                    # r10d = skb->data
+            a.rr(b"\x01", X.R10, X.R11, 1)                        # r11 += data
+        else:
+            a.movabs(X.R10, desc)
+            a.rm(b"\x3B", X.R9, X.R10, 8, 1)                      # cmp r9, [desc + 8]
+            a.jcc(CC["g"], self.abort)
+            a.rm(b"\x03", X.R11, X.R10, 0, 1)                     # r11 += data
         self._load(X.RAX, X.R11, 0, size, False)
         if size == 2:
             a.rr(b"\xC1", 1, X.RAX, 0, pre=b"\x66")
@@ -522,7 +536,6 @@ class _Emitter:
     def _emit_jcond(self, form, insn) -> None:
         a, w = self.a, 1 if form.width == 64 else 0
         t = self.target(insn.off)
-        self._back_edge(t)
         d = REG[insn.dst]
         if form.op == "jset":
             if form.source == "X":
@@ -534,7 +547,15 @@ class _Emitter:
             a.rr(b"\x39", REG[insn.src], d, w)
         else:
             a.ri(7, d, insn.imm, w)
-        a.jcc(CC[form.op], t)
+        if not self.budget or t > self.pc:
+            a.jcc(CC[form.op], t)
+            return
+        # a jump back is charged when taken: branch over the charge on the opposite condition
+        fall = self.fresh()
+        a.jcc(CC[form.op] ^ 1, fall)
+        self._back_edge(t)
+        a.jmp(t)
+        a.label(fall)
 
     def _emit_ja(self, form, insn) -> None:
         t = self.target(insn.imm if form.op == "gotol" else insn.off)
@@ -552,19 +573,29 @@ class _Emitter:
         a.b.append(1)
 
     def _back_edge(self, target: int) -> None:
-        """Unverified loads: charge a jump back and poll for signals (jit/lower.py back_edge)."""
+        """Unverified loads: charge a jump back and poll for signals when the budget crosses
+        a multiple of POLL_EVERY (jit/lower.py back_edge)."""
         if not self.budget or target > self.pc:
             return
-        from pybpf.jit.lower import _budget_spent
+        from pybpf.jit.lower import POLL_EVERY, _budget_spent
         a = self.a
+        span = self.pc + 1 - target
         a.movabs(X.R11, self.budget)
         a.rm(b"\x81", 5, X.R11, 0, 1)                             # sub qword [r11], span
-        a.imm32(self.pc + 1 - target)
+        a.imm32(span)
         ok = self.fresh()
         a.jcc(0x9, ok)                                            # jns
         self._bridge_call(_budget_spent, 0, save=False)
         a.jmp(self.abort)
         a.label(ok)
+        skip = None
+        if span < POLL_EVERY:
+            # crossed a multiple of POLL_EVERY (2**16) iff low16(left) + span >= 2**16
+            assert POLL_EVERY == 1 << 16
+            skip = self.fresh()
+            a.rm(b"\x81", 7, X.R11, 0, 0, pre=b"\x66")          # cmp word [r11], 2**16 - span
+            a.b += (POLL_EVERY - span).to_bytes(2, "little")
+            a.jcc(CC["jlt"], skip)                                # jb: no multiple crossed
         saved = (X.RAX, X.RDI, X.RSI, X.RDX, X.RCX, X.R8)         # 6 pushes: still aligned
         for r in saved:
             a.push(r)
@@ -575,6 +606,8 @@ class _Emitter:
             a.pop(r)
         a.rr(b"\x85", X.R11, X.R11, 0)
         a.jcc(CC["nz"], self.abort)
+        if skip is not None:
+            a.label(skip)
 
     def _emit_exit(self, form, insn) -> None:
         self._epilogue()

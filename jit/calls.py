@@ -121,6 +121,13 @@ def lower_kfunc(fl, insn) -> None:
     if registry is None:
         raise fl.error("call_kfunc: kfunc calls are not supported yet without the VM's kfunc "
                        "registry (JitEnv.kfuncs)")
+    if insn.imm == 0 and insn.off == 0:
+        # verified, only dead code (the kernel removes it); reached unverified: the interpreter's
+        # VMError
+        fl.mod.helpers.call_python(fl.b, ("kfunc0", fl.pc), _no_kfunc_id(fl.pc), 0, [])
+        fl.abort_if(I1(1))
+        fl.set(0, I64(0))                   # not reached: keeps the IR well formed
+        return
     kf = _entries(registry).get(insn.imm)
     if kf is None:
         raise fl.error(f"unknown kernel function id {insn.imm}")
@@ -186,6 +193,12 @@ def _callbacks(fl) -> dict[int, ir.Function]:
             if fn is not None:
                 out[func_value(target)] = fn
     return out
+
+
+def _no_kfunc_id(pc: int):
+    def refuse(*_):
+        raise VMError("invalid kernel function call not eliminated in verifier pass", pc)
+    return refuse
 
 
 def _bad_callback(pc: int):
@@ -273,15 +286,24 @@ def lower_ldabs(fl, form, insn) -> None:
     stops the program with r0 = 0 (the interpreter's Run.ldabs)."""
     b, size = fl.b, form.size
     desc = fl.env.packet_desc
-    if not desc:
+    from_ctx = fl.env.verified and fl.env.prog_type in native_packet.SKB_TYPES
+    if not desc and not from_ctx:
         raise fl.error(f"{form.name}: legacy packet access (ld_abs/ld_ind) is not supported yet "
                        "without the run's packet (JitEnv.packet_desc, from the loader)")
     off = cg.const(I32, insn.imm)
     if form.op == "ind":
         off = b.add(cg.low32(b, fl.get(insn.src)), off)
     off64 = b.sext(off, I64)                   # a negative offset is out of bounds
-    data = b.load(b.inttoptr(b.ext(desc), PTR), typ=I64)
-    length = b.load(b.inttoptr(b.ext(desc + 8), PTR), typ=I64)
+    if from_ctx:
+        # as the kernel: the verifier proved r6 is the __sk_buff, whose len (@0) and data
+        # (@76, the real address) say where the packet is now, whichever program's run it
+        # is (a tail-call target's own descriptor is only set when it is run directly)
+        ctx = fl.get(6)
+        length = b.zext(b.load(b.inttoptr(ctx, PTR), typ=I32), I64)
+        data = b.zext(b.load(b.inttoptr(b.add(ctx, cg.const(I64, 76)), PTR), typ=I32), I64)
+    else:
+        data = b.load(b.inttoptr(b.ext(desc), PTR), typ=I64)
+        length = b.load(b.inttoptr(b.ext(desc + 8), PTR), typ=I64)
     bad = b.or_(b.icmp_signed("<", off64, cg.const(I64, 0)),
                 b.icmp_signed(">", b.add(off64, cg.const(I64, size)), length))
     fl.abort_if(bad)

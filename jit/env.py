@@ -43,8 +43,9 @@ class JitEnv:
     ``arena``: the program's arena map (or its :class:`ArenaLayout`); ``kfuncs``: the kfunc
     registry (id -> Helper); ``resolve_map``: map pointer value -> map object, so calls whose map
     argument is a known constant get native code (array and hash lookups, tail calls);
-    ``prog_type``: where ld_abs/ld_ind find the packet (skb types: ``skb->data``/``len`` through
-    r6, as the kernel; others: the two u64 words at ``packet_desc``, data address and length,
+    ``prog_type``: where ld_abs/ld_ind find the packet (verified skb types: ``skb->data``/``len``
+    through r6, as the kernel, so a tail-call target reads the run's packet; others and
+    unverified code: the two u64 words at ``packet_desc``, data address and length,
     which the runner fills before each run; it belongs to one loaded program, so threads
     running the same ld_abs program at once share it); ``low_pool``: the only run memory below
     4 GiB (contexts and packets), so a 32-bit base outside it is an arena offset.
@@ -63,6 +64,10 @@ class JitEnv:
     # Unverified loads: the address of a signed u64 run budget the runner sets to insn_limit
     # before each run; the code counts it down at back edges (jit/lower.py), 0: no counter.
     budget_cell: int = 0
+    # The runtime's XDP layout: how far past the xdp_md the lowest byte bpf_xdp_adjust_head may
+    # move data to (less the metadata) lies (the end of the frame's struct xdp_frame); 0:
+    # unknown, the helper stays on the bridge (jit/native_packet.py)
+    xdp_head_floor: int = 0
 
     def arena_layout(self) -> ArenaLayout | None:
         if self.arena is None:

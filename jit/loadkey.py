@@ -84,7 +84,7 @@ class LoadInputs:
         upd(repr((sorted(prog.functions.items()), sorted(prog.labels.items()))).encode())
         upd(repr((env.prog_type, bool(env.verified), bool(env.budget_cell),
                   bool(env.packet_desc), tuple(env.low_pool), env.resolve_map is None,
-                  env.kfuncs is None)).encode())
+                  env.kfuncs is None, env.xdp_head_floor)).encode())
         self._global_paths()
         helper_ids, kfunc_ids = set(), set()
         for _, form, insn in prog.instructions():

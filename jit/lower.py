@@ -297,6 +297,7 @@ class FunctionLowerer:
         self.live = program.live
         self.block_start = sp.start   # the BPF block being lowered (for its live-out set)
         self._counter = None  # may_goto budget, made on first use
+        self.latches: dict[int, tuple] = {}   # back-edge target -> (latch block, span phi)
         self.cache: dict[int, ir.Value] = {}  # register -> its value in the current block
         self.dirty: set[int] = set()  # registers the current block changed (to write back)
 
@@ -396,23 +397,56 @@ class FunctionLowerer:
         else:
             self.b.ret(ir.Constant(ABORT_RET, [I64(0), I1(1)]))
 
-    def back_edge(self, target: int) -> None:
-        """For unverified code only (``env.budget_cell``): charge a jump back to ``target``
-        the span it repeats against the run's budget, raising VMError in Python when it is
-        spent, and poll for signals (Ctrl-C: KeyboardInterrupt) with PyErr_CheckSignals."""
-        cell = self.env.budget_cell
-        if not cell or self.env.verified or target > self.pc:
-            return
+    def back_edge(self, target: int, origin: int | None = None) -> ir.Block:
+        """The block a jump from ``origin`` (default: this instruction) to ``target`` goes to.
+
+        That is ``target``'s own block, except in code for an unverified load
+        (``env.budget_cell``) when the jump goes backwards: then it is an edge into the
+        target's *latch*, one block per back-edge target (:meth:`_fill_latches`) that charges
+        the span the jump repeats (``origin + 1 - target``, a phi over the edges) against the
+        run's budget, raising VMError in Python when it is spent, and polls for signals
+        (Ctrl-C: KeyboardInterrupt) with PyErr_CheckSignals each time the budget crosses a
+        multiple of :data:`POLL_EVERY`, before it enters the target. One shared latch per loop
+        head instead of a charge and a call on every back edge: the 64 cases of the switch
+        benchmark each jump back to the loop head, and with a charge and a PyErr_CheckSignals
+        call in each of them the unverified loop ran at 2.3x native, against 1.0x verified."""
+        origin = self.pc if origin is None else origin
+        block = self.block_at(target)
+        if not self.env.budget_cell or self.env.verified or target > origin:
+            return block
+        if target not in self.latches:
+            latch = self.fn.append_basic_block(f"L{target}.latch")
+            with self.b.goto_block(latch):
+                span = self.b.phi(I64, name=f"span{target}")
+            self.latches[target] = (latch, span)
+        latch, span = self.latches[target]
+        edge = self.fn.append_basic_block(f"L{origin}.to.L{target}")
+        with self.b.goto_block(edge):
+            self.b.branch(latch)
+        span.add_incoming(cg.const(I64, origin + 1 - target), edge)
+        return edge
+
+    def _fill_latches(self) -> None:
+        """Write each latch's charge and signal poll (:meth:`back_edge`), then enter its
+        target."""
         b = self.b
-        ptr = b.inttoptr(b.ext(cell), PTR)      # per-process addresses: external symbols
-        left = b.sub(b.load(ptr, typ=I64), I64(self.pc + 1 - target))
-        b.store(left, ptr)
-        with b.if_then(b.icmp_signed("<", left, I64(0)), likely=False):
-            self.mod.helpers.call_python(b, "insn_limit", _budget_spent, 0, [])
-            self._abort_ret()
-        check = b.ext(_check_signals_address()).get_reference()
-        sig = b._emit(I32, f"call i32 inttoptr (i64 {check} to ptr)()")
-        self.abort_if(b.icmp_signed("!=", sig, ir.Constant(I32, 0)))
+        cell = self.env.budget_cell
+        for target, (latch, span) in sorted(self.latches.items()):
+            b.position_at_end(latch)
+            self.cache = {}
+            ptr = b.inttoptr(b.ext(cell), PTR)      # per-process addresses: external symbols
+            old = b.load(ptr, typ=I64)
+            left = b.sub(old, span)
+            b.store(left, ptr)
+            with b.if_then(b.icmp_signed("<", left, I64(0)), likely=False):
+                self.mod.helpers.call_python(b, "insn_limit", _budget_spent, 0, [])
+                self._abort_ret()
+            crossed = b.and_(b.xor(old, left), I64(-POLL_EVERY))
+            with b.if_then(b.icmp_unsigned("!=", crossed, I64(0)), likely=False):
+                check = b.ext(_check_signals_address()).get_reference()
+                sig = b._emit(I32, f"call i32 inttoptr (i64 {check} to ptr)()")
+                self.abort_if(b.icmp_signed("!=", sig, ir.Constant(I32, 0)))
+            b.branch(self.block_at(target))
 
     # -- driver ----------------------------------------------------------------------------
 
@@ -449,6 +483,7 @@ class FunctionLowerer:
             handler(self, form, insn)
         if not b.block.is_terminated:
             raise self.error(f"subprogram {self.sp.name} falls off its end")
+        self._fill_latches()
         if self.track_frames:
             self._fill_frame_record()
 
@@ -594,8 +629,7 @@ class FunctionLowerer:
         else:
             signed, pred = _CMP[form.op]
             cond = (b.icmp_signed if signed else b.icmp_unsigned)(pred, a, c)
-        taken = self.block_at(self.pc + 1 + insn.off)
-        self.back_edge(self.pc + 1 + insn.off)
+        taken = self.back_edge(self.pc + 1 + insn.off)
         self.spill()
         tree = self.trees.get(self.pc)
         if tree is not None:
@@ -605,8 +639,7 @@ class FunctionLowerer:
 
     def _lower_ja(self, form, insn) -> None:
         delta = insn.imm if form.op == "gotol" else insn.off
-        target = self.block_at(self.pc + 1 + delta)
-        self.back_edge(self.pc + 1 + delta)
+        target = self.back_edge(self.pc + 1 + delta)
         self.spill()
         self.b.branch(target)
 
@@ -689,6 +722,11 @@ class FunctionLowerer:
 
 
 _HANDLERS: dict = {}
+
+
+# Unverified code polls for signals when its run budget crosses a multiple of this many
+# instructions (counted as the back edges charge them), about every 10-100 us of a busy loop.
+POLL_EVERY = 1 << 16
 
 
 def _budget_spent() -> int:

@@ -15,9 +15,17 @@ Why verified programs only: the verifier has proved what the bridge would check 
 the program's own loads, and the packet range is compared with the context's bounds before
 any byte moves. Unverified loads keep the bridge and its checks against the run's regions.
 
-``bpf_xdp_adjust_head``/``adjust_meta`` stay on the bridge: moving ``data`` must move the
-packet's region in the run's region table too (helpers that follow pointers check against it),
-which only Python can do today.
+``bpf_xdp_adjust_head`` is native too (net/core/filter.c's checks and ``memmove`` of the
+metadata, all in line; no bridge at all): it moves ``data`` and ``data_meta`` in the
+``xdp_md`` only, and the run's region table follows (the packet's region is
+``[data_meta, data_end)``; ``RegionTable.follow``: before any lookup the table re-reads the
+``xdp_md``, runtime/xdp_buff.py ``XdpBuff.sync``), so every later pointer a helper or kfunc
+checks is checked against the new bounds, and the program's own packet accesses are the
+verifier's business as after the bridged helper (it forgets packet pointers across the call).
+The frame's hard start comes from the ctx pointer (the runtime's layout, passed in as
+``JitEnv.xdp_head_floor``; without it the helper stays on the bridge). ``bpf_xdp_adjust_meta``
+stays on the bridge: the kernel here (and so pybpf's verifier) refuses it in XDP programs, so
+only unverified code reaches it, and that code takes the bridge by design.
 """
 from __future__ import annotations
 
@@ -30,6 +38,9 @@ from pybpf.jit.cgutils import I1, I32, I64, PTR
 
 I128 = ir.IntType(128)
 M32 = 0xFFFFFFFF
+M64 = (1 << 64) - 1
+EINVAL = 22
+ETH_HLEN = 14
 INT_MAX = 0x7FFFFFFF
 CSUM_MAX_UNROLL = 256         # bytes of each csum_diff buffer unrolled at most
 # the __sk_buff program types whose skb_load_bytes reads skb->data (flow_dissector has no skb)
@@ -56,6 +67,8 @@ def handles(fl, name: str) -> bool:
     if name == "csum_diff":
         sizes = fl.known(2), fl.known(4)
         return all(s is not None and (s & M32) <= CSUM_MAX_UNROLL for s in sizes)
+    if name == "xdp_adjust_head":
+        return fl.env.prog_type == "xdp" and fl.env.xdp_head_floor > 0
     return False
 
 
@@ -63,6 +76,9 @@ def lower(fl, helper) -> None:
     """r0 of ``helper`` (one :func:`handles` accepted), with the bridge as the slow path."""
     if helper.name == "csum_diff":
         fl.set(0, _csum_diff(fl))
+        return
+    if helper.name == "xdp_adjust_head":
+        fl.set(0, _xdp_adjust_head(fl))
         return
     b = fl.b
     args = fl._args()
@@ -91,6 +107,40 @@ def lower(fl, helper) -> None:
     r0.add_incoming(cg.const(I64, 0), fast_block)
     r0.add_incoming(value, slow_block)
     fl.set(0, r0)
+
+
+def _xdp_adjust_head(fl) -> ir.Value:
+    """runtime/helpers_xdp.py xdp_adjust_head (the kernel's bpf_xdp_adjust_head) on the
+    ``xdp_md`` r1 points at: ``data`` moves by the s32 delta, the metadata with it, -EINVAL
+    below the ``struct xdp_frame`` and the metadata or past ``data_end - ETH_HLEN``."""
+    b = fl.b
+    ctx, delta = fl.get(1), b.sext(b.trunc(fl.get(2), I32), I64)
+
+    def field(at: int) -> ir.Value:
+        return b.inttoptr(b.add(ctx, cg.const(I64, at)), PTR)
+    data = b.zext(b.load(field(0), typ=I32), I64)
+    end = b.zext(b.load(field(4), typ=I32), I64)
+    meta = b.zext(b.load(field(8), typ=I32), I64)
+    metalen = b.sub(data, meta)
+    new = b.add(data, delta)
+    floor = b.add(b.add(ctx, cg.const(I64, fl.env.xdp_head_floor)), metalen)
+    # signed: a delta far below zero must not wrap past the floor
+    bad = b.or_(b.icmp_signed("<", new, floor),
+                b.icmp_signed(">", new, b.sub(end, cg.const(I64, ETH_HLEN))))
+    with b.if_else(bad, likely=False) as (refuse, move):
+        with refuse:
+            refused = b.block
+        with move:
+            new_meta = b.add(meta, delta)
+            with b.if_then(b.icmp_unsigned("!=", metalen, cg.const(I64, 0))):
+                _memmove_call(b, new_meta, meta, metalen)
+            b.store(b.trunc(new, I32), field(0))
+            b.store(b.trunc(new_meta, I32), field(8))
+            moved = b.block
+    r0 = b.phi(I64, name="adjust_head.r0")
+    r0.add_incoming(cg.const(I64, -EINVAL & M64), refused)
+    r0.add_incoming(cg.const(I64, 0), moved)
+    return r0
 
 
 def _memmove_call(b, dst: ir.Value, src: ir.Value, size: ir.Value) -> None:

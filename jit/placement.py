@@ -479,6 +479,9 @@ def native_listing(jp, syntax: str = "att", disassembler: str = "auto") -> str:
         return (f"# x86-64 assembly of {jp.name!r} from LLVM (AT&T syntax); placed at "
                 f"0x{base:x}, entry {jp.symbol} at 0x{jp.address:x}\n{jp.asm.rstrip()}\n")
     code = ctypes.string_at(base, jp.text_size)
+    sections = _data_sections(jp)
+    if sections:        # disassemble the code; list read-only data (jump tables) as data
+        code = code[:jp.image.code_size]
     names, note = _function_offsets(jp)
     md = cs.Cs(cs.CS_ARCH_X86, cs.CS_MODE_64)
     md.syntax = cs.CS_OPT_SYNTAX_ATT if syntax == "att" else cs.CS_OPT_SYNTAX_INTEL
@@ -492,15 +495,106 @@ def native_listing(jp, syntax: str = "att", disassembler: str = "auto") -> str:
            f"(capstone {cs.__version__}, {'AT&T' if syntax == 'att' else 'Intel'} syntax)"]
     if note:
         out.append(f"{comment} {note}")
+    rip_targets = set()
     for insn in md.disasm(code, base):
         if insn.address in by_addr:
             out.append(f"\n{insn.address:016x} <{by_addr[insn.address]}>:")
         line = f"  {insn.address:x}:  {insn.bytes.hex(' '):<32} {insn.mnemonic:<7} {insn.op_str}"
-        name = _name_of(insn.op_str, by_addr, placed)
+        rip = _rip_target(insn)
+        name = None
+        if rip is not None:
+            rip_targets.add(rip)
+            name = next((sname + (f"+0x{rip - base - off:x}" if rip != base + off else "")
+                         for sname, off, size in sections
+                         if base + off <= rip < base + off + size), None)
+        name = name or _name_of(insn.op_str, by_addr, placed)
         if name:
             line += f"  {comment} <{name}>"
         out.append(line.rstrip())
+    for sname, off, size in sections:
+        out += _data_listing(sname, base + off, ctypes.string_at(base + off, size), base,
+                             len(code), rip_targets, by_addr, placed, comment)
     return "\n".join(out) + "\n"
+
+
+def _data_sections(jp) -> list[tuple[str, int, int]]:
+    """(name, offset, size) of the read-only data the linker placed after ``jp``'s code
+    (``.rodata*``: jump tables, constant pools; ``.got``), or [] when the placement has no
+    linker image (baseline tier) or no data."""
+    image = getattr(jp, "image", None)
+    if image is None or not getattr(image, "sections", None):
+        return []
+    return [(n, o, z) for n, o, z in image.sections
+            if not n.startswith((".text", ".plt")) and o >= image.code_size and z]
+
+
+_RIP_ATT = re.compile(r"(-?0x[0-9a-f]+|-?\d+)\(%rip\)")
+_RIP_INTEL = re.compile(r"\[rip(?: ([+-]) (0x[0-9a-f]+|\d+))?\]")
+
+
+def _rip_target(insn) -> int | None:
+    """The address a RIP-relative operand of ``insn`` refers to (a jump table's ``lea``)."""
+    m = _RIP_ATT.search(insn.op_str)
+    if m:
+        disp = int(m.group(1), 0)
+    else:
+        m = _RIP_INTEL.search(insn.op_str)
+        if not m:
+            return None
+        disp = int(m.group(2), 0) * (-1 if m.group(1) == "-" else 1) if m.group(1) else 0
+    return insn.address + insn.size + disp
+
+
+def _data_listing(sname: str, addr: int, data: bytes, base: int, code_size: int,
+                  rip_targets: set, labels: dict, placed: list, comment: str) -> list[str]:
+    """Lines for one read-only data section. A jump table (LLVM's, position independent: a
+    ``.long`` per case, the case's address minus the table's, found by the ``lea`` that loads
+    its address) is listed entry by entry with the code each case jumps to; GOT slots and
+    other data as ``.quad`` words."""
+    out = [f"\n{addr:016x} <{sname}>:  {comment} {len(data)} bytes of read-only data"]
+    starts = sorted(t for t in rip_targets if addr <= t < addr + len(data))
+    if sname.startswith(".rodata") and not sname.startswith((".rodata.cst", ".rodata.str")):
+        bounds = ([addr] if not starts or starts[0] != addr else []) + starts + [addr + len(data)]
+        for lo, hi in zip(bounds, bounds[1:]):
+            words = [int.from_bytes(data[o - addr:o - addr + 4], "little", signed=True)
+                     for o in range(lo, hi - 3, 4)]
+            if lo in rip_targets and words and all(base <= lo + w < base + code_size
+                                                   for w in words):
+                out.append(f"  {comment} jump table at 0x{lo:x}: {len(words)} entries, "
+                           f".long (case address - 0x{lo:x})")
+                for i, w in enumerate(words):
+                    at, target = lo + 4 * i, lo + w
+                    where = _code_offset(target, base, labels)
+                    out.append(f"  {at:x}:  {data[at - addr:at - addr + 4].hex(' '):<32} "
+                               f".long   {w:#x}  {comment} [{i}] -> 0x{target:x} <{where}>")
+                continue
+            out += _words(data[lo - addr:hi - addr], lo, labels, placed, comment)
+        return out
+    return out + _words(data, addr, labels, placed, comment)
+
+
+def _code_offset(target: int, base: int, labels: dict) -> str:
+    """``function+0xN`` for an address in this code (labels: address -> function name)."""
+    below = [a for a in labels if a <= target]
+    if not below:
+        return f"code+0x{target - base:x}"
+    start = max(below)
+    return labels[start] + (f"+0x{target - start:x}" if target != start else "")
+
+
+def _words(data: bytes, addr: int, labels: dict, placed: list, comment: str) -> list[str]:
+    out = []
+    for o in range(0, len(data), 8):
+        chunk = data[o:o + 8]
+        if len(chunk) < 8:
+            out.append(f"  {addr + o:x}:  {chunk.hex(' '):<32} .byte   "
+                       + ", ".join(f"{c:#x}" for c in chunk))
+            continue
+        v = int.from_bytes(chunk, "little")
+        name = _name_of(f"0x{v:x}", labels, placed) if v else None
+        out.append(f"  {addr + o:x}:  {chunk.hex(' '):<32} .quad   {v:#x}"
+                   + (f"  {comment} <{name}>" if name else ""))
+    return out
 
 
 # -- a workload --------------------------------------------------------------------------------

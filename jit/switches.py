@@ -33,7 +33,8 @@ _SIGNED = {"jsgt", "jsge", "jslt", "jsle"}
 @dataclass(frozen=True)
 class Tree:
     width: int
-    cases: tuple[tuple[int, int], ...]   # (value as a signed width-bit int, leaf pc)
+    # (value as a signed width-bit int, leaf pc, pc of the compare that jumps to the leaf)
+    cases: tuple[tuple[int, int, int], ...]
     compares: int
 
 
@@ -104,15 +105,16 @@ def find_trees(body, leaders) -> dict[int, Tree]:
             continue
         cases = []
         for v in range(lo, hi + 1):
-            node, seen = pc, set()
+            node, seen, origin = pc, set(), pc
             while node in nodes and node not in seen:
                 seen.add(node)
                 f, i = nodes[node]
+                origin = node
                 node = node + 1 + i.off if _test(f.op, v, i.imm, width) else node + 1
             if node in nodes:   # a cycle of compares: leave this tree alone
                 cases = None
                 break
-            cases.append((v, node))
+            cases.append((v, node, origin))
         if cases is None:
             continue
         claimed.update(n for n in nodes if n != pc)
@@ -122,12 +124,18 @@ def find_trees(body, leaders) -> dict[int, Tree]:
 
 def emit(fl, tree: Tree, value, cond, taken, fallthrough) -> None:
     """End the current block with ``switch`` over ``value`` (the root's compare operand, already
-    narrowed to the tree's width); other values take the root compare ``cond``."""
+    narrowed to the tree's width); other values take the root compare ``cond``. A case whose
+    leaf lies backwards is a back edge of the compare that jumps there (``fl.back_edge``: in
+    code for an unverified load it goes through the leaf's latch, which charges the run
+    budget, as the compare itself would)."""
     b = fl.b
     rest = fl.fn.append_basic_block(f"L{fl.pc}.tree")
     sw = b.switch(value, rest)
     ty = cg.INT[tree.width]
-    for v, leaf in tree.cases:
-        sw.add_case(cg.const(ty, v), fl.block_at(leaf))
+    edges: dict[tuple[int, int], object] = {}
+    for v, leaf, origin in tree.cases:
+        if (leaf, origin) not in edges:
+            edges[leaf, origin] = fl.back_edge(leaf, origin)
+        sw.add_case(cg.const(ty, v), edges[leaf, origin])
     b.position_at_end(rest)
     b.branch_if(cond, taken, fallthrough)

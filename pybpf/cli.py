@@ -257,6 +257,12 @@ def cmd_jit(args) -> int:
     from .runtime.contexts import canonical_type
     _, arena, values64 = vm.resolve(prog)   # maps, arena and ld_imm64 values, as a load does
     ptype = canonical_type(args.prog_type or getattr(prog, "prog_type", None) or "mem")
+    # --no-verify shows the code an unverified load gets: its run budget is charged at each
+    # loop head's latch (the cell only has to exist while the code is placed)
+    import ctypes
+    budget = (ctypes.c_int64 * 1)() if args.no_verify else None
+    env = jit_env(vm, arena, ptype, verified=budget is None,
+                  budget_cell=ctypes.addressof(budget) if budget is not None else 0)
     baseline = args.tier == "baseline"
     if baseline and "ir" in show:
         from .errors import JITError
@@ -264,7 +270,7 @@ def cmd_jit(args) -> int:
                        "--show asm or placement")
     jp = compile_program(prog, vm.helpers, opt_level=args.opt_level, name=name,
                          want_ir="ir" in show, want_asm="asm" in show and not capstone
-                         and not baseline, values64=values64, env=jit_env(vm, arena, ptype),
+                         and not baseline, values64=values64, env=env,
                          tier="baseline" if baseline else None)
     try:
         parts = []
@@ -433,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--disassembler", choices=("auto", "capstone", "llvm"), default="auto",
                    help="capstone on the placed bytes (auto: when installed) or LLVM's output")
     s.add_argument("--limit", type=ROWS, default=40, help="program rows per pack (placement)")
-    s.add_argument("--no-verify", action="store_true")
+    s.add_argument("--no-verify", action="store_true",
+                   help="skip the verifier and compile the code of an unverified load (a run "
+                        "budget charged at loop heads)")
     s.add_argument("--section", help="ELF: the program (function or section) to compile")
     s.add_argument("--prog-type", default=None, help="default: the ELF section's, else mem")
     s.add_argument("--format", **fmt)
@@ -454,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="run the benchmark suite and print figures, goals, ratios")
     s.add_argument("--quick", action="store_true", help="a short run (fewer samples)")
     s.add_argument("--only", action="append", metavar="SECTION",
-                   help="compile, execmem, jit, interp, arena, maps or verifier (repeatable)")
+                   help="compile, execmem, jit, interp, arena, maps, pkt_helpers, switch, "
+                        "verifier, tiers or bigprog (repeatable)")
     s.add_argument("--json", metavar="FILE", help="also write every figure and raw result")
     s.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     s.set_defaults(func=cmd_bench)

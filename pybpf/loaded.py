@@ -22,6 +22,7 @@ import threading
 from pybpf.errors import VMError
 
 from .runtime.contexts import LOW_POOL_END, LOW_POOL_START, MEM_GUARD, build_context
+from .runtime.xdp_buff import XDP_HEAD_FLOOR
 from .runtime import grace as _grace
 from .runtime.grace import enter as grace_enter, in_read_section, leave as grace_leave, retire, wait
 from .runtime.helpers import ACTIVE_REGIONS, ACTIVE_RUN
@@ -76,7 +77,7 @@ def jit_env(vm, arena=None, prog_type: str = "mem", packet_desc: int = 0, verifi
 
     return JitEnv(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map, prog_type=prog_type,
                   packet_desc=packet_desc, low_pool=(LOW_POOL_START, LOW_POOL_END),
-                  verified=verified, budget_cell=budget_cell)
+                  verified=verified, budget_cell=budget_cell, xdp_head_floor=XDP_HEAD_FLOOR)
 
 
 class LoadedProgram:
@@ -101,6 +102,9 @@ class LoadedProgram:
         # The kernel's max_ctx_offset: a run must give at least this much mem/ctx (as
         # BPF_PROG_TEST_RUN refuses a shorter ctx_in for syscall programs).
         self.min_mem_size = verify_result.max_ctx_offset if verify_result is not None else 0
+        # A tracepoint program may read before its record (the kernel allows negative offsets):
+        # that many zero bytes go before the run's copy of the ctx
+        self.ctx_headroom = -getattr(verify_result, "min_ctx_offset", 0)
         self.insn_limit, self.name, self.fd = insn_limit, name, fd
         self.verified, self.tier = verified, tier
         self.arena, self.values64 = arena, values64
@@ -188,7 +192,8 @@ class LoadedProgram:
     def _prepare(self, mem, ctx, data, trace, insn_limit):
         if self.closed:
             raise VMError(f"program {self.name!r} is closed")
-        rc = build_context(self.prog_type, mem, ctx, data, self._has_device)
+        rc = build_context(self.prog_type, mem, ctx, data, self._has_device,
+                               self.ctx_headroom)
         rc.prog_btf = getattr(self.program, "btf", None)    # bpf_obj_new's types
         self._check_ctx_size(rc)
         if self._jit is not None:
@@ -205,6 +210,10 @@ class LoadedProgram:
                 # at that call the stack regions (frame records inside this thread's stack)
                 lo, size = _thread_stack()
                 rc.jit_regions.frame_bounds = (lo, lo + size)
+                if rc.xdp is not None:
+                    # native bpf_xdp_adjust_head moves the packet's pointers in the xdp_md
+                    # only; the table follows them before each lookup
+                    rc.jit_regions.follow(rc.xdp)
             return rc, None
         limit = check_limit(insn_limit if insn_limit is not None else self.insn_limit)
         fast = None if self._moves_packet else rc.fast
@@ -270,7 +279,8 @@ class LoadedProgram:
             self._check_mem_size(mem, ctx)
         if self._plain_jit and trace is None and not self.closed:
             # The common JIT run, inlined: context, one native call, results.
-            rc = build_context(self.prog_type, mem, ctx, data, self._has_device)
+            rc = build_context(self.prog_type, mem, ctx, data, self._has_device,
+                               self.ctx_headroom)
             self._check_ctx_size(rc)
             r0 = None
             grace_enter()

@@ -52,7 +52,8 @@ PROG_ATTRS = ("insns", "functions", "labels", "name", "license", "sleepable", "f
               "btf", "line_info", "lines")
 # What the verifier reads of a map object (MapInfo.value) besides its identity
 VALUE_ATTRS = ("map_direct_value_addr", "spin_lock_off", "btf", "graph_roots", "kptr_fields")
-_RESULT_FIELDS = {"log", "facts", "stats", "max_ctx_offset", "stack_depth", "full"}
+_RESULT_FIELDS = {"log", "facts", "stats", "max_ctx_offset", "stack_depth", "full",
+                  "min_ctx_offset"}
 _FACTS_FIELDS = {"_seen", "_access"}
 
 _counters = diskcache.Counters("hits", "misses", "stores", "corrupt", "uncacheable", "evicted",
@@ -298,10 +299,12 @@ def _encode(result: VerifyResult, k: str) -> bytes:
         access.append([pc, sorted(kinds)])
     plain = (result.stats, result.stack_depth)
     if not all(type(a) in (int, str) and type(b) is int for d in plain for a, b in d.items()) \
-            or type(result.max_ctx_offset) is not int or not isinstance(result.log, str):
+            or type(result.max_ctx_offset) is not int or not isinstance(result.log, str) \
+            or type(result.min_ctx_offset) is not int:
         raise _Uncacheable("result")
     value = {"key": k, "log": result.log, "full": bool(result.full),
-             "max_ctx_offset": result.max_ctx_offset, "stats": result.stats,
+             "max_ctx_offset": result.max_ctx_offset, "min_ctx_offset": result.min_ctx_offset,
+             "stats": result.stats,
              "stack_depth": sorted(result.stack_depth.items()), "seen": seen, "access": access}
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -329,4 +332,4 @@ def _decode(payload: bytes, k: str) -> VerifyResult:
     depth = {_int(a): _int(b) for a, b in v["stack_depth"]}
     return VerifyResult(log=v["log"], facts=Facts(seen, access), stats=stats,
                         max_ctx_offset=_int(v["max_ctx_offset"]), stack_depth=depth,
-                        full=v["full"])
+                        full=v["full"], min_ctx_offset=_int(v["min_ctx_offset"]))

@@ -33,9 +33,12 @@ xdp             r1 = ``struct xdp_md`` (:class:`XdpMd`) with data, data_end, dat
                 length): data = the metadata length (the packet's first bytes), data_end =
                 the end of the linear part, ingress_ifindex (default 1, the loopback) and
                 rx_queue_index, checked as the kernel checks them (VMError with its errno);
-                the program returns an XDP_* action
+                the program returns an XDP_* action; ``last_ctx`` is the kernel's ctx_out:
+                that ctx_in with data and data_end as offsets from data_meta after the run
 tracepoint,     r1 = a read-only copy of ``ctx`` (bytes or ctypes); default: zeros (kprobe: a
-kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header)
+kprobe          ``struct pt_regs``, 168 bytes; tracepoint: the 8-byte common header); a
+                tracepoint copy follows ``ctx_headroom`` read-only zero bytes, as many as the
+                program reads before its record (negative offsets, which the kernel allows)
 raw_tracepoint  r1 = a read-only copy of ``ctx``, the u64 arguments (at most 12); None: NULL
 sk_lookup       r1 = a read-only ``struct bpf_sk_lookup`` (:class:`BpfSkLookup`) from ``ctx``
 cgroup_sock_    r1 = a writable ``struct bpf_sock_addr`` / ``struct bpf_sock`` from ``ctx``,
@@ -70,8 +73,8 @@ from pybpf.errors import BPFError, VMError
 from .maps.base import (MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE,
                         round_up, sys_mmap, sys_munmap)
 from .memory import PROC, Buffer, Region
-from .xdp_buff import (MAX_SKB_FRAGS, SKB_SHARED_INFO_ROOM, XDP_FRAME_STRUCT, XDP_FRAME_SZ,
-                       XDP_META_MAX, Frag, XdpBuff)
+from .xdp_buff import (MAX_SKB_FRAGS, SKB_SHARED_INFO_ROOM, XDP_CTX_ROOM, XDP_FRAME_STRUCT,
+                       XDP_FRAME_SZ, XDP_META_MAX, Frag, XdpBuff)
 from .xdp_buff import PAGE_SIZE as XDP_PAGE_SIZE
 from .skb_buff import SkbBuff
 
@@ -342,9 +345,11 @@ class RunContext:
 
 
 def build_context(prog_type: str, mem=None, ctx=None, data=None,
-                  has_device=None) -> RunContext:
+                  has_device=None, ctx_headroom: int = 0) -> RunContext:
     """The context of one run of a ``prog_type`` program (see the module docstring);
-    ``has_device(ifindex)`` says which devices exist (an xdp ctx_in's ingress_ifindex)."""
+    ``has_device(ifindex)`` says which devices exist (an xdp ctx_in's ingress_ifindex);
+    ``ctx_headroom``: how many bytes before a tracepoint record the program reads (the
+    verifier's min_ctx_offset, negated)."""
     rc = RunContext(prog_type)
     if prog_type == "mem":
         if ctx is not None:
@@ -382,7 +387,7 @@ def build_context(prog_type: str, mem=None, ctx=None, data=None,
     else:
         if data is not None:
             raise VMError(f"prog_type {prog_type!r} has no packet: pass its context as ctx=")
-        _trace_context(rc, ctx)
+        _trace_context(rc, ctx, ctx_headroom if prog_type == "tracepoint" else 0)
     return rc
 
 
@@ -638,6 +643,8 @@ def _xdp_context(rc: RunContext, ctx, data, has_device=None) -> None:
     low, caddr, paddr = _packet_layout(ctypes.sizeof(XdpMd), headroom,
                                        hard_span - headroom - TAILROOM)
     hard_start = paddr - headroom
+    if hard_start - caddr != XDP_CTX_ROOM:      # the JIT's native adjust_head relies on it
+        raise VMError(f"xdp frame at ctx + {hard_start - caddr}, not ctx + {XDP_CTX_ROOM}")
     PROC[paddr:paddr + linear] = packet[:linear]
     md = XdpMd.from_address(caddr)
     md.ingress_ifindex, md.rx_queue_index = ingress, rxq
@@ -661,25 +668,47 @@ def _xdp_context(rc: RunContext, ctx, data, has_device=None) -> None:
     rc.packet = PROC[paddr:paddr + linear]
     rc.r1 = caddr
 
+    # ctx_out is the ctx_in the kernel copied in, with data and data_end rewritten
+    # (xdp_convert_buff_to_md); without a ctx, as the ctx_in {data_end: len(data)}
+    ctx_in = {"data_end": n} if fields is None else fields
+
     def finish(r0):
-        after = XdpMd.from_buffer_copy(PROC[caddr:caddr + ctypes.sizeof(XdpMd)])
-        rc.last_ctx = after
+        rc.last_ctx = _xdp_ctx_out(ctx_in, xb)
         rc.last_data = xb.out()
         if r0 is not None and isinstance(ctx, (ctypes.Structure, bytearray)):
-            _write_back(ctx, bytes(after))
+            _write_back(ctx, bytes(rc.last_ctx))
     rc._finish = finish
 
 
-def _trace_context(rc: RunContext, ctx) -> None:
+def _xdp_ctx_out(ctx_in: dict, xb: XdpBuff) -> XdpMd:
+    """BPF_PROG_TEST_RUN's xdp ctx_out (net/bpf/test_run.c, xdp_convert_buff_to_md): the
+    ctx_in fields as given (data_meta 0, ingress_ifindex and rx_queue_index as the caller set
+    them, not the device the program saw), ``data`` and ``data_end`` as offsets from
+    ``data_meta`` after the run: the metadata length and the end of the linear part, which
+    the head, meta and tail helpers may have moved (the program's own struct holds addresses,
+    see the module docstring)."""
+    out = XdpMd(**ctx_in)
+    meta = xb.data_meta
+    out.data, out.data_end = xb.data - meta, xb.data_end - meta
+    return out
+
+
+def _trace_context(rc: RunContext, ctx, headroom: int = 0) -> None:
+    """r1 = a read-only copy of ``ctx`` behind ``headroom`` read-only zero bytes (a tracepoint
+    program may read before its record, as the kernel lets it: what lies there in the kernel
+    is not the program's business, here it is zeros)."""
     raw = _ctx_bytes(ctx, rc.prog_type) if ctx is not None else bytes(
         TRACE_CTX_SIZE[rc.prog_type])
-    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    buf = Buffer(headroom + len(raw), init=bytes(headroom) + raw, guard=MEM_GUARD)
+    start = buf.address + headroom
+    if headroom:
+        rc.regions.append(Region(buf.address, headroom, "ctx headroom", False, buf))
     if raw:
-        rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
-    rc.r1, rc.buffer = buf.address, buf
+        rc.regions.append(Region(start, len(raw), "ctx", False, buf))
+    rc.r1, rc.buffer = start, buf
 
     def finish(r0):
-        rc.last_ctx = buf.bytes()
+        rc.last_ctx = buf.bytes()[headroom:]
     rc._finish = finish
 
 

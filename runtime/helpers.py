@@ -81,8 +81,7 @@ class Helper:
 
     @property
     def checks_memory(self) -> bool:
-        return (bool(self.prototype.memory_args()) or bool(self.prototype.fixed_memory_args())
-                or self.mem_args is not None)
+        return bool(self.prototype.memory_checks) or self.mem_args is not None
 
     @functools.cached_property
     def checked_fn(self) -> Callable[..., int]:
@@ -133,19 +132,21 @@ def check_args(regions, h: Helper, args: tuple, pc: int | None = None) -> None:
     accessible) with the access its prototype announces."""
     if regions is None:
         regions = _NO_REGIONS
-    for pi, si, kind in h.prototype.memory_args():
-        ptr = args[pi] if pi < len(args) else 0
+    nargs = len(args)
+    # the prototype's plan is computed once (Prototype.memory_checks): rebuilding it from the
+    # kind strings on every call was most of a bridged helper call's cost
+    for pi, si, size, kind, zero_ok in h.prototype.memory_checks:
+        ptr = args[pi] if pi < nargs else 0
         if kind == "str":
             regions.read_cstr(ptr, pc=pc)
             continue
         if kind == "ringbuf":
             continue
-        size = args[si] if si is not None and si < len(args) else 1
-        if size == 0 and si is not None and h.prototype.args[si].endswith("OR_ZERO"):
-            continue
+        if si is not None:
+            size = args[si] if si < nargs else 1
+            if size == 0 and zero_ok:
+                continue
         regions.check(ptr, size, kind, pc)
-    for pi, size, kind in h.prototype.fixed_memory_args():
-        regions.check(args[pi] if pi < len(args) else 0, size, kind, pc)
     if h.mem_args is not None:
         for ptr, size, kind in h.mem_args(tuple(args[:h.prototype.nargs])):
             regions.check(ptr, size, kind, pc)

@@ -160,6 +160,10 @@ class RegionTable:
         self.frame_bounds: tuple[int, int] | None = None
         self._frames: tuple[int, ...] = ()
         self._frame_regions: list[Region] = []
+        # objects whose regions native code may move behind the table's back (an XDP run's
+        # packet: JIT code moves xdp_md.data itself, jit/native_packet.py); each has
+        # ``sync(table)``, called before every lookup so the table is never stale when read
+        self.movers: tuple = ()
         for r in regions:
             self.add(r)
 
@@ -172,6 +176,7 @@ class RegionTable:
         table._starts, table._regions = self._starts[:], self._regions[:]
         table.frame_bounds, table._frames = self.frame_bounds, self._frames
         table._frame_regions = self._frame_regions[:]
+        table.movers = self.movers
         return table
 
     def __len__(self) -> int:
@@ -234,8 +239,19 @@ class RegionTable:
                 continue
         self._frames = frames
 
+    def follow(self, mover) -> None:
+        """Keep ``mover``'s regions up to date: ``mover.sync(table)`` runs before each lookup
+        (see :attr:`movers`)."""
+        self.movers = (*self.movers, mover)
+
+    def sync(self) -> None:
+        for mover in self.movers:
+            mover.sync(self)
+
     def find(self, address: int, size: int) -> Region | None:
         """The region holding all of ``[address, address + size)``, or None."""
+        if self.movers:
+            self.sync()
         i = bisect.bisect_right(self._starts, address) - 1
         if i >= 0:
             r = self._regions[i]
@@ -245,6 +261,8 @@ class RegionTable:
         return None
 
     def describe(self) -> str:
+        if self.movers:
+            self.sync()
         return ", ".join(r.describe() for r in self._regions) or "nothing"
 
     def check(self, address: int, size: int, kind: str = "read", pc: int | None = None) -> Region:

@@ -27,6 +27,11 @@ XDP_PACKET_HEADROOM = 256            # include/linux/bpf.h
 XDP_FRAME_SZ = 4096                  # test_run's rxqueue frag_size: PAGE_SIZE
 SKB_SHARED_INFO_ROOM = 320           # SKB_DATA_ALIGN(sizeof(struct skb_shared_info)), x86-64
 XDP_FRAME_STRUCT = 40                # sizeof(struct xdp_frame), kept at data_hard_start
+# pybpf's layout (runtime/contexts.py): the xdp_md, then the frame, whose hard start is this many
+# bytes past the xdp_md; the JIT's native bpf_xdp_adjust_head finds the frame from the ctx
+# pointer with it (data may move down to ctx + XDP_HEAD_FLOOR + the metadata length)
+XDP_CTX_ROOM = 64
+XDP_HEAD_FLOOR = XDP_CTX_ROOM + XDP_FRAME_STRUCT
 XDP_MAX_LINEAR = XDP_FRAME_SZ - XDP_PACKET_HEADROOM - SKB_SHARED_INFO_ROOM   # 3520
 ETH_HLEN = 14
 XDP_META_MAX = 255                   # xdp_metalen_invalid: u8 meta_len, 4-byte multiples
@@ -144,6 +149,14 @@ class XdpBuff:
         if table is not None and any(r is self.region for r in table):
             table.move(self.region, start, size)
         self.region.start, self.region.size = start, size
+
+    def sync(self, table) -> None:
+        """Move the packet region to the pointers the xdp_md holds, if JIT code moved them
+        natively (a RegionTable calls this before each lookup: :meth:`RegionTable.follow`)."""
+        md, region = self.md, self.region
+        start = md.data_meta
+        if start != region.start or md.data_end - start != region.size:
+            self.set(table)
 
     def out(self) -> bytes:
         """BPF_PROG_TEST_RUN's data_out: ``[data_meta, data_end)``, then the fragments."""

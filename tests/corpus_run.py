@@ -206,8 +206,12 @@ def inputs_for(prog_type: str, section: str = "") -> list[tuple[str, dict]]:
         return [(n, {"ctx": c}) for n, c in SYSCALL_CTXS]
     if prog_type == "raw_tracepoint":
         return [(n, {"ctx": c}) for n, c in RAW_TP_ARGS]
-    if section.startswith("xdp.frags"):
-        return [(n, {"data": p}) for n, p in PACKETS + FRAG_PACKETS]
+    if prog_type == "xdp":
+        # with a ctx_in (the whole packet, no metadata), so ctx_out is compared too: the
+        # pointers the head/tail helpers moved, as offsets (xdp_convert_buff_to_md)
+        packets = PACKETS + FRAG_PACKETS if section.startswith("xdp.frags") else PACKETS
+        return [(n, {"data": p, "ctx": struct.pack("<6I", 0, len(p), 0, 0, 0, 0)})
+                for n, p in packets]
     return [(n, {"data": p}) for n, p in PACKETS]
 
 
@@ -243,6 +247,8 @@ def _ctx_record(prog_type: str, ctx) -> dict | bytes | None:
         return None         # read-only; BPF_PROG_TEST_RUN has no ctx_out for it
     if prog_type in ("sk_lookup", "cgroup_sock_addr", "cgroup_sock"):
         return bytes(ctx) if ctx is not None else None
+    if prog_type == "xdp":
+        return bytes(ctx) if ctx is not None else None
     if _kind(prog_type) == "skb":
         skb = ctx if isinstance(ctx, SkBuff) else SkBuff.from_buffer_copy(
             bytes(ctx).ljust(ctypes.sizeof(SkBuff), b"\0"))
@@ -277,7 +283,7 @@ def pybpf_records(path: str, name: str, engine: str) -> list[dict]:
     out = []
     for what, kw in inputs_for(lp.prog_type, prog.section):
         if isinstance(kw.get("ctx"), bytes):
-            kw = {"ctx": bytearray(kw["ctx"])}
+            kw = {**kw, "ctx": bytearray(kw["ctx"])}
         try:
             r0 = lp.run(**kw)
         except pybpf.BPFError as e:       # an input the kernel refuses too (EINVAL)
@@ -350,8 +356,8 @@ def _kernel_records(path: str, name: str) -> list[dict]:
             data, ctx = kw.get("data"), kw.get("ctx")
             if isinstance(ctx, dict):           # the socket types' struct, as bytes
                 ctx = bytes(SOCK_STRUCTS[prog.prog_type](**ctx))
-            ctx_size = {"skb": ctypes.sizeof(SkBuff), "sk_lookup": ctypes.sizeof(BpfSkLookup)
-                        }.get(_kind(prog.prog_type), 0)
+            ctx_size = {"skb": ctypes.sizeof(SkBuff), "sk_lookup": ctypes.sizeof(BpfSkLookup),
+                        "xdp": 24}.get(_kind(prog.prog_type), 0)
             try:
                 retval, dout, cout = kernel_bpf.test_run(
                     fds[name], ctx=ctx, data=data,
@@ -448,7 +454,91 @@ def census() -> tuple[dict, dict]:
     return types, helpers
 
 
+def calls_of(prog) -> set[str]:
+    """The helpers and kfuncs a loaded program calls, by name (kfunc ids as pybpf numbers
+    them), plus ld_abs/ld_ind, BPF-to-BPF calls and atomics as census() names them."""
+    from pybpf.helper_names import HELPER_NAMES
+    from pybpf.kfunc_ids import KFUNC_IDS
+    kfuncs = {v: k for k, v in KFUNC_IDS.items()}
+    used = set()
+    for _, form, insn in prog.instructions():
+        if form.kind == "call" and form.op == "helper":
+            used.add(f"bpf_{HELPER_NAMES[insn.imm]}")
+        elif form.kind == "call" and form.op == "kfunc":
+            used.add(kfuncs.get(insn.imm, f"kfunc#{insn.imm}"))
+        elif form.kind == "ldabs":
+            used.add("ld_abs/ld_ind")
+        elif form.kind == "call" and form.op == "local":
+            used.add("bpf-to-bpf call")
+        elif form.kind == "atomic":
+            used.add("atomics")
+    return used
+
+
+def run_stats(programs_=None, kernel: bool = True, say=None) -> dict:
+    """Run every corpus program (or ``programs_``: (path, name) pairs) in both engines and, with
+    ``kernel``, in the running kernel; per program type and per helper/kfunc it uses: programs,
+    runs, runs where the interpreter and the JIT agree, runs where both equal the kernel, runs
+    the kernel could not do (it refuses BPF_PROG_TEST_RUN for the type: only both engines)."""
+    import errno as _errno
+    import kernel_bpf
+    by_type, by_call = {}, {}
+    for path, name in programs_ if programs_ is not None else programs():
+        obj = pybpf.load_elf(path)
+        prog = obj.programs[name]
+        calls = calls_of(prog)
+        interp = pybpf_records(path, name, "interp")
+        jit = pybpf_records(path, name, "jit")
+        theirs = None
+        if kernel:
+            try:
+                theirs = kernel_records(path, name)
+            except kernel_bpf.KernelError as e:
+                if e.errno not in (524, _errno.EOPNOTSUPP):     # ENOTSUPP: no test run
+                    raise
+        row = {"programs": 1, "runs": len(interp), "engines_equal": 0, "kernel_equal": 0,
+               "no_kernel": 0 if theirs is not None else len(interp)}
+        for i, r in enumerate(interp):
+            same = not compare([r], [jit[i]], "interp", "jit")
+            row["engines_equal"] += same
+            if theirs is not None:
+                row["kernel_equal"] += same and not compare([r], [theirs[i]], "pybpf", "kernel")
+        if say is not None:
+            say(f"{name} ({prog.prog_type}): {row}")
+        for table, keys in ((by_type, [prog.prog_type]), (by_call, sorted(calls))):
+            for k in keys:
+                acc = table.setdefault(k, dict.fromkeys(row, 0))
+                for f, v in row.items():
+                    acc[f] += v
+    return {"types": by_type, "calls": by_call}
+
+
+def format_stats(st: dict) -> str:
+    cols = ("programs", "runs", "engines_equal", "kernel_equal", "no_kernel")
+    head = f"{{:<34}}{''.join('{:>15}' for _ in cols)}"
+    lines = []
+    for title, table in (("program type", st["types"]), ("helper / kfunc", st["calls"])):
+        lines.append(head.format(title, "programs", "runs", "interp=jit", "=kernel",
+                                 "no kernel run"))
+        for k, row in sorted(table.items(), key=lambda kv: (-kv[1]["programs"], kv[0])):
+            lines.append(head.format(k, *(row[c] for c in cols)))
+        total = {c: sum(r[c] for r in table.values()) for c in cols}
+        if title == "program type":
+            lines.append(head.format("total", *(total[c] for c in cols)))
+        lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    import sys
+    if "--stats" in sys.argv:
+        # runs per program type and per helper/kfunc, in both engines and in the kernel
+        # (python tests/corpus_run.py --stats [--no-kernel] [-v]); JIT code runs in this process
+        verbose = "-v" in sys.argv
+        st = run_stats(kernel="--no-kernel" not in sys.argv,
+                       say=(lambda line: print(line, flush=True)) if verbose else None)
+        print(format_stats(st))
+        sys.exit(0)
     t, h = census()
     print(f"{sum(t.values())} programs:", ", ".join(f"{k} {v}" for k, v in sorted(t.items())))
     print("uses:", ", ".join(f"{k} {v}" for k, v in sorted(h.items(), key=lambda x: -x[1])))

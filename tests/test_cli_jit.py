@@ -91,6 +91,35 @@ def test_show_asm_capstone_at_real_addresses(src, syntax, ret):
         assert "%" not in out.split("<bpf_main>:", 1)[1].split("\n\n")[0]
 
 
+@pytest.mark.skipif(not HAVE_CAPSTONE, reason="capstone (pybpf[disasm]) is not installed")
+def test_show_asm_lists_the_switch_jump_table_as_data():
+    """switch64's compare tree becomes a jump table in .rodata (jit/switches.py, jit/link.py):
+    --show asm lists it entry by entry, each entry the start of an instruction of the listed
+    code, instead of decoding the table as instructions. --no-verify shows the code of an
+    unverified load: the loop head's latch charges the run budget."""
+    obj = os.path.join(ROOT, "benchmarks", "c", "switch64.bpf.o")
+    rc, out, err = pybpf("jit", obj, "--prog-type", "mem", "--no-verify", "--show", "asm")
+    assert rc == 0, err
+    code, _, data = out.partition("<.rodata>:")
+    starts = {int(a, 16) for a in re.findall(r"^  ([0-9a-f]+):  ", code, re.M)}
+    head = re.search(r"jump table at 0x([0-9a-f]+): (\d+) entries", data)
+    assert head and int(head.group(2)) == 64, data[:500]
+    table = int(head.group(1), 16)
+    entries = re.findall(r"^  ([0-9a-f]+):  (?:[0-9a-f]{2} ){4}\s*\.long\s+(-?0x[0-9a-f]+)  "
+                         r"# \[(\d+)\] -> 0x([0-9a-f]+) <bpf_main\+0x[0-9a-f]+>$", data, re.M)
+    assert [int(e[2]) for e in entries] == list(range(64)), data[:2000]
+    for at, rel, _, target in entries:
+        assert table + int(rel, 16) == int(target, 16) and int(target, 16) in starts
+    assert all(a < table for a in starts)             # no instruction decoded from the data
+    # the code loads the table's address and jumps through it
+    assert re.search(r"lea\w*\s+0x[0-9a-f]+\(%rip\), %\w+  # <\.rodata>$", code, re.M)
+    assert re.search(r"jmpq\s+\*%\w+$", code, re.M)
+    # the run budget's cell is reached through the GOT, and PyErr_CheckSignals is called
+    assert re.search(r"movq\s+0x[0-9a-f]+\(%rip\), %\w+  # <\.got\+0x[0-9a-f]+>$", code, re.M)
+    rc, ir, err = pybpf("jit", obj, "--prog-type", "mem", "--no-verify", "--show", "ir")
+    assert rc == 0 and ".latch" in ir.split("LLVM IR after")[0], err
+
+
 def test_show_asm_from_llvm(src):
     rc, out, err = pybpf("jit", src, "--no-verify", "--show", "asm", "--disassembler", "llvm")
     assert rc == 0, err

@@ -29,6 +29,17 @@ def _case(path: str, name: str):
 
 
 CASES = {name: _case(path, name) for path, name in PROGRAMS}
+# corpus_run.py --stats (the counts per program type and helper the issue asks for) on two
+# programs: the kernel's runs when bpf() is permitted (here, in the child: JIT code runs)
+STATS_PROGRAMS = [p for p in PROGRAMS if p[1] in ("xdp_vlan_push", "sk_lookup_count")]
+
+
+def _stats():
+    import kernel_bpf
+    return corpus_run.run_stats(STATS_PROGRAMS, kernel=kernel_bpf.available())
+
+
+CASES["stats"] = _stats
 
 
 def test_the_corpus_is_at_least_40_programs_of_every_supported_packet_and_socket_type():
@@ -71,6 +82,22 @@ def child_results():
 @pytest.mark.parametrize("name", NAMES)
 def test_both_engines_agree_on_every_run(child_results, name):
     assert_case_passed(child_results, name)
+
+
+@pytest.mark.jit
+def test_stats_count_runs_per_program_type_and_helper(child_results):
+    import kernel_bpf
+    assert_case_passed(child_results, "stats")
+    st = child_results[0]["stats"]["detail"]
+    assert len(STATS_PROGRAMS) == 2 and set(st["types"]) == {"xdp", "sk_lookup"}
+    xdp = st["types"]["xdp"]
+    runs = len(corpus_run.inputs_for("xdp"))
+    assert xdp["programs"] == 1 and xdp["runs"] == xdp["engines_equal"] == runs
+    assert st["calls"]["bpf_xdp_adjust_head"]["runs"] == runs
+    assert st["calls"]["bpf_map_lookup_elem"]["programs"] == 2
+    assert st["calls"]["bpf_map_lookup_elem"]["runs"] == runs + st["types"]["sk_lookup"]["runs"]
+    if kernel_bpf.available():
+        assert xdp["kernel_equal"] == runs and xdp["no_kernel"] == 0
 
 
 @pytest.mark.kernel

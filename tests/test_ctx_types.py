@@ -119,6 +119,25 @@ def case_sk_msg_sock_ops_perf_event():
     assert interp["pe 0 1 1"] == 0
 
 
+# A tracepoint program may read before its record (Linux 6.18 accepts negative offsets:
+# tests/verifier/ctx/tracepoint_negative_off.vt): the run puts zeros there, in its own memory
+TP_BEFORE = asm("r0 = *(u64 *)(r1 - 32768)\nr2 = *(u32 *)(r1 - 4)\nr0 += r2\n"
+                "r2 = *(u8 *)(r1 - 1)\nr0 += r2\nr2 = *(u64 *)(r1 + 8)\nr0 += r2\nexit")
+
+
+def _tp_before(engine: str):
+    lp = pybpf.VM().load(TP_BEFORE, prog_type="tracepoint", engine=engine)
+    record = bytes(8) + struct.pack("<Q", 0x1122334455667788)
+    out = (lp.ctx_headroom, lp.run(ctx=record), lp.last_ctx)
+    lp.close()
+    return out
+
+
+def case_tracepoint_reads_before_its_record():
+    want = (32768, 0x1122334455667788, bytes(8) + struct.pack("<Q", 0x1122334455667788))
+    assert _tp_before("interp") == _tp_before("jit") == want
+
+
 child_tests(globals(), test_name="test_verified_context_programs_in_both_engines",
             marks=[pytest.mark.jit])
 
@@ -159,6 +178,18 @@ def test_skb_sk_cannot_come_from_the_caller():
     assert lp.run(data=frame()) == 0
     with pytest.raises(VMError, match="sk and flow_keys must be zero"):
         lp.run(data=frame(), ctx={"sk": 0x10000})
+
+
+def test_tracepoint_headroom_is_the_programs_alone():
+    # unverified (trusted input), a read before the record has no headroom: the interpreter
+    # refuses it; verified, the headroom is exactly what the program reads, read-only
+    with pytest.raises(pybpf.errors.MemoryAccessError):
+        pybpf.VM().load(asm("r0 = *(u64 *)(r1 - 8)\nexit"), prog_type="tracepoint",
+                        verify=False).run(ctx=bytes(16))
+    lp = pybpf.VM().load(asm("r0 = *(u16 *)(r1 - 6)\nexit"), prog_type="tracepoint")
+    assert lp.ctx_headroom == 6 and lp.run(ctx=b"\xff" * 8) == 0
+    assert pybpf.VM().load(asm("r0 = *(u16 *)(r1 + 8)\nexit"),
+                           prog_type="tracepoint").ctx_headroom == 0
 
 
 def test_raw_tracepoint_ctx_must_cover_what_the_program_reads():

@@ -170,6 +170,126 @@ def case_probe_read_user_reads_the_runs_memory_only():
         assert _probe(engine, False) == (-14, bytes(16)), engine
 
 
+# --- probe_read_user_str: a string from the run's memory only ----------------------------------
+# ctx: u64 source @0, u64 r0 @8, the destination's first 8 bytes @16 (the last 8 @56), u32
+# size @24 (0..16), u32 @28: read the string copied to the stack from ctx @32 instead
+PROBE_STR = """
+r6 = r1
+r1 = *(u64 *)(r6 + 32)
+*(u64 *)(r10 - 48) = r1
+r1 = *(u64 *)(r6 + 40)
+*(u64 *)(r10 - 40) = r1
+r1 = *(u64 *)(r6 + 48)
+*(u64 *)(r10 - 32) = r1
+r1 = 0x5858585858585858 ll
+*(u64 *)(r10 - 16) = r1
+*(u64 *)(r10 - 8) = r1
+r3 = *(u64 *)(r6 + 0)
+r4 = *(u32 *)(r6 + 28)
+if r4 == 0 goto read
+r3 = r10
+r3 += -48
+read:
+r2 = *(u32 *)(r6 + 24)
+if r2 > 16 goto out
+r1 = r10
+r1 += -16
+call bpf_probe_read_user_str
+*(u64 *)(r6 + 8) = r0
+r1 = *(u64 *)(r10 - 16)
+*(u64 *)(r6 + 16) = r1
+r1 = *(u64 *)(r10 - 8)
+*(u64 *)(r6 + 56) = r1
+out:
+r0 = 0
+exit
+"""
+# (source: "stack", "outside" (process memory the run was not given), or an address; size;
+#  the string)
+PROBE_STR_CASES = [("stack", 16, b"short\0"), ("stack", 16, b"exactly fifteen\0"),
+                   ("stack", 16, b"longer than the sixteen bytes\0"), ("stack", 4, b"abcdef\0"),
+                   ("stack", 1, b"abc\0"), ("stack", 0, b"abc\0"), ("outside", 16, b"x\0"),
+                   (0, 16, b"x\0"), (0, 0, b"x\0"), (0x1000, 8, b"x\0")]
+
+
+def _probe_str_ctx(source, size: int, text: bytes, secret: int) -> bytearray:
+    ctx = bytearray(64)
+    src = 0 if source == "stack" else secret if source == "outside" else source
+    struct.pack_into("<QQQII", ctx, 0, src, 0, 0, size, source == "stack")
+    ctx[32:56] = text[:24].ljust(24, b"\0")
+    return ctx
+
+
+def _probe_str_result(ctx: bytearray) -> tuple[int, bytes]:
+    """(r0, the 16-byte destination: 8 bytes @16 and 8 @56)."""
+    return struct.unpack_from("<q", ctx, 8)[0], bytes(ctx[16:24] + ctx[56:64])
+
+
+def _probe_str(engine: str, cases=PROBE_STR_CASES) -> list:
+    from pybpf.runtime.memory import Buffer
+    lp = pybpf.VM().load(asm(PROBE_STR), prog_type="syscall", engine=engine)
+    secret = Buffer(32, init=b"not yours at all, not a byte\0")
+    out = []
+    for source, size, text in cases:
+        ctx = _probe_str_ctx(source, size, text, secret.address)
+        lp.run(ctx=ctx)
+        out.append(_probe_str_result(ctx))
+    return out
+
+
+def test_probe_read_user_str_reads_the_runs_memory_only():
+    got = dict(zip([(c[0], c[1], c[2]) for c in PROBE_STR_CASES], _probe_str("interp")))
+    x = b"X" * 16
+    assert got[("stack", 16, b"short\0")] == (6, b"short\0" + x[6:])
+    assert got[("stack", 16, b"exactly fifteen\0")] == (16, b"exactly fifteen\0")
+    assert got[("stack", 16, b"longer than the sixteen bytes\0")] == (16, b"longer than the\0")
+    assert got[("stack", 4, b"abcdef\0")] == (4, b"abc\0" + x[4:])
+    assert got[("stack", 1, b"abc\0")] == (1, b"\0" + x[1:])
+    assert got[("stack", 0, b"abc\0")] == (0, x)
+    # memory the run was not given, NULL, an unmapped address: -EFAULT, the destination zeroed
+    for key in (("outside", 16, b"x\0"), (0, 16, b"x\0"), (0x1000, 8, b"x\0")):
+        assert got[key] == (-14, bytes(key[1]) + x[key[1]:]), key
+    assert got[(0, 0, b"x\0")] == (0, x)
+
+
+def case_probe_read_user_str_jit_is_the_interpreters():
+    assert _probe_str("jit") == _probe_str("interp")
+
+
+@pytest.mark.kernel
+def test_probe_read_user_and_user_str_refusals_are_the_kernels():
+    """Where the two agree by design: the kernel reads user addresses (pybpf: the run's memory,
+    so the stack cases differ on purpose); NULL and an unmapped address are -EFAULT with the
+    destination zeroed, and a size of 0 reads nothing, in both."""
+    require_kernel("bpf", "test_run:syscall")
+    import kernel_bpf
+    cases = [c for c in PROBE_STR_CASES if isinstance(c[0], int)]
+    fd, log = kernel_bpf.prog_load(asm(PROBE_STR).to_bytes(), "syscall", sleepable=True)
+    assert fd >= 0, log
+    theirs = []
+    try:
+        for source, size, text in cases:
+            ctx = bytes(_probe_str_ctx(source, size, text, 0))
+            _r, _d, after = kernel_bpf.test_run(fd, ctx=ctx)
+            theirs.append(_probe_str_result(bytearray(after)))
+    finally:
+        os.close(fd)
+    assert _probe_str("interp", cases) == theirs
+    fd, log = kernel_bpf.prog_load(asm(PROBE).to_bytes(), "syscall", sleepable=True)
+    assert fd >= 0, log
+    try:
+        for address in (0x10, 0x1000):         # (0 means "the stack" to PROBE)
+            ctx = bytearray(64)
+            ctx[32:48] = b"sixteen bytes!!!"
+            struct.pack_into("<Q", ctx, 0, address)
+            _r, _d, after = kernel_bpf.test_run(fd, ctx=bytes(ctx))
+            lp = pybpf.VM().load(asm(PROBE), prog_type="syscall")
+            lp.run(ctx=ctx)
+            assert after == bytes(ctx) and struct.unpack_from("<q", ctx, 8)[0] == -14
+    finally:
+        os.close(fd)
+
+
 # --- for_each_map_elem ------------------------------------------------------------------------
 FOREACH = """
 .map m type={type} key=4 value=8 max_entries=8

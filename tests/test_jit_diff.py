@@ -302,8 +302,10 @@ def child_tiers(seed: int, count: int, phases: list[str]) -> dict:
     ``JitEnv``, as the VM loads them) through each of ``phases``, in order, against the
     interpreter: "quick" (the quick tier, compiled), "quick-cache" (the same again: taken from
     the code cache by the load-input key, no lowering), "O2", "O2-cache". The code cache is a
-    fresh directory. "baseline" and "baseline-unverified" load the baseline tier alone
-    (jit/baseline.py, no LLVM). Per phase: failures, cache states, lowerings run."""
+    fresh directory. "baseline" loads the baseline tier alone (jit/baseline.py, no LLVM). A
+    "-unverified" suffix ("baseline-unverified", "O2-unverified", "quick-unverified") compiles
+    the code of an unverified load instead (a run budget charged at back edges, signals
+    polled). Per phase: failures, cache states, lowerings run."""
     import ctypes
     import shutil
     import tempfile
@@ -340,10 +342,10 @@ def child_tiers(seed: int, count: int, phases: list[str]) -> dict:
             t0, before = time.perf_counter(), lowerings[0]
 
             def one(i):
-                # "baseline-unverified": the code of an unverified load (run budget counted
-                # at back edges, signals polled), with a budget no program here spends
+                # "-unverified": the code of an unverified load (run budget counted at back
+                # edges, signals polled), with a budget no program here spends
                 budget = (ctypes.c_int64 * 1)(1_000_000)
-                env = JitEnv() if phase != "baseline-unverified" else JitEnv(
+                env = JitEnv() if not phase.endswith("-unverified") else JitEnv(
                     verified=False, budget_cell=ctypes.addressof(budget))
                 jp = compile_program(progs[i], helpers, name=progs[i].name, env=env,
                                      tier=tier)
@@ -593,6 +595,24 @@ def test_random_programs_on_the_quick_tier_and_from_the_cache():
         got = out["phases"].get(phase)
         if got is not None and phase.split("-")[0] in phases[:phases.index(phase)]:
             assert got["states"] == {"hit": TIER_PROGRAMS} and got["lowerings"] == 0, got
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "failures"}
+                      for k, v in out["phases"].items()}))
+
+
+UNVERIFIED_PROGRAMS = int(os.environ.get("PYBPF_DIFF_UNVERIFIED_PROGRAMS", "60"))
+
+
+def test_random_programs_as_unverified_loads():
+    """The LLVM tiers' code for an unverified load (each loop head's latch charges the run
+    budget and polls for signals; jit/lower.py back_edge) against the interpreter, at -O0
+    (quick) and -O2. ``PYBPF_DIFF_UNVERIFIED_PROGRAMS=10000`` for the full run."""
+    phases = ["quick-unverified", "O2-unverified"]
+    out = _child("tiers", "20261208", str(UNVERIFIED_PROGRAMS), ",".join(phases),
+                 timeout=max(900, UNVERIFIED_PROGRAMS * 0.5))
+    assert list(out["phases"]) == phases
+    for phase, got in out["phases"].items():
+        assert not got["failures"], (phase, json.dumps(got["failures"][:3], indent=1))
+        assert sum(got["states"].values()) == UNVERIFIED_PROGRAMS, (phase, got)
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "failures"}
                       for k, v in out["phases"].items()}))
 

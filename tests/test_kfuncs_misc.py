@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+import pybpf
 from kernel_probe import require_kernel
 from kfunc_run import kernel_run, pybpf_run
 from support import assert_case_passed, child, run_child, frame
@@ -103,10 +104,30 @@ def _cast(engine: str | None) -> int:
     return pybpf_run(CAST_XDP, b"", engine, prog_type="xdp", data=frame())[0]
 
 
+# A kfunc call without a function id: the kernel loads it as dead code (removed before
+# fixup_kfunc_call refuses it: tests/verifier/special/kfunc_no_id_*.vt); both engines compile
+# it, and reached in an unverified program it is that refusal, at run time
+KFUNC0_DEAD = "r0 = 2\nif r0 == 2 goto +1\ncall kfunc(0)\nexit"
+KFUNC0_REACHED = "r0 = 2\ncall kfunc(0)\nexit"
+
+
+def _kfunc0(engine: str):
+    out = [pybpf.VM().load(pybpf.assemble(KFUNC0_DEAD), prog_type="xdp",
+                           engine=engine).run(data=frame())]
+    lp = pybpf.VM().load(pybpf.assemble(KFUNC0_REACHED), prog_type="xdp", engine=engine,
+                         verify=False)
+    try:
+        lp.run(data=frame())
+    except pybpf.errors.VMError as e:
+        out.append(str(e))
+    return out
+
+
 RUNS = [(n, c) for n in PROGRAMS for c in COOKIES]
 CASES = {f"{n}-{c}": (lambda n=n, c=c: _run(n, c, "jit")) for n, c in RUNS}
 CASES["cast_xdp"] = lambda: _cast("jit")
 CASES["wide_cookie"] = lambda: _full_r0("throw_from_subprog", "wide", "jit")
+CASES["kfunc0"] = lambda: _kfunc0("jit")
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +172,19 @@ def test_cast_to_kern_ctx_matches_the_kernel():
 def test_cast_to_kern_ctx_in_the_jit(jit_results):
     assert_case_passed(jit_results, "cast_xdp")
     assert jit_results[0]["cast_xdp"]["detail"] == _cast("interp")
+
+
+def test_a_kfunc_call_without_an_id_is_dead_code_or_refused():
+    want = [2, "pc 1: invalid kernel function call not eliminated in verifier pass"]
+    assert _kfunc0("interp") == want
+    with pytest.raises(pybpf.VerifierError, match="not eliminated in verifier pass"):
+        pybpf.VM().load(pybpf.assemble(KFUNC0_REACHED), prog_type="xdp")
+
+
+@pytest.mark.jit
+def test_a_kfunc_call_without_an_id_in_the_jit(jit_results):
+    assert_case_passed(jit_results, "kfunc0")
+    assert jit_results[0]["kfunc0"]["detail"] == _kfunc0("interp")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,36 @@ def test_interpreter_checks_what_the_prototype_announces():
                                                                  (2, "value", "read")]
 
 
+def test_run_time_check_plan_is_computed_once_and_follows_the_kinds():
+    """check_args reads Prototype.memory_checks, built once per prototype (rebuilding it from
+    the kind strings on every bridged call was most of the call's cost): the same object on
+    every read, and it skips a zero size only where the size argument is ``_OR_ZERO``."""
+    from pybpf.runtime.helpers import Helper, check_args
+    from pybpf.runtime.memory import Region, RegionTable
+    from pybpf.errors import MemoryAccessError
+    csum = protos.helper_proto("csum_diff")           # ARG_CONST_SIZE_OR_ZERO sizes
+    load = protos.helper_proto("probe_read_kernel")   # ARG_CONST_SIZE_OR_ZERO, writes
+    plan = csum.memory_checks
+    assert csum.memory_checks is plan
+    assert plan == ((0, 1, 1, "read", True), (2, 3, 1, "read", True))
+    lock = protos.helper_proto("spin_lock").memory_checks
+    assert lock == ((0, None, 4, "write", False),)
+    sized = protos.Prototype(args=(protos.ARG_PTR_TO_MEM, protos.ARG_CONST_SIZE))
+    assert sized.memory_checks == ((0, 1, 1, "write", False),)
+    buf = ctypes.create_string_buffer(16)
+    table = RegionTable([Region(ctypes.addressof(buf), 16, "buf")])
+    bad = ctypes.addressof(buf) + 64
+    noop = lambda *a: 0                                # noqa: E731
+    check_args(table, Helper(1, "csum", noop, csum), (bad, 0, bad, 0, 0))   # zero: skipped
+    with pytest.raises(MemoryAccessError):
+        check_args(table, Helper(1, "csum", noop, csum), (bad, 4, 0, 0, 0))
+    with pytest.raises(MemoryAccessError):        # ARG_CONST_SIZE: a 0 is still checked
+        check_args(table, Helper(2, "sized", noop, sized), (bad, 0))
+    check_args(table, Helper(3, "load", noop, load), (ctypes.addressof(buf), 16, 0))
+    with pytest.raises(MemoryAccessError):
+        check_args(table, Helper(3, "load", noop, load), (ctypes.addressof(buf), 17, 0))
+
+
 def test_table_uses_kernel_kinds_and_ids():
     for hid, p in protos.HELPERS.items():
         assert HELPER_IDS[p.name] == hid

@@ -54,3 +54,77 @@ def test_the_kernel_agrees():
     finally:
         ko.close()
     assert (r0, count) == _pybpf("interp")[0]
+
+
+# --- ld_abs/ld_ind in a program reached by a tail call ------------------------------------------
+# The target reads the packet with the legacy loads (r6 = the __sk_buff, as the kernel wants);
+# JIT code used to read its own packet descriptor, set only when the target itself runs, so
+# through a tail call it saw no packet and returned 0. r0 = the EtherType << 8 | IP protocol;
+# a packet too short for byte 23 ends the program with 0, as the kernel's ld_abs does.
+LDABS_TARGET = """
+r6 = r1
+r0 = *(u8 *)skb[23]
+r7 = r0
+r8 = 10
+r0 = *(u16 *)skb[r8 + 2]
+r0 <<= 8
+r0 |= r7
+exit
+"""
+
+
+def _ldabs_caller(fd: int) -> str:
+    return f"r2 = map_fd({fd}) ll\nr3 = 0\ncall 12\nr0 = 99\nexit"
+
+
+def _ldabs_packets() -> list[bytes]:
+    from corpus_run import PACKETS
+    return [p for _, p in PACKETS[:8]] + [frame(0x0806)[:20]]      # ARP, cut short
+
+
+def _ldabs_pybpf(engine: str, tier: str = "auto") -> list[int]:
+    vm = pybpf.VM()
+    jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=1)
+    kw = {"tier": tier} if engine == "jit" else {}
+    target = vm.load(pybpf.assemble(LDABS_TARGET), prog_type="sched_cls", engine=engine, **kw)
+    # the baseline tier has no tail calls: the caller is LLVM code then
+    kw = {"tier": "auto" if tier == "baseline" else tier} if engine == "jit" else {}
+    caller = vm.load(pybpf.assemble(_ldabs_caller(jt.fd)), prog_type="sched_cls",
+                     engine=engine, **kw)
+    jt[0] = target
+    return [caller.run(data=p) for p in _ldabs_packets()]
+
+
+def test_ld_abs_in_a_tail_call_target_interp():
+    out = _ldabs_pybpf("interp")
+    assert out[-1] == 0 and len(set(out)) >= 3 and 99 not in out
+
+
+@pytest.mark.jit
+@in_child
+def test_ld_abs_in_a_tail_call_target_jit():
+    os.environ["PYBPF_JIT_CACHE"] = "off"      # the baseline tier, not a cached -O2 entry
+    want = _ldabs_pybpf("interp")
+    for tier in ("baseline", "O2"):         # the target's tier
+        assert _ldabs_pybpf("jit", tier) == want, tier
+
+
+def test_ld_abs_in_a_tail_call_target_is_the_kernels():
+    require_kernel("bpf", "test_run:sched_cls")
+    import kernel_bpf
+    jt = kernel_bpf.create_map("prog_array", 4, 4, 1)
+    fds = [jt]
+    try:
+        fd, log = kernel_bpf.prog_load(pybpf.assemble(LDABS_TARGET).to_bytes(), "sched_cls")
+        assert fd >= 0, log
+        fds.append(fd)
+        kernel_bpf.update(jt, bytes(4), fd.to_bytes(4, "little"))
+        caller, log = kernel_bpf.prog_load(pybpf.assemble(_ldabs_caller(jt)).to_bytes(),
+                                           "sched_cls")
+        assert caller >= 0, log
+        fds.append(caller)
+        theirs = [kernel_bpf.test_run(caller, data=p)[0] for p in _ldabs_packets()]
+    finally:
+        for f in fds:
+            os.close(f)
+    assert _ldabs_pybpf("interp") == theirs

@@ -760,7 +760,7 @@ def _access_prog(off: int, size: int, mode: str) -> pybpf.Program:
 def _sweep(prog_type: str):
     """(off, size, mode) combinations to compare: all of them with FULL, else a sample that
     still crosses every field boundary of __sk_buff / xdp_md / pt_regs at every size."""
-    lo = 0 if prog_type == "tracepoint" else -8       # see test_tracepoint_negative_offsets
+    lo = -8
     hi = min(200, ctxrules.CTX_LIMIT[prog_type] + 8)
     for off in range(lo, hi):
         for size in (1, 2, 4, 8):
@@ -859,14 +859,18 @@ def test_ctx_rules_by_hand():
     assert ctxrules.field_name("xdp", 4) == "data_end"
 
 
-def test_tracepoint_negative_offsets_deviation():
+def test_tracepoint_negative_offsets():
     """Linux 6.18 accepts negative tracepoint ctx offsets (tp_prog_is_valid_access compares
-    ``off < sizeof(void *)`` unsigned); pybpf refuses them: the bytes before its context copy
-    are not the program's. Only a kernel-accepts / pybpf-refuses difference, never the reverse."""
-    r = ctxrules.ctx_access("tracepoint", -8, 8, False)
-    assert not r.ok and r.error == "invalid bpf_context access off=-8 size=8"
-    if KERNEL:
-        assert kv.kernel_verify(_access_prog(-8, 8, "ldx"), "tracepoint").accepted
+    ``off < sizeof(void *)`` unsigned), down to the instruction's -32768, aligned to the size;
+    so does pybpf (the run gives the program zeros there: tests/test_ctx_types.py)."""
+    for off, size, ok in ((-8, 8, True), (-32768, 8, True), (-4, 8, False), (-2, 2, True),
+                          (-3, 2, False), (-1, 1, True)):
+        r = ctxrules.ctx_access("tracepoint", off, size, False)
+        assert r.ok == ok, (off, size)
+        if not ok:
+            assert r.error == f"invalid bpf_context access off={off} size={size}"
+        if KERNEL:
+            assert kv.kernel_verify(_access_prog(off, size, "ldx"), "tracepoint").accepted == ok
 
 
 def test_ctx_rules_cover_every_program_type():

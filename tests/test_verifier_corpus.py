@@ -49,12 +49,8 @@ def test_rejections_record_a_message():
             assert c.fields.get("errno") in errno.errorcode.values(), c.name
 
 
-# Known differences, each a REFUSAL by pybpf (never an acceptance the kernel refuses):
-DEVIATIONS = {
-    "ctx/tracepoint_negative_off": "the kernel's tp_prog_is_valid_access lets negative offsets "
-                                   "through (int vs sizeof); pybpf will not read before the "
-                                   "context buffer",
-}
+# Known differences, each a REFUSAL by pybpf (never an acceptance the kernel refuses): none
+DEVIATIONS: dict[str, str] = {}
 
 
 def _case_param(c):

@@ -146,6 +146,7 @@ def _after(lp, ptype, maps) -> tuple:
 
 
 _STACKS: set = set()      # addresses of the interpreter stacks of this program's runs
+_RUN_STACK = [0]          # the address of the last _run's interpreter stack
 
 
 def _run(vm, prog, ptype, engine, maps):
@@ -157,6 +158,7 @@ def _run(vm, prog, ptype, engine, maps):
         def take_stack():
             stack = take()
             _STACKS.add(stack.address)
+            _RUN_STACK[0] = stack.address
             return stack
         lp._interp.take_stack = take_stack
     try:
@@ -166,12 +168,56 @@ def _run(vm, prog, ptype, engine, maps):
         lp.close()
 
 
+class _PlacedStack:
+    """An interpreter stack whose top (the main frame's r10) has the low 32 bits ``low32``:
+    the interpreter's own stacks come from the heap, a few MiB apart, so their r10s share bit
+    31 and a program whose path depends on a pointer's low word (``if w0 s>= 0`` on an
+    iterator's address; root may compare pointers) took the same path on every rerun, where
+    the JIT's r10 (the thread stack, 0x7ff.. with any bit 31) took the other. Placed in a
+    PROT_NONE reservation of 8 GiB (address space only), made writable where used."""
+
+    _base = 0
+    _used: set = set()
+
+    def __init__(self, low32: int, size: int, init: int) -> None:
+        import ctypes
+        import mmap
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long)
+        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        if not _PlacedStack._base:
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0x4000)
+            addr = libc.mmap(None, 1 << 33, 0, flags, -1, 0)        # 0: PROT_NONE
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), "mmap of the placed stacks' reservation")
+            _PlacedStack._base = addr
+        window = -(-_PlacedStack._base // (1 << 32)) * (1 << 32)   # 4 GiB inside the 8
+        top = window + (low32 & 0xffff_f000)
+        while top - size < _PlacedStack._base or top in _PlacedStack._used:
+            top += 0x1000 if top - size >= _PlacedStack._base else size
+        _PlacedStack._used.add(top)
+        lo = (top - size) & ~0xfff
+        if libc.mprotect(lo, top - lo, mmap.PROT_READ | mmap.PROT_WRITE):
+            raise OSError(ctypes.get_errno(), "mprotect of a placed stack")
+        from pybpf.runtime.memory import PROC
+        self.address, self.size = top - size, size
+        PROC[self.address:top] = bytes([init]) * size
+
+
+# How the reruns of ``explain`` move r10's low word away from the first run's: bit 31 (a
+# signed 32-bit test), bits 30-31, and most bits
+_FLIPS = (0x8000_0000, 0xc000_0000, 0x7fff_0000)
+
+
 def _interp_variant(vm, prog, ptype, maps, before, stack_init: int, keep: list,
-                    new_maps: bool = False, moves: int = 0):
+                    new_maps: bool = False, moves: int = 0, flip: int = 0):
     """The interpreter's result with its stack bytes all ``stack_init`` at a new address and,
     with ``new_maps``, the program's maps replaced by new ones holding the same values
     (``keep`` holds the old maps and stacks so that no address is reused), its hash elements
-    moved ``moves`` times (an update of a hash element takes a new one)."""
+    moved ``moves`` times (an update of a hash element takes a new one). With ``flip`` the
+    stack's top has the low 32 bits of the first run's top xor ``flip`` (:class:`_PlacedStack`)."""
     from pybpf.runtime.interp import STACK_SIZE
     from pybpf.runtime.memory import Buffer
     if new_maps:
@@ -186,7 +232,13 @@ def _interp_variant(vm, prog, ptype, maps, before, stack_init: int, keep: list,
     try:
         def take_stack():
             while True:     # at an address no run of this program had
-                keep.append(Buffer(STACK_SIZE, init=bytes([stack_init]) * STACK_SIZE, align=64))
+                if flip:
+                    first = _RUN_STACK[0] + STACK_SIZE
+                    keep.append(_PlacedStack((first ^ flip) & 0xffff_ffff, STACK_SIZE,
+                                             stack_init))
+                else:
+                    keep.append(Buffer(STACK_SIZE, init=bytes([stack_init]) * STACK_SIZE,
+                                       align=64))
                 if keep[-1].address not in _STACKS:
                     _STACKS.add(keep[-1].address)
                     return keep[-1]
@@ -210,7 +262,8 @@ def _calls_ign_kfunc(prog) -> bool:
 
 def explain(vm, prog, ptype, maps, before, want) -> str:
     """Why the engines' results may differ, found by running the interpreter again: with its
-    stack and the program's maps at other addresses ("pointer": the result depends on
+    stack (its r10's low word flipped in bit 31 and others: :class:`_PlacedStack`) and the
+    program's maps at other addresses ("pointer": the result depends on
     addresses, as when a program returns, stores or tests a pointer, which root may) and with
     its stack full of 0xa5, then 0x5a bytes ("uninit_stack": the result depends on stack bytes
     the program never wrote, which root may read; the JIT's stack holds whatever was there).
@@ -225,7 +278,7 @@ def explain(vm, prog, ptype, maps, before, want) -> str:
         # three tries: one other address may leave a pointer test's outcome as it was
         for moves in range(3):
             moved = _interp_variant(vm, prog, ptype, program_maps(vm, prog), before, 0, keep,
-                                    new_maps=True, moves=moves)
+                                    new_maps=True, moves=moves, flip=_FLIPS[moves])
             if moved != want:
                 return "pointer"
         for poison in (0xa5, 0x5a):         # negative and positive as signed words
@@ -521,6 +574,43 @@ def test_an_uninitialised_stack_word_tested_as_signed_is_classified():
     want = _run(vm, prog, "socket_filter", "interp", maps)
     assert want[1][0][0][bytes(4)][17] == 1
     assert explain(vm, prog, "socket_filter", maps, before, want) == "uninit_stack"
+
+
+def test_a_path_on_the_low_word_of_an_iterator_address_is_classified():
+    # found by the long run (batch 9 program 1820, seed 2030; "unexplained"): bpf_iter_num_next
+    # returns fp-8 and `if w0 s>= 0` picks the map store by bit 31 of r10, which the JIT's
+    # thread stack (0x7ff..) may have set and the interpreter's heap stacks all had clear (the
+    # kernel's vmalloc'd stacks too: its r10's low word is 0x0b8..); the reruns now place the
+    # stack so that bit 31 differs from the first run's
+    from pybpf.runtime.interp import STACK_SIZE
+    prog = rebuild('batch 9 program 1820 pool:mut:iters/loop_keeps_map_ptr xdp ["'
+                   'b701000000000000631af0ff0000000018510000000000000000000000000000bfa20000'
+                   '0000000007020000f0ffffff85000000010000001500110000000000bf07000000000000'
+                   'bfa100000000000007010000f8ffffffb702000000000000b70300006300000085200000'
+                   'f2030000bfa100000000000007010000f8ffffff85200000f30300007600040000000000'
+                   '797100000000000007010000ffffff7f7b170000000000000500000000000000bfa10000'
+                   '0000000007010000f8ffffff85200000f4030000b7000000000000009500000000000000'
+                   '", [["arr", "array", 4, 8, 1, 0]]]')[2]
+    vm = pybpf.VM()
+    vm.verify(prog, prog_type="xdp")
+    maps = program_maps(vm, prog, create=True)
+    before = map_state(maps)
+    want = _run(vm, prog, "xdp", "interp", maps)
+    top = _RUN_STACK[0] + STACK_SIZE
+    stored = want[1][0][0][bytes(4)] != bytes(8)
+    assert stored == bool((top - 8) & 0x8000_0000)      # the path is r10's bit 31
+    assert explain(vm, prog, "xdp", maps, before, want) == "pointer"
+
+
+def test_placed_stacks_have_the_low_word_asked_for():
+    from pybpf.runtime.interp import STACK_SIZE
+    from pybpf.runtime.memory import PROC
+    keep = [_PlacedStack(w, STACK_SIZE, 0xa5) for w in (0x8000_1000, 0x0000_1000, 0x8000_1000)]
+    tops = [k.address + k.size for k in keep]
+    assert [t & 0xffff_ffff for t in tops[:2]] == [0x8000_1000, 0x0000_1000]
+    assert tops[2] != tops[0] and tops[2] & 0x8000_0000          # a new one, still bit 31
+    assert all(k.size == STACK_SIZE and bytes(PROC[k.address:k.address + k.size]) == b"\xa5" * k.size
+               for k in keep)
 
 
 def test_a_crash_record_rebuilds_its_program():

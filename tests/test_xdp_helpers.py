@@ -321,13 +321,15 @@ def test_tc_redirect(flags, ret, redir):
             os.close(fd)
 
 
-def test_adjust_meta_semantics_unverified():
-    # Linux 6.18 as built here refuses bpf_xdp_adjust_meta for XDP at load (no kernel answer to
-    # compare with); its run-time rules (net/core/filter.c) are checked on unverified loads:
-    # -EINVAL below the xdp_frame or above data, -EACCES for a length that is not a multiple
-    # of 4 (above 255 cannot happen in a 256-byte headroom); data_out then starts at data_meta.
+def _adjust_meta(engine: str) -> None:
+    # Linux 6.18 as built here refuses bpf_xdp_adjust_meta for XDP at load ("program of this
+    # type cannot use helper bpf_xdp_adjust_meta#54": no kernel answer to compare with, and
+    # pybpf's verifier refuses it too); its run-time rules (net/core/filter.c) are checked on
+    # unverified loads: -EINVAL below the xdp_frame or above data, -EACCES for a length that is
+    # not a multiple of 4 (above 255 cannot happen in a 256-byte headroom); data_out then starts
+    # at data_meta, and ctx_out's data is the metadata length.
     def meta(delta):
-        lp = _unverified(f"r2 = {delta}\ncall bpf_xdp_adjust_meta\nexit")
+        lp = _unverified(f"r2 = {delta}\ncall bpf_xdp_adjust_meta\nexit", engine)
         return lp.run(data=PKT) & M32, lp.last_data
     assert meta(-8) == (0, bytes(8) + PKT)
     assert meta(-6) == (-errno.EACCES & M32, PKT)
@@ -336,5 +338,25 @@ def test_adjust_meta_semantics_unverified():
     assert meta(4) == (EINVAL, PKT)                          # above data
     # the head moves the metadata with it
     lp = _unverified("r6 = r1\nr2 = -4\ncall bpf_xdp_adjust_meta\nr1 = r6\nr2 = 10\n"
-                     "call bpf_xdp_adjust_head\nexit")
+                     "call bpf_xdp_adjust_head\nexit", engine)
     assert (lp.run(data=PKT), lp.last_data) == (0, bytes(4) + PKT[10:])
+    assert (lp.last_ctx.data, lp.last_ctx.data_end) == (4, 4 + len(PKT) - 10)
+
+
+def test_adjust_meta_semantics_unverified():
+    _adjust_meta("interp")
+
+
+@pytest.mark.jit
+@in_child
+def test_adjust_meta_semantics_unverified_jit():
+    _adjust_meta("jit")
+
+
+def test_the_kernel_refuses_adjust_meta_in_xdp_as_pybpf_does():
+    text = "r2 = -8\ncall bpf_xdp_adjust_meta\nexit"
+    with pytest.raises(pybpf.VerifierError, match="cannot use helper bpf_xdp_adjust_meta#54"):
+        pybpf.VM().load(_program(text), prog_type="xdp")
+    if KERNEL:
+        fd, log = kb.prog_load(_program(text).to_bytes(), "xdp")
+        assert fd < 0 and "cannot use helper bpf_xdp_adjust_meta#54" in log

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from pybpf.helper_names import HELPER_IDS
 from support import assert_case_passed, child, run_child
 
 # r0 = (data_end - data) | metadata length << 16 | ingress_ifindex << 24 | rx_queue_index << 28
@@ -78,46 +79,77 @@ INPUTS = [
 ]
 
 
+# moves the pointers ctx_out reports: the head 8 bytes down (the metadata moves with it), the
+# tail 2 bytes in; r0 = the two helpers' returns (low bytes) and data_end - data after them
+MOVES = f"""
+r6 = r1
+r2 = -8
+call {HELPER_IDS["xdp_adjust_head"]}
+r7 = r0
+r7 &= 0xff
+r1 = r6
+r2 = -2
+call {HELPER_IDS["xdp_adjust_tail"]}
+r0 &= 0xff
+r0 <<= 8
+r0 |= r7
+r2 = *(u32 *)(r6 + 0)
+r3 = *(u32 *)(r6 + 4)
+r3 -= r2
+r3 <<= 16
+r0 |= r3
+exit
+"""
+PROGRAMS = {"sees": SEES, "moves": MOVES}
+RUNS = [(p, name, ctx, data) for p in PROGRAMS for name, ctx, data in INPUTS]
+
+
 def pybpf_results(engine: str) -> list:
-    """Per input: [errno name] for a refusal, else [retval, data_out hex]."""
+    """Per program and input: [errno name] for a refusal, else [retval, data_out hex] and, when
+    a ctx_in was given, ctx_out hex (the kernel writes one only then)."""
     import pybpf
-    lp = pybpf.VM().load(pybpf.assemble(SEES), prog_type="xdp", engine=engine)
     out = []
-    for _, ctx, data in INPUTS:
-        try:
-            r0 = lp.run(ctx=bytearray(ctx) if ctx is not None else None, data=data)
-        except pybpf.VMError as e:
-            out.append([errno.errorcode.get(e.errno, str(e))])
-            continue
-        out.append([r0 & 0xFFFFFFFF, lp.last_data.hex()])
+    for prog, text in PROGRAMS.items():
+        lp = pybpf.VM().load(pybpf.assemble(text), prog_type="xdp", engine=engine)
+        for _, ctx, data in INPUTS:
+            try:
+                r0 = lp.run(ctx=bytearray(ctx) if ctx is not None else None, data=data)
+            except pybpf.VMError as e:
+                out.append([errno.errorcode.get(e.errno, str(e))])
+                continue
+            out.append([r0 & 0xFFFFFFFF, lp.last_data.hex()]
+                       + ([bytes(lp.last_ctx).hex()] if ctx is not None else []))
     return out
 
 
 def kernel_results() -> list:
     import kernel_bpf as kb
     import pybpf
-    fd, log = kb.prog_load(pybpf.assemble(SEES).to_bytes(), "xdp")
-    assert fd >= 0, log
     out = []
-    try:
-        for _, ctx, data in INPUTS:
-            try:
-                r, dout, _ = kb.test_run(fd, ctx=ctx, data=data or None,
-                                         data_out_size=len(data) + 256,
-                                         ctx_out_size=24 if ctx else 0)
-            except kb.KernelError as e:
-                out.append([errno.errorcode[e.errno]])
-                continue
-            out.append([r, dout.hex()])
-    finally:
-        import os
-        os.close(fd)
+    for prog, text in PROGRAMS.items():
+        fd, log = kb.prog_load(pybpf.assemble(text).to_bytes(), "xdp")
+        assert fd >= 0, log
+        try:
+            for _, ctx, data in INPUTS:
+                try:
+                    r, dout, cout = kb.test_run(fd, ctx=ctx, data=data or None,
+                                                data_out_size=len(data) + 256,
+                                                ctx_out_size=24 if ctx else 0)
+                except kb.KernelError as e:
+                    out.append([errno.errorcode[e.errno]])
+                    continue
+                out.append([r, dout.hex()] + ([cout.hex()] if ctx else []))
+        finally:
+            import os
+            os.close(fd)
     return out
 
 
 def _diffs(mine: list, theirs: list, who: str) -> list[str]:
-    return [f"{name}: pybpf {a[:1]} {who} {b[:1]}" + ("" if a[:1] != b[:1] else " (data_out)")
-            for (name, _, _), a, b in zip(INPUTS, mine, theirs) if a != b]
+    what = ("retval", "data_out", "ctx_out")
+    return [f"{prog} {name}: pybpf {a} {who} {b} (" +
+            ", ".join(w for w, x, y in zip(what, a, b) if x != y) + ")"
+            for (prog, name, _, _), a, b in zip(RUNS, mine, theirs) if a != b]
 
 
 CASES = {"jit": lambda: pybpf_results("jit")}
@@ -142,7 +174,10 @@ def test_the_interpreter_takes_every_input_as_the_kernel_does(interp):
     # the inputs cover refusals with each errno and runs with fragments
     kinds = {r[0] for r in theirs if len(r) == 1}
     assert kinds == {"EINVAL", "ENODEV", "ENOMEM", "E2BIG"}, kinds
-    assert sum(len(r) == 2 for r in theirs) >= 14
+    assert sum(len(r) >= 2 for r in theirs) >= 28
+    # ctx_out compared on every run given a ctx_in, some with the pointers moved
+    outs = [bytes.fromhex(r[2]) for r in theirs if len(r) == 3]
+    assert len(outs) >= 16 and any(struct.unpack("<2I", o[:8]) != (4, 20) for o in outs)
 
 
 @pytest.mark.jit
@@ -152,16 +187,29 @@ def test_the_jit_takes_every_input_as_the_interpreter(jit_results, interp):
 
 
 def test_a_short_packet_is_refused_with_einval(interp):
-    names = [n for n, _, _ in INPUTS]
+    names = [n for _, n, _, _ in RUNS]
     assert interp[names.index("13 bytes")] == ["EINVAL"]
     assert interp[names.index("14 bytes")][0] == 14 | 1 << 24
 
 
 def test_fragments_hold_what_the_linear_part_does_not(interp):
-    names = [n for n, _, _ in INPUTS]
+    names = [n for _, n, _, _ in RUNS]
     r0, out = interp[names.index("fragments 10000")]
     assert r0 & 0xFFFF == 3520 and bytes.fromhex(out) == pattern(10000)
 
+
+
+def test_ctx_out_holds_offsets_from_data_meta(interp):
+    """xdp_convert_buff_to_md: data = the metadata length, data_end = the linear part's end,
+    both from data_meta after the run; the other fields are the ctx_in's (ingress_ifindex 0
+    stays 0 although the program saw the loopback's 1)."""
+    at = [(p, n) for p, n, _, _ in RUNS].index(("moves", "ctx 4 bytes of metadata"))
+    r0, _out, ctx_out = interp[at]
+    assert r0 & 0xFFFF == 0 and r0 >> 16 == 20 - 4 + 8 - 2      # both helpers returned 0
+    assert struct.unpack("<6I", bytes.fromhex(ctx_out)) == (4, 4 + 16 + 8 - 2, 0, 0, 0, 0)
+    see = RUNS.index(("sees", "ctx ingress_ifindex 1", md(data_end=20, ifi=1), pattern(20)))
+    assert interp[see][0] >> 24 == 1
+    assert struct.unpack("<6I", bytes.fromhex(interp[see][2])) == (0, 20, 0, 1, 0, 0)
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "child":

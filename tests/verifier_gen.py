@@ -435,6 +435,10 @@ class Tally:
             f"kernel accepts / pybpf rejects: {len(self.too_strict)} of {ka} = {pct(len(self.too_strict), ka)} (aim < 5%)",
             f"rejections whose message matches the kernel's last log line: {self.message_match} of "
             f"{self.both_reject} = {pct(self.message_match, self.both_reject)}",
+            f"  of the {self.both_reject - self.message_match} mismatches, {self.past_maps()} are "
+            f"map indexes past the program's maps (pybpf 'map index N out of range'; the kernel "
+            f"reads the harness's fd_array past them, zero padding: 'fd 0 is not pointing to "
+            f"valid bpf_map'): no message of the kernel's to match",
             f"pybpf crashes (non-VerifierError): {len(self.crashes)}",
             f"kernel internal errors ('verifier bug: ...', not verdicts, not counted above): "
             f"{len(self.kernel_bugs)}",
@@ -442,6 +446,13 @@ class Tally:
             f"time: kernel {self.kernel_s:.1f} s, pybpf {self.pybpf_s:.1f} s; slowest pybpf: "
             + ", ".join(f"{dt:.2f} s {label}" for dt, label, _t, _p in self.slowest[:3])])
 
+
+    def past_maps(self) -> int:
+        """Mismatched messages of programs that reference a map index past their maps: the
+        kernel's message there depends on the harness's fd_array (kernel_verifier pads it with
+        zeros), not on the program."""
+        return sum(n for (_k, p), n in self.mismatched_messages.items()
+                   if re.fullmatch(r"map index -?\d+ out of range", p))
 
     def count(self, ptype: str, key: str) -> None:
         row = self.per_type.setdefault(ptype, Counter())

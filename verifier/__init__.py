@@ -27,6 +27,7 @@ class VerifyResult:
     max_ctx_offset: int = 0                   # largest ctx byte touched (mem/syscall programs)
     stack_depth: dict = field(default_factory=dict)   # subprogram start -> bytes
     full: bool = False                        # True when the abstract interpretation ran
+    min_ctx_offset: int = 0                   # lowest ctx byte read, when negative (tracepoint)
 
 
 def verify(prog, env=None, *, prog_type: str, log_level: int = 0,

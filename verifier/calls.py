@@ -755,6 +755,12 @@ def check_kfunc_call(chk, pc: int, insn):
     proto = proto_of(chk.env.kfunc(kid))
     if proto is None or proto.name not in graph.SPIN_ALLOWED:
         spin_lock.check_call_allowed(chk, None, protos.HELPER_IDS["spin_unlock"])
+    if kid == 0 and insn.off == 0:
+        # check_kfunc_call skips a call without a function id ("return error when we find this
+        # in fixup_kfunc_call"): nothing is checked or changed, not even r0; run_checks refuses
+        # it after verification unless no path reached it
+        chk.kfunc0_calls.add(pc)
+        return None
     if proto is None:
         chk.error(f"kernel btf_id {kid & 0xFFFFFFFF} is not a function", errno.EINVAL)
     name = proto.name or f"kfunc#{kid}"
@@ -771,16 +777,22 @@ def check_kfunc_call(chk, pc: int, insn):
         # check_kfunc_args reads scalar arguments without check_reg_arg: an uninitialised one
         # is "R2 is not a scalar", not "R2 !read_ok"
         reg = chk.reg(regno) if base in _KF_NO_READ_CHECK else chk.check_reg_read(regno)
-        if reg.type == NOT_INIT and base in _KF_REG_OFF_FIRST:
-            # check_func_arg_reg_off on an unset register: its var_off is unknown
-            chk.error("variable ? access var_off=(0x0; 0xffffffffffffffff) disallowed")
         if base == protos.KF_ARG_CONST and i > 0 and \
                 split_kind(proto.args[i - 1])[0] == protos.KF_ARG_PTR_TO_MEM_SIZE:
             continue                            # the size checked with its buffer
-        if base in (protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_CTX) and \
-                (_is_null(reg) or reg.flags & PTR_MAYBE_NULL):
+        if base in _KF_TRUSTED and (_is_null(reg) or reg.flags & PTR_MAYBE_NULL):
             # Linux 6.18 as measured here checks kfunc pointer arguments as trusted ones
+            # (iterator kfuncs: KF_ITER_* implies KF_TRUSTED_ARGS)
             chk.error(f"Possibly NULL pointer passed to trusted arg{i}", errno.EACCES)
+        if base in _KF_REG_OFF_FIRST and name not in graph.NAMES:
+            # check_kfunc_args runs check_func_arg_reg_off on every pointer argument before
+            # its kind's own checks: an unset register (its var_off unknown) is "variable ?
+            # access", a ctx pointer moved back is "negative offset ctx ptr"
+            if reg.type == NOT_INIT:        # pybpf's unset register holds no var_off
+                chk.error("variable ? access var_off=(0x0; 0xffffffffffffffff) disallowed")
+            release = protos.KF_RELEASE in proto.kfunc_flags and reg.ref_obj_id
+            check_func_arg_reg_off(chk, reg, regno, ARG_DONTCARE,
+                                   frozenset({protos.OBJ_RELEASE} if release else ()))
         if base in (protos.KF_ARG_SCALAR, protos.KF_ARG_CONST):
             if reg.type != SCALAR_VALUE:
                 chk.error(f"R{regno} is not a scalar", errno.EINVAL)
@@ -795,6 +807,7 @@ def check_kfunc_call(chk, pc: int, insn):
         elif base == protos.KF_ARG_PTR_TO_MAP:
             if reg.type != CONST_PTR_TO_MAP:
                 chk.error(f"pointer in R{regno} isn't map pointer", errno.EINVAL)
+            check_func_arg_reg_off(chk, reg, regno, ARG_DONTCARE, frozenset())
         elif base == protos.KF_ARG_PTR_TO_CTX:
             if reg.type != PTR_TO_CTX:
                 chk.error(f"arg#{i} expected pointer to ctx, but got {reg.type_str()}",
@@ -825,9 +838,6 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"R{regno + 1} must be a known constant", errno.EINVAL)
             meta["const_size"] = size_reg.var.const_value()
         elif base == protos.KF_ARG_PTR_TO_ITER:
-            # iterator kfuncs take trusted arguments (KF_ITER_* implies KF_TRUSTED_ARGS)
-            if _is_null(reg) or reg.flags & PTR_MAYBE_NULL:
-                chk.error(f"Possibly NULL pointer passed to trusted arg{i}")
             iters.process_iter_arg(chk, regno, proto, pc, meta)
         else:
             chk.error(f"verifier bug: unsupported kfunc arg kind {kind}", errno.EFAULT)
@@ -870,7 +880,14 @@ def check_kfunc_call(chk, pc: int, insn):
 _KF_NO_READ_CHECK = frozenset({protos.KF_ARG_SCALAR, protos.KF_ARG_CONST,
                                protos.KF_ARG_PTR_TO_MAP, protos.KF_ARG_PTR_TO_CTX,
                                protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_ITER})
-_KF_REG_OFF_FIRST = frozenset({protos.KF_ARG_PTR_TO_CTX})     # dynptrs, iterators: own words
+# the pointer kinds whose offsets check_func_arg_reg_off checks first (a map pointer's after
+# "isn't map pointer"; graph kfuncs: verifier/graph.py)
+_KF_REG_OFF_FIRST = frozenset({protos.KF_ARG_PTR_TO_CTX, protos.KF_ARG_PTR_TO_DYNPTR,
+                               protos.KF_ARG_PTR_TO_ITER, protos.KF_ARG_PTR_TO_MEM,
+                               protos.KF_ARG_PTR_TO_MEM_SIZE})
+# pointer kinds refused as "Possibly NULL pointer passed to trusted arg" when NULL
+_KF_TRUSTED = frozenset({protos.KF_ARG_PTR_TO_CTX, protos.KF_ARG_PTR_TO_DYNPTR,
+                         protos.KF_ARG_PTR_TO_ITER})
 
 
 # --- BPF-to-BPF calls ----------------------------------------------------------------------------

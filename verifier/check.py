@@ -97,6 +97,8 @@ class Checker:
         self.total_states = self.peak_states = self.cur_states = 0
         self.max_states_per_insn = 0
         self.max_ctx_offset = 0
+        self.min_ctx_offset = 0                 # lowest (negative) ctx offset read: tracepoint
+        self.kfunc0_calls: set[int] = set()     # reached kfunc calls without a function id
         self.max_pkt_offset = 0
         self.stack_depth: dict[int, int] = {sp.start: 0 for sp in cfg.subprogs}
         self.seen: dict[int, list] = {}         # pc -> [Reg per register] joined kinds (facts)
@@ -163,7 +165,9 @@ class Checker:
 
     def push_branch(self, st: VerifierState, pc: int) -> None:
         if len(self.pending) >= JMP_STACK_LIMIT:
-            self.error(f"The sequence of {len(self.pending)} jumps is too complex.", errno.E2BIG)
+            # the kernel counts the state being pushed (push_stack: stack_size++, then > limit)
+            self.error(f"The sequence of {len(self.pending) + 1} jumps is too complex.",
+                       errno.E2BIG)
         if st.parent is not None:
             st.parent.branches += 1
         self.pending.append((st, pc))
@@ -862,6 +866,11 @@ def run_checks(prog, cfg, env, *, prog_type: str, log_level: int = 0,
     try:
         chk.run()
         check_stack_depth(prog, cfg, chk.stack_depth)
+        if chk.kfunc0_calls:
+            # do_misc_fixups (fixup_kfunc_call): a kfunc call without a function id is refused
+            # once verification is over, unless it was dead code (removed before the fixups)
+            chk.error("invalid kernel function call not eliminated in verifier pass",
+                      errno.EINVAL, min(chk.kfunc0_calls))
     except VerifierError as e:
         e.program = prog
         st = chk.state
@@ -881,4 +890,4 @@ def run_checks(prog, cfg, env, *, prog_type: str, log_level: int = 0,
     log = chk.log.text() + chk.log.stats_line(chk.stats()) if log_level else ""
     return VerifyResult(log=log, facts=Facts(chk.seen, chk.access), stats=chk.stats(),
                         max_ctx_offset=chk.max_ctx_offset, stack_depth=dict(chk.stack_depth),
-                        full=True)
+                        full=True, min_ctx_offset=chk.min_ctx_offset)

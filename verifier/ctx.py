@@ -23,9 +23,12 @@ be read and written at any size within ``cb[0..4]``; pointer fields (``data``...
 non-sign-extending loads only. pybpf's run-time contexts hold the real values at these offsets
 (runtime/contexts.py), so a narrow load needs no rewriting.
 
-One deviation: ``tp_prog_is_valid_access`` compares ``off < sizeof(void *)`` as unsigned, so the
-kernel accepts negative offsets into a tracepoint context (reading before the record). pybpf
-refuses them with the same message: the memory before its context copy is not the program's.
+Negative tracepoint offsets: ``tp_prog_is_valid_access`` compares the int ``off`` with
+``sizeof(void *)``, as unsigned, and with ``PERF_MAX_TRACE_SIZE``, as int, so the kernel accepts a
+read before the record (any negative offset the instruction can encode, aligned to its size), and
+so does pybpf. The caller records the lowest such offset (``min_ctx_offset``) and a run puts that
+many zero bytes, read-only, before its copy of the record (runtime/contexts.py), so the read
+stays in memory the run owns on both engines.
 
 The ``mem`` type is pybpf's own (r1 = memory, r2 = its length) and follows ``syscall``: any
 offset below ``U16_MAX``, aligned to the access size, read and write. How far a program reaches
@@ -208,8 +211,8 @@ def _kprobe(off: int, size: int, write: bool, sign_ext: bool,
 
 def _tracepoint(off: int, size: int, write: bool, sign_ext: bool,
                 attach: str = "") -> CtxAccess | None:
-    # the kernel's unsigned `off < sizeof(void *)` lets negative offsets through: see above
-    if off < 8 or off >= PERF_MAX_TRACE_SIZE or write or off % size:
+    # `off < sizeof(void *)` is unsigned in the kernel: negative offsets pass (see above)
+    if 0 <= off < 8 or off >= PERF_MAX_TRACE_SIZE or write or off % size:
         return None
     return CtxAccess(True)
 

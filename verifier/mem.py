@@ -336,6 +336,7 @@ def _ctx_access(chk, regno, reg, off, size, write, value_regno, signed) -> None:
     if res is None:
         chk.error(f"invalid bpf_context access off={off} size={size}")
     chk.max_ctx_offset = max(chk.max_ctx_offset, off + size)
+    chk.min_ctx_offset = min(chk.min_ctx_offset, off)      # a read before a tracepoint record
     rtype, rflags = res
     if not write and value_regno >= 0:
         if rtype == SCALAR_VALUE:

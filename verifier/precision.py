@@ -236,6 +236,8 @@ def _backtrack_call(chk, idx: int, subseq: int, form, insn, bt: Backtrack):
         bt.regs[bt.frame] = 0
         bt.frame -= 1
         return None
+    if form.op == "kfunc" and insn.imm == 0:
+        return ENOTSUPP             # a kfunc call without an id (refused later): conservative
     bt.clear_reg(0)                 # a helper or kfunc sets r0
     if bt.regs[bt.frame] & ARGS_MASK:
         return ENOTSUPP             # the arguments should have been found after the call

@@ -22,6 +22,7 @@ helper``); ``tests/test_protos.py`` re-measures it against the running kernel.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 from pybpf.helper_names import HELPER_IDS, HELPER_NAMES  # noqa: F401  (re-exported)
@@ -272,8 +273,23 @@ class Prototype:
 
         ``kind`` is "write" (``ARG_PTR_TO_MEM``, also ``MEM_UNINIT|MEM_WRITE``), "read"
         (``MEM_RDONLY``), "str" (``ARG_PTR_TO_CONST_STR``) or "ringbuf" (a ring buffer sample,
-        checked by the helper against the ring's books).
+        checked by the helper against the ring's books). Computed once per prototype
+        (a copy of :attr:`_memory_args`); the engines' run-time check reads
+        :attr:`memory_checks`.
         """
+        return list(self._memory_args)
+
+    def fixed_memory_args(self) -> list[tuple[int, int, str]]:
+        """(pointer arg index, byte size, "read"/"write") of each ``MEM_FIXED_SIZE`` argument
+        (``arg_size`` gives the size, as the kernel's ``arg%d_size``) and of each
+        ``struct bpf_spin_lock`` (4 bytes). Computed once per prototype (a copy)."""
+        return list(self._fixed_memory_args)
+
+    # The three below are cached in the instance's __dict__ (a frozen dataclass allows that to
+    # functools.cached_property); they are not fields, so equality, dataclasses.replace and
+    # the verdict keys (pybpf/verdicts.py reads fields only) never see them.
+    @functools.cached_property
+    def _memory_args(self) -> tuple[tuple[int, int | None, str], ...]:
         out = []
         for i, a in enumerate(self.args):
             base, flags = split_kind(a)
@@ -290,12 +306,10 @@ class Prototype:
                     ARG_CONST_SIZE, ARG_CONST_SIZE_OR_ZERO)
                 out.append((i, i + 1 if sized else None,
                             "read" if MEM_RDONLY in flags else "write"))
-        return out
+        return tuple(out)
 
-    def fixed_memory_args(self) -> list[tuple[int, int, str]]:
-        """(pointer arg index, byte size, "read"/"write") of each ``MEM_FIXED_SIZE`` argument
-        (``arg_size`` gives the size, as the kernel's ``arg%d_size``) and of each
-        ``struct bpf_spin_lock`` (4 bytes)."""
+    @functools.cached_property
+    def _fixed_memory_args(self) -> tuple[tuple[int, int, str], ...]:
         out = []
         for i, a in enumerate(self.args):
             base, flags = split_kind(a)
@@ -304,7 +318,21 @@ class Prototype:
                             "read" if MEM_RDONLY in flags else "write"))
             elif base == ARG_PTR_TO_SPIN_LOCK:
                 out.append((i, 4, "write"))     # struct bpf_spin_lock: the lock word
-        return out
+        return tuple(out)
+
+    @functools.cached_property
+    def memory_checks(self) -> tuple[tuple[int, int | None, int, str, bool], ...]:
+        """:meth:`memory_args` and :meth:`fixed_memory_args` as one plan for the run-time
+        argument check (runtime/helpers.py ``check_args``): (pointer arg index, size arg index
+        or None, size when there is no size argument, kind, whether a size of 0 skips the
+        check (``ARG_CONST_SIZE_OR_ZERO``)). Computed once per prototype."""
+        out = []
+        for pi, si, kind in self._memory_args:
+            zero_ok = si is not None and self.args[si].endswith("OR_ZERO")
+            out.append((pi, si, 1, kind, zero_ok))
+        for pi, size, kind in self._fixed_memory_args:
+            out.append((pi, None, size, kind, False))
+        return tuple(out)
 
     def map_args(self) -> list[tuple[int, str, str]]:
         """(arg index, "key" or "value", "read"/"write") for pointers sized by the map."""
