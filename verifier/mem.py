@@ -248,11 +248,11 @@ def _check_alignment(chk, reg: Reg, off: int, size: int, strict: bool = False) -
     v = reg.var
     if reg.type in PACKET_TYPES:
         # check_pkt_ptr_alignment: NET_IP_ALIGN (2) in front of the packet
-        if v.var_off.mask & (size - 1) or (v.var_off.value + 2 + reg.off + off) & (size - 1):
+        if v.tm & (size - 1) or (v.tv + 2 + reg.off + off) & (size - 1):
             chk.error(f"misaligned packet access off 2+{_tnum_short(v)}+{reg.off}+{off} "
                       f"size {size}")
         return
-    if v.var_off.mask & (size - 1) or (v.var_off.value + reg.off + off) & (size - 1):
+    if v.tm & (size - 1) or (v.tv + reg.off + off) & (size - 1):       # var_off, raw
         desc = '' if reg.flags & PTR_MAYBE_NULL else _ALIGN_DESC.get(reg.type, '')
         chk.error(f"misaligned {desc}access off "
                   f"{_tnum_short(v)}+{reg.off}+{off} size {size}")
