@@ -32,6 +32,11 @@ verifier       verification time, processed insns/s, states     the running kern
                (200 straight-line insns: goal < 20 ms; 1,000    BPF_PROG_LOAD of the same
                insns with a 100-iteration loop: goal < 1 s);    program (where bpf() is
                differential vs the kernel (tests/verifier_gen)  permitted)
+bigprog        load CPU time, peak RSS growth and run time of   (none)
+               a branchy program of 10k and 100k slots (1M
+               with PYBPF_BENCH_BIGPROG=1): interpreter
+               unverified and verified, JIT baseline and -O2
+               tiers, each in a fresh child (bench_bigprog)
 tiers          first result (tier auto, cold: the baseline      today's -O2 load (cache off);
                tier; and the LLVM quick tier), -O2 installed,   the quick and baseline
                warm-cache load for 20/200/2,000 slots; quick    tiers' runtime
@@ -54,18 +59,20 @@ from dataclasses import dataclass, field
 from pybpf.benchmarks import common
 
 SECTIONS = ("compile", "execmem", "jit", "interp", "arena", "maps", "pkt_helpers", "switch",
-            "verifier", "tiers")
+            "verifier", "tiers", "bigprog")
 _MODULES = {"compile": "bench_compile", "execmem": "bench_execmem", "jit": "bench_jit",
             "interp": "bench_interp", "arena": "bench_arena", "maps": "bench_maps",
             "pkt_helpers": "bench_pkt_helpers",
-            "switch": "bench_switch", "verifier": "bench_verifier", "tiers": "bench_tiers"}
+            "switch": "bench_switch", "verifier": "bench_verifier", "tiers": "bench_tiers",
+            "bigprog": "bench_bigprog"}
 _TITLES = {"compile": "JIT compile-and-place latency", "execmem": "execmem write paths",
            "jit": "running JIT code", "interp": "reference interpreter",
            "arena": "arena hash table (samples/arena_htab)", "maps": "map lookups from JIT code",
            "pkt_helpers": "packet helpers from JIT code (native vs bridge)",
            "switch": "64-way switch (benchmarks/c/switch64.h)",
            "verifier": "verifier speed and agreement with the kernel",
-           "tiers": "tiered compilation and the code cache (bench_tiers)"}
+           "tiers": "tiered compilation and the code cache (bench_tiers)",
+           "bigprog": "very large programs, up to the kernel's 1M instructions (bench_bigprog)"}
 
 
 @dataclass
@@ -234,6 +241,8 @@ def _verifier(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
         figs.append(Figure(f"verify {r['name']} ({r['slots']} insns), min", r["min_ms"], "ms",
                            goal=goal, baseline_name="the kernel's BPF_PROG_LOAD" if k else None,
                            baseline=k))
+        figs.append(Figure(f"verify {r['name']}, CPU time min", r["cpu_min_ms"], "ms",
+                           goal=goal))
         figs.append(Figure(f"verify {r['name']}, insns processed per second",
                            r["insns_per_s"] / 1e3, "k/s", higher_is_better=True))
         figs.append(Figure(f"verify {r['name']}, insns processed / states",
@@ -297,10 +306,27 @@ def _tiers(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
     return raw, figs
 
 
+def _bigprog(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
+    raw = mod.run(report=say, quick=quick)
+    figs = []
+    for r in raw["rows"]:
+        what = (f"{r['slots']:,} slots, {r['engine']}"
+                + (f" {r['tier']}" if r["tier"] else "") + (", verified" if r["verify"] else ""))
+        if "error" in r:
+            figs.append(Figure(f"{what}: {r['error']}", float("nan"), ""))
+            continue
+        figs.append(Figure(f"{what}: load CPU time", r["load_cpu_s"], "s"))
+        figs.append(Figure(f"{what}: peak RSS growth (load and run)", r["peak_growth_mib"],
+                           "MiB"))
+        figs.append(Figure(f"{what}: run CPU time" + ("" if r["r0_ok"] else " (WRONG r0)"),
+                           r["run_cpu_s"] * 1e3, "ms"))
+    return raw, figs
+
+
 _ADAPTERS = {"compile": _compile, "execmem": _execmem, "jit": _jit, "interp": _interp,
              "arena": _arena, "maps": _maps, "pkt_helpers": _pkt_helpers, "switch": _switch,
              "verifier": _verifier,
-             "tiers": _tiers}
+             "tiers": _tiers, "bigprog": _bigprog}
 
 
 # -- the suite ---------------------------------------------------------------------------------

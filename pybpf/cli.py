@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="run the benchmark suite and print figures, goals, ratios")
     s.add_argument("--quick", action="store_true", help="a short run (fewer samples)")
     s.add_argument("--only", action="append", metavar="SECTION",
-                   help="compile, execmem, jit, interp, arena, maps or verifier (repeatable)")
+                   help="compile, execmem, jit, interp, arena, maps, pkt_helpers, switch, "
+                        "verifier, tiers or bigprog (repeatable)")
     s.add_argument("--json", metavar="FILE", help="also write every figure and raw result")
     s.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     s.set_defaults(func=cmd_bench)

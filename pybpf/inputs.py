@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 from .errors import BPFError
-from .program import Program
+from .program import Program, too_large
 from .uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 KINDS = ("asm", "bin", "data", "elf")
 # The kernel loads at most BPF_COMPLEXITY_LIMIT_INSNS (1,000,000) instructions: raw bytecode
-# above 8 MB cannot be a program. Text and objects get room for symbols, comments and debug
-# data; anything larger is refused before it is read whole.
-MAX_BYTECODE = 8 * BPF_COMPLEXITY_LIMIT_INSNS
+# above 8 MB cannot be a program (refused before it is decoded, program.too_large). Text and
+# objects get room for symbols, comments and debug data; anything larger is refused before it
+# is read whole.
 MAX_INPUT = 64 << 20
 
 
@@ -73,8 +73,9 @@ def load_program(path: str, fmt: str | None = None, syntax: str = "auto",
         raise InputError(f"{name}: --section selects a program of an ELF object; this input "
                          f"is {kind}")
     if kind == "bin":
-        if len(data) > MAX_BYTECODE:
-            raise _too_large(name, MAX_BYTECODE)
+        msg = too_large(-(-len(data) // 8))      # before decoding any of it
+        if msg:
+            raise InputError(f"{name}: {msg}")
         return Program.from_bytes(data, name=Path(name).stem or "prog")
     if kind == "elf":
         from .elf import load_elf_program  # ELF loading arrives with the ELF/BTF loader

@@ -12,6 +12,17 @@ from dataclasses import dataclass, field
 from . import isa
 from .errors import DecodeError
 from .insn import Insn, encode, split_slots, validate
+from .uapi import BPF_COMPLEXITY_LIMIT_INSNS
+
+
+def too_large(slots: int) -> str | None:
+    """The refusal of a ``slots``-slot program, None when it fits: the kernel's bpf_prog_load
+    refuses more than BPF_COMPLEXITY_LIMIT_INSNS (1,000,000) slots with E2BIG (privileged
+    loads; ld_imm64 counts two)."""
+    if slots <= BPF_COMPLEXITY_LIMIT_INSNS:
+        return None
+    return (f"program too large: {slots:,} instructions, more than the kernel's "
+            f"{BPF_COMPLEXITY_LIMIT_INSNS:,} (E2BIG)")
 
 
 @dataclass
@@ -45,9 +56,13 @@ class Program:
 
     @classmethod
     def from_bytes(cls, raw: bytes, name: str = "prog") -> "Program":
-        """Decode raw little-endian bytecode strictly (``DecodeError`` names the slot)."""
+        """Decode raw little-endian bytecode strictly (``DecodeError`` names the slot); bytecode
+        above the kernel's size limit is refused before any of it is decoded."""
         if not raw:
             raise DecodeError("empty program", 0)
+        msg = too_large(-(-len(raw) // 8))
+        if msg:
+            raise DecodeError(msg, BPF_COMPLEXITY_LIMIT_INSNS)
         return cls(split_slots(bytes(raw)), name=name)
 
     def to_bytes(self) -> bytes:

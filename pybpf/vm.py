@@ -35,10 +35,9 @@ import threading
 import weakref
 
 from pybpf.errors import MapError, VMError
-from pybpf.program import Program
+from pybpf.program import Program, too_large
 from pybpf.attach_types import section_attach_type
 from pybpf.verdicts import verify as verify_program
-from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 from .runtime import helpers_control, helpers_xdp, vm_helpers
 from .runtime.contexts import canonical_type
@@ -64,7 +63,6 @@ _MISSING = object()
 MAX_MAPS = 4096                 # live maps per VM
 MAX_MAP_BYTES = 16 << 30        # map memory per VM (values, elements, rings, arena pages)
 MAX_ARENA_PAGES = 1 << 18       # arena pages allocated at once in a VM's arenas (1 GiB)
-# The kernel refuses programs above BPF_COMPLEXITY_LIMIT_INSNS instructions with E2BIG.
 
 
 def _charge(m) -> int:
@@ -331,10 +329,16 @@ class VM:
         ``attach_type``: the expected attach type (:meth:`verify`).
         """
         self._check_open()
+        # the kernel's size check comes first (bpf_prog_load, E2BIG); raw bytecode is measured
+        # before it is decoded
+        if isinstance(prog, (bytes, bytearray, memoryview)):
+            msg = too_large(-(-len(prog) // 8))
+            if msg:
+                raise VMError(msg, errno=errno.E2BIG)
         prog = _as_program(prog, name)
-        if len(prog) > BPF_COMPLEXITY_LIMIT_INSNS:
-            raise VMError(f"program too large: {len(prog):,} instructions, more than the "
-                          f"kernel's {BPF_COMPLEXITY_LIMIT_INSNS:,} (E2BIG)")
+        msg = too_large(len(prog))
+        if msg:
+            raise VMError(msg, errno=errno.E2BIG)
         ptype = _prog_type(prog, prog_type)
         if engine not in ENGINES:
             raise VMError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")

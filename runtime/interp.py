@@ -427,9 +427,7 @@ class Interpreter:
         # typed: the verifier's facts classify every memory access (arena or not); an access
         # it saw through different pointer kinds on different paths keeps the range rule
         self.arena_pcs, self.typed = arena_accesses(prog, facts)
-        self.source = Generator(prog, self.cfg, helpers, kfuncs, self.values64,
-                                arena_pcs=self.arena_pcs).source()
-        self._build = self._compile(self.source, "fast")
+        self._build = self._compile(self._generator(False), "fast")
         self._trace_build = None
         self._stacks: list[Buffer] = []
 
@@ -445,23 +443,37 @@ class Interpreter:
         stack.deep = False
         return stack
 
-    def _compile(self, source: str, variant: str):
+    def _generator(self, trace: bool) -> Generator:
+        return Generator(self.prog, self.cfg, self.helpers, self.kfuncs, self.values64,
+                         trace=trace, arena_pcs=self.arena_pcs)
+
+    def _compile(self, gen: Generator, variant: str):
+        """``_build`` of ``gen``'s program: each unit (chunk makers, then ``_build``) compiled as
+        it is generated, its text dropped, so the peak is one unit's compilation."""
         ns = dict(_NAMESPACE)
-        code = compile(source, f"<bpf {self.prog.name} {variant}>", "exec")
-        exec(code, ns)
+        makers = ns["MK"] = []
+        for unit in gen.units():
+            exec(compile(unit, f"<bpf {self.prog.name} {variant}>", "exec"), ns)
+            if unit.startswith("def _mk"):
+                makers.append(ns.pop(f"_mk{len(makers)}"))
         return ns["_build"]
+
+    @property
+    def source(self) -> str:
+        """The generated Python (fast variant), generated again on demand: a large program's
+        text is not kept."""
+        return self._generator(False).source()
 
     def build_for(self, trace: bool):
         """The ``_build(R)`` of the fast or the tracing variant."""
         if not trace:
             return self._build
         if self._trace_build is None:
-            self._trace_build = self._compile(self.trace_source(), "trace")
+            self._trace_build = self._compile(self._generator(True), "trace")
         return self._trace_build
 
     def trace_source(self) -> str:
-        return Generator(self.prog, self.cfg, self.helpers, self.kfuncs, self.values64,
-                         trace=True).source()
+        return self._generator(True).source()
 
     def start(self, regions: RegionTable, fast: Region | None, insn_limit: int,
               packet: bytes | None = None, trace=None) -> "Session":

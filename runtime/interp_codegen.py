@@ -13,6 +13,16 @@ The instruction budget is charged at the start of every basic block (leaders fro
 ``insn_limit`` instructions always completes; one that would execute more stops before the block
 that crosses the limit, so it never executes more than the limit.
 
+Large subprograms (more than :data:`CHUNK_INSNS` instructions, up to the kernel's 1,000,000) are
+split into *chunks*: consecutive entries adding up to about CHUNK_INSNS instructions, each one
+function ``C<slot>_<k>(pc, r0..r10, fp, depth, left, mg)`` with the same dispatch inside; a jump
+to another chunk's entry returns ``(pc, r0..r10, left, mg)`` to the subprogram's function, which
+dispatches over its chunks, and an exit returns pc -1. Each chunk is its own source unit
+(``def _mk<k>(ENV)`` building the chunk's closure from ``_build``'s names), compiled on its own
+and its text dropped: CPython's compiler needs memory superlinear in one function's size (one
+100,000-instruction function took 1.5 GB), while many small functions cost memory in proportion
+to the program.
+
 Everything an instruction does comes from :mod:`pybpf.runtime.interp_snippets`; the ``trace``
 variant adds a hook after each instruction and is otherwise the same code.
 """
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import os
 
 from pybpf import isa
 from pybpf.errors import VMError
@@ -30,6 +41,13 @@ from .interp_snippets import make_ops, snippet
 
 REGS = "(r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10)"
 _CONTROL = ("jcond", "ja", "may_goto", "exit")
+# A subprogram of more instructions is split into chunk functions of about this many (module
+# docstring); below it the generated code is one function, as it always was.
+# PYBPF_INTERP_CHUNK=N sets it (tests run whole suites with tiny chunks to exercise the split).
+CHUNK_INSNS = int(os.environ.get("PYBPF_INTERP_CHUNK") or 2048)
+_STATE = "r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10"
+# what a chunk passes back to its subprogram's dispatcher
+_CHUNK_OUT = f"{_STATE}, left, mg"
 
 
 class _Lines:
@@ -52,6 +70,9 @@ class Generator:
         self.form_at = cfg.form_at
         self.slots = sorted(self.form_at)           # instruction starts (ld_imm64 once)
         self.r10_fixed = not any(10 in written_regs(f, i) for f, i in self.form_at.values())
+        self.chunks: list[str] = []
+        self._chunk_exit: str | None = None     # while writing a chunk: its exit template
+        self._called: set[str] = set()          # helpers, kfuncs and functions code calls
         self.block_len = {b.start: self._count(b.start, b.end) for b in cfg.blocks.values()}
         self.used_helpers: set[int] = set()
         self.checked_helpers: set[int] = set()
@@ -63,39 +84,55 @@ class Generator:
         return bisect.bisect_left(self.slots, end) - bisect.bisect_left(self.slots, start)
 
     # -- whole program -----------------------------------------------------------------------
-    def source(self) -> str:
+    def units(self):
+        """The program's source in compilable units: first each chunk's ``def _mk<k>(ENV)``
+        (module docstring), one at a time so the caller can compile it and drop its text, then
+        ``_build(R)``, which calls ``MK[k](ENV)`` (the caller binds ``MK``, the made functions in
+        order) for every chunk."""
         funcs = _Lines()
+        self.chunks: list[str] = []             # chunk function names, in MK order
         for sp in self.cfg.subprogs:
-            self._function(funcs, sp)
+            yield from self._function(funcs, sp)
         out = _Lines()
         out.add("def _build(R):", 0)
-        out.add("STOP = R.stop\nMLO = R.mlo\nMHI = R.mhi", 1)
-        for n in (1, 2, 4, 8):
-            out.add(f"SH{n} = STOP - {n}\nMH{n} = MHI - {n}", 1)
-        out.add("_ld = R.ld\n_st = R.st\n_atomic = R.atomic\n_ldabs = R.ldabs\n_callx = R.callx\n"
-                "_limit = R.limit_error\n_tail = R.tail_call\n_loop = R.loop\n_foreach = R.for_each\n"
-                "_rbadd = R.rbtree_add", 1)
-        if self.arena_pcs:
-            out.add("_ald = R.arena_ld\n_ast = R.arena_st\n_aat = R.arena_atomic", 1)
-        for h in sorted(self.used_helpers):
-            out.add(f"_h{h} = R.helper_fn({h})", 1)
-        for h in sorted(self.checked_helpers):
-            out.add(f"_hc{h} = R.helper_check({h})", 1)
-        for k in sorted(self.used_kfuncs):
-            out.add(f"_k{k} = R.kfunc_fn({k})", 1)
-        for k in sorted(self.checked_kfuncs):
-            out.add(f"_kc{k} = R.kfunc_check({k})", 1)
-        if self.trace:
-            out.add("_T = R.trace_insn\n_TS = R.trace_sync\n_TE = R.trace_enter", 1)
+        out.add("\n".join(f"{name} = {expr}" for name, expr in self._prologue()), 1)
         out.lines.extend("    " + line for line in funcs.lines)
+        if self.chunks:
+            out.add("ENV = locals()", 1)
+            out.add("\n".join(f"{c} = MK[{k}](ENV)" for k, c in enumerate(self.chunks)), 1)
         # every subprogram by its first slot, for callbacks (bpf_loop) and tail calls
         table = ", ".join(f"{sp.start}: F{sp.start}" for sp in self.cfg.subprogs)
         out.add(f"R.funcs = {{{table}}}", 1)
         out.add(f"return F{self.cfg.subprogs[0].start}", 1)
-        return "\n".join(out.lines) + "\n"
+        yield "\n".join(out.lines) + "\n"
+
+    def source(self) -> str:
+        """All of :meth:`units` as one text (what ``lp.python_source`` shows)."""
+        return "\n".join(self.units())
+
+    def _prologue(self, calls: bool = True) -> list[tuple[str, str]]:
+        """(name, expression) for what ``_build`` binds from the run ``R`` before the functions
+        (``calls``: with the helpers and kfuncs the code calls)."""
+        out = [("STOP", "R.stop"), ("MLO", "R.mlo"), ("MHI", "R.mhi")]
+        for n in (1, 2, 4, 8):
+            out += [(f"SH{n}", f"STOP - {n}"), (f"MH{n}", f"MHI - {n}")]
+        out += [("_ld", "R.ld"), ("_st", "R.st"), ("_atomic", "R.atomic"), ("_ldabs", "R.ldabs"),
+                ("_callx", "R.callx"), ("_limit", "R.limit_error"), ("_tail", "R.tail_call"),
+                ("_loop", "R.loop"), ("_foreach", "R.for_each"), ("_rbadd", "R.rbtree_add")]
+        if self.arena_pcs:
+            out += [("_ald", "R.arena_ld"), ("_ast", "R.arena_st"), ("_aat", "R.arena_atomic")]
+        if calls:
+            out += [(f"_h{h}", f"R.helper_fn({h})") for h in sorted(self.used_helpers)]
+            out += [(f"_hc{h}", f"R.helper_check({h})") for h in sorted(self.checked_helpers)]
+            out += [(f"_k{k}", f"R.kfunc_fn({k})") for k in sorted(self.used_kfuncs)]
+            out += [(f"_kc{k}", f"R.kfunc_check({k})") for k in sorted(self.checked_kfuncs)]
+        if self.trace:
+            out += [("_T", "R.trace_insn"), ("_TS", "R.trace_sync"), ("_TE", "R.trace_enter")]
+        return out
 
     # -- one subprogram ----------------------------------------------------------------------
-    def _function(self, out: _Lines, sp) -> None:
+    def _function(self, out: _Lines, sp):
+        """Write F<start> into ``out``; yield the source of each chunk maker (large ones)."""
         pcs = self.slots[bisect.bisect_left(self.slots, sp.start):
                          bisect.bisect_left(self.slots, sp.end)]
         entries = {sp.start}
@@ -108,7 +145,11 @@ class Generator:
         entries = sorted(entries)
         uses_mg = any(self.form_at[p][0].kind == "may_goto" for p in pcs)
         out.add(f"def F{sp.start}(r1, r2, r3, r4, r5, fp, depth, left):", 0)
-        out.add("r0 = r6 = r7 = r8 = r9 = 0\nr10 = fp\nSLO = fp - 512", 1)
+        out.add("r0 = r6 = r7 = r8 = r9 = 0\nr10 = fp", 1)
+        if len(pcs) > CHUNK_INSNS:
+            yield from self._chunked(out, sp, entries)
+            return
+        out.add("SLO = fp - 512", 1)
         if uses_mg:
             out.add(f"mg = {isa.BPF_MAX_LOOPS}", 1)
         if self.trace:
@@ -118,6 +159,62 @@ class Generator:
             return
         out.add(f"pc = {sp.start}\nwhile True:", 1)
         self._tree(out, sp, entries, set(entries), 0, len(entries), 2)
+
+    def _chunked(self, out: _Lines, sp, entries: list[int]):
+        """The rest of F<start> as a dispatcher over chunk functions; yields each chunk's maker."""
+        groups, cur, size = [], [], 0
+        for i, e in enumerate(entries):
+            nxt = entries[i + 1] if i + 1 < len(entries) else sp.end
+            cur.append(e)
+            size += self._count(e, nxt)
+            if size >= CHUNK_INSNS:
+                groups.append(cur)
+                cur, size = [], 0
+        if cur:
+            groups.append(cur)
+        names = []
+        for group in groups:
+            name = f"C{sp.start}_{len(names)}"
+            names.append(name)
+            yield self._chunk(sp, name, group, len(self.chunks))
+            self.chunks.append(name)
+        out.add(f"mg = {isa.BPF_MAX_LOOPS}", 1)
+        if self.trace:
+            out.add(f"_TE(depth, {REGS})", 1)
+        out.add(f"pc = {sp.start}\nwhile True:", 1)
+        starts = [g[0] for g in groups]
+
+        def tree(lo: int, hi: int, depth: int) -> None:
+            if hi - lo == 1:
+                out.add(f"pc, {_CHUNK_OUT} = {names[lo]}(pc, {_STATE}, fp, depth, left, mg)",
+                        depth)
+                return
+            mid = (lo + hi) // 2
+            out.add(f"if pc < {starts[mid]}:", depth)
+            tree(lo, mid, depth + 1)
+            out.add("else:", depth)
+            tree(mid, hi, depth + 1)
+
+        tree(0, len(groups), 2)
+        out.add("if pc < 0:\n    return r0, left", 2)
+
+    def _chunk(self, sp, name: str, group: list[int], k: int) -> str:
+        """The source of ``_mk<k>(ENV)``, which returns chunk function ``name`` covering the runs
+        from the entries in ``group``; jumps to other entries of ``sp`` leave the chunk."""
+        body = _Lines()
+        body.add(f"def {name}(pc, {_STATE}, fp, depth, left, mg):", 0)
+        body.add("SLO = fp - 512\nwhile True:", 1)
+        self._chunk_exit = f"return {{}}, {_CHUNK_OUT}"
+        self._called = set()
+        try:
+            self._tree(body, sp, group, set(group), 0, len(group), 2)
+        finally:
+            self._chunk_exit = None
+        # the fixed names of _build's prologue, and the helpers, kfuncs, functions it calls
+        binds = [n for n, _ in self._prologue(calls=False)] + sorted(self._called)
+        head = [f"def _mk{k}(ENV):"] + [f"    {n} = ENV[{n!r}]" for n in binds]
+        return "\n".join(head + ["    " + line for line in body.lines]
+                         + [f"    return {name}", ""])
 
     def _tree(self, out: _Lines, sp, entries: list[int], entry_set: set[int], lo: int, hi: int,
               depth: int) -> None:
@@ -150,6 +247,9 @@ class Generator:
                        and jump_target(*self.form_at[p], p) == entry for p in seq)
 
         def goto(target: int, src: int) -> str:
+            if target not in entries and self._chunk_exit and target in self.form_at \
+                    and sp.start <= target < sp.end:
+                return self._chunk_exit.format(target)      # another chunk's entry
             if target not in entries:
                 return f"raise VMError('jump out of range from insn {src} to {target}', {src})"
             if selfloop and target == entry:
@@ -183,6 +283,8 @@ class Generator:
             code = code.replace("{GOTO}", goto(jump_target(form, insn, pc), pc))
         if form.kind == "call":
             code = self._call(pc, form, insn)
+        if form.kind == "exit" and self._chunk_exit:
+            code = self._chunk_exit.format(-1)
         if not self.trace:
             return code
         hook = f"_T({pc}, depth, {REGS})"
@@ -195,6 +297,7 @@ class Generator:
     def _call(self, pc: int, form: isa.Form, insn) -> str:
         if form.op == "local":
             t = jump_target(form, insn, pc)
+            self._called.add(f"F{t}")
             return (f"if depth >= {isa.MAX_CALL_FRAMES - 1}: raise VMError("
                     f"'the call stack of {{}} frames is too deep'.format(depth + 2), {pc})\n"
                     f"r0, left = F{t}(r1, r2, r3, r4, r5, fp - {isa.MAX_BPF_STACK}, depth + 1, "
@@ -218,9 +321,12 @@ class Generator:
             # budget goes on); on failure execution falls through with r0 unchanged. The target
             # counts its own call depth from 0: the kernel's frame limit is per program, and
             # tail calls from subprograms stack programs up to MAX_TAIL_CALL_CNT deep.
-            return (f"t = _tail({pc}, r2, r3)\n"
-                    f"if t is not None:\n"
-                    f"    return t(r1, 0, 0, 0, 0, fp, 0, left)")
+            enter = "t(r1, 0, 0, 0, 0, fp, 0, left)"
+            if self._chunk_exit:        # leave the chunk and its subprogram with the result
+                enter = f"r0, left = {enter}\n    " + self._chunk_exit.format(-1)
+            else:
+                enter = "return " + enter
+            return f"t = _tail({pc}, r2, r3)\nif t is not None:\n    {enter}"
         if h.special == "loop":
             return f"r0, left = _loop({pc}, fp, depth, left, r1, r2, r3, r4)"
         if h.special == "for_each":
@@ -228,10 +334,12 @@ class Generator:
         if h.special == "rbtree_add":
             return f"r0, left = _rbadd({pc}, fp, depth, left, r1, r2, r3)"
         used.add(h.id)
+        self._called.add(f"_{pre}{h.id}")
         args = ", ".join(f"r{i}" for i in range(1, h.prototype.nargs + 1))
         lines = []
         if h.checks_memory:
             checked.add(h.id)
+            self._called.add(f"_{pre}c{h.id}")
             lines.append(f"_{pre}c{h.id}({pc}, SLO, r1, r2, r3, r4, r5)")
         lines.append(f"r0 = _{pre}{h.id}({args}) & 0xffffffffffffffff")
         if h.unwind:
