@@ -1,6 +1,8 @@
 """Benchmark of running JIT'd code: test_run's per-run overhead and the JIT against the interpreter.
 
-Through the public API (``VM().load(prog, engine="jit")``, ``lp.test_run``):
+Through the public API (``VM().load(prog, engine="jit", tier="O2")``, ``lp.test_run``; tier
+"O2": the figures are of -O2 code, where the default tier "auto" would run the baseline tier's
+until the -O2 code is in):
 
 * ``test_run``: ns per run of ``test_run(repeat=N)`` for a trivial program (``r0 = 1; exit``,
   i.e. ``mov eax, 1; ret``): the native driver's loop, an indirect call and the return. The
@@ -41,7 +43,7 @@ def _test_run_overhead(vm: VM, quick: bool) -> dict:
     calls = 50_000 if quick else 300_000
     prog = pybpf.assemble(TRIVIAL)
     # The baseline calls the same machine code: a JitProgram of its own gives its address.
-    with vm.load(prog, engine="jit", name="trivial") as lp, \
+    with vm.load(prog, engine="jit", name="trivial", tier="O2") as lp, \
             compile_program(prog, vm.helpers, name="trivial-ctypes") as jp:
         lp.test_run(repeat=1000)                        # places the driver, warms caches
         test_run_ns = median_of(lambda: lp.test_run(repeat=repeat)[1], trials)
@@ -95,7 +97,7 @@ def _alu(vm: VM, quick: bool) -> dict:
         insns = li.last_insn_count
         runs = 2 if quick else 5
         interp_ns = median_of(lambda: li.test_run(repeat=runs)[1], 3)
-    with vm.load(prog, engine="jit", name="alu") as lj:
+    with vm.load(prog, engine="jit", name="alu", tier="O2") as lj:
         r0_jit, _ = lj.test_run(repeat=10)
         repeat = 2000 if quick else 20_000
         jit_ns = median_of(lambda: lj.test_run(repeat=repeat)[1], 5)
@@ -130,7 +132,7 @@ def _helper_calls(quick: bool) -> dict:
         bridge_vm.register_helper(hid, bridge_vm.helpers[hid].fn, name, prototype=())
         per_call, r0 = {}, {}
         for label, vm in (("native", native_vm), ("bridge", bridge_vm)):
-            with vm.load(prog, engine="jit", name=name) as lp:
+            with vm.load(prog, engine="jit", name=name, tier="O2") as lp:
                 r0[label] = lp.test_run(repeat=1)[0]
                 per_call[label] = median_of(lambda: lp.test_run(repeat=3)[1], 5) / n
         if name == "prandom_u32" and r0["native"] != r0["bridge"]:

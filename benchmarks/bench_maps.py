@@ -58,7 +58,8 @@ def _one(vm: VM, mtype: str, keys: int, n: int, quick: bool) -> dict:
     want = sum((i & (2 * keys - 1)) + 1 for i in range(n) if i & (2 * keys - 1) < keys)
     out = {"map": mtype, "keys": keys, "lookups_per_run": n}
     # a trusted benchmark loop (past any verifier's budget): unverified
-    with vm.load(prog, engine="jit", name=f"lookup-{mtype}", verify=False) as lj:
+    with vm.load(prog, engine="jit", name=f"lookup-{mtype}", verify=False,
+                 tier="O2") as lj:
         repeat = 200 if quick else 2000
         r0, _ = lj.test_run(repeat=10)
         ns = median_of(lambda: lj.test_run(repeat=repeat)[1], 5)

@@ -241,6 +241,8 @@ def _verifier(mod, quick: bool, say) -> tuple[dict, list[Figure]]:
         figs.append(Figure(f"verify {r['name']} ({r['slots']} insns), min", r["min_ms"], "ms",
                            goal=goal, baseline_name="the kernel's BPF_PROG_LOAD" if k else None,
                            baseline=k))
+        figs.append(Figure(f"verify {r['name']}, CPU time min", r["cpu_min_ms"], "ms",
+                           goal=goal))
         figs.append(Figure(f"verify {r['name']}, insns processed per second",
                            r["insns_per_s"] / 1e3, "k/s", higher_is_better=True))
         figs.append(Figure(f"verify {r['name']}, insns processed / states",

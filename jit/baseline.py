@@ -29,12 +29,17 @@ Same contract as the LLVM code (jit/lower.py), and the same run-time behaviour:
 * unverified loads (``JitEnv.budget_cell``): every jump backwards taken charges the span it
   repeats against the run budget (``insn_limit``; spent: the lowering's VMError), and
   polls for signals (PyErr_CheckSignals) when the budget crosses a multiple of 2**16, as the
-  lowering's loop latches do.
+  lowering's loop latches do;
+* native code where the LLVM tiers have it: a verified ``bpf_map_lookup_elem`` whose map (r1)
+  an ``ld_imm64`` loaded in the same straight-line code (no jump target between) is the map's
+  own ``gen_lookup`` emitted by the x86 kit (jit/x86_kit.py; the bridge when the kit cannot
+  emit it), the ktime clocks call libc's ``clock_gettime``, ``bpf_get_prandom_u32`` is its
+  native description through the same kit.
 
 What it does not do raises :class:`Unsupported` and the load takes the LLVM quick tier instead
 (counted in :data:`STATS`, reported by ``placement()``): arena programs and ``cast_user``, tail
 calls, ``bpf_loop``/``for_each_map_elem``, special kfuncs (``bpf_rbtree_add``'s callback),
-inline native helpers other than constants, programs
+an inline native helper the kit cannot emit, programs
 that write r10, and anything structurally odd (jumps out of a subprogram, falling off its end),
 which the lowering then reports. Dispatch is on the ISA table's ``kind`` (``_emit_<kind>``):
 a form without a rule is a :class:`~pybpf.errors.JITError`, never a silent fallback.
@@ -147,6 +152,10 @@ class _Emitter:
         self.needs_gil = False
         self.budget = env.budget_cell if not env.verified else 0
         self._n = 0
+        # BPF register -> the constant it holds, from an ld_imm64 earlier in the same
+        # straight-line code (cleared at jump targets): a map_lookup_elem's map (r1)
+        self.consts: dict[int, int] = {}
+        self.lddw_value = 0
 
     def fresh(self):
         self._n += 1
@@ -183,15 +192,22 @@ class _Emitter:
                   for k, s in enumerate(order)}
         self.valid, self.bounds, self.abort = valid, bounds, ("abort",)
         handlers = _handlers()
+        joins = _jump_targets(decoded) | starts
         sub_end = 0
         for pc, form, insn in decoded:
             if pc in bounds:
                 self.start, sub_end = pc, bounds[pc]
                 self.a.label(("fn", pc))
                 self._prologue(pc == 0, self._uses_may_goto(decoded, pc, sub_end))
+            if pc in joins:
+                self.consts.clear()
             self.pc = pc
             self.a.label(pc)
             handlers[form.kind](self, form, insn)
+            for r in written_regs(form, insn):
+                self.consts.pop(r, None)
+            if form.kind == "lddw":
+                self.consts[insn.dst] = self.lddw_value
             nxt = pc + form.slots
             if nxt == sub_end and not (form.kind == "exit" or form.kind == "ja"):
                 raise Unsupported(f"subprogram at {self.start} falls off its end")
@@ -408,6 +424,7 @@ class _Emitter:
             value = self.values64[pc]
         else:
             raise self.unsupported(pc, f"{form.name} without the loader's value")
+        self.lddw_value = value & _M64
         self.a.mov_imm(REG[insn.dst], value)
 
     # -- memory ----------------------------------------------------------------------------------
@@ -672,16 +689,64 @@ class _Emitter:
 
     def _call_helper(self, h) -> None:
         if h.native:
-            if h.native[0] != "const":
-                raise self.unsupported(self.pc, f"inline native helper {h.name}")
-            self.a.mov_imm(X.RAX, h.native[1])
-            if h.unwind and not h.native[1] & _M64:
-                self.a.jmp(self.abort)
+            self._native_helper(h)
             return
         if h.framed is not None:    # the run's stack regions: this program's frames
             self._bridge_call(h.framed, h.nargs, unwind=h.unwind, framed=True)
         else:
             self._bridge_call(h.fn, h.nargs, unwind=h.unwind)
+
+    def _native_helper(self, h) -> None:
+        """A helper computed inline (jit/native_helpers.py): constants, libc's clock_gettime,
+        and what the map kit emits from the same description (prandom's taus113 step)."""
+        from pybpf.jit import native_helpers, x86_kit
+        a, spec = self.a, h.native
+        if spec[0] == "const":
+            a.mov_imm(X.RAX, spec[1])
+            if h.unwind and not spec[1] & _M64:
+                a.jmp(self.abort)
+            return
+        if spec[0] == "clock_gettime":
+            self._save_args()
+            a.ri(5, X.RSP, 16)                                    # struct timespec, aligned
+            a.mov_imm(X.RDI, int(spec[1]))
+            a.mov(X.RSI, X.RSP)
+            a.movabs(X.RAX, native_helpers.clock_gettime_address())
+            a.call_reg(X.RAX)
+            a.rm(b"\x8B", X.RAX, X.RSP, 0, 1)                     # tv_sec
+            a.rr(b"\x69", X.RAX, X.RAX, 1)                        # imul rax, rax, 10**9
+            a.imm32(1_000_000_000)
+            a.rm(b"\x03", X.RAX, X.RSP, 8, 1)                     # + tv_nsec
+            a.ri(0, X.RSP, 16)
+            self._restore_args()
+        else:
+            try:
+                x86_kit.emit(a, lambda kit, _: native_helpers.emit(kit.b, spec),
+                             ("native", self.pc, self.fresh()))
+            except x86_kit.KitUnsupported as exc:
+                raise self.unsupported(self.pc, f"inline native helper {h.name}: {exc}") \
+                    from None
+            self.keep.extend(native_helpers.keepalive(spec))
+        if h.unwind:
+            a.rr(b"\x85", X.RAX, X.RAX, 1)
+            a.jcc(CC["z"], self.abort)
+
+    def _map_lookup(self, h) -> bool:
+        """A verified map_lookup_elem whose map (r1) is a known constant: the map's own native
+        lookup (jit/x86_kit.py), no Python; False: bridge the helper."""
+        from pybpf.jit import maps as native_maps, x86_kit
+        env = self.env
+        if h.name != "map_lookup_elem" or env.resolve_map is None or not env.verified:
+            return False
+        value = self.consts.get(1)
+        m = env.resolve_map(value) if value is not None else None
+        if m is None or not native_maps.supported(m):
+            return False
+        try:
+            x86_kit.emit_lookup(self.a, m, REG[2], ("lookup", self.pc))
+        except x86_kit.KitUnsupported:
+            return False
+        return True
 
     def _emit_call(self, form, insn) -> None:
         if form.op == "local":
@@ -698,7 +763,8 @@ class _Emitter:
                 raise self.unsupported(self.pc, f"helper {insn.imm} is not registered")
             if h.special:
                 raise self.unsupported(self.pc, f"special helper {h.special}")
-            self._call_helper(h)
+            if not self._map_lookup(h):
+                self._call_helper(h)
             return
         registry = self.env.kfuncs
         if registry is None:
@@ -717,8 +783,6 @@ class _Emitter:
         a, d = self.a, REG[insn.dst]
         done = self.fresh()
         for h in self.helpers.all():
-            if h.native and h.native[0] != "const":
-                raise self.unsupported(self.pc, f"callx with inline native helper {h.name}")
             miss = self.fresh()
             a.ri(7, d, h.id, 1)                                   # cmp d, id
             a.jcc(CC["nz"], miss)
@@ -729,6 +793,15 @@ class _Emitter:
         self._bridge_call(_bad_callx(self.pc), 1, save=False, hid_reg=X.R11)
         a.jmp(self.abort)
         a.label(done)
+
+
+def _jump_targets(decoded) -> set[int]:
+    """Where a jump can land (the constants known before it are forgotten there)."""
+    out = set()
+    for pc, f, i in decoded:
+        if f.kind in ("jcond", "ja", "may_goto"):
+            out.add(pc + 1 + (i.imm if f.op == "gotol" else i.off))
+    return out
 
 
 _HANDLERS: dict = {}

@@ -122,6 +122,7 @@ class JitProgram:
             return
         self.closed = True
         self._call = None
+        self._lower_again = None    # it holds the load's inputs (maps among them)
         with _swap_lock:
             codes = [self._code] + getattr(self, "_retired", [])
             self._retired = []
@@ -272,9 +273,12 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
     t0 = time.perf_counter()
     inputs = _load_inputs(progs, helpers, values64, envs, want_ir, want_asm)
     image = result = lowered = lower_again = None
-    tiered = tier == "auto" and len(progs) == 1 and not want_ir and not want_asm
-    if inputs is not None:
-        # A key from the load's inputs: a hit skips the lowering and LLVM alike.
+    # PYBPF_DUMP_*: the dumps describe the code that runs, so such a load waits for -O2
+    tiered = tier == "auto" and len(progs) == 1 and not want_ir and not want_asm \
+        and not _dumping()
+    if inputs is not None and tier != "baseline":
+        # A key from the load's inputs: a hit skips the lowering and LLVM alike. (Tier
+        # "baseline" asks for the baseline's code, not -O2 code from the cache.)
         wanted = 2 if tier == "auto" else QUICK_OPT if tier == "quick" else opt_level
         hit = _from_cache(inputs, wanted, envs[0])
         if hit is not None:
@@ -468,6 +472,8 @@ class _TierUp:
 
         def job() -> None:
             nonlocal lowered
+            # (it runs even when the program was closed meanwhile: its -O2 code still goes to
+            # the code cache, for the next load of the same program)
             try:
                 if callable(lowered):
                     lowered = lowered()

@@ -124,6 +124,8 @@ def _serve(q: queue.Queue) -> None:
         except BaseException:  # a job reports its own failure; the thread must live on
             pass
         finally:
+            # not kept until the next job: what it holds (a load's inputs, maps) must go now
+            job = None
             q.task_done()
 
 

@@ -80,6 +80,9 @@ def jit_env(vm, arena=None, prog_type: str = "mem", packet_desc: int = 0, verifi
                   verified=verified, budget_cell=budget_cell, xdp_head_floor=XDP_HEAD_FLOOR)
 
 
+_FROM_BUFFER = object()     # LoadedProgram._last_mem: not copied out of last_buffer yet
+
+
 class LoadedProgram:
     """A program ready to run on one engine; ``close()`` (or ``with``) releases it.
 
@@ -112,7 +115,7 @@ class LoadedProgram:
         for key, m in maps:
             if m not in self.maps.values():
                 self.maps.setdefault(key, m)
-        self.last_mem: bytes | None = None      # the private mem copy after the last run
+        self._last_mem: object = None           # last_mem, or _FROM_BUFFER: copied when read
         self.last_buffer: Buffer | None = None  # that copy itself (guard zones included)
         self.last_data: bytes | None = None     # the packet after the last run
         self.last_ctx = None                    # the context after the last run
@@ -240,6 +243,19 @@ class LoadedProgram:
         self.last_clones = rc.clones
         self.last_insn_count = session.executed if session is not None else None
 
+    @property
+    def last_mem(self) -> bytes | None:
+        """The private mem copy's contents after the last run (None: no mem)."""
+        value = self._last_mem
+        if value is _FROM_BUFFER:
+            buf = self.last_buffer
+            value = self._last_mem = buf.bytes() if buf is not None else None
+        return value
+
+    @last_mem.setter
+    def last_mem(self, value: bytes | None) -> None:
+        self._last_mem = value
+
     def run(self, mem=None, *, ctx=None, data=None, trace=None,
             insn_limit: int | None = None) -> int:
         """Run once; returns r0 (u64). ``trace`` is called with a TraceEvent per instruction.
@@ -260,7 +276,7 @@ class LoadedProgram:
                 buf = None
                 r1 = r2 = 0
             else:
-                buf = Buffer(len(mem), init=mem, guard=MEM_GUARD)
+                buf = Buffer.guarded_copy(mem, MEM_GUARD)
                 r1, r2 = buf.address, buf.size
             call = self._jit._call
             rec = _READERS.get(_get_ident())
@@ -274,7 +290,8 @@ class LoadedProgram:
             finally:
                 rec[1] -= 1
                 self.last_buffer = buf
-                self.last_mem = buf.bytes() if buf is not None else None
+                # copied from the buffer when first read (most runs never read it)
+                self._last_mem = _FROM_BUFFER if buf is not None else None
         if self.min_mem_size:
             self._check_mem_size(mem, ctx)
         if self._plain_jit and trace is None and not self.closed:

@@ -394,7 +394,7 @@ def build_context(prog_type: str, mem=None, ctx=None, data=None,
 # --- the types --------------------------------------------------------------------------------
 def _mem_context(rc: RunContext, mem, data) -> None:
     if mem is not None and len(mem):
-        buf = Buffer(len(mem), init=mem, guard=MEM_GUARD)
+        buf = Buffer.guarded_copy(mem, MEM_GUARD)
         region = Region(buf.address, buf.size, "mem", True, buf)
         rc.regions.append(region)
         rc.fast, rc.buffer = region, buf
@@ -437,7 +437,7 @@ def _syscall_context(rc: RunContext, ctx) -> None:
     raw = _ctx_bytes(ctx, "syscall")
     if len(raw) > 0xFFFF:
         raise VMError(f"syscall ctx of {len(raw)} bytes is larger than U16_MAX")
-    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    buf = Buffer.guarded_copy(raw, MEM_GUARD)
     if raw:
         region = Region(buf.address, buf.size, "ctx", True, buf)
         rc.regions.append(region)
@@ -771,7 +771,7 @@ def _raw_tp_context(rc: RunContext, ctx) -> None:
     if len(raw) > 8 * MAX_BPF_FUNC_ARGS:
         raise VMError(f"raw_tracepoint ctx of {len(raw)} bytes is more than "
                       f"{MAX_BPF_FUNC_ARGS} u64 arguments (BPF_PROG_TEST_RUN: EINVAL)")
-    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    buf = Buffer.guarded_copy(raw, MEM_GUARD)
     if raw:
         rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
     rc.r1, rc.buffer = buf.address, buf
@@ -800,7 +800,7 @@ def _sk_lookup_context(rc: RunContext, ctx) -> None:
         raise VMError(f"sk_lookup: family {given.family} is neither AF_INET nor AF_INET6 "
                       f"(EAFNOSUPPORT)")
     raw = bytes(given)
-    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    buf = Buffer.guarded_copy(raw, MEM_GUARD)
     rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
     rc.r1, rc.buffer = buf.address, buf
 
@@ -826,12 +826,12 @@ def _sock_context(rc: RunContext, ctx, struct) -> None:
     if struct is BpfSockAddr:
         sock = BpfSock(family=given.family, type=given.type, protocol=given.protocol)
         sraw = bytes(sock)
-        sbuf = Buffer(len(sraw), init=sraw, guard=MEM_GUARD)
+        sbuf = Buffer.guarded_copy(sraw, MEM_GUARD)
         rc.regions.append(Region(sbuf.address, sbuf.size, "sock", False, sbuf))
         rc._sock = sbuf                     # kept alive with the run
         given.sk = sbuf.address
     raw = bytes(given)
-    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    buf = Buffer.guarded_copy(raw, MEM_GUARD)
     rc.regions.append(Region(buf.address, buf.size, "ctx", True, buf))
     rc.fast = rc.regions[-1]
     rc.r1, rc.buffer = buf.address, buf
@@ -856,7 +856,7 @@ def _socket_of(fields: dict) -> Buffer:
         else:
             setattr(sock, name, value)
     raw = bytes(sock)
-    return Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    return Buffer.guarded_copy(raw, MEM_GUARD)
 
 
 def _payload(data, what: str, writable: bool, rc: RunContext) -> tuple[Buffer, int, int]:
@@ -888,7 +888,7 @@ def _sk_msg_context(rc: RunContext, ctx, data) -> None:
     rc.regions.append(Region(sbuf.address, sbuf.size, "sock", False, sbuf))
     md.data, md.data_end, md.size, md.sk = start, end, end - start, sbuf.address
     raw = bytes(md)
-    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    buf = Buffer.guarded_copy(raw, MEM_GUARD)
     rc.regions.append(Region(buf.address, buf.size, "ctx", False, buf))
     rc.r1, rc.buffer, rc._keep = buf.address, buf, (msg, sbuf)
 
@@ -911,7 +911,7 @@ def _sock_ops_context(rc: RunContext, ctx, data) -> None:
     hdr, start, end = _payload(data, "packet", False, rc)
     ops.skb_data, ops.skb_data_end, ops.skb_len = start, end, end - start
     raw = bytes(ops)
-    buf = Buffer(len(raw), init=raw, guard=MEM_GUARD)
+    buf = Buffer.guarded_copy(raw, MEM_GUARD)
     rc.regions.append(Region(buf.address, buf.size, "ctx", True, buf))
     rc.fast = rc.regions[-1]
     rc.r1, rc.buffer, rc._keep = buf.address, buf, hdr

@@ -201,7 +201,10 @@ class Graphs:
             return
         for node, root in list(obj.nodes.items()):
             self._unlink(root, node)
-        # bpf_obj_free_fields of the object's own record: what its kptr fields hold goes too
+        # bpf_obj_free_fields of the object's own record: what its lists, trees and kptr
+        # fields hold goes too
+        for address in [a for a in self.roots if obj.base <= a < obj.base + obj.size]:
+            self._free_root(self.roots[address])
         for address in [a for a in self.kptrs if obj.base <= a < obj.base + obj.size]:
             self.kptr_free(address)
         self.heap.free(obj)

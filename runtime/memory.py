@@ -88,9 +88,27 @@ class Buffer:
                 data = data[:size]
             PROC[start:start + len(data)] = data
 
+    @classmethod
+    def guarded_copy(cls, data, guard: int) -> "Buffer":
+        """``Buffer(len(data), init=data, guard=guard)``, the per-run private copy of mem or a
+        context, made with less Python: the whole image in one allocation and one copy.
+        ctypes' buffers are 16-byte aligned (pymalloc, malloc), so the copy is when the guard
+        is a multiple of 16; checked, and the general path otherwise."""
+        size = len(data)
+        if type(data) is not bytes or not size or guard % 16:
+            return cls(size, init=data, guard=guard)
+        fill = _guard_fill(guard)
+        raw = (ctypes.c_char * (size + 2 * guard)).from_buffer_copy(fill + data + fill)
+        start = ctypes.addressof(raw) + guard
+        if start % 16:
+            return cls(size, init=data, guard=guard)
+        self = cls.__new__(cls)
+        self.size, self.guard, self._raw, self.address = size, guard, raw, start
+        return self
+
     def bytes(self) -> bytes:
-        """A copy of the contents."""
-        return ctypes.string_at(self.address, self.size)
+        """A copy of the contents (a slice of PROC: a third of ctypes.string_at's cost)."""
+        return PROC[self.address:self.address + self.size].tobytes()
 
     def view(self) -> memoryview:
         """A writable view of the contents (valid while this Buffer lives)."""

@@ -396,8 +396,10 @@ class KernelObject:
         off = addr - self.arena_base
         self.arena[off:off + len(data)] = data
 
-    def load(self, prog) -> int:
-        """Load a linked ElfProgram; returns its fd (KernelError carries the verifier log)."""
+    def load(self, prog, log_level: int = 0) -> int:
+        """Load a linked ElfProgram; returns its fd (KernelError carries the verifier log).
+        With ``log_level``, the load itself asks for the log, kept in ``self.last_log`` (its
+        last line has the kernel's processed-insns and states figures)."""
         insns = list(prog.insns)
         for pc, form, insn in prog.instructions():
             if form.kind == "call" and form.op == "kfunc":
@@ -416,8 +418,12 @@ class KernelObject:
         struct.pack_into("<I", attr, 68, expected_attach_type(prog.section))
         struct.pack_into("<Q", attr, 120, _addr(fds))
         keep = self._btf_info(prog, attr)   # noqa: F841  (buffers the kernel reads)
+        if log_level:
+            struct.pack_into("<IIQ", attr, 24, log_level, len(log), _addr(log))
         try:
             fd = _bpf(BPF_PROG_LOAD, attr, f"prog_load {prog.name}")
+            if log_level:
+                self.last_log = log.value.decode()
         except KernelError:
             # again with a log for the message (a log that overflows fails even a good load)
             struct.pack_into("<IIQ", attr, 24, 1, len(log), _addr(log))

@@ -165,6 +165,7 @@ def test_packs_svg_one_group_per_program(tmp_path):
 
 
 def test_packs_unload_every_leaves_holes_and_json(tmp_path):
+    # -O2 loads: the pack holds the programs alone (tiered loads add entry stubs and swaps)
     rc, out, err = pybpf("packs", "--programs", "12", "--unload-every", "3", "--json",
                          env={"PYBPF_JIT_TIER": "O2"})
     assert rc == 0, err

@@ -101,6 +101,49 @@ def test_a_kind_without_a_rule_fails_loudly():
     assert not isinstance(info.value, baseline.Unsupported)
 
 
+def test_map_lookups_are_native_and_a_kit_gap_bridges():
+    """A verified lookup of an array or hash map loaded in the same straight-line code is the
+    map's own gen_lookup emitted by the x86 kit (no Python: the code needs no GIL); one whose
+    map is not known there (after a jump target), or whose gen_lookup uses what the kit cannot
+    emit, goes through the bridge (needs the GIL) rather than failing. (Running that code:
+    tests/test_jit_maps.py, case baseline_tier_lookups_and_helpers_are_native.)"""
+    import pybpf
+    from pybpf.jit import baseline
+    from pybpf.loaded import jit_env
+    from support import asm
+
+    vm = pybpf.VM()
+
+    def made(m, between=""):
+        prog = asm(f"""
+            r2 = r10
+            r2 += -8
+            *(u64 *)(r10 - 8) = 0
+            r1 = map_fd({m.fd}) ll
+            {between}
+            call bpf_map_lookup_elem
+            exit""")
+        return baseline.compile_baseline(prog, vm.helpers, vm.values64(prog), jit_env(vm))
+
+    arr = vm.create_map("array", key_size=4, value_size=8, max_entries=4)
+    h = vm.create_map("hash", key_size=8, value_size=8, max_entries=4)
+    assert not made(arr).needs_gil and not made(h).needs_gil
+    assert made(arr, "if r2 == 0 goto +0").needs_gil        # a join: r1 no longer known
+
+    class Odd:            # a map whose lookup needs an operation the kit does not emit
+        closed = False
+
+        def gen_lookup(self, ir, key):
+            return ir.b.sdiv(key, ir.const(ir.I64, 3))
+    odd = Odd()
+    real = vm.resolve_map
+    vm.resolve_map = lambda value: odd if real(value) is arr else real(value)
+    try:
+        assert made(arr).needs_gil
+    finally:
+        vm.resolve_map = real
+
+
 # -- child cases ---------------------------------------------------------------------------------
 
 EDGE_CASES = {

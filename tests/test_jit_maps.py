@@ -210,6 +210,34 @@ def case_lru_reference_bits_from_native_lookups():
     assert both(run) == [0, 1, 3, 9]
 
 
+def case_baseline_tier_lookups_and_helpers_are_native():
+    """The baseline tier (jit/baseline.py, no LLVM) emits the maps' own native lookups
+    (jit/x86_kit.py) and the time/random helpers itself: the cases above, run with every load
+    on tier "baseline" (which raises rather than falling back to LLVM), no GIL needed."""
+    import os
+
+    from pybpf.jit import baseline
+
+    before = baseline.report()["baseline"]
+    saved = os.environ.get("PYBPF_JIT_TIER")
+    os.environ["PYBPF_JIT_TIER"] = "baseline"
+    try:
+        case_lookups_are_native()
+        case_time_random_and_cpu_helpers_are_native()
+        case_hash_keys_of_every_size()
+        case_percpu_maps_follow_the_cpu()
+        case_lru_reference_bits_from_native_lookups()
+        case_lookup_update_delete_every_type()
+    finally:
+        if saved is None:
+            del os.environ["PYBPF_JIT_TIER"]
+        else:
+            os.environ["PYBPF_JIT_TIER"] = saved
+    placed = baseline.report()["baseline"] - before
+    assert placed >= 2 + 1 + 8 + 2 + 1 + len(MAP_TYPES), placed
+    return placed
+
+
 def case_ringbuf():
     def run(engine):
         vm = VM()

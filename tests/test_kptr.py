@@ -86,6 +86,12 @@ EXPECTED = {
         ('reject', 'EACCES', 'R1 type=untrusted_ptr_ expected=' + _PERCPU_TYPES),
     'rcu_graph_node_read':
         ('accept', '', ''),
+    'bag_push_without_lock':
+        ('reject', 'EINVAL', 'bpf_spin_lock at off=0 must be held for bpf_list_head'),
+    'bag_push_other_lock':
+        ('reject', 'EINVAL', 'bpf_spin_lock at off=0 must be held for bpf_list_head'),
+    'bag_push_ok':
+        ('accept', '', ''),
 }
 
 
@@ -232,6 +238,24 @@ def test_per_cpu_objects_have_a_copy_per_possible_cpu_and_go_with_their_map():
     assert len(vm.graphs.heap.objects) == 1
     vm.close()
     assert not vm.graphs.heap.objects
+
+
+def test_a_list_inside_a_stashed_object_goes_with_the_object():
+    """kptr_bag: a bag object (its own lock and bpf_list_head) stashed in a map value holds
+    items between runs; dropping the bag (the map's update here) drops what its list holds."""
+    import pybpf
+    obj = pybpf.load_elf(CORPUS)
+    vm = obj.vm
+    lp = vm.load(obj.programs["kptr_bag"], engine="interp")
+    assert [lp.run(ctx=_args(v0, v1)) for v0, v1 in ((0, 4), (0, 5), (1, 6))] == [
+        1000, 2000, 3004]                             # the third run pops the first item
+    assert _stashed(vm) == 1 + 2                      # the bag and two items
+    obj.maps["bag_array"].sys_update(struct.pack("<I", 0), bytes(8))
+    assert _stashed(vm) == 0
+    lp.run(ctx=_args(0, 7))
+    assert _stashed(vm) == 2
+    vm.close()
+    assert _stashed(vm) == 0 and not vm.graphs.roots
 
 
 # -- hostile programs, both engines, in a child process ---------------------------------------

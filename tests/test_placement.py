@@ -163,6 +163,7 @@ def test_placement_after_vm_loads_and_closes():
         import json, pybpf, pybpf.jit
         from pybpf.vm import VM
         vm = VM()
+        # -O2 loads: one allocation per program (tiered loads add entry stubs and swaps)
         lps = [vm.load(pybpf.assemble(f"r0 = {i}\\nr0 += r2\\nexit"), engine="jit",
                        name=f"prog{i}", tier="O2") for i in range(5)]
         ran = [lp.run(mem=b"abc") for lp in lps]

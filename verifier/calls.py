@@ -505,6 +505,12 @@ def _record_func_key(chk, meta: CallMeta, hid: int) -> None:
     if meta.map is None or meta.map.type != "prog_array":
         # the kernel prints this one without a newline
         chk.error("expected prog array map for tail call", errno.EINVAL)
+    # a constant index in range is recorded for the call's direct jump (poke descriptor), so
+    # its value matters: precise, as the kernel marks it (fewer states pruned, its counts)
+    r3 = chk.reg(3)
+    if r3.type == SCALAR_VALUE and r3.var.is_const() and \
+            r3.var.const_value() < meta.map.max_entries:
+        chk.mark_precise(3)
 
 
 def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> None:

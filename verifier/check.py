@@ -24,11 +24,12 @@ from pybpf.uapi import BPF_COMPLEXITY_LIMIT_INSNS
 
 from . import bounds, iters, mem, precision
 from .log import Log
+from .state import _same_scalar
 from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MAYBE_NULL,
                     PTR_TO_ARENA, PTR_TO_CTX, PTR_TO_FUNC, PTR_TO_MAP_VALUE, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_STACK, SCALAR_VALUE, FuncState,
                     SCALAR_ADD_CONST, Reg, VerifierState, states_equal, NOT_EXACT, EXACT,
-                    RANGE_WITHIN)
+                    RANGE_WITHIN, PTR_UNTRUSTED, RegType)
 
 INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
 JMP_STACK_LIMIT = 8192          # BPF_COMPLEXITY_LIMIT_JMP_SEQ
@@ -47,11 +48,13 @@ class Checkpoint:
     ``branches`` counts paths through it still being explored; 0 means every path from it
     was verified, so a state it contains may be pruned."""
 
-    __slots__ = ("state", "branches", "parent", "pc", "hits", "miss", "pending", "backedges")
+    __slots__ = ("state", "branches", "parent", "pc", "hits", "miss", "pending", "backedges",
+                 "in_free")
 
     def __init__(self, state: VerifierState, parent, pc: int) -> None:
         self.state, self.branches, self.parent, self.pc = state, 1, parent, pc
         self.hits = self.miss = 0
+        self.in_free = False        # evicted while still being explored (the free list)
         # precision marks still incomplete: loop states (``pending``, still being explored)
         # whose later marks this one must receive; ``backedges``: the states pruned against a
         # loop state under this one, to receive its marks when it is done (precision.py)
@@ -83,22 +86,36 @@ class Checker:
         self.state: VerifierState = None
         self.pending: list[tuple[VerifierState, int]] = []
         self.explored: dict[int, list[Checkpoint]] = {}
-        self.prune_points = _prune_points(prog, cfg)
+        self.prune_points, self.jmp_points = _prune_points(prog, cfg)
+        self.nslots = max(len(prog.insns), 1)    # state_htab_size: one bucket per slot
         self.lddw_at = {pc for pc, form, _ in prog.instructions() if form.kind == "lddw"}
         self.prev_pc = -1
+        self.popped = False
+        self.map_cache: dict = {}
+        self.const_at: dict = {}             # pc -> the Reg a `rX = K` instruction writes
         from .liveness import liveness
-        self.live_before = liveness(cfg, prog.instructions(), strong=False).before
+        self.live_before = liveness(cfg, prog.instructions(), strong=False,
+                                    call_uses=self._call_uses).before
         self.loop_points = _loop_points(prog, self.calls)
         for p in iters.iter_next_pcs(prog, env):     # iterator next calls: forced checkpoints
             self.loop_points[p] = "iter_next"
         self.prune_points |= set(self.loop_points)
+        # forced checkpoints (mark_force_checkpoint). Not bpf_rbtree_add's call, which the
+        # kernel forces too: pybpf verifies its less() once per call site state instead of
+        # returning to the call for more iterations, and measured on the corpus a checkpoint
+        # there makes the counts further from the kernel's, not closer
+        self.force_points = set(self.loop_points)
+        # a callback-calling helper call is a jump point too (mark_jmp_point in visit_insn)
+        self.jmp_points |= {p for p, k in self.loop_points.items() if k == "callback"}
         self.insn_processed = 0
         self.jmps_processed = self.prev_jmps = self.prev_insns = 0
         self.total_states = self.peak_states = self.cur_states = 0
+        self.free_states = self.num_backedges = 0
         self.max_states_per_insn = 0
         self.max_ctx_offset = 0
         self.min_ctx_offset = 0                 # lowest (negative) ctx offset read: tracepoint
         self.kfunc0_calls: set[int] = set()     # reached kfunc calls without a function id
+        self.aux_ptr_type: dict[int, tuple] = {}  # pc -> the base type first accessed there
         self.max_pkt_offset = 0
         self.stack_depth: dict[int, int] = {sp.start: 0 for sp in cfg.subprogs}
         self.seen: dict[int, list] = {}         # pc -> [Reg per register] joined kinds (facts)
@@ -106,6 +123,17 @@ class Checker:
         self.subprog_starts = [sp.start for sp in cfg.subprogs]
         self.verifies_globals = True         # calls.py: global functions are verified alone
         self.global_entry = None             # the global function being verified, if any
+
+    def _call_uses(self, form, insn):
+        """The registers a helper call reads: r1..rN for its N arguments (the kernel's
+        get_call_summary); None (r1-r5) for other calls and unknown helpers."""
+        if form.op != "helper":
+            return None
+        entry = self.env.helper(insn.imm)
+        proto = getattr(entry, "prototype", entry)
+        if proto is None or not hasattr(proto, "args"):
+            return None
+        return ((1 << (min(len(proto.args), 5) + 1)) - 1) & ~1
 
     # -- helpers for handlers and for calls.py --------------------------------------------------
     def error(self, msg: str, err: int = errno.EACCES, pc: int | None = None):
@@ -170,7 +198,9 @@ class Checker:
                        errno.E2BIG)
         if st.parent is not None:
             st.parent.branches += 1
-        self.pending.append((st, pc))
+        # the log's length now: a level-1 log forgets the path explored before this branch is
+        # popped (pop_stack's bpf_vlog_reset), so that it ends with the path that failed
+        self.pending.append((st, pc, len(self.log.lines)))
 
     # -- the walk ------------------------------------------------------------------------------
     def initial_state(self) -> VerifierState:
@@ -212,6 +242,7 @@ class Checker:
 
     def _drain(self, pc: int) -> None:
         self.prev_pc = -1
+        self.popped = False
         self.state.first_insn_idx = pc
         while True:
             pc = self._walk(pc)
@@ -221,6 +252,8 @@ class Checker:
     def _walk(self, pc: int):
         """Step the current state until its path ends; return the next pending pc or None."""
         log = self.log
+        prune_points, jmp_points, lddw_at = self.prune_points, self.jmp_points, self.lddw_at
+        form_at, handlers, push_hist = self.form_at, HANDLERS, precision.push_hist
         while True:
             self.insn_processed += 1
             if self.insn_processed > INSN_LIMIT:
@@ -229,31 +262,38 @@ class Checker:
             self.pc = pc
             prev = self.prev_pc
             # a jump into pc (anything but falling through from prev) goes in the history
-            jumped = prev < 0 or pc != prev + (2 if prev in self.lddw_at else 1)
-            self.state.last_insn_idx = prev
-            if pc in self.prune_points:
+            jumped = prev < 0 or pc != prev + (2 if prev in lddw_at else 1)
+            st = self.state
+            st.last_insn_idx = prev
+            if pc in prune_points:
                 if self._visit(pc, jumped):
-                    log.pruned(pc)
+                    log.pruned(prev, pc, self.popped)
                     nxt = self._path_done()
                     if nxt is None:
                         return None
                     pc = nxt
                     continue
-            if jumped and prev >= 0:
-                precision.push_hist(self.state, pc, prev)
+                st = self.state
+            if prev >= 0 and (jumped or pc in jmp_points):
+                push_hist(st, pc, prev, self.insn_processed)
+            if self.popped:
+                self.popped = False
+                if log.level >= 2:
+                    log.from_to(prev, pc, st)
             self.prev_pc = pc
-            entry = self.form_at.get(pc)
+            entry = form_at.get(pc)
             if entry is None:
                 self.error(f"invalid insn idx {pc} insn_cnt {len(self.prog.insns)}",
                            errno.EFAULT)
             form, insn = entry
-            if form.kind in _JMP_KINDS:
+            kind = form.kind
+            if kind in _JMP_KINDS:
                 self.jmps_processed += 1
             if log.enabled:
-                log.insn(pc, self.state)
+                log.insn(pc, st)
             if form.size:
                 self._record(pc, form, insn)
-            nxt = HANDLERS[form.kind](self, pc, form, insn)
+            nxt = handlers[kind](self, pc, form, insn)
             if log.enabled and nxt is not None:
                 log.after(self.state)
             if nxt is None:             # exit of the main program: this path is done
@@ -267,74 +307,119 @@ class Checker:
         self._finish(self.state.parent)
         if not self.pending:
             return None
-        st, pc = self.pending.pop()
+        st, pc, log_pos = self.pending.pop()
         self.state = st
         self.prev_pc = st.insn_idx            # the instruction that queued this branch
-        self.log.from_to(st.insn_idx, pc, st)
+        if self.log.level == 1:
+            self.log.reset(log_pos)
+        self.popped = True                    # the kernel's do_print_state
         return pc
 
     def _visit(self, pc: int, jumped: bool = False) -> bool:
         """is_state_visited: True to prune the current path here."""
         st = self.state
-        lst = self.explored.setdefault(pc, [])
-        special = self.loop_points.get(pc)
+        # explored_state: one bucket per (insn ^ callsite), as the kernel hashes them (the
+        # bucket's other instructions count in max_states_per_insn and nothing else)
+        key = ((pc ^ st.cur.callsite) & 0xFFFFFFFF) % self.nslots
+        lst = self.explored.get(key)
+        if lst is None:
+            lst = self.explored[key] = []
+        special = self.loop_points.get(pc)     # a force checkpoint (mark_force_checkpoint)
         live = self.live_before.get(pc, 0x7FF) | 0x400
-        # add a state only after 2 jumps and 8 instructions since the last one, as the kernel
-        # does (is_state_visited), unless this is a loop point (the kernel's force_checkpoint)
-        add_new = bool(special) or (self.jmps_processed - self.prev_jmps >= 2 and
-                                    self.insn_processed - self.prev_insns >= 8)
+        # an outer frame's registers live before the call it waits in (frame_insn_idx)
+        outer = [self.live_before.get(f.callsite, 0x7FF) | 0x400 for f in st.frames[1:]] \
+            if len(st.frames) > 1 else None
+        # a long jump history forces a checkpoint too (jmp_history_cnt > 40)
+        forced = pc in self.force_points
+        force = forced or st.hist_cnt > 40
+        # otherwise add a state only after 2 jumps and 8 instructions since the last one
+        add_new = force or (self.jmps_processed - self.prev_jmps >= 2 and
+                            self.insn_processed - self.prev_insns >= 8)
+        states_cnt = 0
+        evict = None
         for cp in reversed(lst):        # newest first, as the kernel's list
-            if cp.branches == 0:
+            states_cnt += 1
+            if cp.pc != pc:
+                continue
+            if cp.branches > 0:
+                if special == "iter_next":
+                    # an iterator's next call reached again on the path exploring it: a
+                    # state within the old one with the iterator still active is covered by
+                    # it (the loop converged); otherwise no infinite-loop check (iterators
+                    # terminate)
+                    if states_equal(cp.state, st, RANGE_WITHIN, live=live,
+                                    outer_live=outer) and \
+                            iters.iter_active(st, st.cur.regs[1]):
+                        return self._hit(cp, pc, jumped, live, cp)
+                elif special == "callback":
+                    # a callback-calling insn reached again within a state still explored
+                    if states_equal(cp.state, st, RANGE_WITHIN, live=live, outer_live=outer):
+                        return self._hit(cp, pc, jumped, live, cp)
+                else:
+                    if special == "may_goto" and cp.state.may_goto_depth != st.may_goto_depth \
+                            and states_equal(cp.state, st, RANGE_WITHIN, live=live,
+                                             outer_live=outer):
+                        return self._hit(cp, pc, jumped, live, cp)
+                    # states_maybe_looping first: the innermost frame's registers alike
+                    if _maybe_looping(cp.state, st) and \
+                            cp.state.may_goto_depth == st.may_goto_depth and \
+                            _unroll(cp.state) == _unroll(st) and \
+                            iters.active_depths(cp.state) == iters.active_depths(st) and \
+                            states_equal(cp.state, st, EXACT) and _on_path(cp, st):
+                        self.error(f"infinite loop detected at insn {pc}", errno.EINVAL)
+                # a loop being explored: a state only every 20 jumps or 100 instructions,
+                # as different iterations have different states (skip_inf_loop_check)
+                if not force and self.jmps_processed - self.prev_jmps < 20 and \
+                        self.insn_processed - self.prev_insns < 100:
+                    add_new = False
+            else:
                 # a state whose precision marks may still grow (inside a loop being explored)
                 # is compared range by range (the kernel's incomplete_read_marks)
                 anchor = _active_anchor(cp) if cp.pending else None
                 if states_equal(cp.state, st, RANGE_WITHIN if anchor else NOT_EXACT,
-                                live=live):
+                                live=live, outer_live=outer):
                     return self._hit(cp, pc, jumped, live, anchor)
-            elif special == "iter_next":
-                # an iterator's next call reached again on the path exploring it: a state
-                # within the old one with the iterator still active is covered by it (the
-                # loop converged); otherwise no infinite-loop check (iterators terminate)
-                if states_equal(cp.state, st, RANGE_WITHIN, live=live) and \
-                        iters.iter_active(st, st.cur.regs[1]):
-                    return self._hit(cp, pc, jumped, live, cp)
-            elif special == "callback":
-                # a callback-calling insn reached again within a state still being explored
-                if states_equal(cp.state, st, RANGE_WITHIN, live=live):
-                    return self._hit(cp, pc, jumped, live, cp)
-            else:
-                if special == "may_goto" and cp.state.may_goto_depth != st.may_goto_depth \
-                        and states_equal(cp.state, st, RANGE_WITHIN, live=live):
-                    return self._hit(cp, pc, jumped, live, cp)
-                if cp.state.may_goto_depth == st.may_goto_depth and \
-                        _unroll(cp.state) == _unroll(st) and \
-                        iters.active_depths(cp.state) == iters.active_depths(st) and \
-                        states_equal(cp.state, st, EXACT) and _on_path(cp, st):
-                    self.error(f"infinite loop detected at insn {pc}", errno.EINVAL)
             # a miss counts only when a state will be added here: otherwise the iterations
             # of a loop would evict the states recorded earlier (the kernel's miss_cnt)
             if add_new:
                 cp.miss += 1
+            # evict a state unlikely to be useful (miss_cnt > hit_cnt * n + n; a bigger n
+            # for a checkpoint of a loop still being explored, so iterators converge). An
+            # evicted state still being explored stays reachable from its children.
+            n = 64 if forced and cp.branches > 0 else 3
+            if cp.miss > cp.hits * n + n:
+                if evict is None:
+                    evict = []
+                evict.append(cp)
+        if evict:
+            lst[:] = [c for c in lst if c not in evict]
+            self.cur_states -= len(evict)
+            for c in evict:     # the kernel keeps it on its free list until it is done
+                if c.branches > 0:
+                    c.in_free = True
+                    self.free_states += 1
+        self.max_states_per_insn = max(self.max_states_per_insn, states_cnt)
         if not add_new:
             return False
         self.prev_jmps, self.prev_insns = self.jmps_processed, self.insn_processed
-        # evict states unlikely to be useful (the kernel's miss_cnt > hit_cnt * n + n); a state
-        # still being explored stays reachable from its children for branch counting
-        n = 64 if special else 3
-        if len(lst) > 4:
-            lst[:] = [c for c in lst if c.miss <= c.hits * n + n]
         snap = st.copy()
         snap.parent = None
         cp = Checkpoint(snap, st.parent, pc)
         st.parent = cp
         st.first_insn_idx = pc             # the state going on keeps a fresh history
         st.hist = None
+        st.hist_cnt = 0
+        st.hist_tag = -1
         lst.append(cp)
         self.total_states += 1
         self.cur_states += 1
-        self.peak_states = max(self.peak_states, self.cur_states)
-        self.max_states_per_insn = max(self.max_states_per_insn, len(lst))
+        self._peak()
         return False
+
+    def _peak(self) -> None:
+        """update_peak_states: stored, evicted-but-unfinished and back-edge states."""
+        self.peak_states = max(self.peak_states,
+                               self.cur_states + self.free_states + self.num_backedges)
 
     def _hit(self, cp: Checkpoint, pc: int, jumped: bool, live: int, anchor) -> bool:
         """A state at ``pc`` within ``cp``'s: what was precise after ``cp`` is precise on the
@@ -345,11 +430,13 @@ class Checker:
         until then (the kernel's SCC back-edges, propagate_backedges)."""
         cp.hits += 1
         st = self.state
-        if jumped and self.prev_pc >= 0:
-            precision.push_hist(st, pc, self.prev_pc)
+        if self.prev_pc >= 0 and (jumped or pc in self.jmp_points):
+            precision.push_hist(st, pc, self.prev_pc, self.insn_processed)
         precision.propagate_precision(self, cp.state, live)
         if anchor is not None:
             anchor.backedges.append((st.copy(), pc, cp.state, live))
+            self.num_backedges += 1
+            self._peak()
             c = st.parent
             while c is not None and c is not anchor:
                 if anchor not in c.pending:
@@ -364,6 +451,9 @@ class Checker:
             cp.branches -= 1
             if cp.branches > 0:
                 return
+            if cp.in_free:
+                cp.in_free = False
+                self.free_states -= 1
             if cp.backedges:
                 self._propagate_backedges(cp)
             cp = cp.parent
@@ -381,6 +471,8 @@ class Checker:
         outer = _active_anchor(cp) if cp.pending else None
         if outer is not None:
             outer.backedges.extend(cp.backedges)
+        else:
+            self.num_backedges -= len(cp.backedges)
         cp.backedges = []
 
     def mark_precise(self, regno: int) -> None:
@@ -425,6 +517,20 @@ def _unroll(st: VerifierState) -> tuple:
     """The callback unroll depths of a state's frames (the kernel's callback_unroll_depth):
     a state inside another callback iteration is not an infinite loop."""
     return tuple(f.callback_depth for f in st.frames)
+
+
+def _maybe_looping(old: VerifierState, cur: VerifierState) -> bool:
+    """states_maybe_looping: the same frame depth and the innermost frame's registers alike,
+    ids as they are (the kernel's memcmp up to frameno): a cheap filter before the exact
+    comparison, which maps ids."""
+    if len(old.frames) != len(cur.frames):
+        return False
+    for a, b in zip(old.frames[-1].regs, cur.frames[-1].regs):
+        if a is not b and (a.type != b.type or a.off != b.off or a.flags != b.flags or
+                           a.id != b.id or a.ref_obj_id != b.ref_obj_id or
+                           a.range != b.range or not _same_scalar(a.var, b.var)):
+            return False
+    return True
 
 
 def _on_path(cp: Checkpoint, st: VerifierState) -> bool:
@@ -472,28 +578,66 @@ def _loop_points(prog, calls) -> dict:
     return out
 
 
-def _prune_points(prog, cfg) -> set:
-    """The kernel's prune points (visit_insn): every conditional jump, the target of every
-    unconditional jump, the instruction after a call, and a BPF-to-BPF call itself."""
+def _prune_points(prog, cfg) -> tuple[set, set]:
+    """The kernel's prune points and jump points (check_cfg's visit_insn and push_insn):
+    every conditional jump and may_goto and the target of its branch edge, the target of an
+    unconditional jump, the instruction after a call (or after an ld_imm64 of a function),
+    a BPF-to-BPF call and its callee's first instruction, an ld_imm64 of a function and the
+    callback's first instruction. Jump points (mark_jmp_point): where the jump history
+    records the instruction whatever the way in: branch targets, jump targets, returns."""
     from .cfg import jump_target
-    pts = set()
+    pts, jmp = set(), set()
     for pc, form, insn in prog.instructions():
         k = form.kind
         if k in ("jcond", "may_goto"):
             pts.add(pc)
+            t = jump_target(form, insn, pc)
+            pts.add(t)
+            jmp.add(t)
         elif k == "ja":
-            pts.add(jump_target(form, insn, pc))
+            t = jump_target(form, insn, pc)
+            pts.add(t)
+            jmp.add(t)
         elif k in ("call", "callx"):
             pts.add(pc + 1)
+            jmp.add(pc + 1)
             if form.op == "local":
                 pts.add(pc)
-    return pts
+                t = jump_target(form, insn, pc)
+                pts.add(t)
+                jmp.add(t)
+        elif k == "lddw" and form.op == "func":
+            pts.update((pc, pc + 2))
+            jmp.add(pc + 2)
+            t = jump_target(form, insn, pc)
+            pts.add(t)
+            jmp.add(t)
+    return pts, jmp
 
 
 # --- handlers, one per form kind --------------------------------------------------------------
+_K_CHECKED = frozenset({"div", "mod", "sdiv", "smod", "lsh", "rsh", "arsh"})
+
+
 def _alu(chk: Checker, pc, form, insn):
     op, is64 = form.op, form.width == 64
     dst = insn.dst
+    if op != "mov" and dst < 10:
+        # the common case first, with the checks below folded in: scalar op= scalar between
+        # initialised registers (nothing to refuse before adjust_reg)
+        regs = chk.state.cur.regs
+        d = regs[dst]
+        if d.type == SCALAR_VALUE:
+            if form.source == "X":
+                if insn.src < 11:
+                    src = regs[insn.src]
+                    if src.type == SCALAR_VALUE:
+                        regs[dst] = mem.adjust_reg(chk, op, d, src, is64, insn, True)
+                        return pc + 1
+            elif op not in _K_CHECKED:
+                src = _imm_reg(insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF)
+                regs[dst] = mem.adjust_reg(chk, op, d, src, is64, insn, False)
+                return pc + 1
     if form.source == "X":
         src = chk.check_reg_read(insn.src)
     else:
@@ -507,8 +651,12 @@ def _alu(chk: Checker, pc, form, insn):
     if op == "mov":
         chk.check_reg_write(dst)
         if src is None:
-            v = insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF
-            chk.set_reg(dst, Reg.scalar(v, chk.origin("a constant")))
+            # the same constant (and origin) every time this instruction runs: one Reg
+            r = chk.const_at.get(pc)
+            if r is None:
+                v = insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF
+                r = chk.const_at[pc] = Reg.scalar(v, chk.origin("a constant"))
+            chk.state.cur.regs[dst] = r
         elif is64:
             if src.type == SCALAR_VALUE and not src.id and not src.var.is_const():
                 src = src.replace(id=chk.new_id())      # assign_scalar_id_before_mov
@@ -534,10 +682,22 @@ def _alu(chk: Checker, pc, form, insn):
     d = chk.check_reg_read(dst)
     chk.check_reg_write(dst)
     if src is None:
-        imm = insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF
-        src = Reg.scalar(imm)
-    chk.set_reg(dst, mem.adjust_reg(chk, op, d, src, is64, insn, form.source == "X"))
+        src = _imm_reg(insn.imm & M64 if is64 else insn.imm & 0xFFFFFFFF)
+    chk.state.cur.regs[dst] = mem.adjust_reg(chk, op, d, src, is64, insn, form.source == "X")
     return pc + 1
+
+
+_IMM_REGS: dict = {}
+
+
+def _imm_reg(v: int) -> Reg:
+    """The K-form source operand: one (immutable) Reg per value."""
+    r = _IMM_REGS.get(v)
+    if r is None:
+        if len(_IMM_REGS) >= 4096:
+            _IMM_REGS.clear()
+        r = _IMM_REGS[v] = Reg.scalar(v)
+    return r
 
 
 def _neg(chk: Checker, pc, form, insn):
@@ -591,26 +751,53 @@ def _cast(chk: Checker, pc, form, insn):
     return pc + 1
 
 
+# save_aux_ptr_type: the kernel rewrites an access through these per instruction (ctx fields,
+# sockets, BTF objects, arena addresses), so one instruction may not reach them on one path and
+# another pointer type on another (reg_type_mismatch_ok)
+_REWRITTEN = frozenset({RegType.PTR_TO_CTX, RegType.PTR_TO_SOCKET, RegType.PTR_TO_SOCK_COMMON,
+                        RegType.PTR_TO_TCP_SOCK, RegType.PTR_TO_XDP_SOCK, RegType.PTR_TO_BTF_ID,
+                        RegType.PTR_TO_ARENA})
+_MEM_OR_BTF = (RegType.PTR_TO_MEM, RegType.PTR_TO_BTF_ID)
+
+
+def _save_aux_ptr_type(chk: Checker, pc: int, rtype, rflags: int, allow_trust: bool) -> None:
+    prev = chk.aux_ptr_type.get(pc)
+    now = (rtype, rflags)
+    if prev is None:
+        chk.aux_ptr_type[pc] = now
+    elif now != prev and (rtype in _REWRITTEN or prev[0] in _REWRITTEN):
+        if allow_trust and rtype in _MEM_OR_BTF and prev[0] in _MEM_OR_BTF:
+            chk.aux_ptr_type[pc] = (RegType.PTR_TO_BTF_ID, PTR_UNTRUSTED)
+        else:
+            chk.error("same insn cannot be used with different pointers", errno.EINVAL)
+
+
 def _ldx(chk: Checker, pc, form, insn):
-    chk.check_reg_read(insn.src)
+    src = chk.check_reg_read(insn.src)
+    rtype, rflags = src.type, src.flags
     chk.check_reg_write(insn.dst)
     mem.check_mem_access(chk, insn.src, insn.off, form.size, write=False,
                          value_regno=insn.dst, signed=form.signed)
+    _save_aux_ptr_type(chk, pc, rtype, rflags, True)
     return pc + 1
 
 
 def _st(chk: Checker, pc, form, insn):
-    chk.check_reg_read(insn.dst)
+    dst = chk.check_reg_read(insn.dst)
+    rtype, rflags = dst.type, dst.flags
     mem.check_mem_access(chk, insn.dst, insn.off, form.size, write=True, value_regno=-1,
                          imm=insn.imm)
+    _save_aux_ptr_type(chk, pc, rtype, rflags, False)
     return pc + 1
 
 
 def _stx(chk: Checker, pc, form, insn):
     chk.check_reg_read(insn.src)
-    chk.check_reg_read(insn.dst)
+    dst = chk.check_reg_read(insn.dst)
+    rtype, rflags = dst.type, dst.flags
     mem.check_mem_access(chk, insn.dst, insn.off, form.size, write=True,
                          value_regno=insn.src)
+    _save_aux_ptr_type(chk, pc, rtype, rflags, False)
     return pc + 1
 
 
@@ -635,7 +822,14 @@ def _lddw(chk: Checker, pc, form, insn):
             chk.error("pseudo btf_id 0 in ldimm64 isn't KIND_VAR or KIND_FUNC", errno.EINVAL)
         chk.error("ldimm64 btf_id needs kernel BTF, which pybpf does not have", errno.EINVAL)
     by_index = op.startswith("map_idx")
-    m = chk.env.map_by_index(insn.imm) if by_index else chk.env.map_by_fd(insn.imm)
+    # one MapInfo per map for the whole verification: states compare map pointers by
+    # identity (regsafe), so two loads of the same map must give the same object
+    ck = (by_index, insn.imm)
+    m = chk.map_cache.get(ck)
+    if m is None:
+        m = chk.env.map_by_index(insn.imm) if by_index else chk.env.map_by_fd(insn.imm)
+        if m is not None:
+            chk.map_cache[ck] = m
     if m is None:
         if by_index:
             chk.error(f"map index {insn.imm} out of range", errno.EINVAL)
@@ -748,6 +942,7 @@ def _callx(chk: Checker, pc, form, insn):
 def _exit(chk: Checker, pc, form, insn):
     st = chk.state
     if len(st.frames) > 1:
+        chk.popped = True               # do_print_state: the caller's state prints next
         calls = chk.calls
         if calls is not None and hasattr(calls, "prepare_func_exit"):
             return calls.prepare_func_exit(chk, pc)

@@ -6,8 +6,9 @@ bpf_obj_new and the graph kfuncs, check_ptr_to_btf_access for local types).
   program's BTF; r0 is ``PTR_TO_BTF_ID | MEM_ALLOC`` (an :class:`AllocType`), maybe NULL, and an
   acquired reference (an *owning* reference: ``Unreleased reference id=N alloc_insn=M`` at exit).
 * ``bpf_obj_drop_impl`` releases an owning reference (offset 0).
-* Graph roots are map value fields (map.graph_roots, runtime/maps/btf_fields.py) at a constant
-  offset, and the value's ``bpf_spin_lock`` must be held (``bpf_spin_lock at off=.. must be held
+* Graph roots are map value fields (map.graph_roots, runtime/maps/btf_fields.py) or fields of an
+  allocated object (:class:`AllocType` ``graph_roots``, owning references only) at a constant
+  offset, and the value's (the object's) ``bpf_spin_lock`` must be held (``bpf_spin_lock at off=.. must be held
   for bpf_list_head``). A node argument is an owning reference whose offset is the node field
   the root's ``__contains`` names. Pushing or adding turns the owning reference into a
   *non-owning* one (``NON_OWN_REF``, no reference id), valid until ``bpf_spin_unlock``, which
@@ -61,13 +62,22 @@ class AllocType:
         self.btf, self.type_id, self.name, self.size = btf, t.id, t.name, t.size
         self.fields: dict[int, tuple[str, int]] = {}
         self.members: dict[str, int] = {}
+        from pybpf.errors import MapError
         for m in t.members:
             mt = btf.resolve(m.type)
             self.members[m.name] = m.bit_offset // 8
             if mt.kind == "struct" and mt.name in _SPECIAL:
                 self.fields[m.bit_offset // 8] = (mt.name, _SPECIAL[mt.name])
+        # graph roots of the object (a list or tree inside an allocated object, under the
+        # object's own bpf_spin_lock)
+        from .graph_fields import graph_roots
+        try:
+            self.graph_roots = graph_roots(btf, t.id)
+        except MapError:
+            self.graph_roots = {}
+        self.spin_lock_off = next((off for off, (name, _) in self.fields.items()
+                                   if name == "bpf_spin_lock"), -1)
         # kptr fields of the object (bpf_kptr_xchg's destinations): "direct access to kptr"
-        from pybpf.errors import MapError
         from .kptr import KPTR_SIZE, kptr_fields
         try:
             self.kptrs = kptr_fields(btf, t.id)
@@ -118,15 +128,21 @@ def check_access(chk, regno: int, reg: Reg, off: int, size: int, write: bool) ->
 # --- arguments -------------------------------------------------------------------------------
 def _root_field(chk, regno: int, reg: Reg, kind: str, func: str):
     """process_kf_arg_ptr_to_graph_root -> (GraphRoot)."""
-    if reg.type != PTR_TO_MAP_VALUE or reg.flags & PTR_MAYBE_NULL:
+    owning = reg.type == PTR_TO_BTF_ID and reg.flags == MEM_ALLOC
+    if not (reg.type == PTR_TO_MAP_VALUE or owning) or reg.flags & PTR_MAYBE_NULL:
         chk.error(f"arg#{regno - 1} expected pointer to map value or allocated object",
                   errno.EINVAL)
     v = reg.var
     if not v.is_const():
         chk.error(f"R{regno} doesn't have constant offset. {kind} has to be at the constant "
                   f"offset", errno.EINVAL)
-    m = reg.map
-    value = getattr(m, "value", m)
+    if owning:                              # a root inside an allocated object
+        value = reg.btf_type
+        owner = id(value.btf)
+    else:
+        m = reg.map
+        value = getattr(m, "value", m)
+        owner = id(value)
     roots = getattr(value, "graph_roots", {}) or {}
     off = reg.off + v.const_value()
     root = roots.get(off)
@@ -137,7 +153,7 @@ def _root_field(chk, regno: int, reg: Reg, kind: str, func: str):
     lock_off = getattr(value, "spin_lock_off", -1)
     if st.active_lock is None:
         chk.error(f"bpf_spin_lock at off={lock_off} must be held for {kind}", errno.EINVAL)
-    if st.active_lock != (id(value), reg.id):
+    if st.active_lock != (owner, reg.id):
         chk.log.line("held lock and object are not in the same allocation")
         chk.error(f"bpf_spin_lock at off={lock_off} must be held for {kind}", errno.EINVAL)
     return root

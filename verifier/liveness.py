@@ -38,20 +38,27 @@ class Liveness:
         self._dead: set[int] = set()
 
 
-def liveness(cfg, decoded, strong: bool = True) -> Liveness:
+def liveness(cfg, decoded, strong: bool = True, call_uses=None) -> Liveness:
     """Liveness for a program given its CFG and ``prog.instructions()``.
 
     ``strong=False`` is the verifier's view (compute_live_registers): every instruction's
     operands count as read (a dead load is still checked, and still executed, so its base
     register matters), and a call writes r0-r5 (the verifier gives r0 the call's result and
-    clobbers r1-r5, also after a tail call that does not happen)."""
+    clobbers r1-r5, also after a tail call that does not happen). ``call_uses(insn)``, when
+    given, is the mask of argument registers a call reads (a helper's prototype: the kernel's
+    get_call_summary) or None for r1-r5."""
     steps = {}     # pc -> (uses, defs, pure)
     for pc, form, insn in decoded:
+        uses = None
         if form.kind in ("call", "callx"):
             defs = 0 if strong else 0b111111
+            if call_uses is not None and form.kind == "call":
+                uses = call_uses(form, insn)
         else:
             defs = _mask(written_regs(form, insn))
-        steps[pc] = (_mask(read_regs(form, insn)), defs, strong and is_pure(form))
+        if uses is None:
+            uses = _mask(read_regs(form, insn))
+        steps[pc] = (uses, defs, strong and is_pure(form))
     order = sorted(cfg.blocks)
     pcs_of: dict[int, list[int]] = {start: [] for start in order}
     k, n = -1, len(order)

@@ -132,14 +132,27 @@ class Log:
             self._pending = None
 
     def from_to(self, src: int, dst: int, state) -> None:
+        """Level 2, the first instruction after a pop or a function's return: the state."""
         if self.enabled:
             self.flush_pending()
+            self.lines.append("")
             self.lines.append(f"from {src} to {dst}: {state_str(state)}")
 
-    def pruned(self, pc: int) -> None:
+    def pruned(self, src: int, pc: int, popped: bool) -> None:
+        """A state pruned at ``pc``: ``from A to B: safe`` when nothing was processed since
+        the pop (or return) that led there, else ``B: safe`` (do_check)."""
         if self.enabled:
             self.flush_pending()
-            self.lines.append(f"{pc}: safe")
+            if popped:
+                self.lines.append("")
+                self.lines.append(f"from {src} to {pc}: safe")
+            else:
+                self.lines.append(f"{pc}: safe")
+
+    def reset(self, pos: int) -> None:
+        """bpf_vlog_reset: forget what was logged after ``pos`` lines."""
+        self._pending = None
+        del self.lines[pos:]
 
     def text(self) -> str:
         self.flush_pending()

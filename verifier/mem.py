@@ -248,11 +248,11 @@ def _check_alignment(chk, reg: Reg, off: int, size: int, strict: bool = False) -
     v = reg.var
     if reg.type in PACKET_TYPES:
         # check_pkt_ptr_alignment: NET_IP_ALIGN (2) in front of the packet
-        if v.var_off.mask & (size - 1) or (v.var_off.value + 2 + reg.off + off) & (size - 1):
+        if v.tm & (size - 1) or (v.tv + 2 + reg.off + off) & (size - 1):
             chk.error(f"misaligned packet access off 2+{_tnum_short(v)}+{reg.off}+{off} "
                       f"size {size}")
         return
-    if v.var_off.mask & (size - 1) or (v.var_off.value + reg.off + off) & (size - 1):
+    if v.tm & (size - 1) or (v.tv + reg.off + off) & (size - 1):       # var_off, raw
         desc = '' if reg.flags & PTR_MAYBE_NULL else _ALIGN_DESC.get(reg.type, '')
         chk.error(f"misaligned {desc}access off "
                   f"{_tnum_short(v)}+{reg.off}+{off} size {size}")
@@ -909,7 +909,10 @@ def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:
                 getattr(r.map, "inner", None) is not None:
             # a map-in-map lookup: the value is the inner map (inner_map_meta)
             return Reg.pointer(CONST_PTR_TO_MAP, map=r.map.inner, origin=r.origin)
-        return r.replace(flags=r.flags & ~PTR_MAYBE_NULL, id=0)
+        # reg_may_point_to_spin_lock: an allocated object with its own lock keeps its id, which
+        # names the lock held (verifier/spin_lock.py)
+        keep = r.type == PTR_TO_BTF_ID and getattr(r.btf_type, "spin_lock_off", -1) >= 0
+        return r.replace(flags=r.flags & ~PTR_MAYBE_NULL, id=r.id if keep else 0)
     state.map_regs(fix)
     if is_null:
         state.refs.pop(ptr_id, None)

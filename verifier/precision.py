@@ -68,21 +68,25 @@ class Backtrack:
 
 
 # --- the jump history --------------------------------------------------------------------------
-def push_hist(st, idx: int, prev: int, stack=None, linked=None) -> None:
-    """push_jmp_history: record ``idx`` (reached from ``prev``) with its flags; a second
-    record for the same instruction merges into the first."""
+def push_hist(st, idx: int, prev: int, tag: int, stack=None, linked=None) -> None:
+    """push_jmp_history: record ``idx`` (reached from ``prev``) with its flags. A second
+    record while the same instruction is being processed (``tag``: the checker's processed
+    count, the kernel's cur_hist_ent) merges into the first; a later visit of the same
+    instruction (a loop) is an entry of its own, or backtracking would skip iterations."""
     h = st.hist
-    if h is not None and h[0] == idx:
+    if h is not None and st.hist_tag == tag and h[0] == idx:
         st.hist = (idx, h[1], stack or h[2], linked or h[3], h[4])
     else:
         st.hist = (idx, prev, stack, linked, h)
+        st.hist_cnt += 1
+        st.hist_tag = tag
 
 
 def push_flags(chk, stack=None, linked=None) -> None:
     """Record a stack spill/fill (``stack`` = (frameno, spi)) or the registers a conditional
     jump refined together (``linked``) for the instruction being checked."""
     st = chk.state
-    push_hist(st, chk.pc, st.last_insn_idx, stack, linked)
+    push_hist(st, chk.pc, st.last_insn_idx, chk.insn_processed, stack, linked)
 
 
 def _mask_str(mask: int, fmt: str) -> str:

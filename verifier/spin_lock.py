@@ -41,7 +41,8 @@ def process_spin_lock(chk, regno: int, is_lock: bool) -> None:
     name = getattr(m, "name", "") if m is not None else "kptr"
     if m is not None and not has_btf(m):
         chk.error(f"map '{name}' has to have BTF in order to use bpf_spin_lock", errno.EINVAL)
-    off = lock_offset(m) if m is not None else -1
+    obj = reg.btf_type if m is None else None       # an allocated object's own lock
+    off = lock_offset(m) if m is not None else getattr(obj, "spin_lock_off", -1)
     if off < 0:
         chk.error(f"{'map' if m is not None else 'local'} '{name}' has no valid bpf_spin_lock",
                   errno.EINVAL)
@@ -50,7 +51,8 @@ def process_spin_lock(chk, regno: int, is_lock: bool) -> None:
         chk.error(f"off {at} doesn't point to 'struct bpf_spin_lock' that is at {off}",
                   errno.EINVAL)
     st = chk.state
-    key = (id(getattr(m, "value", m)), reg.id)
+    # the kernel's lock state records the map, or the object's BTF, and the register id
+    key = (id(getattr(m, "value", m)) if m is not None else id(obj.btf), reg.id)
     if is_lock:
         if st.active_lock is not None:
             chk.error("Locking two bpf_spin_locks are not allowed", errno.EINVAL)

@@ -231,7 +231,7 @@ class VerifierState:
 
     __slots__ = ("frames", "refs", "branch_path", "loop_entry", "may_goto_depth",
                  "active_lock", "insn_idx", "parent", "active_rcu_lock", "hist",
-                 "first_insn_idx", "last_insn_idx")
+                 "first_insn_idx", "last_insn_idx", "hist_cnt", "hist_tag")
 
     def __init__(self) -> None:
         self.frames: list[FuncState] = [FuncState()]
@@ -244,6 +244,8 @@ class VerifierState:
         self.insn_idx = 0
         self.parent = None
         self.hist = None                      # jump history since first_insn_idx (precision.py)
+        self.hist_cnt = 0                     # its entries (the kernel's jmp_history_cnt)
+        self.hist_tag = -1                    # the processed-insn count its newest entry is for
         self.first_insn_idx = 0               # where this state's history starts
         self.last_insn_idx = -1               # a checkpoint: the instruction before it
 
@@ -267,6 +269,8 @@ class VerifierState:
         s.insn_idx = self.insn_idx
         s.parent = self.parent
         s.hist = self.hist
+        s.hist_cnt = self.hist_cnt
+        s.hist_tag = self.hist_tag
         s.first_insn_idx = self.first_insn_idx
         s.last_insn_idx = self.last_insn_idx
         return s
@@ -460,11 +464,14 @@ def func_states_equal(old: FuncState, cur: FuncState, idmap: dict, exact: int,
     return stacksafe(old, cur, idmap, exact)
 
 
-def states_equal(old: VerifierState, cur: VerifierState, exact: int, live: int = 0x7FF) -> bool:
+def states_equal(old: VerifierState, cur: VerifierState, exact: int, live: int = 0x7FF,
+                 outer_live=None) -> bool:
     """Whether every path from ``cur`` is covered by the exploration from ``old`` (``exact``:
     NOT_EXACT, RANGE_WITHIN or EXACT, as the kernel's enum exact_level). ``live``: the
     innermost frame's registers some later instruction may read (dead ones are ignored, as
-    the kernel's clean_live_states does; not for the exact comparison)."""
+    the kernel's clean_live_states does; not for the exact comparison). ``outer_live``: the
+    same for the outer frames, one mask per frame (those live before the call each one is
+    in, func_states_equal's frame_insn_idx), or None to compare them whole."""
     exact = int(exact)
     if len(old.frames) != len(cur.frames) or old.active_rcu_lock != cur.active_rcu_lock:
         return False
@@ -491,6 +498,12 @@ def states_equal(old: VerifierState, cur: VerifierState, exact: int, live: int =
             return False
     last = len(old.frames) - 1
     for i, (fo, fc) in enumerate(zip(old.frames, cur.frames)):
-        if not func_states_equal(fo, fc, idmap, exact, live if i == last else 0x7FF):
+        if i == last:
+            m = live
+        elif outer_live is not None and exact != EXACT:
+            m = outer_live[i]
+        else:
+            m = 0x7FF
+        if not func_states_equal(fo, fc, idmap, exact, m):
             return False
     return True

@@ -342,4 +342,71 @@ int kptr_percpu_take(struct args *a)
 	return r;
 }
 
+/* a list inside an allocated object (its own lock and bpf_list_head), the object stashed in a
+ * map value between runs: each run takes the bag out, pushes an item, pops the oldest one on
+ * odd vals[0] and puts the bag back */
+struct bag_item {
+	__s64 key;
+	struct bpf_list_node node;
+};
+
+struct bag {
+	struct bpf_spin_lock lock;
+	struct bpf_list_head head __contains(bag_item, node);
+	__s64 n;
+};
+
+struct bag_value {
+	struct bag __kptr *bag;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bag_value);
+} bag_array SEC(".maps");
+
+SEC("syscall")
+int kptr_bag(struct args *a)
+{
+	__u32 key = 0;
+	struct bag_value *v = bpf_map_lookup_elem(&bag_array, &key);
+	struct bpf_list_node *n = NULL;
+	struct bag_item *it;
+	struct bag *b;
+	__s64 r;
+
+	if (!v)
+		return -2;
+	b = bpf_kptr_xchg(&v->bag, NULL);
+	if (!b) {
+		b = bpf_obj_new(struct bag);
+		if (!b)
+			return -3;
+	}
+	it = bpf_obj_new(struct bag_item);
+	if (!it) {
+		bpf_obj_drop(b);
+		return -4;
+	}
+	it->key = a->vals[1];
+	bpf_spin_lock(&b->lock);
+	bpf_list_push_back(&b->head, &it->node);
+	if (a->vals[0] & 1)
+		n = bpf_list_pop_front(&b->head);
+	bpf_spin_unlock(&b->lock);
+	b->n++;
+	r = b->n * 1000;
+	if (n) {
+		it = container_of(n, struct bag_item, node);
+		r += it->key;
+		bpf_obj_drop(it);
+	}
+	b = bpf_kptr_xchg(&v->bag, b);
+	if (b)
+		bpf_obj_drop(b);
+	return r;
+}
+
 char _license[] SEC("license") = "GPL";

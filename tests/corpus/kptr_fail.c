@@ -56,6 +56,16 @@ static __always_inline struct pcpu_value *pslot(void)
 	return bpf_map_lookup_elem(&pcpu, &key);
 }
 
+struct bag {
+	struct bpf_spin_lock lock;
+	struct bpf_list_head head __contains(list_elem, node);
+};
+
+struct bag2 {
+	struct bpf_spin_lock lock;
+	struct bpf_list_head head __contains(list_elem, node);
+};
+
 struct stash_value {
 	__s64 count;
 	struct stash_node __kptr *node;
@@ -506,6 +516,75 @@ int percpu_untrusted_load(void *ctx)
 		return 0;
 	c = bpf_this_cpu_ptr(p);
 	return c->hits;
+}
+
+/* a list inside an allocated object needs that object's lock */
+SEC("?syscall")
+int bag_push_without_lock(void *ctx)
+{
+	struct bag *b = bpf_obj_new(struct bag);
+	struct list_elem *e;
+
+	if (!b)
+		return 0;
+	e = bpf_obj_new(struct list_elem);
+	if (!e) {
+		bpf_obj_drop(b);
+		return 0;
+	}
+	bpf_list_push_back(&b->head, &e->node);
+	bpf_obj_drop(b);
+	return 0;
+}
+
+/* ... not another object's */
+SEC("?syscall")
+int bag_push_other_lock(void *ctx)
+{
+	struct bag *b = bpf_obj_new(struct bag);
+	struct bag2 *c;
+	struct list_elem *e;
+
+	if (!b)
+		return 0;
+	c = bpf_obj_new(struct bag2);
+	if (!c) {
+		bpf_obj_drop(b);
+		return 0;
+	}
+	e = bpf_obj_new(struct list_elem);
+	if (!e) {
+		bpf_obj_drop(b);
+		bpf_obj_drop(c);
+		return 0;
+	}
+	bpf_spin_lock(&c->lock);
+	bpf_list_push_back(&b->head, &e->node);
+	bpf_spin_unlock(&c->lock);
+	bpf_obj_drop(b);
+	bpf_obj_drop(c);
+	return 0;
+}
+
+/* ... which makes it fine, also for a bag dropped with what it holds */
+SEC("?syscall")
+int bag_push_ok(void *ctx)
+{
+	struct bag *b = bpf_obj_new(struct bag);
+	struct list_elem *e;
+
+	if (!b)
+		return 0;
+	e = bpf_obj_new(struct list_elem);
+	if (!e) {
+		bpf_obj_drop(b);
+		return 0;
+	}
+	bpf_spin_lock(&b->lock);
+	bpf_list_push_back(&b->head, &e->node);
+	bpf_spin_unlock(&b->lock);
+	bpf_obj_drop(b);
+	return 0;
 }
 
 char _license[] SEC("license") = "GPL";
