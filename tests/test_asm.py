@@ -400,3 +400,53 @@ def test_every_form_round_trips(form):
             text = disassemble(prog, syntax=syntax)
             assert assemble(text, syntax=syntax).to_bytes() == raw, text
             assert assemble(text).to_bytes() == raw, text           # and detected right
+
+
+# --- big listings: chunked parsing and the kernel's size limit --------------------------------------
+@pytest.mark.parametrize("chunk", [1, 2, 7])
+def test_chunked_parse_changes_nothing(chunk, monkeypatch, conformance_dir):
+    # the parse runs CHUNK_LINES lines at a time; tiny chunks put every boundary case (labels
+    # alone on a line, a statement after a label line, errors past the first chunk) to work
+    from pybpf.asm import lines
+
+    files = [parse_data_file(p) for p in TESTS]
+    whole = [assemble(df.asm, filename=df.path).to_bytes() for df in files]
+    errors = [asm_error(text, filename="t.s") for text, *_ in _ERROR_CASES]
+    monkeypatch.setattr(lines, "CHUNK_LINES", chunk)
+    assert [assemble(df.asm, filename=df.path).to_bytes() for df in files] == whole
+    for (text, message, line, col), e in zip(_ERROR_CASES, errors):
+        got = asm_error(text, filename="t.s")
+        assert (e.message, e.line, e.col) == (message, line, col)
+        assert str(got) == str(e)           # message, position and the quoted source line
+
+
+_ERROR_CASES = [("r0 = 1\n" * 9 + "r0 = 1 ?\nexit", "unexpected character '?'", 10, 8),
+                ("r0 = 1\n" * 9 + "goto nowhere\nexit", "unknown label 'nowhere'", 10, 6),
+                ("a:\n\n" + "r0 = 1\n" * 7 + "a:\nexit",
+                 "duplicate label 'a' (first defined on line 1)", 10, 1),
+                ("r0 = 1\n" * 9 + "r0 = *(u32 *)(r1 + 8", "expected ')'", 10, 21)]
+
+
+def test_listing_over_the_kernel_limit_is_refused_where_it_crosses(monkeypatch):
+    # the kernel's bpf_prog_load refuses more than 1,000,000 instructions (E2BIG); the
+    # assembler stops reading there instead of holding a whole oversized listing (here the
+    # limit is lowered to 5 to keep the test fast; the CLI test below uses the real one)
+    from pybpf.asm import lines
+
+    monkeypatch.setattr(lines, "BPF_COMPLEXITY_LIMIT_INSNS", 5)
+    e = asm_error("r0 = 0\n" * 5 + "r0 = 1\n" * 100 + "exit", filename="big.s")
+    assert (e.line, e.col) == (6, 1)
+    assert e.message == "program too large: more than 5 statements, the kernel's instruction limit (E2BIG)"
+    e = asm_error("".join(f"l{i}:\n" for i in range(6)) + "exit")
+    assert (e.line, e.message) == (6, "program too large: more than 5 labels, the kernel's "
+                                      "instruction limit (E2BIG)")
+
+
+def test_ld_imm64_counts_two_slots_against_the_limit(monkeypatch):
+    from pybpf import program
+
+    monkeypatch.setattr(program, "BPF_COMPLEXITY_LIMIT_INSNS", 5)
+    assert len(assemble("r0 = 1 ll\nr0 = 2 ll\nexit")) == 5
+    e = asm_error("r0 = 1 ll\nr0 = 2 ll\nr0 = 3 ll\nexit")
+    assert (e.line, e.col) == (3, 1)
+    assert e.message == "program too large: 6 instructions, more than the kernel's 5 (E2BIG)"

@@ -16,7 +16,7 @@ from .. import isa
 from ..errors import AsmError, DecodeError
 from ..insn import make
 from ..kfunc_ids import KFUNC_IDS
-from ..program import MapDecl, Program
+from ..program import MapDecl, Program, too_large
 from . import directives
 from .lines import Line, parse
 from .templates import Fail, Num, Reg, Sym, count_operands, match, register, show, tables
@@ -97,6 +97,8 @@ class _Assembler:
             cands = self.match_ubpf(toks) if self.syntax == "ubpf" else self.match_llvm(toks)
             stmts.append(_Stmt(line, slot, cands))
             slot += cands[0][0].slots
+            if too_large(slot):     # ld_imm64 counts two slots, as in the kernel
+                raise self.error(too_large(slot), toks[0])
         if not stmts:
             raise self.error("empty program: no instructions", None, 1, 1)
         if self.syntax == "ubpf" and _EXIT not in self.labels:

@@ -14,6 +14,12 @@ from lark import Lark, Token
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from ..errors import AsmError
+from ..uapi import BPF_COMPLEXITY_LIMIT_INSNS
+
+# Lines per Lark parse. The grammar is line-based, so chunks parse independently; each chunk's
+# tree (positions on every node) is dropped before the next, which keeps a huge listing from
+# holding a whole-file tree (about 3 KiB per line before chunking).
+CHUNK_LINES = 4096
 
 
 @dataclass
@@ -51,30 +57,52 @@ def _clean(line: str) -> str:
 
 
 def parse(text: str, filename: str | None) -> tuple[list[Line], list[str]]:
-    """Parse ``text``; returns the lines with content and the source lines (for messages)."""
+    """Parse ``text``; returns the lines with content and the source lines (for messages).
+
+    Refuses, at the line that crosses it, text with more statements than the kernel's
+    1,000,000-instruction limit (every statement is at least one slot) or more labels than
+    that, so memory stays bounded by what a loadable program needs.
+    """
     source = text.split("\n")
-    cleaned = "\n".join(_clean(line) for line in source) + "\n"
-    try:
-        tree = parser().parse(cleaned)
-    except UnexpectedInput as e:
-        raise _lark_error(e, source, filename) from None
-    except LarkError as e:  # pragma: no cover - lark raises UnexpectedInput for bad input
-        raise AsmError(f"cannot parse: {e}", 1, 1, source[0], filename) from None
     lines: list[Line] = []
-    for node in tree.children:
-        toks = node.children
-        number = toks[0].line
-        if not lines or lines[-1].number != number:
-            lines.append(Line(number))
-        if node.data == "label":
-            lines[-1].labels.append(toks[0])
-        else:
-            lines[-1].tokens = list(toks)
+    nstmts = nlabels = 0
+    for start in range(0, len(source), CHUNK_LINES):
+        chunk = "\n".join(_clean(line) for line in source[start:start + CHUNK_LINES]) + "\n"
+        try:
+            tree = parser().parse(chunk)
+        except UnexpectedInput as e:
+            raise _lark_error(e, source, filename, start) from None
+        except LarkError as e:  # pragma: no cover - lark raises UnexpectedInput for bad input
+            raise AsmError(f"cannot parse: {e}", start + 1, 1, source[start], filename) from None
+        for node in tree.children:
+            toks = node.children
+            for tok in toks:
+                # line and column are all the assembler reads; the other positions are
+                # dropped (two ints per token, a third of a listing's memory)
+                tok.line += start
+                tok.start_pos = tok.end_pos = tok.end_line = tok.end_column = None
+            number = toks[0].line
+            if not lines or lines[-1].number != number:
+                lines.append(Line(number))
+            if node.data == "label":
+                lines[-1].labels.append(toks[0])
+                nlabels += 1
+                what = "labels" if nlabels > BPF_COMPLEXITY_LIMIT_INSNS else None
+            else:
+                lines[-1].tokens = list(toks)
+                nstmts += 1
+                what = "statements" if nstmts > BPF_COMPLEXITY_LIMIT_INSNS else None
+            if what:
+                raise AsmError(f"program too large: more than {BPF_COMPLEXITY_LIMIT_INSNS:,} "
+                               f"{what}, the kernel's instruction limit (E2BIG)", number,
+                               toks[0].column, source[number - 1], filename)
     return lines, source
 
 
-def _lark_error(e: UnexpectedInput, source: list[str], filename: str | None) -> AsmError:
-    line = e.line if isinstance(e.line, int) and e.line > 0 else len(source)
+def _lark_error(e: UnexpectedInput, source: list[str], filename: str | None,
+                first: int = 0) -> AsmError:
+    """The error of a chunk's parse; ``first`` is the chunk's first line (0-based)."""
+    line = first + e.line if isinstance(e.line, int) and e.line > 0 else len(source)
     col = e.column if isinstance(e.column, int) and e.column > 0 else 1
     if isinstance(e, UnexpectedCharacters):
         msg = f"unexpected character {e.char!r}"
