@@ -150,6 +150,16 @@ def _locked(fn):
     return wrapper
 
 
+def _struct_size(type_id: int) -> int:
+    """The size of the running program's BTF struct ``type_id`` (bpf_obj_new's local type),
+    0 when the id names no sized struct (the kfunc then returns NULL)."""
+    btf = getattr(ACTIVE_RUN.get(), "prog_btf", None)
+    if btf is None or not 0 < type_id < len(btf.types):
+        return 0
+    t = btf.resolve(type_id)
+    return t.size if t.kind == "struct" else 0
+
+
 class Graphs:
     """One VM's objects, lists and trees. The heap is mapped when the first program that calls
     a graph kfunc is loaded (:meth:`prepare`), so every run of such a program has its region."""
@@ -178,14 +188,8 @@ class Graphs:
     # -- objects ----------------------------------------------------------------------------
     @_locked
     def obj_new(self, type_id: int, meta: int) -> int:
-        rc = ACTIVE_RUN.get()
-        btf = getattr(rc, "prog_btf", None)
-        if btf is None or not 0 < type_id < len(btf.types):
-            return 0
-        t = btf.resolve(type_id)
-        if t.kind != "struct" or not t.size:
-            return 0
-        return self.heap.alloc(t.size)
+        size = _struct_size(type_id)
+        return self.heap.alloc(size) if size else 0
 
     def _object(self, ptr: int, what: str) -> Obj:
         obj = self.heap.objects.get(ptr)
@@ -214,14 +218,10 @@ class Graphs:
         """bpf_percpu_obj_new: one copy of the struct per possible CPU (NR_CPUS, the kernel's
         nr_cpu_ids), zeroed; the returned address is the first copy's (a per-CPU pointer the
         program cannot dereference: bpf_this_cpu_ptr/bpf_per_cpu_ptr give a copy)."""
-        rc = ACTIVE_RUN.get()
-        btf = getattr(rc, "prog_btf", None)
-        if btf is None or not 0 < type_id < len(btf.types):
+        size = _struct_size(type_id)
+        if not size:
             return 0
-        t = btf.resolve(type_id)
-        if t.kind != "struct" or not t.size:
-            return 0
-        stride = (t.size + 7) & ~7
+        stride = (size + 7) & ~7
         base = self.heap.alloc(stride * NR_CPUS)
         if base:
             self.heap.objects[base].stride = stride

@@ -433,23 +433,12 @@ def _short(v) -> str:
 
 
 def census() -> tuple[dict, dict]:
-    """(programs per program type, programs per helper or instruction family they use)."""
-    from pybpf.helper_names import HELPER_NAMES
+    """(programs per program type, programs per helper, kfunc or instruction family they use)."""
     types, helpers = {}, {}
     for path, name in programs():
         p = parse_object(path).programs[name]
         types[p.prog_type] = types.get(p.prog_type, 0) + 1
-        used = set()
-        for _, form, insn in p.instructions():
-            if form.kind == "call" and form.op == "helper":
-                used.add(f"bpf_{HELPER_NAMES[insn.imm]}")
-            elif form.kind == "ldabs":
-                used.add("ld_abs/ld_ind")
-            elif form.kind == "call" and form.op == "local":
-                used.add("bpf-to-bpf call")
-            elif form.kind == "atomic":
-                used.add("atomics")
-        for u in used:
+        for u in calls_of(p):
             helpers[u] = helpers.get(u, 0) + 1
     return types, helpers
 

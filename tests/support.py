@@ -244,3 +244,33 @@ def child_tests(namespace: dict, detail=lambda d: d, test_name: str = "test_case
             sys.exit(child(cases, sys.argv[2:] or list(cases), detail))
         print(namespace.get("__doc__"))
     return cases
+
+
+# --- verdicts of one program of a committed object: pybpf's and the running kernel's -------------
+def pybpf_verdict(path: str, name: str) -> tuple[str, str, str]:
+    """("accept"|"reject", errno name, message) of pybpf's verifier on program ``name``."""
+    import errno
+    obj = pybpf.load_elf(path)
+    try:
+        obj.vm.verify(obj.programs[name])
+    except pybpf.VerifierError as e:
+        return "reject", errno.errorcode.get(e.errno, str(e.errno)), e.message
+    finally:
+        obj.vm.close()
+    return "accept", "", ""
+
+
+def kernel_verdict(path: str, name: str) -> tuple[str, str, str]:
+    """The same for the running kernel (its log's last line before the "processed" line)."""
+    import kernel_bpf
+    from pybpf.elf import parse_object
+    obj = parse_object(path)
+    ko = kernel_bpf.KernelObject(obj)
+    try:
+        ko.load(obj.programs[name])
+    except kernel_bpf.KernelError as e:
+        lines = [ln for ln in e.log.strip().splitlines() if not ln.startswith("processed ")]
+        return "reject", kernel_bpf.errno_name(e.errno), lines[-1] if lines else ""
+    finally:
+        ko.close()
+    return "accept", "", ""

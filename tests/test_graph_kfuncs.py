@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from kernel_probe import require_kernel
-from support import child_tests
+from support import child_tests, kernel_verdict, pybpf_verdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAIL = os.path.join(HERE, "corpus", "graph_fail.o")
@@ -78,34 +78,6 @@ EXPECTED = {
 }
 
 
-def _pybpf_verdict(name: str) -> tuple[str, str, str]:
-    import errno
-    import pybpf
-    obj = pybpf.load_elf(FAIL)
-    try:
-        obj.vm.verify(obj.programs[name])
-    except pybpf.VerifierError as e:
-        return "reject", errno.errorcode.get(e.errno, str(e.errno)), e.message
-    finally:
-        obj.vm.close()
-    return "accept", "", ""
-
-
-def _kernel_verdict(name: str) -> tuple[str, str, str]:
-    import kernel_bpf
-    from pybpf.elf import parse_object
-    obj = parse_object(FAIL)
-    ko = kernel_bpf.KernelObject(obj)
-    try:
-        ko.load(obj.programs[name])
-    except kernel_bpf.KernelError as e:
-        lines = [ln for ln in e.log.strip().splitlines() if not ln.startswith("processed ")]
-        return "reject", kernel_bpf.errno_name(e.errno), lines[-1] if lines else ""
-    finally:
-        ko.close()
-    return "accept", "", ""
-
-
 def test_every_fail_program_has_a_record():
     from pybpf.elf import parse_object
     assert set(parse_object(FAIL).programs) == set(EXPECTED)
@@ -113,14 +85,14 @@ def test_every_fail_program_has_a_record():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_pybpf_verifier_says_what_the_kernel_said(name):
-    assert _pybpf_verdict(name) == EXPECTED[name]
+    assert pybpf_verdict(FAIL, name) == EXPECTED[name]
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_records_match_the_running_kernel(name):
     require_kernel("bpf", "kfunc:bpf_obj_new_impl")
-    assert _kernel_verdict(name) == EXPECTED[name]
+    assert kernel_verdict(FAIL, name) == EXPECTED[name]
 
 
 def test_closing_the_vm_frees_what_lists_and_trees_hold():
@@ -383,4 +355,4 @@ child_tests(globals(), marks=[pytest.mark.jit])
 if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "regen":
     from pybpf.elf import parse_object
     for n in parse_object(FAIL).programs:       # the new EXPECTED, from the running kernel
-        print(f"    {n!r}:\n        {_kernel_verdict(n)!r},")
+        print(f"    {n!r}:\n        {kernel_verdict(FAIL, n)!r},")
