@@ -12,6 +12,8 @@ struct args {
 	char text[32];
 };
 
+/* bpf_obj_new does not zero an object (bpf_obj_init sets only its special fields: a
+ * freed object's bytes come back), so every field is set before it is read */
 struct stash_node {
 	__s64 key;
 	__s64 seq;
@@ -91,6 +93,7 @@ int kptr_take_put_back(struct args *a)
 		if (!n)
 			return -3;
 		n->key = a->vals[1];
+		n->seq = 0;
 		n = bpf_kptr_xchg(&v->node, n);
 		if (n)
 			bpf_obj_drop(n);
@@ -168,6 +171,7 @@ int kptr_rcu_read(struct args *a)
 		if (!n)
 			return -3;
 		n->key = a->vals[2];
+		n->seq = 0;
 		n = bpf_kptr_xchg(&v->node, n);
 		if (n)
 			bpf_obj_drop(n);
@@ -198,6 +202,7 @@ int kptr_nested(struct args *a)
 		return -4;
 	}
 	n->key = a->vals[6];
+	n->seq = 0;
 	prev = bpf_kptr_xchg(&o->inner, n);
 	if (prev)
 		bpf_obj_drop(prev);
@@ -233,6 +238,7 @@ int kptr_tc_count(struct __sk_buff *skb)
 		if (!n)
 			return 0;
 		n->key = skb->len;
+		n->seq = 0;
 		n = bpf_kptr_xchg(&v->node, n);
 		if (n)
 			bpf_obj_drop(n);
