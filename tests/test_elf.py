@@ -599,3 +599,20 @@ def test_load_elf_with_the_real_vm():
     obj = pybpf.load_elf(sample("xdp_filter"))
     assert obj.variables["mode"].value == 1
     assert set(obj.maps) >= {"blocked_ports", "action_count"}
+
+
+def test_a_code_section_past_the_kernel_limit_fails_only_its_programs(monkeypatch):
+    # a section over the kernel's instruction limit is refused before it is decoded, and only
+    # the programs that link it fail at vm.load (libbpf opens the object; bpf_prog_load says
+    # E2BIG); the limit is lowered to 50 here: produce's section has 97 slots, on_write's 45
+    from pybpf import program
+
+    monkeypatch.setattr(program, "BPF_COMPLEXITY_LIMIT_INSNS", 50)
+    obj = pybpf.load_elf(os.path.join(ROOT, "samples/c/ringbuf.o"))
+    with pytest.raises(ELFError, match=r"program 'produce' \(section 'syscall'\): section "
+                                       r"'syscall': program too large: 97 instructions, more "
+                                       r"than the kernel's 50 \(E2BIG\)"):
+        obj.vm.load(obj.programs["produce"])
+    with obj.vm.load(obj.programs["on_write"]) as lp:
+        assert lp.prog_type == "tracepoint"
+    obj.vm.close()

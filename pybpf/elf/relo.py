@@ -27,6 +27,7 @@ from .model import ElfMap, FuncInfo, line_text
 from .reader import R_BPF_64_32, R_BPF_64_64, ElfReader, Reloc, Section
 from ..errors import ELFError
 from ..insn import Insn, s32, split_slots
+from ..program import too_large
 from ..kfunc_ids import KFUNC_IDS
 
 MAP_SECTIONS = (".maps", "maps")   # map definitions (BTF-defined, legacy)
@@ -52,11 +53,20 @@ class Linker:
                  btf: BTF | None, btf_ext: BTFExt | None):
         self.rd, self.maps, self.arena, self.arena_off = rd, maps, arena, arena_off
         self.btf, self.btf_ext = btf, btf_ext
-        self.insns = {s.index: _slots(rd, s) for s in rd.sections if s.is_exec}
-        self.funcs = {i: functions_of(rd, rd.sections[i]) for i in self.insns}
+        # code sections are decoded when a program first links them (section_insns), so an
+        # object's size costs memory only for the programs loaded from it
+        self.code_sections = {s.index: s for s in rd.sections if s.is_exec}
+        self._decoded: dict[int, list[Insn]] = {}
+        self.funcs = {i: functions_of(rd, sec) for i, sec in self.code_sections.items()}
         self._func_at = {(f.section.index, f.start): f for fs in self.funcs.values() for f in fs}
         self._ksyms = self._datasec_names(".ksyms")
         self._kconfig = self._datasec_names(".kconfig")
+
+    def section_insns(self, index: int) -> list[Insn]:
+        insns = self._decoded.get(index)
+        if insns is None:
+            insns = self._decoded[index] = _slots(self.rd, self.code_sections[index])
+        return insns
 
     def _datasec_names(self, name: str) -> set[str]:
         ds = self.btf.datasecs().get(name) if self.btf else None
@@ -66,10 +76,10 @@ class Linker:
     def link(self, entry: Func) -> dict:
         """Keyword arguments for ElfProgram: insns, functions, labels, maps, kfuncs, lines..."""
         st = _State()
-        if entry.section.index not in self.insns:       # a program in a section without code
+        if entry.section.index not in self.code_sections:   # a program in a section without code
             raise ELFError(f"{self.rd.filename}: program '{entry.name}' is in section "
                            f"{entry.section.name}, which is not executable (SHF_EXECINSTR)")
-        st.place(entry, self.insns[entry.section.index])
+        st.place(entry, self.section_insns(entry.section.index))
         i = 0
         while i < len(st.order):
             func, base = st.order[i]
@@ -117,7 +127,7 @@ class Linker:
                 raise ELFError(f"{self.rd.filename}: call at {where} targets '{sym.name}' in "
                                f"non-executable section '{sec.name}'")
             target = sym.value // 8 + insn.imm + 1
-        new = st.place_once(self._callee(sec, target, where), self.insns[sec.index])
+        new = st.place_once(self._callee(sec, target, where), self.section_insns(sec.index))
         st.out[out_i] = insn._replace(src=isa.PSEUDO_CALL, imm=new - (out_i + 1))
 
     def _kfunc(self, name: str, where: str, st) -> Insn:
@@ -148,7 +158,7 @@ class Linker:
             if off % 8:
                 raise ELFError(f"{self.rd.filename}: ld_imm64 at {where}: function address "
                                f"'{sym.name}'+{insn.imm} is not instruction aligned")
-            new = st.place_once(self._callee(sec, off // 8, where), self.insns[sec.index])
+            new = st.place_once(self._callee(sec, off // 8, where), self.section_insns(sec.index))
             st.out[out_i] = insn._replace(src=isa.PSEUDO_FUNC, imm=new - (out_i + 1))
             st.out[nxt] = st.out[nxt]._replace(imm=0)
             return
@@ -269,6 +279,12 @@ def _slots(rd: ElfReader, sec: Section) -> list[Insn]:
     if len(data) % 8:
         raise ELFError(f"{rd.filename}: section '{sec.name}' is {len(data)} bytes, not a whole "
                        f"number of 8-byte instructions")
+    # a section past the kernel's instruction limit is refused before it is decoded (the
+    # programs that link it fail, as bpf_prog_load refuses them with E2BIG). A program using
+    # only part of such a .text would load in the kernel; no real object comes near this.
+    msg = too_large(len(data) // 8)
+    if msg:
+        raise ELFError(f"{rd.filename}: section '{sec.name}': {msg}")
     return split_slots(data)
 
 
