@@ -50,7 +50,13 @@ def verify(prog, env=None, *, prog_type: str, log_level: int = 0,
         why = check_attach_type(prog_type, attach_type)
         if why is not None:     # bpf_prog_load_check_attach: refused before the verifier runs
             raise VerifierError(why, 0, errno=errno.EINVAL)
-    from .calls import resolve_pseudo_ldimm64
+    from .calls import check_kfunc_ids, resolve_pseudo_ldimm64
+    if full:
+        try:
+            check_kfunc_ids(prog, env)      # bpf_check: add_subprog_and_kfunc comes first
+        except VerifierError as e:
+            e.program = prog
+            raise
     # bpf_check resolves ld_imm64 references after check_subprogs, before check_cfg
     resolve = (lambda: resolve_pseudo_ldimm64(prog, env, prog_type)) if full else None
     try:

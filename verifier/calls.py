@@ -179,6 +179,7 @@ def check_call_targets(prog, env, prog_type: str, attach_type: str | None = None
     or ``prog_type`` may not call (part of the structural checks: ``invalid func unknown#ID``,
     ``program of this type cannot use helper ...``, ``kernel btf_id ID is not a function``)."""
     from pybpf.errors import VerifierError
+    check_kfunc_ids(prog, env)
     for pc, form, insn in prog.instructions():
         if form.kind != "call":
             continue
@@ -187,7 +188,16 @@ def check_call_targets(prog, env, prog_type: str, attach_type: str | None = None
                                                 proto_of(env.helper(insn.imm)), attach_type)
             if msg:
                 raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
-        elif form.op == "kfunc" and env.kfunc(insn.imm) is None:
+
+
+def check_kfunc_ids(prog, env) -> None:
+    """add_subprog_and_kfunc's add_kfunc_call, the kernel's first pass: every kfunc call,
+    reached or not, must name a kfunc (``kernel btf_id ID is not a function``). A call without
+    an id (imm 0, off 0) is left to fixup_kfunc_call (refused only if reached)."""
+    from pybpf.errors import VerifierError
+    for pc, form, insn in prog.instructions():
+        if form.kind == "call" and form.op == "kfunc" and (insn.imm or insn.off) \
+                and env.kfunc(insn.imm) is None:
             msg = f"kernel btf_id {insn.imm & 0xFFFFFFFF} is not a function"   # %u
             raise VerifierError(msg, pc, log=msg + "\n", errno=errno.EINVAL)
 

@@ -626,6 +626,10 @@ def check_atomic(chk, form, insn) -> None:
             chk.error(f"R{insn.dst} invalid mem access '{dst.type_str()}'")
     fetch = op.startswith("fetch_") or op in ("xchg", "cmpxchg")
     load_reg = (0 if op == "cmpxchg" else insn.src) if fetch else -1
+    if load_reg >= 0:
+        # check_reg_arg(load_reg, DST_OP): the old value may not land in r10 (an xchg into
+        # w10 would move the frame pointer the verifier still trusts)
+        chk.check_reg_write(load_reg)
     # read (into the fetch register: the memory's old value) then write, as the kernel does
     check_mem_access(chk, insn.dst, insn.off, size, False, -1, strict=True)
     if load_reg >= 0:
