@@ -274,3 +274,21 @@ def kernel_verdict(path: str, name: str) -> tuple[str, str, str]:
     finally:
         ko.close()
     return "accept", "", ""
+
+
+# --- hostile programs run without the verifier (child-process cases) ------------------------------
+def run_unverified_syscall(text: str, engine: str):
+    """r0 of ``text`` loaded with verify=False as a syscall program and run on a 64-byte ctx."""
+    vm = pybpf.VM()
+    lp = vm.load(pybpf.assemble(text), prog_type="syscall", engine=engine, verify=False)
+    try:
+        return lp.run(ctx=bytearray(64))
+    finally:
+        vm.close()
+
+
+def refused_unverified(text: str, engine: str, exc_name: str, match: str) -> str:
+    """:func:`run_unverified_syscall` must raise ``pybpf.<exc_name>`` matching ``match``."""
+    with pytest.raises(getattr(pybpf, exc_name), match=match):
+        run_unverified_syscall(text, engine)
+    return "refused"

@@ -21,7 +21,8 @@ import sys
 import pytest
 
 from kernel_probe import require_kernel
-from support import child_tests, kernel_verdict, pybpf_verdict
+from support import (child_tests, kernel_verdict, pybpf_verdict, refused_unverified,
+                     run_unverified_syscall)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAIL = os.path.join(HERE, "corpus", "graph_fail.o")
@@ -286,58 +287,41 @@ exit
 """
 
 
-def _hostile(text: str, engine: str):
-    import pybpf
-    vm = pybpf.VM()
-    lp = vm.load(pybpf.assemble(text), prog_type="syscall", engine=engine, verify=False)
-    try:
-        return lp.run(ctx=bytearray(64))
-    finally:
-        vm.close()
-
-
-def _expect(text: str, engine: str, exc_name: str, match: str) -> str:
-    import pybpf
-    with pytest.raises(getattr(pybpf, exc_name), match=match):
-        _hostile(text, engine)
-    return "refused"
-
-
 def case_drop_of_a_stack_pointer_interp():
-    return _expect(_DROP_STACK, "interp", "VMError", "not an object bpf_obj_new returned")
+    return refused_unverified(_DROP_STACK, "interp", "VMError", "not an object bpf_obj_new returned")
 
 
 def case_drop_of_a_stack_pointer_jit():
-    return _expect(_DROP_STACK, "jit", "VMError", "not an object bpf_obj_new returned")
+    return refused_unverified(_DROP_STACK, "jit", "VMError", "not an object bpf_obj_new returned")
 
 
 def case_refcount_acquire_of_a_stack_pointer_interp():
-    return _expect(_REFCOUNT_STACK, "interp", "VMError", "not an object bpf_obj_new returned")
+    return refused_unverified(_REFCOUNT_STACK, "interp", "VMError", "not an object bpf_obj_new returned")
 
 
 def case_refcount_acquire_of_a_stack_pointer_jit():
-    return _expect(_REFCOUNT_STACK, "jit", "VMError", "not an object bpf_obj_new returned")
+    return refused_unverified(_REFCOUNT_STACK, "jit", "VMError", "not an object bpf_obj_new returned")
 
 
 def case_push_of_a_stack_node_interp():
-    return _expect(_PUSH_STACK_NODE, "interp", "VMError", "not a node inside a live object")
+    return refused_unverified(_PUSH_STACK_NODE, "interp", "VMError", "not a node inside a live object")
 
 
 def case_push_of_a_stack_node_jit():
-    return _expect(_PUSH_STACK_NODE, "jit", "VMError", "not a node inside a live object")
+    return refused_unverified(_PUSH_STACK_NODE, "jit", "VMError", "not a node inside a live object")
 
 
 def case_pop_from_a_wild_head_interp():
-    return _expect(_POP_WILD_HEAD, "interp", "MemoryAccessError", "")
+    return refused_unverified(_POP_WILD_HEAD, "interp", "MemoryAccessError", "")
 
 
 def case_pop_from_a_wild_head_jit():
-    return _expect(_POP_WILD_HEAD, "jit", "MemoryAccessError", "")
+    return refused_unverified(_POP_WILD_HEAD, "jit", "MemoryAccessError", "")
 
 
 def case_scribbled_root_reads_as_empty_both_engines():
-    assert _hostile(_FIRST_SCRIBBLED_ROOT, "interp") == 0
-    assert _hostile(_FIRST_SCRIBBLED_ROOT, "jit") == 0
+    assert run_unverified_syscall(_FIRST_SCRIBBLED_ROOT, "interp") == 0
+    assert run_unverified_syscall(_FIRST_SCRIBBLED_ROOT, "jit") == 0
     return "empty"
 
 

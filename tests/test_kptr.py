@@ -23,7 +23,8 @@ import sys
 import pytest
 
 from kernel_probe import require_kernel
-from support import child_tests, kernel_verdict, pybpf_verdict
+from support import (child_tests, kernel_verdict, pybpf_verdict, refused_unverified,
+                     run_unverified_syscall)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAIL = os.path.join(HERE, "corpus", "kptr_fail.o")
@@ -269,56 +270,39 @@ exit
 """
 
 
-def _hostile(text: str, engine: str):
-    import pybpf
-    vm = pybpf.VM()
-    lp = vm.load(pybpf.assemble(text), prog_type="syscall", engine=engine, verify=False)
-    try:
-        return lp.run(ctx=bytearray(64))
-    finally:
-        vm.close()
-
-
-def _expect(text: str, engine: str, exc_name: str, match: str) -> str:
-    import pybpf
-    with pytest.raises(getattr(pybpf, exc_name), match=match):
-        _hostile(text, engine)
-    return "refused"
-
-
 def case_xchg_into_a_wild_address_interp():
-    return _expect(_XCHG_WILD_DST, "interp", "MemoryAccessError", "")
+    return refused_unverified(_XCHG_WILD_DST, "interp", "MemoryAccessError", "")
 
 
 def case_xchg_into_a_wild_address_jit():
-    return _expect(_XCHG_WILD_DST, "jit", "MemoryAccessError", "")
+    return refused_unverified(_XCHG_WILD_DST, "jit", "MemoryAccessError", "")
 
 
 def case_xchg_of_a_stack_pointer_interp():
-    return _expect(_XCHG_STACK_OBJECT, "interp", "VMError", "not an object bpf_obj_new returned")
+    return refused_unverified(_XCHG_STACK_OBJECT, "interp", "VMError", "not an object bpf_obj_new returned")
 
 
 def case_xchg_of_a_stack_pointer_jit():
-    return _expect(_XCHG_STACK_OBJECT, "jit", "VMError", "not an object bpf_obj_new returned")
+    return refused_unverified(_XCHG_STACK_OBJECT, "jit", "VMError", "not an object bpf_obj_new returned")
 
 
 def case_per_cpu_ptr_of_a_plain_object_interp():
-    return _expect(_PER_CPU_OF_STACK, "interp", "VMError", "not a per-CPU object")
+    return refused_unverified(_PER_CPU_OF_STACK, "interp", "VMError", "not a per-CPU object")
 
 
 def case_per_cpu_ptr_of_a_plain_object_jit():
-    return _expect(_PER_CPU_OF_STACK, "jit", "VMError", "not a per-CPU object")
+    return refused_unverified(_PER_CPU_OF_STACK, "jit", "VMError", "not a per-CPU object")
 
 
 def case_this_cpu_ptr_of_a_stack_pointer_both_engines():
-    _expect(_THIS_CPU_OF_STACK, "interp", "VMError", "not a per-CPU object")
-    return _expect(_THIS_CPU_OF_STACK, "jit", "VMError", "not a per-CPU object")
+    refused_unverified(_THIS_CPU_OF_STACK, "interp", "VMError", "not a per-CPU object")
+    return refused_unverified(_THIS_CPU_OF_STACK, "jit", "VMError", "not a per-CPU object")
 
 
 def case_xchg_on_the_stack_both_engines():
     # the destination is the program's own stack: allowed memory, nothing to free later
-    assert _hostile(_XCHG_STACK_DST, "interp") == 0
-    assert _hostile(_XCHG_STACK_DST, "jit") == 0
+    assert run_unverified_syscall(_XCHG_STACK_DST, "interp") == 0
+    assert run_unverified_syscall(_XCHG_STACK_DST, "jit") == 0
     return "ran"
 
 
