@@ -372,24 +372,10 @@ def _stack_access(chk, regno, reg, off, size, write, value_regno, imm, signed,
                   helper: bool = False) -> None:
     """check_stack_access_within_bounds + the fixed/variable-offset read and write paths."""
     v = reg.var
-    full = off + reg.off
-    extra = " write to" if write else " read from"
     # check_ptr_alignment: stack accesses must be aligned (spill tracking relies on it)
     if not helper:
         _check_alignment(chk, reg, off, size, True)
-    if v.is_const():
-        min_off = v.smin + full
-        max_off = min_off + size
-    else:
-        if v.smax >= BPF_MAX_VAR_OFF or v.smin <= -BPF_MAX_VAR_OFF:
-            chk.error(f"invalid unbounded variable-offset{extra} stack R{regno}")
-        min_off = v.smin + full
-        max_off = v.smax + full + size
-    if min_off < -MAX_BPF_STACK or min_off > -1 or max_off > 0:
-        if v.is_const():
-            chk.error(f"invalid{extra} stack R{regno} off={min_off} size={size}")
-        chk.error(f"invalid variable-offset{extra} stack R{regno} var_off={v.var_off} "
-                  f"off={full} size={size}")
+    min_off, max_off = _stack_bounds(chk, regno, reg, off, size, write)
     frame = _stack_frame(chk, reg)
     _grow(chk, frame, -min_off)
     if helper:
@@ -404,6 +390,27 @@ def _stack_access(chk, regno, reg, off, size, write, value_regno, imm, signed,
             _stack_read_fixed(chk, frame, min_off, size, value_regno, signed)
         else:
             _stack_read_var(chk, frame, min_off, max_off, value_regno)
+
+
+def _stack_bounds(chk, regno, reg, off, size, write) -> tuple[int, int]:
+    """check_stack_access_within_bounds: (min_off, max_off) of the access, or the refusal."""
+    v = reg.var
+    full = off + reg.off
+    extra = " write to" if write else " read from"
+    if v.is_const():
+        min_off = v.smin + full
+        max_off = min_off + size
+    else:
+        if v.smax >= BPF_MAX_VAR_OFF or v.smin <= -BPF_MAX_VAR_OFF:
+            chk.error(f"invalid unbounded variable-offset{extra} stack R{regno}")
+        min_off = v.smin + full
+        max_off = v.smax + full + size
+    if min_off < -MAX_BPF_STACK or min_off > -1 or max_off > 0:
+        if v.is_const():
+            chk.error(f"invalid{extra} stack R{regno} off={min_off} size={size}")
+        chk.error(f"invalid variable-offset{extra} stack R{regno} var_off={v.var_off} "
+                  f"off={full} size={size}")
+    return min_off, max_off
 
 
 def _grow(chk, frame, depth: int) -> None:
@@ -644,6 +651,9 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
     reg = chk.reg(regno)
     t = reg.type
     if size == 0 and zero_size_allowed:
+        if t == PTR_TO_STACK:
+            # check_stack_range_initialized checks the bounds before its zero-size return
+            _stack_bounds(chk, regno, reg, 0, 0, write)
         return
     if reg.flags & PTR_MAYBE_NULL:
         chk.error(f"R{regno} type={reg.type_str()} expected=fp, pkt, pkt_meta, map_key, "
