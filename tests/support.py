@@ -276,6 +276,32 @@ def kernel_verdict(path: str, name: str) -> tuple[str, str, str]:
     return "accept", "", ""
 
 
+def verdict_record_tests(namespace: dict, path: str, expected: dict, *kernel_needs: str) -> None:
+    """Define, in a test module, the three tests of a recorded-verdicts object: every program of
+    ``path`` has a record in ``expected`` (name -> (verdict, errno name, message)), pybpf's
+    verifier says what is recorded, and so does the running kernel (``kernel_needs`` are
+    :func:`kernel_probe.require_kernel` features)."""
+    from kernel_probe import require_kernel
+
+    def test_every_fail_program_has_a_record():
+        from pybpf.elf import parse_object
+        assert set(parse_object(path).programs) == set(expected)
+
+    @pytest.mark.parametrize("name", sorted(expected))
+    def test_pybpf_verifier_says_what_the_kernel_said(name):
+        assert pybpf_verdict(path, name) == expected[name]
+
+    @pytest.mark.kernel
+    @pytest.mark.parametrize("name", sorted(expected))
+    def test_records_match_the_running_kernel(name):
+        require_kernel(*kernel_needs)
+        assert kernel_verdict(path, name) == expected[name]
+
+    for fn in (test_every_fail_program_has_a_record, test_pybpf_verifier_says_what_the_kernel_said,
+               test_records_match_the_running_kernel):
+        namespace[fn.__name__] = fn
+
+
 # --- hostile programs run without the verifier (child-process cases) ------------------------------
 def run_unverified_syscall(text: str, engine: str):
     """r0 of ``text`` loaded with verify=False as a syscall program and run on a 64-byte ctx."""

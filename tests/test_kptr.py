@@ -22,9 +22,8 @@ import sys
 
 import pytest
 
-from kernel_probe import require_kernel
-from support import (child_tests, kernel_verdict, pybpf_verdict, refused_unverified,
-                     run_unverified_syscall)
+from support import (child_tests, kernel_verdict, refused_unverified, run_unverified_syscall,
+                     verdict_record_tests)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FAIL = os.path.join(HERE, "corpus", "kptr_fail.o")
@@ -96,21 +95,7 @@ EXPECTED = {
 }
 
 
-def test_every_fail_program_has_a_record():
-    from pybpf.elf import parse_object
-    assert set(parse_object(FAIL).programs) == set(EXPECTED)
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_pybpf_verifier_says_what_the_kernel_said(name):
-    assert pybpf_verdict(FAIL, name) == EXPECTED[name]
-
-
-@pytest.mark.kernel
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_records_match_the_running_kernel(name):
-    require_kernel("bpf", "kfunc:bpf_obj_new_impl")
-    assert kernel_verdict(FAIL, name) == EXPECTED[name]
+verdict_record_tests(globals(), FAIL, EXPECTED, "bpf", "kfunc:bpf_obj_new_impl")
 
 
 def test_kptr_fields_are_found_in_the_value_btf():

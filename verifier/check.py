@@ -171,6 +171,13 @@ class Checker:
         if regno == 10:
             self.error("frame pointer is read only")
 
+    def check_const_offset(self, regno: int, reg, what: str) -> None:
+        """A lock, kptr or graph field argument must be at a constant offset (the kernel's
+        words for each of them)."""
+        if not reg.var.is_const():
+            self.error(f"R{regno} doesn't have constant offset. {what} has to be at the "
+                       f"constant offset", errno.EINVAL)
+
     def mark_unknown(self, regno: int, what: str = "unknown") -> None:
         self.set_reg(regno, Reg.scalar(None, self.origin(what)))
 

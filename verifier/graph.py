@@ -132,10 +132,8 @@ def _root_field(chk, regno: int, reg: Reg, kind: str, func: str):
     if not (reg.type == PTR_TO_MAP_VALUE or owning) or reg.flags & PTR_MAYBE_NULL:
         chk.error(f"arg#{regno - 1} expected pointer to map value or allocated object",
                   errno.EINVAL)
+    chk.check_const_offset(regno, reg, kind)
     v = reg.var
-    if not v.is_const():
-        chk.error(f"R{regno} doesn't have constant offset. {kind} has to be at the constant "
-                  f"offset", errno.EINVAL)
     if owning:                              # a root inside an allocated object
         value = reg.btf_type
         owner = id(value.btf)
@@ -173,10 +171,8 @@ def _node_arg(chk, regno: int, reg: Reg, root, func: str, owning: bool) -> None:
         # Linux 6.18 as measured here also takes an owning reference (a node in no tree:
         # NULL at run time)
         chk.error(f"{func} node input must be non-owning ref", errno.EINVAL)
+    chk.check_const_offset(regno, reg, node_kind)
     v = reg.var
-    if not v.is_const():
-        chk.error(f"R{regno} doesn't have constant offset. {node_kind} has to be at the "
-                  f"constant offset", errno.EINVAL)
     t = reg.btf_type
     off = reg.off + v.const_value()
     field = t.fields.get(off) if t is not None else None

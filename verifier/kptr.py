@@ -276,14 +276,11 @@ def _process_kptr_func(chk, regno: int, reg: Reg, meta) -> None:
         if not getattr(value, "btf", False):
             chk.error(f"map '{reg.map.name}' has to have BTF in order to use bpf_kptr_xchg",
                       errno.EINVAL)
-    v = reg.var
-    if not v.is_const():
-        chk.error(f"R{regno} doesn't have constant offset. kptr has to be at the constant "
-                  f"offset", errno.EINVAL)
+    chk.check_const_offset(regno, reg, "kptr")
     rec = record_of(reg)
     if not rec:
         chk.error(f"R{regno} has no valid kptr", errno.EINVAL)
-    off = reg.off + v.const_value()
+    off = reg.off + reg.var.const_value()
     k = rec.get(off)
     if k is None:
         chk.error(f"off={off} doesn't point to kptr", errno.EACCES)

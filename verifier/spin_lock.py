@@ -34,9 +34,7 @@ def has_btf(m) -> bool:
 
 def process_spin_lock(chk, regno: int, is_lock: bool) -> None:
     reg = chk.reg(regno)
-    if not reg.var.is_const():
-        chk.error(f"R{regno} doesn't have constant offset. bpf_spin_lock has to be at the "
-                  f"constant offset", errno.EINVAL)
+    chk.check_const_offset(regno, reg, "bpf_spin_lock")
     m = reg.map if reg.type == PTR_TO_MAP_VALUE else None
     name = getattr(m, "name", "") if m is not None else "kptr"
     if m is not None and not has_btf(m):
