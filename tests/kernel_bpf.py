@@ -145,6 +145,14 @@ def lookup(fd: int, key: bytes, size: int) -> bytes:
     return out.raw
 
 
+def possible_cpus() -> int:
+    """num_possible_cpus(): how many values a per-CPU map's lookup gives user space."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    return sum(int(b) - int(a) + 1 if "-" in r else 1
+               for r in text.split(",") for a, _, b in [r.partition("-")])
+
+
 def dump(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
     """Every (key, value) of a map, walked with BPF_MAP_GET_NEXT_KEY."""
     out, key = {}, None

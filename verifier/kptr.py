@@ -188,7 +188,10 @@ def match_type(chk, k: KptrField, reg: Reg, regno: int) -> None:
     """map_kptr_match_type for a program-allocated type (the only kind pybpf has)."""
     perm = PTR_MAYBE_NULL | MEM_ALLOC | (MEM_PERCPU if k.kind == KPTR_PERCPU else 0)
     reg_name = ""
-    ok = reg.type == PTR_TO_BTF_ID and not reg.flags & ~perm
+    # a __percpu_kptr field takes only a per-CPU object: Linux 6.18 refuses a plain one before
+    # it names the register's type ("R2 type=ptr_ expected=ptr_T", seen on 6.18.44)
+    ok = (reg.type == PTR_TO_BTF_ID and not reg.flags & ~perm
+          and (k.kind != KPTR_PERCPU or bool(reg.flags & MEM_PERCPU)))
     if ok:
         t = reg.btf_type
         reg_name = t.name if t is not None else ""
