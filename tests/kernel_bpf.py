@@ -304,10 +304,16 @@ def freeze(fd: int) -> None:
 
 
 def _has_spin_lock(btf, m) -> bool:
-    """Whether the map needs its value BTF: a bpf_spin_lock or kptr fields."""
+    """Whether the map needs its value BTF: a bpf_spin_lock or kptr fields (or kptr fields
+    pybpf refuses: the kernel says what it makes of them)."""
+    from pybpf.errors import MapError
     from pybpf.runtime.maps.btf_fields import kptr_fields, spin_lock_offset
-    return (spin_lock_offset(btf, m.btf_value_type) >= 0
-            or bool(kptr_fields(btf, m.btf_value_type)))
+    try:
+        return (spin_lock_offset(btf, m.btf_value_type) >= 0
+                or bool(kptr_fields(btf, m.btf_value_type)))
+    except MapError:
+        return True
+
 
 
 def ringbuf_consume(fd: int, size: int) -> list[bytes]:
@@ -343,7 +349,12 @@ class KernelObject:
     def __init__(self, obj):
         self.obj, self.fds, self.arena, self.prog_fds = obj, {}, None, []
         self.arena_base = 0
-        self.btf_fd = load_btf(obj) if obj.btf is not None else None
+        self.btf_fd, self.btf_error = None, None
+        if obj.btf is not None:
+            try:
+                self.btf_fd = load_btf(obj)
+            except KernelError as e:    # libbpf: "BTF is optional, ignoring": no map gets
+                self.btf_error = e      # value BTF, no program BTF, func_info or line_info
         for m in obj.map_defs.values():
             value_size = 4 if m.type == "prog_array" else m.value_size
             inner_fd = 0

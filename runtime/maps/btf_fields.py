@@ -60,7 +60,8 @@ def spin_lock_offset(btf, type_id: int, var_offsets: dict | None = None) -> int:
 from pybpf.verifier.graph_fields import (GRAPH_NODES, GRAPH_ROOTS, ROOT_SIZE,  # noqa: F401,E402
                                         GraphRoot, graph_roots)
 
-from pybpf.verifier.kptr import KPTR_SIZE, KptrField, kptr_fields  # noqa: F401,E402  (one parser)
+from pybpf.verifier.kptr import (KPTR_SIZE, FieldError, KptrField,  # noqa: F401,E402 (one parser)
+                                 kptr_fields)
 
 # map_check_btf: the map types that may hold kptrs (the storage maps pybpf does not have)
 KPTR_MAP_TYPES = ("hash", "lru_hash", "array", "percpu_hash", "lru_percpu_hash", "percpu_array")
@@ -76,7 +77,14 @@ def attach(m, btf, value_type_id: int, var_offsets: dict | None = None) -> None:
         raise MapError(f"map {getattr(m, 'name', '')!r}: a value with a "
                        f"{next(iter(roots.values())).kind} needs a bpf_spin_lock", errno.EINVAL)
     m.graph_roots = roots
-    kptrs = kptr_fields(btf, value_type_id, var_offsets)
+    try:
+        kptrs = kptr_fields(btf, value_type_id, var_offsets)
+    except FieldError as e:
+        # btf_parse_fields failed: the kernel creates the map with no record, so the value has
+        # no special field at all (no lock, roots or kptrs) and the verifier says so on use
+        m.spin_lock_off, m.graph_roots, m.kptr_fields = -1, {}, {}
+        m.btf_record_error = str(e)
+        return
     if kptrs and m.type not in KPTR_MAP_TYPES:
         raise MapError(f"map {getattr(m, 'name', '')!r}: a {m.type} map cannot hold kptrs",
                        errno.EOPNOTSUPP)
