@@ -68,6 +68,9 @@ class JitEnv:
     # move data to (less the metadata) lies (the end of the frame's struct xdp_frame); 0:
     # unknown, the helper stays on the bridge (jit/native_packet.py)
     xdp_head_floor: int = 0
+    # The largest program compiled at -O2 for this load (jit/program.py o2_limit; None:
+    # O2_MAX_SLOTS): the VM's max_o2_slots.
+    o2_max_slots: int | None = None
 
     def arena_layout(self) -> ArenaLayout | None:
         if self.arena is None:

@@ -77,7 +77,8 @@ def jit_env(vm, arena=None, prog_type: str = "mem", packet_desc: int = 0, verifi
 
     return JitEnv(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map, prog_type=prog_type,
                   packet_desc=packet_desc, low_pool=(LOW_POOL_START, LOW_POOL_END),
-                  verified=verified, budget_cell=budget_cell, xdp_head_floor=XDP_HEAD_FLOOR)
+                  verified=verified, budget_cell=budget_cell, xdp_head_floor=XDP_HEAD_FLOOR,
+                  o2_max_slots=getattr(vm, "max_o2_slots", None))
 
 
 _FROM_BUFFER = object()     # LoadedProgram._last_mem: not copied out of last_buffer yet
