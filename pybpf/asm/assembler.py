@@ -303,7 +303,7 @@ def detect(lines: list[Line]) -> str:
     LLVM statements assign or compare (a token with ``=``), start with a bare ``rN``/``wN`` or
     a keyword no mnemonic starts with (``if``, ``goto``, ``callx``...), or write ``lock *(...)``
     and ``call NAME`` where the mnemonic dialect has ``lock add`` and ``call local NAME``.
-    Programs of ``exit`` and ``call N`` only read the same in both.
+    Programs of ``exit`` and ``call N`` (``call -N`` too) only read the same in both.
     """
     t = tables()
     for line in lines:
@@ -315,8 +315,9 @@ def detect(lines: list[Line]) -> str:
                 or (first.type == "REG" and not first.startswith("%"))
                 or first in t.llvm_words
                 or (first in t.prefix_words and second is not None
-                    and (second.type == "OP" or (second.type == "NAME"
-                                                 and second not in t.second_words)))):
+                    # a sign is not LLVM's: `call -5` is a helper id in both dialects
+                    and ((second.type == "OP" and second not in ("-", "+"))
+                         or (second.type == "NAME" and second not in t.second_words)))):
             return "llvm"
     return "ubpf"
 

@@ -37,8 +37,9 @@ def parser() -> Lark:
 # --- llvm-objdump listings pasted as input ------------------------------------------------------
 # Whole lines that carry nothing: "prog.o:\tfile format elf64-bpf", "Disassembly of section .text:".
 _NOISE = re.compile(r"^(\S.*:\s+file format\s+\S+|Disassembly of section .*:)\s*$")
-# "0000000000000038 <g>:" is a symbol header: the symbol becomes a label.
-_SYMBOL = re.compile(r"^(\s*)[0-9a-fA-F]{8,16}\s+<([^<>\s]+)>:\s*$")
+# "0000000000000038 <g>:" is a symbol header: the symbol becomes a label (a comment may follow,
+# as on any line).
+_SYMBOL = re.compile(r"^(\s*)[0-9a-fA-F]{8,16}\s+<([^<>\s]+)>:\s*(?:(?:#|//|;).*)?$")
 # "      22:\tb7 00 00 00 00 00 00 00\tr0 = 0": the index and raw-byte columns.
 _INDEX = re.compile(r"^\s*\d+:(?:[ \t]+[0-9a-fA-F]{2}(?=[ \t]))*")
 
