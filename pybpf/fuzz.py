@@ -2,10 +2,16 @@
 
 Targets, each a generator of inputs from a seed and a check of one input:
 
-* ``asm``: assembler text (mutated sample lines, random tokens) -> ``pybpf.assemble``;
-* ``decode``: bytes (random, or real opcodes with random fields) -> ``Program.from_bytes`` and the
-  disassembler;
-* ``elf``: mutated and truncated sample objects -> the ELF loader;
+* ``asm``: assembler text -> ``pybpf.assemble``: three cases in four are a valid program's
+  listing in either dialect, half of them mutated a little (:mod:`pybpf.fuzz_programs`), the rest
+  mutated sample lines and token soup; what assembles must read back the same from its own
+  listing in each dialect, and an unmutated listing must assemble;
+* ``decode``: bytes -> ``Program.from_bytes``: three cases in four are a valid program's bytes,
+  half of them with fields changed, the rest random bytes or real opcodes with random fields;
+  what decodes must encode to the same bytes and read back from its listings;
+* ``elf``: sample objects with section-header, symbol, relocation, BTF, .BTF.ext, instruction
+  or section-name fields changed (:mod:`pybpf.fuzz_elf`), flipped bytes, truncated files -> the
+  ELF loader: parse, link every program, disassemble it, create the maps in a VM;
 * ``engines``: half the cases are programs for the full verifier with map lookups and updates,
   ctx fields and packet reads (sometimes mutated): what it accepts runs on the interpreter and
   the JIT, which must give the same r0, packet or memory and map contents, and the interpreter
@@ -108,9 +114,15 @@ def _sample_objects() -> list[Path]:
 
 
 def gen_elf(rng: random.Random) -> dict:
+    """Three cases in four: one to three fields of a sample object's section headers, symbols,
+    relocations, BTF, .BTF.ext, instructions or section names changed (:mod:`pybpf.fuzz_elf`);
+    the fourth: flipped bytes or a truncated file."""
     objs = _sample_objects()
     if not objs:
         return {"hex": rng.randbytes(64).hex(), "base": ""}
+    if rng.random() < 0.75:
+        from .fuzz_elf import elf_case
+        return elf_case(rng, objs)
     base = rng.choice(objs)
     data = bytearray(base.read_bytes())
     r = rng.random()
@@ -424,18 +436,38 @@ def check_decode(case: dict):
 
 
 def check_elf(case: dict):
-    from .elf import load_elf_program, parse_object
+    """Parse; every program that links decodes to the same bytes and disassembles (with its
+    source lines); the maps are created in a VM (with a small memory limit) and the globals
+    written, as ``load_elf`` does."""
+    from .disasm import disassemble
+    from .elf import parse_object
+    from .elf.load import bind
+    from .program import Program
+    from .vm import VM
     data = bytes.fromhex(case["hex"])
     try:
         obj = parse_object(data, "fuzz")
     except BPFError:
         return "refused"
-    for name in [getattr(p, "name", p) for p in getattr(obj, "programs", [])][:4] or [None]:
-        try:
-            load_elf_program(data, "fuzz", name)
-        except BPFError:
-            pass
-    return "parsed"
+    linked = 0
+    for name in list(obj.programs)[:8]:
+        p = obj.program(name)
+        if p.load_error is not None:
+            continue
+        linked += 1
+        raw = p.to_bytes()
+        assert Program.from_bytes(raw).to_bytes() == raw, f"program {name}: bytes do not decode back"
+        for syntax in ("llvm", "kernel"):
+            disassemble(p, syntax=syntax)
+    vm = VM(max_map_bytes=64 << 20)
+    try:
+        bind(obj, vm)
+        bound = "maps created"
+    except BPFError:
+        bound = "maps refused"
+    finally:
+        vm.close()
+    return f"parsed, {'a program linked' if linked else 'no program linked'}, {bound}"
 
 
 def _stack_only(prog) -> bool:

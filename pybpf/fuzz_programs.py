@@ -121,6 +121,30 @@ _INSERTS = ("#", "//", ";", ":", ",", "+", "-", "*", "(", ")", "[", "]", "ll", "
             " ", "\n", "exit", "lock", "%", "<x>", "<", "map[", "func(", ".map")
 
 
+_HEX = re.compile(r"(?<![\w.<+])(-?)0x([0-9a-fA-F]+)(?![\w])")
+_DEC = re.compile(r"(?<![\w.%<+-])(-?)(\d+)(?![\w:])")
+_ALIASES = {isa.mnemonic(f): f.aliases for f in isa.FORMS
+            if f.aliases and " " not in isa.mnemonic(f) and isa.mnemonic(f) != "call"}
+
+
+def _renumber(line: str, to_dec: bool) -> str:
+    """The same numbers in the other base the assembler reads (docs/syntax.md). Decimal to hex
+    only outside labels and registers; an objdump header or index column is left alone."""
+    if re.match(r"^\s*(\d+:|[0-9a-fA-F]{16}\s)", line):
+        return line
+    if to_dec:
+        return _HEX.sub(lambda m: f"{m.group(1)}{int(m.group(2), 16)}", line)
+    return _DEC.sub(lambda m: f"{m.group(1)}{int(m.group(2)):#x}", line)
+
+
+def _alias(line: str, rng: random.Random) -> str:
+    words = line.split(" ", 1)
+    aliases = _ALIASES.get(words[0])
+    if aliases and rng.random() < 0.5:
+        words[0] = rng.choice(aliases)
+    return " ".join(words)
+
+
 def _respell(text: str, rng: random.Random, syntax: str) -> str:
     """Spellings the assembler also reads, so a case stays valid: objdump columns and ``<sym>``
     annotations dropped (llvm), comments and blank lines added, extra blanks."""
@@ -129,6 +153,11 @@ def _respell(text: str, rng: random.Random, syntax: str) -> str:
         lines = [re.sub(r"^\s*\d+:\t[0-9a-f ]+\t", "", ln) for ln in lines]
         if rng.random() < 0.5:
             lines = [re.sub(r"\s+<[\w.+]*>$", "", ln) for ln in lines]
+    if rng.random() < 0.3:                          # hex numbers in decimal, or decimal in hex
+        to_dec = syntax == "llvm" or rng.random() < 0.5
+        lines = [_renumber(ln, to_dec) for ln in lines]
+    if syntax == "ubpf" and rng.random() < 0.3:     # mnemonic aliases (add64, neg64, swap16)
+        lines = [_alias(ln, rng) for ln in lines]
     out = []
     for ln in lines:
         if rng.random() < 0.05:

@@ -356,6 +356,24 @@ Disassembly of section .text:
     assert p.to_bytes() == raw and p.labels == {0: "main", 5: "LBB0_2"}
 
 
+def test_objdump_symbol_header_may_carry_a_comment():
+    """Found by the structure-aware asm fuzzer: a symbol header line followed by a comment (as
+    any line may be) was 'unexpected ':''."""
+    p = assemble("0000000000000000 <main>:  # entry\nr0 = 0\n\n"
+                 "0000000000000010 <done>: // end\nexit")
+    assert p.labels == {0: "main", 1: "done"} and len(p.insns) == 2
+
+
+def test_negative_helper_id_is_not_read_as_llvm():
+    """Found by the structure-aware asm fuzzer: the ubpf listing of `call -5` (a helper id, the
+    same in both dialects) made auto-detection pick LLVM, so `mov32 %r0, 1` before it was
+    'unknown mnemonic'."""
+    raw = assemble("mov32 %r0, 1\ncall -5\nexit", syntax="ubpf").to_bytes()
+    assert assemble("mov32 %r0, 1\ncall -5\nexit").to_bytes() == raw
+    assert assemble("call -5\nexit").insns[0].imm == -5
+    assert assemble("lock *(u64 *)(r1 + 0) += r2\nexit").insns[0].imm == 0   # still LLVM
+
+
 @pytest.mark.skipif(not (CLANG and OBJDUMP), reason="clang-19/llvm-objdump-19 not installed")
 def test_clang_object_listing_reassembles(tmp_path):
     (tmp_path / "p.c").write_text(
