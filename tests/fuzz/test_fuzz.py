@@ -34,6 +34,31 @@ def test_short_fuzz_run_finds_nothing(target):
         assert valid >= 0.3 * r["cases"], fuzz.format_report(r)
 
 
+@pytest.mark.parametrize("target", ["asm", "decode"])
+def test_round_trip_is_checked(target, monkeypatch):
+    """The asm and decode targets compare a listing's assembly with the program: an assembler
+    that read every immediate one too high would fail them."""
+    import pybpf.asm
+    from pybpf.disasm import disassemble
+    from pybpf.insn import encode, make
+    from pybpf.program import Program
+    real = pybpf.asm.assemble
+
+    def off_by_one(text, syntax="auto", **kw):
+        p = real(text, syntax=syntax, **kw)
+        p.insns[0] = p.insns[0]._replace(imm=p.insns[0].imm + 1)
+        return p
+
+    raw = encode(make("mov64_imm", 0, imm=5) + make("exit"))
+    case = {"hex": raw.hex()} if target == "decode" else \
+        {"text": disassemble(Program.from_bytes(raw), syntax="ubpf"), "syntax": "ubpf",
+         "mutations": 0}
+    assert fuzz.run_case(target, case) == {"ok": True, "result": VALID[target]}
+    monkeypatch.setattr(pybpf.asm, "assemble", off_by_one)
+    out = fuzz.run_case(target, case)
+    assert not out["ok"] and "assembles to other bytes" in out["message"], out
+
+
 @pytest.mark.parametrize("path", CORPUS or [pytest.param(None, marks=pytest.mark.skip(
     reason="tests/fuzz/corpus is empty: no fuzzer has saved a failing input yet"))],
     ids=[p.stem for p in CORPUS] or ["no-saved-inputs"])
