@@ -11,7 +11,8 @@ Targets, each a generator of inputs from a seed and a check of one input:
   what decodes must encode to the same bytes and read back from its listings;
 * ``elf``: sample objects with section-header, symbol, relocation, BTF, .BTF.ext, instruction
   or section-name fields changed (:mod:`pybpf.fuzz_elf`), flipped bytes, truncated files -> the
-  ELF loader: parse, link every program, disassemble it, create the maps in a VM;
+  ELF loader: parse, link every program (the first must read back from its listings), create
+  the maps in a VM;
 * ``engines``: half the cases are programs for the full verifier with map lookups and updates,
   ctx fields and packet reads (sometimes mutated): what it accepts runs on the interpreter and
   the JIT, which must give the same r0, packet or memory and map contents, and the interpreter
@@ -464,8 +465,8 @@ def check_decode(case: dict):
 
 def check_elf(case: dict):
     """Parse; every program that links decodes to the same bytes, and the first reads back from
-    its listings (with its source lines) in both dialects; the maps are created in a VM (with a small memory limit) and the globals
-    written, as ``load_elf`` does."""
+    its listings (with its source lines) in both dialects; the maps are created in a VM (with a
+    small memory limit) and the globals written, as ``load_elf`` does."""
     from .disasm import disassemble
     from .elf import parse_object
     from .elf.load import bind
