@@ -5,7 +5,8 @@ Targets, each a generator of inputs from a seed and a check of one input:
 * ``asm``: assembler text -> ``pybpf.assemble``: three cases in four are a valid program's
   listing in either dialect, half of them mutated a little (:mod:`pybpf.fuzz_programs`), the rest
   mutated sample lines and token soup; what assembles must read back the same from its own
-  listing in each dialect, and an unmutated listing must assemble;
+  listing (in one dialect per program, chosen by its bytes, and under syntax=auto), and an
+  unmutated listing must assemble;
 * ``decode``: bytes -> ``Program.from_bytes``: three cases in four are a valid program's bytes,
   half of them with fields changed, the rest random bytes or real opcodes with random fields;
   what decodes must encode to the same bytes and read back from its listings;
@@ -29,10 +30,11 @@ Targets, each a generator of inputs from a seed and a check of one input:
   elements up inside read sections as a run does, must never see one change under it.
 
 Invariants: only ``BPFError`` subclasses escape the library; no signal and no hang past the
-per-case budget (each case runs in a worker subprocess with a time limit; a worker that dies or
-hangs fails that case and is replaced; a failing case is run again alone in a fresh worker, and
-``--isolate`` gives every case a fresh one); engines agree; no mapping is writable and executable. The runner prints a progress line, then
-cases run, cases per second, failures and their distinct messages; each failing input is saved
+per-case budget (each case runs in a worker subprocess with a limit of CASE_BUDGET seconds of
+CPU time, and six times that of wall-clock time; the worker's start and a warm-up case are
+outside it; a worker that dies or hangs fails that case and is replaced; a failing case is run
+again alone in a fresh worker, and ``--isolate`` gives every case a fresh one); engines agree;
+no mapping is writable and executable. The runner prints a progress line, then cases run, cases per second, failures and their distinct messages; each failing input is saved
 (``--save DIR``) as ``TARGET-<hash>.json`` for tests/fuzz/test_fuzz.py to replay as a
 regression test.
 """
@@ -54,7 +56,7 @@ from .errors import BPFError
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("asm", "decode", "elf", "engines", "maps", "helpers")
-CASE_BUDGET = 10.0          # seconds per case before the worker counts as hung
+CASE_BUDGET = 10.0          # CPU seconds per case before the worker counts as hung
 
 
 # -- generators: seed -> JSON-able input --------------------------------------------------------
@@ -391,30 +393,31 @@ def _decls(prog) -> list[tuple]:
 
 
 def _round_trip(prog, what: str) -> None:
-    """A listing of ``prog`` in each dialect assembles back to the same bytes and maps, in that
-    dialect and when the assembler detects it (the kernel style is printed too, it is not read
-    back)."""
+    """A listing of ``prog`` assembles back to the same bytes and maps, in its dialect and when
+    the assembler detects the dialect. One dialect per program (each assembly costs more than
+    the rest of a case), chosen by its bytes so that both are covered and a case replays the
+    same; the kernel style is printed too (it is not read back)."""
     from .asm import assemble
     from .disasm import disassemble
     raw = prog.to_bytes()
-    for syntax in ("ubpf", "llvm"):
-        if syntax == "llvm" and _unnamed_call(prog):
-            continue        # printed as objdump's raw imm, read back as a helper (syntax.md)
-        text = disassemble(prog, syntax=syntax)
-        try:
-            again = assemble(text, syntax=syntax)
-        except BPFError as e:
-            raise AssertionError(f"{what}: its {syntax} listing does not assemble: "
-                                 f"{str(e).splitlines()[0][:150]}") from None
-        assert again.to_bytes() == raw, f"{what}: its {syntax} listing assembles to other bytes"
-        assert _decls(again) == _decls(prog), f"{what}: its {syntax} listing declares other maps"
-        try:
-            auto = assemble(text)
-        except BPFError as e:
-            raise AssertionError(f"{what}: its {syntax} listing is refused under syntax=auto: "
-                                 f"{str(e).splitlines()[0][:150]}") from None
-        assert auto.to_bytes() == raw, \
-            f"{what}: its {syntax} listing assembles to other bytes under syntax=auto"
+    syntax = ("ubpf", "llvm")[hashlib.sha1(raw).digest()[0] & 1]
+    if syntax == "llvm" and _unnamed_call(prog):
+        syntax = "ubpf"     # llvm prints objdump's raw imm, read back as a helper (syntax.md)
+    text = disassemble(prog, syntax=syntax)
+    try:
+        again = assemble(text, syntax=syntax)
+    except BPFError as e:
+        raise AssertionError(f"{what}: its {syntax} listing does not assemble: "
+                             f"{str(e).splitlines()[0][:150]}") from None
+    assert again.to_bytes() == raw, f"{what}: its {syntax} listing assembles to other bytes"
+    assert _decls(again) == _decls(prog), f"{what}: its {syntax} listing declares other maps"
+    try:
+        auto = assemble(text)
+    except BPFError as e:
+        raise AssertionError(f"{what}: its {syntax} listing is refused under syntax=auto: "
+                             f"{str(e).splitlines()[0][:150]}") from None
+    assert auto.to_bytes() == raw, \
+        f"{what}: its {syntax} listing assembles to other bytes under syntax=auto"
     disassemble(prog, syntax="kernel")
 
 
@@ -785,8 +788,13 @@ def run_case(target: str, case: dict) -> dict:
 
 # -- the worker (a subprocess) and the runner ---------------------------------------------------
 
-def worker_main() -> int:
-    """Read JSON cases (one per line) from stdin, answer each with one JSON line."""
+def worker_main(target: str | None = None) -> int:
+    """Run one case of ``target`` to import and warm what its cases use, say ``ready``, then read
+    JSON cases (one per line) from stdin and answer each with one JSON line."""
+    if target in GENERATORS:
+        run_case(target, case_input(target, 0, 0))
+    sys.stdout.write(json.dumps({"ready": True}) + "\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         req = json.loads(line)
         out = run_case(req["target"], req["case"])
@@ -795,30 +803,72 @@ def worker_main() -> int:
     return 0
 
 
-class _Worker:
-    def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen([sys.executable, "-m", "pybpf.fuzz"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env=env)
-        self._line: list[str] = []
+STARTUP_BUDGET = 120.0      # seconds for a worker to import pybpf and run its warm-up case
+WALL_FACTOR = 6             # a case's wall-clock limit is this many times its CPU budget
 
-    def ask(self, target: str, case: dict, budget: float) -> dict:
-        self.proc.stdin.write(json.dumps({"target": target, "case": case}) + "\n")
-        self.proc.stdin.flush()
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _Worker:
+    """A worker subprocess. Its start (Python, pybpf's imports, a warm-up case of its target) is
+    outside any case's budget; a case's budget is the CPU time the worker spends on it, so that
+    a loaded machine (the fuzzers run under ``nice``) does not turn slow cases into hangs, with
+    a wall-clock limit of WALL_FACTOR times the budget for a worker that hangs without
+    running (a deadlock)."""
+
+    def __init__(self, target: str | None = None) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen([sys.executable, "-m", "pybpf.fuzz", *([target] if target else [])],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        self.ready = False
+
+    def _read_line(self, cpu_budget: float, wall_budget: float) -> tuple[str | None, str]:
+        """The worker's next line, or None and why not ("cpu", "wall")."""
         result: list[str] = []
         reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()),
                                   daemon=True)
+        cpu0, start = _cpu_seconds(self.proc.pid), time.monotonic()
         reader.start()
-        reader.join(budget)
-        if reader.is_alive():
+        while True:
+            reader.join(0.05)
+            if not reader.is_alive():
+                return (result[0] if result else ""), ""
+            if _cpu_seconds(self.proc.pid) - cpu0 > cpu_budget:
+                return None, "cpu"
+            if time.monotonic() - start > wall_budget:
+                return None, "wall"
+
+    def ask(self, target: str, case: dict, budget: float) -> dict:
+        if not self.ready:
+            line, why = self._read_line(STARTUP_BUDGET, STARTUP_BUDGET)
+            if line is None or not line:
+                self.kill()
+                return {"ok": False, "message": f"worker did not start within "
+                                                f"{STARTUP_BUDGET:g} s" if line is None else
+                        f"worker died at start: exit {self.proc.returncode}"}
+            self.ready = True
+        self.proc.stdin.write(json.dumps({"target": target, "case": case}) + "\n")
+        self.proc.stdin.flush()
+        line, why = self._read_line(budget, budget * WALL_FACTOR)
+        if line is None:
             self.kill()
-            return {"ok": False, "message": f"hang: no answer within {budget:g} s"}
-        if not result or not result[0]:
+            return {"ok": False, "message": f"hang: no answer within {budget:g} s of CPU time"
+                    if why == "cpu" else
+                    f"hang: no answer within {budget * WALL_FACTOR:g} s (using no CPU)"}
+        if not line:
             code = self.proc.wait()
             return {"ok": False, "message": f"worker died: signal {-code}" if code < 0 else
                     f"worker died: exit {code}"}
-        return json.loads(result[0])
+        return json.loads(line)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -850,7 +900,7 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
     message says whether it fails there too (the saved input replays in a fresh worker)."""
     if target not in TARGETS:
         raise ValueError(f"unknown fuzz target {target!r} (one of {', '.join(TARGETS)})")
-    worker = _Worker()
+    worker = _Worker(target)
     start = last = time.monotonic()
     cases, failures, messages, saved = 0, 0, {}, []
     results: dict[str, int] = {}
@@ -859,11 +909,11 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
             case = case_input(target, seed, cases)
             if not worker.alive() or (isolate and cases):
                 worker.close()
-                worker = _Worker()
+                worker = _Worker(target)
             out = worker.ask(target, case, budget)
             cases += 1
             if not out["ok"] and not isolate:
-                alone = _Worker()
+                alone = _Worker(target)
                 try:
                     again = alone.ask(target, case, budget)
                 finally:
@@ -878,7 +928,7 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
                 msg = out["message"]
                 messages[msg] = messages.get(msg, 0) + 1
                 if not worker.alive():
-                    worker = _Worker()
+                    worker = _Worker(target)
                 if save:
                     saved.append(save_case(save, target, case, msg))
             now = time.monotonic()
@@ -918,4 +968,4 @@ def format_report(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main())
+    sys.exit(worker_main(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -82,6 +82,26 @@ def test_address_dependent_program_is_not_compared_in_a_reused_worker(replay_wor
         assert "not compared" in out["result"], out["result"]
 
 
+@pytest.mark.parametrize("code, wall, why", [("while True: pass", 30.0, "cpu"),
+                                             ("import time; time.sleep(60)", 0.5, "wall")])
+def test_a_case_budget_counts_cpu_time_with_a_wall_clock_backstop(code, wall, why):
+    """A worker that spins past its CPU budget, or sits without running past the wall-clock
+    limit (a deadlock), is a hang; a loaded machine that only slows a worker is not."""
+    import subprocess
+    import sys
+    import time
+    w = object.__new__(fuzz._Worker)
+    w.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        start = time.monotonic()
+        line, got = w._read_line(0.1, wall)
+        assert (line, got) == (None, why)
+        assert time.monotonic() - start < wall + 2
+    finally:
+        w.kill()
+
+
 class _Replayer:
     """One worker subprocess for every saved input (starting one costs ~1 s of CI); a worker
     that dies or hangs is replaced before the next input."""
