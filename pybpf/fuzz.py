@@ -830,6 +830,8 @@ class _Worker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, env=env)
         self.ready = False
+        self.last_cpu = 0.0     # CPU seconds the last case took (rates that a loaded machine
+                                # does not skew)
 
     def _read_line(self, cpu_budget: float, wall_budget: float) -> tuple[str | None, str]:
         """The worker's next line, or None and why not ("cpu", "wall")."""
@@ -858,7 +860,9 @@ class _Worker:
             self.ready = True
         self.proc.stdin.write(json.dumps({"target": target, "case": case}) + "\n")
         self.proc.stdin.flush()
+        cpu0 = _cpu_seconds(self.proc.pid)
         line, why = self._read_line(budget, budget * WALL_FACTOR)
+        self.last_cpu = _cpu_seconds(self.proc.pid) - cpu0
         if line is None:
             self.kill()
             return {"ok": False, "message": f"hang: no answer within {budget:g} s of CPU time"
@@ -902,7 +906,7 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
         raise ValueError(f"unknown fuzz target {target!r} (one of {', '.join(TARGETS)})")
     worker = _Worker(target)
     start = last = time.monotonic()
-    cases, failures, messages, saved = 0, 0, {}, []
+    cases, failures, messages, saved, cpu = 0, 0, {}, [], 0.0
     results: dict[str, int] = {}
     try:
         while time.monotonic() - start < seconds and (max_cases is None or cases < max_cases):
@@ -911,6 +915,7 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
                 worker.close()
                 worker = _Worker(target)
             out = worker.ask(target, case, budget)
+            cpu += worker.last_cpu
             cases += 1
             if not out["ok"] and not isolate:
                 alone = _Worker(target)
@@ -941,6 +946,8 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
     elapsed = time.monotonic() - start
     return {"target": target, "seed": seed, "cases": cases, "seconds": round(elapsed, 2),
             "cases_per_second": round(cases / elapsed, 1) if elapsed else 0.0,
+            "cpu_seconds": round(cpu, 2),
+            "cases_per_cpu_second": round(cases / cpu, 1) if cpu else 0.0,
             "failures": failures, "distinct": messages, "results": results, "saved": saved}
 
 
@@ -955,7 +962,8 @@ def save_case(directory: str, target: str, case: dict, message: str) -> str:
 
 def format_report(r: dict) -> str:
     lines = [f"{r['target']}: {r['cases']} cases in {r['seconds']} s "
-             f"({r['cases_per_second']}/s), {r['failures']} failures, "
+             f"({r['cases_per_second']}/s; {r['cases_per_cpu_second']} per CPU second of the "
+             f"workers, {r['cpu_seconds']} s), {r['failures']} failures, "
              f"{len(r['distinct'])} distinct"]
     if r["results"]:
         lines.append("  outcomes: " + ", ".join(f"{k} {v}" for k, v in
