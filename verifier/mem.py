@@ -296,12 +296,13 @@ def _bad_mem(chk, regno, reg, off, size, mem_size, kind) -> None:
     chk.log.line(msg)
 
 
-def _packet_access(chk, regno: int, reg: Reg, off: int, size: int) -> None:
+def _packet_access(chk, regno: int, reg: Reg, off: int, size: int,
+                   zero_ok: bool = False) -> None:
     """check_packet_access: the fixed offset against the range proven by data_end compares."""
     if reg.var.smin < 0:
         chk.error(f"R{regno} min value is negative, either use unsigned index or do a if "
                   f"(index >=0) check.")
-    if reg.range < 0 or not _mem_ok(off, size, reg.range, False):
+    if reg.range < 0 or not _mem_ok(off, size, reg.range, zero_ok):
         _bad_mem(chk, regno, reg, off, size, reg.range, "packet")
         chk.error(f"R{regno} offset is outside of the packet")
     chk.max_pkt_offset = max(chk.max_pkt_offset, off + reg.var.umax + size - 1)
@@ -650,21 +651,18 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
     """check_helper_mem_access: [reg, reg + size) must be valid memory of the right kind."""
     reg = chk.reg(regno)
     t = reg.type
-    if size == 0 and zero_size_allowed:
-        if t == PTR_TO_STACK:
-            # check_stack_range_initialized checks the bounds before its zero-size return
-            _stack_bounds(chk, regno, reg, 0, 0, write)
-        return
-    if reg.flags & PTR_MAYBE_NULL:
-        chk.error(f"R{regno} type={reg.type_str()} expected=fp, pkt, pkt_meta, map_key, "
-                  f"map_value, mem, ringbuf_mem, buf, trusted_ptr_")
+    # A zero size is checked like any other (the kernel has no early return: an offset past
+    # the packet's proven range or past the value is refused even for 0 bytes). A nullable
+    # pointer (map_value_or_null for an ARG_PTR_TO_MEM | PTR_MAYBE_NULL argument) is checked
+    # as its base type, as the kernel switches on base_type(reg->type); non-nullable
+    # arguments refused it in check_reg_type already.
     if t in PACKET_TYPES:
         if write and not _may_write_packet(chk.prog_type):
             chk.error("cannot write into packet")
-        _packet_access(chk, regno, reg, reg.off, size)
+        _packet_access(chk, regno, reg, reg.off, size, zero_size_allowed)
     elif t == PTR_TO_MAP_KEY:
-        _region_access(chk, regno, reg, reg.off, size, reg.map.key_size, "map_key",
-                       zero_size_allowed)
+        # zero_size_allowed false, as the kernel passes it for keys
+        _region_access(chk, regno, reg, reg.off, size, reg.map.key_size, "map_key", False)
     elif t == PTR_TO_MAP_VALUE:
         if write and reg.map.flags & BPF_F_RDONLY_PROG:
             chk.error(f"write into map forbidden, value_size={reg.map.value_size} "
@@ -678,9 +676,15 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
             chk.error(f"R{regno} cannot write into {reg.type_str()}")
         _region_access(chk, regno, reg, reg.off, size, reg.mem_size, "mem", zero_size_allowed)
     elif t == PTR_TO_CTX and chk.prog_type in ("mem", "syscall"):
+        if size == 0 and zero_size_allowed:     # "Allow zero-byte read from PTR_TO_CTX"
+            return
         # no convert_ctx_access: the kernel checks the last byte (check_mem_access, BPF_B)
         _ctx_access(chk, regno, reg, size - 1, 1, write, -1, False)
     elif t == PTR_TO_STACK:
+        if size == 0 and zero_size_allowed:
+            # check_stack_range_initialized checks the bounds before its zero-size return
+            _stack_bounds(chk, regno, reg, 0, 0, write)
+            return
         if size == 0:           # check_stack_range_initialized (a ringbuf's zero key_size)
             chk.error("invalid zero-sized read")
         _stack_access(chk, regno, reg, 0, size, write, -1, None, False, helper=True)
@@ -689,6 +693,9 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
     elif t == PTR_TO_ARENA:
         return
     else:
+        if size == 0 and zero_size_allowed and reg.type == SCALAR_VALUE and reg.is_const() \
+                and reg.const_value() == 0:
+            return              # "Allow zero-byte read from NULL, regardless of pointer type"
         chk.error(f"R{regno} type={reg.type_str()} expected=fp, pkt, pkt_meta, map_key, "
                   f"map_value, mem, ringbuf_mem, buf, trusted_ptr_")
 
