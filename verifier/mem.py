@@ -59,11 +59,17 @@ def adjust_reg(chk, op: str, dst: Reg, src: Reg, is64: bool, insn, src_is_reg: b
                           src_is_reg=src_is_reg)
     r = Reg(SCALAR_VALUE, var=bounds.scalar_alu(op, dst.var, src.var, is64),
             origin=dst.origin)
-    if op == "add" and is64 and dst.id and src.var.is_const():
-        # rX += K keeps rX linked to its copies, K apart (BPF_ADD_CONST), once
+    if op in ("add", "sub") and is64 and dst.id and src.var.is_const():
+        # rX += K and rX -= K keep rX linked to its copies, K apart (BPF_ADD_CONST64), once;
+        # K is any s32 (negative too), as the running kernel links them. The kernel also
+        # links 32-bit adds (BPF_ADD_CONST32, zero-extended on sync); pybpf does not yet,
+        # which only costs precision.
         val = src.var.const_value()
-        if not dst.flags & SCALAR_ADD_CONST and val <= 0x7FFFFFFF:
-            r.id, r.flags, r.off = dst.id, SCALAR_ADD_CONST, val
+        val = val - (1 << 64) if val >= 1 << 63 else val
+        off = -val if op == "sub" else val
+        if not dst.flags & SCALAR_ADD_CONST and -(1 << 31) <= val < (1 << 31) and \
+                off != (1 << 31):
+            r.id, r.flags, r.off = dst.id, SCALAR_ADD_CONST, off
     return r
 
 
