@@ -847,21 +847,23 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
             _set_scalar(st, insn.dst, a_f)
             if src_regno >= 0:
                 _set_scalar(st, src_regno, b_f)
-    # null checks: "if rX == 0" / "!= 0" on a maybe-null pointer marks every copy (by id)
+    # null checks: "if rX == 0" / "!= 0" (BPF_K, immediate 0 only) on a maybe-null pointer
+    # marks every copy (by id). A register holding 0 is not a null check for the kernel
+    # (if r9 != r2 with r2 = 0 leaves r9 map_value_or_null on both sides).
     if not is32 and op in ("jeq", "jne"):
-        if dst.flags & PTR_MAYBE_NULL and src.type == SCALAR_VALUE and src.var.is_const() \
+        if src_regno < 0 and dst.flags & PTR_MAYBE_NULL and src.var.is_const() \
                 and src.var.const_value() == 0:
             mark_ptr_or_null(st, dst.id, is_null=(op == "jne"))
             mark_ptr_or_null(other, dst.id, is_null=(op == "jeq"))
-        elif src_regno >= 0 and src.flags & PTR_MAYBE_NULL and dst.type == SCALAR_VALUE and \
-                dst.var.is_const() and dst.var.const_value() == 0:
-            mark_ptr_or_null(st, src.id, is_null=(op == "jne"))
-            mark_ptr_or_null(other, src.id, is_null=(op == "jeq"))
         elif src_regno >= 0 and dst.is_pointer and src.is_pointer and \
-                bool(dst.flags & PTR_MAYBE_NULL) != bool(src.flags & PTR_MAYBE_NULL):
-            maybe = dst if dst.flags & PTR_MAYBE_NULL else src
-            # equal to a non-null pointer: not null on the "equal" side
-            mark_ptr_or_null(other if op == "jeq" else st, maybe.id, is_null=False)
+                bool(dst.flags & PTR_MAYBE_NULL) != bool(src.flags & PTR_MAYBE_NULL) and \
+                dst.type == src.type and dst.type != PTR_TO_BTF_ID:
+            # equal to a non-null pointer: not null on the "equal" side. Only the compared
+            # register itself (mark_ptr_not_null_reg, not its copies), and only against a
+            # pointer of the same type: the running kernel keeps map_value_or_null compared
+            # with ctx, fp or pkt (measured), and never lifts PTR_TO_BTF_ID
+            regno = src_regno if src.flags & PTR_MAYBE_NULL else insn.dst
+            _mark_one_not_null(other if op == "jeq" else st, regno)
     if src_regno >= 0 and not is32:
         _match_pkt_pointers(chk, op, dst, src, st, other)
     if not other_possible and not this_possible:
@@ -919,6 +921,16 @@ def _set_scalar(state, regno: int, var) -> None:
                                     & ((1 << 64) - 1))
         return x.replace(var=bounds.scalar_alu("add", var, delta, True))
     state.map_regs(fix)
+
+
+def _mark_one_not_null(state, regno: int) -> None:
+    """mark_ptr_not_null_reg: one register's pointer is not NULL (its id and copies stay)."""
+    r = state.cur.regs[regno]
+    if r.type == PTR_TO_MAP_VALUE and r.map is not None and \
+            getattr(r.map, "inner", None) is not None:
+        state.cur.regs[regno] = Reg.pointer(CONST_PTR_TO_MAP, map=r.map.inner, origin=r.origin)
+        return
+    state.cur.regs[regno] = r.replace(flags=r.flags & ~PTR_MAYBE_NULL)
 
 
 def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:
