@@ -633,10 +633,13 @@ def check_atomic(chk, form, insn) -> None:
         chk.check_reg_read(0)
     if dst.type not in (PTR_TO_STACK, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_ARENA) or \
             dst.flags & (PTR_MAYBE_NULL | MEM_RDONLY):
-        if dst.type in (PTR_TO_CTX, PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_FLOW_KEYS):
+        if dst.type in _NO_ATOMICS:             # atomic_ptr_type_ok
             chk.error(f"BPF_ATOMIC stores into R{insn.dst} {dst.type_str()} is not allowed")
         if dst.flags & PTR_MAYBE_NULL or dst.type not in (PTR_TO_STACK, PTR_TO_MAP_VALUE,
-                                                           PTR_TO_MEM, PTR_TO_ARENA):
+                                                           PTR_TO_MEM, PTR_TO_ARENA,
+                                                           CONST_PTR_TO_MAP):
+            # check_mem_access checks the (strict) alignment before the pointer's type
+            _check_alignment(chk, dst, insn.off, size, True)
             chk.error(f"R{insn.dst} invalid mem access '{dst.type_str()}'")
     fetch = op.startswith("fetch_") or op in ("xchg", "cmpxchg")
     load_reg = (0 if op == "cmpxchg" else insn.src) if fetch else -1
