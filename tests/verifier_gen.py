@@ -7,6 +7,11 @@ Two sources, both seeded and reproducible:
   packet pointers checked (or not) against data_end, a map lookup null-checked (or not), map
   value, stack and packet accesses at offsets near the edges, scalar ALU and bounds from forward
   branches, pointer arithmetic, spills and fills, helper calls, an occasional bounded loop.
+- with ``--extra``, 40% of a random program's statements come from :meth:`_Gen.extra_stmt`
+  (atomics on every pointer kind, ALU on pointers, partial spills, immediate stores, variable
+  stack offsets, pointer comparisons, helpers taking memory and sizes, 32-bit bounds of 64-bit
+  values, signed division, sign-extending loads); with ``--bounds SHARE`` that share of the
+  random programs are :func:`bounds_program`\ s (scalar bounds only, read through accesses).
 - :func:`mutate`: an accepted corpus program (tests/verifier/) with one to three instruction
   edits: a field flipped (register, opcode within its class, JMP<->JMP32, ALU<->ALU64, access
   size), an offset or immediate changed, a conditional jump dropped (a bounds or NULL check
@@ -486,6 +491,11 @@ class _Gen:
 
 
 def bounds_program(rng: random.Random, ptype: str):
+    """:func:`bounds_text`, assembled."""
+    return fast_assemble(bounds_text(rng, ptype))
+
+
+def bounds_text(rng: random.Random, ptype: str) -> str:
     """A program about scalar bounds only (``--bounds``): unknown values of every width and
     signedness from a map value, chains of 64- and 32-bit ALU ops (signed division, swaps,
     sign extension, negation), copies linked to their source (also with a constant added),
@@ -550,7 +560,7 @@ def bounds_program(rng: random.Random, ptype: str):
     out += body
     a = r.choice(regs)
     out += ["goto out", "acc:", *access(r, a, vsize), "out:", "r0 = 0", "exit"]
-    return fast_assemble(re.sub(r"\+ -(\d)", r"- \1", "\n".join(out)))
+    return re.sub(r"\+ -(\d)", r"- \1", "\n".join(out))
 
 
 def access(r: random.Random, a: int, vsize: int) -> list[str]:
