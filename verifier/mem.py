@@ -73,6 +73,20 @@ def adjust_reg(chk, op: str, dst: Reg, src: Reg, is64: bool, insn, src_is_reg: b
     return r
 
 
+def scalar_id_before_mov(chk, reg: Reg) -> Reg:
+    """assign_scalar_id_before_mov: a scalar about to be copied (rX = rY, a spill) shares a
+    fresh id with its copy. One linked to another by a constant (rY += K, SCALAR_ADD_CONST)
+    leaves that link first: the kernel clears its id and offset, so neither the source nor
+    its copy learns from a later compare of the register it was K apart from."""
+    if reg.type != SCALAR_VALUE:
+        return reg
+    if reg.flags & SCALAR_ADD_CONST:
+        reg = reg.replace(id=0, off=0, flags=reg.flags & ~SCALAR_ADD_CONST)
+    if not reg.id and not reg.var.is_const():
+        reg = reg.replace(id=chk.new_id())
+    return reg
+
+
 def adjust_ptr(chk, op: str, ptr: Reg, off: Reg, is64: bool, insn, scalar_is_dst: bool,
                src_is_reg: bool = True) -> Reg:
     """adjust_ptr_min_max_vals: pointer +/- scalar (the kernel's rules for root)."""
@@ -138,8 +152,11 @@ def _sane_offset(chk, reg: Reg, ptype) -> None:
     val = v.smin if known else 0
     if known and (val >= BPF_MAX_VAR_OFF or val <= -BPF_MAX_VAR_OFF):
         chk.error(f"math between {tstr} pointer and {val} is not allowed", errno.EINVAL)
-    if reg.off >= BPF_MAX_VAR_OFF or reg.off <= -BPF_MAX_VAR_OFF:
-        chk.error(f"{tstr} pointer offset {reg.off} is not allowed", errno.EINVAL)
+    # a linked scalar's distance to its copies (BPF_ADD_CONST) is not an offset: the kernel
+    # keeps it apart from reg->off
+    off = reg.off if reg.type != SCALAR_VALUE else 0
+    if off >= BPF_MAX_VAR_OFF or off <= -BPF_MAX_VAR_OFF:
+        chk.error(f"{tstr} pointer offset {off} is not allowed", errno.EINVAL)
     if v.smin == S64_MIN:
         chk.error(f"math between {tstr} pointer and register with unbounded min value is not "
                   f"allowed", errno.EINVAL)
@@ -452,9 +469,11 @@ def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -
     cur_frame = chk.state.cur
     if reg is not None and aligned8 and reg.type == SCALAR_VALUE:
         fits = _reg_width(reg) <= 8 * size
-        if fits and not reg.id and not reg.var.is_const():
-            reg = reg.replace(id=chk.new_id())      # link the spill with the register
-            chk.set_reg(value_regno, reg)
+        if fits:
+            linked = scalar_id_before_mov(chk, reg)     # link the spill with the register
+            if linked is not reg:
+                reg = linked
+                chk.set_reg(value_regno, reg)
         _save_spill(frame, spi, slot, reg if fits else reg.replace(id=0), size)
         precision.push_flags(chk, stack=(frame.frameno, spi))       # a spill: backtrackable
     elif reg is None and aligned8 and imm is not None:
