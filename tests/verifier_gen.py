@@ -11,7 +11,7 @@ Two sources, both seeded and reproducible:
   (atomics on every pointer kind, ALU on pointers, partial spills, immediate stores, variable
   stack offsets, pointer comparisons, helpers taking memory and sizes, 32-bit bounds of 64-bit
   values, signed division, sign-extending loads); with ``--bounds SHARE`` that share of the
-  random programs are :func:`bounds_program`\ s (scalar bounds only, read through accesses).
+  random programs come from :func:`bounds_program` (scalar bounds only, read through accesses).
 - :func:`mutate`: an accepted corpus program (tests/verifier/) with one to three instruction
   edits: a field flipped (register, opcode within its class, JMP<->JMP32, ALU<->ALU64, access
   size), an offset or immediate changed, a conditional jump dropped (a bounds or NULL check
