@@ -555,6 +555,8 @@ def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> Non
         return
     if r0.type != NOT_INIT and r0.flags & PTR_MAYBE_NULL:
         r0 = r0.replace(id=chk.new_id())
+    elif r0.type == PTR_TO_MAP_VALUE and spin_lock.may_point_to_spin_lock(r0):
+        r0 = r0.replace(id=chk.new_id())    # a never-NULL element (constant key): its lock's id
     if hid == protos.HELPER_IDS["dynptr_data"] and meta.dynptr is not None:
         # a data slice: tied to its dynptr (destroying the dynptr invalidates it)
         r0 = r0.replace(ref_obj_id=meta.dynptr[2])
