@@ -655,6 +655,24 @@ def _compat_error(prog, m, prog_type: str) -> str | None:
     return None
 
 
+def missing_map(by_index: bool, imm: int) -> tuple[str, str, int]:
+    """(log note, message, errno) for an ld_imm64 whose map fd or index names no map.
+
+    The kernel reads a map index from the loader's ``fd_array`` (``fd_array[imm]``, unchecked:
+    past its end is whatever follows) and then says ``fd N is not pointing to valid bpf_map``.
+    pybpf's fd_array is the program's declared maps followed by zeros (as a zero-padded
+    ``fd_array`` reads, tests/kernel_verifier.py's too), and fd 0 is never a map: so an index
+    past the declared maps is the kernel's ``fd 0`` line, after a note naming the index. A
+    negative index reads before the array (the kernel's answer is whatever memory is there):
+    pybpf says it is out of range."""
+    if not by_index:
+        return "", f"fd {imm} is not pointing to valid bpf_map", errno.EBADF
+    if imm < 0:
+        return "", f"map index {imm} out of range", errno.EINVAL
+    return (f"map index {imm} is past the program's declared maps (fd_array entries past them "
+            f"read as fd 0)", "fd 0 is not pointing to valid bpf_map", errno.EINVAL)
+
+
 def resolve_pseudo_ldimm64(prog, env, prog_type: str) -> None:
     """The kernel's resolve_pseudo_ldimm64, before every other check: each ld_imm64 in
     instruction order, reachable or not. A BTF id (pybpf has no kernel BTF), a map reference
@@ -680,9 +698,9 @@ def resolve_pseudo_ldimm64(prog, env, prog_type: str) -> None:
         by_index = op.startswith("map_idx")
         m = env.map_by_index(insn.imm) if by_index else env.map_by_fd(insn.imm)
         if m is None:
-            if by_index:
-                fail(f"map index {insn.imm} out of range", pc)
-            fail(f"fd {insn.imm} is not pointing to valid bpf_map", pc, errno.EBADF)
+            note, msg, err = missing_map(by_index, insn.imm)
+            raise VerifierError(msg, pc, log="".join(f"{t}\n" for t in (note, msg) if t),
+                                errno=err)
         key = id(m.value if m.value is not None else m)
         if key not in seen:                         # __add_used_map: each map checked once
             seen.add(key)
