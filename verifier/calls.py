@@ -810,6 +810,12 @@ def check_kfunc_call(chk, pc: int, insn):
         base, kflags = split_kind(kind)
         if base == protos.KF_ARG_IGNORE:
             continue
+        if base == protos.KF_ARG_PTR_TO_MEM_SIZE and chk.reg(regno + 1).type != SCALAR_VALUE:
+            # get_kfunc_ptr_arg_type: the next argument is the buffer's size only when its
+            # register holds a scalar (an unset one does not); else the buffer is plain memory,
+            # which a ``void *`` (bpf_dynptr_slice's, the only such buffer) cannot be
+            chk.error(f"arg#{i} pointer type UNKNOWN  must point to scalar, or struct with "
+                      "scalar", errno.EINVAL)
         # check_kfunc_args reads scalar arguments without check_reg_arg: an uninitialised one
         # is "R2 is not a scalar", not "R2 !read_ok"
         reg = chk.reg(regno) if base in _KF_NO_READ_CHECK else chk.check_reg_read(regno)
@@ -915,7 +921,8 @@ def check_kfunc_call(chk, pc: int, insn):
 # check its kind meets (measured: tests/verifier/strings, dynptr, iters, special)
 _KF_NO_READ_CHECK = frozenset({protos.KF_ARG_SCALAR, protos.KF_ARG_CONST,
                                protos.KF_ARG_PTR_TO_MAP, protos.KF_ARG_PTR_TO_CTX,
-                               protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_ITER})
+                               protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_ITER,
+                               protos.KF_ARG_PTR_TO_MEM_SIZE})
 # the pointer kinds whose offsets check_func_arg_reg_off checks first (a map pointer's after
 # "isn't map pointer"; graph kfuncs: verifier/graph.py)
 _KF_REG_OFF_FIRST = frozenset({protos.KF_ARG_PTR_TO_CTX, protos.KF_ARG_PTR_TO_DYNPTR,
