@@ -207,6 +207,11 @@ def check_helper_call(chk, pc: int, insn) -> None:
     hid = insn.imm
     spin_lock.check_call_allowed(chk, hid, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.helper(hid))
+    awaiting = proto is None and hid in protos.AWAITING_IMPLEMENTATION
+    if awaiting:
+        # a kernel helper pybpf knows the prototype of but cannot run yet: its arguments are
+        # checked first, as the kernel checks them, and the call is refused after them
+        proto = protos.HELPERS[hid]
     msg = protos.unknown_helper_message(hid, chk.prog_type, proto, chk.attach_type)
     if msg:
         chk.error(msg, errno.EINVAL)
@@ -221,6 +226,8 @@ def check_helper_call(chk, pc: int, insn) -> None:
     meta = CallMeta(hid, proto.pkt_access)
     for i in range(5):
         check_func_arg(chk, i, meta, proto)
+    if awaiting:
+        chk.error(f"helper {func_id_name(hid)}#{hid} is not implemented by pybpf", errno.EINVAL)
     _record_func_map(chk, meta, hid)
     _record_func_key(chk, meta, hid)
     if hid == protos.HELPER_IDS["dynptr_from_mem"] and regs_type(chk, 1) != PTR_TO_MAP_VALUE:
