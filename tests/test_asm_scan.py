@@ -95,8 +95,8 @@ def corpus_texts(styles=(*STYLES, "objdump")) -> list[str]:
     return texts + listed + [t for t, *_ in _ERROR_CASES]
 
 
-@pytest.fixture(scope="module")
-def corpus():
+@pytest.fixture
+def corpus(conformance_dir):
     return corpus_texts()
 
 
@@ -131,7 +131,7 @@ def test_scanner_reads_random_lines_as_the_grammar(line):
 FULL = os.environ.get("PYBPF_ASM_DIFF") == "1"
 
 
-def test_fast_path_assembles_the_corpus_as_the_reference(monkeypatch):
+def test_fast_path_assembles_the_corpus_as_the_reference(conformance_dir, monkeypatch):
     # a tiny cache (emptied every few statements) and tiny chunks must change nothing either
     texts = corpus_texts() if FULL else corpus_texts(styles=("objdump",))
     configs = [(3, 5)] + ([(lines.CACHE_ENTRIES, lines.CHUNK_LINES)] if FULL else [])
@@ -163,11 +163,12 @@ def test_fast_path_assembles_random_text_as_the_reference(text, syntax):
 
 
 def test_memory_per_statement_is_bounded():
-    # 50,000 labelled loads: the listing is read a chunk at a time and each distinct statement
+    # 20,000 labelled loads: the listing is read a chunk at a time and each distinct statement
     # is analysed once, so what is held is the Program and the labels. Measured (tracemalloc
-    # peak): 446 bytes per line; 4,376 when every statement's tokens and forms were kept.
-    n = 50_000
+    # peak): 431 bytes per line; 4,376 when every statement's tokens and forms were kept.
+    n = 20_000
     text = "".join(f"l{i}: r0 = *(u32 *)(r10 - 8)\n" for i in range(n)) + "exit\n"
+    assemble("exit")        # the ISA table's patterns are built once per process, not here
     tracemalloc.start()
     try:
         prog = assemble(text)
