@@ -5,6 +5,14 @@
 #include "corpus.h"
 #include "kfuncs.h"
 
+/* copies between dynptrs and fills (kernel/bpf/helpers.c), the skb metadata dynptr
+ * (net/core/filter.c: tc only); Linux 6.18 prototypes */
+extern int bpf_dynptr_copy(struct bpf_dynptr *dst_ptr, __u32 dst_off, struct bpf_dynptr *src_ptr,
+			   __u32 src_off, __u32 size) __weak __ksym;
+extern int bpf_dynptr_memset(struct bpf_dynptr *p, __u32 offset, __u32 size, __u8 val) __weak __ksym;
+extern int bpf_dynptr_from_skb_meta(struct __sk_buff *skb_, __u64 flags,
+				    struct bpf_dynptr *ptr__uninit) __weak __ksym;
+
 #define NRES 16
 
 struct res { __s32 r[NRES]; };

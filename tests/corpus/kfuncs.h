@@ -66,13 +66,6 @@ extern bool bpf_dynptr_is_rdonly(const struct bpf_dynptr *p) __weak __ksym;
 extern __u32 bpf_dynptr_size(const struct bpf_dynptr *p) __weak __ksym;
 extern int bpf_dynptr_clone(const struct bpf_dynptr *p,
 			    struct bpf_dynptr *clone__uninit) __weak __ksym;
-/* copies between dynptrs and fills (kernel/bpf/helpers.c), the skb metadata dynptr
- * (net/core/filter.c: tc only) */
-extern int bpf_dynptr_copy(struct bpf_dynptr *dst_ptr, __u32 dst_off, struct bpf_dynptr *src_ptr,
-			   __u32 src_off, __u32 size) __weak __ksym;
-extern int bpf_dynptr_memset(struct bpf_dynptr *p, __u32 offset, __u32 size, __u8 val) __weak __ksym;
-extern int bpf_dynptr_from_skb_meta(struct __sk_buff *skb_, __u64 flags,
-				    struct bpf_dynptr *ptr__uninit) __weak __ksym;
 
 /* for (i = start; i < end; i++) through an iterator; the range check after each step hands the
  * verifier i's bounds. The cast-to-void reference keeps clang emitting the destructor's BTF. */
