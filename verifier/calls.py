@@ -49,6 +49,7 @@ from .state import (CONST_PTR_TO_DYNPTR, CONST_PTR_TO_MAP, MEM_ALLOC, MEM_RDONLY
                     PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_SOCK_COMMON, PTR_TO_SOCKET,
                     PTR_TO_STACK, PTR_TO_TCP_SOCK, PTR_TO_XDP_SOCK, PTR_TRUSTED, SCALAR_VALUE,
+                    SCALAR_ADD_CONST,
                     FuncState, Reg, type_str)
 
 BPF_MAX_VAR_SIZ = 1 << 29
@@ -402,13 +403,20 @@ def _pkt_ok(chk, meta: CallMeta) -> bool:
     return chk.prog_type in _DIRECT_PKT and meta.pkt_access
 
 
+def _type_flags(reg: Reg) -> int:
+    """The flags that are part of the register's type. A linked scalar's SCALAR_ADD_CONST
+    (the kernel keeps BPF_ADD_CONST in the id, not the type) is not: r2 = r0; r2 += 4 is
+    still a plain scalar argument."""
+    return reg.flags & ~SCALAR_ADD_CONST if reg.type == SCALAR_VALUE else reg.flags
+
+
 def check_reg_type(chk, regno: int, base: str, flags: frozenset) -> None:
     """check_reg_type: the register's type must be one ``base`` accepts (flags folded)."""
     reg = chk.reg(regno)
     compatible = COMPATIBLE.get(base)
     if compatible is None:
         chk.error(f"verifier bug: unsupported arg type {base}", errno.EFAULT)
-    rflags = reg.flags
+    rflags = _type_flags(reg)
     for f in flags:
         rflags &= ~_FLAG_BITS.get(f, 0)
     if (reg.type, rflags) in compatible:
@@ -427,7 +435,7 @@ def check_func_arg_reg_off(chk, reg: Reg, regno: int, base: str, flags: frozense
                       f"arg to kfunc", errno.EINVAL)
         _check_ptr_off_reg(chk, reg, regno, fixed_off_ok=False)
         return
-    if (reg.type, reg.flags) in _OFFSET_OK or _is_mem_buffer(chk, reg):
+    if (reg.type, _type_flags(reg)) in _OFFSET_OK or _is_mem_buffer(chk, reg):
         return
     _check_ptr_off_reg(chk, reg, regno, fixed_off_ok=reg.type == PTR_TO_BTF_ID)
 
@@ -1045,15 +1053,9 @@ def _map_elem_callback(chk, pc: int, meta: CallMeta) -> None:
     if m is None or m.type not in _FOR_EACH_MAPS:
         chk.error("callback function not allowed for map", errno.ENOTSUPP
                   if hasattr(errno, "ENOTSUPP") else 524)
-    # The kernel pushes the callback every time and relies on pruning, where imprecise scalars
-    # (a count kept in ctx) compare equal; pybpf tracks no precision, so a callback that counts
-    # would never prune. A walk visits at most max_entries elements: past that many unrolled
-    # iterations the callback is not pushed again (sound: every real walk is covered).
-    caller = chk.state.cur
-    if getattr(caller, "callback_depth", 0) >= max(m.max_entries, 1):
-        _set_depth(caller, 0)
-        return
-
+    # push_callback_call every time, as the kernel does: the walk ends where is_state_visited
+    # prunes the call site (imprecise scalars compare equal, so a count kept in ctx converges;
+    # a precise one never does and runs into the 1,000,000-instruction limit, as in the kernel)
     def setup(callee, caller_regs):
         callee.regs[1] = caller_regs[1]
         callee.regs[2] = Reg.pointer(PTR_TO_MAP_KEY, map=m, origin=chk.origin("the element's key"))

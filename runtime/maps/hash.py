@@ -220,7 +220,7 @@ class HashMap(Map):
                     return 0
                 flags &= ~BPF_F_LOCK
             value = btf_fields.without_lock(self, value)    # a new element's lock is free
-        if self.kptr_fields and not self.percpu:
+        if self.kptr_fields:
             value = btf_fields.without_kptrs(self, value)   # a new element's kptrs are NULL
         while True:
             with self._lock:
@@ -242,7 +242,11 @@ class HashMap(Map):
         if slot is not None and self.percpu:
             # per-cpu values are updated in place, all CPUs' from user space or this CPU's
             # (__htab_percpu_map_update_elem): the element keeps its place in its chain
-            self._write_value(slot, value, onallcpus, new=False)
+            if self.kptr_fields:        # pcpu_copy_value: the copy's kptrs are kept, then freed
+                btf_fields.copy_percpu(self, self.elems_address + slot * self.elem_size
+                                       + self.value_off, value, onallcpus)
+            else:
+                self._write_value(slot, value, onallcpus, new=False)
             if self.lru:                # an update makes the element the most recent
                 self._slots[key] = self._slots.pop(key)
                 self._view[self._elem_off(slot) + OFF_REF] = 0
