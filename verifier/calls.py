@@ -264,7 +264,11 @@ def check_helper_call(chk, pc: int, insn) -> None:
     _set_return(chk, pc, hid, proto, meta)
     if meta.map is not None:
         _check_map_func_compatibility(chk, meta.map, hid)
-    if getattr(proto, "changes_pkt_data", False):
+    if getattr(proto, "changes_pkt_data", False) or (
+            hid == protos.HELPER_IDS["dynptr_write"] and meta.dynptr is not None
+            and meta.dynptr[0] in (dynptr.SKB, dynptr.SKB_META)):
+        # a write into an skb (or its metadata) may unclone and move it: check_helper_call's
+        # BPF_FUNC_dynptr_write case sets changes_data for those dynptr types
         clear_all_pkt_pointers(chk)
 
 
@@ -792,10 +796,9 @@ def subprog_changes_pkt_data(chk, start: int) -> bool:
 def clear_all_pkt_pointers(chk) -> None:
     """After a helper that may move the packet: every packet pointer is invalid, and so is
     every packet slice of a dynptr (reg_is_dynptr_slice_pkt)."""
-    pkt_slice = dynptr.DYNPTR_TYPE_SKB | dynptr.DYNPTR_TYPE_XDP
     chk.state.map_regs(lambda r: _mark_invalid(r) if r.type in (
         PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_PACKET_END) or (
-        r.type == PTR_TO_MEM and r.flags & pkt_slice) else None)
+        r.type == PTR_TO_MEM and r.flags & dynptr.PKT_SLICE) else None)
 
 
 # --- kfuncs --------------------------------------------------------------------------------------
@@ -870,7 +873,8 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"arg#{i} expected pointer to ctx, but got {reg.type_str()}",
                           errno.EINVAL)
         elif base == protos.KF_ARG_PTR_TO_DYNPTR:
-            want = {"bpf_dynptr_from_skb": "skb", "bpf_dynptr_from_xdp": "xdp"}.get(name)
+            want = {"bpf_dynptr_from_skb": dynptr.SKB, "bpf_dynptr_from_xdp": dynptr.XDP,
+                    "bpf_dynptr_from_skb_meta": dynptr.SKB_META}.get(name)
             clone_ref = 0
             if name == "bpf_dynptr_clone" and protos.MEM_UNINIT in kflags:
                 # the clone is of its parent's type and shares a refcounted parent's reference
@@ -879,6 +883,8 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk, regno, pc, uninit=protos.MEM_UNINIT in kflags,
                 rdonly=reg.type == CONST_PTR_TO_DYNPTR, want_type=want, meta=meta,
                 clone_ref_obj_id=clone_ref)
+            if i == 0:
+                meta["first_dynptr"] = meta.get("dynptr")
         elif base == protos.KF_ARG_PTR_TO_MEM_SIZE:
             # a buffer and its constant size (``__opt`` buffers may be NULL)
             size_reg = chk.check_reg_read(regno + 1)
@@ -905,6 +911,14 @@ def check_kfunc_call(chk, pc: int, insn):
         if name == graph.RB_ADD:
             graph.rbtree_callback(chk, pc, meta)     # before the call clobbers r1-r5
     special_kfuncs.check_rcu(chk, proto)
+    if name in DYNPTR_WRITERS and meta.get("first_dynptr") and \
+            meta["first_dynptr"][0] in (dynptr.SKB, dynptr.SKB_META):
+        # a copy or fill into an skb (or its metadata) dynptr may write through
+        # __bpf_dynptr_write, which may unclone the skb: Linux 6.18 as measured here
+        # invalidates every packet pointer and packet slice, as after bpf_dynptr_write
+        # (tests/verifier/dynptr/memset_keeps_slice.vt, skb_meta_memset_drops_slice.vt);
+        # an xdp destination or an skb source keeps them
+        clear_all_pkt_pointers(chk)
     if proto.name == special_kfuncs.THROW:
         special_kfuncs.check_throw(chk)
         return False                # an exception exit: this path ends here
@@ -932,6 +946,8 @@ def check_kfunc_call(chk, pc: int, insn):
         _set_r0(chk, Reg.scalar(None, chk.origin(name)))
 
 
+# kfuncs whose first argument is a dynptr they write into
+DYNPTR_WRITERS = frozenset({"bpf_dynptr_copy", "bpf_dynptr_memset"})
 # check_kfunc_args never runs check_reg_arg on an argument: an unset register fails the first
 # check its kind meets (measured: tests/verifier/strings, dynptr, iters, special)
 _KF_NO_READ_CHECK = frozenset({protos.KF_ARG_SCALAR, protos.KF_ARG_CONST,

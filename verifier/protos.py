@@ -683,6 +683,22 @@ _KFUNC_ROWS = (
               name="bpf_dynptr_slice_rdwr", kfunc_flags=frozenset({KF_RET_NULL}),
               c_decl="void *bpf_dynptr_slice_rdwr(const struct bpf_dynptr *p, u32 offset, "
                      "void *buffer__opt, u32 buffer__szk)"),
+    # dynptr copies and fills, the skb metadata dynptr (kernel/bpf/helpers.c common_btf_ids,
+    # net/core/filter.c bpf_kfunc_set_skb_meta: sched_cls and sched_act only; prototypes from
+    # the running 6.18 kernel's BTF; runtime/kfuncs_dynptr.py)
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR, KF_ARG_SCALAR, KF_ARG_PTR_TO_DYNPTR,
+                            KF_ARG_SCALAR, KF_ARG_SCALAR),
+              name="bpf_dynptr_copy",
+              c_decl="int bpf_dynptr_copy(struct bpf_dynptr *dst_ptr, u32 dst_off, "
+                     "struct bpf_dynptr *src_ptr, u32 src_off, u32 size)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR, KF_ARG_SCALAR, KF_ARG_SCALAR, KF_ARG_SCALAR),
+              name="bpf_dynptr_memset",
+              c_decl="int bpf_dynptr_memset(struct bpf_dynptr *p, u32 offset, u32 size, u8 val)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_CTX, KF_ARG_SCALAR,
+                            KF_ARG_PTR_TO_DYNPTR + "|" + MEM_UNINIT),
+              name="bpf_dynptr_from_skb_meta", prog_types=frozenset({"sched_cls", "sched_act"}),
+              c_decl="int bpf_dynptr_from_skb_meta(struct __sk_buff *skb_, u64 flags, "
+                     "struct bpf_dynptr *ptr__uninit)"),
     # allocated objects and graph data structures (kernel/bpf/helpers.c; verifier/graph.py,
     # runtime/kfuncs_graph.py). generic_kfunc_set's program types, as bpf_throw's above.
     *(Prototype(ret, args, name=name, kfunc_flags=frozenset(flags), prog_types=_GENERIC,
