@@ -278,7 +278,7 @@ def test_number_formats():
 def test_program_metadata():
     text = """
     .map counts type=hash key=4 value=8 max_entries=64
-    .map cfg type=array key=4 value=16 max_entries=1 flags=1024
+    .map cfg type=array key=4 value=16 max_entries=1 flags=1024 lock=4
     entry:
         r1 = map[counts] ll
         r2 = map_value[cfg] + 8 ll
@@ -295,7 +295,8 @@ def test_program_metadata():
         exit
     """
     p = assemble(text, filename="m.s", kfuncs={"my_kfunc": 99})
-    assert p.maps == [MapDecl("counts", "hash", 4, 8, 64), MapDecl("cfg", "array", 4, 16, 1, flags=1024)]
+    assert p.maps == [MapDecl("counts", "hash", 4, 8, 64), MapDecl("cfg", "array", 4, 16, 1, flags=1024,
+                                                                    spin_lock_off=4)]
     assert p.functions == {0: "entry", 14: "helper_fn"}
     assert p.labels == {0: "entry", 14: "helper_fn", 15: "out"}
     assert p.kfuncs == {1001: "bpf_arena_alloc_pages", 99: "my_kfunc"}

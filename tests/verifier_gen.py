@@ -692,9 +692,9 @@ class Tally:
             f"rejections whose message matches the kernel's last log line: {self.message_match} of "
             f"{self.both_reject} = {pct(self.message_match, self.both_reject)}",
             f"  of the {self.both_reject - self.message_match} mismatches, {self.past_maps()} are "
-            f"map indexes past the program's maps (pybpf 'map index N out of range'; the kernel "
-            f"reads the harness's fd_array past them, zero padding: 'fd 0 is not pointing to "
-            f"valid bpf_map'): no message of the kernel's to match",
+            f"map indexes outside the harness's zero-padded fd_array (negative, or past its "
+            f"{kv.FD_ARRAY_PAD} entries: the kernel reads whatever memory is there): no message "
+            f"of the kernel's to match",
             f"pybpf crashes (non-VerifierError): {len(self.crashes)}",
             f"kernel internal errors ('verifier bug: ...', not verdicts, not counted above): "
             f"{len(self.kernel_bugs)}",
@@ -704,11 +704,12 @@ class Tally:
 
 
     def past_maps(self) -> int:
-        """Mismatched messages of programs that reference a map index past their maps: the
-        kernel's message there depends on the harness's fd_array (kernel_verifier pads it with
-        zeros), not on the program."""
-        return sum(n for (_k, p), n in self.mismatched_messages.items()
-                   if re.fullmatch(r"map index -?\d+ out of range", p))
+        """Mismatched messages of programs that reference a map index outside the harness's
+        fd_array (kernel_verifier pads it with zeros to FD_ARRAY_PAD entries, which pybpf's
+        'fd 0' matches): the kernel's message there depends on the memory around it."""
+        return sum(n for (k, p), n in self.mismatched_messages.items()
+                   if re.fullmatch(r"map index -\d+ out of range", p) or
+                   p == "fd 0 is not pointing to valid bpf_map" and k != p)
 
     def count(self, ptype: str, key: str) -> None:
         row = self.per_type.setdefault(ptype, Counter())

@@ -841,9 +841,11 @@ def _lddw(chk: Checker, pc, form, insn):
         if m is not None:
             chk.map_cache[ck] = m
     if m is None:
-        if by_index:
-            chk.error(f"map index {insn.imm} out of range", errno.EINVAL)
-        chk.error(f"fd {insn.imm} is not pointing to valid bpf_map", errno.EBADF)
+        from .calls import missing_map
+        note, msg, err = missing_map(by_index, insn.imm)
+        if note:
+            chk.log.line(note)
+        chk.error(msg, err)
     what = f"map '{m.name}'" if m.name else "a map"
     if op in ("map_fd", "map_idx"):
         chk.set_reg(insn.dst, Reg.pointer(CONST_PTR_TO_MAP, map=m, origin=chk.origin(what)))

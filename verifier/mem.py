@@ -970,9 +970,9 @@ def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:
                 getattr(r.map, "inner", None) is not None:
             # a map-in-map lookup: the value is the inner map (inner_map_meta)
             return Reg.pointer(CONST_PTR_TO_MAP, map=r.map.inner, origin=r.origin)
-        # reg_may_point_to_spin_lock: an allocated object with its own lock keeps its id, which
-        # names the lock held (verifier/spin_lock.py)
-        keep = r.type == PTR_TO_BTF_ID and getattr(r.btf_type, "spin_lock_off", -1) >= 0
+        # reg_may_point_to_spin_lock: a map value whose map has a lock, or an allocated object
+        # with its own lock, keeps its id, which names the lock held (verifier/spin_lock.py)
+        keep = spin_lock.may_point_to_spin_lock(r)
         return r.replace(flags=r.flags & ~PTR_MAYBE_NULL, id=r.id if keep else 0)
     state.map_regs(fix)
     if is_null:
