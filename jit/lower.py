@@ -20,8 +20,9 @@ aborts when a Python helper raised (the shared bridge of :mod:`pybpf.jit.helper_
 it and leaves the exception set), when the ``unwind`` helper returned 0 or when ld_abs/ld_ind
 went out of bounds; the flag travels back up the frames in the second return value (the
 run-state word, kept in a register: no shared memory, so threads cannot disturb each other) and
-the entry returns 0. Programs that make tail calls add a tail-call count pointer to every
-function and have an ``<entry>.tail`` body (:mod:`pybpf.jit.calls`).
+the entry returns 0. Programs that make tail calls, or whose ld_abs/ld_ind read the run's packet
+descriptor, add a chain-record pointer (tail-call count, packet descriptor) to every function
+and have an ``<entry>.tail`` body (:mod:`pybpf.jit.calls`).
 
 Frame records. A program that calls helpers or kfuncs through the Python bridge keeps a chain
 of 16-byte records on the native stack, one per active BPF frame (the layout is
@@ -169,16 +170,18 @@ class ModuleLowerer:
             may_abort = True
             self.helpers.force_gil = True
         tail = calls.has_tail_calls(self, decoded)
+        # the chain record (jit/calls.py): tail calls count in it, ld_abs finds the run's packet
+        chain = tail or calls.reads_run_packet(decoded, env)
         frames = calls.calls_python_helpers(self, decoded, env)     # keeps frame records
         # r10 is read-only for the verifier; the interpreter makes the same check.
         fp_fixed = not any(10 in written_regs(f, i) for _, f, i in decoded)
-        tcc = [PTR] if tail else []        # the tail-call count, shared along a chain
+        tcc = [PTR] if chain else []        # the chain record, shared along a chain
         extra = ([I64] if frames else []) + tcc     # subprograms: the caller's frame record too
         functions: dict[int, ir.Function] = {}
         for sp in cfg.subprogs:
             if sp.start == 0:
                 fnty = ir.FunctionType(I64, [I64] * _MAIN_ARGS + tcc)
-                fn = cg.bpf_function(self.module, fnty, f"{entry}.tail" if tail else entry)
+                fn = cg.bpf_function(self.module, fnty, f"{entry}.tail" if chain else entry)
             else:
                 ret = ABORT_RET if may_abort else I64
                 name = f"{entry}.{_symbol(sp.name)}"
@@ -188,11 +191,12 @@ class ModuleLowerer:
                 fn = cg.bpf_function(self.module, ir.FunctionType(ret, [I64] * _SUB_ARGS + extra),
                                      name, internal=True)
             functions[sp.start] = fn
+        if chain:
+            calls.define_tail_wrapper(self, functions[0], entry, env.packet_desc)
         if tail:
-            calls.define_tail_wrapper(self, functions[0], entry)
             self.helpers.force_gil = True
         self.tail_entries[entry] = functions[0].name
-        program = ProgramInfo(prog, functions, may_abort, values64, fp_fixed, env, cfg, tail,
+        program = ProgramInfo(prog, functions, may_abort, values64, fp_fixed, env, cfg, chain,
                               calls.func_value)
         program.loaded = loaded
         program.frames = frames
@@ -279,7 +283,7 @@ class FunctionLowerer:
         self.fp_fixed = program.fp_fixed  # r10 is never written: frame slots are addressed by GEP
         self.env, self.arena = program.env, program.arena
         self.fn = self.functions[sp.start]
-        self.tcc = self.fn.args[-1] if program.tail else None   # ptr to the tail-call count
+        self.tcc = self.fn.args[-1] if program.tail else None   # ptr to the chain record
         self.is_main = sp.start == 0
         # frame records (module docstring): the caller's record (an argument; 0 for the
         # entry function), this function's record as an i64 (set by the prologue), whether
