@@ -199,7 +199,9 @@ class _Emitter:
                   for k, s in enumerate(order)}
         self.valid, self.bounds, self.abort = valid, bounds, ("abort",)
         from pybpf.jit.calls import reads_run_packet
+        from pybpf.jit.lower import btf_accesses
         self.chain = reads_run_packet(decoded, env)
+        self.null_checked = btf_accesses(decoded, env)
         if self.chain and any(f.kind == "call" and f.op == "local" and pc + 1 + i.imm == 0
                               for pc, f, i in decoded):
             raise Unsupported("a call to the entry of a program keeping the run's packet "
@@ -475,13 +477,29 @@ class _Emitter:
         else:
             a.rm(b"\x89", s, base, off, 1 if size == 8 else 0)
 
+    def _null_check(self, r: int, off: int, size: int, kind: str) -> None:
+        """A verified access through a BTF object pointer that is NULL: the interpreter's
+        MemoryAccessError (jit/lower.py btf_accesses)."""
+        if self.pc not in self.null_checked:
+            return
+        from pybpf.jit.lower import null_fault
+        a, ok = self.a, self.fresh()
+        a.rr(b"\x85", REG[r], REG[r], 1)                        # test base, base
+        a.jcc(CC["nz"], ok)
+        self._bridge_call(null_fault(self.pc, off, size, kind), 0, save=False)
+        a.jmp(self.abort)
+        a.label(ok)
+
     def _emit_ldx(self, form, insn) -> None:
+        self._null_check(insn.src, insn.off, form.size, "read")
         self._load(REG[insn.dst], REG[insn.src], insn.off, form.size, form.signed)
 
     def _emit_stx(self, form, insn) -> None:
+        self._null_check(insn.dst, insn.off, form.size, "write")
         self._store(REG[insn.src], REG[insn.dst], insn.off, form.size)
 
     def _emit_st(self, form, insn) -> None:
+        self._null_check(insn.dst, insn.off, form.size, "write")
         a, size, base, imm = self.a, form.size, REG[insn.dst], insn.imm
         if size == 1:
             a.rm(b"\xC6", 0, base, insn.off, 0)
@@ -498,6 +516,11 @@ class _Emitter:
     def _emit_atomic(self, form, insn) -> None:
         a, op, size = self.a, form.op, form.size
         w = 1 if size == 8 else 0
+        if op == "load_acq":
+            self._null_check(insn.src, insn.off, size, "read")
+        else:
+            self._null_check(insn.dst, insn.off, size,
+                             "write" if op == "store_rel" else "atomic access")
         if op == "load_acq":           # x86 loads are acquire loads, stores release stores
             self._load(REG[insn.dst], REG[insn.src], insn.off, size, False)
             return

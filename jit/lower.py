@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from pybpf import isa
-from pybpf.errors import BPFError, JITError, VMError
+from pybpf.errors import BPFError, JITError, MemoryAccessError, VMError
 from pybpf.insn import imm64
 from pybpf.jit import arena as arena_mem
 from pybpf.jit import calls
@@ -164,6 +164,8 @@ class ModuleLowerer:
         decoded = prog.instructions()
         may_abort = any((f.kind in ("call", "callx") and f.op != "local") or f.kind == "ldabs"
                         for _, f, _ in decoded)
+        null_checked = btf_accesses(decoded, env)
+        may_abort = may_abort or bool(null_checked)
         if env.budget_cell and not env.verified:
             # runaway guard: back edges count down the budget and poll for signals (Python
             # calls, so the code runs with the GIL held and any frame may abort)
@@ -200,6 +202,7 @@ class ModuleLowerer:
                               calls.func_value)
         program.loaded = loaded
         program.frames = frames
+        program.null_checked = null_checked
         program.live = liveness(cfg, decoded)
         for sp in cfg.subprogs:
             body = [(pc, f, i) for pc, f, i in decoded if sp.start <= pc < sp.end]
@@ -570,7 +573,20 @@ class FunctionLowerer:
             return arena_mem.Access(self.address(r, off, size))
         return arena_mem.access(self, r, off, size)
 
+    def null_check(self, r: int, off: int, size: int, kind: str) -> None:
+        """A verified access through a BTF object pointer that is NULL: the interpreter's
+        MemoryAccessError (btf_accesses)."""
+        if self.pc not in self.program.null_checked:
+            return
+        b = self.b
+        null = b.icmp_unsigned("==", self.get(r), cg.const(I64, 0))
+        with b.if_then(null, likely=False):
+            self.mod.helpers.call_python(b, ("null", self.pc),
+                                         null_fault(self.pc, off, size, kind), 0, [])
+        self.abort_if(null)
+
     def _lower_ldx(self, form, insn) -> None:
+        self.null_check(insn.src, insn.off, form.size, "read")
         if self.arena is None:   # the common case, kept as short as it was
             ptr = self.address(insn.src, insn.off, form.size)
             self.set(insn.dst, cg.load(self.b, ptr, form.size, form.signed))
@@ -579,6 +595,7 @@ class FunctionLowerer:
         self.set(insn.dst, arena_mem.load(self, acc, form.size, form.signed))
 
     def _lower_st(self, form, insn) -> None:
+        self.null_check(insn.dst, insn.off, form.size, "write")
         if self.arena is None:
             ptr = self.address(insn.dst, insn.off, form.size)
             cg.store(self.b, ptr, cg.const(I64, insn.imm), form.size)
@@ -587,6 +604,7 @@ class FunctionLowerer:
         self._arena_store(form, acc, cg.const(I64, insn.imm))
 
     def _lower_stx(self, form, insn) -> None:
+        self.null_check(insn.dst, insn.off, form.size, "write")
         if self.arena is None:
             ptr = self.address(insn.dst, insn.off, form.size)
             cg.store(self.b, ptr, self.get(insn.src), form.size)
@@ -600,6 +618,11 @@ class FunctionLowerer:
 
     def _lower_atomic(self, form, insn) -> None:
         b, op, size = self.b, form.op, form.size
+        if op == "load_acq":
+            self.null_check(insn.src, insn.off, size, "read")
+        else:
+            self.null_check(insn.dst, insn.off, size,
+                            "write" if op == "store_rel" else "atomic access")
         if op == "load_acq":
             acc = self.access(insn.src, insn.off, size)
             self.set(insn.dst, arena_mem.load(self, acc, size, False,
@@ -726,6 +749,25 @@ class FunctionLowerer:
 
 
 _HANDLERS: dict = {}
+
+
+def btf_accesses(decoded, env) -> frozenset:
+    """The memory instructions of a verified program that may go through a BTF object pointer
+    (the verifier's facts). bpf_per_cpu_ptr answers NULL for a CPU past nr_cpu_ids, as the
+    kernel's, though the verifier types its result as never NULL (Linux 6.18, where a load
+    through it then faults in the kernel): native code checks these accesses' base for NULL
+    and stops with the interpreter's MemoryAccessError instead of faulting."""
+    facts = getattr(env, "facts", None)
+    if facts is None or not env.verified:
+        return frozenset()
+    return frozenset(pc for pc, f, _ in decoded
+                     if f.kind in ("ldx", "st", "stx", "atomic") and facts.btf_access(pc))
+
+
+def null_fault(pc: int, off: int, size: int, kind: str):
+    def fault(*_):
+        raise MemoryAccessError(pc, off & 0xFFFFFFFFFFFFFFFF, size, kind)
+    return fault
 
 
 # Unverified code polls for signals when its run budget crosses a multiple of this many
