@@ -10,7 +10,9 @@
   never the bytes between two objects. A dropped object is *retired*, as the kernel's
   bpf_obj_drop/bpf_percpu_obj_drop free through bpf_mem_free_rcu: its bytes stay as they were
   and its block is reused only once every run that started before the drop has ended, the
-  dropping run included (runtime/grace.py ``settled``). So a pointer the verifier still lets a
+  dropping run included (runtime/grace.py ``settled``), and only when the heap has no fresh
+  memory left (the kernel's grace period outlasts many runs); until it is reused it stays
+  retired (never merely free). So a pointer the verifier still lets a
   program use after the drop (an untrusted kptr load, an RCU-protected one, a per-CPU copy:
   tests/data/elf/freed_objects.c) reads the object's last contents and writes land in it, in
   both engines and as in the kernel; the JIT, which does not check, reads the same bytes. The
@@ -111,10 +113,11 @@ class ObjHeap:
         self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._mm))
         self.size = size
         self._top = 0
-        self._free: dict[int, list[int]] = {}
         self._starts: list[int] = []
         self.objects: dict[int, Obj] = {}
-        # dropped objects whose grace period has not passed: readable and writable still
+        # dropped objects, readable and writable still: a block is live or retired from its
+        # first allocation on (a retired one is reused as it is reallocated, never free in
+        # between), so both engines reach the same bytes through any stale pointer
         self.retired: dict[int, Obj] = {}
         self._retired_starts: list[int] = []
         self._pending: dict[int, deque] = {}     # size class -> (token, base), oldest first
@@ -133,15 +136,14 @@ class ObjHeap:
 
     def alloc(self, size: int) -> int:
         cls = max(8, (size + 7) & ~7)
-        free = self._free.get(cls)
-        if not free:
-            free = self._reclaim(cls)
-        if free:
-            base = free.pop()
-        elif self._top + cls <= self.size:
+        if self._top + cls <= self.size:
+            # fresh memory first: the kernel's grace period outlasts many runs, so a retired
+            # object's bytes stay as they were for as long as there is other memory
             base, self._top = self.base + self._top, self._top + cls
         else:
-            return 0
+            base = self._reuse(cls)
+            if not base:
+                return 0
         PROC[base:base + cls] = bytes(cls)
         self.objects[base] = Obj(base, size)
         bisect.insort(self._starts, base)
@@ -156,16 +158,16 @@ class ObjHeap:
         self._pending.setdefault(max(8, (obj.size + 7) & ~7), deque()).append(
             (grace.retire(), obj.base))
 
-    def _reclaim(self, cls: int) -> list[int]:
-        """Move the retired blocks of ``cls`` whose grace period has passed to the free list."""
+    def _reuse(self, cls: int) -> int:
+        """The oldest retired block of ``cls`` whose grace period has passed, taken out of the
+        retired ones (0: none)."""
         pending = self._pending.get(cls)
-        free = self._free.setdefault(cls, [])
-        while pending and grace.settled(pending[0][0]):
-            _, base = pending.popleft()
-            del self.retired[base]
-            del self._retired_starts[bisect.bisect_left(self._retired_starts, base)]
-            free.append(base)
-        return free
+        if not pending or not grace.settled(pending[0][0]):
+            return 0
+        _, base = pending.popleft()
+        del self.retired[base]
+        del self._retired_starts[bisect.bisect_left(self._retired_starts, base)]
+        return base
 
 
 def _holding(objects: dict, starts: list, address: int) -> Obj | None:

@@ -24,6 +24,7 @@ struct freed_counts {
 struct freed_value {
 	struct freed_node __kptr *node;
 	struct freed_counts __percpu_kptr *pc;
+	struct freed_node __kptr_untrusted *weak;
 };
 
 struct {
@@ -131,6 +132,46 @@ int percpu_after_drop(struct args *a)
 	r = c->hits * 1000 + c->sum;
 	bpf_rcu_read_unlock();
 	return r;
+}
+
+/* an untrusted pointer kept across runs in a __kptr_untrusted field, by vals[0]: 1 a new node
+ * (key, seq from vals[1], vals[2]) goes to node and weak; 2 node is taken out and dropped;
+ * 8 a new node goes to node only; 16 a node is made and dropped; otherwise weak is read */
+SEC("syscall")
+int weak_across_runs(struct args *a)
+{
+	struct freed_value *v = slot();
+	struct freed_node *n, *m;
+
+	if (!v)
+		return -2;
+	if (a->vals[0] & 25) {
+		n = bpf_obj_new(struct freed_node);
+		if (!n)
+			return -3;
+		n->key = a->vals[1];
+		n->seq = a->vals[2];
+		if (a->vals[0] & 16) {
+			bpf_obj_drop(n);
+			return 16;
+		}
+		if (a->vals[0] & 1)
+			v->weak = n;
+		m = bpf_kptr_xchg(&v->node, n);
+		if (m)
+			bpf_obj_drop(m);
+		return a->vals[0];
+	}
+	if (a->vals[0] & 2) {
+		m = bpf_kptr_xchg(&v->node, NULL);
+		if (m)
+			bpf_obj_drop(m);
+		return 2;
+	}
+	n = v->weak;
+	if (!n)
+		return -4;
+	return n->key * 1000 + n->seq;
 }
 
 /* bpf_per_cpu_ptr(p, cpu) for a CPU from the arguments: NULL past nr_cpu_ids. The verifier
