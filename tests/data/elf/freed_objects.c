@@ -4,8 +4,27 @@
  * memory keeps its bytes and is not reused before an RCU grace period, which cannot end while
  * the program runs, so these reads see the object's last contents (tests/test_freed_objects.py).
  */
-#include "../../corpus/corpus.h"
-#include "../../corpus/kptr.h"
+#include "../../../samples/c/bpf_helpers.h"
+
+/* the allocated-object kfuncs and kptr tags (as tests/corpus/kptr.h, which this directory's
+ * build.sh cannot reach) */
+#define __kptr __attribute__((btf_type_tag("kptr")))
+#define __kptr_untrusted __attribute__((btf_type_tag("kptr_untrusted")))
+#define __percpu_kptr __attribute__((btf_type_tag("percpu_kptr")))
+extern void *bpf_obj_new_impl(__u64 local_type_id, void *meta) __ksym;
+extern void bpf_obj_drop_impl(void *kptr, void *meta) __ksym;
+extern void *bpf_percpu_obj_new_impl(__u64 local_type_id, void *meta) __ksym;
+extern void bpf_percpu_obj_drop_impl(void *kptr, void *meta) __ksym;
+extern void bpf_rcu_read_lock(void) __ksym;
+extern void bpf_rcu_read_unlock(void) __ksym;
+static void *(*bpf_kptr_xchg)(void *dst, void *ptr) = (void *) 194;
+static void *(*bpf_per_cpu_ptr)(const void *percpu_ptr, __u32 cpu) = (void *) 153;
+static void *(*bpf_this_cpu_ptr)(const void *percpu_ptr) = (void *) 154;
+#define bpf_obj_new(type) ((type *)bpf_obj_new_impl(__builtin_btf_type_id(*(type *)0, 0), 0))
+#define bpf_obj_drop(kptr) bpf_obj_drop_impl(kptr, 0)
+#define bpf_percpu_obj_new(type) \
+	((type __percpu_kptr *)bpf_percpu_obj_new_impl(__builtin_btf_type_id(*(type *)0, 0), 0))
+#define bpf_percpu_obj_drop(kptr) bpf_percpu_obj_drop_impl(kptr, 0)
 
 struct args {
 	__s32 vals[8];
