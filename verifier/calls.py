@@ -1029,15 +1029,9 @@ def _map_elem_callback(chk, pc: int, meta: CallMeta) -> None:
     if m is None or m.type not in _FOR_EACH_MAPS:
         chk.error("callback function not allowed for map", errno.ENOTSUPP
                   if hasattr(errno, "ENOTSUPP") else 524)
-    # The kernel pushes the callback every time and relies on pruning, where imprecise scalars
-    # (a count kept in ctx) compare equal; pybpf tracks no precision, so a callback that counts
-    # would never prune. A walk visits at most max_entries elements: past that many unrolled
-    # iterations the callback is not pushed again (sound: every real walk is covered).
-    caller = chk.state.cur
-    if getattr(caller, "callback_depth", 0) >= max(m.max_entries, 1):
-        _set_depth(caller, 0)
-        return
-
+    # push_callback_call every time, as the kernel does: the walk ends where is_state_visited
+    # prunes the call site (imprecise scalars compare equal, so a count kept in ctx converges;
+    # a precise one never does and runs into the 1,000,000-instruction limit, as in the kernel)
     def setup(callee, caller_regs):
         callee.regs[1] = caller_regs[1]
         callee.regs[2] = Reg.pointer(PTR_TO_MAP_KEY, map=m, origin=chk.origin("the element's key"))
