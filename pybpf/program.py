@@ -36,6 +36,9 @@ class MapDecl:
     max_entries: int = 0
     flags: int = 0
     map_extra: int = 0
+    # offset of a ``struct bpf_spin_lock`` in the value (``.map ... lock=OFF``), -1 without: the
+    # map then has value BTF as far as the verifier and the runtime are concerned
+    spin_lock_off: int = -1
 
 
 @dataclass
