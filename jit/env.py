@@ -45,9 +45,10 @@ class JitEnv:
     argument is a known constant get native code (array and hash lookups, tail calls);
     ``prog_type``: where ld_abs/ld_ind find the packet (verified skb types: ``skb->data``/``len``
     through r6, as the kernel, so a tail-call target reads the run's packet; others and
-    unverified code: the two u64 words at ``packet_desc``, data address and length,
-    which the runner fills before each run; it belongs to one loaded program, so threads
-    running the same ld_abs program at once share it); ``low_pool``: the only run memory below
+    unverified code: the two u64 words at ``packet_desc``, data address and length (-1: the
+    run has no packet), which the runner fills before each run of the program it enters
+    (a tail-call chain's record carries that one's address along, jit/calls.py); it belongs to
+    one loaded program, so threads running the same ld_abs program at once share it); ``low_pool``: the only run memory below
     4 GiB (contexts and packets), so a 32-bit base outside it is an arena offset.
     """
 

@@ -416,8 +416,8 @@ def _baseline_load(prog, helpers, values64, env, name, allocator, inputs, tiered
     keep = made.keepalive + list(getattr(env, "keepalive", ()) or ())
     code = _PlacedCode(allocation, allocator, keep, 1)
     _label(allocation, "baseline", "off")
-    jp = JitProgram(code, "bpf_main", 0, name, made.needs_gil, 0, "", None, None,
-                    len(made.code))
+    jp = JitProgram(code, "bpf_main", made.symbols["bpf_main"], name, made.needs_gil, 0, "",
+                    None, None, len(made.code), made.symbols.get("bpf_main.tail"))
     jp.tier, jp.cache = "baseline", "off"
     jp.image, jp.externs, jp.symbols = None, {}, dict(made.symbols)
     jp.timings = {"baseline": t1 - t0, "place": time.perf_counter() - t1}

@@ -6,7 +6,7 @@ and label symbols (slot index -> name), map declarations referenced by ld_imm64 
 lines when the input had them.
 
 The slots are stored compactly, because a program may have the kernel's 1,000,000 of them:
-``prog.insns`` is an immutable :class:`Slots` sequence whose equal instructions are one shared
+``prog.insns`` is a :class:`Slots` sequence whose equal instructions are one shared
 ``Insn`` object (a program repeats most of its instructions: ``exit``, ``r0 = 0``, spills), and
 ``prog.instructions()`` is an :class:`Instructions` view over two arrays (the slot where each
 instruction starts and its form's index) that builds its ``(slot, form, insn)`` tuples as they
@@ -36,7 +36,7 @@ def too_large(slots: int) -> str | None:
 
 
 class Slots(Sequence):
-    """The immutable slots of a program: ``Insn`` per slot, equal ones shared, and the encoded
+    """The slots of a program: ``Insn`` per slot, equal ones shared, and the encoded
     bytes once asked for (every load asks: cache keys). Compares equal to any sequence of the
     same ``Insn`` values (a list from ``make``, a tuple, another ``Slots``)."""
 
@@ -85,6 +85,17 @@ class Slots(Sequence):
 
     def __iter__(self):
         return iter(self._insns)
+
+    def __setitem__(self, index, value) -> None:
+        """Replace slots in place (as in the list ``insns`` used to be); the count stays and the
+        encoded bytes follow. ``instructions()`` keeps the forms validated when the program was
+        made: a new program (``dataclasses.replace(prog, insns=...)``) validates again."""
+        if isinstance(index, slice):
+            value = list(value)
+            if len(range(*index.indices(len(self._insns)))) != len(value):
+                raise ValueError("a program's slots are replaced one for one")
+        self._insns[index] = value
+        self._code = None
 
     def __eq__(self, other) -> bool:
         if isinstance(other, Slots):
@@ -231,14 +242,17 @@ class MapDecl:
     max_entries: int = 0
     flags: int = 0
     map_extra: int = 0
+    # offset of a ``struct bpf_spin_lock`` in the value (``.map ... lock=OFF``), -1 without: the
+    # map then has value BTF as far as the verifier and the runtime are concerned
+    spin_lock_off: int = -1
 
 
 @dataclass
 class Program:
     """Instruction slots plus symbols. ``len(prog)`` counts slots (ld_imm64 counts two).
 
-    ``insns`` may be given as any sequence of ``Insn``; it is kept as an immutable :class:`Slots`
-    (a new program is made with ``dataclasses.replace(prog, insns=...)``)."""
+    ``insns`` may be given as any sequence of ``Insn``; it is kept as :class:`Slots` (slots may
+    be replaced in place; a program of other slots is ``dataclasses.replace(prog, insns=...)``)."""
 
     insns: Sequence[Insn]
     functions: dict[int, str] = field(default_factory=dict)   # entry slot -> function name
@@ -265,7 +279,7 @@ class Program:
         return cls(Slots.decode(bytes(raw)), name=name)
 
     def to_bytes(self) -> bytes:
-        # computed once (the slots are immutable): the cache keys of every load read it
+        # computed once (until a slot is replaced): the cache keys of every load read it
         # (pybpf.verdicts, pybpf.jit.loadkey)
         return self.insns.encode()
 

@@ -373,12 +373,26 @@ def _kernel_records(path: str, name: str) -> list[dict]:
                         "ctx": _ctx_record(prog.prog_type, cout) if cout else None,
                         "maps": {n: _records(kernel_bpf.ringbuf_consume(ko.fds[n], d.max_entries))
                                  if d.type == "ringbuf" else
-                                 _without_roots(obj, d, kernel_bpf.dump(
-                                     ko.fds[n], d.key_size, d.value_size))
+                                 _without_roots(obj, d, _kernel_dump(ko.fds[n], d))
                                  for n, d in obj.map_defs.items() if d.type not in NOT_DUMPED}})
         return out
     finally:
         ko.close()
+
+
+PERCPU_TYPES = ("percpu_array", "percpu_hash", "lru_percpu_hash")
+
+
+def _kernel_dump(fd: int, d) -> dict:
+    """A kernel map's contents; a per-CPU map's as CPU 0's values (8-aligned, as pybpf's one-CPU
+    maps from an object give them): the runs are pinned to CPU 0, the other CPUs' copies stay
+    as the map created them (tests/test_kptr_percpu.py compares runs on two CPUs)."""
+    import kernel_bpf
+    if d.type not in PERCPU_TYPES:
+        return kernel_bpf.dump(fd, d.key_size, d.value_size)
+    stride = (d.value_size + 7) & ~7
+    return {k: v[:stride] for k, v in kernel_bpf.dump(
+        fd, d.key_size, stride * kernel_bpf.possible_cpus()).items()}
 
 
 def _without_roots(obj, d, dump: dict) -> dict:

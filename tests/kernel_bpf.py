@@ -145,6 +145,14 @@ def lookup(fd: int, key: bytes, size: int) -> bytes:
     return out.raw
 
 
+def possible_cpus() -> int:
+    """num_possible_cpus(): how many values a per-CPU map's lookup gives user space."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    return sum(int(b) - int(a) + 1 if "-" in r else 1
+               for r in text.split(",") for a, _, b in [r.partition("-")])
+
+
 def dump(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
     """Every (key, value) of a map, walked with BPF_MAP_GET_NEXT_KEY."""
     out, key = {}, None
@@ -296,10 +304,16 @@ def freeze(fd: int) -> None:
 
 
 def _has_spin_lock(btf, m) -> bool:
-    """Whether the map needs its value BTF: a bpf_spin_lock or kptr fields."""
+    """Whether the map needs its value BTF: a bpf_spin_lock or kptr fields (or kptr fields
+    pybpf refuses: the kernel says what it makes of them)."""
+    from pybpf.errors import MapError
     from pybpf.runtime.maps.btf_fields import kptr_fields, spin_lock_offset
-    return (spin_lock_offset(btf, m.btf_value_type) >= 0
-            or bool(kptr_fields(btf, m.btf_value_type)))
+    try:
+        return (spin_lock_offset(btf, m.btf_value_type) >= 0
+                or bool(kptr_fields(btf, m.btf_value_type)))
+    except MapError:
+        return True
+
 
 
 def ringbuf_consume(fd: int, size: int) -> list[bytes]:
@@ -335,7 +349,12 @@ class KernelObject:
     def __init__(self, obj):
         self.obj, self.fds, self.arena, self.prog_fds = obj, {}, None, []
         self.arena_base = 0
-        self.btf_fd = load_btf(obj) if obj.btf is not None else None
+        self.btf_fd, self.btf_error = None, None
+        if obj.btf is not None:
+            try:
+                self.btf_fd = load_btf(obj)
+            except KernelError as e:    # libbpf: "BTF is optional, ignoring": no map gets
+                self.btf_error = e      # value BTF, no program BTF, func_info or line_info
         for m in obj.map_defs.values():
             value_size = 4 if m.type == "prog_array" else m.value_size
             inner_fd = 0

@@ -92,8 +92,12 @@ def test_slots_and_instructions_behave_as_sequences():
     assert list(got) == expect and got == expect and len(got) == len(expect)
     assert got[5] == expect[5] and got[-1] == expect[-1] and got[2:9] == expect[2:9]
     assert prog.insns[3:7] == list(prog.insns)[3:7]
-    with pytest.raises(TypeError):
-        prog.insns[0] = Insn(0x95)      # immutable: the encoded bytes and decoding stay true
+    # a slot replaced in place shows in the bytes (as when insns was a list)
+    copy = Program.from_bytes(raw)
+    copy.insns[1] = Insn(0xB7, 0, 0, 0, 9)
+    assert copy.to_bytes() == raw[:8] + Insn(0xB7, 0, 0, 0, 9).encode() + raw[16:]
+    with pytest.raises(ValueError):
+        copy.insns[0:2] = [Insn(0x95)]
     # a program with an ld_imm64: its second slot is not an instruction
     lddw = Program(make("lddw", 0, imm=5, imm2=7) + make("exit"))
     assert [pc for pc, _, _ in lddw.instructions()] == [0, 2]

@@ -29,7 +29,7 @@ from .state import _same_scalar
 from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MAYBE_NULL,
                     PTR_TO_ARENA, PTR_TO_CTX, PTR_TO_FUNC, PTR_TO_MAP_VALUE, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_STACK, SCALAR_VALUE, FuncState,
-                    SCALAR_ADD_CONST, Reg, VerifierState, states_equal, NOT_EXACT, EXACT,
+                    Reg, VerifierState, states_equal, NOT_EXACT, EXACT,
                     RANGE_WITHIN, PTR_UNTRUSTED, RegType)
 
 INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
@@ -689,16 +689,19 @@ def _alu(chk: Checker, pc, form, insn):
                 r = chk.const_at[pc] = Reg.scalar(v, chk.origin("a constant"))
             chk.state.cur.regs[dst] = r
         elif is64:
-            if src.type == SCALAR_VALUE and not src.id and not src.var.is_const():
-                src = src.replace(id=chk.new_id())      # assign_scalar_id_before_mov
-                chk.set_reg(insn.src, src)
+            if src.type == SCALAR_VALUE:
+                linked = mem.scalar_id_before_mov(chk, src)
+                if linked is not src:
+                    src = linked
+                    chk.set_reg(insn.src, src)
             chk.set_reg(dst, src)
         elif src.type == SCALAR_VALUE:
             sid = 0
-            if src.var.umax <= 0xFFFFFFFF and not src.var.is_const() and \
-                    not src.flags & SCALAR_ADD_CONST:
-                if not src.id:
-                    src = src.replace(id=chk.new_id())
+            if src.var.umax <= 0xFFFFFFFF:
+                # get_reg_width(src) <= 32: the copy is linked with its source
+                linked = mem.scalar_id_before_mov(chk, src)
+                if linked is not src:
+                    src = linked
                     chk.set_reg(insn.src, src)
                 sid = src.id
             chk.set_reg(dst, Reg(SCALAR_VALUE, var=bounds.zext32(src.var), id=sid,
@@ -862,9 +865,11 @@ def _lddw(chk: Checker, pc, form, insn):
         if m is not None:
             chk.map_cache[ck] = m
     if m is None:
-        if by_index:
-            chk.error(f"map index {insn.imm} out of range", errno.EINVAL)
-        chk.error(f"fd {insn.imm} is not pointing to valid bpf_map", errno.EBADF)
+        from .calls import missing_map
+        note, msg, err = missing_map(by_index, insn.imm)
+        if note:
+            chk.log.line(note)
+        chk.error(msg, err)
     what = f"map '{m.name}'" if m.name else "a map"
     if op in ("map_fd", "map_idx"):
         chk.set_reg(insn.dst, Reg.pointer(CONST_PTR_TO_MAP, map=m, origin=chk.origin(what)))

@@ -57,8 +57,32 @@ class KptrField:
         return self.kind != KPTR_UNREF
 
 
+# Kernel types a kptr may name (btf_parse_kptr finds the name in vmlinux BTF). pybpf has no
+# kernel objects and no vmlinux BTF, so it knows these names only: the types Linux 6.18 registers
+# a destructor for (register_btf_id_dtor_kfuncs: a referenced __kptr to them is accepted; bpf_qdisc's
+# sk_buff only with CONFIG_NET_SCH_BPF, absent from the kernel compared), and common kernel
+# types without one (a referenced __kptr to them fails BPF_BTF_LOAD with ENOENT:
+# btf_find_dtor_kfunc). Any other name is taken for a program type, as the kernel takes a name
+# vmlinux does not have.
+KERNEL_DTOR_TYPES = frozenset((
+    "task_struct", "cgroup", "bpf_cpumask", "bpf_crypto_ctx", "prog_test_ref_kfunc",
+    "prog_test_member"))
+KERNEL_TYPES = KERNEL_DTOR_TYPES | frozenset((
+    "sk_buff", "sock", "sock_common", "tcp_sock", "udp_sock", "socket", "file", "inode",
+    "dentry", "mm_struct", "net_device", "net", "nf_conn", "xdp_buff", "xdp_md", "bpf_map",
+    "bpf_prog", "cred", "path", "super_block", "request_sock", "inet_sock", "unix_sock",
+    "mptcp_sock", "bpf_sock", "__sk_buff", "iphdr", "ipv6hdr", "tcphdr", "udphdr", "ethhdr"))
+
+
+class FieldError(MapError):
+    """btf_parse_fields failed on a value's special fields (a kptr tag on something else than a
+    pointer to a struct, two tags, an unknown tag): the kernel keeps no record for the map, which
+    it creates all the same, its value then having no special fields (map_check_btf goes on with
+    an error record; a bpf_kptr_xchg on the field is "R1 has no valid kptr")."""
+
+
 def _kptr_of(btf, tid: int, off: int) -> KptrField | None:
-    """btf_find_kptr: a (volatile) pointer to one type tag naming the kind, to a struct."""
+    """btf_find_kptr, then btf_parse_kptr and map_check_btf's rules for the field."""
     t = btf[tid]
     if t.kind == "volatile":
         t = btf[t.type]
@@ -68,17 +92,45 @@ def _kptr_of(btf, tid: int, off: int) -> KptrField | None:
     if tag.kind != "type_tag":
         return None
     if btf[tag.type].kind == "type_tag":
-        raise MapError(f"the pointer at offset {off} has more than one type tag", errno.EINVAL)
-    if tag.name == "uptr":
-        raise MapError(f"the __uptr at offset {off}: task storage only, not in pybpf",
-                       errno.EOPNOTSUPP)
-    if tag.name not in KINDS:
-        raise MapError(f"the pointer at offset {off} has an unknown type tag {tag.name!r}",
-                       errno.EINVAL)
+        raise FieldError(f"the pointer at offset {off} has more than one type tag", errno.EINVAL)
+    if tag.name not in KINDS + ("uptr",):
+        raise FieldError(f"the pointer at offset {off} has an unknown type tag {tag.name!r}",
+                         errno.EINVAL)
     target = btf.resolve(tag.type)
     if target.kind != "struct":
-        raise MapError(f"the __{tag.name} at offset {off} must point to a struct", errno.EINVAL)
+        raise FieldError(f"the __{tag.name} at offset {off} must point to a struct",
+                         errno.EINVAL)
+    if tag.name == "uptr":
+        raise MapError(f"the __uptr at offset {off}: only task storage maps hold them (pybpf "
+                       f"has none)", errno.EOPNOTSUPP)
+    if target.name in KERNEL_TYPES and (tag.name != KPTR_REF
+                                        or target.name in KERNEL_DTOR_TYPES):
+        raise MapError(f"the __{tag.name} at offset {off} points to struct {target.name}, a "
+                       f"kernel type: the kernel takes it, pybpf has no kernel objects to "
+                       f"stash", errno.EOPNOTSUPP)
+    if target.name in KERNEL_TYPES:
+        # no destructor: BPF_BTF_LOAD refuses the object's BTF (pybpf.elf.btf_load), so a map
+        # created from it has no BTF; a map given this BTF some other way is refused the same
+        raise MapError(f"the __kptr at offset {off} points to struct {target.name}, a kernel "
+                       f"type without a destructor", errno.ENOENT)
     return KptrField(tag.name, off, btf, target.id, target.name)
+
+
+def kernel_kptr_without_dtor(btf, tid: int) -> str | None:
+    """The kernel type a referenced __kptr pointer type ``tid`` names when the kernel has no
+    destructor for it (btf_parse_struct_metas then fails BPF_BTF_LOAD with ENOENT), else None."""
+    t = btf[tid]
+    if t.kind == "volatile":
+        t = btf[t.type]
+    if t.kind != "ptr" or not t.type or btf[t.type].kind != "type_tag":
+        return None
+    tag = btf[t.type]
+    if tag.name != KPTR_REF or btf[tag.type].kind == "type_tag":
+        return None
+    target = btf.resolve(tag.type)
+    if target.kind == "struct" and target.name in KERNEL_TYPES - KERNEL_DTOR_TYPES:
+        return target.name
+    return None
 
 
 def kptr_fields(btf, type_id: int, var_offsets: dict | None = None) -> dict[int, KptrField]:
@@ -188,7 +240,10 @@ def match_type(chk, k: KptrField, reg: Reg, regno: int) -> None:
     """map_kptr_match_type for a program-allocated type (the only kind pybpf has)."""
     perm = PTR_MAYBE_NULL | MEM_ALLOC | (MEM_PERCPU if k.kind == KPTR_PERCPU else 0)
     reg_name = ""
-    ok = reg.type == PTR_TO_BTF_ID and not reg.flags & ~perm
+    # a __percpu_kptr field takes only a per-CPU object: Linux 6.18 refuses a plain one before
+    # it names the register's type ("R2 type=ptr_ expected=ptr_T", seen on 6.18.44)
+    ok = (reg.type == PTR_TO_BTF_ID and not reg.flags & ~perm
+          and (k.kind != KPTR_PERCPU or bool(reg.flags & MEM_PERCPU)))
     if ok:
         t = reg.btf_type
         reg_name = t.name if t is not None else ""
@@ -322,7 +377,8 @@ def check_percpu_arg(chk, regno: int, reg: Reg, meta) -> None:
 def percpu_return(chk, meta, nullable: bool) -> Reg:
     """r0 of bpf_per_cpu_ptr/bpf_this_cpu_ptr: one CPU's copy of an RCU-protected per-CPU
     object is an allocated object the program may read and write (never NULL to the verifier,
-    as Linux 6.18 types it: pybpf refuses at run time the CPU the kernel answers NULL for)."""
+    as Linux 6.18 types it, though bpf_per_cpu_ptr answers NULL for a CPU past nr_cpu_ids: an
+    access through that NULL is a MemoryAccessError in both engines)."""
     arg = meta.kptr_field
     if arg.flags & MEM_RCU:
         flags = MEM_ALLOC | MEM_RCU

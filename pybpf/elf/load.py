@@ -15,6 +15,7 @@ touches of a real arena do.
 from __future__ import annotations
 
 import dataclasses
+import errno
 
 from .. import isa
 from .model import BpfObject, ElfMap, ElfProgram, _MapTable
@@ -71,13 +72,25 @@ def bind(obj: BpfObject, vm=None) -> BpfObject:
     if not callable(getattr(vm, "create_map", None)):
         raise ELFError(f"{obj.filename}: {type(vm).__name__} cannot create maps (no create_map)")
     created, storage, failed = {}, {}, {}
+    # BTF the kernel would refuse (BPF_BTF_LOAD): libbpf loads the object without it
+    from .btf_load import kernel_refusal
+    refusal = kernel_refusal(obj.btf)
+    obj.btf_error = None
+    kernel_btf = obj.btf
+    if refusal is not None:
+        err, why = refusal
+        obj.btf_error = ELFError(f"{obj.filename}: the kernel refuses the object's BTF "
+                                 f"({errno.errorcode.get(err, err)}: {why}); as libbpf, it "
+                                 f"loads without BTF")
+        obj.btf_error.errno = err
+        kernel_btf = None
     for m in obj.map_defs.values():
         try:
             lm = created[m.name] = _create(vm, m)
             from ..runtime.maps.btf_fields import attach
             offsets = {v.name: v.offset for v in obj.variables.values()
                        if v.map_name == m.name} if m.origin == "data" else None
-            attach(lm, obj.btf, m.btf_value_type, offsets)  # value BTF: lock, graph roots
+            attach(lm, kernel_btf, m.btf_value_type, offsets)  # value BTF: lock, roots, kptrs
             if m.type == "arena":
                 storage[m.name] = ArenaGlobals(lm, m, obj.arena_data_off)
                 if m.initial:
@@ -98,6 +111,8 @@ def bind(obj: BpfObject, vm=None) -> BpfObject:
     fds = {name: lm.fd for name, lm in created.items()}
     programs = {}
     for n, p in obj.programs.items():
+        if kernel_btf is None and p.btf is not None:    # no prog BTF, func_info, line_info
+            p = dataclasses.replace(p, btf=None, func_info={}, line_info=[])
         bad = next((failed[d.name] for d in p.maps if d.name in failed), None)
         if p.load_error is None and bad is not None:
             p = dataclasses.replace(p, load_error=bad)

@@ -170,6 +170,8 @@ class BpfObject:
         self.arena_data_off = 0
         self.arena_map: str | None = None
         self.map_errors: dict = {}     # after load_elf: map name -> why it could not be created
+        self.btf_error = None          # after load_elf: ELFError (with .errno) when the kernel
+        #                                would refuse the BTF (elf/btf_load.py): loaded without it
         self.vm = None
 
     def __repr__(self) -> str:

@@ -75,7 +75,10 @@ class ArrayMap(Map):
         if flags & ~BPF_F_LOCK == BPF_NOEXIST:
             return -errno.EEXIST
         base = self.data_address + i * self.elem_size
-        if (self.spin_lock_off >= 0 or self.kptr_fields) and not self.percpu:
+        if self.kptr_fields and self.percpu:
+            # a program's update writes and frees its CPU's copy, user space's every CPU's
+            btf_fields.copy_percpu(self, base, value, onallcpus)
+        elif self.spin_lock_off >= 0 or self.kptr_fields:
             # copy_map_value(_locked): the lock word keeps its state, kptrs are not copied
             btf_fields.copy_value(self, base, value[:self.value_size], bool(flags & BPF_F_LOCK))
             if btf_fields.has_fields(self):     # array_map_update_elem: bpf_obj_free_fields
@@ -137,4 +140,7 @@ class ArrayMap(Map):
     def clear(self) -> None:
         """Zero every value (arrays cannot delete elements)."""
         self._sys_check(True)
+        if btf_fields.has_fields(self):       # what the values' kptrs and roots hold goes too
+            for i in range(self.max_entries):
+                btf_fields.free_fields(self, self.data_address + i * self.elem_size)
         ctypes.memset(self.data_address, 0, self.max_entries * self.elem_size)

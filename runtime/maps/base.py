@@ -395,7 +395,7 @@ class Map:
         addr = self._value_base(self._key(key))
         check(addr, errno.ENOENT, f"key {key.hex()} not found")
         value = ctypes.string_at(addr, self.sys_value_size)
-        if (self.spin_lock_off >= 0 or self.kptr_fields) and not self.percpu:
+        if self.spin_lock_off >= 0 or self.kptr_fields:
             from .btf_fields import without_special
             value = without_special(self, value)    # user space never sees locks, roots, kptrs
         return value

@@ -17,8 +17,11 @@ bpf_spin_lock too (EINVAL), and the contained type must be a struct of the same 
 ``__kptr`` fields (:mod:`pybpf.verifier.kptr` parses them: one parser for the verifier and the
 maps): ``map.kptr_fields``; :func:`free_fields` drops what they hold, :func:`without_kptrs`
 keeps user space from reading or writing them (copy_map_value skips them), so a field only
-ever holds what bpf_kptr_xchg put there. Kptrs live in array and hash values (not per-CPU ones
-in pybpf), as map_check_btf allows.
+ever holds what bpf_kptr_xchg put there. Kptrs live in array and hash values, per-CPU ones
+included, as map_check_btf allows: each CPU's copy of a per-CPU value has its own fields. A
+program's update writes and frees the current CPU's copy, user space's every CPU's, and a
+deleted element frees every CPU's (arraymap.c, hashtab.c: pcpu_copy_value,
+check_and_free_fields).
 """
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def spin_lock_offset(btf, type_id: int, var_offsets: dict | None = None) -> int:
 from pybpf.verifier.graph_fields import (GRAPH_NODES, GRAPH_ROOTS, ROOT_SIZE,  # noqa: F401,E402
                                         GraphRoot, graph_roots)
 
-from pybpf.verifier.kptr import KPTR_SIZE, KptrField, kptr_fields  # noqa: F401,E402  (one parser)
+from pybpf.verifier.kptr import (KPTR_SIZE, FieldError, KptrField,  # noqa: F401,E402 (one parser)
+                                 kptr_fields)
 
 # map_check_btf: the map types that may hold kptrs (the storage maps pybpf does not have)
 KPTR_MAP_TYPES = ("hash", "lru_hash", "array", "percpu_hash", "lru_percpu_hash", "percpu_array")
@@ -73,19 +77,30 @@ def attach(m, btf, value_type_id: int, var_offsets: dict | None = None) -> None:
         raise MapError(f"map {getattr(m, 'name', '')!r}: a value with a "
                        f"{next(iter(roots.values())).kind} needs a bpf_spin_lock", errno.EINVAL)
     m.graph_roots = roots
-    kptrs = kptr_fields(btf, value_type_id, var_offsets)
+    try:
+        kptrs = kptr_fields(btf, value_type_id, var_offsets)
+    except FieldError as e:
+        # btf_parse_fields failed: the kernel creates the map with no record, so the value has
+        # no special field at all (no lock, roots or kptrs) and the verifier says so on use
+        m.spin_lock_off, m.graph_roots, m.kptr_fields = -1, {}, {}
+        m.btf_record_error = str(e)
+        return
     if kptrs and m.type not in KPTR_MAP_TYPES:
         raise MapError(f"map {getattr(m, 'name', '')!r}: a {m.type} map cannot hold kptrs",
                        errno.EOPNOTSUPP)
-    if kptrs and getattr(m, "percpu", False):
-        raise MapError(f"map {getattr(m, 'name', '')!r}: kptrs in per-CPU values are not "
-                       f"supported by pybpf", errno.EOPNOTSUPP)
     m.kptr_fields = kptrs
 
 
 def free_fields(m, base: int) -> None:
     """bpf_obj_free_fields for the value at ``base`` (an element deleted or replaced, an array
-    element updated): what its graph roots hold is dropped (``m.graphs``: the VM's Graphs)."""
+    element updated): what its graph roots and kptrs hold is dropped (``m.graphs``: the VM's
+    Graphs). ``base`` is the element's first value: a per-CPU element's every CPU copy is freed
+    (check_and_free_fields)."""
+    for b in cpu_bases(m, base, True):
+        _free_one(m, b)
+
+
+def _free_one(m, base: int) -> None:
     graphs = getattr(m, "graphs", None)
     if graphs is None:
         return
@@ -93,6 +108,31 @@ def free_fields(m, base: int) -> None:
         graphs.free_at(base + off)
     for off in getattr(m, "kptr_fields", {}):
         graphs.kptr_free(base + off)
+
+
+def cpu_bases(m, base: int, every_cpu: bool) -> list[int]:
+    """The values of the element at ``base``: one for a plain map; for a per-CPU map every
+    CPU's copy, or only the current CPU's (what a program reaches)."""
+    if not getattr(m, "percpu", False):
+        return [base]
+    stride = round_up8(m.value_size)
+    return ([base + c * stride for c in range(m.n_cpus)] if every_cpu
+            else [base + m.cpu * stride])
+
+
+def round_up8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def copy_percpu(m, base: int, value: bytes, onallcpus: bool) -> None:
+    """pcpu_copy_value / bpf_percpu_array_update with special fields: each copy written (user
+    space's ``onallcpus`` buffer holds one 8-aligned value per CPU, a program's one value for
+    its CPU) except its kptrs, then what the copy's fields held is dropped."""
+    stride = round_up8(m.value_size)
+    for i, b in enumerate(cpu_bases(m, base, onallcpus)):
+        part = value[i * stride:(i + 1) * stride] if onallcpus else value[:m.value_size]
+        copy_value(m, b, part, False)
+        _free_one(m, b)
 
 
 def has_fields(m) -> bool:
@@ -103,10 +143,19 @@ def has_fields(m) -> bool:
 def without_kptrs(m, value: bytes) -> bytes:
     """``value`` with its kptr fields zeroed: what user space reads, and what a value written
     into a map brings there (copy_map_value skips the fields; a new element starts with NULL),
-    so a kptr field only ever holds what bpf_kptr_xchg put there."""
-    for off in getattr(m, "kptr_fields", {}):
-        if len(value) >= off + KPTR_SIZE:
-            value = value[:off] + bytes(KPTR_SIZE) + value[off + KPTR_SIZE:]
+    so a kptr field only ever holds what bpf_kptr_xchg put there. A per-CPU map's buffer of
+    every CPU's values (longer than one value) has each CPU's fields zeroed."""
+    fields = getattr(m, "kptr_fields", {})
+    if not fields:
+        return value
+    stride = round_up8(m.value_size)
+    starts = (range(0, len(value), stride) if getattr(m, "percpu", False)
+              and len(value) > stride else (0,))
+    for start in starts:
+        for off in fields:
+            at = start + off
+            if len(value) >= at + KPTR_SIZE:
+                value = value[:at] + bytes(KPTR_SIZE) + value[at + KPTR_SIZE:]
     return value
 
 
