@@ -390,7 +390,7 @@ def check_o2_size(progs, envs) -> None:
         raise JITError(f"program too large for -O2: {slots:,} slots, more than the {limit:,} "
                        f"this VM compiles at -O2 (VM(max_o2_slots=...) raises it); LLVM's -O2 "
                        f"time grows with the square of the program (25 s of CPU at 16,000 "
-                       f"slots, minutes past 50,000): load it with tier=\"auto\" (baseline code "
+                       f"slots, over 280 s at 100,000): load it with tier=\"auto\" (baseline code "
                        f"at once), tier=\"baseline\" or tier=\"quick\"")
 
 
