@@ -355,6 +355,8 @@ def _map_directives(prog: Program):
     """``.map`` lines for the maps the program refers to by index, so listings re-assemble."""
     for m in prog.maps:
         extra = "".join(f" {k}={getattr(m, k)}" for k in ("flags", "map_extra") if getattr(m, k))
+        if getattr(m, "spin_lock_off", -1) >= 0:
+            extra += f" lock={m.spin_lock_off}"
         yield None, (f".map {m.name} type={m.type} key={m.key_size} value={m.value_size} "
                      f"max_entries={m.max_entries}{extra}\n")
 

@@ -2,10 +2,18 @@
 
 Targets, each a generator of inputs from a seed and a check of one input:
 
-* ``asm``: assembler text (mutated sample lines, random tokens) -> ``pybpf.assemble``;
-* ``decode``: bytes (random, or real opcodes with random fields) -> ``Program.from_bytes`` and the
-  disassembler;
-* ``elf``: mutated and truncated sample objects -> the ELF loader;
+* ``asm``: assembler text -> ``pybpf.assemble``: three cases in four are a valid program's
+  listing in either dialect, half of them mutated a little (:mod:`pybpf.fuzz_programs`), the rest
+  mutated sample lines and token soup; what assembles must read back the same from its own
+  listing (in one dialect per program, chosen by its bytes, and under syntax=auto), and an
+  unmutated listing must assemble;
+* ``decode``: bytes -> ``Program.from_bytes``: three cases in four are a valid program's bytes,
+  half of them with fields changed, the rest random bytes or real opcodes with random fields;
+  what decodes must encode to the same bytes and read back from its listings;
+* ``elf``: sample objects with section-header, symbol, relocation, BTF, .BTF.ext, instruction
+  or section-name fields changed (:mod:`pybpf.fuzz_elf`), flipped bytes, truncated files -> the
+  ELF loader: parse, link every program (the first must read back from its listings), create
+  the maps in a VM;
 * ``engines``: half the cases are programs for the full verifier with map lookups and updates,
   ctx fields and packet reads (sometimes mutated): what it accepts runs on the interpreter and
   the JIT, which must give the same r0, packet or memory and map contents, and the interpreter
@@ -22,10 +30,11 @@ Targets, each a generator of inputs from a seed and a check of one input:
   elements up inside read sections as a run does, must never see one change under it.
 
 Invariants: only ``BPFError`` subclasses escape the library; no signal and no hang past the
-per-case budget (each case runs in a worker subprocess with a time limit; a worker that dies or
-hangs fails that case and is replaced; a failing case is run again alone in a fresh worker, and
-``--isolate`` gives every case a fresh one); engines agree; no mapping is writable and executable. The runner prints a progress line, then
-cases run, cases per second, failures and their distinct messages; each failing input is saved
+per-case budget (each case runs in a worker subprocess with a limit of CASE_BUDGET seconds of
+CPU time, and six times that of wall-clock time; the worker's start and a warm-up case are
+outside it; a worker that dies or hangs fails that case and is replaced; a failing case is run
+again alone in a fresh worker, and ``--isolate`` gives every case a fresh one); engines agree;
+no mapping is writable and executable. The runner prints a progress line, then cases run, cases per second, failures and their distinct messages; each failing input is saved
 (``--save DIR``) as ``TARGET-<hash>.json`` for tests/fuzz/test_fuzz.py to replay as a
 regression test.
 """
@@ -36,6 +45,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -46,7 +56,7 @@ from .errors import BPFError
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("asm", "decode", "elf", "engines", "maps", "helpers")
-CASE_BUDGET = 10.0          # seconds per case before the worker counts as hung
+CASE_BUDGET = 10.0          # CPU seconds per case before the worker counts as hung
 
 
 # -- generators: seed -> JSON-able input --------------------------------------------------------
@@ -62,6 +72,11 @@ _TOKENS = ("r", "w", "0", "1", "-", "+", "=", "*", "(", ")", "u64", "u8", "goto"
 
 
 def gen_asm(rng: random.Random) -> dict:
+    """Three cases in four: a valid program's listing, sometimes mutated a little
+    (:mod:`pybpf.fuzz_programs`); the fourth: sample lines and token soup."""
+    if rng.random() < 0.75:
+        from .fuzz_programs import asm_case
+        return asm_case(rng)
     lines = []
     for _ in range(rng.randint(1, 12)):
         if rng.random() < 0.6:
@@ -76,8 +91,13 @@ def gen_asm(rng: random.Random) -> dict:
 
 
 def gen_decode(rng: random.Random) -> dict:
+    """Three cases in four: a valid program's bytes, sometimes with fields changed
+    (:mod:`pybpf.fuzz_programs`); the fourth: random bytes or real opcodes with random fields."""
     from . import isa
 
+    if rng.random() < 0.75:
+        from .fuzz_programs import decode_case
+        return decode_case(rng)
     if rng.random() < 0.3:
         data = rng.randbytes(rng.randint(0, 96))
     else:
@@ -98,9 +118,15 @@ def _sample_objects() -> list[Path]:
 
 
 def gen_elf(rng: random.Random) -> dict:
+    """Three cases in four: one to three fields of a sample object's section headers, symbols,
+    relocations, BTF, .BTF.ext, instructions or section names changed (:mod:`pybpf.fuzz_elf`);
+    the fourth: flipped bytes or a truncated file."""
     objs = _sample_objects()
     if not objs:
         return {"hex": rng.randbytes(64).hex(), "base": ""}
+    if rng.random() < 0.75:
+        from .fuzz_elf import elf_case
+        return elf_case(rng, objs)
     base = rng.choice(objs)
     data = bytearray(base.read_bytes())
     r = rng.random()
@@ -298,8 +324,9 @@ def gen_helpers(rng: random.Random) -> dict:
     """A program calling one to three helpers from the prototype table (verifier/protos.py, so
     helpers added there are fuzzed too) with arguments of the kinds their prototypes name or,
     sometimes, not."""
-    from .verifier.protos import HELPERS
-    protos = sorted(HELPERS.values(), key=lambda p: p.id)
+    from .verifier.protos import AWAITING_IMPLEMENTATION, HELPERS
+    protos = sorted((p for p in HELPERS.values() if p.id not in AWAITING_IMPLEMENTATION),
+                    key=lambda p: p.id)
     ptype = rng.choice(("mem", "xdp", "sched_cls", "socket_filter", "tracepoint"))
     out = ["r6 = r1"]
     out += [f"*(u64 *)(r10 - {8 * i}) = {rng.randrange(-3, 300)}" for i in range(1, 17)]
@@ -359,42 +386,125 @@ GENERATORS = {"asm": gen_asm, "decode": gen_decode, "elf": gen_elf, "engines": g
 
 # -- checks: input -> result (raise AssertionError for a broken invariant) ------------------------
 
+def _decls(prog) -> list[tuple]:
+    """What a listing's ``.map`` lines say about a program's maps (an ELF program's maps carry
+    more, which no listing shows)."""
+    return [(m.name, m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.map_extra)
+            for m in prog.maps]
+
+
+def _round_trip(prog, what: str) -> None:
+    """A listing of ``prog`` assembles back to the same bytes and maps, in its dialect and when
+    the assembler detects the dialect. One dialect per program (each assembly costs more than
+    the rest of a case), chosen by its bytes so that both are covered and a case replays the
+    same; the kernel style is printed too (it is not read back)."""
+    from .asm import assemble
+    from .disasm import disassemble
+    raw = prog.to_bytes()
+    syntax = ("ubpf", "llvm")[hashlib.sha1(raw).digest()[0] & 1]
+    if syntax == "llvm" and _unnamed_call(prog):
+        syntax = "ubpf"     # llvm prints objdump's raw imm, read back as a helper (syntax.md)
+    text = disassemble(prog, syntax=syntax)
+    try:
+        again = assemble(text, syntax=syntax)
+    except BPFError as e:
+        raise AssertionError(f"{what}: its {syntax} listing does not assemble: "
+                             f"{str(e).splitlines()[0][:150]}") from None
+    assert again.to_bytes() == raw, f"{what}: its {syntax} listing assembles to other bytes"
+    assert _decls(again) == _decls(prog), f"{what}: its {syntax} listing declares other maps"
+    try:
+        auto = assemble(text)
+    except BPFError as e:
+        raise AssertionError(f"{what}: its {syntax} listing is refused under syntax=auto: "
+                             f"{str(e).splitlines()[0][:150]}") from None
+    assert auto.to_bytes() == raw, \
+        f"{what}: its {syntax} listing assembles to other bytes under syntax=auto"
+    disassemble(prog, syntax="kernel")
+
+
+_ASM_NAME = re.compile(r"(?![rw]\d+$)[A-Za-z_.][A-Za-z0-9_.]*$")
+
+
+def _readable_names(prog) -> bool:
+    """Whether every function, label and map name of an ELF program is one a listing can carry:
+    an object's names are any bytes of its string tables, and a register-shaped name (a C map
+    called ``r1``) reads as the register (docs/syntax.md)."""
+    names = [*prog.functions.values(), *prog.labels.values(), *(m.name for m in prog.maps)]
+    return all(_ASM_NAME.match(n) for n in names)
+
+
+def _unnamed_call(prog) -> bool:
+    """A BPF-to-BPF call to a slot where no instruction of the program starts: the llvm dialect
+    has no spelling for it (docs/syntax.md)."""
+    starts = {slot for slot, _, _ in prog.instructions()}
+    return any(f.name == "call_local" and slot + 1 + i.imm not in starts
+               for slot, f, i in prog.instructions())
+
+
 def check_asm(case: dict):
     from .asm import assemble
     try:
         prog = assemble(case["text"], syntax=case["syntax"])
-    except BPFError:
+    except BPFError as e:
+        # an unmutated case is a valid program's listing, respelled only in ways the assembler
+        # reads (docs/syntax.md): refusing it is a round-trip failure
+        assert case.get("mutations", 1), f"a valid program's listing is refused: " \
+            f"{str(e).splitlines()[0][:150]}"
         return "refused"
-    from .disasm import disassemble
-    disassemble(prog)
+    _round_trip(prog, "assembled text")
     return "assembled"
 
 
 def check_decode(case: dict):
-    from .disasm import disassemble
     from .program import Program
+    raw = bytes.fromhex(case["hex"])
     try:
-        prog = Program.from_bytes(bytes.fromhex(case["hex"]))
+        prog = Program.from_bytes(raw)
     except BPFError:
         return "refused"
-    for syntax in ("llvm", "ubpf", "kernel"):
-        disassemble(prog, syntax=syntax)
+    assert prog.to_bytes() == raw, "decoded bytes encode to other bytes"
+    _round_trip(prog, "decoded bytes")
     return "decoded"
 
 
 def check_elf(case: dict):
-    from .elf import load_elf_program, parse_object
+    """Parse; every program that links decodes to the same bytes, and the first reads back from
+    its listings (with its source lines) in both dialects; the maps are created in a VM (with a
+    small memory limit) and the globals written, as ``load_elf`` does."""
+    from .disasm import disassemble
+    from .elf import parse_object
+    from .elf.load import bind
+    from .program import Program
+    from .vm import VM
     data = bytes.fromhex(case["hex"])
     try:
         obj = parse_object(data, "fuzz")
     except BPFError:
         return "refused"
-    for name in [getattr(p, "name", p) for p in getattr(obj, "programs", [])][:4] or [None]:
-        try:
-            load_elf_program(data, "fuzz", name)
-        except BPFError:
-            pass
-    return "parsed"
+    linked = 0
+    for name in list(obj.programs)[:8]:
+        p = obj.program(name)
+        if p.load_error is not None:
+            continue
+        linked += 1
+        raw = p.to_bytes()
+        assert Program.from_bytes(raw).to_bytes() == raw, f"program {name}: bytes do not decode back"
+        if linked > 1:
+            continue        # the round trip costs ~4 assemblies: the first linked program only
+        if _readable_names(p):
+            _round_trip(p, f"program {name}")
+        else:
+            for syntax in ("llvm", "ubpf", "kernel"):
+                disassemble(p, syntax=syntax)
+    vm = VM(max_map_bytes=64 << 20)
+    try:
+        bind(obj, vm)
+        bound = "maps created"
+    except BPFError:
+        bound = "maps refused"
+    finally:
+        vm.close()
+    return f"parsed, {'a program linked' if linked else 'no program linked'}, {bound}"
 
 
 def _stack_only(prog) -> bool:
@@ -679,8 +789,13 @@ def run_case(target: str, case: dict) -> dict:
 
 # -- the worker (a subprocess) and the runner ---------------------------------------------------
 
-def worker_main() -> int:
-    """Read JSON cases (one per line) from stdin, answer each with one JSON line."""
+def worker_main(target: str | None = None) -> int:
+    """Run one case of ``target`` to import and warm what its cases use, say ``ready``, then read
+    JSON cases (one per line) from stdin and answer each with one JSON line."""
+    if target in GENERATORS:
+        run_case(target, case_input(target, 0, 0))
+    sys.stdout.write(json.dumps({"ready": True}) + "\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         req = json.loads(line)
         out = run_case(req["target"], req["case"])
@@ -689,30 +804,76 @@ def worker_main() -> int:
     return 0
 
 
-class _Worker:
-    def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen([sys.executable, "-m", "pybpf.fuzz"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     env=env)
-        self._line: list[str] = []
+STARTUP_BUDGET = 120.0      # seconds for a worker to import pybpf and run its warm-up case
+WALL_FACTOR = 6             # a case's wall-clock limit is this many times its CPU budget
 
-    def ask(self, target: str, case: dict, budget: float) -> dict:
-        self.proc.stdin.write(json.dumps({"target": target, "case": case}) + "\n")
-        self.proc.stdin.flush()
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _Worker:
+    """A worker subprocess. Its start (Python, pybpf's imports, a warm-up case of its target) is
+    outside any case's budget; a case's budget is the CPU time the worker spends on it, so that
+    a loaded machine (the fuzzers run under ``nice``) does not turn slow cases into hangs, with
+    a wall-clock limit of WALL_FACTOR times the budget for a worker that hangs without
+    running (a deadlock)."""
+
+    def __init__(self, target: str | None = None) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen([sys.executable, "-m", "pybpf.fuzz", *([target] if target else [])],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        self.ready = False
+        self.last_cpu = 0.0     # CPU seconds the last case took (rates that a loaded machine
+                                # does not skew)
+
+    def _read_line(self, cpu_budget: float, wall_budget: float) -> tuple[str | None, str]:
+        """The worker's next line, or None and why not ("cpu", "wall")."""
         result: list[str] = []
         reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()),
                                   daemon=True)
+        cpu0, start = _cpu_seconds(self.proc.pid), time.monotonic()
         reader.start()
-        reader.join(budget)
-        if reader.is_alive():
+        while True:
+            reader.join(0.05)
+            if not reader.is_alive():
+                return (result[0] if result else ""), ""
+            if _cpu_seconds(self.proc.pid) - cpu0 > cpu_budget:
+                return None, "cpu"
+            if time.monotonic() - start > wall_budget:
+                return None, "wall"
+
+    def ask(self, target: str, case: dict, budget: float) -> dict:
+        if not self.ready:
+            line, why = self._read_line(STARTUP_BUDGET, STARTUP_BUDGET)
+            if line is None or not line:
+                self.kill()
+                return {"ok": False, "message": f"worker did not start within "
+                                                f"{STARTUP_BUDGET:g} s" if line is None else
+                        f"worker died at start: exit {self.proc.returncode}"}
+            self.ready = True
+        self.proc.stdin.write(json.dumps({"target": target, "case": case}) + "\n")
+        self.proc.stdin.flush()
+        cpu0 = _cpu_seconds(self.proc.pid)
+        line, why = self._read_line(budget, budget * WALL_FACTOR)
+        self.last_cpu = _cpu_seconds(self.proc.pid) - cpu0
+        if line is None:
             self.kill()
-            return {"ok": False, "message": f"hang: no answer within {budget:g} s"}
-        if not result or not result[0]:
+            return {"ok": False, "message": f"hang: no answer within {budget:g} s of CPU time"
+                    if why == "cpu" else
+                    f"hang: no answer within {budget * WALL_FACTOR:g} s (using no CPU)"}
+        if not line:
             code = self.proc.wait()
             return {"ok": False, "message": f"worker died: signal {-code}" if code < 0 else
                     f"worker died: exit {code}"}
-        return json.loads(result[0])
+        return json.loads(line)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -744,20 +905,21 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
     message says whether it fails there too (the saved input replays in a fresh worker)."""
     if target not in TARGETS:
         raise ValueError(f"unknown fuzz target {target!r} (one of {', '.join(TARGETS)})")
-    worker = _Worker()
+    worker = _Worker(target)
     start = last = time.monotonic()
-    cases, failures, messages, saved = 0, 0, {}, []
+    cases, failures, messages, saved, cpu = 0, 0, {}, [], 0.0
     results: dict[str, int] = {}
     try:
         while time.monotonic() - start < seconds and (max_cases is None or cases < max_cases):
             case = case_input(target, seed, cases)
             if not worker.alive() or (isolate and cases):
                 worker.close()
-                worker = _Worker()
+                worker = _Worker(target)
             out = worker.ask(target, case, budget)
+            cpu += worker.last_cpu
             cases += 1
             if not out["ok"] and not isolate:
-                alone = _Worker()
+                alone = _Worker(target)
                 try:
                     again = alone.ask(target, case, budget)
                 finally:
@@ -772,7 +934,7 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
                 msg = out["message"]
                 messages[msg] = messages.get(msg, 0) + 1
                 if not worker.alive():
-                    worker = _Worker()
+                    worker = _Worker(target)
                 if save:
                     saved.append(save_case(save, target, case, msg))
             now = time.monotonic()
@@ -785,6 +947,8 @@ def fuzz(target: str, seconds: float, seed: int = 0, save: str | None = None,
     elapsed = time.monotonic() - start
     return {"target": target, "seed": seed, "cases": cases, "seconds": round(elapsed, 2),
             "cases_per_second": round(cases / elapsed, 1) if elapsed else 0.0,
+            "cpu_seconds": round(cpu, 2),
+            "cases_per_cpu_second": round(cases / cpu, 1) if cpu else 0.0,
             "failures": failures, "distinct": messages, "results": results, "saved": saved}
 
 
@@ -799,7 +963,8 @@ def save_case(directory: str, target: str, case: dict, message: str) -> str:
 
 def format_report(r: dict) -> str:
     lines = [f"{r['target']}: {r['cases']} cases in {r['seconds']} s "
-             f"({r['cases_per_second']}/s), {r['failures']} failures, "
+             f"({r['cases_per_second']}/s; {r['cases_per_cpu_second']} per CPU second of the "
+             f"workers, {r['cpu_seconds']} s), {r['failures']} failures, "
              f"{len(r['distinct'])} distinct"]
     if r["results"]:
         lines.append("  outcomes: " + ", ".join(f"{k} {v}" for k, v in
@@ -812,4 +977,4 @@ def format_report(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main())
+    sys.exit(worker_main(sys.argv[1] if len(sys.argv) > 1 else None))

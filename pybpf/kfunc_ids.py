@@ -41,6 +41,7 @@ KFUNC_IDS: dict[str, int] = {
     "bpf_dynptr_is_rdonly": 1056,
     "bpf_dynptr_size": 1057,
     "bpf_dynptr_clone": 1058,
+    "bpf_dynptr_copy": 1059,
     # allocated objects, linked lists, red-black trees (kernel/bpf/helpers.c)
     "bpf_obj_new_impl": 1060,
     "bpf_obj_drop_impl": 1061,
@@ -60,6 +61,9 @@ KFUNC_IDS: dict[str, int] = {
     # per-CPU allocated objects (kernel/bpf/helpers.c)
     "bpf_percpu_obj_new_impl": 1075,
     "bpf_percpu_obj_drop_impl": 1076,
+    # dynptr fills and the skb metadata dynptr (kernel/bpf/helpers.c, net/core/filter.c)
+    "bpf_dynptr_memset": 1080,
+    "bpf_dynptr_from_skb_meta": 1081,
 }
 
 KFUNC_NAMES: dict[int, str] = {v: k for k, v in KFUNC_IDS.items()}

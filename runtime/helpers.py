@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
-import errno
 import functools
 import math
 import random
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -202,59 +200,6 @@ class HelperRegistry:
 
 
 # --- kernel helpers ---------------------------------------------------------------------------
-# bpf_bprintf_prepare's grammar: flags [0 +-], a width, length l or ll, then d i u x X c s p
-# (p with an optional x or K) or %%. Anything else is -EINVAL, as in the kernel.
-_PRINTK_SPEC = re.compile(r"%(?:%|([-+ 0]*)([1-9][0-9]*)?(ll|l)?([diuxXcs]|p[xK]?))")
-
-
-def format_printk(fmt: bytes, args: tuple[int, ...], regions=None) -> str:
-    """Format ``fmt`` the way ``bpf_trace_printk`` does (at most three arguments).
-
-    Conversions: ``%d %i %u %x %X`` (32-bit; ``l``/``ll`` for 64-bit), ``%c``, ``%s``, ``%p``
-    (``%px``, ``%pK``: the pointer in hex), ``%%``, with flags ``0 + - space`` and a width.
-    Raises ValueError for what the kernel refuses with -EINVAL (more than three arguments,
-    unknown specifiers). ``%s`` follows its pointer through ``regions`` (the run's RegionTable);
-    without one, or for a bad pointer, it prints ``(efault)`` as the kernel prints a failed read.
-    """
-    text = fmt.decode("latin-1")
-    out, pos, argi = [], 0, 0
-    for m in _PRINTK_SPEC.finditer(text):
-        if "%" in text[pos:m.start()]:
-            raise ValueError("unknown format specifier")
-        out.append(text[pos:m.start()])
-        pos = m.end()
-        flags, width, length, conv = m.groups()
-        if conv is None:
-            out.append("%")
-            continue
-        if argi >= 3 or argi >= len(args):
-            raise ValueError("too many format specifiers")
-        v = args[argi] & M64
-        argi += 1
-        bits = 64 if length else 32
-        spec = "%" + (flags or "") + (width or "")
-        if conv in "di":
-            v &= (1 << bits) - 1
-            v = v - (1 << bits) if v >> (bits - 1) else v
-            out.append((spec + "d") % v)
-        elif conv in "uxX":
-            out.append((spec + conv.replace("u", "d")) % (v & ((1 << bits) - 1)))
-        elif conv == "c":
-            out.append((spec + "c") % chr(v & 0xFF))
-        elif conv.startswith("p"):
-            out.append((spec + "s") % f"0x{v:x}")
-        else:  # %s
-            try:
-                s = regions.read_cstr(v).decode("latin-1") if regions is not None else None
-            except Exception:  # any bad pointer prints like the kernel's failed probe read
-                s = None
-            out.append((spec + "s") % ("(efault)" if s is None else s))
-    if "%" in text[pos:]:
-        raise ValueError("unknown format specifier")
-    out.append(text[pos:])
-    return "".join(out)
-
-
 def kernel_helpers(output: list | None = None, rng: random.Random | None = None) -> HelperRegistry:
     """The kernel helpers that need no maps, under their kernel ids.
 
@@ -286,16 +231,14 @@ def kernel_helpers(output: list | None = None, rng: random.Random | None = None)
         return 0  # the interpreter runs on one virtual CPU
 
     def trace_printk(fmt: int, size: int, a1: int, a2: int, a3: int) -> int:
-        # The kernel requires the format to be NUL-terminated within ``size`` bytes.
-        raw = ctypes.string_at(fmt, size) if size else b""
-        if not raw or raw[-1] != 0:
-            return -errno.EINVAL & M64
-        try:
-            line = format_printk(raw[:raw.index(b"\0")], (a1, a2, a3), ACTIVE_REGIONS.get())
-        except ValueError:
-            return -errno.EINVAL & M64
-        out.append(line.rstrip("\n"))
-        return len(line.encode("latin-1"))
+        # bpf_bprintf_prepare + bstr_printf, as bpf_snprintf (the format checked by the
+        # engines for ``size`` bytes; %s and the %p strings read the run's memory)
+        from .bprintf import trace_printk as render
+        n, line = render(ctypes.string_at(fmt, size & 0xFFFFFFFF) if size else b"",
+                         (a1, a2, a3))
+        if line is not None:
+            out.append(line.rstrip("\n"))
+        return n & M64
 
     for hid, fn, native in (
             (5, ktime_get_ns, ("clock_gettime", time.CLOCK_MONOTONIC)),

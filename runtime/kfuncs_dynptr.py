@@ -2,15 +2,23 @@
 ``bpf_dynptr_from_mem`` (197), ``bpf_dynptr_read`` (201), ``bpf_dynptr_write`` (202),
 ``bpf_dynptr_data`` (203) and the kfuncs ``bpf_dynptr_from_skb``, ``bpf_dynptr_from_xdp``,
 ``bpf_dynptr_slice``, ``bpf_dynptr_slice_rdwr``, ``bpf_dynptr_adjust``, ``bpf_dynptr_clone``,
-``bpf_dynptr_is_null``, ``bpf_dynptr_is_rdonly``, ``bpf_dynptr_size`` (ring buffer dynptrs:
+``bpf_dynptr_is_null``, ``bpf_dynptr_is_rdonly``, ``bpf_dynptr_size``, ``bpf_dynptr_copy``,
+``bpf_dynptr_memset`` and ``bpf_dynptr_from_skb_meta`` (ring buffer dynptrs:
 :mod:`.ringbuf_dynptr`).
 
 A ``struct bpf_dynptr`` is 16 bytes of the program's stack, laid out as the kernel's
 ``struct bpf_dynptr_kern``: ``data`` (u64), ``size`` (u32: the size in bits 0-23, the type in
 bits 28-30, read-only in bit 31), ``offset`` (u32). ``data`` is the memory itself for a local
-dynptr, and the context (``struct __sk_buff`` / ``struct xdp_md``) for skb and xdp dynptrs:
-their packet is found through the context's ``data``/``data_end`` at each call, as the kernel
-goes through the sk_buff, so a packet that moved is followed.
+dynptr, and the context (``struct __sk_buff`` / ``struct xdp_md``) for skb, skb metadata and xdp
+dynptrs: their packet (or the skb's metadata, ``[data_meta, data)``) is found through the
+context at each call, as the kernel goes through the sk_buff, so a packet that moved is
+followed. BPF_PROG_TEST_RUN gives a tc program no metadata, and neither does pybpf: an skb
+metadata dynptr is empty (size 0), as in the kernel.
+
+``bpf_dynptr_copy`` and ``bpf_dynptr_memset`` follow kernel/bpf/helpers.c step by step: direct
+slices when both ends have one (a move, overlaps allowed), else the read or write path of the
+side without one, else 256-byte chunks (xdp fragments); their errors are the kernel's (a NULL or
+read-only destination -EINVAL, out of range -E2BIG).
 
 Every access goes through the run's regions (:data:`pybpf.runtime.helpers.ACTIVE_REGIONS`): the
 dynptr's own 16 bytes (also declared as a memory argument, so both engines check them before
@@ -34,12 +42,14 @@ DYNPTR_MAX_SIZE = (1 << 24) - 1
 DYNPTR_TYPE_SHIFT = 28
 DYNPTR_SIZE_MASK = 0xFFFFFF
 DYNPTR_RDONLY_BIT = 1 << 31
-TYPE_INVALID, TYPE_LOCAL, TYPE_RINGBUF, TYPE_SKB, TYPE_XDP = 0, 1, 2, 3, 4
+TYPE_INVALID, TYPE_LOCAL, TYPE_RINGBUF, TYPE_SKB, TYPE_XDP, TYPE_SKB_META = 0, 1, 2, 3, 4, 5
+COPY_CHUNK = 256            # the kernel's on-stack buffer in bpf_dynptr_copy/memset
 BPF_F_RECOMPUTE_CSUM, BPF_F_INVALIDATE_HASH = 1 << 0, 1 << 1
 M32, M64 = 0xFFFFFFFF, (1 << 64) - 1
 _KERN = struct.Struct("<QII")
 _SKB_DATA, _SKB_END = SkBuff.data.offset, SkBuff.data_end.offset
 _SKB_HASH = SkBuff.hash.offset
+_SKB_META = SkBuff.data_meta.offset
 _XDP_DATA, _XDP_END = XdpMd.data.offset, XdpMd.data_end.offset
 _EMPTY = RegionTable()
 
@@ -142,6 +152,17 @@ def bpf_dynptr_from_xdp(xdp: int, flags: int, ptr: int) -> int:
     return 0
 
 
+def bpf_dynptr_from_skb_meta(skb: int, flags: int, ptr: int) -> int:
+    """A dynptr over the skb's metadata, [data_meta, data) (always writable: tc only)."""
+    regions = _regions()
+    if flags:
+        _set_null(ptr)
+        return _int(-errno.EINVAL)
+    meta = regions.load(skb + _SKB_META, 4)
+    _init(ptr, skb, TYPE_SKB_META, 0, max(regions.load(skb + _SKB_DATA, 4) - meta, 0))
+    return 0
+
+
 # --- reads and writes ----------------------------------------------------------------------------
 def _where(regions, data: int, dtype: int, off: int, length: int):
     """The address of ``length`` bytes at ``off`` into a dynptr's memory, or an errno when the
@@ -151,66 +172,83 @@ def _where(regions, data: int, dtype: int, off: int, length: int):
         if off + length > plen:
             return -errno.EFAULT if dtype == TYPE_SKB else -errno.EINVAL
         return start + off
+    if dtype == TYPE_SKB_META:          # bpf_skb_meta_pointer: from the metadata's start
+        return regions.load(data + _SKB_META, 4) + off
     return data + off
+
+
+def _read(regions, src, offset: int, length: int, flags: int):
+    """__bpf_dynptr_read: the ``length`` bytes at ``offset`` of dynptr ``src`` (as :func:`_load`
+    gives it), or -errno."""
+    data, dtype, _, base, size = src
+    if not data or flags:
+        return -errno.EINVAL
+    err = _check_off_len(size, offset, length)
+    if err:
+        return err
+    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
+    if xb is not None:                      # __bpf_xdp_load_bytes: fragments too
+        at = xb.pointer(base + offset, length)
+        if at is not None and at < 0:
+            return at
+        return xb.read(base + offset, length) if at is None else regions.read(at, length)
+    at = _where(regions, data, dtype, base + offset, length)
+    return at if at < 0 else regions.read(at, length)
+
+
+def _write(regions, dst, offset: int, payload: bytes, flags: int) -> int:
+    """__bpf_dynptr_write of ``payload`` at ``offset`` of dynptr ``dst``: 0 or -errno."""
+    data, dtype, rdonly, base, size = dst
+    length = len(payload)
+    if not data or rdonly:
+        return -errno.EINVAL
+    err = _check_off_len(size, offset, length)
+    if err:
+        return err
+    if dtype == TYPE_SKB:
+        if flags & ~(BPF_F_RECOMPUTE_CSUM | BPF_F_INVALIDATE_HASH):
+            return -errno.EINVAL
+    elif flags:
+        return -errno.EINVAL
+    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
+    if xb is not None:                      # __bpf_xdp_store_bytes: fragments too
+        at = xb.pointer(base + offset, length)
+        if at is not None and at < 0:
+            return at
+        if at is None:
+            xb.write(base + offset, payload)
+        else:
+            regions.write(at, payload)
+        return 0
+    at = _where(regions, data, dtype, base + offset, length)
+    if at < 0:
+        return at
+    regions.write(at, payload)
+    if dtype == TYPE_SKB and flags & BPF_F_INVALIDATE_HASH:
+        regions.store(data + _SKB_HASH, 4, 0)      # skb_clear_hash: __sk_buff.hash reads 0
+    return 0
 
 
 def bpf_dynptr_read(dst: int, length: int, src: int, offset: int, flags: int) -> int:
     regions = _regions()
     length, offset = length & M32, offset & M32
-    data, dtype, _, base, size = _load(src)
-    if not data or flags:
-        return _long(-errno.EINVAL)
-    err = _check_off_len(size, offset, length)
-    if err:
-        return _long(err)
-    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
-    if xb is not None:                      # __bpf_xdp_load_bytes: fragments too
-        at = xb.pointer(base + offset, length)
-        if at is not None and at < 0:
-            return _long(at)
-        regions.write(dst, xb.read(base + offset, length) if at is None
-                      else regions.read(at, length))
-        return 0
-    at = _where(regions, data, dtype, base + offset, length)
-    if at < 0:
-        if dtype == TYPE_SKB:
+    d = _load(src)
+    got = _read(regions, d, offset, length, flags)
+    if isinstance(got, int):
+        if got == -errno.EFAULT and d[1] == TYPE_SKB:
             regions.write(dst, bytes(length))     # __bpf_skb_load_bytes clears on failure
-        return _long(at)
-    regions.write(dst, regions.read(at, length))
+        return _long(got)
+    regions.write(dst, got)
     return 0
 
 
 def bpf_dynptr_write(dst: int, offset: int, src: int, length: int, flags: int) -> int:
     regions = _regions()
     length, offset = length & M32, offset & M32
-    data, dtype, rdonly, base, size = _load(dst)
-    if not data or rdonly:
+    d = _load(dst)
+    if not d[0] or d[2]:
         return _long(-errno.EINVAL)
-    err = _check_off_len(size, offset, length)
-    if err:
-        return _long(err)
-    if dtype == TYPE_SKB:
-        if flags & ~(BPF_F_RECOMPUTE_CSUM | BPF_F_INVALIDATE_HASH):
-            return _long(-errno.EINVAL)
-    elif flags:
-        return _long(-errno.EINVAL)
-    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
-    if xb is not None:                      # __bpf_xdp_store_bytes: fragments too
-        at = xb.pointer(base + offset, length)
-        if at is not None and at < 0:
-            return _long(at)
-        if at is None:
-            xb.write(base + offset, regions.read(src, length))
-        else:
-            regions.write(at, regions.read(src, length))
-        return 0
-    at = _where(regions, data, dtype, base + offset, length)
-    if at < 0:
-        return _long(at)
-    regions.write(at, regions.read(src, length))
-    if dtype == TYPE_SKB and flags & BPF_F_INVALIDATE_HASH:
-        regions.store(data + _SKB_HASH, 4, 0)      # skb_clear_hash: __sk_buff.hash reads 0
-    return 0
+    return _long(_write(regions, d, offset, regions.read(src, length), flags))
 
 
 def bpf_dynptr_data(ptr: int, offset: int, length: int) -> int:
@@ -227,17 +265,16 @@ def bpf_dynptr_data(ptr: int, offset: int, length: int) -> int:
     return data + base + offset
 
 
-def bpf_dynptr_slice(p: int, offset: int, buffer: int, buffer_sz: int) -> int:
-    regions = _regions()
-    offset, length = offset & M32, buffer_sz & M32
-    data, dtype, _, base, size = _load(p)
+def _slice(regions, d, offset: int, length: int, buffer: int) -> int:
+    """bpf_dynptr_slice of dynptr ``d``: the address of its ``length`` bytes at ``offset``
+    (checked against the run's regions), ``buffer`` filled with them when they span xdp
+    fragments, or 0."""
+    data, dtype, _, base, size = d
     if not data or _check_off_len(size, offset, length):
         return 0
     if dtype in (TYPE_LOCAL, TYPE_RINGBUF):
-        regions.check(data + base + offset, max(length, 1), "read")
-        return data + base + offset
-    xb = _xdp_buff(data) if dtype == TYPE_XDP else None
-    if xb is not None:
+        at = data + base + offset
+    elif (xb := _xdp_buff(data) if dtype == TYPE_XDP else None) is not None:
         at = xb.pointer(base + offset, length)
         if at is None:                      # across fragments: copied into the buffer
             if not buffer:
@@ -246,22 +283,81 @@ def bpf_dynptr_slice(p: int, offset: int, buffer: int, buffer_sz: int) -> int:
             return buffer
         if at < 0:
             return 0
-        regions.check(at, max(length, 1), "read")
-        return at
-    at = _where(regions, data, dtype, base + offset, length)
-    if at < 0:
-        return 0
-    # pybpf's packets are linear: the slice is the packet itself, as skb_header_pointer and
-    # bpf_xdp_pointer give for data in the linear part (BPF_PROG_TEST_RUN's packets are)
-    regions.check(at, max(length, 1), "read")
+    else:
+        # pybpf's skbs are linear: the slice is the packet itself, as skb_header_pointer and
+        # bpf_xdp_pointer give for data in the linear part (BPF_PROG_TEST_RUN's packets are)
+        at = _where(regions, data, dtype, base + offset, length)
+        if at < 0:
+            return 0
+    if length:                  # (an empty slice may end where its memory ends)
+        regions.check(at, length, "read")
     return at
 
 
+def bpf_dynptr_slice(p: int, offset: int, buffer: int, buffer_sz: int) -> int:
+    return _slice(_regions(), _load(p), offset & M32, buffer_sz & M32, buffer)
+
+
 def bpf_dynptr_slice_rdwr(p: int, offset: int, buffer: int, buffer_sz: int) -> int:
-    data, _, rdonly, _, _ = _load(p)
-    if not data or rdonly:
+    d = _load(p)
+    if not d[0] or d[2]:
         return 0
-    return bpf_dynptr_slice(p, offset, buffer, buffer_sz)
+    return _slice(_regions(), d, offset & M32, buffer_sz & M32, buffer)
+
+
+def bpf_dynptr_copy(dst_ptr: int, dst_off: int, src_ptr: int, src_off: int, size: int) -> int:
+    """Copy ``size`` bytes from ``src_off`` of one dynptr to ``dst_off`` of another (or the
+    same: a move)."""
+    regions = _regions()
+    dst_off, src_off, size = dst_off & M32, src_off & M32, size & M32
+    dst, src = _load(dst_ptr), _load(src_ptr)
+    src_at = _slice(regions, src, src_off, size, 0)
+    dst_at = 0 if not dst[0] or dst[2] else _slice(regions, dst, dst_off, size, 0)
+    if src_at and dst_at:
+        regions.write(dst_at, regions.read(src_at, size))
+        return 0
+    if src_at:
+        return _int(_write(regions, dst, dst_off, regions.read(src_at, size), 0))
+    if dst_at:
+        got = _read(regions, src, src_off, size, 0)
+        if isinstance(got, int):
+            if got == -errno.EFAULT and src[1] == TYPE_SKB:
+                regions.write(dst_at, bytes(size))    # __bpf_skb_load_bytes clears on failure
+            return _int(got)
+        regions.write(dst_at, got)
+        return 0
+    if _check_off_len(dst[4], dst_off, size) or _check_off_len(src[4], src_off, size):
+        return _int(-errno.E2BIG)
+    for off in range(0, size, COPY_CHUNK):
+        got = _read(regions, src, src_off + off, min(COPY_CHUNK, size - off), 0)
+        if isinstance(got, int):
+            return _int(got)
+        err = _write(regions, dst, dst_off + off, got, 0)
+        if err:
+            return _int(err)
+    return 0
+
+
+def bpf_dynptr_memset(p: int, offset: int, size: int, val: int) -> int:
+    """Fill ``size`` bytes at ``offset`` of the dynptr with the byte ``val``."""
+    regions = _regions()
+    offset, size, val = offset & M32, size & M32, val & 0xFF
+    d = _load(p)
+    at = 0 if not d[0] or d[2] else _slice(regions, d, offset, size, 0)
+    if at:
+        regions.write(at, bytes((val,)) * size)
+        return 0
+    if d[2]:
+        return _int(-errno.EINVAL)
+    err = _check_off_len(d[4], offset, size)
+    if err:
+        return _int(err)
+    chunk = bytes((val,)) * min(COPY_CHUNK, size)
+    for off in range(0, size, COPY_CHUNK):
+        err = _write(regions, d, offset + off, chunk[:size - off], 0)
+        if err:
+            return _int(err)
+    return 0
 
 
 # --- generic dynptr kfuncs (kernel/bpf/helpers.c) -----------------------------------------------
@@ -317,5 +413,8 @@ KFUNC_FNS = {"bpf_dynptr_from_skb": (bpf_dynptr_from_skb, 2, "write"),
              "bpf_dynptr_is_null": (bpf_dynptr_is_null, 0, "read"),
              "bpf_dynptr_is_rdonly": (bpf_dynptr_is_rdonly, 0, "read"),
              "bpf_dynptr_size": (bpf_dynptr_size, 0, "read"),
-             "bpf_dynptr_clone": (bpf_dynptr_clone, (0, "read", 1, "write"), None)}
+             "bpf_dynptr_clone": (bpf_dynptr_clone, (0, "read", 1, "write"), None),
+             "bpf_dynptr_copy": (bpf_dynptr_copy, (0, "read", 2, "read"), None),
+             "bpf_dynptr_memset": (bpf_dynptr_memset, 0, "read"),
+             "bpf_dynptr_from_skb_meta": (bpf_dynptr_from_skb_meta, 2, "write")}
 

@@ -94,6 +94,13 @@ def _create_from_decl(vm, decl):
                           map_extra=decl.map_extra, name=decl.name)
     except BPFError as e:
         raise VMError(f"cannot create map '{decl.name}' ({decl.type}): {e}") from None
+    lock = getattr(decl, "spin_lock_off", -1)
+    if lock >= 0:       # ``.map ... lock=OFF``: a value with a bpf_spin_lock (value BTF)
+        if lock % 4 or lock + 4 > m.value_size:
+            m.close()
+            raise VMError(f"map '{decl.name}': lock={lock} does not fit a 4-byte aligned "
+                          f"struct bpf_spin_lock in its {m.value_size}-byte value")
+        m.btf, m.spin_lock_off = True, lock
     initial = getattr(decl, "initial", None)     # an unbound ELF object's data (ElfMap)
     if initial:
         if m.type == "arena":

@@ -141,6 +141,24 @@ def func_btf(names: list[str]) -> bytes:
     return hdr + types + strings
 
 
+def lock_btf(key_size: int, value_size: int, lock_off: int) -> tuple[bytes, int, int]:
+    """(BTF, key type id, value type id) for a map whose value holds a ``struct bpf_spin_lock``
+    at ``lock_off`` (``.map ... lock=OFF``): ``struct val { <hole> struct bpf_spin_lock lock;
+    <hole> }`` of ``value_size`` bytes; the key an ``int`` (array maps want one) or a char array."""
+    strings = b"\0int\0bpf_spin_lock\0val\0char\0lock\0"
+    at = {n: strings.index(b"\0" + n + b"\0") + 1 for n in
+          (b"int", b"bpf_spin_lock", b"val", b"char", b"lock")}
+    types = struct.pack("<IIII", at[b"int"], 1 << 24, 4, (1 << 24) | 32)          # 1: int
+    types += struct.pack("<III", at[b"bpf_spin_lock"], (4 << 24) | 1, 4)           # 2: the lock
+    types += struct.pack("<III", at[b"val"], 1, 0)                                 #    int val
+    types += struct.pack("<IIII", at[b"char"], 1 << 24, 1, 8)                      # 3: char
+    types += struct.pack("<III", 0, 3 << 24, 0) + struct.pack("<III", 3, 1, key_size)  # 4: key
+    types += struct.pack("<III", at[b"val"], (4 << 24) | 1, value_size)            # 5: value
+    types += struct.pack("<III", at[b"lock"], 2, lock_off * 8)
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return hdr + types + strings, 1 if key_size == 4 else 4, 5
+
+
 def _load_btf(data: bytes) -> int:
     buf = ctypes.create_string_buffer(data, len(data))
     log = ctypes.create_string_buffer(1 << 16)
@@ -205,11 +223,20 @@ def create_maps(prog) -> list[int]:
             if why:
                 raise MapsUnavailable(f"map {m.name}: {why}")
             flags = m.flags | ((1 << 10) if m.type == "arena" else 0)
+            btf_fd = None
             try:
+                btf = None
+                if getattr(m, "spin_lock_off", -1) >= 0:     # value BTF naming the lock
+                    data, key_id, value_id = lock_btf(m.key_size, m.value_size, m.spin_lock_off)
+                    btf_fd = _load_btf(data)
+                    btf = (btf_fd, key_id, value_id)
                 fds.append(create_map(m.type, m.key_size, m.value_size, m.max_entries, flags,
-                                      m.map_extra, m.name))
+                                      m.map_extra, m.name, btf=btf))
             except (OSError, KeyError) as e:
                 raise MapsUnavailable(f"map {m.name} ({m.type}): {e}") from None
+            finally:
+                if btf_fd is not None:
+                    os.close(btf_fd)        # the map holds its own reference
     except MapsUnavailable:
         for fd in fds:
             os.close(fd)

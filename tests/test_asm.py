@@ -278,7 +278,7 @@ def test_number_formats():
 def test_program_metadata():
     text = """
     .map counts type=hash key=4 value=8 max_entries=64
-    .map cfg type=array key=4 value=16 max_entries=1 flags=1024
+    .map cfg type=array key=4 value=16 max_entries=1 flags=1024 lock=4
     entry:
         r1 = map[counts] ll
         r2 = map_value[cfg] + 8 ll
@@ -295,7 +295,8 @@ def test_program_metadata():
         exit
     """
     p = assemble(text, filename="m.s", kfuncs={"my_kfunc": 99})
-    assert p.maps == [MapDecl("counts", "hash", 4, 8, 64), MapDecl("cfg", "array", 4, 16, 1, flags=1024)]
+    assert p.maps == [MapDecl("counts", "hash", 4, 8, 64), MapDecl("cfg", "array", 4, 16, 1, flags=1024,
+                                                                    spin_lock_off=4)]
     assert p.functions == {0: "entry", 14: "helper_fn"}
     assert p.labels == {0: "entry", 14: "helper_fn", 15: "out"}
     assert p.kfuncs == {1001: "bpf_arena_alloc_pages", 99: "my_kfunc"}
@@ -354,6 +355,24 @@ Disassembly of section .text:
     raw = bytes.fromhex("b700000000000000" "1801000088776655" "0000000044332211"
                         "1501010000000000" "b700000001000000" "9500000000000000")
     assert p.to_bytes() == raw and p.labels == {0: "main", 5: "LBB0_2"}
+
+
+def test_objdump_symbol_header_may_carry_a_comment():
+    """Found by the structure-aware asm fuzzer: a symbol header line followed by a comment (as
+    any line may be) was 'unexpected ':''."""
+    p = assemble("0000000000000000 <main>:  # entry\nr0 = 0\n\n"
+                 "0000000000000010 <done>: // end\nexit")
+    assert p.labels == {0: "main", 1: "done"} and len(p.insns) == 2
+
+
+def test_negative_helper_id_is_not_read_as_llvm():
+    """Found by the structure-aware asm fuzzer: the ubpf listing of `call -5` (a helper id, the
+    same in both dialects) made auto-detection pick LLVM, so `mov32 %r0, 1` before it was
+    'unknown mnemonic'."""
+    raw = assemble("mov32 %r0, 1\ncall -5\nexit", syntax="ubpf").to_bytes()
+    assert assemble("mov32 %r0, 1\ncall -5\nexit").to_bytes() == raw
+    assert assemble("call -5\nexit").insns[0].imm == -5
+    assert assemble("lock *(u64 *)(r1 + 0) += r2\nexit").insns[0].imm == 0   # still LLVM
 
 
 @pytest.mark.skipif(not (CLANG and OBJDUMP), reason="clang-19/llvm-objdump-19 not installed")

@@ -166,7 +166,7 @@ def case_time_random_and_cpu_helpers_are_native():
 
 def case_hash_keys_of_every_size():
     rnd = random.Random(9)
-    for ks in (1, 3, 4, 8, 12, 16, 63, 100):
+    for ks in (1, 3, 4, 8, 12, 13, 16, 63, 100, 200):   # jhash: tails, blocks, its loop
         keys = list({rnd.randbytes(ks) for _ in range(40)})
         present, absent = keys[:25], keys[25:]
 

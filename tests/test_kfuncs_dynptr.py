@@ -95,6 +95,48 @@ exit
 """
 
 
+# a local dynptr whose data pointer the program overwrote with 4096, then filled and copied
+# from: both kfuncs must check the memory the forged dynptr names
+FORGED_OPS = """
+.map arr type=array key=4 value=16 max_entries=1
+r1 = 0
+*(u32 *)(r10 - 4) = r1
+r1 = map[arr] ll
+r2 = r10
+r2 += -4
+call bpf_map_lookup_elem
+if r0 == 0 goto out
+r1 = r0
+r2 = 16
+r3 = 0
+r4 = r10
+r4 += -24
+call bpf_dynptr_from_mem
+r1 = 4096
+*(u64 *)(r10 - 24) = r1
+r1 = r10
+r1 += -24
+r2 = 0
+%s
+out:
+r0 = 0
+exit
+"""
+FORGED_MEMSET = FORGED_OPS % "r3 = 8\nr4 = 0\ncall bpf_dynptr_memset"
+FORGED_COPY = FORGED_OPS % "r3 = r1\nr4 = 0\nr5 = 8\ncall bpf_dynptr_copy"
+
+
+def _forged_op(src: str, engine: str) -> str:
+    import pybpf
+    from pybpf.errors import MemoryAccessError
+    lp = pybpf.VM().load(assemble(src), prog_type="syscall", engine=engine, verify=False)
+    try:
+        lp.run(ctx=bytearray(8))
+    except MemoryAccessError:
+        return "refused"
+    return "ran"
+
+
 def _forged_submit(engine: str) -> str:
     import pybpf
     vm = pybpf.VM()
@@ -125,7 +167,9 @@ def _rdwr(engine: str):
 
 
 CASES = {"forged": lambda: _forged("jit"), "rdwr": lambda: list(_rdwr("jit")),
-         "forged_submit": lambda: _forged_submit("jit")}
+         "forged_submit": lambda: _forged_submit("jit"),
+         "forged_memset": lambda: _forged_op(FORGED_MEMSET, "jit"),
+         "forged_copy": lambda: _forged_op(FORGED_COPY, "jit")}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +195,18 @@ def test_a_forged_ringbuf_dynptr_commits_nothing_in_the_interpreter():
 def test_a_forged_ringbuf_dynptr_commits_nothing_in_the_jit(jit_results):
     assert_case_passed(jit_results, "forged_submit")
     assert jit_results[0]["forged_submit"]["detail"] == "refused errno 22"
+
+
+@pytest.mark.parametrize("src", [FORGED_MEMSET, FORGED_COPY], ids=["memset", "copy"])
+def test_forged_dynptrs_are_refused_by_copy_and_memset_in_the_interpreter(src):
+    assert _forged_op(src, "interp") == "refused"
+
+
+@pytest.mark.jit
+@pytest.mark.parametrize("case", ["forged_memset", "forged_copy"])
+def test_forged_dynptrs_are_refused_by_copy_and_memset_in_the_jit(jit_results, case):
+    assert_case_passed(jit_results, case)
+    assert jit_results[0][case]["detail"] == "refused"
 
 
 def test_a_writable_slice_writes_the_packet():

@@ -20,7 +20,8 @@ from pybpf.errors import MapError
 from pybpf.runtime import map_helpers as mh
 from pybpf.runtime.maps import MAP_TYPES, MapKeyError, create_map
 from pybpf.runtime.maps.base import MAP_TYPE_IDS
-from pybpf.runtime.maps.hash import ELEM_HDR, NULLS, OFF_NEXT, fnv1a32
+from pybpf.runtime.maps.hash import ELEM_HDR, NULLS, OFF_NEXT
+from pybpf.runtime.maps.jhash import jhash
 from pybpf.runtime.maps.ringbuf import RingBuf
 from pybpf.uapi import (BPF_ANY, BPF_EXIST, BPF_F_LOCK, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU,
                         BPF_F_NO_PREALLOC, BPF_F_NUMA_NODE, BPF_F_PRESERVE_ELEMS, BPF_F_RDONLY,
@@ -212,7 +213,7 @@ def test_hash_native_layout_finds_every_value():
     assert hdr.map_type == MAP_TYPE_IDS["hash"] and hdr.key_size == 6 and hdr.value_size == 3
 
     def native_lookup(key: bytes) -> int:
-        hsh = fnv1a32(key)
+        hsh = jhash(key)
         cur = ctypes.c_uint32.from_address(hdr.index + 4 * (hsh & hdr.index_mask)).value
         while not cur & NULLS:          # a chain ends on NULLS | bucket
             elem = hdr.data + (cur - 1) * hdr.elem_size

@@ -288,3 +288,32 @@ def test_bare_calls_get_the_kernels_verdict(prog_type):
         if ours != theirs:
             wrong.append((protos.func_id_name(hid), ours, theirs))
     assert not wrong, wrong
+
+
+@pytest.mark.skipif(not KERNEL, reason="bpf() is not permitted here: no kernel to compare with")
+@pytest.mark.parametrize("prog_type", ["sched_cls", "xdp", "tracepoint", "syscall"])
+def test_awaiting_helpers_check_their_arguments_first(prog_type):
+    """A helper whose prototype pybpf has but not its implementation (AWAITING_IMPLEMENTATION):
+    its call gets the kernel's argument checks, so where the kernel refuses the call the
+    message is the kernel's; where the kernel accepts it pybpf refuses it after the arguments
+    as not implemented (never accepted: nothing could run it)."""
+    assert protos.AWAITING_IMPLEMENTATION
+    asm = {"bare": "call {}", "zeros": "r2 = 0\nr3 = 0\nr4 = 0\nr5 = 0\ncall {}",
+           "stack": "r2 = r10\nr3 = r10\nr3 += -8\nr4 = 8\nr5 = 0\ncall {}"}
+    vm, wrong, refused_by_both = pybpf.VM(), [], 0
+    for hid in sorted(protos.AWAITING_IMPLEMENTATION):
+        for name, body in asm.items():
+            prog = pybpf.assemble(body.format(hid) + "\nr0 = 0\nexit", syntax="llvm")
+            with pytest.raises(VerifierError) as e:
+                vm.verify(prog, prog_type=prog_type, full=True)
+            err, log = _kernel_load(prog_type, prog)
+            lines = [ln for ln in log.splitlines() if ln.strip()]
+            theirs = "" if err == 0 else lines[-2]
+            ours = e.value.message
+            refused_by_both += bool(theirs)
+            if theirs != ours and not (theirs == "" and ours ==
+                                       f"helper {protos.func_id_name(hid)}#{hid} is not "
+                                       "implemented by pybpf"):
+                wrong.append((protos.func_id_name(hid), name, ours, theirs))
+    assert not wrong, wrong
+    assert refused_by_both      # the comparison saw kernel messages, not only acceptances

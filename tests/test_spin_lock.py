@@ -203,6 +203,24 @@ def test_verifier_matches_the_kernel(name):
     assert _pybpf_verdict(text, btf) == _kernel_verdict(text, btf)
 
 
+def test_map_directive_declares_the_lock():
+    """``.map ... lock=OFF`` (the corpus's tests/verifier/spin_lock/) gives the created map the
+    lock an object's value BTF would; an offset the 4-byte lock does not fit at is refused."""
+    vm = pybpf.VM()
+    lp = vm.load(asm(MAP.replace("\n", " lock=4\n") + LOOKUP + """
+r1 = r6
+r1 += 4
+call bpf_spin_lock
+r1 = r6
+r1 += 4
+call bpf_spin_unlock
+""" + OUT), prog_type="xdp", engine="interp")
+    assert (lp.maps["m"].btf, lp.maps["m"].spin_lock_off) == (True, 4)
+    for bad in ("lock=2", "lock=16"):
+        with pytest.raises(pybpf.VMError, match="does not fit"):
+            pybpf.VM().load(asm(MAP.replace("\n", f" {bad}\n") + OUT), prog_type="xdp")
+
+
 def test_the_cases_cover_accept_and_reject():
     verdicts = {_pybpf_verdict(*CASES[n])[0] for n in CASES}
     assert verdicts == {"accept", "reject"}

@@ -523,6 +523,22 @@ def test_fast_assembly_is_the_assembler():
         assert all(a is not b for a, b in zip(fast.maps, g.fast_assemble(text).maps))
 
 
+def test_fast_assembly_is_the_assembler_for_extra_and_bounds_programs():
+    # the same for the statement kinds of --extra and the programs of --bounds
+    import random
+
+    import verifier_gen as g
+    for i in range(40):
+        rng = random.Random(i)
+        texts = [g._Gen(rng, g.PROG_TYPES[i % 5], extra=True).build(),
+                 g.bounds_text(rng, g.PROG_TYPES[i % 5])]
+        for text in texts:
+            text = g.re.sub(r"\+ -(\d)", r"- \1", text)
+            fast, slow = g.fast_assemble(text), g.assemble(text)
+            assert (fast.insns, fast.maps, fast.labels, fast.lines) == \
+                (slow.insns, slow.maps, slow.labels, slow.lines), text
+
+
 @pytest.mark.parametrize("text, why", [
     ("r0 = *(u64 *)(r10 - 8)\nexit", "uninit_stack"),
     (".map m type=array key=4 value=8 max_entries=1\n*(u32 *)(r10 - 4) = 0\n"

@@ -257,7 +257,7 @@ def _printk(fmt: bytes, *args: int) -> str:
     (b"%d %i %u", (M64, 2**32 - 2, M64), "-1 -2 4294967295"),
     (b"%x %ld %lu", (0xABCDEF12345, M64, M64), "def12345 -1 18446744073709551615"),
     (b"%lx %llu %llx", (0xABCDEF12345, 2**40, 255), "abcdef12345 1099511627776 ff"),
-    (b"%lld %p %c", (neg(5), 0x1000, ord("Z")), "-5 0x1000 Z"),
+    (b"%lld %px %c", (neg(5), 0x1000, ord("Z")), "-5 0000000000001000 Z"),
     (b"[%5d|%-3x|%05u] 100%%", (42, 10, 7), "[   42|a  |00007] 100%"),
 ])
 def test_trace_printk_formats_are_captured(fmt, args, want):

@@ -7,6 +7,11 @@ Two sources, both seeded and reproducible:
   packet pointers checked (or not) against data_end, a map lookup null-checked (or not), map
   value, stack and packet accesses at offsets near the edges, scalar ALU and bounds from forward
   branches, pointer arithmetic, spills and fills, helper calls, an occasional bounded loop.
+- with ``--extra``, 40% of a random program's statements come from :meth:`_Gen.extra_stmt`
+  (atomics on every pointer kind, ALU on pointers, partial spills, immediate stores, variable
+  stack offsets, pointer comparisons, helpers taking memory and sizes, 32-bit bounds of 64-bit
+  values, signed division, sign-extending loads); with ``--bounds SHARE`` that share of the
+  random programs come from :func:`bounds_program` (scalar bounds only, read through accesses).
 - :func:`mutate`: an accepted corpus program (tests/verifier/) with one to three instruction
   edits: a field flipped (register, opcode within its class, JMP<->JMP32, ALU<->ALU64, access
   size), an offset or immediate changed, a conditional jump dropped (a bounds or NULL check
@@ -170,8 +175,8 @@ def fast_assemble(text: str):
 class _Gen:
     """Builds one random program as assembly text."""
 
-    def __init__(self, rng: random.Random, ptype: str):
-        self.rng, self.ptype, self.out = rng, ptype, []
+    def __init__(self, rng: random.Random, ptype: str, extra: bool = False):
+        self.rng, self.ptype, self.out, self.extra = rng, ptype, [], extra
         self.vsize = rng.choice([8, 16, 32, 48])
         self.checked = False           # r9 null-checked on the main path
         self.nstmt = 0
@@ -198,6 +203,8 @@ class _Gen:
             [6, 10, 4, 10, 10, 7, 5, 6 if t in PACKET else 0, 8 if t in PACKET else 0,
              6, 3, 2, 1, 2, 3])[0]
         target = r.choice(labels_after)
+        if self.extra and r.random() < 0.4:
+            return self.extra_stmt(a, b, target)
         if kind == "ctx":
             off, size = r.choice(CTX_FIELDS[t])
             if r.random() < 0.06:
@@ -288,6 +295,172 @@ class _Gen:
         return [f"r{a} = *(u8 *)(r9 + 0)", f"r{a} &= {mask}", "r1 = r9", f"r1 += r{a}",
                 f"r{b} = *(u8 *)(r1 + 0)"]
 
+    def pointer(self) -> str:
+        """A register holding a pointer of this program: ctx, map value (or NULL), stack, and
+        the packet and its end where the type has them."""
+        return self.rng.choice(["r6", "r9", "r9", "r10"] + (["r7", "r7", "r8"] if self.ptype in PACKET
+                                                          else []))
+
+    def extra_stmt(self, a: int, b: int, target: str) -> list[str]:
+        """Statements of ``--extra``: the rules the base mix rarely reaches (atomics on every
+        pointer kind, ALU on pointers (32-bit, bitwise, neg, swaps, pointer minus pointer),
+        partial spills of pointers and scalars, immediate stores, variable stack offsets,
+        pointer comparisons, helpers taking memory and sizes, 32-bit bounds of 64-bit values,
+        signed division, sign-extending loads)."""
+        r, t = self.rng, self.ptype
+        kind = r.choice(["atomic", "ptralu", "pspill", "imm_store", "varstack", "ptrcmp",
+                         "memhelper", "wide32", "salu", "ldsx", "ptrpair"])
+        size = r.choice([1, 2, 4, 8])
+        if kind == "atomic":
+            p = self.pointer()
+            base = {"r10": -8 * r.randrange(1, 5), "r9": self.pick_off(8, self.vsize),
+                    "r6": r.choice([0, 4, 8, 16, 48]), "r7": r.choice([0, 4, 8]),
+                    "r8": 0}[p]
+            if r.random() < 0.2:
+                base += r.choice([1, 2, 4, -4])
+            mem = f"{p} + {base}" if base >= 0 else f"{p} - {-base}"
+            w = r.choice(["r", "w"])
+            bits, s_ = ("64", "u64") if w == "r" else ("32", "u32")
+            op = r.choice(["lock", "fetch", "xchg", "cmpxchg", "acq", "rel"])
+            pre = []
+            if p == "r7" and r.random() < 0.7:
+                pre = ["r1 = r7", "r1 += 16", f"if r1 > r8 goto {target}"]
+            if op == "lock":
+                return pre + [f"lock *({s_} *)({mem}) {r.choice(['+=', '|=', '&=', '^='])} {w}{b}"]
+            if op == "fetch":
+                fn = r.choice(["add", "or", "and", "xor"])
+                return pre + [f"{w}{b} = atomic_fetch_{fn}(({s_} *)({mem}), {w}{b})"]
+            if op == "xchg":
+                return pre + [f"{w}{b} = xchg{'_64' if w == 'r' else '32_32'}({mem}, {w}{b})"]
+            if op == "cmpxchg":
+                return pre + [f"{w}0 = cmpxchg{'_64' if w == 'r' else '32_32'}({mem}, {w}0, {w}{b})"]
+            if op == "acq":
+                return pre + [f"{'w' if size < 8 else 'r'}{b} = load_acquire(({SIZES[size]} *)({mem}))"]
+            return pre + [f"store_release(({SIZES[size]} *)({mem}), {'w' if size < 8 else 'r'}{b})"]
+        if kind == "ptralu":
+            p = self.pointer()
+            d = r.choice([1, 1, b])
+            op = r.choice(["+=", "-=", "*=", "&=", "|=", "^=", "<<=", ">>=", "s>>=", "/=", "%=",
+                           "neg", "swap", "w+=", "w=", "sx", "-=p", "+=p"])
+            lines = [f"r{d} = {p}"]
+            if op == "neg":
+                lines.append(f"r{d} = -r{d}")
+            elif op == "swap":
+                lines.append(f"r{d} = {r.choice(['be16', 'le32', 'bswap64', 'le64'])} r{d}")
+            elif op == "w+=":
+                lines.append(f"w{d} += {r.choice([0, 1, 8])}")
+            elif op == "w=":
+                lines.append(f"w{d} = w{d}")
+            elif op == "sx":
+                lines.append(f"r{d} = (s{r.choice([8, 16, 32])})r{d}")
+            elif op in ("-=p", "+=p"):
+                lines.append(f"r{d} {op[:2]} {self.pointer()}")
+            else:
+                lines.append(f"r{d} {op} {r.choice([0, 1, 8, f'r{a}'])}")
+            if r.random() < 0.6:
+                lines.append(f"r{r.choice([0, 2, 3])} = *({SIZES[size]} *)(r{d} + 0)")
+            else:
+                lines.append(f"r{a} = r{d}")
+            return lines
+        if kind == "pspill":
+            slot = 8 * r.randrange(2, 8)
+            src = r.choice([self.pointer(), self.pointer(), f"r{a}"])
+            wsz = r.choice([1, 2, 4, 8])
+            woff = slot - r.choice([0, 0, 4, 2 if wsz <= 2 else 0])
+            rsz = r.choice([1, 2, 4, 8])
+            roff = slot - r.choice([0, 0, 4 if rsz <= 4 else 0, 1 if rsz == 1 else 0])
+            wsrc = src if wsz == 8 else ("w" + src[1:])
+            lines = [f"*({SIZES[wsz]} *)(r10 - {woff}) = {wsrc}"]
+            if r.random() < 0.3:
+                lines.append(f"*(u8 *)(r10 - {slot - r.randrange(8)}) = r{b}")
+            d = r.choice([1, 1, b])
+            lines.append(f"r{d} = *({SIZES[rsz]} *)(r10 - {roff})")
+            if d == 1:
+                lines.append(f"r{b} = *({SIZES[size]} *)(r1 + {r.choice([0, 1, 4])})")
+            return lines
+        if kind == "imm_store":
+            slot = 8 * r.randrange(2, 8)
+            wsz = r.choice([1, 2, 4, 8])
+            imm = r.choice([0, 0, 1, 7, -1, 255, 65536])
+            rsz = r.choice([1, 2, 4, 8])
+            roff = slot - r.choice([0, 0, 4 if rsz <= 4 else 0])
+            lines = [f"*({SIZES[wsz]} *)(r10 - {slot - r.choice([0, 0, 4 if wsz <= 4 else 0])}) = {imm}",
+                     f"r{a} = *({SIZES[rsz]} *)(r10 - {roff})"]
+            if r.random() < 0.5:
+                lines += ["r1 = r9", f"r1 += r{a}", f"r{b} = *(u8 *)(r1 + 0)"]
+            return lines
+        if kind == "varstack":
+            mask = r.choice([7, 15, 31, 63, 64])
+            lines = ["r1 = r10", f"r{a} &= {mask}", f"r1 += r{a}",
+                     f"r1 += {r.choice([-64, -72, -40, -8, -80])}"]
+            if r.random() < 0.5:
+                lines.insert(1, f"r{a} = -r{a}") if r.random() < 0.2 else None
+                return [x for x in lines if x] + [f"r{b} = *({SIZES[size]} *)(r1 + 0)"]
+            return lines + [f"*({SIZES[size]} *)(r1 + 0) = r{b}"]
+        if kind == "ptrcmp":
+            x, y = self.pointer(), r.choice([self.pointer(), f"r{a}", "r1"])
+            w = "w" if r.random() < 0.2 else "r"
+            if w == "w":
+                x, y = "w" + x[1:], "w" + y[1:]
+            lines = []
+            if y == "r1" or y == "w1":
+                lines.append(f"r1 = {r.choice(['0', 'r9', 'r10', 'r6'])}")
+            return lines + [f"if {x} {r.choice(JMP_OPS)} {y} goto {target}"]
+        if kind == "memhelper":
+            p = r.choice(["r10", "r9", "r9"] + (["r7"] if t in PACKET else []))
+            off = {"r10": -r.choice([8, 16, 32, 64]), "r9": r.choice([0, 8, self.vsize - 8]),
+                   "r7": r.choice([0, 8, 14])}[p]
+            n = r.choice(["0", "1", "8", "16", f"r{a}", f"r{a}", "-1", "64"])
+            skb = t in ("socket_filter", "sched_cls") and r.random() < 0.3
+            buf, size = ("r3", "r4") if skb else ("r1", "r2")   # bpf_skb_load_bytes(skb, off, to, len)
+            lines = [f"{size} = {n}", f"{buf} = {p}", f"{buf} += {off}"]
+            if n.startswith("r") and r.random() < 0.7:
+                lines.append(f"{size} &= {r.choice([7, 15, 8])}")
+            if skb:
+                return lines + ["r1 = r6", f"r2 = {r.choice([0, 4, 14])}", "call bpf_skb_load_bytes",
+                                f"r{a} = r0", *[f"r{x} = 0" for x in (2, 3, 4, 5) if x != a]]
+            helper = r.choice(["bpf_probe_read_kernel", "bpf_probe_read_kernel", "bpf_csum_diff",
+                               "bpf_get_current_comm" if t == "tracepoint" else "bpf_probe_read_kernel"])
+            if helper == "bpf_csum_diff":
+                lines += ["r3 = 0", "r4 = 0", "r5 = 0"]
+            else:
+                lines += [f"r3 = {r.choice(['r6', 'r10', '0'])}"]
+            return lines + [f"call {helper}", f"r{a} = r0",
+                            *[f"r{x} = 0" for x in (2, 3, 4, 5) if x != a]]
+        if kind == "wide32":
+            big = r.choice([4294967301, 4294967295, -4294967288, 8589934592, 2147483648])
+            lines = [f"r{a} = {big} ll"] if r.random() < 0.5 else [f"r{a} <<= 32",
+                                                                    f"r{a} |= {r.choice([3, 7])}"]
+            lines.append(f"if w{a} {r.choice(['>', '>=', 's>', 's<', '<'])} {r.choice([7, 8, -1, 0])} goto {target}")
+            lines += ["r1 = r9", f"r1 += r{a}", f"r{b} = *(u8 *)(r1 + 0)"]
+            return lines
+        if kind == "salu":
+            op = r.choice(["s/=", "s%=", "s>>="])
+            w = r.choice(["r", "w"])
+            src = r.choice([f"{w}{b}", "-1", "3", "-8", "0"])
+            lines = [f"{w}{a} {op} {src}"]
+            if r.random() < 0.5:
+                lines += ["r1 = r9", f"r1 += r{a}", f"r{b} = *(u8 *)(r1 + 0)"]
+            return lines
+        if kind == "ldsx":
+            p = r.choice(["r9", "r10", "r6"] + (["r7"] if t in PACKET else []))
+            ssz = r.choice([1, 2, 4])
+            off = {"r9": self.pick_off(ssz, self.vsize), "r10": -8, "r6": r.choice(CTX_FIELDS[t])[0],
+                   "r7": r.choice([0, 2])}[p]
+            mem = f"{p} + {off}" if off >= 0 else f"{p} - {-off}"
+            lines = [f"r{a} = *(s{8 * ssz} *)({mem})"]
+            if r.random() < 0.5:
+                lines += [f"if r{a} s< 0 goto {target}", "r1 = r9", f"r1 += r{a}",
+                          f"r{b} = *(u8 *)(r1 + 0)"]
+            return lines
+        # ptrpair: the packet range learned through a second pointer, or map_value_or_null copies
+        if t in PACKET and r.random() < 0.6:
+            n = r.choice([8, 14, 20])
+            return ["r1 = r7", f"r1 += {n}", f"if r8 {r.choice(['<', '<=', '>', '>='])} r1 goto {target}",
+                    f"r{b} = *({SIZES[size]} *)(r7 + {self.pick_off(size, n)})"]
+        return ["r1 = r9", f"if r1 {r.choice(['==', '!='])} r{a} goto {target}",
+                f"r{b} = *({SIZES[size]} *)(r9 + {self.pick_off(size, self.vsize)})"]
+
     def build(self) -> str:
         r, t = self.rng, self.ptype
         mtype = r.choice(["array", "array", "hash", "percpu_array", "lru_hash"])
@@ -305,7 +478,7 @@ class _Gen:
             for reg in (2, 3, 4, 5):
                 if r.random() < 0.3:
                     out.append(f"r{reg} = *({r.choice(['u64', 'u32', 'u8'])} *)(r9 + 0)")
-        n = r.randrange(3, 14)
+        n = r.randrange(3, 14) if not self.extra else r.randrange(2, 9)
         stmts = []
         for i in range(n):
             self.nstmt = i
@@ -317,9 +490,92 @@ class _Gen:
         return "\n".join(out)
 
 
-def random_program(rng: random.Random, ptype: str):
-    """A random program for ``ptype``, assembled (AsmError never: the text is well formed)."""
-    text = _Gen(rng, ptype).build()
+def bounds_program(rng: random.Random, ptype: str):
+    """:func:`bounds_text`, assembled."""
+    return fast_assemble(bounds_text(rng, ptype))
+
+
+def bounds_text(rng: random.Random, ptype: str) -> str:
+    """A program about scalar bounds only (``--bounds``): unknown values of every width and
+    signedness from a map value, chains of 64- and 32-bit ALU ops (signed division, swaps,
+    sign extension, negation), copies linked to their source (also with a constant added),
+    JMP/JMP32 conditions in every form, spills and fills of parts of a scalar, and accesses
+    to the map value and the stack at the resulting variable offsets. Each access is accepted
+    exactly when the verifier's bounds prove it, so a verifier more precise than the kernel's
+    (an unsound one) shows as an accept the kernel refuses."""
+    r = rng
+    vsize = r.choice([8, 16, 48, 64, 256])
+    regs = [2, 3, 4, 5, 7, 8]
+    out = [f".map m type=array key=4 value={vsize} max_entries=1", "r6 = r1",
+           "*(u32 *)(r10 - 4) = 0", "r1 = map[m] ll", "r2 = r10", "r2 += -4",
+           "call bpf_map_lookup_elem", "r9 = r0", "if r9 == 0 goto out"]
+    for x in regs:
+        src = r.choice(["u8", "u16", "u32", "u64", "s8", "s16", "s32", "const", "big"])
+        if src == "const":
+            out.append(f"r{x} = {r.choice([0, 1, 7, -1, -8, 255, 4096])}")
+        elif src == "big":
+            out.append(f"r{x} = {r.choice([4294967296, 4294967295, 4294967303, -4294967296, -2147483648, 9223372036854775807])} ll")
+        else:
+            out.append(f"r{x} = *({src} *)(r9 + {r.choice([0, 0, 1, 2, 4]) if vsize > 8 else 0})")
+    n = r.randrange(3, 12)
+    consts = [0, 1, 2, 3, 7, 8, 15, 16, 31, 32, 63, 64, 255, 256, -1, -2, -8, -16, -256,
+              0x7fffffff, -0x80000000, 0xffff, vsize, vsize - 1, vsize - 8]
+    body = []
+    for i in range(n):
+        a, b = r.choice(regs), r.choice(regs)
+        w = "w" if r.random() < 0.35 else "r"
+        target = r.choice([f"s{j}" for j in range(i + 1, n)] + ["out", "acc"])
+        kind = r.choices(["alu", "jmp", "copy", "spill", "acc", "misc"], [8, 8, 3, 2, 3, 3])[0]
+        lines = [f"s{i}:"]
+        if kind == "alu":
+            op = r.choice(ALU_OPS + ["s/=", "s%=", "="])
+            src = f"{w}{b}" if r.random() < 0.35 else str(r.choice(consts))
+            if op in ("<<=", ">>=", "s>>=") and not src.startswith(w):
+                src = str(r.randrange(0, 64 if w == "r" else 32))
+            lines.append(f"{w}{a} {op} {src}")
+        elif kind == "jmp":
+            rhs = f"{w}{b}" if r.random() < 0.3 else str(r.choice(consts))
+            lines.append(f"if {w}{a} {r.choice(JMP_OPS)} {rhs} goto {target}")
+        elif kind == "copy":
+            lines.append(f"{w}{b} = {w}{a}")
+            if r.random() < 0.6:
+                lines.append(f"{w}{b} += {r.choice([1, 4, -1, 8, -4, 2147483647])}")
+            if r.random() < 0.5:
+                lines.append(f"if {r.choice(['r', 'w'])}{a} {r.choice(JMP_OPS)} {r.choice(consts)} goto {target}")
+        elif kind == "spill":
+            sz = r.choice([1, 2, 4, 8])
+            slot = 8 * r.randrange(2, 6)
+            woff = slot - r.choice([0, 0, 4 if sz <= 4 else 0])
+            lines += [f"*({SIZES[sz]} *)(r10 - {woff}) = {'r' if sz == 8 else 'w'}{a}",
+                      f"r{b} = *({SIZES[r.choice([sz, sz, 1, 2, 4, 8])]} *)(r10 - {woff})"]
+        elif kind == "acc":
+            lines += access(r, a, vsize)
+        else:
+            lines.append(r.choice([f"r{a} = -r{a}", f"w{a} = -w{a}",
+                                   f"r{a} = {r.choice(['be16', 'be32', 'le16', 'le32', 'bswap16', 'bswap32', 'bswap64'])} r{a}",
+                                   f"r{a} = (s{r.choice([8, 16, 32])})r{b}",
+                                   f"w{a} = (s{r.choice([8, 16])})w{b}",
+                                   f"w{a} = w{a}"]))
+        body += lines
+    out += body
+    a = r.choice(regs)
+    out += ["goto out", "acc:", *access(r, a, vsize), "out:", "r0 = 0", "exit"]
+    return re.sub(r"\+ -(\d)", r"- \1", "\n".join(out))
+
+
+def access(r: random.Random, a: int, vsize: int) -> list[str]:
+    """An access at a variable offset held in r{a}: into the map value or the stack."""
+    size = r.choice([1, 1, 2, 4, 8])
+    if r.random() < 0.75:
+        return ["r1 = r9", f"r1 += r{a}", f"r0 = *({SIZES[size]} *)(r1 + {r.choice([0, 0, 1, -1, 4])})"]
+    return ["r1 = r10", f"r1 += r{a}",
+            f"r0 = *({SIZES[size]} *)(r1 - {r.choice([64, 128, 256, 512, 8])})"]
+
+
+def random_program(rng: random.Random, ptype: str, extra: bool = False):
+    """A random program for ``ptype``, assembled (AsmError never: the text is well formed).
+    ``extra``: 40% of the statements (2 to 8 of them) come from :meth:`_Gen.extra_stmt`."""
+    text = _Gen(rng, ptype, extra).build()
     return fast_assemble(re.sub(r"\+ -(\d)", r"- \1", text))
 
 
@@ -436,9 +692,9 @@ class Tally:
             f"rejections whose message matches the kernel's last log line: {self.message_match} of "
             f"{self.both_reject} = {pct(self.message_match, self.both_reject)}",
             f"  of the {self.both_reject - self.message_match} mismatches, {self.past_maps()} are "
-            f"map indexes past the program's maps (pybpf 'map index N out of range'; the kernel "
-            f"reads the harness's fd_array past them, zero padding: 'fd 0 is not pointing to "
-            f"valid bpf_map'): no message of the kernel's to match",
+            f"map indexes outside the harness's zero-padded fd_array (negative, or past its "
+            f"{kv.FD_ARRAY_PAD} entries: the kernel reads whatever memory is there): no message "
+            f"of the kernel's to match",
             f"pybpf crashes (non-VerifierError): {len(self.crashes)}",
             f"kernel internal errors ('verifier bug: ...', not verdicts, not counted above): "
             f"{len(self.kernel_bugs)}",
@@ -448,11 +704,12 @@ class Tally:
 
 
     def past_maps(self) -> int:
-        """Mismatched messages of programs that reference a map index past their maps: the
-        kernel's message there depends on the harness's fd_array (kernel_verifier pads it with
-        zeros), not on the program."""
-        return sum(n for (_k, p), n in self.mismatched_messages.items()
-                   if re.fullmatch(r"map index -?\d+ out of range", p))
+        """Mismatched messages of programs that reference a map index outside the harness's
+        fd_array (kernel_verifier pads it with zeros to FD_ARRAY_PAD entries, which pybpf's
+        'fd 0' matches): the kernel's message there depends on the memory around it."""
+        return sum(n for (k, p), n in self.mismatched_messages.items()
+                   if re.fullmatch(r"map index -\d+ out of range", p) or
+                   p == "fd 0 is not pointing to valid bpf_map" and k != p)
 
     def count(self, ptype: str, key: str) -> None:
         row = self.per_type.setdefault(ptype, Counter())
@@ -469,7 +726,7 @@ class Tally:
 
 
 def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5,
-             exclude=()):
+             exclude=(), extra: bool = False, bounds: float = 0.0):
     """Yield (label, prog_type, program) for ``count`` programs: random ones and mutations of
     the corpus's accepted programs of ``types`` (but not the topics in ``exclude``),
     interleaved, reproducible from ``seed``."""
@@ -487,19 +744,24 @@ def programs(count: int, seed: int, types=PROG_TYPES, mutate_share: float = 0.5,
             yield f"mut:{case.name}", case.prog_type, m
         else:
             t = rng.choice(types)
-            yield "rand", t, random_program(rng, t)
+            if bounds and rng.random() < bounds:
+                yield "bounds", t, bounds_program(rng, t)
+            else:
+                yield "rand", t, random_program(rng, t, extra)
         n += 1
 
 
 def differential(count: int, seed: int = 1, types=PROG_TYPES, mutate_share: float = 0.5,
-                 vm=None, keep: int = 50, progress: int = 0, exclude=()) -> Tally:
+                 vm=None, keep: int = 50, progress: int = 0, exclude=(),
+                 extra: bool = False, bounds: float = 0.0) -> Tally:
     """Load ``count`` programs into the kernel and into pybpf; the tally of their verdicts.
     At most ``keep`` examples of each disagreement are kept (as (label, type, prog, detail)).
     ``progress``: print the running summary to stderr every that many programs."""
     import pybpf
     vm = vm if vm is not None else pybpf.VM()
     tally = Tally()
-    for label, ptype, prog in programs(count, seed, types, mutate_share, exclude):
+    for label, ptype, prog in programs(count, seed, types, mutate_share, exclude, extra,
+                                                      bounds):
         t0 = time.perf_counter()
         try:
             kernel = kv.kernel_verify(prog, ptype)
@@ -576,12 +838,16 @@ def main(argv=None) -> int:
     ap.add_argument("--dump", help="write disagreements as .vt files into this directory")
     ap.add_argument("--progress", type=int, default=0, metavar="N",
                     help="print the running figures to stderr every N programs")
+    ap.add_argument("--extra", action="store_true",
+                    help="random programs also use the extra statement kinds (_Gen.extra_stmt)")
+    ap.add_argument("--bounds", type=float, default=0.0, metavar="SHARE",
+                    help="this share of the random programs come from bounds_program")
     args = ap.parse_args(argv)
     if not kv.available():
         print("bpf() is not permitted here: no kernel to compare with", file=sys.stderr)
         return 2
     tally = differential(args.count, args.seed, tuple(args.types.split(",")), args.mutate_share,
-                         progress=args.progress)
+                         progress=args.progress, extra=args.extra, bounds=args.bounds)
     print(tally.summary())
     import pybpf
     for title, rows in (("kernel rejects / pybpf accepts", tally.unsound),

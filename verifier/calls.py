@@ -49,6 +49,7 @@ from .state import (CONST_PTR_TO_DYNPTR, CONST_PTR_TO_MAP, MEM_ALLOC, MEM_RDONLY
                     PTR_TO_FUNC, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_SOCK_COMMON, PTR_TO_SOCKET,
                     PTR_TO_STACK, PTR_TO_TCP_SOCK, PTR_TO_XDP_SOCK, PTR_TRUSTED, SCALAR_VALUE,
+                    SCALAR_ADD_CONST,
                     FuncState, Reg, type_str)
 
 BPF_MAX_VAR_SIZ = 1 << 29
@@ -207,6 +208,11 @@ def check_helper_call(chk, pc: int, insn) -> None:
     hid = insn.imm
     spin_lock.check_call_allowed(chk, hid, protos.HELPER_IDS["spin_unlock"])
     proto = proto_of(chk.env.helper(hid))
+    awaiting = proto is None and hid in protos.AWAITING_IMPLEMENTATION
+    if awaiting:
+        # a kernel helper pybpf knows the prototype of but cannot run yet: its arguments are
+        # checked first, as the kernel checks them, and the call is refused after them
+        proto = protos.HELPERS[hid]
     msg = protos.unknown_helper_message(hid, chk.prog_type, proto, chk.attach_type)
     if msg:
         chk.error(msg, errno.EINVAL)
@@ -221,6 +227,8 @@ def check_helper_call(chk, pc: int, insn) -> None:
     meta = CallMeta(hid, proto.pkt_access)
     for i in range(5):
         check_func_arg(chk, i, meta, proto)
+    if awaiting:
+        chk.error(f"helper {func_id_name(hid)}#{hid} is not implemented by pybpf", errno.EINVAL)
     _record_func_map(chk, meta, hid)
     _record_func_key(chk, meta, hid)
     if hid == protos.HELPER_IDS["dynptr_from_mem"] and regs_type(chk, 1) != PTR_TO_MAP_VALUE:
@@ -256,7 +264,11 @@ def check_helper_call(chk, pc: int, insn) -> None:
     _set_return(chk, pc, hid, proto, meta)
     if meta.map is not None:
         _check_map_func_compatibility(chk, meta.map, hid)
-    if getattr(proto, "changes_pkt_data", False):
+    if getattr(proto, "changes_pkt_data", False) or (
+            hid == protos.HELPER_IDS["dynptr_write"] and meta.dynptr is not None
+            and meta.dynptr[0] in (dynptr.SKB, dynptr.SKB_META)):
+        # a write into an skb (or its metadata) may unclone and move it: check_helper_call's
+        # BPF_FUNC_dynptr_write case sets changes_data for those dynptr types
         clear_all_pkt_pointers(chk)
 
 
@@ -398,13 +410,20 @@ def _pkt_ok(chk, meta: CallMeta) -> bool:
     return chk.prog_type in _DIRECT_PKT and meta.pkt_access
 
 
+def _type_flags(reg: Reg) -> int:
+    """The flags that are part of the register's type. A linked scalar's SCALAR_ADD_CONST
+    (the kernel keeps BPF_ADD_CONST in the id, not the type) is not: r2 = r0; r2 += 4 is
+    still a plain scalar argument."""
+    return reg.flags & ~SCALAR_ADD_CONST if reg.type == SCALAR_VALUE else reg.flags
+
+
 def check_reg_type(chk, regno: int, base: str, flags: frozenset) -> None:
     """check_reg_type: the register's type must be one ``base`` accepts (flags folded)."""
     reg = chk.reg(regno)
     compatible = COMPATIBLE.get(base)
     if compatible is None:
         chk.error(f"verifier bug: unsupported arg type {base}", errno.EFAULT)
-    rflags = reg.flags
+    rflags = _type_flags(reg)
     for f in flags:
         rflags &= ~_FLAG_BITS.get(f, 0)
     if (reg.type, rflags) in compatible:
@@ -423,7 +442,7 @@ def check_func_arg_reg_off(chk, reg: Reg, regno: int, base: str, flags: frozense
                       f"arg to kfunc", errno.EINVAL)
         _check_ptr_off_reg(chk, reg, regno, fixed_off_ok=False)
         return
-    if (reg.type, reg.flags) in _OFFSET_OK or _is_mem_buffer(chk, reg):
+    if (reg.type, _type_flags(reg)) in _OFFSET_OK or _is_mem_buffer(chk, reg):
         return
     _check_ptr_off_reg(chk, reg, regno, fixed_off_ok=reg.type == PTR_TO_BTF_ID)
 
@@ -555,6 +574,8 @@ def _set_return(chk, pc: int, hid: int, proto: Prototype, meta: CallMeta) -> Non
         return
     if r0.type != NOT_INIT and r0.flags & PTR_MAYBE_NULL:
         r0 = r0.replace(id=chk.new_id())
+    elif r0.type == PTR_TO_MAP_VALUE and spin_lock.may_point_to_spin_lock(r0):
+        r0 = r0.replace(id=chk.new_id())    # a never-NULL element (constant key): its lock's id
     if hid == protos.HELPER_IDS["dynptr_data"] and meta.dynptr is not None:
         # a data slice: tied to its dynptr (destroying the dynptr invalidates it)
         r0 = r0.replace(ref_obj_id=meta.dynptr[2])
@@ -653,6 +674,24 @@ def _compat_error(prog, m, prog_type: str) -> str | None:
     return None
 
 
+def missing_map(by_index: bool, imm: int) -> tuple[str, str, int]:
+    """(log note, message, errno) for an ld_imm64 whose map fd or index names no map.
+
+    The kernel reads a map index from the loader's ``fd_array`` (``fd_array[imm]``, unchecked:
+    past its end is whatever follows) and then says ``fd N is not pointing to valid bpf_map``.
+    pybpf's fd_array is the program's declared maps followed by zeros (as a zero-padded
+    ``fd_array`` reads, tests/kernel_verifier.py's too), and fd 0 is never a map: so an index
+    past the declared maps is the kernel's ``fd 0`` line, after a note naming the index. A
+    negative index reads before the array (the kernel's answer is whatever memory is there):
+    pybpf says it is out of range."""
+    if not by_index:
+        return "", f"fd {imm} is not pointing to valid bpf_map", errno.EBADF
+    if imm < 0:
+        return "", f"map index {imm} out of range", errno.EINVAL
+    return (f"map index {imm} is past the program's declared maps (fd_array entries past them "
+            f"read as fd 0)", "fd 0 is not pointing to valid bpf_map", errno.EINVAL)
+
+
 def resolve_pseudo_ldimm64(prog, env, prog_type: str) -> None:
     """The kernel's resolve_pseudo_ldimm64, before every other check: each ld_imm64 in
     instruction order, reachable or not. A BTF id (pybpf has no kernel BTF), a map reference
@@ -678,9 +717,9 @@ def resolve_pseudo_ldimm64(prog, env, prog_type: str) -> None:
         by_index = op.startswith("map_idx")
         m = env.map_by_index(insn.imm) if by_index else env.map_by_fd(insn.imm)
         if m is None:
-            if by_index:
-                fail(f"map index {insn.imm} out of range", pc)
-            fail(f"fd {insn.imm} is not pointing to valid bpf_map", pc, errno.EBADF)
+            note, msg, err = missing_map(by_index, insn.imm)
+            raise VerifierError(msg, pc, log="".join(f"{t}\n" for t in (note, msg) if t),
+                                errno=err)
         key = id(m.value if m.value is not None else m)
         if key not in seen:                         # __add_used_map: each map checked once
             seen.add(key)
@@ -757,10 +796,9 @@ def subprog_changes_pkt_data(chk, start: int) -> bool:
 def clear_all_pkt_pointers(chk) -> None:
     """After a helper that may move the packet: every packet pointer is invalid, and so is
     every packet slice of a dynptr (reg_is_dynptr_slice_pkt)."""
-    pkt_slice = dynptr.DYNPTR_TYPE_SKB | dynptr.DYNPTR_TYPE_XDP
     chk.state.map_regs(lambda r: _mark_invalid(r) if r.type in (
         PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_PACKET_END) or (
-        r.type == PTR_TO_MEM and r.flags & pkt_slice) else None)
+        r.type == PTR_TO_MEM and r.flags & dynptr.PKT_SLICE) else None)
 
 
 # --- kfuncs --------------------------------------------------------------------------------------
@@ -790,6 +828,12 @@ def check_kfunc_call(chk, pc: int, insn):
         base, kflags = split_kind(kind)
         if base == protos.KF_ARG_IGNORE:
             continue
+        if base == protos.KF_ARG_PTR_TO_MEM_SIZE and chk.reg(regno + 1).type != SCALAR_VALUE:
+            # get_kfunc_ptr_arg_type: the next argument is the buffer's size only when its
+            # register holds a scalar (an unset one does not); else the buffer is plain memory,
+            # which a ``void *`` (bpf_dynptr_slice's, the only such buffer) cannot be
+            chk.error(f"arg#{i} pointer type UNKNOWN  must point to scalar, or struct with "
+                      "scalar", errno.EINVAL)
         # check_kfunc_args reads scalar arguments without check_reg_arg: an uninitialised one
         # is "R2 is not a scalar", not "R2 !read_ok"
         reg = chk.reg(regno) if base in _KF_NO_READ_CHECK else chk.check_reg_read(regno)
@@ -829,7 +873,8 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk.error(f"arg#{i} expected pointer to ctx, but got {reg.type_str()}",
                           errno.EINVAL)
         elif base == protos.KF_ARG_PTR_TO_DYNPTR:
-            want = {"bpf_dynptr_from_skb": "skb", "bpf_dynptr_from_xdp": "xdp"}.get(name)
+            want = {"bpf_dynptr_from_skb": dynptr.SKB, "bpf_dynptr_from_xdp": dynptr.XDP,
+                    "bpf_dynptr_from_skb_meta": dynptr.SKB_META}.get(name)
             clone_ref = 0
             if name == "bpf_dynptr_clone" and protos.MEM_UNINIT in kflags:
                 # the clone is of its parent's type and shares a refcounted parent's reference
@@ -838,6 +883,8 @@ def check_kfunc_call(chk, pc: int, insn):
                 chk, regno, pc, uninit=protos.MEM_UNINIT in kflags,
                 rdonly=reg.type == CONST_PTR_TO_DYNPTR, want_type=want, meta=meta,
                 clone_ref_obj_id=clone_ref)
+            if i == 0:
+                meta["first_dynptr"] = meta.get("dynptr")
         elif base == protos.KF_ARG_PTR_TO_MEM_SIZE:
             # a buffer and its constant size (``__opt`` buffers may be NULL)
             size_reg = chk.check_reg_read(regno + 1)
@@ -864,6 +911,14 @@ def check_kfunc_call(chk, pc: int, insn):
         if name == graph.RB_ADD:
             graph.rbtree_callback(chk, pc, meta)     # before the call clobbers r1-r5
     special_kfuncs.check_rcu(chk, proto)
+    if name in DYNPTR_WRITERS and meta.get("first_dynptr") and \
+            meta["first_dynptr"][0] in (dynptr.SKB, dynptr.SKB_META):
+        # a copy or fill into an skb (or its metadata) dynptr may write through
+        # __bpf_dynptr_write, which may unclone the skb: Linux 6.18 as measured here
+        # invalidates every packet pointer and packet slice, as after bpf_dynptr_write
+        # (tests/verifier/dynptr/memset_keeps_slice.vt, skb_meta_memset_drops_slice.vt);
+        # an xdp destination or an skb source keeps them
+        clear_all_pkt_pointers(chk)
     if proto.name == special_kfuncs.THROW:
         special_kfuncs.check_throw(chk)
         return False                # an exception exit: this path ends here
@@ -891,11 +946,14 @@ def check_kfunc_call(chk, pc: int, insn):
         _set_r0(chk, Reg.scalar(None, chk.origin(name)))
 
 
+# kfuncs whose first argument is a dynptr they write into
+DYNPTR_WRITERS = frozenset({"bpf_dynptr_copy", "bpf_dynptr_memset"})
 # check_kfunc_args never runs check_reg_arg on an argument: an unset register fails the first
 # check its kind meets (measured: tests/verifier/strings, dynptr, iters, special)
 _KF_NO_READ_CHECK = frozenset({protos.KF_ARG_SCALAR, protos.KF_ARG_CONST,
                                protos.KF_ARG_PTR_TO_MAP, protos.KF_ARG_PTR_TO_CTX,
-                               protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_ITER})
+                               protos.KF_ARG_PTR_TO_DYNPTR, protos.KF_ARG_PTR_TO_ITER,
+                               protos.KF_ARG_PTR_TO_MEM_SIZE})
 # the pointer kinds whose offsets check_func_arg_reg_off checks first (a map pointer's after
 # "isn't map pointer"; graph kfuncs: verifier/graph.py)
 _KF_REG_OFF_FIRST = frozenset({protos.KF_ARG_PTR_TO_CTX, protos.KF_ARG_PTR_TO_DYNPTR,

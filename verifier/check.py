@@ -16,6 +16,7 @@ Memory accesses and pointer arithmetic are :mod:`.mem`'s, helper/kfunc/subprogra
 from __future__ import annotations
 
 import errno
+from array import array
 
 from pybpf import isa
 from pybpf.errors import VerifierError
@@ -28,7 +29,7 @@ from .state import _same_scalar
 from .state import (CONST_PTR_TO_MAP, MEM_RDONLY, NOT_INIT, NOT_INIT_REG, PTR_MAYBE_NULL,
                     PTR_TO_ARENA, PTR_TO_CTX, PTR_TO_FUNC, PTR_TO_MAP_VALUE, PTR_TO_PACKET,
                     PTR_TO_PACKET_END, PTR_TO_PACKET_META, PTR_TO_STACK, SCALAR_VALUE, FuncState,
-                    SCALAR_ADD_CONST, Reg, VerifierState, states_equal, NOT_EXACT, EXACT,
+                    Reg, VerifierState, states_equal, NOT_EXACT, EXACT,
                     RANGE_WITHIN, PTR_UNTRUSTED, RegType)
 
 INSN_LIMIT = BPF_COMPLEXITY_LIMIT_INSNS
@@ -60,6 +61,23 @@ class Checkpoint:
         # loop state under this one, to receive its marks when it is done (precision.py)
         self.pending: list = []
         self.backedges: list = []
+
+
+class _LiveBefore:
+    """Registers live before each slot (11-bit masks, liveness().before) as 2 bytes per slot
+    instead of a dict entry and an int per instruction; ``get`` as the dict's (0x7FF where
+    liveness has no entry: every register)."""
+
+    __slots__ = ("_masks",)
+
+    def __init__(self, before: dict, nslots: int) -> None:
+        masks = array("H", [0x7FF]) * nslots
+        for pc, live in before.items():
+            masks[pc] = live
+        self._masks = masks
+
+    def get(self, pc: int, default: int = 0x7FF) -> int:
+        return self._masks[pc] if 0 <= pc < len(self._masks) else default
 
 
 def _calls():
@@ -94,8 +112,8 @@ class Checker:
         self.map_cache: dict = {}
         self.const_at: dict = {}             # pc -> the Reg a `rX = K` instruction writes
         from .liveness import liveness
-        self.live_before = liveness(cfg, prog.instructions(), strong=False,
-                                    call_uses=self._call_uses).before
+        self.live_before = _LiveBefore(liveness(cfg, prog.instructions(), strong=False,
+                                                call_uses=self._call_uses).before, self.nslots)
         self.loop_points = _loop_points(prog, self.calls)
         for p in iters.iter_next_pcs(prog, env):     # iterator next calls: forced checkpoints
             self.loop_points[p] = "iter_next"
@@ -119,7 +137,10 @@ class Checker:
         self.max_pkt_offset = 0
         self.stack_depth: dict[int, int] = {sp.start: 0 for sp in cfg.subprogs}
         self.seen: dict[int, list] = {}         # pc -> [Reg per register] joined kinds (facts)
-        self.access: dict[int, set] = {}        # pc -> set of base types a memory insn used
+        self.access: dict[int, frozenset] = {}  # pc -> set of base types a memory insn used
+        # one object per distinct fact value (access sets, seen and aux_ptr_type entries): a
+        # large program repeats a few values at hundreds of thousands of instructions
+        self.shared_facts: dict = {}
         self.subprog_starts = [sp.start for sp in cfg.subprogs]
         self.verifies_globals = True         # calls.py: global functions are verified alone
         self.global_entry = None             # the global function being verified, if any
@@ -494,9 +515,12 @@ class Checker:
         seen = self.seen
         prev = seen.get(pc)
         if prev is None:
-            seen[pc] = (base, k)
+            entry = (base, k)
         elif prev[1] != k:
-            seen[pc] = (base, _join_kind(prev[1], k))
+            entry = (base, _join_kind(prev[1], k))
+        else:
+            return
+        seen[pc] = self.shared_facts.setdefault(entry, entry)
 
     def stats(self) -> dict:
         return {"processed_insns": self.insn_processed,
@@ -665,16 +689,19 @@ def _alu(chk: Checker, pc, form, insn):
                 r = chk.const_at[pc] = Reg.scalar(v, chk.origin("a constant"))
             chk.state.cur.regs[dst] = r
         elif is64:
-            if src.type == SCALAR_VALUE and not src.id and not src.var.is_const():
-                src = src.replace(id=chk.new_id())      # assign_scalar_id_before_mov
-                chk.set_reg(insn.src, src)
+            if src.type == SCALAR_VALUE:
+                linked = mem.scalar_id_before_mov(chk, src)
+                if linked is not src:
+                    src = linked
+                    chk.set_reg(insn.src, src)
             chk.set_reg(dst, src)
         elif src.type == SCALAR_VALUE:
             sid = 0
-            if src.var.umax <= 0xFFFFFFFF and not src.var.is_const() and \
-                    not src.flags & SCALAR_ADD_CONST:
-                if not src.id:
-                    src = src.replace(id=chk.new_id())
+            if src.var.umax <= 0xFFFFFFFF:
+                # get_reg_width(src) <= 32: the copy is linked with its source
+                linked = mem.scalar_id_before_mov(chk, src)
+                if linked is not src:
+                    src = linked
                     chk.set_reg(insn.src, src)
                 sid = src.id
             chk.set_reg(dst, Reg(SCALAR_VALUE, var=bounds.zext32(src.var), id=sid,
@@ -771,7 +798,7 @@ def _save_aux_ptr_type(chk: Checker, pc: int, rtype, rflags: int, allow_trust: b
     prev = chk.aux_ptr_type.get(pc)
     now = (rtype, rflags)
     if prev is None:
-        chk.aux_ptr_type[pc] = now
+        chk.aux_ptr_type[pc] = chk.shared_facts.setdefault(("aux", now), now)
     elif now != prev and (rtype in _REWRITTEN or prev[0] in _REWRITTEN):
         if allow_trust and rtype in _MEM_OR_BTF and prev[0] in _MEM_OR_BTF:
             chk.aux_ptr_type[pc] = (RegType.PTR_TO_BTF_ID, PTR_UNTRUSTED)
@@ -838,9 +865,11 @@ def _lddw(chk: Checker, pc, form, insn):
         if m is not None:
             chk.map_cache[ck] = m
     if m is None:
-        if by_index:
-            chk.error(f"map index {insn.imm} out of range", errno.EINVAL)
-        chk.error(f"fd {insn.imm} is not pointing to valid bpf_map", errno.EBADF)
+        from .calls import missing_map
+        note, msg, err = missing_map(by_index, insn.imm)
+        if note:
+            chk.log.line(note)
+        chk.error(msg, err)
     what = f"map '{m.name}'" if m.name else "a map"
     if op in ("map_fd", "map_idx"):
         chk.set_reg(insn.dst, Reg.pointer(CONST_PTR_TO_MAP, map=m, origin=chk.origin(what)))

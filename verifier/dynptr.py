@@ -4,7 +4,8 @@ mark_stack_slots_dynptr, destroy_if_dynptr_stack_slot, the dynptr slices).
 A ``struct bpf_dynptr`` takes two stack slots (16 bytes) of STACK_DYNPTR (``d``); the first
 (higher) slot's spilled register (:class:`DynptrReg`) records the dynptr's type (local, skb,
 xdp), its id (slices carry it as ``dynptr_id``) and, for refcounted types, its reference. A
-constructor (``bpf_dynptr_from_mem``, ``bpf_dynptr_from_skb``, ``bpf_dynptr_from_xdp``) takes
+constructor (``bpf_dynptr_from_mem``, ``bpf_dynptr_from_skb``, ``bpf_dynptr_from_xdp``,
+``bpf_dynptr_from_skb_meta``) takes
 the slots uninitialised or holding an unreferenced dynptr (destroyed first); every other use
 wants an initialised one (``Expected an initialized dynptr as arg #N``) of the right type. A
 store into either slot destroys the whole dynptr (:func:`destroy_if_dynptr_stack_slot`, called
@@ -13,8 +14,8 @@ may not read its bytes.
 
 Slices: ``bpf_dynptr_data`` (helper 203) and the ``bpf_dynptr_slice``/``_rdwr`` kfuncs return
 PTR_TO_MEM (or NULL) of a constant size tied to the dynptr by ``dynptr_id``; packet slices also
-carry DYNPTR_TYPE_SKB/XDP, so a helper that changes packet data invalidates them like packet
-pointers. ``bpf_dynptr_slice`` memory is read-only; the running 6.18 kernel refuses every
+carry DYNPTR_TYPE_SKB/XDP/SKB_META, so a helper that changes packet data invalidates them like
+packet pointers (``bpf_dynptr_write`` into an skb or skb metadata dynptr does too). ``bpf_dynptr_slice`` memory is read-only; the running 6.18 kernel refuses every
 ``bpf_dynptr_slice_rdwr`` call after its arguments (``bpf_dynptr_slice_rdwr() is not allowed``,
 EPERM, on xdp and sched_cls too), and so does pybpf (:mod:`.calls`).
 """
@@ -26,11 +27,13 @@ from .state import (BPF_REG_SIZE, CONST_PTR_TO_DYNPTR, MEM_RDONLY, PTR_MAYBE_NUL
                     PTR_TO_STACK, STACK_DYNPTR, STACK_INVALID, Reg, Slot)
 
 NR_SLOTS = 2
-LOCAL, RINGBUF, SKB, XDP = "local", "ringbuf", "skb", "xdp"
+LOCAL, RINGBUF, SKB, XDP, SKB_META = "local", "ringbuf", "skb", "xdp", "skb_meta"
 REFCOUNTED = (RINGBUF,)         # dynptr_type_refcounted
-# flags marking packet slices (the kernel's DYNPTR_TYPE_SKB / DYNPTR_TYPE_XDP on PTR_TO_MEM)
-DYNPTR_TYPE_SKB, DYNPTR_TYPE_XDP = 1 << 11, 1 << 12
-SLICE_FLAGS = {SKB: DYNPTR_TYPE_SKB, XDP: DYNPTR_TYPE_XDP}
+# flags marking packet slices (the kernel's DYNPTR_TYPE_SKB / _XDP / _SKB_META on PTR_TO_MEM;
+# only read on PTR_TO_MEM registers, so bit 11 is shared with NON_OWN_REF's BTF-id registers)
+DYNPTR_TYPE_SKB, DYNPTR_TYPE_XDP, DYNPTR_TYPE_SKB_META = 1 << 11, 1 << 12, 1 << 13
+SLICE_FLAGS = {SKB: DYNPTR_TYPE_SKB, XDP: DYNPTR_TYPE_XDP, SKB_META: DYNPTR_TYPE_SKB_META}
+PKT_SLICE = DYNPTR_TYPE_SKB | DYNPTR_TYPE_XDP | DYNPTR_TYPE_SKB_META    # reg_is_dynptr_slice_pkt
 
 
 class DynptrReg(Reg):

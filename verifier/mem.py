@@ -59,12 +59,32 @@ def adjust_reg(chk, op: str, dst: Reg, src: Reg, is64: bool, insn, src_is_reg: b
                           src_is_reg=src_is_reg)
     r = Reg(SCALAR_VALUE, var=bounds.scalar_alu(op, dst.var, src.var, is64),
             origin=dst.origin)
-    if op == "add" and is64 and dst.id and src.var.is_const():
-        # rX += K keeps rX linked to its copies, K apart (BPF_ADD_CONST), once
+    if op in ("add", "sub") and is64 and dst.id and src.var.is_const():
+        # rX += K and rX -= K keep rX linked to its copies, K apart (BPF_ADD_CONST64), once;
+        # K is any s32 (negative too), as the running kernel links them. The kernel also
+        # links 32-bit adds (BPF_ADD_CONST32, zero-extended on sync); pybpf does not yet,
+        # which only costs precision.
         val = src.var.const_value()
-        if not dst.flags & SCALAR_ADD_CONST and val <= 0x7FFFFFFF:
-            r.id, r.flags, r.off = dst.id, SCALAR_ADD_CONST, val
+        val = val - (1 << 64) if val >= 1 << 63 else val
+        off = -val if op == "sub" else val
+        if not dst.flags & SCALAR_ADD_CONST and -(1 << 31) <= val < (1 << 31) and \
+                off != (1 << 31):
+            r.id, r.flags, r.off = dst.id, SCALAR_ADD_CONST, off
     return r
+
+
+def scalar_id_before_mov(chk, reg: Reg) -> Reg:
+    """assign_scalar_id_before_mov: a scalar about to be copied (rX = rY, a spill) shares a
+    fresh id with its copy. One linked to another by a constant (rY += K, SCALAR_ADD_CONST)
+    leaves that link first: the kernel clears its id and offset, so neither the source nor
+    its copy learns from a later compare of the register it was K apart from."""
+    if reg.type != SCALAR_VALUE:
+        return reg
+    if reg.flags & SCALAR_ADD_CONST:
+        reg = reg.replace(id=0, off=0, flags=reg.flags & ~SCALAR_ADD_CONST)
+    if not reg.id and not reg.var.is_const():
+        reg = reg.replace(id=chk.new_id())
+    return reg
 
 
 def adjust_ptr(chk, op: str, ptr: Reg, off: Reg, is64: bool, insn, scalar_is_dst: bool,
@@ -132,8 +152,11 @@ def _sane_offset(chk, reg: Reg, ptype) -> None:
     val = v.smin if known else 0
     if known and (val >= BPF_MAX_VAR_OFF or val <= -BPF_MAX_VAR_OFF):
         chk.error(f"math between {tstr} pointer and {val} is not allowed", errno.EINVAL)
-    if reg.off >= BPF_MAX_VAR_OFF or reg.off <= -BPF_MAX_VAR_OFF:
-        chk.error(f"{tstr} pointer offset {reg.off} is not allowed", errno.EINVAL)
+    # a linked scalar's distance to its copies (BPF_ADD_CONST) is not an offset: the kernel
+    # keeps it apart from reg->off
+    off = reg.off if reg.type != SCALAR_VALUE else 0
+    if off >= BPF_MAX_VAR_OFF or off <= -BPF_MAX_VAR_OFF:
+        chk.error(f"{tstr} pointer offset {off} is not allowed", errno.EINVAL)
     if v.smin == S64_MIN:
         chk.error(f"math between {tstr} pointer and register with unbounded min value is not "
                   f"allowed", errno.EINVAL)
@@ -149,7 +172,11 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
     reg = chk.reg(regno)
     t, flags = reg.type, reg.flags
     pc = chk.pc
-    chk.access.setdefault(pc, set()).add(int(t) if not flags & PTR_MAYBE_NULL else -1)
+    kind = int(t) if not flags & PTR_MAYBE_NULL else -1
+    kinds = chk.access.get(pc)
+    if kinds is None or kind not in kinds:
+        kinds = frozenset((kind,)) if kinds is None else kinds | {kind}
+        chk.access[pc] = chk.shared_facts.setdefault(("access", kinds), kinds)
     if t != PTR_TO_STACK:
         # check_ptr_alignment comes first (strict for atomics: a misaligned scalar or
         # NULL-able pointer is "misaligned access", not an invalid access)
@@ -296,12 +323,13 @@ def _bad_mem(chk, regno, reg, off, size, mem_size, kind) -> None:
     chk.log.line(msg)
 
 
-def _packet_access(chk, regno: int, reg: Reg, off: int, size: int) -> None:
+def _packet_access(chk, regno: int, reg: Reg, off: int, size: int,
+                   zero_ok: bool = False) -> None:
     """check_packet_access: the fixed offset against the range proven by data_end compares."""
     if reg.var.smin < 0:
         chk.error(f"R{regno} min value is negative, either use unsigned index or do a if "
                   f"(index >=0) check.")
-    if reg.range < 0 or not _mem_ok(off, size, reg.range, False):
+    if reg.range < 0 or not _mem_ok(off, size, reg.range, zero_ok):
         _bad_mem(chk, regno, reg, off, size, reg.range, "packet")
         chk.error(f"R{regno} offset is outside of the packet")
     chk.max_pkt_offset = max(chk.max_pkt_offset, off + reg.var.umax + size - 1)
@@ -445,9 +473,11 @@ def _stack_write_fixed(chk, frame, off: int, size: int, value_regno: int, imm) -
     cur_frame = chk.state.cur
     if reg is not None and aligned8 and reg.type == SCALAR_VALUE:
         fits = _reg_width(reg) <= 8 * size
-        if fits and not reg.id and not reg.var.is_const():
-            reg = reg.replace(id=chk.new_id())      # link the spill with the register
-            chk.set_reg(value_regno, reg)
+        if fits:
+            linked = scalar_id_before_mov(chk, reg)     # link the spill with the register
+            if linked is not reg:
+                reg = linked
+                chk.set_reg(value_regno, reg)
         _save_spill(frame, spi, slot, reg if fits else reg.replace(id=0), size)
         precision.push_flags(chk, stack=(frame.frameno, spi))       # a spill: backtrackable
     elif reg is None and aligned8 and imm is not None:
@@ -626,10 +656,13 @@ def check_atomic(chk, form, insn) -> None:
         chk.check_reg_read(0)
     if dst.type not in (PTR_TO_STACK, PTR_TO_MAP_VALUE, PTR_TO_MEM, PTR_TO_ARENA) or \
             dst.flags & (PTR_MAYBE_NULL | MEM_RDONLY):
-        if dst.type in (PTR_TO_CTX, PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_FLOW_KEYS):
+        if dst.type in _NO_ATOMICS:             # atomic_ptr_type_ok
             chk.error(f"BPF_ATOMIC stores into R{insn.dst} {dst.type_str()} is not allowed")
         if dst.flags & PTR_MAYBE_NULL or dst.type not in (PTR_TO_STACK, PTR_TO_MAP_VALUE,
-                                                           PTR_TO_MEM, PTR_TO_ARENA):
+                                                           PTR_TO_MEM, PTR_TO_ARENA,
+                                                           CONST_PTR_TO_MAP):
+            # check_mem_access checks the (strict) alignment before the pointer's type
+            _check_alignment(chk, dst, insn.off, size, True)
             chk.error(f"R{insn.dst} invalid mem access '{dst.type_str()}'")
     fetch = op.startswith("fetch_") or op in ("xchg", "cmpxchg")
     load_reg = (0 if op == "cmpxchg" else insn.src) if fetch else -1
@@ -650,21 +683,18 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
     """check_helper_mem_access: [reg, reg + size) must be valid memory of the right kind."""
     reg = chk.reg(regno)
     t = reg.type
-    if size == 0 and zero_size_allowed:
-        if t == PTR_TO_STACK:
-            # check_stack_range_initialized checks the bounds before its zero-size return
-            _stack_bounds(chk, regno, reg, 0, 0, write)
-        return
-    if reg.flags & PTR_MAYBE_NULL:
-        chk.error(f"R{regno} type={reg.type_str()} expected=fp, pkt, pkt_meta, map_key, "
-                  f"map_value, mem, ringbuf_mem, buf, trusted_ptr_")
+    # A zero size is checked like any other (the kernel has no early return: an offset past
+    # the packet's proven range or past the value is refused even for 0 bytes). A nullable
+    # pointer (map_value_or_null for an ARG_PTR_TO_MEM | PTR_MAYBE_NULL argument) is checked
+    # as its base type, as the kernel switches on base_type(reg->type); non-nullable
+    # arguments refused it in check_reg_type already.
     if t in PACKET_TYPES:
         if write and not _may_write_packet(chk.prog_type):
             chk.error("cannot write into packet")
-        _packet_access(chk, regno, reg, reg.off, size)
+        _packet_access(chk, regno, reg, reg.off, size, zero_size_allowed)
     elif t == PTR_TO_MAP_KEY:
-        _region_access(chk, regno, reg, reg.off, size, reg.map.key_size, "map_key",
-                       zero_size_allowed)
+        # zero_size_allowed false, as the kernel passes it for keys
+        _region_access(chk, regno, reg, reg.off, size, reg.map.key_size, "map_key", False)
     elif t == PTR_TO_MAP_VALUE:
         if write and reg.map.flags & BPF_F_RDONLY_PROG:
             chk.error(f"write into map forbidden, value_size={reg.map.value_size} "
@@ -678,9 +708,15 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
             chk.error(f"R{regno} cannot write into {reg.type_str()}")
         _region_access(chk, regno, reg, reg.off, size, reg.mem_size, "mem", zero_size_allowed)
     elif t == PTR_TO_CTX and chk.prog_type in ("mem", "syscall"):
+        if size == 0 and zero_size_allowed:     # "Allow zero-byte read from PTR_TO_CTX"
+            return
         # no convert_ctx_access: the kernel checks the last byte (check_mem_access, BPF_B)
         _ctx_access(chk, regno, reg, size - 1, 1, write, -1, False)
     elif t == PTR_TO_STACK:
+        if size == 0 and zero_size_allowed:
+            # check_stack_range_initialized checks the bounds before its zero-size return
+            _stack_bounds(chk, regno, reg, 0, 0, write)
+            return
         if size == 0:           # check_stack_range_initialized (a ringbuf's zero key_size)
             chk.error("invalid zero-sized read")
         _stack_access(chk, regno, reg, 0, size, write, -1, None, False, helper=True)
@@ -689,6 +725,9 @@ def check_helper_mem_access(chk, regno: int, size: int, write: bool,
     elif t == PTR_TO_ARENA:
         return
     else:
+        if size == 0 and zero_size_allowed and reg.type == SCALAR_VALUE and reg.is_const() \
+                and reg.const_value() == 0:
+            return              # "Allow zero-byte read from NULL, regardless of pointer type"
         chk.error(f"R{regno} type={reg.type_str()} expected=fp, pkt, pkt_meta, map_key, "
                   f"map_value, mem, ringbuf_mem, buf, trusted_ptr_")
 
@@ -834,21 +873,23 @@ def check_cond_jmp(chk, pc: int, form, insn) -> int:
             _set_scalar(st, insn.dst, a_f)
             if src_regno >= 0:
                 _set_scalar(st, src_regno, b_f)
-    # null checks: "if rX == 0" / "!= 0" on a maybe-null pointer marks every copy (by id)
+    # null checks: "if rX == 0" / "!= 0" (BPF_K, immediate 0 only) on a maybe-null pointer
+    # marks every copy (by id). A register holding 0 is not a null check for the kernel
+    # (if r9 != r2 with r2 = 0 leaves r9 map_value_or_null on both sides).
     if not is32 and op in ("jeq", "jne"):
-        if dst.flags & PTR_MAYBE_NULL and src.type == SCALAR_VALUE and src.var.is_const() \
+        if src_regno < 0 and dst.flags & PTR_MAYBE_NULL and src.var.is_const() \
                 and src.var.const_value() == 0:
             mark_ptr_or_null(st, dst.id, is_null=(op == "jne"))
             mark_ptr_or_null(other, dst.id, is_null=(op == "jeq"))
-        elif src_regno >= 0 and src.flags & PTR_MAYBE_NULL and dst.type == SCALAR_VALUE and \
-                dst.var.is_const() and dst.var.const_value() == 0:
-            mark_ptr_or_null(st, src.id, is_null=(op == "jne"))
-            mark_ptr_or_null(other, src.id, is_null=(op == "jeq"))
         elif src_regno >= 0 and dst.is_pointer and src.is_pointer and \
-                bool(dst.flags & PTR_MAYBE_NULL) != bool(src.flags & PTR_MAYBE_NULL):
-            maybe = dst if dst.flags & PTR_MAYBE_NULL else src
-            # equal to a non-null pointer: not null on the "equal" side
-            mark_ptr_or_null(other if op == "jeq" else st, maybe.id, is_null=False)
+                bool(dst.flags & PTR_MAYBE_NULL) != bool(src.flags & PTR_MAYBE_NULL) and \
+                dst.type == src.type and dst.type != PTR_TO_BTF_ID:
+            # equal to a non-null pointer: not null on the "equal" side. Only the compared
+            # register itself (mark_ptr_not_null_reg, not its copies), and only against a
+            # pointer of the same type: the running kernel keeps map_value_or_null compared
+            # with ctx, fp or pkt (measured), and never lifts PTR_TO_BTF_ID
+            regno = src_regno if src.flags & PTR_MAYBE_NULL else insn.dst
+            _mark_one_not_null(other if op == "jeq" else st, regno)
     if src_regno >= 0 and not is32:
         _match_pkt_pointers(chk, op, dst, src, st, other)
     if not other_possible and not this_possible:
@@ -908,6 +949,16 @@ def _set_scalar(state, regno: int, var) -> None:
     state.map_regs(fix)
 
 
+def _mark_one_not_null(state, regno: int) -> None:
+    """mark_ptr_not_null_reg: one register's pointer is not NULL (its id and copies stay)."""
+    r = state.cur.regs[regno]
+    if r.type == PTR_TO_MAP_VALUE and r.map is not None and \
+            getattr(r.map, "inner", None) is not None:
+        state.cur.regs[regno] = Reg.pointer(CONST_PTR_TO_MAP, map=r.map.inner, origin=r.origin)
+        return
+    state.cur.regs[regno] = r.replace(flags=r.flags & ~PTR_MAYBE_NULL)
+
+
 def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:
     """mark_ptr_or_null_regs: every register and spill with this id becomes NULL (a scalar 0)
     or the non-null pointer type."""
@@ -923,9 +974,9 @@ def mark_ptr_or_null(state, ptr_id: int, is_null: bool) -> None:
                 getattr(r.map, "inner", None) is not None:
             # a map-in-map lookup: the value is the inner map (inner_map_meta)
             return Reg.pointer(CONST_PTR_TO_MAP, map=r.map.inner, origin=r.origin)
-        # reg_may_point_to_spin_lock: an allocated object with its own lock keeps its id, which
-        # names the lock held (verifier/spin_lock.py)
-        keep = r.type == PTR_TO_BTF_ID and getattr(r.btf_type, "spin_lock_off", -1) >= 0
+        # reg_may_point_to_spin_lock: a map value whose map has a lock, or an allocated object
+        # with its own lock, keeps its id, which names the lock held (verifier/spin_lock.py)
+        keep = spin_lock.may_point_to_spin_lock(r)
         return r.replace(flags=r.flags & ~PTR_MAYBE_NULL, id=r.id if keep else 0)
     state.map_regs(fix)
     if is_null:

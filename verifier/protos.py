@@ -509,14 +509,65 @@ _HELPER_ROWS = (
     _skb(_h("clone_redirect", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
 )
 
-HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS}
-"""Kernel helper prototypes by id: every helper pybpf implements, and a few whose implementation
+# verifier, issue 10: kernel helpers pybpf does not implement yet, whose prototypes use argument
+# kinds the verifier checks. Their calls get the kernel's argument checks (and its messages:
+# the kernel checks the arguments of a helper it knows) before the verifier refuses them with
+# ``helper ... is not implemented by pybpf`` (a dead call is left to the engines, which refuse
+# an unregistered helper at load). Prototypes from the 6.18 sources (net/core/filter.c,
+# kernel/trace/bpf_trace.c, kernel/bpf/helpers.c); gpl_only and program types as measured.
+_AWAITING_ROWS = (
+    _h("get_current_task", RET_INTEGER, gpl=True),
+    _h("get_current_cgroup_id", RET_INTEGER),
+    _h("get_current_ancestor_cgroup_id", RET_INTEGER, ANY),
+    _h("send_signal", RET_INTEGER, ANY),
+    _h("send_signal_thread", RET_INTEGER, ANY),
+    _h("get_ns_current_pid_tgid", RET_INTEGER, ANY, ANY, ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE),
+    _h("perf_event_read", RET_INTEGER, MAP_PTR, ANY, gpl=True),
+    _h("perf_event_read_value", RET_INTEGER, MAP_PTR, ANY, ARG_PTR_TO_UNINIT_MEM,
+       ARG_CONST_SIZE, gpl=True),
+    _h("current_task_under_cgroup", RET_INTEGER, MAP_PTR, ANY),
+    _h("trace_vprintk", RET_INTEGER, ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE, _MEM_RO_OR_NULL,
+       ARG_CONST_SIZE_OR_ZERO, gpl=True),
+    _h("get_branch_snapshot", RET_INTEGER, ARG_PTR_TO_UNINIT_MEM, ARG_CONST_SIZE_OR_ZERO, ANY,
+       gpl=True),
+    _skb(_h("get_cgroup_classid", RET_INTEGER, ARG_PTR_TO_CTX)),
+    _skb(_h("get_socket_uid", RET_INTEGER, ARG_PTR_TO_CTX)),
+    _skb(_h("get_route_realm", RET_INTEGER, ARG_PTR_TO_CTX)),
+    _skb(_h("get_hash_recalc", RET_INTEGER, ARG_PTR_TO_CTX)),
+    _skb(_h("set_hash_invalid", RET_INTEGER, ARG_PTR_TO_CTX)),
+    _skb(_h("set_hash", RET_INTEGER, ARG_PTR_TO_CTX, ANY)),
+    _skb(_h("skb_vlan_push", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
+    _skb(_h("skb_vlan_pop", RET_INTEGER, ARG_PTR_TO_CTX), moves=True),
+    _skb(_h("skb_change_proto", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY), moves=True),
+    _skb(_h("skb_change_type", RET_INTEGER, ARG_PTR_TO_CTX, ANY), moves=True),
+    _skb(_h("skb_under_cgroup", RET_INTEGER, ARG_PTR_TO_CTX, MAP_PTR, ANY)),
+    _skb(_h("csum_level", RET_INTEGER, ARG_PTR_TO_CTX, ANY)),
+    _skb(_h("skb_cgroup_id", RET_INTEGER, ARG_PTR_TO_CTX)),
+    _skb(_h("skb_ancestor_cgroup_id", RET_INTEGER, ARG_PTR_TO_CTX, ANY)),
+    _skb(_h("skb_cgroup_classid", RET_INTEGER, ARG_PTR_TO_CTX)),
+    _skb(_h("skb_ecn_set_ce", RET_INTEGER, ARG_PTR_TO_CTX)),
+    _skb(_h("skb_set_tstamp", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ANY)),
+    _skb(_h("skb_get_tunnel_opt", RET_INTEGER, ARG_PTR_TO_CTX, ARG_PTR_TO_UNINIT_MEM,
+            ARG_CONST_SIZE)),
+    _skb(_h("skb_set_tunnel_opt", RET_INTEGER, ARG_PTR_TO_CTX, ARG_PTR_TO_MEM_RDONLY,
+            ARG_CONST_SIZE)),
+    _skb(_h("skb_get_xfrm_state", RET_INTEGER, ARG_PTR_TO_CTX, ANY, ARG_PTR_TO_UNINIT_MEM,
+            ARG_CONST_SIZE, ANY)),
+    _h("redirect_neigh", RET_INTEGER, ANY, _MEM_RO_OR_NULL, ARG_CONST_SIZE_OR_ZERO, ANY),
+    _h("redirect_peer", RET_INTEGER, ANY, ANY),
+    _h("sys_close", RET_INTEGER, ANY),
+    _h("sys_bpf", RET_INTEGER, ANY, ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE),
+    _h("btf_find_by_name_kind", RET_INTEGER, ARG_PTR_TO_MEM_RDONLY, ARG_CONST_SIZE, ANY, ANY),
+)
+
+HELPERS: dict[int, Prototype] = {p.id: p for p in _HELPER_ROWS + _AWAITING_ROWS}
+"""Kernel helper prototypes by id: every helper pybpf implements, and those whose implementation
 is still to come (:data:`AWAITING_IMPLEMENTATION`; a VM without them refuses their calls with
-``helper ... is not implemented by pybpf``)."""
+``helper ... is not implemented by pybpf``, after checking their arguments)."""
 
-AWAITING_IMPLEMENTATION: frozenset[int] = frozenset()
+AWAITING_IMPLEMENTATION: frozenset[int] = frozenset(p.id for p in _AWAITING_ROWS)
 
-HELPERS_BY_NAME: dict[str, Prototype] = {p.name: p for p in _HELPER_ROWS}
+HELPERS_BY_NAME: dict[str, Prototype] = {p.name: p for p in HELPERS.values()}
 
 # --- kfuncs --------------------------------------------------------------------------------------
 # program types of the kernel's generic_kfunc_set (kernel/bpf/helpers.c), measured on Linux 6.18
@@ -632,6 +683,22 @@ _KFUNC_ROWS = (
               name="bpf_dynptr_slice_rdwr", kfunc_flags=frozenset({KF_RET_NULL}),
               c_decl="void *bpf_dynptr_slice_rdwr(const struct bpf_dynptr *p, u32 offset, "
                      "void *buffer__opt, u32 buffer__szk)"),
+    # dynptr copies and fills, the skb metadata dynptr (kernel/bpf/helpers.c common_btf_ids,
+    # net/core/filter.c bpf_kfunc_set_skb_meta: sched_cls and sched_act only; prototypes from
+    # the running 6.18 kernel's BTF; runtime/kfuncs_dynptr.py)
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR, KF_ARG_SCALAR, KF_ARG_PTR_TO_DYNPTR,
+                            KF_ARG_SCALAR, KF_ARG_SCALAR),
+              name="bpf_dynptr_copy",
+              c_decl="int bpf_dynptr_copy(struct bpf_dynptr *dst_ptr, u32 dst_off, "
+                     "struct bpf_dynptr *src_ptr, u32 src_off, u32 size)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_DYNPTR, KF_ARG_SCALAR, KF_ARG_SCALAR, KF_ARG_SCALAR),
+              name="bpf_dynptr_memset",
+              c_decl="int bpf_dynptr_memset(struct bpf_dynptr *p, u32 offset, u32 size, u8 val)"),
+    Prototype(RET_INTEGER, (KF_ARG_PTR_TO_CTX, KF_ARG_SCALAR,
+                            KF_ARG_PTR_TO_DYNPTR + "|" + MEM_UNINIT),
+              name="bpf_dynptr_from_skb_meta", prog_types=frozenset({"sched_cls", "sched_act"}),
+              c_decl="int bpf_dynptr_from_skb_meta(struct __sk_buff *skb_, u64 flags, "
+                     "struct bpf_dynptr *ptr__uninit)"),
     # allocated objects and graph data structures (kernel/bpf/helpers.c; verifier/graph.py,
     # runtime/kfuncs_graph.py). generic_kfunc_set's program types, as bpf_throw's above.
     *(Prototype(ret, args, name=name, kfunc_flags=frozenset(flags), prog_types=_GENERIC,

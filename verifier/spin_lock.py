@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 
-from .state import PTR_TO_MAP_VALUE
+from .state import PTR_TO_BTF_ID, PTR_TO_MAP_VALUE
 
 SPIN_LOCK_SIZE = 4
 
@@ -30,6 +30,16 @@ def lock_offset(m) -> int:
 def has_btf(m) -> bool:
     value = getattr(m, "value", m)
     return bool(getattr(value, "btf", False)) or lock_offset(m) >= 0
+
+
+def may_point_to_spin_lock(reg) -> bool:
+    """reg_may_point_to_spin_lock: a map value of a map with a lock, or an allocated object with
+    its own. Such a pointer keeps its id after its NULL check (mark_ptr_or_null_reg) and a
+    never-NULL lookup result gets one (check_helper_call), so that bpf_spin_unlock can tell
+    which element's lock it is given."""
+    if reg.type == PTR_TO_MAP_VALUE:
+        return reg.map is not None and lock_offset(reg.map) >= 0
+    return reg.type == PTR_TO_BTF_ID and getattr(reg.btf_type, "spin_lock_off", -1) >= 0
 
 
 def process_spin_lock(chk, regno: int, is_lock: bool) -> None:

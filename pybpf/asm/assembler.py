@@ -1,13 +1,21 @@
-"""The two-pass assembler: statements -> forms (pass 1, slots and labels) -> instructions (pass 2).
+"""The assembler: statements -> instructions, one chunk of the listing at a time.
 
-Pass 1 checks registers and labels, runs directives, and matches every statement against the ISA
-table's templates (:mod:`.templates`) to learn its form and so its size in slots. Pass 2 resolves
-labels, maps and kfuncs, range-checks numbers and encodes through :func:`pybpf.insn.make`, so
-the fixed fields of every form come from the table. Any problem is an :class:`AsmError` with the
-file, line, column and the offending line.
+Pass 1 reads the listing through :class:`.lines.Listing`, chunk by chunk. It checks registers and
+labels, runs directives, and matches every statement against the ISA table's templates
+(:mod:`.templates`) to learn its form and so its size in slots. A statement that names nothing
+(no label, map or kfunc) is encoded at once through :func:`pybpf.insn.make`, so the fixed fields of
+every form come from the table; what the same statement text gives is remembered, so a listing's
+repeated statements cost one dictionary look-up each. A statement that names something keeps only
+its slot and line number; pass 2 reads that line again once every label is known and encodes it.
+Nothing else of a chunk outlives it.
+
+Any problem is an :class:`AsmError` with the file, line, column and the offending line. Which
+error is reported does not depend on the chunking: a parse error anywhere comes first (then the
+statement and label limits), then the first pass-1 error, then the first pass-2 error.
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 from lark import Token
@@ -18,7 +26,7 @@ from ..insn import make
 from ..kfunc_ids import KFUNC_IDS
 from ..program import MapDecl, Program, too_large
 from . import directives
-from .lines import Line, parse
+from .lines import Entry, Listing, Row, place
 from .templates import Fail, Num, Reg, Sym, count_operands, match, register, show, tables
 
 SYNTAXES = ("llvm", "ubpf", "auto")
@@ -30,7 +38,10 @@ _IMM64 = (-(1 << 63), (1 << 64) - 1)
 _FIELD = {"rd": "dst", "wd": "dst", "rs": "src", "ws": "src", "off": "off", "tgt": "off",
           "imm": "imm", "jimm": "imm", "helper": "imm", "kfunc": "imm", "map": "imm",
           "func": "imm", "tgtl": "imm", "imm2": "imm2"}
+_NAMING = ("func", "kfunc")   # placeholders whose encoding records a name (pass 2, in order)
 _EXIT = "exit"   # the mnemonic dialect's predefined label: the first exit instruction
+_SLOT_BITS = 21  # labels pack (line << _SLOT_BITS) | slot; slots stay <= 1,000,001
+_SLOT_MASK = (1 << _SLOT_BITS) - 1   # (line 0: the predefined `exit`)
 
 
 def assemble(text: str, syntax: str = "auto", filename: str | None = None,
@@ -42,17 +53,10 @@ def assemble(text: str, syntax: str = "auto", filename: str | None = None,
     """
     if syntax not in SYNTAXES:
         raise ValueError(f"unknown syntax {syntax!r} (expected one of {', '.join(SYNTAXES)})")
-    lines, source = parse(text, filename)
+    listing = Listing(text.split("\n"), filename)
     if syntax == "auto":
-        syntax = detect(lines)
-    return _Assembler(syntax, source, filename, {**KFUNC_IDS, **(kfuncs or {})}).run(lines)
-
-
-@dataclass
-class _Stmt:
-    line: Line
-    slot: int
-    candidates: list      # [(form, bind)] in table order; pass 2 takes the first that resolves
+        syntax = _detect(listing)
+    return _Assembler(syntax, listing, {**KFUNC_IDS, **(kfuncs or {})}).run()
 
 
 class _Unresolved(Exception):
@@ -62,17 +66,39 @@ class _Unresolved(Exception):
         self.what, self.tok = what, tok
 
 
+class _Info:
+    """What one statement text means in one dialect (columns counted from the text's start)."""
+
+    __slots__ = ("bad_reg", "directive", "error", "slots", "insns", "late", "names", "is_exit")
+
+    def __init__(self) -> None:
+        self.bad_reg = None      # (message, col): an invalid register (checked before labels)
+        self.directive = False
+        self.error = None        # (message, col): the statement matches no form
+        self.slots = 0
+        self.insns = None        # the encoded slots, when the statement names nothing
+        self.late = None         # (message, col): its encoding's error (a pass-2 error)
+        self.names = False       # names a label, map or kfunc, or calls a function: pass 2
+        self.is_exit = False
+
+
 @dataclass
 class _Assembler:
     syntax: str
-    source: list[str]
-    filename: str | None
+    listing: Listing
     kfunc_ids: dict[str, int]
-    labels: dict[str, int] = field(default_factory=dict)
-    label_tokens: dict[str, Token] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)   # name -> line << 21 | slot
     maps: list[MapDecl] = field(default_factory=list)
     functions: dict[int, str] = field(default_factory=dict)
     kfuncs: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def source(self) -> list[str]:
+        return self.listing.source
+
+    @property
+    def filename(self) -> str | None:
+        return self.listing.filename
 
     def error(self, msg: str, tok: Token | None, line: int = 0, col: int = 0) -> AsmError:
         if tok is not None:
@@ -80,50 +106,112 @@ class _Assembler:
         text = self.source[line - 1] if 0 < line <= len(self.source) else None
         return AsmError(msg, line, col, text, self.filename)
 
-    # --- pass 1 ------------------------------------------------------------------------------
-    def run(self, lines: list[Line]) -> Program:
-        stmts: list[_Stmt] = []
-        slot = 0
-        for line in lines:
-            self.check_registers(line)
-            for tok in line.labels:
-                self.define(tok, slot)
-            toks = line.tokens
-            if not toks:
-                continue
-            if toks[0].type == "NAME" and toks[0].startswith("."):
-                directives.run(self, toks)
-                continue
-            cands = self.match_ubpf(toks) if self.syntax == "ubpf" else self.match_llvm(toks)
-            stmts.append(_Stmt(line, slot, cands))
-            slot += cands[0][0].slots
-            if too_large(slot):     # ld_imm64 counts two slots, as in the kernel
-                raise self.error(too_large(slot), toks[0])
-        if not stmts:
-            raise self.error("empty program: no instructions", None, 1, 1)
-        if self.syntax == "ubpf" and _EXIT not in self.labels:
-            first_exit = next((s.slot for s in stmts if s.candidates[0][0].kind == "exit"), None)
-            if first_exit is not None:
-                self.labels[_EXIT] = first_exit
-        return self.encode(stmts, slot)
+    def slot_of(self, name: str) -> int:
+        return self.labels[name] & _SLOT_MASK
 
-    def check_registers(self, line: Line) -> None:
-        for tok in line.labels:
-            if tok.type == "REG":
-                raise self.error(f"invalid label name '{tok}' (a register)", tok)
-        for tok in line.tokens:
+    # --- pass 1 ------------------------------------------------------------------------------
+    def run(self) -> Program:
+        self.insns: list = []                  # slots; None where pass 2 will encode
+        self.stmt_slots, self.stmt_lines = array("l"), array("l")
+        self.pending = array("l")              # slot, line of each statement left to pass 2
+        self.late: tuple[int, AsmError] | None = None    # the first pass-2 error found so far
+        self.first_exit: int | None = None
+        first_error = None
+        for rows in self.listing.chunks():
+            if first_error is not None:
+                continue            # read on: a parse error or the size limits come first
+            try:
+                for row in rows:
+                    self.statement(row)
+            except AsmError as e:
+                first_error = e
+        if first_error is not None:
+            raise first_error
+        nslots = len(self.insns)
+        if not nslots:
+            raise self.error("empty program: no instructions", None, 1, 1)
+        if self.syntax == "ubpf" and _EXIT not in self.labels and self.first_exit is not None:
+            self.labels[_EXIT] = self.first_exit
+        return self.encode(nslots)
+
+    def statement(self, row: Row) -> None:
+        number, labels, off, entry = row
+        for lab in labels:
+            if lab.reg:
+                raise self.error(f"invalid label name '{lab.name}' (a register)", None, number, lab.col)
+        info = entry.info or self.analyse(entry)
+        if info.bad_reg:
+            raise self.error(info.bad_reg[0], None, number, off + info.bad_reg[1])
+        slot = len(self.insns)
+        for lab in labels:
+            self.define(lab.name, number, lab.col, slot)
+        if not entry.stmt:
+            return
+        if info.directive:
+            directives.run(self, place(entry.toks, number, off))
+            return
+        if info.error:
+            raise self.error(info.error[0], None, number, off + info.error[1])
+        self.stmt_slots.append(slot)
+        self.stmt_lines.append(number)
+        if info.insns is not None:
+            self.insns += info.insns
+            if info.late and self.late is None:
+                self.late = slot, self.error(info.late[0], None, number, off + info.late[1])
+        else:
+            self.insns += [None] * info.slots
+            self.pending.extend((slot, number))
+        if info.is_exit and self.first_exit is None:
+            self.first_exit = slot
+        if too_large(len(self.insns)):     # ld_imm64 counts two slots, as in the kernel
+            raise self.error(too_large(len(self.insns)), None, number, off + entry.first_col)
+
+    def analyse(self, entry: Entry) -> _Info:
+        """What ``entry`` means in this dialect; remembered on the entry."""
+        info = entry.info = _Info()
+        toks = entry.toks
+        try:
+            self.check_registers(toks)
+        except AsmError as e:
+            info.bad_reg = e.message, e.col
+            return info
+        if not toks:
+            return info
+        if toks[0].type == "NAME" and toks[0].startswith("."):
+            info.directive = True       # keeps its tokens: a directive runs where it stands
+            return info
+        entry.toks = None
+        try:
+            cands = self.match_ubpf(toks) if self.syntax == "ubpf" else self.match_llvm(toks)
+        except AsmError as e:
+            info.error = e.message, e.col
+            return info
+        form = cands[0][0]
+        info.slots = form.slots
+        info.is_exit = self.syntax == "ubpf" and form.kind == "exit"
+        info.names = any(ph in _NAMING or isinstance(v, Sym)
+                         for _, bind in cands for ph, v in bind.items())
+        if not info.names:      # it encodes the same wherever it stands: once
+            try:
+                info.insns = tuple(make(form, **self.fields(cands[0][1], 0, 0)))
+            except AsmError as e:
+                info.insns = (None,) * form.slots
+                info.late = e.message, e.col
+        return info
+
+    def check_registers(self, toks: list[Token]) -> None:
+        for tok in toks:
             if tok.type == "REG":
                 view, n = register(tok)
                 if n >= isa.NREGS or (self.syntax == "ubpf" and view != "r"):
                     raise self.error(f"invalid register '{tok}'", tok)
 
-    def define(self, tok: Token, slot: int) -> None:
-        name = str(tok)
+    def define(self, name: str, number: int, col: int, slot: int) -> None:
         if name in self.labels:
-            first = self.label_tokens[name]
-            raise self.error(f"duplicate label '{name}' (first defined on line {first.line})", tok)
-        self.labels[name] = slot
-        self.label_tokens[name] = tok
+            first = self.labels[name] >> _SLOT_BITS
+            raise self.error(f"duplicate label '{name}' (first defined on line {first})",
+                             None, number, col)
+        self.labels[name] = number << _SLOT_BITS | slot
 
     def match_ubpf(self, toks: list[Token]) -> list:
         t = tables()
@@ -198,27 +286,41 @@ class _Assembler:
         return self.error(msg, None, last.line, last.column + len(last))
 
     # --- pass 2 ------------------------------------------------------------------------------
-    def encode(self, stmts: list[_Stmt], nslots: int) -> Program:
-        insns, lines = [], {}
-        for st in stmts:
+    def encode(self, nslots: int) -> Program:
+        insns, pending = self.insns, self.pending
+        late_slot = self.late[0] if self.late else nslots
+        for k in range(0, len(pending), 2):
+            slot, number = pending[k], pending[k + 1]
+            if slot > late_slot:
+                break
+            toks = self.listing.tokens(number)
+            cands = self.match_ubpf(toks) if self.syntax == "ubpf" else self.match_llvm(toks)
             unresolved = []
-            for form, bind in st.candidates:
+            for form, bind in cands:
                 try:
-                    fields = self.fields(bind, st.slot, nslots)
+                    fields = self.fields(bind, slot, nslots)
                 except _Unresolved as u:
                     unresolved.append(u)
                     continue
-                insns += make(form, **fields)
+                insns[slot:slot + form.slots] = make(form, **fields)
                 break
             else:
                 tok = unresolved[0].tok
                 what = " or ".join(dict.fromkeys(u.what for u in unresolved if u.tok is tok))
                 raise self.error(f"unknown {what} '{tok}'", tok)
-            lines[st.slot] = self.source[st.line.number - 1].strip()
+        if self.late:
+            raise self.late[1]
+        source = self.source
+        lines = {slot: source[number - 1].strip()
+                 for slot, number in zip(self.stmt_slots, self.stmt_lines)}
         labels: dict[int, str] = {}
-        for name, slot in self.labels.items():
-            if name in self.label_tokens and slot <= nslots:
+        for name, packed in self.labels.items():
+            slot = packed & _SLOT_MASK
+            if packed >> _SLOT_BITS and slot <= nslots:      # not the predefined `exit`
                 labels.setdefault(slot, name)
+        # what only the assembler needed goes before the Program decodes its slots
+        self.labels.clear()
+        self.stmt_slots = self.stmt_lines = self.pending = None
         self.functions.setdefault(0, labels.get(0, Program.name))
         functions = dict(sorted(self.functions.items()))
         try:
@@ -262,7 +364,7 @@ class _Assembler:
         if isinstance(v, Sym):
             if v.name not in self.labels:
                 raise _Unresolved("label", v.tok)
-            dest = self.labels[v.name]
+            dest = self.slot_of(v.name)
             rel = Num(dest - slot - 1, False, v.tok)
         else:
             dest, rel = slot + 1 + v.value, v
@@ -271,7 +373,7 @@ class _Assembler:
         if ph == "func" and 0 <= dest < nslots and dest not in self.functions:
             name = v.name if isinstance(v, Sym) else None
             self.functions[dest] = name or next(
-                (n for n, s in self.labels.items() if s == dest and n in self.label_tokens),
+                (n for n, p in self.labels.items() if p & _SLOT_MASK == dest and p >> _SLOT_BITS),
                 f"sub_{dest}")
         return value
 
@@ -297,28 +399,41 @@ class _Assembler:
         return self.imm32(v)
 
 
-def detect(lines: list[Line]) -> str:
-    """The dialect of a program: "llvm" if any statement can only be LLVM, else "ubpf".
+def _detect(listing: Listing) -> str:
+    """The dialect of a listing: "llvm" if any statement can only be LLVM, else "ubpf".
+
+    Reads the listing up to the first such statement (its parse errors and size limits first).
+    """
+    for rows in listing.chunks():
+        for row in rows:
+            entry = row.entry
+            if entry.stmt:
+                if entry.llvm is None:
+                    entry.llvm = llvm_only(entry.toks)
+                if entry.llvm:
+                    return "llvm"
+    return "ubpf"
+
+
+def llvm_only(toks: list[Token]) -> bool:
+    """Whether a statement can only be LLVM.
 
     LLVM statements assign or compare (a token with ``=``), start with a bare ``rN``/``wN`` or
     a keyword no mnemonic starts with (``if``, ``goto``, ``callx``...), or write ``lock *(...)``
     and ``call NAME`` where the mnemonic dialect has ``lock add`` and ``call local NAME``.
-    Programs of ``exit`` and ``call N`` only read the same in both.
+    Programs of ``exit`` and ``call N`` (``call -N`` too) only read the same in both.
     """
     t = tables()
-    for line in lines:
-        toks = line.tokens
-        if not toks or toks[0].startswith("."):
-            continue
-        first, second = toks[0], (toks[1] if len(toks) > 1 else None)
-        if (any(x.type == "OP" and "=" in x for x in toks)
+    if toks[0].startswith("."):
+        return False
+    first, second = toks[0], (toks[1] if len(toks) > 1 else None)
+    return bool(any(x.type == "OP" and "=" in x for x in toks)
                 or (first.type == "REG" and not first.startswith("%"))
                 or first in t.llvm_words
                 or (first in t.prefix_words and second is not None
-                    and (second.type == "OP" or (second.type == "NAME"
-                                                 and second not in t.second_words)))):
-            return "llvm"
-    return "ubpf"
+                    # a sign is not LLVM's: `call -5` is a helper id in both dialects
+                    and ((second.type == "OP" and second not in ("-", "+"))
+                         or (second.type == "NAME" and second not in t.second_words))))
 
 
 def _common_prefix(a: tuple, b: tuple) -> int:

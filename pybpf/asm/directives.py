@@ -1,8 +1,9 @@
 """Assembler directives: statements that start with ``.name``.
 
-``.map NAME type=T key=K value=V max_entries=N [flags=F] [map_extra=X]`` declares a map that
-``map[NAME]`` / ``map_value[NAME] + K`` refer to by its position among the declarations
-(ld_imm64 src 5/6). It is the only directive; any other is an error.
+``.map NAME type=T key=K value=V max_entries=N [flags=F] [map_extra=X] [lock=OFF]`` declares a
+map that ``map[NAME]`` / ``map_value[NAME] + K`` refer to by its position among the declarations
+(ld_imm64 src 5/6); ``lock=OFF`` says its value holds a ``struct bpf_spin_lock`` at OFF (what an
+object's value BTF tells the loader). It is the only directive; any other is an error.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .templates import number
 # attribute spelling -> MapDecl field (the disassembler writes key=/value=)
 _MAP_ATTRS = {"type": "type", "key": "key_size", "key_size": "key_size", "value": "value_size",
               "value_size": "value_size", "max_entries": "max_entries", "flags": "flags",
-              "map_extra": "map_extra"}
+              "map_extra": "map_extra", "lock": "spin_lock_off"}
 
 
 def run(asm, toks: list[Token]) -> None:

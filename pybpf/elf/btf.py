@@ -151,6 +151,7 @@ class BTF:
             for ref in _refs(t):
                 if ref >= len(types):
                     raise BTFError(f"{section}: type [{t.id}] refers to missing type id {ref}")
+        _check_resolvable(types, section)
         return cls(types, strings)
 
     @staticmethod
@@ -283,31 +284,39 @@ class BTF:
             raise BTFError(f".BTF: type [{func_id}] is {f.kind}, not func")
         return self.types[f.type].members
 
-    def type_str(self, tid: int) -> str:
-        """A C-like spelling: ``unsigned int``, ``struct htab *``, ``__u64[16]``, ``void``."""
+    def type_str(self, tid: int, _path: frozenset = frozenset()) -> str:
+        """A C-like spelling: ``unsigned int``, ``struct htab *``, ``__u64[16]``, ``void``.
+
+        BTF the kernel accepts may still point back at itself through a function prototype or
+        an array (``typedef void (*f)(f *)`` has no C spelling): a type met again on its own
+        path prints as ``[id]``."""
+        if tid in _path or len(_path) > 64:
+            return f"[{tid}]"
+        _path = _path | {tid}
+        type_str = lambda t_id: self.type_str(t_id, _path)  # noqa: E731
         t = self.types[tid]
         if t.kind == "void":
             return "void"
         if t.kind == "ptr":
-            return self.type_str(t.type) + " *"
+            return type_str(t.type) + " *"
         if t.kind == "array":   # C order: int[2][3] is an array of 2 arrays of 3 ints
             dims = ""
             while t.kind == "array":
                 dims += f"[{t.nelems}]"
                 t = self.types[t.elem_type]
-            return self.type_str(t.id) + dims
+            return type_str(t.id) + dims
         if t.kind in ("const", "volatile", "restrict"):
-            return f"{t.kind} {self.type_str(t.type)}"
+            return f"{t.kind} {type_str(t.type)}"
         if t.kind in ("struct", "union", "enum", "enum64"):
             tag = "enum" if t.kind == "enum64" else t.kind
             return f"{tag} {t.name or '(anon)'}"
         if t.kind == "fwd":
             return f"{'union' if t.kind_flag else 'struct'} {t.name}"
         if t.kind == "func_proto":
-            args = ", ".join(self.type_str(p.type) for p in t.members) or "void"
-            return f"{self.type_str(t.type)} (*)({args})"
+            args = ", ".join(type_str(p.type) for p in t.members) or "void"
+            return f"{type_str(t.type)} (*)({args})"
         if t.kind in ("var", "type_tag", "decl_tag", "func"):
-            return self.type_str(t.type)
+            return type_str(t.type)
         return t.name
 
     # --- bpftool-style printing ----------------------------------------------------------------
@@ -361,6 +370,70 @@ class BTF:
     def dump(self) -> str:
         """Every type, as ``bpftool btf dump file x.o`` prints them."""
         return "\n".join(self.format(i) for i in range(1, len(self.types))) + "\n"
+
+
+MAX_RESOLVE_DEPTH = 32     # kernel/bpf/btf.c
+
+
+_NEEDS_RESOLVE = MODIFIERS | {"ptr", "struct", "union", "array", "var", "func", "decl_tag",
+                              "datasec"}
+
+
+def _is_sink(kind: str, mode: str) -> bool:
+    """env_type_is_resolve_sink(): whether a type the walk reaches needs no resolving first.
+    The mode is that of the type the walk started from: for a pointer only pointers and
+    modifiers are walked through (so a struct may point at itself); for a struct or an array
+    only modifiers, arrays and structs (a struct holds a pointer, not what it points at)."""
+    if mode == "ptr":
+        return kind not in MODIFIERS and kind != "ptr"
+    if mode == "struct":
+        return kind not in MODIFIERS and kind not in ("array", "struct", "union")
+    return kind not in _NEEDS_RESOLVE
+
+
+def _next_types(t: BTFType):
+    if t.kind == "array":
+        yield t.elem_type
+    elif t.kind in ("struct", "union"):
+        yield from (m.type for m in t.members)
+    elif t.kind == "datasec":
+        yield from (v.type for v in t.secinfo)
+    elif t.kind in _NEEDS_RESOLVE:
+        yield t.type
+
+
+def _check_resolvable(types: list[BTFType], section: str) -> None:
+    """Refuse what btf_resolve() refuses: a loop of types each of which must be resolved before
+    the other ('Loop detected': a struct holding itself by value, a pointer to itself, a typedef
+    of itself, an array of itself) and a walk deeper than MAX_RESOLVE_DEPTH. Everything that
+    follows types later (sizes, C spellings, value layouts) then ends. As the kernel: types in
+    id order, a resolved type never walked again, the mode fixed by where a walk starts."""
+    resolved = [False] * len(types)
+    for start in range(1, len(types)):
+        if resolved[start] or types[start].kind not in _NEEDS_RESOLVE:
+            continue
+        kind = types[start].kind
+        mode = "ptr" if kind == "ptr" else "struct" if kind in ("struct", "union", "array") \
+            else "tbd"
+        on_stack = {start}
+        stack = [(start, _next_types(types[start]))]
+        while stack:
+            tid, nexts = stack[-1]
+            nxt = next(nexts, None)
+            if nxt is None:
+                resolved[tid] = True
+                on_stack.discard(tid)
+                stack.pop()
+            elif nxt == 0 or resolved[nxt] or _is_sink(types[nxt].kind, mode):
+                continue
+            elif nxt in on_stack:
+                raise BTFError(f"{section}: type [{nxt}] ({types[nxt].kind}): Loop detected")
+            elif len(stack) >= MAX_RESOLVE_DEPTH:
+                raise BTFError(f"{section}: type [{start}] ({kind}): Exceeded max resolving "
+                               f"depth:{MAX_RESOLVE_DEPTH}")
+            else:
+                on_stack.add(nxt)
+                stack.append((nxt, _next_types(types[nxt])))
 
 
 def _refs(t: BTFType):

@@ -5,8 +5,9 @@ mapping, a free list, and chains hanging off ``n_buckets`` (``max_entries`` roun
 of two) u32 bucket heads, so native code can look keys up without calling back into Python:
 
 * bucket ``b`` (``index + 4*b``) holds ``slot + 1`` of the first element of its chain, or the
-  chain's end marker ``NULLS | b``; ``b = fnv1a32(key) & index_mask``, FNV-1a 32-bit over the
-  ``key_size`` key bytes;
+  chain's end marker ``NULLS | b``; ``b = jhash(key, hashrnd) & index_mask``, the kernel's
+  ``htab_map_hash`` (:mod:`.jhash`) with the seed 0, as BPF_F_ZERO_SEED gives (pybpf seeds
+  every hash map so: the kernel seeds the others at random);
 * element ``slot`` at ``data + slot * elem_size``: u32 next (slot + 1, or the end marker
   ``NULLS | bucket``), u32 hash, u8 in_use, u8 ref (LRU reference bit), 10 bytes padding, the
   key padded to 8 bytes, then the value (``n_cpus`` values of ``round_up(value_size, 8)`` for
@@ -25,11 +26,19 @@ cover the grace periods. A Python caller waits for one when every spare is still
 period; a program run cannot wait (two runs waiting for each other never end), so its update
 fails with -ENOMEM then, as the kernel's non-preallocated hash does when it cannot allocate.
 
+Order: as the kernel's hlist_nulls, a new element (also the new element of an updated key) goes
+to the head of its bucket's chain, and a walk (``bpf_for_each_map_elem``, BPF_MAP_GET_NEXT_KEY,
+the Python iteration) goes bucket after bucket, each chain from its head. With the kernel's
+hash, seed and bucket count, that is the kernel's order for a BPF_F_ZERO_SEED map given the
+same updates and deletions (tests/test_hash_order.py); for the others the kernel's seed is
+random, and so is its order, where pybpf's is this fixed one. (LRU maps: the same order, but
+which element an insert into a full map evicts differs from the kernel's per-CPU lists.)
+
 Kernel rules: update flags BPF_ANY / BPF_NOEXIST (-EEXIST if present) / BPF_EXIST (-ENOENT if
 absent), anything else -EINVAL; a new key when all ``max_entries`` are used gives -E2BIG;
 delete of a missing key -ENOENT and deletion frees the slot. Updating an existing key swaps in
 a spare element, as the kernel does (a BPF program holding the old pointer still sees the old
-value); percpu maps, whose update writes one CPU's value, rewrite it in place.
+value); percpu maps rewrite the values in place, as the kernel does.
 
 LRU: instead of failing with -E2BIG an insert into a full map evicts. As in the kernel, recency is
 a reference bit set by lookups from BPF programs (native code sets the ``ref`` byte too), so the
@@ -51,6 +60,7 @@ from pybpf.uapi import (BPF_EXIST, BPF_F_ACCESS_MASK, BPF_F_LOCK, BPF_F_NO_COMMO
                         BPF_NOEXIST, ENOTSUPP)
 from .. import grace
 from . import btf_fields
+from .jhash import gen_jhash, jhash
 from .base import HEADER_SIZE, KMALLOC_MAX_SIZE, PCPU_MIN_UNIT_SIZE, Map, Memory, check, round_up
 
 HTAB_CREATE_FLAG_MASK = (BPF_F_NO_PREALLOC | BPF_F_NO_COMMON_LRU | BPF_F_NUMA_NODE |
@@ -65,46 +75,7 @@ _ELEM = struct.Struct("<IIBB")
 _ELEM_TAIL = struct.Struct("<IBB")      # hash, in_use, ref: what follows the next link
 
 
-FNV_OFFSET, FNV_PRIME = 0x811C9DC5, 0x01000193
-UNROLL_KEY = 64            # native lookups hash keys up to this many bytes without a loop
-
-
-def fnv1a32(data: bytes) -> int:
-    """The bucket hash (FNV-1a, 32-bit): simple enough for the JIT to inline."""
-    h = FNV_OFFSET
-    for b in data:
-        h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFF
-    return h
-
-
-def gen_fnv1a32(ir, key, size: int):
-    """IR for :func:`fnv1a32` over the ``size`` bytes at ``key`` (an i64 address)."""
-    b = ir.b
-    h = ir.const(ir.I32, FNV_OFFSET)
-    prime = ir.const(ir.I32, FNV_PRIME)
-    if size <= UNROLL_KEY:
-        for i in range(size):
-            byte = ir.load(ir.at(key, i), ir.I8)
-            h = b.mul(b.xor(h, b.zext(byte, ir.I32)), prime)
-        return h
-    # A loop for long keys.
-    head = b.block
-    loop = ir.block("fnv.loop")
-    out = ir.block("fnv.done")
-    b.branch(loop)
-    b.position_at_end(loop)
-    i = b.phi(ir.I64, name="fnv.i")
-    acc = b.phi(ir.I32, name="fnv.h")
-    i.add_incoming(ir.const(ir.I64, 0), head)
-    acc.add_incoming(h, head)
-    byte = ir.load(b.add(key, i), ir.I8)
-    nh = b.mul(b.xor(acc, b.zext(byte, ir.I32)), prime)
-    ni = b.add(i, ir.const(ir.I64, 1))
-    i.add_incoming(ni, loop)
-    acc.add_incoming(nh, loop)
-    b.cbranch(b.icmp_unsigned("<", ni, ir.const(ir.I64, size)), loop, out)
-    b.position_at_end(out)
-    return nh
+HASHRND = 0                # the seed of every map's hash (BPF_F_ZERO_SEED's)
 
 
 class HashMap(Map):
@@ -183,7 +154,7 @@ class HashMap(Map):
                 ctypes.memset(base + self.value_size, 0, self.stride - self.value_size)
 
     def _link(self, slot: int, key: bytes) -> None:
-        h = fnv1a32(key)
+        h = jhash(key, HASHRND)
         off, view = self._elem_off(slot), self._view
         bucket = self._bucket_off + 4 * (h & (self.n_buckets - 1))
         padded = round_up(self.key_size, 8)
@@ -268,12 +239,14 @@ class HashMap(Map):
             return -errno.EEXIST
         if slot is None and flags == BPF_EXIST:
             return -errno.ENOENT
-        if slot is not None and self.percpu and not onallcpus:
+        if slot is not None and self.percpu:
+            # per-cpu values are updated in place, all CPUs' from user space or this CPU's
+            # (__htab_percpu_map_update_elem): the element keeps its place in its chain
             if self.kptr_fields:        # pcpu_copy_value: the copy's kptrs are kept, then freed
                 btf_fields.copy_percpu(self, self.elems_address + slot * self.elem_size
-                                       + self.value_off, value, False)
+                                       + self.value_off, value, onallcpus)
             else:
-                self._write_value(slot, value, onallcpus, new=False)    # one CPU's value
+                self._write_value(slot, value, onallcpus, new=False)
             if self.lru:                # an update makes the element the most recent
                 self._slots[key] = self._slots.pop(key)
                 self._view[self._elem_off(slot) + OFF_REF] = 0
@@ -326,7 +299,7 @@ class HashMap(Map):
         b = ir.b
         I32, I64 = ir.I32, ir.I64
         hdr = self.header
-        h = gen_fnv1a32(ir, key, self.key_size)
+        h = gen_jhash(ir, key, self.key_size, HASHRND)
         bidx = b.and_(h, ir.const(I32, hdr.index_mask))
         bucket = ir.index(ir.ext(hdr.index), bidx, 4)
         head = ir.block("htab.head")
@@ -401,8 +374,24 @@ class HashMap(Map):
             return Map.sys_lookup(self, key)
 
     def _raw_keys(self) -> list[bytes]:
+        """The keys in the kernel's walk order: bucket by bucket, each chain from its head
+        (only the non-empty buckets are visited: their numbers come from the elements' hashes)."""
         with self._lock:
-            return list(self._slots)
+            view, mask = self._view, self.n_buckets - 1
+            key_of = {slot: key for key, slot in self._slots.items()}
+            buckets = sorted({_U32.unpack_from(view, self._elem_off(slot) + OFF_HASH)[0] & mask
+                              for slot in key_of})
+            keys = []
+            for bucket in buckets:
+                cur = _U32.unpack_from(view, self._bucket_off + 4 * bucket)[0]
+                while not cur & NULLS:
+                    key = key_of.get(cur - 1)
+                    check(key is not None and len(keys) < len(key_of), errno.EFAULT,
+                          "hash chain corrupted (element headers were overwritten)")
+                    keys.append(key)
+                    cur = _U32.unpack_from(view, self._elem_off(cur - 1) + OFF_NEXT)[0]
+            check(len(keys) == len(key_of), errno.EFAULT, "hash chain corrupted")
+            return keys
 
     def __len__(self) -> int:
         return len(self._slots)
