@@ -229,17 +229,22 @@ def _write(regions, dst, offset: int, payload: bytes, flags: int) -> int:
     return 0
 
 
-def bpf_dynptr_read(dst: int, length: int, src: int, offset: int, flags: int) -> int:
-    regions = _regions()
-    length, offset = length & M32, offset & M32
-    d = _load(src)
+def _read_into(regions, dst_at: int, d, offset: int, length: int, flags: int) -> int:
+    """Read ``length`` bytes of dynptr ``d`` at ``offset`` into the run's memory at ``dst_at``:
+    0 or -errno. A failed skb read clears the destination, as __bpf_skb_load_bytes does."""
     got = _read(regions, d, offset, length, flags)
     if isinstance(got, int):
         if got == -errno.EFAULT and d[1] == TYPE_SKB:
-            regions.write(dst, bytes(length))     # __bpf_skb_load_bytes clears on failure
-        return _long(got)
-    regions.write(dst, got)
+            regions.write(dst_at, bytes(length))
+        return got
+    regions.write(dst_at, got)
     return 0
+
+
+def bpf_dynptr_read(dst: int, length: int, src: int, offset: int, flags: int) -> int:
+    regions = _regions()
+    length, offset = length & M32, offset & M32
+    return _long(_read_into(regions, dst, _load(src), offset, length, flags))
 
 
 def bpf_dynptr_write(dst: int, offset: int, src: int, length: int, flags: int) -> int:
@@ -319,13 +324,7 @@ def bpf_dynptr_copy(dst_ptr: int, dst_off: int, src_ptr: int, src_off: int, size
     if src_at:
         return _int(_write(regions, dst, dst_off, regions.read(src_at, size), 0))
     if dst_at:
-        got = _read(regions, src, src_off, size, 0)
-        if isinstance(got, int):
-            if got == -errno.EFAULT and src[1] == TYPE_SKB:
-                regions.write(dst_at, bytes(size))    # __bpf_skb_load_bytes clears on failure
-            return _int(got)
-        regions.write(dst_at, got)
-        return 0
+        return _int(_read_into(regions, dst_at, src, src_off, size, 0))
     if _check_off_len(dst[4], dst_off, size) or _check_off_len(src[4], src_off, size):
         return _int(-errno.E2BIG)
     for off in range(0, size, COPY_CHUNK):
