@@ -25,7 +25,9 @@ Same contract as the LLVM code (jit/lower.py), and the same run-time behaviour:
 * division and modulo by zero and signed overflow as RFC 9669 (x/0 = 0, x%0 = x, INT_MIN/-1 =
   INT_MIN, x%-1 = 0), shifts masked to the width (x86 masks them the same way), 32-bit results
   zero-extended, sign-extending loads and movsx, byte swaps, lock-prefixed atomics, may_goto's
-  per-frame budget, ld_abs/ld_ind through the run's packet descriptor;
+  per-frame budget, ld_abs/ld_ind through r6's __sk_buff (verified skb programs) or the run's
+  packet descriptor (a second entry, ``bpf_main.tail``, takes it from a tail call's chain
+  record, see ``_CHAIN``);
 * unverified loads (``JitEnv.budget_cell``): every jump backwards taken charges the span it
   repeats against the run budget (``insn_limit``; spent: the lowering's VMError), and
   polls for signals (PyErr_CheckSignals) when the budget crosses a multiple of 2**16, as the
@@ -60,13 +62,17 @@ from pybpf.jit.x86_emit import CC, Asm
 
 # BPF register -> x86 register
 REG = (X.RAX, X.RDI, X.RSI, X.RDX, X.RCX, X.R8, X.RBX, X.R13, X.R14, X.R15, X.RBP)
-# the program types whose ld_abs reads the __sk_buff r6 points at (jit/native_packet.py)
-_SKB_LDABS_TYPES = ("socket_filter", "sched_cls", "cgroup_skb", "lwt_in", "lwt_out", "lwt_xmit")
 _ARGS = (X.RDI, X.RSI, X.RDX, X.RCX, X.R8)            # BPF r1..r5
 _BUDGET = -520       # the frame's may_goto budget, below its 512-byte stack (rbp-relative)
 _RECORD = -536       # the frame record (jit/lower.py, runtime/memory.FRAME_RECORD) below it
 _MAIN_FRAME = 536    # 6 pushes + 536 keep rsp 16-byte aligned at calls; subprograms: 5 + 544
 _SUB_FRAME = 544
+# A program whose ld_abs reads the run's packet descriptor (jit/calls.py reads_run_packet)
+# keeps the descriptor's address in its entry frame, at r12 - 544 (so its frame is 552): its
+# entry ``bpf_main`` stores its own, ``bpf_main.tail`` the one of the chain record (rdx) a
+# tail call passes, as the LLVM tiers' ``<entry>.tail``.
+_CHAIN = -544
+_CHAIN_FRAME = 552
 _CALLER_RBP = 32     # where a subprogram's prologue pushed its caller's rbp (rbp-relative)
 _M64 = (1 << 64) - 1
 
@@ -151,6 +157,7 @@ class _Emitter:
         self.keep: list = []        # Python callables whose addresses are in the code
         self.needs_gil = False
         self.budget = env.budget_cell if not env.verified else 0
+        self.chain = False          # ld_abs through the run's descriptor (_CHAIN)
         self._n = 0
         # BPF register -> the constant it holds, from an ld_imm64 earlier in the same
         # straight-line code (cleared at jump targets): a map_lookup_elem's map (r1)
@@ -191,6 +198,17 @@ class _Emitter:
         bounds = {s: (order[k + 1] if k + 1 < len(order) else nslots)
                   for k, s in enumerate(order)}
         self.valid, self.bounds, self.abort = valid, bounds, ("abort",)
+        from pybpf.jit.calls import reads_run_packet
+        from pybpf.jit.lower import btf_accesses
+        self.chain = reads_run_packet(decoded, env)
+        self.null_checked = btf_accesses(decoded, env)
+        if self.chain and any(f.kind == "call" and f.op == "local" and pc + 1 + i.imm == 0
+                              for pc, f, i in decoded):
+            raise Unsupported("a call to the entry of a program keeping the run's packet "
+                              "descriptor")
+        if self.chain:
+            self.a.label(("entry",))
+            self.a.movabs(X.R11, env.packet_desc)       # direct entry: this program's own
         handlers = _handlers()
         joins = _jump_targets(decoded) | starts
         sub_end = 0
@@ -212,6 +230,11 @@ class _Emitter:
             if nxt == sub_end and not (form.kind == "exit" or form.kind == "ja"):
                 raise Unsupported(f"subprogram at {self.start} falls off its end")
         self._abort_path()
+        if self.chain:      # the tail-call entry: the descriptor from the chain record (rdx)
+            from pybpf.jit.calls import CHAIN_DESC
+            self.a.label(("tail",))
+            self.a.rm(b"\x8B", X.R11, X.RDX, CHAIN_DESC)          # mov r11, [rdx + 8]
+            self.a.jmp(("fn", 0))
         try:
             code = self.a.finish()
         except JITError as exc:
@@ -219,6 +242,8 @@ class _Emitter:
         labels = self.a.labels
         symbols = {("bpf_main" if s == 0 else f"bpf_main.sub{s}"): labels[("fn", s)]
                    for s in order}
+        if self.chain:
+            symbols["bpf_main"], symbols["bpf_main.tail"] = labels[("entry",)], labels[("tail",)]
         return BaselineCode(code, self.needs_gil or bool(self.budget), self.keep, symbols)
 
     @staticmethod
@@ -239,7 +264,10 @@ class _Emitter:
         if main:
             a.mov(X.R12, X.RSP)       # where an abort unwinds to
         a.mov(X.RBP, X.RSP)
-        a.ri(5, X.RSP, _MAIN_FRAME if main else _SUB_FRAME)      # sub rsp, frame
+        a.ri(5, X.RSP, (_CHAIN_FRAME if self.chain else _MAIN_FRAME) if main
+             else _SUB_FRAME)                                     # sub rsp, frame
+        if main and self.chain:
+            a.rm(b"\x89", X.R11, X.RBP, _CHAIN)                  # mov [rbp-544], r11
         zero = [X.RAX, X.RBX, X.R13, X.R14, X.R15] + ([X.RDX, X.RCX, X.R8] if main else [])
         for r in zero:
             a.rr(b"\x31", r, r, 0)                               # xor r32, r32
@@ -449,13 +477,29 @@ class _Emitter:
         else:
             a.rm(b"\x89", s, base, off, 1 if size == 8 else 0)
 
+    def _null_check(self, r: int, off: int, size: int, kind: str) -> None:
+        """A verified access through a BTF object pointer that is NULL: the interpreter's
+        MemoryAccessError (jit/lower.py btf_accesses)."""
+        if self.pc not in self.null_checked:
+            return
+        from pybpf.jit.lower import null_fault
+        a, ok = self.a, self.fresh()
+        a.rr(b"\x85", REG[r], REG[r], 1)                        # test base, base
+        a.jcc(CC["nz"], ok)
+        self._bridge_call(null_fault(self.pc, off, size, kind), 0, save=False)
+        a.jmp(self.abort)
+        a.label(ok)
+
     def _emit_ldx(self, form, insn) -> None:
+        self._null_check(insn.src, insn.off, form.size, "read")
         self._load(REG[insn.dst], REG[insn.src], insn.off, form.size, form.signed)
 
     def _emit_stx(self, form, insn) -> None:
+        self._null_check(insn.dst, insn.off, form.size, "write")
         self._store(REG[insn.src], REG[insn.dst], insn.off, form.size)
 
     def _emit_st(self, form, insn) -> None:
+        self._null_check(insn.dst, insn.off, form.size, "write")
         a, size, base, imm = self.a, form.size, REG[insn.dst], insn.imm
         if size == 1:
             a.rm(b"\xC6", 0, base, insn.off, 0)
@@ -472,6 +516,11 @@ class _Emitter:
     def _emit_atomic(self, form, insn) -> None:
         a, op, size = self.a, form.op, form.size
         w = 1 if size == 8 else 0
+        if op == "load_acq":
+            self._null_check(insn.src, insn.off, size, "read")
+        else:
+            self._null_check(insn.dst, insn.off, size,
+                             "write" if op == "store_rel" else "atomic access")
         if op == "load_acq":           # x86 loads are acquire loads, stores release stores
             self._load(REG[insn.dst], REG[insn.src], insn.off, size, False)
             return
@@ -508,11 +557,12 @@ class _Emitter:
             raise JITError(f"baseline JIT: no emitter rule for {form.name}")
 
     def _emit_ldabs(self, form, insn) -> None:
+        from pybpf.jit.calls import ldabs_from_ctx, no_packet
         a, size = self.a, form.size
         desc = self.env.packet_desc
-        # verified __sk_buff programs read the packet from r6, the ctx (jit/calls.py
-        # lower_ldabs: a tail-call target's own descriptor is stale)
-        from_ctx = self.env.verified and self.env.prog_type in _SKB_LDABS_TYPES
+        # verified __sk_buff programs read the packet from r6, the ctx; the others through the
+        # run's descriptor (jit/calls.py lower_ldabs)
+        from_ctx = ldabs_from_ctx(self.env)
         if not desc and not from_ctx:
             raise self.unsupported(self.pc, "ld_abs without the run's packet descriptor")
         a.mov_imm(X.R11, insn.imm & 0xFFFFFFFF)
@@ -530,9 +580,17 @@ class _Emitter:
             a.rm(b"\x8B", X.R10, X.R10, 76, 0)                    # r10d = skb->data
             a.rr(b"\x01", X.R10, X.R11, 1)                        # r11 += data
         else:
-            a.movabs(X.R10, desc)
+            a.rm(b"\x8B", X.R10, X.R12, _CHAIN, 1)               # r10 = the run's descriptor
             a.rm(b"\x3B", X.R9, X.R10, 8, 1)                      # cmp r9, [desc + 8]
-            a.jcc(CC["g"], self.abort)
+            ok = self.fresh()
+            a.jcc(CC["g"] ^ 1, ok)
+            # out of bounds; a run without a packet (length -1): the interpreter's VMError
+            a.rm(b"\x83", 7, X.R10, 8, 1)                         # cmp qword [r10+8], -1
+            a.b.append(0xFF)
+            a.jcc(CC["nz"], self.abort)
+            self._bridge_call(no_packet(self.pc), 0, save=False)
+            a.jmp(self.abort)
+            a.label(ok)
             a.rm(b"\x03", X.R11, X.R10, 0, 1)                     # r11 += data
         self._load(X.RAX, X.R11, 0, size, False)
         if size == 2:

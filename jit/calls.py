@@ -1,8 +1,9 @@
 """Calls the JIT implements itself: tail calls, bpf_loop, kfuncs, native map lookups, ld_abs.
 
 * ``bpf_tail_call(ctx, prog_array, index)``: a program that makes tail calls takes a third
-  argument, a pointer to the chain's count, in its ``<entry>.tail`` function (the
-  prog_array's ``native_entry``); ``<entry>`` is a wrapper that starts the count at 0. A call
+  argument, a pointer to the chain record (the chain's count, the run's packet descriptor:
+  :data:`CHAIN_DESC`), in its ``<entry>.tail`` function (the prog_array's ``native_entry``);
+  ``<entry>`` is a wrapper that starts the count at 0. A call
   site reads the prog_array's native table (``MapHeader.data``, one code address per index, 0
   when empty or not JIT'd), and when ``index < max_entries``, the entry is non-zero and fewer
   than ``MAX_TAIL_CALL_CNT`` (33) tail calls were taken, counts one and calls the target with
@@ -19,9 +20,12 @@
   bridge (an mprotect per allocation).
 * ``map_lookup_elem`` on an array or hash map whose pointer is a known constant:
   :mod:`pybpf.jit.maps` (no Python on that path); other map helpers use the bridge.
-* ld_abs/ld_ind: a big-endian load from the run's packet, whose address and length are the two
-  u64 words at ``JitEnv.packet_desc`` (filled by the runner before each run, so the same
-  packet the interpreter reads); out of bounds stops the program with r0 = 0.
+* ld_abs/ld_ind: a big-endian load from the run's packet; out of bounds stops the program with
+  r0 = 0. Verified skb programs find the packet through r6 (``skb->data``/``len``, as the
+  kernel); the others through the run's descriptor, two u64 words (address, length) the runner
+  fills before each run, whose address the chain record carries along a tail-call chain (so a
+  program reached by a tail call reads the packet the interpreter reads); a program with such
+  loads takes the chain record even when it makes no tail calls (:func:`reads_run_packet`).
 """
 from __future__ import annotations
 
@@ -58,13 +62,36 @@ def has_tail_calls(mod, decoded) -> bool:
     return False
 
 
-def define_tail_wrapper(mod, body: ir.Function, entry: str) -> None:
-    """``i64 @<entry>(r1, r2)``: a fresh tail-call count, then the program's body."""
+# The chain record ``<entry>`` makes for a run and every tail call passes along: the tail-call
+# count (an i32 at 0) and the address of the run's ld_abs packet descriptor (a u64 at 8).
+CHAIN_DESC = 8
+
+
+def ldabs_from_ctx(env) -> bool:
+    """Whether ld_abs/ld_ind read the packet through r6, the __sk_buff (verified skb programs,
+    as the kernel); otherwise through the run's packet descriptor (JitEnv.packet_desc)."""
+    return bool(env.verified) and env.prog_type in native_packet.SKB_TYPES
+
+
+def reads_run_packet(decoded, env) -> bool:
+    """Whether ld_abs/ld_ind here read the run's packet descriptor. Such a program takes the
+    chain record too (an ``<entry>.tail`` body): reached by a tail call it reads the packet of
+    the run that entered the chain, whose descriptor the runner filled, not its own (filled
+    only when it is run directly). Without the verifier r6 is nothing known, so the
+    descriptor, checked against the run's packet, is the only safe source."""
+    return bool(env.packet_desc) and not ldabs_from_ctx(env) \
+        and any(f.kind == "ldabs" for _, f, _ in decoded)
+
+
+def define_tail_wrapper(mod, body: ir.Function, entry: str, packet_desc: int) -> None:
+    """``i64 @<entry>(r1, r2)``: a fresh chain record (tail-call count 0, this program's packet
+    descriptor, the one the runner fills), then the program's body."""
     fn = cg.bpf_function(mod.module, ir.FunctionType(I64, [I64, I64]), entry)
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    count = b.alloca(I32, name="tail_count")
-    b.store(I32(0), count)
-    b.ret(b.call(body, [fn.args[0], fn.args[1], count]))
+    b = cg.TextBuilder(fn.append_basic_block("entry"), mod.externs)
+    chain = b.alloca(ir.ArrayType(I64, 2), name="chain")
+    b.store(I64(0), chain)
+    b.store(b.ext(packet_desc) if packet_desc else I64(0), b.gep_i8(chain, CHAIN_DESC))
+    b.ret(b.call(body, [fn.args[0], fn.args[1], chain]))
 
 
 # -- helpers and kfuncs ------------------------------------------------------------------------
@@ -281,12 +308,23 @@ def _loop_body(fl, callee: ir.Function, nr, ctx) -> ir.Value:
 
 # -- ld_abs / ld_ind ---------------------------------------------------------------------------
 
+NO_PACKET = -1      # a descriptor's length when the run has no packet (pybpf.loaded)
+NO_PACKET_MESSAGE = "ld_abs/ld_ind needs a socket-filter context: run with data=<packet>"
+
+
+def no_packet(pc: int):
+    """What ld_abs/ld_ind at ``pc`` do in a run without a packet: the interpreter's VMError."""
+    def refuse(*_):
+        raise VMError(NO_PACKET_MESSAGE, pc)
+    return refuse
+
+
 def lower_ldabs(fl, form, insn) -> None:
     """r0 = big-endian ``size`` bytes at packet offset imm (+ src for ld_ind); out of bounds
     stops the program with r0 = 0 (the interpreter's Run.ldabs)."""
     b, size = fl.b, form.size
     desc = fl.env.packet_desc
-    from_ctx = fl.env.verified and fl.env.prog_type in native_packet.SKB_TYPES
+    from_ctx = ldabs_from_ctx(fl.env)
     if not desc and not from_ctx:
         raise fl.error(f"{form.name}: legacy packet access (ld_abs/ld_ind) is not supported yet "
                        "without the run's packet (JitEnv.packet_desc, from the loader)")
@@ -302,10 +340,19 @@ def lower_ldabs(fl, form, insn) -> None:
         length = b.zext(b.load(b.inttoptr(ctx, PTR), typ=I32), I64)
         data = b.zext(b.load(b.inttoptr(b.add(ctx, cg.const(I64, 76)), PTR), typ=I32), I64)
     else:
-        data = b.load(b.inttoptr(b.ext(desc), PTR), typ=I64)
-        length = b.load(b.inttoptr(b.ext(desc + 8), PTR), typ=I64)
+        # the run's descriptor, from the chain record (reads_run_packet): whichever program
+        # of a tail-call chain this is, the packet of the run that entered the chain
+        where = b.load(b.gep_i8(fl.tcc, CHAIN_DESC), typ=I64)
+        data = b.load(b.inttoptr(where, PTR), typ=I64)
+        length = b.load(b.inttoptr(b.add(where, cg.const(I64, 8)), PTR), typ=I64)
     bad = b.or_(b.icmp_signed("<", off64, cg.const(I64, 0)),
                 b.icmp_signed(">", b.add(off64, cg.const(I64, size)), length))
+    if not from_ctx:
+        # a run without a packet (length NO_PACKET, -1: every offset is out of bounds): the
+        # interpreter's VMError, not r0 = 0
+        with b.if_then(b.and_(bad, b.icmp_signed("==", length, cg.const(I64, NO_PACKET))),
+                       likely=False):
+            fl.mod.helpers.call_python(b, ("ldabs_no_packet", fl.pc), no_packet(fl.pc), 0, [])
     fl.abort_if(bad)
     value = b.load(b.inttoptr(b.add(data, off64), PTR), typ=cg.BYTES[size], align=1)
     if size > 1:

@@ -45,9 +45,10 @@ class JitEnv:
     argument is a known constant get native code (array and hash lookups, tail calls);
     ``prog_type``: where ld_abs/ld_ind find the packet (verified skb types: ``skb->data``/``len``
     through r6, as the kernel, so a tail-call target reads the run's packet; others and
-    unverified code: the two u64 words at ``packet_desc``, data address and length,
-    which the runner fills before each run; it belongs to one loaded program, so threads
-    running the same ld_abs program at once share it); ``low_pool``: the only run memory below
+    unverified code: the two u64 words at ``packet_desc``, data address and length (-1: the
+    run has no packet), which the runner fills before each run of the program it enters
+    (a tail-call chain's record carries that one's address along, jit/calls.py); it belongs to
+    one loaded program, so threads running the same ld_abs program at once share it); ``low_pool``: the only run memory below
     4 GiB (contexts and packets), so a 32-bit base outside it is an arena offset.
     """
 
@@ -68,6 +69,9 @@ class JitEnv:
     # move data to (less the metadata) lies (the end of the frame's struct xdp_frame); 0:
     # unknown, the helper stays on the bridge (jit/native_packet.py)
     xdp_head_floor: int = 0
+    # The largest program compiled at -O2 for this load (jit/program.py o2_limit; None:
+    # O2_MAX_SLOTS): the VM's max_o2_slots.
+    o2_max_slots: int | None = None
 
     def arena_layout(self) -> ArenaLayout | None:
         if self.arena is None:

@@ -20,8 +20,9 @@ aborts when a Python helper raised (the shared bridge of :mod:`pybpf.jit.helper_
 it and leaves the exception set), when the ``unwind`` helper returned 0 or when ld_abs/ld_ind
 went out of bounds; the flag travels back up the frames in the second return value (the
 run-state word, kept in a register: no shared memory, so threads cannot disturb each other) and
-the entry returns 0. Programs that make tail calls add a tail-call count pointer to every
-function and have an ``<entry>.tail`` body (:mod:`pybpf.jit.calls`).
+the entry returns 0. Programs that make tail calls, or whose ld_abs/ld_ind read the run's packet
+descriptor, add a chain-record pointer (tail-call count, packet descriptor) to every function
+and have an ``<entry>.tail`` body (:mod:`pybpf.jit.calls`).
 
 Frame records. A program that calls helpers or kfuncs through the Python bridge keeps a chain
 of 16-byte records on the native stack, one per active BPF frame (the layout is
@@ -76,7 +77,7 @@ from dataclasses import dataclass, field
 from llvmlite import ir
 
 from pybpf import isa
-from pybpf.errors import BPFError, JITError, VMError
+from pybpf.errors import BPFError, JITError, MemoryAccessError, VMError
 from pybpf.insn import imm64
 from pybpf.jit import arena as arena_mem
 from pybpf.jit import calls
@@ -163,22 +164,26 @@ class ModuleLowerer:
         decoded = prog.instructions()
         may_abort = any((f.kind in ("call", "callx") and f.op != "local") or f.kind == "ldabs"
                         for _, f, _ in decoded)
+        null_checked = btf_accesses(decoded, env)
+        may_abort = may_abort or bool(null_checked)
         if env.budget_cell and not env.verified:
             # runaway guard: back edges count down the budget and poll for signals (Python
             # calls, so the code runs with the GIL held and any frame may abort)
             may_abort = True
             self.helpers.force_gil = True
         tail = calls.has_tail_calls(self, decoded)
+        # the chain record (jit/calls.py): tail calls count in it, ld_abs finds the run's packet
+        chain = tail or calls.reads_run_packet(decoded, env)
         frames = calls.calls_python_helpers(self, decoded, env)     # keeps frame records
         # r10 is read-only for the verifier; the interpreter makes the same check.
         fp_fixed = not any(10 in written_regs(f, i) for _, f, i in decoded)
-        tcc = [PTR] if tail else []        # the tail-call count, shared along a chain
+        tcc = [PTR] if chain else []        # the chain record, shared along a chain
         extra = ([I64] if frames else []) + tcc     # subprograms: the caller's frame record too
         functions: dict[int, ir.Function] = {}
         for sp in cfg.subprogs:
             if sp.start == 0:
                 fnty = ir.FunctionType(I64, [I64] * _MAIN_ARGS + tcc)
-                fn = cg.bpf_function(self.module, fnty, f"{entry}.tail" if tail else entry)
+                fn = cg.bpf_function(self.module, fnty, f"{entry}.tail" if chain else entry)
             else:
                 ret = ABORT_RET if may_abort else I64
                 name = f"{entry}.{_symbol(sp.name)}"
@@ -188,14 +193,16 @@ class ModuleLowerer:
                 fn = cg.bpf_function(self.module, ir.FunctionType(ret, [I64] * _SUB_ARGS + extra),
                                      name, internal=True)
             functions[sp.start] = fn
+        if chain:
+            calls.define_tail_wrapper(self, functions[0], entry, env.packet_desc)
         if tail:
-            calls.define_tail_wrapper(self, functions[0], entry)
             self.helpers.force_gil = True
         self.tail_entries[entry] = functions[0].name
-        program = ProgramInfo(prog, functions, may_abort, values64, fp_fixed, env, cfg, tail,
+        program = ProgramInfo(prog, functions, may_abort, values64, fp_fixed, env, cfg, chain,
                               calls.func_value)
         program.loaded = loaded
         program.frames = frames
+        program.null_checked = null_checked
         program.live = liveness(cfg, decoded)
         for sp in cfg.subprogs:
             body = [(pc, f, i) for pc, f, i in decoded if sp.start <= pc < sp.end]
@@ -279,7 +286,7 @@ class FunctionLowerer:
         self.fp_fixed = program.fp_fixed  # r10 is never written: frame slots are addressed by GEP
         self.env, self.arena = program.env, program.arena
         self.fn = self.functions[sp.start]
-        self.tcc = self.fn.args[-1] if program.tail else None   # ptr to the tail-call count
+        self.tcc = self.fn.args[-1] if program.tail else None   # ptr to the chain record
         self.is_main = sp.start == 0
         # frame records (module docstring): the caller's record (an argument; 0 for the
         # entry function), this function's record as an i64 (set by the prologue), whether
@@ -566,7 +573,20 @@ class FunctionLowerer:
             return arena_mem.Access(self.address(r, off, size))
         return arena_mem.access(self, r, off, size)
 
+    def null_check(self, r: int, off: int, size: int, kind: str) -> None:
+        """A verified access through a BTF object pointer that is NULL: the interpreter's
+        MemoryAccessError (btf_accesses)."""
+        if self.pc not in self.program.null_checked:
+            return
+        b = self.b
+        null = b.icmp_unsigned("==", self.get(r), cg.const(I64, 0))
+        with b.if_then(null, likely=False):
+            self.mod.helpers.call_python(b, ("null", self.pc),
+                                         null_fault(self.pc, off, size, kind), 0, [])
+        self.abort_if(null)
+
     def _lower_ldx(self, form, insn) -> None:
+        self.null_check(insn.src, insn.off, form.size, "read")
         if self.arena is None:   # the common case, kept as short as it was
             ptr = self.address(insn.src, insn.off, form.size)
             self.set(insn.dst, cg.load(self.b, ptr, form.size, form.signed))
@@ -575,6 +595,7 @@ class FunctionLowerer:
         self.set(insn.dst, arena_mem.load(self, acc, form.size, form.signed))
 
     def _lower_st(self, form, insn) -> None:
+        self.null_check(insn.dst, insn.off, form.size, "write")
         if self.arena is None:
             ptr = self.address(insn.dst, insn.off, form.size)
             cg.store(self.b, ptr, cg.const(I64, insn.imm), form.size)
@@ -583,6 +604,7 @@ class FunctionLowerer:
         self._arena_store(form, acc, cg.const(I64, insn.imm))
 
     def _lower_stx(self, form, insn) -> None:
+        self.null_check(insn.dst, insn.off, form.size, "write")
         if self.arena is None:
             ptr = self.address(insn.dst, insn.off, form.size)
             cg.store(self.b, ptr, self.get(insn.src), form.size)
@@ -596,6 +618,11 @@ class FunctionLowerer:
 
     def _lower_atomic(self, form, insn) -> None:
         b, op, size = self.b, form.op, form.size
+        if op == "load_acq":
+            self.null_check(insn.src, insn.off, size, "read")
+        else:
+            self.null_check(insn.dst, insn.off, size,
+                            "write" if op == "store_rel" else "atomic access")
         if op == "load_acq":
             acc = self.access(insn.src, insn.off, size)
             self.set(insn.dst, arena_mem.load(self, acc, size, False,
@@ -722,6 +749,25 @@ class FunctionLowerer:
 
 
 _HANDLERS: dict = {}
+
+
+def btf_accesses(decoded, env) -> frozenset:
+    """The memory instructions of a verified program that may go through a BTF object pointer
+    (the verifier's facts). bpf_per_cpu_ptr answers NULL for a CPU past nr_cpu_ids, as the
+    kernel's, though the verifier types its result as never NULL (Linux 6.18, where a load
+    through it then faults in the kernel): native code checks these accesses' base for NULL
+    and stops with the interpreter's MemoryAccessError instead of faulting."""
+    facts = getattr(env, "facts", None)
+    if facts is None or not env.verified:
+        return frozenset()
+    return frozenset(pc for pc, f, _ in decoded
+                     if f.kind in ("ldx", "st", "stx", "atomic") and facts.btf_access(pc))
+
+
+def null_fault(pc: int, off: int, size: int, kind: str):
+    def fault(*_):
+        raise MemoryAccessError(pc, off & 0xFFFFFFFFFFFFFFFF, size, kind)
+    return fault
 
 
 # Unverified code polls for signals when its run budget crosses a multiple of this many

@@ -299,6 +299,8 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
         if jp is not None:
             return [jp]
     if lowered is None:
+        if tier != "quick" and not tiered and opt_level > QUICK_OPT:
+            check_o2_size(progs, envs)      # before the lowering: its time is lost too
         with gc_paused():
             lowerer = ModuleLowerer(helpers, comments,
                                     name=names[0] if len(progs) == 1 else "batch")
@@ -319,15 +321,22 @@ def compile_programs(progs: list[Program], helpers=None, opt_level: int = 2,
             opt_level = QUICK_OPT
     elif image is None and tier == "quick":
         opt_level = QUICK_OPT
+    o2_refused = None
+    if tiered and image is None and sum(len(p) for p in progs) > o2_limit(envs):
+        # the quick tier stays (the baseline could not emit the program): no -O2 behind it
+        tiered, o2_refused = False, _o2_refusal(sum(len(p) for p in progs), o2_limit(envs))
     if tiered and allocator is None:
         allocator = _default_allocator()
     # The -O2 compile starts now, beside the quick tier's.
     tier_up = _TierUp(lowered, symbols[0], names[0], allocator, inputs) if tiered else None
     try:
-        return _finish_programs(progs, names, symbols, lowered, image, result, opt_level,
+        jits = _finish_programs(progs, names, symbols, lowered, image, result, opt_level,
                                 cache_state if image is not None else None, want_ir, want_asm,
                                 inputs, wanted if inputs is not None else None, tier, tiered,
                                 allocator, tier_up, t0, t1, lower_again)
+        if o2_refused is not None:
+            jits[0].tier_error = o2_refused
+        return jits
     except BaseException:
         if tier_up is not None:
             tier_up.cancel()
@@ -351,11 +360,38 @@ def _lowered_one(prog, helpers, values64, env, name: str | None = None) -> Lower
         return lowerer.finish()
 
 
-# Tier "auto" compiles -O2 in the background only for programs up to this many slots; larger
-# ones keep their baseline code. LLVM's time grows faster than the program: a 10,000-slot
-# branchy program took 9.7 s of CPU at -O2, a 100,000-slot one over 280 s (bench_bigprog), and
-# that background compile would hold a core and hundreds of MiB for a program already running.
-AUTO_O2_MAX_SLOTS = 16_384
+# -O2's time grows about with the square of the program, the quick tier's and the baseline's
+# about linearly (bench_bigprog.py's branchy program, LLVM in the measuring process, CPU time:
+# -O2 2,000 slots 0.65 s, 4,000 1.9 s, 8,000 6.5 s, 16,000 25 s, 100,000 over 280 s; the quick
+# tier 8,000 slots 0.3 s, 32,000 0.7 s, 100,000 2.0 s). Above this many slots (the programs of one
+# module together) nothing is compiled at -O2: tier "auto" keeps its first tier's code, with no
+# background compile holding a core and hundreds of MiB (``tier_error`` says why), and an
+# explicit -O2 compile (tier "O2", or an opt_level without a tier) is a JITError naming the
+# limit at once, instead of minutes of LLVM ending in the compile worker's timeout. Per VM:
+# ``VM(max_o2_slots=...)`` (JitEnv.o2_max_slots).
+O2_MAX_SLOTS = 16_384
+
+
+def o2_limit(envs) -> int:
+    """The largest module -O2 compiles for loads with these environments."""
+    limits = [getattr(e, "o2_max_slots", None) for e in envs]
+    return min((v for v in limits if v is not None), default=O2_MAX_SLOTS)
+
+
+def _o2_refusal(slots: int, limit: int) -> str:
+    return (f"not compiled at -O2: {slots:,} slots, more than the {limit:,} -O2 compiles "
+            f"(VM(max_o2_slots=...))")
+
+
+def check_o2_size(progs, envs) -> None:
+    """JITError when ``progs`` together are larger than -O2 may compile."""
+    slots, limit = sum(len(p) for p in progs), o2_limit(envs)
+    if slots > limit:
+        raise JITError(f"program too large for -O2: {slots:,} slots, more than the {limit:,} "
+                       f"this VM compiles at -O2 (VM(max_o2_slots=...) raises it); LLVM's -O2 "
+                       f"time grows with the square of the program (25 s of CPU at 16,000 "
+                       f"slots, over 280 s at 100,000): load it with tier=\"auto\" (baseline code "
+                       f"at once), tier=\"baseline\" or tier=\"quick\"")
 
 
 def _baseline_load(prog, helpers, values64, env, name, allocator, inputs, tiered: bool,
@@ -380,16 +416,15 @@ def _baseline_load(prog, helpers, values64, env, name, allocator, inputs, tiered
     keep = made.keepalive + list(getattr(env, "keepalive", ()) or ())
     code = _PlacedCode(allocation, allocator, keep, 1)
     _label(allocation, "baseline", "off")
-    jp = JitProgram(code, "bpf_main", 0, name, made.needs_gil, 0, "", None, None,
-                    len(made.code))
+    jp = JitProgram(code, "bpf_main", made.symbols["bpf_main"], name, made.needs_gil, 0, "",
+                    None, None, len(made.code), made.symbols.get("bpf_main.tail"))
     jp.tier, jp.cache = "baseline", "off"
     jp.image, jp.externs, jp.symbols = None, {}, dict(made.symbols)
     jp.timings = {"baseline": t1 - t0, "place": time.perf_counter() - t1}
     jp._lower_again = lambda: _lower_one(prog, helpers, values64, env)  # noqa: E731
     baseline.count(True)
-    if tiered and len(prog) > AUTO_O2_MAX_SLOTS:
-        jp.tier_error = (f"not compiled at -O2: {len(prog):,} slots, more than tier auto's "
-                         f"{AUTO_O2_MAX_SLOTS:,} (tier=\"O2\" asks for it)")
+    if tiered and len(prog) > o2_limit([env]):
+        jp.tier_error = _o2_refusal(len(prog), o2_limit([env]))
     elif tiered:
         _make_tiered(jp, allocator, None, "bpf_main", name)
         _TierUp(lambda: _lowered_one(prog, helpers, values64, env, name), "bpf_main", name,

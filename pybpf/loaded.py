@@ -77,7 +77,8 @@ def jit_env(vm, arena=None, prog_type: str = "mem", packet_desc: int = 0, verifi
 
     return JitEnv(arena=arena, kfuncs=vm.kfuncs, resolve_map=vm.resolve_map, prog_type=prog_type,
                   packet_desc=packet_desc, low_pool=(LOW_POOL_START, LOW_POOL_END),
-                  verified=verified, budget_cell=budget_cell, xdp_head_floor=XDP_HEAD_FLOOR)
+                  verified=verified, budget_cell=budget_cell, xdp_head_floor=XDP_HEAD_FLOOR,
+                  o2_max_slots=getattr(vm, "max_o2_slots", None))
 
 
 _FROM_BUFFER = object()     # LoadedProgram._last_mem: not copied out of last_buffer yet
@@ -142,9 +143,12 @@ class LoadedProgram:
     def _compile(self, vm, prog, prog_type, name, arena, values64):
         from pybpf.jit import compile_program   # imported on demand: pulls in llvmlite.ir
 
-        # ld_abs/ld_ind read the run's packet through two u64 words: address, length.
+        # ld_abs/ld_ind read the run's packet through two u64 words: address, length. A
+        # program reached by a tail call reads the descriptor of the run's first program
+        # (jit/calls.py: the chain record), so one that makes tail calls fills it too.
         self._packet_desc = (ctypes.c_uint64 * 2)()
-        self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions())
+        self._ldabs = any(f.kind == "ldabs" for _, f, _ in prog.instructions()) \
+            or _makes_tail_calls(prog, vm.helpers)
         # unverified code may loop for ever: it counts a run budget down at back edges
         self._budget = None if self.verified else (ctypes.c_int64 * 1)()
         env = jit_env(vm, arena, prog_type, ctypes.addressof(self._packet_desc),
@@ -168,10 +172,15 @@ class LoadedProgram:
         return jit.tail_entry if jit is not None and not self.closed else 0
 
     def _set_packet(self, rc) -> None:
-        """Point the JIT's ld_abs descriptor at this run's packet (the interpreter's)."""
+        """Point the JIT's ld_abs descriptor at this run's packet (the interpreter's). Without
+        one its length is NO_PACKET: ld_abs/ld_ind raise the interpreter's VMError when they
+        run (the interpreter's behaviour, tail-call targets included)."""
+        from pybpf.jit.calls import NO_PACKET
+
         packet = rc.packet
         if packet is None:
-            raise VMError("ld_abs/ld_ind needs a socket-filter context: run with data=<packet>")
+            self._packet_desc[0], self._packet_desc[1] = 0, NO_PACKET & 0xFFFFFFFFFFFFFFFF
+            return
         if packet is rc.skb:
             # the live sk_buff: the packet helpers move the descriptor with the packet
             packet.ld_desc = self._packet_desc
@@ -414,6 +423,15 @@ class LoadedProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _makes_tail_calls(prog, helpers) -> bool:
+    for _pc, form, insn in prog.instructions():
+        if form.kind == "call" and form.op == "helper":
+            h = helpers.get(insn.imm) if helpers is not None else None
+            if h is not None and getattr(h, "special", None) == "tail_call":
+                return True
+    return False
 
 
 def _moves_packet(prog, helpers) -> bool:

@@ -86,12 +86,19 @@ class VM:
     ``task`` (:class:`pybpf.runtime.helpers_control.Task`) is what bpf_get_current_pid_tgid,
     _uid_gid and _comm report (default: the calling thread's, as BPF_PROG_TEST_RUN); it can be
     changed later through ``vm.task``.
+
+    Resource limits: ``max_maps`` live maps, ``max_map_bytes`` of map memory, ``max_arena_pages``
+    arena pages in use, and ``max_o2_slots``: the largest program the JIT compiles at -O2 (None:
+    ``pybpf.jit.program.O2_MAX_SLOTS``, 16,384; -O2's time grows with the square of the
+    program): above it tier "auto" keeps its first tier's code and tier "O2" is a JITError
+    naming tiers "auto", "baseline" and "quick".
     """
 
     def __init__(self, helpers: HelperRegistry | None = None, *,
                  insn_limit: int = DEFAULT_INSN_LIMIT, seed: int | None = None,
                  max_maps: int = MAX_MAPS, max_map_bytes: int = MAX_MAP_BYTES,
                  max_arena_pages: int = MAX_ARENA_PAGES,
+                 max_o2_slots: int | None = None,
                  task: helpers_control.Task | None = None) -> None:
         self._trace_lines: list[str] = []
         self.random = random.Random(seed)
@@ -120,6 +127,10 @@ class VM:
         # Per-VM resource limits (the kernel charges map memory to a memory cgroup and caps
         # open fds): live maps, and bytes of map memory (an arena counts its max_entries pages)
         self.max_maps, self.max_map_bytes = max_maps, max_map_bytes
+        if max_o2_slots is not None and (isinstance(max_o2_slots, bool) or not
+                                         isinstance(max_o2_slots, int) or max_o2_slots < 1):
+            raise VMError(f"max_o2_slots={max_o2_slots!r}: expected a positive number of slots")
+        self.max_o2_slots = max_o2_slots
         # arena pages in use (each arena's max_entries counts against max_map_bytes as address
         # space; this bounds the memory they actually take)
         self.arena_pages = PageBudget(max_arena_pages)

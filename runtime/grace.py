@@ -83,6 +83,17 @@ def horizon() -> int:
     return min((r[0] for t, r in readers if t != me and r[1] > 0), default=NEVER)
 
 
+def settled(token: int) -> bool:
+    """Whether memory retired with ``token`` may be reused by the calling thread now: no run
+    that started before it was retired is still going, the calling thread's own included (the
+    kernel's bpf_mem_free_rcu: the program that freed an object is inside the RCU read section
+    that keeps its memory)."""
+    if token > horizon():
+        return False
+    r = _readers.get(_get_ident())
+    return r is None or r[1] <= 0 or r[0] >= token
+
+
 def wait(token: int, timeout: float = 60.0) -> bool:
     """Wait (outside any run) until ``token`` may be reused; False after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

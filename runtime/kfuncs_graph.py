@@ -6,8 +6,17 @@
 
 * Objects come from one :class:`ObjHeap` per VM: an anonymous mapping (pages appear when
   touched) carved into 8-byte-granular blocks, zeroed on allocation. The heap is one region of
-  every run's table whose ``allow`` admits an access only inside one live object, so neither
-  engine's checks let a program reach a freed object or the bytes between two objects. The size
+  every run's table whose ``allow`` admits an access only inside one live or retired object,
+  never the bytes between two objects. A dropped object is *retired*, as the kernel's
+  bpf_obj_drop/bpf_percpu_obj_drop free through bpf_mem_free_rcu: its bytes stay as they were
+  and its block is reused only once every run that started before the drop has ended, the
+  dropping run included (runtime/grace.py ``settled``), and only when the heap has no fresh
+  memory left (the kernel's grace period outlasts many runs); until it is reused it stays
+  retired (never merely free). So a pointer the verifier still lets a
+  program use after the drop (an untrusted kptr load, an RCU-protected one, a per-CPU copy:
+  tests/data/elf/freed_objects.c) reads the object's last contents and writes land in it, in
+  both engines and as in the kernel; the JIT, which does not check, reads the same bytes. The
+  graph kfuncs and bpf_obj_drop know only live objects. The size
   is the struct's, from the running program's BTF (the kernel's verifier rewrites the type id
   into the size; pybpf reads the BTF of the program the run belongs to).
 * Lists and trees are Python structures beside the objects, never pointers in BPF-visible
@@ -47,11 +56,13 @@ from pybpf.kfunc_ids import KFUNC_IDS
 
 from pybpf.verifier.calls import NR_CPU_IDS
 
+from . import grace
 from .helpers import ACTIVE_REGIONS, ACTIVE_RUN
 from .memory import PACK, PROC, UNPACK, Region
 from .rbtree import RbTree
 
 HEAP_BYTES = 16 << 20           # per VM; objects beyond it make bpf_obj_new return NULL
+# (a block retired by a drop counts until its grace period has passed)
 ROOT_SIZE = 16
 LIST, RBTREE = "bpf_list_head", "bpf_rb_root"
 _TOKENS = itertools.count(0x9E3779B97F4A7C15, 0x10001)
@@ -102,42 +113,70 @@ class ObjHeap:
         self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._mm))
         self.size = size
         self._top = 0
-        self._free: dict[int, list[int]] = {}
         self._starts: list[int] = []
         self.objects: dict[int, Obj] = {}
+        # dropped objects, readable and writable still: a block is live or retired from its
+        # first allocation on (a retired one is reused as it is reallocated, never free in
+        # between), so both engines reach the same bytes through any stale pointer
+        self.retired: dict[int, Obj] = {}
+        self._retired_starts: list[int] = []
+        self._pending: dict[int, deque] = {}     # size class -> (token, base), oldest first
         self.region = Region(self.base, size, "bpf_obj_new objects", True, self,
                              allow=self.allow)
 
     def find(self, address: int) -> Obj | None:
         """The live object holding ``address``."""
-        i = bisect.bisect_right(self._starts, address) - 1
-        if i < 0:
-            return None
-        obj = self.objects[self._starts[i]]
-        return obj if address < obj.base + obj.size else None
+        return _holding(self.objects, self._starts, address)
 
     def allow(self, address: int, size: int) -> bool:
         obj = self.find(address)
+        if obj is None:
+            obj = _holding(self.retired, self._retired_starts, address)
         return obj is not None and address + size <= obj.base + obj.size
 
     def alloc(self, size: int) -> int:
         cls = max(8, (size + 7) & ~7)
-        free = self._free.get(cls)
-        if free:
-            base = free.pop()
-        elif self._top + cls <= self.size:
+        if self._top + cls <= self.size:
+            # fresh memory first: the kernel's grace period outlasts many runs, so a retired
+            # object's bytes stay as they were for as long as there is other memory
             base, self._top = self.base + self._top, self._top + cls
         else:
-            return 0
+            base = self._reuse(cls)
+            if not base:
+                return 0
         PROC[base:base + cls] = bytes(cls)
         self.objects[base] = Obj(base, size)
         bisect.insort(self._starts, base)
         return base
 
     def free(self, obj: Obj) -> None:
+        """Retire ``obj`` (module docstring): its block is reused after a grace period."""
         del self.objects[obj.base]
         del self._starts[bisect.bisect_left(self._starts, obj.base)]
-        self._free.setdefault(max(8, (obj.size + 7) & ~7), []).append(obj.base)
+        self.retired[obj.base] = obj
+        bisect.insort(self._retired_starts, obj.base)
+        self._pending.setdefault(max(8, (obj.size + 7) & ~7), deque()).append(
+            (grace.retire(), obj.base))
+
+    def _reuse(self, cls: int) -> int:
+        """The oldest retired block of ``cls`` whose grace period has passed, taken out of the
+        retired ones (0: none)."""
+        pending = self._pending.get(cls)
+        if not pending or not grace.settled(pending[0][0]):
+            return 0
+        _, base = pending.popleft()
+        del self.retired[base]
+        del self._retired_starts[bisect.bisect_left(self._retired_starts, base)]
+        return base
+
+
+def _holding(objects: dict, starts: list, address: int) -> Obj | None:
+    """The object of ``objects`` (bases sorted in ``starts``) holding ``address``."""
+    i = bisect.bisect_right(starts, address) - 1
+    if i < 0:
+        return None
+    obj = objects[starts[i]]
+    return obj if address < obj.base + obj.size else None
 
 
 def _locked(fn):
@@ -236,14 +275,14 @@ class Graphs:
 
     @_locked
     def per_cpu_ptr(self, ptr: int, cpu: int) -> int:
-        """bpf_per_cpu_ptr: CPU ``cpu``'s copy. The kernel answers NULL for a CPU past
-        nr_cpu_ids, which its verifier lets the program dereference (an RCU per-CPU object's
-        copy is never NULL to it): pybpf refuses the run instead of handing out NULL."""
+        """bpf_per_cpu_ptr: CPU ``cpu``'s copy, NULL for a CPU past nr_cpu_ids, as the
+        kernel's (kernel/bpf/helpers.c). Its verifier types an RCU per-CPU object's copy as
+        never NULL, so a program may dereference that NULL: the kernel then faults; both
+        engines stop with a MemoryAccessError (the JIT checks such accesses: jit/lower.py
+        btf_accesses)."""
         obj = self._percpu(ptr, "bpf_per_cpu_ptr")
-        if cpu >= NR_CPUS:
-            raise VMError(f"bpf_per_cpu_ptr: cpu {cpu} >= nr_cpu_ids ({NR_CPUS}): the kernel "
-                          f"returns NULL here, which the program may dereference")
-        return obj.base + cpu * obj.stride
+        cpu &= 0xFFFFFFFF                   # u32 cpu
+        return obj.base + cpu * obj.stride if cpu < NR_CPUS else 0
 
     @_locked
     def this_cpu_ptr(self, ptr: int) -> int:

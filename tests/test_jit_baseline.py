@@ -488,12 +488,12 @@ def case_auto_loads_start_on_the_baseline_or_fall_back_counted():
 
 
 def case_auto_keeps_baseline_code_above_the_o2_cap():
-    # tier auto starts no background -O2 compile for a program over AUTO_O2_MAX_SLOTS (LLVM's
+    # tier auto starts no background -O2 compile for a program over O2_MAX_SLOTS (LLVM's
     # time grows faster than the program); it keeps running the baseline's code, and says why
     import pybpf
     from pybpf.jit import program, tiers
 
-    n = program.AUTO_O2_MAX_SLOTS + 1
+    n = program.O2_MAX_SLOTS + 1
     big = pybpf.assemble("r0 = 0\n" + "r0 += 1\n" * (n - 2) + "exit")
     small = pybpf.assemble("r0 = 0\n" + "r0 += 1\n" * 98 + "exit")
     vm = pybpf.VM()
@@ -501,8 +501,8 @@ def case_auto_keeps_baseline_code_above_the_o2_cap():
             vm.load(small, engine="jit", tier="auto", verify=False, name="small") as ls:
         tiers.drain()
         assert lb._jit.tier == "baseline" and ls._jit.tier == "O2"
-        assert lb._jit.tier_error == (f"not compiled at -O2: {n:,} slots, more than tier "
-                                      f"auto's {n - 1:,} (tier=\"O2\" asks for it)")
+        assert lb._jit.tier_error == (f"not compiled at -O2: {n:,} slots, more than the "
+                                      f"{n - 1:,} -O2 compiles (VM(max_o2_slots=...))")
         assert lb.run() == n - 2 and ls.run() == 98
 
 

@@ -45,6 +45,18 @@ class CFG:
         return self.subprogs[i]
 
 
+class _FormAtDict(dict):
+    """form_at for a plain list of (slot, form, insn) (what pybpf.program.FormAt is for a
+    Program's instructions)."""
+
+    def __init__(self, decoded) -> None:
+        super().__init__((pc, (form, insn)) for pc, form, insn in decoded)
+        self._index = {pc: i for i, (pc, _, _) in enumerate(decoded)}
+
+    def index(self, pc: int) -> int | None:
+        return self._index.get(pc)
+
+
 def jump_target(form, insn, pc: int) -> int | None:
     """Slot a jump/call at ``pc`` refers to (relative to the next slot), or None."""
     if form.kind in ("jcond", "may_goto") or form.name == "ja":
@@ -105,7 +117,8 @@ def build_cfg(prog: Program, check: bool = True, after_subprogs=None) -> CFG:
     bpf_check resolves ld_imm64 references)."""
     decoded = prog.instructions()
     nslots = len(prog.insns)
-    form_at = {pc: (form, insn) for pc, form, insn in decoded}
+    # slot -> (form, insn) for instruction starts: the Program's compact mapping
+    form_at = decoded.form_at() if hasattr(decoded, "form_at") else _FormAtDict(decoded)
 
     def fail(msg: str, idx: int | None, kind: int = errno.EINVAL):
         raise VerifierError(msg, idx, log=msg + "\n", errno=kind)
@@ -154,11 +167,8 @@ def build_cfg(prog: Program, check: bool = True, after_subprogs=None) -> CFG:
             leaders.add(pc + form.slots)
 
     # index of each instruction start, so "the last instruction before slot N" is O(1)
-    order = [pc for pc, _, _ in decoded]
-    index_of = {pc: i for i, pc in enumerate(order)}
-
     def last_before(end: int) -> int:
-        return order[(index_of[end] if end < nslots else len(order)) - 1]
+        return decoded[(form_at.index(end) if end < nslots else len(decoded)) - 1][0]
 
     ordered = sorted(leaders)
     blocks: dict[int, Block] = {}

@@ -16,6 +16,7 @@ Memory accesses and pointer arithmetic are :mod:`.mem`'s, helper/kfunc/subprogra
 from __future__ import annotations
 
 import errno
+from array import array
 
 from pybpf import isa
 from pybpf.errors import VerifierError
@@ -62,6 +63,23 @@ class Checkpoint:
         self.backedges: list = []
 
 
+class _LiveBefore:
+    """Registers live before each slot (11-bit masks, liveness().before) as 2 bytes per slot
+    instead of a dict entry and an int per instruction; ``get`` as the dict's (0x7FF where
+    liveness has no entry: every register)."""
+
+    __slots__ = ("_masks",)
+
+    def __init__(self, before: dict, nslots: int) -> None:
+        masks = array("H", [0x7FF]) * nslots
+        for pc, live in before.items():
+            masks[pc] = live
+        self._masks = masks
+
+    def get(self, pc: int, default: int = 0x7FF) -> int:
+        return self._masks[pc] if 0 <= pc < len(self._masks) else default
+
+
 def _calls():
     try:
         from . import calls
@@ -94,8 +112,8 @@ class Checker:
         self.map_cache: dict = {}
         self.const_at: dict = {}             # pc -> the Reg a `rX = K` instruction writes
         from .liveness import liveness
-        self.live_before = liveness(cfg, prog.instructions(), strong=False,
-                                    call_uses=self._call_uses).before
+        self.live_before = _LiveBefore(liveness(cfg, prog.instructions(), strong=False,
+                                                call_uses=self._call_uses).before, self.nslots)
         self.loop_points = _loop_points(prog, self.calls)
         for p in iters.iter_next_pcs(prog, env):     # iterator next calls: forced checkpoints
             self.loop_points[p] = "iter_next"
@@ -119,7 +137,10 @@ class Checker:
         self.max_pkt_offset = 0
         self.stack_depth: dict[int, int] = {sp.start: 0 for sp in cfg.subprogs}
         self.seen: dict[int, list] = {}         # pc -> [Reg per register] joined kinds (facts)
-        self.access: dict[int, set] = {}        # pc -> set of base types a memory insn used
+        self.access: dict[int, frozenset] = {}  # pc -> set of base types a memory insn used
+        # one object per distinct fact value (access sets, seen and aux_ptr_type entries): a
+        # large program repeats a few values at hundreds of thousands of instructions
+        self.shared_facts: dict = {}
         self.subprog_starts = [sp.start for sp in cfg.subprogs]
         self.verifies_globals = True         # calls.py: global functions are verified alone
         self.global_entry = None             # the global function being verified, if any
@@ -494,9 +515,12 @@ class Checker:
         seen = self.seen
         prev = seen.get(pc)
         if prev is None:
-            seen[pc] = (base, k)
+            entry = (base, k)
         elif prev[1] != k:
-            seen[pc] = (base, _join_kind(prev[1], k))
+            entry = (base, _join_kind(prev[1], k))
+        else:
+            return
+        seen[pc] = self.shared_facts.setdefault(entry, entry)
 
     def stats(self) -> dict:
         return {"processed_insns": self.insn_processed,
@@ -774,7 +798,7 @@ def _save_aux_ptr_type(chk: Checker, pc: int, rtype, rflags: int, allow_trust: b
     prev = chk.aux_ptr_type.get(pc)
     now = (rtype, rflags)
     if prev is None:
-        chk.aux_ptr_type[pc] = now
+        chk.aux_ptr_type[pc] = chk.shared_facts.setdefault(("aux", now), now)
     elif now != prev and (rtype in _REWRITTEN or prev[0] in _REWRITTEN):
         if allow_trust and rtype in _MEM_OR_BTF and prev[0] in _MEM_OR_BTF:
             chk.aux_ptr_type[pc] = (RegType.PTR_TO_BTF_ID, PTR_UNTRUSTED)

@@ -6,11 +6,12 @@ frame pointer plus a known constant, ``("const", value)`` for a known constant, 
 the kinds are joined over every path that reached ``pc``.
 ``access_kind(pc)`` says what a load/store/atomic at ``pc`` touches on every path: "arena",
 "stack", "map_value", "ctx", "packet", "mem" or "mixed"; None for an instruction never reached.
+``btf_access(pc)``: whether it may go through a BTF object pointer (the JIT's NULL check).
 """
 from __future__ import annotations
 
-from .state import (PTR_TO_ARENA, PTR_TO_CTX, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE, PTR_TO_MEM,
-                    PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_STACK)
+from .state import (PTR_TO_ARENA, PTR_TO_BTF_ID, PTR_TO_CTX, PTR_TO_MAP_KEY, PTR_TO_MAP_VALUE,
+                    PTR_TO_MEM, PTR_TO_PACKET, PTR_TO_PACKET_META, PTR_TO_STACK)
 
 ARENA = ("arena",)
 _ACCESS = {int(PTR_TO_ARENA): "arena", int(PTR_TO_STACK): "stack",
@@ -60,6 +61,11 @@ class Facts:
         if arena not in kinds:
             return False
         return True if kinds == {arena} else "mixed"
+
+    def btf_access(self, pc: int) -> bool:
+        """Whether the memory instruction at ``pc`` may go through a PTR_TO_BTF_ID register
+        on some path (an allocated object, a kptr, a per-CPU object's copy)."""
+        return int(PTR_TO_BTF_ID) in self._access.get(pc, ())
 
     def access_kind(self, pc: int):
         kinds = self._access.get(pc)

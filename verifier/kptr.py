@@ -377,7 +377,8 @@ def check_percpu_arg(chk, regno: int, reg: Reg, meta) -> None:
 def percpu_return(chk, meta, nullable: bool) -> Reg:
     """r0 of bpf_per_cpu_ptr/bpf_this_cpu_ptr: one CPU's copy of an RCU-protected per-CPU
     object is an allocated object the program may read and write (never NULL to the verifier,
-    as Linux 6.18 types it: pybpf refuses at run time the CPU the kernel answers NULL for)."""
+    as Linux 6.18 types it, though bpf_per_cpu_ptr answers NULL for a CPU past nr_cpu_ids: an
+    access through that NULL is a MemoryAccessError in both engines)."""
     arg = meta.kptr_field
     if arg.flags & MEM_RCU:
         flags = MEM_ALLOC | MEM_RCU

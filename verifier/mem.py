@@ -172,7 +172,11 @@ def check_mem_access(chk, regno: int, off: int, size: int, write: bool, value_re
     reg = chk.reg(regno)
     t, flags = reg.type, reg.flags
     pc = chk.pc
-    chk.access.setdefault(pc, set()).add(int(t) if not flags & PTR_MAYBE_NULL else -1)
+    kind = int(t) if not flags & PTR_MAYBE_NULL else -1
+    kinds = chk.access.get(pc)
+    if kinds is None or kind not in kinds:
+        kinds = frozenset((kind,)) if kinds is None else kinds | {kind}
+        chk.access[pc] = chk.shared_facts.setdefault(("access", kinds), kinds)
     if t != PTR_TO_STACK:
         # check_ptr_alignment comes first (strict for atomics: a misaligned scalar or
         # NULL-able pointer is "misaligned access", not an invalid access)
