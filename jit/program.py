@@ -517,8 +517,11 @@ class _TierUp:
 
         def job() -> None:
             nonlocal lowered
-            # (it runs even when the program was closed meanwhile: its -O2 code still goes to
-            # the code cache, for the next load of the same program)
+            # It runs even when the program was closed meanwhile: its -O2 code still goes to
+            # the code cache, for the next load of the same program. Without a cache it would
+            # be wasted, and a fast load/close loop would queue such compiles without bound.
+            if self._unwanted():
+                return
             try:
                 if callable(lowered):
                     lowered = lowered()
@@ -547,6 +550,14 @@ class _TierUp:
             jp.timings["tier_up"] = time.perf_counter() - self.started
 
         tiers.submit(job)
+
+    def _unwanted(self) -> bool:
+        """Whether the program is gone (closed, dropped or cancelled) and no code cache would
+        keep its -O2 code."""
+        if cache.directory() is not None or not self._ready.is_set():
+            return False
+        jp = self._jp() if self._jp is not None else None
+        return jp is None or jp.closed
 
     def attach(self, jp: JitProgram) -> None:
         # weakly: a program dropped while its -O2 compile runs is freed (and closed) at once

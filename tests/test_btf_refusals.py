@@ -12,7 +12,9 @@ pybpf/elf/btf_load.py, verifier/kptr.py's kernel types, runtime/maps/btf_fields.
 * kptrs the kernel takes and pybpf cannot run (kptr_kernel.c: ``struct task_struct __kptr *``,
   ``struct cgroup __kptr *``, ``struct sock __kptr_untrusted *``, in syscall, tc and xdp
   programs): pybpf refuses the map at load_elf, so the programs using it fail at vm.load with
-  a message saying why, the others load (README: known limits).
+  a message saying why, the others load (README: known limits). In an allocated object such a
+  field is the kernel's (direct access refused as the kernel refuses it) and pybpf refuses
+  bpf_kptr_xchg on it with a reason, where the kernel takes the exchange.
 * A kptr to a declared-only struct is no kptr (btf_parse_fields fails, the map is created with
   no special fields): "R1 has no valid kptr" in both. ``__uptr`` outside task storage: both
   refuse the map with EOPNOTSUPP (kptr_uptr.c).
@@ -63,6 +65,8 @@ EXPECTED = {
     ("kptr_kernel", "no_kptr_map"): _ACCEPT,
     ("kptr_kernel", "ghost_xchg"): ("reject", "EINVAL", "R1 has no valid kptr"),
     ("kptr_kernel", "ghost_count"): _ACCEPT,
+    ("kptr_kernel", "holder_new"): _ACCEPT,
+    ("kptr_kernel", "holder_store"): ("reject", "EACCES", "direct access to kptr is disallowed"),
 }
 # programs the kernel accepts and pybpf refuses at vm.load: their map holds a kernel kptr
 KERNEL_ONLY = {"task_count": "task_map", "cgroup_count": "cgroup_map", "sock_count": "sock_map"}
@@ -73,8 +77,8 @@ def test_every_program_of_the_objects_has_a_record():
     from pybpf.elf import parse_object
     for o in BTF_LOAD:
         names = set(parse_object(_obj(o)).programs)
-        mine = {p for oo, p in EXPECTED if oo == o} | (set(KERNEL_ONLY) if o == "kptr_kernel"
-                                                       else set())
+        mine = {p for oo, p in EXPECTED if oo == o} | (
+            set(KERNEL_ONLY) | {"holder_xchg"} if o == "kptr_kernel" else set())
         assert names == mine, o
 
 
@@ -145,6 +149,24 @@ def test_the_kernel_takes_those_kptrs(prog):
     """The known limit: the kernel accepts these programs (kernel kptrs need kernel objects)."""
     require_kernel("bpf")
     assert kernel_verdict(_obj("kptr_kernel"), prog) == _ACCEPT
+
+
+def test_a_kernel_kptr_in_an_object_is_refused_at_the_exchange():
+    """An allocated object may hold a kernel kptr field (the kernel's own: direct access is
+    refused as the kernel refuses it); bpf_kptr_xchg on it is pybpf's refusal, with a reason."""
+    assert pybpf_verdict(_obj("kptr_kernel"), "holder_xchg") == (
+        "reject", errno.errorcode[errno.EOPNOTSUPP],
+        "off=8 is a kptr to struct task_struct, a kernel type: the kernel takes it, pybpf has "
+        "no kernel objects")
+
+
+@pytest.mark.kernel
+def test_the_kernel_takes_that_exchange():
+    """The kernel's verdict on the same program is about the reference it leaks at its exit:
+    it accepted the exchange (the known limit above)."""
+    require_kernel("bpf", "kfunc:bpf_obj_new_impl")
+    assert kernel_verdict(_obj("kptr_kernel"), "holder_xchg") == (
+        "reject", "EINVAL", "BPF_EXIT instruction in main prog would lead to reference leak")
 
 
 def test_uptr_outside_task_storage_is_refused_with_eopnotsupp():

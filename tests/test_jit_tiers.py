@@ -9,7 +9,8 @@ before, during and after the swap; tier="O2" and tier="quick"; the conformance s
 tier, on -O2 and on -O2 code taken from the cache (``PYBPF_JIT_FULL=1``: every file, else a
 sample); cache entries damaged, truncated, replaced by another entry or by a well-formed entry
 with bad contents are each detected, counted and compiled again; the size bound evicts the
-least recently used entries; several processes filling one cache at once;
+least recently used entries; several processes filling one cache at once; a closed program skips
+its background -O2 compile when no cache would keep the code;
 ``pybpf jit --cache stats|clear``.
 """
 from __future__ import annotations
@@ -181,6 +182,48 @@ def case_tier_o2_waits_and_quick_stays():
         assert auto._jit.tier == "O2" and auto._jit.cache == "hit"
         assert [auto.run(mem=m) for m in inputs] == want
     return "ok"
+
+
+def case_closed_programs_skip_their_o2_compile_without_a_cache():
+    """With the code cache off, the background -O2 compile of a program closed before the job
+    starts is skipped: nobody could use its code. It used to compile anyway, so a fast
+    load/run/close loop queued compiles without bound (10,000 cycles: +37 MiB RSS)."""
+    import pybpf
+    from pybpf.jit import program as jit_program, tiers
+
+    saved = os.environ.get("PYBPF_JIT_CACHE")
+    os.environ["PYBPF_JIT_CACHE"] = "off"
+    compiles = []
+    real = jit_program.compile_ir
+
+    def counting(ir, opt_level=2, **kw):
+        compiles.append(opt_level)
+        return real(ir, opt_level=opt_level, **kw)
+
+    jit_program.compile_ir = counting
+    try:
+        vm = pybpf.VM()
+        prog = pybpf.assemble(LOOP)
+        cycles = 60
+        for _ in range(cycles):
+            lp = vm.load(prog, engine="jit", tier="auto")
+            assert lp._jit.tier == "baseline"
+            lp.close()
+        tiers.drain()
+    finally:
+        jit_program.compile_ir = real
+        if saved is None:
+            os.environ.pop("PYBPF_JIT_CACHE", None)
+        else:
+            os.environ["PYBPF_JIT_CACHE"] = saved
+    o2 = compiles.count(2)
+    # only jobs a worker thread picked up before their program was closed compile
+    assert o2 < cycles // 2, (o2, cycles)
+    # an open program still tiers up
+    with vm.load(prog, engine="jit", tier="auto") as lp:
+        tiers.drain()
+        assert lp._jit.tier == "O2", lp._jit.tier_error
+    return {"o2_compiles_of_closed_programs": o2, "cycles": cycles}
 
 
 def case_tail_calls_enter_through_the_tiered_entry_point():

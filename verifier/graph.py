@@ -78,11 +78,16 @@ class AllocType:
         self.spin_lock_off = next((off for off, (name, _) in self.fields.items()
                                    if name == "bpf_spin_lock"), -1)
         # kptr fields of the object (bpf_kptr_xchg's destinations): "direct access to kptr"
-        from .kptr import KPTR_SIZE, kptr_fields
+        from .kptr import KPTR_SIZE, kernel_kptr_fields, kptr_fields
         try:
             self.kptrs = kptr_fields(btf, t.id)
         except MapError:
             self.kptrs = {}
+        # kptrs to kernel types (the kernel's fields, which pybpf cannot fill): special fields
+        # all the same, so the kernel's "direct access to kptr" holds; bpf_kptr_xchg refuses them
+        self.kernel_kptrs = kernel_kptr_fields(btf, t.id) if not self.kptrs else {}
+        for off in self.kernel_kptrs:
+            self.fields[off] = ("kptr", KPTR_SIZE)
         for off, k in self.kptrs.items():
             self.fields[off] = (k.field_name, KPTR_SIZE)
 

@@ -116,6 +116,23 @@ def _kptr_of(btf, tid: int, off: int) -> KptrField | None:
     return KptrField(tag.name, off, btf, target.id, target.name)
 
 
+def kernel_kptr_fields(btf, type_id: int) -> dict[int, str]:
+    """The kptr fields of struct ``type_id`` that name a kernel type the kernel takes there
+    (:func:`_kptr_of` refuses them: pybpf has no kernel objects), by offset -> type name."""
+    out: dict[int, str] = {}
+    t = btf.resolve(type_id)
+    for m in t.members if t.kind == "struct" else ():
+        try:
+            _kptr_of(btf, m.type, m.bit_offset // 8)
+        except FieldError:
+            continue
+        except MapError as e:
+            if e.errno == errno.EOPNOTSUPP and "kernel type" in e.message:
+                tag = btf[btf[m.type].type] if btf[m.type].kind == "ptr" else None
+                out[m.bit_offset // 8] = btf.resolve(tag.type).name if tag else ""
+    return out
+
+
 def kernel_kptr_without_dtor(btf, tid: int) -> str | None:
     """The kernel type a referenced __kptr pointer type ``tid`` names when the kernel has no
     destructor for it (btf_parse_struct_metas then fails BPF_BTF_LOAD with ENOENT), else None."""
@@ -333,10 +350,14 @@ def _process_kptr_func(chk, regno: int, reg: Reg, meta) -> None:
                       errno.EINVAL)
     chk.check_const_offset(regno, reg, "kptr")
     rec = record_of(reg)
-    if not rec:
+    if not rec and not getattr(reg.btf_type, "kernel_kptrs", None):
         chk.error(f"R{regno} has no valid kptr", errno.EINVAL)
     off = reg.off + reg.var.const_value()
     k = rec.get(off)
+    kernel = getattr(reg.btf_type, "kernel_kptrs", {}) if reg.type == PTR_TO_BTF_ID else {}
+    if k is None and off in kernel:
+        chk.error(f"off={off} is a kptr to struct {kernel[off]}, a kernel type: the kernel "
+                  f"takes it, pybpf has no kernel objects", errno.EOPNOTSUPP)
     if k is None:
         chk.error(f"off={off} doesn't point to kptr", errno.EACCES)
     if not k.referenced:

@@ -1,7 +1,9 @@
 /* kptrs to kernel types (Linux 6.18's btf_parse_kptr finds the name in vmlinux BTF), which pybpf
  * cannot run: it has no kernel objects. A referenced __kptr to a type with a destructor
  * (task_struct, cgroup) and a __kptr_untrusted to any kernel type make a map the kernel creates
- * and pybpf refuses (its programs fail at vm.load, the others load); a kptr to a declared-only
+ * and pybpf refuses (its programs fail at vm.load, the others load); an allocated object may
+ * hold one (direct access refused as the kernel refuses it, bpf_kptr_xchg on it refused by
+ * pybpf, which the kernel takes); a kptr to a declared-only
  * struct is no kptr to the kernel (btf_parse_fields fails: the map has no special fields). The
  * structs are CO-RE views of the kernel's, as vmlinux.h users write them. */
 #include "corpus.h"
@@ -20,6 +22,12 @@ struct sock {
 } __attribute__((preserve_access_index));
 
 struct ghost;
+
+/* an allocated object holding a kernel kptr */
+struct task_holder {
+	__s64 v;
+	struct task_struct __kptr *task;
+};
 
 struct task_value {
 	__s64 count;
@@ -127,6 +135,45 @@ SEC("?syscall")
 int ghost_count(void *ctx)
 {
 	COUNT(ghost_map, ghost_value)
+}
+
+SEC("?syscall")
+int holder_new(void *ctx)
+{
+	struct task_holder *h = bpf_obj_new(struct task_holder);
+
+	if (!h)
+		return 1;
+	h->v = 2;
+	bpf_obj_drop(h);
+	return 0;
+}
+
+SEC("?syscall")
+int holder_store(void *ctx)
+{
+	struct task_holder *h = bpf_obj_new(struct task_holder);
+
+	if (!h)
+		return 1;
+	*(volatile __u64 *)&h->task = 0;
+	bpf_obj_drop(h);
+	return 0;
+}
+
+/* take the kernel object out (and leak it): the kernel takes the exchange and refuses at the
+ * exit for the leak; pybpf refuses the exchange, having no kernel objects */
+SEC("?syscall")
+int holder_xchg(void *ctx)
+{
+	struct task_holder *h = bpf_obj_new(struct task_holder);
+	struct task_struct *t;
+
+	if (!h)
+		return 1;
+	t = bpf_kptr_xchg(&h->task, 0);
+	bpf_obj_drop(h);
+	return t != 0;
 }
 
 char LICENSE[] SEC("license") = "GPL";
