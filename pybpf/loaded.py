@@ -407,7 +407,7 @@ class LoadedProgram:
         if jit is not None:
             # prog_arrays holding this program must not keep its code address
             for m in list(getattr(self.vm, "_by_fd", {}).values()):
-                if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs):
+                if isinstance(m, ProgArrayMap) and any(p is self for p in m._progs.values()):
                     m.refresh_native()
             # a run in another thread may have tail-called in before the entry went: its code
             # is freed after the runs that started before this point have ended

@@ -154,6 +154,29 @@ def test_map_memory_limit_counts_arena_pages():
     vm.create_map("arena", max_entries=64, flags=1 << 10)           # 256 KiB fits
 
 
+def test_a_huge_prog_array_is_refused_by_the_memory_limit_not_built():
+    """Found by the elf fuzzer (a BTF map definition's max_entries changed to 2^31): creating
+    the prog_array built a Python list of 2^31 slots (minutes, 16 GB) before the VM's map
+    memory limit was checked. Its slots are now held only when filled, so the limit refuses it
+    at once; a filled slot still works."""
+    import time
+    from pybpf.vm import VM
+
+    vm = VM(max_map_bytes=1 << 20)
+    start = time.process_time()
+    for n in (1 << 31, (1 << 32) - 1):
+        with pytest.raises(MapError, match="max_map_bytes") as e:
+            vm.create_map("prog_array", 4, 4, n)
+        assert e.value.errno == errno.ENOMEM
+    assert time.process_time() - start < 5
+    m = vm.create_map("prog_array", 4, 4, 1000)
+    assert len(m) == 0 and m.get_prog(999) is None and m.get_prog(1 << 31) is None
+    inner = dict(map_type="array", key_size=4, value_size=4, max_entries=1)
+    with pytest.raises(MapError, match="max_map_bytes"):       # the same for array_of_maps
+        vm.create_map("array_of_maps", 4, 4, 1 << 31, inner=inner)
+    assert time.process_time() - start < 5
+
+
 def test_arena_page_limit():
     """Arena pages allocated at once across a VM's arenas are bounded (VM(max_arena_pages)):
     past it BPF's bpf_arena_alloc_pages gets NULL, Python's alloc a MapError naming the limit;

@@ -130,11 +130,12 @@ class ArrayOfMapsMap(_MapOfMaps):
               not self.flags & ~(BPF_F_NUMA_NODE | BPF_F_ACCESS_MASK), errno.EINVAL,
               "array_of_maps needs key_size 4, max_entries > 0 and known flags")
         self._setup_template()
-        self._slots: list[Map | None] = [None] * self.max_entries
+        # index -> inner map, only the filled slots (max_entries may be 2^32 - 1)
+        self._slots: dict[int, Map] = {}
 
     def _get(self, key: bytes):
         i = _U32.unpack(key)[0]
-        return self._slots[i] if i < self.max_entries else None
+        return self._slots.get(i) if i < self.max_entries else None
 
     def _put(self, key: bytes, m: Map, flags: int) -> None:
         i = _U32.unpack(key)[0]
@@ -147,14 +148,17 @@ class ArrayOfMapsMap(_MapOfMaps):
         self._sys_check(True)
         i = _U32.unpack(self._key(key))[0]
         check(i < self.max_entries, errno.E2BIG, f"index {i} out of range")
-        check(self._slots[i] is not None, errno.ENOENT, f"no map at index {i}")
-        self._slots[i] = None
+        check(self._slots.get(i) is not None, errno.ENOENT, f"no map at index {i}")
+        del self._slots[i]
 
     def _raw_keys(self) -> list[bytes]:
         return [_U32.pack(i) for i in range(self.max_entries)]     # array semantics
 
     def __len__(self) -> int:
-        return sum(m is not None for m in self._slots)
+        return len(self._slots)
+
+    def map_mem_usage(self) -> int:
+        return 8 * self.max_entries     # the kernel's array of 8-byte map pointers
 
 
 class HashOfMapsMap(_MapOfMaps):

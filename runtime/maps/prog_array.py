@@ -46,7 +46,9 @@ class ProgArrayMap(ArrayMap):
         self._place_header(self._mem)
         self.table_address = self.data_address = self._mem.address + HEADER_SIZE
         self.header.data, self.header.elem_size = self.table_address, 8
-        self._progs: list = [None] * self.max_entries
+        # index -> program, only the filled slots: max_entries may be 2^32 - 1 (a list of that
+        # many Nones took minutes and 32 GB before the VM's map memory limit could refuse it)
+        self._progs: dict = {}
         self.resolve_prog = None      # fd -> loaded program, installed by the VM
 
     # -- BPF face: programs can only tail-call through the map -------------------------------
@@ -62,14 +64,19 @@ class ProgArrayMap(ArrayMap):
     def regions(self) -> list[tuple[int, int, bool]]:
         return []
 
+    def map_mem_usage(self) -> int:
+        # its table of entry points (8 bytes a slot, as the kernel's fd array): what the VM's
+        # map memory limit counts, though no program may read it
+        return HEADER_SIZE + 8 * self.max_entries
+
     def get_prog(self, index: int):
         """The program bpf_tail_call jumps to for ``index`` (a u32), or None to fall through."""
         index &= 0xFFFFFFFF
-        return self._progs[index] if index < self.max_entries else None
+        return self._progs.get(index) if index < self.max_entries else None
 
     def refresh_native(self) -> None:
         """Rewrite the native table from each program's ``native_entry`` (0 when absent)."""
-        for i, prog in enumerate(self._progs):
+        for i, prog in list(self._progs.items()):
             self._store_entry(i, prog)
 
     def _store_entry(self, index: int, prog) -> None:
@@ -81,7 +88,10 @@ class ProgArrayMap(ArrayMap):
 
     # -- syscall / Python faces ------------------------------------------------------------------
     def _set(self, index: int, prog) -> None:
-        self._progs[index] = prog
+        if prog is None:
+            self._progs.pop(index, None)
+        else:
+            self._progs[index] = prog
         self._store_entry(index, prog)
 
     def update(self, key, prog, flags: int = BPF_ANY) -> None:
@@ -122,20 +132,20 @@ class ProgArrayMap(ArrayMap):
         self._sys_check(True)
         index = self._index(self._key(key))
         check(index < self.max_entries, errno.E2BIG, f"index {index} out of range")
-        check(self._progs[index] is not None, errno.ENOENT, f"no program at index {index}")
+        check(self._progs.get(index) is not None, errno.ENOENT, f"no program at index {index}")
         self._set(index, None)
 
     def _raw_keys(self) -> list[bytes]:
-        return [_U32.pack(i) for i, p in enumerate(self._progs) if p is not None]
+        return [_U32.pack(i) for i in sorted(self._progs)]
 
     def __len__(self) -> int:
-        return sum(p is not None for p in self._progs)
+        return len(self._progs)
 
     def __contains__(self, key) -> bool:
         return self.get_prog(self._index(self.key_codec.encode(key))) is not None
 
     def items(self) -> list:
-        return [(i, p) for i, p in enumerate(self._progs) if p is not None]
+        return sorted(self._progs.items(), key=lambda ip: ip[0])
 
     def clear(self) -> None:
         for i in range(self.max_entries):
