@@ -55,6 +55,21 @@ def frame(ethertype: int = 0x0800, proto: int = 17, payload: bytes = bytes(8)) -
     return eth + ip + payload
 
 
+# An skb program reading the packet with the legacy loads (r6 = the __sk_buff, as the kernel
+# wants): r0 = the EtherType << 8 | byte 23 (the IP protocol of a frame()); a packet too short for
+# byte 23 ends it with 0, as the kernel's ld_abs does. The tail-call tests call it as a target.
+LDABS_TARGET = """
+r6 = r1
+r0 = *(u8 *)skb[23]
+r7 = r0
+r8 = 10
+r0 = *(u16 *)skb[r8 + 2]
+r0 <<= 8
+r0 |= r7
+exit
+"""
+
+
 def sample_driver(name: str):
     """The driver module of a sample (``samples/<name>/run.py``)."""
     spec = importlib.util.spec_from_file_location(f"sample_{name}",

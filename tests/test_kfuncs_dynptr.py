@@ -13,8 +13,9 @@ import pytest
 from kfunc_run import assemble
 from support import assert_case_passed, child, frame, run_child
 
-# a local dynptr whose data pointer the program overwrote with 4096, then read through
-FORGED = """
+# the start of the forged-dynptr programs: a local dynptr over an array value, whose data
+# pointer the program then overwrites with 4096
+_FORGED_DYNPTR = """
 .map arr type=array key=4 value=16 max_entries=1
 r1 = 0
 *(u32 *)(r10 - 4) = r1
@@ -31,18 +32,22 @@ r4 += -24
 call bpf_dynptr_from_mem
 r1 = 4096
 *(u64 *)(r10 - 24) = r1
-r1 = r10
+"""
+_FORGED_END = """
+out:
+r0 = 0
+exit
+"""
+
+# the forged dynptr read through
+FORGED = _FORGED_DYNPTR + """r1 = r10
 r1 += -40
 r2 = 8
 r3 = r10
 r3 += -24
 r4 = 0
 r5 = 0
-call bpf_dynptr_read
-out:
-r0 = 0
-exit
-"""
+call bpf_dynptr_read""" + _FORGED_END
 
 # XDP: a writable slice of the first 2 bytes, both set to 0xab
 RDWR = """
@@ -95,33 +100,11 @@ exit
 """
 
 
-# a local dynptr whose data pointer the program overwrote with 4096, then filled and copied
-# from: both kfuncs must check the memory the forged dynptr names
-FORGED_OPS = """
-.map arr type=array key=4 value=16 max_entries=1
-r1 = 0
-*(u32 *)(r10 - 4) = r1
-r1 = map[arr] ll
-r2 = r10
-r2 += -4
-call bpf_map_lookup_elem
-if r0 == 0 goto out
-r1 = r0
-r2 = 16
-r3 = 0
-r4 = r10
-r4 += -24
-call bpf_dynptr_from_mem
-r1 = 4096
-*(u64 *)(r10 - 24) = r1
-r1 = r10
+# the forged dynptr filled and copied from: both kfuncs must check the memory it names
+FORGED_OPS = _FORGED_DYNPTR + """r1 = r10
 r1 += -24
 r2 = 0
-%s
-out:
-r0 = 0
-exit
-"""
+%s""" + _FORGED_END
 FORGED_MEMSET = FORGED_OPS % "r3 = 8\nr4 = 0\ncall bpf_dynptr_memset"
 FORGED_COPY = FORGED_OPS % "r3 = r1\nr4 = 0\nr5 = 8\ncall bpf_dynptr_copy"
 

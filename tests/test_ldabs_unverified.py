@@ -19,19 +19,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 
 import pybpf  # noqa: E402
-from support import child_tests, frame  # noqa: E402
+from support import LDABS_TARGET, child_tests, frame  # noqa: E402
 
-# r0 = the EtherType << 8 | byte 23 (the IP protocol); a packet too short ends it with 0
-TARGET = """
-r6 = r1
-r0 = *(u8 *)skb[23]
-r7 = r0
-r8 = 10
-r0 = *(u16 *)skb[r8 + 2]
-r0 <<= 8
-r0 |= r7
-exit
-"""
 # hostile for the verifier, harmless here: r6 is a wild value, ld_ind's offset is negative
 # for some packets (the run ends with 0), and the loads sit in a subprogram
 TARGET_WILD = """
@@ -63,9 +52,9 @@ def packets() -> list[bytes]:
 
 # (name, chain: program texts by role, caller's packet room, kernel accepts it)
 SHAPES = {
-    "direct": (TARGET, 0, 0, True),         # caller -> target
-    "moved": (TARGET, 0, 4, True),          # caller moves the packet, then -> target
-    "two": (TARGET, 1, 0, True),            # caller -> middle (no ld_abs) -> target
+    "direct": (LDABS_TARGET, 0, 0, True),   # caller -> target
+    "moved": (LDABS_TARGET, 0, 4, True),    # caller moves the packet, then -> target
+    "two": (LDABS_TARGET, 1, 0, True),      # caller -> middle (no ld_abs) -> target
     "wild": (TARGET_WILD, 0, 0, False),
 }
 TIERS = ("baseline", "quick", "O2")
@@ -166,7 +155,7 @@ def case_verified_caller_unverified_target():
             vm = pybpf.VM()
             jt = vm.create_map("prog_array", key_size=4, value_size=4, max_entries=1)
             kw = {"tier": tier} if engine == "jit" else {}
-            jt[0] = vm.load(pybpf.assemble(TARGET), prog_type="sched_cls", engine=engine,
+            jt[0] = vm.load(pybpf.assemble(LDABS_TARGET), prog_type="sched_cls", engine=engine,
                             verify=False, **kw)
             kw = {"tier": "quick" if tier == "baseline" else tier} if engine == "jit" else {}
             top = vm.load(pybpf.assemble(caller(jt.fd)), prog_type="sched_cls", engine=engine,

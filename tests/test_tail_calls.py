@@ -11,7 +11,7 @@ import pytest
 
 import pybpf
 from kernel_probe import require_kernel
-from support import frame, in_child
+from support import LDABS_TARGET, frame, in_child
 
 OBJ = os.path.join(os.path.dirname(__file__), "data", "elf", "tail_calls.o")
 
@@ -57,22 +57,9 @@ def test_the_kernel_agrees():
 
 
 # --- ld_abs/ld_ind in a program reached by a tail call ------------------------------------------
-# The target reads the packet with the legacy loads (r6 = the __sk_buff, as the kernel wants);
-# JIT code used to read its own packet descriptor, set only when the target itself runs, so
-# through a tail call it saw no packet and returned 0. r0 = the EtherType << 8 | IP protocol;
-# a packet too short for byte 23 ends the program with 0, as the kernel's ld_abs does.
-LDABS_TARGET = """
-r6 = r1
-r0 = *(u8 *)skb[23]
-r7 = r0
-r8 = 10
-r0 = *(u16 *)skb[r8 + 2]
-r0 <<= 8
-r0 |= r7
-exit
-"""
-
-
+# support.LDABS_TARGET reads the packet with the legacy loads; JIT code used to read its own
+# packet descriptor, set only when the target itself runs, so through a tail call it saw no
+# packet and returned 0.
 def _ldabs_caller(fd: int) -> str:
     return f"r2 = map_fd({fd}) ll\nr3 = 0\ncall 12\nr0 = 99\nexit"
 
